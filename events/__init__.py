@@ -1,0 +1,1 @@
+"""Pydantic v2 models of everything that crosses a boundary of agentworker."""

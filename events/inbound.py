@@ -1,0 +1,302 @@
+"""Inbound messages and the per-source envelopes that carry them.
+
+Every source (HTTP API, WebSocket, SQS, EventBridge, Slack, ticket events) is parsed into one
+:class:`InboundMessage`; the envelopes know how to find it in their source's outer structure.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+MAX_MESSAGE_BYTES = 256 * 1024
+"""Largest accepted message text, in UTF-8 bytes (the Step Functions/SQS payload cap)."""
+
+CONVERSATION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9:._@\-]{0,255}$"
+
+Channel = Literal["api", "websocket", "cli", "sqs", "eventbridge", "slack", "ticket"]
+DoubleTextingPolicy = Literal["enqueue", "merge", "interrupt", "reject"]
+ConversationId = Annotated[
+    str,
+    Field(
+        pattern=CONVERSATION_ID_PATTERN,
+        description="e.g. 'slack:T1:C1:1700000000.0001', 'ticket:4711', 'ws:alice:chat1'",
+    ),
+]
+
+
+def new_id() -> str:
+    """A fresh random identifier (hex UUID4)."""
+    return uuid.uuid4().hex
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def check_text_size(text: str) -> str:
+    """Refuse texts over :data:`MAX_MESSAGE_BYTES` with a message naming the limit."""
+    size = len(text.encode("utf-8"))
+    if size > MAX_MESSAGE_BYTES:
+        raise ValueError(f"text is {size} bytes, over the {MAX_MESSAGE_BYTES} byte limit")
+    return text
+
+
+MessageText = Annotated[
+    str,
+    AfterValidator(check_text_size),
+    Field(description="Message text, at most 256 KB of UTF-8."),
+]
+
+
+class ApprovalDecision(BaseModel):
+    """A human's answer to an :class:`~events.outbound.ApprovalRequest`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    interrupt_id: str = Field(min_length=1, max_length=200)
+    approved: bool
+    reason: str = Field(default="", max_length=2000)
+
+
+class InboundMessage(BaseModel):
+    """One message for a conversation, whatever transport brought it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    conversation_id: ConversationId
+    message_id: str = Field(default_factory=new_id, min_length=1, max_length=200)
+    dedupe_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=512,
+        description="Source message id; a repeat with the same key is dropped. "
+        "Defaults to message_id.",
+    )
+    kind: Literal["user", "approval"] = "user"
+    text: MessageText = ""
+    approval: ApprovalDecision | None = None
+    channel: Channel = "api"
+    sender: str = Field(default="anonymous", min_length=1, max_length=200)
+    policy: DoubleTextingPolicy | None = Field(
+        default=None, description="Sets the conversation's double-texting policy."
+    )
+    metadata: dict[str, str] = Field(default_factory=dict)
+    received_at: datetime = Field(default_factory=utcnow)
+
+    @model_validator(mode="after")
+    def _kind_matches_payload(self) -> InboundMessage:
+        if self.kind == "approval" and self.approval is None:
+            raise ValueError("an approval message needs the 'approval' field")
+        if self.kind == "user" and not self.text.strip():
+            raise ValueError("a user message needs a non-empty 'text'")
+        return self
+
+    @property
+    def effective_dedupe_key(self) -> str:
+        return self.dedupe_key or self.message_id
+
+
+class MessageRequest(BaseModel):
+    """Body of ``POST /v1/conversations/{id}/messages``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: MessageText = ""
+    dedupe_key: str | None = Field(default=None, min_length=1, max_length=512)
+    sender: str = Field(default="anonymous", min_length=1, max_length=200)
+    approval: ApprovalDecision | None = None
+    policy: DoubleTextingPolicy | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+    def to_inbound(self, conversation_id: str, channel: Channel = "api") -> InboundMessage:
+        return InboundMessage(
+            conversation_id=conversation_id,
+            dedupe_key=self.dedupe_key,
+            kind="approval" if self.approval else "user",
+            text=self.text,
+            approval=self.approval,
+            channel=channel,
+            sender=self.sender,
+            policy=self.policy,
+            metadata=self.metadata,
+        )
+
+
+# --- WebSocket frames (embedded server and API Gateway WebSocket `$default`) ---------------
+
+
+class WsSubscribe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    action: Literal["subscribe"]
+    conversation_id: ConversationId
+
+
+class WsSend(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    action: Literal["send"]
+    conversation_id: ConversationId
+    text: MessageText
+    dedupe_key: str | None = Field(default=None, min_length=1, max_length=512)
+    sender: str = Field(default="web", min_length=1, max_length=200)
+    policy: DoubleTextingPolicy | None = None
+
+    def to_inbound(self) -> InboundMessage:
+        return InboundMessage(
+            conversation_id=self.conversation_id,
+            dedupe_key=self.dedupe_key,
+            text=self.text,
+            channel="websocket",
+            sender=self.sender,
+            policy=self.policy,
+        )
+
+
+class WsDecide(BaseModel):
+    """``approve`` or ``deny`` a pending tool call."""
+
+    model_config = ConfigDict(extra="forbid")
+    action: Literal["approve", "deny"]
+    conversation_id: ConversationId
+    interrupt_id: str = Field(min_length=1, max_length=200)
+    reason: str = Field(default="", max_length=2000)
+    sender: str = Field(default="web", min_length=1, max_length=200)
+
+    def to_inbound(self) -> InboundMessage:
+        return InboundMessage(
+            conversation_id=self.conversation_id,
+            dedupe_key=f"decision:{self.interrupt_id}",
+            kind="approval",
+            approval=ApprovalDecision(
+                interrupt_id=self.interrupt_id,
+                approved=self.action == "approve",
+                reason=self.reason,
+            ),
+            channel="websocket",
+            sender=self.sender,
+        )
+
+
+class WsPing(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    action: Literal["ping"]
+
+
+WsFrame = Annotated[WsSubscribe | WsSend | WsDecide | WsPing, Field(discriminator="action")]
+WS_ACTIONS = ("subscribe", "send", "approve", "deny", "ping")
+
+
+# --- Queue and bus envelopes --------------------------------------------------------------
+
+
+class SqsRecord(BaseModel):
+    """One record of an SQS event; its ``body`` is an :class:`InboundMessage` as JSON."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    message_id: str = Field(alias="messageId")
+    body: str
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    event_source_arn: str = Field(default="", alias="eventSourceARN")
+
+    def to_inbound(self) -> InboundMessage:
+        data = json.loads(self.body)
+        if not isinstance(data, dict):
+            raise ValueError("SQS body must be a JSON object")
+        data.setdefault("channel", "sqs")
+        # The queue's own message id is a dedupe key of last resort (SQS redelivers it).
+        data.setdefault("dedupe_key", f"sqs:{self.message_id}")
+        return InboundMessage.model_validate(data)
+
+
+class SqsEvent(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    records: list[SqsRecord] = Field(alias="Records")
+
+
+class EventBridgeEvent(BaseModel):
+    """An EventBridge event of detail-type ``agentworker.message`` (detail: InboundMessage)."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    id: str
+    detail_type: str = Field(alias="detail-type")
+    source: str
+    detail: dict[str, Any]
+
+    def to_inbound(self) -> InboundMessage:
+        data = dict(self.detail)
+        data.setdefault("channel", "eventbridge")
+        data.setdefault("dedupe_key", f"eventbridge:{self.id}")
+        return InboundMessage.model_validate(data)
+
+
+class TicketEvent(BaseModel):
+    """A support-ticket system event (``ticket.created`` / ``ticket.updated``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event: Literal["ticket.created", "ticket.updated", "ticket.commented"]
+    ticket_id: str = Field(min_length=1, max_length=100)
+    event_id: str = Field(min_length=1, max_length=200)
+    author: str = Field(default="customer", min_length=1, max_length=200)
+    subject: str = Field(default="", max_length=1000)
+    body: MessageText
+
+    def to_inbound(self) -> InboundMessage:
+        text = f"{self.subject}\n\n{self.body}".strip() if self.subject else self.body
+        return InboundMessage(
+            conversation_id=f"ticket:{self.ticket_id}",
+            dedupe_key=f"ticket:{self.event_id}",
+            text=text,
+            channel="ticket",
+            sender=self.author,
+            metadata={"ticket_event": self.event},
+        )
+
+
+# --- Slack ---------------------------------------------------------------------------------
+
+
+class SlackMessageEvent(BaseModel):
+    """The ``event`` of an Events API ``event_callback`` (``message`` / ``app_mention``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    channel: str
+    ts: str
+    text: str = ""
+    user: str | None = None
+    bot_id: str | None = None
+    subtype: str | None = None
+    thread_ts: str | None = None
+
+
+class SlackEventEnvelope(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["event_callback"]
+    team_id: str
+    event_id: str
+    event: SlackMessageEvent
+
+    def is_from_bot(self) -> bool:
+        return self.event.bot_id is not None or self.event.subtype == "bot_message"
+
+    def to_inbound(self) -> InboundMessage:
+        ev = self.event
+        root_ts = ev.thread_ts or ev.ts
+        return InboundMessage(
+            conversation_id=f"slack:{self.team_id}:{ev.channel}:{root_ts}",
+            # channel+ts, not event_id: Slack retries a delivery with a new event id.
+            dedupe_key=f"slack:{ev.channel}:{ev.ts}",
+            text=ev.text,
+            channel="slack",
+            sender=ev.user or "unknown",
+            metadata={"slack_channel": ev.channel, "slack_thread_ts": root_ts},
+        )

@@ -1,0 +1,86 @@
+"""What agentworker sends back: replies, streamed chunks, approval requests, notices."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from events.inbound import new_id, utcnow
+
+
+class TokenUsage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+        )
+
+
+class Reply(BaseModel):
+    """The agent's answer to one turn."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["reply"] = "reply"
+    reply_id: str = Field(default_factory=new_id)
+    conversation_id: str
+    turn_id: str
+    in_reply_to: list[str] = Field(default_factory=list, description="inbox message ids")
+    text: str
+    usage: TokenUsage = Field(default_factory=TokenUsage)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ReplyChunk(BaseModel):
+    """A streamed piece of a reply in progress; the final :class:`Reply` supersedes them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["chunk"] = "chunk"
+    conversation_id: str
+    turn_id: str
+    index: int = Field(ge=0)
+    delta: str
+
+
+class ApprovalRequest(BaseModel):
+    """A tool call waiting for a human's approve/deny before it runs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["approval_request"] = "approval_request"
+    reply_id: str = Field(default_factory=new_id)
+    conversation_id: str
+    turn_id: str
+    interrupt_id: str
+    tool: str
+    args: dict[str, Any]
+    text: str = Field(description="Human-readable question, e.g. 'Close ticket 3?'")
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Notice(BaseModel):
+    """A system message to the user: a rejected double-text, a permanent error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["notice"] = "notice"
+    reply_id: str = Field(default_factory=new_id)
+    conversation_id: str
+    level: Literal["info", "error"] = "info"
+    in_reply_to: list[str] = Field(default_factory=list)
+    text: str
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+OutboxPayload = Reply | ApprovalRequest | Notice

@@ -1,0 +1,1 @@
+"""The embedded runtime: SQLite state, asyncio worker pool, local server, offline model."""

@@ -1,0 +1,557 @@
+"""``SqliteConversationStore``: the embedded runtime's state in one SQLite file (WAL).
+
+One connection per thread; every write that must be atomic runs in ``BEGIN IMMEDIATE``, so
+dedupe, lease, fencing and outbox writes are single transactions like their DynamoDB
+counterparts (``TransactWriteItems`` with conditions).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from events.inbound import DoubleTextingPolicy, InboundMessage
+from events.outbound import ApprovalRequest, Notice, OutboxPayload
+from workers.core.model import (
+    AcceptResult,
+    ConversationState,
+    History,
+    InboxEntry,
+    Lease,
+    LogEntry,
+    OutboxEntry,
+    Ticket,
+    TurnCommit,
+)
+from workers.core.steps import TurnSuperseded
+from workers.errors import LeaseLost, NotFound
+
+REJECTED_NOTICE = (
+    "I'm still working on your previous message, so this one was not processed. "
+    "Please send it again once I have answered."
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS conversations (
+    conversation_id TEXT PRIMARY KEY,
+    policy TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'idle',
+    inbox_seq INTEGER NOT NULL DEFAULT 0,
+    outbox_seq INTEGER NOT NULL DEFAULT 0,
+    log_seq INTEGER NOT NULL DEFAULT 0,
+    last_token INTEGER NOT NULL DEFAULT 0,
+    lease_token INTEGER,
+    lease_expires_at REAL,
+    lease_execution_id TEXT,
+    pending_approval TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS inbox (
+    conversation_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    message_id TEXT NOT NULL,
+    dedupe_key TEXT NOT NULL,
+    status TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (conversation_id, seq),
+    UNIQUE (conversation_id, dedupe_key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS inbox_pending ON inbox (conversation_id, seq)
+    WHERE status = 'pending';
+CREATE TABLE IF NOT EXISTS outbox (
+    conversation_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    body TEXT NOT NULL,
+    delivered_at REAL,
+    PRIMARY KEY (conversation_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS log (
+    conversation_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    message_id TEXT NOT NULL,
+    role TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (conversation_id, seq),
+    UNIQUE (conversation_id, message_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints (
+    conversation_id TEXT PRIMARY KEY,
+    data BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS connections (
+    connection_id TEXT PRIMARY KEY,
+    conversation_id TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS connections_by_conversation ON connections (conversation_id);
+CREATE TABLE IF NOT EXISTS tickets (
+    ticket_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    conversation_id TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    body TEXT NOT NULL,
+    status TEXT NOT NULL,
+    priority TEXT NOT NULL,
+    comments TEXT NOT NULL DEFAULT '[]',
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tool_effects (
+    idempotency_key TEXT PRIMARY KEY,
+    ticket_id INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+_OUTBOX = TypeAdapter[OutboxPayload](OutboxPayload)
+_APPROVAL = TypeAdapter(ApprovalRequest)
+
+
+class SqliteConversationStore:
+    """Conversations, inbox, leases, checkpoints, log, outbox, connections and tickets."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn().executescript(_SCHEMA)
+
+    # connections and transactions ------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+            with self._all_lock:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._all_lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+    # inbox ------------------------------------------------------------------------------
+
+    def append_inbox(
+        self, msg: InboundMessage, *, now: float, default_policy: DoubleTextingPolicy
+    ) -> AcceptResult:
+        cid = msg.conversation_id
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT message_id, seq, status FROM inbox"
+                " WHERE conversation_id = ? AND dedupe_key = ?",
+                (cid, msg.effective_dedupe_key),
+            ).fetchone()
+            if row is not None:
+                return AcceptResult(row[0], row[1], duplicate=True, rejected=row[2] == "rejected")
+            conv = db.execute(
+                "SELECT policy, inbox_seq, lease_token, lease_expires_at FROM conversations"
+                " WHERE conversation_id = ?",
+                (cid,),
+            ).fetchone()
+            if conv is None:
+                policy = msg.policy or default_policy
+                db.execute(
+                    "INSERT INTO conversations (conversation_id, policy, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (cid, policy, now, now),
+                )
+                seq, busy = 1, False
+            else:
+                policy = msg.policy or conv[0]
+                seq = conv[1] + 1
+                busy = conv[2] is not None and (conv[3] or 0.0) > now
+            rejected = policy == "reject" and busy
+            db.execute(
+                "UPDATE conversations SET inbox_seq = ?, policy = ?, updated_at = ?"
+                " WHERE conversation_id = ?",
+                (seq, policy, now, cid),
+            )
+            db.execute(
+                "INSERT INTO inbox (conversation_id, seq, message_id, dedupe_key, status, body)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    cid,
+                    seq,
+                    msg.message_id,
+                    msg.effective_dedupe_key,
+                    "rejected" if rejected else "pending",
+                    msg.model_dump_json(),
+                ),
+            )
+            if rejected:
+                notice = Notice(
+                    conversation_id=cid, in_reply_to=[msg.message_id], text=REJECTED_NOTICE
+                )
+                self._append_outbox(db, cid, [notice])
+            return AcceptResult(msg.message_id, seq, duplicate=False, rejected=rejected)
+
+    def pending_inbox(self, conversation_id: str, *, limit: int = 100) -> list[InboxEntry]:
+        rows = self._conn().execute(
+            "SELECT seq, body FROM inbox WHERE conversation_id = ? AND status = 'pending'"
+            " ORDER BY seq LIMIT ?",
+            (conversation_id, limit),
+        )
+        return [InboxEntry(seq, InboundMessage.model_validate_json(body)) for seq, body in rows]
+
+    # leases -----------------------------------------------------------------------------
+
+    def try_acquire_lease(self, conversation_id: str, *, now: float, ttl: float) -> Lease | None:
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT last_token, lease_token, lease_expires_at FROM conversations"
+                " WHERE conversation_id = ?",
+                (conversation_id,),
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"unknown conversation {conversation_id}", field="conversation_id")
+            last_token, lease_token, expires = row
+            if lease_token is not None and (expires or 0.0) > now:
+                return None
+            token = last_token + 1
+            db.execute(
+                "UPDATE conversations SET last_token = ?, lease_token = ?, lease_expires_at = ?,"
+                " lease_execution_id = NULL, updated_at = ? WHERE conversation_id = ?",
+                (token, token, now + ttl, now, conversation_id),
+            )
+            return Lease(conversation_id, token, now + ttl)
+
+    def _holding(self, db: sqlite3.Connection, conversation_id: str, token: int) -> tuple[Any, ...]:
+        row = db.execute(
+            "SELECT lease_token, lease_execution_id, inbox_seq, last_token FROM conversations"
+            " WHERE conversation_id = ?",
+            (conversation_id,),
+        ).fetchone()
+        if row is None or row[0] != token:
+            holder = None if row is None else row[0]
+            raise LeaseLost(
+                f"token {token} no longer holds {conversation_id} (lease token: {holder})"
+            )
+        return tuple(row)
+
+    def bind_lease(
+        self, conversation_id: str, token: int, execution_id: str, *, now: float, ttl: float
+    ) -> Lease:
+        with self._tx() as db:
+            _, bound, _, _ = self._holding(db, conversation_id, token)
+            if bound is not None and bound != execution_id:
+                raise LeaseLost(f"token {token} is already bound to execution {bound}")
+            db.execute(
+                "UPDATE conversations SET lease_execution_id = ?, lease_expires_at = ?,"
+                " status = CASE WHEN status = 'idle' THEN 'running' ELSE status END,"
+                " updated_at = ? WHERE conversation_id = ?",
+                (execution_id, now + ttl, now, conversation_id),
+            )
+            return Lease(conversation_id, token, now + ttl, execution_id)
+
+    def renew_lease(self, conversation_id: str, token: int, *, now: float, ttl: float) -> Lease:
+        with self._tx() as db:
+            _, bound, _, _ = self._holding(db, conversation_id, token)
+            db.execute(
+                "UPDATE conversations SET lease_expires_at = ? WHERE conversation_id = ?",
+                (now + ttl, conversation_id),
+            )
+            return Lease(conversation_id, token, now + ttl, bound)
+
+    def handover_lease(self, conversation_id: str, token: int, *, now: float, ttl: float) -> Lease:
+        with self._tx() as db:
+            _, _, _, last_token = self._holding(db, conversation_id, token)
+            new_token = last_token + 1
+            db.execute(
+                "UPDATE conversations SET last_token = ?, lease_token = ?, lease_expires_at = ?,"
+                " lease_execution_id = NULL, updated_at = ? WHERE conversation_id = ?",
+                (new_token, new_token, now + ttl, now, conversation_id),
+            )
+            return Lease(conversation_id, new_token, now + ttl)
+
+    def release_lease(self, conversation_id: str, token: int, *, seen_inbox_seq: int) -> bool:
+        with self._tx() as db:
+            _, _, inbox_seq, _ = self._holding(db, conversation_id, token)
+            if inbox_seq != seen_inbox_seq:
+                return False
+            db.execute(
+                "UPDATE conversations SET lease_token = NULL, lease_expires_at = NULL,"
+                " lease_execution_id = NULL,"
+                " status = CASE WHEN status = 'running' THEN 'idle' ELSE status END"
+                " WHERE conversation_id = ?",
+                (conversation_id,),
+            )
+            return True
+
+    def expired_with_pending(self, *, now: float, limit: int = 100) -> list[str]:
+        rows = self._conn().execute(
+            "SELECT c.conversation_id FROM conversations c"
+            " WHERE (c.lease_token IS NULL OR c.lease_expires_at <= ?)"
+            " AND EXISTS (SELECT 1 FROM inbox i WHERE i.conversation_id = c.conversation_id"
+            " AND i.status = 'pending') LIMIT ?",
+            (now, limit),
+        )
+        return [r[0] for r in rows]
+
+    # state ------------------------------------------------------------------------------
+
+    def get_conversation(self, conversation_id: str) -> ConversationState | None:
+        row = self._conn().execute(
+            "SELECT conversation_id, policy, status, inbox_seq, last_token, lease_token,"
+            " lease_expires_at, lease_execution_id, pending_approval, created_at, updated_at"
+            " FROM conversations WHERE conversation_id = ?",
+            (conversation_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        approval = _APPROVAL.validate_json(row[8]) if row[8] else None
+        return ConversationState(*row[:8], approval, row[9], row[10])
+
+    def load_checkpoint(self, conversation_id: str) -> bytes | None:
+        row = self._conn().execute(
+            "SELECT data FROM checkpoints WHERE conversation_id = ?", (conversation_id,)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def load_log(self, conversation_id: str, *, limit: int) -> list[LogEntry]:
+        rows = self._conn().execute(
+            "SELECT message_id, role, data FROM log WHERE conversation_id = ?"
+            " ORDER BY seq DESC LIMIT ?",
+            (conversation_id, limit),
+        ).fetchall()
+        return [LogEntry(m, r, bytes(d)) for m, r, d in reversed(rows)]
+
+    def commit_turn(self, conversation_id: str, commit: TurnCommit) -> None:
+        with self._tx() as db:
+            _, _, inbox_seq, _ = self._holding(db, conversation_id, commit.token)
+            if commit.expect_inbox_seq is not None and inbox_seq != commit.expect_inbox_seq:
+                raise TurnSuperseded(
+                    f"inbox moved from {commit.expect_inbox_seq} to {inbox_seq} during the turn"
+                )
+            if commit.consumed:
+                db.executemany(
+                    "UPDATE inbox SET status = 'consumed' WHERE conversation_id = ? AND seq = ?"
+                    " AND status = 'pending'",
+                    [(conversation_id, s) for s in commit.consumed],
+                )
+            if commit.checkpoint is not None:
+                db.execute(
+                    "INSERT INTO checkpoints (conversation_id, data) VALUES (?, ?)"
+                    " ON CONFLICT (conversation_id) DO UPDATE SET data = excluded.data",
+                    (conversation_id, commit.checkpoint),
+                )
+            if commit.log:
+                (log_seq,) = db.execute(
+                    "SELECT log_seq FROM conversations WHERE conversation_id = ?",
+                    (conversation_id,),
+                ).fetchone()
+                rows = [
+                    (conversation_id, log_seq + i, e.message_id, e.role, e.data)
+                    for i, e in enumerate(commit.log, start=1)
+                ]
+                db.executemany(
+                    "INSERT OR IGNORE INTO log (conversation_id, seq, message_id, role, data)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    rows,
+                )
+                db.execute(
+                    "UPDATE conversations SET log_seq = ? WHERE conversation_id = ?",
+                    (log_seq + len(rows), conversation_id),
+                )
+            if commit.outbox:
+                self._append_outbox(db, conversation_id, commit.outbox)
+            approval = commit.pending_approval.model_dump_json() if commit.pending_approval else None
+            status = commit.status if commit.status != "idle" else "running"
+            db.execute(
+                "UPDATE conversations SET status = ?, pending_approval = ?"
+                " WHERE conversation_id = ?",
+                (status, approval, conversation_id),
+            )
+
+    # outbox -----------------------------------------------------------------------------
+
+    def _append_outbox(
+        self, db: sqlite3.Connection, conversation_id: str, payloads: list[OutboxPayload]
+    ) -> None:
+        (seq,) = db.execute(
+            "SELECT outbox_seq FROM conversations WHERE conversation_id = ?", (conversation_id,)
+        ).fetchone()
+        db.executemany(
+            "INSERT INTO outbox (conversation_id, seq, type, body) VALUES (?, ?, ?, ?)",
+            [
+                (conversation_id, seq + i, p.type, p.model_dump_json())
+                for i, p in enumerate(payloads, start=1)
+            ],
+        )
+        db.execute(
+            "UPDATE conversations SET outbox_seq = ? WHERE conversation_id = ?",
+            (seq + len(payloads), conversation_id),
+        )
+
+    def pending_outbox(self, conversation_id: str) -> list[OutboxEntry]:
+        rows = self._conn().execute(
+            "SELECT seq, body FROM outbox WHERE conversation_id = ? AND delivered_at IS NULL"
+            " ORDER BY seq",
+            (conversation_id,),
+        )
+        return [OutboxEntry(seq, _OUTBOX.validate_json(body)) for seq, body in rows]
+
+    def mark_delivered(self, conversation_id: str, seqs: list[int], *, now: float) -> None:
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE outbox SET delivered_at = ? WHERE conversation_id = ? AND seq = ?"
+                " AND delivered_at IS NULL",
+                [(now, conversation_id, s) for s in seqs],
+            )
+
+    def history(self, conversation_id: str) -> History | None:
+        state = self.get_conversation(conversation_id)
+        if state is None:
+            return None
+        db = self._conn()
+        inbox = [
+            InboxEntry(seq, InboundMessage.model_validate_json(body), status)
+            for seq, body, status in db.execute(
+                "SELECT seq, body, status FROM inbox WHERE conversation_id = ? ORDER BY seq",
+                (conversation_id,),
+            )
+        ]
+        outbox = [
+            OutboxEntry(seq, _OUTBOX.validate_json(body), delivered is not None)
+            for seq, body, delivered in db.execute(
+                "SELECT seq, body, delivered_at FROM outbox WHERE conversation_id = ?"
+                " ORDER BY seq",
+                (conversation_id,),
+            )
+        ]
+        return History(state, inbox, outbox)
+
+    # websocket connections --------------------------------------------------------------
+
+    def add_connection(self, connection_id: str, conversation_id: str, *, now: float) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO connections (connection_id, conversation_id, created_at)"
+                " VALUES (?, ?, ?)",
+                (connection_id, conversation_id, now),
+            )
+
+    def remove_connection(self, connection_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM connections WHERE connection_id = ?", (connection_id,))
+
+    def list_connections(self, conversation_id: str) -> list[str]:
+        rows = self._conn().execute(
+            "SELECT connection_id FROM connections WHERE conversation_id = ?"
+            " ORDER BY created_at",
+            (conversation_id,),
+        )
+        return [r[0] for r in rows]
+
+    def clear_connections(self) -> None:
+        """Forget every connection (the embedded server's sockets died with its process)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM connections")
+
+    # tickets ----------------------------------------------------------------------------
+
+    def create_ticket(
+        self,
+        *,
+        idempotency_key: str,
+        conversation_id: str,
+        subject: str,
+        body: str,
+        priority: str,
+        now: float,
+    ) -> Ticket:
+        with self._tx() as db:
+            done = db.execute(
+                "SELECT ticket_id FROM tool_effects WHERE idempotency_key = ?", (idempotency_key,)
+            ).fetchone()
+            if done is not None:
+                return self._ticket(db, done[0])
+            cur = db.execute(
+                "INSERT INTO tickets (conversation_id, subject, body, status, priority,"
+                " created_at, updated_at) VALUES (?, ?, ?, 'open', ?, ?, ?)",
+                (conversation_id, subject, body, priority, now, now),
+            )
+            ticket_id = int(cur.lastrowid or 0)
+            db.execute(
+                "INSERT INTO tool_effects (idempotency_key, ticket_id) VALUES (?, ?)",
+                (idempotency_key, ticket_id),
+            )
+            return self._ticket(db, ticket_id)
+
+    def get_ticket(self, ticket_id: int) -> Ticket | None:
+        try:
+            return self._ticket(self._conn(), ticket_id)
+        except NotFound:
+            return None
+
+    def update_ticket(
+        self,
+        ticket_id: int,
+        *,
+        idempotency_key: str,
+        status: str | None,
+        priority: str | None,
+        comment: str | None,
+        now: float,
+    ) -> Ticket:
+        with self._tx() as db:
+            ticket = self._ticket(db, ticket_id)
+            done = db.execute(
+                "SELECT 1 FROM tool_effects WHERE idempotency_key = ?", (idempotency_key,)
+            ).fetchone()
+            if done is not None:
+                return ticket
+            comments = [*ticket.comments, comment] if comment else ticket.comments
+            db.execute(
+                "UPDATE tickets SET status = ?, priority = ?, comments = ?, updated_at = ?"
+                " WHERE ticket_id = ?",
+                (
+                    status or ticket.status,
+                    priority or ticket.priority,
+                    json.dumps(comments),
+                    now,
+                    ticket_id,
+                ),
+            )
+            db.execute(
+                "INSERT INTO tool_effects (idempotency_key, ticket_id) VALUES (?, ?)",
+                (idempotency_key, ticket_id),
+            )
+            return self._ticket(db, ticket_id)
+
+    def _ticket(self, db: sqlite3.Connection, ticket_id: int) -> Ticket:
+        row = db.execute(
+            "SELECT ticket_id, conversation_id, subject, body, status, priority, created_at,"
+            " updated_at, comments FROM tickets WHERE ticket_id = ?",
+            (ticket_id,),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"ticket {ticket_id} does not exist", field="ticket_id")
+        return Ticket(*row[:8], comments=json.loads(row[8]))

@@ -1,0 +1,188 @@
+"""``OfflineChatModel``: a deterministic chat model shipped with agentworker.
+
+It needs no network and no key. It answers plainly, calls the support tools when the text asks
+for them ("open a ticket about ...", "status of ticket 3", "close ticket 3", "what time is
+it", "how do I ..."), summarises tool results, streams word by word and reports token usage
+(about four characters per token), so the whole pipeline runs and is testable offline.
+Tool-call ids are derived from the input, so a retried turn makes the same calls (and the
+tools' idempotency keys catch the repeat).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    HumanMessage,
+    ToolMessage,
+)
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
+
+_TICKET_NO = r"(?:ticket|case)\s*#?\s*(\d+)"
+_RULES: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"\b(?:open|create|file|raise|log)\b.*?\bticket\b(?:\s+(?:about|for|on|regarding))?\s*:?\s*(?P<rest>.*)", re.I | re.S), "create_ticket"),
+    (re.compile(r"\b(?:close|resolve)\b.*?" + _TICKET_NO, re.I), "close_ticket"),
+    (re.compile(r"\b(?:escalate|urgent)\b.*?" + _TICKET_NO, re.I), "escalate_ticket"),
+    (re.compile(r"\b(?:status|look ?up|check|show|what about)\b.*?" + _TICKET_NO, re.I), "lookup_ticket"),
+    (re.compile(r"\b(?:what time|current time|what(?:'s| is) the (?:time|date)|today's date)\b", re.I), "current_time"),
+    (re.compile(r"^\s*(?:how|can i|where|what|why|do you|is there)\b.*\?\s*$", re.I | re.S), "search_faq"),
+]
+
+
+def _tokens(text: str) -> int:
+    return max(1, (len(text) + 3) // 4)
+
+
+def _text_of(message: BaseMessage) -> str:
+    return message.text if isinstance(message.text, str) else str(message.content)
+
+
+class OfflineChatModel(BaseChatModel):
+    """Deterministic, dependency-free stand-in for a real chat model."""
+
+    latency_s: float = 0.0
+    """Simulated model latency per call (benchmarks use it to model a real model)."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "agentworker-offline"
+
+    def bind_tools(
+        self, tools: Sequence[dict[str, Any] | type | BaseTool | Any], **kwargs: Any
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kwargs)
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        if self.latency_s:
+            time.sleep(self.latency_s)
+        return ChatResult(generations=[ChatGeneration(message=self._respond(messages, kwargs))])
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        if self.latency_s:
+            time.sleep(self.latency_s)
+        reply = self._respond(messages, kwargs)
+        words = re.findall(r"\S+\s*", _text_of(reply)) or [""]
+        for i, word in enumerate(words):
+            last = i == len(words) - 1
+            chunk = AIMessageChunk(
+                content=word,
+                id=reply.id,
+                tool_call_chunks=[
+                    {"name": c["name"], "args": _json(c["args"]), "id": c["id"], "index": n}
+                    for n, c in enumerate(reply.tool_calls)
+                ]
+                if last
+                else [],
+                usage_metadata=reply.usage_metadata if last else None,
+                chunk_position="last" if last else None,
+            )
+            if run_manager:
+                run_manager.on_llm_new_token(word, chunk=ChatGenerationChunk(message=chunk))
+            yield ChatGenerationChunk(message=chunk)
+
+    # the deterministic "reasoning" ------------------------------------------------------
+
+    def _respond(self, messages: list[BaseMessage], kwargs: dict[str, Any]) -> AIMessage:
+        tools = {t["function"]["name"] for t in kwargs.get("tools", [])}
+        prompt_tokens = sum(_tokens(_text_of(m)) for m in messages)
+        last = messages[-1] if messages else HumanMessage("")
+        tool_results = _trailing_tool_results(messages)
+        if tool_results:
+            text = " ".join(_summarise(m) for m in tool_results)
+            return _ai(text, [], prompt_tokens, seed=text)
+        user_text = _text_of(last)
+        call = _tool_call(user_text, tools)
+        if call is not None:
+            name, args = call
+            call_id = "call_" + hashlib.sha1(f"{user_text}|{name}".encode()).hexdigest()[:16]
+            return _ai("", [{"name": name, "args": args, "id": call_id}], prompt_tokens, user_text)
+        turns = sum(isinstance(m, HumanMessage) for m in messages)
+        text = (
+            f"(offline model) You said: {user_text.strip()[:500]}"
+            f" [message {turns} in this conversation's context]"
+        )
+        return _ai(text, [], prompt_tokens, seed=user_text)
+
+
+def _json(args: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(args)
+
+
+def _ai(text: str, calls: list[dict[str, Any]], prompt_tokens: int, seed: str) -> AIMessage:
+    usage = UsageMetadata(
+        input_tokens=prompt_tokens,
+        output_tokens=_tokens(text + "".join(str(c["args"]) for c in calls)),
+        total_tokens=0,
+    )
+    usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
+    msg_id = "offline-" + hashlib.sha1(f"{seed}|{len(calls)}".encode()).hexdigest()[:16]
+    return AIMessage(
+        content=text,
+        tool_calls=[{**c, "type": "tool_call"} for c in calls],  # type: ignore[misc]
+        usage_metadata=usage,
+        id=msg_id,
+    )
+
+
+def _trailing_tool_results(messages: list[BaseMessage]) -> list[ToolMessage]:
+    out: list[ToolMessage] = []
+    for m in reversed(messages):
+        if not isinstance(m, ToolMessage):
+            break
+        out.append(m)
+    return list(reversed(out))
+
+
+def _summarise(result: ToolMessage) -> str:
+    text = _text_of(result)
+    if result.status == "error":
+        return f"That did not work: {text}"
+    return text
+
+
+def _tool_call(text: str, tools: set[str]) -> tuple[str, dict[str, Any]] | None:
+    for pattern, intent in _RULES:
+        match = pattern.search(text)
+        if match is None:
+            continue
+        if intent == "create_ticket" and "create_ticket" in tools:
+            subject = (match.group("rest") or text).strip().rstrip(".!") or "Support request"
+            return "create_ticket", {"subject": subject[:120], "body": text.strip()}
+        if intent == "close_ticket" and "update_ticket" in tools:
+            return "update_ticket", {"ticket_id": int(match.group(1)), "status": "closed"}
+        if intent == "escalate_ticket" and "update_ticket" in tools:
+            return "update_ticket", {"ticket_id": int(match.group(1)), "priority": "urgent"}
+        if intent == "lookup_ticket" and "lookup_ticket" in tools:
+            return "lookup_ticket", {"ticket_id": int(match.group(1))}
+        if intent == "current_time" and "current_time" in tools:
+            return "current_time", {}
+        if intent == "search_faq" and "search_faq" in tools:
+            return "search_faq", {"query": text.strip()}
+    return None

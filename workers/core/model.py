@@ -1,0 +1,147 @@
+"""Plain records the core passes to and from its ports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from events.inbound import DoubleTextingPolicy, InboundMessage
+from events.outbound import ApprovalRequest, OutboxPayload, TokenUsage
+
+ConversationStatus = Literal["idle", "running", "awaiting_approval"]
+InboxStatus = Literal["pending", "consumed", "rejected"]
+
+
+@dataclass(frozen=True)
+class AcceptResult:
+    """Outcome of appending a message to a conversation's inbox."""
+
+    message_id: str
+    seq: int
+    duplicate: bool
+    rejected: bool = False
+
+
+@dataclass(frozen=True)
+class Lease:
+    conversation_id: str
+    token: int
+    expires_at: float
+    execution_id: str | None = None
+
+
+@dataclass(frozen=True)
+class InboxEntry:
+    seq: int
+    message: InboundMessage
+    status: InboxStatus = "pending"
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    seq: int
+    payload: OutboxPayload
+    delivered: bool = False
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One message of the conversation's append-only log (opaque to the core)."""
+
+    message_id: str
+    role: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ConversationState:
+    conversation_id: str
+    policy: DoubleTextingPolicy
+    status: ConversationStatus
+    inbox_seq: int
+    last_token: int
+    lease_token: int | None
+    lease_expires_at: float | None
+    lease_execution_id: str | None
+    pending_approval: ApprovalRequest | None
+    created_at: float
+    updated_at: float
+
+    def lease_live(self, now: float) -> bool:
+        return self.lease_token is not None and (self.lease_expires_at or 0.0) > now
+
+
+@dataclass(frozen=True)
+class TurnCommit:
+    """Everything one turn writes, applied atomically only while ``token`` holds the lease."""
+
+    token: int
+    consumed: list[int]
+    status: ConversationStatus
+    checkpoint: bytes | None = None
+    log: list[LogEntry] = field(default_factory=list)
+    outbox: list[OutboxPayload] = field(default_factory=list)
+    pending_approval: ApprovalRequest | None = None
+    expect_inbox_seq: int | None = None
+    """If set, refuse the commit (``TurnSuperseded``) when the inbox moved past it."""
+
+
+@dataclass(frozen=True)
+class History:
+    state: ConversationState
+    inbox: list[InboxEntry]
+    outbox: list[OutboxEntry]
+
+
+@dataclass(frozen=True)
+class Ticket:
+    ticket_id: int
+    conversation_id: str
+    subject: str
+    body: str
+    status: str
+    priority: str
+    created_at: float
+    updated_at: float
+    comments: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TurnRequest:
+    """What the agent needs to run one turn; built by the core from the store."""
+
+    conversation_id: str
+    turn_id: str
+    channel: str
+    texts: list[str]
+    resume: ApprovalDecisionRecord | None
+    checkpoint: bytes | None
+    history: list[LogEntry]
+
+
+@dataclass(frozen=True)
+class ApprovalDecisionRecord:
+    interrupt_id: str
+    approved: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class PendingApproval:
+    interrupt_id: str
+    tool: str
+    args: dict[str, object]
+    text: str
+
+
+@dataclass(frozen=True)
+class TurnOutput:
+    """What one agent turn produced; persisted by the core in one fenced commit."""
+
+    checkpoint: bytes
+    log: list[LogEntry]
+    reply_text: str | None
+    approval: PendingApproval | None
+    usage: TokenUsage
+    model_calls: int = 0
+    tool_calls: list[str] = field(default_factory=list)

@@ -1,0 +1,89 @@
+"""Double-texting policies and retry classification: pure functions, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from workers.core.model import ApprovalDecisionRecord, ConversationState, InboxEntry
+from workers.errors import LeaseLost, PermanentError, RetryableError
+
+SUPERSEDED_REASON = "the user sent a new message instead of answering"
+STALE_APPROVAL_NOTICE = "That approval request is no longer pending; nothing was done."
+NOTHING_PENDING_NOTICE = "There is nothing waiting for approval; nothing was done."
+
+
+@dataclass(frozen=True)
+class TurnPlan:
+    """What the next turn of a run does, decided from the inbox and the policy."""
+
+    kind: Literal["turn", "resume", "skip"]
+    consumed: list[InboxEntry]
+    inbox_seq: int
+    texts: list[str] = field(default_factory=list)
+    resume: ApprovalDecisionRecord | None = None
+    notice: str | None = None
+
+    @property
+    def message_ids(self) -> list[str]:
+        return [e.message.message_id for e in self.consumed]
+
+    @property
+    def seqs(self) -> list[int]:
+        return [e.seq for e in self.consumed]
+
+
+def plan_turn(state: ConversationState, pending: list[InboxEntry]) -> TurnPlan | None:
+    """Decide the next turn from the pending inbox (oldest first), or ``None`` if idle.
+
+    ``enqueue`` and ``reject`` take one message per turn (``reject`` refuses messages at
+    accept time while a run is active). ``merge`` and ``interrupt`` fold every pending user
+    message up to the next approval into one turn; ``interrupt`` also has the turn's commit
+    refused when a message arrives mid-turn, so the run restarts with all of them.
+    """
+    if not pending:
+        return None
+    first = pending[0]
+    seq = state.inbox_seq
+    waiting = state.pending_approval if state.status == "awaiting_approval" else None
+    approval = first.message.approval
+    if waiting is not None:
+        if approval is None:
+            # The user moved on: deny the pending tool call, keep the message for the next turn.
+            decision = ApprovalDecisionRecord(waiting.interrupt_id, False, SUPERSEDED_REASON)
+            return TurnPlan("resume", [], seq, resume=decision)
+        if approval.interrupt_id != waiting.interrupt_id:
+            return TurnPlan("skip", [first], seq, notice=STALE_APPROVAL_NOTICE)
+        decision = ApprovalDecisionRecord(approval.interrupt_id, approval.approved, approval.reason)
+        return TurnPlan("resume", [first], seq, resume=decision)
+    if approval is not None:
+        return TurnPlan("skip", [first], seq, notice=NOTHING_PENDING_NOTICE)
+    if state.policy in ("merge", "interrupt"):
+        batch: list[InboxEntry] = []
+        for entry in pending:
+            if entry.message.approval is not None:
+                break
+            batch.append(entry)
+        return TurnPlan("turn", batch, seq, texts=[e.message.text for e in batch])
+    return TurnPlan("turn", [first], seq, texts=[first.message.text])
+
+
+ErrorClass = Literal["retry", "permanent", "lease_lost"]
+
+
+def classify_error(exc: BaseException) -> ErrorClass:
+    """Map an exception to what the workflow does with it. Unknown errors are retried:
+    a bug must not silently consume the user's message."""
+    if isinstance(exc, LeaseLost):
+        return "lease_lost"
+    if isinstance(exc, PermanentError):
+        return "permanent"
+    if isinstance(exc, RetryableError):
+        return "retry"
+    return "retry"
+
+
+def backoff_delay(attempt: int, *, base: float, cap: float, jitter: float) -> float:
+    """Exponential backoff for ``attempt`` (1-based), with ``jitter`` in [0, 1) as a fraction."""
+    delay: float = min(cap, base * (2 ** (attempt - 1)))
+    return delay * (1.0 - 0.5 * jitter)

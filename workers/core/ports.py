@@ -1,0 +1,192 @@
+"""The ports of the core: small Protocols implemented by the adapters.
+
+Every store backend (SQLite, DynamoDB) implements :class:`ConversationStore` and passes the
+same contract suite in ``tests/contract``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, Protocol
+
+from events.inbound import DoubleTextingPolicy, InboundMessage
+from events.outbound import OutboxPayload, ReplyChunk
+from events.workflow import RunRef
+from workers.core.model import (
+    AcceptResult,
+    ConversationState,
+    History,
+    InboxEntry,
+    Lease,
+    LogEntry,
+    OutboxEntry,
+    Ticket,
+    TurnCommit,
+    TurnOutput,
+    TurnRequest,
+)
+
+
+class ConversationStore(Protocol):
+    """Inbox, lease, checkpoint, message log and outbox of every conversation."""
+
+    def append_inbox(
+        self, msg: InboundMessage, *, now: float, default_policy: DoubleTextingPolicy
+    ) -> AcceptResult:
+        """Append ``msg`` unless its dedupe key was seen; bump the inbox sequence atomically.
+
+        A duplicate returns the first message's id with ``duplicate=True``. Under the
+        ``reject`` policy a message arriving while a live lease exists is stored as
+        rejected, with a notice to the user in the outbox, in the same transaction.
+        """
+
+    def try_acquire_lease(self, conversation_id: str, *, now: float, ttl: float) -> Lease | None:
+        """Take the lease with the next fencing token if none is live; else ``None``."""
+
+    def bind_lease(
+        self, conversation_id: str, token: int, execution_id: str, *, now: float, ttl: float
+    ) -> Lease:
+        """Bind the lease to a run's execution; ``LeaseLost`` if the token is stale or the
+        lease is already bound to another execution (a duplicate start)."""
+
+    def renew_lease(self, conversation_id: str, token: int, *, now: float, ttl: float) -> Lease:
+        """Extend the lease; ``LeaseLost`` if ``token`` no longer holds it."""
+
+    def handover_lease(self, conversation_id: str, token: int, *, now: float, ttl: float) -> Lease:
+        """Swap the lease held by ``token`` for a fresh one (next token), for a new run."""
+
+    def release_lease(self, conversation_id: str, token: int, *, seen_inbox_seq: int) -> bool:
+        """Release if ``token`` holds the lease and the inbox did not move past
+        ``seen_inbox_seq``; ``False`` if it moved (the run must loop). ``LeaseLost`` if stale."""
+
+    def get_conversation(self, conversation_id: str) -> ConversationState | None: ...
+
+    def pending_inbox(self, conversation_id: str, *, limit: int = 100) -> list[InboxEntry]:
+        """Pending inbox entries, oldest first."""
+
+    def load_checkpoint(self, conversation_id: str) -> bytes | None: ...
+
+    def load_log(self, conversation_id: str, *, limit: int) -> list[LogEntry]:
+        """The last ``limit`` entries of the message log, oldest first."""
+
+    def commit_turn(self, conversation_id: str, commit: TurnCommit) -> None:
+        """Apply a turn atomically: mark inbox entries consumed, save the checkpoint, append
+        to the log and the outbox, set the status. ``LeaseLost`` if the token is stale;
+        ``TurnSuperseded`` if ``expect_inbox_seq`` is set and the inbox moved."""
+
+    def pending_outbox(self, conversation_id: str) -> list[OutboxEntry]: ...
+
+    def mark_delivered(self, conversation_id: str, seqs: list[int], *, now: float) -> None: ...
+
+    def expired_with_pending(self, *, now: float, limit: int = 100) -> list[str]:
+        """Conversations with pending inbox entries and no live lease."""
+
+    def history(self, conversation_id: str) -> History | None: ...
+
+    def add_connection(self, connection_id: str, conversation_id: str, *, now: float) -> None: ...
+
+    def remove_connection(self, connection_id: str) -> None: ...
+
+    def list_connections(self, conversation_id: str) -> list[str]: ...
+
+
+class TicketStore(Protocol):
+    """Support tickets the agent's tools read and write; writes are idempotent by key."""
+
+    def create_ticket(
+        self,
+        *,
+        idempotency_key: str,
+        conversation_id: str,
+        subject: str,
+        body: str,
+        priority: str,
+        now: float,
+    ) -> Ticket: ...
+
+    def get_ticket(self, ticket_id: int) -> Ticket | None: ...
+
+    def update_ticket(
+        self,
+        ticket_id: int,
+        *,
+        idempotency_key: str,
+        status: str | None,
+        priority: str | None,
+        comment: str | None,
+        now: float,
+    ) -> Ticket: ...
+
+
+class WorkflowStarter(Protocol):
+    """Starts a run (a workflow execution) for a conversation whose lease was just taken."""
+
+    def start(self, run: RunRef) -> None: ...
+
+
+class ReplySink(Protocol):
+    """Sends outbox payloads and streamed chunks to the conversation's channel."""
+
+    def send(self, payload: OutboxPayload) -> None:
+        """Deliver one payload; raise ``RetryableError`` to retry later."""
+
+    def send_chunk(self, chunk: ReplyChunk) -> None:
+        """Best-effort streaming of a reply in progress; never raises for a gone client."""
+
+
+class SpanHandle(Protocol):
+    def set_outputs(self, outputs: Any) -> None: ...
+
+    def set_attributes(self, attributes: dict[str, Any]) -> None: ...
+
+
+class Tracer(Protocol):
+    """One trace per turn (root span AGENT) with child spans; MLflow in the adapters."""
+
+    def turn(
+        self, name: str, *, tags: dict[str, str], inputs: Any
+    ) -> AbstractContextManager[SpanHandle]: ...
+
+    def span(self, name: str, *, kind: str, inputs: Any = None) -> AbstractContextManager[
+        SpanHandle
+    ]: ...
+
+
+class TurnAgent(Protocol):
+    """Runs the agent graph for one turn from a checkpoint; no persistence of its own."""
+
+    def run_turn(
+        self,
+        request: TurnRequest,
+        *,
+        on_chunk: Callable[[str], None] | None,
+        tracer: Tracer,
+    ) -> TurnOutput: ...
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Seconds since the epoch."""
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+class NullSpan:
+    def set_outputs(self, outputs: Any) -> None:
+        return None
+
+    def set_attributes(self, attributes: dict[str, Any]) -> None:
+        return None
+
+
+class NullTracer:
+    """A tracer that records nothing (tracing disabled, unit tests)."""
+
+    @contextmanager
+    def turn(self, name: str, *, tags: dict[str, str], inputs: Any) -> Iterator[SpanHandle]:
+        yield NullSpan()
+
+    @contextmanager
+    def span(self, name: str, *, kind: str, inputs: Any = None) -> Iterator[SpanHandle]:
+        yield NullSpan()

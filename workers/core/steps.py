@@ -1,0 +1,382 @@
+"""The five steps of the turn contract, shared by the embedded and the AWS runtime.
+
+``accept_message`` -> (``bind_run``) -> ``claim_inbox`` -> ``advance_turn`` -> ``deliver`` ->
+``finish_run`` (loop while the inbox has pending messages). ``drive_run`` composes them the
+way the Step Functions workflow does, for runtimes that run a whole run in one process.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Literal
+
+from events.inbound import DoubleTextingPolicy, InboundMessage, new_id
+from events.outbound import ApprovalRequest, Notice, OutboxPayload, Reply, ReplyChunk
+from events.workflow import FinishResult, RunRef, TurnResult
+from workers.core.model import AcceptResult, PendingApproval, TurnCommit, TurnOutput, TurnRequest
+from workers.core.policies import TurnPlan, backoff_delay, classify_error, plan_turn
+from workers.core.ports import (
+    Clock,
+    ConversationStore,
+    NullTracer,
+    ReplySink,
+    Tracer,
+    TurnAgent,
+    WorkflowStarter,
+)
+from workers.errors import LeaseLost, PermanentError, RetryableError
+
+log = logging.getLogger(__name__)
+
+
+class TurnSuperseded(Exception):
+    """The inbox moved during an ``interrupt``-policy turn: discard it and re-claim."""
+
+
+@dataclass(frozen=True)
+class TurnSettings:
+    lease_ttl: float = 60.0
+    context_window: int = 20
+    default_policy: DoubleTextingPolicy = "enqueue"
+    max_turns_per_run: int = 50
+    retry_attempts: int = 3
+    retry_base_delay: float = 0.5
+    retry_max_delay: float = 8.0
+    stream: bool = True
+
+
+@dataclass
+class Deps:
+    """Everything the steps need, built once per process by the composition root."""
+
+    store: ConversationStore
+    agent: TurnAgent
+    sink: ReplySink
+    starter: WorkflowStarter
+    clock: Clock
+    tracer: Tracer = field(default_factory=NullTracer)
+    settings: TurnSettings = field(default_factory=TurnSettings)
+
+
+# 1. accept ----------------------------------------------------------------------------------
+
+
+def accept_message(deps: Deps, msg: InboundMessage) -> AcceptResult:
+    """Append ``msg`` to its inbox (deduplicated) and start a run if none holds the lease."""
+    now = deps.clock.now()
+    result = deps.store.append_inbox(msg, now=now, default_policy=deps.settings.default_policy)
+    if result.duplicate or result.rejected:
+        return result
+    lease = deps.store.try_acquire_lease(
+        msg.conversation_id, now=now, ttl=deps.settings.lease_ttl
+    )
+    if lease is not None:
+        deps.starter.start(RunRef(conversation_id=msg.conversation_id, token=lease.token))
+    return result
+
+
+def bind_run(deps: Deps, run: RunRef, execution_id: str) -> RunRef:
+    """First step of a run: bind the lease to this execution (a duplicate start ends here)."""
+    deps.store.bind_lease(
+        run.conversation_id,
+        run.token,
+        execution_id,
+        now=deps.clock.now(),
+        ttl=deps.settings.lease_ttl,
+    )
+    return run.model_copy(update={"execution_id": execution_id})
+
+
+# 2. claim -----------------------------------------------------------------------------------
+
+
+def claim_inbox(deps: Deps, run: RunRef) -> TurnPlan | None:
+    """Renew the lease and decide the next turn from the pending inbox (``None``: idle)."""
+    store = deps.store
+    store.renew_lease(
+        run.conversation_id, run.token, now=deps.clock.now(), ttl=deps.settings.lease_ttl
+    )
+    state = store.get_conversation(run.conversation_id)
+    if state is None:
+        raise LeaseLost(f"conversation {run.conversation_id} vanished")
+    return plan_turn(state, store.pending_inbox(run.conversation_id))
+
+
+# 3. advance ---------------------------------------------------------------------------------
+
+
+def advance_turn(deps: Deps, run: RunRef, plan: TurnPlan) -> TurnResult:
+    """Run the agent for ``plan`` and commit its checkpoint, log and outbox, fenced by the
+    run's token. A stale run gets ``LeaseLost`` and has written nothing."""
+    cid = run.conversation_id
+    turn_id = new_id()
+    if plan.kind == "skip":
+        notice = Notice(conversation_id=cid, in_reply_to=plan.message_ids, text=plan.notice or "")
+        state = deps.store.get_conversation(cid)
+        status = state.status if state is not None else "idle"
+        _commit(deps, run, TurnCommit(run.token, plan.seqs, status, outbox=[notice]))
+        return _result(run, "skipped", turn_id, plan)
+    state = deps.store.get_conversation(cid)
+    policy = state.policy if state is not None else deps.settings.default_policy
+    tags = {
+        "conversation_id": cid,
+        "run_id": run.run_id,
+        "turn_id": turn_id,
+        "message_ids": ",".join(plan.message_ids),
+        "channel": plan.consumed[0].message.channel if plan.consumed else "api",
+    }
+    with deps.tracer.turn("turn", tags=tags, inputs={"texts": plan.texts}) as span:
+        with deps.tracer.span("store.load", kind="RETRIEVER"):
+            request = TurnRequest(
+                conversation_id=cid,
+                turn_id=turn_id,
+                channel=tags["channel"],
+                texts=plan.texts,
+                resume=plan.resume,
+                checkpoint=deps.store.load_checkpoint(cid),
+                history=deps.store.load_log(cid, limit=deps.settings.context_window),
+            )
+        try:
+            output = deps.agent.run_turn(
+                request, on_chunk=_chunk_streamer(deps, cid, turn_id), tracer=deps.tracer
+            )
+        except PermanentError as exc:
+            span.set_attributes({"error": str(exc)})
+            fail_turn(deps, run, plan, f"Sorry, I could not process that: {exc}")
+            return _result(run, "replied", turn_id, plan)
+        commit = _turn_commit(run, plan, turn_id, output, policy)
+        with deps.tracer.span("store.commit", kind="UNKNOWN"):
+            try:
+                _commit(deps, run, commit)
+            except TurnSuperseded:
+                span.set_attributes({"superseded": True})
+                return _result(run, "interrupted", turn_id, plan)
+        span.set_attributes(
+            {
+                "mlflow.chat.tokenUsage": {
+                    "input_tokens": output.usage.input_tokens,
+                    "output_tokens": output.usage.output_tokens,
+                    "total_tokens": output.usage.total_tokens,
+                },
+                "tool_calls": output.tool_calls,
+            }
+        )
+        span.set_outputs(
+            {"reply": output.reply_text, "approval": output.approval.tool if output.approval else None}
+        )
+    outcome: Literal["replied", "awaiting_approval"] = (
+        "awaiting_approval" if output.approval else "replied"
+    )
+    return _result(run, outcome, turn_id, plan)
+
+
+def fail_turn(deps: Deps, run: RunRef, plan: TurnPlan, text: str) -> None:
+    """Tell the user a turn failed for good and consume its messages (fenced)."""
+    notice = Notice(conversation_id=run.conversation_id, level="error", in_reply_to=plan.message_ids, text=text)
+    state = deps.store.get_conversation(run.conversation_id)
+    status = "awaiting_approval" if state and state.status == "awaiting_approval" else "idle"
+    _commit(deps, run, TurnCommit(run.token, plan.seqs, status, outbox=[notice]))
+
+
+def _turn_commit(
+    run: RunRef, plan: TurnPlan, turn_id: str, output: TurnOutput, policy: DoubleTextingPolicy
+) -> TurnCommit:
+    cid = run.conversation_id
+    outbox: list[OutboxPayload] = []
+    approval: ApprovalRequest | None = None
+    if output.reply_text is not None:
+        outbox.append(
+            Reply(
+                conversation_id=cid,
+                turn_id=turn_id,
+                in_reply_to=plan.message_ids,
+                text=output.reply_text,
+                usage=output.usage,
+            )
+        )
+    if output.approval is not None:
+        approval = _approval_request(cid, turn_id, output.approval)
+        outbox.append(approval)
+    return TurnCommit(
+        token=run.token,
+        consumed=plan.seqs,
+        status="awaiting_approval" if approval else "idle",
+        checkpoint=output.checkpoint,
+        log=output.log,
+        outbox=outbox,
+        pending_approval=approval,
+        expect_inbox_seq=plan.inbox_seq if policy == "interrupt" else None,
+    )
+
+
+def _approval_request(cid: str, turn_id: str, pending: PendingApproval) -> ApprovalRequest:
+    return ApprovalRequest(
+        conversation_id=cid,
+        turn_id=turn_id,
+        interrupt_id=pending.interrupt_id,
+        tool=pending.tool,
+        args=dict(pending.args),
+        text=pending.text,
+    )
+
+
+def _commit(deps: Deps, run: RunRef, commit: TurnCommit) -> None:
+    deps.store.commit_turn(run.conversation_id, commit)
+
+
+def _chunk_streamer(deps: Deps, cid: str, turn_id: str) -> object | None:
+    if not deps.settings.stream:
+        return None
+    counter = iter(range(1 << 62))
+
+    def on_chunk(delta: str) -> None:
+        deps.sink.send_chunk(
+            ReplyChunk(conversation_id=cid, turn_id=turn_id, index=next(counter), delta=delta)
+        )
+
+    return on_chunk
+
+
+def _result(run: RunRef, outcome: str, turn_id: str, plan: TurnPlan) -> TurnResult:
+    return TurnResult(
+        run=run.model_copy(update={"turns": run.turns + 1}),
+        outcome=outcome,  # type: ignore[arg-type]
+        turn_id=turn_id,
+        consumed=plan.message_ids,
+    )
+
+
+# 4. deliver ---------------------------------------------------------------------------------
+
+
+def deliver(deps: Deps, conversation_id: str) -> int:
+    """Send undelivered outbox entries in order and mark each delivered; returns the count.
+    Re-delivering an already-delivered entry never happens: marks are checked first."""
+    sent = 0
+    for entry in deps.store.pending_outbox(conversation_id):
+        with deps.tracer.span("deliver", kind="UNKNOWN", inputs={"type": entry.payload.type}):
+            deps.sink.send(entry.payload)
+            deps.store.mark_delivered(conversation_id, [entry.seq], now=deps.clock.now())
+        sent += 1
+    return sent
+
+
+# 5. finish ----------------------------------------------------------------------------------
+
+
+def finish_run(deps: Deps, run: RunRef) -> FinishResult:
+    """Release the lease if the inbox is drained (conditional on the inbox sequence last
+    seen), hand over to a fresh run after ``max_turns_per_run``, or ask the run to loop."""
+    store = deps.store
+    cid = run.conversation_id
+    state = store.get_conversation(cid)
+    if state is None:
+        raise LeaseLost(f"conversation {cid} vanished")
+    pending = store.pending_inbox(cid, limit=1)
+    if pending:
+        if run.turns >= deps.settings.max_turns_per_run:
+            lease = store.handover_lease(
+                cid, run.token, now=deps.clock.now(), ttl=deps.settings.lease_ttl
+            )
+            deps.starter.start(RunRef(conversation_id=cid, token=lease.token))
+            return FinishResult(run=run, released=True, status="handover")
+        return FinishResult(run=run, released=False, status="more_pending")
+    if not store.release_lease(cid, run.token, seen_inbox_seq=state.inbox_seq):
+        return FinishResult(run=run, released=False, status="more_pending")
+    status: Literal["idle", "awaiting_approval"] = (
+        "awaiting_approval" if state.status == "awaiting_approval" else "idle"
+    )
+    return FinishResult(run=run, released=True, status=status)
+
+
+# the sweeper --------------------------------------------------------------------------------
+
+
+def sweep(deps: Deps, *, now: float | None = None) -> list[RunRef]:
+    """Start runs for conversations with pending messages and no live lease (a crashed run
+    never strands a message). ``now`` may be pushed forward to take over leases early."""
+    at = deps.clock.now() if now is None else now
+    started: list[RunRef] = []
+    for cid in deps.store.expired_with_pending(now=at):
+        lease = deps.store.try_acquire_lease(cid, now=at, ttl=deps.settings.lease_ttl)
+        if lease is None:
+            continue
+        run = RunRef(conversation_id=cid, token=lease.token)
+        deps.starter.start(run)
+        started.append(run)
+    return started
+
+
+# a whole run in one process -----------------------------------------------------------------
+
+
+@dataclass
+class RunSummary:
+    run: RunRef
+    turns: int = 0
+    outcomes: list[str] = field(default_factory=list)
+    ended: str = "idle"
+
+
+def drive_run(deps: Deps, run: RunRef, execution_id: str | None = None) -> RunSummary:
+    """Run the workflow loop in-process: bind, then claim/advance/deliver until finished.
+
+    Retryable errors are retried with backoff and jitter like the workflow's ``Retry``; when
+    the attempts are spent the user is told and the message consumed. ``LeaseLost`` ends the
+    run quietly.
+    """
+    summary = RunSummary(run=run)
+    try:
+        run = bind_run(deps, run, execution_id or f"{run.run_id}-{new_id()[:8]}")
+        while True:
+            plan = claim_inbox(deps, run)
+            if plan is not None:
+                result = _advance_with_retry(deps, run, plan)
+                run = result.run
+                summary.turns += 1
+                summary.outcomes.append(result.outcome)
+                deliver(deps, run.conversation_id)
+                continue
+            deliver(deps, run.conversation_id)
+            finish = finish_run(deps, run)
+            if finish.released:
+                summary.ended = finish.status
+                break
+    except LeaseLost as exc:
+        log.info("run %s stopped: %s", run.run_id, exc)
+        summary.ended = "lease_lost"
+    summary.run = run
+    return summary
+
+
+def _advance_with_retry(deps: Deps, run: RunRef, plan: TurnPlan) -> TurnResult:
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return advance_turn(deps, run, plan)
+        except (LeaseLost, PermanentError):
+            raise
+        except Exception as exc:  # retry classification decides, nothing is swallowed
+            if classify_error(exc) != "retry":
+                raise
+            if attempt >= deps.settings.retry_attempts:
+                log.warning("turn failed after %d attempts: %s", attempt, exc)
+                fail_turn(deps, run, plan, _retry_exhausted_text(exc))
+                return _result(run, "replied", new_id(), plan)
+            delay = backoff_delay(
+                attempt,
+                base=deps.settings.retry_base_delay,
+                cap=deps.settings.retry_max_delay,
+                jitter=random.random(),
+            )
+            log.info("turn attempt %d failed (%s); retrying in %.2fs", attempt, exc, delay)
+            deps.clock.sleep(delay)
+
+
+def _retry_exhausted_text(exc: Exception) -> str:
+    if isinstance(exc, RetryableError):
+        return f"Sorry, the assistant is temporarily unavailable ({exc}). Please try again."
+    return "Sorry, something went wrong while answering; the team has been notified."
