@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 MAX_MESSAGE_BYTES = 256 * 1024
 """Largest accepted message text, in UTF-8 bytes (the Step Functions/SQS payload cap)."""
@@ -42,7 +43,11 @@ def check_text_size(text: str) -> str:
     """Refuse texts over :data:`MAX_MESSAGE_BYTES` with a message naming the limit."""
     size = len(text.encode("utf-8"))
     if size > MAX_MESSAGE_BYTES:
-        raise ValueError(f"text is {size} bytes, over the {MAX_MESSAGE_BYTES} byte limit")
+        raise PydanticCustomError(
+            "too_large",
+            "text is {size} bytes, over the {limit} byte limit",
+            {"size": size, "limit": MAX_MESSAGE_BYTES},
+        )
     return text
 
 

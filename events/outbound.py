@@ -62,6 +62,7 @@ class ApprovalRequest(BaseModel):
     reply_id: str = Field(default_factory=new_id)
     conversation_id: str
     turn_id: str
+    in_reply_to: list[str] = Field(default_factory=list, description="inbox message ids")
     interrupt_id: str
     tool: str
     args: dict[str, Any]
@@ -84,3 +85,56 @@ class Notice(BaseModel):
 
 
 OutboxPayload = Reply | ApprovalRequest | Notice
+
+
+class MessageView(BaseModel):
+    """An inbox message as shown by ``GET /v1/conversations/{id}``."""
+
+    seq: int
+    message_id: str
+    kind: Literal["user", "approval"]
+    text: str
+    sender: str
+    channel: str
+    status: Literal["pending", "consumed", "rejected"]
+    received_at: datetime
+    approved: bool | None = None
+
+
+class OutboxView(BaseModel):
+    seq: int
+    delivered: bool
+    payload: OutboxPayload
+
+
+class ConversationView(BaseModel):
+    """A conversation's messages, replies, status and pending approval."""
+
+    conversation_id: str
+    status: Literal["idle", "running", "awaiting_approval"]
+    policy: Literal["enqueue", "merge", "interrupt", "reject"]
+    pending_approval: ApprovalRequest | None
+    messages: list[MessageView]
+    replies: list[OutboxView]
+
+
+class AcceptedView(BaseModel):
+    """Response to an accepted message (HTTP 202, WebSocket ``accepted`` frame)."""
+
+    type: Literal["accepted"] = "accepted"
+    conversation_id: str
+    message_id: str
+    seq: int
+    duplicate: bool
+    rejected: bool
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorView(BaseModel):
+    type: Literal["error"] = "error"
+    error: ErrorBody

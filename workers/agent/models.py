@@ -7,7 +7,8 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 
-from workers.errors import ConfigError, PermanentError, RetryableError
+from workers.config import parse_model_spec
+from workers.errors import PermanentError, RetryableError
 
 _RETRYABLE_CODES = {
     "ThrottlingException",
@@ -26,21 +27,6 @@ class ModelOptions:
     endpoint_url: str | None = None
     max_tokens: int = 1024
     temperature: float = 0.0
-
-
-def parse_model_spec(spec: str) -> tuple[str, str]:
-    """Split ``offline`` / ``offline:<latency_ms>`` / ``bedrock:<model-id>``; ``ConfigError``
-    names the setting when the spec is malformed."""
-    kind, _, arg = spec.partition(":")
-    if kind == "offline":
-        if arg and not arg.replace(".", "", 1).isdigit():
-            raise ConfigError(f"AGENTWORKER_MODEL={spec!r}: offline latency must be milliseconds")
-        return kind, arg
-    if kind == "bedrock" and arg:
-        return kind, arg
-    raise ConfigError(
-        f"AGENTWORKER_MODEL={spec!r}: expected 'offline' or 'bedrock:<model-id>'"
-    )
 
 
 def make_model(spec: str, options: ModelOptions | None = None) -> BaseChatModel:

@@ -45,6 +45,8 @@ class TurnSettings:
     retry_base_delay: float = 0.5
     retry_max_delay: float = 8.0
     stream: bool = True
+    price_input_per_mtok: float = 0.0
+    price_output_per_mtok: float = 0.0
 
 
 @dataclass
@@ -161,6 +163,7 @@ def advance_turn(deps: Deps, run: RunRef, plan: TurnPlan) -> TurnResult:
                     "total_tokens": output.usage.total_tokens,
                 },
                 "tool_calls": output.tool_calls,
+                "cost_usd": _cost(deps.settings, output),
             }
         )
         span.set_outputs(
@@ -170,6 +173,14 @@ def advance_turn(deps: Deps, run: RunRef, plan: TurnPlan) -> TurnResult:
         "awaiting_approval" if output.approval else "replied"
     )
     return _result(run, outcome, turn_id, plan)
+
+
+def _cost(settings: TurnSettings, output: TurnOutput) -> float:
+    usage = output.usage
+    return (
+        usage.input_tokens * settings.price_input_per_mtok
+        + usage.output_tokens * settings.price_output_per_mtok
+    ) / 1_000_000
 
 
 def fail_turn(deps: Deps, run: RunRef, plan: TurnPlan, text: str) -> None:
@@ -197,7 +208,7 @@ def _turn_commit(
             )
         )
     if output.approval is not None:
-        approval = _approval_request(cid, turn_id, output.approval)
+        approval = _approval_request(cid, turn_id, plan.message_ids, output.approval)
         outbox.append(approval)
     return TurnCommit(
         token=run.token,
@@ -211,10 +222,13 @@ def _turn_commit(
     )
 
 
-def _approval_request(cid: str, turn_id: str, pending: PendingApproval) -> ApprovalRequest:
+def _approval_request(
+    cid: str, turn_id: str, message_ids: list[str], pending: PendingApproval
+) -> ApprovalRequest:
     return ApprovalRequest(
         conversation_id=cid,
         turn_id=turn_id,
+        in_reply_to=message_ids,
         interrupt_id=pending.interrupt_id,
         tool=pending.tool,
         args=dict(pending.args),

@@ -88,9 +88,10 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     data BLOB NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS connections (
-    connection_id TEXT PRIMARY KEY,
+    connection_id TEXT NOT NULL,
     conversation_id TEXT NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    PRIMARY KEY (connection_id, conversation_id)
 );
 CREATE INDEX IF NOT EXISTS connections_by_conversation ON connections (conversation_id);
 CREATE TABLE IF NOT EXISTS tickets (
@@ -130,7 +131,9 @@ class SqliteConversationStore:
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, timeout=30.0, check_same_thread=False
+            )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=30000")
@@ -304,6 +307,17 @@ class SqliteConversationStore:
                 (conversation_id,),
             )
             return True
+
+    def expire_leases(self, *, now: float) -> int:
+        """Expire every live lease (embedded start-up: the state directory's lock proves the
+        process that held them is gone). Returns how many were taken over."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE conversations SET lease_expires_at = ? WHERE lease_token IS NOT NULL"
+                " AND lease_expires_at > ?",
+                (now, now),
+            )
+            return cur.rowcount
 
     def expired_with_pending(self, *, now: float, limit: int = 100) -> list[str]:
         rows = self._conn().execute(

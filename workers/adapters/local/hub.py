@@ -1,0 +1,54 @@
+"""In-process fan-out of replies to WebSocket subscribers, safe to call from worker threads."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import defaultdict
+from typing import Any
+
+from events.outbound import OutboxPayload, ReplyChunk
+
+Frame = dict[str, Any]
+
+
+class LocalHub:
+    """Conversation id -> subscriber queues. ``publish`` may be called from any thread."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._subs: dict[str, set[asyncio.Queue[Frame]]] = defaultdict(set)
+        self._lock = threading.Lock()
+
+    def subscribe(self, conversation_id: str, queue: asyncio.Queue[Frame]) -> None:
+        with self._lock:
+            self._subs[conversation_id].add(queue)
+
+    def unsubscribe(self, queue: asyncio.Queue[Frame]) -> None:
+        with self._lock:
+            for subs in self._subs.values():
+                subs.discard(queue)
+
+    def subscribers(self, conversation_id: str) -> int:
+        with self._lock:
+            return len(self._subs.get(conversation_id, ()))
+
+    def publish(self, conversation_id: str, frame: Frame) -> None:
+        with self._lock:
+            queues = list(self._subs.get(conversation_id, ()))
+        for queue in queues:
+            self._loop.call_soon_threadsafe(queue.put_nowait, frame)
+
+
+class LocalReplySink:
+    """The ``ReplySink`` of the embedded runtime: pushes to the hub's subscribers. A reply
+    with no subscriber is still delivered: it stays in the outbox for history."""
+
+    def __init__(self, hub: LocalHub) -> None:
+        self._hub = hub
+
+    def send(self, payload: OutboxPayload) -> None:
+        self._hub.publish(payload.conversation_id, payload.model_dump(mode="json"))
+
+    def send_chunk(self, chunk: ReplyChunk) -> None:
+        self._hub.publish(chunk.conversation_id, chunk.model_dump(mode="json"))

@@ -1,0 +1,164 @@
+"""``EmbeddedRuntime``: the turn contract on one machine with an asyncio worker pool.
+
+Runs are queued by the ``LocalWorkflowStarter`` and driven by ``workers`` pool tasks, each
+running ``drive_run`` in a thread (the core steps are synchronous, like the Lambda side).
+One run per conversation at a time is guaranteed by the lease, not by the pool; different
+conversations run concurrently. A lock file makes this process the state directory's only
+owner, so at start it takes over every lease left by a crashed process and the sweeper
+restarts conversations with pending messages: nothing accepted is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import IO
+
+from events.inbound import InboundMessage
+from events.workflow import RunRef
+from workers.adapters.local.hub import LocalHub
+from workers.adapters.local.sqlite_store import SqliteConversationStore
+from workers.config import Settings
+from workers.core.model import AcceptResult, History
+from workers.core.steps import Deps, RunSummary, accept_message, drive_run, sweep
+from workers.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class LocalWorkflowStarter:
+    """Queues a run for the worker pool; callable from any thread. ``scheduled`` counts runs
+    started but not yet picked up, so "idle" is never observed between the two."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[RunRef]) -> None:
+        self._loop = loop
+        self._queue = queue
+        self._lock = threading.Lock()
+        self.scheduled = 0
+
+    def start(self, run: RunRef) -> None:
+        with self._lock:
+            self.scheduled += 1
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, run)
+
+    def picked_up(self) -> None:
+        with self._lock:
+            self.scheduled -= 1
+
+
+class EmbeddedRuntime:
+    def __init__(
+        self,
+        settings: Settings,
+        store: SqliteConversationStore,
+        deps: Deps,
+        hub: LocalHub,
+        queue: asyncio.Queue[RunRef],
+        starter: LocalWorkflowStarter,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.deps = deps
+        self.hub = hub
+        self._queue = queue
+        self._starter = starter
+        self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="agentworker-run")
+        self._tasks: list[asyncio.Task[None]] = []
+        self._in_flight = 0
+        self._lock_file: IO[str] | None = None
+        self.completed: list[RunSummary] = []
+
+    # lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._take_state_lock()
+        self.store.clear_connections()
+        taken = self.store.expire_leases(now=self.deps.clock.now())
+        started = await asyncio.to_thread(sweep, self.deps)
+        if taken or started:
+            log.info("recovery: took over %d lease(s), restarted %d run(s)", taken, len(started))
+        self._tasks = [
+            asyncio.create_task(self._worker(i), name=f"agentworker-worker-{i}")
+            for i in range(self.settings.workers)
+        ]
+        self._tasks.append(asyncio.create_task(self._sweeper(), name="agentworker-sweeper"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        # Runs in threads finish their current step; an unfinished one is recovered at start.
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        flush = getattr(self.deps.tracer, "flush", None)
+        if flush is not None:
+            flush()
+        self.store.close()
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    def _take_state_lock(self) -> None:
+        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        path = self.settings.state_dir / "agentworker.lock"
+        handle = path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise ConfigError(
+                f"AGENTWORKER_STATE_DIR={self.settings.state_dir}: another agentworker process"
+                " is using this state directory"
+            ) from None
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._lock_file = handle
+
+    # API used by the server, the CLI and tests ------------------------------------------
+
+    async def accept(self, msg: InboundMessage) -> AcceptResult:
+        return await asyncio.to_thread(accept_message, self.deps, msg)
+
+    async def history(self, conversation_id: str) -> History | None:
+        return await asyncio.to_thread(self.store.history, conversation_id)
+
+    @property
+    def busy(self) -> int:
+        return self._in_flight + self._starter.scheduled
+
+    async def wait_idle(self, timeout: float = 30.0) -> None:
+        """Wait until no run is queued or running (demo, tests, benchmarks)."""
+        async with asyncio.timeout(timeout):
+            while self.busy:
+                await asyncio.sleep(0.005)
+
+    # the pool ----------------------------------------------------------------------------
+
+    async def _worker(self, index: int) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            run = await self._queue.get()
+            self._in_flight += 1
+            self._starter.picked_up()
+            try:
+                summary = await loop.run_in_executor(self._pool, drive_run, self.deps, run)
+                self.completed.append(summary)
+            except Exception:
+                # The lease expires and the sweeper restarts the conversation.
+                log.exception("run %s failed; the sweeper will retry it", run.run_id)
+            finally:
+                self._in_flight -= 1
+                self._queue.task_done()
+
+    async def _sweeper(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval_seconds)
+            try:
+                await asyncio.to_thread(sweep, self.deps)
+            except Exception:
+                log.exception("sweep failed; trying again in %ss", self.settings.sweep_interval_seconds)

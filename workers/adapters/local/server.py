@@ -1,0 +1,264 @@
+"""The local server: HTTP API, WebSocket ``/v1/ws``, the web chat page, ``/healthz``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import TypeAdapter, ValidationError
+
+from events.inbound import (
+    CONVERSATION_ID_PATTERN,
+    WS_ACTIONS,
+    MessageRequest,
+    WsDecide,
+    WsFrame,
+    WsPing,
+    WsSend,
+    WsSubscribe,
+    new_id,
+)
+from events.outbound import ErrorBody, ErrorView
+from workers.adapters.local.runtime import EmbeddedRuntime
+from workers.adapters.local.views import accepted_view, conversation_view
+from workers.config import Settings
+from workers.errors import AgentWorkerError
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1024 * 1024
+"""Largest request body read at all; the message text itself is capped at 256 KB."""
+
+_FRAME = TypeAdapter[Any](WsFrame)
+_CID = TypeAdapter(str)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = ErrorView(error=ErrorBody(code=code, message=message, field=field))
+
+
+def validation_error(exc: ValidationError, *, prefix: str = "") -> ApiError:
+    """Map a pydantic error to 413 (text too large) or 422, naming the first bad field."""
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err["loc"] if not isinstance(p, int)) or None
+    if field and prefix:
+        field = f"{prefix}.{field}"
+    status = 413 if err["type"] == "too_large" else 422
+    code = "too_large" if status == 413 else "validation_error"
+    return ApiError(status, code, f"{field or 'body'}: {err['msg']}", field)
+
+
+def check_conversation_id(conversation_id: str) -> None:
+    import re
+
+    if not re.match(CONVERSATION_ID_PATTERN, conversation_id):
+        raise ApiError(
+            422,
+            "validation_error",
+            "conversation_id: letters, digits and ':._@-', 1-256 characters, "
+            "starting with a letter or digit",
+            "conversation_id",
+        )
+
+
+def create_app(settings: Settings, runtime_factory: Any = None) -> FastAPI:
+    """The ASGI app; the embedded runtime starts and stops with it."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from workers.bootstrap import build_embedded
+
+        runtime: EmbeddedRuntime = (runtime_factory or build_embedded)(settings)
+        await runtime.start()
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(title="agentworker", version="0.1.0", lifespan=lifespan)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body.model_dump(), status_code=exc.status)
+
+    @app.exception_handler(AgentWorkerError)
+    async def _core_error(request: Request, exc: AgentWorkerError) -> JSONResponse:
+        field = getattr(exc, "field", None)
+        body = ErrorView(error=ErrorBody(code=type(exc).__name__, message=str(exc), field=field))
+        return JSONResponse(body.model_dump(), status_code=400)
+
+    def rt(request: Request | WebSocket) -> EmbeddedRuntime:
+        runtime: EmbeddedRuntime = request.app.state.runtime
+        return runtime
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index() -> str:
+        return resources.files("workers.adapters.local").joinpath("static/index.html").read_text()
+
+    @app.get("/healthz")
+    async def healthz(request: Request) -> dict[str, Any]:
+        runtime = rt(request)
+        return {
+            "status": "ok",
+            "model": settings.model,
+            "workers": settings.workers,
+            "busy": runtime.busy,
+        }
+
+    @app.post("/v1/conversations/{conversation_id}/messages", status_code=202)
+    async def post_message(conversation_id: str, request: Request) -> JSONResponse:
+        check_conversation_id(conversation_id)
+        raw = await _read_body(request)
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ApiError(400, "bad_json", f"body is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ApiError(422, "validation_error", "body: must be a JSON object", "body")
+        try:
+            body = MessageRequest.model_validate(data)
+            msg = body.to_inbound(conversation_id)
+        except ValidationError as exc:
+            raise validation_error(exc) from None
+        result = await rt(request).accept(msg)
+        view = accepted_view(conversation_id, result)
+        return JSONResponse(view.model_dump(mode="json"), status_code=202)
+
+    @app.get("/v1/conversations/{conversation_id}")
+    async def get_conversation(conversation_id: str, request: Request) -> JSONResponse:
+        check_conversation_id(conversation_id)
+        history = await rt(request).history(conversation_id)
+        if history is None:
+            raise ApiError(
+                404, "not_found", f"conversation_id: no conversation {conversation_id!r}",
+                "conversation_id",
+            )
+        return JSONResponse(conversation_view(history).model_dump(mode="json"))
+
+    @app.websocket("/v1/ws")
+    async def websocket(ws: WebSocket) -> None:
+        await WebSocketSession(ws, rt(ws)).run()
+
+    return app
+
+
+async def _read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise ApiError(413, "too_large", f"body: over {MAX_BODY_BYTES} bytes", "body")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise ApiError(413, "too_large", f"body: over {MAX_BODY_BYTES} bytes", "body")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class WebSocketSession:
+    """One client socket: frames in, replies and chunks of subscribed conversations out.
+    A bad frame gets an error frame; the socket stays open."""
+
+    def __init__(self, ws: WebSocket, runtime: EmbeddedRuntime) -> None:
+        self.ws = ws
+        self.runtime = runtime
+        self.connection_id = new_id()
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.subscribed: set[str] = set()
+
+    async def run(self) -> None:
+        await self.ws.accept()
+        pump = asyncio.create_task(self._pump())
+        try:
+            while True:
+                raw = await self.ws.receive_text()
+                await self.queue.put(await self._handle(raw))
+        except WebSocketDisconnect:
+            pass
+        finally:
+            pump.cancel()
+            self.runtime.hub.unsubscribe(self.queue)
+            await asyncio.to_thread(self.runtime.store.remove_connection, self.connection_id)
+
+    async def _pump(self) -> None:
+        while True:
+            frame = await self.queue.get()
+            await self.ws.send_json(frame)
+
+    async def _handle(self, raw: str) -> dict[str, Any]:
+        try:
+            frame = self._parse(raw)
+            if isinstance(frame, WsPing):
+                return {"type": "pong"}
+            await self._subscribe(frame.conversation_id)
+            if isinstance(frame, WsSubscribe):
+                history = await self.runtime.history(frame.conversation_id)
+                view = conversation_view(history).model_dump(mode="json") if history else None
+                return {
+                    "type": "subscribed",
+                    "conversation_id": frame.conversation_id,
+                    "conversation": view,
+                }
+            msg = frame.to_inbound()
+            result = await self.runtime.accept(msg)
+            return accepted_view(msg.conversation_id, result).model_dump(mode="json")
+        except ApiError as exc:
+            return exc.body.model_dump()
+        except AgentWorkerError as exc:
+            return ErrorView(
+                error=ErrorBody(
+                    code=type(exc).__name__, message=str(exc), field=getattr(exc, "field", None)
+                )
+            ).model_dump()
+
+    def _parse(self, raw: str) -> WsSubscribe | WsSend | WsDecide | WsPing:
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ApiError(400, "bad_json", f"frame is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ApiError(422, "validation_error", "frame: must be a JSON object", "action")
+        action = data.get("action")
+        if action not in WS_ACTIONS:
+            raise ApiError(
+                422,
+                "unknown_action",
+                f"action: {action!r} is not one of {', '.join(WS_ACTIONS)}",
+                "action",
+            )
+        try:
+            frame: WsSubscribe | WsSend | WsDecide | WsPing = _FRAME.validate_python(data)
+        except ValidationError as exc:
+            err = validation_error(exc)
+            # Drop the discriminator tag pydantic puts first in the location.
+            field = err.body.error.field
+            if field and field.split(".")[0] == action:
+                field = ".".join(field.split(".")[1:]) or None
+                err.body.error.field = field
+                err.body.error.message = f"{field}: {exc.errors()[0]['msg']}"
+            raise err from None
+        return frame
+
+    async def _subscribe(self, conversation_id: str) -> None:
+        if conversation_id in self.subscribed:
+            return
+        self.subscribed.add(conversation_id)
+        self.runtime.hub.subscribe(conversation_id, self.queue)
+        await asyncio.to_thread(
+            self.runtime.store.add_connection,
+            self.connection_id,
+            conversation_id,
+            now=self.runtime.deps.clock.now(),
+        )

@@ -1,0 +1,41 @@
+"""Store records -> API views (shared by the HTTP API, the WebSocket and the CLI)."""
+
+from __future__ import annotations
+
+from events.outbound import AcceptedView, ConversationView, MessageView, OutboxView
+from workers.core.model import AcceptResult, History
+
+
+def conversation_view(history: History) -> ConversationView:
+    state = history.state
+    return ConversationView(
+        conversation_id=state.conversation_id,
+        status=state.status,
+        policy=state.policy,
+        pending_approval=state.pending_approval if state.status == "awaiting_approval" else None,
+        messages=[
+            MessageView(
+                seq=e.seq,
+                message_id=e.message.message_id,
+                kind=e.message.kind,
+                text=e.message.text,
+                sender=e.message.sender,
+                channel=e.message.channel,
+                status=e.status,
+                received_at=e.message.received_at,
+                approved=e.message.approval.approved if e.message.approval else None,
+            )
+            for e in history.inbox
+        ],
+        replies=[OutboxView(seq=e.seq, delivered=e.delivered, payload=e.payload) for e in history.outbox],
+    )
+
+
+def accepted_view(conversation_id: str, result: AcceptResult) -> AcceptedView:
+    return AcceptedView(
+        conversation_id=conversation_id,
+        message_id=result.message_id,
+        seq=result.seq,
+        duplicate=result.duplicate,
+        rejected=result.rejected,
+    )

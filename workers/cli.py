@@ -1,0 +1,293 @@
+"""The ``agentworker`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from workers.config import Settings, load_settings
+from workers.errors import AgentWorkerError, ConfigError
+
+DEFAULT_URL = "http://127.0.0.1:8765"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        code: int = args.func(args)
+        return code
+    except ConfigError as exc:
+        print(f"agentworker: {exc}", file=sys.stderr)
+        return 2
+    except AgentWorkerError as exc:
+        print(f"agentworker: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="agentworker",
+        description="Advance LLM agents one turn at a time: embedded server, CLI and tools.",
+    )
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="run the local server, worker pool and web chat")
+    s.add_argument("--host", help="bind address (default 127.0.0.1)")
+    s.add_argument("--port", type=int, help="port (default 8765)")
+    s.add_argument("--state-dir", type=Path, help="state directory (default ./.agentworker)")
+    s.add_argument("--model", help="'offline' (default) or 'bedrock:<model-id>'")
+    s.add_argument("--workers", type=int, help="concurrent runs (default 4)")
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("send", help="send a message to a running server and print the reply")
+    s.add_argument("text", nargs="?", default="", help="message text")
+    s.add_argument("-c", "--conversation", required=True, help="conversation id")
+    s.add_argument("--url", default=os.environ.get("AGENTWORKER_URL", DEFAULT_URL))
+    s.add_argument("--dedupe-key", help="source message id (repeats are dropped)")
+    s.add_argument("--policy", choices=["enqueue", "merge", "interrupt", "reject"])
+    s.add_argument("--approve", action="store_true", help="approve the pending tool call")
+    s.add_argument("--deny", action="store_true", help="deny the pending tool call")
+    s.add_argument("--reason", default="", help="reason for --approve/--deny")
+    s.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the reply")
+    s.add_argument("--no-wait", action="store_true", help="print the message id and return")
+    s.set_defaults(func=cmd_send)
+
+    s = sub.add_parser("history", help="print a conversation's messages and replies")
+    s.add_argument("-c", "--conversation", required=True)
+    s.add_argument("--url", default=os.environ.get("AGENTWORKER_URL", DEFAULT_URL))
+    s.add_argument("--json", action="store_true", help="raw JSON")
+    s.set_defaults(func=cmd_history)
+
+    s = sub.add_parser("demo", help="scripted run: two conversations, a tool, an approval")
+    s.add_argument("--state-dir", type=Path, help="default: a new temporary directory")
+    s.add_argument("--no-tracing", action="store_true", help="skip MLflow traces")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("traces", help="list the MLflow traces of a conversation")
+    s.add_argument("-c", "--conversation", required=True)
+    s.add_argument("--state-dir", type=Path)
+    s.add_argument("--limit", type=int, default=50)
+    s.set_defaults(func=cmd_traces)
+
+    s = sub.add_parser("schema", help="print the JSON Schema of the event models")
+    s.add_argument("name", nargs="?", help="one model (default: all)")
+    s.set_defaults(func=cmd_schema)
+    return p
+
+
+def _settings(args: argparse.Namespace, **keys: str) -> Settings:
+    overrides: dict[str, Any] = {}
+    for attr, setting in keys.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            overrides[setting] = value
+    return load_settings(**overrides)
+
+
+# serve ------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(
+        args, host="host", port="port", state_dir="state_dir", model="model", workers="workers"
+    )
+    import uvicorn
+
+    from workers.adapters.local.server import create_app
+    from workers.observability import configure_logging
+
+    configure_logging(settings.log_level)
+    app = create_app(settings)
+    print(
+        f"agentworker: serving on http://{settings.host}:{settings.port}/ "
+        f"(model {settings.model}, state {settings.state_dir})",
+        flush=True,
+    )
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        ws_max_size=2 * 1024 * 1024,
+    )
+    return 0
+
+
+# send / history ---------------------------------------------------------------------------
+
+
+def _http(url: str) -> Any:
+    import httpx
+
+    return httpx.Client(base_url=url, timeout=30.0)
+
+
+def _fail(resp: Any) -> int:
+    try:
+        err = resp.json()["error"]
+        print(f"agentworker: {resp.status_code} {err['code']}: {err['message']}", file=sys.stderr)
+    except (ValueError, KeyError):
+        print(f"agentworker: HTTP {resp.status_code}: {resp.text[:500]}", file=sys.stderr)
+    return 1
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    import httpx
+
+    cid = args.conversation
+    try:
+        with _http(args.url) as client:
+            body: dict[str, Any] = {"sender": "cli"}
+            if args.approve or args.deny:
+                view = client.get(f"/v1/conversations/{cid}")
+                if view.status_code != 200:
+                    return _fail(view)
+                pending = view.json()["pending_approval"]
+                if pending is None:
+                    print("agentworker: nothing is waiting for approval", file=sys.stderr)
+                    return 1
+                body["approval"] = {
+                    "interrupt_id": pending["interrupt_id"],
+                    "approved": bool(args.approve),
+                    "reason": args.reason,
+                }
+                body["dedupe_key"] = f"decision:{pending['interrupt_id']}"
+            else:
+                if not args.text:
+                    print("agentworker: give the message text", file=sys.stderr)
+                    return 2
+                body["text"] = args.text
+                if args.dedupe_key:
+                    body["dedupe_key"] = args.dedupe_key
+            if args.policy:
+                body["policy"] = args.policy
+            resp = client.post(f"/v1/conversations/{cid}/messages", json=body)
+            if resp.status_code != 202:
+                return _fail(resp)
+            accepted = resp.json()
+            if args.no_wait:
+                print(accepted["message_id"])
+                return 0
+            return _wait_for_answer(client, cid, accepted["message_id"], args.timeout)
+    except httpx.ConnectError:
+        print(
+            f"agentworker: no server at {args.url}; start one with 'agentworker serve'",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _wait_for_answer(client: Any, cid: str, message_id: str, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        view = client.get(f"/v1/conversations/{cid}").json()
+        for entry in view["replies"]:
+            if message_id in entry["payload"].get("in_reply_to", []):
+                print(_render(entry["payload"]))
+                return 0
+        time.sleep(0.1)
+    print(f"agentworker: no reply within {timeout:.0f}s", file=sys.stderr)
+    return 1
+
+
+def _render(payload: dict[str, Any]) -> str:
+    kind = payload["type"]
+    if kind == "approval_request":
+        return f"[approval needed] {payload['text']} (tool {payload['tool']} {json.dumps(payload['args'])})"
+    if kind == "notice":
+        return f"[{payload['level']}] {payload['text']}"
+    return str(payload["text"])
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    import httpx
+
+    try:
+        with _http(args.url) as client:
+            resp = client.get(f"/v1/conversations/{args.conversation}")
+    except httpx.ConnectError:
+        print(f"agentworker: no server at {args.url}", file=sys.stderr)
+        return 1
+    if resp.status_code != 200:
+        return _fail(resp)
+    view = resp.json()
+    if args.json:
+        print(json.dumps(view, indent=2))
+        return 0
+    print(f"conversation {view['conversation_id']}  status {view['status']}  policy {view['policy']}")
+    events: list[tuple[str, str, str]] = []
+    for m in view["messages"]:
+        text = m["text"] if m["kind"] == "user" else ("approved" if m["approved"] else "denied")
+        events.append((m["received_at"], f"> {m['sender']}", f"{text}  [{m['status']}]"))
+    for r in view["replies"]:
+        events.append((r["payload"]["created_at"], "< agent", _render(r["payload"])))
+    for _, who, text in sorted(events, key=lambda e: e[0]):
+        print(f"{who:>12}  {text}")
+    return 0
+
+
+# demo -------------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from workers.demo import run_demo
+
+    return asyncio.run(run_demo(args.state_dir, tracing=not args.no_tracing))
+
+
+# traces -----------------------------------------------------------------------------------
+
+
+def cmd_traces(args: argparse.Namespace) -> int:
+    settings = _settings(args, state_dir="state_dir")
+    from workers.observability import list_traces
+
+    rows = list_traces(settings, args.conversation, limit=args.limit)
+    if not rows:
+        print(f"no traces for conversation {args.conversation!r} in {settings.tracking_uri}")
+        return 1
+    print(_table(["trace_id", "start", "ms", "status", "tokens in/out", "run_id", "turn_id"], rows))
+    return 0
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False)) for r in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# schema -----------------------------------------------------------------------------------
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from events.schemas import SCHEMA_MODELS, schema_of
+
+    if args.name:
+        if args.name not in SCHEMA_MODELS:
+            print(
+                f"agentworker: unknown model {args.name!r}; one of: {', '.join(SCHEMA_MODELS)}",
+                file=sys.stderr,
+            )
+            return 2
+        print(json.dumps(schema_of(args.name), indent=2))
+    else:
+        print(json.dumps({name: schema_of(name) for name in SCHEMA_MODELS}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,110 @@
+"""Tracing (MLflow), logging and cost. MLflow is imported only when tracing is configured.
+
+Embedded runtime: full ``mlflow`` with a SQLite backend under the state directory. Lambda:
+``mlflow-tracing`` to a remote tracking URI, flushed before the handler returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from workers.core.ports import SpanHandle
+
+log = logging.getLogger(__name__)
+
+
+def offline_mlflow_env() -> None:
+    """Keep MLflow from fetching a model price list (it stalls with no network)."""
+    os.environ.setdefault("MLFLOW_MODEL_CATALOG_URI", "")
+
+
+class _MlflowSpan:
+    def __init__(self, span: Any) -> None:
+        self._span = span
+
+    def set_outputs(self, outputs: Any) -> None:
+        self._span.set_outputs(outputs)
+
+    def set_attributes(self, attributes: dict[str, Any]) -> None:
+        self._span.set_attributes(attributes)
+
+
+class MlflowTracer:
+    """The core's ``Tracer`` port on MLflow: one trace per turn, child spans inside it."""
+
+    def __init__(self, tracking_uri: str, experiment: str) -> None:
+        offline_mlflow_env()
+        import mlflow
+
+        self._mlflow = mlflow
+        mlflow.set_tracking_uri(tracking_uri)
+        self.experiment_id: str = mlflow.set_experiment(experiment).experiment_id
+
+    @contextmanager
+    def turn(self, name: str, *, tags: dict[str, str], inputs: Any) -> Iterator[SpanHandle]:
+        with self._mlflow.start_span(name=name, span_type="AGENT") as span:
+            span.set_inputs(inputs)
+            self._mlflow.update_current_trace(tags=tags, session_id=tags.get("conversation_id"))
+            yield _MlflowSpan(span)
+
+    @contextmanager
+    def span(self, name: str, *, kind: str, inputs: Any = None) -> Iterator[SpanHandle]:
+        with self._mlflow.start_span(name=name, span_type=kind) as span:
+            if inputs is not None:
+                span.set_inputs(inputs)
+            yield _MlflowSpan(span)
+
+    def flush(self) -> None:
+        """Wait for traces exported in the background (before a Lambda handler returns)."""
+        flush = getattr(self._mlflow, "flush_trace_async_logging", None)
+        if flush is not None:
+            flush()
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def list_traces(settings: Any, conversation_id: str, *, limit: int) -> list[list[str]]:
+    """Rows (id, start, ms, status, tokens, run, turn) of a conversation's turn traces."""
+    offline_mlflow_env()
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    experiment = MlflowClient().get_experiment_by_name(settings.mlflow_experiment)
+    if experiment is None:
+        return []
+    safe = conversation_id.replace("'", "")
+    traces = mlflow.search_traces(
+        locations=[experiment.experiment_id],
+        filter_string=f"tags.conversation_id = '{safe}'",
+        max_results=limit,
+        order_by=["timestamp_ms ASC"],
+        return_type="list",
+        include_spans=False,
+    )
+    rows = []
+    for trace in traces:
+        info = trace.info
+        usage = info.token_usage or {}
+        rows.append(
+            [
+                info.trace_id,
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.request_time / 1000)),
+                str(info.execution_duration or 0),
+                str(info.state.value if hasattr(info.state, "value") else info.state),
+                f"{usage.get('input_tokens', 0)}/{usage.get('output_tokens', 0)}",
+                info.tags.get("run_id", ""),
+                info.tags.get("turn_id", ""),
+            ]
+        )
+    return rows
