@@ -345,7 +345,9 @@ def drive_run(deps: Deps, run: RunRef, execution_id: str | None = None) -> RunSu
     try:
         run = bind_run(deps, run, execution_id or f"{run.run_id}-{new_id()[:8]}")
         while True:
-            plan = claim_inbox(deps, run)
+            # A run that spent its turn budget goes to finish_run, which hands over.
+            spent = run.turns >= deps.settings.max_turns_per_run
+            plan = None if spent else claim_inbox(deps, run)
             if plan is not None:
                 result = _advance_with_retry(deps, run, plan)
                 run = result.run

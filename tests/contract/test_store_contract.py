@@ -1,0 +1,213 @@
+"""The ConversationStore contract: every backend (SQLite, the in-memory fake; DynamoDB
+later) must pass this same suite."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from events.inbound import ApprovalDecision, InboundMessage
+from events.outbound import ApprovalRequest, Reply
+from workers.adapters.local.sqlite_store import SqliteConversationStore
+from workers.core.model import LogEntry, TurnCommit
+from workers.core.steps import TurnSuperseded
+from workers.errors import LeaseLost, NotFound
+from tests.fakes import InMemoryConversationStore
+
+T0 = 1_700_000_000.0
+CID = "ticket:4711"
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    if request.param == "sqlite":
+        s = SqliteConversationStore(tmp_path / "state.db")
+        yield s
+        s.close()
+    else:
+        yield InMemoryConversationStore()
+
+
+def msg(text: str = "hi", key: str | None = None, **kw: Any) -> InboundMessage:
+    return InboundMessage(conversation_id=CID, text=text, dedupe_key=key, **kw)
+
+
+def test_append_dedupes_by_key_and_bumps_sequence(store: Any) -> None:
+    a = store.append_inbox(msg("one", "k1"), now=T0, default_policy="enqueue")
+    b = store.append_inbox(msg("two", "k2"), now=T0, default_policy="enqueue")
+    again = store.append_inbox(msg("one again", "k1"), now=T0 + 1, default_policy="enqueue")
+    assert (a.seq, b.seq) == (1, 2)
+    assert again.duplicate and again.message_id == a.message_id and again.seq == 1
+    assert [e.message.text for e in store.pending_inbox(CID)] == ["one", "two"]
+    assert store.get_conversation(CID).inbox_seq == 2
+
+
+def test_lease_has_monotonic_fencing_tokens(store: Any) -> None:
+    store.append_inbox(msg(), now=T0, default_policy="enqueue")
+    first = store.try_acquire_lease(CID, now=T0, ttl=10)
+    assert first is not None and first.token == 1
+    assert store.try_acquire_lease(CID, now=T0 + 5, ttl=10) is None
+    second = store.try_acquire_lease(CID, now=T0 + 11, ttl=10)  # first expired
+    assert second is not None and second.token == 2
+    with pytest.raises(LeaseLost):
+        store.renew_lease(CID, 1, now=T0 + 12, ttl=10)
+
+
+def test_lease_on_unknown_conversation_is_not_found(store: Any) -> None:
+    with pytest.raises(NotFound):
+        store.try_acquire_lease("nobody", now=T0, ttl=10)
+
+
+def test_bind_refuses_a_second_execution_of_the_same_token(store: Any) -> None:
+    store.append_inbox(msg(), now=T0, default_policy="enqueue")
+    lease = store.try_acquire_lease(CID, now=T0, ttl=10)
+    store.bind_lease(CID, lease.token, "exec-a", now=T0, ttl=10)
+    store.bind_lease(CID, lease.token, "exec-a", now=T0, ttl=10)  # same execution: fine
+    with pytest.raises(LeaseLost):
+        store.bind_lease(CID, lease.token, "exec-b", now=T0, ttl=10)
+    assert store.get_conversation(CID).status == "running"
+
+
+def test_commit_is_fenced_and_atomic(store: Any) -> None:
+    store.append_inbox(msg("q"), now=T0, default_policy="enqueue")
+    stale = store.try_acquire_lease(CID, now=T0, ttl=10)
+    fresh = store.try_acquire_lease(CID, now=T0 + 20, ttl=10)
+    reply = Reply(conversation_id=CID, turn_id="t", text="a")
+    entry = store.pending_inbox(CID)[0]
+    with pytest.raises(LeaseLost):
+        store.commit_turn(CID, TurnCommit(stale.token, [entry.seq], "idle", b"stale", [], [reply]))
+    assert store.load_checkpoint(CID) is None and store.pending_outbox(CID) == []
+    assert len(store.pending_inbox(CID)) == 1
+    log = [LogEntry("m1", "human", b"q"), LogEntry("m2", "ai", b"a")]
+    store.commit_turn(CID, TurnCommit(fresh.token, [entry.seq], "idle", b"ck1", log, [reply]))
+    assert store.load_checkpoint(CID) == b"ck1"
+    assert store.pending_inbox(CID) == []
+    assert [e.payload.text for e in store.pending_outbox(CID)] == ["a"]
+    assert [e.message_id for e in store.load_log(CID, limit=10)] == ["m1", "m2"]
+
+
+def test_log_is_append_only_and_windowed(store: Any) -> None:
+    store.append_inbox(msg(), now=T0, default_policy="enqueue")
+    lease = store.try_acquire_lease(CID, now=T0, ttl=10)
+    for i in range(5):
+        entries = [LogEntry(f"m{i}", "human", b"x")]
+        store.commit_turn(CID, TurnCommit(lease.token, [], "idle", None, entries))
+    # a repeated message id (a resumed turn) is written once
+    store.commit_turn(CID, TurnCommit(lease.token, [], "idle", None, [LogEntry("m4", "ai", b"y")]))
+    assert [e.message_id for e in store.load_log(CID, limit=3)] == ["m2", "m3", "m4"]
+    assert store.load_log(CID, limit=3)[-1].data == b"x"
+
+
+def test_commit_refused_when_inbox_moved_under_interrupt(store: Any) -> None:
+    store.append_inbox(msg("a", "a"), now=T0, default_policy="interrupt")
+    lease = store.try_acquire_lease(CID, now=T0, ttl=10)
+    seen = store.get_conversation(CID).inbox_seq
+    store.append_inbox(msg("b", "b"), now=T0, default_policy="interrupt")
+    with pytest.raises(TurnSuperseded):
+        store.commit_turn(CID, TurnCommit(lease.token, [1], "idle", b"x", expect_inbox_seq=seen))
+    assert len(store.pending_inbox(CID)) == 2 and store.load_checkpoint(CID) is None
+
+
+def test_release_is_conditional_on_the_inbox_sequence(store: Any) -> None:
+    store.append_inbox(msg("a", "a"), now=T0, default_policy="enqueue")
+    lease = store.try_acquire_lease(CID, now=T0, ttl=10)
+    seen = store.get_conversation(CID).inbox_seq
+    store.append_inbox(msg("b", "b"), now=T0, default_policy="enqueue")
+    assert store.release_lease(CID, lease.token, seen_inbox_seq=seen) is False
+    assert store.release_lease(CID, lease.token, seen_inbox_seq=seen + 1) is True
+    state = store.get_conversation(CID)
+    assert state.lease_token is None and state.last_token == lease.token
+    with pytest.raises(LeaseLost):
+        store.release_lease(CID, lease.token, seen_inbox_seq=seen + 1)
+
+
+def test_handover_gives_a_fresh_token(store: Any) -> None:
+    store.append_inbox(msg(), now=T0, default_policy="enqueue")
+    lease = store.try_acquire_lease(CID, now=T0, ttl=10)
+    new = store.handover_lease(CID, lease.token, now=T0 + 1, ttl=10)
+    assert new.token == lease.token + 1
+    with pytest.raises(LeaseLost):
+        store.renew_lease(CID, lease.token, now=T0 + 2, ttl=10)
+
+
+def test_reject_policy_refuses_messages_while_a_run_is_active(store: Any) -> None:
+    store.append_inbox(msg("first", "1", policy="reject"), now=T0, default_policy="enqueue")
+    store.try_acquire_lease(CID, now=T0, ttl=10)
+    second = store.append_inbox(msg("second", "2"), now=T0 + 1, default_policy="enqueue")
+    assert second.rejected and not second.duplicate
+    assert [e.message.text for e in store.pending_inbox(CID)] == ["first"]
+    notices = [e.payload for e in store.pending_outbox(CID)]
+    assert notices[0].type == "notice" and notices[0].in_reply_to == [second.message_id]
+
+
+def test_delivery_marks_are_idempotent(store: Any) -> None:
+    store.append_inbox(msg(), now=T0, default_policy="enqueue")
+    lease = store.try_acquire_lease(CID, now=T0, ttl=10)
+    replies = [Reply(conversation_id=CID, turn_id="t", text=t) for t in ("a", "b")]
+    store.commit_turn(CID, TurnCommit(lease.token, [], "idle", outbox=replies))
+    first = store.pending_outbox(CID)[0]
+    store.mark_delivered(CID, [first.seq], now=T0)
+    store.mark_delivered(CID, [first.seq], now=T0 + 1)
+    assert [e.payload.text for e in store.pending_outbox(CID)] == ["b"]
+    history = store.history(CID)
+    assert [e.delivered for e in history.outbox] == [True, False]
+
+
+def test_pending_approval_round_trips(store: Any) -> None:
+    store.append_inbox(msg(), now=T0, default_policy="enqueue")
+    lease = store.try_acquire_lease(CID, now=T0, ttl=10)
+    ask = ApprovalRequest(
+        conversation_id=CID, turn_id="t", interrupt_id="i1", tool="update_ticket",
+        args={"ticket_id": 1}, text="ok?",
+    )
+    store.commit_turn(CID, TurnCommit(lease.token, [1], "awaiting_approval", pending_approval=ask))
+    assert store.release_lease(CID, lease.token, seen_inbox_seq=1)
+    state = store.get_conversation(CID)
+    assert state.status == "awaiting_approval" and state.pending_approval == ask
+    approval = InboundMessage(
+        conversation_id=CID, kind="approval",
+        approval=ApprovalDecision(interrupt_id="i1", approved=True),
+    )
+    store.append_inbox(approval, now=T0 + 1, default_policy="enqueue")
+    assert store.pending_inbox(CID)[0].message.approval == approval.approval
+
+
+def test_sweeper_query_finds_expired_conversations_with_pending_messages(store: Any) -> None:
+    store.append_inbox(msg(), now=T0, default_policy="enqueue")
+    store.try_acquire_lease(CID, now=T0, ttl=10)
+    assert store.expired_with_pending(now=T0 + 5) == []
+    assert store.expired_with_pending(now=T0 + 11) == [CID]
+
+
+def test_connections(store: Any) -> None:
+    store.add_connection("c1", CID, now=T0)
+    store.add_connection("c2", CID, now=T0 + 1)
+    store.add_connection("c1", "ws:other", now=T0 + 2)
+    assert store.list_connections(CID) == ["c1", "c2"]
+    store.remove_connection("c1")
+    assert store.list_connections(CID) == ["c2"] and store.list_connections("ws:other") == []
+
+
+def test_ticket_writes_are_idempotent(store: Any) -> None:
+    t1 = store.create_ticket(
+        idempotency_key="k", conversation_id=CID, subject="s", body="b", priority="high", now=T0
+    )
+    t2 = store.create_ticket(
+        idempotency_key="k", conversation_id=CID, subject="s", body="b", priority="high", now=T0
+    )
+    assert t1.ticket_id == t2.ticket_id
+    up = store.update_ticket(
+        t1.ticket_id, idempotency_key="u", status="closed", priority=None, comment="done", now=T0
+    )
+    again = store.update_ticket(
+        t1.ticket_id, idempotency_key="u", status="closed", priority=None, comment="done", now=T0
+    )
+    assert up.status == "closed" and again.comments == ["done"]
+    assert store.get_ticket(999) is None
+    with pytest.raises(NotFound):
+        store.update_ticket(
+            999, idempotency_key="x", status="closed", priority=None, comment=None, now=T0
+        )

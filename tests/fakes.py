@@ -1,0 +1,336 @@
+"""In-memory fakes of the core's ports, for unit tests (no I/O). The fake store passes the
+same contract suite as the real backends (tests/contract), so it cannot drift from them."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from events.inbound import DoubleTextingPolicy, InboundMessage
+from events.outbound import Notice, OutboxPayload, ReplyChunk, TokenUsage
+from events.workflow import RunRef
+from workers.adapters.local.sqlite_store import REJECTED_NOTICE
+from workers.core.model import (
+    AcceptResult,
+    ConversationState,
+    History,
+    InboxEntry,
+    Lease,
+    LogEntry,
+    OutboxEntry,
+    PendingApproval,
+    Ticket,
+    TurnCommit,
+    TurnOutput,
+    TurnRequest,
+)
+from workers.core.ports import Tracer
+from workers.core.steps import TurnSuperseded
+from workers.errors import LeaseLost, NotFound
+
+
+@dataclass
+class _Conv:
+    state: ConversationState
+    inbox: list[InboxEntry] = field(default_factory=list)
+    outbox: list[OutboxEntry] = field(default_factory=list)
+    log: list[LogEntry] = field(default_factory=list)
+    checkpoint: bytes | None = None
+
+
+class InMemoryConversationStore:
+    """Dict-backed ``ConversationStore`` + ``TicketStore``; one lock makes it atomic."""
+
+    def __init__(self) -> None:
+        self._convs: dict[str, _Conv] = {}
+        self._lock = threading.RLock()
+        self._conns: dict[tuple[str, str], float] = {}
+        self._tickets: dict[int, Ticket] = {}
+        self._effects: dict[str, int] = {}
+        self.calls: list[str] = []
+
+    def _get(self, cid: str) -> _Conv:
+        conv = self._convs.get(cid)
+        if conv is None:
+            raise NotFound(f"unknown conversation {cid}", field="conversation_id")
+        return conv
+
+    def _holding(self, cid: str, token: int) -> _Conv:
+        conv = self._convs.get(cid)
+        if conv is None or conv.state.lease_token != token:
+            raise LeaseLost(f"token {token} no longer holds {cid}")
+        return conv
+
+    def append_inbox(
+        self, msg: InboundMessage, *, now: float, default_policy: DoubleTextingPolicy
+    ) -> AcceptResult:
+        self.calls.append("append_inbox")
+        with self._lock:
+            cid = msg.conversation_id
+            conv = self._convs.get(cid)
+            if conv is not None:
+                for e in conv.inbox:
+                    if e.message.effective_dedupe_key == msg.effective_dedupe_key:
+                        return AcceptResult(
+                            e.message.message_id, e.seq, duplicate=True, rejected=e.status == "rejected"
+                        )
+            if conv is None:
+                state = ConversationState(
+                    cid, msg.policy or default_policy, "idle", 0, 0, None, None, None, None, now, now
+                )
+                conv = self._convs[cid] = _Conv(state)
+            st = conv.state
+            policy = msg.policy or st.policy
+            busy = st.lease_live(now)
+            rejected = policy == "reject" and busy
+            seq = st.inbox_seq + 1
+            conv.state = replace(st, inbox_seq=seq, policy=policy, updated_at=now)
+            conv.inbox.append(InboxEntry(seq, msg, "rejected" if rejected else "pending"))
+            if rejected:
+                self._outbox(
+                    conv,
+                    [Notice(conversation_id=cid, in_reply_to=[msg.message_id], text=REJECTED_NOTICE)],
+                )
+            return AcceptResult(msg.message_id, seq, duplicate=False, rejected=rejected)
+
+    def try_acquire_lease(self, conversation_id: str, *, now: float, ttl: float) -> Lease | None:
+        self.calls.append("try_acquire_lease")
+        with self._lock:
+            conv = self._get(conversation_id)
+            st = conv.state
+            if st.lease_live(now):
+                return None
+            token = st.last_token + 1
+            conv.state = replace(
+                st, last_token=token, lease_token=token, lease_expires_at=now + ttl,
+                lease_execution_id=None,
+            )
+            return Lease(conversation_id, token, now + ttl)
+
+    def bind_lease(
+        self, conversation_id: str, token: int, execution_id: str, *, now: float, ttl: float
+    ) -> Lease:
+        self.calls.append("bind_lease")
+        with self._lock:
+            conv = self._holding(conversation_id, token)
+            bound = conv.state.lease_execution_id
+            if bound is not None and bound != execution_id:
+                raise LeaseLost(f"token {token} is already bound to {bound}")
+            status = "running" if conv.state.status == "idle" else conv.state.status
+            conv.state = replace(
+                conv.state, lease_execution_id=execution_id, lease_expires_at=now + ttl,
+                status=status,
+            )
+            return Lease(conversation_id, token, now + ttl, execution_id)
+
+    def renew_lease(self, conversation_id: str, token: int, *, now: float, ttl: float) -> Lease:
+        self.calls.append("renew_lease")
+        with self._lock:
+            conv = self._holding(conversation_id, token)
+            conv.state = replace(conv.state, lease_expires_at=now + ttl)
+            return Lease(conversation_id, token, now + ttl, conv.state.lease_execution_id)
+
+    def handover_lease(self, conversation_id: str, token: int, *, now: float, ttl: float) -> Lease:
+        self.calls.append("handover_lease")
+        with self._lock:
+            conv = self._holding(conversation_id, token)
+            new = conv.state.last_token + 1
+            conv.state = replace(
+                conv.state, last_token=new, lease_token=new, lease_expires_at=now + ttl,
+                lease_execution_id=None,
+            )
+            return Lease(conversation_id, new, now + ttl)
+
+    def release_lease(self, conversation_id: str, token: int, *, seen_inbox_seq: int) -> bool:
+        self.calls.append("release_lease")
+        with self._lock:
+            conv = self._holding(conversation_id, token)
+            if conv.state.inbox_seq != seen_inbox_seq:
+                return False
+            status = "idle" if conv.state.status == "running" else conv.state.status
+            conv.state = replace(
+                conv.state, lease_token=None, lease_expires_at=None, lease_execution_id=None,
+                status=status,
+            )
+            return True
+
+    def get_conversation(self, conversation_id: str) -> ConversationState | None:
+        self.calls.append("get_conversation")
+        conv = self._convs.get(conversation_id)
+        return None if conv is None else conv.state
+
+    def pending_inbox(self, conversation_id: str, *, limit: int = 100) -> list[InboxEntry]:
+        self.calls.append("pending_inbox")
+        conv = self._convs.get(conversation_id)
+        if conv is None:
+            return []
+        return [e for e in conv.inbox if e.status == "pending"][:limit]
+
+    def load_checkpoint(self, conversation_id: str) -> bytes | None:
+        self.calls.append("load_checkpoint")
+        conv = self._convs.get(conversation_id)
+        return None if conv is None else conv.checkpoint
+
+    def load_log(self, conversation_id: str, *, limit: int) -> list[LogEntry]:
+        self.calls.append("load_log")
+        conv = self._convs.get(conversation_id)
+        if conv is None or limit <= 0:
+            return []
+        return conv.log[-limit:]
+
+    def commit_turn(self, conversation_id: str, commit: TurnCommit) -> None:
+        self.calls.append("commit_turn")
+        with self._lock:
+            conv = self._holding(conversation_id, commit.token)
+            if commit.expect_inbox_seq is not None and conv.state.inbox_seq != commit.expect_inbox_seq:
+                raise TurnSuperseded("inbox moved")
+            consumed = set(commit.consumed)
+            conv.inbox = [
+                replace(e, status="consumed") if e.seq in consumed and e.status == "pending" else e
+                for e in conv.inbox
+            ]
+            if commit.checkpoint is not None:
+                conv.checkpoint = commit.checkpoint
+            known = {e.message_id for e in conv.log}
+            conv.log.extend(e for e in commit.log if e.message_id not in known)
+            self._outbox(conv, commit.outbox)
+            status = commit.status if commit.status != "idle" else "running"
+            conv.state = replace(conv.state, status=status, pending_approval=commit.pending_approval)
+
+    def _outbox(self, conv: _Conv, payloads: list[OutboxPayload]) -> None:
+        start = len(conv.outbox)
+        conv.outbox.extend(OutboxEntry(start + i, p) for i, p in enumerate(payloads, start=1))
+
+    def pending_outbox(self, conversation_id: str) -> list[OutboxEntry]:
+        self.calls.append("pending_outbox")
+        conv = self._convs.get(conversation_id)
+        return [] if conv is None else [e for e in conv.outbox if not e.delivered]
+
+    def mark_delivered(self, conversation_id: str, seqs: list[int], *, now: float) -> None:
+        self.calls.append("mark_delivered")
+        with self._lock:
+            conv = self._get(conversation_id)
+            marks = set(seqs)
+            conv.outbox = [replace(e, delivered=True) if e.seq in marks else e for e in conv.outbox]
+
+    def expired_with_pending(self, *, now: float, limit: int = 100) -> list[str]:
+        self.calls.append("expired_with_pending")
+        return [
+            cid
+            for cid, conv in self._convs.items()
+            if not conv.state.lease_live(now) and any(e.status == "pending" for e in conv.inbox)
+        ][:limit]
+
+    def history(self, conversation_id: str) -> History | None:
+        conv = self._convs.get(conversation_id)
+        return None if conv is None else History(conv.state, list(conv.inbox), list(conv.outbox))
+
+    def add_connection(self, connection_id: str, conversation_id: str, *, now: float) -> None:
+        self._conns[(connection_id, conversation_id)] = now
+
+    def remove_connection(self, connection_id: str) -> None:
+        for key in [k for k in self._conns if k[0] == connection_id]:
+            del self._conns[key]
+
+    def list_connections(self, conversation_id: str) -> list[str]:
+        return [c for (c, cid), _ in sorted(self._conns.items(), key=lambda kv: kv[1]) if cid == conversation_id]
+
+    # tickets
+    def create_ticket(
+        self, *, idempotency_key: str, conversation_id: str, subject: str, body: str,
+        priority: str, now: float,
+    ) -> Ticket:
+        with self._lock:
+            if idempotency_key in self._effects:
+                return self._tickets[self._effects[idempotency_key]]
+            tid = len(self._tickets) + 1
+            self._tickets[tid] = Ticket(tid, conversation_id, subject, body, "open", priority, now, now)
+            self._effects[idempotency_key] = tid
+            return self._tickets[tid]
+
+    def get_ticket(self, ticket_id: int) -> Ticket | None:
+        return self._tickets.get(ticket_id)
+
+    def update_ticket(
+        self, ticket_id: int, *, idempotency_key: str, status: str | None,
+        priority: str | None, comment: str | None, now: float,
+    ) -> Ticket:
+        with self._lock:
+            ticket = self._tickets.get(ticket_id)
+            if ticket is None:
+                raise NotFound(f"ticket {ticket_id} does not exist", field="ticket_id")
+            if idempotency_key in self._effects:
+                return ticket
+            comments = [*ticket.comments, comment] if comment else ticket.comments
+            ticket = replace(
+                ticket, status=status or ticket.status, priority=priority or ticket.priority,
+                comments=comments, updated_at=now,
+            )
+            self._tickets[ticket_id] = ticket
+            self._effects[idempotency_key] = ticket_id
+            return ticket
+
+
+class ManualClock:
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.t = start
+        self.slept: list[float] = []
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.t += seconds
+
+
+class RecordingStarter:
+    def __init__(self) -> None:
+        self.runs: list[RunRef] = []
+
+    def start(self, run: RunRef) -> None:
+        self.runs.append(run)
+
+
+class RecordingSink:
+    def __init__(self) -> None:
+        self.sent: list[OutboxPayload] = []
+        self.chunks: list[ReplyChunk] = []
+
+    def send(self, payload: OutboxPayload) -> None:
+        self.sent.append(payload)
+
+    def send_chunk(self, chunk: ReplyChunk) -> None:
+        self.chunks.append(chunk)
+
+
+class ScriptedAgent:
+    """A ``TurnAgent`` that echoes, or runs a hook first (to fail, or to act mid-turn)."""
+
+    def __init__(self) -> None:
+        self.requests: list[TurnRequest] = []
+        self.hook: Any = None
+
+    def run_turn(self, request: TurnRequest, *, on_chunk: Any, tracer: Tracer) -> TurnOutput:
+        self.requests.append(request)
+        if self.hook is not None:
+            self.hook(request)
+        text = " + ".join(request.texts) if request.texts else f"resumed {request.resume}"
+        if on_chunk is not None:
+            on_chunk(text)
+        if "approve-me" in text:
+            return TurnOutput(
+                checkpoint=b"waiting",
+                log=[],
+                reply_text=None,
+                approval=PendingApproval(f"int-{request.turn_id}", "update_ticket", {"x": 1}, "ok?"),
+                usage=TokenUsage(),
+            )
+        return TurnOutput(
+            checkpoint=f"ckpt:{request.turn_id}".encode(),
+            log=[LogEntry(f"{request.turn_id}-u", "human", text.encode())],
+            reply_text=f"echo {text}",
+            approval=None,
+            usage=TokenUsage(input_tokens=3, output_tokens=2),
+        )

@@ -1,0 +1,286 @@
+"""The turn contract's steps against in-memory fakes of every port."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from events.inbound import ApprovalDecision, InboundMessage
+from events.outbound import ApprovalRequest, Notice, Reply
+from events.workflow import RunRef
+from workers.core.model import TurnRequest
+from workers.core.policies import SUPERSEDED_REASON
+from workers.core.steps import (
+    Deps,
+    TurnSettings,
+    accept_message,
+    advance_turn,
+    claim_inbox,
+    drive_run,
+    finish_run,
+    sweep,
+)
+from workers.errors import LeaseLost, PermanentError, RetryableError
+from tests.fakes import (
+    InMemoryConversationStore,
+    ManualClock,
+    RecordingSink,
+    RecordingStarter,
+    ScriptedAgent,
+)
+
+CID = "ws:alice:chat1"
+
+
+class World:
+    def __init__(self, **settings: Any) -> None:
+        self.store = InMemoryConversationStore()
+        self.agent = ScriptedAgent()
+        self.sink = RecordingSink()
+        self.starter = RecordingStarter()
+        self.clock = ManualClock()
+        self.deps = Deps(
+            store=self.store,
+            agent=self.agent,
+            sink=self.sink,
+            starter=self.starter,
+            clock=self.clock,
+            settings=TurnSettings(**settings),
+        )
+
+    def send(self, text: str, key: str | None = None, **kw: Any) -> Any:
+        msg = InboundMessage(conversation_id=CID, text=text, dedupe_key=key, **kw)
+        return accept_message(self.deps, msg)
+
+    def approve(self, interrupt_id: str, approved: bool = True) -> Any:
+        decision = ApprovalDecision(interrupt_id=interrupt_id, approved=approved)
+        msg = InboundMessage(conversation_id=CID, kind="approval", approval=decision)
+        return accept_message(self.deps, msg)
+
+    def run_all(self) -> list[Any]:
+        done = []
+        while self.starter.runs:
+            done.append(drive_run(self.deps, self.starter.runs.pop(0)))
+        return done
+
+    def texts(self) -> list[str]:
+        return [p.text for p in self.sink.sent]
+
+
+def test_a_message_starts_one_run_and_gets_one_reply() -> None:
+    w = World()
+    w.send("hello", "k1")
+    w.send("hello again (retry)", "k1")
+    assert len(w.starter.runs) == 1
+    [summary] = w.run_all()
+    assert summary.ended == "idle" and summary.turns == 1
+    assert w.texts() == ["echo hello"]
+    state = w.store.get_conversation(CID)
+    assert state is not None and state.lease_token is None and state.status == "idle"
+    assert [c.delta for c in w.sink.chunks] == ["hello"]
+
+
+def test_enqueue_runs_one_turn_per_message_in_order() -> None:
+    w = World()
+    for t in ("a", "b", "c"):
+        w.send(t)
+    assert len(w.starter.runs) == 1  # the lease was taken once
+    w.run_all()
+    assert w.texts() == ["echo a", "echo b", "echo c"]
+
+
+def test_merge_folds_pending_messages_into_one_turn() -> None:
+    w = World()
+    w.send("a", policy="merge")
+    w.send("b")
+    w.send("c")
+    w.run_all()
+    assert w.texts() == ["echo a + b + c"]
+    reply = w.sink.sent[0]
+    assert isinstance(reply, Reply) and len(reply.in_reply_to) == 3
+
+
+def test_interrupt_discards_the_in_flight_turn_and_restarts_with_all() -> None:
+    w = World()
+    w.send("first", policy="interrupt")
+
+    def double_text(request: TurnRequest) -> None:
+        if request.texts == ["first"]:
+            w.send("second")
+
+    w.agent.hook = double_text
+    [summary] = w.run_all()
+    assert summary.outcomes == ["interrupted", "replied"]
+    assert w.texts() == ["echo first + second"]
+
+
+def test_reject_refuses_a_message_while_a_run_is_active() -> None:
+    w = World()
+    w.send("first", policy="reject")
+    rejected = w.send("second")
+    assert rejected.rejected
+    w.run_all()
+    assert w.texts()[0].startswith("I'm still working") and w.texts()[1] == "echo first"
+
+
+def test_a_stale_run_cannot_write() -> None:
+    w = World(lease_ttl=10)
+    w.send("hello")
+    stale = w.starter.runs.pop()
+
+    def lease_expires_mid_turn(request: TurnRequest) -> None:
+        w.clock.t += 60
+        sweep(w.deps)  # a new run takes the conversation over
+
+    w.agent.hook = lease_expires_mid_turn
+    summary = drive_run(w.deps, stale)
+    assert summary.ended == "lease_lost"
+    assert w.store.load_checkpoint(CID) is None and w.sink.sent == []
+    w.agent.hook = None
+    [fresh] = w.run_all()
+    assert fresh.run.token == stale.token + 1 and w.texts() == ["echo hello"]
+
+
+def test_a_duplicate_start_of_the_same_run_ends_at_once() -> None:
+    w = World()
+    w.send("hello")
+    run = w.starter.runs[0]
+    first = drive_run(w.deps.__class__(**{**w.deps.__dict__}), run, "exec-1")
+    assert first.ended == "idle"
+    w.send("more")
+    again = drive_run(w.deps, run, "exec-2")  # a redelivered start of the old token
+    assert again.ended == "lease_lost"
+
+
+def test_release_fails_when_a_message_arrives_meanwhile_and_the_run_loops() -> None:
+    w = World()
+    w.send("a")
+    real_release = w.store.release_lease
+    injected = []
+
+    def release(cid: str, token: int, *, seen_inbox_seq: int) -> bool:
+        if not injected:
+            injected.append(w.send("late"))
+        return real_release(cid, token, seen_inbox_seq=seen_inbox_seq)
+
+    w.store.release_lease = release  # type: ignore[method-assign]
+    [summary] = w.run_all()
+    assert summary.turns == 2 and w.texts() == ["echo a", "echo late"]
+
+
+def test_retryable_errors_are_retried_with_backoff_then_answered() -> None:
+    w = World(retry_attempts=3, retry_base_delay=1.0)
+    failures = [RetryableError("throttled"), RetryableError("throttled")]
+
+    def flaky(request: TurnRequest) -> None:
+        if failures:
+            raise failures.pop(0)
+
+    w.agent.hook = flaky
+    w.send("hi")
+    w.run_all()
+    assert w.texts() == ["echo hi"]
+    assert len(w.clock.slept) == 2 and w.clock.slept[1] > w.clock.slept[0] * 0.9
+
+
+def test_exhausted_retries_tell_the_user_and_consume_the_message() -> None:
+    w = World(retry_attempts=2)
+
+    def down(request: TurnRequest) -> None:
+        raise RetryableError("throttled")
+
+    w.agent.hook = down
+    w.send("hi")
+    w.run_all()
+    [notice] = w.sink.sent
+    assert isinstance(notice, Notice) and notice.level == "error"
+    assert "temporarily unavailable" in notice.text
+    assert w.store.pending_inbox(CID) == []
+
+
+def test_a_permanent_error_tells_the_user_and_frees_the_conversation() -> None:
+    w = World()
+
+    def refuse(request: TurnRequest) -> None:
+        raise PermanentError("policy violation")
+
+    w.agent.hook = refuse
+    w.send("bad")
+    [summary] = w.run_all()
+    assert summary.ended == "idle"
+    assert "policy violation" in w.texts()[0]
+    state = w.store.get_conversation(CID)
+    assert state is not None and state.lease_token is None
+
+
+def test_approval_ends_the_run_and_a_new_run_resumes() -> None:
+    w = World()
+    w.send("please approve-me")
+    [summary] = w.run_all()
+    assert summary.ended == "awaiting_approval"
+    ask = w.sink.sent[0]
+    assert isinstance(ask, ApprovalRequest)
+    w.approve(ask.interrupt_id)
+    w.run_all()
+    resumed = w.agent.requests[-1]
+    assert resumed.resume is not None and resumed.resume.approved
+    state = w.store.get_conversation(CID)
+    assert state is not None and state.status == "idle" and state.pending_approval is None
+
+
+def test_a_new_message_while_awaiting_approval_denies_then_is_answered() -> None:
+    w = World()
+    w.send("approve-me")
+    w.run_all()
+    w.send("never mind, something else")
+    w.run_all()
+    resume, nxt = w.agent.requests[1:]
+    assert resume.resume is not None and not resume.resume.approved
+    assert resume.resume.reason == SUPERSEDED_REASON
+    assert nxt.texts == ["never mind, something else"]
+
+
+def test_a_stale_approval_is_skipped_with_a_notice() -> None:
+    w = World()
+    w.approve("nonexistent")
+    w.run_all()
+    assert "nothing waiting for approval" in w.texts()[0]
+    assert len(w.agent.requests) == 0
+
+
+def test_a_run_hands_over_after_its_turn_budget() -> None:
+    w = World(max_turns_per_run=2)
+    for t in "abcde":
+        w.send(t)
+    summaries = w.run_all()
+    assert [s.turns for s in summaries] == [2, 2, 1]
+    assert [s.run.token for s in summaries] == [1, 2, 3]
+    assert w.texts() == [f"echo {t}" for t in "abcde"]
+
+
+def test_the_sweeper_restarts_a_crashed_conversation() -> None:
+    w = World(lease_ttl=10)
+    w.send("hello")
+    w.starter.runs.clear()  # the run crashed before it started
+    assert sweep(w.deps) == []  # lease still live
+    w.clock.t += 11
+    [run] = sweep(w.deps)
+    assert run.token == 2
+    w.run_all()
+    assert w.texts() == ["echo hello"]
+
+
+def test_steps_one_by_one_like_the_workflow() -> None:
+    w = World()
+    w.send("hi")
+    run = w.starter.runs[0]
+    plan = claim_inbox(w.deps, run)
+    assert plan is not None and plan.texts == ["hi"]
+    result = advance_turn(w.deps, run, plan)
+    assert result.outcome == "replied" and result.run.turns == 1
+    assert claim_inbox(w.deps, result.run) is None
+    finish = finish_run(w.deps, result.run)
+    assert finish.released and finish.status == "idle"
+    with pytest.raises(LeaseLost):
+        claim_inbox(w.deps, RunRef(conversation_id=CID, token=run.token))
