@@ -11,7 +11,14 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
 
 MAX_MESSAGE_BYTES = 256 * 1024
@@ -51,6 +58,13 @@ def check_text_size(text: str) -> str:
     return text
 
 
+def require_text(text: str) -> str:
+    """Refuse an empty or blank text (error type ``missing``, located at the field)."""
+    if not text.strip():
+        raise PydanticCustomError("missing", "a user message needs a non-empty text")
+    return text
+
+
 MessageText = Annotated[
     str,
     AfterValidator(check_text_size),
@@ -83,8 +97,8 @@ class InboundMessage(BaseModel):
         "Defaults to message_id.",
     )
     kind: Literal["user", "approval"] = "user"
-    text: MessageText = ""
-    approval: ApprovalDecision | None = None
+    text: MessageText = Field(default="", validate_default=True)
+    approval: ApprovalDecision | None = Field(default=None, validate_default=True)
     channel: Channel = "api"
     sender: str = Field(default="anonymous", min_length=1, max_length=200)
     policy: DoubleTextingPolicy | None = Field(
@@ -93,13 +107,21 @@ class InboundMessage(BaseModel):
     metadata: dict[str, str] = Field(default_factory=dict)
     received_at: datetime = Field(default_factory=utcnow)
 
-    @model_validator(mode="after")
-    def _kind_matches_payload(self) -> InboundMessage:
-        if self.kind == "approval" and self.approval is None:
-            raise ValueError("an approval message needs the 'approval' field")
-        if self.kind == "user" and not self.text.strip():
-            raise ValueError("a user message needs a non-empty 'text'")
-        return self
+    @field_validator("text", mode="after")
+    @classmethod
+    def _user_needs_text(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("kind", "user") == "user":
+            require_text(value)
+        return value
+
+    @field_validator("approval", mode="after")
+    @classmethod
+    def _approval_needs_decision(
+        cls, value: ApprovalDecision | None, info: ValidationInfo
+    ) -> ApprovalDecision | None:
+        if info.data.get("kind") == "approval" and value is None:
+            raise PydanticCustomError("missing", "an approval message needs 'approval'")
+        return value
 
     @property
     def effective_dedupe_key(self) -> str:
@@ -111,12 +133,19 @@ class MessageRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    text: MessageText = ""
+    approval: ApprovalDecision | None = None
+    text: MessageText = Field(default="", validate_default=True)
     dedupe_key: str | None = Field(default=None, min_length=1, max_length=512)
     sender: str = Field(default="anonymous", min_length=1, max_length=200)
-    approval: ApprovalDecision | None = None
     policy: DoubleTextingPolicy | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("text", mode="after")
+    @classmethod
+    def _text_unless_approval(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("approval") is None:
+            require_text(value)
+        return value
 
     def to_inbound(self, conversation_id: str, channel: Channel = "api") -> InboundMessage:
         return InboundMessage(
@@ -145,7 +174,7 @@ class WsSend(BaseModel):
     model_config = ConfigDict(extra="forbid")
     action: Literal["send"]
     conversation_id: ConversationId
-    text: MessageText
+    text: Annotated[MessageText, AfterValidator(lambda v: require_text(v))]
     dedupe_key: str | None = Field(default=None, min_length=1, max_length=512)
     sender: str = Field(default="web", min_length=1, max_length=200)
     policy: DoubleTextingPolicy | None = None

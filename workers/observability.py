@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from workers.core.ports import SpanHandle
+from workers.core.ports import NullSpan, SpanHandle
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,10 @@ class MlflowTracer:
 
     @contextmanager
     def span(self, name: str, *, kind: str, inputs: Any = None) -> Iterator[SpanHandle]:
+        if self._mlflow.get_current_active_span() is None:
+            # Outside a turn (e.g. a retried delivery): no stray one-span trace.
+            yield NullSpan()
+            return
         with self._mlflow.start_span(name=name, span_type=kind) as span:
             if inputs is not None:
                 span.set_inputs(inputs)

@@ -109,9 +109,12 @@ def claim_inbox(deps: Deps, run: RunRef) -> TurnPlan | None:
 # 3. advance ---------------------------------------------------------------------------------
 
 
-def advance_turn(deps: Deps, run: RunRef, plan: TurnPlan) -> TurnResult:
+def advance_turn(
+    deps: Deps, run: RunRef, plan: TurnPlan, *, deliver_now: bool = False
+) -> TurnResult:
     """Run the agent for ``plan`` and commit its checkpoint, log and outbox, fenced by the
-    run's token. A stale run gets ``LeaseLost`` and has written nothing."""
+    run's token. A stale run gets ``LeaseLost`` and has written nothing. With
+    ``deliver_now`` the reply is also delivered inside the turn's trace."""
     cid = run.conversation_id
     turn_id = new_id()
     if plan.kind == "skip":
@@ -169,6 +172,8 @@ def advance_turn(deps: Deps, run: RunRef, plan: TurnPlan) -> TurnResult:
         span.set_outputs(
             {"reply": output.reply_text, "approval": output.approval.tool if output.approval else None}
         )
+        if deliver_now:
+            deliver(deps, cid)
     outcome: Literal["replied", "awaiting_approval"] = (
         "awaiting_approval" if output.approval else "replied"
     )
@@ -372,7 +377,7 @@ def _advance_with_retry(deps: Deps, run: RunRef, plan: TurnPlan) -> TurnResult:
     while True:
         attempt += 1
         try:
-            return advance_turn(deps, run, plan)
+            return advance_turn(deps, run, plan, deliver_now=True)
         except (LeaseLost, PermanentError):
             raise
         except Exception as exc:  # retry classification decides, nothing is swallowed

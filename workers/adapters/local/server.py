@@ -211,7 +211,10 @@ class WebSocketSession:
                     "conversation_id": frame.conversation_id,
                     "conversation": view,
                 }
-            msg = frame.to_inbound()
+            try:
+                msg = frame.to_inbound()
+            except ValidationError as exc:
+                raise validation_error(exc) from None
             result = await self.runtime.accept(msg)
             return accepted_view(msg.conversation_id, result).model_dump(mode="json")
         except ApiError as exc:
