@@ -17,14 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from events.inbound import InboundMessage
-from workers.adapters.clock import SystemClock
-from workers.adapters.local.sqlite_store import SqliteConversationStore
-from workers.bootstrap import build_agent, turn_settings
-from workers.config import load_settings
-from workers.core.ports import NullTracer, Tracer
-from workers.core.steps import Deps, accept_message, drive_run
-
 from bench.common import (
     CallCounter,
     DiscardSink,
@@ -34,6 +26,13 @@ from bench.common import (
     progress,
     summary_ms,
 )
+from events.inbound import InboundMessage
+from workers.adapters.clock import SystemClock
+from workers.adapters.local.sqlite_store import SqliteConversationStore
+from workers.bootstrap import build_agent, turn_settings
+from workers.config import load_settings
+from workers.core.ports import NullTracer, Tracer
+from workers.core.steps import Deps, accept_message, drive_run
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 
+from bench.common import DiscardSink, RecordingStarter, SqliteMeter, mean, progress
 from events.inbound import InboundMessage
 from workers.adapters.clock import SystemClock
 from workers.adapters.local.sqlite_store import SqliteConversationStore
@@ -43,8 +44,6 @@ from workers.bootstrap import build_agent, turn_settings
 from workers.config import load_settings
 from workers.core.ports import NullTracer
 from workers.core.steps import Deps, accept_message, drive_run
-
-from bench.common import DiscardSink, RecordingStarter, SqliteMeter, mean, progress
 
 
 @dataclass(frozen=True)
@@ -217,7 +216,7 @@ def _run_side(side: Side, cfg: StorageConfig, budget_s: float | None) -> dict[st
 
 
 def _by_point(samples: list[dict[str, Any]], points: tuple[int, ...]) -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
     for p in points:
         rows = [s for s in samples if s["point"] == p]
         if not rows:

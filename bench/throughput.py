@@ -15,14 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.common import progress, summary_ms
 from events.inbound import InboundMessage
 from workers.adapters.local.runtime import EmbeddedRuntime
 from workers.agent.offline import OfflineChatModel
 from workers.bootstrap import build_embedded
 from workers.config import load_settings
 from workers.core.ports import NullTracer
-
-from bench.common import progress, summary_ms
 
 Frame = dict[str, Any]
 
@@ -46,6 +45,7 @@ def ideal_turns_per_s(latency_s: float, workers: int, conversations: int) -> flo
 async def _client(
     rt: EmbeddedRuntime,
     cid: str,
+    *,
     messages: int,
     timeout: float,
     latencies: list[float],
@@ -86,7 +86,14 @@ async def run_config(
         start = time.perf_counter()
         await asyncio.gather(
             *(
-                _client(rt, f"tp-{i}", cfg.messages, cfg.reply_timeout_s, latencies, notices)
+                _client(
+                    rt,
+                    f"tp-{i}",
+                    messages=cfg.messages,
+                    timeout=cfg.reply_timeout_s,
+                    latencies=latencies,
+                    notices=notices,
+                )
                 for i in range(cfg.conversations)
             )
         )

@@ -174,7 +174,7 @@ class WsSend(BaseModel):
     model_config = ConfigDict(extra="forbid")
     action: Literal["send"]
     conversation_id: ConversationId
-    text: Annotated[MessageText, AfterValidator(lambda v: require_text(v))]
+    text: Annotated[MessageText, AfterValidator(require_text)]
     dedupe_key: str | None = Field(default=None, min_length=1, max_length=512)
     sender: str = Field(default="web", min_length=1, max_length=200)
     policy: DoubleTextingPolicy | None = None

@@ -4,6 +4,7 @@ same contract suite as the real backends (tests/contract), so it cannot drift fr
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -73,11 +74,24 @@ class InMemoryConversationStore:
                 for e in conv.inbox:
                     if e.message.effective_dedupe_key == msg.effective_dedupe_key:
                         return AcceptResult(
-                            e.message.message_id, e.seq, duplicate=True, rejected=e.status == "rejected"
+                            e.message.message_id,
+                            e.seq,
+                            duplicate=True,
+                            rejected=e.status == "rejected",
                         )
             if conv is None:
                 state = ConversationState(
-                    cid, msg.policy or default_policy, "idle", 0, 0, None, None, None, None, now, now
+                    cid,
+                    msg.policy or default_policy,
+                    "idle",
+                    0,
+                    0,
+                    None,
+                    None,
+                    None,
+                    None,
+                    now,
+                    now,
                 )
                 conv = self._convs[cid] = _Conv(state)
             st = conv.state
@@ -90,7 +104,11 @@ class InMemoryConversationStore:
             if rejected:
                 self._outbox(
                     conv,
-                    [Notice(conversation_id=cid, in_reply_to=[msg.message_id], text=REJECTED_NOTICE)],
+                    [
+                        Notice(
+                            conversation_id=cid, in_reply_to=[msg.message_id], text=REJECTED_NOTICE
+                        )
+                    ],
                 )
             return AcceptResult(msg.message_id, seq, duplicate=False, rejected=rejected)
 
@@ -103,7 +121,10 @@ class InMemoryConversationStore:
                 return None
             token = st.last_token + 1
             conv.state = replace(
-                st, last_token=token, lease_token=token, lease_expires_at=now + ttl,
+                st,
+                last_token=token,
+                lease_token=token,
+                lease_expires_at=now + ttl,
                 lease_execution_id=None,
             )
             return Lease(conversation_id, token, now + ttl)
@@ -119,7 +140,9 @@ class InMemoryConversationStore:
                 raise LeaseLost(f"token {token} is already bound to {bound}")
             status = "running" if conv.state.status == "idle" else conv.state.status
             conv.state = replace(
-                conv.state, lease_execution_id=execution_id, lease_expires_at=now + ttl,
+                conv.state,
+                lease_execution_id=execution_id,
+                lease_expires_at=now + ttl,
                 status=status,
             )
             return Lease(conversation_id, token, now + ttl, execution_id)
@@ -137,7 +160,10 @@ class InMemoryConversationStore:
             conv = self._holding(conversation_id, token)
             new = conv.state.last_token + 1
             conv.state = replace(
-                conv.state, last_token=new, lease_token=new, lease_expires_at=now + ttl,
+                conv.state,
+                last_token=new,
+                lease_token=new,
+                lease_expires_at=now + ttl,
                 lease_execution_id=None,
             )
             return Lease(conversation_id, new, now + ttl)
@@ -150,7 +176,10 @@ class InMemoryConversationStore:
                 return False
             status = "idle" if conv.state.status == "running" else conv.state.status
             conv.state = replace(
-                conv.state, lease_token=None, lease_expires_at=None, lease_execution_id=None,
+                conv.state,
+                lease_token=None,
+                lease_expires_at=None,
+                lease_execution_id=None,
                 status=status,
             )
             return True
@@ -183,7 +212,10 @@ class InMemoryConversationStore:
         self.calls.append("commit_turn")
         with self._lock:
             conv = self._holding(conversation_id, commit.token)
-            if commit.expect_inbox_seq is not None and conv.state.inbox_seq != commit.expect_inbox_seq:
+            if (
+                commit.expect_inbox_seq is not None
+                and conv.state.inbox_seq != commit.expect_inbox_seq
+            ):
                 raise TurnSuperseded("inbox moved")
             consumed = set(commit.consumed)
             conv.inbox = [
@@ -196,9 +228,11 @@ class InMemoryConversationStore:
             conv.log.extend(e for e in commit.log if e.message_id not in known)
             self._outbox(conv, commit.outbox)
             status = commit.status if commit.status != "idle" else "running"
-            conv.state = replace(conv.state, status=status, pending_approval=commit.pending_approval)
+            conv.state = replace(
+                conv.state, status=status, pending_approval=commit.pending_approval
+            )
 
-    def _outbox(self, conv: _Conv, payloads: list[OutboxPayload]) -> None:
+    def _outbox(self, conv: _Conv, payloads: Sequence[OutboxPayload]) -> None:
         start = len(conv.outbox)
         conv.outbox.extend(OutboxEntry(start + i, p) for i, p in enumerate(payloads, start=1))
 
@@ -234,18 +268,30 @@ class InMemoryConversationStore:
             del self._conns[key]
 
     def list_connections(self, conversation_id: str) -> list[str]:
-        return [c for (c, cid), _ in sorted(self._conns.items(), key=lambda kv: kv[1]) if cid == conversation_id]
+        return [
+            c
+            for (c, cid), _ in sorted(self._conns.items(), key=lambda kv: kv[1])
+            if cid == conversation_id
+        ]
 
     # tickets
     def create_ticket(
-        self, *, idempotency_key: str, conversation_id: str, subject: str, body: str,
-        priority: str, now: float,
+        self,
+        *,
+        idempotency_key: str,
+        conversation_id: str,
+        subject: str,
+        body: str,
+        priority: str,
+        now: float,
     ) -> Ticket:
         with self._lock:
             if idempotency_key in self._effects:
                 return self._tickets[self._effects[idempotency_key]]
             tid = len(self._tickets) + 1
-            self._tickets[tid] = Ticket(tid, conversation_id, subject, body, "open", priority, now, now)
+            self._tickets[tid] = Ticket(
+                tid, conversation_id, subject, body, "open", priority, now, now
+            )
             self._effects[idempotency_key] = tid
             return self._tickets[tid]
 
@@ -253,8 +299,14 @@ class InMemoryConversationStore:
         return self._tickets.get(ticket_id)
 
     def update_ticket(
-        self, ticket_id: int, *, idempotency_key: str, status: str | None,
-        priority: str | None, comment: str | None, now: float,
+        self,
+        ticket_id: int,
+        *,
+        idempotency_key: str,
+        status: str | None,
+        priority: str | None,
+        comment: str | None,
+        now: float,
     ) -> Ticket:
         with self._lock:
             ticket = self._tickets.get(ticket_id)
@@ -264,8 +316,11 @@ class InMemoryConversationStore:
                 return ticket
             comments = [*ticket.comments, comment] if comment else ticket.comments
             ticket = replace(
-                ticket, status=status or ticket.status, priority=priority or ticket.priority,
-                comments=comments, updated_at=now,
+                ticket,
+                status=status or ticket.status,
+                priority=priority or ticket.priority,
+                comments=comments,
+                updated_at=now,
             )
             self._tickets[ticket_id] = ticket
             self._effects[idempotency_key] = ticket_id
@@ -324,7 +379,9 @@ class ScriptedAgent:
                 checkpoint=b"waiting",
                 log=[],
                 reply_text=None,
-                approval=PendingApproval(f"int-{request.turn_id}", "update_ticket", {"x": 1}, "ok?"),
+                approval=PendingApproval(
+                    f"int-{request.turn_id}", "update_ticket", {"x": 1}, "ok?"
+                ),
                 usage=TokenUsage(),
             )
         return TurnOutput(

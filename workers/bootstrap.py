@@ -76,4 +76,6 @@ def build_embedded(settings: Settings, *, model: Any = None, tracer: Tracer | No
         tracer=tracer if tracer is not None else build_tracer(settings),
         settings=turn_settings(settings),
     )
-    return EmbeddedRuntime(settings, store, deps, hub, queue, starter)
+    return EmbeddedRuntime(
+        settings=settings, store=store, deps=deps, hub=hub, queue=queue, starter=starter
+    )

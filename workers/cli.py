@@ -206,7 +206,8 @@ def _wait_for_answer(client: Any, cid: str, message_id: str, timeout: float) -> 
 def _render(payload: dict[str, Any]) -> str:
     kind = payload["type"]
     if kind == "approval_request":
-        return f"[approval needed] {payload['text']} (tool {payload['tool']} {json.dumps(payload['args'])})"
+        args = json.dumps(payload["args"])
+        return f"[approval needed] {payload['text']} (tool {payload['tool']} {args})"
     if kind == "notice":
         return f"[{payload['level']}] {payload['text']}"
     return str(payload["text"])
@@ -227,7 +228,9 @@ def cmd_history(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(view, indent=2))
         return 0
-    print(f"conversation {view['conversation_id']}  status {view['status']}  policy {view['policy']}")
+    print(
+        f"conversation {view['conversation_id']}  status {view['status']}  policy {view['policy']}"
+    )
     events: list[tuple[str, str, str]] = []
     for m in view["messages"]:
         text = m["text"] if m["kind"] == "user" else ("approved" if m["approved"] else "denied")
@@ -265,7 +268,9 @@ def cmd_traces(args: argparse.Namespace) -> int:
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False)) for r in [header, *rows]]
+    lines = [
+        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False)) for r in [header, *rows]
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 

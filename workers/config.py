@@ -46,7 +46,9 @@ class Settings(BaseSettings):
     bedrock_endpoint_url: str | None = Field(None, description="Bedrock endpoint override.")
     price_input_per_mtok: float = Field(0.0, ge=0, description="USD per 1M input tokens.")
     price_output_per_mtok: float = Field(0.0, ge=0, description="USD per 1M output tokens.")
-    retry_attempts: int = Field(3, ge=1, le=20, description="Attempts per turn on retryable errors.")
+    retry_attempts: int = Field(
+        3, ge=1, le=20, description="Attempts per turn on retryable errors."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Log level."
     )
@@ -86,10 +88,7 @@ def parse_model_spec(spec: str) -> tuple[str, str]:
         return kind, arg
     if kind == "bedrock" and arg:
         return kind, arg
-    raise ConfigError(
-        f"AGENTWORKER_MODEL={spec!r}: expected 'offline' or 'bedrock:<model-id>'"
-    )
-
+    raise ConfigError(f"AGENTWORKER_MODEL={spec!r}: expected 'offline' or 'bedrock:<model-id>'")
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -54,7 +54,12 @@ async def run_demo(state_dir: Path | None, *, tracing: bool = True) -> int:
     await rt.start()
     problems: list[str] = []
     try:
-        await _say(rt, InboundMessage(conversation_id=ALICE, text="Hello! I need help with my account.", sender="alice"))
+        await _say(
+            rt,
+            InboundMessage(
+                conversation_id=ALICE, text="Hello! I need help with my account.", sender="alice"
+            ),
+        )
         opened = await _say(
             rt,
             InboundMessage(
@@ -69,12 +74,22 @@ async def run_demo(state_dir: Path | None, *, tracing: bool = True) -> int:
             ticket_id = 0
         else:
             ticket_id = int(match.group(1))
-        ask = await _say(rt, InboundMessage(conversation_id=ALICE, text=f"Please close ticket {ticket_id}", sender="alice"))
+        ask = await _say(
+            rt,
+            InboundMessage(
+                conversation_id=ALICE, text=f"Please close ticket {ticket_id}", sender="alice"
+            ),
+        )
         if not isinstance(ask, ApprovalRequest):
             problems.append("closing the ticket did not ask for approval")
         else:
             decision = ApprovalDecision(interrupt_id=ask.interrupt_id, approved=True, reason="ok")
-            await _say(rt, InboundMessage(conversation_id=ALICE, kind="approval", approval=decision, sender="alice"))
+            await _say(
+                rt,
+                InboundMessage(
+                    conversation_id=ALICE, kind="approval", approval=decision, sender="alice"
+                ),
+            )
             ticket = rt.store.get_ticket(ticket_id)
             if ticket is None or ticket.status != "closed":
                 problems.append("the approved change was not applied")
@@ -83,7 +98,10 @@ async def run_demo(state_dir: Path | None, *, tracing: bool = True) -> int:
         texts = ["How do I reset my password?", "Also, what time is it?"]
         for text in texts:
             print(f"  {BOB} > {text}")
-            accept_message(rt.deps, InboundMessage(conversation_id=BOB, text=text, sender="bob", policy="merge"))
+            accept_message(
+                rt.deps,
+                InboundMessage(conversation_id=BOB, text=text, sender="bob", policy="merge"),
+            )
         await rt.wait_idle()
         bob = await rt.history(BOB)
         assert bob is not None
@@ -97,7 +115,16 @@ async def run_demo(state_dir: Path | None, *, tracing: bool = True) -> int:
     finally:
         await rt.stop()
     elapsed = time.perf_counter() - started
-    header = ["conversation", "policy", "messages", "turns", "tool calls", "approvals", "replies", "status"]
+    header = [
+        "conversation",
+        "policy",
+        "messages",
+        "turns",
+        "tool calls",
+        "approvals",
+        "replies",
+        "status",
+    ]
     if tracing:
         from workers.observability import list_traces
 

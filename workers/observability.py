@@ -7,8 +7,8 @@ Embedded runtime: full ``mlflow`` with a SQLite backend under the state director
 from __future__ import annotations
 
 import logging
-import time
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any

@@ -11,11 +11,11 @@ import pytest
 
 from events.inbound import ApprovalDecision, InboundMessage
 from events.outbound import ApprovalRequest, Reply
+from tests.fakes import InMemoryConversationStore
 from workers.adapters.local.sqlite_store import SqliteConversationStore
 from workers.core.model import LogEntry, TurnCommit
 from workers.core.steps import TurnSuperseded
 from workers.errors import LeaseLost, NotFound
-from tests.fakes import InMemoryConversationStore
 
 T0 = 1_700_000_000.0
 CID = "ticket:4711"
@@ -160,15 +160,20 @@ def test_pending_approval_round_trips(store: Any) -> None:
     store.append_inbox(msg(), now=T0, default_policy="enqueue")
     lease = store.try_acquire_lease(CID, now=T0, ttl=10)
     ask = ApprovalRequest(
-        conversation_id=CID, turn_id="t", interrupt_id="i1", tool="update_ticket",
-        args={"ticket_id": 1}, text="ok?",
+        conversation_id=CID,
+        turn_id="t",
+        interrupt_id="i1",
+        tool="update_ticket",
+        args={"ticket_id": 1},
+        text="ok?",
     )
     store.commit_turn(CID, TurnCommit(lease.token, [1], "awaiting_approval", pending_approval=ask))
     assert store.release_lease(CID, lease.token, seen_inbox_seq=1)
     state = store.get_conversation(CID)
     assert state.status == "awaiting_approval" and state.pending_approval == ask
     approval = InboundMessage(
-        conversation_id=CID, kind="approval",
+        conversation_id=CID,
+        kind="approval",
         approval=ApprovalDecision(interrupt_id="i1", approved=True),
     )
     store.append_inbox(approval, now=T0 + 1, default_policy="enqueue")

@@ -19,7 +19,11 @@ def test_demo_runs_and_checks_itself(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "demo ok" in out.stdout
-    rows = {line.split()[0]: line.split() for line in out.stdout.splitlines() if line.startswith("demo:")}
+    rows = {
+        line.split()[0]: line.split()
+        for line in out.stdout.splitlines()
+        if line.startswith("demo:")
+    }
     # conversation policy messages turns tool-calls approvals replies status traces
     alice, bob = rows["demo:alice"], rows["demo:bob"]
     assert alice[1:] == ["enqueue", "4", "4", "2", "1", "3", "idle", "4"]

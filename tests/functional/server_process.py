@@ -42,8 +42,14 @@ class ServerProcess:
     def start(self, timeout: float = 60.0) -> ServerProcess:
         env = {**os.environ, "MLFLOW_MODEL_CATALOG_URI": "", **self.env}
         cmd = [
-            sys.executable, "-m", "workers.cli", "serve",
-            "--port", str(self.port), "--state-dir", str(self.state_dir),
+            sys.executable,
+            "-m",
+            "workers.cli",
+            "serve",
+            "--port",
+            str(self.port),
+            "--state-dir",
+            str(self.state_dir),
         ]
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:

@@ -92,13 +92,26 @@ def test_a_crash_mid_turn_loses_nothing_and_answers_once(tmp_path: Path) -> None
 def test_two_servers_cannot_share_a_state_directory(tmp_path: Path) -> None:
     with ServerProcess(tmp_path):
         out = subprocess.run(
-            [sys.executable, "-m", "workers.cli", "serve", "--state-dir", str(tmp_path),
-             "--port", "9"],
-            capture_output=True, text=True, timeout=60, check=False,
+            [
+                sys.executable,
+                "-m",
+                "workers.cli",
+                "serve",
+                "--state-dir",
+                str(tmp_path),
+                "--port",
+                "9",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
             env={"AGENTWORKER_TRACING": "false", "PATH": "/usr/bin:/bin"},
         )
         assert out.returncode != 0
-        assert "another agentworker process is using this state directory" in out.stdout + out.stderr
+        assert (
+            "another agentworker process is using this state directory" in out.stdout + out.stderr
+        )
 
 
 def test_every_turn_is_an_mlflow_trace(tmp_path: Path) -> None:
@@ -111,7 +124,10 @@ def test_every_turn_is_an_mlflow_trace(tmp_path: Path) -> None:
         srv.stop()  # flushes the async trace queue
     out = subprocess.run(
         [sys.executable, "-m", "workers.cli", "traces", "-c", cid, "--state-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert out.returncode == 0, out.stderr
     rows = [line for line in out.stdout.splitlines() if line.startswith("tr-")]
@@ -132,8 +148,19 @@ def test_every_turn_is_an_mlflow_trace(tmp_path: Path) -> None:
     assert ("tool.create_ticket", "TOOL") in spans and ("model", "CHAT_MODEL") in spans
     assert {"store.load", "store.commit", "deliver"} <= {name for name, _ in spans}
     missing = subprocess.run(
-        [sys.executable, "-m", "workers.cli", "traces", "-c", "nobody", "--state-dir",
-         str(tmp_path)],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "workers.cli",
+            "traces",
+            "-c",
+            "nobody",
+            "--state-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert missing.returncode == 1 and "no traces" in missing.stdout

@@ -29,7 +29,9 @@ def post(srv: ServerProcess, cid: str, body: Any, **kw: Any) -> httpx.Response:
     return httpx.post(f"{srv.url}/v1/conversations/{cid}/messages", json=body, timeout=10, **kw)
 
 
-def wait_reply(srv: ServerProcess, cid: str, message_id: str, timeout: float = 20) -> dict[str, Any]:
+def wait_reply(
+    srv: ServerProcess, cid: str, message_id: str, timeout: float = 20
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         view = httpx.get(f"{srv.url}/v1/conversations/{cid}", timeout=10).json()
@@ -95,8 +97,16 @@ def test_repeated_dedupe_key_returns_the_same_id_and_one_turn(server: ServerProc
         ),
         (b'{"text": "' + b"x" * (2 * 1024 * 1024) + b'"}', 413, "too_large", "body"),
     ],
-    ids=["malformed", "not-object", "missing-text", "wrong-type", "bad-enum", "unknown-field",
-         "text-over-256k", "body-over-1mb"],
+    ids=[
+        "malformed",
+        "not-object",
+        "missing-text",
+        "wrong-type",
+        "bad-enum",
+        "unknown-field",
+        "text-over-256k",
+        "body-over-1mb",
+    ],
 )
 def test_bad_input_gets_a_clear_json_error(
     server: ServerProcess, body: bytes, status: int, code: str, field: str | None
@@ -155,17 +165,34 @@ def test_websocket_chat_with_streaming_tool_and_approval(server: ServerProcess) 
             chunks = [f["delta"] for f in frames if f["type"] == "chunk"]
             assert "".join(chunks) == frames[-1]["text"]
 
-            await ws.send(json.dumps({"action": "send", "conversation_id": cid,
-                                      "text": "please open a ticket about the VPN"}))
+            await ws.send(
+                json.dumps(
+                    {
+                        "action": "send",
+                        "conversation_id": cid,
+                        "text": "please open a ticket about the VPN",
+                    }
+                )
+            )
             frames = await _recv_until(ws, lambda f: f["type"] == "reply")
             ticket_id = frames[-1]["text"].split()[2].rstrip(":")
-            await ws.send(json.dumps({"action": "send", "conversation_id": cid,
-                                      "text": f"close ticket {ticket_id}"}))
+            await ws.send(
+                json.dumps(
+                    {"action": "send", "conversation_id": cid, "text": f"close ticket {ticket_id}"}
+                )
+            )
             frames = await _recv_until(ws, lambda f: f["type"] == "approval_request")
             ask = frames[-1]
             assert ask["tool"] == "update_ticket" and ask["args"]["status"] == "closed"
-            await ws.send(json.dumps({"action": "approve", "conversation_id": cid,
-                                      "interrupt_id": ask["interrupt_id"]}))
+            await ws.send(
+                json.dumps(
+                    {
+                        "action": "approve",
+                        "conversation_id": cid,
+                        "interrupt_id": ask["interrupt_id"],
+                    }
+                )
+            )
             frames = await _recv_until(ws, lambda f: f["type"] == "reply")
             assert "is closed" in frames[-1]["text"]
 
@@ -181,8 +208,11 @@ def test_websocket_chat_with_streaming_tool_and_approval(server: ServerProcess) 
         ('{"action": "send", "conversation_id": "ws:a:b"}', "validation_error", "text"),
         ('{"action": "send", "conversation_id": "ws:a:b", "text": 3}', "validation_error", "text"),
         ('{"action": "approve", "conversation_id": "ws:a:b"}', "validation_error", "interrupt_id"),
-        ('{"action": "subscribe", "conversation_id": "bad id"}', "validation_error",
-         "conversation_id"),
+        (
+            '{"action": "subscribe", "conversation_id": "bad id"}',
+            "validation_error",
+            "conversation_id",
+        ),
         ('["a"]', "validation_error", "action"),
     ],
 )
@@ -205,7 +235,9 @@ def test_websocket_text_over_256_kb(server: ServerProcess) -> None:
     async def scenario() -> None:
         async with websockets.connect(server.ws_url, max_size=None) as ws:
             big = "x" * (MAX_MESSAGE_BYTES + 10)
-            await ws.send(json.dumps({"action": "send", "conversation_id": "ws:a:big", "text": big}))
+            await ws.send(
+                json.dumps({"action": "send", "conversation_id": "ws:a:big", "text": big})
+            )
             err = json.loads(await ws.recv())
             assert err["error"]["code"] == "too_large" and err["error"]["field"] == "text"
             await ws.send(json.dumps({"action": "ping"}))
@@ -218,7 +250,10 @@ def test_cli_send_and_history(server: ServerProcess) -> None:
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "workers.cli", *args, "--url", server.url],
-            capture_output=True, text=True, timeout=60, check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
 
     sent = cli("send", "-c", "cli:demo", "open a ticket about the coffee machine")
@@ -239,9 +274,21 @@ def test_cli_send_and_history(server: ServerProcess) -> None:
 
 def test_cli_without_a_server_says_so(tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "workers.cli", "send", "-c", "x", "hi", "--url",
-         "http://127.0.0.1:9"],
-        capture_output=True, text=True, timeout=30, check=False,
+        [
+            sys.executable,
+            "-m",
+            "workers.cli",
+            "send",
+            "-c",
+            "x",
+            "hi",
+            "--url",
+            "http://127.0.0.1:9",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert out.returncode == 1 and "no server at" in out.stderr
 
@@ -249,7 +296,10 @@ def test_cli_without_a_server_says_so(tmp_path: Path) -> None:
 def test_bad_config_fails_at_start_naming_the_setting(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "workers.cli", "serve", "--state-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
         env={"AGENTWORKER_WORKERS": "lots", "PATH": "/usr/bin:/bin"},
     )
     assert out.returncode == 2 and "AGENTWORKER_WORKERS" in out.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 
+from tests.fakes import InMemoryConversationStore, ManualClock
 from workers.agent.models import make_model, map_model_error
 from workers.agent.offline import OfflineChatModel
 from workers.agent.prompts import load_system_prompt
@@ -13,7 +14,6 @@ from workers.agent.tools import SUPPORT_TOOLS
 from workers.core.model import ApprovalDecisionRecord, LogEntry, TurnOutput, TurnRequest
 from workers.core.ports import NullTracer
 from workers.errors import ConfigError, PermanentError, RetryableError
-from tests.fakes import InMemoryConversationStore, ManualClock
 
 CID = "ticket:1"
 
@@ -41,7 +41,12 @@ class Conversation:
     ) -> TurnOutput:
         self.n += 1
         request = TurnRequest(
-            CID, f"t{self.n}", "api", [text] if text else [], resume, self.checkpoint,
+            CID,
+            f"t{self.n}",
+            "api",
+            [text] if text else [],
+            resume,
+            self.checkpoint,
             self.log[-20:],
         )
         out = self.agent.run_turn(request, on_chunk=self.chunks.append, tracer=NullTracer())

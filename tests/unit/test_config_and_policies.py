@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from events.inbound import ApprovalDecision, InboundMessage
+from events.inbound import ApprovalDecision, DoubleTextingPolicy, InboundMessage
 from events.outbound import ApprovalRequest
 from workers.config import load_settings
 from workers.core.model import ConversationState, InboxEntry
@@ -41,22 +41,33 @@ def test_approval_tools_from_a_comma_list(monkeypatch: pytest.MonkeyPatch) -> No
     assert load_settings().approval_tools == ["update_ticket", "create_ticket"]
 
 
-def _state(policy: str = "enqueue", waiting: ApprovalRequest | None = None) -> ConversationState:
-    status = "awaiting_approval" if waiting else "running"
+def _state(
+    policy: DoubleTextingPolicy = "enqueue", waiting: ApprovalRequest | None = None
+) -> ConversationState:
     return ConversationState(
-        "c", policy, status, 3, 1, 1, 99.0, None, waiting, 0.0, 0.0  # type: ignore[arg-type]
+        conversation_id="c",
+        policy=policy,
+        status="awaiting_approval" if waiting else "running",
+        inbox_seq=3,
+        last_token=1,
+        lease_token=1,
+        lease_expires_at=99.0,
+        lease_execution_id=None,
+        pending_approval=waiting,
+        created_at=0.0,
+        updated_at=0.0,
     )
 
 
 def _entries(*texts: str) -> list[InboxEntry]:
-    return [InboxEntry(i, InboundMessage(conversation_id="c", text=t)) for i, t in enumerate(texts, 1)]
+    return [
+        InboxEntry(i, InboundMessage(conversation_id="c", text=t)) for i, t in enumerate(texts, 1)
+    ]
 
 
 def _approval(seq: int, interrupt_id: str, approved: bool = True) -> InboxEntry:
     decision = ApprovalDecision(interrupt_id=interrupt_id, approved=approved)
-    return InboxEntry(
-        seq, InboundMessage(conversation_id="c", kind="approval", approval=decision)
-    )
+    return InboxEntry(seq, InboundMessage(conversation_id="c", kind="approval", approval=decision))
 
 
 def test_idle_when_nothing_pending() -> None:
@@ -69,21 +80,25 @@ def test_enqueue_takes_one() -> None:
 
 
 @pytest.mark.parametrize("policy", ["merge", "interrupt"])
-def test_merge_and_interrupt_fold_until_an_approval(policy: str) -> None:
+def test_merge_and_interrupt_fold_until_an_approval(policy: DoubleTextingPolicy) -> None:
     pending = [*_entries("a", "b"), _approval(3, "i")]
     plan = plan_turn(_state(policy), pending)
     assert plan is not None and plan.texts == ["a", "b"] and plan.inbox_seq == 3
 
 
 def test_matching_approval_resumes() -> None:
-    ask = ApprovalRequest(conversation_id="c", turn_id="t", interrupt_id="i", tool="x", args={}, text="?")
+    ask = ApprovalRequest(
+        conversation_id="c", turn_id="t", interrupt_id="i", tool="x", args={}, text="?"
+    )
     plan = plan_turn(_state(waiting=ask), [_approval(1, "i", approved=False)])
     assert plan is not None and plan.kind == "resume" and plan.resume is not None
     assert plan.resume.approved is False and plan.seqs == [1]
 
 
 def test_mismatched_approval_is_skipped() -> None:
-    ask = ApprovalRequest(conversation_id="c", turn_id="t", interrupt_id="i", tool="x", args={}, text="?")
+    ask = ApprovalRequest(
+        conversation_id="c", turn_id="t", interrupt_id="i", tool="x", args={}, text="?"
+    )
     plan = plan_turn(_state(waiting=ask), [_approval(1, "other")])
     assert plan is not None and plan.kind == "skip"
 

@@ -9,6 +9,13 @@ import pytest
 from events.inbound import ApprovalDecision, InboundMessage
 from events.outbound import ApprovalRequest, Notice, Reply
 from events.workflow import RunRef
+from tests.fakes import (
+    InMemoryConversationStore,
+    ManualClock,
+    RecordingSink,
+    RecordingStarter,
+    ScriptedAgent,
+)
 from workers.core.model import TurnRequest
 from workers.core.policies import SUPERSEDED_REASON
 from workers.core.steps import (
@@ -22,13 +29,6 @@ from workers.core.steps import (
     sweep,
 )
 from workers.errors import LeaseLost, PermanentError, RetryableError
-from tests.fakes import (
-    InMemoryConversationStore,
-    ManualClock,
-    RecordingSink,
-    RecordingStarter,
-    ScriptedAgent,
-)
 
 CID = "ws:alice:chat1"
 
@@ -157,14 +157,14 @@ def test_release_fails_when_a_message_arrives_meanwhile_and_the_run_loops() -> N
     w = World()
     w.send("a")
     real_release = w.store.release_lease
-    injected = []
+    injected: list[Any] = []
 
     def release(cid: str, token: int, *, seen_inbox_seq: int) -> bool:
         if not injected:
             injected.append(w.send("late"))
         return real_release(cid, token, seen_inbox_seq=seen_inbox_seq)
 
-    w.store.release_lease = release  # type: ignore[method-assign]
+    w.store.release_lease = release  # type: ignore[method-assign,assignment]
     [summary] = w.run_all()
     assert summary.turns == 2 and w.texts() == ["echo a", "echo late"]
 

@@ -95,10 +95,14 @@ def build_graph(
                     }
                 }
             )
-            span.set_outputs({"text": reply.text, "tool_calls": [c["name"] for c in reply.tool_calls]})
+            span.set_outputs(
+                {"text": reply.text, "tool_calls": [c["name"] for c in reply.tool_calls]}
+            )
         return {"messages": [reply]}
 
-    def call_tools(state: AgentState, runtime: Runtime[TurnContext]) -> dict[str, list[ToolMessage]]:
+    def call_tools(
+        state: AgentState, runtime: Runtime[TurnContext]
+    ) -> dict[str, list[ToolMessage]]:
         ctx = runtime.context
         last = state["messages"][-1]
         calls = last.tool_calls if isinstance(last, AIMessage) else []
@@ -123,7 +127,7 @@ def build_graph(
 
     def route(state: AgentState) -> Literal["tools", "__end__"]:
         last = state["messages"][-1]
-        return "tools" if isinstance(last, AIMessage) and last.tool_calls else END
+        return "tools" if isinstance(last, AIMessage) and last.tool_calls else "__end__"
 
     graph = StateGraph(AgentState, context_schema=TurnContext)
     graph.add_node("model", call_model)

@@ -33,12 +33,29 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 
 _TICKET_NO = r"(?:ticket|case)\s*#?\s*(\d+)"
 _RULES: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"\b(?:open|create|file|raise|log)\b.*?\bticket\b(?:\s+(?:about|for|on|regarding))?\s*:?\s*(?P<rest>.*)", re.I | re.S), "create_ticket"),
+    (
+        re.compile(
+            r"\b(?:open|create|file|raise|log)\b.*?\bticket\b(?:\s+(?:about|for|on|regarding))?\s*:?\s*(?P<rest>.*)",
+            re.I | re.S,
+        ),
+        "create_ticket",
+    ),
     (re.compile(r"\b(?:close|resolve)\b.*?" + _TICKET_NO, re.I), "close_ticket"),
     (re.compile(r"\b(?:escalate|urgent)\b.*?" + _TICKET_NO, re.I), "escalate_ticket"),
-    (re.compile(r"\b(?:status|look ?up|check|show|what about)\b.*?" + _TICKET_NO, re.I), "lookup_ticket"),
-    (re.compile(r"\b(?:what time|current time|what(?:'s| is) the (?:time|date)|today's date)\b", re.I), "current_time"),
-    (re.compile(r"^\s*(?:how|can i|where|what|why|do you|is there)\b.*\?\s*$", re.I | re.S), "search_faq"),
+    (
+        re.compile(r"\b(?:status|look ?up|check|show|what about)\b.*?" + _TICKET_NO, re.I),
+        "lookup_ticket",
+    ),
+    (
+        re.compile(
+            r"\b(?:what time|current time|what(?:'s| is) the (?:time|date)|today's date)\b", re.I
+        ),
+        "current_time",
+    ),
+    (
+        re.compile(r"^\s*(?:how|can i|where|what|why|do you|is there)\b.*\?\s*$", re.I | re.S),
+        "search_faq",
+    ),
 ]
 
 
@@ -145,7 +162,7 @@ def _ai(text: str, calls: list[dict[str, Any]], prompt_tokens: int, seed: str) -
     msg_id = "offline-" + hashlib.sha1(f"{seed}|{len(calls)}".encode()).hexdigest()[:16]
     return AIMessage(
         content=text,
-        tool_calls=[{**c, "type": "tool_call"} for c in calls],  # type: ignore[misc]
+        tool_calls=[{**c, "type": "tool_call"} for c in calls],
         usage_metadata=usage,
         id=msg_id,
     )

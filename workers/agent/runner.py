@@ -7,8 +7,8 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, RemoveMessage
-from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.types import Command, Interrupt
 
 from workers.agent.graph import AgentState, TurnContext, build_graph
@@ -59,9 +59,10 @@ class LangGraphTurnAgent:
         try:
             logged = self.saver.message_ids(stage)
             base = self.saver.get_tuple(self._config(request, stage))
+            base_id = base.config["configurable"]["checkpoint_id"] if base else "root"
             ctx = TurnContext(
                 conversation_id=request.conversation_id,
-                turn_key=f"{request.conversation_id}:{base.config['configurable']['checkpoint_id'] if base else 'root'}",
+                turn_key=f"{request.conversation_id}:{base_id}",
                 history=self.decode_log(request.history),
                 tickets=self.tickets,
                 clock=self.clock,
@@ -90,12 +91,12 @@ class LangGraphTurnAgent:
             decision = {"approved": request.resume.approved, "reason": request.resume.reason}
             return Command(resume=decision)
         text = "\n\n".join(request.texts)
-        return {
-            "messages": [
-                RemoveMessage(id=REMOVE_ALL_MESSAGES),
-                HumanMessage(text, id=f"{request.turn_id}-user"),
-            ]
-        }
+        # Only the current turn lives in the checkpoint: earlier turns are in the log.
+        fresh: list[Any] = [
+            RemoveMessage(id=REMOVE_ALL_MESSAGES),
+            HumanMessage(text, id=f"{request.turn_id}-user"),
+        ]
+        return {"messages": fresh}
 
     def _output(
         self,
@@ -135,7 +136,9 @@ class LangGraphTurnAgent:
 
     def encode(self, message: BaseMessage) -> LogEntry:
         kind, data = self.serde.dumps_typed(message)
-        return LogEntry(message_id=str(message.id), role=message.type, data=kind.encode() + b"\0" + data)
+        return LogEntry(
+            message_id=str(message.id), role=message.type, data=kind.encode() + b"\0" + data
+        )
 
     def decode_log(self, entries: Sequence[LogEntry]) -> list[BaseMessage]:
         messages: list[BaseMessage] = []

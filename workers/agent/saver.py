@@ -105,7 +105,9 @@ class StagedCheckpointSaver(BaseCheckpointSaver[int]):
                 (task, idx): (task, chan, (val[0], val[1]), path)
                 for task, idx, chan, val, path in s["w"]
             }
-            out[ns] = _Saved(s["id"], (s["c"][0], s["c"][1]), (s["m"][0], s["m"][1]), s["p"], writes)
+            out[ns] = _Saved(
+                s["id"], (s["c"][0], s["c"][1]), (s["m"][0], s["m"][1]), s["p"], writes
+            )
         return out
 
     def _ns(self, key: str) -> dict[str, _Saved]:
@@ -180,7 +182,11 @@ class StagedCheckpointSaver(BaseCheckpointSaver[int]):
             metadata=self.serde.dumps_typed(get_checkpoint_metadata(config, metadata)),
             parent_id=conf.get("checkpoint_id"),
         )
-        out = {"thread_id": conf["thread_id"], "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}
+        out = {
+            "thread_id": conf["thread_id"],
+            "checkpoint_ns": ns,
+            "checkpoint_id": checkpoint["id"],
+        }
         if STAGE_KEY in conf:
             out[STAGE_KEY] = conf[STAGE_KEY]
         return {"configurable": out}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -79,8 +80,8 @@ class TurnCommit:
     consumed: list[int]
     status: ConversationStatus
     checkpoint: bytes | None = None
-    log: list[LogEntry] = field(default_factory=list)
-    outbox: list[OutboxPayload] = field(default_factory=list)
+    log: Sequence[LogEntry] = field(default_factory=list)
+    outbox: Sequence[OutboxPayload] = field(default_factory=list)
     pending_approval: ApprovalRequest | None = None
     expect_inbox_seq: int | None = None
     """If set, refuse the commit (``TurnSuperseded``) when the inbox moved past it."""

@@ -148,9 +148,9 @@ class Tracer(Protocol):
         self, name: str, *, tags: dict[str, str], inputs: Any
     ) -> AbstractContextManager[SpanHandle]: ...
 
-    def span(self, name: str, *, kind: str, inputs: Any = None) -> AbstractContextManager[
-        SpanHandle
-    ]: ...
+    def span(
+        self, name: str, *, kind: str, inputs: Any = None
+    ) -> AbstractContextManager[SpanHandle]: ...
 
 
 class TurnAgent(Protocol):

@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 from events.inbound import DoubleTextingPolicy, InboundMessage, new_id
 from events.outbound import ApprovalRequest, Notice, OutboxPayload, Reply, ReplyChunk
-from events.workflow import FinishResult, RunRef, TurnResult
-from workers.core.model import AcceptResult, PendingApproval, TurnCommit, TurnOutput, TurnRequest
+from events.workflow import FinishResult, RunRef, TurnOutcome, TurnResult
+from workers.core.model import (
+    AcceptResult,
+    ConversationStatus,
+    PendingApproval,
+    TurnCommit,
+    TurnOutput,
+    TurnRequest,
+)
 from workers.core.policies import TurnPlan, backoff_delay, classify_error, plan_turn
 from workers.core.ports import (
     Clock,
@@ -71,9 +79,7 @@ def accept_message(deps: Deps, msg: InboundMessage) -> AcceptResult:
     result = deps.store.append_inbox(msg, now=now, default_policy=deps.settings.default_policy)
     if result.duplicate or result.rejected:
         return result
-    lease = deps.store.try_acquire_lease(
-        msg.conversation_id, now=now, ttl=deps.settings.lease_ttl
-    )
+    lease = deps.store.try_acquire_lease(msg.conversation_id, now=now, ttl=deps.settings.lease_ttl)
     if lease is not None:
         deps.starter.start(RunRef(conversation_id=msg.conversation_id, token=lease.token))
     return result
@@ -120,7 +126,7 @@ def advance_turn(
     if plan.kind == "skip":
         notice = Notice(conversation_id=cid, in_reply_to=plan.message_ids, text=plan.notice or "")
         state = deps.store.get_conversation(cid)
-        status = state.status if state is not None else "idle"
+        status: ConversationStatus = state.status if state is not None else "idle"
         _commit(deps, run, TurnCommit(run.token, plan.seqs, status, outbox=[notice]))
         return _result(run, "skipped", turn_id, plan)
     state = deps.store.get_conversation(cid)
@@ -170,7 +176,10 @@ def advance_turn(
             }
         )
         span.set_outputs(
-            {"reply": output.reply_text, "approval": output.approval.tool if output.approval else None}
+            {
+                "reply": output.reply_text,
+                "approval": output.approval.tool if output.approval else None,
+            }
         )
         if deliver_now:
             deliver(deps, cid)
@@ -190,9 +199,12 @@ def _cost(settings: TurnSettings, output: TurnOutput) -> float:
 
 def fail_turn(deps: Deps, run: RunRef, plan: TurnPlan, text: str) -> None:
     """Tell the user a turn failed for good and consume its messages (fenced)."""
-    notice = Notice(conversation_id=run.conversation_id, level="error", in_reply_to=plan.message_ids, text=text)
+    notice = Notice(
+        conversation_id=run.conversation_id, level="error", in_reply_to=plan.message_ids, text=text
+    )
     state = deps.store.get_conversation(run.conversation_id)
-    status = "awaiting_approval" if state and state.status == "awaiting_approval" else "idle"
+    waiting = state is not None and state.status == "awaiting_approval"
+    status: ConversationStatus = "awaiting_approval" if waiting else "idle"
     _commit(deps, run, TurnCommit(run.token, plan.seqs, status, outbox=[notice]))
 
 
@@ -245,7 +257,7 @@ def _commit(deps: Deps, run: RunRef, commit: TurnCommit) -> None:
     deps.store.commit_turn(run.conversation_id, commit)
 
 
-def _chunk_streamer(deps: Deps, cid: str, turn_id: str) -> object | None:
+def _chunk_streamer(deps: Deps, cid: str, turn_id: str) -> Callable[[str], None] | None:
     if not deps.settings.stream:
         return None
     counter = iter(range(1 << 62))
@@ -258,10 +270,10 @@ def _chunk_streamer(deps: Deps, cid: str, turn_id: str) -> object | None:
     return on_chunk
 
 
-def _result(run: RunRef, outcome: str, turn_id: str, plan: TurnPlan) -> TurnResult:
+def _result(run: RunRef, outcome: TurnOutcome, turn_id: str, plan: TurnPlan) -> TurnResult:
     return TurnResult(
         run=run.model_copy(update={"turns": run.turns + 1}),
-        outcome=outcome,  # type: ignore[arg-type]
+        outcome=outcome,
         turn_id=turn_id,
         consumed=plan.message_ids,
     )

@@ -53,6 +53,7 @@ class LocalWorkflowStarter:
 class EmbeddedRuntime:
     def __init__(
         self,
+        *,
         settings: Settings,
         store: SqliteConversationStore,
         deps: Deps,
@@ -161,4 +162,6 @@ class EmbeddedRuntime:
             try:
                 await asyncio.to_thread(sweep, self.deps)
             except Exception:
-                log.exception("sweep failed; trying again in %ss", self.settings.sweep_interval_seconds)
+                log.exception(
+                    "sweep failed; trying again in %ss", self.settings.sweep_interval_seconds
+                )

@@ -141,7 +141,9 @@ def create_app(settings: Settings, runtime_factory: Any = None) -> FastAPI:
         history = await rt(request).history(conversation_id)
         if history is None:
             raise ApiError(
-                404, "not_found", f"conversation_id: no conversation {conversation_id!r}",
+                404,
+                "not_found",
+                f"conversation_id: no conversation {conversation_id!r}",
                 "conversation_id",
             )
         return JSONResponse(conversation_view(history).model_dump(mode="json"))
@@ -175,16 +177,21 @@ class WebSocketSession:
         self.ws = ws
         self.runtime = runtime
         self.connection_id = new_id()
-        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        # Frames to send, in order. A response is queued as a future *before* its message
+        # is accepted, so "accepted" always precedes the chunks and reply it leads to.
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
         self.subscribed: set[str] = set()
 
     async def run(self) -> None:
         await self.ws.accept()
         pump = asyncio.create_task(self._pump())
         try:
+            loop = asyncio.get_running_loop()
             while True:
                 raw = await self.ws.receive_text()
-                await self.queue.put(await self._handle(raw))
+                slot: asyncio.Future[dict[str, Any]] = loop.create_future()
+                self.queue.put_nowait(slot)
+                slot.set_result(await self._handle(raw))
         except WebSocketDisconnect:
             pass
         finally:
@@ -194,7 +201,8 @@ class WebSocketSession:
 
     async def _pump(self) -> None:
         while True:
-            frame = await self.queue.get()
+            item = await self.queue.get()
+            frame = await item if isinstance(item, asyncio.Future) else item
             await self.ws.send_json(frame)
 
     async def _handle(self, raw: str) -> dict[str, Any]:
@@ -224,6 +232,12 @@ class WebSocketSession:
                 error=ErrorBody(
                     code=type(exc).__name__, message=str(exc), field=getattr(exc, "field", None)
                 )
+            ).model_dump()
+        except Exception:
+            # Keep the socket open: log the bug with context, tell the client plainly.
+            log.exception("websocket frame failed: %.200s", raw)
+            return ErrorView(
+                error=ErrorBody(code="internal_error", message="the server failed on this frame")
             ).model_dump()
 
     def _parse(self, raw: str) -> WsSubscribe | WsSend | WsDecide | WsPing:

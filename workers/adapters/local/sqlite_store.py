@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -332,29 +332,51 @@ class SqliteConversationStore:
     # state ------------------------------------------------------------------------------
 
     def get_conversation(self, conversation_id: str) -> ConversationState | None:
-        row = self._conn().execute(
-            "SELECT conversation_id, policy, status, inbox_seq, last_token, lease_token,"
-            " lease_expires_at, lease_execution_id, pending_approval, created_at, updated_at"
-            " FROM conversations WHERE conversation_id = ?",
-            (conversation_id,),
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute(
+                "SELECT conversation_id, policy, status, inbox_seq, last_token, lease_token,"
+                " lease_expires_at, lease_execution_id, pending_approval, created_at, updated_at"
+                " FROM conversations WHERE conversation_id = ?",
+                (conversation_id,),
+            )
+            .fetchone()
+        )
         if row is None:
             return None
         approval = _APPROVAL.validate_json(row[8]) if row[8] else None
-        return ConversationState(*row[:8], approval, row[9], row[10])
+        return ConversationState(
+            conversation_id=row[0],
+            policy=row[1],
+            status=row[2],
+            inbox_seq=row[3],
+            last_token=row[4],
+            lease_token=row[5],
+            lease_expires_at=row[6],
+            lease_execution_id=row[7],
+            pending_approval=approval,
+            created_at=row[9],
+            updated_at=row[10],
+        )
 
     def load_checkpoint(self, conversation_id: str) -> bytes | None:
-        row = self._conn().execute(
-            "SELECT data FROM checkpoints WHERE conversation_id = ?", (conversation_id,)
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute("SELECT data FROM checkpoints WHERE conversation_id = ?", (conversation_id,))
+            .fetchone()
+        )
         return None if row is None else bytes(row[0])
 
     def load_log(self, conversation_id: str, *, limit: int) -> list[LogEntry]:
-        rows = self._conn().execute(
-            "SELECT message_id, role, data FROM log WHERE conversation_id = ?"
-            " ORDER BY seq DESC LIMIT ?",
-            (conversation_id, limit),
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT message_id, role, data FROM log WHERE conversation_id = ?"
+                " ORDER BY seq DESC LIMIT ?",
+                (conversation_id, limit),
+            )
+            .fetchall()
+        )
         return [LogEntry(m, r, bytes(d)) for m, r, d in reversed(rows)]
 
     def commit_turn(self, conversation_id: str, commit: TurnCommit) -> None:
@@ -396,7 +418,9 @@ class SqliteConversationStore:
                 )
             if commit.outbox:
                 self._append_outbox(db, conversation_id, commit.outbox)
-            approval = commit.pending_approval.model_dump_json() if commit.pending_approval else None
+            approval = (
+                commit.pending_approval.model_dump_json() if commit.pending_approval else None
+            )
             status = commit.status if commit.status != "idle" else "running"
             db.execute(
                 "UPDATE conversations SET status = ?, pending_approval = ?"
@@ -407,7 +431,7 @@ class SqliteConversationStore:
     # outbox -----------------------------------------------------------------------------
 
     def _append_outbox(
-        self, db: sqlite3.Connection, conversation_id: str, payloads: list[OutboxPayload]
+        self, db: sqlite3.Connection, conversation_id: str, payloads: Sequence[OutboxPayload]
     ) -> None:
         (seq,) = db.execute(
             "SELECT outbox_seq FROM conversations WHERE conversation_id = ?", (conversation_id,)
@@ -455,8 +479,7 @@ class SqliteConversationStore:
         outbox = [
             OutboxEntry(seq, _OUTBOX.validate_json(body), delivered is not None)
             for seq, body, delivered in db.execute(
-                "SELECT seq, body, delivered_at FROM outbox WHERE conversation_id = ?"
-                " ORDER BY seq",
+                "SELECT seq, body, delivered_at FROM outbox WHERE conversation_id = ? ORDER BY seq",
                 (conversation_id,),
             )
         ]
@@ -478,8 +501,7 @@ class SqliteConversationStore:
 
     def list_connections(self, conversation_id: str) -> list[str]:
         rows = self._conn().execute(
-            "SELECT connection_id FROM connections WHERE conversation_id = ?"
-            " ORDER BY created_at",
+            "SELECT connection_id FROM connections WHERE conversation_id = ? ORDER BY created_at",
             (conversation_id,),
         )
         return [r[0] for r in rows]
@@ -568,4 +590,14 @@ class SqliteConversationStore:
         ).fetchone()
         if row is None:
             raise NotFound(f"ticket {ticket_id} does not exist", field="ticket_id")
-        return Ticket(*row[:8], comments=json.loads(row[8]))
+        return Ticket(
+            ticket_id=row[0],
+            conversation_id=row[1],
+            subject=row[2],
+            body=row[3],
+            status=row[4],
+            priority=row[5],
+            created_at=row[6],
+            updated_at=row[7],
+            comments=json.loads(row[8]),
+        )

@@ -27,7 +27,9 @@ def conversation_view(history: History) -> ConversationView:
             )
             for e in history.inbox
         ],
-        replies=[OutboxView(seq=e.seq, delivered=e.delivered, payload=e.payload) for e in history.outbox],
+        replies=[
+            OutboxView(seq=e.seq, delivered=e.delivered, payload=e.payload) for e in history.outbox
+        ],
     )
 
 

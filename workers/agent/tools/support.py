@@ -108,7 +108,9 @@ def _faq() -> list[dict[str, str]]:
 
 
 _WORD = re.compile(r"[a-z0-9]+")
-_STOP = frozenset("a an the i my me to do how is can what where why of for in on it and or".split())
+_STOP = frozenset(
+    "a an the i my me to do how is can what where why of for in on it and or".split()  # noqa: SIM905
+)
 
 
 def _words(text: str) -> set[str]:

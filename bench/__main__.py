@@ -1,0 +1,158 @@
+"""``python -m bench [--quick] [options]``: run the benchmarks, print tables, write JSON."""
+
+from __future__ import annotations
+
+import os
+
+# Before anything can import mlflow: no model price list, no telemetry (everything offline).
+os.environ["MLFLOW_MODEL_CATALOG_URI"] = ""
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from datetime import UTC, datetime  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+from bench import overhead, storage, throughput  # noqa: E402
+from bench.common import progress  # noqa: E402
+from bench.report import environment, render  # noqa: E402
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+SECTIONS = ("overhead", "throughput", "storage")
+
+FULL: dict[str, Any] = {
+    "overhead_turns": 300,
+    "overhead_warmup": 30,
+    "overhead_conversations": 10,
+    "tp_conversations": 50,
+    "tp_messages": 10,
+    "tp_latencies_ms": "0,50",
+    "tp_workers": "1,10,50",
+    "storage_points": "10,100,1000",
+    "storage_window": 10,
+    "baseline_budget_s": 180.0,
+}
+QUICK: dict[str, Any] = {
+    "overhead_turns": 100,
+    "overhead_warmup": 20,
+    "overhead_conversations": 10,
+    "tp_conversations": 20,
+    "tp_messages": 5,
+    "tp_latencies_ms": "0,50",
+    "tp_workers": "1,20",
+    "storage_points": "10,100,300",
+    "storage_window": 5,
+    "baseline_budget_s": 60.0,
+}
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.split(",") if v.strip())
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",") if v.strip())
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmarks of the embedded runtime (offline, temp dirs, loopback only).",
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (about a minute)")
+    parser.add_argument(
+        "--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}"
+    )
+    parser.add_argument("--overhead-turns", type=int, help="measured turns per variant")
+    parser.add_argument("--overhead-warmup", type=int, help="warm-up turns per variant")
+    parser.add_argument("--overhead-conversations", type=int, help="turns round-robin over N")
+    parser.add_argument("--tp-conversations", type=int, help="simulated users")
+    parser.add_argument("--tp-messages", type=int, help="messages per user")
+    parser.add_argument("--tp-latencies-ms", help="model latencies, comma list (ms)")
+    parser.add_argument("--tp-workers", help="worker pool sizes, comma list")
+    parser.add_argument("--storage-points", help="conversation lengths to sample, comma list")
+    parser.add_argument("--storage-window", type=int, help="turns averaged at each point")
+    parser.add_argument("--baseline-budget-s", type=float, help="time cap of the baseline")
+    parser.add_argument("--profile", action="store_true", help="cProfile the overhead loops")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
+    args = parser.parse_args(argv)
+    preset = QUICK if args.quick else FULL
+    for key, value in preset.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    unknown = set(args.sections.split(",")) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    return args
+
+
+def _quiet_logs() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("mlflow", "alembic", "workers", "httpx"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    _quiet_logs()
+    sections = [s for s in SECTIONS if s in args.sections.split(",")]
+    started = datetime.now(UTC)
+    t0 = time.perf_counter()
+    results: dict[str, Any] = {
+        "benchmark": "embedded",
+        "started_at": started.isoformat(),
+        "quick": args.quick,
+        "parameters": {k: getattr(args, k) for k in FULL},
+        "environment": environment(),
+    }
+    with tempfile.TemporaryDirectory(prefix="agentworker-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        if "overhead" in sections:
+            results["overhead"] = overhead.run(
+                tmp,
+                overhead.OverheadConfig(
+                    turns=args.overhead_turns,
+                    warmup=args.overhead_warmup,
+                    conversations=args.overhead_conversations,
+                    profile=args.profile,
+                ),
+            )
+        if "throughput" in sections:
+            results["throughput"] = throughput.run(
+                tmp,
+                throughput.ThroughputConfig(
+                    conversations=args.tp_conversations,
+                    messages=args.tp_messages,
+                    latencies_ms=_floats(args.tp_latencies_ms),
+                    workers=_ints(args.tp_workers),
+                ),
+            )
+        if "storage" in sections:
+            results["storage"] = storage.run(
+                tmp,
+                storage.StorageConfig(
+                    points=_ints(args.storage_points),
+                    window=args.storage_window,
+                    baseline_budget_s=args.baseline_budget_s,
+                ),
+            )
+    results["duration_s"] = time.perf_counter() - t0
+    for variant in results.get("overhead", {}).get("variants", []):
+        if "profile" in variant:
+            print(f"cProfile, overhead {variant['label']}:\n{variant['profile']}", file=sys.stderr)
+    print(render(results))
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"embedded-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+    path.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    progress(f"results written to {path} (run took {results['duration_s']:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
