@@ -50,7 +50,7 @@ def test_settings_table_matches_the_settings() -> None:
         shown = rows[ENV_PREFIX + name.upper()]
         if isinstance(default, bool):
             assert shown == f"`{str(default).lower()}`", name
-        elif isinstance(default, str | int | float) or isinstance(default, Path):
+        elif isinstance(default, str | int | float | Path):
             assert shown == f"`{default}`", name
         elif isinstance(default, list):
             assert shown == f"`{','.join(default)}`", name
