@@ -13,7 +13,7 @@ bytes written per turn independent of the conversation's length.
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +47,8 @@ class _Saved:
 
 class StagedCheckpointSaver(BaseCheckpointSaver[int]):
     """One saver per process; each turn stages under its own key (``configurable``
-    ``agentworker_stage``), so concurrent turns of different conversations never mix."""
+    ``agentworker_stage``), so concurrent turns of different conversations never mix.
+    Synchronous only: the core runs the graph with ``invoke`` in every runtime."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -117,6 +118,14 @@ class StagedCheckpointSaver(BaseCheckpointSaver[int]):
             raise KeyError(f"no staged checkpoint for {key!r}: call stage() first") from None
 
     @staticmethod
+    def _config(conf: dict[str, Any], ns: str, checkpoint_id: str) -> RunnableConfig:
+        """A checkpoint's config, carrying the stage key along."""
+        out = {"thread_id": conf["thread_id"], "checkpoint_ns": ns, "checkpoint_id": checkpoint_id}
+        if STAGE_KEY in conf:
+            out[STAGE_KEY] = conf[STAGE_KEY]
+        return {"configurable": out}
+
+    @staticmethod
     def _key(config: RunnableConfig) -> str:
         conf = config["configurable"]
         return str(conf.get(STAGE_KEY) or conf["thread_id"])
@@ -132,18 +141,11 @@ class StagedCheckpointSaver(BaseCheckpointSaver[int]):
         wanted = get_checkpoint_id(config)
         if wanted and wanted != saved.checkpoint_id:
             return None
-        base = {"thread_id": conf["thread_id"], "checkpoint_ns": ns}
-        if STAGE_KEY in conf:
-            base[STAGE_KEY] = conf[STAGE_KEY]
         return CheckpointTuple(
-            config={"configurable": {**base, "checkpoint_id": saved.checkpoint_id}},
+            config=self._config(conf, ns, saved.checkpoint_id),
             checkpoint=self.serde.loads_typed(saved.checkpoint),
             metadata=self.serde.loads_typed(saved.metadata),
-            parent_config=(
-                {"configurable": {**base, "checkpoint_id": saved.parent_id}}
-                if saved.parent_id
-                else None
-            ),
+            parent_config=self._config(conf, ns, saved.parent_id) if saved.parent_id else None,
             pending_writes=[
                 (task, chan, self.serde.loads_typed(val))
                 for (task, _), (_, chan, val, _) in sorted(
@@ -182,14 +184,7 @@ class StagedCheckpointSaver(BaseCheckpointSaver[int]):
             metadata=self.serde.dumps_typed(get_checkpoint_metadata(config, metadata)),
             parent_id=conf.get("checkpoint_id"),
         )
-        out = {
-            "thread_id": conf["thread_id"],
-            "checkpoint_ns": ns,
-            "checkpoint_id": checkpoint["id"],
-        }
-        if STAGE_KEY in conf:
-            out[STAGE_KEY] = conf[STAGE_KEY]
-        return {"configurable": out}
+        return self._config(conf, ns, checkpoint["id"])
 
     def put_writes(
         self,
@@ -211,35 +206,3 @@ class StagedCheckpointSaver(BaseCheckpointSaver[int]):
     def delete_thread(self, thread_id: str) -> None:
         with self._lock:
             self._stages.pop(thread_id, None)
-
-    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
-        return self.get_tuple(config)
-
-    async def alist(
-        self,
-        config: RunnableConfig | None,
-        *,
-        filter: dict[str, Any] | None = None,
-        before: RunnableConfig | None = None,
-        limit: int | None = None,
-    ) -> AsyncIterator[CheckpointTuple]:
-        for item in self.list(config, filter=filter, before=before, limit=limit):
-            yield item
-
-    async def aput(
-        self,
-        config: RunnableConfig,
-        checkpoint: Checkpoint,
-        metadata: CheckpointMetadata,
-        new_versions: ChannelVersions,
-    ) -> RunnableConfig:
-        return self.put(config, checkpoint, metadata, new_versions)
-
-    async def aput_writes(
-        self,
-        config: RunnableConfig,
-        writes: Sequence[tuple[str, Any]],
-        task_id: str,
-        task_path: str = "",
-    ) -> None:
-        self.put_writes(config, writes, task_id, task_path)
