@@ -303,3 +303,21 @@ def test_bad_config_fails_at_start_naming_the_setting(tmp_path: Path) -> None:
         env={"AGENTWORKER_WORKERS": "lots", "PATH": "/usr/bin:/bin"},
     )
     assert out.returncode == 2 and "AGENTWORKER_WORKERS" in out.stderr
+
+
+def test_cli_schema_prints_json_schemas() -> None:
+    def schema(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "workers.cli", "schema", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    everything = json.loads(schema().stdout)
+    assert {"InboundMessage", "Reply", "ReplyChunk", "ApprovalRequest", "RunRef"} <= set(everything)
+    one = json.loads(schema("InboundMessage").stdout)
+    assert "conversation_id" in one["properties"]
+    bad = schema("Nope")
+    assert bad.returncode == 2 and "unknown model" in bad.stderr

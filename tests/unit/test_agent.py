@@ -177,3 +177,17 @@ def test_model_errors_map_to_typed_errors() -> None:
 def test_unknown_prompt_version_names_the_setting() -> None:
     with pytest.raises(ConfigError, match="AGENTWORKER_PROMPT_VERSION"):
         load_system_prompt("v999")
+
+
+def test_bedrock_spec_builds_a_converse_client_without_calling_it() -> None:
+    from langchain_aws import ChatBedrockConverse
+
+    from workers.agent.models import ModelOptions
+
+    model = make_model(
+        "bedrock:anthropic.claude-3-5-haiku-20241022-v1:0",
+        ModelOptions(region="us-east-1", endpoint_url="http://127.0.0.1:9"),
+    )
+    assert isinstance(model, ChatBedrockConverse)
+    assert model.model_id == "anthropic.claude-3-5-haiku-20241022-v1:0"
+    assert model.endpoint_url == "http://127.0.0.1:9"
