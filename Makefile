@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export MLFLOW_MODEL_CATALOG_URI ?=
+export MLFLOW_DISABLE_TELEMETRY ?= true
 
 .PHONY: run test lint bench demo clean
 

@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
 import os
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
-# Before anything can import mlflow: no model price list, no telemetry (everything offline).
-os.environ["MLFLOW_MODEL_CATALOG_URI"] = ""
-os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
-os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from datetime import UTC, datetime  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-from bench import overhead, storage, throughput  # noqa: E402
-from bench.common import progress  # noqa: E402
-from bench.report import environment, render  # noqa: E402
+from bench import overhead, storage, throughput
+from bench.common import progress
+from bench.report import environment, render
+from workers.observability import offline_mlflow_env
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SECTIONS = ("overhead", "throughput", "storage")
@@ -100,6 +95,9 @@ def _quiet_logs() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Before anything imports mlflow: no price list download, no telemetry.
+    offline_mlflow_env()
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     _quiet_logs()
     sections = [s for s in SECTIONS if s in args.sections.split(",")]
     started = datetime.now(UTC)

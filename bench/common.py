@@ -238,22 +238,28 @@ class StatementCounter:
 class SqliteMeter:
     """Measures one SQLite database in WAL mode from its own connection.
 
-    ``checkpoint()`` runs ``PRAGMA wal_checkpoint(TRUNCATE)`` and returns the number of WAL
-    frames it found: after a previous truncating checkpoint, that is exactly the pages the
-    writers appended since, so ``frames * page_size`` is the bytes they wrote.
+    ``checkpoint()`` counts the frames in the WAL (``PRAGMA wal_checkpoint(PASSIVE)``), then
+    truncates it (``TRUNCATE``): after a previous ``checkpoint()``, the frame count is exactly
+    the pages the writers appended since, so ``frames * page_size`` is the bytes they wrote.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.wal_path = Path(f"{path}-wal")
         self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.busy = 0
 
     def page_size(self) -> int:
         return int(self.conn.execute("PRAGMA page_size").fetchone()[0])
 
+    def wal_file_bytes(self) -> int:
+        return self.wal_path.stat().st_size if self.wal_path.exists() else 0
+
     def checkpoint(self) -> int:
-        busy, frames, _ = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        if busy:
+        """Frames found in the WAL; the WAL is empty afterwards."""
+        busy, frames, _ = self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        truncate_busy, _, _ = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy or truncate_busy:
             self.busy += 1
         return max(int(frames), 0)
 
@@ -264,14 +270,27 @@ class SqliteMeter:
         free = int(self.conn.execute("PRAGMA freelist_count").fetchone()[0])
         return (pages - free) * size
 
+    def logical_bytes(self) -> int:
+        """Sum of ``length()`` of every column of every row of every table."""
+        total = 0
+        tables = [
+            str(r[0])
+            for r in self.conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'"
+                " AND name NOT LIKE 'sqlite_%'"
+            )
+        ]
+        for table in tables:
+            columns = [str(r[1]) for r in self.conn.execute(f'PRAGMA table_info("{table}")')]
+            expr = " + ".join(f'coalesce(length("{c}"), 0)' for c in columns) or "0"
+            row = self.conn.execute(f'SELECT coalesce(sum({expr}), 0) FROM "{table}"').fetchone()
+            total += int(row[0])
+        return total
+
     def file_bytes(self) -> int:
         """Size on disk of the database file plus its WAL (the ``-shm`` index excluded)."""
-        total = 0
-        for suffix in ("", "-wal"):
-            path = Path(f"{self.path}{suffix}")
-            if path.exists():
-                total += path.stat().st_size
-        return total
+        main = self.path.stat().st_size if self.path.exists() else 0
+        return main + self.wal_file_bytes()
 
     def close(self) -> None:
         self.conn.close()

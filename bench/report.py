@@ -39,6 +39,9 @@ def environment() -> dict[str, Any]:
         "sqlite": sqlite3.sqlite_version,
         "packages": versions,
         "git_commit": _git_commit(),
+        "mlflow_async_trace_logging": os.environ.get(
+            "MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "unset (MLflow default: true)"
+        ),
     }
 
 
@@ -124,7 +127,7 @@ def _overhead(section: dict[str, Any]) -> str:
             f"final flush {fmt(v['overhead_incl_flush_mean_ms'])} ms/turn"
         )
         if v.get("traces_recorded") is not None:
-            line += f"; traces recorded {v['traces_recorded']}"
+            line += f"; traces recorded {v['traces_recorded']} of {v['turns_total']} turns run"
         notes.append(line)
     by_method = section["variants"][0]["round_trips"]["store_calls_by_method"]
     notes.append(
@@ -199,44 +202,55 @@ def _throughput(section: dict[str, Any]) -> str:
 def _storage(section: dict[str, Any]) -> str:
     cfg = section["config"]
     ours, plain = section["sides"]
-    header = [
-        "turn ~",
-        "ours WAL B/turn",
-        "plain WAL B/turn",
-        "ours growth/turn",
-        "plain growth/turn",
-        "ours latency p50",
-        "plain latency p50",
+    pairs = list(zip(ours["points"], plain["points"], strict=True))
+
+    def num(p: dict[str, Any], key: str) -> str:
+        return human_bytes(p[key]) if p.get("measured_turns") else "n/a"
+
+    bytes_rows = [
+        [
+            str(po["point"]),
+            num(po, "wal_bytes_per_turn"),
+            num(pp, "wal_bytes_per_turn"),
+            num(po, "logical_growth_bytes_per_turn"),
+            num(pp, "logical_growth_bytes_per_turn"),
+            num(po, "used_growth_bytes_per_turn"),
+            num(pp, "used_growth_bytes_per_turn"),
+        ]
+        for po, pp in pairs
     ]
-    rows = []
-    for po, pp in zip(ours["points"], plain["points"], strict=True):
+    bytes_table = render_table(
+        f"3. SQLite bytes per turn vs conversation length (one conversation each side; mean of "
+        f"the {cfg['window']} turns ending at each point)",
+        [
+            "turn ~",
+            "WAL written: ours",
+            "plain",
+            "logical growth: ours",
+            "plain",
+            "used-size growth: ours",
+            "plain",
+        ],
+        bytes_rows,
+    )
 
-        def cell(p: dict[str, Any], key: str) -> str:
-            return human_bytes(p[key]) if p.get("measured_turns") else "n/a"
+    def lat(p: dict[str, Any]) -> str:
+        return f"{fmt(p['latency_ms_p50'])} ms" if p.get("measured_turns") else "n/a"
 
-        def lat(p: dict[str, Any]) -> str:
-            return f"{fmt(p['latency_ms_p50'])} ms" if p.get("measured_turns") else "n/a"
+    def ratio(po: dict[str, Any], pp: dict[str, Any]) -> str:
+        if not (po.get("measured_turns") and pp.get("measured_turns")):
+            return "n/a"
+        return f"{pp['latency_ms_p50'] / po['latency_ms_p50']:.1f}x"
 
-        rows.append(
-            [
-                str(po["point"]),
-                cell(po, "wal_bytes_per_turn"),
-                cell(pp, "wal_bytes_per_turn"),
-                cell(po, "used_growth_bytes_per_turn"),
-                cell(pp, "used_growth_bytes_per_turn"),
-                lat(po),
-                lat(pp),
-            ]
-        )
-    table = render_table(
-        f"3. SQLite bytes written per turn vs conversation length (one conversation, mean "
-        f"of the {cfg['window']} turns ending at each point)",
-        header,
-        rows,
+    latency_table = render_table(
+        "   turn latency (median of the max(window, turn/10) turns ending at each point; the "
+        "whole turn, model included)",
+        ["turn ~", "ours", "plain", "plain/ours"],
+        [[str(po["point"]), lat(po), lat(pp), ratio(po, pp)] for po, pp in pairs],
     )
     totals = render_table(
         "   totals",
-        ["side", "turns", "total time", "DB used", "DB+WAL files", "last checkpoint blob"],
+        ["side", "turns", "total time", "DB used", "DB+WAL files", "logical", "last checkpoint"],
         [
             [
                 s["label"] + (" (stopped: time budget)" if s["stopped_early"] else ""),
@@ -244,19 +258,19 @@ def _storage(section: dict[str, Any]) -> str:
                 f"{fmt(s['total_s'], 1)} s",
                 human_bytes(s["final_used_bytes"]),
                 human_bytes(s["final_file_bytes"]),
+                human_bytes(s["final_logical_bytes"]),
                 human_bytes(s["last_checkpoint_blob_bytes"]),
             ]
             for s in (ours, plain)
         ],
     )
     notes = [
-        "  WAL B/turn = WAL frames appended by the turn x page size (WAL truncated before the "
-        "turn): the bytes the turn wrote",
-        "  growth/turn = growth of (page_count - freelist_count) x page_size: the bytes the "
-        "database kept",
-        "  latency = the whole turn: ours accept_message + drive_run (lease, inbox, commit, "
-        "outbox, deliver); plain graph.invoke",
-        "  same OfflineChatModel and texts on both sides, no tool calls, no streaming, no "
-        "tracing; both files in WAL mode with synchronous=NORMAL",
+        "  WAL written = WAL frames appended by the turn x page size (WAL truncated by a "
+        "checkpoint before the turn): what the turn wrote, overwrites included",
+        "  logical growth = growth of sum(length(column)) over every row of every table; "
+        "used-size growth = growth of (page_count - freelist_count) x page_size",
+        "  ours = accept_message + drive_run (lease, inbox, checkpoint, log, outbox, deliver);"
+        " plain = StateGraph + SqliteSaver graph.invoke; same OfflineChatModel and texts, no "
+        "tool calls, no streaming, no tracing, both WAL + synchronous=NORMAL",
     ]
-    return "\n".join([table, *notes, "", totals])
+    return "\n".join([bytes_table, *notes, "", latency_table, "", totals])

@@ -15,8 +15,9 @@ checkpoint before the turn and checkpointed again after it, and two metrics are 
 a separate connection, identically for both sides:
 
 * WAL bytes: frames appended to the WAL by the turn x page size (what the turn wrote);
+* logical growth: growth of the sum of ``length()`` of every column of every row;
 * used-size growth: ``(page_count - freelist_count) * page_size`` after minus before (what
-  the database retains).
+  the database retains, at page granularity).
 """
 
 from __future__ import annotations
@@ -173,12 +174,13 @@ def _run_side(side: Side, cfg: StorageConfig, budget_s: float | None) -> dict[st
         else:
             meter.checkpoint()
             used_before = meter.used_bytes()
+            logical_before = meter.logical_bytes()
             t0 = time.perf_counter()
             side.do_turn(turn)
             elapsed = time.perf_counter() - t0
             latencies.append(elapsed)
+            wal_file = meter.wal_file_bytes()
             frames = meter.checkpoint()
-            used_after = meter.used_bytes()
             samples.append(
                 {
                     "turn": turn,
@@ -186,7 +188,9 @@ def _run_side(side: Side, cfg: StorageConfig, budget_s: float | None) -> dict[st
                     "latency_ms": elapsed * 1000.0,
                     "wal_frames": frames,
                     "wal_bytes": frames * page_size,
-                    "used_growth_bytes": used_after - used_before,
+                    "wal_file_bytes": wal_file,
+                    "used_growth_bytes": meter.used_bytes() - used_before,
+                    "logical_growth_bytes": meter.logical_bytes() - logical_before,
                 }
             )
         if turn % step == 0 and turn < last:
@@ -203,10 +207,11 @@ def _run_side(side: Side, cfg: StorageConfig, budget_s: float | None) -> dict[st
         "total_s": total_s,
         "page_size": page_size,
         "final_used_bytes": meter.used_bytes(),
+        "final_logical_bytes": meter.logical_bytes(),
         "final_file_bytes": meter.file_bytes(),
         "last_checkpoint_blob_bytes": side.last_checkpoint_bytes(),
         "checkpoint_busy": meter.busy,
-        "points": _by_point(samples, cfg.points),
+        "points": _by_point(samples, cfg, latencies),
         "samples": samples,
         "latency_ms_per_turn": [round(s * 1000.0, 4) for s in latencies],
     }
@@ -215,13 +220,20 @@ def _run_side(side: Side, cfg: StorageConfig, budget_s: float | None) -> dict[st
     return result
 
 
-def _by_point(samples: list[dict[str, Any]], points: tuple[int, ...]) -> list[dict[str, Any]]:
+def _by_point(
+    samples: list[dict[str, Any]], cfg: StorageConfig, latencies: list[float]
+) -> list[dict[str, Any]]:
+    """Per sample point: the bytes of its measured turns, and the median latency of the
+    ``max(window, point // 10)`` turns ending at it (unmeasured turns included: the
+    checkpoints around a measured turn perturb its latency a little)."""
     out: list[dict[str, Any]] = []
-    for p in points:
+    for p in cfg.points:
         rows = [s for s in samples if s["point"] == p]
         if not rows:
             out.append({"point": p, "measured_turns": 0})
             continue
+        span = max(cfg.window, p // 10)
+        window_ms = [t * 1000.0 for t in latencies[max(0, p - span) : p]]
         out.append(
             {
                 "point": p,
@@ -229,8 +241,15 @@ def _by_point(samples: list[dict[str, Any]], points: tuple[int, ...]) -> list[di
                 "turns": [rows[0]["turn"], rows[-1]["turn"]],
                 "wal_bytes_per_turn": mean([float(r["wal_bytes"]) for r in rows]),
                 "used_growth_bytes_per_turn": mean([float(r["used_growth_bytes"]) for r in rows]),
-                "latency_ms_p50": statistics.median(r["latency_ms"] for r in rows),
-                "latency_ms_mean": mean([float(r["latency_ms"]) for r in rows]),
+                "logical_growth_bytes_per_turn": mean(
+                    [float(r["logical_growth_bytes"]) for r in rows]
+                ),
+                "latency_turns": [max(1, p - span + 1), p],
+                "latency_ms_p50": statistics.median(window_ms),
+                "latency_ms_mean": mean(window_ms),
+                "measured_turns_latency_ms_p50": statistics.median(
+                    r["latency_ms"] for r in rows
+                ),
             }
         )
     return out
@@ -256,6 +275,8 @@ def run(tmp: Path, cfg: StorageConfig) -> dict[str, Any]:
             "metrics": {
                 "wal_bytes": "WAL frames appended by the turn x page size (WAL truncated "
                 "by a checkpoint before the turn)",
+                "logical_growth_bytes": "growth of sum(length(column)) over every column of "
+                "every row of every table",
                 "used_growth_bytes": "(page_count - freelist_count) * page_size after the "
                 "turn minus before (both after a TRUNCATE checkpoint)",
             },

@@ -10,6 +10,7 @@ import pytest
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_MODEL_CATALOG_URI", "")
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     for name in list(os.environ):
         if name.startswith("AGENTWORKER_"):
             monkeypatch.delenv(name)

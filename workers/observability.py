@@ -19,8 +19,10 @@ log = logging.getLogger(__name__)
 
 
 def offline_mlflow_env() -> None:
-    """Keep MLflow from fetching a model price list (it stalls with no network)."""
+    """Keep MLflow off the network: no model price list download (it stalls offline) and no
+    usage telemetry. Both can still be turned on explicitly by the user's environment."""
     os.environ.setdefault("MLFLOW_MODEL_CATALOG_URI", "")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 class _MlflowSpan:

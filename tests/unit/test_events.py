@@ -22,7 +22,7 @@ from events.schemas import SCHEMA_MODELS, schema_of
 from events.workflow import RunRef, run_name
 
 SAMPLES = sorted((Path(__file__).parents[2] / "events" / "samples").glob("*.json"))
-FIXTURES = Path(__file__).parents[3] / "shared" / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"  # copied from shared/fixtures
 
 
 def test_there_are_samples() -> None:
