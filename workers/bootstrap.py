@@ -30,7 +30,8 @@ def build_tracer(settings: Settings) -> Tracer:
     from workers.observability import MlflowTracer
 
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    return MlflowTracer(settings.tracking_uri, settings.mlflow_experiment)
+    artifacts = settings.state_dir / "mlartifacts" if settings.mlflow_tracking_uri is None else None
+    return MlflowTracer(settings.tracking_uri, settings.mlflow_experiment, artifact_dir=artifacts)
 
 
 def build_agent(settings: Settings, tickets: TicketStore, clock: Clock, model: Any = None) -> Any:

@@ -245,9 +245,18 @@ def cmd_history(args: argparse.Namespace) -> int:
 # demo -------------------------------------------------------------------------------------
 
 
+def _quiet_mlflow() -> None:
+    """MLflow logs its database migrations at INFO; the CLI's own output is the point."""
+    import logging
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from workers.demo import run_demo
 
+    _quiet_mlflow()
     return asyncio.run(run_demo(args.state_dir, tracing=not args.no_tracing))
 
 
@@ -258,6 +267,7 @@ def cmd_traces(args: argparse.Namespace) -> int:
     settings = _settings(args, state_dir="state_dir")
     from workers.observability import list_traces
 
+    _quiet_mlflow()
     rows = list_traces(settings, args.conversation, limit=args.limit)
     if not rows:
         print(f"no traces for conversation {args.conversation!r} in {settings.tracking_uri}")

@@ -11,6 +11,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from workers.core.ports import NullSpan, SpanHandle
@@ -39,13 +40,25 @@ class _MlflowSpan:
 class MlflowTracer:
     """The core's ``Tracer`` port on MLflow: one trace per turn, child spans inside it."""
 
-    def __init__(self, tracking_uri: str, experiment: str) -> None:
+    def __init__(
+        self, tracking_uri: str, experiment: str, *, artifact_dir: Path | None = None
+    ) -> None:
+        """``artifact_dir``: where a new experiment keeps its artifacts (else MLflow's default,
+        ``./mlruns`` under the current directory, which the embedded runtime must not use)."""
         offline_mlflow_env()
         import mlflow
 
         self._mlflow = mlflow
         mlflow.set_tracking_uri(tracking_uri)
-        self.experiment_id: str = mlflow.set_experiment(experiment).experiment_id
+        found = mlflow.get_experiment_by_name(experiment)
+        if found is None:
+            location = artifact_dir.resolve().as_uri() if artifact_dir is not None else None
+            self.experiment_id: str = mlflow.create_experiment(
+                experiment, artifact_location=location
+            )
+        else:
+            self.experiment_id = found.experiment_id
+        mlflow.set_experiment(experiment_id=self.experiment_id)
 
     @contextmanager
     def turn(self, name: str, *, tags: dict[str, str], inputs: Any) -> Iterator[SpanHandle]:

@@ -9,8 +9,12 @@ from pathlib import Path
 
 
 def test_demo_runs_and_checks_itself(tmp_path: Path) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    state = tmp_path / "state"
     out = subprocess.run(
-        [sys.executable, "-m", "workers.cli", "demo", "--state-dir", str(tmp_path)],
+        [sys.executable, "-m", "workers.cli", "demo", "--state-dir", str(state)],
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=300,
@@ -28,4 +32,6 @@ def test_demo_runs_and_checks_itself(tmp_path: Path) -> None:
     alice, bob = rows["demo:alice"], rows["demo:bob"]
     assert alice[1:] == ["enqueue", "4", "4", "2", "1", "3", "idle", "4"]
     assert bob[1:] == ["merge", "2", "1", "1", "0", "1", "idle", "1"]
-    assert (tmp_path / "agentworker.db").is_file() and (tmp_path / "mlflow.db").is_file()
+    assert (state / "agentworker.db").is_file() and (state / "mlflow.db").is_file()
+    assert list(cwd.iterdir()) == []  # nothing (e.g. MLflow's ./mlruns) outside the state dir
+    assert "INFO" not in out.stdout + out.stderr
