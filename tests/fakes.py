@@ -147,12 +147,14 @@ class InMemoryConversationStore:
             )
             return Lease(conversation_id, token, now + ttl, execution_id)
 
-    def renew_lease(self, conversation_id: str, token: int, *, now: float, ttl: float) -> Lease:
+    def renew_lease(
+        self, conversation_id: str, token: int, *, now: float, ttl: float
+    ) -> ConversationState:
         self.calls.append("renew_lease")
         with self._lock:
             conv = self._holding(conversation_id, token)
             conv.state = replace(conv.state, lease_expires_at=now + ttl)
-            return Lease(conversation_id, token, now + ttl, conv.state.lease_execution_id)
+            return conv.state
 
     def handover_lease(self, conversation_id: str, token: int, *, now: float, ttl: float) -> Lease:
         self.calls.append("handover_lease")

@@ -54,6 +54,8 @@ def test_lease_has_monotonic_fencing_tokens(store: Any) -> None:
     assert second is not None and second.token == 2
     with pytest.raises(LeaseLost):
         store.renew_lease(CID, 1, now=T0 + 12, ttl=10)
+    state = store.renew_lease(CID, 2, now=T0 + 12, ttl=10)
+    assert state.lease_token == 2 and state.lease_expires_at == T0 + 22 and state.inbox_seq == 1
 
 
 def test_lease_on_unknown_conversation_is_not_found(store: Any) -> None:

@@ -275,12 +275,37 @@ def test_steps_one_by_one_like_the_workflow() -> None:
     w = World()
     w.send("hi")
     run = w.starter.runs[0]
-    plan = claim_inbox(w.deps, run)
-    assert plan is not None and plan.texts == ["hi"]
-    result = advance_turn(w.deps, run, plan)
+    claim = claim_inbox(w.deps, run)
+    assert claim.plan is not None and claim.plan.texts == ["hi"]
+    result = advance_turn(w.deps, run, claim.plan)
     assert result.outcome == "replied" and result.run.turns == 1
-    assert claim_inbox(w.deps, result.run) is None
-    finish = finish_run(w.deps, result.run)
+    idle = claim_inbox(w.deps, result.run)
+    assert idle.plan is None and idle.inbox_seq == 1
+    w.send("meanwhile")
+    late = finish_run(w.deps, result.run, idle)
+    assert not late.released and late.status == "more_pending"
+    claim = claim_inbox(w.deps, result.run)
+    assert claim.plan is not None
+    result = advance_turn(w.deps, result.run, claim.plan, deliver_now=True)
+    finish = finish_run(w.deps, result.run, claim_inbox(w.deps, result.run))
     assert finish.released and finish.status == "idle"
+    assert w.texts() == ["echo hi", "echo meanwhile"]  # deliver_now sends what is pending
     with pytest.raises(LeaseLost):
         claim_inbox(w.deps, RunRef(conversation_id=CID, token=run.token))
+
+
+def test_a_stale_approval_does_not_clear_the_pending_one() -> None:
+    w = World()
+    w.send("approve-me")
+    w.run_all()
+    ask = w.sink.sent[0]
+    assert isinstance(ask, ApprovalRequest)
+    w.approve("an-older-interrupt")  # e.g. a double click on an old card
+    w.run_all()
+    assert "no longer pending" in w.texts()[-1]
+    state = w.store.get_conversation(CID)
+    assert state is not None and state.pending_approval == ask
+    w.approve(ask.interrupt_id)
+    w.run_all()
+    resumed = w.agent.requests[-1]
+    assert resumed.resume is not None and resumed.resume.interrupt_id == ask.interrupt_id

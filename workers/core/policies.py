@@ -5,7 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from workers.core.model import ApprovalDecisionRecord, ConversationState, InboxEntry
+from events.outbound import ApprovalRequest
+from workers.core.model import (
+    ApprovalDecisionRecord,
+    ConversationState,
+    ConversationStatus,
+    InboxEntry,
+)
 from workers.errors import LeaseLost, PermanentError, RetryableError
 
 SUPERSEDED_REASON = "the user sent a new message instead of answering"
@@ -15,14 +21,28 @@ NOTHING_PENDING_NOTICE = "There is nothing waiting for approval; nothing was don
 
 @dataclass(frozen=True)
 class TurnPlan:
-    """What the next turn of a run does, decided from the inbox and the policy."""
+    """What the next turn of a run does, decided from the inbox and the policy. It carries
+    the conversation state it was planned from, so later steps need not read it again."""
 
     kind: Literal["turn", "resume", "skip"]
     consumed: list[InboxEntry]
-    inbox_seq: int
+    state: ConversationState
     texts: list[str] = field(default_factory=list)
     resume: ApprovalDecisionRecord | None = None
     notice: str | None = None
+
+    @property
+    def inbox_seq(self) -> int:
+        return self.state.inbox_seq
+
+    @property
+    def waiting(self) -> ApprovalRequest | None:
+        """The approval pending when the turn was planned (kept by turns that skip)."""
+        return self.state.pending_approval if self.state.status == "awaiting_approval" else None
+
+    @property
+    def status_if_unchanged(self) -> ConversationStatus:
+        return "awaiting_approval" if self.waiting is not None else "idle"
 
     @property
     def message_ids(self) -> list[str]:
@@ -44,28 +64,27 @@ def plan_turn(state: ConversationState, pending: list[InboxEntry]) -> TurnPlan |
     if not pending:
         return None
     first = pending[0]
-    seq = state.inbox_seq
     waiting = state.pending_approval if state.status == "awaiting_approval" else None
     approval = first.message.approval
     if waiting is not None:
         if approval is None:
             # The user moved on: deny the pending tool call, keep the message for the next turn.
             decision = ApprovalDecisionRecord(waiting.interrupt_id, False, SUPERSEDED_REASON)
-            return TurnPlan("resume", [], seq, resume=decision)
+            return TurnPlan("resume", [], state, resume=decision)
         if approval.interrupt_id != waiting.interrupt_id:
-            return TurnPlan("skip", [first], seq, notice=STALE_APPROVAL_NOTICE)
+            return TurnPlan("skip", [first], state, notice=STALE_APPROVAL_NOTICE)
         decision = ApprovalDecisionRecord(approval.interrupt_id, approval.approved, approval.reason)
-        return TurnPlan("resume", [first], seq, resume=decision)
+        return TurnPlan("resume", [first], state, resume=decision)
     if approval is not None:
-        return TurnPlan("skip", [first], seq, notice=NOTHING_PENDING_NOTICE)
+        return TurnPlan("skip", [first], state, notice=NOTHING_PENDING_NOTICE)
     if state.policy in ("merge", "interrupt"):
         batch: list[InboxEntry] = []
         for entry in pending:
             if entry.message.approval is not None:
                 break
             batch.append(entry)
-        return TurnPlan("turn", batch, seq, texts=[e.message.text for e in batch])
-    return TurnPlan("turn", [first], seq, texts=[first.message.text])
+        return TurnPlan("turn", batch, state, texts=[e.message.text for e in batch])
+    return TurnPlan("turn", [first], state, texts=[first.message.text])
 
 
 ErrorClass = Literal["retry", "permanent", "lease_lost"]

@@ -50,8 +50,11 @@ class ConversationStore(Protocol):
         """Bind the lease to a run's execution; ``LeaseLost`` if the token is stale or the
         lease is already bound to another execution (a duplicate start)."""
 
-    def renew_lease(self, conversation_id: str, token: int, *, now: float, ttl: float) -> Lease:
-        """Extend the lease; ``LeaseLost`` if ``token`` no longer holds it."""
+    def renew_lease(
+        self, conversation_id: str, token: int, *, now: float, ttl: float
+    ) -> ConversationState:
+        """Extend the lease and return the conversation's state (one round trip serves as
+        the run's lease check and its read); ``LeaseLost`` if ``token`` no longer holds it."""
 
     def handover_lease(self, conversation_id: str, token: int, *, now: float, ttl: float) -> Lease:
         """Swap the lease held by ``token`` for a fresh one (next token), for a new run."""

@@ -100,16 +100,24 @@ def bind_run(deps: Deps, run: RunRef, execution_id: str) -> RunRef:
 # 2. claim -----------------------------------------------------------------------------------
 
 
-def claim_inbox(deps: Deps, run: RunRef) -> TurnPlan | None:
-    """Renew the lease and decide the next turn from the pending inbox (``None``: idle)."""
-    store = deps.store
-    store.renew_lease(
+@dataclass(frozen=True)
+class Claim:
+    """The next turn (``plan``), or ``None`` when idle; ``inbox_seq`` is the inbox sequence
+    seen before the inbox was read, the condition for releasing the lease."""
+
+    plan: TurnPlan | None
+    inbox_seq: int
+    status: ConversationStatus
+
+
+def claim_inbox(deps: Deps, run: RunRef) -> Claim:
+    """Renew the lease (the lease check; it returns the conversation's state) and plan the
+    next turn from the pending inbox."""
+    state = deps.store.renew_lease(
         run.conversation_id, run.token, now=deps.clock.now(), ttl=deps.settings.lease_ttl
     )
-    state = store.get_conversation(run.conversation_id)
-    if state is None:
-        raise LeaseLost(f"conversation {run.conversation_id} vanished")
-    return plan_turn(state, store.pending_inbox(run.conversation_id))
+    plan = plan_turn(state, deps.store.pending_inbox(run.conversation_id))
+    return Claim(plan, state.inbox_seq, state.status)
 
 
 # 3. advance ---------------------------------------------------------------------------------
@@ -125,12 +133,10 @@ def advance_turn(
     turn_id = new_id()
     if plan.kind == "skip":
         notice = Notice(conversation_id=cid, in_reply_to=plan.message_ids, text=plan.notice or "")
-        state = deps.store.get_conversation(cid)
-        status: ConversationStatus = state.status if state is not None else "idle"
-        _commit(deps, run, TurnCommit(run.token, plan.seqs, status, outbox=[notice]))
+        _commit_unchanged(deps, run, plan, notice)
+        if deliver_now:
+            deliver(deps, cid)
         return _result(run, "skipped", turn_id, plan)
-    state = deps.store.get_conversation(cid)
-    policy = state.policy if state is not None else deps.settings.default_policy
     tags = {
         "conversation_id": cid,
         "run_id": run.run_id,
@@ -156,8 +162,10 @@ def advance_turn(
         except PermanentError as exc:
             span.set_attributes({"error": str(exc)})
             fail_turn(deps, run, plan, f"Sorry, I could not process that: {exc}")
+            if deliver_now:
+                deliver(deps, cid)
             return _result(run, "replied", turn_id, plan)
-        commit = _turn_commit(run, plan, turn_id, output, policy)
+        commit = _turn_commit(run, plan, turn_id, output)
         with deps.tracer.span("store.commit", kind="UNKNOWN"):
             try:
                 _commit(deps, run, commit)
@@ -198,19 +206,28 @@ def _cost(settings: TurnSettings, output: TurnOutput) -> float:
 
 
 def fail_turn(deps: Deps, run: RunRef, plan: TurnPlan, text: str) -> None:
-    """Tell the user a turn failed for good and consume its messages (fenced)."""
+    """Tell the user a turn failed for good and consume its messages (fenced). A failed
+    resume leaves the approval pending, so the user can answer it again."""
     notice = Notice(
         conversation_id=run.conversation_id, level="error", in_reply_to=plan.message_ids, text=text
     )
-    state = deps.store.get_conversation(run.conversation_id)
-    waiting = state is not None and state.status == "awaiting_approval"
-    status: ConversationStatus = "awaiting_approval" if waiting else "idle"
-    _commit(deps, run, TurnCommit(run.token, plan.seqs, status, outbox=[notice]))
+    _commit_unchanged(deps, run, plan, notice)
 
 
-def _turn_commit(
-    run: RunRef, plan: TurnPlan, turn_id: str, output: TurnOutput, policy: DoubleTextingPolicy
-) -> TurnCommit:
+def _commit_unchanged(deps: Deps, run: RunRef, plan: TurnPlan, notice: Notice) -> None:
+    """Consume the plan's messages and send ``notice``; the graph and any pending approval
+    stay as they were."""
+    commit = TurnCommit(
+        run.token,
+        plan.seqs,
+        plan.status_if_unchanged,
+        outbox=[notice],
+        pending_approval=plan.waiting,
+    )
+    _commit(deps, run, commit)
+
+
+def _turn_commit(run: RunRef, plan: TurnPlan, turn_id: str, output: TurnOutput) -> TurnCommit:
     cid = run.conversation_id
     outbox: list[OutboxPayload] = []
     approval: ApprovalRequest | None = None
@@ -235,7 +252,7 @@ def _turn_commit(
         log=output.log,
         outbox=outbox,
         pending_approval=approval,
-        expect_inbox_seq=plan.inbox_seq if policy == "interrupt" else None,
+        expect_inbox_seq=plan.inbox_seq if plan.state.policy == "interrupt" else None,
     )
 
 
@@ -297,27 +314,21 @@ def deliver(deps: Deps, conversation_id: str) -> int:
 # 5. finish ----------------------------------------------------------------------------------
 
 
-def finish_run(deps: Deps, run: RunRef) -> FinishResult:
-    """Release the lease if the inbox is drained (conditional on the inbox sequence last
-    seen), hand over to a fresh run after ``max_turns_per_run``, or ask the run to loop."""
-    store = deps.store
+def finish_run(deps: Deps, run: RunRef, claim: Claim) -> FinishResult:
+    """End the run after ``claim``: with work still planned (the turn budget is spent) hand
+    over to a fresh run; otherwise release the lease, conditional on the inbox sequence the
+    claim saw. A message that arrived meanwhile makes the release fail and the run loop."""
     cid = run.conversation_id
-    state = store.get_conversation(cid)
-    if state is None:
-        raise LeaseLost(f"conversation {cid} vanished")
-    pending = store.pending_inbox(cid, limit=1)
-    if pending:
-        if run.turns >= deps.settings.max_turns_per_run:
-            lease = store.handover_lease(
-                cid, run.token, now=deps.clock.now(), ttl=deps.settings.lease_ttl
-            )
-            deps.starter.start(RunRef(conversation_id=cid, token=lease.token))
-            return FinishResult(run=run, released=True, status="handover")
-        return FinishResult(run=run, released=False, status="more_pending")
-    if not store.release_lease(cid, run.token, seen_inbox_seq=state.inbox_seq):
+    if claim.plan is not None:
+        lease = deps.store.handover_lease(
+            cid, run.token, now=deps.clock.now(), ttl=deps.settings.lease_ttl
+        )
+        deps.starter.start(RunRef(conversation_id=cid, token=lease.token))
+        return FinishResult(run=run, released=True, status="handover")
+    if not deps.store.release_lease(cid, run.token, seen_inbox_seq=claim.inbox_seq):
         return FinishResult(run=run, released=False, status="more_pending")
     status: Literal["idle", "awaiting_approval"] = (
-        "awaiting_approval" if state.status == "awaiting_approval" else "idle"
+        "awaiting_approval" if claim.status == "awaiting_approval" else "idle"
     )
     return FinishResult(run=run, released=True, status=status)
 
@@ -362,18 +373,16 @@ def drive_run(deps: Deps, run: RunRef, execution_id: str | None = None) -> RunSu
     try:
         run = bind_run(deps, run, execution_id or f"{run.run_id}-{new_id()[:8]}")
         while True:
+            claim = claim_inbox(deps, run)
             # A run that spent its turn budget goes to finish_run, which hands over.
-            spent = run.turns >= deps.settings.max_turns_per_run
-            plan = None if spent else claim_inbox(deps, run)
-            if plan is not None:
-                result = _advance_with_retry(deps, run, plan)
+            if claim.plan is not None and run.turns < deps.settings.max_turns_per_run:
+                result = _advance_with_retry(deps, run, claim.plan)
                 run = result.run
                 summary.turns += 1
                 summary.outcomes.append(result.outcome)
-                deliver(deps, run.conversation_id)
                 continue
-            deliver(deps, run.conversation_id)
-            finish = finish_run(deps, run)
+            deliver(deps, run.conversation_id)  # e.g. notices of messages rejected meanwhile
+            finish = finish_run(deps, run, claim)
             if finish.released:
                 summary.ended = finish.status
                 break
@@ -398,6 +407,7 @@ def _advance_with_retry(deps: Deps, run: RunRef, plan: TurnPlan) -> TurnResult:
             if attempt >= deps.settings.retry_attempts:
                 log.warning("turn failed after %d attempts: %s", attempt, exc)
                 fail_turn(deps, run, plan, _retry_exhausted_text(exc))
+                deliver(deps, run.conversation_id)
                 return _result(run, "replied", new_id(), plan)
             delay = backoff_delay(
                 attempt,

@@ -274,14 +274,18 @@ class SqliteConversationStore:
             )
             return Lease(conversation_id, token, now + ttl, execution_id)
 
-    def renew_lease(self, conversation_id: str, token: int, *, now: float, ttl: float) -> Lease:
+    def renew_lease(
+        self, conversation_id: str, token: int, *, now: float, ttl: float
+    ) -> ConversationState:
         with self._tx() as db:
-            _, bound, _, _ = self._holding(db, conversation_id, token)
+            self._holding(db, conversation_id, token)
             db.execute(
                 "UPDATE conversations SET lease_expires_at = ? WHERE conversation_id = ?",
                 (now + ttl, conversation_id),
             )
-            return Lease(conversation_id, token, now + ttl, bound)
+            state = self._state(db, conversation_id)
+            assert state is not None  # _holding found the row in this transaction
+            return state
 
     def handover_lease(self, conversation_id: str, token: int, *, now: float, ttl: float) -> Lease:
         with self._tx() as db:
@@ -332,16 +336,16 @@ class SqliteConversationStore:
     # state ------------------------------------------------------------------------------
 
     def get_conversation(self, conversation_id: str) -> ConversationState | None:
-        row = (
-            self._conn()
-            .execute(
-                "SELECT conversation_id, policy, status, inbox_seq, last_token, lease_token,"
-                " lease_expires_at, lease_execution_id, pending_approval, created_at, updated_at"
-                " FROM conversations WHERE conversation_id = ?",
-                (conversation_id,),
-            )
-            .fetchone()
-        )
+        return self._state(self._conn(), conversation_id)
+
+    @staticmethod
+    def _state(db: sqlite3.Connection, conversation_id: str) -> ConversationState | None:
+        row = db.execute(
+            "SELECT conversation_id, policy, status, inbox_seq, last_token, lease_token,"
+            " lease_expires_at, lease_execution_id, pending_approval, created_at, updated_at"
+            " FROM conversations WHERE conversation_id = ?",
+            (conversation_id,),
+        ).fetchone()
         if row is None:
             return None
         approval = _APPROVAL.validate_json(row[8]) if row[8] else None
