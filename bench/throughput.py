@@ -105,7 +105,7 @@ async def run_config(
         )
         await rt.wait_idle(cfg.reply_timeout_s)
         elapsed = time.perf_counter() - start
-        turns = sum(s.turns for s in rt.completed[warmup_runs:])
+        turns = sum(s.turns for s in list(rt.completed)[warmup_runs:])
         runs = len(rt.completed) - warmup_runs
     finally:
         await rt.stop()

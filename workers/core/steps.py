@@ -405,7 +405,12 @@ def _advance_with_retry(deps: Deps, run: RunRef, plan: TurnPlan) -> TurnResult:
             if classify_error(exc) != "retry":
                 raise
             if attempt >= deps.settings.retry_attempts:
-                log.warning("turn failed after %d attempts: %s", attempt, exc)
+                log.warning(
+                    "turn of %s failed after %d attempts",
+                    run.conversation_id,
+                    attempt,
+                    exc_info=not isinstance(exc, RetryableError),  # a bug: keep the traceback
+                )
                 fail_turn(deps, run, plan, _retry_exhausted_text(exc))
                 deliver(deps, run.conversation_id)
                 return _result(run, "replied", new_id(), plan)

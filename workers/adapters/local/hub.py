@@ -26,8 +26,10 @@ class LocalHub:
 
     def unsubscribe(self, queue: asyncio.Queue[Frame]) -> None:
         with self._lock:
-            for subs in self._subs.values():
-                subs.discard(queue)
+            for cid in [cid for cid, subs in self._subs.items() if queue in subs]:
+                self._subs[cid].discard(queue)
+                if not self._subs[cid]:
+                    del self._subs[cid]
 
     def subscribers(self, conversation_id: str) -> int:
         with self._lock:

@@ -15,6 +15,7 @@ import fcntl
 import logging
 import os
 import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO
 
@@ -71,7 +72,8 @@ class EmbeddedRuntime:
         self._tasks: list[asyncio.Task[None]] = []
         self._in_flight = 0
         self._lock_file: IO[str] | None = None
-        self.completed: list[RunSummary] = []
+        # Recent run summaries (the demo and tests read them); bounded for a long-lived server.
+        self.completed: deque[RunSummary] = deque(maxlen=10_000)
 
     # lifecycle ---------------------------------------------------------------------------
 
