@@ -30,6 +30,7 @@ from workers.core.ports import (
     ConversationStore,
     NullTracer,
     ReplySink,
+    SpanHandle,
     Tracer,
     TurnAgent,
     WorkflowStarter,
@@ -128,73 +129,74 @@ def advance_turn(
 ) -> TurnResult:
     """Run the agent for ``plan`` and commit its checkpoint, log and outbox, fenced by the
     run's token. A stale run gets ``LeaseLost`` and has written nothing. With
-    ``deliver_now`` the reply is also delivered inside the turn's trace."""
+    ``deliver_now`` what the turn wrote is also delivered, inside the turn's trace."""
     cid = run.conversation_id
     turn_id = new_id()
-    if plan.kind == "skip":
-        notice = Notice(conversation_id=cid, in_reply_to=plan.message_ids, text=plan.notice or "")
-        _commit_unchanged(deps, run, plan, notice)
-        if deliver_now:
-            deliver(deps, cid)
-        return _result(run, "skipped", turn_id, plan)
     tags = {
         "conversation_id": cid,
         "run_id": run.run_id,
         "turn_id": turn_id,
         "message_ids": ",".join(plan.message_ids),
-        "channel": plan.consumed[0].message.channel if plan.consumed else "api",
+        "channel": _channel(plan),
     }
     with deps.tracer.turn("turn", tags=tags, inputs={"texts": plan.texts}) as span:
-        with deps.tracer.span("store.load", kind="RETRIEVER"):
-            request = TurnRequest(
-                conversation_id=cid,
-                turn_id=turn_id,
-                channel=tags["channel"],
-                texts=plan.texts,
-                resume=plan.resume,
-                checkpoint=deps.store.load_checkpoint(cid),
-                history=deps.store.load_log(cid, limit=deps.settings.context_window),
-            )
-        try:
-            output = deps.agent.run_turn(
-                request, on_chunk=_chunk_streamer(deps, cid, turn_id), tracer=deps.tracer
-            )
-        except PermanentError as exc:
-            span.set_attributes({"error": str(exc)})
-            fail_turn(deps, run, plan, f"Sorry, I could not process that: {exc}")
-            if deliver_now:
-                deliver(deps, cid)
-            return _result(run, "replied", turn_id, plan)
-        commit = _turn_commit(run, plan, turn_id, output)
-        with deps.tracer.span("store.commit", kind="UNKNOWN"):
-            try:
-                _commit(deps, run, commit)
-            except TurnSuperseded:
-                span.set_attributes({"superseded": True})
-                return _result(run, "interrupted", turn_id, plan)
-        span.set_attributes(
-            {
-                "mlflow.chat.tokenUsage": {
-                    "input_tokens": output.usage.input_tokens,
-                    "output_tokens": output.usage.output_tokens,
-                    "total_tokens": output.usage.total_tokens,
-                },
-                "tool_calls": output.tool_calls,
-                "cost_usd": _cost(deps.settings, output),
-            }
-        )
-        span.set_outputs(
-            {
-                "reply": output.reply_text,
-                "approval": output.approval.tool if output.approval else None,
-            }
-        )
-        if deliver_now:
+        outcome = _advance(deps, run, plan, turn_id, span)
+        if deliver_now and outcome != "interrupted":
             deliver(deps, cid)
-    outcome: Literal["replied", "awaiting_approval"] = (
-        "awaiting_approval" if output.approval else "replied"
-    )
     return _result(run, outcome, turn_id, plan)
+
+
+def _channel(plan: TurnPlan) -> str:
+    return plan.consumed[0].message.channel if plan.consumed else "api"
+
+
+def _advance(
+    deps: Deps, run: RunRef, plan: TurnPlan, turn_id: str, span: SpanHandle
+) -> TurnOutcome:
+    cid = run.conversation_id
+    if plan.kind == "skip":
+        notice = Notice(conversation_id=cid, in_reply_to=plan.message_ids, text=plan.notice or "")
+        _commit_unchanged(deps, run, plan, notice)
+        return "skipped"
+    with deps.tracer.span("store.load", kind="RETRIEVER"):
+        request = TurnRequest(
+            conversation_id=cid,
+            turn_id=turn_id,
+            channel=_channel(plan),
+            texts=plan.texts,
+            resume=plan.resume,
+            checkpoint=deps.store.load_checkpoint(cid),
+            history=deps.store.load_log(cid, limit=deps.settings.context_window),
+        )
+    try:
+        output = deps.agent.run_turn(
+            request, on_chunk=_chunk_streamer(deps, cid, turn_id), tracer=deps.tracer
+        )
+    except PermanentError as exc:
+        span.set_attributes({"error": str(exc)})
+        fail_turn(deps, run, plan, f"Sorry, I could not process that: {exc}")
+        return "replied"
+    with deps.tracer.span("store.commit", kind="UNKNOWN"):
+        try:
+            deps.store.commit_turn(cid, _turn_commit(run, plan, turn_id, output))
+        except TurnSuperseded:
+            span.set_attributes({"superseded": True})
+            return "interrupted"
+    span.set_attributes(
+        {
+            "mlflow.chat.tokenUsage": {
+                "input_tokens": output.usage.input_tokens,
+                "output_tokens": output.usage.output_tokens,
+                "total_tokens": output.usage.total_tokens,
+            },
+            "tool_calls": output.tool_calls,
+            "cost_usd": _cost(deps.settings, output),
+        }
+    )
+    span.set_outputs(
+        {"reply": output.reply_text, "approval": output.approval.tool if output.approval else None}
+    )
+    return "awaiting_approval" if output.approval else "replied"
 
 
 def _cost(settings: TurnSettings, output: TurnOutput) -> float:
@@ -224,7 +226,7 @@ def _commit_unchanged(deps: Deps, run: RunRef, plan: TurnPlan, notice: Notice) -
         outbox=[notice],
         pending_approval=plan.waiting,
     )
-    _commit(deps, run, commit)
+    deps.store.commit_turn(run.conversation_id, commit)
 
 
 def _turn_commit(run: RunRef, plan: TurnPlan, turn_id: str, output: TurnOutput) -> TurnCommit:
@@ -268,10 +270,6 @@ def _approval_request(
         args=dict(pending.args),
         text=pending.text,
     )
-
-
-def _commit(deps: Deps, run: RunRef, commit: TurnCommit) -> None:
-    deps.store.commit_turn(run.conversation_id, commit)
 
 
 def _chunk_streamer(deps: Deps, cid: str, turn_id: str) -> Callable[[str], None] | None:
