@@ -22,6 +22,9 @@ class RunRef(BaseModel):
     token: int = Field(ge=1, description="fencing token of the lease this run holds")
     execution_id: str | None = Field(default=None, description="bound on the first step")
     turns: int = Field(default=0, ge=0, description="turns done by this run so far")
+    deadline: float | None = Field(
+        default=None, description="epoch seconds after which the run hands over (Express limit)"
+    )
 
     @property
     def run_id(self) -> str:
@@ -47,6 +50,18 @@ class TurnResult(BaseModel):
     turn_id: str | None = None
     consumed: list[str] = Field(default_factory=list)
     pending: bool = False
+
+
+class StepResult(BaseModel):
+    """Output of one workflow step (``run_step``): a turn was taken (deliver, then step
+    again), more is pending (step again), or the run ended (released or handed over)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run: RunRef
+    outcome: Literal["turn", "more_pending", "released", "handover"]
+    turn: TurnOutcome | None = None
+    status: Literal["idle", "awaiting_approval"] | None = None
 
 
 class FinishResult(BaseModel):

@@ -259,6 +259,22 @@ def test_a_run_hands_over_after_its_turn_budget() -> None:
     assert w.texts() == [f"echo {t}" for t in "abcde"]
 
 
+def test_a_run_hands_over_before_its_deadline() -> None:
+    w = World(max_run_seconds=240)
+
+    def slow_model(request: TurnRequest) -> None:
+        w.clock.t += 100
+
+    w.agent.hook = slow_model
+    for t in "abcd":
+        w.send(t)
+    first = drive_run(w.deps, w.starter.runs.pop(0))
+    assert first.ended == "handover" and first.turns == 3  # 300 s > 240 s after the third
+    assert first.run.deadline == 1_700_000_000.0 + 240
+    [rest] = w.run_all()
+    assert rest.turns == 1 and w.texts() == [f"echo {t}" for t in "abcd"]
+
+
 def test_the_sweeper_restarts_a_crashed_conversation() -> None:
     w = World(lease_ttl=10)
     w.send("hello")

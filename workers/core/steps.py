@@ -15,7 +15,7 @@ from typing import Literal
 
 from events.inbound import DoubleTextingPolicy, InboundMessage, new_id
 from events.outbound import ApprovalRequest, Notice, OutboxPayload, Reply, ReplyChunk
-from events.workflow import FinishResult, RunRef, TurnOutcome, TurnResult
+from events.workflow import FinishResult, RunRef, StepResult, TurnOutcome, TurnResult
 from workers.core.model import (
     AcceptResult,
     ConversationStatus,
@@ -50,6 +50,8 @@ class TurnSettings:
     context_window: int = 20
     default_policy: DoubleTextingPolicy = "enqueue"
     max_turns_per_run: int = 50
+    max_run_seconds: float | None = None
+    """Hand over to a fresh run after this long (Express workflows stop at 5 minutes)."""
     retry_attempts: int = 3
     retry_base_delay: float = 0.5
     retry_max_delay: float = 8.0
@@ -87,15 +89,15 @@ def accept_message(deps: Deps, msg: InboundMessage) -> AcceptResult:
 
 
 def bind_run(deps: Deps, run: RunRef, execution_id: str) -> RunRef:
-    """First step of a run: bind the lease to this execution (a duplicate start ends here)."""
+    """First step of a run: bind the lease to this execution (a duplicate start ends here)
+    and set the run's deadline."""
+    now = deps.clock.now()
     deps.store.bind_lease(
-        run.conversation_id,
-        run.token,
-        execution_id,
-        now=deps.clock.now(),
-        ttl=deps.settings.lease_ttl,
+        run.conversation_id, run.token, execution_id, now=now, ttl=deps.settings.lease_ttl
     )
-    return run.model_copy(update={"execution_id": execution_id})
+    limit = deps.settings.max_run_seconds
+    deadline = None if limit is None else now + limit
+    return run.model_copy(update={"execution_id": execution_id, "deadline": deadline})
 
 
 # 2. claim -----------------------------------------------------------------------------------
@@ -349,7 +351,42 @@ def sweep(deps: Deps, *, now: float | None = None) -> list[RunRef]:
     return started
 
 
-# a whole run in one process -----------------------------------------------------------------
+# one workflow step, and a whole run in one process ------------------------------------------
+
+
+def run_step(deps: Deps, run: RunRef, *, deliver_now: bool = False) -> StepResult:
+    """One step of a run, the body of the workflow's loop: claim, then either advance one
+    turn or, when the inbox is drained or the run's budget is spent, finish the run."""
+    claim = claim_inbox(deps, run)
+    if claim.plan is not None and not _budget_spent(deps, run):
+        result = advance_turn(deps, run, claim.plan, deliver_now=deliver_now)
+        return StepResult(run=result.run, outcome="turn", turn=result.outcome)
+    deliver(deps, run.conversation_id)  # e.g. notices of messages rejected meanwhile
+    finish = finish_run(deps, run, claim)
+    if not finish.released:
+        return StepResult(run=run, outcome="more_pending")
+    if finish.status == "handover":
+        return StepResult(run=run, outcome="handover")
+    ended: Literal["idle", "awaiting_approval"] = (
+        "awaiting_approval" if finish.status == "awaiting_approval" else "idle"
+    )
+    return StepResult(run=run, outcome="released", status=ended)
+
+
+def _budget_spent(deps: Deps, run: RunRef) -> bool:
+    if run.turns >= deps.settings.max_turns_per_run:
+        return True
+    return run.deadline is not None and deps.clock.now() >= run.deadline
+
+
+def fail_pending_turn(deps: Deps, run: RunRef, text: str) -> StepResult:
+    """Tell the user the next turn failed for good (retries spent, a permanent error that
+    escaped the turn) and consume its messages, so the run can go on."""
+    claim = claim_inbox(deps, run)
+    if claim.plan is None:
+        return StepResult(run=run, outcome="more_pending")
+    fail_turn(deps, run, claim.plan, text)
+    return StepResult(run=_result(run, "replied", new_id(), claim.plan).run, outcome="turn")
 
 
 @dataclass
@@ -361,7 +398,7 @@ class RunSummary:
 
 
 def drive_run(deps: Deps, run: RunRef, execution_id: str | None = None) -> RunSummary:
-    """Run the workflow loop in-process: bind, then claim/advance/deliver until finished.
+    """Run the workflow loop in-process: bind, then ``run_step`` until the run ends.
 
     Retryable errors are retried with backoff and jitter like the workflow's ``Retry``; when
     the attempts are spent the user is told and the message consumed. ``LeaseLost`` ends the
@@ -371,18 +408,13 @@ def drive_run(deps: Deps, run: RunRef, execution_id: str | None = None) -> RunSu
     try:
         run = bind_run(deps, run, execution_id or f"{run.run_id}-{new_id()[:8]}")
         while True:
-            claim = claim_inbox(deps, run)
-            # A run that spent its turn budget goes to finish_run, which hands over.
-            if claim.plan is not None and run.turns < deps.settings.max_turns_per_run:
-                result = _advance_with_retry(deps, run, claim.plan)
-                run = result.run
+            step = _step_with_retry(deps, run)
+            run = step.run
+            if step.outcome == "turn":
                 summary.turns += 1
-                summary.outcomes.append(result.outcome)
-                continue
-            deliver(deps, run.conversation_id)  # e.g. notices of messages rejected meanwhile
-            finish = finish_run(deps, run, claim)
-            if finish.released:
-                summary.ended = finish.status
+                summary.outcomes.append(step.turn or "replied")
+            elif step.outcome != "more_pending":
+                summary.ended = step.status or step.outcome
                 break
     except LeaseLost as exc:
         log.info("run %s stopped: %s", run.run_id, exc)
@@ -391,12 +423,12 @@ def drive_run(deps: Deps, run: RunRef, execution_id: str | None = None) -> RunSu
     return summary
 
 
-def _advance_with_retry(deps: Deps, run: RunRef, plan: TurnPlan) -> TurnResult:
+def _step_with_retry(deps: Deps, run: RunRef) -> StepResult:
     attempt = 0
     while True:
         attempt += 1
         try:
-            return advance_turn(deps, run, plan, deliver_now=True)
+            return run_step(deps, run, deliver_now=True)
         except (LeaseLost, PermanentError):
             raise
         except Exception as exc:  # retry classification decides, nothing is swallowed
@@ -409,9 +441,9 @@ def _advance_with_retry(deps: Deps, run: RunRef, plan: TurnPlan) -> TurnResult:
                     attempt,
                     exc_info=not isinstance(exc, RetryableError),  # a bug: keep the traceback
                 )
-                fail_turn(deps, run, plan, _retry_exhausted_text(exc))
+                step = fail_pending_turn(deps, run, retry_exhausted_text(exc))
                 deliver(deps, run.conversation_id)
-                return _result(run, "replied", new_id(), plan)
+                return step
             delay = backoff_delay(
                 attempt,
                 base=deps.settings.retry_base_delay,
@@ -422,7 +454,8 @@ def _advance_with_retry(deps: Deps, run: RunRef, plan: TurnPlan) -> TurnResult:
             deps.clock.sleep(delay)
 
 
-def _retry_exhausted_text(exc: Exception) -> str:
+def retry_exhausted_text(exc: BaseException) -> str:
+    """What the user is told when a turn's retries are spent."""
     if isinstance(exc, RetryableError):
         return f"Sorry, the assistant is temporarily unavailable ({exc}). Please try again."
     return "Sorry, something went wrong while answering; the team has been notified."
