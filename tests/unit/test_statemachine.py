@@ -1,0 +1,91 @@
+"""The Step Functions definitions: valid references, errors that exist, Express and Standard
+in agreement."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from workers import errors
+
+ROOT = Path(__file__).parents[2] / "statemachine"
+EXPRESS = json.loads((ROOT / "conversation.asl.json").read_text())
+STANDARD = json.loads((ROOT / "conversation-standard.asl.json").read_text())
+STANDARD_ONLY = {"AwaitingApproval", "WaitForApproval"}
+
+
+def _error_names(definition: dict[str, Any]) -> set[str]:
+    names: set[str] = set()
+    for state in definition["States"].values():
+        for rule in state.get("Retry", []) + state.get("Catch", []):
+            names.update(rule["ErrorEquals"])
+    return names
+
+
+def _targets(state: dict[str, Any]) -> set[str]:
+    out = {state["Next"]} if "Next" in state else set()
+    out |= {c["Next"] for c in state.get("Choices", [])}
+    out |= {c["Next"] for c in state.get("Catch", [])}
+    if "Default" in state:
+        out.add(state["Default"])
+    return out
+
+
+@pytest.mark.parametrize("definition", [EXPRESS, STANDARD], ids=["express", "standard"])
+def test_every_error_named_is_one_of_ours_or_a_service_error(definition: dict[str, Any]) -> None:
+    for name in _error_names(definition):
+        if name.startswith(("States.", "Lambda.")):
+            continue
+        cls = getattr(errors, name, None)
+        assert isinstance(cls, type) and issubclass(cls, errors.AgentWorkerError), name
+    assert {"RetryableError", "LeaseLost"} <= _error_names(definition)
+
+
+@pytest.mark.parametrize("definition", [EXPRESS, STANDARD], ids=["express", "standard"])
+def test_every_target_exists_and_every_state_is_reachable(definition: dict[str, Any]) -> None:
+    states = definition["States"]
+    seen, todo = set(), [definition["StartAt"]]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        assert name in states, f"dangling Next: {name}"
+        todo.extend(_targets(states[name]))
+    assert seen == set(states)
+
+
+def test_express_and_standard_share_their_states() -> None:
+    assert EXPRESS["StartAt"] == STANDARD["StartAt"]
+    assert set(STANDARD["States"]) - set(EXPRESS["States"]) == STANDARD_ONLY
+    for name, state in EXPRESS["States"].items():
+        mine, other = dict(state), dict(STANDARD["States"][name])
+        if name == "Deliver":  # the one place Standard routes through its approval wait
+            assert other.pop("Next") == "AwaitingApproval" and mine.pop("Next") == "Step"
+        assert other == mine, name
+
+
+def test_only_function_arns_are_substituted() -> None:
+    for path in ROOT.glob("*.asl.json"):
+        placeholders = set(re.findall(r"\$\{(\w+)\}", path.read_text()))
+        assert placeholders == {"TurnFunctionArn", "DeliverFunctionArn"}, path.name
+
+
+@pytest.mark.parametrize("definition", [EXPRESS, STANDARD], ids=["express", "standard"])
+def test_payloads_carry_references_only(definition: dict[str, Any]) -> None:
+    allowed = {"op", "run.$", "execution_id.$", "error.$", "task_token.$", "conversation_id.$"}
+    for state in definition["States"].values():
+        payload = state.get("Parameters", {}).get("Payload", {})
+        assert set(payload) <= allowed
+        assert set(state.get("ResultSelector", {})) <= {"run.$", "outcome.$", "turn.$"}
+
+
+def test_standard_waits_for_approval_with_a_timeout() -> None:
+    wait = STANDARD["States"]["WaitForApproval"]
+    assert wait["Resource"].endswith(".waitForTaskToken")
+    assert wait["Parameters"]["Payload"]["task_token.$"] == "$$.Task.Token"
+    assert 0 < wait["TimeoutSeconds"] <= 7 * 86400
