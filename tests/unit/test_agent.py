@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 
@@ -191,3 +193,36 @@ def test_bedrock_spec_builds_a_converse_client_without_calling_it() -> None:
     assert isinstance(model, ChatBedrockConverse)
     assert model.model_id == "anthropic.claude-3-5-haiku-20241022-v1:0"
     assert model.endpoint_url == "http://127.0.0.1:9"
+
+
+class _TalkativeModel(OfflineChatModel):
+    """Says something before calling a tool, like Claude often does."""
+
+    def _respond(self, messages: list[Any], kwargs: dict[str, Any]) -> AIMessage:
+        reply = super()._respond(messages, kwargs)
+        if reply.tool_calls:
+            return AIMessage(
+                content="Let me open that for you.",
+                tool_calls=reply.tool_calls,
+                usage_metadata=reply.usage_metadata,
+                id=reply.id,
+            )
+        return reply
+
+
+def test_streamed_text_is_exactly_the_stored_reply() -> None:
+    c = Conversation()
+    c.agent = LangGraphTurnAgent(
+        _TalkativeModel(),
+        SUPPORT_TOOLS,
+        system_prompt=load_system_prompt("v1"),
+        approval_tools=frozenset(),
+        tickets=c.tickets,
+        clock=ManualClock(),
+    )
+    out = c.turn("open a ticket about the wifi")
+    assert (
+        out.reply_text
+        == "Let me open that for you.\n\nOpened ticket 1: 'the wifi' (priority normal)."
+    )
+    assert "".join(c.chunks) == out.reply_text

@@ -52,6 +52,9 @@ class TurnContext:
     tracer: Tracer
     on_chunk: Callable[[str], None] | None = None
     usage: TokenUsage = field(default_factory=TokenUsage)
+    streamed: bool = False
+    """Text was already streamed this turn: the next model call's text starts a new
+    paragraph, exactly as :func:`reply_text` joins them."""
     model_calls: int = 0
     tool_calls: list[str] = field(default_factory=list)
 
@@ -76,7 +79,7 @@ def build_graph(
         prompt = [system, *(m for m in ctx.history if m.id not in seen), *current]
         with ctx.tracer.span("model", kind="CHAT_MODEL", inputs={"messages": len(prompt)}) as span:
             try:
-                reply = _invoke(bound, prompt, ctx.on_chunk)
+                reply = _invoke(bound, prompt, _paragraphs(ctx))
             except AgentWorkerError:
                 raise
             except Exception as exc:
@@ -136,6 +139,33 @@ def build_graph(
     graph.add_conditional_edges("model", route, ["tools", END])
     graph.add_edge("tools", "model")
     return graph.compile(checkpointer=checkpointer)
+
+
+REPLY_SEPARATOR = "\n\n"
+
+
+def reply_text(messages: Sequence[BaseMessage]) -> str:
+    """The turn's reply: the text of each of its model calls, one paragraph each (what a
+    tool-calling model says before its call belongs to the reply, as it was streamed)."""
+    return REPLY_SEPARATOR.join(m.text for m in messages if isinstance(m, AIMessage) and m.text)
+
+
+def _paragraphs(ctx: TurnContext) -> Callable[[str], None] | None:
+    """``ctx.on_chunk``, starting a new paragraph for a model call after streamed text."""
+    on_chunk = ctx.on_chunk
+    if on_chunk is None:
+        return None
+    first = True
+
+    def emit(delta: str) -> None:
+        nonlocal first
+        if first and ctx.streamed:
+            on_chunk(REPLY_SEPARATOR)
+        first = False
+        ctx.streamed = True
+        on_chunk(delta)
+
+    return emit
 
 
 def _invoke(

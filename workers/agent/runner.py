@@ -12,6 +12,7 @@ from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.types import Command, Interrupt
 
 from workers.agent.graph import AgentState, TurnContext, build_graph
+from workers.agent.graph import reply_text as joined_reply
 from workers.agent.saver import STAGE_KEY, StagedCheckpointSaver
 from workers.agent.tools.base import ToolSpec
 from workers.core.model import LogEntry, PendingApproval, TurnOutput, TurnRequest
@@ -121,7 +122,7 @@ class LangGraphTurnAgent:
                 text=str(value.get("text", "Approve this action?")),
             )
         elif messages and isinstance(messages[-1], AIMessage):
-            reply_text = messages[-1].text
+            reply_text = joined_reply(fresh)
         return TurnOutput(
             checkpoint=self.saver.export(stage),
             log=[self.encode(m) for m in fresh],
