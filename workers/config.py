@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     sweep_interval_seconds: float = Field(15.0, gt=0, description="Embedded sweeper period.")
     context_window: int = Field(20, ge=0, le=1000, description="Logged messages sent as context.")
     max_turns_per_run: int = Field(50, ge=1, description="Turns before a run hands over.")
+    max_run_seconds: float | None = Field(
+        None, gt=0, description="Seconds before a run hands over (AWS Express: 240)."
+    )
     approval_tools: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["update_ticket"], description="Tools that need approval."
     )
@@ -48,6 +51,15 @@ class Settings(BaseSettings):
     price_output_per_mtok: float = Field(0.0, ge=0, description="USD per 1M output tokens.")
     retry_attempts: int = Field(
         3, ge=1, le=20, description="Attempts per turn on retryable errors."
+    )
+    table_name: str = Field("agentworker", min_length=3, description="AWS: DynamoDB table.")
+    bucket_name: str = Field(
+        "agentworker-state", min_length=3, description="AWS: S3 bucket for large state."
+    )
+    state_machine_arn: str | None = Field(None, description="AWS: the run workflow.")
+    reply_topic_arn: str | None = Field(None, description="AWS: SNS topic for replies.")
+    websocket_endpoint: str | None = Field(
+        None, description="AWS: API Gateway WebSocket management endpoint."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Log level."
