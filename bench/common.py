@@ -276,8 +276,7 @@ class SqliteMeter:
         tables = [
             str(r[0])
             for r in self.conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'"
-                " AND name NOT LIKE 'sqlite_%'"
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
             )
         ]
         for table in tables:

@@ -235,7 +235,8 @@ def run(tmp: Path, cfg: OverheadConfig) -> dict[str, Any]:
         },
         "variants": [
             run_variant(off_dir, "tracing_off", "tracing off (NullTracer)", cfg, null_tracer),
-            run_variant(on_dir, "tracing_on", "tracing on (MlflowTracer, SQLite)", cfg,
-                        mlflow_tracer),
+            run_variant(
+                on_dir, "tracing_on", "tracing on (MlflowTracer, SQLite)", cfg, mlflow_tracer
+            ),
         ],
     }

@@ -188,8 +188,11 @@ def _throughput(section: dict[str, Any]) -> str:
         header,
         rows,
     )
-    bad = [r for r in section["runs"] if r["notices"] or r["turns"] != r["conversations"]
-           * r["messages_per_conversation"]]
+    bad = [
+        r
+        for r in section["runs"]
+        if r["notices"] or r["turns"] != r["conversations"] * r["messages_per_conversation"]
+    ]
     notes = [
         "  turns/s = turns completed / (first accept -> pool idle); latency = accept -> reply "
         "frame on the conversation's hub subscription",

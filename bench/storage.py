@@ -150,9 +150,7 @@ def _baseline(tmp: Path) -> Side:
 
 def _run_side(side: Side, cfg: StorageConfig, budget_s: float | None) -> dict[str, Any]:
     last = max(cfg.points)
-    sampled = {
-        t: p for p in cfg.points for t in range(max(1, p - cfg.window + 1), p + 1)
-    }
+    sampled = {t: p for p in cfg.points for t in range(max(1, p - cfg.window + 1), p + 1)}
     meter = SqliteMeter(side.path)
     page_size = meter.page_size()
     latencies: list[float] = []
@@ -163,8 +161,10 @@ def _run_side(side: Side, cfg: StorageConfig, budget_s: float | None) -> dict[st
     for turn in range(1, last + 1):
         if budget_s is not None and time.perf_counter() - start > budget_s:
             stopped_at = turn - 1
-            progress(f"storage ({side.name}): time budget {budget_s:.0f} s spent at turn "
-                     f"{stopped_at}; stopping")
+            progress(
+                f"storage ({side.name}): time budget {budget_s:.0f} s spent at turn "
+                f"{stopped_at}; stopping"
+            )
             break
         point = sampled.get(turn)
         if point is None:
@@ -194,8 +194,9 @@ def _run_side(side: Side, cfg: StorageConfig, budget_s: float | None) -> dict[st
                 }
             )
         if turn % step == 0 and turn < last:
-            progress(f"storage ({side.name}): {turn}/{last} turns "
-                     f"({time.perf_counter() - start:.1f} s)")
+            progress(
+                f"storage ({side.name}): {turn}/{last} turns ({time.perf_counter() - start:.1f} s)"
+            )
     total_s = time.perf_counter() - start
     turns_done = stopped_at if stopped_at is not None else last
     meter.checkpoint()
@@ -247,9 +248,7 @@ def _by_point(
                 "latency_turns": [max(1, p - span + 1), p],
                 "latency_ms_p50": statistics.median(window_ms),
                 "latency_ms_mean": mean(window_ms),
-                "measured_turns_latency_ms_p50": statistics.median(
-                    r["latency_ms"] for r in rows
-                ),
+                "measured_turns_latency_ms_p50": statistics.median(r["latency_ms"] for r in rows),
             }
         )
     return out
@@ -263,8 +262,10 @@ def run(tmp: Path, cfg: StorageConfig) -> dict[str, Any]:
     progress(f"storage (ours): {max(cfg.points)} turns, sampling {list(cfg.points)}")
     ours = _run_side(_ours(ours_dir), cfg, None)
     progress(f"storage (ours): done in {ours['total_s']:.1f} s")
-    progress(f"storage (plain): {max(cfg.points)} turns, sampling {list(cfg.points)}, "
-             f"budget {cfg.baseline_budget_s:.0f} s")
+    progress(
+        f"storage (plain): {max(cfg.points)} turns, sampling {list(cfg.points)}, "
+        f"budget {cfg.baseline_budget_s:.0f} s"
+    )
     plain = _run_side(_baseline(plain_dir), cfg, cfg.baseline_budget_s)
     progress(f"storage (plain): done in {plain['total_s']:.1f} s")
     return {

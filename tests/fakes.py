@@ -11,7 +11,6 @@ from typing import Any
 from events.inbound import DoubleTextingPolicy, InboundMessage
 from events.outbound import Notice, OutboxPayload, ReplyChunk, TokenUsage
 from events.workflow import RunRef
-from workers.adapters.local.sqlite_store import REJECTED_NOTICE
 from workers.core.model import (
     AcceptResult,
     ConversationState,
@@ -26,6 +25,7 @@ from workers.core.model import (
     TurnOutput,
     TurnRequest,
 )
+from workers.core.policies import REJECTED_NOTICE
 from workers.core.ports import Tracer
 from workers.core.steps import TurnSuperseded
 from workers.errors import LeaseLost, NotFound

@@ -6,9 +6,10 @@ import asyncio
 from typing import Any
 
 from events.workflow import RunRef
-from workers.config import Settings
+from workers.config import Settings, load_settings
 from workers.core.ports import Clock, NullTracer, TicketStore, Tracer
 from workers.core.steps import Deps, TurnSettings
+from workers.errors import ConfigError
 
 
 def turn_settings(settings: Settings) -> TurnSettings:
@@ -17,6 +18,7 @@ def turn_settings(settings: Settings) -> TurnSettings:
         context_window=settings.context_window,
         default_policy=settings.double_texting,
         max_turns_per_run=settings.max_turns_per_run,
+        max_run_seconds=settings.max_run_seconds,
         retry_attempts=settings.retry_attempts,
         stream=settings.stream,
         price_input_per_mtok=settings.price_input_per_mtok,
@@ -80,3 +82,83 @@ def build_embedded(settings: Settings, *, model: Any = None, tracer: Tracer | No
     return EmbeddedRuntime(
         settings=settings, store=store, deps=deps, hub=hub, queue=queue, starter=starter
     )
+
+
+# AWS runtime -------------------------------------------------------------------------------
+
+_AWS_DEPS: dict[bool, Deps] = {}
+
+
+class _NoAgent:
+    """The agent of functions that never run a turn (ingest, deliver, sweeper): building the
+    real one would import LangGraph and slow their cold start."""
+
+    def run_turn(self, request: Any, *, on_chunk: Any, tracer: Tracer) -> Any:
+        raise ConfigError("this function was built without the agent; only 'turn' runs turns")
+
+
+def aws_deps(*, with_agent: bool = False) -> Deps:
+    """The AWS runtime's dependencies, built once per Lambda process from the environment."""
+    deps = _AWS_DEPS.get(with_agent)
+    if deps is None:
+        deps = _AWS_DEPS[with_agent] = build_aws(load_settings(), with_agent=with_agent)
+    return deps
+
+
+def reset_aws_deps() -> None:
+    """Forget the cached dependencies (the emulator rebuilds them against a new stack)."""
+    _AWS_DEPS.clear()
+
+
+def build_aws(settings: Settings, *, with_agent: bool, session: Any = None) -> Deps:
+    """Wire the AWS adapters: DynamoDB/S3 store, Step Functions starter, SNS and WebSocket
+    sinks, Bedrock (or offline) agent, MLflow tracing when a tracking URI is configured."""
+    import boto3
+
+    from workers.adapters.aws.dynamodb_store import DynamoDBConversationStore
+    from workers.adapters.aws.sinks import FanOutReplySink, SnsReplySink, WebSocketReplySink
+    from workers.adapters.aws.workflow import StepFunctionsWorkflowStarter
+    from workers.adapters.clock import SystemClock
+    from workers.core.ports import ReplySink
+
+    if settings.state_machine_arn is None:
+        raise ConfigError("AGENTWORKER_STATE_MACHINE_ARN: not set; the AWS runtime needs it")
+    session = session or boto3.session.Session()
+    clock = SystemClock()
+    store = DynamoDBConversationStore(
+        dynamodb=session.client("dynamodb"),
+        table_name=settings.table_name,
+        s3=session.client("s3"),
+        bucket=settings.bucket_name,
+    )
+    sinks: list[ReplySink] = []
+    if settings.reply_topic_arn:
+        sinks.append(SnsReplySink(session.client("sns"), settings.reply_topic_arn))
+    if settings.websocket_endpoint:
+        management = session.client(
+            "apigatewaymanagementapi", endpoint_url=settings.websocket_endpoint
+        )
+        sinks.append(WebSocketReplySink(management, store))
+    tracer: Tracer = NullTracer()
+    if settings.tracing and settings.mlflow_tracking_uri:
+        from workers.observability import MlflowTracer
+
+        tracer = MlflowTracer(settings.mlflow_tracking_uri, settings.mlflow_experiment)
+    return Deps(
+        store=store,
+        agent=build_agent(settings, store, clock) if with_agent else _NoAgent(),
+        sink=FanOutReplySink(sinks),
+        starter=StepFunctionsWorkflowStarter(
+            session.client("stepfunctions"), settings.state_machine_arn
+        ),
+        clock=clock,
+        tracer=tracer,
+        settings=turn_settings(settings),
+    )
+
+
+def flush_traces(deps: Deps) -> None:
+    """Export pending traces before a Lambda handler returns (the process may freeze)."""
+    flush = getattr(deps.tracer, "flush", None)
+    if flush is not None:
+        flush()

@@ -21,12 +21,31 @@ T0 = 1_700_000_000.0
 CID = "ticket:4711"
 
 
-@pytest.fixture(params=["sqlite", "memory"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+@pytest.fixture(params=["sqlite", "memory", "dynamodb"])
+def store(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Any]:
     if request.param == "sqlite":
         s = SqliteConversationStore(tmp_path / "state.db")
         yield s
         s.close()
+    elif request.param == "dynamodb":
+        import boto3
+        from moto import mock_aws
+
+        from workers.adapters.aws.dynamodb_store import DynamoDBConversationStore
+        from workers.adapters.aws.tables import DynamoDBTableSpec
+
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+            monkeypatch.setenv(name, "testing")
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        with mock_aws():
+            dynamodb, s3 = boto3.client("dynamodb"), boto3.client("s3")
+            DynamoDBTableSpec("agentworker").create(dynamodb)
+            s3.create_bucket(Bucket="agentworker-blobs")
+            yield DynamoDBConversationStore(
+                dynamodb=dynamodb, table_name="agentworker", s3=s3, bucket="agentworker-blobs"
+            )
     else:
         yield InMemoryConversationStore()
 

@@ -61,7 +61,7 @@ def make_model(spec: str, options: ModelOptions | None = None) -> BaseChatModel:
         from workers.agent.offline import OfflineChatModel
 
         return OfflineChatModel(latency_s=float(arg or 0) / 1000.0)
-    from botocore.config import Config  # type: ignore[import-untyped]
+    from botocore.config import Config
     from langchain_aws import ChatBedrockConverse
 
     kwargs: dict[str, Any] = {

@@ -15,6 +15,11 @@ from workers.core.model import (
 from workers.errors import LeaseLost, PermanentError, RetryableError
 
 SUPERSEDED_REASON = "the user sent a new message instead of answering"
+REJECTED_NOTICE = (
+    "I'm still working on your previous message, so this one was not processed. "
+    "Please send it again once I have answered."
+)
+"""Told to the user when the ``reject`` policy refuses a message (every store writes it)."""
 STALE_APPROVAL_NOTICE = "That approval request is no longer pending; nothing was done."
 NOTHING_PENDING_NOTICE = "There is nothing waiting for approval; nothing was done."
 

@@ -30,13 +30,9 @@ from workers.core.model import (
     Ticket,
     TurnCommit,
 )
+from workers.core.policies import REJECTED_NOTICE
 from workers.core.steps import TurnSuperseded
 from workers.errors import LeaseLost, NotFound
-
-REJECTED_NOTICE = (
-    "I'm still working on your previous message, so this one was not processed. "
-    "Please send it again once I have answered."
-)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (

@@ -1,0 +1,208 @@
+"""The AWS runtime end to end on moto: SQS FIFO / EventBridge -> ingest -> DynamoDB -> Step
+Functions (the real ASL, executed by moto) -> turn -> deliver -> SNS, with Bedrock served by
+the Converse stub. Lambda invocations are routed to our handlers in this process."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+boto3 = pytest.importorskip("boto3")
+moto = pytest.importorskip("moto")
+
+from workers import bootstrap  # noqa: E402
+from workers.adapters.aws.converse_stub import ConverseStubServer  # noqa: E402
+from workers.adapters.aws.emulator import (  # noqa: E402
+    MOTO_CONFIG,
+    SqsPoller,
+    Stack,
+    create_stack,
+    default_handlers,
+    route_lambda_to_handlers,
+)
+from workers.handlers import ingest  # noqa: E402
+
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "aws"
+MODEL = "anthropic.claude-3-5-haiku-20241022-v1:0"
+
+
+@dataclass
+class Aws:
+    session: Any
+    stack: Stack
+    replies_url: str
+    poller: SqsPoller
+    stub: ConverseStubServer
+
+    def send_sqs(self, conversation_id: str, text: str, *, dedupe_key: str | None = None) -> None:
+        body: dict[str, Any] = {"conversation_id": conversation_id, "text": text}
+        if dedupe_key:
+            body["dedupe_key"] = dedupe_key
+        self.session.client("sqs").send_message(
+            QueueUrl=self.stack.queue_url,
+            MessageBody=json.dumps(body),
+            MessageGroupId=conversation_id,
+            MessageDeduplicationId=f"{time.time_ns()}",
+        )
+
+    def pump(self, seconds: float = 0.0) -> None:
+        """Poll the inbound queue until it is empty (and ``seconds`` have passed)."""
+        deadline = time.monotonic() + seconds
+        while self.poller.poll_once() or time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def replies(self, timeout: float = 30.0, want: int = 1) -> list[dict[str, Any]]:
+        sqs = self.session.client("sqs")
+        got: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(got) < want:
+            for m in sqs.receive_message(QueueUrl=self.replies_url, MaxNumberOfMessages=10).get(
+                "Messages", []
+            ):
+                got.append(json.loads(m["Body"]))
+                sqs.delete_message(QueueUrl=self.replies_url, ReceiptHandle=m["ReceiptHandle"])
+            time.sleep(0.05)
+        return got
+
+    def executions(self) -> list[dict[str, Any]]:
+        sfn = self.session.client("stepfunctions")
+        arn = self.stack.state_machine_arns["express"]
+        found: list[dict[str, Any]] = sfn.list_executions(stateMachineArn=arn)["executions"]
+        return found
+
+    def wait_executions_done(self, timeout: float = 60.0) -> list[dict[str, Any]]:
+        sfn = self.session.client("stepfunctions")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            runs = [
+                sfn.describe_execution(executionArn=e["executionArn"]) for e in self.executions()
+            ]
+            if runs and all(r["status"] != "RUNNING" for r in runs):
+                return runs
+            time.sleep(0.1)
+        raise AssertionError("executions still running")
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AGENTWORKER_TRACING": "false",
+    }.items():
+        monkeypatch.setenv(name, value)
+    with ConverseStubServer() as stub, moto.mock_aws(config=MOTO_CONFIG):
+        session = boto3.session.Session(region_name="us-east-1")
+        stack = create_stack(session.client, retry_interval_seconds=1)
+        for name, value in stack.environment().items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("AGENTWORKER_MODEL", f"bedrock:{MODEL}")
+        monkeypatch.setenv("AGENTWORKER_BEDROCK_ENDPOINT_URL", stub.endpoint_url)
+        monkeypatch.setenv("AGENTWORKER_BEDROCK_REGION", "us-east-1")
+        sqs = session.client("sqs")
+        replies_url = sqs.create_queue(QueueName="replies")["QueueUrl"]
+        replies_arn = sqs.get_queue_attributes(QueueUrl=replies_url, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+        session.client("sns").subscribe(
+            TopicArn=stack.topic_arn,
+            Protocol="sqs",
+            Endpoint=replies_arn,
+            Attributes={"RawMessageDelivery": "true"},
+        )
+        queue_arn = sqs.get_queue_attributes(QueueUrl=stack.queue_url, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+        handlers = default_handlers()
+        poller = SqsPoller(sqs, stack.queue_url, queue_arn, handlers["ingest"])
+        bootstrap.reset_aws_deps()
+        with route_lambda_to_handlers(handlers):
+            yield Aws(session, stack, replies_url, poller, stub)
+        bootstrap.reset_aws_deps()
+
+
+def test_a_message_through_sqs_fifo_gets_exactly_one_reply(aws: Aws) -> None:
+    aws.stub.script(reply_text="Hello from Bedrock.")
+    aws.send_sqs("ticket:1", "hello")
+    aws.pump()
+    [reply] = aws.replies()
+    assert reply["type"] == "reply" and reply["text"] == "Hello from Bedrock."
+    [run] = aws.wait_executions_done()
+    assert run["status"] == "SUCCEEDED"
+    assert aws.replies(timeout=0.5) == []
+
+
+def test_a_message_through_eventbridge_gets_exactly_one_reply(aws: Aws) -> None:
+    event = json.loads((FIXTURES / "eventBridgeEvent.json").read_text())
+    event["detail-type"] = "agentworker.message"
+    event["detail"] = {"conversation_id": "ticket:2", "text": "hi from the bus"}
+    aws.stub.script(reply_text="Got it.")
+    result = ingest.handler(event, _context())
+    assert result["duplicate"] is False
+    again = ingest.handler(event, _context())  # EventBridge delivers at least once
+    assert again["duplicate"] is True
+    [reply] = aws.replies()
+    assert reply["text"] == "Got it." and aws.replies(timeout=0.5) == []
+
+
+def test_the_same_message_delivered_three_times_gives_one_turn(aws: Aws) -> None:
+    aws.stub.script(reply_text="Once.")
+    for _ in range(3):
+        aws.send_sqs("ticket:3", "hello", dedupe_key="helpdesk:evt-9")
+    aws.pump()
+    [reply] = aws.replies()
+    assert reply["text"] == "Once."
+    assert len(aws.stub.requests) == 1  # one model call: one turn
+    assert aws.replies(timeout=0.5) == []
+
+
+def test_bedrock_throttling_is_retried_by_the_workflow(aws: Aws) -> None:
+    aws.stub.throttle(times=3)  # botocore retries once inside the call, the workflow the rest
+    aws.stub.script(reply_text="Worth the wait.")
+    aws.send_sqs("ticket:4", "hello")
+    aws.pump()
+    [reply] = aws.replies(timeout=60)
+    assert reply["text"] == "Worth the wait."
+    [run] = aws.wait_executions_done()
+    history = aws.session.client("stepfunctions").get_execution_history(
+        executionArn=run["executionArn"]
+    )["events"]
+    failed = [e for e in history if e["type"] == "TaskFailed"]
+    assert failed and "RetryableError" in json.dumps(failed[0], default=str)
+
+
+def test_a_permanent_model_error_tells_the_user_and_frees_the_conversation(aws: Aws) -> None:
+    aws.stub.fail(status=400, error_type="ValidationException", times=1)
+    aws.send_sqs("ticket:5", "hello")
+    aws.pump()
+    [notice] = aws.replies()
+    assert notice["type"] == "notice" and notice["level"] == "error"
+    aws.wait_executions_done()
+    state = bootstrap.aws_deps().store.get_conversation("ticket:5")
+    assert state is not None and state.lease_token is None
+
+
+def test_a_poison_message_lands_in_the_dead_letter_queue(aws: Aws) -> None:
+    sqs = aws.session.client("sqs")
+    sqs.send_message(
+        QueueUrl=aws.stack.queue_url,
+        MessageBody="{not json",
+        MessageGroupId="poison",
+        MessageDeduplicationId="poison-1",
+    )
+    aws.pump(seconds=8)  # three receives, 2 s visibility timeout each
+    dead = sqs.receive_message(QueueUrl=aws.stack.dlq_url, MaxNumberOfMessages=10)
+    assert [m["Body"] for m in dead.get("Messages", [])] == ["{not json"]
+
+
+def _context() -> Any:
+    from workers.adapters.aws.emulator import LambdaContextStub
+
+    return LambdaContextStub("ingest", "arn:aws:lambda:us-east-1:123456789012:function:ingest")

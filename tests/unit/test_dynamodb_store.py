@@ -1,0 +1,390 @@
+"""What the store contract does not cover for the DynamoDB backend: S3 offload, round trips,
+error mapping, the sweep index, TTL and the optimistic retries (moto, in process)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+from moto import mock_aws
+
+from events.inbound import InboundMessage
+from events.outbound import Reply
+from tests.fakes import ManualClock, RecordingSink, RecordingStarter, ScriptedAgent
+from workers.adapters.aws.dynamodb_store import DynamoDBConversationStore
+from workers.adapters.aws.tables import (
+    SWEEP_INDEX_PK,
+    TTL_ATTRIBUTE,
+    DynamoDBTableSpec,
+    conversation_pk,
+)
+from workers.core.model import LogEntry, TurnCommit
+from workers.core.steps import Deps, accept_message, drive_run
+from workers.errors import LeaseLost, PermanentError, RetryableError
+
+T0 = 1_700_000_000.0
+CID = "ticket:4711"
+TABLE = "agentworker-test"
+BUCKET = "agentworker-test-blobs"
+BIG = 420_000  # over DynamoDB's 400 KB item limit
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Any]]:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.setenv(name, "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        dynamodb, s3 = boto3.client("dynamodb"), boto3.client("s3")
+        DynamoDBTableSpec(TABLE).create(dynamodb)
+        s3.create_bucket(Bucket=BUCKET)
+        yield dynamodb, s3
+
+
+@pytest.fixture
+def store(aws: tuple[Any, Any]) -> DynamoDBConversationStore:
+    dynamodb, s3 = aws
+    return DynamoDBConversationStore(dynamodb=dynamodb, table_name=TABLE, s3=s3, bucket=BUCKET)
+
+
+def msg(text: str = "hi", key: str | None = None, cid: str = CID, **kw: Any) -> InboundMessage:
+    return InboundMessage(conversation_id=cid, text=text, dedupe_key=key, **kw)
+
+
+def started(store: DynamoDBConversationStore, cid: str = CID) -> int:
+    """A conversation with one pending message and a lease; returns the token."""
+    store.append_inbox(msg(cid=cid), now=T0, default_policy="enqueue")
+    lease = store.try_acquire_lease(cid, now=T0, ttl=10)
+    assert lease is not None
+    return lease.token
+
+
+def raw(aws: tuple[Any, Any], cid: str, sk: str) -> dict[str, Any]:
+    item: dict[str, Any] = aws[0].get_item(
+        TableName=TABLE, Key={"pk": {"S": conversation_pk(cid)}, "sk": {"S": sk}}
+    )["Item"]
+    return item
+
+
+def s3_keys(aws: tuple[Any, Any]) -> list[str]:
+    listing = aws[1].list_objects_v2(Bucket=BUCKET)
+    return sorted(o["Key"] for o in listing.get("Contents", []))
+
+
+class RacingClient:
+    """A DynamoDB client that runs ``race`` once just before the first call of ``operation``
+    (another writer slipping in between a read and a conditional write)."""
+
+    def __init__(self, client: Any, operation: str, race: Callable[[], None]) -> None:
+        self._client, self._operation = client, operation
+        self._race: Callable[[], None] | None = race
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if name == self._operation and self._race is not None:
+            race, self._race = self._race, None
+            race()
+        return attribute
+
+
+# S3 offload -----------------------------------------------------------------------------------
+
+
+def test_a_large_checkpoint_round_trips_through_encrypted_s3(
+    store: DynamoDBConversationStore, aws: tuple[Any, Any]
+) -> None:
+    token = started(store)
+    big = bytes(range(256)) * (BIG // 256)
+    store.commit_turn(CID, TurnCommit(token, [1], "idle", big))
+    assert store.load_checkpoint(CID) == big
+    (key,) = s3_keys(aws)
+    assert key.startswith(f"conversations/{CID}/checkpoint/{token}-")
+    assert aws[1].head_object(Bucket=BUCKET, Key=key)["ServerSideEncryption"] == "AES256"
+    pointer = raw(aws, CID, "ckpt")
+    assert "data" not in pointer and pointer["data_s3_key"]["S"] == key
+    # A small checkpoint replaces it inline and the object it replaced is deleted.
+    store.commit_turn(CID, TurnCommit(token, [], "idle", b"small"))
+    assert store.load_checkpoint(CID) == b"small" and s3_keys(aws) == []
+
+
+def test_a_run_that_loses_its_lease_mid_commit_leaves_no_object_behind(
+    store: DynamoDBConversationStore, aws: tuple[Any, Any]
+) -> None:
+    token = started(store)
+    store.commit_turn(CID, TurnCommit(token, [], "idle", b"x" * BIG))
+    live = s3_keys(aws)
+
+    def take_over() -> None:  # the lease expired; a new run takes it mid-commit
+        assert store.try_acquire_lease(CID, now=T0 + 20, ttl=10) is not None
+
+    slow = DynamoDBConversationStore(
+        dynamodb=RacingClient(aws[0], "transact_write_items", take_over),
+        table_name=TABLE,
+        s3=aws[1],
+        bucket=BUCKET,
+    )
+    with pytest.raises(LeaseLost):
+        slow.commit_turn(CID, TurnCommit(token, [1], "idle", b"y" * BIG))
+    assert slow.api_calls.counts["s3.put_object"] == 1  # written before the transaction...
+    assert s3_keys(aws) == live  # ...and deleted when it was refused
+    assert store.load_checkpoint(CID) == b"x" * BIG
+
+
+def test_large_log_entries_and_replies_are_offloaded_too(
+    store: DynamoDBConversationStore, aws: tuple[Any, Any]
+) -> None:
+    token = started(store)
+    reply = Reply(conversation_id=CID, turn_id="t", text="r" * BIG)
+    log = [LogEntry("m1", "tool", b"t" * BIG), LogEntry("m2", "ai", b"small")]
+    store.commit_turn(CID, TurnCommit(token, [1], "idle", b"ck", log, [reply]))
+    assert [e.data for e in store.load_log(CID, limit=5)] == [b"t" * BIG, b"small"]
+    assert store.pending_outbox(CID)[0].payload == reply
+    assert [k.split("/")[2] for k in s3_keys(aws)] == ["log", "outbox"]
+    # A resumed turn repeating the big entry writes nothing new and leaves no orphan.
+    store.commit_turn(
+        CID, TurnCommit(token, [], "idle", None, [LogEntry("m1", "tool", b"t" * BIG)])
+    )
+    assert len(s3_keys(aws)) == 2 and len(store.load_log(CID, limit=5)) == 2
+
+
+def test_without_a_bucket_a_large_blob_is_refused(aws: tuple[Any, Any]) -> None:
+    store = DynamoDBConversationStore(dynamodb=aws[0], table_name=TABLE)
+    token = started(store)
+    with pytest.raises(PermanentError, match="S3 bucket"):
+        store.commit_turn(CID, TurnCommit(token, [1], "idle", b"x" * BIG))
+    assert store.load_checkpoint(CID) is None and len(store.pending_inbox(CID)) == 1
+
+
+# round trips ----------------------------------------------------------------------------------
+
+
+def test_round_trips_of_a_typical_turn(store: DynamoDBConversationStore) -> None:
+    counts: dict[str, int] = {}
+
+    def measure(name: str, call: Callable[[], Any]) -> Any:
+        before = store.api_calls.total
+        result = call()
+        counts[name] = store.api_calls.total - before
+        return result
+
+    measure("append_inbox", lambda: store.append_inbox(msg(), now=T0, default_policy="enqueue"))
+    lease = measure("try_acquire_lease", lambda: store.try_acquire_lease(CID, now=T0, ttl=60))
+    measure("bind_lease", lambda: store.bind_lease(CID, lease.token, "exec", now=T0, ttl=60))
+    state = measure("renew_lease", lambda: store.renew_lease(CID, lease.token, now=T0, ttl=60))
+    pending = measure("pending_inbox", lambda: store.pending_inbox(CID))
+    measure("load_checkpoint", lambda: store.load_checkpoint(CID))
+    measure("load_log", lambda: store.load_log(CID, limit=20))
+    log = [LogEntry("u1", "human", b"hi"), LogEntry("a1", "ai", b"hello")]
+    reply = Reply(conversation_id=CID, turn_id="t", text="hello")
+    commit = TurnCommit(lease.token, [pending[0].seq], "idle", b"ck", log, [reply])
+    measure("commit_turn", lambda: store.commit_turn(CID, commit))
+    (entry,) = measure("pending_outbox", lambda: store.pending_outbox(CID))
+    measure("mark_delivered", lambda: store.mark_delivered(CID, [entry.seq], now=T0))
+    released = measure(
+        "release_lease",
+        lambda: store.release_lease(CID, lease.token, seen_inbox_seq=state.inbox_seq),
+    )
+    assert released
+    assert counts == {
+        "append_inbox": 2,
+        "try_acquire_lease": 1,
+        "bind_lease": 1,
+        "renew_lease": 1,
+        "pending_inbox": 1,
+        "load_checkpoint": 1,
+        "load_log": 1,
+        "commit_turn": 2,
+        "pending_outbox": 1,
+        "mark_delivered": 1,
+        "release_lease": 1,
+    }
+    assert store.api_calls.counts["dynamodb.transact_write_items"] == 2
+    assert not any(name.startswith("s3.") for name in store.api_calls.counts)
+
+
+def test_a_whole_run_through_the_core(store: DynamoDBConversationStore) -> None:
+    sink, starter = RecordingSink(), RecordingStarter()
+    deps = Deps(store, ScriptedAgent(), sink, starter, ManualClock(T0))
+    accept_message(deps, msg("one", "1"))
+    accept_message(deps, msg("two", "2"))
+    store.api_calls.reset()
+    summary = drive_run(deps, starter.runs[0])
+    assert summary.turns == 2 and summary.ended == "idle"
+    assert [p.text for p in sink.sent if isinstance(p, Reply)] == ["echo one", "echo two"]
+    # bind 1; per turn: renew, inbox, checkpoint, log, commit 2, outbox, mark = 8; then the
+    # last claim (renew, inbox), the final deliver (outbox) and release 1.
+    assert store.api_calls.total == 1 + 2 * 8 + 2 + 1 + 1
+    assert store.expired_with_pending(now=T0 + 3600) == []
+
+
+# error mapping --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "error"),
+    [
+        ("ProvisionedThroughputExceededException", 400, RetryableError),
+        ("ThrottlingException", 400, RetryableError),
+        ("InternalServerError", 500, RetryableError),
+        ("ValidationException", 400, PermanentError),
+    ],
+)
+def test_aws_errors_map_to_ours(
+    store: DynamoDBConversationStore, aws: tuple[Any, Any], code: str, status: int, error: type
+) -> None:
+    with Stubber(aws[0]) as stub:
+        stub.add_client_error("get_item", service_error_code=code, http_status_code=status)
+        with pytest.raises(error, match=code):
+            store.get_conversation(CID)
+
+
+def test_a_throttled_transaction_is_retryable(
+    store: DynamoDBConversationStore, aws: tuple[Any, Any]
+) -> None:
+    token = started(store)
+    meta = raw(aws, CID, "meta")
+    with Stubber(aws[0]) as stub:
+        stub.add_response("get_item", {"Item": meta})
+        stub.add_client_error(
+            "transact_write_items",
+            service_error_code="TransactionCanceledException",
+            http_status_code=400,
+            modeled_fields={"CancellationReasons": [{"Code": "None"}, {"Code": "ThrottlingError"}]},
+        )
+        with pytest.raises(RetryableError, match="throttled"):
+            store.commit_turn(CID, TurnCommit(token, [1], "idle", b"ck"))
+
+
+def test_an_unmapped_error_passes_through(
+    store: DynamoDBConversationStore, aws: tuple[Any, Any]
+) -> None:
+    with Stubber(aws[0]) as stub:
+        stub.add_client_error("get_item", service_error_code="ResourceNotFoundException")
+        with pytest.raises(Exception, match="ResourceNotFoundException") as info:
+            store.get_conversation(CID)
+    assert not isinstance(info.value, RetryableError | PermanentError)
+
+
+# the sweep index ------------------------------------------------------------------------------
+
+
+def test_sweeper_query_reads_the_sparse_index(
+    store: DynamoDBConversationStore, aws: tuple[Any, Any]
+) -> None:
+    cids = [f"ws:user{i}:chat" for i in range(6)]
+    tokens = {cid: started(store, cid) for cid in cids}
+    # 0: lease live. 1: crashed run, message pending. 2: turn committed, then crashed.
+    # 3: released with a message still pending. 4: released, nothing pending. 5: never leased.
+    store.renew_lease(cids[0], tokens[cids[0]], now=T0 + 50, ttl=60)
+    store.commit_turn(cids[2], TurnCommit(tokens[cids[2]], [1], "idle"))
+    store.append_inbox(msg("more", cid=cids[3]), now=T0, default_policy="enqueue")
+    assert store.release_lease(cids[3], tokens[cids[3]], seen_inbox_seq=2)
+    store.commit_turn(cids[4], TurnCommit(tokens[cids[4]], [1], "idle"))
+    assert store.release_lease(cids[4], tokens[cids[4]], seen_inbox_seq=1)
+    store.append_inbox(msg(cid="ws:user5:chat"), now=T0, default_policy="enqueue")
+    assert sorted(store.expired_with_pending(now=T0 + 20)) == [cids[1], cids[3], cids[5]]
+    assert len(store.expired_with_pending(now=T0 + 20, limit=2)) == 2
+    # Only conversations that may have work stay in the index.
+    assert SWEEP_INDEX_PK not in raw(aws, cids[4], "meta")
+    assert SWEEP_INDEX_PK in raw(aws, cids[3], "meta")
+    queries = store.api_calls.counts["dynamodb.query"]
+    store.expired_with_pending(now=T0 + 20)
+    assert store.api_calls.counts["dynamodb.query"] - queries == 16  # one per shard
+
+
+# retention, keys, limits, contention ----------------------------------------------------------
+
+
+def test_table_spec_enables_ttl_and_finished_items_carry_it(aws: tuple[Any, Any]) -> None:
+    ttl = aws[0].describe_time_to_live(TableName=TABLE)["TimeToLiveDescription"]
+    assert ttl["AttributeName"] == TTL_ATTRIBUTE and ttl["TimeToLiveStatus"] == "ENABLED"
+    store = DynamoDBConversationStore(
+        dynamodb=aws[0], table_name=TABLE, s3=aws[1], bucket=BUCKET, retention_days=30
+    )
+    token = started(store)
+    store.append_inbox(msg("later", "k2"), now=T0, default_policy="enqueue")
+    assert TTL_ATTRIBUTE not in raw(aws, CID, "in#000000000001")  # pending work never expires
+    reply = Reply(conversation_id=CID, turn_id="t", text="a")
+    store.commit_turn(
+        CID, TurnCommit(token, [1], "idle", b"ck", [LogEntry("m", "ai", b"a")], [reply])
+    )
+    consumed, pending = raw(aws, CID, "in#000000000001"), raw(aws, CID, "in#000000000002")
+    assert TTL_ATTRIBUTE in consumed and TTL_ATTRIBUTE not in pending
+    assert TTL_ATTRIBUTE in raw(aws, CID, "log#000000000001")
+    assert TTL_ATTRIBUTE not in raw(aws, CID, "out#000000000001")
+    store.mark_delivered(CID, [1], now=T0)
+    expires = int(raw(aws, CID, "out#000000000001")[TTL_ATTRIBUTE]["N"])
+    assert expires > T0 + 29 * 86_400
+
+
+def test_long_dedupe_keys_are_hashed_and_still_dedupe(store: DynamoDBConversationStore) -> None:
+    key = "slack:" + "é" * 500  # 1,006 bytes: too long for a sort key as is
+    first = store.append_inbox(msg("a", key), now=T0, default_policy="enqueue")
+    again = store.append_inbox(msg("b", key), now=T0, default_policy="enqueue")
+    assert again.duplicate and again.seq == first.seq == 1
+
+
+def test_a_commit_over_the_transaction_limit_is_refused(store: DynamoDBConversationStore) -> None:
+    token = started(store)
+    log = [LogEntry(f"m{i}", "ai", b"x") for i in range(60)]  # two actions each
+    with pytest.raises(PermanentError, match="100"):
+        store.commit_turn(CID, TurnCommit(token, [1], "idle", b"ck", log))
+    assert store.load_log(CID, limit=100) == [] and len(store.pending_inbox(CID)) == 1
+
+
+def test_a_repeated_commit_changes_nothing_twice(store: DynamoDBConversationStore) -> None:
+    token = started(store)
+    store.append_inbox(msg("two", "k2"), now=T0, default_policy="enqueue")
+    commit = TurnCommit(token, [1], "idle", b"ck", [LogEntry("m1", "ai", b"a")])
+    store.commit_turn(CID, commit)
+    store.commit_turn(CID, commit)  # e.g. a retried turn whose first commit went through
+    assert [e.seq for e in store.pending_inbox(CID)] == [2]
+    assert [e.message_id for e in store.load_log(CID, limit=10)] == ["m1"]
+    assert not store.release_lease(CID, token, seen_inbox_seq=1)
+    assert store.release_lease(CID, token, seen_inbox_seq=2)
+    # The pending count was decremented once: message 2 keeps the conversation sweepable.
+    assert store.expired_with_pending(now=T0) == [CID]
+
+
+def test_a_commit_retries_when_a_rejected_notice_takes_its_outbox_slot(
+    store: DynamoDBConversationStore, aws: tuple[Any, Any]
+) -> None:
+    store.append_inbox(msg("first", "1", policy="reject"), now=T0, default_policy="enqueue")
+    lease = store.try_acquire_lease(CID, now=T0, ttl=10)
+    assert lease is not None
+
+    def reject_one() -> None:
+        other = store.append_inbox(msg("second", "2"), now=T0 + 1, default_policy="enqueue")
+        assert other.rejected
+
+    racing = DynamoDBConversationStore(
+        dynamodb=RacingClient(aws[0], "transact_write_items", reject_one),
+        table_name=TABLE,
+        s3=aws[1],
+        bucket=BUCKET,
+    )
+    reply = Reply(conversation_id=CID, turn_id="t", text="answer")
+    racing.commit_turn(CID, TurnCommit(lease.token, [1], "idle", b"ck", outbox=[reply]))
+    entries = store.pending_outbox(CID)
+    assert [(e.seq, e.payload.type) for e in entries] == [(1, "notice"), (2, "reply")]
+    assert racing.api_calls.counts["dynamodb.transact_write_items"] == 2
+    assert racing.api_calls.counts["dynamodb.get_item"] == 1  # the retry used the old image
+
+
+def test_an_accept_retries_when_another_message_takes_its_sequence(
+    store: DynamoDBConversationStore, aws: tuple[Any, Any]
+) -> None:
+    store.append_inbox(msg("zero", "0"), now=T0, default_policy="enqueue")
+
+    def sneak_in() -> None:
+        store.append_inbox(msg("one", "1"), now=T0, default_policy="enqueue")
+
+    racing = DynamoDBConversationStore(
+        dynamodb=RacingClient(aws[0], "transact_write_items", sneak_in), table_name=TABLE
+    )
+    result = racing.append_inbox(msg("two", "2"), now=T0, default_policy="enqueue")
+    assert result.seq == 3 and not result.duplicate
+    assert [e.message.text for e in store.pending_inbox(CID)] == ["zero", "one", "two"]

@@ -1,0 +1,313 @@
+"""The AWS runtime on one machine, on moto: resources, Lambda routing, an SQS poller.
+
+Used by the functional tests and by ``agentworker sandbox``. moto executes the real ASL
+(``execute_state_machine``); without Docker it does not run Lambda code, so
+:func:`route_lambda_to_handlers` replaces moto's simple Lambda backend's ``invoke`` with a call
+to our handlers in this process, reporting a raised error the way Lambda does
+(``x-amz-function-error`` and ``{"errorType": <class name>}``), which is what the ASL's
+``Retry``/``Catch`` match on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+from workers.adapters.aws.tables import DynamoDBTableSpec
+
+log = logging.getLogger(__name__)
+
+MOTO_CONFIG: dict[str, Any] = {
+    "stepfunctions": {"execute_state_machine": True},
+    "lambda": {"use_docker": False},
+}
+"""moto's configuration for the emulator: run state machines, no Docker for Lambda."""
+
+STATEMACHINE_DIR = Path(__file__).resolve().parents[3] / "statemachine"
+FUNCTIONS = ("ingest", "turn", "deliver", "sweeper")
+
+Handler = Callable[[dict[str, Any], Any], Any]
+
+
+@dataclass(frozen=True)
+class LambdaContextStub:
+    """What Powertools reads from a Lambda context."""
+
+    function_name: str
+    invoked_function_arn: str
+    memory_limit_in_mb: int = 512
+    aws_request_id: str = "emulated"
+    function_version: str = "$LATEST"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 300_000
+
+
+def default_handlers() -> dict[str, Handler]:
+    """Our Lambda handlers by function name (imported here: ``turn`` brings LangGraph)."""
+    from workers.handlers import deliver, ingest, sweeper, turn
+
+    return {
+        "ingest": ingest.handler,
+        "turn": turn.handler,
+        "deliver": deliver.handler,
+        "sweeper": sweeper.handler,
+    }
+
+
+def invoke_handler(handler: Handler, name: str, arn: str, body: Any) -> tuple[bytes, bool]:
+    """Call ``handler`` like Lambda would; returns (response bytes, function error?)."""
+    event = json.loads(body) if body else {}
+    try:
+        result = handler(event, LambdaContextStub(name, arn))
+    except Exception as exc:  # reported to the caller exactly like Lambda does
+        log.info("%s raised %s: %s", name, type(exc).__name__, exc)
+        error = {"errorType": type(exc).__name__, "errorMessage": str(exc)}
+        return json.dumps(error).encode(), True
+    return json.dumps(result).encode(), False
+
+
+@contextmanager
+def route_lambda_to_handlers(handlers: Mapping[str, Handler]) -> Iterator[None]:
+    """While active, moto's Lambda ``invoke`` runs our handlers in-process."""
+    from moto.awslambda_simple.models import LambdaSimpleBackend
+
+    original = LambdaSimpleBackend.invoke
+
+    def invoke(  # noqa: PLR0917 - moto's signature
+        self: Any,
+        function_name: str,
+        qualifier: str | None,
+        body: Any,
+        headers: Any,
+        response_headers: Any,
+    ) -> bytes:
+        name = function_name.split(":")[6] if function_name.startswith("arn:") else function_name
+        handler = handlers.get(name)
+        if handler is None:
+            response_headers["x-amz-function-error"] = "Unhandled"
+            return json.dumps({"errorType": "ResourceNotFound", "errorMessage": name}).encode()
+        data, failed = invoke_handler(handler, name, function_name, body)
+        if failed:
+            response_headers["x-amz-function-error"] = "Unhandled"
+        return data
+
+    LambdaSimpleBackend.invoke = invoke  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        LambdaSimpleBackend.invoke = original  # type: ignore[method-assign]
+
+
+@dataclass(frozen=True)
+class StackNames:
+    """Names of the emulated resources (the deployable stack uses the same ones)."""
+
+    prefix: str = "agentworker"
+
+    @property
+    def table(self) -> str:
+        return self.prefix
+
+    @property
+    def bucket(self) -> str:
+        return f"{self.prefix}-state"
+
+    @property
+    def queue(self) -> str:
+        return f"{self.prefix}-inbound.fifo"
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.prefix}-inbound-dlq.fifo"
+
+    @property
+    def topic(self) -> str:
+        return f"{self.prefix}-replies"
+
+    def state_machine(self, variant: str) -> str:
+        return f"{self.prefix}-conversation" + ("" if variant == "express" else f"-{variant}")
+
+
+@dataclass
+class Stack:
+    """What :func:`create_stack` made: ARNs and URLs the runtime's settings point at."""
+
+    names: StackNames
+    region: str
+    queue_url: str = ""
+    dlq_url: str = ""
+    topic_arn: str = ""
+    function_arns: dict[str, str] = field(default_factory=dict)
+    state_machine_arns: dict[str, str] = field(default_factory=dict)
+
+    def environment(self, variant: str = "express") -> dict[str, str]:
+        """The ``AGENTWORKER_*`` settings of a Lambda function in this stack."""
+        return {
+            "AGENTWORKER_TABLE_NAME": self.names.table,
+            "AGENTWORKER_BUCKET_NAME": self.names.bucket,
+            "AGENTWORKER_STATE_MACHINE_ARN": self.state_machine_arns[variant],
+            "AGENTWORKER_REPLY_TOPIC_ARN": self.topic_arn,
+            "AGENTWORKER_MAX_RUN_SECONDS": "240",
+        }
+
+
+def _zip() -> bytes:
+    buffer = BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("handler.py", "def handler(event, context):\n    return event\n")
+    return buffer.getvalue()
+
+
+def load_definition(variant: str, function_arns: Mapping[str, str]) -> str:
+    """An ASL file with its ``${...FunctionArn}`` placeholders substituted."""
+    name = "conversation.asl.json" if variant == "express" else f"conversation-{variant}.asl.json"
+    text = (STATEMACHINE_DIR / name).read_text()
+    for function, arn in function_arns.items():
+        text = text.replace("${" + function.capitalize() + "FunctionArn}", arn)
+    return text
+
+
+def create_stack(
+    clients: Callable[[str], Any],
+    names: StackNames | None = None,
+    *,
+    region: str = "us-east-1",
+    retry_interval_seconds: int | None = None,
+) -> Stack:
+    """Create every resource of the AWS runtime with boto3 clients from ``clients(service)``.
+
+    ``retry_interval_seconds`` shortens the workflow's retry intervals (moto really sleeps
+    them): tests pass 1.
+    """
+    names = names or StackNames()
+    stack = Stack(names=names, region=region)
+    DynamoDBTableSpec(names.table).create(clients("dynamodb"))
+    clients("s3").create_bucket(Bucket=names.bucket)
+    sqs = clients("sqs")
+    stack.dlq_url = sqs.create_queue(QueueName=names.dlq, Attributes={"FifoQueue": "true"})[
+        "QueueUrl"
+    ]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=stack.dlq_url, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    stack.queue_url = sqs.create_queue(
+        QueueName=names.queue,
+        Attributes={
+            "FifoQueue": "true",
+            "VisibilityTimeout": "2",
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "3"}),
+        },
+    )["QueueUrl"]
+    stack.topic_arn = clients("sns").create_topic(Name=names.topic)["TopicArn"]
+    role = clients("iam").create_role(
+        RoleName=f"{names.prefix}-role", AssumeRolePolicyDocument="{}"
+    )["Role"]["Arn"]
+    lam = clients("lambda")
+    for function in FUNCTIONS:
+        created = lam.create_function(
+            FunctionName=function,
+            Runtime="python3.12",
+            Role=role,
+            Handler=f"workers.handlers.{function}.handler",
+            Code={"ZipFile": _zip()},
+        )
+        stack.function_arns[function] = created["FunctionArn"]
+    sfn = clients("stepfunctions")
+    for variant, kind in (("express", "EXPRESS"), ("standard", "STANDARD")):
+        definition = load_definition(variant, stack.function_arns)
+        if retry_interval_seconds is not None:
+            definition = _shorten_retries(definition, retry_interval_seconds)
+        stack.state_machine_arns[variant] = sfn.create_state_machine(
+            name=names.state_machine(variant), definition=definition, roleArn=role, type=kind
+        )["stateMachineArn"]
+    return stack
+
+
+def _shorten_retries(definition: str, seconds: int) -> str:
+    data = json.loads(definition)
+    for state in data["States"].values():
+        for rule in state.get("Retry", []):
+            rule["IntervalSeconds"] = seconds
+            rule["BackoffRate"] = 1.0
+    return json.dumps(data)
+
+
+class SqsPoller:
+    """Feeds the inbound queue to ``ingest`` like Lambda's event source mapping: batches of
+    up to 10, partial batch failures left on the queue (moto moves them to the DLQ after
+    ``maxReceiveCount`` receives)."""
+
+    def __init__(self, sqs: Any, queue_url: str, queue_arn: str, handler: Handler) -> None:
+        self._sqs = sqs
+        self._url = queue_url
+        self._arn = queue_arn
+        self._handler = handler
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def poll_once(self, wait_seconds: int = 0) -> int:
+        """Receive one batch and hand it to the handler; returns how many were received."""
+        got = self._sqs.receive_message(
+            QueueUrl=self._url,
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=wait_seconds,
+            AttributeNames=["All"],
+        ).get("Messages", [])
+        if not got:
+            return 0
+        event = {"Records": [self._record(m) for m in got]}
+        data, failed = invoke_handler(self._handler, "ingest", "ingest", json.dumps(event))
+        response = json.loads(data)
+        if failed:
+            return len(got)  # the whole batch comes back after the visibility timeout
+        failures = {f["itemIdentifier"] for f in response.get("batchItemFailures", [])}
+        done = [m for m in got if m["MessageId"] not in failures]
+        if done:
+            self._sqs.delete_message_batch(
+                QueueUrl=self._url,
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)
+                ],
+            )
+        return len(got)
+
+    def _record(self, message: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "messageId": message["MessageId"],
+            "receiptHandle": message["ReceiptHandle"],
+            "body": message["Body"],
+            "attributes": message.get("Attributes", {}),
+            "messageAttributes": {},
+            "md5OfBody": message.get("MD5OfBody", ""),
+            "eventSource": "aws:sqs",
+            "eventSourceARN": self._arn,
+            "awsRegion": self._arn.split(":")[3],
+        }
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="sqs-poller", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self.poll_once() == 0:
+                    time.sleep(0.05)
+            except Exception:
+                log.exception("SQS poll failed; retrying")
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)

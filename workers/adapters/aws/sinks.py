@@ -1,0 +1,82 @@
+"""Reply sinks of the AWS runtime: SNS, API Gateway WebSocket connections, and both."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from events.outbound import OutboxPayload, ReplyChunk
+from workers.adapters.aws.errors import error_code, map_aws_error
+from workers.core.ports import ConversationStore, ReplySink
+
+log = logging.getLogger(__name__)
+
+
+class SnsReplySink:
+    """Publishes each outbox payload to the reply topic, with attributes subscribers can
+    filter on (conversation, type). Chunks are not streamed through SNS."""
+
+    def __init__(self, client: Any, topic_arn: str) -> None:
+        self._client = client
+        self._topic = topic_arn
+
+    def send(self, payload: OutboxPayload) -> None:
+        attributes = {
+            "conversation_id": {"DataType": "String", "StringValue": payload.conversation_id},
+            "type": {"DataType": "String", "StringValue": payload.type},
+        }
+        try:
+            self._client.publish(
+                TopicArn=self._topic,
+                Message=payload.model_dump_json(),
+                MessageAttributes=attributes,
+            )
+        except Exception as exc:
+            raise map_aws_error(exc, "SNS Publish") from exc
+
+    def send_chunk(self, chunk: ReplyChunk) -> None:
+        return None
+
+
+class WebSocketReplySink:
+    """Posts payloads and streamed chunks to every WebSocket connection of the conversation
+    through the API Gateway management API. A gone connection is removed, not retried."""
+
+    def __init__(self, client: Any, store: ConversationStore) -> None:
+        self._client = client
+        self._store = store
+
+    def send(self, payload: OutboxPayload) -> None:
+        self._post(payload.conversation_id, payload.model_dump(mode="json"), best_effort=False)
+
+    def send_chunk(self, chunk: ReplyChunk) -> None:
+        self._post(chunk.conversation_id, chunk.model_dump(mode="json"), best_effort=True)
+
+    def _post(self, conversation_id: str, frame: dict[str, Any], *, best_effort: bool) -> None:
+        data = json.dumps(frame).encode()
+        for connection_id in self._store.list_connections(conversation_id):
+            try:
+                self._client.post_to_connection(ConnectionId=connection_id, Data=data)
+            except Exception as exc:
+                if error_code(exc) == "GoneException":
+                    log.info("connection %s is gone; removing it", connection_id)
+                    self._store.remove_connection(connection_id)
+                elif not best_effort:
+                    raise map_aws_error(exc, "PostToConnection") from exc
+
+
+class FanOutReplySink:
+    """Sends to several sinks (e.g. SNS for integrations and WebSocket for the web chat)."""
+
+    def __init__(self, sinks: Sequence[ReplySink]) -> None:
+        self._sinks = list(sinks)
+
+    def send(self, payload: OutboxPayload) -> None:
+        for sink in self._sinks:
+            sink.send(payload)
+
+    def send_chunk(self, chunk: ReplyChunk) -> None:
+        for sink in self._sinks:
+            sink.send_chunk(chunk)

@@ -1,0 +1,34 @@
+"""``StepFunctionsWorkflowStarter``: one execution per (conversation, fencing token)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from events.workflow import RunRef
+from workers.adapters.aws.errors import error_code, map_aws_error
+
+log = logging.getLogger(__name__)
+
+
+class StepFunctionsWorkflowStarter:
+    """Starts the conversation workflow. The execution is named from the conversation and the
+    token, so a repeated start is refused by Step Functions and harmless (the run's first
+    step binds the lease to its own execution anyway)."""
+
+    def __init__(self, client: Any, state_machine_arn: str) -> None:
+        self._client = client
+        self._arn = state_machine_arn
+
+    def start(self, run: RunRef) -> None:
+        try:
+            self._client.start_execution(
+                stateMachineArn=self._arn,
+                name=run.run_id,
+                input=run.model_dump_json(exclude_none=True),
+            )
+        except Exception as exc:
+            if error_code(exc) == "ExecutionAlreadyExists":
+                log.info("run %s already started", run.run_id)
+                return
+            raise map_aws_error(exc, "StartExecution") from exc

@@ -1,0 +1,29 @@
+"""``deliver``: send a conversation's undelivered outbox entries (SNS, WebSocket)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import BaseModel, ConfigDict
+
+from events.inbound import ConversationId
+from workers import bootstrap
+from workers.core.steps import deliver
+from workers.handlers.observability import logger, metrics
+
+
+class DeliverTask(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    conversation_id: ConversationId
+
+
+@metrics.log_metrics
+@logger.inject_lambda_context(clear_state=True)
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    task = DeliverTask.model_validate(event)
+    logger.append_keys(conversation_id=task.conversation_id)
+    sent = deliver(bootstrap.aws_deps(), task.conversation_id)
+    metrics.add_metric(name="delivered", unit=MetricUnit.Count, value=sent)
+    return {"delivered": sent}

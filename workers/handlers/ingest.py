@@ -1,0 +1,108 @@
+"""``ingest``: SQS FIFO batches (partial batch failures), EventBridge events of detail-type
+``agentworker.message``, and API Gateway WebSocket ``$connect``/``$disconnect``/``$default``.
+Each becomes an ``InboundMessage`` accepted by the core."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import SqsFifoPartialProcessor, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import TypeAdapter, ValidationError
+
+from events.inbound import EventBridgeEvent, SqsRecord, WsFrame, WsPing, WsSubscribe
+from workers import bootstrap
+from workers.core.steps import accept_message
+from workers.errors import PermanentError
+from workers.handlers.observability import logger, metrics
+
+MESSAGE_DETAIL_TYPE = "agentworker.message"
+_FRAME: TypeAdapter[Any] = TypeAdapter(WsFrame)
+
+
+def _accept_sqs_record(record: SQSRecord) -> None:
+    msg = SqsRecord.model_validate(record.raw_event).to_inbound()
+    result = accept_message(bootstrap.aws_deps(), msg)
+    metrics.add_metric(
+        name="duplicates" if result.duplicate else "accepted", unit=MetricUnit.Count, value=1
+    )
+
+
+def _sqs(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    # FIFO: a failed record holds back only the later records of its own message group
+    # (its conversation); they come back after the visibility timeout, in order.
+    metrics.add_metric(name="records", unit=MetricUnit.Count, value=len(event["Records"]))
+    processor = SqsFifoPartialProcessor(skip_group_on_error=True)
+    response = process_partial_response(
+        event=event, record_handler=_accept_sqs_record, processor=processor, context=context
+    )
+    return dict(response)
+
+
+def _eventbridge(event: dict[str, Any]) -> dict[str, Any]:
+    parsed = EventBridgeEvent.model_validate(event)
+    if parsed.detail_type != MESSAGE_DETAIL_TYPE:
+        raise PermanentError(f"unexpected detail-type {parsed.detail_type!r}", field="detail-type")
+    result = accept_message(bootstrap.aws_deps(), parsed.to_inbound())
+    metrics.add_metric(
+        name="duplicates" if result.duplicate else "accepted", unit=MetricUnit.Count, value=1
+    )
+    return {"message_id": result.message_id, "duplicate": result.duplicate}
+
+
+def _websocket(event: dict[str, Any]) -> dict[str, Any]:
+    ctx = event["requestContext"]
+    route, connection_id = ctx["routeKey"], ctx["connectionId"]
+    deps = bootstrap.aws_deps()
+    if route == "$disconnect":
+        deps.store.remove_connection(connection_id)
+        return {"statusCode": 200}
+    if route == "$connect":
+        return {"statusCode": 200}
+    try:
+        frame = _FRAME.validate_python(json.loads(event.get("body") or ""))
+    except (json.JSONDecodeError, ValidationError) as exc:
+        return _ws_error(exc)
+    if isinstance(frame, WsPing):
+        return {"statusCode": 200, "body": json.dumps({"type": "pong"})}
+    deps.store.add_connection(connection_id, frame.conversation_id, now=deps.clock.now())
+    if isinstance(frame, WsSubscribe):
+        subscribed = {"type": "subscribed", "conversation_id": frame.conversation_id}
+        return {"statusCode": 200, "body": json.dumps(subscribed)}
+    msg = frame.to_inbound()
+    result = accept_message(deps, msg)
+    body: dict[str, Any] = {
+        "type": "accepted",
+        "conversation_id": msg.conversation_id,
+        "message_id": result.message_id,
+        "duplicate": result.duplicate,
+        "rejected": result.rejected,
+    }
+    return {"statusCode": 200, "body": json.dumps(body)}
+
+
+def _ws_error(exc: Exception) -> dict[str, Any]:
+    field = None
+    if isinstance(exc, ValidationError):
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"][1:] or err["loc"]) or None
+        message = f"{field}: {err['msg']}"
+    else:
+        message = f"frame is not valid JSON: {exc}"
+    body = {"type": "error", "error": {"code": "bad_frame", "message": message, "field": field}}
+    return {"statusCode": 400, "body": json.dumps(body)}
+
+
+@metrics.log_metrics
+@logger.inject_lambda_context(clear_state=True)
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    if "Records" in event:
+        return _sqs(event, context)
+    if "detail-type" in event:
+        return _eventbridge(event)
+    if "requestContext" in event and "connectionId" in event["requestContext"]:
+        return _websocket(event)
+    raise PermanentError("unrecognised event: expected SQS, EventBridge or a WebSocket route")

@@ -1,0 +1,66 @@
+"""``turn``: a Step Functions task. ``op`` is the workflow state calling it: ``bind`` (bind
+the lease to the execution), ``step`` (claim and advance one turn, or finish the run),
+``fail`` (tell the user the turn failed for good)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import BaseModel, ConfigDict
+
+from events.workflow import RunRef, StepResult
+from workers import bootstrap
+from workers.core.steps import (
+    Deps,
+    bind_run,
+    fail_pending_turn,
+    retry_exhausted_text,
+    run_step,
+)
+from workers.errors import AgentWorkerError, PermanentError
+from workers.handlers.observability import logger, metrics
+
+
+class TurnTask(BaseModel):
+    """The payload the workflow sends (see ``statemachine/*.asl.json``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    op: Literal["bind", "step", "fail"]
+    run: RunRef
+    execution_id: str | None = None
+    error: dict[str, Any] | None = None
+
+
+def execute(deps: Deps, task: TurnTask) -> StepResult:
+    """Map the workflow's ``op`` to the core step."""
+    if task.op == "bind":
+        execution_id = task.execution_id or task.run.run_id
+        return StepResult(run=bind_run(deps, task.run, execution_id), outcome="more_pending")
+    if task.op == "fail":
+        cause = (task.error or {}).get("Error", "Error")
+        reason = PermanentError(cause) if cause == "PermanentError" else RuntimeError(cause)
+        return fail_pending_turn(deps, task.run, retry_exhausted_text(reason))
+    return run_step(deps, task.run)
+
+
+@metrics.log_metrics
+@logger.inject_lambda_context(clear_state=True)
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    task = TurnTask.model_validate(event)
+    logger.append_keys(conversation_id=task.run.conversation_id, run_id=task.run.run_id)
+    deps = bootstrap.aws_deps(with_agent=True)
+    try:
+        result = execute(deps, task)
+    except AgentWorkerError as exc:
+        # e.g. error_RetryableError counts model throttles the workflow will retry
+        metrics.add_metric(name=f"error_{type(exc).__name__}", unit=MetricUnit.Count, value=1)
+        raise
+    finally:
+        bootstrap.flush_traces(deps)
+    metrics.add_metric(name=f"step_{result.outcome}", unit=MetricUnit.Count, value=1)
+    if result.turn is not None:
+        metrics.add_metric(name=f"turn_{result.turn}", unit=MetricUnit.Count, value=1)
+    return result.model_dump(mode="json")
