@@ -18,6 +18,7 @@ moto = pytest.importorskip("moto")
 
 from workers import bootstrap  # noqa: E402
 from workers.adapters.aws.converse_stub import ConverseStubServer  # noqa: E402
+from workers.adapters.aws.dynamodb_store import DynamoDBConversationStore  # noqa: E402
 from workers.adapters.aws.emulator import (  # noqa: E402
     MOTO_CONFIG,
     SqsPoller,
@@ -206,3 +207,131 @@ def _context() -> Any:
     from workers.adapters.aws.emulator import LambdaContextStub
 
     return LambdaContextStub("ingest", "arn:aws:lambda:us-east-1:123456789012:function:ingest")
+
+
+def _ws_event(name: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    event: dict[str, Any] = json.loads((FIXTURES / name).read_text())
+    if body is not None:
+        event["requestContext"]["routeKey"] = "$default"
+        event["body"] = json.dumps(body)
+    return event
+
+
+def test_websocket_routes_with_real_api_gateway_envelopes(aws: Aws) -> None:
+    store = bootstrap.aws_deps().store
+    connect = _ws_event("apiGatewayWebSocketApiConnect.json")
+    assert ingest.handler(connect, _context())["statusCode"] == 200
+    connection_id = connect["requestContext"]["connectionId"]
+    aws.stub.script(reply_text="Hi over the socket.")
+    sent = ingest.handler(
+        _ws_event(
+            "apiGatewayWebSocketApiMessage.json",
+            {"action": "send", "conversation_id": "ws:alice:1", "text": "hello"},
+        ),
+        _context(),
+    )
+    body = json.loads(sent["body"])
+    assert sent["statusCode"] == 200 and body["type"] == "accepted"
+    socket_id = _ws_event("apiGatewayWebSocketApiMessage.json")["requestContext"]["connectionId"]
+    assert store.list_connections("ws:alice:1") == [socket_id]
+    [reply] = aws.replies()
+    assert reply["text"] == "Hi over the socket."
+    bad = ingest.handler(
+        _ws_event("apiGatewayWebSocketApiMessage.json", {"action": "send", "conversation_id": "x"}),
+        _context(),
+    )
+    error = json.loads(bad["body"])["error"]
+    assert bad["statusCode"] == 400 and error["field"] == "text"
+    disconnect = _ws_event("apiGatewayWebSocketApiDisconnect.json")
+    disconnect["requestContext"]["connectionId"] = socket_id
+    assert ingest.handler(disconnect, _context())["statusCode"] == 200
+    assert store.list_connections("ws:alice:1") == []
+    assert connection_id  # $connect itself stores nothing until the socket subscribes
+
+
+def test_a_gone_websocket_connection_is_removed_not_retried(aws: Aws) -> None:
+    from botocore.exceptions import ClientError
+
+    from events.outbound import Reply
+    from workers.adapters.aws.sinks import WebSocketReplySink
+
+    store = bootstrap.aws_deps().store
+    store.add_connection("alive", "ws:bob:1", now=time.time())
+    store.add_connection("gone", "ws:bob:1", now=time.time() + 1)
+
+    class Management:
+        posted: list[str] = []
+
+        def post_to_connection(self, *, ConnectionId: str, Data: bytes) -> None:  # noqa: N803
+            if ConnectionId == "gone":
+                raise ClientError({"Error": {"Code": "GoneException"}}, "PostToConnection")
+            self.posted.append(ConnectionId)
+
+    sink = WebSocketReplySink(Management(), store)
+    sink.send(Reply(conversation_id="ws:bob:1", turn_id="t", text="hi"))
+    assert Management.posted == ["alive"]
+    assert store.list_connections("ws:bob:1") == ["alive"]
+
+
+def test_approval_arrives_as_an_inbox_message_and_a_new_run_resumes(aws: Aws) -> None:
+    from workers.handlers import approve
+
+    aws.send_sqs("ticket:6", "please open a ticket about the printer")
+    aws.pump()
+    [opened] = aws.replies()
+    assert opened["text"].startswith("Opened ticket 1")
+    aws.send_sqs("ticket:6", "close ticket 1")
+    aws.pump()
+    [ask] = aws.replies()
+    assert ask["type"] == "approval_request" and ask["tool"] == "update_ticket"
+    aws.wait_executions_done()
+    state = bootstrap.aws_deps().store.get_conversation("ticket:6")
+    assert state is not None and state.status == "awaiting_approval" and state.lease_token is None
+    event = json.loads((FIXTURES / "apiGatewayProxyV2Event.json").read_text())
+    event["pathParameters"] = {"conversation_id": "ticket:6"}
+    event["body"] = json.dumps({"interrupt_id": ask["interrupt_id"], "approved": True})
+    answer = approve.handler(event, _context())
+    assert answer["statusCode"] == 202
+    assert approve.handler(event, _context())["statusCode"] == 202  # a double click
+    [done] = aws.replies()
+    assert "is closed" in done["text"]
+    assert aws.replies(timeout=0.5) == []
+    store = bootstrap.aws_deps().store
+    assert isinstance(store, DynamoDBConversationStore)
+    ticket = store.get_ticket(1)
+    assert ticket is not None and ticket.status == "closed"
+
+
+def test_the_approve_endpoint_names_the_bad_field(aws: Aws) -> None:
+    from workers.handlers import approve
+
+    event = json.loads((FIXTURES / "apiGatewayProxyV2Event.json").read_text())
+    event["pathParameters"] = {"conversation_id": "ticket:7"}
+    event["body"] = json.dumps({"approved": "maybe"})
+    answer = approve.handler(event, _context())
+    assert answer["statusCode"] == 422
+    assert json.loads(answer["body"])["error"]["field"] in {"interrupt_id", "approved"}
+
+
+def test_the_sweeper_restarts_a_conversation_whose_run_never_came(
+    aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workers.handlers import sweeper
+
+    monkeypatch.setenv("AGENTWORKER_LEASE_TTL_SECONDS", "1")
+    bootstrap.reset_aws_deps()
+    deps = bootstrap.aws_deps()
+    real_start = deps.starter.start
+    deps.starter.start = lambda run: None  # type: ignore[method-assign]  # the start is lost
+    aws.stub.script(reply_text="Sorry for the wait.")
+    aws.send_sqs("ticket:8", "hello?")
+    aws.pump()
+    assert aws.executions() == [] and aws.replies(timeout=0.5) == []
+    deps.starter.start = real_start  # type: ignore[method-assign]
+    time.sleep(1.1)  # the orphaned lease expires
+    started = sweeper.handler({}, _context())
+    assert len(started["started"]) == 1
+    [reply] = aws.replies()
+    assert reply["text"] == "Sorry for the wait."
+    assert sweeper.handler({}, _context())["started"] == []
+    assert aws.replies(timeout=0.5) == []

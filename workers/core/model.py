@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from events.inbound import DoubleTextingPolicy, InboundMessage
-from events.outbound import ApprovalRequest, OutboxPayload, TokenUsage
+from events.outbound import AcceptedView, ApprovalRequest, OutboxPayload, TokenUsage
 
 ConversationStatus = Literal["idle", "running", "awaiting_approval"]
 InboxStatus = Literal["pending", "consumed", "rejected"]
@@ -21,6 +21,16 @@ class AcceptResult:
     seq: int
     duplicate: bool
     rejected: bool = False
+
+    def view(self, conversation_id: str) -> AcceptedView:
+        """The answer every transport gives (HTTP 202, WebSocket ``accepted`` frame)."""
+        return AcceptedView(
+            conversation_id=conversation_id,
+            message_id=self.message_id,
+            seq=self.seq,
+            duplicate=self.duplicate,
+            rejected=self.rejected,
+        )
 
 
 @dataclass(frozen=True)

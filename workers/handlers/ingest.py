@@ -14,6 +14,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import TypeAdapter, ValidationError
 
 from events.inbound import EventBridgeEvent, SqsRecord, WsFrame, WsPing, WsSubscribe
+from events.outbound import ErrorBody, ErrorView
 from workers import bootstrap
 from workers.core.steps import accept_message
 from workers.errors import PermanentError
@@ -74,14 +75,7 @@ def _websocket(event: dict[str, Any]) -> dict[str, Any]:
         return {"statusCode": 200, "body": json.dumps(subscribed)}
     msg = frame.to_inbound()
     result = accept_message(deps, msg)
-    body: dict[str, Any] = {
-        "type": "accepted",
-        "conversation_id": msg.conversation_id,
-        "message_id": result.message_id,
-        "duplicate": result.duplicate,
-        "rejected": result.rejected,
-    }
-    return {"statusCode": 200, "body": json.dumps(body)}
+    return {"statusCode": 200, "body": result.view(msg.conversation_id).model_dump_json()}
 
 
 def _ws_error(exc: Exception) -> dict[str, Any]:
@@ -92,8 +86,8 @@ def _ws_error(exc: Exception) -> dict[str, Any]:
         message = f"{field}: {err['msg']}"
     else:
         message = f"frame is not valid JSON: {exc}"
-    body = {"type": "error", "error": {"code": "bad_frame", "message": message, "field": field}}
-    return {"statusCode": 400, "body": json.dumps(body)}
+    body = ErrorView(error=ErrorBody(code="bad_frame", message=message, field=field))
+    return {"statusCode": 400, "body": body.model_dump_json()}
 
 
 @metrics.log_metrics

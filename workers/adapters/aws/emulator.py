@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
+import urllib.request
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -33,7 +35,7 @@ MOTO_CONFIG: dict[str, Any] = {
 """moto's configuration for the emulator: run state machines, no Docker for Lambda."""
 
 STATEMACHINE_DIR = Path(__file__).resolve().parents[3] / "statemachine"
-FUNCTIONS = ("ingest", "turn", "deliver", "sweeper")
+FUNCTIONS = ("ingest", "turn", "deliver", "approve", "sweeper")
 
 Handler = Callable[[dict[str, Any], Any], Any]
 
@@ -54,12 +56,13 @@ class LambdaContextStub:
 
 def default_handlers() -> dict[str, Handler]:
     """Our Lambda handlers by function name (imported here: ``turn`` brings LangGraph)."""
-    from workers.handlers import deliver, ingest, sweeper, turn
+    from workers.handlers import approve, deliver, ingest, sweeper, turn
 
     return {
         "ingest": ingest.handler,
         "turn": turn.handler,
         "deliver": deliver.handler,
+        "approve": approve.handler,
         "sweeper": sweeper.handler,
     }
 
@@ -306,6 +309,103 @@ class SqsPoller:
             except Exception:
                 log.exception("SQS poll failed; retrying")
                 time.sleep(0.5)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+
+# moto server mode ----------------------------------------------------------------------------
+
+
+def start_moto_server(port: int = 0) -> tuple[Any, str]:
+    """Start a ``ThreadedMotoServer`` on 127.0.0.1 (``port`` 0: a free one) configured for the
+    emulator; returns the server and its endpoint URL.
+
+    ``MOTO_PORT`` is set to the bound port before anything can execute a state machine: moto's
+    Step Functions executor calls Lambda through ``http://localhost:$MOTO_PORT`` (default 5000,
+    which fails with ``States.Runtime``). It is read per call, so setting it right after the
+    bind is early enough, and binding port 0 avoids racing another process for a free port.
+    """
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    host, bound = server.get_host_and_port()
+    os.environ["MOTO_PORT"] = str(bound)
+    endpoint_url = f"http://{host}:{bound}"
+    try:
+        configure_moto_server(endpoint_url)
+    except OSError:
+        server.stop()
+        raise
+    return server, endpoint_url
+
+
+def configure_moto_server(endpoint_url: str, config: Mapping[str, Any] = MOTO_CONFIG) -> None:
+    """``POST {endpoint_url}/moto-api/config``: must come before the state machines are created."""
+    request = urllib.request.Request(
+        f"{endpoint_url}/moto-api/config",
+        data=json.dumps(config).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        response.read()
+
+
+def queue_arn(sqs: Any, queue_url: str) -> str:
+    """The ARN of the queue at ``queue_url``."""
+    attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])
+    return str(attributes["Attributes"]["QueueArn"])
+
+
+def subscribe_queue(
+    clients: Callable[[str], Any], topic_arn: str, queue_name: str, *, retention_seconds: int = 600
+) -> str:
+    """Create a standard queue subscribed to ``topic_arn`` with raw delivery (each message body
+    is one published payload, as JSON); returns its URL. How a client reads the replies."""
+    sqs = clients("sqs")
+    url: str = sqs.create_queue(
+        QueueName=queue_name, Attributes={"MessageRetentionPeriod": str(retention_seconds)}
+    )["QueueUrl"]
+    clients("sns").subscribe(
+        TopicArn=topic_arn,
+        Protocol="sqs",
+        Endpoint=queue_arn(sqs, url),
+        Attributes={"RawMessageDelivery": "true"},
+    )
+    return url
+
+
+class ScheduledInvoker:
+    """Invokes a handler every ``interval`` seconds in a thread, like an EventBridge schedule
+    rule (the sweeper's, on AWS). A failed invocation is logged; the schedule goes on."""
+
+    def __init__(self, handler: Handler, name: str, arn: str, interval: float) -> None:
+        self._handler = handler
+        self._name = name
+        self._arn = arn
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def invoke_once(self) -> bool:
+        """One scheduled invocation; returns False if the handler raised."""
+        event = {"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}}
+        data, failed = invoke_handler(self._handler, self._name, self._arn, json.dumps(event))
+        if failed:
+            log.warning("scheduled %s failed: %s", self._name, data.decode())
+        return not failed
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name=f"schedule-{self._name}", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.invoke_once()
 
     def stop(self) -> None:
         self._stop.set()

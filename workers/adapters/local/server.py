@@ -27,7 +27,7 @@ from events.inbound import (
 )
 from events.outbound import ErrorBody, ErrorView
 from workers.adapters.local.runtime import EmbeddedRuntime
-from workers.adapters.local.views import accepted_view, conversation_view
+from workers.adapters.local.views import conversation_view
 from workers.config import Settings
 from workers.errors import AgentWorkerError
 
@@ -132,7 +132,7 @@ def create_app(settings: Settings, runtime_factory: Any = None) -> FastAPI:
         except ValidationError as exc:
             raise validation_error(exc) from None
         result = await rt(request).accept(msg)
-        view = accepted_view(conversation_id, result)
+        view = result.view(conversation_id)
         return JSONResponse(view.model_dump(mode="json"), status_code=202)
 
     @app.get("/v1/conversations/{conversation_id}")
@@ -224,7 +224,7 @@ class WebSocketSession:
             except ValidationError as exc:
                 raise validation_error(exc) from None
             result = await self.runtime.accept(msg)
-            return accepted_view(msg.conversation_id, result).model_dump(mode="json")
+            return result.view(msg.conversation_id).model_dump(mode="json")
         except ApiError as exc:
             return exc.body.model_dump()
         except AgentWorkerError as exc:

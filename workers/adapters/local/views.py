@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from events.outbound import AcceptedView, ConversationView, MessageView, OutboxView
-from workers.core.model import AcceptResult, History
+from events.outbound import ConversationView, MessageView, OutboxView
+from workers.core.model import History
 
 
 def conversation_view(history: History) -> ConversationView:
@@ -30,14 +30,4 @@ def conversation_view(history: History) -> ConversationView:
         replies=[
             OutboxView(seq=e.seq, delivered=e.delivered, payload=e.payload) for e in history.outbox
         ],
-    )
-
-
-def accepted_view(conversation_id: str, result: AcceptResult) -> AcceptedView:
-    return AcceptedView(
-        conversation_id=conversation_id,
-        message_id=result.message_id,
-        seq=result.seq,
-        duplicate=result.duplicate,
-        rejected=result.rejected,
     )

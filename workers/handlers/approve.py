@@ -1,0 +1,75 @@
+"""``approve``: HTTP API ``POST /conversations/{conversation_id}/approvals`` with body
+``{"interrupt_id", "approved", "reason"?}``. The decision becomes an inbox message (dedupe
+key ``decision:<interrupt_id>``, so a double click is one decision); a new run resumes the
+graph with it."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from events.inbound import ApprovalDecision, InboundMessage
+from workers import bootstrap
+from workers.core.steps import accept_message
+from workers.handlers.observability import logger, metrics
+
+
+class ApprovalBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    interrupt_id: str = Field(min_length=1, max_length=200)
+    approved: bool
+    reason: str = Field(default="", max_length=2000)
+    sender: str = Field(default="approver", min_length=1, max_length=200)
+
+
+def _response(status: int, body: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "statusCode": status,
+        "headers": {"content-type": "application/json"},
+        "body": json.dumps(body),
+    }
+
+
+def _error(status: int, code: str, message: str, field: str | None) -> dict[str, Any]:
+    return _response(
+        status, {"type": "error", "error": {"code": code, "message": message, "field": field}}
+    )
+
+
+def _parse(event: dict[str, Any]) -> InboundMessage:
+    raw = event.get("body") or ""
+    if event.get("isBase64Encoded"):
+        raw = base64.b64decode(raw).decode()
+    body = ApprovalBody.model_validate_json(raw)
+    conversation_id = (event.get("pathParameters") or {}).get("conversation_id", "")
+    return InboundMessage(
+        conversation_id=conversation_id,
+        kind="approval",
+        dedupe_key=f"decision:{body.interrupt_id}",
+        approval=ApprovalDecision(
+            interrupt_id=body.interrupt_id, approved=body.approved, reason=body.reason
+        ),
+        channel="api",
+        sender=body.sender,
+    )
+
+
+@metrics.log_metrics
+@logger.inject_lambda_context(clear_state=True)
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    try:
+        msg = _parse(event)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "body"
+        metrics.add_metric(name="bad_requests", unit=MetricUnit.Count, value=1)
+        return _error(422, "validation_error", f"{field}: {err['msg']}", field)
+    result = accept_message(bootstrap.aws_deps(), msg)
+    metrics.add_metric(name="decisions", unit=MetricUnit.Count, value=1)
+    return _response(202, result.view(msg.conversation_id).model_dump(mode="json"))
