@@ -6,127 +6,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-boto3 = pytest.importorskip("boto3")
-moto = pytest.importorskip("moto")
+from tests.functional.aws_env import FIXTURES, Aws, aws, lambda_context
+from workers import bootstrap
+from workers.adapters.aws.dynamodb_store import DynamoDBConversationStore
+from workers.handlers import ingest
 
-from workers import bootstrap  # noqa: E402
-from workers.adapters.aws.converse_stub import ConverseStubServer  # noqa: E402
-from workers.adapters.aws.dynamodb_store import DynamoDBConversationStore  # noqa: E402
-from workers.adapters.aws.emulator import (  # noqa: E402
-    MOTO_CONFIG,
-    SqsPoller,
-    Stack,
-    create_stack,
-    default_handlers,
-    route_lambda_to_handlers,
-)
-from workers.handlers import ingest  # noqa: E402
-
-FIXTURES = Path(__file__).parents[1] / "fixtures" / "aws"
-MODEL = "anthropic.claude-3-5-haiku-20241022-v1:0"
-
-
-@dataclass
-class Aws:
-    session: Any
-    stack: Stack
-    replies_url: str
-    poller: SqsPoller
-    stub: ConverseStubServer
-
-    def send_sqs(self, conversation_id: str, text: str, *, dedupe_key: str | None = None) -> None:
-        body: dict[str, Any] = {"conversation_id": conversation_id, "text": text}
-        if dedupe_key:
-            body["dedupe_key"] = dedupe_key
-        self.session.client("sqs").send_message(
-            QueueUrl=self.stack.queue_url,
-            MessageBody=json.dumps(body),
-            MessageGroupId=conversation_id,
-            MessageDeduplicationId=f"{time.time_ns()}",
-        )
-
-    def pump(self, seconds: float = 0.0) -> None:
-        """Poll the inbound queue until it is empty (and ``seconds`` have passed)."""
-        deadline = time.monotonic() + seconds
-        while self.poller.poll_once() or time.monotonic() < deadline:
-            time.sleep(0.05)
-
-    def replies(self, timeout: float = 30.0, want: int = 1) -> list[dict[str, Any]]:
-        sqs = self.session.client("sqs")
-        got: list[dict[str, Any]] = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and len(got) < want:
-            for m in sqs.receive_message(QueueUrl=self.replies_url, MaxNumberOfMessages=10).get(
-                "Messages", []
-            ):
-                got.append(json.loads(m["Body"]))
-                sqs.delete_message(QueueUrl=self.replies_url, ReceiptHandle=m["ReceiptHandle"])
-            time.sleep(0.05)
-        return got
-
-    def executions(self) -> list[dict[str, Any]]:
-        sfn = self.session.client("stepfunctions")
-        arn = self.stack.state_machine_arns["express"]
-        found: list[dict[str, Any]] = sfn.list_executions(stateMachineArn=arn)["executions"]
-        return found
-
-    def wait_executions_done(self, timeout: float = 60.0) -> list[dict[str, Any]]:
-        sfn = self.session.client("stepfunctions")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            runs = [
-                sfn.describe_execution(executionArn=e["executionArn"]) for e in self.executions()
-            ]
-            if runs and all(r["status"] != "RUNNING" for r in runs):
-                return runs
-            time.sleep(0.1)
-        raise AssertionError("executions still running")
-
-
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AGENTWORKER_TRACING": "false",
-    }.items():
-        monkeypatch.setenv(name, value)
-    with ConverseStubServer() as stub, moto.mock_aws(config=MOTO_CONFIG):
-        session = boto3.session.Session(region_name="us-east-1")
-        stack = create_stack(session.client, retry_interval_seconds=1)
-        for name, value in stack.environment().items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.setenv("AGENTWORKER_MODEL", f"bedrock:{MODEL}")
-        monkeypatch.setenv("AGENTWORKER_BEDROCK_ENDPOINT_URL", stub.endpoint_url)
-        monkeypatch.setenv("AGENTWORKER_BEDROCK_REGION", "us-east-1")
-        sqs = session.client("sqs")
-        replies_url = sqs.create_queue(QueueName="replies")["QueueUrl"]
-        replies_arn = sqs.get_queue_attributes(QueueUrl=replies_url, AttributeNames=["QueueArn"])[
-            "Attributes"
-        ]["QueueArn"]
-        session.client("sns").subscribe(
-            TopicArn=stack.topic_arn,
-            Protocol="sqs",
-            Endpoint=replies_arn,
-            Attributes={"RawMessageDelivery": "true"},
-        )
-        queue_arn = sqs.get_queue_attributes(QueueUrl=stack.queue_url, AttributeNames=["QueueArn"])[
-            "Attributes"
-        ]["QueueArn"]
-        handlers = default_handlers()
-        poller = SqsPoller(sqs, stack.queue_url, queue_arn, handlers["ingest"])
-        bootstrap.reset_aws_deps()
-        with route_lambda_to_handlers(handlers):
-            yield Aws(session, stack, replies_url, poller, stub)
-        bootstrap.reset_aws_deps()
+__all__ = ["aws"]  # the fixture
 
 
 def test_a_message_through_sqs_fifo_gets_exactly_one_reply(aws: Aws) -> None:
@@ -145,9 +34,9 @@ def test_a_message_through_eventbridge_gets_exactly_one_reply(aws: Aws) -> None:
     event["detail-type"] = "agentworker.message"
     event["detail"] = {"conversation_id": "ticket:2", "text": "hi from the bus"}
     aws.stub.script(reply_text="Got it.")
-    result = ingest.handler(event, _context())
+    result = ingest.handler(event, lambda_context())
     assert result["duplicate"] is False
-    again = ingest.handler(event, _context())  # EventBridge delivers at least once
+    again = ingest.handler(event, lambda_context())  # EventBridge delivers at least once
     assert again["duplicate"] is True
     [reply] = aws.replies()
     assert reply["text"] == "Got it." and aws.replies(timeout=0.5) == []
@@ -203,12 +92,6 @@ def test_a_poison_message_lands_in_the_dead_letter_queue(aws: Aws) -> None:
     assert [m["Body"] for m in dead.get("Messages", [])] == ["{not json"]
 
 
-def _context() -> Any:
-    from workers.adapters.aws.emulator import LambdaContextStub
-
-    return LambdaContextStub("ingest", "arn:aws:lambda:us-east-1:123456789012:function:ingest")
-
-
 def _ws_event(name: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
     event: dict[str, Any] = json.loads((FIXTURES / name).read_text())
     if body is not None:
@@ -220,7 +103,7 @@ def _ws_event(name: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
 def test_websocket_routes_with_real_api_gateway_envelopes(aws: Aws) -> None:
     store = bootstrap.aws_deps().store
     connect = _ws_event("apiGatewayWebSocketApiConnect.json")
-    assert ingest.handler(connect, _context())["statusCode"] == 200
+    assert ingest.handler(connect, lambda_context())["statusCode"] == 200
     connection_id = connect["requestContext"]["connectionId"]
     aws.stub.script(reply_text="Hi over the socket.")
     sent = ingest.handler(
@@ -228,7 +111,7 @@ def test_websocket_routes_with_real_api_gateway_envelopes(aws: Aws) -> None:
             "apiGatewayWebSocketApiMessage.json",
             {"action": "send", "conversation_id": "ws:alice:1", "text": "hello"},
         ),
-        _context(),
+        lambda_context(),
     )
     body = json.loads(sent["body"])
     assert sent["statusCode"] == 200 and body["type"] == "accepted"
@@ -238,13 +121,13 @@ def test_websocket_routes_with_real_api_gateway_envelopes(aws: Aws) -> None:
     assert reply["text"] == "Hi over the socket."
     bad = ingest.handler(
         _ws_event("apiGatewayWebSocketApiMessage.json", {"action": "send", "conversation_id": "x"}),
-        _context(),
+        lambda_context(),
     )
     error = json.loads(bad["body"])["error"]
     assert bad["statusCode"] == 400 and error["field"] == "text"
     disconnect = _ws_event("apiGatewayWebSocketApiDisconnect.json")
     disconnect["requestContext"]["connectionId"] = socket_id
-    assert ingest.handler(disconnect, _context())["statusCode"] == 200
+    assert ingest.handler(disconnect, lambda_context())["statusCode"] == 200
     assert store.list_connections("ws:alice:1") == []
     assert connection_id  # $connect itself stores nothing until the socket subscribes
 
@@ -290,9 +173,9 @@ def test_approval_arrives_as_an_inbox_message_and_a_new_run_resumes(aws: Aws) ->
     event = json.loads((FIXTURES / "apiGatewayProxyV2Event.json").read_text())
     event["pathParameters"] = {"conversation_id": "ticket:6"}
     event["body"] = json.dumps({"interrupt_id": ask["interrupt_id"], "approved": True})
-    answer = approve.handler(event, _context())
+    answer = approve.handler(event, lambda_context())
     assert answer["statusCode"] == 202
-    assert approve.handler(event, _context())["statusCode"] == 202  # a double click
+    assert approve.handler(event, lambda_context())["statusCode"] == 202  # a double click
     [done] = aws.replies()
     assert "is closed" in done["text"]
     assert aws.replies(timeout=0.5) == []
@@ -308,7 +191,7 @@ def test_the_approve_endpoint_names_the_bad_field(aws: Aws) -> None:
     event = json.loads((FIXTURES / "apiGatewayProxyV2Event.json").read_text())
     event["pathParameters"] = {"conversation_id": "ticket:7"}
     event["body"] = json.dumps({"approved": "maybe"})
-    answer = approve.handler(event, _context())
+    answer = approve.handler(event, lambda_context())
     assert answer["statusCode"] == 422
     assert json.loads(answer["body"])["error"]["field"] in {"interrupt_id", "approved"}
 
@@ -329,9 +212,9 @@ def test_the_sweeper_restarts_a_conversation_whose_run_never_came(
     assert aws.executions() == [] and aws.replies(timeout=0.5) == []
     deps.starter.start = real_start  # type: ignore[method-assign]
     time.sleep(1.1)  # the orphaned lease expires
-    started = sweeper.handler({}, _context())
+    started = sweeper.handler({}, lambda_context())
     assert len(started["started"]) == 1
     [reply] = aws.replies()
     assert reply["text"] == "Sorry for the wait."
-    assert sweeper.handler({}, _context())["started"] == []
+    assert sweeper.handler({}, lambda_context())["started"] == []
     assert aws.replies(timeout=0.5) == []

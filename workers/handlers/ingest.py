@@ -57,6 +57,7 @@ def _eventbridge(event: dict[str, Any]) -> dict[str, Any]:
 def _websocket(event: dict[str, Any]) -> dict[str, Any]:
     ctx = event["requestContext"]
     route, connection_id = ctx["routeKey"], ctx["connectionId"]
+    metrics.add_metric(name=f"ws_{route.lstrip('$')}", unit=MetricUnit.Count, value=1)
     deps = bootstrap.aws_deps()
     if route == "$disconnect":
         deps.store.remove_connection(connection_id)

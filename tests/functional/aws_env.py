@@ -1,0 +1,130 @@
+"""The AWS runtime on moto for functional tests: the stack, the Converse stub, the Lambda
+routing and an SQS poller, in this process (``mock_aws``)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import boto3
+import moto
+import pytest
+
+from workers import bootstrap
+from workers.adapters.aws.converse_stub import ConverseStubServer
+from workers.adapters.aws.emulator import (
+    MOTO_CONFIG,
+    LambdaContextStub,
+    SqsPoller,
+    Stack,
+    create_stack,
+    default_handlers,
+    route_lambda_to_handlers,
+)
+
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "aws"
+MODEL = "anthropic.claude-3-5-haiku-20241022-v1:0"
+
+
+@dataclass
+class Aws:
+    session: Any
+    stack: Stack
+    replies_url: str
+    poller: SqsPoller
+    stub: ConverseStubServer
+
+    def send_sqs(self, conversation_id: str, text: str, *, dedupe_key: str | None = None) -> None:
+        body: dict[str, Any] = {"conversation_id": conversation_id, "text": text}
+        if dedupe_key:
+            body["dedupe_key"] = dedupe_key
+        self.session.client("sqs").send_message(
+            QueueUrl=self.stack.queue_url,
+            MessageBody=json.dumps(body),
+            MessageGroupId=conversation_id,
+            MessageDeduplicationId=f"{time.time_ns()}",
+        )
+
+    def pump(self, seconds: float = 0.0) -> None:
+        """Poll the inbound queue until it is empty (and ``seconds`` have passed)."""
+        deadline = time.monotonic() + seconds
+        while self.poller.poll_once() or time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def replies(self, timeout: float = 30.0, want: int = 1) -> list[dict[str, Any]]:
+        sqs = self.session.client("sqs")
+        got: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(got) < want:
+            for m in sqs.receive_message(QueueUrl=self.replies_url, MaxNumberOfMessages=10).get(
+                "Messages", []
+            ):
+                got.append(json.loads(m["Body"]))
+                sqs.delete_message(QueueUrl=self.replies_url, ReceiptHandle=m["ReceiptHandle"])
+            time.sleep(0.05)
+        return got
+
+    def executions(self) -> list[dict[str, Any]]:
+        sfn = self.session.client("stepfunctions")
+        arn = self.stack.state_machine_arns["express"]
+        found: list[dict[str, Any]] = sfn.list_executions(stateMachineArn=arn)["executions"]
+        return found
+
+    def wait_executions_done(self, timeout: float = 60.0) -> list[dict[str, Any]]:
+        sfn = self.session.client("stepfunctions")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            runs = [
+                sfn.describe_execution(executionArn=e["executionArn"]) for e in self.executions()
+            ]
+            if runs and all(r["status"] != "RUNNING" for r in runs):
+                return runs
+            time.sleep(0.1)
+        raise AssertionError("executions still running")
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AGENTWORKER_TRACING": "false",
+    }.items():
+        monkeypatch.setenv(name, value)
+    with ConverseStubServer() as stub, moto.mock_aws(config=cast(Any, MOTO_CONFIG)):
+        session = boto3.session.Session(region_name="us-east-1")
+        stack = create_stack(session.client, retry_interval_seconds=1)
+        for name, value in stack.environment().items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("AGENTWORKER_MODEL", f"bedrock:{MODEL}")
+        monkeypatch.setenv("AGENTWORKER_BEDROCK_ENDPOINT_URL", stub.endpoint_url)
+        monkeypatch.setenv("AGENTWORKER_BEDROCK_REGION", "us-east-1")
+        sqs = session.client("sqs")
+        replies_url = sqs.create_queue(QueueName="replies")["QueueUrl"]
+        replies_arn = sqs.get_queue_attributes(QueueUrl=replies_url, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+        session.client("sns").subscribe(
+            TopicArn=stack.topic_arn,
+            Protocol="sqs",
+            Endpoint=replies_arn,
+            Attributes={"RawMessageDelivery": "true"},
+        )
+        queue_arn = sqs.get_queue_attributes(QueueUrl=stack.queue_url, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+        handlers = default_handlers()
+        poller = SqsPoller(sqs, stack.queue_url, queue_arn, handlers["ingest"])
+        bootstrap.reset_aws_deps()
+        with route_lambda_to_handlers(handlers):
+            yield Aws(session, stack, replies_url, poller, stub)
+        bootstrap.reset_aws_deps()
+
+
+def lambda_context() -> Any:
+    return LambdaContextStub("ingest", "arn:aws:lambda:us-east-1:123456789012:function:ingest")
