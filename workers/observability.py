@@ -50,12 +50,14 @@ class MlflowTracer:
 
         self._mlflow = mlflow
         mlflow.set_tracking_uri(tracking_uri)
+        if artifact_dir is None:
+            # Lambda: the mlflow-tracing package has set_experiment, not create_experiment.
+            self.experiment_id: str = mlflow.set_experiment(experiment).experiment_id
+            return
         found = mlflow.get_experiment_by_name(experiment)
         if found is None:
-            location = artifact_dir.resolve().as_uri() if artifact_dir is not None else None
-            self.experiment_id: str = mlflow.create_experiment(
-                experiment, artifact_location=location
-            )
+            location = artifact_dir.resolve().as_uri()
+            self.experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
         else:
             self.experiment_id = found.experiment_id
         mlflow.set_experiment(experiment_id=self.experiment_id)

@@ -1,0 +1,83 @@
+"""A turn invoked through the ``turn`` handler is traced to a real MLflow tracking server
+(``mlflow server`` on loopback), flushed before the handler returns, tagged with the
+conversation."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.functional.aws_env import Aws, aws
+from tests.functional.server_process import free_port
+from workers import bootstrap
+
+__all__ = ["aws"]  # the fixture
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "mlflow.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--host", "127.0.0.1",
+            "--port", str(port),
+            "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "--default-artifact-root", str(tmp_path / "artifacts"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (tmp_path / "mlflow.log").read_text()[-2000:]
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        else:
+            raise AssertionError("mlflow server did not start")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def test_a_turn_through_the_handler_is_traced_to_the_tracking_server(
+    aws: Aws, mlflow_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.setenv("AGENTWORKER_TRACING", "true")
+    monkeypatch.setenv("AGENTWORKER_MLFLOW_TRACKING_URI", mlflow_server)
+    bootstrap.reset_aws_deps()
+    aws.send_sqs("ticket:traced", "please open a ticket about the coffee machine")
+    aws.pump()
+    [reply] = aws.replies()
+    assert reply["text"].startswith("Opened ticket")
+    client = mlflow.MlflowClient(tracking_uri=mlflow_server)
+    experiment = client.get_experiment_by_name("agentworker")
+    traces = client.search_traces(
+        locations=[experiment.experiment_id],
+        filter_string="tags.conversation_id = 'ticket:traced'",
+    )
+    assert len(traces) == 1  # flushed before the handler returned: no waiting here
+    trace = traces[0]
+    assert trace.info.tags["channel"] == "sqs" and trace.info.tags["run_id"]
+    assert trace.info.token_usage["input_tokens"] > 0
+    spans = {(s.name, s.span_type) for s in trace.data.spans}
+    assert {("turn", "AGENT"), ("model", "CHAT_MODEL"), ("tool.create_ticket", "TOOL")} <= spans
