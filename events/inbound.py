@@ -125,7 +125,13 @@ class InboundMessage(BaseModel):
 
     @property
     def effective_dedupe_key(self) -> str:
-        return self.dedupe_key or self.message_id
+        """The given key; for a decision ``decision:<interrupt id>`` (the first decision on a
+        tool call wins, whatever transport repeats it); else the message id."""
+        if self.dedupe_key:
+            return self.dedupe_key
+        if self.approval is not None:
+            return f"decision:{self.approval.interrupt_id}"
+        return self.message_id
 
 
 class MessageRequest(BaseModel):
@@ -203,7 +209,6 @@ class WsDecide(BaseModel):
     def to_inbound(self) -> InboundMessage:
         return InboundMessage(
             conversation_id=self.conversation_id,
-            dedupe_key=f"decision:{self.interrupt_id}",
             kind="approval",
             approval=ApprovalDecision(
                 interrupt_id=self.interrupt_id,

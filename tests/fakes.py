@@ -170,6 +170,16 @@ class InMemoryConversationStore:
             )
             return Lease(conversation_id, new, now + ttl)
 
+    def hold_for_approval(
+        self, conversation_id: str, token: int, task_token: str, *, now: float, ttl: float
+    ) -> None:
+        self.calls.append("hold_for_approval")
+        with self._lock:
+            conv = self._holding(conversation_id, token)
+            conv.state = replace(
+                conv.state, lease_expires_at=now + ttl, approval_task_token=task_token
+            )
+
     def release_lease(self, conversation_id: str, token: int, *, seen_inbox_seq: int) -> bool:
         self.calls.append("release_lease")
         with self._lock:
@@ -182,6 +192,7 @@ class InMemoryConversationStore:
                 lease_token=None,
                 lease_expires_at=None,
                 lease_execution_id=None,
+                approval_task_token=None,
                 status=status,
             )
             return True
@@ -231,7 +242,10 @@ class InMemoryConversationStore:
             self._outbox(conv, commit.outbox)
             status = commit.status if commit.status != "idle" else "running"
             conv.state = replace(
-                conv.state, status=status, pending_approval=commit.pending_approval
+                conv.state,
+                status=status,
+                pending_approval=commit.pending_approval,
+                approval_task_token=None,
             )
 
     def _outbox(self, conv: _Conv, payloads: Sequence[OutboxPayload]) -> None:
@@ -345,9 +359,13 @@ class ManualClock:
 class RecordingStarter:
     def __init__(self) -> None:
         self.runs: list[RunRef] = []
+        self.resumed: list[str] = []
 
     def start(self, run: RunRef) -> None:
         self.runs.append(run)
+
+    def resume(self, task_token: str) -> None:
+        self.resumed.append(task_token)
 
 
 class RecordingSink:

@@ -63,7 +63,22 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--reason", default="", help="reason for --approve/--deny")
     s.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the reply")
     s.add_argument("--no-wait", action="store_true", help="print the message id and return")
+    s.add_argument(
+        "--target",
+        choices=["local", "sandbox"],
+        default="local",
+        help="'local' (default): the server at --url; 'sandbox': the AWS sandbox's queues",
+    )
+    s.add_argument("--state-dir", type=Path, help="where the sandbox's sandbox.json is")
     s.set_defaults(func=cmd_send)
+
+    s = sub.add_parser("sandbox", help="run the AWS runtime on moto on this machine")
+    s.add_argument("--port", type=int, default=0, help="moto server port (default: a free one)")
+    s.add_argument("--state-dir", type=Path, help="where sandbox.json goes (./.agentworker)")
+    s.add_argument(
+        "--bedrock-stub", action="store_true", help="serve the model via a local Bedrock stub"
+    )
+    s.set_defaults(func=cmd_sandbox)
 
     s = sub.add_parser("history", help="print a conversation's messages and replies")
     s.add_argument("-c", "--conversation", required=True)
@@ -145,36 +160,26 @@ def _fail(resp: Any) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
+    deciding = args.approve or args.deny
+    if not deciding and not args.text:
+        print("agentworker: give the message text", file=sys.stderr)
+        return 2
+    if args.target == "sandbox":
+        return _send_to_sandbox(args)
     import httpx
 
     cid = args.conversation
     try:
         with _http(args.url) as client:
-            body: dict[str, Any] = {"sender": "cli"}
-            if args.approve or args.deny:
+            pending = None
+            if deciding:
                 view = client.get(f"/v1/conversations/{cid}")
                 if view.status_code != 200:
                     return _fail(view)
                 pending = view.json()["pending_approval"]
                 if pending is None:
-                    print("agentworker: nothing is waiting for approval", file=sys.stderr)
-                    return 1
-                body["approval"] = {
-                    "interrupt_id": pending["interrupt_id"],
-                    "approved": bool(args.approve),
-                    "reason": args.reason,
-                }
-                body["dedupe_key"] = f"decision:{pending['interrupt_id']}"
-            else:
-                if not args.text:
-                    print("agentworker: give the message text", file=sys.stderr)
-                    return 2
-                body["text"] = args.text
-                if args.dedupe_key:
-                    body["dedupe_key"] = args.dedupe_key
-            if args.policy:
-                body["policy"] = args.policy
-            resp = client.post(f"/v1/conversations/{cid}/messages", json=body)
+                    return _nothing_to_decide()
+            resp = client.post(f"/v1/conversations/{cid}/messages", json=_message(args, pending))
             if resp.status_code != 202:
                 return _fail(resp)
             accepted = resp.json()
@@ -190,6 +195,58 @@ def cmd_send(args: argparse.Namespace) -> int:
         return 1
 
 
+def _message(args: argparse.Namespace, pending: dict[str, Any] | None) -> dict[str, Any]:
+    """The message request ``send`` makes; ``pending`` is the approval request that
+    ``--approve``/``--deny`` answer."""
+    body: dict[str, Any] = {"sender": "cli"}
+    if pending is not None:
+        body["approval"] = {
+            "interrupt_id": pending["interrupt_id"],
+            "approved": bool(args.approve),
+            "reason": args.reason,
+        }
+        body["dedupe_key"] = f"decision:{pending['interrupt_id']}"
+    else:
+        body["text"] = args.text
+        if args.dedupe_key:
+            body["dedupe_key"] = args.dedupe_key
+    if args.policy:
+        body["policy"] = args.policy
+    return body
+
+
+def _nothing_to_decide() -> int:
+    print("agentworker: nothing is waiting for approval", file=sys.stderr)
+    return 1
+
+
+def _send_to_sandbox(args: argparse.Namespace) -> int:
+    from workers.sandbox import SandboxClient, SandboxNotRunning, build_message, read_state
+
+    settings = _settings(args, state_dir="state_dir")
+    try:
+        client = SandboxClient(read_state(settings.state_dir))
+        pending = None
+        if args.approve or args.deny:
+            request = client.pending_approval(args.conversation)
+            if request is None:
+                return _nothing_to_decide()
+            pending = request.model_dump(mode="json")
+        message = build_message(args.conversation, _message(args, pending))
+        client.send(message)
+        if args.no_wait:
+            print(message.message_id)
+            return 0
+        payload = client.wait_for_reply(message.message_id, args.timeout)
+    except SandboxNotRunning as exc:
+        print(f"agentworker: {exc}", file=sys.stderr)
+        return 1
+    if payload is None:
+        return _no_reply(args.timeout)
+    print(_render(payload))
+    return 0
+
+
 def _wait_for_answer(client: Any, cid: str, message_id: str, timeout: float) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -199,6 +256,10 @@ def _wait_for_answer(client: Any, cid: str, message_id: str, timeout: float) -> 
                 print(_render(entry["payload"]))
                 return 0
         time.sleep(0.1)
+    return _no_reply(timeout)
+
+
+def _no_reply(timeout: float) -> int:
     print(f"agentworker: no reply within {timeout:.0f}s", file=sys.stderr)
     return 1
 
@@ -240,6 +301,21 @@ def cmd_history(args: argparse.Namespace) -> int:
     for _, who, text in sorted(events, key=lambda e: e[0]):
         print(f"{who:>12}  {text}")
     return 0
+
+
+# sandbox ----------------------------------------------------------------------------------
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    settings = _settings(args, state_dir="state_dir")
+    from workers.observability import configure_logging
+    from workers.sandbox import SandboxOptions, serve_sandbox
+
+    configure_logging(settings.log_level)
+    options = SandboxOptions(
+        state_dir=settings.state_dir, port=args.port, bedrock_stub=args.bedrock_stub
+    )
+    return serve_sandbox(settings, options, sys.stdout)
 
 
 # demo -------------------------------------------------------------------------------------

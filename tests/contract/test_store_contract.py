@@ -237,3 +237,19 @@ def test_ticket_writes_are_idempotent(store: Any) -> None:
         store.update_ticket(
             999, idempotency_key="x", status="closed", priority=None, comment=None, now=T0
         )
+
+
+def test_a_run_holds_its_lease_while_waiting_for_an_approval(store: Any) -> None:
+    store.append_inbox(msg(), now=T0, default_policy="enqueue")
+    lease = store.try_acquire_lease(CID, now=T0, ttl=10)
+    store.hold_for_approval(CID, lease.token, "task-token-1", now=T0, ttl=86_400)
+    state = store.get_conversation(CID)
+    assert state.approval_task_token == "task-token-1" and state.lease_expires_at == T0 + 86_400
+    assert store.try_acquire_lease(CID, now=T0 + 3600, ttl=10) is None  # still held
+    store.commit_turn(CID, TurnCommit(lease.token, [1], "idle"))
+    assert store.get_conversation(CID).approval_task_token is None  # the run moved on
+    store.hold_for_approval(CID, lease.token, "task-token-2", now=T0, ttl=60)
+    assert store.release_lease(CID, lease.token, seen_inbox_seq=1)
+    assert store.get_conversation(CID).approval_task_token is None
+    with pytest.raises(LeaseLost):
+        store.hold_for_approval(CID, lease.token, "late", now=T0, ttl=60)

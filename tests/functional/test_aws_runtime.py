@@ -218,3 +218,47 @@ def test_the_sweeper_restarts_a_conversation_whose_run_never_came(
     assert reply["text"] == "Sorry for the wait."
     assert sweeper.handler({}, lambda_context())["started"] == []
     assert aws.replies(timeout=0.5) == []
+
+
+def test_standard_run_waits_for_the_approval_inside_its_execution(
+    aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workers.handlers import approve
+
+    monkeypatch.setenv("AGENTWORKER_STATE_MACHINE_ARN", aws.stack.state_machine_arns["standard"])
+    bootstrap.reset_aws_deps()
+    sfn = aws.session.client("stepfunctions")
+    aws.send_sqs("ticket:9", "please open a ticket about the printer")
+    aws.pump()
+    [opened] = aws.replies()
+    assert opened["text"].startswith("Opened ticket 1")
+    aws.send_sqs("ticket:9", "close ticket 1")
+    aws.pump()
+    [ask] = aws.replies()
+    assert ask["type"] == "approval_request"
+    runs = sfn.list_executions(stateMachineArn=aws.stack.state_machine_arns["standard"])
+    waiting = [e for e in runs["executions"] if e["status"] == "RUNNING"]
+    assert len(waiting) == 1  # the run waits inside its execution, holding the lease
+    deadline = time.monotonic() + 10
+    store = bootstrap.aws_deps().store
+    while time.monotonic() < deadline:
+        state = store.get_conversation("ticket:9")
+        if state is not None and state.approval_task_token:
+            break
+        time.sleep(0.05)
+    assert state is not None and state.approval_task_token and state.lease_token is not None
+    event = json.loads((FIXTURES / "apiGatewayProxyV2Event.json").read_text())
+    event["pathParameters"] = {"conversation_id": "ticket:9"}
+    event["body"] = json.dumps({"interrupt_id": ask["interrupt_id"], "approved": True})
+    assert approve.handler(event, lambda_context())["statusCode"] == 202
+    [done] = aws.replies()
+    assert "is closed" in done["text"]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        status = sfn.describe_execution(executionArn=waiting[0]["executionArn"])["status"]
+        if status != "RUNNING":
+            break
+        time.sleep(0.1)
+    assert status == "SUCCEEDED"  # the same execution went on after the token came back
+    final = store.get_conversation("ticket:9")
+    assert final is not None and final.lease_token is None and final.approval_task_token is None

@@ -83,7 +83,7 @@ def test_dedupe_key_defaults_to_the_message_id() -> None:
 def test_approval_frame_has_a_stable_dedupe_key() -> None:
     frame = WsDecide(action="deny", conversation_id="c", interrupt_id="i9", reason="no")
     msg = frame.to_inbound()
-    assert msg.dedupe_key == "decision:i9" and msg.approval is not None
+    assert msg.effective_dedupe_key == "decision:i9" and msg.approval is not None
     assert msg.approval.approved is False
 
 

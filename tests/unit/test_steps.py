@@ -325,3 +325,28 @@ def test_a_stale_approval_does_not_clear_the_pending_one() -> None:
     w.run_all()
     resumed = w.agent.requests[-1]
     assert resumed.resume is not None and resumed.resume.interrupt_id == ask.interrupt_id
+
+
+def test_an_approval_wakes_a_run_waiting_inside_its_execution() -> None:
+    from workers.core.steps import hold_for_approval
+
+    w = World()
+    w.send("approve-me")
+    run = w.starter.runs.pop(0)
+    run = bind_run_for_test(w, run)
+    claim = claim_inbox(w.deps, run)
+    assert claim.plan is not None
+    advance_turn(w.deps, run, claim.plan, deliver_now=True)
+    ask = w.sink.sent[0]
+    assert isinstance(ask, ApprovalRequest)
+    hold_for_approval(w.deps, run, "token-123")  # the Standard workflow's WaitForApproval
+    w.approve(ask.interrupt_id)
+    assert w.starter.resumed == ["token-123"] and w.starter.runs == []  # no second run
+    w.approve(ask.interrupt_id)  # a double click: a duplicate, nothing resumed twice
+    assert w.starter.resumed == ["token-123"]
+
+
+def bind_run_for_test(w: World, run: RunRef) -> RunRef:
+    from workers.core.steps import bind_run
+
+    return bind_run(w.deps, run, "exec-1")

@@ -77,6 +77,8 @@ class ConversationState:
     pending_approval: ApprovalRequest | None
     created_at: float
     updated_at: float
+    approval_task_token: str | None = None
+    """Set while a Standard run waits inside its execution for this conversation's approval."""
 
     def lease_live(self, now: float) -> bool:
         return self.lease_token is not None and (self.lease_expires_at or 0.0) > now

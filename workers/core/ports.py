@@ -63,6 +63,13 @@ class ConversationStore(Protocol):
         """Release if ``token`` holds the lease and the inbox did not move past
         ``seen_inbox_seq``; ``False`` if it moved (the run must loop). ``LeaseLost`` if stale."""
 
+    def hold_for_approval(
+        self, conversation_id: str, token: int, task_token: str, *, now: float, ttl: float
+    ) -> None:
+        """A run waits inside its execution for an approval: keep its lease for ``ttl`` and
+        record the task token that resumes it. Any commit or release clears the token.
+        ``LeaseLost`` if ``token`` no longer holds the lease."""
+
     def get_conversation(self, conversation_id: str) -> ConversationState | None: ...
 
     def pending_inbox(self, conversation_id: str, *, limit: int = 100) -> list[InboxEntry]:
@@ -126,6 +133,9 @@ class WorkflowStarter(Protocol):
     """Starts a run (a workflow execution) for a conversation whose lease was just taken."""
 
     def start(self, run: RunRef) -> None: ...
+
+    def resume(self, task_token: str) -> None:
+        """Wake a run waiting inside its execution (Standard workflows) for an approval."""
 
 
 class ReplySink(Protocol):

@@ -51,6 +51,9 @@ class TurnSettings:
     default_policy: DoubleTextingPolicy = "enqueue"
     max_turns_per_run: int = 50
     max_run_seconds: float | None = None
+    approval_wait_seconds: float = 86_400 + 300
+    """How long a Standard run holds the lease waiting for an approval (the ASL's
+    ``WaitForApproval`` times out after 24 h; the margin covers its last steps)."""
     """Hand over to a fresh run after this long (Express workflows stop at 5 minutes)."""
     retry_attempts: int = 3
     retry_base_delay: float = 0.5
@@ -85,7 +88,24 @@ def accept_message(deps: Deps, msg: InboundMessage) -> AcceptResult:
     lease = deps.store.try_acquire_lease(msg.conversation_id, now=now, ttl=deps.settings.lease_ttl)
     if lease is not None:
         deps.starter.start(RunRef(conversation_id=msg.conversation_id, token=lease.token))
+    elif msg.kind == "approval":
+        # A Standard run may be waiting inside its execution for exactly this decision.
+        state = deps.store.get_conversation(msg.conversation_id)
+        if state is not None and state.approval_task_token:
+            deps.starter.resume(state.approval_task_token)
     return result
+
+
+def hold_for_approval(deps: Deps, run: RunRef, task_token: str) -> None:
+    """A Standard run waits for the approval inside its execution: keep the lease for the
+    approval window and record the token that ``accept_message`` resumes it with."""
+    deps.store.hold_for_approval(
+        run.conversation_id,
+        run.token,
+        task_token,
+        now=deps.clock.now(),
+        ttl=deps.settings.approval_wait_seconds,
+    )
 
 
 def bind_run(deps: Deps, run: RunRef, execution_id: str) -> RunRef:

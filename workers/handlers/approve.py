@@ -1,7 +1,7 @@
 """``approve``: HTTP API ``POST /conversations/{conversation_id}/approvals`` with body
-``{"interrupt_id", "approved", "reason"?}``. The decision becomes an inbox message (dedupe
-key ``decision:<interrupt_id>``, so a double click is one decision); a new run resumes the
-graph with it."""
+``{"interrupt_id", "approved", "reason"?}``. The decision becomes an inbox message (its
+dedupe key is ``decision:<interrupt_id>``, so a double click is one decision); a new run
+resumes the graph with it, or a Standard run waiting on its task token is woken."""
 
 from __future__ import annotations
 
@@ -51,7 +51,6 @@ def _parse(event: dict[str, Any]) -> InboundMessage:
     return InboundMessage(
         conversation_id=conversation_id,
         kind="approval",
-        dedupe_key=f"decision:{body.interrupt_id}",
         approval=ApprovalDecision(
             interrupt_id=body.interrupt_id, approved=body.approved, reason=body.reason
         ),

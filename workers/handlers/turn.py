@@ -1,6 +1,7 @@
 """``turn``: a Step Functions task. ``op`` is the workflow state calling it: ``bind`` (bind
 the lease to the execution), ``step`` (claim and advance one turn, or finish the run),
-``fail`` (tell the user the turn failed for good)."""
+``fail`` (tell the user the turn failed for good), ``await_approval`` (Standard: hold the
+lease while the execution waits for the approval's task token)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from workers.core.steps import (
     Deps,
     bind_run,
     fail_pending_turn,
+    hold_for_approval,
     retry_exhausted_text,
     run_step,
 )
@@ -28,10 +30,11 @@ class TurnTask(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    op: Literal["bind", "step", "fail"]
+    op: Literal["bind", "step", "fail", "await_approval"]
     run: RunRef
     execution_id: str | None = None
     error: dict[str, Any] | None = None
+    task_token: str | None = None
 
 
 def execute(deps: Deps, task: TurnTask) -> StepResult:
@@ -39,6 +42,11 @@ def execute(deps: Deps, task: TurnTask) -> StepResult:
     if task.op == "bind":
         execution_id = task.execution_id or task.run.run_id
         return StepResult(run=bind_run(deps, task.run, execution_id), outcome="more_pending")
+    if task.op == "await_approval":
+        if not task.task_token:
+            raise PermanentError("await_approval needs the task token", field="task_token")
+        hold_for_approval(deps, task.run, task.task_token)
+        return StepResult(run=task.run, outcome="more_pending")
     if task.op == "fail":
         cause = (task.error or {}).get("Error", "Error")
         reason = PermanentError(cause) if cause == "PermanentError" else RuntimeError(cause)

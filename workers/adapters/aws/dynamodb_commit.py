@@ -207,6 +207,7 @@ def _meta_update(
         sets.append("#status_hold = :hold")
     else:
         removes.append("#status_hold")
+    removes.append("#approval_task_token")  # a waiting run, if any, has moved on
     if commit.checkpoint is not None:
         # The pointer on meta too: the next commit deletes the object it replaces.
         s3_key = S3Offload.s3_key(placed[0])

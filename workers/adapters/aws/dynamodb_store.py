@@ -290,6 +290,25 @@ class DynamoDBConversationStore(DynamoDBTicketStore):
             raise lease_lost(conversation_id, token, failed.item) from None
         return _state(new)
 
+    def hold_for_approval(
+        self, conversation_id: str, token: int, task_token: str, *, now: float, ttl: float
+    ) -> None:
+        """Keep the lease while a Standard run waits for an approval; record its task token."""
+        try:
+            self._table.update(
+                conversation_pk(conversation_id),
+                META_SK,
+                "SET #lease_expires_at = :expires, #approval_task_token = :task",
+                cond="#lease_token = :token",
+                values={
+                    ":expires": number(now + ttl),
+                    ":task": string(task_token),
+                    ":token": number(token),
+                },
+            )
+        except ConditionFailed as failed:
+            raise lease_lost(conversation_id, token, failed.item) from None
+
     def handover_lease(self, conversation_id: str, token: int, *, now: float, ttl: float) -> Lease:
         """Swap the lease held by ``token`` for the next token, for a new run."""
         try:
@@ -320,7 +339,7 @@ class DynamoDBConversationStore(DynamoDBTicketStore):
         for _ in attempts():
             update = (
                 "SET #status = :idle, #lease_expires_at = :zero"
-                " REMOVE #lease_token, #lease_execution_id"
+                " REMOVE #lease_token, #lease_execution_id, #approval_task_token"
             )
             cond = "#lease_token = :token AND #inbox_seq = :seen"
             if drain:
@@ -646,6 +665,7 @@ def _state(meta: Item) -> ConversationState:
         pending_approval=None if approval is None else _approval(approval),
         created_at=get_float(meta, "created_at"),
         updated_at=get_float(meta, "updated_at"),
+        approval_task_token=opt_str(meta, "approval_task_token"),
     )
 
 

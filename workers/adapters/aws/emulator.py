@@ -400,7 +400,9 @@ class ScheduledInvoker:
         return not failed
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name=f"schedule-{self._name}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop, name=f"schedule-{self._name}", daemon=True
+        )
         self._thread.start()
 
     def _loop(self) -> None:

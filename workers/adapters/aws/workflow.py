@@ -32,3 +32,15 @@ class StepFunctionsWorkflowStarter:
                 log.info("run %s already started", run.run_id)
                 return
             raise map_aws_error(exc, "StartExecution") from exc
+
+    def resume(self, task_token: str) -> None:
+        """Wake a Standard run waiting on ``.waitForTaskToken``. A token that timed out or
+        was used is not an error: that run moved on, and the approval is still in the inbox
+        for the conversation's next run."""
+        try:
+            self._client.send_task_success(taskToken=task_token, output="{}")
+        except Exception as exc:
+            if error_code(exc) in {"TaskTimedOut", "TaskDoesNotExist", "InvalidToken"}:
+                log.info("task token no longer waiting: %s", error_code(exc))
+                return
+            raise map_aws_error(exc, "SendTaskSuccess") from exc

@@ -46,6 +46,11 @@ class LocalWorkflowStarter:
             self.scheduled += 1
         self._loop.call_soon_threadsafe(self._queue.put_nowait, run)
 
+    def resume(self, task_token: str) -> None:
+        """Embedded runs never wait inside an execution (approvals start a new run), so no
+        token is ever issued here."""
+        raise ConfigError(f"the embedded runtime issued no task token ({task_token[:16]}...)")
+
     def picked_up(self) -> None:
         with self._lock:
             self.scheduled -= 1

@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS conversations (
     lease_expires_at REAL,
     lease_execution_id TEXT,
     pending_approval TEXT,
+    approval_task_token TEXT,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
@@ -121,6 +122,14 @@ class SqliteConversationStore:
         self._all_lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
         self._conn().executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a state file written by an earlier version up to this schema."""
+        db = self._conn()
+        columns = {row[1] for row in db.execute("PRAGMA table_info(conversations)")}
+        if "approval_task_token" not in columns:
+            db.execute("ALTER TABLE conversations ADD COLUMN approval_task_token TEXT")
 
     # connections and transactions ------------------------------------------------------
 
@@ -294,6 +303,17 @@ class SqliteConversationStore:
             )
             return Lease(conversation_id, new_token, now + ttl)
 
+    def hold_for_approval(
+        self, conversation_id: str, token: int, task_token: str, *, now: float, ttl: float
+    ) -> None:
+        with self._tx() as db:
+            self._holding(db, conversation_id, token)
+            db.execute(
+                "UPDATE conversations SET lease_expires_at = ?, approval_task_token = ?"
+                " WHERE conversation_id = ?",
+                (now + ttl, task_token, conversation_id),
+            )
+
     def release_lease(self, conversation_id: str, token: int, *, seen_inbox_seq: int) -> bool:
         with self._tx() as db:
             _, _, inbox_seq, _ = self._holding(db, conversation_id, token)
@@ -301,7 +321,7 @@ class SqliteConversationStore:
                 return False
             db.execute(
                 "UPDATE conversations SET lease_token = NULL, lease_expires_at = NULL,"
-                " lease_execution_id = NULL,"
+                " lease_execution_id = NULL, approval_task_token = NULL,"
                 " status = CASE WHEN status = 'running' THEN 'idle' ELSE status END"
                 " WHERE conversation_id = ?",
                 (conversation_id,),
@@ -338,8 +358,8 @@ class SqliteConversationStore:
     def _state(db: sqlite3.Connection, conversation_id: str) -> ConversationState | None:
         row = db.execute(
             "SELECT conversation_id, policy, status, inbox_seq, last_token, lease_token,"
-            " lease_expires_at, lease_execution_id, pending_approval, created_at, updated_at"
-            " FROM conversations WHERE conversation_id = ?",
+            " lease_expires_at, lease_execution_id, pending_approval, created_at, updated_at,"
+            " approval_task_token FROM conversations WHERE conversation_id = ?",
             (conversation_id,),
         ).fetchone()
         if row is None:
@@ -357,6 +377,7 @@ class SqliteConversationStore:
             pending_approval=approval,
             created_at=row[9],
             updated_at=row[10],
+            approval_task_token=row[11],
         )
 
     def load_checkpoint(self, conversation_id: str) -> bytes | None:
@@ -423,8 +444,8 @@ class SqliteConversationStore:
             )
             status = commit.status if commit.status != "idle" else "running"
             db.execute(
-                "UPDATE conversations SET status = ?, pending_approval = ?"
-                " WHERE conversation_id = ?",
+                "UPDATE conversations SET status = ?, pending_approval = ?,"
+                " approval_task_token = NULL WHERE conversation_id = ?",
                 (status, approval, conversation_id),
             )
 
