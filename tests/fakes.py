@@ -264,12 +264,13 @@ class InMemoryConversationStore:
             marks = set(seqs)
             conv.outbox = [replace(e, delivered=True) if e.seq in marks else e for e in conv.outbox]
 
-    def expired_with_pending(self, *, now: float, limit: int = 100) -> list[str]:
-        self.calls.append("expired_with_pending")
+    def conversations_to_sweep(self, *, now: float, limit: int = 100) -> list[str]:
+        self.calls.append("conversations_to_sweep")
         return [
             cid
             for cid, conv in self._convs.items()
-            if not conv.state.lease_live(now) and any(e.status == "pending" for e in conv.inbox)
+            if (conv.state.lease_token is not None and not conv.state.lease_live(now))
+            or (conv.state.lease_token is None and any(e.status == "pending" for e in conv.inbox))
         ][:limit]
 
     def history(self, conversation_id: str) -> History | None:

@@ -204,8 +204,8 @@ def test_pending_approval_round_trips(store: Any) -> None:
 def test_sweeper_query_finds_expired_conversations_with_pending_messages(store: Any) -> None:
     store.append_inbox(msg(), now=T0, default_policy="enqueue")
     store.try_acquire_lease(CID, now=T0, ttl=10)
-    assert store.expired_with_pending(now=T0 + 5) == []
-    assert store.expired_with_pending(now=T0 + 11) == [CID]
+    assert store.conversations_to_sweep(now=T0 + 5) == []
+    assert store.conversations_to_sweep(now=T0 + 11) == [CID]
 
 
 def test_connections(store: Any) -> None:
@@ -253,3 +253,16 @@ def test_a_run_holds_its_lease_while_waiting_for_an_approval(store: Any) -> None
     assert store.get_conversation(CID).approval_task_token is None
     with pytest.raises(LeaseLost):
         store.hold_for_approval(CID, lease.token, "late", now=T0, ttl=60)
+
+
+def test_the_sweeper_also_finds_a_run_that_died_holding_its_lease(store: Any) -> None:
+    store.append_inbox(msg(), now=T0, default_policy="enqueue")
+    lease = store.try_acquire_lease(CID, now=T0, ttl=10)
+    reply = Reply(conversation_id=CID, turn_id="t", text="never delivered")
+    store.commit_turn(CID, TurnCommit(lease.token, [1], "idle", outbox=[reply]))
+    assert store.pending_inbox(CID) == []
+    assert store.conversations_to_sweep(now=T0 + 5) == []  # the run may still be alive
+    assert store.conversations_to_sweep(now=T0 + 11) == [CID]  # it died after committing
+    fresh = store.try_acquire_lease(CID, now=T0 + 11, ttl=10)
+    assert store.release_lease(CID, fresh.token, seen_inbox_seq=1)
+    assert store.conversations_to_sweep(now=T0 + 100) == []  # released: nothing to do

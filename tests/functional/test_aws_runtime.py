@@ -262,3 +262,35 @@ def test_standard_run_waits_for_the_approval_inside_its_execution(
     assert status == "SUCCEEDED"  # the same execution went on after the token came back
     final = store.get_conversation("ticket:9")
     assert final is not None and final.lease_token is None and final.approval_task_token is None
+
+
+def test_a_run_that_died_after_its_commit_is_finished_by_the_sweeper(
+    aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from events.workflow import RunRef
+    from workers.adapters.aws.workflow import StepFunctionsWorkflowStarter
+    from workers.core.steps import bind_run, run_step
+    from workers.handlers import sweeper
+
+    monkeypatch.setenv("AGENTWORKER_LEASE_TTL_SECONDS", "1")
+    bootstrap.reset_aws_deps()
+    deps = bootstrap.aws_deps(with_agent=True)
+    starts: list[RunRef] = []
+    real_start = StepFunctionsWorkflowStarter.start
+    monkeypatch.setattr(StepFunctionsWorkflowStarter, "start", lambda _, run: starts.append(run))
+    aws.stub.script(reply_text="Committed, then the run died.")
+    aws.send_sqs("ticket:10", "hello")
+    aws.pump()
+    # The run binds, commits its turn, and dies before its Deliver state.
+    run = bind_run(deps, starts[0], "exec-that-dies")
+    assert run_step(deps, run).outcome == "turn"
+    monkeypatch.setattr(StepFunctionsWorkflowStarter, "start", real_start)
+    assert aws.replies(timeout=0.5) == []  # committed, not delivered
+    time.sleep(1.1)  # its lease expires
+    assert len(sweeper.handler({}, lambda_context())["started"]) == 1
+    [reply] = aws.replies()
+    assert reply["text"] == "Committed, then the run died."
+    aws.wait_executions_done()
+    assert aws.replies(timeout=0.5) == [] and len(aws.stub.requests) == 1  # one turn, once
+    state = deps.store.get_conversation("ticket:10")
+    assert state is not None and state.lease_token is None

@@ -217,7 +217,7 @@ def test_a_whole_run_through_the_core(store: DynamoDBConversationStore) -> None:
     # bind 1; per turn: renew, inbox, checkpoint, log, commit 2, outbox, mark = 8; then the
     # last claim (renew, inbox), the final deliver (outbox) and release 1.
     assert store.api_calls.total == 1 + 2 * 8 + 2 + 1 + 1
-    assert store.expired_with_pending(now=T0 + 3600) == []
+    assert store.conversations_to_sweep(now=T0 + 3600) == []
 
 
 # error mapping --------------------------------------------------------------------------------
@@ -285,13 +285,19 @@ def test_sweeper_query_reads_the_sparse_index(
     store.commit_turn(cids[4], TurnCommit(tokens[cids[4]], [1], "idle"))
     assert store.release_lease(cids[4], tokens[cids[4]], seen_inbox_seq=1)
     store.append_inbox(msg(cid="ws:user5:chat"), now=T0, default_policy="enqueue")
-    assert sorted(store.expired_with_pending(now=T0 + 20)) == [cids[1], cids[3], cids[5]]
-    assert len(store.expired_with_pending(now=T0 + 20, limit=2)) == 2
+    # 2 is swept too: its reply may never have been delivered, and its lease is still held.
+    assert sorted(store.conversations_to_sweep(now=T0 + 20)) == [
+        cids[1],
+        cids[2],
+        cids[3],
+        cids[5],
+    ]
+    assert len(store.conversations_to_sweep(now=T0 + 20, limit=2)) == 2
     # Only conversations that may have work stay in the index.
     assert SWEEP_INDEX_PK not in raw(aws, cids[4], "meta")
     assert SWEEP_INDEX_PK in raw(aws, cids[3], "meta")
     queries = store.api_calls.counts["dynamodb.query"]
-    store.expired_with_pending(now=T0 + 20)
+    store.conversations_to_sweep(now=T0 + 20)
     assert store.api_calls.counts["dynamodb.query"] - queries == 16  # one per shard
 
 
@@ -346,7 +352,7 @@ def test_a_repeated_commit_changes_nothing_twice(store: DynamoDBConversationStor
     assert not store.release_lease(CID, token, seen_inbox_seq=1)
     assert store.release_lease(CID, token, seen_inbox_seq=2)
     # The pending count was decremented once: message 2 keeps the conversation sweepable.
-    assert store.expired_with_pending(now=T0) == [CID]
+    assert store.conversations_to_sweep(now=T0) == [CID]
 
 
 def test_a_commit_retries_when_a_rejected_notice_takes_its_outbox_slot(

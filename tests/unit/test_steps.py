@@ -350,3 +350,19 @@ def bind_run_for_test(w: World, run: RunRef) -> RunRef:
     from workers.core.steps import bind_run
 
     return bind_run(w.deps, run, "exec-1")
+
+
+def test_a_run_that_died_after_committing_has_its_reply_delivered_by_the_sweeper() -> None:
+    from workers.core.steps import bind_run, run_step
+
+    w = World(lease_ttl=10)
+    w.send("hello")
+    run = bind_run(w.deps, w.starter.runs.pop(0), "exec-1")
+    assert run_step(w.deps, run).outcome == "turn"  # committed; the process dies here
+    assert w.sink.sent == []
+    w.clock.t += 11
+    [again] = sweep(w.deps)
+    w.starter.runs.pop(0)
+    summary = drive_run(w.deps, again)
+    assert summary.turns == 0 and summary.ended == "idle"
+    assert w.texts() == ["echo hello"] and len(w.agent.requests) == 1

@@ -89,8 +89,10 @@ class ConversationStore(Protocol):
 
     def mark_delivered(self, conversation_id: str, seqs: list[int], *, now: float) -> None: ...
 
-    def expired_with_pending(self, *, now: float, limit: int = 100) -> list[str]:
-        """Conversations with pending inbox entries and no live lease."""
+    def conversations_to_sweep(self, *, now: float, limit: int = 100) -> list[str]:
+        """Conversations that need a run: pending inbox entries and no live lease, or a lease
+        that expired while held (its run died, maybe after committing a reply that was never
+        delivered: the new run's idle step delivers it and releases the lease)."""
 
     def history(self, conversation_id: str) -> History | None: ...
 

@@ -361,7 +361,7 @@ def sweep(deps: Deps, *, now: float | None = None) -> list[RunRef]:
     never strands a message). ``now`` may be pushed forward to take over leases early."""
     at = deps.clock.now() if now is None else now
     started: list[RunRef] = []
-    for cid in deps.store.expired_with_pending(now=at):
+    for cid in deps.store.conversations_to_sweep(now=at):
         lease = deps.store.try_acquire_lease(cid, now=at, ttl=deps.settings.lease_ttl)
         if lease is None:
             continue

@@ -18,7 +18,7 @@ Round trips in the common case (counted in ``store.api_calls``; S3 only for offl
 ``bind_lease``, ``renew_lease``, ``handover_lease``, ``release_lease`` 1 (UpdateItem);
 ``get_conversation``, ``load_checkpoint`` 1 (GetItem); ``pending_inbox``, ``load_log``,
 ``pending_outbox``, ``list_connections`` 1 (Query); ``commit_turn`` 2 (GetItem meta,
-transaction); ``mark_delivered`` 1 per sequence; ``expired_with_pending`` 1 Query per sweep
+transaction); ``mark_delivered`` 1 per sequence; ``conversations_to_sweep`` 1 Query per sweep
 shard; ``history`` 3; ``add_connection`` 1; ``remove_connection`` 2.
 """
 
@@ -369,9 +369,10 @@ class DynamoDBConversationStore(DynamoDBTicketStore):
             return True
         raise RetryableError(f"release of {conversation_id}: too much contention")
 
-    def expired_with_pending(self, *, now: float, limit: int = 100) -> list[str]:
-        """Conversations with pending inbox entries and no live lease: per shard, one query
-        of the sparse sweep index by lease expiry, filtered on the pending count."""
+    def conversations_to_sweep(self, *, now: float, limit: int = 100) -> list[str]:
+        """Conversations that need a run (pending messages, or a lease that expired while
+        held): per shard, one query of the sparse sweep index by lease expiry, filtered on
+        the pending count or a held lease (a released one has expiry 0)."""
         found: list[str] = []
         for shard in range(SWEEP_SHARDS):
             if len(found) >= limit:
@@ -380,7 +381,7 @@ class DynamoDBConversationStore(DynamoDBTicketStore):
                 f"#{SWEEP_INDEX_PK} = :shard AND #{SWEEP_INDEX_SK} <= :now",
                 {":shard": string(_shard_name(shard)), ":now": number(now), ":zero": number(0)},
                 index=SWEEP_INDEX,
-                filter_expression=f"#{PENDING_COUNT} > :zero",
+                filter_expression=f"#{PENDING_COUNT} > :zero OR #{SWEEP_INDEX_SK} > :zero",
                 limit=limit - len(found),
                 consistent=False,  # a global index is eventually consistent only
             )

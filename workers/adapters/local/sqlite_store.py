@@ -339,12 +339,12 @@ class SqliteConversationStore:
             )
             return cur.rowcount
 
-    def expired_with_pending(self, *, now: float, limit: int = 100) -> list[str]:
+    def conversations_to_sweep(self, *, now: float, limit: int = 100) -> list[str]:
         rows = self._conn().execute(
             "SELECT c.conversation_id FROM conversations c"
-            " WHERE (c.lease_token IS NULL OR c.lease_expires_at <= ?)"
-            " AND EXISTS (SELECT 1 FROM inbox i WHERE i.conversation_id = c.conversation_id"
-            " AND i.status = 'pending') LIMIT ?",
+            " WHERE (c.lease_token IS NOT NULL AND c.lease_expires_at <= ?)"
+            " OR (c.lease_token IS NULL AND EXISTS (SELECT 1 FROM inbox i"
+            " WHERE i.conversation_id = c.conversation_id AND i.status = 'pending')) LIMIT ?",
             (now, limit),
         )
         return [r[0] for r in rows]
