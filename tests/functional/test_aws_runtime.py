@@ -294,3 +294,33 @@ def test_a_run_that_died_after_its_commit_is_finished_by_the_sweeper(
     assert aws.replies(timeout=0.5) == [] and len(aws.stub.requests) == 1  # one turn, once
     state = deps.store.get_conversation("ticket:10")
     assert state is not None and state.lease_token is None
+
+
+def test_messages_sent_during_a_turn_follow_the_policy_under_one_run(aws: Aws) -> None:
+    aws.stub.latency_s = 1.0  # a slow model: the next messages arrive mid-turn
+    sqs = aws.session.client("sqs")
+
+    def send(text: str, **extra: str) -> None:
+        body = {"conversation_id": "ticket:11", "text": text, **extra}
+        sqs.send_message(
+            QueueUrl=aws.stack.queue_url,
+            MessageBody=json.dumps(body),
+            MessageGroupId="ticket:11",
+            MessageDeduplicationId=f"{time.time_ns()}",
+        )
+
+    send("first", policy="merge")
+    aws.pump()
+    deadline = time.monotonic() + 10
+    while not aws.stub.requests and time.monotonic() < deadline:
+        time.sleep(0.02)  # the first turn is now in the model
+    send("second")
+    send("third")
+    aws.pump()
+    replies = aws.replies(timeout=30, want=2)
+    assert len(replies) == 2
+    assert "first" in aws.stub.requests[0].last_user_text
+    merged = aws.stub.requests[1].last_user_text
+    assert "second" in merged and "third" in merged  # merge: one turn for both
+    assert len(replies[1]["in_reply_to"]) == 2
+    assert len(aws.executions()) == 1  # the messages joined the run holding the lease
