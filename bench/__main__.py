@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -13,13 +14,32 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import overhead, storage, throughput
+from bench import (
+    aws_cost,
+    aws_roundtrips,
+    bundle_size,
+    cold_import,
+    overhead,
+    storage,
+    throughput,
+)
+from bench.aws_meter import moto_server
 from bench.common import progress
 from bench.report import environment, render
 from workers.observability import offline_mlflow_env
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SECTIONS = ("overhead", "throughput", "storage")
+SECTIONS = (
+    "overhead",
+    "throughput",
+    "storage",
+    "aws-roundtrips",
+    "cold-import",
+    "bundle-size",
+    "aws-cost",
+)
+AWS_SERVER_SECTIONS = frozenset({"aws-roundtrips", "cold-import", "aws-cost"})
+"""Sections that need the (one, shared) moto server."""
 
 FULL: dict[str, Any] = {
     "overhead_turns": 300,
@@ -32,6 +52,11 @@ FULL: dict[str, Any] = {
     "storage_points": "10,100,1000",
     "storage_window": 10,
     "baseline_budget_s": 180.0,
+    "aws_turns": 50,
+    "aws_workflow_turns": 10,
+    "aws_standard_turns": 3,
+    "cold_samples": 10,
+    "cold_first_turn_samples": 5,
 }
 QUICK: dict[str, Any] = {
     "overhead_turns": 100,
@@ -44,6 +69,11 @@ QUICK: dict[str, Any] = {
     "storage_points": "10,100,300",
     "storage_window": 5,
     "baseline_budget_s": 60.0,
+    "aws_turns": 10,
+    "aws_workflow_turns": 4,
+    "aws_standard_turns": 2,
+    "cold_samples": 3,
+    "cold_first_turn_samples": 2,
 }
 
 
@@ -74,6 +104,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--storage-points", help="conversation lengths to sample, comma list")
     parser.add_argument("--storage-window", type=int, help="turns averaged at each point")
     parser.add_argument("--baseline-budget-s", type=float, help="time cap of the baseline")
+    parser.add_argument("--aws-turns", type=int, help="turns per side of aws-roundtrips")
+    parser.add_argument(
+        "--aws-workflow-turns", type=int, help="turns driven through the Express ASL"
+    )
+    parser.add_argument(
+        "--aws-standard-turns", type=int, help="turns driven through the Standard ASL"
+    )
+    parser.add_argument("--cold-samples", type=int, help="fresh processes per handler import")
+    parser.add_argument(
+        "--cold-first-turn-samples", type=int, help="fresh processes for turn's first turn"
+    )
     parser.add_argument("--profile", action="store_true", help="cProfile the overhead loops")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
     args = parser.parse_args(argv)
@@ -89,7 +130,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _quiet_logs() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for name in ("mlflow", "alembic", "workers", "httpx"):
+    for name in ("mlflow", "alembic", "workers", "httpx", "werkzeug"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
@@ -139,6 +180,34 @@ def main(argv: list[str] | None = None) -> int:
                     window=args.storage_window,
                     baseline_budget_s=args.baseline_budget_s,
                 ),
+            )
+        with contextlib.ExitStack() as stack:
+            url = (
+                stack.enter_context(moto_server()) if AWS_SERVER_SECTIONS & set(sections) else None
+            )
+            if url is not None and ("aws-roundtrips" in sections or "aws-cost" in sections):
+                results["aws_roundtrips"] = aws_roundtrips.run(
+                    url,
+                    tmp,
+                    aws_roundtrips.RoundTripConfig(
+                        turns=args.aws_turns,
+                        workflow_turns=args.aws_workflow_turns,
+                        standard_turns=args.aws_standard_turns,
+                    ),
+                )
+            if "cold-import" in sections:
+                results["cold_import"] = cold_import.run(
+                    url,
+                    cold_import.ColdImportConfig(
+                        samples=args.cold_samples,
+                        first_turn_samples=args.cold_first_turn_samples,
+                    ),
+                )
+        if "bundle-size" in sections:
+            results["bundle_size"] = bundle_size.run()
+        if "aws-cost" in sections:
+            results["aws_cost"] = aws_cost.compute(
+                results["aws_roundtrips"], results.get("cold_import")
             )
     results["duration_s"] = time.perf_counter() - t0
     for variant in results.get("overhead", {}).get("variants", []):

@@ -101,6 +101,9 @@ class RecordingStarter:
     def start(self, run: RunRef) -> None:
         self.runs.append(run)
 
+    def resume(self, task_token: str) -> None:
+        raise RuntimeError("benchmarks run no Standard workflow: no task token to resume")
+
     def take(self) -> RunRef:
         if len(self.runs) != 1:
             raise RuntimeError(f"expected exactly one started run, got {len(self.runs)}")

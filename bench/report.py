@@ -20,6 +20,9 @@ PACKAGES = (
     "langchain-core",
     "mlflow",
     "pydantic",
+    "boto3",
+    "moto",
+    "langgraph-checkpoint-aws",
 )
 OVERHEAD_GOAL_MS = 5.0
 
@@ -84,6 +87,17 @@ def render(results: dict[str, Any]) -> str:
         parts.append(_throughput(results["throughput"]))
     if "storage" in results:
         parts.append(_storage(results["storage"]))
+    if any(k in results for k in ("aws_roundtrips", "cold_import", "bundle_size", "aws_cost")):
+        from bench import aws_report  # imports this module: import it late
+
+        if "aws_roundtrips" in results:
+            parts.append(aws_report.render_roundtrips(results["aws_roundtrips"]))
+        if "cold_import" in results:
+            parts.append(aws_report.render_cold_import(results["cold_import"]))
+        if "bundle_size" in results:
+            parts.append(aws_report.render_bundle(results["bundle_size"]))
+        if "aws_cost" in results:
+            parts.append(aws_report.render_cost(results["aws_cost"]))
     return "\n\n".join(parts) + "\n"
 
 
