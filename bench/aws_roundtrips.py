@@ -28,11 +28,9 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, TypedDict
+from typing import Any
 
-from langchain_core.messages import AnyMessage, BaseMessage, HumanMessage
-from langgraph.graph import END, START, StateGraph
-from langgraph.graph.message import add_messages
+from langchain_core.messages import HumanMessage
 
 from bench.aws_meter import AwsMeter, Usage, new_session
 from bench.common import (
@@ -41,6 +39,7 @@ from bench.common import (
     RecordingStarter,
     TimedOfflineChatModel,
     mean,
+    plain_chat_graph,
     progress,
 )
 from events.inbound import InboundMessage
@@ -49,7 +48,6 @@ from workers.adapters.aws.dynamodb_store import DynamoDBConversationStore
 from workers.adapters.aws.emulator import load_definition
 from workers.adapters.aws.tables import DynamoDBTableSpec
 from workers.adapters.clock import SystemClock
-from workers.agent.offline import OfflineChatModel
 from workers.bootstrap import build_agent, turn_settings
 from workers.config import load_settings
 from workers.core.ports import NullTracer
@@ -356,10 +354,6 @@ def _by_invocation(invocations: list[dict[str, Any]], turns: int) -> list[dict[s
 # the baseline ------------------------------------------------------------------------------
 
 
-class PlainState(TypedDict):
-    messages: Annotated[list[AnyMessage], add_messages]
-
-
 def _drive_saver(url: str, shadow: Any, shadow_s3: Any, turns: int) -> list[dict[str, Any]]:
     # The table DynamoDBSaver expects (it creates none): string PK + SK, on demand.
     shadow.create_table(
@@ -387,16 +381,7 @@ def _drive_saver(url: str, shadow: Any, shadow_s3: Any, turns: int) -> list[dict
         endpoint_url=url,
         s3_offload_config={"bucket_name": SAVER_BUCKET, "endpoint_url": url},
     )
-    model = OfflineChatModel()
-
-    def call_model(state: PlainState) -> dict[str, list[BaseMessage]]:
-        return {"messages": [model.invoke(state["messages"])]}
-
-    builder = StateGraph(PlainState)
-    builder.add_node("model", call_model)
-    builder.add_edge(START, "model")
-    builder.add_edge("model", END)
-    graph = builder.compile(checkpointer=saver)
+    graph = plain_chat_graph(saver)
     config: Any = {"configurable": {"thread_id": "bench-aws-dynamodbsaver"}}
     per_turn: list[dict[str, Any]] = []
     step = max(1, turns // 4)

@@ -10,11 +10,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypedDict
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import AnyMessage, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.message import add_messages
 from pydantic import PrivateAttr
 
 from events.outbound import OutboxPayload, ReplyChunk
@@ -296,3 +298,24 @@ class SqliteMeter:
 
     def close(self) -> None:
         self.conn.close()
+
+
+class PlainState(TypedDict):
+    """The usual LangGraph chat state: the whole history in one ``messages`` channel."""
+
+    messages: Annotated[list[AnyMessage], add_messages]
+
+
+def plain_chat_graph(checkpointer: Any) -> Any:
+    """The baseline agents are compared with: a plain one-node LangGraph chat graph on
+    ``checkpointer``, calling the same offline model."""
+    model = OfflineChatModel()
+
+    def call_model(state: PlainState) -> dict[str, list[BaseMessage]]:
+        return {"messages": [model.invoke(state["messages"])]}
+
+    builder = StateGraph(PlainState)
+    builder.add_node("model", call_model)
+    builder.add_edge(START, "model")
+    builder.add_edge("model", END)
+    return builder.compile(checkpointer=checkpointer)

@@ -29,14 +29,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TypedDict
+from typing import Any
 
-from langchain_core.messages import AnyMessage, BaseMessage, HumanMessage
+from langchain_core.messages import HumanMessage
 from langgraph.checkpoint.sqlite import SqliteSaver
-from langgraph.graph import END, START, StateGraph
-from langgraph.graph.message import add_messages
 
-from bench.common import DiscardSink, RecordingStarter, SqliteMeter, mean, progress
+from bench.common import (
+    DiscardSink,
+    RecordingStarter,
+    SqliteMeter,
+    mean,
+    plain_chat_graph,
+    progress,
+)
 from events.inbound import InboundMessage
 from workers.adapters.clock import SystemClock
 from workers.adapters.local.sqlite_store import SqliteConversationStore
@@ -57,10 +62,6 @@ class StorageConfig:
 
 def text_of_turn(turn: int) -> str:
     return f"message {turn} about my order"
-
-
-class PlainState(TypedDict):
-    messages: Annotated[list[AnyMessage], add_messages]
 
 
 @dataclass
@@ -117,16 +118,7 @@ def _baseline(tmp: Path) -> Side:
     saver = SqliteSaver(conn)
     saver.setup()  # sets journal_mode=WAL
     conn.execute("PRAGMA synchronous=NORMAL")  # as the store's connections
-    model = OfflineChatModel()
-
-    def call_model(state: PlainState) -> dict[str, list[BaseMessage]]:
-        return {"messages": [model.invoke(state["messages"])]}
-
-    builder = StateGraph(PlainState)
-    builder.add_node("model", call_model)
-    builder.add_edge(START, "model")
-    builder.add_edge("model", END)
-    graph = builder.compile(checkpointer=saver)
+    graph = plain_chat_graph(saver)
     config: Any = {"configurable": {"thread_id": "storage-plain"}}
 
     def do_turn(turn: int) -> None:

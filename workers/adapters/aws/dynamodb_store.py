@@ -104,6 +104,13 @@ _STATUS = TypeAdapter[ConversationStatus](ConversationStatus)
 _INBOX_STATUS = TypeAdapter[InboxStatus](InboxStatus)
 
 
+_NEXT_TOKEN = (
+    "SET #last_token = #last_token + :one, #lease_token = #last_token + :one,"
+    " #lease_expires_at = :expires, #updated_at = :now REMOVE #lease_execution_id"
+)
+"""A fresh lease with the next fencing token (acquire and handover differ in condition only)."""
+
+
 class DynamoDBConversationStore(DynamoDBTicketStore):
     """Conversations, inbox, leases, checkpoints, log, outbox, connections and tickets on
     DynamoDB, with S3 for blobs too large for an item. Implements ``ConversationStore`` and
@@ -229,8 +236,7 @@ class DynamoDBConversationStore(DynamoDBTicketStore):
             new = self._table.update(
                 conversation_pk(conversation_id),
                 META_SK,
-                "SET #last_token = #last_token + :one, #lease_token = #last_token + :one,"
-                " #lease_expires_at = :expires, #updated_at = :now REMOVE #lease_execution_id",
+                _NEXT_TOKEN,
                 cond="attribute_exists(#pk)"
                 " AND (attribute_not_exists(#lease_token) OR #lease_expires_at <= :now)",
                 values={":one": number(1), ":expires": number(now + ttl), ":now": number(now)},
@@ -315,8 +321,7 @@ class DynamoDBConversationStore(DynamoDBTicketStore):
             new = self._table.update(
                 conversation_pk(conversation_id),
                 META_SK,
-                "SET #last_token = #last_token + :one, #lease_token = #last_token + :one,"
-                " #lease_expires_at = :expires, #updated_at = :now REMOVE #lease_execution_id",
+                _NEXT_TOKEN,
                 cond="#lease_token = :token",
                 values={
                     ":one": number(1),
