@@ -232,6 +232,11 @@ WS_ACTIONS = ("subscribe", "send", "approve", "deny", "ping")
 # --- Queue and bus envelopes --------------------------------------------------------------
 
 
+def _with_defaults(data: dict[str, Any], **defaults: str) -> dict[str, Any]:
+    """``data`` with ``defaults`` for the fields it leaves out or sets to null."""
+    return {**data, **{k: v for k, v in defaults.items() if data.get(k) is None}}
+
+
 class SqsRecord(BaseModel):
     """One record of an SQS event; its ``body`` is an :class:`InboundMessage` as JSON."""
 
@@ -246,10 +251,10 @@ class SqsRecord(BaseModel):
         data = json.loads(self.body)
         if not isinstance(data, dict):
             raise ValueError("SQS body must be a JSON object")
-        data.setdefault("channel", "sqs")
         # The queue's own message id is a dedupe key of last resort (SQS redelivers it).
-        data.setdefault("dedupe_key", f"sqs:{self.message_id}")
-        return InboundMessage.model_validate(data)
+        return InboundMessage.model_validate(
+            _with_defaults(data, channel="sqs", dedupe_key=f"sqs:{self.message_id}")
+        )
 
 
 class SqsEvent(BaseModel):
@@ -268,10 +273,8 @@ class EventBridgeEvent(BaseModel):
     detail: dict[str, Any]
 
     def to_inbound(self) -> InboundMessage:
-        data = dict(self.detail)
-        data.setdefault("channel", "eventbridge")
-        data.setdefault("dedupe_key", f"eventbridge:{self.id}")
-        return InboundMessage.model_validate(data)
+        defaults = {"channel": "eventbridge", "dedupe_key": f"eventbridge:{self.id}"}
+        return InboundMessage.model_validate(_with_defaults(self.detail, **defaults))
 
 
 class TicketEvent(BaseModel):

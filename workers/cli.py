@@ -233,11 +233,11 @@ def _send_to_sandbox(args: argparse.Namespace) -> int:
                 return _nothing_to_decide()
             pending = request.model_dump(mode="json")
         message = build_message(args.conversation, _message(args, pending))
-        client.send(message)
         if args.no_wait:
+            client.send(message)
             print(message.message_id)
             return 0
-        payload = client.wait_for_reply(message.message_id, args.timeout)
+        payload = client.ask(message, args.timeout)
     except SandboxNotRunning as exc:
         print(f"agentworker: {exc}", file=sys.stderr)
         return 1

@@ -5,8 +5,9 @@ The sandbox runs a moto server in this process, so :func:`route_lambda_to_handle
 the Lambda invocations of moto's Step Functions executor: the real ASL drives our real handlers,
 which reach DynamoDB, S3, SQS, SNS and Step Functions through the same server (boto3 honours
 ``AWS_ENDPOINT_URL``). A poller feeds the inbound FIFO queue to ``ingest`` like Lambda's event
-source mapping, a schedule runs the sweeper, and a queue subscribed to the SNS reply topic lets
-clients read the replies. Clients find the sandbox through ``<state_dir>/sandbox.json``.
+source mapping, a schedule runs the sweeper, and the queue ``agentworker-replies-sandbox``
+subscribed to the SNS reply topic receives every reply (``send`` subscribes a queue of its own
+per message). Clients find the sandbox through ``<state_dir>/sandbox.json``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import shlex
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -44,8 +46,9 @@ SWEEP_INTERVAL_SECONDS = 60.0
 """The sweeper's schedule on AWS: every minute."""
 RETRY_INTERVAL_SECONDS = 1
 """The workflow's retry interval here (moto really sleeps it; a sandbox user waits)."""
-TRY_COMMAND = 'agentworker send --target sandbox{dir} -c ticket:1 "please open a ticket about \
-the printer"'
+TRY_COMMAND = (
+    'agentworker send --target sandbox{dir} -c ticket:1 "please open a ticket about the printer"'
+)
 
 
 class SandboxNotRunning(AgentWorkerError):
@@ -141,11 +144,12 @@ def _start_runtime(resources: ExitStack, options: SandboxOptions) -> SandboxStat
     from workers import bootstrap
     from workers.adapters.aws import emulator
 
+    resources.enter_context(emulator.serialized_dynamodb())
     server, endpoint_url = emulator.start_moto_server(options.port)
     resources.callback(server.stop)
     clients = client_factory(endpoint_url)
     stack = emulator.create_stack(clients, retry_interval_seconds=RETRY_INTERVAL_SECONDS)
-    replies_url = emulator.subscribe_queue(clients, stack.topic_arn, REPLIES_QUEUE)
+    replies_url = emulator.subscribe_queue(clients, stack.topic_arn, REPLIES_QUEUE).queue_url
     _point_handlers_at(endpoint_url, stack.environment())
     if options.bedrock_stub:
         _start_bedrock_stub(resources)
@@ -320,7 +324,7 @@ def build_message(conversation_id: str, body: dict[str, Any]) -> InboundMessage:
 
 
 class SandboxClient:
-    """Sends messages to a sandbox's inbound queue and reads its replies queue."""
+    """Sends messages to a sandbox's inbound queue and waits for their replies."""
 
     def __init__(self, state: SandboxState) -> None:
         self.state = state
@@ -338,26 +342,46 @@ class SandboxClient:
                 MessageDeduplicationId=message.message_id,
             )
 
-    def wait_for_reply(self, message_id: str, timeout: float) -> dict[str, Any] | None:
-        """The first payload on the replies queue answering ``message_id``, or None after
-        ``timeout`` seconds. Other payloads are left for their own clients: received with a
-        short visibility timeout, they reappear a second later."""
+    def ask(self, message: InboundMessage, timeout: float) -> dict[str, Any] | None:
+        """Send ``message`` and return the payload answering it (a reply, an approval request
+        or a notice), or None after ``timeout`` seconds."""
+        with self._replies_of(message.conversation_id) as queue_url:
+            self.send(message)
+            return self._wait(queue_url, message.message_id, timeout)
+
+    @contextmanager
+    def _replies_of(self, conversation_id: str) -> Iterator[str]:
+        """A queue of this client's own, subscribed to the reply topic for one conversation
+        (an SNS filter on the ``conversation_id`` attribute), removed afterwards. Clients that
+        wait at once on one shared queue hold each other's replies (each hides the other's
+        from the other) and can starve behind unread ones; their own queues cannot."""
+        from workers.adapters.aws.emulator import subscribe_queue, unsubscribe_queue
+
+        with _reaching(self.state):
+            subscription = subscribe_queue(
+                self._clients,
+                self.state.topic_arn,
+                f"{REPLIES_QUEUE}-{uuid.uuid4().hex[:12]}",
+                filter_policy={"conversation_id": [conversation_id]},
+            )
+        try:
+            yield subscription.queue_url
+        finally:
+            with _reaching(self.state):
+                unsubscribe_queue(self._clients, subscription)
+
+    def _wait(self, queue_url: str, message_id: str, timeout: float) -> dict[str, Any] | None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with _reaching(self.state):
                 got = self._sqs.receive_message(
-                    QueueUrl=self.state.replies_queue_url,
-                    MaxNumberOfMessages=10,
-                    WaitTimeSeconds=1,
-                    VisibilityTimeout=1,
+                    QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1
                 ).get("Messages", [])
             for message in got:
+                # the queue is ours: a payload for another message of the conversation goes too
+                self._sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
                 payload: dict[str, Any] = json.loads(message["Body"])
                 if message_id in payload.get("in_reply_to", []):
-                    self._sqs.delete_message(
-                        QueueUrl=self.state.replies_queue_url,
-                        ReceiptHandle=message["ReceiptHandle"],
-                    )
                     return payload
         return None
 

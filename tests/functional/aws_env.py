@@ -24,6 +24,7 @@ from workers.adapters.aws.emulator import (
     create_stack,
     default_handlers,
     route_lambda_to_handlers,
+    serialized_dynamodb,
 )
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "aws"
@@ -121,7 +122,9 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
         handlers = default_handlers()
         poller = SqsPoller(sqs, stack.queue_url, queue_arn, handlers["ingest"])
         bootstrap.reset_aws_deps()
-        with route_lambda_to_handlers(handlers):
+        # Handlers run in moto's execution threads and the poller in this one: moto's
+        # DynamoDB must answer one request at a time, as real DynamoDB's conditions do.
+        with route_lambda_to_handlers(handlers), serialized_dynamodb():
             yield Aws(session, stack, replies_url, poller, stub)
         bootstrap.reset_aws_deps()
 

@@ -103,6 +103,15 @@ def test_real_sqs_envelope_carries_our_message() -> None:
         parsed.records[1].to_inbound()  # the fixture's own body is not one of our messages
 
 
+def test_a_null_dedupe_key_in_a_queue_body_gets_the_queue_default() -> None:
+    event = json.loads((FIXTURES / "aws" / "sqsEvent.json").read_text())
+    body = {"conversation_id": "ticket:1", "text": "hi", "dedupe_key": None, "channel": None}
+    event["Records"][0]["body"] = json.dumps(body)
+    record = SqsEvent.model_validate(event).records[0]
+    msg = record.to_inbound()
+    assert msg.dedupe_key == f"sqs:{record.message_id}" and msg.channel == "sqs"
+
+
 def test_real_eventbridge_envelope_carries_our_message() -> None:
     event = json.loads((FIXTURES / "aws" / "eventBridgeEvent.json").read_text())
     event["detail"] = {"conversation_id": "ticket:1", "text": "hello"}

@@ -361,22 +361,73 @@ def queue_arn(sqs: Any, queue_url: str) -> str:
     return str(attributes["Attributes"]["QueueArn"])
 
 
+@dataclass(frozen=True)
+class QueueSubscription:
+    """A queue subscribed to an SNS topic (see :func:`subscribe_queue`)."""
+
+    queue_url: str
+    subscription_arn: str
+
+
 def subscribe_queue(
-    clients: Callable[[str], Any], topic_arn: str, queue_name: str, *, retention_seconds: int = 600
-) -> str:
+    clients: Callable[[str], Any],
+    topic_arn: str,
+    queue_name: str,
+    *,
+    filter_policy: Mapping[str, Any] | None = None,
+    retention_seconds: int = 600,
+) -> QueueSubscription:
     """Create a standard queue subscribed to ``topic_arn`` with raw delivery (each message body
-    is one published payload, as JSON); returns its URL. How a client reads the replies."""
+    is one published payload, as JSON), optionally filtered on message attributes. How a
+    client reads the replies."""
     sqs = clients("sqs")
     url: str = sqs.create_queue(
         QueueName=queue_name, Attributes={"MessageRetentionPeriod": str(retention_seconds)}
     )["QueueUrl"]
-    clients("sns").subscribe(
+    attributes = {"RawMessageDelivery": "true"}
+    if filter_policy is not None:
+        attributes["FilterPolicy"] = json.dumps(filter_policy)
+    subscribed = clients("sns").subscribe(
         TopicArn=topic_arn,
         Protocol="sqs",
         Endpoint=queue_arn(sqs, url),
-        Attributes={"RawMessageDelivery": "true"},
+        Attributes=attributes,
+        ReturnSubscriptionArn=True,
     )
-    return url
+    return QueueSubscription(url, subscribed["SubscriptionArn"])
+
+
+def unsubscribe_queue(clients: Callable[[str], Any], subscription: QueueSubscription) -> None:
+    """Undo :func:`subscribe_queue`: the subscription first (moto fails a publish to a
+    subscribed queue that no longer exists), then the queue."""
+    clients("sns").unsubscribe(SubscriptionArn=subscription.subscription_arn)
+    clients("sqs").delete_queue(QueueUrl=subscription.queue_url)
+
+
+@contextmanager
+def serialized_dynamodb() -> Iterator[None]:
+    """While active, moto answers one DynamoDB request at a time.
+
+    moto's DynamoDB is not thread-safe, and a moto server answers each request in its own
+    thread: ``TransactWriteItems`` deep-copies the table while other requests change it
+    (``RuntimeError: dictionary changed size during iteration``, an HTTP 500), and a
+    conditional write's check and write can interleave with another's, which real DynamoDB
+    never allows. DynamoDB requests make no nested requests, so one lock cannot deadlock.
+    """
+    from moto.dynamodb.responses import DynamoHandler
+
+    original = DynamoHandler.call_action
+    lock = threading.Lock()
+
+    def call_action(self: Any) -> Any:
+        with lock:
+            return original(self)
+
+    DynamoHandler.call_action = call_action  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        DynamoHandler.call_action = original  # type: ignore[method-assign]
 
 
 class ScheduledInvoker:
