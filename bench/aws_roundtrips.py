@@ -41,6 +41,7 @@ from bench.common import (
     mean,
     plain_chat_graph,
     progress,
+    text_of_turn,
 )
 from events.inbound import InboundMessage
 from events.workflow import RunRef
@@ -79,10 +80,6 @@ class RoundTripConfig:
     """Turns of the second conversation, driven through the Express ASL."""
     standard_turns: int = 3
     """Turns driven through the Standard ASL (for its transition count)."""
-
-
-def text_of_turn(turn: int) -> str:
-    return f"message {turn} about my order"
 
 
 # ours --------------------------------------------------------------------------------------

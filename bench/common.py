@@ -319,3 +319,8 @@ def plain_chat_graph(checkpointer: Any) -> Any:
     builder.add_edge(START, "model")
     builder.add_edge("model", END)
     return builder.compile(checkpointer=checkpointer)
+
+
+def text_of_turn(turn: int) -> str:
+    """The same plain user text for both sides of a comparison (no tool calls)."""
+    return f"message {turn} about my order"

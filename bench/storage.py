@@ -41,6 +41,7 @@ from bench.common import (
     mean,
     plain_chat_graph,
     progress,
+    text_of_turn,
 )
 from events.inbound import InboundMessage
 from workers.adapters.clock import SystemClock
@@ -58,10 +59,6 @@ class StorageConfig:
     window: int = 10
     baseline_budget_s: float = 180.0
     """The baseline stops early (and says so) once it has run this long."""
-
-
-def text_of_turn(turn: int) -> str:
-    return f"message {turn} about my order"
 
 
 @dataclass
