@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -90,3 +92,42 @@ class ServerProcess:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+@contextmanager
+def mlflow_server_process(state_dir: Path, timeout: float = 120.0) -> Iterator[str]:
+    """A real ``mlflow server`` (full MLflow, from this venv) on a free loopback port."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = state_dir / "mlflow-server.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "mlflow"),
+                "server",
+                "--host", "127.0.0.1",
+                "--port", str(port),
+                "--backend-store-uri", f"sqlite:///{state_dir / 'mlflow-server.db'}",
+                "--default-artifact-root", str(state_dir / "mlflow-artifacts"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"mlflow server exited:\n{log_path.read_text()[-2000:]}")
+                try:
+                    if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("mlflow server did not start")
+                time.sleep(0.3)
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)

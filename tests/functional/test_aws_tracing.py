@@ -4,18 +4,13 @@ conversation."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.functional.aws_env import Aws, aws
-from tests.functional.server_process import free_port
+from tests.functional.server_process import mlflow_server_process
 from workers import bootstrap
 
 __all__ = ["aws"]  # the fixture
@@ -23,39 +18,8 @@ __all__ = ["aws"]  # the fixture
 
 @pytest.fixture
 def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = (tmp_path / "mlflow.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlflow"),
-            "server",
-            "--host", "127.0.0.1",
-            "--port", str(port),
-            "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-            "--default-artifact-root", str(tmp_path / "artifacts"),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, (tmp_path / "mlflow.log").read_text()[-2000:]
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        else:
-            raise AssertionError("mlflow server did not start")
+    with mlflow_server_process(tmp_path) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
 
 
 def test_a_turn_through_the_handler_is_traced_to_the_tracking_server(
