@@ -104,6 +104,9 @@ _STATUS = TypeAdapter[ConversationStatus](ConversationStatus)
 _INBOX_STATUS = TypeAdapter[InboxStatus](InboxStatus)
 
 
+_RENEWED_CACHE = 1024
+"""Conversations whose last renewal image is kept (a Lambda process serves few at a time)."""
+
 _NEXT_TOKEN = (
     "SET #last_token = #last_token + :one, #lease_token = #last_token + :one,"
     " #lease_expires_at = :expires, #updated_at = :now REMOVE #lease_execution_id"
@@ -138,6 +141,9 @@ class DynamoDBConversationStore(DynamoDBTicketStore):
         self._table = DynamoDBTable(dynamodb, table_name, self.api_calls)
         self._blobs = S3Offload(s3, bucket, calls=self.api_calls, inline_limit=inline_limit)
         self._retention = None if retention_days is None else retention_days * 86_400
+        # The meta image the last lease renewal returned, per conversation: a turn's commit
+        # is conditional on it instead of reading meta again (see commit_turn).
+        self._renewed: dict[str, Item] = {}
 
     # inbox ------------------------------------------------------------------------------
 
@@ -294,6 +300,9 @@ class DynamoDBConversationStore(DynamoDBTicketStore):
             )
         except ConditionFailed as failed:
             raise lease_lost(conversation_id, token, failed.item) from None
+        if len(self._renewed) >= _RENEWED_CACHE:
+            self._renewed.clear()
+        self._renewed[conversation_id] = new
         return _state(new)
 
     def hold_for_approval(
@@ -424,13 +433,18 @@ class DynamoDBConversationStore(DynamoDBTicketStore):
         """Apply a turn in one transaction fenced by ``commit.token``: ``LeaseLost`` if it is
         stale, ``TurnSuperseded`` if ``expect_inbox_seq`` is set and the inbox moved.
 
-        ``meta`` is read first for the log and outbox sequences, and the transaction is
-        conditional on them. Blobs over the inline limit go to S3 before the transaction;
-        their keys are unique, so a stale run's objects are orphans (deleted when its commit
-        is refused) and can never replace the live ones.
+        The transaction is conditional on the log and outbox sequences of ``meta``: the image
+        the run's lease renewal just returned in this process (no read), or a fresh read. An
+        image that went stale only fails the conditions, whose answer carries the current
+        one, and the commit is rebuilt on it. Blobs over the inline limit go to S3 before the
+        transaction; their keys are unique, so a stale run's objects are orphans (deleted when
+        its commit is refused) and can never replace the live ones.
         """
         pk = conversation_pk(conversation_id)
-        meta = check_commit(conversation_id, commit, self._table.get(pk, META_SK))
+        seen = self._renewed.pop(conversation_id, None)
+        meta = check_commit(
+            conversation_id, commit, seen if seen is not None else self._table.get(pk, META_SK)
+        )
         parts = CommitParts.of(commit)
         placed = self._blobs.place(conversation_id, str(commit.token), parts.blobs())
         try:
