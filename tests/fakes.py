@@ -214,6 +214,12 @@ class InMemoryConversationStore:
         conv = self._convs.get(conversation_id)
         return None if conv is None else conv.checkpoint
 
+    def load_turn(
+        self, conversation_id: str, *, window: int
+    ) -> tuple[bytes | None, list[LogEntry]]:
+        self.calls.append("load_turn")
+        return self.load_checkpoint(conversation_id), self.load_log(conversation_id, limit=window)
+
     def load_log(self, conversation_id: str, *, limit: int) -> list[LogEntry]:
         self.calls.append("load_log")
         conv = self._convs.get(conversation_id)

@@ -266,3 +266,21 @@ def test_the_sweeper_also_finds_a_run_that_died_holding_its_lease(store: Any) ->
     fresh = store.try_acquire_lease(CID, now=T0 + 11, ttl=10)
     assert store.release_lease(CID, fresh.token, seen_inbox_seq=1)
     assert store.conversations_to_sweep(now=T0 + 100) == []  # released: nothing to do
+
+
+def test_load_turn_reads_the_checkpoint_and_the_log_window(store: Any) -> None:
+    store.append_inbox(msg(), now=T0, default_policy="enqueue")
+    lease = store.try_acquire_lease(CID, now=T0, ttl=10)
+    assert store.load_turn(CID, window=5) == (None, [])  # a new conversation
+    log = [LogEntry(f"m{i}", "human", f"x{i}".encode()) for i in range(3)]
+    store.commit_turn(CID, TurnCommit(lease.token, [], "idle", None, log))
+    checkpoint, history = store.load_turn(CID, window=2)
+    assert checkpoint is None and [e.message_id for e in history] == ["m1", "m2"]
+    store.commit_turn(CID, TurnCommit(lease.token, [], "idle", b"ck-1"))
+    checkpoint, history = store.load_turn(CID, window=2)
+    assert checkpoint == b"ck-1" and [e.message_id for e in history] == ["m1", "m2"]
+    checkpoint, history = store.load_turn(CID, window=10)
+    assert checkpoint == b"ck-1" and [e.data for e in history] == [b"x0", b"x1", b"x2"]
+    assert store.load_turn(CID, window=0) == (b"ck-1", [])
+    assert [e.message_id for e in store.load_log(CID, limit=10)] == ["m0", "m1", "m2"]
+    assert store.load_checkpoint(CID) == b"ck-1"

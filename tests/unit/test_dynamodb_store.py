@@ -16,6 +16,7 @@ from events.outbound import Reply
 from tests.fakes import ManualClock, RecordingSink, RecordingStarter, ScriptedAgent
 from workers.adapters.aws.dynamodb_store import DynamoDBConversationStore
 from workers.adapters.aws.tables import (
+    CHECKPOINT_SK,
     SWEEP_INDEX_PK,
     TTL_ATTRIBUTE,
     DynamoDBTableSpec,
@@ -103,7 +104,7 @@ def test_a_large_checkpoint_round_trips_through_encrypted_s3(
     (key,) = s3_keys(aws)
     assert key.startswith(f"conversations/{CID}/checkpoint/{token}-")
     assert aws[1].head_object(Bucket=BUCKET, Key=key)["ServerSideEncryption"] == "AES256"
-    pointer = raw(aws, CID, "ckpt")
+    pointer = raw(aws, CID, CHECKPOINT_SK)
     assert "data" not in pointer and pointer["data_s3_key"]["S"] == key
     # A small checkpoint replaces it inline and the object it replaced is deleted.
     store.commit_turn(CID, TurnCommit(token, [], "idle", b"small"))
@@ -177,6 +178,7 @@ def test_round_trips_of_a_typical_turn(store: DynamoDBConversationStore) -> None
     pending = measure("pending_inbox", lambda: store.pending_inbox(CID))
     measure("load_checkpoint", lambda: store.load_checkpoint(CID))
     measure("load_log", lambda: store.load_log(CID, limit=20))
+    measure("load_turn", lambda: store.load_turn(CID, window=20))  # what a turn uses
     log = [LogEntry("u1", "human", b"hi"), LogEntry("a1", "ai", b"hello")]
     reply = Reply(conversation_id=CID, turn_id="t", text="hello")
     commit = TurnCommit(lease.token, [pending[0].seq], "idle", b"ck", log, [reply])
@@ -196,6 +198,7 @@ def test_round_trips_of_a_typical_turn(store: DynamoDBConversationStore) -> None
         "pending_inbox": 1,
         "load_checkpoint": 1,
         "load_log": 1,
+        "load_turn": 1,
         "commit_turn": 1,  # conditional on the image the renewal returned: no read
         "pending_outbox": 1,
         "mark_delivered": 1,
@@ -214,9 +217,9 @@ def test_a_whole_run_through_the_core(store: DynamoDBConversationStore) -> None:
     summary = drive_run(deps, starter.runs[0])
     assert summary.turns == 2 and summary.ended == "idle"
     assert [p.text for p in sink.sent if isinstance(p, Reply)] == ["echo one", "echo two"]
-    # bind 1; per turn: renew, inbox, checkpoint, log, commit 1, outbox, mark = 7; then the
-    # last claim (renew, inbox), the final deliver (outbox) and release 1.
-    assert store.api_calls.total == 1 + 2 * 7 + 2 + 1 + 1
+    # bind 1; per turn: renew, inbox, checkpoint + log (one query), commit 1, outbox, mark
+    # = 6; then the last claim (renew, inbox), the final deliver (outbox) and release 1.
+    assert store.api_calls.total == 1 + 2 * 6 + 2 + 1 + 1
     assert store.conversations_to_sweep(now=T0 + 3600) == []
 
 

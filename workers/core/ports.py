@@ -77,6 +77,12 @@ class ConversationStore(Protocol):
 
     def load_checkpoint(self, conversation_id: str) -> bytes | None: ...
 
+    def load_turn(
+        self, conversation_id: str, *, window: int
+    ) -> tuple[bytes | None, list[LogEntry]]:
+        """What a turn starts from: the checkpoint and the last ``window`` log entries
+        (oldest first), in one round trip where the backend allows it."""
+
     def load_log(self, conversation_id: str, *, limit: int) -> list[LogEntry]:
         """The last ``limit`` entries of the message log, oldest first."""
 

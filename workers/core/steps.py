@@ -181,15 +181,16 @@ def _advance(
         _commit_unchanged(deps, run, plan, notice)
         return "skipped"
     with deps.tracer.span("store.load", kind="RETRIEVER"):
-        request = TurnRequest(
-            conversation_id=cid,
-            turn_id=turn_id,
-            channel=_channel(plan),
-            texts=plan.texts,
-            resume=plan.resume,
-            checkpoint=deps.store.load_checkpoint(cid),
-            history=deps.store.load_log(cid, limit=deps.settings.context_window),
-        )
+        checkpoint, history = deps.store.load_turn(cid, window=deps.settings.context_window)
+    request = TurnRequest(
+        conversation_id=cid,
+        turn_id=turn_id,
+        channel=_channel(plan),
+        texts=plan.texts,
+        resume=plan.resume,
+        checkpoint=checkpoint,
+        history=history,
+    )
     try:
         output = deps.agent.run_turn(
             request, on_chunk=_chunk_streamer(deps, cid, turn_id), tracer=deps.tracer

@@ -66,6 +66,7 @@ from workers.adapters.aws.tables import (
     CONVERSATION_PREFIX,
     DEDUPE_PREFIX,
     INBOX_PREFIX,
+    LOG_LAST_SK,
     LOG_PREFIX,
     META_SK,
     OUTBOX_PREFIX,
@@ -419,15 +420,39 @@ class DynamoDBConversationStore(DynamoDBTicketStore):
         if limit <= 0:
             return []
         items = self._table.query(
-            "#pk = :pk AND begins_with(#sk, :prefix)",
-            {":pk": string(conversation_pk(conversation_id)), ":prefix": string(LOG_PREFIX)},
+            "#pk = :pk AND #sk BETWEEN :first AND :last",
+            {
+                ":pk": string(conversation_pk(conversation_id)),
+                ":first": string(LOG_PREFIX),
+                ":last": string(LOG_LAST_SK),
+            },
             limit=limit,
             forward=False,
         )
-        return [
-            LogEntry(get_str(i, "message_id"), get_str(i, "role"), self._blobs.read(i))
-            for i in reversed(items)
-        ]
+        return [self._log_entry(i) for i in reversed(items)]
+
+    def load_turn(
+        self, conversation_id: str, *, window: int
+    ) -> tuple[bytes | None, list[LogEntry]]:
+        """The checkpoint and the last ``window`` log entries in one backwards query: the
+        checkpoint's sort key sorts right after the log's."""
+        items = self._table.query(
+            "#pk = :pk AND #sk BETWEEN :first AND :ckpt",
+            {
+                ":pk": string(conversation_pk(conversation_id)),
+                ":first": string(LOG_PREFIX),
+                ":ckpt": string(CHECKPOINT_SK),
+            },
+            limit=window + 1,
+            forward=False,
+        )
+        checkpoint = None
+        if items and get_str(items[0], TABLE_SK) == CHECKPOINT_SK:
+            checkpoint = self._blobs.read(items.pop(0))
+        return checkpoint, [self._log_entry(i) for i in reversed(items[:window])]
+
+    def _log_entry(self, item: Item) -> LogEntry:
+        return LogEntry(get_str(item, "message_id"), get_str(item, "role"), self._blobs.read(item))
 
     def commit_turn(self, conversation_id: str, commit: TurnCommit) -> None:
         """Apply a turn in one transaction fenced by ``commit.token``: ``LeaseLost`` if it is

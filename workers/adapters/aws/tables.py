@@ -12,7 +12,7 @@ One on-demand table holds everything, keyed by ``pk`` (partition) and ``sk`` (so
 ``conv#<conversation>``    ``out#<seq:012d>``              outbox entry (payload JSON)
 ``conv#<conversation>``    ``log#<seq:012d>``              message log entry (opaque bytes)
 ``conv#<conversation>``    ``logid#<message id>``          marker: this message id is logged
-``conv#<conversation>``    ``ckpt``                        checkpoint (bytes, or an S3 pointer)
+``conv#<conversation>``    ``log#~ckpt``                   checkpoint (bytes, or an S3 pointer)
 ``conv#<conversation>``    ``connection#<connection>``     a WebSocket connection of the conv.
 ``conn#<connection>``      ``conv#<conversation>``         reverse link, to remove a connection
 ``ticket#<id>``            ``ticket``                      a support ticket
@@ -42,10 +42,14 @@ TABLE_SK = "sk"
 CONVERSATION_PREFIX = "conv#"
 CONNECTION_PK_PREFIX = "conn#"
 META_SK = "meta"
-CHECKPOINT_SK = "ckpt"
 INBOX_PREFIX = "in#"
 OUTBOX_PREFIX = "out#"
 LOG_PREFIX = "log#"
+LOG_LAST_SK = LOG_PREFIX + "9" * 12
+"""The highest log sort key (``seq_sk`` pads to 12 digits)."""
+CHECKPOINT_SK = LOG_PREFIX + "~ckpt"
+"""Just after the last log entry ('~' sorts after every digit, and ``log#`` before ``logid#``):
+one backwards query reads the checkpoint and the log window together (``load_turn``)."""
 LOG_ID_PREFIX = "logid#"
 DEDUPE_PREFIX = "dedupe#"
 CONNECTION_PREFIX = "connection#"

@@ -388,6 +388,12 @@ class SqliteConversationStore:
         )
         return None if row is None else bytes(row[0])
 
+    def load_turn(
+        self, conversation_id: str, *, window: int
+    ) -> tuple[bytes | None, list[LogEntry]]:
+        # Two local reads cost microseconds here; DynamoDB does it in one query.
+        return self.load_checkpoint(conversation_id), self.load_log(conversation_id, limit=window)
+
     def load_log(self, conversation_id: str, *, limit: int) -> list[LogEntry]:
         rows = (
             self._conn()
