@@ -284,3 +284,24 @@ def test_load_turn_reads_the_checkpoint_and_the_log_window(store: Any) -> None:
     assert store.load_turn(CID, window=0) == (b"ck-1", [])
     assert [e.message_id for e in store.load_log(CID, limit=10)] == ["m0", "m1", "m2"]
     assert store.load_checkpoint(CID) == b"ck-1"
+
+
+def test_a_pending_count_kept_with_the_state_is_never_wrong(store: Any) -> None:
+    """A store may not keep the count (``None``: claims read the inbox); one that does must
+    be exact, or a claim would skip a pending message."""
+    store.append_inbox(msg("a", "a"), now=T0, default_policy="enqueue")
+    store.append_inbox(msg("b", "b"), now=T0, default_policy="enqueue")
+    lease = store.try_acquire_lease(CID, now=T0, ttl=10)
+
+    def count() -> int | None:
+        state = store.renew_lease(CID, lease.token, now=T0, ttl=10)
+        return None if state.pending_count is None else int(state.pending_count)
+
+    seen = [count()]
+    store.commit_turn(CID, TurnCommit(lease.token, [1], "idle"))
+    seen.append(count())
+    store.commit_turn(CID, TurnCommit(lease.token, [2], "idle"))
+    seen.append(count())
+    store.append_inbox(msg("c", "c"), now=T0, default_policy="enqueue")
+    seen.append(count())
+    assert seen in ([None] * 4, [2, 1, 0, 1])

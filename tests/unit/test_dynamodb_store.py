@@ -218,8 +218,9 @@ def test_a_whole_run_through_the_core(store: DynamoDBConversationStore) -> None:
     assert summary.turns == 2 and summary.ended == "idle"
     assert [p.text for p in sink.sent if isinstance(p, Reply)] == ["echo one", "echo two"]
     # bind 1; per turn: renew, inbox, checkpoint + log (one query), commit 1, outbox, mark
-    # = 6; then the last claim (renew, inbox), the final deliver (outbox) and release 1.
-    assert store.api_calls.total == 1 + 2 * 6 + 2 + 1 + 1
+    # = 6; then the last claim (renew: its pending count of 0 spares the inbox query), the
+    # final deliver (outbox) and release 1.
+    assert store.api_calls.total == 1 + 2 * 6 + 1 + 1 + 1
     assert store.conversations_to_sweep(now=T0 + 3600) == []
 
 

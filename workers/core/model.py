@@ -79,6 +79,9 @@ class ConversationState:
     updated_at: float
     approval_task_token: str | None = None
     """Set while a Standard run waits inside its execution for this conversation's approval."""
+    pending_count: int | None = None
+    """Pending inbox entries, where the store keeps the count with the state (``None``: it
+    does not). A claim that sees 0 skips reading the inbox."""
 
     def lease_live(self, now: float) -> bool:
         return self.lease_token is not None and (self.lease_expires_at or 0.0) > now

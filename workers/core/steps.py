@@ -139,7 +139,9 @@ def claim_inbox(deps: Deps, run: RunRef) -> Claim:
     state = deps.store.renew_lease(
         run.conversation_id, run.token, now=deps.clock.now(), ttl=deps.settings.lease_ttl
     )
-    plan = plan_turn(state, deps.store.pending_inbox(run.conversation_id))
+    # A message arriving after the renewal moves the inbox sequence: the release then fails.
+    pending = [] if state.pending_count == 0 else deps.store.pending_inbox(run.conversation_id)
+    plan = plan_turn(state, pending)
     return Claim(plan, state.inbox_seq, state.status)
 
 

@@ -711,6 +711,7 @@ def _state(meta: Item) -> ConversationState:
         created_at=get_float(meta, "created_at"),
         updated_at=get_float(meta, "updated_at"),
         approval_task_token=opt_str(meta, "approval_task_token"),
+        pending_count=opt_int(meta, PENDING_COUNT),
     )
 
 
