@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from events.inbound import new_id, utcnow
 
@@ -133,6 +133,19 @@ class ErrorBody(BaseModel):
     code: str
     message: str
     field: str | None = None
+
+
+def validation_problem(exc: ValidationError, *, tagged: bool = False) -> ErrorBody:
+    """The first problem of ``exc`` as an error body naming the field (a dotted path without
+    list indexes; with ``tagged``, without the tag pydantic puts first for a tagged union).
+    Text over the size limit is ``too_large``, anything else ``validation_error``."""
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
+    if tagged and len(loc) > 1:
+        loc = loc[1:]
+    field = ".".join(loc) or None
+    code = "too_large" if err["type"] == "too_large" else "validation_error"
+    return ErrorBody(code=code, message=f"{field or 'body'}: {err['msg']}", field=field)
 
 
 class ErrorView(BaseModel):

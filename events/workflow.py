@@ -49,7 +49,6 @@ class TurnResult(BaseModel):
     outcome: TurnOutcome
     turn_id: str | None = None
     consumed: list[str] = Field(default_factory=list)
-    pending: bool = False
 
 
 class StepResult(BaseModel):

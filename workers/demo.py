@@ -148,7 +148,7 @@ def _row(rt: EmbeddedRuntime, cid: str) -> list[str]:
     history = rt.store.history(cid)
     assert history is not None
     log = rt.store.load_log(cid, limit=10_000)
-    turns = sum(1 for s in rt.completed if s.run.conversation_id == cid for _ in range(s.turns))
+    turns = sum(s.turns for s in rt.completed if s.run.conversation_id == cid)
     return [
         cid,
         history.state.policy,

@@ -92,6 +92,27 @@ def test_a_poison_message_lands_in_the_dead_letter_queue(aws: Aws) -> None:
     assert [m["Body"] for m in dead.get("Messages", [])] == ["{not json"]
 
 
+def ask_to_close_a_new_ticket(aws: Aws, conversation_id: str) -> dict[str, Any]:
+    """Open ticket 1, then ask to close it: the approval request the agent sends back."""
+    aws.send_sqs(conversation_id, "please open a ticket about the printer")
+    aws.pump()
+    [opened] = aws.replies()
+    assert opened["text"].startswith("Opened ticket 1")
+    aws.send_sqs(conversation_id, "close ticket 1")
+    aws.pump()
+    [ask] = aws.replies()
+    assert ask["type"] == "approval_request" and ask["tool"] == "update_ticket"
+    return ask
+
+
+def approval_event(conversation_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    """A real HTTP API (payload 2.0) envelope carrying a decision for the approve handler."""
+    event: dict[str, Any] = json.loads((FIXTURES / "apiGatewayProxyV2Event.json").read_text())
+    event["pathParameters"] = {"conversation_id": conversation_id}
+    event["body"] = json.dumps(body)
+    return event
+
+
 def _ws_event(name: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
     event: dict[str, Any] = json.loads((FIXTURES / name).read_text())
     if body is not None:
@@ -159,20 +180,11 @@ def test_a_gone_websocket_connection_is_removed_not_retried(aws: Aws) -> None:
 def test_approval_arrives_as_an_inbox_message_and_a_new_run_resumes(aws: Aws) -> None:
     from workers.handlers import approve
 
-    aws.send_sqs("ticket:6", "please open a ticket about the printer")
-    aws.pump()
-    [opened] = aws.replies()
-    assert opened["text"].startswith("Opened ticket 1")
-    aws.send_sqs("ticket:6", "close ticket 1")
-    aws.pump()
-    [ask] = aws.replies()
-    assert ask["type"] == "approval_request" and ask["tool"] == "update_ticket"
+    ask = ask_to_close_a_new_ticket(aws, "ticket:6")
     aws.wait_executions_done()
     state = bootstrap.aws_deps().store.get_conversation("ticket:6")
     assert state is not None and state.status == "awaiting_approval" and state.lease_token is None
-    event = json.loads((FIXTURES / "apiGatewayProxyV2Event.json").read_text())
-    event["pathParameters"] = {"conversation_id": "ticket:6"}
-    event["body"] = json.dumps({"interrupt_id": ask["interrupt_id"], "approved": True})
+    event = approval_event("ticket:6", {"interrupt_id": ask["interrupt_id"], "approved": True})
     answer = approve.handler(event, lambda_context())
     assert answer["statusCode"] == 202
     assert approve.handler(event, lambda_context())["statusCode"] == 202  # a double click
@@ -188,10 +200,7 @@ def test_approval_arrives_as_an_inbox_message_and_a_new_run_resumes(aws: Aws) ->
 def test_the_approve_endpoint_names_the_bad_field(aws: Aws) -> None:
     from workers.handlers import approve
 
-    event = json.loads((FIXTURES / "apiGatewayProxyV2Event.json").read_text())
-    event["pathParameters"] = {"conversation_id": "ticket:7"}
-    event["body"] = json.dumps({"approved": "maybe"})
-    answer = approve.handler(event, lambda_context())
+    answer = approve.handler(approval_event("ticket:7", {"approved": "maybe"}), lambda_context())
     assert answer["statusCode"] == 422
     assert json.loads(answer["body"])["error"]["field"] in {"interrupt_id", "approved"}
 
@@ -228,14 +237,7 @@ def test_standard_run_waits_for_the_approval_inside_its_execution(
     monkeypatch.setenv("AGENTWORKER_STATE_MACHINE_ARN", aws.stack.state_machine_arns["standard"])
     bootstrap.reset_aws_deps()
     sfn = aws.session.client("stepfunctions")
-    aws.send_sqs("ticket:9", "please open a ticket about the printer")
-    aws.pump()
-    [opened] = aws.replies()
-    assert opened["text"].startswith("Opened ticket 1")
-    aws.send_sqs("ticket:9", "close ticket 1")
-    aws.pump()
-    [ask] = aws.replies()
-    assert ask["type"] == "approval_request"
+    ask = ask_to_close_a_new_ticket(aws, "ticket:9")
     runs = sfn.list_executions(stateMachineArn=aws.stack.state_machine_arns["standard"])
     waiting = [e for e in runs["executions"] if e["status"] == "RUNNING"]
     assert len(waiting) == 1  # the run waits inside its execution, holding the lease
@@ -247,9 +249,7 @@ def test_standard_run_waits_for_the_approval_inside_its_execution(
             break
         time.sleep(0.05)
     assert state is not None and state.approval_task_token and state.lease_token is not None
-    event = json.loads((FIXTURES / "apiGatewayProxyV2Event.json").read_text())
-    event["pathParameters"] = {"conversation_id": "ticket:9"}
-    event["body"] = json.dumps({"interrupt_id": ask["interrupt_id"], "approved": True})
+    event = approval_event("ticket:9", {"interrupt_id": ask["interrupt_id"], "approved": True})
     assert approve.handler(event, lambda_context())["statusCode"] == 202
     [done] = aws.replies()
     assert "is closed" in done["text"]

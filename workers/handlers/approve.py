@@ -14,6 +14,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from events.inbound import ApprovalDecision, InboundMessage
+from events.outbound import ErrorBody, ErrorView, validation_problem
 from workers import bootstrap
 from workers.core.steps import accept_message
 from workers.handlers.observability import logger, metrics
@@ -37,9 +38,8 @@ def _response(status: int, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _error(status: int, code: str, message: str, field: str | None) -> dict[str, Any]:
-    return _response(
-        status, {"type": "error", "error": {"code": code, "message": message, "field": field}}
-    )
+    body = ErrorView(error=ErrorBody(code=code, message=message, field=field))
+    return _response(status, body.model_dump())
 
 
 def _parse(event: dict[str, Any]) -> InboundMessage:
@@ -65,10 +65,9 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     try:
         msg = _parse(event)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "body"
+        problem = validation_problem(exc)
         metrics.add_metric(name="bad_requests", unit=MetricUnit.Count, value=1)
-        return _error(422, "validation_error", f"{field}: {err['msg']}", field)
+        return _error(422, "validation_error", problem.message, problem.field or "body")
     result = accept_message(bootstrap.aws_deps(), msg)
     metrics.add_metric(name="decisions", unit=MetricUnit.Count, value=1)
     return _response(202, result.view(msg.conversation_id).model_dump(mode="json"))

@@ -14,7 +14,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import TypeAdapter, ValidationError
 
 from events.inbound import EventBridgeEvent, SqsRecord, WsFrame, WsPing, WsSubscribe
-from events.outbound import ErrorBody, ErrorView
+from events.outbound import ErrorBody, ErrorView, validation_problem
 from workers import bootstrap
 from workers.core.steps import accept_message
 from workers.errors import PermanentError
@@ -82,9 +82,8 @@ def _websocket(event: dict[str, Any]) -> dict[str, Any]:
 def _ws_error(exc: Exception) -> dict[str, Any]:
     field = None
     if isinstance(exc, ValidationError):
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"][1:] or err["loc"]) or None
-        message = f"{field}: {err['msg']}"
+        problem = validation_problem(exc, tagged=True)
+        field, message = problem.field, problem.message
     else:
         message = f"frame is not valid JSON: {exc}"
     body = ErrorView(error=ErrorBody(code="bad_frame", message=message, field=field))

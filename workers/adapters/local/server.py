@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
@@ -25,7 +26,7 @@ from events.inbound import (
     WsSubscribe,
     new_id,
 )
-from events.outbound import ErrorBody, ErrorView
+from events.outbound import ErrorBody, ErrorView, validation_problem
 from workers.adapters.local.runtime import EmbeddedRuntime
 from workers.adapters.local.views import conversation_view
 from workers.config import Settings
@@ -37,7 +38,7 @@ MAX_BODY_BYTES = 1024 * 1024
 """Largest request body read at all; the message text itself is capped at 256 KB."""
 
 _FRAME = TypeAdapter[Any](WsFrame)
-_CID = TypeAdapter(str)
+_CONVERSATION_ID = re.compile(CONVERSATION_ID_PATTERN)
 
 
 class ApiError(Exception):
@@ -47,21 +48,15 @@ class ApiError(Exception):
         self.body = ErrorView(error=ErrorBody(code=code, message=message, field=field))
 
 
-def validation_error(exc: ValidationError, *, prefix: str = "") -> ApiError:
+def validation_error(exc: ValidationError, *, tagged: bool = False) -> ApiError:
     """Map a pydantic error to 413 (text too large) or 422, naming the first bad field."""
-    err = exc.errors()[0]
-    field = ".".join(str(p) for p in err["loc"] if not isinstance(p, int)) or None
-    if field and prefix:
-        field = f"{prefix}.{field}"
-    status = 413 if err["type"] == "too_large" else 422
-    code = "too_large" if status == 413 else "validation_error"
-    return ApiError(status, code, f"{field or 'body'}: {err['msg']}", field)
+    body = validation_problem(exc, tagged=tagged)
+    status = 413 if body.code == "too_large" else 422
+    return ApiError(status, body.code, body.message, body.field)
 
 
 def check_conversation_id(conversation_id: str) -> None:
-    import re
-
-    if not re.match(CONVERSATION_ID_PATTERN, conversation_id):
+    if not _CONVERSATION_ID.match(conversation_id):
         raise ApiError(
             422,
             "validation_error",
@@ -258,14 +253,7 @@ class WebSocketSession:
         try:
             frame: WsSubscribe | WsSend | WsDecide | WsPing = _FRAME.validate_python(data)
         except ValidationError as exc:
-            err = validation_error(exc)
-            # Drop the discriminator tag pydantic puts first in the location.
-            field = err.body.error.field
-            if field and field.split(".")[0] == action:
-                field = ".".join(field.split(".")[1:]) or None
-                err.body.error.field = field
-                err.body.error.message = f"{field}: {exc.errors()[0]['msg']}"
-            raise err from None
+            raise validation_error(exc, tagged=True) from None
         return frame
 
     async def _subscribe(self, conversation_id: str) -> None:
