@@ -30,6 +30,10 @@ class RunRef(BaseModel):
     def run_id(self) -> str:
         return run_name(self.conversation_id, self.token)
 
+    def after_turn(self) -> RunRef:
+        """This run, one turn further."""
+        return self.model_copy(update={"turns": self.turns + 1})
+
 
 def run_name(conversation_id: str, token: int) -> str:
     """A workflow execution name unique per (conversation, token), safe for Step Functions."""

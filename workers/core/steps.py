@@ -7,6 +7,7 @@ way the Step Functions workflow does, for runtimes that run a whole run in one p
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 from collections.abc import Callable
@@ -300,7 +301,7 @@ def _approval_request(
 def _chunk_streamer(deps: Deps, cid: str, turn_id: str) -> Callable[[str], None] | None:
     if not deps.settings.stream:
         return None
-    counter = iter(range(1 << 62))
+    counter = itertools.count()
 
     def on_chunk(delta: str) -> None:
         deps.sink.send_chunk(
@@ -312,7 +313,7 @@ def _chunk_streamer(deps: Deps, cid: str, turn_id: str) -> Callable[[str], None]
 
 def _result(run: RunRef, outcome: TurnOutcome, turn_id: str, plan: TurnPlan) -> TurnResult:
     return TurnResult(
-        run=run.model_copy(update={"turns": run.turns + 1}),
+        run=run.after_turn(),
         outcome=outcome,
         turn_id=turn_id,
         consumed=plan.message_ids,
@@ -409,7 +410,7 @@ def fail_pending_turn(deps: Deps, run: RunRef, text: str) -> StepResult:
     if claim.plan is None:
         return StepResult(run=run, outcome="more_pending")
     fail_turn(deps, run, claim.plan, text)
-    return StepResult(run=_result(run, "replied", new_id(), claim.plan).run, outcome="turn")
+    return StepResult(run=run.after_turn(), outcome="turn")
 
 
 @dataclass
