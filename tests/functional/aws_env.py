@@ -23,8 +23,10 @@ from workers.adapters.aws.emulator import (
     Stack,
     create_stack,
     default_handlers,
+    queue_arn,
     route_lambda_to_handlers,
     serialized_dynamodb,
+    subscribe_queue,
 )
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "aws"
@@ -106,21 +108,10 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
         monkeypatch.setenv("AGENTWORKER_BEDROCK_ENDPOINT_URL", stub.endpoint_url)
         monkeypatch.setenv("AGENTWORKER_BEDROCK_REGION", "us-east-1")
         sqs = session.client("sqs")
-        replies_url = sqs.create_queue(QueueName="replies")["QueueUrl"]
-        replies_arn = sqs.get_queue_attributes(QueueUrl=replies_url, AttributeNames=["QueueArn"])[
-            "Attributes"
-        ]["QueueArn"]
-        session.client("sns").subscribe(
-            TopicArn=stack.topic_arn,
-            Protocol="sqs",
-            Endpoint=replies_arn,
-            Attributes={"RawMessageDelivery": "true"},
-        )
-        queue_arn = sqs.get_queue_attributes(QueueUrl=stack.queue_url, AttributeNames=["QueueArn"])[
-            "Attributes"
-        ]["QueueArn"]
+        replies_url = subscribe_queue(session.client, stack.topic_arn, "replies").queue_url
         handlers = default_handlers()
-        poller = SqsPoller(sqs, stack.queue_url, queue_arn, handlers["ingest"])
+        inbound_arn = queue_arn(sqs, stack.queue_url)
+        poller = SqsPoller(sqs, stack.queue_url, inbound_arn, handlers["ingest"])
         bootstrap.reset_aws_deps()
         # Handlers run in moto's execution threads and the poller in this one: moto's
         # DynamoDB must answer one request at a time, as real DynamoDB's conditions do.

@@ -200,9 +200,7 @@ def create_stack(
     stack.dlq_url = sqs.create_queue(QueueName=names.dlq, Attributes={"FifoQueue": "true"})[
         "QueueUrl"
     ]
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=stack.dlq_url, AttributeNames=["QueueArn"])[
-        "Attributes"
-    ]["QueueArn"]
+    dlq_arn = queue_arn(sqs, stack.dlq_url)
     stack.queue_url = sqs.create_queue(
         QueueName=names.queue,
         Attributes={
