@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.functional.server_process import mlflow_server_process
+from tests.functional.server_process import mlflow_server_process, traces_of
 
 ROOT = Path(__file__).parents[2]
 
@@ -99,16 +99,11 @@ def test_light_handlers_import_without_langgraph_langchain_or_mlflow(base_python
 
 
 def test_a_traced_turn_runs_on_mlflow_tracing_alone(base_python: Path, tmp_path: Path) -> None:
-    mlflow = pytest.importorskip("mlflow")
+    pytest.importorskip("mlflow")
     with mlflow_server_process(tmp_path) as url:
         out = json.loads(run(base_python, TRACED_TURN, url))
         assert out["reply"].startswith("Opened ticket 1")
-        client = mlflow.MlflowClient(tracking_uri=url)
-        experiment = client.get_experiment_by_name("agentworker")
-        traces = client.search_traces(
-            locations=[experiment.experiment_id],
-            filter_string="tags.conversation_id = 'bundle:1'",
-        )
+        traces = traces_of(url, "bundle:1")
     assert len(traces) == 1
     spans = {(s.name, s.span_type) for s in traces[0].data.spans}
     assert {("turn", "AGENT"), ("model", "CHAT_MODEL"), ("tool.create_ticket", "TOOL")} <= spans

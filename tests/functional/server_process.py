@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
 
@@ -131,3 +132,17 @@ def mlflow_server_process(state_dir: Path, timeout: float = 120.0) -> Iterator[s
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+def traces_of(tracking_uri: str, conversation_id: str) -> list[Any]:
+    """The traces a tracking server holds for ``conversation_id`` (experiment agentworker)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name("agentworker")
+    assert experiment is not None, "no trace reached the tracking server"
+    found: list[Any] = client.search_traces(
+        locations=[experiment.experiment_id],
+        filter_string=f"tags.conversation_id = '{conversation_id}'",
+    )
+    return found

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.functional.aws_env import Aws, aws
-from tests.functional.server_process import mlflow_server_process
+from tests.functional.server_process import mlflow_server_process, traces_of
 from workers import bootstrap
 
 __all__ = ["aws"]  # the fixture
@@ -25,7 +25,7 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
 def test_a_turn_through_the_handler_is_traced_to_the_tracking_server(
     aws: Aws, mlflow_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    mlflow = pytest.importorskip("mlflow")
+    pytest.importorskip("mlflow")
     monkeypatch.setenv("AGENTWORKER_TRACING", "true")
     monkeypatch.setenv("AGENTWORKER_MLFLOW_TRACKING_URI", mlflow_server)
     bootstrap.reset_aws_deps()
@@ -33,12 +33,7 @@ def test_a_turn_through_the_handler_is_traced_to_the_tracking_server(
     aws.pump()
     [reply] = aws.replies()
     assert reply["text"].startswith("Opened ticket")
-    client = mlflow.MlflowClient(tracking_uri=mlflow_server)
-    experiment = client.get_experiment_by_name("agentworker")
-    traces = client.search_traces(
-        locations=[experiment.experiment_id],
-        filter_string="tags.conversation_id = 'ticket:traced'",
-    )
+    traces = traces_of(mlflow_server, "ticket:traced")
     assert len(traces) == 1  # flushed before the handler returned: no waiting here
     trace = traces[0]
     assert trace.info.tags["channel"] == "sqs" and trace.info.tags["run_id"]

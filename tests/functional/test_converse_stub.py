@@ -55,9 +55,11 @@ def stub() -> Iterator[ConverseStubServer]:
         yield server
 
 
-def chat_model(stub: ConverseStubServer, config: Config = NO_RETRIES) -> ChatBedrockConverse:
+def chat_model(
+    stub: ConverseStubServer, config: Config = NO_RETRIES, *, model_id: str = MODEL_ID
+) -> ChatBedrockConverse:
     return ChatBedrockConverse(
-        model_id=MODEL_ID,
+        model_id=model_id,
         region_name="us-east-1",
         endpoint_url=stub.endpoint_url,
         aws_access_key_id=SecretStr("testing"),
@@ -285,15 +287,7 @@ def test_scripts_can_target_one_model(stub: ConverseStubServer) -> None:
     stub.script(reply_text="for nova", model_id=other)
     stub.script(reply_text="for anyone")
     assert chat_model(stub).invoke("hi").content == "for anyone"
-    nova = ChatBedrockConverse(
-        model_id=other,
-        region_name="us-east-1",
-        endpoint_url=stub.endpoint_url,
-        aws_access_key_id=SecretStr("testing"),
-        aws_secret_access_key=SecretStr("testing"),
-        config=NO_RETRIES,
-    )
-    assert nova.invoke("hi").content == "for nova"
+    assert chat_model(stub, model_id=other).invoke("hi").content == "for nova"
     assert [r.model_id for r in stub.requests] == [MODEL_ID, other]
 
 
