@@ -80,8 +80,8 @@ def render_roundtrips(section: dict[str, Any]) -> str:
 
     notes = [
         f"  goal <= {goal['max_round_trips']:g} round trips per turn, >= "
-        f"{goal['min_ratio']:g}x fewer than DynamoDBSaver: run side (bind .. release, the "
-        f"turn and deliver Lambdas) {fmt(goal['ours_run_side'], 1)} vs "
+        f"{goal['min_ratio']:g}x fewer than DynamoDBSaver: run side (first step .. release, "
+        f"the turn and deliver Lambdas) {fmt(goal['ours_run_side'], 1)} vs "
         f"{fmt(goal['baseline'], 1)} (DynamoDBSaver/ours {_ratio(goal['ratio_run_side'])}) "
         f"{_verdict(goal['met_run_side'])}; including ingest's accept "
         f"{fmt(goal['ours_all'], 1)} (DynamoDBSaver/ours {_ratio(goal['ratio_all'])}) "
@@ -299,8 +299,8 @@ def render_cold_import(section: dict[str, Any]) -> str:
         notes.append(
             f"  turn, import + first turn in a fresh process (median of {len(first['samples'])},"
             f" real handler, offline model, moto server): {first['median_total_s']:.2f} s = "
-            f"import {first['median_import_s']:.2f} s + bind {first['median_bind_s']:.2f} s "
-            f"(builds the agent: LangGraph imported here) + step {first['median_step_s']:.2f} s;"
+            f"import {first['median_import_s']:.2f} s + first step {first['median_step_s']:.2f} s"
+            " (builds the agent, LangGraph imported here, binds the run, takes the turn);"
             f" goal < {first['goal_s']:g} s {_verdict(first['met'])}; loaded: "
             + ", ".join(first["samples"][-1]["present"])
         )

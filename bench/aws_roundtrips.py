@@ -286,7 +286,7 @@ def _drive_workflow(ours: Ours, variant: str, turns: int) -> dict[str, Any]:
         before = len(invocations)
         entered = walk_asl(
             definition,
-            run.model_dump(mode="json", exclude_none=True),
+            {"run": run.model_dump(mode="json", exclude_none=True)},
             {"Execution": {"Id": f"arn:aws:states:us-east-1:000000000000:execution:{run.run_id}"}},
             invoke,
         )

@@ -56,13 +56,15 @@ class TurnResult(BaseModel):
 
 
 class StepResult(BaseModel):
-    """Output of one workflow step (``run_step``): a turn was taken (deliver, then step
-    again), more is pending (step again), or the run ended (released or handed over)."""
+    """Output of one workflow step (``run_step``): a turn was taken and delivered (step
+    again), a turn was taken but its delivery failed (``deliver``, then step again), more is
+    pending (step again), or the run ended (released or handed over; ``turn`` says whether
+    a turn was taken in the same step)."""
 
     model_config = ConfigDict(extra="forbid")
 
     run: RunRef
-    outcome: Literal["turn", "more_pending", "released", "handover"]
+    outcome: Literal["turn", "deliver", "more_pending", "released", "handover"]
     turn: TurnOutcome | None = None
     status: Literal["idle", "awaiting_approval"] | None = None
 

@@ -20,6 +20,7 @@ from workers.core.model import (
     LogEntry,
     OutboxEntry,
     PendingApproval,
+    PendingWork,
     Ticket,
     TurnCommit,
     TurnOutput,
@@ -28,7 +29,7 @@ from workers.core.model import (
 from workers.core.policies import REJECTED_NOTICE
 from workers.core.ports import Tracer
 from workers.core.steps import TurnSuperseded
-from workers.errors import LeaseLost, NotFound
+from workers.errors import LeaseLost, NotFound, RetryableError
 
 
 @dataclass
@@ -64,7 +65,12 @@ class InMemoryConversationStore:
         return conv
 
     def append_inbox(
-        self, msg: InboundMessage, *, now: float, default_policy: DoubleTextingPolicy
+        self,
+        msg: InboundMessage,
+        *,
+        now: float,
+        default_policy: DoubleTextingPolicy,
+        lease_ttl: float | None = None,
     ) -> AcceptResult:
         self.calls.append("append_inbox")
         with self._lock:
@@ -110,51 +116,55 @@ class InMemoryConversationStore:
                         )
                     ],
                 )
-            return AcceptResult(msg.message_id, seq, duplicate=False, rejected=rejected)
+            lease = None
+            if lease_ttl is not None and not rejected and not busy:
+                lease = self._take_lease(conv, now, lease_ttl)
+            return AcceptResult(
+                msg.message_id, seq, duplicate=False, rejected=rejected, lease=lease
+            )
+
+    def _take_lease(self, conv: _Conv, now: float, ttl: float) -> Lease:
+        st = conv.state
+        token = st.last_token + 1
+        conv.state = replace(
+            st,
+            last_token=token,
+            lease_token=token,
+            lease_expires_at=now + ttl,
+            lease_execution_id=None,
+        )
+        return Lease(st.conversation_id, token, now + ttl)
 
     def try_acquire_lease(self, conversation_id: str, *, now: float, ttl: float) -> Lease | None:
         self.calls.append("try_acquire_lease")
         with self._lock:
             conv = self._get(conversation_id)
-            st = conv.state
-            if st.lease_live(now):
+            if conv.state.lease_live(now):
                 return None
-            token = st.last_token + 1
-            conv.state = replace(
-                st,
-                last_token=token,
-                lease_token=token,
-                lease_expires_at=now + ttl,
-                lease_execution_id=None,
-            )
-            return Lease(conversation_id, token, now + ttl)
-
-    def bind_lease(
-        self, conversation_id: str, token: int, execution_id: str, *, now: float, ttl: float
-    ) -> Lease:
-        self.calls.append("bind_lease")
-        with self._lock:
-            conv = self._holding(conversation_id, token)
-            bound = conv.state.lease_execution_id
-            if bound is not None and bound != execution_id:
-                raise LeaseLost(f"token {token} is already bound to {bound}")
-            status = "running" if conv.state.status == "idle" else conv.state.status
-            conv.state = replace(
-                conv.state,
-                lease_execution_id=execution_id,
-                lease_expires_at=now + ttl,
-                status=status,
-            )
-            return Lease(conversation_id, token, now + ttl, execution_id)
+            return self._take_lease(conv, now, ttl)
 
     def renew_lease(
-        self, conversation_id: str, token: int, *, now: float, ttl: float
+        self,
+        conversation_id: str,
+        token: int,
+        *,
+        now: float,
+        ttl: float,
+        bind: str | None = None,
     ) -> ConversationState:
         self.calls.append("renew_lease")
         with self._lock:
             conv = self._holding(conversation_id, token)
             conv.state = replace(conv.state, lease_expires_at=now + ttl)
-            return conv.state
+            if bind is not None:
+                bound = conv.state.lease_execution_id
+                if bound is not None and bound != bind:
+                    raise LeaseLost(f"token {token} is already bound to {bound}")
+                status = "running" if conv.state.status == "idle" else conv.state.status
+                conv.state = replace(conv.state, lease_execution_id=bind, status=status)
+            pending = sum(1 for e in conv.inbox if e.status == "pending")
+            undelivered = sum(1 for e in conv.outbox if not e.delivered)
+            return replace(conv.state, pending_count=pending, undelivered_count=undelivered)
 
     def handover_lease(self, conversation_id: str, token: int, *, now: float, ttl: float) -> Lease:
         self.calls.append("handover_lease")
@@ -180,10 +190,19 @@ class InMemoryConversationStore:
                 conv.state, lease_expires_at=now + ttl, approval_task_token=task_token
             )
 
-    def release_lease(self, conversation_id: str, token: int, *, seen_inbox_seq: int) -> bool:
+    def release_lease(
+        self,
+        conversation_id: str,
+        token: int,
+        *,
+        seen_inbox_seq: int,
+        now: float,
+        delivered: Sequence[int] = (),
+    ) -> bool:
         self.calls.append("release_lease")
         with self._lock:
             conv = self._holding(conversation_id, token)
+            self._mark(conv, delivered)
             if conv.state.inbox_seq != seen_inbox_seq:
                 return False
             status = "idle" if conv.state.status == "running" else conv.state.status
@@ -214,11 +233,18 @@ class InMemoryConversationStore:
         conv = self._convs.get(conversation_id)
         return None if conv is None else conv.checkpoint
 
-    def load_turn(
-        self, conversation_id: str, *, window: int
-    ) -> tuple[bytes | None, list[LogEntry]]:
-        self.calls.append("load_turn")
-        return self.load_checkpoint(conversation_id), self.load_log(conversation_id, limit=window)
+    def load_pending(
+        self, state: ConversationState, *, window: int, limit: int = 100
+    ) -> PendingWork:
+        cid = state.conversation_id
+        work = PendingWork(
+            self.pending_inbox(cid, limit=limit),
+            self.load_checkpoint(cid),
+            self.load_log(cid, limit=window),
+        )
+        del self.calls[-3:]  # one call of the port, not three
+        self.calls.append("load_pending")
+        return work
 
     def load_log(self, conversation_id: str, *, limit: int) -> list[LogEntry]:
         self.calls.append("load_log")
@@ -227,7 +253,7 @@ class InMemoryConversationStore:
             return []
         return conv.log[-limit:]
 
-    def commit_turn(self, conversation_id: str, commit: TurnCommit) -> None:
+    def commit_turn(self, conversation_id: str, commit: TurnCommit) -> list[OutboxEntry]:
         self.calls.append("commit_turn")
         with self._lock:
             conv = self._holding(conversation_id, commit.token)
@@ -245,7 +271,7 @@ class InMemoryConversationStore:
                 conv.checkpoint = commit.checkpoint
             known = {e.message_id for e in conv.log}
             conv.log.extend(e for e in commit.log if e.message_id not in known)
-            self._outbox(conv, commit.outbox)
+            written = self._outbox(conv, commit.outbox)
             status = commit.status if commit.status != "idle" else "running"
             conv.state = replace(
                 conv.state,
@@ -253,10 +279,13 @@ class InMemoryConversationStore:
                 pending_approval=commit.pending_approval,
                 approval_task_token=None,
             )
+            return written
 
-    def _outbox(self, conv: _Conv, payloads: Sequence[OutboxPayload]) -> None:
+    def _outbox(self, conv: _Conv, payloads: Sequence[OutboxPayload]) -> list[OutboxEntry]:
         start = len(conv.outbox)
-        conv.outbox.extend(OutboxEntry(start + i, p) for i, p in enumerate(payloads, start=1))
+        entries = [OutboxEntry(start + i, p) for i, p in enumerate(payloads, start=1)]
+        conv.outbox.extend(entries)
+        return entries
 
     def pending_outbox(self, conversation_id: str) -> list[OutboxEntry]:
         self.calls.append("pending_outbox")
@@ -266,9 +295,12 @@ class InMemoryConversationStore:
     def mark_delivered(self, conversation_id: str, seqs: list[int], *, now: float) -> None:
         self.calls.append("mark_delivered")
         with self._lock:
-            conv = self._get(conversation_id)
-            marks = set(seqs)
-            conv.outbox = [replace(e, delivered=True) if e.seq in marks else e for e in conv.outbox]
+            self._mark(self._get(conversation_id), seqs)
+
+    @staticmethod
+    def _mark(conv: _Conv, seqs: Sequence[int]) -> None:
+        marks = set(seqs)
+        conv.outbox = [replace(e, delivered=True) if e.seq in marks else e for e in conv.outbox]
 
     def conversations_to_sweep(self, *, now: float, limit: int = 100) -> list[str]:
         self.calls.append("conversations_to_sweep")
@@ -379,8 +411,12 @@ class RecordingSink:
     def __init__(self) -> None:
         self.sent: list[OutboxPayload] = []
         self.chunks: list[ReplyChunk] = []
+        self.failing = False
+        """While set, ``send`` raises ``RetryableError`` (a channel that is down)."""
 
     def send(self, payload: OutboxPayload) -> None:
+        if self.failing:
+            raise RetryableError("the channel is down")
         self.sent.append(payload)
 
     def send_chunk(self, chunk: ReplyChunk) -> None:

@@ -13,7 +13,7 @@ from events.inbound import ApprovalDecision, InboundMessage
 from events.outbound import ApprovalRequest, Reply
 from tests.fakes import InMemoryConversationStore
 from workers.adapters.local.sqlite_store import SqliteConversationStore
-from workers.core.model import LogEntry, TurnCommit
+from workers.core.model import LogEntry, PendingWork, TurnCommit
 from workers.core.steps import TurnSuperseded
 from workers.errors import LeaseLost, NotFound
 
@@ -82,14 +82,36 @@ def test_lease_on_unknown_conversation_is_not_found(store: Any) -> None:
         store.try_acquire_lease("nobody", now=T0, ttl=10)
 
 
-def test_bind_refuses_a_second_execution_of_the_same_token(store: Any) -> None:
+def test_the_first_renewal_binds_and_refuses_a_second_execution(store: Any) -> None:
     store.append_inbox(msg(), now=T0, default_policy="enqueue")
     lease = store.try_acquire_lease(CID, now=T0, ttl=10)
-    store.bind_lease(CID, lease.token, "exec-a", now=T0, ttl=10)
-    store.bind_lease(CID, lease.token, "exec-a", now=T0, ttl=10)  # same execution: fine
+    state = store.renew_lease(CID, lease.token, now=T0 + 1, ttl=10, bind="exec-a")
+    assert state.lease_execution_id == "exec-a" and state.status == "running"
+    assert state.lease_expires_at == T0 + 11
+    store.renew_lease(CID, lease.token, now=T0, ttl=10, bind="exec-a")  # same execution
+    with pytest.raises(LeaseLost, match="already bound"):
+        store.renew_lease(CID, lease.token, now=T0, ttl=10, bind="exec-b")
+    assert store.get_conversation(CID).lease_execution_id == "exec-a"
+
+
+def test_an_accept_takes_the_lease_in_the_same_write(store: Any) -> None:
+    a = store.append_inbox(msg("a", "a"), now=T0, default_policy="enqueue", lease_ttl=10)
+    assert a.lease is not None and (a.lease.token, a.lease.expires_at) == (1, T0 + 10)
+    b = store.append_inbox(msg("b", "b"), now=T0 + 1, default_policy="enqueue", lease_ttl=10)
+    assert b.lease is None and not b.rejected  # a run holds it: that run sees b
+    again = store.append_inbox(msg("a", "a"), now=T0 + 20, default_policy="enqueue", lease_ttl=10)
+    assert again.duplicate and again.lease is None
+    c = store.append_inbox(msg("c", "c"), now=T0 + 11, default_policy="enqueue", lease_ttl=10)
+    assert c.lease is not None and c.lease.token == 2  # the first lease expired
+    state = store.get_conversation(CID)
+    assert (state.lease_token, state.last_token, state.lease_execution_id) == (2, 2, None)
     with pytest.raises(LeaseLost):
-        store.bind_lease(CID, lease.token, "exec-b", now=T0, ttl=10)
-    assert store.get_conversation(CID).status == "running"
+        store.renew_lease(CID, 1, now=T0 + 12, ttl=10)
+    rejected = store.append_inbox(
+        msg("d", "d", policy="reject"), now=T0 + 12, default_policy="enqueue", lease_ttl=10
+    )
+    assert rejected.rejected and rejected.lease is None
+    assert store.get_conversation(CID).lease_token == 2
 
 
 def test_commit_is_fenced_and_atomic(store: Any) -> None:
@@ -137,12 +159,12 @@ def test_release_is_conditional_on_the_inbox_sequence(store: Any) -> None:
     lease = store.try_acquire_lease(CID, now=T0, ttl=10)
     seen = store.get_conversation(CID).inbox_seq
     store.append_inbox(msg("b", "b"), now=T0, default_policy="enqueue")
-    assert store.release_lease(CID, lease.token, seen_inbox_seq=seen) is False
-    assert store.release_lease(CID, lease.token, seen_inbox_seq=seen + 1) is True
+    assert store.release_lease(CID, lease.token, seen_inbox_seq=seen, now=T0) is False
+    assert store.release_lease(CID, lease.token, seen_inbox_seq=seen + 1, now=T0) is True
     state = store.get_conversation(CID)
     assert state.lease_token is None and state.last_token == lease.token
     with pytest.raises(LeaseLost):
-        store.release_lease(CID, lease.token, seen_inbox_seq=seen + 1)
+        store.release_lease(CID, lease.token, seen_inbox_seq=seen + 1, now=T0)
 
 
 def test_handover_gives_a_fresh_token(store: Any) -> None:
@@ -189,7 +211,7 @@ def test_pending_approval_round_trips(store: Any) -> None:
         text="ok?",
     )
     store.commit_turn(CID, TurnCommit(lease.token, [1], "awaiting_approval", pending_approval=ask))
-    assert store.release_lease(CID, lease.token, seen_inbox_seq=1)
+    assert store.release_lease(CID, lease.token, seen_inbox_seq=1, now=T0)
     state = store.get_conversation(CID)
     assert state.status == "awaiting_approval" and state.pending_approval == ask
     approval = InboundMessage(
@@ -249,7 +271,7 @@ def test_a_run_holds_its_lease_while_waiting_for_an_approval(store: Any) -> None
     store.commit_turn(CID, TurnCommit(lease.token, [1], "idle"))
     assert store.get_conversation(CID).approval_task_token is None  # the run moved on
     store.hold_for_approval(CID, lease.token, "task-token-2", now=T0, ttl=60)
-    assert store.release_lease(CID, lease.token, seen_inbox_seq=1)
+    assert store.release_lease(CID, lease.token, seen_inbox_seq=1, now=T0)
     assert store.get_conversation(CID).approval_task_token is None
     with pytest.raises(LeaseLost):
         store.hold_for_approval(CID, lease.token, "late", now=T0, ttl=60)
@@ -264,26 +286,84 @@ def test_the_sweeper_also_finds_a_run_that_died_holding_its_lease(store: Any) ->
     assert store.conversations_to_sweep(now=T0 + 5) == []  # the run may still be alive
     assert store.conversations_to_sweep(now=T0 + 11) == [CID]  # it died after committing
     fresh = store.try_acquire_lease(CID, now=T0 + 11, ttl=10)
-    assert store.release_lease(CID, fresh.token, seen_inbox_seq=1)
+    assert store.release_lease(CID, fresh.token, seen_inbox_seq=1, now=T0)
     assert store.conversations_to_sweep(now=T0 + 100) == []  # released: nothing to do
 
 
-def test_load_turn_reads_the_checkpoint_and_the_log_window(store: Any) -> None:
-    store.append_inbox(msg(), now=T0, default_policy="enqueue")
+def test_load_pending_reads_the_inbox_the_checkpoint_and_the_log_window(store: Any) -> None:
+    store.append_inbox(msg("a", "a"), now=T0, default_policy="enqueue")
     lease = store.try_acquire_lease(CID, now=T0, ttl=10)
-    assert store.load_turn(CID, window=5) == (None, [])  # a new conversation
+
+    def load(window: int) -> PendingWork:
+        state = store.renew_lease(CID, lease.token, now=T0, ttl=10)
+        work: PendingWork = store.load_pending(state, window=window)
+        return work
+
+    work = load(5)  # a new conversation
+    assert [e.message.text for e in work.inbox] == ["a"]
+    assert work.checkpoint is None and work.history == []
     log = [LogEntry(f"m{i}", "human", f"x{i}".encode()) for i in range(3)]
-    store.commit_turn(CID, TurnCommit(lease.token, [], "idle", None, log))
-    checkpoint, history = store.load_turn(CID, window=2)
-    assert checkpoint is None and [e.message_id for e in history] == ["m1", "m2"]
-    store.commit_turn(CID, TurnCommit(lease.token, [], "idle", b"ck-1"))
-    checkpoint, history = store.load_turn(CID, window=2)
-    assert checkpoint == b"ck-1" and [e.message_id for e in history] == ["m1", "m2"]
-    checkpoint, history = store.load_turn(CID, window=10)
-    assert checkpoint == b"ck-1" and [e.data for e in history] == [b"x0", b"x1", b"x2"]
-    assert store.load_turn(CID, window=0) == (b"ck-1", [])
+    store.commit_turn(CID, TurnCommit(lease.token, [1], "idle", None, log))
+    store.append_inbox(msg("b", "b"), now=T0, default_policy="enqueue")
+    store.append_inbox(msg("c", "c"), now=T0, default_policy="enqueue")
+    work = load(2)
+    assert [(e.seq, e.message.text) for e in work.inbox] == [(2, "b"), (3, "c")]
+    assert work.checkpoint is None and [e.message_id for e in work.history] == ["m1", "m2"]
+    store.commit_turn(CID, TurnCommit(lease.token, [2], "idle", b"ck-1"))
+    work = load(10)
+    assert [e.message.text for e in work.inbox] == ["c"] and work.checkpoint == b"ck-1"
+    assert [e.data for e in work.history] == [b"x0", b"x1", b"x2"]
+    assert load(0).history == []
     assert [e.message_id for e in store.load_log(CID, limit=10)] == ["m0", "m1", "m2"]
     assert store.load_checkpoint(CID) == b"ck-1"
+
+
+def test_load_pending_finds_pending_messages_around_rejected_ones(store: Any) -> None:
+    store.append_inbox(msg("first", "1", policy="reject"), now=T0, default_policy="enqueue")
+    lease = store.try_acquire_lease(CID, now=T0, ttl=10)
+    assert store.append_inbox(msg("second", "2"), now=T0 + 1, default_policy="enqueue").rejected
+    state = store.renew_lease(CID, lease.token, now=T0 + 1, ttl=10)
+    assert [e.seq for e in store.load_pending(state, window=5).inbox] == [1]
+
+
+def test_an_undelivered_count_kept_with_the_state_is_never_wrong(store: Any) -> None:
+    """As the pending count: optional, and exact where kept (a turn that sees 0 sends what
+    it wrote without reading the outbox, so a wrong 0 would strand an older entry)."""
+    store.append_inbox(msg("a", "a", policy="reject"), now=T0, default_policy="enqueue")
+    lease = store.try_acquire_lease(CID, now=T0, ttl=10)
+
+    def count() -> int | None:
+        state = store.renew_lease(CID, lease.token, now=T0, ttl=10)
+        return None if state.undelivered_count is None else int(state.undelivered_count)
+
+    seen = [count()]
+    store.append_inbox(msg("b", "b"), now=T0, default_policy="enqueue")  # rejected: a notice
+    seen.append(count())
+    replies = [Reply(conversation_id=CID, turn_id="t", text=t) for t in ("x", "y")]
+    written = store.commit_turn(CID, TurnCommit(lease.token, [1], "idle", outbox=replies))
+    assert [(e.seq, e.payload) for e in written] == [(2, replies[0]), (3, replies[1])]
+    seen.append(count())
+    store.mark_delivered(CID, [1], now=T0)
+    store.mark_delivered(CID, [1], now=T0)  # a repeated mark counts once
+    seen.append(count())
+    assert store.release_lease(CID, lease.token, seen_inbox_seq=2, now=T0, delivered=[2, 3])
+    assert store.pending_outbox(CID) == []
+    lease = store.try_acquire_lease(CID, now=T0, ttl=10)
+    seen.append(count())
+    assert seen in ([None] * 5, [0, 1, 3, 2, 0])
+
+
+def test_a_refused_release_still_writes_its_delivery_marks(store: Any) -> None:
+    store.append_inbox(msg("a", "a"), now=T0, default_policy="enqueue")
+    lease = store.try_acquire_lease(CID, now=T0, ttl=10)
+    reply = Reply(conversation_id=CID, turn_id="t", text="x")
+    [entry] = store.commit_turn(CID, TurnCommit(lease.token, [1], "idle", outbox=[reply]))
+    store.append_inbox(msg("b", "b"), now=T0, default_policy="enqueue")
+    released = store.release_lease(
+        CID, lease.token, seen_inbox_seq=1, now=T0, delivered=[entry.seq]
+    )
+    assert not released and store.pending_outbox(CID) == []
+    assert store.get_conversation(CID).lease_token == lease.token
 
 
 def test_a_pending_count_kept_with_the_state_is_never_wrong(store: Any) -> None:

@@ -269,7 +269,7 @@ def test_a_run_that_died_after_its_commit_is_finished_by_the_sweeper(
 ) -> None:
     from events.workflow import RunRef
     from workers.adapters.aws.workflow import StepFunctionsWorkflowStarter
-    from workers.core.steps import bind_run, run_step
+    from workers.core.steps import run_step
     from workers.handlers import sweeper
 
     monkeypatch.setenv("AGENTWORKER_LEASE_TTL_SECONDS", "1")
@@ -281,9 +281,9 @@ def test_a_run_that_died_after_its_commit_is_finished_by_the_sweeper(
     aws.stub.script(reply_text="Committed, then the run died.")
     aws.send_sqs("ticket:10", "hello")
     aws.pump()
-    # The run binds, commits its turn, and dies before its Deliver state.
-    run = bind_run(deps, starts[0], "exec-that-dies")
-    assert run_step(deps, run).outcome == "turn"
+    # The run binds, commits its turn, and dies before delivering it.
+    step = run_step(deps, starts[0], execution_id="exec-that-dies", deliver_now=False)
+    assert step.outcome == "deliver"
     monkeypatch.setattr(StepFunctionsWorkflowStarter, "start", real_start)
     assert aws.replies(timeout=0.5) == []  # committed, not delivered
     time.sleep(1.1)  # its lease expires

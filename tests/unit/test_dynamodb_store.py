@@ -168,43 +168,47 @@ def test_round_trips_of_a_typical_turn(store: DynamoDBConversationStore) -> None
     def measure(name: str, call: Callable[[], Any]) -> Any:
         before = store.api_calls.total
         result = call()
-        counts[name] = store.api_calls.total - before
+        counts[name] = counts.get(name, 0) + store.api_calls.total - before
         return result
 
-    measure("append_inbox", lambda: store.append_inbox(msg(), now=T0, default_policy="enqueue"))
-    lease = measure("try_acquire_lease", lambda: store.try_acquire_lease(CID, now=T0, ttl=60))
-    measure("bind_lease", lambda: store.bind_lease(CID, lease.token, "exec", now=T0, ttl=60))
-    state = measure("renew_lease", lambda: store.renew_lease(CID, lease.token, now=T0, ttl=60))
-    pending = measure("pending_inbox", lambda: store.pending_inbox(CID))
-    measure("load_checkpoint", lambda: store.load_checkpoint(CID))
-    measure("load_log", lambda: store.load_log(CID, limit=20))
-    measure("load_turn", lambda: store.load_turn(CID, window=20))  # what a turn uses
-    log = [LogEntry("u1", "human", b"hi"), LogEntry("a1", "ai", b"hello")]
-    reply = Reply(conversation_id=CID, turn_id="t", text="hello")
-    commit = TurnCommit(lease.token, [pending[0].seq], "idle", b"ck", log, [reply])
-    measure("commit_turn", lambda: store.commit_turn(CID, commit))
-    (entry,) = measure("pending_outbox", lambda: store.pending_outbox(CID))
-    measure("mark_delivered", lambda: store.mark_delivered(CID, [entry.seq], now=T0))
-    released = measure(
-        "release_lease",
-        lambda: store.release_lease(CID, lease.token, seen_inbox_seq=state.inbox_seq),
-    )
-    assert released
-    assert counts == {
-        "append_inbox": 2,
-        "try_acquire_lease": 1,
-        "bind_lease": 1,
-        "renew_lease": 1,
-        "pending_inbox": 1,
-        "load_checkpoint": 1,
-        "load_log": 1,
-        "load_turn": 1,
+    def turn(text: str, key: str) -> None:
+        accepted = measure(
+            "append_inbox",
+            lambda: store.append_inbox(
+                msg(text, key), now=T0, default_policy="enqueue", lease_ttl=60
+            ),
+        )
+        token = accepted.lease.token  # taken by the accept's own write
+        state = measure(
+            "renew_lease", lambda: store.renew_lease(CID, token, now=T0, ttl=60, bind=f"x{token}")
+        )
+        work = measure("load_pending", lambda: store.load_pending(state, window=20))
+        assert [e.message.text for e in work.inbox] == [text]
+        seq = work.inbox[0].seq
+        log = [LogEntry(f"u{seq}", "human", text.encode()), LogEntry(f"a{seq}", "ai", b"ok")]
+        reply = Reply(conversation_id=CID, turn_id="t", text="ok")
+        commit = TurnCommit(token, [seq], "idle", f"ck{seq}".encode(), log, [reply])
+        [entry] = measure("commit_turn", lambda: store.commit_turn(CID, commit))
+        released = measure(
+            "release_lease",
+            lambda: store.release_lease(
+                CID, token, seen_inbox_seq=state.inbox_seq, now=T0, delivered=[entry.seq]
+            ),
+        )
+        assert released
+
+    turn("first", "1")
+    turn("second", "2")  # reads the first turn's checkpoint and log in the same call
+    assert store.load_checkpoint(CID) == b"ck2" and store.pending_outbox(CID) == []
+    assert len(store.load_log(CID, limit=10)) == 4
+    assert {k: v / 2 for k, v in counts.items()} == {
+        "append_inbox": 2,  # read meta + dedupe marker; the transaction (with the lease)
+        "renew_lease": 1,  # binds the run on its first step
+        "load_pending": 1,  # one BatchGetItem: inbox, checkpoint, log window
         "commit_turn": 1,  # conditional on the image the renewal returned: no read
-        "pending_outbox": 1,
-        "mark_delivered": 1,
-        "release_lease": 1,
+        "release_lease": 1,  # with the delivery mark in the same transaction
     }
-    assert store.api_calls.counts["dynamodb.transact_write_items"] == 2
+    assert store.api_calls.counts["dynamodb.transact_write_items"] == 6
     assert not any(name.startswith("s3.") for name in store.api_calls.counts)
 
 
@@ -217,10 +221,10 @@ def test_a_whole_run_through_the_core(store: DynamoDBConversationStore) -> None:
     summary = drive_run(deps, starter.runs[0])
     assert summary.turns == 2 and summary.ended == "idle"
     assert [p.text for p in sink.sent if isinstance(p, Reply)] == ["echo one", "echo two"]
-    # bind 1; per turn: renew, inbox, checkpoint + log (one query), commit 1, outbox, mark
-    # = 6; then the last claim (renew: its pending count of 0 spares the inbox query), the
-    # final deliver (outbox) and release 1.
-    assert store.api_calls.total == 1 + 2 * 6 + 1 + 1 + 1
+    # Per turn: renew (the first binds), one read of inbox + checkpoint + log, the commit;
+    # then the first turn marks its reply delivered (a message is still pending) and the
+    # second releases the lease with its mark in the same write. No idle step.
+    assert store.api_calls.total == 2 * 3 + 1 + 1
     assert store.conversations_to_sweep(now=T0 + 3600) == []
 
 
@@ -285,9 +289,9 @@ def test_sweeper_query_reads_the_sparse_index(
     store.renew_lease(cids[0], tokens[cids[0]], now=T0 + 50, ttl=60)
     store.commit_turn(cids[2], TurnCommit(tokens[cids[2]], [1], "idle"))
     store.append_inbox(msg("more", cid=cids[3]), now=T0, default_policy="enqueue")
-    assert store.release_lease(cids[3], tokens[cids[3]], seen_inbox_seq=2)
+    assert store.release_lease(cids[3], tokens[cids[3]], seen_inbox_seq=2, now=T0)
     store.commit_turn(cids[4], TurnCommit(tokens[cids[4]], [1], "idle"))
-    assert store.release_lease(cids[4], tokens[cids[4]], seen_inbox_seq=1)
+    assert store.release_lease(cids[4], tokens[cids[4]], seen_inbox_seq=1, now=T0)
     store.append_inbox(msg(cid="ws:user5:chat"), now=T0, default_policy="enqueue")
     # 2 is swept too: its reply may never have been delivered, and its lease is still held.
     assert sorted(store.conversations_to_sweep(now=T0 + 20)) == [
@@ -353,8 +357,8 @@ def test_a_repeated_commit_changes_nothing_twice(store: DynamoDBConversationStor
     store.commit_turn(CID, commit)  # e.g. a retried turn whose first commit went through
     assert [e.seq for e in store.pending_inbox(CID)] == [2]
     assert [e.message_id for e in store.load_log(CID, limit=10)] == ["m1"]
-    assert not store.release_lease(CID, token, seen_inbox_seq=1)
-    assert store.release_lease(CID, token, seen_inbox_seq=2)
+    assert not store.release_lease(CID, token, seen_inbox_seq=1, now=T0)
+    assert store.release_lease(CID, token, seen_inbox_seq=2, now=T0)
     # The pending count was decremented once: message 2 keeps the conversation sweepable.
     assert store.conversations_to_sweep(now=T0) == [CID]
 

@@ -60,13 +60,33 @@ def test_every_target_exists_and_every_state_is_reachable(definition: dict[str, 
 
 
 def test_express_and_standard_share_their_states() -> None:
+    """They differ in two ways only: after a turn Standard goes through its approval wait,
+    and its turn tasks ask to keep the lease while a turn awaits approval."""
     assert EXPRESS["StartAt"] == STANDARD["StartAt"]
     assert set(STANDARD["States"]) - set(EXPRESS["States"]) == STANDARD_ONLY
     for name, state in EXPRESS["States"].items():
-        mine, other = dict(state), dict(STANDARD["States"][name])
-        if name == "Deliver":  # the one place Standard routes through its approval wait
+        mine, other = (
+            json.loads(json.dumps(state)),
+            json.loads(json.dumps(STANDARD["States"][name])),
+        )
+        if name == "Deliver":
             assert other.pop("Next") == "AwaitingApproval" and mine.pop("Next") == "Step"
+        if name == "Route":
+            turn = [c for c in other["Choices"] if c["StringEquals"] == "turn"]
+            assert turn[0]["Next"] == "AwaitingApproval"
+            turn[0]["Next"] = "Step"
+        if name in ("Step", "TellUser"):
+            assert other["Parameters"]["Payload"].pop("hold_approvals") is True
+            assert "hold_approvals" not in mine["Parameters"]["Payload"]
         assert other == mine, name
+
+
+def test_the_first_step_binds_the_run_to_its_execution() -> None:
+    for definition in (EXPRESS, STANDARD):
+        assert definition["StartAt"] == "Step"
+        payload = definition["States"]["Step"]["Parameters"]["Payload"]
+        assert payload["execution_id.$"] == "$$.Execution.Id"
+        assert payload["run.$"] == "$.run"
 
 
 def test_only_function_arns_are_substituted() -> None:
@@ -77,7 +97,15 @@ def test_only_function_arns_are_substituted() -> None:
 
 @pytest.mark.parametrize("definition", [EXPRESS, STANDARD], ids=["express", "standard"])
 def test_payloads_carry_references_only(definition: dict[str, Any]) -> None:
-    allowed = {"op", "run.$", "execution_id.$", "error.$", "task_token.$", "conversation_id.$"}
+    allowed = {
+        "op",
+        "run.$",
+        "execution_id.$",
+        "hold_approvals",
+        "error.$",
+        "task_token.$",
+        "conversation_id.$",
+    }
     for state in definition["States"].values():
         payload = state.get("Parameters", {}).get("Payload", {})
         assert set(payload) <= allowed

@@ -24,8 +24,10 @@ from workers.core.steps import (
     accept_message,
     advance_turn,
     claim_inbox,
+    deliver,
     drive_run,
-    finish_run,
+    finish_turn,
+    run_step,
     sweep,
 )
 from workers.errors import LeaseLost, PermanentError, RetryableError
@@ -159,10 +161,10 @@ def test_release_fails_when_a_message_arrives_meanwhile_and_the_run_loops() -> N
     real_release = w.store.release_lease
     injected: list[Any] = []
 
-    def release(cid: str, token: int, *, seen_inbox_seq: int) -> bool:
+    def release(cid: str, token: int, **kw: Any) -> bool:
         if not injected:
             injected.append(w.send("late"))
-        return real_release(cid, token, seen_inbox_seq=seen_inbox_seq)
+        return real_release(cid, token, **kw)
 
     w.store.release_lease = release  # type: ignore[method-assign,assignment]
     [summary] = w.run_all()
@@ -291,23 +293,78 @@ def test_steps_one_by_one_like_the_workflow() -> None:
     w = World()
     w.send("hi")
     run = w.starter.runs[0]
-    claim = claim_inbox(w.deps, run)
+    claim = claim_inbox(w.deps, run, execution_id="exec-1")
+    assert claim.run.execution_id == "exec-1" and claim.drains_inbox
     assert claim.plan is not None and claim.plan.texts == ["hi"]
-    result = advance_turn(w.deps, run, claim.plan)
-    assert result.outcome == "replied" and result.run.turns == 1
-    idle = claim_inbox(w.deps, result.run)
-    assert idle.plan is None and idle.inbox_seq == 1
+    turn = advance_turn(w.deps, claim)
+    assert turn.outcome == "replied" and turn.run.turns == 1 and turn.delivered == [1]
+    assert w.texts() == ["echo hi"]  # sent straight from the commit, not marked yet
     w.send("meanwhile")
-    late = finish_run(w.deps, result.run, idle)
-    assert not late.released and late.status == "more_pending"
-    claim = claim_inbox(w.deps, result.run)
-    assert claim.plan is not None
-    result = advance_turn(w.deps, result.run, claim.plan, deliver_now=True)
-    finish = finish_run(w.deps, result.run, claim_inbox(w.deps, result.run))
-    assert finish.released and finish.status == "idle"
-    assert w.texts() == ["echo hi", "echo meanwhile"]  # deliver_now sends what is pending
+    step = finish_turn(w.deps, claim, turn)
+    assert step.outcome == "turn"  # the release saw the inbox move: the run goes on
+    assert w.store.pending_outbox(CID) == []  # the marks were written all the same
+    claim = claim_inbox(w.deps, step.run, execution_id="exec-1")  # already bound: a renewal
+    assert claim.plan is not None and claim.plan.texts == ["meanwhile"]
+    turn = advance_turn(w.deps, claim)
+    step = finish_turn(w.deps, claim, turn)
+    assert (step.outcome, step.turn, step.status) == ("released", "replied", "idle")
+    assert step.run.turns == 2
+    assert w.texts() == ["echo hi", "echo meanwhile"]
     with pytest.raises(LeaseLost):
         claim_inbox(w.deps, RunRef(conversation_id=CID, token=run.token))
+
+
+def test_a_one_message_run_makes_four_store_calls_after_the_accept() -> None:
+    w = World()
+    w.send("hi")
+    assert w.store.calls == ["append_inbox"]  # the lease is taken in the same write
+    w.store.calls.clear()
+    [summary] = w.run_all()
+    assert summary.turns == 1 and summary.ended == "idle"
+    assert w.store.calls == ["renew_lease", "load_pending", "commit_turn", "release_lease"]
+    assert w.store.pending_outbox(CID) == []
+
+
+def test_a_duplicate_start_of_the_same_token_ends_at_its_first_step() -> None:
+    w = World()
+    w.send("hi")
+    run = w.starter.runs[0]
+    claim_inbox(w.deps, run, execution_id="exec-1")
+    with pytest.raises(LeaseLost, match="already bound"):
+        run_step(w.deps, run, execution_id="exec-2")
+    assert w.texts() == []
+
+
+def test_a_failed_delivery_is_left_to_the_deliver_step() -> None:
+    w = World()
+    w.send("hi")
+    run = w.starter.runs[0]
+    w.sink.failing = True
+    step = run_step(w.deps, run, execution_id="exec-1")
+    assert (step.outcome, step.turn) == ("deliver", "replied")  # committed, not sent
+    [entry] = w.store.pending_outbox(CID)
+    assert isinstance(entry.payload, Reply)
+    w.sink.failing = False
+    assert deliver(w.deps, CID) == 1  # the workflow's Deliver state
+    step = run_step(w.deps, step.run)
+    assert (step.outcome, step.turn, step.status) == ("released", None, "idle")
+    assert w.texts() == ["echo hi"]
+
+
+@pytest.mark.parametrize("hold", [False, True], ids=["express", "standard"])
+def test_a_turn_awaiting_approval_releases_the_lease_unless_the_run_waits(hold: bool) -> None:
+    w = World()
+    w.send("approve-me")
+    step = run_step(w.deps, w.starter.runs[0], execution_id="exec-1", hold_approvals=hold)
+    assert step.turn == "awaiting_approval"
+    state = w.store.get_conversation(CID)
+    assert state is not None and state.status == "awaiting_approval"
+    if hold:  # Standard: the execution keeps the lease and waits for the task token
+        assert step.outcome == "turn" and state.lease_token == step.run.token
+    else:  # Express: the run ends; the approval will start a new one
+        assert (step.outcome, step.status) == ("released", "awaiting_approval")
+        assert state.lease_token is None
+    assert w.store.pending_outbox(CID) == []
 
 
 def test_a_stale_approval_does_not_clear_the_pending_one() -> None:
@@ -333,10 +390,8 @@ def test_an_approval_wakes_a_run_waiting_inside_its_execution() -> None:
     w = World()
     w.send("approve-me")
     run = w.starter.runs.pop(0)
-    run = bind_run_for_test(w, run)
-    claim = claim_inbox(w.deps, run)
-    assert claim.plan is not None
-    advance_turn(w.deps, run, claim.plan, deliver_now=True)
+    step = run_step(w.deps, run, execution_id="exec-1", hold_approvals=True)
+    assert step.outcome == "turn" and step.turn == "awaiting_approval"
     ask = w.sink.sent[0]
     assert isinstance(ask, ApprovalRequest)
     hold_for_approval(w.deps, run, "token-123")  # the Standard workflow's WaitForApproval
@@ -346,19 +401,12 @@ def test_an_approval_wakes_a_run_waiting_inside_its_execution() -> None:
     assert w.starter.resumed == ["token-123"]
 
 
-def bind_run_for_test(w: World, run: RunRef) -> RunRef:
-    from workers.core.steps import bind_run
-
-    return bind_run(w.deps, run, "exec-1")
-
-
 def test_a_run_that_died_after_committing_has_its_reply_delivered_by_the_sweeper() -> None:
-    from workers.core.steps import bind_run, run_step
-
     w = World(lease_ttl=10)
     w.send("hello")
-    run = bind_run(w.deps, w.starter.runs.pop(0), "exec-1")
-    assert run_step(w.deps, run).outcome == "turn"  # committed; the process dies here
+    run = w.starter.runs.pop(0)
+    step = run_step(w.deps, run, execution_id="exec-1", deliver_now=False)
+    assert step.outcome == "deliver"  # committed; the process dies here
     assert w.sink.sent == []
     w.clock.t += 11
     [again] = sweep(w.deps)

@@ -21,6 +21,9 @@ class AcceptResult:
     seq: int
     duplicate: bool
     rejected: bool = False
+    lease: Lease | None = None
+    """The lease, when the same write took it (asked for, and no run held one): the caller
+    starts a run with its token."""
 
     def view(self, conversation_id: str) -> AcceptedView:
         """The answer every transport gives (HTTP 202, WebSocket ``accepted`` frame)."""
@@ -82,9 +85,22 @@ class ConversationState:
     pending_count: int | None = None
     """Pending inbox entries, where the store keeps the count with the state (``None``: it
     does not). A claim that sees 0 skips reading the inbox."""
+    undelivered_count: int | None = None
+    """Outbox entries not delivered yet, where the store keeps the count (``None``: it does
+    not). A turn that sees 0 sends what it wrote without reading the outbox back."""
 
     def lease_live(self, now: float) -> bool:
         return self.lease_token is not None and (self.lease_expires_at or 0.0) > now
+
+
+@dataclass(frozen=True)
+class PendingWork:
+    """What a claim reads: the pending inbox (oldest first) and what a turn starts from, the
+    checkpoint and the last log entries (oldest first)."""
+
+    inbox: list[InboxEntry]
+    checkpoint: bytes | None = None
+    history: list[LogEntry] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ same contract suite in ``tests/contract``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol
 
@@ -21,6 +21,7 @@ from workers.core.model import (
     Lease,
     LogEntry,
     OutboxEntry,
+    PendingWork,
     Ticket,
     TurnCommit,
     TurnOutput,
@@ -32,36 +33,58 @@ class ConversationStore(Protocol):
     """Inbox, lease, checkpoint, message log and outbox of every conversation."""
 
     def append_inbox(
-        self, msg: InboundMessage, *, now: float, default_policy: DoubleTextingPolicy
+        self,
+        msg: InboundMessage,
+        *,
+        now: float,
+        default_policy: DoubleTextingPolicy,
+        lease_ttl: float | None = None,
     ) -> AcceptResult:
         """Append ``msg`` unless its dedupe key was seen; bump the inbox sequence atomically.
 
         A duplicate returns the first message's id with ``duplicate=True``. Under the
         ``reject`` policy a message arriving while a live lease exists is stored as
-        rejected, with a notice to the user in the outbox, in the same transaction.
+        rejected, with a notice to the user in the outbox, in the same transaction. With
+        ``lease_ttl``, an accepted message also takes the lease in the same write when no
+        live lease exists (``AcceptResult.lease``), as ``try_acquire_lease`` would.
         """
 
     def try_acquire_lease(self, conversation_id: str, *, now: float, ttl: float) -> Lease | None:
         """Take the lease with the next fencing token if none is live; else ``None``."""
 
-    def bind_lease(
-        self, conversation_id: str, token: int, execution_id: str, *, now: float, ttl: float
-    ) -> Lease:
-        """Bind the lease to a run's execution; ``LeaseLost`` if the token is stale or the
-        lease is already bound to another execution (a duplicate start)."""
-
     def renew_lease(
-        self, conversation_id: str, token: int, *, now: float, ttl: float
+        self,
+        conversation_id: str,
+        token: int,
+        *,
+        now: float,
+        ttl: float,
+        bind: str | None = None,
     ) -> ConversationState:
         """Extend the lease and return the conversation's state (one round trip serves as
-        the run's lease check and its read); ``LeaseLost`` if ``token`` no longer holds it."""
+        the run's lease check and its read); ``LeaseLost`` if ``token`` no longer holds it.
+
+        With ``bind`` (a run's first step) the lease is also bound to that execution and the
+        conversation marked running; ``LeaseLost`` if it is bound to another execution (a
+        duplicate start of the same token).
+        """
 
     def handover_lease(self, conversation_id: str, token: int, *, now: float, ttl: float) -> Lease:
         """Swap the lease held by ``token`` for a fresh one (next token), for a new run."""
 
-    def release_lease(self, conversation_id: str, token: int, *, seen_inbox_seq: int) -> bool:
+    def release_lease(
+        self,
+        conversation_id: str,
+        token: int,
+        *,
+        seen_inbox_seq: int,
+        now: float,
+        delivered: Sequence[int] = (),
+    ) -> bool:
         """Release if ``token`` holds the lease and the inbox did not move past
-        ``seen_inbox_seq``; ``False`` if it moved (the run must loop). ``LeaseLost`` if stale."""
+        ``seen_inbox_seq``; ``False`` if it moved (the run must loop). ``LeaseLost`` if stale.
+        The outbox entries ``delivered`` are marked delivered in either case (in the same
+        write where the backend allows it)."""
 
     def hold_for_approval(
         self, conversation_id: str, token: int, task_token: str, *, now: float, ttl: float
@@ -77,19 +100,21 @@ class ConversationStore(Protocol):
 
     def load_checkpoint(self, conversation_id: str) -> bytes | None: ...
 
-    def load_turn(
-        self, conversation_id: str, *, window: int
-    ) -> tuple[bytes | None, list[LogEntry]]:
-        """What a turn starts from: the checkpoint and the last ``window`` log entries
-        (oldest first), in one round trip where the backend allows it."""
+    def load_pending(
+        self, state: ConversationState, *, window: int, limit: int = 100
+    ) -> PendingWork:
+        """The pending inbox (at most ``limit``, oldest first) with what a turn starts from:
+        the checkpoint and the last ``window`` log entries. ``state`` is what ``renew_lease``
+        just returned; one round trip where the backend allows it."""
 
     def load_log(self, conversation_id: str, *, limit: int) -> list[LogEntry]:
         """The last ``limit`` entries of the message log, oldest first."""
 
-    def commit_turn(self, conversation_id: str, commit: TurnCommit) -> None:
+    def commit_turn(self, conversation_id: str, commit: TurnCommit) -> list[OutboxEntry]:
         """Apply a turn atomically: mark inbox entries consumed, save the checkpoint, append
         to the log and the outbox, set the status. ``LeaseLost`` if the token is stale;
-        ``TurnSuperseded`` if ``expect_inbox_seq`` is set and the inbox moved."""
+        ``TurnSuperseded`` if ``expect_inbox_seq`` is set and the inbox moved. Returns the
+        outbox entries written, so they can be delivered without reading them back."""
 
     def pending_outbox(self, conversation_id: str) -> list[OutboxEntry]: ...
 

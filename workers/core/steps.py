@@ -1,8 +1,13 @@
 """The five steps of the turn contract, shared by the embedded and the AWS runtime.
 
-``accept_message`` -> (``bind_run``) -> ``claim_inbox`` -> ``advance_turn`` -> ``deliver`` ->
-``finish_run`` (loop while the inbox has pending messages). ``drive_run`` composes them the
-way the Step Functions workflow does, for runtimes that run a whole run in one process.
+``accept_message`` -> ``claim_inbox`` (the first one binds the run) -> ``advance_turn``
+(commit, then deliver what it wrote) -> ``finish_turn`` (release the lease when nothing is
+left, or loop). ``run_step`` is one step of the workflow's loop; ``drive_run`` runs a whole
+run in one process, for the embedded runtime.
+
+Store round trips of a one-message turn: the accept (and its lease) is one write; the run
+renews the lease (binding it), reads the pending inbox with the checkpoint and the log
+window, commits, and releases the lease with the delivery marks: four.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -19,8 +25,11 @@ from events.outbound import ApprovalRequest, Notice, OutboxPayload, Reply, Reply
 from events.workflow import FinishResult, RunRef, StepResult, TurnOutcome, TurnResult
 from workers.core.model import (
     AcceptResult,
+    ConversationState,
     ConversationStatus,
+    OutboxEntry,
     PendingApproval,
+    PendingWork,
     TurnCommit,
     TurnOutput,
     TurnRequest,
@@ -82,13 +91,16 @@ class Deps:
 
 def accept_message(deps: Deps, msg: InboundMessage) -> AcceptResult:
     """Append ``msg`` to its inbox (deduplicated) and start a run if none holds the lease."""
-    now = deps.clock.now()
-    result = deps.store.append_inbox(msg, now=now, default_policy=deps.settings.default_policy)
+    result = deps.store.append_inbox(
+        msg,
+        now=deps.clock.now(),
+        default_policy=deps.settings.default_policy,
+        lease_ttl=deps.settings.lease_ttl,
+    )
     if result.duplicate or result.rejected:
         return result
-    lease = deps.store.try_acquire_lease(msg.conversation_id, now=now, ttl=deps.settings.lease_ttl)
-    if lease is not None:
-        deps.starter.start(RunRef(conversation_id=msg.conversation_id, token=lease.token))
+    if result.lease is not None:
+        deps.starter.start(RunRef(conversation_id=msg.conversation_id, token=result.lease.token))
     elif msg.kind == "approval":
         # A Standard run may be waiting inside its execution for exactly this decision.
         state = deps.store.get_conversation(msg.conversation_id)
@@ -109,52 +121,95 @@ def hold_for_approval(deps: Deps, run: RunRef, task_token: str) -> None:
     )
 
 
-def bind_run(deps: Deps, run: RunRef, execution_id: str) -> RunRef:
-    """First step of a run: bind the lease to this execution (a duplicate start ends here)
-    and set the run's deadline."""
-    now = deps.clock.now()
-    deps.store.bind_lease(
-        run.conversation_id, run.token, execution_id, now=now, ttl=deps.settings.lease_ttl
-    )
-    limit = deps.settings.max_run_seconds
-    deadline = None if limit is None else now + limit
-    return run.model_copy(update={"execution_id": execution_id, "deadline": deadline})
-
-
 # 2. claim -----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Claim:
-    """The next turn (``plan``), or ``None`` when idle; ``inbox_seq`` is the inbox sequence
-    seen before the inbox was read, the condition for releasing the lease."""
+    """The next turn (``plan``, ``None`` when idle) of ``run``, planned from ``state`` (what
+    the lease renewal returned; its inbox sequence is the condition for releasing the lease)
+    and ``work`` (the pending inbox, the checkpoint and the log window)."""
 
+    run: RunRef
     plan: TurnPlan | None
-    inbox_seq: int
-    status: ConversationStatus
+    state: ConversationState
+    work: PendingWork
+    read_ms: float = 0.0
+    """Time spent renewing the lease and reading the work (recorded on the turn's trace)."""
+
+    @property
+    def inbox_seq(self) -> int:
+        return self.state.inbox_seq
+
+    @property
+    def status(self) -> ConversationStatus:
+        return self.state.status
+
+    @property
+    def drains_inbox(self) -> bool:
+        """The plan takes every message pending when it was claimed (the store counts them)."""
+        consumed = 0 if self.plan is None else len(self.plan.consumed)
+        return self.state.pending_count is not None and self.state.pending_count <= consumed
 
 
-def claim_inbox(deps: Deps, run: RunRef) -> Claim:
+def claim_inbox(deps: Deps, run: RunRef, *, execution_id: str | None = None) -> Claim:
     """Renew the lease (the lease check; it returns the conversation's state) and plan the
-    next turn from the pending inbox."""
+    next turn from the pending inbox. Given the run's ``execution_id`` for the first time,
+    the renewal also binds the lease to it (a duplicate start of the token gets
+    ``LeaseLost``) and the run's deadline is set."""
+    started = time.perf_counter()
+    now = deps.clock.now()
+    bind = execution_id if execution_id not in (None, run.execution_id) else None
     state = deps.store.renew_lease(
-        run.conversation_id, run.token, now=deps.clock.now(), ttl=deps.settings.lease_ttl
+        run.conversation_id, run.token, now=now, ttl=deps.settings.lease_ttl, bind=bind
     )
+    if bind is not None:
+        limit = deps.settings.max_run_seconds
+        deadline = None if limit is None else now + limit
+        run = run.model_copy(update={"execution_id": bind, "deadline": deadline})
     # A message arriving after the renewal moves the inbox sequence: the release then fails.
-    pending = [] if state.pending_count == 0 else deps.store.pending_inbox(run.conversation_id)
-    plan = plan_turn(state, pending)
-    return Claim(plan, state.inbox_seq, state.status)
+    work = (
+        _NOTHING_PENDING
+        if state.pending_count == 0
+        else deps.store.load_pending(state, window=deps.settings.context_window)
+    )
+    read_ms = (time.perf_counter() - started) * 1000.0
+    return Claim(run, plan_turn(state, work.inbox), state, work, read_ms)
+
+
+_NOTHING_PENDING = PendingWork([])
 
 
 # 3. advance ---------------------------------------------------------------------------------
 
 
-def advance_turn(
-    deps: Deps, run: RunRef, plan: TurnPlan, *, deliver_now: bool = False
-) -> TurnResult:
-    """Run the agent for ``plan`` and commit its checkpoint, log and outbox, fenced by the
-    run's token. A stale run gets ``LeaseLost`` and has written nothing. With
-    ``deliver_now`` what the turn wrote is also delivered, inside the turn's trace."""
+@dataclass(frozen=True)
+class Turn:
+    """What ``advance_turn`` did: the outcome, the status it left, and its outbox entries,
+    ``delivered`` (sequences sent) or not (``undelivered``: the sink failed, retry later)."""
+
+    run: RunRef
+    outcome: TurnOutcome
+    status: ConversationStatus
+    turn_id: str
+    consumed: list[str]
+    delivered: list[int] = field(default_factory=list)
+    undelivered: int = 0
+
+    def result(self) -> TurnResult:
+        return TurnResult(
+            run=self.run, outcome=self.outcome, turn_id=self.turn_id, consumed=self.consumed
+        )
+
+
+def advance_turn(deps: Deps, claim: Claim, *, deliver_now: bool = True) -> Turn:
+    """Run the agent for the claim's plan and commit its checkpoint, log and outbox, fenced
+    by the run's token (a stale run gets ``LeaseLost`` and has written nothing). Then, with
+    ``deliver_now``, send what the commit wrote, inside the turn's trace, without reading it
+    back; the marks are written by ``finish_turn``."""
+    run, plan = claim.run, claim.plan
+    if plan is None:
+        raise ValueError("advance_turn needs a claim with a plan")
     cid = run.conversation_id
     turn_id = new_id()
     tags = {
@@ -165,10 +220,27 @@ def advance_turn(
         "channel": _channel(plan),
     }
     with deps.tracer.turn("turn", tags=tags, inputs={"texts": plan.texts}) as span:
-        outcome = _advance(deps, run, plan, turn_id, span)
-        if deliver_now and outcome != "interrupted":
-            deliver(deps, cid)
-    return _result(run, outcome, turn_id, plan)
+        # The claim's reads happened before the turn was known: their time, not a span.
+        span.set_attributes({"store.claim_ms": round(claim.read_ms, 3)})
+        outcome, status, entries = _advance(deps, claim, plan, turn_id, span)
+        sent, undelivered = _deliver_turn(deps, claim, entries) if deliver_now else ([], 1)
+    return Turn(run.after_turn(), outcome, status, turn_id, plan.message_ids, sent, undelivered)
+
+
+def _deliver_turn(deps: Deps, claim: Claim, entries: list[OutboxEntry]) -> tuple[list[int], int]:
+    """Deliver after a commit: the sequences sent and not marked yet, and how many entries
+    are left undelivered. When the claim saw nothing else undelivered, what the commit
+    wrote is sent as is; otherwise (a notice written at accept time, the reply of a run
+    that died) the whole outbox goes in order, marked entry by entry."""
+    if claim.state.undelivered_count == 0:
+        sent = _send(deps, entries)
+        return sent, len(entries) - len(sent)
+    try:
+        deliver(deps, claim.run.conversation_id)
+    except RetryableError as exc:
+        log.warning("delivery to %s deferred: %s", claim.run.conversation_id, exc)
+        return [], 1
+    return [], 0
 
 
 def _channel(plan: TurnPlan) -> str:
@@ -176,23 +248,21 @@ def _channel(plan: TurnPlan) -> str:
 
 
 def _advance(
-    deps: Deps, run: RunRef, plan: TurnPlan, turn_id: str, span: SpanHandle
-) -> TurnOutcome:
+    deps: Deps, claim: Claim, plan: TurnPlan, turn_id: str, span: SpanHandle
+) -> tuple[TurnOutcome, ConversationStatus, list[OutboxEntry]]:
+    run = claim.run
     cid = run.conversation_id
     if plan.kind == "skip":
         notice = Notice(conversation_id=cid, in_reply_to=plan.message_ids, text=plan.notice or "")
-        _commit_unchanged(deps, run, plan, notice)
-        return "skipped"
-    with deps.tracer.span("store.load", kind="RETRIEVER"):
-        checkpoint, history = deps.store.load_turn(cid, window=deps.settings.context_window)
+        return "skipped", plan.status_if_unchanged, _commit_unchanged(deps, run, plan, notice)
     request = TurnRequest(
         conversation_id=cid,
         turn_id=turn_id,
         channel=_channel(plan),
         texts=plan.texts,
         resume=plan.resume,
-        checkpoint=checkpoint,
-        history=history,
+        checkpoint=claim.work.checkpoint,
+        history=claim.work.history,
     )
     try:
         output = deps.agent.run_turn(
@@ -200,14 +270,15 @@ def _advance(
         )
     except PermanentError as exc:
         span.set_attributes({"error": str(exc)})
-        fail_turn(deps, run, plan, f"Sorry, I could not process that: {exc}")
-        return "replied"
+        entries = fail_turn(deps, run, plan, f"Sorry, I could not process that: {exc}")
+        return "replied", plan.status_if_unchanged, entries
+    commit = _turn_commit(run, plan, turn_id, output)
     with deps.tracer.span("store.commit", kind="UNKNOWN"):
         try:
-            deps.store.commit_turn(cid, _turn_commit(run, plan, turn_id, output))
+            entries = deps.store.commit_turn(cid, commit)
         except TurnSuperseded:
             span.set_attributes({"superseded": True})
-            return "interrupted"
+            return "interrupted", claim.status, []
     span.set_attributes(
         {
             "mlflow.chat.tokenUsage": {
@@ -222,7 +293,7 @@ def _advance(
     span.set_outputs(
         {"reply": output.reply_text, "approval": output.approval.tool if output.approval else None}
     )
-    return "awaiting_approval" if output.approval else "replied"
+    return ("awaiting_approval" if output.approval else "replied"), commit.status, entries
 
 
 def _cost(settings: TurnSettings, output: TurnOutput) -> float:
@@ -233,16 +304,16 @@ def _cost(settings: TurnSettings, output: TurnOutput) -> float:
     ) / 1_000_000
 
 
-def fail_turn(deps: Deps, run: RunRef, plan: TurnPlan, text: str) -> None:
+def fail_turn(deps: Deps, run: RunRef, plan: TurnPlan, text: str) -> list[OutboxEntry]:
     """Tell the user a turn failed for good and consume its messages (fenced). A failed
     resume leaves the approval pending, so the user can answer it again."""
     notice = Notice(
         conversation_id=run.conversation_id, level="error", in_reply_to=plan.message_ids, text=text
     )
-    _commit_unchanged(deps, run, plan, notice)
+    return _commit_unchanged(deps, run, plan, notice)
 
 
-def _commit_unchanged(deps: Deps, run: RunRef, plan: TurnPlan, notice: Notice) -> None:
+def _commit_unchanged(deps: Deps, run: RunRef, plan: TurnPlan, notice: Notice) -> list[OutboxEntry]:
     """Consume the plan's messages and send ``notice``; the graph and any pending approval
     stay as they were."""
     commit = TurnCommit(
@@ -252,7 +323,7 @@ def _commit_unchanged(deps: Deps, run: RunRef, plan: TurnPlan, notice: Notice) -
         outbox=[notice],
         pending_approval=plan.waiting,
     )
-    deps.store.commit_turn(run.conversation_id, commit)
+    return deps.store.commit_turn(run.conversation_id, commit)
 
 
 def _turn_commit(run: RunRef, plan: TurnPlan, turn_id: str, output: TurnOutput) -> TurnCommit:
@@ -311,15 +382,6 @@ def _chunk_streamer(deps: Deps, cid: str, turn_id: str) -> Callable[[str], None]
     return on_chunk
 
 
-def _result(run: RunRef, outcome: TurnOutcome, turn_id: str, plan: TurnPlan) -> TurnResult:
-    return TurnResult(
-        run=run.after_turn(),
-        outcome=outcome,
-        turn_id=turn_id,
-        consumed=plan.message_ids,
-    )
-
-
 # 4. deliver ---------------------------------------------------------------------------------
 
 
@@ -335,13 +397,55 @@ def deliver(deps: Deps, conversation_id: str) -> int:
     return sent
 
 
+def _send(deps: Deps, entries: list[OutboxEntry]) -> list[int]:
+    """Send ``entries`` in order (no marks); the sequences sent. A sink that fails
+    (``RetryableError``) stops the sending: the rest stays in the outbox for ``deliver``."""
+    sent: list[int] = []
+    for entry in entries:
+        with deps.tracer.span("deliver", kind="UNKNOWN", inputs={"type": entry.payload.type}):
+            try:
+                deps.sink.send(entry.payload)
+            except RetryableError as exc:
+                log.warning("delivery of outbox entry %d deferred: %s", entry.seq, exc)
+                break
+        sent.append(entry.seq)
+    return sent
+
+
 # 5. finish ----------------------------------------------------------------------------------
 
 
-def finish_run(deps: Deps, run: RunRef, claim: Claim) -> FinishResult:
-    """End the run after ``claim``: with work still planned (the turn budget is spent) hand
-    over to a fresh run; otherwise release the lease, conditional on the inbox sequence the
-    claim saw. A message that arrived meanwhile makes the release fail and the run loop."""
+def finish_turn(
+    deps: Deps, claim: Claim, turn: Turn, *, hold_approvals: bool = False
+) -> StepResult:
+    """After a turn: write its delivery marks, and release the lease in the same write when
+    the turn took every message pending at its claim (the release is conditional on the
+    inbox sequence the claim saw, so a message that arrived meanwhile keeps the run going).
+    With ``hold_approvals`` (Standard workflows) a turn awaiting approval keeps the lease:
+    the execution waits for the decision. A turn whose delivery failed is left to the
+    ``deliver`` step (outcome ``deliver``)."""
+    run, cid = turn.run, turn.run.conversation_id
+    now = deps.clock.now()
+    hold = hold_approvals and turn.outcome == "awaiting_approval"
+    final = (
+        claim.drains_inbox and turn.outcome != "interrupted" and not turn.undelivered and not hold
+    )
+    if final and deps.store.release_lease(
+        cid, run.token, seen_inbox_seq=claim.inbox_seq, now=now, delivered=turn.delivered
+    ):
+        return StepResult(run=run, outcome="released", turn=turn.outcome, status=turn.status)
+    if not final and turn.delivered:
+        deps.store.mark_delivered(cid, turn.delivered, now=now)
+    outcome: Literal["turn", "deliver"] = "deliver" if turn.undelivered else "turn"
+    return StepResult(run=run, outcome=outcome, turn=turn.outcome)
+
+
+def finish_run(deps: Deps, claim: Claim) -> FinishResult:
+    """End the run after an idle ``claim``: with work still planned (the turn budget is
+    spent) hand over to a fresh run; otherwise release the lease, conditional on the inbox
+    sequence the claim saw. A message that arrived meanwhile makes the release fail and the
+    run loop."""
+    run = claim.run
     cid = run.conversation_id
     if claim.plan is not None:
         lease = deps.store.handover_lease(
@@ -349,7 +453,10 @@ def finish_run(deps: Deps, run: RunRef, claim: Claim) -> FinishResult:
         )
         deps.starter.start(RunRef(conversation_id=cid, token=lease.token))
         return FinishResult(run=run, released=True, status="handover")
-    if not deps.store.release_lease(cid, run.token, seen_inbox_seq=claim.inbox_seq):
+    released = deps.store.release_lease(
+        cid, run.token, seen_inbox_seq=claim.inbox_seq, now=deps.clock.now()
+    )
+    if not released:
         return FinishResult(run=run, released=False, status="more_pending")
     status: Literal["idle", "awaiting_approval"] = (
         "awaiting_approval" if claim.status == "awaiting_approval" else "idle"
@@ -378,15 +485,27 @@ def sweep(deps: Deps, *, now: float | None = None) -> list[RunRef]:
 # one workflow step, and a whole run in one process ------------------------------------------
 
 
-def run_step(deps: Deps, run: RunRef, *, deliver_now: bool = False) -> StepResult:
-    """One step of a run, the body of the workflow's loop: claim, then either advance one
-    turn or, when the inbox is drained or the run's budget is spent, finish the run."""
-    claim = claim_inbox(deps, run)
+def run_step(
+    deps: Deps,
+    run: RunRef,
+    *,
+    execution_id: str | None = None,
+    deliver_now: bool = True,
+    hold_approvals: bool = False,
+) -> StepResult:
+    """One step of a run, the body of the workflow's loop: claim (binding the run to
+    ``execution_id`` on its first step), then either advance one turn, deliver it and
+    release the lease if that drained the inbox, or, when the inbox is drained or the run's
+    budget is spent, finish the run."""
+    claim = claim_inbox(deps, run, execution_id=execution_id)
+    run = claim.run
     if claim.plan is not None and not _budget_spent(deps, run):
-        result = advance_turn(deps, run, claim.plan, deliver_now=deliver_now)
-        return StepResult(run=result.run, outcome="turn", turn=result.outcome)
+        turn = advance_turn(deps, claim, deliver_now=deliver_now)
+        if not deliver_now:
+            return StepResult(run=turn.run, outcome="deliver", turn=turn.outcome)
+        return finish_turn(deps, claim, turn, hold_approvals=hold_approvals)
     deliver(deps, run.conversation_id)  # e.g. notices of messages rejected meanwhile
-    finish = finish_run(deps, run, claim)
+    finish = finish_run(deps, claim)
     if not finish.released:
         return StepResult(run=run, outcome="more_pending")
     if finish.status == "handover":
@@ -403,14 +522,28 @@ def _budget_spent(deps: Deps, run: RunRef) -> bool:
     return run.deadline is not None and deps.clock.now() >= run.deadline
 
 
-def fail_pending_turn(deps: Deps, run: RunRef, text: str) -> StepResult:
+def fail_pending_turn(
+    deps: Deps, run: RunRef, text: str, *, hold_approvals: bool = False
+) -> StepResult:
     """Tell the user the next turn failed for good (retries spent, a permanent error that
-    escaped the turn) and consume its messages, so the run can go on."""
+    escaped the turn) and consume its messages, so the run can go on; the notice is
+    delivered and the lease released as after any turn."""
     claim = claim_inbox(deps, run)
     if claim.plan is None:
         return StepResult(run=run, outcome="more_pending")
-    fail_turn(deps, run, claim.plan, text)
-    return StepResult(run=run.after_turn(), outcome="turn")
+    plan = claim.plan
+    entries = fail_turn(deps, claim.run, plan, text)
+    sent, undelivered = _deliver_turn(deps, claim, entries)
+    turn = Turn(
+        claim.run.after_turn(),
+        "replied",
+        plan.status_if_unchanged,
+        "",
+        plan.message_ids,
+        sent,
+        undelivered,
+    )
+    return finish_turn(deps, claim, turn, hold_approvals=hold_approvals)
 
 
 @dataclass
@@ -429,15 +562,15 @@ def drive_run(deps: Deps, run: RunRef, execution_id: str | None = None) -> RunSu
     run quietly.
     """
     summary = RunSummary(run=run)
+    bind: str | None = execution_id or f"{run.run_id}-{new_id()[:8]}"
     try:
-        run = bind_run(deps, run, execution_id or f"{run.run_id}-{new_id()[:8]}")
         while True:
-            step = _step_with_retry(deps, run)
-            run = step.run
-            if step.outcome == "turn":
+            step = _step_with_retry(deps, run, bind)
+            run, bind = step.run, None
+            if step.turn is not None:
                 summary.turns += 1
-                summary.outcomes.append(step.turn or "replied")
-            elif step.outcome != "more_pending":
+                summary.outcomes.append(step.turn)
+            if step.outcome in ("released", "handover"):
                 summary.ended = step.status or step.outcome
                 break
     except LeaseLost as exc:
@@ -447,12 +580,12 @@ def drive_run(deps: Deps, run: RunRef, execution_id: str | None = None) -> RunSu
     return summary
 
 
-def _step_with_retry(deps: Deps, run: RunRef) -> StepResult:
+def _step_with_retry(deps: Deps, run: RunRef, execution_id: str | None) -> StepResult:
     attempt = 0
     while True:
         attempt += 1
         try:
-            return run_step(deps, run, deliver_now=True)
+            return run_step(deps, run, execution_id=execution_id)
         except (LeaseLost, PermanentError):
             raise
         except Exception as exc:  # retry classification decides, nothing is swallowed
@@ -466,7 +599,8 @@ def _step_with_retry(deps: Deps, run: RunRef) -> StepResult:
                     exc_info=not isinstance(exc, RetryableError),  # a bug: keep the traceback
                 )
                 step = fail_pending_turn(deps, run, retry_exhausted_text(exc))
-                deliver(deps, run.conversation_id)
+                if step.outcome == "more_pending":  # no turn failed: the run's own step did
+                    raise
                 return step
             delay = backoff_delay(
                 attempt,

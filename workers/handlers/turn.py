@@ -1,7 +1,8 @@
-"""``turn``: a Step Functions task. ``op`` is the workflow state calling it: ``bind`` (bind
-the lease to the execution), ``step`` (claim and advance one turn, or finish the run),
-``fail`` (tell the user the turn failed for good), ``await_approval`` (Standard: hold the
-lease while the execution waits for the approval's task token)."""
+"""``turn``: a Step Functions task. ``op`` is the workflow state calling it: ``step``
+(claim and advance one turn, deliver it and release the lease when the inbox is drained, or
+finish the run; the first step binds the lease to the execution), ``fail`` (tell the user
+the turn failed for good), ``await_approval`` (Standard: hold the lease while the execution
+waits for the approval's task token)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from events.workflow import RunRef, StepResult
 from workers import bootstrap
 from workers.core.steps import (
     Deps,
-    bind_run,
     fail_pending_turn,
     hold_for_approval,
     retry_exhausted_text,
@@ -30,18 +30,17 @@ class TurnTask(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    op: Literal["bind", "step", "fail", "await_approval"]
+    op: Literal["step", "fail", "await_approval"]
     run: RunRef
     execution_id: str | None = None
+    hold_approvals: bool = False
+    """Standard workflows: a turn awaiting approval keeps the lease (the execution waits)."""
     error: dict[str, Any] | None = None
     task_token: str | None = None
 
 
 def execute(deps: Deps, task: TurnTask) -> StepResult:
     """Map the workflow's ``op`` to the core step."""
-    if task.op == "bind":
-        execution_id = task.execution_id or task.run.run_id
-        return StepResult(run=bind_run(deps, task.run, execution_id), outcome="more_pending")
     if task.op == "await_approval":
         if not task.task_token:
             raise PermanentError("await_approval needs the task token", field="task_token")
@@ -50,8 +49,12 @@ def execute(deps: Deps, task: TurnTask) -> StepResult:
     if task.op == "fail":
         cause = (task.error or {}).get("Error", "Error")
         reason = PermanentError(cause) if cause == "PermanentError" else RuntimeError(cause)
-        return fail_pending_turn(deps, task.run, retry_exhausted_text(reason))
-    return run_step(deps, task.run)
+        return fail_pending_turn(
+            deps, task.run, retry_exhausted_text(reason), hold_approvals=task.hold_approvals
+        )
+    return run_step(
+        deps, task.run, execution_id=task.execution_id, hold_approvals=task.hold_approvals
+    )
 
 
 @metrics.log_metrics

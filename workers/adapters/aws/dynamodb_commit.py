@@ -34,6 +34,7 @@ from workers.adapters.aws.tables import (
     PENDING_COUNT,
     PENDING_INDEX_SK,
     TTL_ATTRIBUTE,
+    UNDELIVERED_COUNT,
     seq_sk,
 )
 from workers.core.model import LogEntry, TurnCommit
@@ -185,6 +186,7 @@ def _meta_update(
         ":outbox_seq": number(outbox_seq + len(commit.outbox)),
         ":outbox_seq0": number(outbox_seq),
         ":drained": number(-len(parts.consumed)),
+        ":written": number(len(commit.outbox)),
     }
     # While the lease is held the status is 'running'; awaiting_approval is a hold that
     # outlives the run (the SQLite store's CASE expressions, without a read).
@@ -219,8 +221,13 @@ def _meta_update(
     update = "SET " + ", ".join(sets)
     if removes:
         update += " REMOVE " + ", ".join(removes)
+    adds = []
     if parts.consumed:
-        update += f" ADD #{PENDING_COUNT} :drained"
+        adds.append(f"#{PENDING_COUNT} :drained")
+    if commit.outbox:
+        adds.append(f"#{UNDELIVERED_COUNT} :written")
+    if adds:
+        update += " ADD " + ", ".join(adds)
     return {"update": update, "cond": " AND ".join(conds), "values": values}
 
 

@@ -14,12 +14,16 @@ returns the old item (``ReturnValuesOnConditionCheckFailure``) and the write is 
 it, so contention costs a retry, never a wrong answer.
 
 Round trips in the common case (counted in ``store.api_calls``; S3 only for offloaded blobs):
-``append_inbox`` 2 (BatchGet meta + dedupe marker, transaction); ``try_acquire_lease``,
-``bind_lease``, ``renew_lease``, ``handover_lease``, ``release_lease`` 1 (UpdateItem);
-``get_conversation``, ``load_checkpoint`` 1 (GetItem); ``pending_inbox``, ``load_log``,
-``pending_outbox``, ``list_connections`` 1 (Query); ``commit_turn`` 2 (GetItem meta,
-transaction); ``mark_delivered`` 1 per sequence; ``conversations_to_sweep`` 1 Query per sweep
-shard; ``history`` 3; ``add_connection`` 1; ``remove_connection`` 2.
+``append_inbox`` 2 (BatchGet meta + dedupe marker, the transaction, which also takes the
+lease); ``renew_lease`` (binding on a run's first step), ``try_acquire_lease``,
+``handover_lease`` 1 (UpdateItem); ``load_pending`` 1 (BatchGet of the pending inbox, the
+checkpoint and the log window, keyed from the renewal's image); ``commit_turn`` 1 (the
+transaction, conditional on that image); ``release_lease`` 1 (UpdateItem, or a transaction
+with the delivery marks); ``get_conversation``, ``load_checkpoint`` 1 (GetItem);
+``pending_inbox``, ``load_log``, ``pending_outbox``, ``list_connections`` 1 (Query);
+``mark_delivered`` 1 per sequence; ``conversations_to_sweep`` 1 Query per sweep shard;
+``history`` 3; ``add_connection`` 1; ``remove_connection`` 2. A one-message turn: 2 to
+accept, 4 for the run.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import time
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +85,7 @@ from workers.adapters.aws.tables import (
     TABLE_PK,
     TABLE_SK,
     TTL_ATTRIBUTE,
+    UNDELIVERED_COUNT,
     conversation_pk,
     seq_sk,
 )
@@ -93,6 +99,7 @@ from workers.core.model import (
     Lease,
     LogEntry,
     OutboxEntry,
+    PendingWork,
     TurnCommit,
 )
 from workers.core.policies import REJECTED_NOTICE
@@ -149,10 +156,16 @@ class DynamoDBConversationStore(DynamoDBTicketStore):
     # inbox ------------------------------------------------------------------------------
 
     def append_inbox(
-        self, msg: InboundMessage, *, now: float, default_policy: DoubleTextingPolicy
+        self,
+        msg: InboundMessage,
+        *,
+        now: float,
+        default_policy: DoubleTextingPolicy,
+        lease_ttl: float | None = None,
     ) -> AcceptResult:
         """Append ``msg`` unless its dedupe key was seen, in one transaction with the
-        sequence bump (and, under ``reject`` while a run is live, the notice)."""
+        sequence bump (and, under ``reject`` while a run is live, the notice; with
+        ``lease_ttl`` and no live lease, the lease)."""
         pk = conversation_pk(msg.conversation_id)
         body = msg.model_dump_json().encode()
         if len(body) > self._blobs.inline_limit:
@@ -169,7 +182,13 @@ class DynamoDBConversationStore(DynamoDBTicketStore):
                 return _duplicate(marker)
             meta = found.get((pk, META_SK))
             accept = _Accept.decide(
-                msg, body, dedupe_sk, meta, now=now, default_policy=default_policy
+                msg,
+                body,
+                dedupe_sk,
+                meta,
+                now=now,
+                default_policy=default_policy,
+                lease_ttl=lease_ttl,
             )
             try:
                 self._table.transact(self._accept_actions(accept))
@@ -180,7 +199,11 @@ class DynamoDBConversationStore(DynamoDBTicketStore):
                         return _duplicate(marker)
                 continue  # meta moved (another message, a lease change): read it again
             return AcceptResult(
-                msg.message_id, accept.seq, duplicate=False, rejected=accept.rejected
+                msg.message_id,
+                accept.seq,
+                duplicate=False,
+                rejected=accept.rejected,
+                lease=accept.lease,
             )
         raise RetryableError(f"append to {msg.conversation_id}: too much contention")
 
@@ -198,7 +221,7 @@ class DynamoDBConversationStore(DynamoDBTicketStore):
         }
         actions = [table.put(marker, cond="attribute_not_exists(#pk)")]
         if accept.meta is None:
-            meta = _new_meta(cid, accept.policy, accept.now)
+            meta = _new_meta(cid, accept.policy, accept.now, accept.lease)
             actions.append(table.put(meta, cond="attribute_not_exists(#pk)"))
         else:
             actions.append(table.update_action(pk, META_SK, **_accept_update(accept)))
@@ -257,26 +280,40 @@ class DynamoDBConversationStore(DynamoDBTicketStore):
             return None
         return Lease(conversation_id, get_int(new, "lease_token"), now + ttl)
 
-    def bind_lease(
-        self, conversation_id: str, token: int, execution_id: str, *, now: float, ttl: float
-    ) -> Lease:
-        """Bind the lease to a run's execution; ``LeaseLost`` if the token is stale or the
-        lease is bound to another execution (a duplicate start)."""
+    def renew_lease(
+        self,
+        conversation_id: str,
+        token: int,
+        *,
+        now: float,
+        ttl: float,
+        bind: str | None = None,
+    ) -> ConversationState:
+        """Extend the lease (and bind it to the execution ``bind``) and return the state:
+        one ``UpdateItem`` with ``ALL_NEW``. The image is kept for this run's next reads
+        and commit (``load_pending``, ``commit_turn``)."""
+        update = "SET #lease_expires_at = :expires"
+        cond = "#lease_token = :token"
+        values = {":expires": number(now + ttl), ":token": number(token)}
+        if bind is not None:
+            update += ", #lease_execution_id = :execution, #status = :running, #updated_at = :now"
+            cond += (
+                " AND (attribute_not_exists(#lease_execution_id)"
+                " OR #lease_execution_id = :execution)"
+            )
+            values |= {
+                ":execution": string(bind),
+                ":running": string("running"),
+                ":now": number(now),
+            }
         try:
-            self._table.update(
+            new = self._table.update(
                 conversation_pk(conversation_id),
                 META_SK,
-                "SET #lease_execution_id = :execution, #lease_expires_at = :expires,"
-                " #status = :running, #updated_at = :now",
-                cond="#lease_token = :token AND (attribute_not_exists(#lease_execution_id)"
-                " OR #lease_execution_id = :execution)",
-                values={
-                    ":execution": string(execution_id),
-                    ":expires": number(now + ttl),
-                    ":running": string("running"),
-                    ":now": number(now),
-                    ":token": number(token),
-                },
+                update,
+                cond=cond,
+                values=values,
+                returns="ALL_NEW",
             )
         except ConditionFailed as failed:
             old = failed.item
@@ -284,23 +321,6 @@ class DynamoDBConversationStore(DynamoDBTicketStore):
                 bound = opt_str(old, "lease_execution_id")
                 raise LeaseLost(f"token {token} is already bound to execution {bound}") from None
             raise lease_lost(conversation_id, token, old) from None
-        return Lease(conversation_id, token, now + ttl, execution_id)
-
-    def renew_lease(
-        self, conversation_id: str, token: int, *, now: float, ttl: float
-    ) -> ConversationState:
-        """Extend the lease and return the state: one ``UpdateItem`` with ``ALL_NEW``."""
-        try:
-            new = self._table.update(
-                conversation_pk(conversation_id),
-                META_SK,
-                "SET #lease_expires_at = :expires",
-                cond="#lease_token = :token",
-                values={":expires": number(now + ttl), ":token": number(token)},
-                returns="ALL_NEW",
-            )
-        except ConditionFailed as failed:
-            raise lease_lost(conversation_id, token, failed.item) from None
         if len(self._renewed) >= _RENEWED_CACHE:
             self._renewed.clear()
         self._renewed[conversation_id] = new
@@ -345,11 +365,22 @@ class DynamoDBConversationStore(DynamoDBTicketStore):
             raise lease_lost(conversation_id, token, failed.item) from None
         return Lease(conversation_id, get_int(new, "lease_token"), now + ttl)
 
-    def release_lease(self, conversation_id: str, token: int, *, seen_inbox_seq: int) -> bool:
+    def release_lease(
+        self,
+        conversation_id: str,
+        token: int,
+        *,
+        seen_inbox_seq: int,
+        now: float,
+        delivered: Sequence[int] = (),
+    ) -> bool:
         """Release if ``token`` holds the lease and the inbox is still at ``seen_inbox_seq``;
         ``False`` if it moved. With nothing pending the conversation also leaves the sweep
         index in the same write (conditional on a zero pending count, so a pending message is
-        never hidden from the sweeper)."""
+        never hidden from the sweeper). The ``delivered`` marks go in the same transaction;
+        when the release is refused they are written on their own."""
+        pk = conversation_pk(conversation_id)
+        marks = [self._mark_action(pk, seq, now) for seq in delivered]
         drain = True
         for _ in attempts():
             update = (
@@ -360,29 +391,47 @@ class DynamoDBConversationStore(DynamoDBTicketStore):
             if drain:
                 update += f", #{SWEEP_INDEX_PK}"
                 cond += f" AND #{PENDING_COUNT} = :zero"
+            if marks:
+                update += f" ADD #{UNDELIVERED_COUNT} :marked"
+            release = self._table.update_action(
+                pk,
+                META_SK,
+                update,
+                cond=cond,
+                values={
+                    ":idle": string("idle"),
+                    ":zero": number(0),
+                    ":token": number(token),
+                    ":seen": number(seen_inbox_seq),
+                    ":marked": number(-len(marks)),
+                },
+            )
             try:
-                self._table.update(
-                    conversation_pk(conversation_id),
-                    META_SK,
-                    update,
-                    cond=cond,
-                    values={
-                        ":idle": string("idle"),
-                        ":zero": number(0),
-                        ":token": number(token),
-                        ":seen": number(seen_inbox_seq),
-                    },
-                )
+                self._release(release, marks)
             except ConditionFailed as failed:
                 old = failed.item
-                if old is None or opt_int(old, "lease_token") != token:
-                    raise lease_lost(conversation_id, token, old) from None
-                if get_int(old, "inbox_seq") != seen_inbox_seq:
-                    return False
-                drain = False  # messages are pending: stay visible to the sweeper
-                continue
-            return True
+            except TransactionCancelled as cancelled:
+                if not cancelled.failed(0):  # a mark's entry is gone: mark alone, release
+                    self.mark_delivered(conversation_id, list(delivered), now=now)
+                    marks = []
+                    continue
+                old = cancelled.item(0)
+            else:
+                return True
+            if old is None or opt_int(old, "lease_token") != token:
+                raise lease_lost(conversation_id, token, old)
+            if get_int(old, "inbox_seq") != seen_inbox_seq:
+                if marks:
+                    self.mark_delivered(conversation_id, list(delivered), now=now)
+                return False
+            drain = False  # messages are pending: stay visible to the sweeper
         raise RetryableError(f"release of {conversation_id}: too much contention")
+
+    def _release(self, release: Item, marks: list[Item]) -> None:
+        if marks:
+            self._table.transact([release, *marks])
+        else:
+            self._table.call("update_item", **release["Update"], ReturnValues="NONE")
 
     def conversations_to_sweep(self, *, now: float, limit: int = 100) -> list[str]:
         """Conversations that need a run (pending messages, or a lease that expired while
@@ -431,9 +480,45 @@ class DynamoDBConversationStore(DynamoDBTicketStore):
         )
         return [self._log_entry(i) for i in reversed(items)]
 
-    def load_turn(
-        self, conversation_id: str, *, window: int
-    ) -> tuple[bytes | None, list[LogEntry]]:
+    def load_pending(
+        self, state: ConversationState, *, window: int, limit: int = 100
+    ) -> PendingWork:
+        """The pending inbox, the checkpoint and the log window in one ``BatchGetItem``.
+
+        The keys come from the image the run's lease renewal returned: the pending entries
+        are the last ``pending`` inbox sequences (a claim consumes the oldest first) and the
+        window the last log sequences. A rejected message between pending ones breaks that
+        run of sequences: then the pending index is queried. Without an image (no renewal
+        in this process) it takes two queries."""
+        cid = state.conversation_id
+        meta = self._renewed.get(cid)
+        pending = state.pending_count
+        if meta is None or pending is None or get_int(meta, "inbox_seq") != state.inbox_seq:
+            return PendingWork(self.pending_inbox(cid, limit=limit), *self._load_turn(cid, window))
+        pk = conversation_pk(cid)
+        wanted = max(0, min(pending, limit))
+        first = state.inbox_seq - pending + 1
+        inbox_keys = [seq_sk(INBOX_PREFIX, seq) for seq in range(first, first + wanted)]
+        log_seq = get_int(meta, "log_seq")
+        log_keys = [
+            seq_sk(LOG_PREFIX, seq) for seq in range(max(1, log_seq - window + 1), log_seq + 1)
+        ]
+        found = self._table.batch_get([(pk, sk) for sk in (CHECKPOINT_SK, *log_keys, *inbox_keys)])
+        inbox = [
+            InboxEntry(get_int(item, "seq"), _message(item))
+            for item in (found.get((pk, sk)) for sk in inbox_keys)
+            if item is not None and get_str(item, "status") == "pending"
+        ]
+        if len(inbox) < wanted:
+            inbox = self.pending_inbox(cid, limit=limit)
+        ckpt = found.get((pk, CHECKPOINT_SK))
+        return PendingWork(
+            inbox,
+            None if ckpt is None else self._blobs.read(ckpt),
+            [self._log_entry(found[(pk, sk)]) for sk in log_keys if (pk, sk) in found],
+        )
+
+    def _load_turn(self, conversation_id: str, window: int) -> tuple[bytes | None, list[LogEntry]]:
         """The checkpoint and the last ``window`` log entries in one backwards query: the
         checkpoint's sort key sorts right after the log's."""
         items = self._table.query(
@@ -454,7 +539,7 @@ class DynamoDBConversationStore(DynamoDBTicketStore):
     def _log_entry(self, item: Item) -> LogEntry:
         return LogEntry(get_str(item, "message_id"), get_str(item, "role"), self._blobs.read(item))
 
-    def commit_turn(self, conversation_id: str, commit: TurnCommit) -> None:
+    def commit_turn(self, conversation_id: str, commit: TurnCommit) -> list[OutboxEntry]:
         """Apply a turn in one transaction fenced by ``commit.token``: ``LeaseLost`` if it is
         stale, ``TurnSuperseded`` if ``expect_inbox_seq`` is set and the inbox moved.
 
@@ -485,6 +570,8 @@ class DynamoDBConversationStore(DynamoDBTicketStore):
             if replaced != S3Offload.s3_key(placed[0]):
                 orphans.append(replaced)
         self._blobs.discard(orphans)
+        first = get_int(meta, "outbox_seq") + 1
+        return [OutboxEntry(first + n, payload) for n, payload in enumerate(commit.outbox)]
 
     def _commit(
         self, pk: str, conversation_id: str, meta: Item, parts: CommitParts, placed: list[Item]
@@ -518,25 +605,42 @@ class DynamoDBConversationStore(DynamoDBTicketStore):
         return [OutboxEntry(get_int(i, "seq"), self._payload(i)) for i in items]
 
     def mark_delivered(self, conversation_id: str, seqs: list[int], *, now: float) -> None:
-        """Mark entries delivered; idempotent (the first delivery time stays). One write per
-        sequence: not atomic across sequences, which re-delivery after a crash tolerates."""
+        """Mark entries delivered; idempotent (the first delivery time stays). One
+        transaction per sequence (the entry and ``meta``'s undelivered count): not atomic
+        across sequences, which re-delivery after a crash tolerates."""
+        pk = conversation_pk(conversation_id)
+        for seq in seqs:
+            # An unknown or already delivered entry has nothing to mark, as in SQLite.
+            with contextlib.suppress(TransactionCancelled):
+                self._table.transact(
+                    [
+                        self._mark_action(pk, seq, now),
+                        self._table.update_action(
+                            pk,
+                            META_SK,
+                            f"ADD #{UNDELIVERED_COUNT} :minus",
+                            values={":minus": number(-1)},
+                        ),
+                    ]
+                )
+
+    def _mark_action(self, pk: str, seq: int, now: float) -> Item:
+        """The update marking outbox entry ``seq`` delivered (it leaves the pending index);
+        its condition refuses an unknown or already delivered entry, so that ``meta``'s
+        count of undelivered entries, updated in the same transaction, stays exact."""
         expiry = self._expiry()
-        update = "SET #delivered_at = if_not_exists(#delivered_at, :now)"
+        update = "SET #delivered_at = :now"
         values = {":now": number(now)}
         if expiry:
-            update += f", #{TTL_ATTRIBUTE} = if_not_exists(#{TTL_ATTRIBUTE}, :expires)"
+            update += f", #{TTL_ATTRIBUTE} = :expires"
             values[":expires"] = expiry[TTL_ATTRIBUTE]
-        for seq in seqs:
-            # An unknown sequence has nothing to mark, as in SQLite; the condition only keeps
-            # the update from creating a stray item.
-            with contextlib.suppress(ConditionFailed):
-                self._table.update(
-                    conversation_pk(conversation_id),
-                    seq_sk(OUTBOX_PREFIX, seq),
-                    f"{update} REMOVE #{PENDING_INDEX_SK}",
-                    cond="attribute_exists(#pk)",
-                    values=values,
-                )
+        return self._table.update_action(
+            pk,
+            seq_sk(OUTBOX_PREFIX, seq),
+            f"{update} REMOVE #{PENDING_INDEX_SK}",
+            cond="attribute_exists(#pk) AND attribute_not_exists(#delivered_at)",
+            values=values,
+        )
 
     def history(self, conversation_id: str) -> History | None:
         """State, every inbox entry and every outbox entry, oldest first."""
@@ -617,6 +721,9 @@ class _Accept:
     seq: int
     outbox_seq: int
     rejected: bool
+    lease: Lease | None
+    """The lease this write takes (no live lease and one was asked for)."""
+    last_token: int
 
     @classmethod
     def decide(
@@ -628,40 +735,59 @@ class _Accept:
         *,
         now: float,
         default_policy: DoubleTextingPolicy,
+        lease_ttl: float | None,
     ) -> _Accept:
         if meta is None:
             policy, seq, outbox_seq, busy = msg.policy or default_policy, 1, 0, False
+            last_token = 0
         else:
             policy = msg.policy or _POLICY.validate_python(get_str(meta, "policy"))
             seq, outbox_seq = get_int(meta, "inbox_seq") + 1, get_int(meta, "outbox_seq")
             busy = _state(meta).lease_live(now)
+            last_token = get_int(meta, "last_token")
         rejected = policy == "reject" and busy
-        return cls(msg, body, dedupe_sk, meta, now, policy, seq, outbox_seq, rejected)
+        lease = None
+        if lease_ttl is not None and not busy:
+            lease = Lease(msg.conversation_id, last_token + 1, now + lease_ttl)
+        return cls(
+            msg, body, dedupe_sk, meta, now, policy, seq, outbox_seq, rejected, lease, last_token
+        )
 
 
 def _accept_update(accept: _Accept) -> dict[str, Any]:
     """``meta``'s update for an accepted message, conditional on everything it decided on."""
     sets = ["#inbox_seq = :seq", "#policy = :policy", "#updated_at = :now"]
     conds = ["#inbox_seq = :previous"]
-    if accept.policy == "reject":  # the decision rests on the lease: it must still stand
+    remove = ""
+    if accept.policy == "reject" or accept.lease is not None:
+        # The decision rests on the lease: it must still stand.
         conds.append(
             "attribute_exists(#lease_token) AND #lease_expires_at > :now"
             if accept.rejected
             else "(attribute_not_exists(#lease_token) OR #lease_expires_at <= :now)"
         )
+    if accept.lease is not None:
+        sets += ["#last_token = :token", "#lease_token = :token", "#lease_expires_at = :expires"]
+        conds.append("#last_token = :last_token")
+        remove = " REMOVE #lease_execution_id"
     add = ""
     if accept.rejected:
         sets.append("#outbox_seq = :outbox_seq")
         conds.append("#outbox_seq = :outbox_previous")
+        add = f" ADD #{UNDELIVERED_COUNT} :one"
     else:
         # Pending work makes the conversation visible to the sweeper.
         sets.append(f"#{SWEEP_INDEX_PK} = :shard")
         add = f" ADD #{PENDING_COUNT} :one"
     cid = accept.msg.conversation_id
+    lease = accept.lease
     return {
-        "update": "SET " + ", ".join(sets) + add,
+        "update": "SET " + ", ".join(sets) + add + remove,
         "cond": " AND ".join(conds),
         "values": {
+            ":token": number(accept.last_token + 1),
+            ":last_token": number(accept.last_token),
+            ":expires": number(0 if lease is None else lease.expires_at),
             ":seq": number(accept.seq),
             ":previous": number(accept.seq - 1),
             ":policy": string(accept.policy),
@@ -674,8 +800,11 @@ def _accept_update(accept: _Accept) -> dict[str, Any]:
     }
 
 
-def _new_meta(conversation_id: str, policy: str, now: float) -> Item:
-    """``meta`` of a conversation created by its first (pending) message."""
+def _new_meta(conversation_id: str, policy: str, now: float, lease: Lease | None) -> Item:
+    """``meta`` of a conversation created by its first (pending) message, with ``lease``."""
+    held: Item = {}
+    if lease is not None:
+        held = {"lease_token": number(lease.token), SWEEP_INDEX_SK: number(lease.expires_at)}
     return {
         **key(conversation_pk(conversation_id), META_SK),
         "conversation_id": string(conversation_id),
@@ -684,13 +813,14 @@ def _new_meta(conversation_id: str, policy: str, now: float) -> Item:
         "inbox_seq": number(1),
         "outbox_seq": number(0),
         "log_seq": number(0),
-        "last_token": number(0),
+        "last_token": number(0 if lease is None else lease.token),
         SWEEP_INDEX_SK: number(0),  # no lease yet; the sweep index's key must be present
         PENDING_COUNT: number(1),
+        UNDELIVERED_COUNT: number(0),
         SWEEP_INDEX_PK: string(_sweep_shard(conversation_id)),
         "created_at": number(now),
         "updated_at": number(now),
-    }
+    } | held
 
 
 def _state(meta: Item) -> ConversationState:
@@ -712,6 +842,7 @@ def _state(meta: Item) -> ConversationState:
         updated_at=get_float(meta, "updated_at"),
         approval_task_token=opt_str(meta, "approval_task_token"),
         pending_count=opt_int(meta, PENDING_COUNT),
+        undelivered_count=opt_int(meta, UNDELIVERED_COUNT),
     )
 
 

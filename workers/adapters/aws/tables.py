@@ -49,7 +49,8 @@ LOG_LAST_SK = LOG_PREFIX + "9" * 12
 """The highest log sort key (``seq_sk`` pads to 12 digits)."""
 CHECKPOINT_SK = LOG_PREFIX + "~ckpt"
 """Just after the last log entry ('~' sorts after every digit, and ``log#`` before ``logid#``):
-one backwards query reads the checkpoint and the log window together (``load_turn``)."""
+one backwards query reads the checkpoint and the log window together (``load_pending``'s
+fallback when no renewal image is at hand)."""
 LOG_ID_PREFIX = "logid#"
 DEDUPE_PREFIX = "dedupe#"
 CONNECTION_PREFIX = "connection#"
@@ -68,6 +69,9 @@ strands items in shards the sweeper no longer queries: migrate, do not just edit
 
 PENDING_COUNT = "pending"
 """Number of pending inbox entries, on ``meta``; projected into the sweep index."""
+UNDELIVERED_COUNT = "undelivered"
+"""Number of outbox entries not delivered yet, on ``meta``: a turn that sees 0 sends what
+it wrote without querying the outbox."""
 
 TTL_ATTRIBUTE = "expires_at"
 """Epoch seconds; set on finished inbox, outbox and log items when a retention is configured."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -14,7 +15,8 @@ log = logging.getLogger(__name__)
 class StepFunctionsWorkflowStarter:
     """Starts the conversation workflow. The execution is named from the conversation and the
     token, so a repeated start is refused by Step Functions and harmless (the run's first
-    step binds the lease to its own execution anyway)."""
+    step binds the lease to its own execution anyway). The input is ``{"run": RunRef}``,
+    the shape every state of the workflow passes on."""
 
     def __init__(self, client: Any, state_machine_arn: str) -> None:
         self._client = client
@@ -25,7 +27,7 @@ class StepFunctionsWorkflowStarter:
             self._client.start_execution(
                 stateMachineArn=self._arn,
                 name=run.run_id,
-                input=run.model_dump_json(exclude_none=True),
+                input=json.dumps({"run": run.model_dump(mode="json", exclude_none=True)}),
             )
         except Exception as exc:
             if error_code(exc) == "ExecutionAlreadyExists":

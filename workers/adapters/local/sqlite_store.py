@@ -27,6 +27,7 @@ from workers.core.model import (
     Lease,
     LogEntry,
     OutboxEntry,
+    PendingWork,
     Ticket,
     TurnCommit,
 )
@@ -71,6 +72,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     delivered_at REAL,
     PRIMARY KEY (conversation_id, seq)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS outbox_undelivered ON outbox (conversation_id, seq)
+    WHERE delivered_at IS NULL;
 CREATE TABLE IF NOT EXISTS log (
     conversation_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -168,7 +171,12 @@ class SqliteConversationStore:
     # inbox ------------------------------------------------------------------------------
 
     def append_inbox(
-        self, msg: InboundMessage, *, now: float, default_policy: DoubleTextingPolicy
+        self,
+        msg: InboundMessage,
+        *,
+        now: float,
+        default_policy: DoubleTextingPolicy,
+        lease_ttl: float | None = None,
     ) -> AcceptResult:
         cid = msg.conversation_id
         with self._tx() as db:
@@ -219,7 +227,12 @@ class SqliteConversationStore:
                     conversation_id=cid, in_reply_to=[msg.message_id], text=REJECTED_NOTICE
                 )
                 self._append_outbox(db, cid, [notice])
-            return AcceptResult(msg.message_id, seq, duplicate=False, rejected=rejected)
+            lease = None
+            if lease_ttl is not None and not rejected and not busy:
+                lease = self._take_lease(db, cid, now, lease_ttl)
+            return AcceptResult(
+                msg.message_id, seq, duplicate=False, rejected=rejected, lease=lease
+            )
 
     def pending_inbox(self, conversation_id: str, *, limit: int = 100) -> list[InboxEntry]:
         rows = self._conn().execute(
@@ -240,16 +253,24 @@ class SqliteConversationStore:
             ).fetchone()
             if row is None:
                 raise NotFound(f"unknown conversation {conversation_id}", field="conversation_id")
-            last_token, lease_token, expires = row
+            _, lease_token, expires = row
             if lease_token is not None and (expires or 0.0) > now:
                 return None
-            token = last_token + 1
-            db.execute(
-                "UPDATE conversations SET last_token = ?, lease_token = ?, lease_expires_at = ?,"
-                " lease_execution_id = NULL, updated_at = ? WHERE conversation_id = ?",
-                (token, token, now + ttl, now, conversation_id),
-            )
-            return Lease(conversation_id, token, now + ttl)
+            return self._take_lease(db, conversation_id, now, ttl)
+
+    @staticmethod
+    def _take_lease(db: sqlite3.Connection, conversation_id: str, now: float, ttl: float) -> Lease:
+        """A fresh lease with the next fencing token (inside the caller's transaction)."""
+        db.execute(
+            "UPDATE conversations SET last_token = last_token + 1, lease_token = last_token + 1,"
+            " lease_expires_at = ?, lease_execution_id = NULL, updated_at = ?"
+            " WHERE conversation_id = ?",
+            (now + ttl, now, conversation_id),
+        )
+        (token,) = db.execute(
+            "SELECT lease_token FROM conversations WHERE conversation_id = ?", (conversation_id,)
+        ).fetchone()
+        return Lease(conversation_id, token, now + ttl)
 
     def _holding(self, db: sqlite3.Connection, conversation_id: str, token: int) -> tuple[Any, ...]:
         row = db.execute(
@@ -264,30 +285,30 @@ class SqliteConversationStore:
             )
         return tuple(row)
 
-    def bind_lease(
-        self, conversation_id: str, token: int, execution_id: str, *, now: float, ttl: float
-    ) -> Lease:
-        with self._tx() as db:
-            _, bound, _, _ = self._holding(db, conversation_id, token)
-            if bound is not None and bound != execution_id:
-                raise LeaseLost(f"token {token} is already bound to execution {bound}")
-            db.execute(
-                "UPDATE conversations SET lease_execution_id = ?, lease_expires_at = ?,"
-                " status = CASE WHEN status = 'idle' THEN 'running' ELSE status END,"
-                " updated_at = ? WHERE conversation_id = ?",
-                (execution_id, now + ttl, now, conversation_id),
-            )
-            return Lease(conversation_id, token, now + ttl, execution_id)
-
     def renew_lease(
-        self, conversation_id: str, token: int, *, now: float, ttl: float
+        self,
+        conversation_id: str,
+        token: int,
+        *,
+        now: float,
+        ttl: float,
+        bind: str | None = None,
     ) -> ConversationState:
         with self._tx() as db:
-            self._holding(db, conversation_id, token)
+            _, bound, _, _ = self._holding(db, conversation_id, token)
             db.execute(
                 "UPDATE conversations SET lease_expires_at = ? WHERE conversation_id = ?",
                 (now + ttl, conversation_id),
             )
+            if bind is not None:
+                if bound is not None and bound != bind:
+                    raise LeaseLost(f"token {token} is already bound to execution {bound}")
+                db.execute(
+                    "UPDATE conversations SET lease_execution_id = ?,"
+                    " status = CASE WHEN status = 'idle' THEN 'running' ELSE status END,"
+                    " updated_at = ? WHERE conversation_id = ?",
+                    (bind, now, conversation_id),
+                )
             state = self._state(db, conversation_id)
             assert state is not None  # _holding found the row in this transaction
             return state
@@ -314,9 +335,18 @@ class SqliteConversationStore:
                 (now + ttl, task_token, conversation_id),
             )
 
-    def release_lease(self, conversation_id: str, token: int, *, seen_inbox_seq: int) -> bool:
+    def release_lease(
+        self,
+        conversation_id: str,
+        token: int,
+        *,
+        seen_inbox_seq: int,
+        now: float,
+        delivered: Sequence[int] = (),
+    ) -> bool:
         with self._tx() as db:
             _, _, inbox_seq, _ = self._holding(db, conversation_id, token)
+            self._mark_delivered(db, conversation_id, delivered, now)
             if inbox_seq != seen_inbox_seq:
                 return False
             db.execute(
@@ -359,8 +389,11 @@ class SqliteConversationStore:
         row = db.execute(
             "SELECT conversation_id, policy, status, inbox_seq, last_token, lease_token,"
             " lease_expires_at, lease_execution_id, pending_approval, created_at, updated_at,"
-            " approval_task_token FROM conversations WHERE conversation_id = ?",
-            (conversation_id,),
+            " approval_task_token, (SELECT COUNT(*) FROM inbox i WHERE i.conversation_id = ?"
+            " AND i.status = 'pending'), (SELECT COUNT(*) FROM outbox o"
+            " WHERE o.conversation_id = ? AND o.delivered_at IS NULL)"
+            " FROM conversations WHERE conversation_id = ?",
+            (conversation_id, conversation_id, conversation_id),
         ).fetchone()
         if row is None:
             return None
@@ -378,6 +411,8 @@ class SqliteConversationStore:
             created_at=row[9],
             updated_at=row[10],
             approval_task_token=row[11],
+            pending_count=row[12],
+            undelivered_count=row[13],
         )
 
     def load_checkpoint(self, conversation_id: str) -> bytes | None:
@@ -388,11 +423,16 @@ class SqliteConversationStore:
         )
         return None if row is None else bytes(row[0])
 
-    def load_turn(
-        self, conversation_id: str, *, window: int
-    ) -> tuple[bytes | None, list[LogEntry]]:
-        # Two local reads cost microseconds here; DynamoDB does it in one query.
-        return self.load_checkpoint(conversation_id), self.load_log(conversation_id, limit=window)
+    def load_pending(
+        self, state: ConversationState, *, window: int, limit: int = 100
+    ) -> PendingWork:
+        # Three local reads cost microseconds here; DynamoDB does it in one round trip.
+        cid = state.conversation_id
+        return PendingWork(
+            self.pending_inbox(cid, limit=limit),
+            self.load_checkpoint(cid),
+            self.load_log(cid, limit=window),
+        )
 
     def load_log(self, conversation_id: str, *, limit: int) -> list[LogEntry]:
         rows = (
@@ -406,7 +446,7 @@ class SqliteConversationStore:
         )
         return [LogEntry(m, r, bytes(d)) for m, r, d in reversed(rows)]
 
-    def commit_turn(self, conversation_id: str, commit: TurnCommit) -> None:
+    def commit_turn(self, conversation_id: str, commit: TurnCommit) -> list[OutboxEntry]:
         with self._tx() as db:
             _, _, inbox_seq, _ = self._holding(db, conversation_id, commit.token)
             if commit.expect_inbox_seq is not None and inbox_seq != commit.expect_inbox_seq:
@@ -443,8 +483,7 @@ class SqliteConversationStore:
                     "UPDATE conversations SET log_seq = ? WHERE conversation_id = ?",
                     (log_seq + len(rows), conversation_id),
                 )
-            if commit.outbox:
-                self._append_outbox(db, conversation_id, commit.outbox)
+            written = self._append_outbox(db, conversation_id, commit.outbox)
             approval = (
                 commit.pending_approval.model_dump_json() if commit.pending_approval else None
             )
@@ -454,26 +493,31 @@ class SqliteConversationStore:
                 " approval_task_token = NULL WHERE conversation_id = ?",
                 (status, approval, conversation_id),
             )
+            return written
 
     # outbox -----------------------------------------------------------------------------
 
     def _append_outbox(
         self, db: sqlite3.Connection, conversation_id: str, payloads: Sequence[OutboxPayload]
-    ) -> None:
+    ) -> list[OutboxEntry]:
+        if not payloads:
+            return []
         (seq,) = db.execute(
             "SELECT outbox_seq FROM conversations WHERE conversation_id = ?", (conversation_id,)
         ).fetchone()
+        entries = [OutboxEntry(seq + i, p) for i, p in enumerate(payloads, start=1)]
         db.executemany(
             "INSERT INTO outbox (conversation_id, seq, type, body) VALUES (?, ?, ?, ?)",
             [
-                (conversation_id, seq + i, p.type, p.model_dump_json())
-                for i, p in enumerate(payloads, start=1)
+                (conversation_id, e.seq, e.payload.type, e.payload.model_dump_json())
+                for e in entries
             ],
         )
         db.execute(
             "UPDATE conversations SET outbox_seq = ? WHERE conversation_id = ?",
             (seq + len(payloads), conversation_id),
         )
+        return entries
 
     def pending_outbox(self, conversation_id: str) -> list[OutboxEntry]:
         rows = self._conn().execute(
@@ -485,11 +529,17 @@ class SqliteConversationStore:
 
     def mark_delivered(self, conversation_id: str, seqs: list[int], *, now: float) -> None:
         with self._tx() as db:
-            db.executemany(
-                "UPDATE outbox SET delivered_at = ? WHERE conversation_id = ? AND seq = ?"
-                " AND delivered_at IS NULL",
-                [(now, conversation_id, s) for s in seqs],
-            )
+            self._mark_delivered(db, conversation_id, seqs, now)
+
+    @staticmethod
+    def _mark_delivered(
+        db: sqlite3.Connection, conversation_id: str, seqs: Sequence[int], now: float
+    ) -> None:
+        db.executemany(
+            "UPDATE outbox SET delivered_at = ? WHERE conversation_id = ? AND seq = ?"
+            " AND delivered_at IS NULL",
+            [(now, conversation_id, s) for s in seqs],
+        )
 
     def history(self, conversation_id: str) -> History | None:
         state = self.get_conversation(conversation_id)
