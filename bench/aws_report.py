@@ -343,8 +343,45 @@ def render_bundle(section: dict[str, Any]) -> str:
             f"{'within' if section['within_limit'] else 'EXCEEDED'}",
             f"  mlflow-tracing present: {'yes' if section['has_mlflow_tracing'] else 'NO'}; "
             f"full mlflow present: {'YES' if section['has_full_mlflow'] else 'no'}",
+            "",
+            _render_trimmed(section),
         ]
     )
+
+
+def _render_trimmed(section: dict[str, Any]) -> str:
+    trim = section["trimmed"]
+    rows = [
+        [d["name"], d["version"], f"{d['bytes'] / MB:,.1f} MB", d["reason"]]
+        for d in trim["excluded"]
+    ]
+    table = render_table(
+        f"6b. Trimmed {trim['function']} bundle: the closure without what "
+        f"workers/packaging.py excludes ({len(rows)} distributions)",
+        ["excluded", "version", "installed", "why the function never needs it"],
+        rows,
+    )
+    total = trim["total_bytes"] / MB
+    without = trim["total_without_runtime_provided_bytes"] / MB
+    notes = [
+        table,
+        f"  trimmed {total:,.1f} MB (untrimmed {section['total_bytes'] / MB:,.1f} MB, "
+        f"-{trim['excluded_bytes'] / MB:,.1f} MB, {trim['distributions']} distributions); "
+        f"without {'/'.join(section['runtime_provided'])} {without:,.1f} MB (untrimmed "
+        f"{section['total_without_runtime_provided_bytes'] / MB:,.1f} MB)",
+        f"  goal < {section['goal_mb']:g} MB: {_verdict(trim['met_goal'])} "
+        f"({_verdict(trim['met_goal_without_runtime_provided'])} without the runtime's "
+        f"SDK); hard limit {section['limit_mb']:g} MB: "
+        f"{'within' if trim['within_limit'] else 'EXCEEDED'}",
+    ]
+    if trim["not_in_closure"]:
+        notes.append(f"  excluded but not in the closure: {', '.join(trim['not_in_closure'])}")
+    if trim["only_required_by_excluded"]:
+        notes.append(
+            "  kept but only excluded distributions require them: "
+            + ", ".join(trim["only_required_by_excluded"])
+        )
+    return "\n".join(notes)
 
 
 def render_cost(section: dict[str, Any]) -> str:

@@ -9,6 +9,11 @@ console scripts outside ``site-packages`` excluded), plus our own ``workers/`` a
 the Lambda Python runtime provides (bundling your own pins the version; not bundling takes
 the runtime's). Sizes are this machine's wheels (its platform and Python); the arm64 Lambda
 wheels differ slightly.
+
+Next to it, the trimmed ``turn`` bundle: the same closure and the same measured files without
+the distributions ``workers.packaging.EXCLUDED["turn"]`` leaves out (each with its reason).
+Excluded names missing from the closure (a stale entry) and kept distributions that only
+excluded ones require (an incomplete entry) are reported too.
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from bench.common import progress
+from workers.packaging import excluded
 
 ROOT = "agentworker"
+FUNCTION = "turn"
 RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer")
 GOAL_MB = 150.0
 LIMIT_MB = 250.0
@@ -122,6 +129,31 @@ def _own_sources() -> tuple[int, int]:
     return files, size
 
 
+def _trimmed(dists: dict[str, DistSize], own_size: int) -> dict[str, Any]:
+    """``FUNCTION``'s bundle: the closure without what ``workers.packaging`` excludes."""
+    spec = excluded(FUNCTION)
+    kept = {n: d for n, d in dists.items() if n not in spec}
+    total = sum(d.size for d in kept.values()) + own_size
+    provided = sum(d.size for n, d in kept.items() if n in RUNTIME_PROVIDED)
+    dropped = sorted((d for n, d in dists.items() if n in spec), key=lambda d: -d.size)
+    without = total - provided
+    return {
+        "function": FUNCTION,
+        "distributions": len(kept),
+        "excluded": [{**d.to_dict(), "reason": spec[d.name]} for d in dropped],
+        "excluded_bytes": sum(d.size for d in dropped),
+        "not_in_closure": sorted(set(spec) - set(dists)),
+        "only_required_by_excluded": sorted(
+            n for n, d in kept.items() if d.required_by and d.required_by <= set(spec)
+        ),
+        "total_bytes": total,
+        "total_without_runtime_provided_bytes": without,
+        "met_goal": total / MB < GOAL_MB,
+        "met_goal_without_runtime_provided": without / MB < GOAL_MB,
+        "within_limit": total / MB < LIMIT_MB,
+    }
+
+
 def run() -> dict[str, Any]:
     progress("bundle-size: resolving the base dependencies' closure")
     dists = closure()
@@ -155,4 +187,5 @@ def run() -> dict[str, Any]:
         "met_goal": total / MB < GOAL_MB,
         "met_goal_without_runtime_provided": without / MB < GOAL_MB,
         "within_limit": total / MB < LIMIT_MB,
+        "trimmed": _trimmed(dists, own_size),
     }

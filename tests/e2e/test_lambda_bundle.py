@@ -1,19 +1,40 @@
 """The Lambda side with only the package's base dependencies, as a Lambda bundle has them:
-``mlflow-tracing`` and not full ``mlflow``, no server extras. Every other test runs with the
-``local`` and ``dev`` extras, which would hide a call that only full MLflow provides."""
+``mlflow-tracing`` and not full ``mlflow``, no server extras, and without the distributions
+``workers.packaging`` excludes from the ``turn`` bundle (uninstalled after ``pip install .``,
+so an import of one of them fails the test). Every other test runs with the ``local`` and
+``dev`` extras, which would hide a call that only full MLflow provides."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import boto3  # type: ignore[import-untyped,unused-ignore]
 import pytest
 
+from events.inbound import InboundMessage
+from tests.fakes import RecordingSink, RecordingStarter, ScriptedAgent
 from tests.functional.server_process import mlflow_server_process, traces_of
+from workers.adapters.aws.converse_stub import ConverseStubServer
+from workers.adapters.aws.dynamodb_store import DynamoDBConversationStore
+from workers.adapters.aws.tables import DynamoDBTableSpec
+from workers.adapters.clock import SystemClock
+from workers.core.steps import Deps, accept_message
+from workers.packaging import excluded
 
 ROOT = Path(__file__).parents[2]
+EXCLUDED = sorted(excluded("turn"))
+MODEL_ID = "anthropic.claude-3-5-haiku-20241022-v1:0"
+REGION = "us-east-1"
+INSTALLED = (
+    "import importlib.metadata as md, json, re\n"  # names normalized as in PEP 503
+    "names = {re.sub(r'[-_.]+', '-', d.metadata['Name']).lower() for d in md.distributions()}\n"
+    "print(json.dumps(sorted(names)))"
+)
 
 TRACED_TURN = """
 import json, sys, tempfile
@@ -39,24 +60,71 @@ print(json.dumps({"reply": out.reply_text}))
 """
 
 
+TURN_HANDLER = """
+import json, os, sys
+from langchain_aws import ChatBedrockConverse
+from workers.handlers import deliver, turn
+
+
+class Context:
+    function_name = "turn"
+    invoked_function_arn = "arn:aws:lambda:us-east-1:000000000000:function:turn"
+    memory_limit_in_mb = 1024
+    aws_request_id = "bundle"
+    function_version = "$LATEST"
+
+    def get_remaining_time_in_millis(self):
+        return 300_000
+
+
+run = json.loads(sys.argv[1])
+bound = turn.handler({"op": "bind", "run": run, "execution_id": "bundle-exec"}, Context())
+step = turn.handler({"op": "step", "run": bound["run"]}, Context())
+# The turn commits its reply to the outbox; deliver publishes it to SNS.
+delivered = deliver.handler({"conversation_id": run["conversation_id"]}, Context())
+# ChatBedrockConverse built here too: region and credentials from the environment.
+model = ChatBedrockConverse(
+    model=os.environ["MODEL_ID"], endpoint_url=os.environ["AGENTWORKER_BEDROCK_ENDPOINT_URL"]
+)
+invoked = model.invoke("hello from the bundle").text
+streamed = "".join(chunk.text for chunk in model.stream("streaming from the bundle"))
+loaded = sorted({m.split(".")[0] for m in sys.modules})
+result = {"step": step, "delivered": delivered, "invoked": invoked, "streamed": streamed}
+print("RESULT " + json.dumps({**result, "loaded": loaded}))
+"""
+
+
 @pytest.fixture(scope="module")
-def base_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh venv with ``pip install .`` (no extras)."""
+def bundle_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv with ``pip install .`` (no extras), then the ``turn`` bundle's exclusions
+    uninstalled: every test here runs on what the trimmed bundle holds."""
     venv = tmp_path_factory.mktemp("lambda-venv")
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
-    install = subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", str(ROOT)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert install.returncode == 0, install.stderr[-3000:]
+    pip(python, "install", "-q", str(ROOT))
+    installed = set(json.loads(run(python, INSTALLED)))
+    # A stale entry (the closure no longer has it) would make the exclusion a no-op.
+    assert set(EXCLUDED) <= installed, f"not installed: {set(EXCLUDED) - installed}"
+    pip(python, "uninstall", "-y", "-q", *EXCLUDED)
+    assert not set(EXCLUDED) & set(json.loads(run(python, INSTALLED)))
     return python
 
 
-def run(python: Path, code: str, *args: str) -> str:
+@pytest.fixture(scope="module")
+def mlflow_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    pytest.importorskip("mlflow")
+    with mlflow_server_process(tmp_path_factory.mktemp("mlflow")) as url:
+        yield url
+
+
+def pip(python: Path, *args: str) -> None:
+    out = subprocess.run(
+        [str(python), "-m", "pip", *args], capture_output=True, text=True, timeout=600, check=False
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
+def run(python: Path, code: str, *args: str, env: dict[str, str] | None = None) -> str:
     # Run outside the repository so the installed package, not the source tree, is imported.
     out = subprocess.run(
         [str(python), "-c", code, *args],
@@ -65,30 +133,25 @@ def run(python: Path, code: str, *args: str) -> str:
         timeout=300,
         check=False,
         cwd=python.parent,
-        env={"PATH": "/usr/bin:/bin", "MLFLOW_DISABLE_TELEMETRY": "true"},
+        env={"PATH": "/usr/bin:/bin", "MLFLOW_DISABLE_TELEMETRY": "true", **(env or {})},
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
 
 
-def test_the_bundle_has_mlflow_tracing_not_mlflow(base_python: Path) -> None:
-    found = json.loads(
-        run(
-            base_python,
-            "import importlib.metadata as md, json, re\n"  # names normalized as in PEP 503
-            "names = {re.sub(r'[-_.]+', '-', d.metadata['Name']).lower()"
-            " for d in md.distributions()}\n"
-            "print(json.dumps(sorted(names)))",
-        )
-    )
+def test_the_bundle_has_mlflow_tracing_not_mlflow(bundle_python: Path) -> None:
+    found = set(json.loads(run(bundle_python, INSTALLED)))
     assert "mlflow-tracing" in found and "aws-lambda-powertools" in found
-    assert not {"mlflow", "mlflow-skinny", "fastapi", "uvicorn", "moto", "pytest"} & set(found)
+    assert not {"mlflow", "mlflow-skinny", "fastapi", "uvicorn", "moto", "pytest"} & found
+    assert not set(EXCLUDED) & found
 
 
-def test_light_handlers_import_without_langgraph_langchain_or_mlflow(base_python: Path) -> None:
+def test_light_handlers_import_without_langgraph_langchain_or_mlflow(
+    bundle_python: Path,
+) -> None:
     loaded = json.loads(
         run(
-            base_python,
+            bundle_python,
             "import json, sys\n"
             "import workers.handlers.ingest, workers.handlers.deliver\n"
             "import workers.handlers.approve, workers.handlers.sweeper\n"
@@ -98,12 +161,104 @@ def test_light_handlers_import_without_langgraph_langchain_or_mlflow(base_python
     assert not {"langgraph", "langchain_core", "langchain_aws", "mlflow"} & set(loaded)
 
 
-def test_a_traced_turn_runs_on_mlflow_tracing_alone(base_python: Path, tmp_path: Path) -> None:
-    pytest.importorskip("mlflow")
-    with mlflow_server_process(tmp_path) as url:
-        out = json.loads(run(base_python, TRACED_TURN, url))
-        assert out["reply"].startswith("Opened ticket 1")
-        traces = traces_of(url, "bundle:1")
+def test_a_traced_turn_runs_on_mlflow_tracing_alone(bundle_python: Path, mlflow_url: str) -> None:
+    out = json.loads(run(bundle_python, TRACED_TURN, mlflow_url))
+    assert out["reply"].startswith("Opened ticket 1")
+    traces = traces_of(mlflow_url, "bundle:1")
+    assert len(traces) == 1
+    spans = {(s.name, s.span_type) for s in traces[0].data.spans}
+    assert {("turn", "AGENT"), ("model", "CHAT_MODEL"), ("tool.create_ticket", "TOOL")} <= spans
+
+
+@pytest.fixture
+def moto_url() -> Iterator[str]:
+    server_module = pytest.importorskip("moto.server")
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+def seed_run(session: Any, url: str, table: str, bucket: str, conversation_id: str) -> Any:
+    """One accepted message and its lease in a fresh table: the run the handler binds."""
+    ddb, s3 = session.client("dynamodb", endpoint_url=url), session.client("s3", endpoint_url=url)
+    DynamoDBTableSpec(table).create(ddb)
+    s3.create_bucket(Bucket=bucket)
+    store = DynamoDBConversationStore(dynamodb=ddb, table_name=table, s3=s3, bucket=bucket)
+    starter = RecordingStarter()
+    deps = Deps(
+        store=store,
+        agent=ScriptedAgent(),
+        sink=RecordingSink(),
+        starter=starter,
+        clock=SystemClock(),
+    )
+    accept_message(deps, InboundMessage(conversation_id=conversation_id, text="open a ticket"))
+    assert len(starter.runs) == 1
+    return starter.runs[0].model_dump(mode="json", exclude_none=True)
+
+
+def test_the_turn_handler_runs_on_the_trimmed_bundle(
+    bundle_python: Path, mlflow_url: str, moto_url: str
+) -> None:
+    """The real ``turn`` handler (Powertools, DynamoDB/S3, LangGraph, ChatBedrockConverse
+    against the Converse stub, mlflow-tracing to a real MLflow server), ``deliver`` publishing
+    its reply to SNS, and a ``ChatBedrockConverse`` built directly, invoked and streamed."""
+    session = boto3.session.Session(
+        aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION
+    )
+    run_ref = seed_run(session, moto_url, "bundle-turn", "bundle-turn-blobs", "bundle:2")
+    sns, sqs = (session.client(n, endpoint_url=moto_url) for n in ("sns", "sqs"))
+    topic = sns.create_topic(Name="bundle-replies")["TopicArn"]
+    queue = sqs.create_queue(QueueName="bundle-replies")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])
+    sns.subscribe(
+        TopicArn=topic,
+        Protocol="sqs",
+        Endpoint=queue_arn["Attributes"]["QueueArn"],
+        Attributes={"RawMessageDelivery": "true"},
+    )
+    with ConverseStubServer() as stub:
+        env = {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_ENDPOINT_URL": moto_url,
+            "MODEL_ID": MODEL_ID,
+            "AGENTWORKER_MODEL": f"bedrock:{MODEL_ID}",
+            "AGENTWORKER_BEDROCK_ENDPOINT_URL": stub.endpoint_url,
+            "AGENTWORKER_BEDROCK_REGION": REGION,
+            "AGENTWORKER_TABLE_NAME": "bundle-turn",
+            "AGENTWORKER_BUCKET_NAME": "bundle-turn-blobs",
+            "AGENTWORKER_REPLY_TOPIC_ARN": topic,
+            "AGENTWORKER_STATE_MACHINE_ARN": (
+                f"arn:aws:states:{REGION}:000000000000:stateMachine:bundle-unused"
+            ),
+            "AGENTWORKER_TRACING": "true",
+            "AGENTWORKER_MLFLOW_TRACKING_URI": mlflow_url,
+            "POWERTOOLS_METRICS_NAMESPACE": "bundle",
+        }
+        stdout = run(bundle_python, TURN_HANDLER, json.dumps(run_ref), env=env)
+        requests = stub.requests
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")]
+    assert lines, stdout[-3000:]
+    out = json.loads(lines[-1].removeprefix("RESULT "))
+    assert out["step"]["outcome"] == "turn" and out["step"]["turn"] == "replied"
+    assert out["delivered"] == {"delivered": 1}
+    assert "hello from the bundle" in out["invoked"]
+    assert "streaming from the bundle" in out["streamed"]
+    assert {"langgraph", "langchain_aws", "mlflow", "aws_lambda_powertools"} <= set(out["loaded"])
+    # The handler's turn (a tool call, then the answer) and the two direct calls.
+    assert len(requests) >= 4 and {r.model_id for r in requests} == {MODEL_ID}
+    assert {r.streaming for r in requests} == {True, False}
+    received = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=5)
+    replies = [json.loads(m["Body"]) for m in received.get("Messages", [])]
+    assert [r["type"] for r in replies] == ["reply"]
+    assert replies[0]["text"].startswith("Opened ticket 1")
+    traces = traces_of(mlflow_url, "bundle:2")
     assert len(traces) == 1
     spans = {(s.name, s.span_type) for s in traces[0].data.spans}
     assert {("turn", "AGENT"), ("model", "CHAT_MODEL"), ("tool.create_ticket", "TOOL")} <= spans
