@@ -78,9 +78,9 @@ class Context:
 
 
 run = json.loads(sys.argv[1])
-bound = turn.handler({"op": "bind", "run": run, "execution_id": "bundle-exec"}, Context())
-step = turn.handler({"op": "step", "run": bound["run"]}, Context())
-# The turn commits its reply to the outbox; deliver publishes it to SNS.
+step = turn.handler({"op": "step", "run": run, "execution_id": "bundle-exec"}, Context())
+# The step delivered its reply to SNS itself; the deliver handler (the workflow's Deliver
+# state after a channel failure) finds nothing left: a re-delivery is a no-op.
 delivered = deliver.handler({"conversation_id": run["conversation_id"]}, Context())
 # ChatBedrockConverse built here too: region and credentials from the environment.
 model = ChatBedrockConverse(
@@ -183,7 +183,8 @@ def moto_url() -> Iterator[str]:
 
 
 def seed_run(session: Any, url: str, table: str, bucket: str, conversation_id: str) -> Any:
-    """One accepted message and its lease in a fresh table: the run the handler binds."""
+    """One accepted message and its lease in a fresh table: the run the handler's first step
+    binds."""
     ddb, s3 = session.client("dynamodb", endpoint_url=url), session.client("s3", endpoint_url=url)
     DynamoDBTableSpec(table).create(ddb)
     s3.create_bucket(Bucket=bucket)
@@ -205,8 +206,8 @@ def test_the_turn_handler_runs_on_the_trimmed_bundle(
     bundle_python: Path, mlflow_url: str, moto_url: str
 ) -> None:
     """The real ``turn`` handler (Powertools, DynamoDB/S3, LangGraph, ChatBedrockConverse
-    against the Converse stub, mlflow-tracing to a real MLflow server), ``deliver`` publishing
-    its reply to SNS, and a ``ChatBedrockConverse`` built directly, invoked and streamed."""
+    against the Converse stub, mlflow-tracing to a real MLflow server) publishing its reply
+    to SNS, ``deliver``, and a ``ChatBedrockConverse`` built directly, invoked and streamed."""
     session = boto3.session.Session(
         aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION
     )
@@ -246,8 +247,8 @@ def test_the_turn_handler_runs_on_the_trimmed_bundle(
     lines = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")]
     assert lines, stdout[-3000:]
     out = json.loads(lines[-1].removeprefix("RESULT "))
-    assert out["step"]["outcome"] == "turn" and out["step"]["turn"] == "replied"
-    assert out["delivered"] == {"delivered": 1}
+    assert out["step"]["outcome"] == "released" and out["step"]["turn"] == "replied"
+    assert out["delivered"] == {"delivered": 0}
     assert "hello from the bundle" in out["invoked"]
     assert "streaming from the bundle" in out["streamed"]
     assert {"langgraph", "langchain_aws", "mlflow", "aws_lambda_powertools"} <= set(out["loaded"])
