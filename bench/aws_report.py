@@ -246,6 +246,10 @@ def _invocations_table(workflow: dict[str, Any]) -> str:
             f"({fmt(express['transitions_per_turn'], 1)} states)",
             f"  Standard path: {' -> '.join(standard['states_path'])} "
             f"({fmt(standard['transitions_per_turn'], 1)} state transitions per turn)",
+            "  ingest writes without reading when its process accepted the conversation's"
+            " previous message (it predicts meta: that run done, the lease released), as here;"
+            " a cold process, or a message arriving while a run holds the lease, reads first:"
+            " one more round trip",
         ]
     )
 

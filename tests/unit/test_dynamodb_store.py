@@ -22,7 +22,7 @@ from workers.adapters.aws.tables import (
     DynamoDBTableSpec,
     conversation_pk,
 )
-from workers.core.model import LogEntry, TurnCommit
+from workers.core.model import AcceptResult, LogEntry, TurnCommit
 from workers.core.steps import Deps, accept_message, drive_run
 from workers.errors import LeaseLost, PermanentError, RetryableError
 
@@ -201,8 +201,11 @@ def test_round_trips_of_a_typical_turn(store: DynamoDBConversationStore) -> None
     turn("second", "2")  # reads the first turn's checkpoint and log in the same call
     assert store.load_checkpoint(CID) == b"ck2" and store.pending_outbox(CID) == []
     assert len(store.load_log(CID, limit=10)) == 4
+    # The first accept reads meta and the dedupe marker; the second writes at once, on what
+    # the first predicted (the run done, the lease released): a transaction that also takes
+    # the lease.
+    assert counts.pop("append_inbox") == 2 + 1
     assert {k: v / 2 for k, v in counts.items()} == {
-        "append_inbox": 2,  # read meta + dedupe marker; the transaction (with the lease)
         "renew_lease": 1,  # binds the run on its first step
         "load_pending": 1,  # one BatchGetItem: inbox, checkpoint, log window
         "commit_turn": 1,  # conditional on the image the renewal returned: no read
@@ -210,6 +213,26 @@ def test_round_trips_of_a_typical_turn(store: DynamoDBConversationStore) -> None
     }
     assert store.api_calls.counts["dynamodb.transact_write_items"] == 6
     assert not any(name.startswith("s3.") for name in store.api_calls.counts)
+
+
+def test_an_accept_on_a_wrong_prediction_costs_one_more_call_and_is_right(
+    store: DynamoDBConversationStore,
+) -> None:
+    def calls(text: str, key: str, now: float = T0) -> tuple[int, AcceptResult]:
+        before = store.api_calls.total
+        result = store.append_inbox(msg(text, key), now=now, default_policy="enqueue", lease_ttl=60)
+        return store.api_calls.total - before, result
+
+    assert calls("a", "a")[0] == 2  # nothing predicted in this process yet: read, write
+    # The run still holds the lease (double texting): the prediction "released" is wrong,
+    # the refused transaction returns meta's image, the retry is right.
+    n, second = calls("b", "b")
+    assert n == 2 and second.lease is None and not second.duplicate
+    n, again = calls("a", "a")  # a duplicate: the refused marker write returns the marker
+    assert n == 1 and again.duplicate and again.seq == 1
+    n, late = calls("c", "c", now=T0 + 61)  # the lease expired: taken by the accept
+    assert n == 2 and late.lease is not None and late.lease.token == 2
+    assert [e.seq for e in store.pending_inbox(CID)] == [1, 2, 3]
 
 
 def test_a_whole_run_through_the_core(store: DynamoDBConversationStore) -> None:

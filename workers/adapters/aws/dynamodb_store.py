@@ -152,6 +152,9 @@ class DynamoDBConversationStore(DynamoDBTicketStore):
         # The meta image the last lease renewal returned, per conversation: a turn's commit
         # is conditional on it instead of reading meta again (see commit_turn).
         self._renewed: dict[str, Item] = {}
+        # What meta will look like when this process accepts the conversation's next message
+        # (its run done, the lease released): that accept writes without reading first.
+        self._accepted: dict[str, Item] = {}
 
     # inbox ------------------------------------------------------------------------------
 
@@ -175,12 +178,17 @@ class DynamoDBConversationStore(DynamoDBTicketStore):
                 field="text",
             )
         dedupe_sk = DEDUPE_PREFIX + key_part(msg.effective_dedupe_key)
+        # What this process's last accept of the conversation predicts (no read), else a
+        # read of meta and the dedupe marker. A wrong prediction only fails the conditions.
+        meta = self._accepted.pop(msg.conversation_id, None)
+        read = meta is None
         for _ in attempts():
-            found = self._table.batch_get([(pk, META_SK), (pk, dedupe_sk)])
-            marker = found.get((pk, dedupe_sk))
-            if marker is not None:
-                return _duplicate(marker)
-            meta = found.get((pk, META_SK))
+            if read:
+                found = self._table.batch_get([(pk, META_SK), (pk, dedupe_sk)])
+                marker = found.get((pk, dedupe_sk))
+                if marker is not None:
+                    return _duplicate(marker)
+                meta = found.get((pk, META_SK))
             accept = _Accept.decide(
                 msg,
                 body,
@@ -193,11 +201,18 @@ class DynamoDBConversationStore(DynamoDBTicketStore):
             try:
                 self._table.transact(self._accept_actions(accept))
             except TransactionCancelled as cancelled:
-                if cancelled.failed(0):  # the same key was accepted since we looked
-                    marker = self._table.get(pk, dedupe_sk)
+                if cancelled.failed(0):  # the key was accepted before: its marker answers
+                    marker = cancelled.item(0) or self._table.get(pk, dedupe_sk)
                     if marker is not None:
                         return _duplicate(marker)
-                continue  # meta moved (another message, a lease change): read it again
+                if cancelled.failed(1) and cancelled.item(1) is not None:
+                    meta, read = cancelled.item(1), False  # meta moved: here is its image
+                else:
+                    read = True
+                continue
+            if len(self._accepted) >= _RENEWED_CACHE:
+                self._accepted.clear()
+            self._accepted[msg.conversation_id] = accept.predicted_meta()
             return AcceptResult(
                 msg.message_id,
                 accept.seq,
@@ -724,6 +739,9 @@ class _Accept:
     lease: Lease | None
     """The lease this write takes (no live lease and one was asked for)."""
     last_token: int
+    asked_lease: bool
+    busy: bool
+    """A live lease was seen: what ``rejected`` and ``lease`` were decided on."""
 
     @classmethod
     def decide(
@@ -743,27 +761,54 @@ class _Accept:
         else:
             policy = msg.policy or _POLICY.validate_python(get_str(meta, "policy"))
             seq, outbox_seq = get_int(meta, "inbox_seq") + 1, get_int(meta, "outbox_seq")
-            busy = _state(meta).lease_live(now)
+            busy = "lease_token" in meta and get_float(meta, SWEEP_INDEX_SK) > now
             last_token = get_int(meta, "last_token")
         rejected = policy == "reject" and busy
         lease = None
         if lease_ttl is not None and not busy:
             lease = Lease(msg.conversation_id, last_token + 1, now + lease_ttl)
         return cls(
-            msg, body, dedupe_sk, meta, now, policy, seq, outbox_seq, rejected, lease, last_token
+            msg,
+            body,
+            dedupe_sk,
+            meta,
+            now,
+            policy,
+            seq,
+            outbox_seq,
+            rejected,
+            lease,
+            last_token,
+            lease_ttl is not None,
+            busy,
         )
+
+    def predicted_meta(self) -> Item:
+        """``meta`` as this accept leaves it once the conversation's run has released the
+        lease: what the next accept decides on (the fields its conditions check)."""
+        cid = self.msg.conversation_id
+        return {
+            **key(conversation_pk(cid), META_SK),
+            "conversation_id": string(cid),
+            "policy": string(self.policy),
+            "inbox_seq": number(self.seq),
+            "outbox_seq": number(self.outbox_seq + (1 if self.rejected else 0)),
+            "last_token": number(self.last_token if self.lease is None else self.lease.token),
+        }
 
 
 def _accept_update(accept: _Accept) -> dict[str, Any]:
     """``meta``'s update for an accepted message, conditional on everything it decided on."""
     sets = ["#inbox_seq = :seq", "#policy = :policy", "#updated_at = :now"]
     conds = ["#inbox_seq = :previous"]
+    if accept.msg.policy is None:
+        conds.append("#policy = :policy")  # the stored policy decided
     remove = ""
-    if accept.policy == "reject" or accept.lease is not None:
+    if accept.policy == "reject" or accept.asked_lease:
         # The decision rests on the lease: it must still stand.
         conds.append(
             "attribute_exists(#lease_token) AND #lease_expires_at > :now"
-            if accept.rejected
+            if accept.busy
             else "(attribute_not_exists(#lease_token) OR #lease_expires_at <= :now)"
         )
     if accept.lease is not None:

@@ -99,13 +99,11 @@ class DynamoDBTable:
         }
 
     def put(self, item: Item, *, cond: str | None = None) -> Item:
-        return {
-            "Put": {
-                "TableName": self.name,
-                "Item": item,
-                **expressions({}, ConditionExpression=cond),
-            }
-        }
+        put: Item = {"TableName": self.name, "Item": item}
+        if cond:
+            # The existing item comes back with a failed condition (a dedupe marker, meta).
+            put["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
+        return {"Put": put | expressions({}, ConditionExpression=cond)}
 
     def delete(self, pk: str, sk: str) -> Item:
         return {"Delete": {"TableName": self.name, "Key": key(pk, sk)}}
