@@ -262,8 +262,16 @@ class SqsEvent(BaseModel):
     records: list[SqsRecord] = Field(alias="Records")
 
 
+MESSAGE_DETAIL_TYPE = "agentworker.message"
+"""EventBridge detail type of a message for the agent (detail: an InboundMessage)."""
+TICKET_DETAIL_TYPE_PREFIX = "ticket."
+"""EventBridge detail types of support-ticket events: ``ticket.created`` and the others of
+:class:`TicketEvent` (detail: the ticket event without ``event``, which is the type)."""
+
+
 class EventBridgeEvent(BaseModel):
-    """An EventBridge event of detail-type ``agentworker.message`` (detail: InboundMessage)."""
+    """An EventBridge event: a message for the agent (detail-type ``agentworker.message``) or
+    a support-ticket event (``ticket.*``)."""
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
@@ -273,6 +281,13 @@ class EventBridgeEvent(BaseModel):
     detail: dict[str, Any]
 
     def to_inbound(self) -> InboundMessage:
+        """The message this event carries; ``ValueError`` for a detail type of neither kind
+        (a ``ValidationError`` for a malformed detail)."""
+        if self.detail_type.startswith(TICKET_DETAIL_TYPE_PREFIX):
+            ticket = {"event_id": self.id, **self.detail, "event": self.detail_type}
+            return TicketEvent.model_validate(ticket).to_inbound()
+        if self.detail_type != MESSAGE_DETAIL_TYPE:
+            raise ValueError(f"unexpected detail-type {self.detail_type!r}")
         defaults = {"channel": "eventbridge", "dedupe_key": f"eventbridge:{self.id}"}
         return InboundMessage.model_validate(_with_defaults(self.detail, **defaults))
 

@@ -100,6 +100,12 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("schema", help="print the JSON Schema of the event models")
     s.add_argument("name", nargs="?", help="one model (default: all)")
     s.set_defaults(func=cmd_schema)
+
+    s = sub.add_parser(
+        "stack-spec", help="print the deployable stack's spec (serverless.yml reads it)"
+    )
+    s.add_argument("--out", type=Path, help="write to this file (deploy/stack.json)")
+    s.set_defaults(func=cmd_stack_spec)
     return p
 
 
@@ -377,6 +383,21 @@ def cmd_schema(args: argparse.Namespace) -> int:
         print(json.dumps(schema_of(args.name), indent=2))
     else:
         print(json.dumps({name: schema_of(name) for name in SCHEMA_MODELS}, indent=2))
+    return 0
+
+
+# stack-spec -------------------------------------------------------------------------------
+
+
+def cmd_stack_spec(args: argparse.Namespace) -> int:
+    from workers.stack import export_json
+
+    text = export_json()
+    if args.out is None:
+        print(text, end="")
+    else:
+        args.out.write_text(text)
+        print(f"agentworker: wrote {args.out}")
     return 0
 
 

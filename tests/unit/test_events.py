@@ -114,9 +114,24 @@ def test_a_null_dedupe_key_in_a_queue_body_gets_the_queue_default() -> None:
 
 def test_real_eventbridge_envelope_carries_our_message() -> None:
     event = json.loads((FIXTURES / "aws" / "eventBridgeEvent.json").read_text())
+    with pytest.raises(ValueError, match="unexpected detail-type"):
+        EventBridgeEvent.model_validate(event).to_inbound()  # an EC2 notification
+    event["detail-type"] = "agentworker.message"
     event["detail"] = {"conversation_id": "ticket:1", "text": "hello"}
     msg = EventBridgeEvent.model_validate(event).to_inbound()
     assert msg.channel == "eventbridge" and msg.dedupe_key == f"eventbridge:{event['id']}"
+
+
+def test_a_ticket_event_on_eventbridge_becomes_the_ticket_conversation() -> None:
+    event = json.loads((FIXTURES / "aws" / "eventBridgeEvent.json").read_text())
+    event["detail-type"] = "ticket.created"
+    event["detail"] = {"ticket_id": "4711", "subject": "Fridge", "body": "It is warm."}
+    msg = EventBridgeEvent.model_validate(event).to_inbound()
+    assert (msg.conversation_id, msg.channel) == ("ticket:4711", "ticket")
+    assert msg.dedupe_key == f"ticket:{event['id']}" and msg.text == "Fridge\n\nIt is warm."
+    event["detail-type"] = "ticket.deleted"
+    with pytest.raises(ValueError):
+        EventBridgeEvent.model_validate(event).to_inbound()
 
 
 @pytest.mark.parametrize("name", ["app_mention.json", "message_im.json", "message_thread.json"])

@@ -20,7 +20,6 @@ from workers.core.steps import accept_message
 from workers.errors import PermanentError
 from workers.handlers.observability import logger, metrics
 
-MESSAGE_DETAIL_TYPE = "agentworker.message"
 _FRAME: TypeAdapter[Any] = TypeAdapter(WsFrame)
 
 
@@ -45,9 +44,13 @@ def _sqs(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
 
 def _eventbridge(event: dict[str, Any]) -> dict[str, Any]:
     parsed = EventBridgeEvent.model_validate(event)
-    if parsed.detail_type != MESSAGE_DETAIL_TYPE:
-        raise PermanentError(f"unexpected detail-type {parsed.detail_type!r}", field="detail-type")
-    result = accept_message(bootstrap.aws_deps(), parsed.to_inbound())
+    try:
+        message = parsed.to_inbound()
+    except ValidationError:
+        raise
+    except ValueError as exc:
+        raise PermanentError(str(exc), field="detail-type") from None
+    result = accept_message(bootstrap.aws_deps(), message)
     metrics.add_metric(
         name="duplicates" if result.duplicate else "accepted", unit=MetricUnit.Count, value=1
     )

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from workers.adapters.aws.tables import DynamoDBTableSpec
+from workers.stack import FUNCTIONS, QUEUE_MAX_RECEIVES, StackNames
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,6 @@ MOTO_CONFIG: dict[str, Any] = {
 """moto's configuration for the emulator: run state machines, no Docker for Lambda."""
 
 STATEMACHINE_DIR = Path(__file__).resolve().parents[3] / "statemachine"
-FUNCTIONS = ("ingest", "turn", "deliver", "approve", "sweeper")
 
 Handler = Callable[[dict[str, Any], Any], Any]
 
@@ -111,36 +111,6 @@ def route_lambda_to_handlers(handlers: Mapping[str, Handler]) -> Iterator[None]:
         LambdaSimpleBackend.invoke = original  # type: ignore[method-assign]
 
 
-@dataclass(frozen=True)
-class StackNames:
-    """Names of the emulated resources (the deployable stack uses the same ones)."""
-
-    prefix: str = "agentworker"
-
-    @property
-    def table(self) -> str:
-        return self.prefix
-
-    @property
-    def bucket(self) -> str:
-        return f"{self.prefix}-state"
-
-    @property
-    def queue(self) -> str:
-        return f"{self.prefix}-inbound.fifo"
-
-    @property
-    def dlq(self) -> str:
-        return f"{self.prefix}-inbound-dlq.fifo"
-
-    @property
-    def topic(self) -> str:
-        return f"{self.prefix}-replies"
-
-    def state_machine(self, variant: str) -> str:
-        return f"{self.prefix}-conversation" + ("" if variant == "express" else f"-{variant}")
-
-
 @dataclass
 class Stack:
     """What :func:`create_stack` made: ARNs and URLs the runtime's settings point at."""
@@ -206,7 +176,9 @@ def create_stack(
         Attributes={
             "FifoQueue": "true",
             "VisibilityTimeout": "2",
-            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "3"}),
+            "RedrivePolicy": json.dumps(
+                {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(QUEUE_MAX_RECEIVES)}
+            ),
         },
     )["QueueUrl"]
     stack.topic_arn = clients("sns").create_topic(Name=names.topic)["TopicArn"]
