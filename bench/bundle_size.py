@@ -18,18 +18,15 @@ excluded ones require (an incomplete entry) are reported too.
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import platform
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from packaging.markers import Marker
-from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from bench.common import progress
+from deploy.closure import DistSize, closure, measure
 from workers.packaging import excluded
 
 ROOT = "agentworker"
@@ -42,81 +39,6 @@ MUST_NOT_HAVE = "mlflow"
 OWN_SOURCES = ("workers", "events")
 REPO = Path(__file__).resolve().parents[1]
 MB = 1024 * 1024
-
-
-@dataclass
-class DistSize:
-    name: str
-    version: str
-    files: int = 0
-    size: int = 0
-    pyc_size: int = 0
-    required_by: set[str] = field(default_factory=set)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "version": self.version,
-            "files": self.files,
-            "bytes": self.size,
-            "pyc_bytes": self.pyc_size,
-            "required_by": sorted(self.required_by),
-        }
-
-
-def _applies(req: Requirement, extras: frozenset[str]) -> bool:
-    if req.marker is None:
-        return True
-    marker: Marker = req.marker
-    if not extras:
-        return bool(marker.evaluate({"extra": ""}))
-    return any(marker.evaluate({"extra": e}) for e in extras)
-
-
-def closure(root: str = ROOT, extras: frozenset[str] = frozenset()) -> dict[str, DistSize]:
-    """Installed distributions needed by ``root[extras]``, keyed by canonical name."""
-    found: dict[str, DistSize] = {}
-    missing: list[str] = []
-    todo: list[tuple[str, frozenset[str], str]] = [(root, extras, "")]
-    seen: set[tuple[str, frozenset[str]]] = set()
-    while todo:
-        name, wanted, parent = todo.pop()
-        key = canonicalize_name(name)
-        if (key, wanted) in seen:
-            if key in found and parent:
-                found[key].required_by.add(parent)
-            continue
-        seen.add((key, wanted))
-        try:
-            dist = md.distribution(name)
-        except md.PackageNotFoundError:
-            missing.append(name)
-            continue
-        entry = found.setdefault(key, DistSize(key, dist.version))
-        if parent:
-            entry.required_by.add(parent)
-        for text in dist.requires or []:
-            req = Requirement(text)
-            if _applies(req, wanted):
-                todo.append((req.name, frozenset(req.extras), key))
-    if missing:
-        progress(f"bundle-size: not installed (skipped): {', '.join(sorted(set(missing)))}")
-    return found
-
-
-def _measure(entry: DistSize) -> None:
-    dist = md.distribution(entry.name)
-    for file in dist.files or []:
-        if file.parts and file.parts[0] == "..":
-            continue  # console scripts in bin/, not part of a Lambda bundle
-        path = Path(str(file.locate()))
-        if not path.is_file():
-            continue
-        size = path.stat().st_size
-        entry.files += 1
-        entry.size += size
-        if path.suffix == ".pyc":
-            entry.pyc_size += size
 
 
 def _own_sources() -> tuple[int, int]:
@@ -159,7 +81,7 @@ def run() -> dict[str, Any]:
     dists = closure()
     own = dists.pop(canonicalize_name(ROOT), None)
     for entry in dists.values():
-        _measure(entry)
+        measure(entry)
     own_files, own_size = _own_sources()
     total = sum(d.size for d in dists.values()) + own_size
     provided = sum(d.size for n, d in dists.items() if n in RUNTIME_PROVIDED)

@@ -101,6 +101,13 @@ _TURN_ENV: dict[str, Any] = {
 }
 """The agent's settings: only ``turn`` runs it."""
 
+_POWERTOOLS_ENV: dict[str, Any] = {
+    "POWERTOOLS_SERVICE_NAME": "agentworker",
+    "POWERTOOLS_METRICS_NAMESPACE": "agentworker-${sls:stage}",
+    "POWERTOOLS_LOG_LEVEL": "${param:logLevel}",
+}
+"""Powertools' own settings (Logger, Metrics): the only variables not read by Settings."""
+
 
 def environment(function: str) -> dict[str, Any]:
     """``function``'s environment variables beyond the provider's common ones."""
@@ -141,7 +148,7 @@ def export() -> dict[str, Any]:
             "ticket": [{"prefix": TICKET_DETAIL_TYPE_PREFIX}],
         },
         "environment": {
-            "common": _env(_COMMON_ENV),
+            "common": {**_env(_COMMON_ENV), **_POWERTOOLS_ENV},
             **{f: environment(f) for f in FUNCTIONS if environment(f)},
         },
     }

@@ -1,0 +1,1 @@
+"""Deployment tooling: Lambda layers, stack validation (not shipped in the bundle)."""
