@@ -79,7 +79,7 @@ def env_name(setting: str) -> str:
 _COMMON_ENV: dict[str, Any] = {
     "table_name": {"Ref": "ConversationTable"},
     "bucket_name": {"Ref": "StateBucket"},
-    "state_machine_arn": {"Ref": "ConversationStateMachine"},
+    "state_machine_arn": "${self:custom.stateMachineArn}",
     "reply_topic_arn": {"Ref": "ReplyTopic"},
     "websocket_endpoint": {
         "Fn::Sub": "https://${WebsocketsApi}.execute-api.${AWS::Region}.amazonaws.com/${sls:stage}"
