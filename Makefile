@@ -7,7 +7,12 @@ STAMP := $(VENV)/.installed-stamp
 export MLFLOW_MODEL_CATALOG_URI ?=
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: run test lint bench demo clean
+STAGE ?= dev
+NPM_STAMP := node_modules/.installed-stamp
+TOOLS := .tools
+TOOLS_STAMP := $(TOOLS)/.installed-stamp
+
+.PHONY: run test lint bench demo clean package validate deploy remove
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -20,7 +25,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/agentworker serve
 
-test: $(STAMP) lint
+test: $(STAMP) lint validate
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
@@ -33,5 +38,29 @@ bench: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/agentworker demo
 
+# Deployment: the Serverless CLI (osls) and asl-validator pinned in package-lock.json, the
+# validators in their own venv. `make package` and `make validate` need no AWS account.
+$(NPM_STAMP): package.json package-lock.json
+	@command -v npm >/dev/null || { echo "make: npm not found: install Node.js 20+" >&2; exit 1; }
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+$(TOOLS_STAMP): deploy/tools-requirements.txt
+	@test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install -q --disable-pip-version-check -r deploy/tools-requirements.txt
+	@touch $@
+
+package: $(STAMP) $(NPM_STAMP)
+	$(BIN)/python -m deploy.package --stage $(STAGE)
+
+validate: package $(TOOLS_STAMP)
+	$(BIN)/python -m deploy.validate --stage $(STAGE)
+
+deploy: validate
+	npx --no-install osls deploy --stage $(STAGE) --package .serverless
+
+remove: $(NPM_STAMP)
+	npx --no-install osls remove --stage $(STAGE)
+
 clean:
-	rm -rf $(VENV) .agentworker .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(TOOLS) node_modules build .serverless .agentworker .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,77 @@
+"""``make package``: build the layers, print every function's unzipped size, and package the
+stack with the pinned Serverless CLI (``osls``) for one stage, fully offline.
+
+osls asks CloudFormation for the last deployed layer hashes even when only packaging; a moto
+server on loopback answers that no stack exists yet, with dummy credentials, so packaging
+needs no AWS account and no network. ``osls deploy --package .serverless`` later uploads
+exactly these artifacts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from deploy import layers, params
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVERLESS_YML = ROOT / "serverless.yml"
+OUT = ROOT / ".serverless"
+TEMPLATE = OUT / "cloudformation-template-update-stack.json"
+
+
+def osls_env(endpoint: str) -> dict[str, str]:
+    """The environment osls packages in: dummy credentials, AWS calls to ``endpoint``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    return env | {
+        "AWS_ACCESS_KEY_ID": "packaging-offline",
+        "AWS_SECRET_ACCESS_KEY": "packaging-offline",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+        "SLS_TELEMETRY_DISABLED": "1",
+        "SLS_NOTIFICATIONS_MODE": "off",
+    }
+
+
+def run_osls(stage: str) -> None:
+    from moto.server import ThreadedMotoServer
+
+    npx = shutil.which("npx")
+    if npx is None:
+        raise SystemExit("package: npx not found: install Node.js 20+ (make installs osls)")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        subprocess.run(
+            [npx, "--no-install", "osls", "package", "--stage", stage],
+            cwd=ROOT,
+            env=osls_env(f"http://{host}:{port}"),
+            check=True,
+        )
+    finally:
+        server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deploy.package", description=__doc__)
+    parser.add_argument("--stage", default="dev")
+    args = parser.parse_args(argv)
+    problems = params.check(SERVERLESS_YML, args.stage)
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return 1
+    code = layers.main([])
+    if code:
+        return code
+    run_osls(args.stage)
+    print(f"package: {TEMPLATE.relative_to(ROOT)} and the artifacts in .serverless/")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

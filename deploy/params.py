@@ -1,0 +1,78 @@
+"""The stage parameters of serverless.yml (``params``), checked per stage so that a missing or
+malformed one fails ``make validate`` naming the file, the stage and the parameter."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+STAGE_NAME = re.compile(r"^[a-z][a-z0-9-]{1,15}$")
+REGION = r"^[a-z]{2}(-gov)?-[a-z]+-\d$"
+LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1827, 3653)
+EXPRESS_LIMIT_SECONDS = 300
+
+
+class StageParams(BaseModel):
+    """One stage's parameters (``params.default`` merged with ``params.<stage>``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    region: str = Field(pattern=REGION)
+    workflow: Literal["express", "standard"]
+    bedrockModelId: str = Field(min_length=3, pattern=r"^[\w.:-]+$")  # noqa: N815
+    bedrockRegion: str = Field(pattern=REGION)  # noqa: N815
+    turnMemory: int = Field(ge=512, le=10240)  # noqa: N815
+    turnTimeout: int = Field(ge=10, le=900)  # noqa: N815
+    turnReservedConcurrency: int = Field(ge=1, le=1000)  # noqa: N815
+    lightMemory: int = Field(ge=128, le=10240)  # noqa: N815
+    leaseTtlSeconds: int = Field(ge=1)  # noqa: N815
+    doubleTexting: Literal["enqueue", "merge", "interrupt", "reject"]  # noqa: N815
+    logLevel: Literal["DEBUG", "INFO", "WARNING", "ERROR"]  # noqa: N815
+    logRetentionDays: int  # noqa: N815
+    tracing: Literal["true", "false"]
+    mlflowTrackingUri: str = Field(min_length=1)  # noqa: N815
+    slackSecretArn: str = Field(pattern=r"^arn:aws[\w-]*:secretsmanager:")  # noqa: N815
+    deletionProtection: bool  # noqa: N815
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StageParams:
+        if self.logRetentionDays not in LOG_RETENTION_DAYS:
+            raise ValueError(
+                f"logRetentionDays {self.logRetentionDays} is not one CloudWatch accepts"
+            )
+        if self.leaseTtlSeconds <= self.turnTimeout:
+            raise ValueError("leaseTtlSeconds must exceed turnTimeout (a live step's lease lapsed)")
+        if self.workflow == "express" and self.turnTimeout >= EXPRESS_LIMIT_SECONDS:
+            raise ValueError(f"turnTimeout must be under Express's {EXPRESS_LIMIT_SECONDS} s")
+        return self
+
+
+def load(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text())
+    return data if isinstance(data, dict) else {}
+
+
+def check(path: Path, stage: str | None = None) -> list[str]:
+    """Problems with ``path``'s ``params``: every stage is checked; ``stage`` must be one."""
+    params = load(path).get("params")
+    if not isinstance(params, dict) or not isinstance(params.get("default"), dict):
+        return [f"{path}: no params.default section"]
+    stages = sorted(k for k in params if k != "default")
+    found: list[str] = []
+    if stage is not None and (stage not in stages or not STAGE_NAME.match(stage)):
+        found.append(f"{path}: stage {stage!r} has no params (stages: {', '.join(stages)})")
+    for name in stages:
+        if not STAGE_NAME.match(name):
+            found.append(f"{path}: params.{name}: a stage name is 2-16 of [a-z0-9-]")
+        merged = {**params["default"], **(params[name] or {})}
+        try:
+            StageParams.model_validate(merged)
+        except ValidationError as exc:
+            for error in exc.errors():
+                where = ".".join(str(p) for p in error["loc"]) or "(all)"
+                found.append(f"{path}: params.{name}.{where}: {error['msg']}")
+    return found
