@@ -1,0 +1,184 @@
+"""The packaged stack (``make package`` writes it; ``make test`` runs that first): moto's
+CloudFormation creates it, and its names, keys and settings are the code's."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from deploy.package import OUT, TEMPLATE
+from workers.adapters.aws.tables import TTL_ATTRIBUTE, DynamoDBTableSpec
+from workers.config import ENV_PREFIX, Settings
+from workers.stack import FUNCTIONS, QUEUE_MAX_RECEIVES, StackNames
+
+STAGE = "dev"
+NAMES = StackNames(f"agentworker-{STAGE}")
+SKIPPED_BY_MOTO = {
+    "AWS::ApiGatewayV2::Api",
+    "AWS::ApiGatewayV2::Deployment",
+    "AWS::ApiGatewayV2::Integration",
+    "AWS::ApiGatewayV2::Route",
+    "AWS::ApiGatewayV2::Stage",
+    "AWS::CloudWatch::Alarm",
+    "AWS::S3::BucketPolicy",
+}
+"""Types moto's CloudFormation has no model for: it marks them complete and creates nothing."""
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    if not TEMPLATE.is_file():
+        pytest.fail(f"{TEMPLATE} is missing: `make test` packages the stack first (make package)")
+    data: dict[str, Any] = json.loads(TEMPLATE.read_text())
+    return data
+
+
+def resources(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    return {k: r for k, r in template["Resources"].items() if r["Type"] == kind}
+
+
+def for_moto(template: dict[str, Any], bucket: str) -> dict[str, Any]:
+    """The template as moto can create it: the workflow's ``Definition`` object becomes a
+    ``DefinitionString`` (substitutions through ``Fn::Sub``), and code and layers come from
+    ``bucket``, where the packaged artifacts are uploaded as ``osls deploy`` would."""
+    data: dict[str, Any] = json.loads(json.dumps(template))
+    props = data["Resources"]["ConversationStateMachine"]["Properties"]
+    substitutions = props.pop("DefinitionSubstitutions")
+    props["DefinitionString"] = {"Fn::Sub": [json.dumps(props.pop("Definition")), substitutions]}
+
+    def point(node: Any) -> None:
+        if isinstance(node, dict):
+            if "S3Bucket" in node and "S3Key" in node:
+                node["S3Bucket"], node["S3Key"] = bucket, str(node["S3Key"]).split("/")[-1]
+            for value in node.values():
+                point(value)
+        elif isinstance(node, list):
+            for value in node:
+                point(value)
+
+    point(data["Resources"])
+    return data
+
+
+@pytest.fixture(scope="module")
+def created(template: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    with mock_aws():
+        session = boto3.session.Session(region_name="us-east-1")
+        s3 = session.client("s3")
+        s3.create_bucket(Bucket="artifacts")
+        for artifact in sorted(OUT.glob("*.zip")):
+            s3.upload_file(str(artifact), "artifacts", artifact.name)
+        cf = session.client("cloudformation")
+        cf.create_stack(
+            StackName=f"agentworker-{STAGE}",
+            TemplateBody=json.dumps(for_moto(template, "artifacts")),
+            Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"],
+        )
+        stack = cf.describe_stacks(StackName=f"agentworker-{STAGE}")["Stacks"][0]
+        summaries = cf.list_stack_resources(StackName=f"agentworker-{STAGE}")[
+            "StackResourceSummaries"
+        ]
+        yield {"stack": stack, "resources": summaries, "session": session}
+
+
+def test_moto_creates_the_packaged_stack(template: dict[str, Any], created: dict[str, Any]) -> None:
+    assert created["stack"]["StackStatus"] == "CREATE_COMPLETE"
+    types = {k: r["Type"] for k, r in template["Resources"].items()}
+    made = {r["LogicalResourceId"] for r in created["resources"] if r["ResourceType"]}
+    skipped = set(types) - made
+    report = {
+        "created": dict(sorted(Counter(types[k] for k in made).items())),
+        "skipped": dict(sorted(Counter(types[k] for k in skipped).items())),
+    }
+    print(json.dumps(report, indent=2))  # shown with -s: what moto created and skipped
+    assert {types[k] for k in skipped} <= SKIPPED_BY_MOTO, report
+    assert len(made) + len(skipped) == len(types)
+    for needed in (
+        "AWS::DynamoDB::Table",
+        "AWS::StepFunctions::StateMachine",
+        "AWS::Lambda::Function",
+        "AWS::Lambda::LayerVersion",
+        "AWS::SQS::Queue",
+        "AWS::SNS::Topic",
+        "AWS::Events::Rule",
+        "AWS::IAM::Role",
+    ):
+        assert needed in report["created"], needed
+    assert report["created"]["AWS::Lambda::Function"] == len(FUNCTIONS)
+
+
+def test_what_moto_created_matches_the_code(created: dict[str, Any]) -> None:
+    session = created["session"]
+    table = session.client("dynamodb").describe_table(TableName=NAMES.table)["Table"]
+    spec = DynamoDBTableSpec(NAMES.table).create_request()
+    assert table["KeySchema"] == spec["KeySchema"]
+    assert {i["IndexName"] for i in table["GlobalSecondaryIndexes"]} == {
+        i["IndexName"] for i in spec["GlobalSecondaryIndexes"]
+    }
+    sqs = session.client("sqs")
+    url = sqs.get_queue_url(QueueName=NAMES.queue)["QueueUrl"]
+    redrive = json.loads(
+        sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"])["Attributes"][
+            "RedrivePolicy"
+        ]
+    )
+    assert int(redrive["maxReceiveCount"]) == QUEUE_MAX_RECEIVES
+    assert redrive["deadLetterTargetArn"].endswith(NAMES.dlq)
+    machines = session.client("stepfunctions").list_state_machines()["stateMachines"]
+    assert [m["name"] for m in machines] == [NAMES.state_machine("express")]
+    definition = session.client("stepfunctions").describe_state_machine(
+        stateMachineArn=machines[0]["stateMachineArn"]
+    )["definition"]
+    assert "${" not in definition and f"function:{NAMES.prefix}-turn" in definition
+
+
+def test_the_stack_and_the_code_agree_on_names_keys_ttl_and_settings(
+    template: dict[str, Any],
+) -> None:
+    [table] = resources(template, "AWS::DynamoDB::Table").values()
+    props = table["Properties"]
+    spec = DynamoDBTableSpec(NAMES.table).create_request()
+    assert props["TableName"] == NAMES.table
+    for key in ("KeySchema", "AttributeDefinitions", "LocalSecondaryIndexes"):
+        assert props[key] == spec[key], key
+    assert props["GlobalSecondaryIndexes"] == spec["GlobalSecondaryIndexes"]
+    assert props["TimeToLiveSpecification"]["AttributeName"] == TTL_ATTRIBUTE
+    queues = {r["Properties"]["QueueName"] for r in resources(template, "AWS::SQS::Queue").values()}
+    assert {NAMES.queue, NAMES.dlq} <= queues
+    topics = {r["Properties"]["TopicName"] for r in resources(template, "AWS::SNS::Topic").values()}
+    assert NAMES.topic in topics
+    settings = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    functions = resources(template, "AWS::Lambda::Function")
+    assert {f"{NAMES.prefix}-{f}" for f in FUNCTIONS} == {
+        r["Properties"]["FunctionName"] for r in functions.values()
+    }
+    for logical, function in functions.items():
+        env = set(function["Properties"]["Environment"]["Variables"])
+        ours = {name for name in env if not name.startswith("POWERTOOLS_")}
+        assert ours <= settings, (logical, ours - settings)
+        needed = {
+            "AGENTWORKER_TABLE_NAME",
+            "AGENTWORKER_BUCKET_NAME",
+            "AGENTWORKER_STATE_MACHINE_ARN",
+        }
+        assert needed <= env, logical
+        assert function["Properties"]["Architectures"] == ["arm64"]
+        assert function["Properties"]["Runtime"] == "python3.12"
+    turn = functions["TurnLambdaFunction"]["Properties"]["Environment"]["Variables"]
+    assert turn["AGENTWORKER_MODEL"].startswith("bedrock:")
+
+
+def test_every_function_handler_exists() -> None:
+    import importlib
+
+    for function in FUNCTIONS:
+        module = importlib.import_module(f"workers.handlers.{function}")
+        assert callable(module.handler)
+    assert Path(TEMPLATE).parent == OUT

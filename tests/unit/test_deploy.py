@@ -1,0 +1,85 @@
+"""make validate's own checks: bad input fails naming the file and the problem."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from deploy import asl, layers, params
+
+ROOT = Path(__file__).parents[2]
+
+
+def write_params(tmp_path: Path, **changes: dict[str, object]) -> Path:
+    doc = params.load(ROOT / "serverless.yml")
+    for stage, values in changes.items():
+        doc["params"].setdefault(stage, {}).update(values)
+    path = tmp_path / "serverless.yml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_the_stacks_params_are_valid_for_every_stage() -> None:
+    for stage in ("dev", "staging", "prod"):
+        assert params.check(ROOT / "serverless.yml", stage) == []
+
+
+def test_a_missing_stage_is_named(tmp_path: Path) -> None:
+    path = write_params(tmp_path)
+    [problem] = params.check(path, "qa")
+    assert problem.startswith(f"{path}: stage 'qa' has no params (stages: dev, prod, staging)")
+
+
+def test_a_malformed_parameter_is_named_with_its_stage(tmp_path: Path) -> None:
+    path = write_params(tmp_path, prod={"workflow": "expres", "bedrockRegion": "moon"})
+    found = params.check(path, "dev")
+    assert any(p.startswith(f"{path}: params.prod.workflow:") for p in found), found
+    assert any(p.startswith(f"{path}: params.prod.bedrockRegion:") for p in found), found
+    assert not any("params.dev" in p for p in found)
+
+
+def test_parameters_that_contradict_each_other_are_refused(tmp_path: Path) -> None:
+    path = write_params(tmp_path, staging={"leaseTtlSeconds": 60, "turnTimeout": 120})
+    [problem] = params.check(path)
+    assert "params.staging" in problem and "leaseTtlSeconds must exceed turnTimeout" in problem
+
+
+def test_an_unknown_or_missing_parameter_is_refused(tmp_path: Path) -> None:
+    doc = params.load(ROOT / "serverless.yml")
+    del doc["params"]["default"]["bedrockModelId"]
+    doc["params"]["dev"]["bedrockModelID"] = "typo"
+    path = tmp_path / "serverless.yml"
+    path.write_text(yaml.safe_dump(doc))
+    found = params.check(path, "dev")
+    assert any("params.dev.bedrockModelId: Field required" in p for p in found), found
+    assert any("params.dev.bedrockModelID: Extra inputs" in p for p in found), found
+
+
+def test_a_dangling_next_is_named_with_the_file(tmp_path: Path) -> None:
+    definition = json.loads((ROOT / "statemachine" / "conversation.asl.json").read_text())
+    definition["States"]["Deliver"]["Next"] = "Nowhere"
+    path = tmp_path / "broken.asl.json"
+    path.write_text(json.dumps(definition))
+    found = asl.problems(path)
+    assert f"{path}: state 'Deliver' goes to 'Nowhere', which is not a state" in found
+    path.write_text("{not json")
+    assert asl.problems(path)[0].startswith(f"{path}: not valid JSON")
+
+
+def test_a_function_over_the_size_limit_is_named() -> None:
+    mb = 1024 * 1024
+    [problem] = layers.check_sizes({"turn": 251 * mb, "ingest": 11 * mb})
+    assert problem == (
+        "serverless.yml: function turn with its layers is 251.0 MB unzipped, "
+        "over Lambda's 250 MB limit"
+    )
+
+
+def test_layers_leave_out_the_runtimes_sdk_and_the_turn_exclusions() -> None:
+    reqs = layers.requirements()
+    names = {r.split("==")[0] for layer in reqs.values() for r in layer}
+    assert not names & layers.RUNTIME_PROVIDED
+    assert "numpy" not in names and "langgraph" in {r.split("==")[0] for r in reqs["agent"]}
+    assert {"pydantic", "aws-lambda-powertools"} <= {r.split("==")[0] for r in reqs["light"]}
