@@ -357,3 +357,103 @@ class SlackEventEnvelope(BaseModel):
             sender=ev.user or "unknown",
             metadata={"slack_channel": ev.channel, "slack_thread_ts": root_ts},
         )
+
+
+def is_slack_conversation(conversation_id: str) -> bool:
+    """Whether ``conversation_id`` is a Slack thread (``slack:<team>:<channel>:<thread ts>``)."""
+    return conversation_id.startswith("slack:") and conversation_id.count(":") == 3
+
+
+def slack_thread_of(conversation_id: str) -> tuple[str, str, str]:
+    """``(team, channel, thread_ts)`` of a Slack conversation id; ``ValueError`` otherwise."""
+    if not is_slack_conversation(conversation_id):
+        raise ValueError(f"not a Slack conversation: {conversation_id!r}")
+    _, team, channel, thread_ts = conversation_id.split(":")
+    return team, channel, thread_ts
+
+
+# Approval buttons. The Slack sink renders an ApprovalRequest with two buttons whose
+# ``action_id`` is the decision and whose ``value`` is ``<conversation_id>|<interrupt_id>``:
+# a conversation id never contains ``|`` (see CONVERSATION_ID_PATTERN), so the first ``|``
+# splits them, and Slack hands the value back unchanged in the signed ``block_actions``
+# request. The conversation's channel must match the channel the click came from.
+SLACK_APPROVE_ACTION = "approve"
+SLACK_DENY_ACTION = "deny"
+SLACK_BUTTON_VALUE_MAX = 2000
+"""Slack's limit on a button's ``value``."""
+
+
+def slack_button_value(conversation_id: str, interrupt_id: str) -> str:
+    """The ``value`` of the approve/deny buttons of an approval request."""
+    value = f"{conversation_id}|{interrupt_id}"
+    if len(value) > SLACK_BUTTON_VALUE_MAX:
+        raise ValueError(f"button value is {len(value)} characters, over Slack's 2000")
+    return value
+
+
+class SlackUserRef(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str = Field(min_length=1, max_length=200)
+
+
+class SlackChannelRef(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str = Field(min_length=1)
+
+
+class SlackAction(BaseModel):
+    """One element of ``block_actions.actions`` (a button click)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    action_id: str
+    type: str = ""
+    value: str = ""
+
+
+class SlackBlockActions(BaseModel):
+    """An interactivity ``block_actions`` payload (the JSON of the form field ``payload``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["block_actions"]
+    user: SlackUserRef
+    channel: SlackChannelRef | None = None
+    actions: list[SlackAction]
+
+    def decision(self) -> InboundMessage | None:
+        """The approval InboundMessage of an approve/deny click on one of our buttons;
+        ``None`` for any other action. ``ValueError`` for a malformed value or a click from
+        another channel than the conversation's."""
+        action = next(
+            (a for a in self.actions if a.action_id in (SLACK_APPROVE_ACTION, SLACK_DENY_ACTION)),
+            None,
+        )
+        if action is None:
+            return None
+        conversation_id, sep, interrupt_id = action.value.partition("|")
+        if not sep or not interrupt_id:
+            raise ValueError("actions.value: expected '<conversation_id>|<interrupt_id>'")
+        _, channel, _ = slack_thread_of(conversation_id)
+        if self.channel is not None and self.channel.id != channel:
+            raise ValueError(
+                f"actions.value: conversation of channel {channel}, clicked in {self.channel.id}"
+            )
+        return InboundMessage(
+            conversation_id=conversation_id,
+            kind="approval",
+            approval=ApprovalDecision(
+                interrupt_id=interrupt_id, approved=action.action_id == SLACK_APPROVE_ACTION
+            ),
+            channel="slack",
+            sender=self.user.id,
+        )
+
+
+class SlackUrlVerification(BaseModel):
+    """The Events API handshake: answer with ``challenge``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["url_verification"]
+    challenge: str = Field(min_length=1, max_length=1000)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from events.workflow import RunRef
 from workers.config import Settings, load_settings
 from workers.core.ports import Clock, NullTracer, TicketStore, Tracer
 from workers.core.steps import Deps, TurnSettings
 from workers.errors import ConfigError
+
+if TYPE_CHECKING:
+    from workers.adapters.aws.slack import SlackCredentials
 
 
 def turn_settings(settings: Settings) -> TurnSettings:
@@ -108,11 +111,50 @@ def aws_deps(*, with_agent: bool = False) -> Deps:
 def reset_aws_deps() -> None:
     """Forget the cached dependencies (the emulator rebuilds them against a new stack)."""
     _AWS_DEPS.clear()
+    _SLACK_CREDENTIALS.clear()
+
+
+_SLACK_CREDENTIALS: list[SlackCredentials] = []
+
+
+def slack_credentials(settings: Settings | None = None, *, session: Any = None) -> SlackCredentials:
+    """The Slack app's signing secret and bot token, read once per process: from the Secrets
+    Manager secret ``AGENTWORKER_SLACK_SECRET_ARN`` when it is set, else from
+    ``AGENTWORKER_SLACK_SIGNING_SECRET`` / ``AGENTWORKER_SLACK_BOT_TOKEN``."""
+    if not _SLACK_CREDENTIALS:
+        from workers.adapters.aws.slack import SlackCredentials, read_slack_secret
+
+        settings = settings or load_settings()
+        if settings.slack_secret_arn:
+            import boto3
+
+            session = session or boto3.session.Session()
+            credentials = read_slack_secret(
+                session.client("secretsmanager"), settings.slack_secret_arn
+            )
+        else:
+            credentials = SlackCredentials(
+                signing_secret=settings.slack_signing_secret, bot_token=settings.slack_bot_token
+            )
+        _SLACK_CREDENTIALS[:] = [credentials]
+    return _SLACK_CREDENTIALS[0]
+
+
+def slack_signing_secret() -> str:
+    """The signing secret Slack requests are verified with; ``ConfigError`` when unset."""
+    secret = slack_credentials().signing_secret
+    if secret is None:
+        raise ConfigError(
+            "AGENTWORKER_SLACK_SIGNING_SECRET / AGENTWORKER_SLACK_SECRET_ARN: not set; "
+            "the slack function needs the app's signing secret"
+        )
+    return secret.get_secret_value()
 
 
 def build_aws(settings: Settings, *, with_agent: bool, session: Any = None) -> Deps:
     """Wire the AWS adapters: DynamoDB/S3 store, Step Functions starter, SNS and WebSocket
-    sinks, Bedrock (or offline) agent, MLflow tracing when a tracking URI is configured."""
+    sinks, Bedrock (or offline) agent, MLflow tracing when a tracking URI is configured; a
+    Slack sink for Slack conversations when a bot token (or the Slack secret) is configured."""
     import boto3
 
     from workers.adapters.aws.dynamodb_store import DynamoDBConversationStore
@@ -139,6 +181,16 @@ def build_aws(settings: Settings, *, with_agent: bool, session: Any = None) -> D
             "apigatewaymanagementapi", endpoint_url=settings.websocket_endpoint
         )
         sinks.append(WebSocketReplySink(management, store))
+    if settings.slack_bot_token or settings.slack_secret_arn:
+        from workers.adapters.aws.slack import SlackReplySink
+
+        # Posts only Slack conversations' payloads; the token is read at the first post.
+        sinks.append(
+            SlackReplySink(
+                lambda: slack_credentials(settings, session=session).bot_token,
+                api_url=settings.slack_api_url,
+            )
+        )
     tracer: Tracer = NullTracer()
     if settings.tracing and settings.mlflow_tracking_uri:
         from workers.observability import MlflowTracer

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
@@ -60,6 +60,18 @@ class Settings(BaseSettings):
     reply_topic_arn: str | None = Field(None, description="AWS: SNS topic for replies.")
     websocket_endpoint: str | None = Field(
         None, description="AWS: API Gateway WebSocket management endpoint."
+    )
+    slack_signing_secret: SecretStr | None = Field(
+        None, description="Slack app signing secret (local/dev; else slack_secret_arn)."
+    )
+    slack_bot_token: SecretStr | None = Field(
+        None, description="Slack bot token (local/dev; else slack_secret_arn)."
+    )
+    slack_secret_arn: str | None = Field(
+        None, description="AWS: Secrets Manager secret with signing_secret and bot_token."
+    )
+    slack_api_url: str = Field(
+        "https://slack.com/api", min_length=1, description="Slack Web API base URL."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Log level."

@@ -155,6 +155,7 @@ def test_light_handlers_import_without_langgraph_langchain_or_mlflow(
             "import json, sys\n"
             "import workers.handlers.ingest, workers.handlers.deliver\n"
             "import workers.handlers.approve, workers.handlers.sweeper\n"
+            "import workers.handlers.slack\n"
             "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))",
         )
     )

@@ -1,0 +1,178 @@
+"""Slack over real HTTP: the Slack sink against a local Web API stub, and a Slack thread end to
+end on the AWS runtime on moto (signed requests through the ``slack`` handler, the workflow,
+replies and approval buttons posted to the stub, credentials from Secrets Manager)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from events.outbound import ApprovalRequest, Reply
+from tests.functional.aws_env import Aws, aws, lambda_context
+from tests.functional.slack_env import (
+    BOT_TOKEN,
+    SIGNING_SECRET,
+    SlackApiStub,
+    slack_api_stub,
+    slack_fixture,
+    slack_request,
+)
+from workers import bootstrap
+from workers.adapters.aws.slack import SlackReplySink
+from workers.errors import PermanentError, RetryableError
+from workers.handlers import slack
+
+__all__ = ["aws"]  # the fixture
+
+CID = "slack:T111:C111:1726133698.626339"
+
+
+@pytest.fixture
+def stub() -> Iterator[SlackApiStub]:
+    with slack_api_stub() as running:
+        yield running
+
+
+def _sink(stub: SlackApiStub, token: str | None = BOT_TOKEN) -> SlackReplySink:
+    return SlackReplySink(lambda: SecretStr(token) if token else None, api_url=stub.url, timeout=5)
+
+
+def test_a_reply_is_posted_to_its_thread(stub: SlackApiStub) -> None:
+    _sink(stub).send(Reply(conversation_id=CID, turn_id="t", text="Hello, thread."))
+    [call] = stub.posted()
+    assert call.headers["authorization"] == f"Bearer {BOT_TOKEN}"
+    assert call.headers["content-type"].startswith("application/json")
+    assert call.body == {
+        "channel": "C111",
+        "thread_ts": "1726133698.626339",
+        "text": "Hello, thread.",
+    }
+
+
+def test_an_approval_request_is_posted_with_approve_and_deny_buttons(stub: SlackApiStub) -> None:
+    ask = ApprovalRequest(
+        conversation_id=CID,
+        turn_id="t",
+        interrupt_id="int-7",
+        tool="update_ticket",
+        args={"ticket_id": 1, "status": "closed"},
+        text="Close ticket 1?",
+    )
+    _sink(stub).send(ask)
+    [call] = stub.posted()
+    assert call.body["channel"] == "C111" and call.body["thread_ts"] == "1726133698.626339"
+    actions = [b for b in call.body["blocks"] if b["type"] == "actions"]
+    [buttons] = [a["elements"] for a in actions]
+    assert [(b["action_id"], b["value"]) for b in buttons] == [
+        ("approve", f"{CID}|int-7"),
+        ("deny", f"{CID}|int-7"),
+    ]
+
+
+def test_other_conversations_and_streamed_chunks_are_not_posted(stub: SlackApiStub) -> None:
+    from events.outbound import ReplyChunk
+
+    sink = _sink(stub)
+    sink.send(Reply(conversation_id="ticket:1", turn_id="t", text="not for Slack"))
+    sink.send_chunk(ReplyChunk(conversation_id=CID, turn_id="t", index=0, delta="Hel"))
+    _sink(stub, token=None).send(Reply(conversation_id=CID, turn_id="t", text="no token"))
+    assert stub.calls == []
+
+
+FAILURES: list[tuple[tuple[int, dict[str, Any], dict[str, str]], type[Exception], str]] = [
+    ((429, {"ok": False, "error": "ratelimited"}, {"Retry-After": "3"}), RetryableError, "after 3"),
+    ((503, {"ok": False, "error": "x"}, {}), RetryableError, "HTTP 503"),
+    ((200, {"ok": False, "error": "ratelimited"}, {}), RetryableError, "ratelimited"),
+    ((200, {"ok": False, "error": "invalid_auth"}, {}), PermanentError, "invalid_auth"),
+    ((200, {"ok": False, "error": "channel_not_found"}, {}), PermanentError, "channel_not_found"),
+    ((404, {"ok": False}, {}), PermanentError, "HTTP 404"),
+]
+
+
+@pytest.mark.parametrize(("answer", "error", "match"), FAILURES)
+def test_web_api_failures_are_typed(
+    stub: SlackApiStub,
+    answer: tuple[int, dict[str, Any], dict[str, str]],
+    error: type[Exception],
+    match: str,
+) -> None:
+    stub.answer(*answer)
+    with pytest.raises(error, match=match) as raised:
+        _sink(stub).send(Reply(conversation_id=CID, turn_id="t", text="hi"))
+    assert BOT_TOKEN not in str(raised.value)
+    if error is PermanentError:
+        assert not isinstance(raised.value, RetryableError)
+
+
+def test_an_unreachable_web_api_is_retryable() -> None:
+    with slack_api_stub() as gone:
+        url = gone.url
+    sink = SlackReplySink(lambda: SecretStr(BOT_TOKEN), api_url=url, timeout=2)
+    with pytest.raises(RetryableError, match="chat.postMessage failed"):
+        sink.send(Reply(conversation_id=CID, turn_id="t", text="hi"))
+
+
+# --- end to end on the AWS runtime ------------------------------------------------------------
+
+
+def _say(text: str, ts: str) -> dict[str, Any]:
+    """A signed Events API request: ``text`` posted at ``ts`` in the fixture's thread."""
+    body = slack_fixture("message_thread.json")
+    body["event"].update(text=text, ts=ts, event_ts=ts)
+    body["event_id"] = f"Ev{ts.replace('.', '')}"
+    answer: dict[str, Any] = slack.handler(slack_request(body), lambda_context())
+    assert answer["statusCode"] == 200, answer
+    return answer
+
+
+def test_a_slack_thread_end_to_end_with_an_approval_button(
+    aws: Aws, stub: SlackApiStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = {"signing_secret": SIGNING_SECRET, "bot_token": BOT_TOKEN}
+    arn = aws.session.client("secretsmanager").create_secret(
+        Name="agentworker/slack", SecretString=json.dumps(secret)
+    )["ARN"]
+    monkeypatch.setenv("AGENTWORKER_SLACK_SECRET_ARN", arn)
+    monkeypatch.setenv("AGENTWORKER_SLACK_API_URL", stub.url)
+    bootstrap.reset_aws_deps()
+
+    # A conversation that is not Slack's is answered on SNS and never posted to Slack.
+    aws.send_sqs("ticket:20", "hello")
+    aws.pump()
+    [reply] = aws.replies()
+    assert reply["conversation_id"] == "ticket:20"
+    aws.wait_executions_done()
+    assert stub.calls == []
+
+    _say("please open a ticket about the printer", "1726133700.000001")
+    [opened] = stub.posted(1)
+    assert opened.headers["authorization"] == f"Bearer {BOT_TOKEN}"
+    assert opened.body["channel"] == "C111" and opened.body["thread_ts"] == "1726133698.626339"
+    assert opened.body["text"].startswith("Opened ticket 1")
+
+    # Slack retries the next message (new event id, same channel+ts): still one turn.
+    _say("close ticket 1", "1726133700.000002")
+    retried = slack_fixture("message_thread.json")
+    retried["event"].update(text="close ticket 1", ts="1726133700.000002")
+    retry_headers = {"x-slack-retry-num": "1", "x-slack-retry-reason": "http_timeout"}
+    again = slack.handler(slack_request(retried, headers=retry_headers), lambda_context())
+    assert again["statusCode"] == 200 and json.loads(again["body"])["duplicate"] is True
+    ask = stub.posted(2)[-1]
+    [actions] = [b for b in ask.body["blocks"] if b["type"] == "actions"]
+    approve = next(b for b in actions["elements"] if b["action_id"] == "approve")
+    aws.wait_executions_done()
+    state = bootstrap.aws_deps().store.get_conversation(CID)
+    assert state is not None and state.status == "awaiting_approval"
+
+    click = slack_fixture("block_actions_with_message.json")
+    click["actions"] = [{**click["actions"][0], "action_id": "approve", "value": approve["value"]}]
+    answer = slack.handler(slack_request(click, form=True), lambda_context())
+    assert answer["statusCode"] == 200
+    done = stub.posted(3)[-1]
+    assert "is closed" in done.body["text"] and done.body["thread_ts"] == "1726133698.626339"
+    aws.wait_executions_done()
+    assert len(stub.posted(3)) == 3

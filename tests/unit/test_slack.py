@@ -1,0 +1,413 @@
+"""Slack: request signatures, the ``slack`` handler on real Slack payloads (in the real HTTP
+API envelope, signed) with in-memory deps, the approve/deny button round trip, credentials."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import moto
+import pytest
+
+from events.inbound import SlackBlockActions, slack_button_value
+from events.outbound import ApprovalRequest, Notice, Reply
+from tests.fakes import (
+    InMemoryConversationStore,
+    ManualClock,
+    RecordingSink,
+    RecordingStarter,
+    ScriptedAgent,
+)
+from tests.functional.slack_env import SIGNING_SECRET, slack_fixture, slack_request
+from workers import bootstrap
+from workers.adapters.aws.emulator import LambdaContextStub
+from workers.adapters.aws.slack import (
+    InvalidSlackSignature,
+    SlackReplySink,
+    read_slack_secret,
+    render_message,
+    slack_signature,
+    verify_slack_request,
+)
+from workers.core.steps import Deps, drive_run
+from workers.errors import ConfigError
+from workers.handlers import slack
+
+NOW = 1_700_000_000.0
+BODY = b'{"type":"event_callback"}'
+THREAD_CID = "slack:T111:C111:1726133698.626339"
+
+
+# --- signature ------------------------------------------------------------------------------
+
+
+def _verify(body: bytes = BODY, **kw: Any) -> None:
+    args: dict[str, Any] = {
+        "signing_secret": SIGNING_SECRET,
+        "timestamp": str(int(NOW)),
+        "signature": slack_signature(SIGNING_SECRET, str(int(NOW)), BODY),
+        "body": body,
+        "now": NOW,
+    }
+    verify_slack_request(**{**args, **kw})
+
+
+def test_slacks_own_documented_example_signature() -> None:
+    # api.slack.com/authentication/verifying-requests-from-slack, step by step
+    body = (
+        b"token=xyzz0WbapA4vBCDEFasx0q6G&team_id=T1DC2JH3J&team_domain=testteamnow&"
+        b"channel_id=G8PSS9T3V&channel_name=foobar&user_id=U2CERLKJA&user_name=roadrunner&"
+        b"command=%2Fwebhook-collect&text=&response_url=https%3A%2F%2Fhooks.slack.com%2F"
+        b"commands%2FT1DC2JH3J%2F397700885554%2F96rGlfmibIGlgcZRskXaIFfN&"
+        b"trigger_id=398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c"
+    )
+    expected = "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503"
+    assert slack_signature("8f742231b10e8888abcd99yyyzzz85a5", "1531420618", body) == expected
+
+
+def test_a_good_signature_passes() -> None:
+    _verify()
+
+
+def test_a_tampered_body_or_another_secret_is_refused() -> None:
+    with pytest.raises(InvalidSlackSignature, match="does not match"):
+        _verify(body=BODY + b" ")
+    with pytest.raises(InvalidSlackSignature, match="does not match"):
+        _verify(signing_secret="another-secret")
+
+
+def test_a_timestamp_over_five_minutes_away_is_refused() -> None:
+    _verify(now=NOW + 300)  # exactly 5 minutes: still fine
+    with pytest.raises(InvalidSlackSignature, match="5 minutes"):
+        _verify(now=NOW + 301)
+    with pytest.raises(InvalidSlackSignature, match="5 minutes"):
+        _verify(now=NOW - 301)  # from the future
+
+
+def test_missing_or_malformed_headers_are_refused() -> None:
+    with pytest.raises(InvalidSlackSignature, match="missing"):
+        _verify(signature=None)
+    with pytest.raises(InvalidSlackSignature, match="missing"):
+        _verify(timestamp="")
+    with pytest.raises(InvalidSlackSignature, match="integer"):
+        _verify(timestamp="soon")
+
+
+# --- the handler on real payloads, with in-memory deps ----------------------------------------
+
+
+class World:
+    def __init__(self) -> None:
+        self.store = InMemoryConversationStore()
+        self.sink = RecordingSink()
+        self.starter = RecordingStarter()
+        self.deps = Deps(
+            store=self.store,
+            agent=ScriptedAgent(),
+            sink=self.sink,
+            starter=self.starter,
+            clock=ManualClock(),
+        )
+
+    def call(self, event: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        context = LambdaContextStub("slack", "arn:aws:lambda:us-east-1:123456789012:function:slack")
+        answer = slack.handler(event, context)
+        return answer["statusCode"], json.loads(answer.get("body") or "{}")
+
+    def inbox(self, conversation_id: str) -> list[Any]:
+        return self.store.pending_inbox(conversation_id)
+
+
+@pytest.fixture
+def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    monkeypatch.setenv("AGENTWORKER_SLACK_SIGNING_SECRET", SIGNING_SECRET)
+    w = World()
+    bootstrap.reset_aws_deps()
+    monkeypatch.setattr(bootstrap, "aws_deps", lambda **_: w.deps)
+    yield w
+    bootstrap.reset_aws_deps()
+
+
+def test_url_verification_answers_the_challenge(world: World) -> None:
+    body = slack_fixture("url_verification.json")
+    status, answer = world.call(slack_request(body))
+    assert status == 200 and answer == {"challenge": body["challenge"]}
+
+
+def test_a_thread_message_becomes_an_inbox_message_and_starts_a_run(world: World) -> None:
+    status, answer = world.call(slack_request(slack_fixture("message_thread.json")))
+    assert status == 200 and answer["type"] == "accepted" and answer["duplicate"] is False
+    assert answer["conversation_id"] == THREAD_CID
+    [entry] = world.inbox(THREAD_CID)
+    msg = entry.message
+    assert msg.text == "When Slack was released?" and msg.channel == "slack"
+    assert msg.sender == "W222" and msg.dedupe_key == "slack:C111:1726133700.887259"
+    assert msg.metadata == {"slack_channel": "C111", "slack_thread_ts": "1726133698.626339"}
+    assert [run.conversation_id for run in world.starter.runs] == [THREAD_CID]
+
+
+def test_a_top_level_dm_and_a_mention_start_their_own_threads(world: World) -> None:
+    status, answer = world.call(slack_request(slack_fixture("message_im.json")))
+    assert status == 200 and answer["conversation_id"] == "slack:T111:D111:1726133700.887259"
+    status, answer = world.call(slack_request(slack_fixture("app_mention.json")))
+    assert status == 200 and answer["conversation_id"] == "slack:T0G9PQBBK:C111:1678252212.229129"
+    assert len(world.starter.runs) == 2
+
+
+def test_a_slack_retry_with_a_new_event_id_is_one_message(world: World) -> None:
+    body = slack_fixture("message_thread.json")
+    assert world.call(slack_request(body))[1]["duplicate"] is False
+    body["event_id"] = "Ev999"  # Slack redelivers with a new event id
+    retry = {"x-slack-retry-num": "1", "x-slack-retry-reason": "http_timeout"}
+    status, answer = world.call(slack_request(body, headers=retry))
+    assert status == 200 and answer["duplicate"] is True
+    assert len(world.inbox(THREAD_CID)) == 1 and len(world.starter.runs) == 1
+
+
+def test_a_mention_also_delivered_as_a_message_is_one_message(world: World) -> None:
+    mention = slack_fixture("app_mention.json")
+    message = json.loads(json.dumps(mention))
+    message["event"]["type"] = "message"
+    message["event_id"] = "Ev-other"
+    assert world.call(slack_request(mention))[1]["duplicate"] is False
+    assert world.call(slack_request(message))[1]["duplicate"] is True
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("bot_message.json", "bot message"),
+        ("bot_message_subtype.json", "bot message"),
+        ("message_changed.json", "message subtype 'message_changed'"),
+    ],
+)
+def test_bot_messages_and_edits_are_acknowledged_and_ignored(
+    world: World, name: str, reason: str
+) -> None:
+    status, answer = world.call(slack_request(slack_fixture(name)))
+    assert status == 200 and answer == {"type": "ignored", "reason": reason}
+    assert world.store.calls == [] and world.starter.runs == []
+
+
+def test_other_events_are_acknowledged_and_ignored(world: World) -> None:
+    body = slack_fixture("message_thread.json")
+    body["event"] = {"type": "reaction_added", "user": "W222", "reaction": "thumbsup"}
+    status, answer = world.call(slack_request(body))
+    assert status == 200 and answer["type"] == "ignored"
+    body = slack_fixture("message_thread.json")
+    body["event"]["subtype"] = "channel_join"
+    assert world.call(slack_request(body))[1]["type"] == "ignored"
+    assert world.store.calls == []
+
+
+def test_a_base64_encoded_body_is_verified_and_accepted(world: World) -> None:
+    status, answer = world.call(
+        slack_request(slack_fixture("message_thread.json"), base64_body=True)
+    )
+    assert status == 200 and answer["type"] == "accepted"
+
+
+@pytest.mark.parametrize(
+    "request_kw",
+    [
+        {"secret": "not-the-signing-secret"},
+        {"timestamp": time.time() - 600},
+        {"signed": False},
+    ],
+    ids=["bad-signature", "stale-timestamp", "missing-signature"],
+)
+def test_an_unsigned_or_stale_request_is_refused_with_401(
+    world: World, request_kw: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, answer = world.call(slack_request(slack_fixture("message_thread.json"), **request_kw))
+    assert status == 401 and answer["type"] == "error"
+    assert answer["error"]["code"] == "invalid_signature"
+    assert world.store.calls == [] and world.starter.runs == []
+    assert SIGNING_SECRET not in capsys.readouterr().out  # nor in the logs
+
+
+def test_a_signed_body_of_a_wrong_shape_names_the_problem(world: World) -> None:
+    status, answer = world.call(slack_request("{not json"))
+    assert status == 400 and answer["error"]["code"] == "bad_json"
+    body = slack_fixture("message_thread.json")
+    del body["event"]["channel"]
+    status, answer = world.call(slack_request(body))
+    assert status == 422 and answer["error"]["field"] == "event.channel"
+    status, answer = world.call(slack_request("token=x&command=%2Fhelp", form=True))
+    assert status == 400 and "payload" in answer["error"]["message"]
+
+
+def test_without_a_signing_secret_the_function_is_misconfigured(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AGENTWORKER_SLACK_SIGNING_SECRET")
+    bootstrap.reset_aws_deps()
+    with pytest.raises(ConfigError, match="AGENTWORKER_SLACK_SIGNING_SECRET"):
+        world.call(slack_request(slack_fixture("message_thread.json")))
+
+
+# --- approve/deny buttons ---------------------------------------------------------------------
+
+
+def _click(action_id: str, value: str, channel: str = "C111") -> dict[str, Any]:
+    """The fixture's block_actions payload, clicking one of our buttons."""
+    payload = slack_fixture("block_actions_with_message.json")
+    payload["channel"]["id"] = payload["container"]["channel_id"] = channel
+    payload["actions"] = [{**payload["actions"][0], "action_id": action_id, "value": value}]
+    return payload
+
+
+def test_an_unrelated_button_is_acknowledged_and_ignored(world: World) -> None:
+    for name in ("block_actions.json", "block_actions_with_message.json"):
+        status, answer = world.call(slack_request(slack_fixture(name), form=True))
+        assert (status, answer) == (200, {})  # an interaction's acknowledgement is empty
+    assert world.store.calls == []
+
+
+@pytest.mark.parametrize(("action_id", "approved"), [("approve", True), ("deny", False)])
+def test_a_button_click_becomes_the_decision(world: World, action_id: str, approved: bool) -> None:
+    value = slack_button_value(THREAD_CID, "int-42")
+    status, answer = world.call(slack_request(_click(action_id, value), form=True))
+    assert (status, answer) == (200, {})
+    [entry] = world.inbox(THREAD_CID)
+    msg = entry.message
+    assert msg.kind == "approval" and msg.channel == "slack" and msg.sender == "U111"
+    assert msg.approval is not None
+    assert (msg.approval.interrupt_id, msg.approval.approved) == ("int-42", approved)
+    assert world.call(slack_request(_click(action_id, value), form=True))[0] == 200
+    assert world.store.calls.count("append_inbox") == 2
+    assert len(world.inbox(THREAD_CID)) == 1  # a double click is one decision
+    assert len(world.starter.runs) == 1
+
+
+def test_a_click_carrying_another_channels_conversation_is_refused(world: World) -> None:
+    value = slack_button_value(THREAD_CID, "int-42")
+    status, answer = world.call(slack_request(_click("approve", value, channel="C999"), form=True))
+    assert status == 400 and "C999" in answer["error"]["message"]
+    status, answer = world.call(slack_request(_click("approve", "no-separator"), form=True))
+    assert status == 400 and answer["error"]["code"] == "bad_request"
+    assert world.store.calls == []
+
+
+def test_the_buttons_the_sink_renders_decide_the_pending_approval(world: World) -> None:
+    """Message -> turn asking approval -> the rendered button -> click -> resumed turn."""
+    body = slack_fixture("message_thread.json")
+    body["event"]["text"] = "please approve-me"
+    world.call(slack_request(body))
+    drive_run(world.deps, world.starter.runs[-1])
+    [ask] = world.sink.sent
+    assert isinstance(ask, ApprovalRequest)
+    blocks = render_message(ask)["blocks"]
+    buttons = {b["action_id"]: b for b in blocks[-1]["elements"]}
+    assert set(buttons) == {"approve", "deny"}
+    click = _click("deny", buttons["deny"]["value"])
+    status, _ = world.call(slack_request(click, form=True))
+    assert status == 200
+    drive_run(world.deps, world.starter.runs[-1])
+    resumed = world.sink.sent[-1]
+    assert isinstance(resumed, Reply) and "approved=False" in resumed.text
+    assert f"interrupt_id='{ask.interrupt_id}'" in resumed.text
+
+
+def test_rendered_messages_go_to_the_thread_escaped() -> None:
+    reply = Reply(conversation_id=THREAD_CID, turn_id="t", text="a <b> & c")
+    assert render_message(reply) == {
+        "channel": "C111",
+        "thread_ts": "1726133698.626339",
+        "text": "a &lt;b&gt; &amp; c",
+    }
+    notice = Notice(conversation_id=THREAD_CID, level="error", text="failed")
+    assert render_message(notice)["text"] == ":warning: failed"
+    ask = ApprovalRequest(
+        conversation_id=THREAD_CID,
+        turn_id="t",
+        interrupt_id="i-1",
+        tool="update_ticket",
+        args={"ticket_id": 3, "status": "closed"},
+        text="Close ticket 3?",
+    )
+    message = render_message(ask)
+    assert message["text"] == "Close ticket 3?"
+    [approve, deny] = message["blocks"][-1]["elements"]
+    assert (approve["style"], deny["style"]) == ("primary", "danger")
+    clicked = SlackBlockActions.model_validate(
+        {
+            "type": "block_actions",
+            "user": {"id": "U1"},
+            "channel": {"id": "C111"},
+            "actions": [{"action_id": approve["action_id"], "value": approve["value"]}],
+        }
+    ).decision()
+    assert clicked is not None and clicked.conversation_id == THREAD_CID
+    assert clicked.approval is not None and clicked.approval.interrupt_id == "i-1"
+
+
+def test_the_slack_sink_leaves_other_conversations_alone() -> None:
+    asked: list[str] = []
+
+    def token() -> None:
+        asked.append("token")
+
+    sink = SlackReplySink(token, api_url="http://127.0.0.1:9/never")
+    sink.send(Reply(conversation_id="ticket:1", turn_id="t", text="hi"))
+    sink.send(Reply(conversation_id="ws:alice:1", turn_id="t", text="hi"))
+    assert asked == []
+    sink.send(Reply(conversation_id=THREAD_CID, turn_id="t", text="hi"))  # no token: skipped
+    assert asked == ["token"]
+
+
+# --- credentials ------------------------------------------------------------------------------
+
+
+def test_credentials_come_from_the_environment_once_per_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AGENTWORKER_SLACK_SIGNING_SECRET", "s1")
+    monkeypatch.setenv("AGENTWORKER_SLACK_BOT_TOKEN", "xoxb-1")
+    bootstrap.reset_aws_deps()
+    creds = bootstrap.slack_credentials()
+    assert creds.bot_token is not None and creds.bot_token.get_secret_value() == "xoxb-1"
+    assert "xoxb-1" not in repr(creds) and "s1" not in str(creds)
+    monkeypatch.setenv("AGENTWORKER_SLACK_SIGNING_SECRET", "s2")
+    assert bootstrap.slack_signing_secret() == "s1"  # read once
+    bootstrap.reset_aws_deps()
+    assert bootstrap.slack_signing_secret() == "s2"
+    bootstrap.reset_aws_deps()
+
+
+def test_credentials_from_secrets_manager(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with moto.mock_aws():
+        client = boto3.client("secretsmanager", region_name="us-east-1")
+        good = client.create_secret(
+            Name="slack", SecretString=json.dumps({"signing_secret": "s", "bot_token": "xoxb-2"})
+        )["ARN"]
+        bad = client.create_secret(Name="bad", SecretString="xoxb-leaked")["ARN"]
+        monkeypatch.setenv("AGENTWORKER_SLACK_SECRET_ARN", good)
+        monkeypatch.setenv("AGENTWORKER_SLACK_SIGNING_SECRET", "ignored-when-the-arn-is-set")
+        bootstrap.reset_aws_deps()
+        assert bootstrap.slack_signing_secret() == "s"
+        with pytest.raises(ConfigError, match="AGENTWORKER_SLACK_SECRET_ARN") as err:
+            read_slack_secret(client, bad)
+        assert "xoxb-leaked" not in str(err.value)
+    bootstrap.reset_aws_deps()
+
+
+def test_the_slack_handler_imports_without_langgraph_langchain_or_mlflow() -> None:
+    code = (
+        "import json, sys\nimport workers.handlers.slack\n"
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    loaded = set(json.loads(out.stdout))
+    assert "workers" in loaded
+    assert not {"langgraph", "langchain_core", "langchain_aws", "mlflow", "boto3"} & loaded

@@ -1,0 +1,248 @@
+"""Slack: request verification, the app's credentials, and the Web API reply sink.
+
+Standard library only (``urllib``, ``hmac``): no ``slack_sdk`` in the Lambda bundle.
+
+- :func:`verify_slack_request` checks ``X-Slack-Signature`` (``v0=`` + HMAC-SHA256 of
+  ``v0:{timestamp}:{raw body}`` with the signing secret) in constant time and refuses
+  timestamps more than 5 minutes away (a replayed request).
+- :func:`read_slack_secret` reads the Secrets Manager secret (JSON with ``signing_secret`` and
+  ``bot_token``); the composition root calls it once per process.
+- :class:`SlackReplySink` posts outbox payloads to ``chat.postMessage`` in the conversation's
+  thread: plain text for a reply or a notice, Block Kit approve/deny buttons for an approval
+  request (their encoding is in :mod:`events.inbound`, next to the parser of the clicks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.client
+import json
+import logging
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
+
+from events.inbound import (
+    SLACK_APPROVE_ACTION,
+    SLACK_DENY_ACTION,
+    is_slack_conversation,
+    slack_button_value,
+    slack_thread_of,
+)
+from events.outbound import ApprovalRequest, Notice, OutboxPayload, ReplyChunk
+from workers.adapters.aws.errors import map_aws_error
+from workers.errors import ConfigError, PermanentError, RetryableError
+
+log = logging.getLogger(__name__)
+
+SLACK_API_URL = "https://slack.com/api"
+SIGNATURE_VERSION = "v0"
+MAX_REQUEST_AGE_SECONDS = 300
+"""Slack's advice: refuse a request whose timestamp is over 5 minutes from now (replay)."""
+SECTION_TEXT_MAX = 3000
+"""Slack's limit on a section block's text."""
+
+RETRYABLE_SLACK_ERRORS = frozenset(
+    {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
+)
+"""Web API ``error`` codes worth retrying; every other code (``invalid_auth``,
+``channel_not_found``, ``not_in_channel``, ``is_archived``, ...) is permanent."""
+
+
+class InvalidSlackSignature(PermanentError):
+    """A request that Slack did not sign with our signing secret, or signed too long ago."""
+
+
+def slack_signature(signing_secret: str, timestamp: str, body: bytes) -> str:
+    """``v0=`` + hex HMAC-SHA256 of ``v0:{timestamp}:{body}``: what Slack sends."""
+    base = f"{SIGNATURE_VERSION}:{timestamp}:".encode() + body
+    digest = hmac.new(signing_secret.encode(), base, hashlib.sha256).hexdigest()
+    return f"{SIGNATURE_VERSION}={digest}"
+
+
+def verify_slack_request(
+    *,
+    signing_secret: str,
+    timestamp: str | None,
+    signature: str | None,
+    body: bytes,
+    now: float,
+) -> None:
+    """Raise :class:`InvalidSlackSignature` unless ``signature`` is Slack's signature of
+    ``body`` at ``timestamp``, and ``timestamp`` is within 5 minutes of ``now``."""
+    if not timestamp or not signature:
+        raise InvalidSlackSignature("missing X-Slack-Request-Timestamp or X-Slack-Signature")
+    try:
+        sent_at = int(timestamp)
+    except ValueError:
+        raise InvalidSlackSignature("X-Slack-Request-Timestamp is not an integer") from None
+    if abs(now - sent_at) > MAX_REQUEST_AGE_SECONDS:
+        raise InvalidSlackSignature("X-Slack-Request-Timestamp is over 5 minutes from now")
+    expected = slack_signature(signing_secret, timestamp, body)
+    if not hmac.compare_digest(expected.encode(), signature.encode()):
+        raise InvalidSlackSignature("X-Slack-Signature does not match the request")
+
+
+class SlackCredentials(BaseModel):
+    """The Slack app's secrets; ``SecretStr`` keeps them out of reprs and logs."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    signing_secret: SecretStr | None = None
+    bot_token: SecretStr | None = None
+
+
+def read_slack_secret(client: Any, secret_arn: str) -> SlackCredentials:
+    """The credentials in the Secrets Manager secret ``secret_arn`` (a JSON object with
+    ``signing_secret`` and ``bot_token``). Errors name the setting, never the secret's text."""
+    try:
+        text = client.get_secret_value(SecretId=secret_arn)["SecretString"]
+    except Exception as exc:
+        raise map_aws_error(exc, "Secrets Manager GetSecretValue") from exc
+    try:
+        return SlackCredentials.model_validate_json(text)
+    except ValidationError:
+        # The error would quote the input, i.e. the secret: name the setting only.
+        raise ConfigError(
+            "AGENTWORKER_SLACK_SECRET_ARN: the secret must be a JSON object with "
+            "string fields signing_secret and bot_token"
+        ) from None
+
+
+def _escape(text: str) -> str:
+    """Slack's three control characters in message text."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _button(label: str, action_id: str, style: str, value: str) -> dict[str, Any]:
+    return {
+        "type": "button",
+        "text": {"type": "plain_text", "text": label},
+        "action_id": action_id,
+        "style": style,
+        "value": value,
+    }
+
+
+def render_message(payload: OutboxPayload) -> dict[str, Any]:
+    """The ``chat.postMessage`` body of ``payload``, in its Slack conversation's thread."""
+    _, channel, thread_ts = slack_thread_of(payload.conversation_id)
+    message: dict[str, Any] = {"channel": channel, "thread_ts": thread_ts}
+    if isinstance(payload, ApprovalRequest):
+        value = slack_button_value(payload.conversation_id, payload.interrupt_id)
+        args = json.dumps(payload.args, ensure_ascii=False, sort_keys=True)
+        message["text"] = _escape(payload.text)  # the notification's fallback
+        message["blocks"] = [
+            {
+                "type": "section",
+                "text": {"type": "mrkdwn", "text": _clip(_escape(payload.text), SECTION_TEXT_MAX)},
+            },
+            {
+                "type": "context",
+                "elements": [
+                    {
+                        "type": "mrkdwn",
+                        "text": _clip(_escape(f"{payload.tool} {args}"), SECTION_TEXT_MAX),
+                    }
+                ],
+            },
+            {
+                "type": "actions",
+                "elements": [
+                    _button("Approve", SLACK_APPROVE_ACTION, "primary", value),
+                    _button("Deny", SLACK_DENY_ACTION, "danger", value),
+                ],
+            },
+        ]
+    elif isinstance(payload, Notice) and payload.level == "error":
+        message["text"] = ":warning: " + _escape(payload.text)
+    else:
+        message["text"] = _escape(payload.text)
+    return message
+
+
+def _json_object(text: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+class SlackReplySink:
+    """Posts the outbox payloads of Slack conversations (``slack:T:C:thread_ts``) to their
+    thread with ``chat.postMessage``; payloads of other conversations are not Slack's and
+    are skipped, as the WebSocket sink skips conversations without connections.
+
+    Streamed chunks are not sent: ``chat.update`` is rate limited to about one call per
+    second per channel, and the final reply follows within the same turn anyway.
+
+    ``bot_token`` is called at the first send (so functions that never deliver never fetch
+    the secret); when it returns ``None`` the app has no bot token and nothing is posted.
+    HTTP 429/5xx, network failures and ``ratelimited`` are ``RetryableError``; any other
+    Web API error (``invalid_auth``, ``channel_not_found``, ...) is ``PermanentError``.
+    """
+
+    def __init__(
+        self,
+        bot_token: Callable[[], SecretStr | None],
+        *,
+        api_url: str = SLACK_API_URL,
+        timeout: float = 10.0,
+    ) -> None:
+        self._bot_token = bot_token
+        self._api_url = api_url.rstrip("/")
+        self._timeout = timeout
+
+    def send(self, payload: OutboxPayload) -> None:
+        if not is_slack_conversation(payload.conversation_id):
+            return
+        token = self._bot_token()
+        if token is None:
+            log.warning("no Slack bot token configured; not posting to Slack")
+            return
+        self.call("chat.postMessage", render_message(payload), token)
+
+    def send_chunk(self, chunk: ReplyChunk) -> None:
+        return None
+
+    def call(self, method: str, body: dict[str, Any], token: SecretStr) -> dict[str, Any]:
+        """One Web API call (JSON body); the answer, or a typed error."""
+        request = urllib.request.Request(
+            f"{self._api_url}/{method}",
+            data=json.dumps(body).encode(),
+            headers={
+                "Content-Type": "application/json; charset=utf-8",
+                "Authorization": f"Bearer {token.get_secret_value()}",
+            },
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout) as response:
+                text = response.read()
+        except urllib.error.HTTPError as exc:
+            status = f"HTTP {exc.code}"
+            if exc.code == 429 or exc.code >= 500:
+                after = exc.headers.get("Retry-After")
+                hint = f", retry after {after} s" if after else ""
+                raise RetryableError(f"Slack {method} failed ({status}{hint})") from None
+            raise PermanentError(f"Slack {method} refused ({status})") from None
+        except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, resets
+            raise RetryableError(f"Slack {method} failed: {exc}") from None
+        answer = _json_object(text)
+        if answer is None:
+            raise RetryableError(f"Slack {method} answered with something other than JSON")
+        if not answer.get("ok"):
+            error = str(answer.get("error", "unknown_error"))
+            if error in RETRYABLE_SLACK_ERRORS:
+                raise RetryableError(f"Slack {method} failed ({error})")
+            raise PermanentError(f"Slack {method} refused ({error})")
+        return answer

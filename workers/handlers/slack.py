@@ -1,0 +1,176 @@
+"""``slack``: the Slack app's Request URL, an HTTP API (payload 2.0) route such as
+``POST /slack/events``, for both the Events API and interactivity.
+
+Every request's signature is checked first (401 otherwise). Then:
+
+- ``url_verification``: 200 with the challenge;
+- ``event_callback`` with a ``message`` or ``app_mention`` from a person: an inbox message of
+  the thread's conversation (``slack:<team>:<channel>:<thread ts>``), deduplicated by
+  ``channel+ts`` so Slack's retries (``X-Slack-Retry-Num``, a new event id) and the
+  ``message``/``app_mention`` pair of one mention are one message; bot messages, edits and
+  other subtypes are acknowledged and ignored;
+- interactivity (form field ``payload``) ``block_actions``: a click on the approve/deny
+  buttons the Slack sink renders becomes an approval message (the button encoding is in
+  :mod:`events.inbound`); other actions are acknowledged and ignored. Interactions are
+  acknowledged with an empty 200.
+
+Slack wants an answer within 3 s: this only accepts the message; the turn runs in the
+workflow.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+from typing import Any
+from urllib.parse import parse_qs
+
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import ValidationError
+
+from events.inbound import (
+    InboundMessage,
+    SlackBlockActions,
+    SlackEventEnvelope,
+    SlackUrlVerification,
+)
+from events.outbound import ErrorBody, ErrorView, validation_problem
+from workers import bootstrap
+from workers.adapters.aws.slack import InvalidSlackSignature, verify_slack_request
+from workers.core.steps import accept_message
+from workers.handlers.observability import logger, metrics
+
+MESSAGE_EVENTS = frozenset({"message", "app_mention"})
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+
+
+def _response(status: int, body: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "statusCode": status,
+        "headers": {"content-type": "application/json"},
+        "body": json.dumps(body),
+    }
+
+
+def _error(status: int, code: str, message: str, field: str | None = None) -> dict[str, Any]:
+    body = ErrorView(error=ErrorBody(code=code, message=message, field=field))
+    return _response(status, body.model_dump())
+
+
+def _ignored(reason: str) -> dict[str, Any]:
+    """Acknowledge (Slack must not retry) and do nothing."""
+    metrics.add_metric(name="slack_ignored", unit=MetricUnit.Count, value=1)
+    logger.info("slack request ignored", extra={"reason": reason})
+    return _response(200, {"type": "ignored", "reason": reason})
+
+
+def _raw_body(event: dict[str, Any]) -> bytes:
+    """The body exactly as Slack sent it (the signature covers these bytes)."""
+    body = event.get("body") or ""
+    if event.get("isBase64Encoded"):
+        return base64.b64decode(body, validate=True)
+    return str(body).encode()
+
+
+def _accept(msg: InboundMessage) -> dict[str, Any]:
+    logger.append_keys(conversation_id=msg.conversation_id)
+    result = accept_message(bootstrap.aws_deps(), msg)
+    metrics.add_metric(
+        name="duplicates" if result.duplicate else "accepted", unit=MetricUnit.Count, value=1
+    )
+    return _response(200, result.view(msg.conversation_id).model_dump(mode="json"))
+
+
+def _event_callback(raw: bytes) -> InboundMessage | dict[str, Any]:
+    """The message to accept, or the answer (challenge, ignored)."""
+    data = json.loads(raw)
+    if not isinstance(data, dict):
+        raise ValueError("body: expected a JSON object")
+    kind = data.get("type")
+    if kind == "url_verification":
+        challenge = SlackUrlVerification.model_validate(data).challenge
+        metrics.add_metric(name="slack_url_verifications", unit=MetricUnit.Count, value=1)
+        return _response(200, {"challenge": challenge})
+    if kind != "event_callback":
+        return _ignored(f"request type {kind!r}")
+    event_type = (data.get("event") or {}).get("type")
+    if event_type not in MESSAGE_EVENTS:
+        return _ignored(f"event type {event_type!r}")
+    envelope = SlackEventEnvelope.model_validate(data)
+    if envelope.is_from_bot():
+        return _ignored("bot message")
+    if envelope.event.subtype is not None:
+        return _ignored(f"message subtype {envelope.event.subtype!r}")
+    if not envelope.event.text.strip():
+        return _ignored("message without text")
+    metrics.add_metric(name="slack_messages", unit=MetricUnit.Count, value=1)
+    return envelope.to_inbound()
+
+
+def _interaction(raw: bytes) -> InboundMessage | dict[str, Any]:
+    """The decision to accept, or the answer (ignored)."""
+    fields = parse_qs(raw.decode(), strict_parsing=False)
+    if "payload" not in fields:
+        raise ValueError("payload: missing from the form")
+    data = json.loads(fields["payload"][0])
+    if not isinstance(data, dict) or data.get("type") != "block_actions":
+        kind = data.get("type") if isinstance(data, dict) else None
+        return _ignored(f"interaction type {kind!r}")
+    decision = SlackBlockActions.model_validate(data).decision()
+    if decision is None:
+        return _ignored("not an approval button")
+    metrics.add_metric(name="decisions", unit=MetricUnit.Count, value=1)
+    return decision
+
+
+def _bad_request(exc: ValueError) -> dict[str, Any]:
+    metrics.add_metric(name="bad_requests", unit=MetricUnit.Count, value=1)
+    if isinstance(exc, ValidationError):
+        problem = validation_problem(exc)
+        return _error(422, "validation_error", problem.message, problem.field or "body")
+    if isinstance(exc, json.JSONDecodeError):
+        return _error(400, "bad_json", f"body is not valid JSON: {exc.msg}", "body")
+    return _error(400, "bad_request", str(exc))
+
+
+@metrics.log_metrics
+@logger.inject_lambda_context(clear_state=True)
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    headers = {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()}
+    try:
+        raw = _raw_body(event)
+    except binascii.Error:
+        return _error(400, "bad_request", "body is not valid base64", "body")
+    try:
+        verify_slack_request(
+            signing_secret=bootstrap.slack_signing_secret(),
+            timestamp=headers.get("x-slack-request-timestamp"),
+            signature=headers.get("x-slack-signature"),
+            body=raw,
+            now=time.time(),
+        )
+    except InvalidSlackSignature as exc:
+        metrics.add_metric(name="slack_bad_signature", unit=MetricUnit.Count, value=1)
+        logger.warning("slack request refused", extra={"reason": str(exc)})
+        return _error(401, "invalid_signature", str(exc))
+    retry = headers.get("x-slack-retry-num")
+    if retry is not None:
+        # Harmless: the dedupe key (channel+ts) makes a redelivery a duplicate.
+        metrics.add_metric(name="slack_retries", unit=MetricUnit.Count, value=1)
+        logger.append_keys(
+            slack_retry_num=retry, slack_retry_reason=headers.get("x-slack-retry-reason")
+        )
+    interaction = headers.get("content-type", "").startswith(FORM_CONTENT_TYPE)
+    try:
+        parsed = _interaction(raw) if interaction else _event_callback(raw)
+    except ValueError as exc:  # JSON, UTF-8, pydantic and our own parse errors
+        return _bad_request(exc)
+    answer = _accept(parsed) if isinstance(parsed, InboundMessage) else parsed
+    if interaction:
+        # An interaction's acknowledgement is an empty 200: a body could be taken for a
+        # message to show.
+        return {"statusCode": 200}
+    return answer
