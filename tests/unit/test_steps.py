@@ -414,3 +414,21 @@ def test_a_run_that_died_after_committing_has_its_reply_delivered_by_the_sweeper
     summary = drive_run(w.deps, again)
     assert summary.turns == 0 and summary.ended == "idle"
     assert w.texts() == ["echo hello"] and len(w.agent.requests) == 1
+
+
+def test_an_entry_a_channel_refuses_for_good_is_dropped_not_retried_forever(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    w = World()
+    w.send("hi")
+    refused: list[str] = []
+
+    def send(payload: Any) -> None:
+        refused.append(payload.text)
+        raise PermanentError("channel_not_found")
+
+    w.sink.send = send  # type: ignore[method-assign]
+    [summary] = w.run_all()
+    assert summary.ended == "idle" and refused == ["echo hi"]
+    assert w.store.pending_outbox(CID) == []  # done: a retry would fail the same way
+    assert "refused for good" in caplog.text

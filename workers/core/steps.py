@@ -391,10 +391,24 @@ def deliver(deps: Deps, conversation_id: str) -> int:
     sent = 0
     for entry in deps.store.pending_outbox(conversation_id):
         with deps.tracer.span("deliver", kind="UNKNOWN", inputs={"type": entry.payload.type}):
-            deps.sink.send(entry.payload)
+            try:
+                deps.sink.send(entry.payload)
+            except PermanentError as exc:
+                _undeliverable(entry, exc)
             deps.store.mark_delivered(conversation_id, [entry.seq], now=deps.clock.now())
         sent += 1
     return sent
+
+
+def _undeliverable(entry: OutboxEntry, exc: PermanentError) -> None:
+    """A channel refused an entry for good (e.g. Slack's ``channel_not_found``): it is done,
+    logged as an error, never retried (a retry would fail the same way, forever)."""
+    log.error(
+        "outbox entry %d of %s refused for good, not retried: %s",
+        entry.seq,
+        entry.payload.conversation_id,
+        exc,
+    )
 
 
 def _send(deps: Deps, entries: list[OutboxEntry]) -> list[int]:
@@ -408,6 +422,8 @@ def _send(deps: Deps, entries: list[OutboxEntry]) -> list[int]:
             except RetryableError as exc:
                 log.warning("delivery of outbox entry %d deferred: %s", entry.seq, exc)
                 break
+            except PermanentError as exc:
+                _undeliverable(entry, exc)
         sent.append(entry.seq)
     return sent
 

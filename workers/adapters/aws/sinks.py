@@ -10,6 +10,7 @@ from typing import Any
 from events.outbound import OutboxPayload, ReplyChunk
 from workers.adapters.aws.errors import error_code, map_aws_error
 from workers.core.ports import ConversationStore, ReplySink
+from workers.errors import AgentWorkerError, PermanentError, RetryableError
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +69,27 @@ class WebSocketReplySink:
 
 
 class FanOutReplySink:
-    """Sends to several sinks (e.g. SNS for integrations and WebSocket for the web chat)."""
+    """Sends to several sinks (e.g. SNS for integrations and WebSocket for the web chat).
+
+    Every sink is tried: one refusing for good does not keep the others from the payload.
+    A retryable failure is raised after the others were tried (the retry re-sends to all:
+    subscribers dedupe on ``reply_id``); else the first permanent one."""
 
     def __init__(self, sinks: Sequence[ReplySink]) -> None:
         self._sinks = list(sinks)
 
     def send(self, payload: OutboxPayload) -> None:
+        failures: list[AgentWorkerError] = []
         for sink in self._sinks:
-            sink.send(payload)
+            try:
+                sink.send(payload)
+            except (RetryableError, PermanentError) as exc:
+                failures.append(exc)
+        retryable = [f for f in failures if isinstance(f, RetryableError)]
+        if retryable:
+            raise retryable[0]
+        if failures:
+            raise failures[0]
 
     def send_chunk(self, chunk: ReplyChunk) -> None:
         for sink in self._sinks:
