@@ -20,7 +20,7 @@ from events.inbound import MESSAGE_DETAIL_TYPE, TICKET_DETAIL_TYPE_PREFIX
 from workers.adapters.aws.tables import TTL_ATTRIBUTE, DynamoDBTableSpec
 from workers.config import ENV_PREFIX, Settings
 
-FUNCTIONS = ("ingest", "turn", "deliver", "approve", "sweeper")
+FUNCTIONS = ("ingest", "turn", "deliver", "approve", "sweeper", "slack")
 """The Lambda functions of the stack (``workers/handlers/<name>.py``, ``handler``)."""
 
 
@@ -87,6 +87,7 @@ _COMMON_ENV: dict[str, Any] = {
     "lease_ttl_seconds": "${param:leaseTtlSeconds}",
     "double_texting": "${param:doubleTexting}",
     "log_level": "${param:logLevel}",
+    "slack_secret_arn": "${param:slackSecretArn}",
     "tracing": "false",
 }
 """Every function builds the same AWS dependencies (``bootstrap.aws_deps``)."""

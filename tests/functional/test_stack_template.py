@@ -18,6 +18,8 @@ from workers.adapters.aws.tables import TTL_ATTRIBUTE, DynamoDBTableSpec
 from workers.config import ENV_PREFIX, Settings
 from workers.stack import FUNCTIONS, QUEUE_MAX_RECEIVES, StackNames
 
+pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse:UserWarning")  # moto's skips
+
 STAGE = "dev"
 NAMES = StackNames(f"agentworker-{STAGE}")
 SKIPPED_BY_MOTO = {

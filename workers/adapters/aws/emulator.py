@@ -56,7 +56,7 @@ class LambdaContextStub:
 
 def default_handlers() -> dict[str, Handler]:
     """Our Lambda handlers by function name (imported here: ``turn`` brings LangGraph)."""
-    from workers.handlers import approve, deliver, ingest, sweeper, turn
+    from workers.handlers import approve, deliver, ingest, slack, sweeper, turn
 
     return {
         "ingest": ingest.handler,
@@ -64,6 +64,7 @@ def default_handlers() -> dict[str, Handler]:
         "deliver": deliver.handler,
         "approve": approve.handler,
         "sweeper": sweeper.handler,
+        "slack": slack.handler,
     }
 
 
