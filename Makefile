@@ -38,11 +38,11 @@ bench: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/agentworker demo
 
-# Deployment: the Serverless CLI (osls) and asl-validator pinned in package-lock.json, the
-# validators in their own venv. `make package` and `make validate` need no AWS account.
-$(NPM_STAMP): package.json package-lock.json
-	@command -v npm >/dev/null || { echo "make: npm not found: install Node.js 20+" >&2; exit 1; }
-	npm ci --no-audit --no-fund --loglevel=error
+# Deployment: the Serverless CLI (osls) and asl-validator pinned in package-lock.json, run by
+# the Node.js that the tools venv installs from PyPI, and the validators in that venv.
+# `make package` and `make validate` need no AWS account, no Docker and no network.
+$(NPM_STAMP): package.json package-lock.json $(TOOLS_STAMP)
+	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
 $(TOOLS_STAMP): deploy/tools-requirements.txt
@@ -51,16 +51,16 @@ $(TOOLS_STAMP): deploy/tools-requirements.txt
 	@touch $@
 
 package: $(STAMP) $(NPM_STAMP)
-	$(BIN)/python -m deploy.package --stage $(STAGE)
+	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(BIN)/python -m deploy.package --stage $(STAGE)
 
-validate: package $(TOOLS_STAMP)
-	$(BIN)/python -m deploy.validate --stage $(STAGE)
+validate: package
+	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(BIN)/python -m deploy.validate --stage $(STAGE)
 
 deploy: validate
-	npx --no-install osls deploy --stage $(STAGE) --package .serverless
+	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" npx --no-install osls deploy --stage $(STAGE) --package .serverless
 
 remove: $(NPM_STAMP)
-	npx --no-install osls remove --stage $(STAGE)
+	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" npx --no-install osls remove --stage $(STAGE)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) node_modules build .serverless .agentworker .mypy_cache .ruff_cache .pytest_cache
