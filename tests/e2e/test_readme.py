@@ -57,7 +57,7 @@ def test_settings_table_matches_the_settings() -> None:
 
 
 def test_cli_table_lists_every_command() -> None:
-    listed = set(re.findall(r"^\| `agentworker (\w+)", block("cli-commands"), re.M))
+    listed = set(re.findall(r"^\| `agentworker ([\w-]+)", block("cli-commands"), re.M))
     sub = next(a for a in _parser()._actions if a.dest == "==SUPPRESS==" and a.choices)
     assert isinstance(sub.choices, dict)
     assert listed == set(sub.choices)
