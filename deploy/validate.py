@@ -1,19 +1,22 @@
 """``make validate`` (run by ``make test``): the stage parameters, the Step Functions
 definitions (ours and ``asl-validator``), ``cfn-lint`` and ``checkov`` on the packaged
-template and ``checkov`` on serverless.yml, and every function's size with its layers. Each
+template and ``checkov`` on serverless.yml, a moto CloudFormation ``create_stack`` of the
+template, and every function's size with its layers. Each
 problem names its file; the exit status is 1 when there is any."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
-from deploy import asl, layers, params
-from deploy.package import ROOT, SERVERLESS_YML, TEMPLATE
+from deploy import asl, layers, moto_stack, params
+from deploy.package import OUT, ROOT, SERVERLESS_YML, TEMPLATE
 
 CFN_LINT_IGNORED = ("W3005",)
 """Redundant DependsOn in the code osls generates (allowed by the issue)."""
@@ -61,6 +64,28 @@ def check_checkov(tools: Path) -> list[str]:
     return found
 
 
+def check_moto_stack(stage: str) -> list[str]:
+    """Create the packaged template on moto's CloudFormation (in-process, offline)."""
+    import boto3
+    from moto import mock_aws
+
+    template = json.loads(TEMPLATE.read_text())
+    logging.getLogger("moto").setLevel(logging.ERROR)  # it names each type it skips
+    with warnings.catch_warnings(), mock_aws():
+        warnings.simplefilter("ignore", UserWarning)
+        session = boto3.session.Session(region_name="us-east-1")
+        stack = moto_stack.create(session, template, OUT, f"agentworker-{stage}")
+    created, skipped = stack.created.total(), stack.skipped.total()
+    print(
+        f"validate: moto CloudFormation: {stack.status}, {created} resources created, "
+        f"{skipped} skipped (no moto model): "
+        + ", ".join(f"{t} {n}" for t, n in sorted(stack.skipped.items()))
+    )
+    if stack.status != "CREATE_COMPLETE":
+        return [f"{TEMPLATE.relative_to(ROOT)}: moto CloudFormation ended in {stack.status}"]
+    return []
+
+
 def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
 
@@ -83,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         checks += [
             ("cfn-lint", check_cfn_lint(args.tools)),
             ("checkov", check_checkov(args.tools)),
+            ("moto CloudFormation", check_moto_stack(args.stage)),
         ]
     else:
         checks.append(("template", [f"{TEMPLATE}: missing: run `make package` first"]))

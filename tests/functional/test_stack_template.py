@@ -4,7 +4,6 @@ CloudFormation creates it, and its names, keys and settings are the code's."""
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from deploy import moto_stack
 from deploy.package import OUT, TEMPLATE
 from workers.adapters.aws.tables import TTL_ATTRIBUTE, DynamoDBTableSpec
 from workers.config import ENV_PREFIX, Settings
@@ -46,62 +46,21 @@ def resources(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
     return {k: r for k, r in template["Resources"].items() if r["Type"] == kind}
 
 
-def for_moto(template: dict[str, Any], bucket: str) -> dict[str, Any]:
-    """The template as moto can create it: the workflow's ``Definition`` object becomes a
-    ``DefinitionString`` (substitutions through ``Fn::Sub``), and code and layers come from
-    ``bucket``, where the packaged artifacts are uploaded as ``osls deploy`` would."""
-    data: dict[str, Any] = json.loads(json.dumps(template))
-    props = data["Resources"]["ConversationStateMachine"]["Properties"]
-    substitutions = props.pop("DefinitionSubstitutions")
-    props["DefinitionString"] = {"Fn::Sub": [json.dumps(props.pop("Definition")), substitutions]}
-
-    def point(node: Any) -> None:
-        if isinstance(node, dict):
-            if "S3Bucket" in node and "S3Key" in node:
-                node["S3Bucket"], node["S3Key"] = bucket, str(node["S3Key"]).split("/")[-1]
-            for value in node.values():
-                point(value)
-        elif isinstance(node, list):
-            for value in node:
-                point(value)
-
-    point(data["Resources"])
-    return data
-
-
 @pytest.fixture(scope="module")
 def created(template: dict[str, Any]) -> Iterator[dict[str, Any]]:
     with mock_aws():
         session = boto3.session.Session(region_name="us-east-1")
-        s3 = session.client("s3")
-        s3.create_bucket(Bucket="artifacts")
-        for artifact in sorted(OUT.glob("*.zip")):
-            s3.upload_file(str(artifact), "artifacts", artifact.name)
-        cf = session.client("cloudformation")
-        cf.create_stack(
-            StackName=f"agentworker-{STAGE}",
-            TemplateBody=json.dumps(for_moto(template, "artifacts")),
-            Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"],
-        )
-        stack = cf.describe_stacks(StackName=f"agentworker-{STAGE}")["Stacks"][0]
-        summaries = cf.list_stack_resources(StackName=f"agentworker-{STAGE}")[
-            "StackResourceSummaries"
-        ]
-        yield {"stack": stack, "resources": summaries, "session": session}
+        stack = moto_stack.create(session, template, OUT, f"agentworker-{STAGE}")
+        yield {"stack": stack, "session": session}
 
 
 def test_moto_creates_the_packaged_stack(template: dict[str, Any], created: dict[str, Any]) -> None:
-    assert created["stack"]["StackStatus"] == "CREATE_COMPLETE"
-    types = {k: r["Type"] for k, r in template["Resources"].items()}
-    made = {r["LogicalResourceId"] for r in created["resources"] if r["ResourceType"]}
-    skipped = set(types) - made
-    report = {
-        "created": dict(sorted(Counter(types[k] for k in made).items())),
-        "skipped": dict(sorted(Counter(types[k] for k in skipped).items())),
-    }
+    stack: moto_stack.MotoStack = created["stack"]
+    report = stack.report()
     print(json.dumps(report, indent=2))  # shown with -s: what moto created and skipped
-    assert {types[k] for k in skipped} <= SKIPPED_BY_MOTO, report
-    assert len(made) + len(skipped) == len(types)
+    assert stack.status == "CREATE_COMPLETE"
+    assert set(stack.skipped) <= SKIPPED_BY_MOTO, report
+    assert stack.created.total() + stack.skipped.total() == len(template["Resources"])
     for needed in (
         "AWS::DynamoDB::Table",
         "AWS::StepFunctions::StateMachine",
@@ -112,8 +71,8 @@ def test_moto_creates_the_packaged_stack(template: dict[str, Any], created: dict
         "AWS::Events::Rule",
         "AWS::IAM::Role",
     ):
-        assert needed in report["created"], needed
-    assert report["created"]["AWS::Lambda::Function"] == len(FUNCTIONS)
+        assert stack.created[needed] >= 1, needed
+    assert stack.created["AWS::Lambda::Function"] == len(FUNCTIONS)
 
 
 def test_what_moto_created_matches_the_code(created: dict[str, Any]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from deploy import asl, layers, params
@@ -83,3 +84,12 @@ def test_layers_leave_out_the_runtimes_sdk_and_the_turn_exclusions() -> None:
     assert not names & layers.RUNTIME_PROVIDED
     assert "numpy" not in names and "langgraph" in {r.split("==")[0] for r in reqs["agent"]}
     assert {"pydantic", "aws-lambda-powertools"} <= {r.split("==")[0] for r in reqs["light"]}
+
+
+def test_packaging_a_stage_without_params_stops_before_building(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from deploy import package
+
+    assert package.main(["--stage", "qa"]) == 1
+    assert "serverless.yml: stage 'qa' has no params" in capsys.readouterr().err
