@@ -33,8 +33,11 @@ def test_a_turn_through_the_handler_is_traced_to_the_tracking_server(
     aws.pump()
     [reply] = aws.replies()
     assert reply["text"].startswith("Opened ticket")
+    # The step sends the reply inside the turn's trace; the trace is flushed before the
+    # handler returns, so once the run is over it is there, with no polling.
+    aws.wait_executions_done()
     traces = traces_of(mlflow_server, "ticket:traced")
-    assert len(traces) == 1  # flushed before the handler returned: no waiting here
+    assert len(traces) == 1
     trace = traces[0]
     assert trace.info.tags["channel"] == "sqs" and trace.info.tags["run_id"]
     assert trace.info.token_usage["input_tokens"] > 0
