@@ -22,7 +22,7 @@ from typing import Literal
 
 from events.inbound import DoubleTextingPolicy, InboundMessage, new_id
 from events.outbound import ApprovalRequest, Notice, OutboxPayload, Reply, ReplyChunk
-from events.workflow import FinishResult, RunRef, StepResult, TurnOutcome, TurnResult
+from events.workflow import FinishResult, RunRef, StepResult, TurnOutcome
 from workers.core.model import (
     AcceptResult,
     ConversationState,
@@ -195,11 +195,6 @@ class Turn:
     consumed: list[str]
     delivered: list[int] = field(default_factory=list)
     undelivered: int = 0
-
-    def result(self) -> TurnResult:
-        return TurnResult(
-            run=self.run, outcome=self.outcome, turn_id=self.turn_id, consumed=self.consumed
-        )
 
 
 def advance_turn(deps: Deps, claim: Claim, *, deliver_now: bool = True) -> Turn:
