@@ -437,7 +437,7 @@ def render_cost(section: dict[str, Any]) -> str:
         f"variants) + ${sens['model_second_express']:,.2f} Express duration; streaming "
         f"{fmt(sens['chunks_per_turn'], 1)} chunks per turn to one WebSocket connection would "
         f"add ${sens['websocket_per_1m_turns']:,.2f} of API Gateway messages (and one "
-        "list_connections Query per chunk in WebSocketReplySink); each second of a cold "
+        "list_connections Query per turn in WebSocketReplySink); each second of a cold "
         f"start of turn costs ${sens['cold_start_second_turn']:,.2f} per 1M cold starts"
         + (
             f" (measured cold import + first turn: {sens['cold_first_turn_s']:.2f} s)"

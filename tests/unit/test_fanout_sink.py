@@ -34,3 +34,45 @@ def test_a_retryable_failure_wins_over_a_permanent_one() -> None:
     sinks = [Failing(PermanentError("gone")), Failing(RetryableError("throttled"))]
     with pytest.raises(RetryableError):
         FanOutReplySink(sinks).send(REPLY)
+
+
+class Management:
+    """A fake API Gateway management client: records posts; ``gone`` connections raise."""
+
+    def __init__(self, gone: set[str]) -> None:
+        self.posts: list[str] = []
+        self.gone = gone
+
+    def post_to_connection(self, *, ConnectionId: str, Data: bytes) -> None:  # noqa: N803
+        if ConnectionId in self.gone:
+            from botocore.exceptions import ClientError
+
+            raise ClientError({"Error": {"Code": "GoneException"}}, "PostToConnection")
+        self.posts.append(ConnectionId)
+
+
+def test_a_turns_chunks_list_the_connections_once_and_drop_a_gone_one() -> None:
+    from tests.fakes import InMemoryConversationStore
+    from workers.adapters.aws.sinks import WebSocketReplySink
+
+    store = InMemoryConversationStore()
+    for n, connection in enumerate(("c1", "c2")):
+        store.add_connection(connection, REPLY.conversation_id, now=float(n))
+    listed: list[str] = []
+    real = store.list_connections
+
+    def counted(cid: str) -> list[str]:
+        listed.append(cid)
+        return real(cid)
+
+    store.list_connections = counted  # type: ignore[method-assign,assignment]
+    client = Management(gone={"c2"})
+    sink = WebSocketReplySink(client, store)
+    for index in range(15):
+        sink.send_chunk(
+            ReplyChunk(conversation_id=REPLY.conversation_id, turn_id="t", index=index, delta="x")
+        )
+    assert len(listed) == 1  # one query for the turn's 15 chunks
+    assert client.posts == ["c1"] * 15 and real(REPLY.conversation_id) == ["c1"]
+    sink.send(REPLY)  # the final payload lists the connections again
+    assert len(listed) == 2 and client.posts[-1] == "c1"

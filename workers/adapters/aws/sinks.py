@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,27 +44,47 @@ class SnsReplySink:
 
 class WebSocketReplySink:
     """Posts payloads and streamed chunks to every WebSocket connection of the conversation
-    through the API Gateway management API. A gone connection is removed, not retried."""
+    through the API Gateway management API. A gone connection is removed, not retried.
+
+    A turn's chunks go to the connections listed at its first chunk (one store query per
+    turn, not per chunk); a connection that subscribes mid-turn gets the final payload,
+    which is always sent to the connections listed at that moment."""
+
+    _TURNS_KEPT = 64
 
     def __init__(self, client: Any, store: ConversationStore) -> None:
         self._client = client
         self._store = store
+        self._lock = threading.Lock()
+        self._chunk_targets: dict[str, list[str]] = {}
 
     def send(self, payload: OutboxPayload) -> None:
-        self._post(payload.conversation_id, payload.model_dump(mode="json"), best_effort=False)
+        connections = self._store.list_connections(payload.conversation_id)
+        self._post(connections, payload.model_dump(mode="json"), best_effort=False)
 
     def send_chunk(self, chunk: ReplyChunk) -> None:
-        self._post(chunk.conversation_id, chunk.model_dump(mode="json"), best_effort=True)
+        with self._lock:
+            connections = self._chunk_targets.get(chunk.turn_id)
+            if connections is None:
+                if len(self._chunk_targets) >= self._TURNS_KEPT:
+                    self._chunk_targets.clear()
+                connections = self._store.list_connections(chunk.conversation_id)
+                self._chunk_targets[chunk.turn_id] = connections
+        self._post(connections, chunk.model_dump(mode="json"), best_effort=True)
 
-    def _post(self, conversation_id: str, frame: dict[str, Any], *, best_effort: bool) -> None:
+    def _post(self, connections: list[str], frame: dict[str, Any], *, best_effort: bool) -> None:
         data = json.dumps(frame).encode()
-        for connection_id in self._store.list_connections(conversation_id):
+        for connection_id in list(connections):
             try:
                 self._client.post_to_connection(ConnectionId=connection_id, Data=data)
             except Exception as exc:
                 if error_code(exc) == "GoneException":
                     log.info("connection %s is gone; removing it", connection_id)
                     self._store.remove_connection(connection_id)
+                    with self._lock:
+                        for targets in self._chunk_targets.values():
+                            if connection_id in targets:
+                                targets.remove(connection_id)
                 elif not best_effort:
                     raise map_aws_error(exc, "PostToConnection") from exc
 
