@@ -291,7 +291,7 @@ def render_cold_import(section: dict[str, Any]) -> str:
     light = [r for r in section["modules"] if "met_light_budget" in r]
     slow = [r["module"] for r in light if not r["met_light_budget"]]
     notes = [
-        "  ingest/deliver/approve/sweeper must not import langgraph, langchain_core, "
+        "  ingest/deliver/approve/sweeper/slack must not import langgraph, langchain_core, "
         "langchain_aws, langsmith or mlflow (mlflow-tracing provides the mlflow package); "
         f"ARCHITECTURE's budget for them, < {light[0]['light_budget_s'] if light else 0.5:g} s "
         f"each: {_verdict(not slow)}" + (f" ({', '.join(slow)})" if slow else ""),

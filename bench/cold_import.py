@@ -42,6 +42,7 @@ HANDLERS = (
     "workers.handlers.deliver",
     "workers.handlers.approve",
     "workers.handlers.sweeper",
+    "workers.handlers.slack",
     "workers.handlers.turn",
 )
 BASELINE = "boto3"
