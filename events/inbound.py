@@ -7,6 +7,7 @@ Every source (HTTP API, WebSocket, SQS, EventBridge, Slack, ticket events) is pa
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -352,11 +353,20 @@ class SlackEventEnvelope(BaseModel):
             conversation_id=f"slack:{self.team_id}:{ev.channel}:{root_ts}",
             # channel+ts, not event_id: Slack retries a delivery with a new event id.
             dedupe_key=f"slack:{ev.channel}:{ev.ts}",
-            text=ev.text,
+            text=_without_leading_mentions(ev.text),
             channel="slack",
             sender=ev.user or "unknown",
             metadata={"slack_channel": ev.channel, "slack_thread_ts": root_ts},
         )
+
+
+_LEADING_MENTIONS = re.compile(r"^(?:\s*<@[A-Z0-9]+(?:\|[^>]*)?>)+\s*")
+
+
+def _without_leading_mentions(text: str) -> str:
+    """``<@U111> hey`` -> ``hey``: the mention that addressed the bot is not the question (a
+    bare mention stays as it is)."""
+    return _LEADING_MENTIONS.sub("", text) or text
 
 
 def is_slack_conversation(conversation_id: str) -> bool:

@@ -150,3 +150,13 @@ def test_real_slack_events_become_messages_keyed_by_channel_and_ts(name: str) ->
 def test_slack_bot_messages_are_recognised(name: str) -> None:
     body = json.loads((FIXTURES / "slack" / name).read_text())
     assert SlackEventEnvelope.model_validate(body).is_from_bot()
+
+
+def test_the_mention_that_addressed_the_bot_is_not_part_of_the_question() -> None:
+    body = json.loads((FIXTURES / "slack" / "app_mention.json").read_text())
+    assert body["event"]["text"] == "<@U111> hey"
+    assert SlackEventEnvelope.model_validate(body).to_inbound().text == "hey"
+    body["event"]["text"] = "<@U111|bot> <@U222> close ticket 3 for <@U333>"
+    assert SlackEventEnvelope.model_validate(body).to_inbound().text == "close ticket 3 for <@U333>"
+    body["event"]["text"] = "<@U111>"
+    assert SlackEventEnvelope.model_validate(body).to_inbound().text == "<@U111>"
