@@ -6,7 +6,6 @@ resumes the graph with it, or a Standard run waiting on its task token is woken.
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -14,9 +13,10 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from events.inbound import ApprovalDecision, InboundMessage
-from events.outbound import ErrorBody, ErrorView, validation_problem
+from events.outbound import validation_problem
 from workers import bootstrap
 from workers.core.steps import accept_message
+from workers.handlers.http import error_response, json_response
 from workers.handlers.observability import logger, metrics
 
 
@@ -27,19 +27,6 @@ class ApprovalBody(BaseModel):
     approved: bool
     reason: str = Field(default="", max_length=2000)
     sender: str = Field(default="approver", min_length=1, max_length=200)
-
-
-def _response(status: int, body: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "statusCode": status,
-        "headers": {"content-type": "application/json"},
-        "body": json.dumps(body),
-    }
-
-
-def _error(status: int, code: str, message: str, field: str | None) -> dict[str, Any]:
-    body = ErrorView(error=ErrorBody(code=code, message=message, field=field))
-    return _response(status, body.model_dump())
 
 
 def _parse(event: dict[str, Any]) -> InboundMessage:
@@ -67,7 +54,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     except ValidationError as exc:
         problem = validation_problem(exc)
         metrics.add_metric(name="bad_requests", unit=MetricUnit.Count, value=1)
-        return _error(422, "validation_error", problem.message, problem.field or "body")
+        return error_response(422, "validation_error", problem.message, problem.field or "body")
     result = accept_message(bootstrap.aws_deps(), msg)
     metrics.add_metric(name="decisions", unit=MetricUnit.Count, value=1)
-    return _response(202, result.view(msg.conversation_id).model_dump(mode="json"))
+    return json_response(202, result.view(msg.conversation_id).model_dump(mode="json"))

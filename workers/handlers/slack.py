@@ -37,34 +37,22 @@ from events.inbound import (
     SlackEventEnvelope,
     SlackUrlVerification,
 )
-from events.outbound import ErrorBody, ErrorView, validation_problem
+from events.outbound import validation_problem
 from workers import bootstrap
 from workers.adapters.aws.slack import InvalidSlackSignature, verify_slack_request
 from workers.core.steps import accept_message
+from workers.handlers.http import error_response, json_response
 from workers.handlers.observability import logger, metrics
 
 MESSAGE_EVENTS = frozenset({"message", "app_mention"})
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 
 
-def _response(status: int, body: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "statusCode": status,
-        "headers": {"content-type": "application/json"},
-        "body": json.dumps(body),
-    }
-
-
-def _error(status: int, code: str, message: str, field: str | None = None) -> dict[str, Any]:
-    body = ErrorView(error=ErrorBody(code=code, message=message, field=field))
-    return _response(status, body.model_dump())
-
-
 def _ignored(reason: str) -> dict[str, Any]:
     """Acknowledge (Slack must not retry) and do nothing."""
     metrics.add_metric(name="slack_ignored", unit=MetricUnit.Count, value=1)
     logger.info("slack request ignored", extra={"reason": reason})
-    return _response(200, {"type": "ignored", "reason": reason})
+    return json_response(200, {"type": "ignored", "reason": reason})
 
 
 def _raw_body(event: dict[str, Any]) -> bytes:
@@ -81,7 +69,7 @@ def _accept(msg: InboundMessage) -> dict[str, Any]:
     metrics.add_metric(
         name="duplicates" if result.duplicate else "accepted", unit=MetricUnit.Count, value=1
     )
-    return _response(200, result.view(msg.conversation_id).model_dump(mode="json"))
+    return json_response(200, result.view(msg.conversation_id).model_dump(mode="json"))
 
 
 def _event_callback(raw: bytes) -> InboundMessage | dict[str, Any]:
@@ -93,7 +81,7 @@ def _event_callback(raw: bytes) -> InboundMessage | dict[str, Any]:
     if kind == "url_verification":
         challenge = SlackUrlVerification.model_validate(data).challenge
         metrics.add_metric(name="slack_url_verifications", unit=MetricUnit.Count, value=1)
-        return _response(200, {"challenge": challenge})
+        return json_response(200, {"challenge": challenge})
     if kind != "event_callback":
         return _ignored(f"request type {kind!r}")
     event_type = (data.get("event") or {}).get("type")
@@ -130,10 +118,10 @@ def _bad_request(exc: ValueError) -> dict[str, Any]:
     metrics.add_metric(name="bad_requests", unit=MetricUnit.Count, value=1)
     if isinstance(exc, ValidationError):
         problem = validation_problem(exc)
-        return _error(422, "validation_error", problem.message, problem.field or "body")
+        return error_response(422, "validation_error", problem.message, problem.field or "body")
     if isinstance(exc, json.JSONDecodeError):
-        return _error(400, "bad_json", f"body is not valid JSON: {exc.msg}", "body")
-    return _error(400, "bad_request", str(exc))
+        return error_response(400, "bad_json", f"body is not valid JSON: {exc.msg}", "body")
+    return error_response(400, "bad_request", str(exc))
 
 
 @metrics.log_metrics
@@ -143,7 +131,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     try:
         raw = _raw_body(event)
     except binascii.Error:
-        return _error(400, "bad_request", "body is not valid base64", "body")
+        return error_response(400, "bad_request", "body is not valid base64", "body")
     try:
         verify_slack_request(
             signing_secret=bootstrap.slack_signing_secret(),
@@ -155,7 +143,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     except InvalidSlackSignature as exc:
         metrics.add_metric(name="slack_bad_signature", unit=MetricUnit.Count, value=1)
         logger.warning("slack request refused", extra={"reason": str(exc)})
-        return _error(401, "invalid_signature", str(exc))
+        return error_response(401, "invalid_signature", str(exc))
     retry = headers.get("x-slack-retry-num")
     if retry is not None:
         # Harmless: the dedupe key (channel+ts) makes a redelivery a duplicate.

@@ -1,0 +1,25 @@
+"""Responses of the handlers behind API Gateway's HTTP API (``approve``, ``slack``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from events.outbound import ErrorBody, ErrorView
+
+
+def json_response(status: int, body: dict[str, Any]) -> dict[str, Any]:
+    """An HTTP API (payload 2.0) response with a JSON body."""
+    return {
+        "statusCode": status,
+        "headers": {"content-type": "application/json"},
+        "body": json.dumps(body),
+    }
+
+
+def error_response(
+    status: int, code: str, message: str, field: str | None = None
+) -> dict[str, Any]:
+    """Our error body (``ErrorView``), as every transport answers errors."""
+    body = ErrorView(error=ErrorBody(code=code, message=message, field=field))
+    return json_response(status, body.model_dump())
