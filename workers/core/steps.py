@@ -218,8 +218,32 @@ def advance_turn(deps: Deps, claim: Claim, *, deliver_now: bool = True) -> Turn:
         # The claim's reads happened before the turn was known: their time, not a span.
         span.set_attributes({"store.claim_ms": round(claim.read_ms, 3)})
         outcome, status, entries = _advance(deps, claim, plan, turn_id, span)
-        sent, undelivered = _deliver_turn(deps, claim, entries) if deliver_now else ([], 1)
-    return Turn(run.after_turn(), outcome, status, turn_id, plan.message_ids, sent, undelivered)
+        return _delivered(
+            deps,
+            claim,
+            entries,
+            outcome=outcome,
+            status=status,
+            turn_id=turn_id,
+            deliver=deliver_now,
+        )
+
+
+def _delivered(
+    deps: Deps,
+    claim: Claim,
+    entries: list[OutboxEntry],
+    *,
+    outcome: TurnOutcome,
+    status: ConversationStatus,
+    turn_id: str,
+    deliver: bool = True,
+) -> Turn:
+    """The record of the claim's turn once what it wrote is delivered (or left undelivered
+    without ``deliver``)."""
+    sent, undelivered = _deliver_turn(deps, claim, entries) if deliver else ([], 1)
+    consumed = [] if claim.plan is None else claim.plan.message_ids
+    return Turn(claim.run.after_turn(), outcome, status, turn_id, consumed, sent, undelivered)
 
 
 def _deliver_turn(deps: Deps, claim: Claim, entries: list[OutboxEntry]) -> tuple[list[int], int]:
@@ -542,17 +566,9 @@ def fail_pending_turn(
     claim = claim_inbox(deps, run)
     if claim.plan is None:
         return StepResult(run=run, outcome="more_pending")
-    plan = claim.plan
-    entries = fail_turn(deps, claim.run, plan, text)
-    sent, undelivered = _deliver_turn(deps, claim, entries)
-    turn = Turn(
-        claim.run.after_turn(),
-        "replied",
-        plan.status_if_unchanged,
-        "",
-        plan.message_ids,
-        sent,
-        undelivered,
+    entries = fail_turn(deps, claim.run, claim.plan, text)
+    turn = _delivered(
+        deps, claim, entries, outcome="replied", status=claim.plan.status_if_unchanged, turn_id=""
     )
     return finish_turn(deps, claim, turn, hold_approvals=hold_approvals)
 

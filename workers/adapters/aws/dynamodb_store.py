@@ -446,7 +446,7 @@ class DynamoDBConversationStore(DynamoDBTicketStore):
         if marks:
             self._table.transact([release, *marks])
         else:
-            self._table.call("update_item", **release["Update"], ReturnValues="NONE")
+            self._table.apply(release)
 
     def conversations_to_sweep(self, *, now: float, limit: int = 100) -> list[str]:
         """Conversations that need a run (pending messages, or a lease that expired while

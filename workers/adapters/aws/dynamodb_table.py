@@ -80,8 +80,11 @@ class DynamoDBTable:
     ) -> Item:
         """``UpdateItem``; the attributes asked by ``returns``. A false condition raises
         ``ConditionFailed`` carrying the old item."""
-        params = self.update_action(pk, sk, update, cond=cond, values=values)["Update"]
-        response = self.call("update_item", **params, ReturnValues=returns)
+        return self.apply(self.update_action(pk, sk, update, cond=cond, values=values), returns)
+
+    def apply(self, action: Item, returns: str = "NONE") -> Item:
+        """One ``update_action`` on its own, as ``UpdateItem`` (no transaction)."""
+        response = self.call("update_item", **action["Update"], ReturnValues=returns)
         attributes: Item = response.get("Attributes", {})
         return attributes
 
