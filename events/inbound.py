@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    JsonValue,
     ValidationInfo,
     field_validator,
 )
@@ -73,6 +74,61 @@ MessageText = Annotated[
 ]
 
 
+MAX_RESUME_BYTES = 64 * 1024
+"""Largest answer to an ``interrupt()``, as compact JSON."""
+MAX_RESUME_DEPTH = 32
+"""Deepest nesting of arrays and objects accepted in an answer to an ``interrupt()``."""
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of a JSON value, counting no further than ``limit + 1``."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    deepest = 0
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            if deepest > limit:
+                return deepest
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def check_resume_value(value: JsonValue) -> JsonValue:
+    """Refuse an answer nested deeper than :data:`MAX_RESUME_DEPTH` or larger than
+    :data:`MAX_RESUME_BYTES` (it is stored and handed to the graph as is)."""
+    if _depth(value, MAX_RESUME_DEPTH) > MAX_RESUME_DEPTH:
+        raise PydanticCustomError(
+            "too_deep", "nested deeper than {limit} levels", {"limit": MAX_RESUME_DEPTH}
+        )
+    size = len(json.dumps(value, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+    if size > MAX_RESUME_BYTES:
+        raise PydanticCustomError(
+            "too_large",
+            "value is {size} bytes of JSON, over the {limit} byte limit",
+            {"size": size, "limit": MAX_RESUME_BYTES},
+        )
+    return value
+
+
+ResumeValue = Annotated[
+    JsonValue,
+    AfterValidator(check_resume_value),
+    Field(description="Any JSON value, at most 64 KB and 32 levels deep."),
+]
+
+
+class ResumeAnswer(BaseModel):
+    """A human's answer to an :class:`~events.outbound.InterruptRequest`: the value the
+    graph's ``interrupt()`` call returns when the turn resumes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    interrupt_id: str = Field(min_length=1, max_length=200)
+    value: ResumeValue
+
+
 class ApprovalDecision(BaseModel):
     """A human's answer to an :class:`~events.outbound.ApprovalRequest`."""
 
@@ -97,9 +153,10 @@ class InboundMessage(BaseModel):
         description="Source message id; a repeat with the same key is dropped. "
         "Defaults to message_id.",
     )
-    kind: Literal["user", "approval"] = "user"
+    kind: Literal["user", "approval", "resume"] = "user"
     text: MessageText = Field(default="", validate_default=True)
     approval: ApprovalDecision | None = Field(default=None, validate_default=True)
+    resume: ResumeAnswer | None = Field(default=None, validate_default=True)
     channel: Channel = "api"
     sender: str = Field(default="anonymous", min_length=1, max_length=200)
     policy: DoubleTextingPolicy | None = Field(
@@ -124,14 +181,32 @@ class InboundMessage(BaseModel):
             raise PydanticCustomError("missing", "an approval message needs 'approval'")
         return value
 
+    @field_validator("resume", mode="after")
+    @classmethod
+    def _resume_needs_answer(
+        cls, value: ResumeAnswer | None, info: ValidationInfo
+    ) -> ResumeAnswer | None:
+        if info.data.get("kind") == "resume" and value is None:
+            raise PydanticCustomError("missing", "a resume message needs 'resume'")
+        return value
+
+    @property
+    def answers(self) -> str | None:
+        """The interrupt id this message answers (an approval or a resume), else ``None``."""
+        if self.approval is not None:
+            return self.approval.interrupt_id
+        if self.resume is not None:
+            return self.resume.interrupt_id
+        return None
+
     @property
     def effective_dedupe_key(self) -> str:
-        """The given key; for a decision ``decision:<interrupt id>`` (the first decision on a
-        tool call wins, whatever transport repeats it); else the message id."""
+        """The given key; for a decision or an answer ``decision:<interrupt id>`` (the first
+        answer to an interrupt wins, whatever transport repeats it); else the message id."""
         if self.dedupe_key:
             return self.dedupe_key
-        if self.approval is not None:
-            return f"decision:{self.approval.interrupt_id}"
+        if self.answers is not None:
+            return f"decision:{self.answers}"
         return self.message_id
 
 
@@ -141,6 +216,7 @@ class MessageRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     approval: ApprovalDecision | None = None
+    resume: ResumeAnswer | None = None
     text: MessageText = Field(default="", validate_default=True)
     dedupe_key: str | None = Field(default=None, min_length=1, max_length=512)
     sender: str = Field(default="anonymous", min_length=1, max_length=200)
@@ -149,18 +225,32 @@ class MessageRequest(BaseModel):
 
     @field_validator("text", mode="after")
     @classmethod
-    def _text_unless_approval(cls, value: str, info: ValidationInfo) -> str:
-        if info.data.get("approval") is None:
+    def _text_unless_answer(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("approval") is None and info.data.get("resume") is None:
             require_text(value)
         return value
+
+    @field_validator("resume", mode="after")
+    @classmethod
+    def _one_kind(cls, value: ResumeAnswer | None, info: ValidationInfo) -> ResumeAnswer | None:
+        if value is not None and info.data.get("approval") is not None:
+            raise PydanticCustomError("conflict", "give either 'approval' or 'resume', not both")
+        return value
+
+    @property
+    def kind(self) -> Literal["user", "approval", "resume"]:
+        if self.approval is not None:
+            return "approval"
+        return "resume" if self.resume is not None else "user"
 
     def to_inbound(self, conversation_id: str, channel: Channel = "api") -> InboundMessage:
         return InboundMessage(
             conversation_id=conversation_id,
             dedupe_key=self.dedupe_key,
-            kind="approval" if self.approval else "user",
+            kind=self.kind,
             text=self.text,
             approval=self.approval,
+            resume=self.resume,
             channel=channel,
             sender=self.sender,
             policy=self.policy,
@@ -221,13 +311,35 @@ class WsDecide(BaseModel):
         )
 
 
+class WsResume(BaseModel):
+    """Answer a pending ``interrupt()`` with a JSON value."""
+
+    model_config = ConfigDict(extra="forbid")
+    action: Literal["resume"]
+    conversation_id: ConversationId
+    interrupt_id: str = Field(min_length=1, max_length=200)
+    value: ResumeValue
+    sender: str = Field(default="web", min_length=1, max_length=200)
+
+    def to_inbound(self) -> InboundMessage:
+        return InboundMessage(
+            conversation_id=self.conversation_id,
+            kind="resume",
+            resume=ResumeAnswer(interrupt_id=self.interrupt_id, value=self.value),
+            channel="websocket",
+            sender=self.sender,
+        )
+
+
 class WsPing(BaseModel):
     model_config = ConfigDict(extra="forbid")
     action: Literal["ping"]
 
 
-WsFrame = Annotated[WsSubscribe | WsSend | WsDecide | WsPing, Field(discriminator="action")]
-WS_ACTIONS = ("subscribe", "send", "approve", "deny", "ping")
+WsFrame = Annotated[
+    WsSubscribe | WsSend | WsDecide | WsResume | WsPing, Field(discriminator="action")
+]
+WS_ACTIONS = ("subscribe", "send", "approve", "deny", "resume", "ping")
 
 
 # --- Queue and bus envelopes --------------------------------------------------------------

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from events.inbound import new_id, utcnow
 
@@ -70,6 +70,27 @@ class ApprovalRequest(BaseModel):
     created_at: datetime = Field(default_factory=utcnow)
 
 
+class InterruptRequest(BaseModel):
+    """The graph called ``interrupt(value)``: the turn waits for a human's answer, any JSON
+    value (``resume``), which the ``interrupt()`` call then returns."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["interrupt"] = "interrupt"
+    reply_id: str = Field(default_factory=new_id)
+    conversation_id: str
+    turn_id: str
+    in_reply_to: list[str] = Field(default_factory=list, description="inbox message ids")
+    interrupt_id: str
+    value: JsonValue = Field(description="What the graph passed to interrupt()")
+    text: str = Field(description="The value as text, for channels that show only text")
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+PendingRequest = Annotated[ApprovalRequest | InterruptRequest, Field(discriminator="type")]
+"""What a conversation waits for: a tool approval or the answer to an ``interrupt()``."""
+
+
 class Notice(BaseModel):
     """A system message to the user: a rejected double-text, a permanent error."""
 
@@ -84,7 +105,7 @@ class Notice(BaseModel):
     created_at: datetime = Field(default_factory=utcnow)
 
 
-OutboxPayload = Reply | ApprovalRequest | Notice
+OutboxPayload = Reply | ApprovalRequest | InterruptRequest | Notice
 
 
 class MessageView(BaseModel):
@@ -92,13 +113,15 @@ class MessageView(BaseModel):
 
     seq: int
     message_id: str
-    kind: Literal["user", "approval"]
+    kind: Literal["user", "approval", "resume"]
     text: str
     sender: str
     channel: str
     status: Literal["pending", "consumed", "rejected"]
     received_at: datetime
     approved: bool | None = None
+    value: JsonValue = None
+    """The answer of a ``resume`` message."""
 
 
 class OutboxView(BaseModel):
@@ -113,7 +136,9 @@ class ConversationView(BaseModel):
     conversation_id: str
     status: Literal["idle", "running", "awaiting_approval"]
     policy: Literal["enqueue", "merge", "interrupt", "reject"]
-    pending_approval: ApprovalRequest | None
+    pending_approval: PendingRequest | None
+    """What the conversation waits for (status ``awaiting_approval``): a tool approval or
+    the answer to an ``interrupt()``."""
     messages: list[MessageView]
     replies: list[OutboxView]
 

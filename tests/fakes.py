@@ -19,17 +19,17 @@ from workers.core.model import (
     Lease,
     LogEntry,
     OutboxEntry,
-    PendingApproval,
+    PendingInterrupt,
     PendingWork,
     Ticket,
+    ToolApproval,
     TurnCommit,
     TurnOutput,
     TurnRequest,
 )
 from workers.core.policies import REJECTED_NOTICE
 from workers.core.ports import Tracer
-from workers.core.steps import TurnSuperseded
-from workers.errors import LeaseLost, NotFound, RetryableError
+from workers.errors import LeaseLost, NotFound, RetryableError, TurnSuperseded
 
 
 @dataclass
@@ -437,13 +437,17 @@ class ScriptedAgent:
         text = " + ".join(request.texts) if request.texts else f"resumed {request.resume}"
         if on_chunk is not None:
             on_chunk(text)
-        if "approve-me" in text:
+        if "approve-me" in text or "ask-me" in text:
+            approval = ToolApproval("update_ticket", {"x": 1}, "ok?")
             return TurnOutput(
                 checkpoint=b"waiting",
                 log=[],
                 reply_text=None,
-                approval=PendingApproval(
-                    f"int-{request.turn_id}", "update_ticket", {"x": 1}, "ok?"
+                interrupt=PendingInterrupt(
+                    f"int-{request.turn_id}",
+                    {"question": "which?"},
+                    "ok?",
+                    approval if "approve-me" in text else None,
                 ),
                 usage=TokenUsage(),
             )
@@ -451,6 +455,6 @@ class ScriptedAgent:
             checkpoint=f"ckpt:{request.turn_id}".encode(),
             log=[LogEntry(f"{request.turn_id}-u", "human", text.encode())],
             reply_text=f"echo {text}",
-            approval=None,
+            interrupt=None,
             usage=TokenUsage(input_tokens=3, output_tokens=2),
         )

@@ -40,24 +40,38 @@ def build_tracer(settings: Settings) -> Tracer:
 
 
 def build_agent(settings: Settings, tickets: TicketStore, clock: Clock, model: Any = None) -> Any:
-    """The LangGraph turn agent (imports LangGraph: only the ``turn`` side calls this)."""
+    """The app's graph as the core's turn agent (imports LangGraph: only the ``turn`` side
+    calls this). ``ConfigError`` names the setting when the model or the graph is unusable."""
+    from workers.agent.app import load_graph
     from workers.agent.models import ModelOptions, make_model
-    from workers.agent.prompts import load_system_prompt
-    from workers.agent.runner import LangGraphTurnAgent
-    from workers.agent.tools import SUPPORT_TOOLS
+    from workers.agent.runner import GraphTurnAgent
+    from workers.agent.sdk import BuildContext
 
     chat_model = model or make_model(
         settings.model,
         ModelOptions(region=settings.bedrock_region, endpoint_url=settings.bedrock_endpoint_url),
     )
-    return LangGraphTurnAgent(
-        chat_model,
-        SUPPORT_TOOLS,
-        system_prompt=load_system_prompt(settings.prompt_version),
-        approval_tools=frozenset(settings.approval_tools),
+    ctx = BuildContext(
+        model=chat_model,
+        settings=settings,
+        prompt=_read_prompt(settings),
+        approval_tools=None
+        if settings.approval_tools is None
+        else frozenset(settings.approval_tools),
         tickets=tickets,
         clock=clock,
+        app_dir=settings.import_dir,
     )
+    return GraphTurnAgent(load_graph(settings, ctx), recursion_limit=settings.recursion_limit)
+
+
+def _read_prompt(settings: Settings) -> str | None:
+    if settings.prompt is None:
+        return None
+    try:
+        return settings.prompt.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"prompt {settings.prompt} ({settings.source('prompt')}): {exc}") from None
 
 
 def build_embedded(settings: Settings, *, model: Any = None, tracer: Tracer | None = None) -> Any:

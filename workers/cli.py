@@ -227,7 +227,8 @@ def _nothing_to_decide() -> int:
 
 
 def _send_to_sandbox(args: argparse.Namespace) -> int:
-    from workers.sandbox import SandboxClient, SandboxNotRunning, build_message, read_state
+    from workers.errors import SandboxNotRunning
+    from workers.sandbox import SandboxClient, build_message, read_state
 
     settings = _settings(args, state_dir="state_dir")
     try:

@@ -1,11 +1,20 @@
-"""Settings from the environment (prefix ``AGENTWORKER_``), validated once in bootstrap."""
+"""Settings from the environment (prefix ``AGENTWORKER_``) and the app's ``agentworker.toml``,
+validated once in bootstrap.
+
+Precedence, highest first: command-line flags, ``AGENTWORKER_*`` variables, the app file
+(``--config PATH``, ``AGENTWORKER_CONFIG``, else ``./agentworker.toml`` when it exists), the
+defaults. The app file sets only the app's own keys (:data:`APP_KEYS`).
+"""
 
 from __future__ import annotations
 
+import os
+import re
+import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
@@ -13,6 +22,9 @@ from events.inbound import DoubleTextingPolicy
 from workers.errors import ConfigError
 
 ENV_PREFIX = "AGENTWORKER_"
+APP_FILE = "agentworker.toml"
+APP_KEYS = ("graph", "model", "prompt", "approval_tools", "double_texting", "context_window")
+"""What ``agentworker.toml`` may set: the app, not the runtime around it."""
 
 
 class Settings(BaseSettings):
@@ -21,7 +33,21 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     state_dir: Path = Field(Path(".agentworker"), description="Embedded state: SQLite, traces.")
-    model: str = Field("offline", description="'offline' or 'bedrock:<model-id>'.")
+    graph: str | None = Field(
+        None,
+        description="The app's graph, 'package.module:attribute' (a StateGraph or a factory);"
+        " default: the bundled support example.",
+    )
+    config: Path | None = Field(
+        None, description="App file with the app's settings (default: ./agentworker.toml)."
+    )
+    app_dir: Path | None = Field(
+        None, description="Where the app's package is imported from (default: the app file's"
+        " directory, else the working directory).",
+    )
+    model: str = Field(
+        "offline", description="'offline', or '<provider>:<model>' through init_chat_model."
+    )
     host: str = Field("127.0.0.1", description="Local server bind address.")
     port: int = Field(8765, ge=1, le=65535, description="Local server port.")
     workers: int = Field(4, ge=1, le=256, description="Concurrent runs in the embedded pool.")
@@ -35,10 +61,15 @@ class Settings(BaseSettings):
     max_run_seconds: float | None = Field(
         None, gt=0, description="Seconds before a run hands over (AWS Express: 240)."
     )
-    approval_tools: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["update_ticket"], description="Tools that need approval."
+    approval_tools: Annotated[list[str] | None, NoDecode] = Field(
+        None, description="Tools that need approval (default: the app's own choice)."
     )
-    prompt_version: str = Field("v1", description="System prompt file system_<v>.md.")
+    prompt: Path | None = Field(
+        None, description="A file with the system prompt (default: the app's own)."
+    )
+    recursion_limit: int = Field(
+        25, ge=1, le=10_000, description="Graph steps per turn before the turn fails."
+    )
     stream: bool = Field(True, description="Stream reply chunks to WebSocket clients.")
     tracing: bool = Field(True, description="Record one MLflow trace per turn.")
     mlflow_tracking_uri: str | None = Field(
@@ -76,6 +107,19 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Log level."
     )
+    _sources: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def source(self, name: str) -> str:
+        """Where setting ``name`` came from, for error messages: a flag, a variable, the app
+        file, or the default."""
+        return self._sources.get(name) or f"{ENV_PREFIX}{name.upper()}"
+
+    @property
+    def import_dir(self) -> Path:
+        """The directory the app's package is imported from."""
+        if self.app_dir is not None:
+            return self.app_dir
+        return self.config.resolve().parent if self.config is not None else Path.cwd()
 
     @field_validator("model")
     @classmethod
@@ -102,28 +146,79 @@ class Settings(BaseSettings):
         return self.mlflow_tracking_uri or f"sqlite:///{(self.state_dir / 'mlflow.db').resolve()}"
 
 
+_PROVIDER = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
 def parse_model_spec(spec: str) -> tuple[str, str]:
-    """Split ``offline`` / ``offline:<latency_ms>`` / ``bedrock:<model-id>``; ``ConfigError``
-    names the setting when the spec is malformed."""
-    kind, _, arg = spec.partition(":")
+    """Split ``offline`` / ``offline:<latency_ms>`` / ``<provider>:<model>`` into provider
+    and model (``bedrock:<id>`` is ``bedrock_converse:<id>``); ``ConfigError`` names the
+    setting when the spec is malformed."""
+    kind, sep, arg = spec.partition(":")
     if kind == "offline":
         if arg and not arg.replace(".", "", 1).isdigit():
             raise ConfigError(f"AGENTWORKER_MODEL={spec!r}: offline latency must be milliseconds")
         return kind, arg
-    if kind == "bedrock" and arg:
+    if kind == "bedrock":
+        kind = "bedrock_converse"
+    if sep and arg.strip() and _PROVIDER.match(kind):
         return kind, arg
-    raise ConfigError(f"AGENTWORKER_MODEL={spec!r}: expected 'offline' or 'bedrock:<model-id>'")
+    raise ConfigError(
+        f"AGENTWORKER_MODEL={spec!r}: expected 'offline' or '<provider>:<model>', e.g."
+        " 'bedrock_converse:<model-id>', 'openai:gpt-4o-mini', 'ollama:llama3.1'"
+    )
+
+
+def read_app_file(path: Path) -> dict[str, Any]:
+    """The app settings of ``path`` (an ``agentworker.toml``); ``ConfigError`` naming the file
+    for a file that is missing, is not TOML, or sets another key. A relative ``prompt`` is
+    relative to the file."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"app file {path}: not found") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"app file {path}: {exc}") from None
+    unknown = sorted(set(data) - set(APP_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"app file {path}: unknown key {unknown[0]!r}; it may set {', '.join(APP_KEYS)}"
+        )
+    if isinstance(data.get("prompt"), str):
+        data["prompt"] = str((path.parent / data["prompt"]).resolve())
+    return data
+
+
+def _app_file(config: object) -> Path | None:
+    if config is not None:
+        return Path(str(config))
+    if os.environ.get(ENV_PREFIX + "CONFIG"):
+        return Path(os.environ[ENV_PREFIX + "CONFIG"])
+    local = Path(APP_FILE)
+    return local if local.is_file() else None
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Read and validate settings; a bad value raises ``ConfigError`` naming the setting."""
+    """Read and validate settings (``overrides`` are the command line's); a bad value raises
+    ``ConfigError`` naming the setting."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    sources = {k: f"--{k.replace('_', '-')}" for k in given}
+    path = _app_file(given.get("config"))
+    if path is not None:
+        given["config"] = path
+        for key, value in read_app_file(path).items():
+            if key not in given and ENV_PREFIX + key.upper() not in os.environ:
+                given[key] = value
+                sources[key] = f"{key} in {path}"
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        settings = Settings(**given)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            name = ENV_PREFIX + "_".join(str(p) for p in err["loc"]).upper()
+            key = "_".join(str(p) for p in err["loc"])
+            name = sources.get(key) or ENV_PREFIX + key.upper()
             problems.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
         raise ConfigError("invalid setting " + "; ".join(problems)) from None
     except SettingsError as exc:
         raise ConfigError(f"invalid setting: {exc}") from None
+    settings._sources.update(sources)
+    return settings

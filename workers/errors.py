@@ -1,10 +1,13 @@
-"""The typed errors of agentworker.
+"""The typed errors of agentworker: every exception the code raises on purpose is here.
 
-The Step Functions definitions name these classes in ``Retry``/``Catch`` (``ErrorEquals``), so
-their names are part of the contract: rename one and the workflow stops matching it.
+The Step Functions definitions name some of these classes in ``Retry``/``Catch``
+(``ErrorEquals``), so their names are part of the contract: rename one and the workflow stops
+matching it.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class AgentWorkerError(Exception):
@@ -33,3 +36,80 @@ class ConfigError(AgentWorkerError):
 
 class NotFound(PermanentError):
     """A referenced conversation, ticket or approval does not exist."""
+
+
+class NotWaiting(PermanentError):
+    """An answer (approval or resume value) for a conversation that does not wait for it:
+    nothing was written (HTTP 409)."""
+
+
+class OutsideTurn(AgentWorkerError):
+    """A turn-scoped helper (``current_turn``, ``idempotency_key``) was called outside a
+    turn."""
+
+
+class TurnSuperseded(AgentWorkerError):
+    """The inbox moved during an ``interrupt``-policy turn: discard it and re-claim."""
+
+
+class ApiError(AgentWorkerError):
+    """An HTTP API answer other than success: ``status``, a machine ``code`` and the
+    message naming the ``field`` at fault."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.field = field
+
+
+class InvalidSlackSignature(PermanentError):
+    """A request that Slack did not sign with our signing secret, or signed too long ago."""
+
+
+class SandboxNotRunning(AgentWorkerError):
+    """No sandbox answers at the state directory's ``sandbox.json``."""
+
+
+Item = dict[str, Any]
+"""A DynamoDB item in the low-level client's typed form (``{"name": {"S": "value"}}``)."""
+
+
+class ConditionFailed(AgentWorkerError):
+    """A single-item DynamoDB write's condition was false; ``item`` is the old item, if any.
+    Not a failure for the store: an answer ("the lease is not free", "this key was seen")."""
+
+    def __init__(self, item: Item | None) -> None:
+        super().__init__("conditional check failed")
+        self.item = item
+
+
+class TransactionCancelled(RetryableError):
+    """A ``TransactWriteItems`` was cancelled by conditions or conflicts (nothing written).
+
+    Callers that read the reasons catch it; where none does, a conflict is worth a retry.
+    """
+
+    def __init__(self, reasons: list[dict[str, Any]]) -> None:
+        super().__init__("transaction cancelled: " + ", ".join(r.get("Code", "?") for r in reasons))
+        self.reasons = reasons
+
+    def failed(self, index: int) -> bool:
+        """Whether the condition of the ``index``-th action was false."""
+        return self.code(index) == "ConditionalCheckFailed"
+
+    def item(self, index: int) -> Item | None:
+        """The old item of the ``index``-th action (asked with ``ALL_OLD``), if it existed."""
+        if index >= len(self.reasons):
+            return None
+        item: Item | None = self.reasons[index].get("Item")
+        return item
+
+    def failed_indexes(self) -> list[int]:
+        return [i for i in range(len(self.reasons)) if self.failed(i)]
+
+    def code(self, index: int) -> str:
+        """The cancellation code of the ``index``-th action (``""`` past the end)."""
+        if index >= len(self.reasons):
+            return ""
+        return str(self.reasons[index].get("Code", ""))

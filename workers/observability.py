@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from workers.core.ports import NullSpan, SpanHandle
+from workers.core.ports import NullSpan, OpenSpan, SpanHandle
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +28,18 @@ def offline_mlflow_env() -> None:
 
 class _MlflowSpan:
     def __init__(self, span: Any) -> None:
-        self._span = span
+        self.span = span
 
     def set_outputs(self, outputs: Any) -> None:
-        self._span.set_outputs(outputs)
+        self.span.set_outputs(outputs)
 
     def set_attributes(self, attributes: dict[str, Any]) -> None:
-        self._span.set_attributes(attributes)
+        self.span.set_attributes(attributes)
+
+    def end(self, error: BaseException | None = None) -> None:
+        if error is not None:
+            self.span.record_exception(error)
+        self.span.end()
 
 
 class MlflowTracer:
@@ -79,6 +84,21 @@ class MlflowTracer:
             if inputs is not None:
                 span.set_inputs(inputs)
             yield _MlflowSpan(span)
+
+    def start_span(
+        self, name: str, *, kind: str, inputs: Any = None, parent: OpenSpan | None = None
+    ) -> OpenSpan:
+        parent_span = (
+            parent.span
+            if isinstance(parent, _MlflowSpan)
+            else self._mlflow.get_current_active_span()
+        )
+        if parent_span is None:
+            return NullSpan()  # outside a turn: no stray one-span trace
+        span = self._mlflow.start_span_no_context(
+            name, span_type=kind, parent_span=parent_span, inputs=inputs
+        )
+        return _MlflowSpan(span)
 
     def flush(self) -> None:
         """Wait for traces exported in the background (before a Lambda handler returns)."""

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from events.inbound import InboundMessage, MessageRequest
 from events.outbound import ApprovalRequest
 from workers.config import Settings
-from workers.errors import AgentWorkerError, ConfigError, PermanentError
+from workers.errors import AgentWorkerError, ConfigError, PermanentError, SandboxNotRunning
 
 if TYPE_CHECKING:
     from workers.adapters.aws.emulator import Handler, Stack
@@ -49,10 +49,6 @@ RETRY_INTERVAL_SECONDS = 1
 TRY_COMMAND = (
     'agentworker send --target sandbox{dir} -c ticket:1 "please open a ticket about the printer"'
 )
-
-
-class SandboxNotRunning(AgentWorkerError):
-    """No sandbox answers at the state directory's ``sandbox.json``."""
 
 
 class SandboxState(BaseModel):

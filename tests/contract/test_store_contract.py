@@ -14,8 +14,7 @@ from events.outbound import ApprovalRequest, Reply
 from tests.fakes import InMemoryConversationStore
 from workers.adapters.local.sqlite_store import SqliteConversationStore
 from workers.core.model import LogEntry, PendingWork, TurnCommit
-from workers.core.steps import TurnSuperseded
-from workers.errors import LeaseLost, NotFound
+from workers.errors import LeaseLost, NotFound, TurnSuperseded
 
 T0 = 1_700_000_000.0
 CID = "ticket:4711"

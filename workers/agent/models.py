@@ -1,14 +1,25 @@
-"""Chat models by name: ``offline`` (default, shipped) or ``bedrock:<model-id>``."""
+"""Chat models by name: ``offline`` (the default, shipped), or ``<provider>:<model>`` through
+LangChain's ``init_chat_model`` (``bedrock_converse:<id>``, ``openai:<model>``,
+``anthropic:<model>``, ``ollama:<model>``, ...); ``bedrock:<id>`` is an alias of
+``bedrock_converse:<id>``.
+
+Before a model is built, :func:`check_provider` turns what would fail later (a provider
+package not installed, a missing credential or region) into one ``ConfigError`` line naming
+what to install or set. :func:`map_model_error` maps every provider's throttling, timeouts
+and 5xx to ``RetryableError`` and its refusals of the request to ``PermanentError``.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 
 from workers.config import parse_model_spec
-from workers.errors import PermanentError, RetryableError
+from workers.errors import ConfigError, PermanentError, RetryableError
 
 # Compared in lower case: errors raised mid-stream carry the event member's name
 # ("throttlingException"), errors of the HTTP response the shape's ("ThrottlingException").
@@ -35,13 +46,57 @@ _PERMANENT_CODES = frozenset(
 )
 _RETRYABLE_ERRORS = frozenset(
     {
+        # botocore
         "ReadTimeoutError",
         "ConnectTimeoutError",
         "EndpointConnectionError",
         "ConnectionClosedError",
         "ConnectionError",  # langchain-aws: the response stream ended early
+        # openai, anthropic (the SDKs' own timeout and connection errors)
+        "APITimeoutError",
+        "APIConnectionError",
+        # httpx, which those SDKs and ollama use
+        "ConnectTimeout",
+        "ReadTimeout",
+        "WriteTimeout",
+        "PoolTimeout",
+        "ConnectError",
+        "ReadError",
+        "RemoteProtocolError",
     }
 )
+_RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
+"""HTTP statuses worth a retry (529: Anthropic's "overloaded")."""
+
+
+@dataclass(frozen=True)
+class Provider:
+    """What a provider needs before a model can be built."""
+
+    module: str
+    """The integration package's import name."""
+    install: str
+    """What to install: an agentworker extra, or the package."""
+    credentials: tuple[str, ...] = ()
+    """Environment variables of which at least one must be set."""
+
+
+PROVIDERS: dict[str, Provider] = {
+    "bedrock_converse": Provider("langchain_aws", "agentworker (Bedrock is in the base install)"),
+    "openai": Provider("langchain_openai", "agentworker[openai]", ("OPENAI_API_KEY",)),
+    "azure_openai": Provider(
+        "langchain_openai", "agentworker[openai]", ("AZURE_OPENAI_API_KEY", "OPENAI_API_KEY")
+    ),
+    "anthropic": Provider("langchain_anthropic", "agentworker[anthropic]", ("ANTHROPIC_API_KEY",)),
+    "ollama": Provider("langchain_ollama", "agentworker[ollama]"),
+    "google_genai": Provider(
+        "langchain_google_genai", "langchain-google-genai", ("GOOGLE_API_KEY", "GEMINI_API_KEY")
+    ),
+    "mistralai": Provider("langchain_mistralai", "langchain-mistralai", ("MISTRAL_API_KEY",)),
+    "groq": Provider("langchain_groq", "langchain-groq", ("GROQ_API_KEY",)),
+}
+"""Providers checked before use. Any other provider ``init_chat_model`` knows works too; its
+problems are reported when the model is built."""
 
 
 @dataclass(frozen=True)
@@ -54,38 +109,108 @@ class ModelOptions:
 
 
 def make_model(spec: str, options: ModelOptions | None = None) -> BaseChatModel:
-    """Build the chat model named by ``spec``. Bedrock goes through ``ChatBedrockConverse``."""
+    """Build the chat model named by ``spec`` (``ConfigError`` naming what is missing)."""
     opts = options or ModelOptions()
-    kind, arg = parse_model_spec(spec)
-    if kind == "offline":
+    provider, name = parse_model_spec(spec)
+    if provider == "offline":
         from workers.agent.offline import OfflineChatModel
 
-        return OfflineChatModel(latency_s=float(arg or 0) / 1000.0)
-    from botocore.config import Config
-    from langchain_aws import ChatBedrockConverse
+        return OfflineChatModel(latency_s=float(name or 0) / 1000.0)
+    check_provider(spec, provider, opts)
+    from langchain.chat_models import init_chat_model
 
-    kwargs: dict[str, Any] = {
-        # One quick retry inside the call; the workflow's Retry (backoff, jitter) does the
-        # rest, so retries do not multiply. Explicit timeouts: a hung call must end.
-        "config": Config(
-            retries={"mode": "standard", "total_max_attempts": 2},
-            connect_timeout=10,
-            read_timeout=opts.read_timeout,
-        ),
-        "model": arg,
-        "max_tokens": opts.max_tokens,
-        "temperature": opts.temperature,
-    }
-    if opts.region:
-        kwargs["region_name"] = opts.region
-    if opts.endpoint_url:
-        kwargs["endpoint_url"] = opts.endpoint_url
-    return ChatBedrockConverse(**kwargs)
+    try:
+        model = init_chat_model(name, model_provider=provider, **_options(provider, opts))
+    except ImportError as exc:
+        raise ConfigError(f"AGENTWORKER_MODEL={spec!r}: {exc}") from None
+    except (ValueError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"AGENTWORKER_MODEL={spec!r}: {first}") from None
+    if not isinstance(model, BaseChatModel):
+        raise ConfigError(f"AGENTWORKER_MODEL={spec!r}: not a chat model ({type(model).__name__})")
+    return model
 
 
-def map_model_error(exc: Exception) -> Exception:
-    """Map a model client's exception to our typed errors (botocore error codes, in the
-    HTTP response or in the event stream, and connection failures)."""
+def check_provider(spec: str, provider: str, options: ModelOptions) -> None:
+    """Fail with one line, before anything is served, when ``provider`` cannot work here."""
+    known = PROVIDERS.get(provider)
+    if known is None:
+        return
+    if importlib.util.find_spec(known.module) is None:
+        raise ConfigError(
+            f"AGENTWORKER_MODEL={spec!r}: the {provider} provider needs the package"
+            f" {known.module.replace('_', '-')}: pip install '{known.install}'"
+        )
+    if known.credentials and not any(os.environ.get(v) for v in known.credentials):
+        raise ConfigError(
+            f"AGENTWORKER_MODEL={spec!r}: set {' or '.join(known.credentials)}"
+            f" (the {provider} provider's credentials)"
+        )
+    if provider == "bedrock_converse":
+        _check_aws(spec, options)
+
+
+def _check_aws(spec: str, options: ModelOptions) -> None:
+    import boto3
+
+    session = boto3.session.Session()
+    if not (options.region or session.region_name):
+        raise ConfigError(
+            f"AGENTWORKER_MODEL={spec!r}: no AWS region for Bedrock: set"
+            " AGENTWORKER_BEDROCK_REGION or AWS_REGION"
+        )
+    if session.get_credentials() is None:
+        raise ConfigError(
+            f"AGENTWORKER_MODEL={spec!r}: no AWS credentials for Bedrock: set AWS_PROFILE,"
+            " or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        )
+
+
+def _options(provider: str, opts: ModelOptions) -> dict[str, Any]:
+    """Per provider: explicit timeouts (a hung call must end) and one quick retry inside
+    the call at most; the workflow's retry (backoff, jitter) does the rest, so retries do
+    not multiply."""
+    if provider == "bedrock_converse":
+        from botocore.config import Config
+
+        kwargs: dict[str, Any] = {
+            "config": Config(
+                retries={"mode": "standard", "total_max_attempts": 2},
+                connect_timeout=10,
+                read_timeout=opts.read_timeout,
+            ),
+            "max_tokens": opts.max_tokens,
+            "temperature": opts.temperature,
+        }
+        if opts.region:
+            kwargs["region_name"] = opts.region
+        if opts.endpoint_url:
+            kwargs["endpoint_url"] = opts.endpoint_url
+        return kwargs
+    if provider in ("openai", "azure_openai"):
+        return {
+            "max_retries": 1,
+            "timeout": opts.read_timeout,
+            "max_tokens": opts.max_tokens,
+            "temperature": opts.temperature,
+            "stream_usage": True,
+        }
+    if provider == "anthropic":
+        return {
+            "max_retries": 1,
+            "timeout": opts.read_timeout,
+            "max_tokens": opts.max_tokens,
+            "temperature": opts.temperature,
+        }
+    if provider == "ollama":
+        return {"temperature": opts.temperature, "num_predict": opts.max_tokens}
+    return {"temperature": opts.temperature}
+
+
+def map_model_error(exc: BaseException) -> BaseException:
+    """Map a model client's exception to our typed errors: botocore error codes (in the
+    HTTP response or in the event stream), HTTP statuses of the providers' SDKs, and
+    timeouts and connection failures. Anything else is returned as is."""
     response = getattr(exc, "response", None)
     code = ""
     if isinstance(response, dict):
@@ -95,4 +220,18 @@ def map_model_error(exc: Exception) -> Exception:
         return RetryableError(f"model call failed ({code or name}): {exc}")
     if code.lower() in _PERMANENT_CODES:
         return PermanentError(f"model call refused ({code}): {exc}")
+    status = _status_of(exc)
+    if status in _RETRYABLE_STATUS or (status is not None and status >= 500):
+        return RetryableError(f"model call failed (HTTP {status}, {name}): {exc}")
+    if status is not None and 400 <= status < 500:
+        return PermanentError(f"model call refused (HTTP {status}, {name}): {exc}")
     return exc
+
+
+def _status_of(exc: BaseException) -> int | None:
+    """The HTTP status of an SDK error (``status_code`` of openai/anthropic/ollama errors,
+    or of an httpx response)."""
+    status = getattr(exc, "status_code", None)
+    if status is None:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+    return status if isinstance(status, int) else None

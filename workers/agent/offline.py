@@ -132,7 +132,9 @@ class OfflineChatModel(BaseChatModel):
         if tool_results:
             text = " ".join(_summarise(m) for m in tool_results)
             return _ai(text, [], prompt_tokens, seed=text)
-        user_text = _text_of(last)
+        user_text = "\n\n".join(_text_of(m) for m in _trailing_user_messages(messages)) or (
+            _text_of(last)
+        )
         call = _tool_call(user_text, tools)
         if call is not None:
             name, args = call
@@ -172,6 +174,16 @@ def _trailing_tool_results(messages: list[BaseMessage]) -> list[ToolMessage]:
     out: list[ToolMessage] = []
     for m in reversed(messages):
         if not isinstance(m, ToolMessage):
+            break
+        out.append(m)
+    return list(reversed(out))
+
+
+def _trailing_user_messages(messages: list[BaseMessage]) -> list[HumanMessage]:
+    """The user messages at the end of the chat: one turn may bring several (merged)."""
+    out: list[HumanMessage] = []
+    for m in reversed(messages):
+        if not isinstance(m, HumanMessage):
             break
         out.append(m)
     return list(reversed(out))

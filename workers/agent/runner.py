@@ -1,52 +1,61 @@
-"""``LangGraphTurnAgent``: the core's ``TurnAgent`` port implemented with the agent graph."""
+"""``GraphTurnAgent``: the core's ``TurnAgent`` port, running one turn of an app's graph.
+
+The app's ``StateGraph`` is compiled once per process with the :class:`StagedCheckpointSaver`.
+A turn stages the conversation's checkpoint, hands the graph the turn's user messages (or
+``Command(resume=...)`` for an answer to an ``interrupt()``), drives it until it ends or
+interrupts, and returns what the core commits in one fenced write: the new checkpoint, the
+new messages for the log, the reply (the text of the last new AI message) or the interrupt
+the turn stopped at. Model output streams from whichever node calls a model (LangGraph's
+``messages`` stream mode). Graphs with ``async def`` nodes are driven with ``astream`` on the
+worker thread's own event loop; others with ``stream``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import asyncio
+import json
+import threading
+import uuid
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, RemoveMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
+from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
-from langgraph.graph.message import REMOVE_ALL_MESSAGES
-from langgraph.types import Command, Interrupt
+from langgraph.errors import GraphRecursionError
+from langgraph.graph import StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Command, Interrupt, StateSnapshot
 
-from workers.agent.graph import AgentState, TurnContext, build_graph
-from workers.agent.graph import reply_text as joined_reply
+from workers.agent.callbacks import TurnCallbacks
+from workers.agent.models import map_model_error
 from workers.agent.saver import STAGE_KEY, StagedCheckpointSaver
-from workers.agent.tools.base import ToolSpec
-from workers.core.model import LogEntry, PendingApproval, TurnOutput, TurnRequest
-from workers.core.ports import Clock, TicketStore, Tracer
+from workers.agent.sdk import TurnInfo, approval_of, bound_turn
+from workers.core.model import LogEntry, PendingInterrupt, TurnOutput, TurnRequest
+from workers.core.ports import Tracer
+from workers.errors import AgentWorkerError, PermanentError
 
-MAX_STEPS = 24
-"""Graph super-steps per turn (model/tool rounds): stops a tool loop running away."""
+RECURSION_LIMIT = 25
+"""Graph super-steps per turn (LangGraph's default): stops a tool loop running away."""
+REPLY_SEPARATOR = "\n\n"
+"""Streamed between the texts of two model calls of one turn."""
+_INTERRUPT = "__interrupt__"
+_STREAM_MODES = ["updates", "messages"]
 
 
-class LangGraphTurnAgent:
-    """Runs one turn of the agent graph from a stored checkpoint blob to a new one."""
+class GraphTurnAgent:
+    """Runs one turn of an app's graph from a stored checkpoint blob to a new one."""
 
     def __init__(
-        self,
-        model: BaseChatModel,
-        tools: Sequence[ToolSpec],
-        *,
-        system_prompt: str,
-        approval_tools: frozenset[str],
-        tickets: TicketStore,
-        clock: Clock,
+        self, graph: StateGraph[Any, Any, Any, Any], *, recursion_limit: int = RECURSION_LIMIT
     ) -> None:
         self.saver = StagedCheckpointSaver()
         self.serde = JsonPlusSerializer()
-        self.tickets = tickets
-        self.clock = clock
-        self.tools = {t.name: t for t in tools}
-        self.graph = build_graph(
-            model,
-            tools,
-            system_prompt=system_prompt,
-            approval_tools=approval_tools,
-            checkpointer=self.saver,
+        self.recursion_limit = recursion_limit
+        self.graph: CompiledStateGraph[Any, Any, Any, Any] = graph.compile(
+            checkpointer=self.saver
         )
+        self.is_async = has_async_nodes(graph)
 
     def run_turn(
         self,
@@ -56,82 +65,136 @@ class LangGraphTurnAgent:
         tracer: Tracer,
     ) -> TurnOutput:
         stage = f"{request.conversation_id}#{request.turn_id}"
-        self.saver.stage(stage, request.checkpoint)
+        history = self.decode_log(request.history)
+        self.saver.stage(stage, request.checkpoint, history)
         try:
-            logged = self.saver.message_ids(stage)
-            base = self.saver.get_tuple(self._config(request, stage))
-            base_id = base.config["configurable"]["checkpoint_id"] if base else "root"
-            ctx = TurnContext(
+            before = {m.id for m in self.saver.messages(stage)}
+            info = TurnInfo(
                 conversation_id=request.conversation_id,
-                turn_key=f"{request.conversation_id}:{base_id}",
-                history=self.decode_log(request.history),
-                tickets=self.tickets,
-                clock=self.clock,
-                tracer=tracer,
-                on_chunk=on_chunk,
+                turn_id=request.turn_id,
+                channel=request.channel,
+                message_ids=tuple(request.message_ids),
+                base_checkpoint=self.saver.checkpoint_id(stage) or "root",
             )
-            result = self.graph.invoke(
-                self._input(request),
-                self._config(request, stage),
-                context=ctx,
-                durability="exit",
-            )
-            return self._output(request, stage, result, ctx, logged)
+            callbacks = TurnCallbacks(tracer)
+            config: RunnableConfig = {
+                "configurable": {"thread_id": request.conversation_id, STAGE_KEY: stage},
+                "recursion_limit": self.recursion_limit,
+                "callbacks": [callbacks],
+            }
+            collector = _Collector(on_chunk)
+            with bound_turn(info):
+                self._drive(_graph_input(request), config, collector, stream=on_chunk is not None)
+            return self._output(stage, config, before, history, collector, callbacks)
         finally:
             self.saver.drop(stage)
 
-    def _config(self, request: TurnRequest, stage: str) -> Any:
-        return {
-            "configurable": {"thread_id": request.conversation_id, STAGE_KEY: stage},
-            "recursion_limit": MAX_STEPS,
-        }
+    # driving the graph -------------------------------------------------------------------
 
-    @staticmethod
-    def _input(request: TurnRequest) -> AgentState | Command[Any]:
-        if request.resume is not None:
-            decision = {"approved": request.resume.approved, "reason": request.resume.reason}
-            return Command(resume=decision)
-        text = "\n\n".join(request.texts)
-        # Only the current turn lives in the checkpoint: earlier turns are in the log.
-        fresh: list[Any] = [
-            RemoveMessage(id=REMOVE_ALL_MESSAGES),
-            HumanMessage(text, id=f"{request.turn_id}-user"),
-        ]
-        return {"messages": fresh}
+    def _drive(
+        self, graph_input: Any, config: RunnableConfig, collector: _Collector, *, stream: bool
+    ) -> None:
+        modes = _STREAM_MODES if stream else ["updates"]
+        try:
+            if self.is_async:
+                _run_on_thread_loop(self._adrive(graph_input, config, collector, modes))
+            else:
+                for part in self.graph.stream(
+                    graph_input, config, stream_mode=modes, subgraphs=True, durability="exit"
+                ):
+                    collector.feed(part)
+        except GraphRecursionError as exc:
+            raise PermanentError(
+                f"the agent took more than {self.recursion_limit} steps without finishing"
+            ) from exc
+        except AgentWorkerError:
+            raise
+        except Exception as exc:
+            mapped = map_model_error(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+
+    async def _adrive(
+        self, graph_input: Any, config: RunnableConfig, collector: _Collector, modes: list[str]
+    ) -> None:
+        async for part in self.graph.astream(
+            graph_input,
+            config,
+            stream_mode=modes,  # type: ignore[arg-type]
+            subgraphs=True,
+            durability="exit",
+        ):
+            collector.feed(part)
+
+    # what the turn produced --------------------------------------------------------------
 
     def _output(
         self,
-        request: TurnRequest,
         stage: str,
-        result: dict[str, Any],
-        ctx: TurnContext,
-        logged: set[str],
+        config: RunnableConfig,
+        before: set[str | None],
+        history: list[BaseMessage],
+        collector: _Collector,
+        callbacks: TurnCallbacks,
     ) -> TurnOutput:
-        messages: list[BaseMessage] = result.get("messages", [])
-        fresh = [m for m in messages if m.id not in logged]
-        interrupts: list[Interrupt] = result.get("__interrupt__", [])
-        approval = None
-        reply_text = None
-        if interrupts:
-            first = interrupts[0]
-            value = first.value if isinstance(first.value, dict) else {}
-            approval = PendingApproval(
-                interrupt_id=first.id,
-                tool=str(value.get("tool", "")),
-                args=dict(value.get("args", {})),
-                text=str(value.get("text", "Approve this action?")),
-            )
-        elif messages and isinstance(messages[-1], AIMessage):
-            reply_text = joined_reply(fresh)
+        known = before | {m.id for m in history}
+        fresh = [m for m in self.saver.messages(stage) if m.id not in known]
+        pending = self._pending(collector.interrupts, config) if collector.interrupts else None
+        logged = {str(m.id): m for m in (*history, *fresh) if m.id}
         return TurnOutput(
-            checkpoint=self.saver.export(stage),
+            checkpoint=self.saver.export(stage, logged),
             log=[self.encode(m) for m in fresh],
-            reply_text=reply_text,
-            approval=approval,
-            usage=ctx.usage,
-            model_calls=ctx.model_calls,
-            tool_calls=list(ctx.tool_calls),
+            reply_text=None if pending else last_reply(fresh),
+            interrupt=pending,
+            usage=callbacks.usage,
+            model_calls=callbacks.model_calls,
+            tool_calls=list(callbacks.tool_calls),
         )
+
+    def _pending(self, interrupts: Sequence[Interrupt], config: RunnableConfig) -> PendingInterrupt:
+        """The first pending interrupt (several parallel ones are answered one per turn: the
+        resumed turn stops at the next). Its value must be JSON: it is stored and sent."""
+        first = interrupts[0]
+        try:
+            json.dumps(first.value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            node = self._interrupting_node(config, first.id)
+            raise PermanentError(
+                f"node {node!r} called interrupt() with a value that is not JSON: {exc}"
+            ) from None
+        approval = approval_of(first.value)
+        text = approval.text if approval is not None else interrupt_text(first.value)
+        return PendingInterrupt(first.id, first.value, text, approval)
+
+    def _interrupting_node(self, config: RunnableConfig, interrupt_id: str) -> str:
+        snapshot = self._state(config["configurable"][STAGE_KEY])
+        tasks = list(snapshot.tasks)
+        while tasks:
+            task = tasks.pop()
+            if any(i.id == interrupt_id for i in task.interrupts):
+                return task.name
+            state = task.state
+            if state is not None and not isinstance(state, dict) and hasattr(state, "tasks"):
+                tasks.extend(state.tasks)
+        return "?"
+
+    def snapshot(self, checkpoint: bytes | None, history: Sequence[LogEntry]) -> StateSnapshot | None:
+        """The graph's state in ``checkpoint``, ``messages`` resolved against the log window
+        ``history`` (what a turn would start from), with its pending interrupts."""
+        if checkpoint is None:
+            return None
+        stage = f"inspect#{uuid.uuid4().hex}"
+        self.saver.stage(stage, checkpoint, self.decode_log(history))
+        try:
+            return self._state(stage)
+        finally:
+            self.saver.drop(stage)
+
+    def _state(self, stage: str) -> StateSnapshot:
+        # The stage as the thread: get_state builds its subgraphs' configs from the thread
+        # alone, without the rest of ours.
+        return self.graph.get_state({"configurable": {"thread_id": stage}}, subgraphs=True)
 
     # the message log ---------------------------------------------------------------------
 
@@ -146,8 +209,94 @@ class LangGraphTurnAgent:
         for entry in entries:
             kind, _, data = entry.data.partition(b"\0")
             messages.append(self.serde.loads_typed((kind.decode(), data)))
-        # A window may start mid-turn: begin at a user message so no tool result is orphaned.
-        for i, m in enumerate(messages):
-            if isinstance(m, HumanMessage):
-                return messages[i:]
-        return []
+        return messages
+
+
+def _graph_input(request: TurnRequest) -> Any:
+    """The turn's user messages (each with its inbox message's id), or the answer that
+    resumes the interrupt the last turn stopped at."""
+    if request.resume is not None:
+        return Command(resume={request.resume.interrupt_id: request.resume.value})
+    return {"messages": [HumanMessage(i.text, id=i.message_id) for i in request.inputs]}
+
+
+def last_reply(messages: Sequence[BaseMessage]) -> str | None:
+    """The turn's reply: the text of its last new AI message that has text."""
+    for m in reversed(messages):
+        if isinstance(m, AIMessage) and m.text:
+            return m.text
+    return None
+
+
+def interrupt_text(value: Any) -> str:
+    """An interrupt's value as text, for channels that show only text: a string as is, else
+    its ``question``, ``text``, ``prompt`` or ``message`` field, else the JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        for key in ("question", "text", "prompt", "message"):
+            if isinstance(value.get(key), str):
+                return str(value[key])
+    return json.dumps(value, default=str)[:2000]
+
+
+class _Collector:
+    """Reads the parts of ``stream(..., subgraphs=True)``: the interrupts (root ``updates``)
+    and the model's text (``messages``), forwarded to ``on_chunk`` as it comes."""
+
+    def __init__(self, on_chunk: Callable[[str], None] | None) -> None:
+        self.interrupts: list[Interrupt] = []
+        self._on_chunk = on_chunk
+        self._streamed: set[str | None] = set()
+        self._last: str | None = None
+
+    def feed(self, part: Any) -> None:
+        namespace, mode, payload = part
+        if mode == "messages":
+            self._message(payload[0])
+        elif mode == "updates" and not namespace and isinstance(payload, dict):
+            found = payload.get(_INTERRUPT)
+            if found:
+                self.interrupts.extend(found)
+
+    def _message(self, message: BaseMessage) -> None:
+        if isinstance(message, AIMessageChunk):
+            self._emit(message.id, message.text)
+        elif isinstance(message, AIMessage) and message.id not in self._streamed:
+            self._emit(message.id, message.text)  # a node's AI message that did not stream
+
+    def _emit(self, message_id: str | None, text: str) -> None:
+        if not text or self._on_chunk is None:
+            return
+        if self._streamed and message_id != self._last:
+            self._on_chunk(REPLY_SEPARATOR)
+        self._streamed.add(message_id)
+        self._last = message_id
+        self._on_chunk(text)
+
+
+def has_async_nodes(graph: StateGraph[Any, Any, Any, Any]) -> bool:
+    """Whether any node of ``graph`` or of its subgraphs is an ``async def`` (it then runs
+    only under ``astream``)."""
+    builders = [graph]
+    while builders:
+        builder = builders.pop()
+        for spec in builder.nodes.values():
+            runnable = spec.runnable
+            if isinstance(runnable, CompiledStateGraph):
+                builders.append(runnable.builder)
+            elif getattr(runnable, "func", True) is None and getattr(runnable, "afunc", None):
+                return True
+    return False
+
+
+_LOCAL = threading.local()
+
+
+def _run_on_thread_loop(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run ``coroutine`` on this worker thread's event loop (one per thread, kept: a new
+    loop per turn would cost more than the turn's own overhead)."""
+    loop: asyncio.AbstractEventLoop | None = getattr(_LOCAL, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = _LOCAL.loop = asyncio.new_event_loop()
+    loop.run_until_complete(coroutine)

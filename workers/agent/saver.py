@@ -3,21 +3,31 @@
 LangGraph writes checkpoints while the graph runs; we must not persist any of them unless the
 run still holds the conversation's lease. So the graph runs against this saver, which starts
 from the conversation's last checkpoint (one blob from the store) and keeps only the latest
-checkpoint and its pending writes. At the end of the turn :meth:`export` yields one blob that
-the core commits together with the outbox in a single write fenced by the run's token.
+checkpoint of each namespace and its pending writes. At the end of the turn :meth:`export`
+yields one blob that the core commits together with the outbox in a single write fenced by
+the run's token.
 
-Only the latest checkpoint is kept (no time travel): it is all a resume needs, and it keeps the
-bytes written per turn independent of the conversation's length.
+The ``messages`` channel is stored as references: a message that is in the conversation's
+append-only log (or enters it in the same commit) is kept as its id, and rebuilt from the log
+window when the next turn stages the checkpoint. A reference that the window no longer
+reaches is dropped, so ``messages`` holds at most the last ``context_window`` logged messages
+the graph kept (starting at a user message when older ones were dropped). Every other channel
+is stored whole. The bytes written per turn therefore grow with the new messages only.
+
+Only the latest checkpoint is kept (no time travel): it is all a resume needs. Channels that
+rebuild their value from ancestor checkpoints (LangGraph's ``DeltaChannel``) are refused when
+the app is loaded (``workers.agent.app``).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import ormsgpack
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
     WRITES_IDX_MAP,
@@ -31,24 +41,33 @@ from langgraph.checkpoint.base import (
 )
 
 STAGE_KEY = "agentworker_stage"
-_FORMAT = 1
+MESSAGES = "messages"
+_FORMAT = 2
+_READABLE = (1, 2)
+"""Format 1 kept the messages inline (only the current turn's); it is read as the log
+window."""
+
+Typed = tuple[str, bytes]
+EncodedMessage = str | list[Any]
+"""A log reference (the message id) or an inline message ``[type, bytes]``."""
 
 
 @dataclass
 class _Saved:
     checkpoint_id: str
-    checkpoint: tuple[str, bytes]
-    metadata: tuple[str, bytes]
+    checkpoint: Typed
+    """The checkpoint, serialized without its ``messages`` channel when that is kept in
+    :attr:`messages`."""
+    metadata: Typed
     parent_id: str | None
-    writes: dict[tuple[str, int], tuple[str, str, tuple[str, bytes], str]] = field(
-        default_factory=dict
-    )
+    messages: list[BaseMessage] | None = None
+    writes: dict[tuple[str, int], tuple[str, str, Typed, str]] = field(default_factory=dict)
 
 
 class StagedCheckpointSaver(BaseCheckpointSaver[int]):
     """One saver per process; each turn stages under its own key (``configurable``
-    ``agentworker_stage``), so concurrent turns of different conversations never mix.
-    Synchronous only: the core runs the graph with ``invoke`` in every runtime."""
+    ``agentworker_stage``), so concurrent turns of different conversations never mix. The
+    async methods serve graphs driven with ``astream`` (they do no I/O either)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -57,13 +76,17 @@ class StagedCheckpointSaver(BaseCheckpointSaver[int]):
 
     # staging -----------------------------------------------------------------------------
 
-    def stage(self, key: str, blob: bytes | None) -> None:
-        """Start a turn under ``key`` from the stored checkpoint ``blob`` (``None``: new)."""
+    def stage(self, key: str, blob: bytes | None, log: Sequence[BaseMessage] = ()) -> None:
+        """Start a turn under ``key`` from the stored checkpoint ``blob`` (``None``: new);
+        ``log`` is the log window the ``messages`` references are resolved against."""
+        staged = self._decode(blob, log) if blob else {}
         with self._lock:
-            self._stages[key] = self._decode(blob) if blob else {}
+            self._stages[key] = staged
 
-    def export(self, key: str) -> bytes:
-        """The staged latest checkpoints as one blob, to be committed by the store."""
+    def export(self, key: str, logged: Mapping[str, BaseMessage]) -> bytes:
+        """The staged latest checkpoints as one blob, to be committed by the store. A message
+        that is in ``logged`` (the log window and what this turn appends to the log) is
+        written as a reference."""
         namespaces = self._ns(key)
         data = {
             "v": _FORMAT,
@@ -77,6 +100,7 @@ class StagedCheckpointSaver(BaseCheckpointSaver[int]):
                         [task, idx, chan, list(val), path]
                         for (task, idx), (_, chan, val, path) in s.writes.items()
                     ],
+                    "msgs": None if s.messages is None else self._refs(s.messages, logged),
                 }
                 for ns, s in namespaces.items()
             },
@@ -87,29 +111,76 @@ class StagedCheckpointSaver(BaseCheckpointSaver[int]):
         with self._lock:
             self._stages.pop(key, None)
 
-    def message_ids(self, key: str) -> set[str]:
-        """Ids of the messages in the staged root checkpoint (already in the message log)."""
+    def messages(self, key: str) -> list[BaseMessage]:
+        """The ``messages`` channel of the staged root checkpoint (empty if none)."""
         saved = self._ns(key).get("")
-        if saved is None:
-            return set()
-        checkpoint: Checkpoint = self.serde.loads_typed(saved.checkpoint)
-        return {m.id for m in checkpoint["channel_values"].get("messages", []) if m.id}
+        return [] if saved is None or saved.messages is None else list(saved.messages)
 
-    @staticmethod
-    def _decode(blob: bytes) -> dict[str, _Saved]:
+    def checkpoint_id(self, key: str) -> str | None:
+        """The id of the staged root checkpoint (``None`` for a new conversation)."""
+        saved = self._ns(key).get("")
+        return None if saved is None else saved.checkpoint_id
+
+    def _refs(
+        self, messages: Sequence[BaseMessage], logged: Mapping[str, BaseMessage]
+    ) -> list[EncodedMessage]:
+        out: list[EncodedMessage] = []
+        for m in messages:
+            known = logged.get(m.id) if m.id else None
+            if known is not None and (known is m or known == m):
+                out.append(str(m.id))
+            else:  # not in the log, or changed by the graph since it was logged
+                out.append(list(self.serde.dumps_typed(m)))
+        return out
+
+    def _decode(self, blob: bytes, log: Sequence[BaseMessage]) -> dict[str, _Saved]:
         data = ormsgpack.unpackb(blob)
-        if data.get("v") != _FORMAT:
-            raise ValueError(f"unknown checkpoint format {data.get('v')!r}")
+        version = data.get("v")
+        if version not in _READABLE:
+            raise ValueError(f"unknown checkpoint format {version!r}")
+        by_id = {m.id: m for m in log if m.id}
         out: dict[str, _Saved] = {}
         for ns, s in data["ns"].items():
             writes = {
                 (task, idx): (task, chan, (val[0], val[1]), path)
                 for task, idx, chan, val, path in s["w"]
             }
-            out[ns] = _Saved(
-                s["id"], (s["c"][0], s["c"][1]), (s["m"][0], s["m"][1]), s["p"], writes
+            saved = _Saved(
+                s["id"], (s["c"][0], s["c"][1]), (s["m"][0], s["m"][1]), s["p"], writes=writes
             )
+            if s.get("msgs") is not None:
+                saved.messages = self._resolve(s["msgs"], by_id, root=ns == "")
+            elif version == 1 and ns == "":
+                saved = self._from_format_1(saved, log)
+            out[ns] = saved
         return out
+
+    def _resolve(
+        self, encoded: Sequence[EncodedMessage], by_id: Mapping[str, BaseMessage], *, root: bool
+    ) -> list[BaseMessage]:
+        messages: list[BaseMessage] = []
+        dropped = False
+        for item in encoded:
+            if isinstance(item, str):
+                found = by_id.get(item)
+                if found is None:
+                    dropped = True  # older than the log window
+                    continue
+                messages.append(found)
+            else:
+                messages.append(self.serde.loads_typed((item[0], item[1])))
+        return _aligned(messages) if dropped and root else messages
+
+    def _from_format_1(self, saved: _Saved, log: Sequence[BaseMessage]) -> _Saved:
+        """A checkpoint written before references: its messages were the last turn's only
+        (earlier turns were in the log); the log window stands in for them."""
+        checkpoint: Checkpoint = self.serde.loads_typed(saved.checkpoint)
+        inline = checkpoint["channel_values"].pop(MESSAGES, None)
+        saved.checkpoint = self.serde.dumps_typed(checkpoint)
+        if inline is not None:
+            known = {m.id for m in log}
+            saved.messages = _aligned(list(log)) + [m for m in inline if m.id not in known]
+        return saved
 
     def _ns(self, key: str) -> dict[str, _Saved]:
         try:
@@ -118,7 +189,7 @@ class StagedCheckpointSaver(BaseCheckpointSaver[int]):
             raise KeyError(f"no staged checkpoint for {key!r}: call stage() first") from None
 
     @staticmethod
-    def _config(conf: dict[str, Any], ns: str, checkpoint_id: str) -> RunnableConfig:
+    def _config(conf: Mapping[str, Any], ns: str, checkpoint_id: str) -> RunnableConfig:
         """A checkpoint's config, carrying the stage key along."""
         out = {"thread_id": conf["thread_id"], "checkpoint_ns": ns, "checkpoint_id": checkpoint_id}
         if STAGE_KEY in conf:
@@ -141,9 +212,12 @@ class StagedCheckpointSaver(BaseCheckpointSaver[int]):
         wanted = get_checkpoint_id(config)
         if wanted and wanted != saved.checkpoint_id:
             return None
+        checkpoint: Checkpoint = self.serde.loads_typed(saved.checkpoint)
+        if saved.messages is not None:
+            checkpoint["channel_values"][MESSAGES] = list(saved.messages)
         return CheckpointTuple(
             config=self._config(conf, ns, saved.checkpoint_id),
-            checkpoint=self.serde.loads_typed(saved.checkpoint),
+            checkpoint=checkpoint,
             metadata=self.serde.loads_typed(saved.metadata),
             parent_config=self._config(conf, ns, saved.parent_id) if saved.parent_id else None,
             pending_writes=[
@@ -177,12 +251,19 @@ class StagedCheckpointSaver(BaseCheckpointSaver[int]):
     ) -> RunnableConfig:
         conf = config["configurable"]
         ns = conf.get("checkpoint_ns", "")
-        key = self._key(config)
-        self._ns(key)[ns] = _Saved(
+        values = checkpoint["channel_values"]
+        held = values.get(MESSAGES)
+        messages: list[BaseMessage] | None = None
+        if isinstance(held, list) and all(isinstance(m, BaseMessage) for m in held):
+            messages = list(held)
+            rest = {k: v for k, v in values.items() if k != MESSAGES}
+            checkpoint = {**checkpoint, "channel_values": rest}
+        self._ns(self._key(config))[ns] = _Saved(
             checkpoint_id=checkpoint["id"],
             checkpoint=self.serde.dumps_typed(checkpoint),
             metadata=self.serde.dumps_typed(get_checkpoint_metadata(config, metadata)),
             parent_id=conf.get("checkpoint_id"),
+            messages=messages,
         )
         return self._config(conf, ns, checkpoint["id"])
 
@@ -206,3 +287,55 @@ class StagedCheckpointSaver(BaseCheckpointSaver[int]):
     def delete_thread(self, thread_id: str) -> None:
         with self._lock:
             self._stages.pop(thread_id, None)
+
+    # async twins of the above: the same in-memory work, for graphs driven with astream ----
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return self.get_tuple(config)
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        for item in self.list(config, filter=filter, before=before, limit=limit):
+            yield item
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        return self.put(config, checkpoint, metadata, new_versions)
+
+    async def aput_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        self.put_writes(config, writes, task_id, task_path)
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        self.delete_thread(thread_id)
+
+
+def _aligned(messages: list[BaseMessage]) -> list[BaseMessage]:
+    """``messages`` from its first user message on, when older ones were cut away: a window
+    that starts with a tool result or a tool call without its result is not a valid chat
+    for most models. Without any user message, leading tool results are dropped."""
+    for i, m in enumerate(messages):
+        if isinstance(m, HumanMessage):
+            return messages[i:]
+    start = 0
+    for m in messages:
+        if not (isinstance(m, ToolMessage) or (isinstance(m, AIMessage) and m.tool_calls)):
+            break
+        start += 1
+    return messages[start:]

@@ -7,7 +7,17 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from events.inbound import DoubleTextingPolicy, InboundMessage
-from events.outbound import AcceptedView, ApprovalRequest, OutboxPayload, TokenUsage
+from events.outbound import (
+    AcceptedView,
+    ApprovalRequest,
+    InterruptRequest,
+    OutboxPayload,
+    TokenUsage,
+)
+
+PendingRequest = ApprovalRequest | InterruptRequest
+"""What a conversation in status ``awaiting_approval`` waits for: a tool approval or the
+answer to an ``interrupt()`` (the status name predates generic interrupts)."""
 
 ConversationStatus = Literal["idle", "running", "awaiting_approval"]
 InboxStatus = Literal["pending", "consumed", "rejected"]
@@ -77,7 +87,7 @@ class ConversationState:
     lease_token: int | None
     lease_expires_at: float | None
     lease_execution_id: str | None
-    pending_approval: ApprovalRequest | None
+    pending_approval: PendingRequest | None
     created_at: float
     updated_at: float
     approval_task_token: str | None = None
@@ -113,7 +123,7 @@ class TurnCommit:
     checkpoint: bytes | None = None
     log: Sequence[LogEntry] = field(default_factory=list)
     outbox: Sequence[OutboxPayload] = field(default_factory=list)
-    pending_approval: ApprovalRequest | None = None
+    pending_approval: PendingRequest | None = None
     expect_inbox_seq: int | None = None
     """If set, refuse the commit (``TurnSuperseded``) when the inbox moved past it."""
 
@@ -139,31 +149,59 @@ class Ticket:
 
 
 @dataclass(frozen=True)
+class TurnInput:
+    """One user message a turn consumes (it becomes a ``HumanMessage`` with the same id)."""
+
+    message_id: str
+    text: str
+    sender: str = "anonymous"
+
+
+@dataclass(frozen=True)
+class ResumeRecord:
+    """The answer a turn resumes an ``interrupt()`` with: for a tool approval the value is
+    ``{"approved": bool, "reason": str}``, for any other interrupt the human's JSON value."""
+
+    interrupt_id: str
+    value: object
+
+
+@dataclass(frozen=True)
 class TurnRequest:
     """What the agent needs to run one turn; built by the core from the store."""
 
     conversation_id: str
     turn_id: str
     channel: str
-    texts: list[str]
-    resume: ApprovalDecisionRecord | None
+    inputs: list[TurnInput]
+    resume: ResumeRecord | None
     checkpoint: bytes | None
     history: list[LogEntry]
+    message_ids: list[str] = field(default_factory=list)
+    """The inbox messages this turn consumes (part of the tools' idempotency keys)."""
+
+    @property
+    def texts(self) -> list[str]:
+        return [i.text for i in self.inputs]
 
 
 @dataclass(frozen=True)
-class ApprovalDecisionRecord:
-    interrupt_id: str
-    approved: bool
-    reason: str
+class ToolApproval:
+    """A tool call waiting for approve/deny (the form ``request_approval`` interrupts with)."""
 
-
-@dataclass(frozen=True)
-class PendingApproval:
-    interrupt_id: str
     tool: str
     args: dict[str, object]
     text: str
+
+
+@dataclass(frozen=True)
+class PendingInterrupt:
+    """The ``interrupt()`` a turn stopped at: a tool approval, or any JSON ``value``."""
+
+    interrupt_id: str
+    value: object
+    text: str
+    approval: ToolApproval | None = None
 
 
 @dataclass(frozen=True)
@@ -173,7 +211,7 @@ class TurnOutput:
     checkpoint: bytes
     log: list[LogEntry]
     reply_text: str | None
-    approval: PendingApproval | None
+    interrupt: PendingInterrupt | None
     usage: TokenUsage
     model_calls: int = 0
     tool_calls: list[str] = field(default_factory=list)

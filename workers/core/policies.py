@@ -5,12 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from events.outbound import ApprovalRequest
+from events.inbound import InboundMessage
+from events.outbound import InterruptRequest
 from workers.core.model import (
-    ApprovalDecisionRecord,
     ConversationState,
     ConversationStatus,
     InboxEntry,
+    PendingRequest,
+    ResumeRecord,
+    TurnInput,
 )
 from workers.errors import LeaseLost, PermanentError, RetryableError
 
@@ -20,8 +23,8 @@ REJECTED_NOTICE = (
     "Please send it again once I have answered."
 )
 """Told to the user when the ``reject`` policy refuses a message (every store writes it)."""
-STALE_APPROVAL_NOTICE = "That approval request is no longer pending; nothing was done."
-NOTHING_PENDING_NOTICE = "There is nothing waiting for approval; nothing was done."
+STALE_APPROVAL_NOTICE = "That request is no longer pending; nothing was done."
+NOTHING_PENDING_NOTICE = "There is nothing waiting for approval or an answer; nothing was done."
 
 
 @dataclass(frozen=True)
@@ -32,17 +35,30 @@ class TurnPlan:
     kind: Literal["turn", "resume", "skip"]
     consumed: list[InboxEntry]
     state: ConversationState
-    texts: list[str] = field(default_factory=list)
-    resume: ApprovalDecisionRecord | None = None
+    resume: ResumeRecord | None = None
     notice: str | None = None
+
+    @property
+    def inputs(self) -> list[TurnInput]:
+        """The user messages a ``turn`` hands the graph (none for a resume or a skip)."""
+        if self.kind != "turn":
+            return []
+        return [
+            TurnInput(e.message.message_id, e.message.text, e.message.sender)
+            for e in self.consumed
+        ]
+
+    @property
+    def texts(self) -> list[str]:
+        return [i.text for i in self.inputs]
 
     @property
     def inbox_seq(self) -> int:
         return self.state.inbox_seq
 
     @property
-    def waiting(self) -> ApprovalRequest | None:
-        """The approval pending when the turn was planned (kept by turns that skip)."""
+    def waiting(self) -> PendingRequest | None:
+        """The request pending when the turn was planned (kept by turns that skip)."""
         return self.state.pending_approval if self.state.status == "awaiting_approval" else None
 
     @property
@@ -63,33 +79,50 @@ def plan_turn(state: ConversationState, pending: list[InboxEntry]) -> TurnPlan |
 
     ``enqueue`` and ``reject`` take one message per turn (``reject`` refuses messages at
     accept time while a run is active). ``merge`` and ``interrupt`` fold every pending user
-    message up to the next approval into one turn; ``interrupt`` also has the turn's commit
+    message up to the next answer into one turn; ``interrupt`` also has the turn's commit
     refused when a message arrives mid-turn, so the run restarts with all of them.
+
+    While the conversation waits for a human (a tool approval or an ``interrupt()``), the
+    answer to exactly that request resumes the turn. A plain message instead denies a
+    pending tool approval (the message stays for the next turn) or, for any other
+    interrupt, is its answer: the graph's ``interrupt()`` returns the message's text.
     """
     if not pending:
         return None
     first = pending[0]
     waiting = state.pending_approval if state.status == "awaiting_approval" else None
-    approval = first.message.approval
+    answers = first.message.answers
     if waiting is not None:
-        if approval is None:
+        if answers is None:
+            if isinstance(waiting, InterruptRequest):
+                answer = ResumeRecord(waiting.interrupt_id, first.message.text)
+                return TurnPlan("resume", [first], state, resume=answer)
             # The user moved on: deny the pending tool call, keep the message for the next turn.
-            decision = ApprovalDecisionRecord(waiting.interrupt_id, False, SUPERSEDED_REASON)
-            return TurnPlan("resume", [], state, resume=decision)
-        if approval.interrupt_id != waiting.interrupt_id:
+            denial = {"approved": False, "reason": SUPERSEDED_REASON}
+            return TurnPlan("resume", [], state, resume=ResumeRecord(waiting.interrupt_id, denial))
+        if answers != waiting.interrupt_id:
             return TurnPlan("skip", [first], state, notice=STALE_APPROVAL_NOTICE)
-        decision = ApprovalDecisionRecord(approval.interrupt_id, approval.approved, approval.reason)
-        return TurnPlan("resume", [first], state, resume=decision)
-    if approval is not None:
+        return TurnPlan("resume", [first], state, resume=ResumeRecord(answers, answer_of(first.message)))
+    if answers is not None:
         return TurnPlan("skip", [first], state, notice=NOTHING_PENDING_NOTICE)
     if state.policy in ("merge", "interrupt"):
         batch: list[InboxEntry] = []
         for entry in pending:
-            if entry.message.approval is not None:
+            if entry.message.answers is not None:
                 break
             batch.append(entry)
-        return TurnPlan("turn", batch, state, texts=[e.message.text for e in batch])
-    return TurnPlan("turn", [first], state, texts=[first.message.text])
+        return TurnPlan("turn", batch, state)
+    return TurnPlan("turn", [first], state)
+
+
+def answer_of(message: InboundMessage) -> object:
+    """The value an answer message resumes its interrupt with: ``{"approved", "reason"}``
+    for an approval, the JSON value of a ``resume``."""
+    if message.approval is not None:
+        return {"approved": message.approval.approved, "reason": message.approval.reason}
+    if message.resume is not None:
+        return message.resume.value
+    raise ValueError(f"message {message.message_id} answers no interrupt")
 
 
 ErrorClass = Literal["retry", "permanent", "lease_lost"]

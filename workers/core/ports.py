@@ -187,6 +187,13 @@ class SpanHandle(Protocol):
     def set_attributes(self, attributes: dict[str, Any]) -> None: ...
 
 
+class OpenSpan(SpanHandle, Protocol):
+    """A span started with ``Tracer.start_span``: it ends when ``end`` is called."""
+
+    def end(self, error: BaseException | None = None) -> None:
+        """End the span; with ``error``, record it and mark the span failed."""
+
+
 class Tracer(Protocol):
     """One trace per turn (root span AGENT) with child spans; MLflow in the adapters."""
 
@@ -197,6 +204,13 @@ class Tracer(Protocol):
     def span(
         self, name: str, *, kind: str, inputs: Any = None
     ) -> AbstractContextManager[SpanHandle]: ...
+
+    def start_span(
+        self, name: str, *, kind: str, inputs: Any = None, parent: OpenSpan | None = None
+    ) -> OpenSpan:
+        """A child of ``parent`` (else of the current span) that does not become the current
+        span and ends by its ``end``: for callbacks that open and close a span in separate
+        calls (model and tool calls of the app's graph). A no-op span outside a turn."""
 
 
 class TurnAgent(Protocol):
@@ -225,6 +239,9 @@ class NullSpan:
     def set_attributes(self, attributes: dict[str, Any]) -> None:
         return None
 
+    def end(self, error: BaseException | None = None) -> None:
+        return None
+
 
 class NullTracer:
     """A tracer that records nothing (tracing disabled, unit tests)."""
@@ -236,3 +253,8 @@ class NullTracer:
     @contextmanager
     def span(self, name: str, *, kind: str, inputs: Any = None) -> Iterator[SpanHandle]:
         yield NullSpan()
+
+    def start_span(
+        self, name: str, *, kind: str, inputs: Any = None, parent: OpenSpan | None = None
+    ) -> OpenSpan:
+        return NullSpan()

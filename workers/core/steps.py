@@ -21,14 +21,22 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from events.inbound import DoubleTextingPolicy, InboundMessage, new_id
-from events.outbound import ApprovalRequest, Notice, OutboxPayload, Reply, ReplyChunk
+from events.outbound import (
+    ApprovalRequest,
+    InterruptRequest,
+    Notice,
+    OutboxPayload,
+    Reply,
+    ReplyChunk,
+)
 from events.workflow import FinishResult, RunRef, StepResult, TurnOutcome
 from workers.core.model import (
     AcceptResult,
     ConversationState,
     ConversationStatus,
     OutboxEntry,
-    PendingApproval,
+    PendingInterrupt,
+    PendingRequest,
     PendingWork,
     TurnCommit,
     TurnOutput,
@@ -45,14 +53,16 @@ from workers.core.ports import (
     TurnAgent,
     WorkflowStarter,
 )
-from workers.errors import LeaseLost, PermanentError, RetryableError
+from workers.errors import (
+    LeaseLost,
+    NotFound,
+    NotWaiting,
+    PermanentError,
+    RetryableError,
+    TurnSuperseded,
+)
 
 log = logging.getLogger(__name__)
-
-
-class TurnSuperseded(Exception):
-    """The inbox moved during an ``interrupt``-policy turn: discard it and re-claim."""
-
 
 @dataclass(frozen=True)
 class TurnSettings:
@@ -90,7 +100,13 @@ class Deps:
 
 
 def accept_message(deps: Deps, msg: InboundMessage) -> AcceptResult:
-    """Append ``msg`` to its inbox (deduplicated) and start a run if none holds the lease."""
+    """Append ``msg`` to its inbox (deduplicated) and start a run if none holds the lease.
+
+    An answer (an approval or a resume value) is accepted only while the conversation waits
+    for exactly that interrupt: ``NotFound`` for an unknown conversation, ``NotWaiting``
+    otherwise, and nothing is written."""
+    if msg.answers is not None:
+        check_waiting(deps.store.get_conversation(msg.conversation_id), msg)
     result = deps.store.append_inbox(
         msg,
         now=deps.clock.now(),
@@ -101,12 +117,30 @@ def accept_message(deps: Deps, msg: InboundMessage) -> AcceptResult:
         return result
     if result.lease is not None:
         deps.starter.start(RunRef(conversation_id=msg.conversation_id, token=result.lease.token))
-    elif msg.kind == "approval":
+    elif msg.answers is not None:
         # A Standard run may be waiting inside its execution for exactly this decision.
         state = deps.store.get_conversation(msg.conversation_id)
         if state is not None and state.approval_task_token:
             deps.starter.resume(state.approval_task_token)
     return result
+
+
+def check_waiting(state: ConversationState | None, msg: InboundMessage) -> None:
+    """Refuse an answer that its conversation does not wait for (``NotFound``,
+    ``NotWaiting``). A race with a turn that ends the wait meanwhile is still safe: the
+    planned turn then skips the answer with a notice."""
+    cid = msg.conversation_id
+    if state is None:
+        raise NotFound(f"conversation_id: no conversation {cid!r}", field="conversation_id")
+    waiting = state.pending_approval if state.status == "awaiting_approval" else None
+    if waiting is None:
+        raise NotWaiting(f"conversation {cid!r} is not waiting for an answer", field="interrupt_id")
+    if waiting.interrupt_id != msg.answers:
+        raise NotWaiting(
+            f"conversation {cid!r} waits for interrupt {waiting.interrupt_id!r},"
+            f" not {msg.answers!r}",
+            field="interrupt_id",
+        )
 
 
 def hold_for_approval(deps: Deps, run: RunRef, task_token: str) -> None:
@@ -214,7 +248,7 @@ def advance_turn(deps: Deps, claim: Claim, *, deliver_now: bool = True) -> Turn:
         "message_ids": ",".join(plan.message_ids),
         "channel": _channel(plan),
     }
-    with deps.tracer.turn("turn", tags=tags, inputs={"texts": plan.texts}) as span:
+    with deps.tracer.turn("turn", tags=tags, inputs=_trace_inputs(plan)) as span:
         # The claim's reads happened before the turn was known: their time, not a span.
         span.set_attributes({"store.claim_ms": round(claim.read_ms, 3)})
         outcome, status, entries = _advance(deps, claim, plan, turn_id, span)
@@ -227,6 +261,13 @@ def advance_turn(deps: Deps, claim: Claim, *, deliver_now: bool = True) -> Turn:
             turn_id=turn_id,
             deliver=deliver_now,
         )
+
+
+def _trace_inputs(plan: TurnPlan) -> dict[str, object]:
+    """What the turn's trace shows as its input: the texts, or the answer it resumes with."""
+    if plan.resume is not None:
+        return {"resume": plan.resume.value, "interrupt_id": plan.resume.interrupt_id}
+    return {"texts": plan.texts}
 
 
 def _delivered(
@@ -278,10 +319,11 @@ def _advance(
         conversation_id=cid,
         turn_id=turn_id,
         channel=_channel(plan),
-        texts=plan.texts,
+        inputs=plan.inputs,
         resume=plan.resume,
         checkpoint=claim.work.checkpoint,
         history=claim.work.history,
+        message_ids=plan.message_ids,
     )
     try:
         output = deps.agent.run_turn(
@@ -309,10 +351,15 @@ def _advance(
             "cost_usd": _cost(deps.settings, output),
         }
     )
-    span.set_outputs(
-        {"reply": output.reply_text, "approval": output.approval.tool if output.approval else None}
-    )
-    return ("awaiting_approval" if output.approval else "replied"), commit.status, entries
+    span.set_outputs({"reply": output.reply_text, "interrupt": _interrupt_of(output)})
+    return ("awaiting_approval" if output.interrupt else "replied"), commit.status, entries
+
+
+def _interrupt_of(output: TurnOutput) -> object:
+    pending = output.interrupt
+    if pending is None:
+        return None
+    return {"tool": pending.approval.tool} if pending.approval else {"value": pending.value}
 
 
 def _cost(settings: TurnSettings, output: TurnOutput) -> float:
@@ -348,7 +395,7 @@ def _commit_unchanged(deps: Deps, run: RunRef, plan: TurnPlan, notice: Notice) -
 def _turn_commit(run: RunRef, plan: TurnPlan, turn_id: str, output: TurnOutput) -> TurnCommit:
     cid = run.conversation_id
     outbox: list[OutboxPayload] = []
-    approval: ApprovalRequest | None = None
+    request: PendingRequest | None = None
     if output.reply_text is not None:
         outbox.append(
             Reply(
@@ -359,31 +406,42 @@ def _turn_commit(run: RunRef, plan: TurnPlan, turn_id: str, output: TurnOutput) 
                 usage=output.usage,
             )
         )
-    if output.approval is not None:
-        approval = _approval_request(cid, turn_id, plan.message_ids, output.approval)
-        outbox.append(approval)
+    if output.interrupt is not None:
+        request = _pending_request(cid, turn_id, plan.message_ids, output.interrupt)
+        outbox.append(request)
     return TurnCommit(
         token=run.token,
         consumed=plan.seqs,
-        status="awaiting_approval" if approval else "idle",
+        status="awaiting_approval" if request else "idle",
         checkpoint=output.checkpoint,
         log=output.log,
         outbox=outbox,
-        pending_approval=approval,
+        pending_approval=request,
         expect_inbox_seq=plan.inbox_seq if plan.state.policy == "interrupt" else None,
     )
 
 
-def _approval_request(
-    cid: str, turn_id: str, message_ids: list[str], pending: PendingApproval
-) -> ApprovalRequest:
-    return ApprovalRequest(
+def _pending_request(
+    cid: str, turn_id: str, message_ids: list[str], pending: PendingInterrupt
+) -> PendingRequest:
+    """The outbox payload of the interrupt a turn stopped at: approve/deny buttons for a
+    tool approval, else the interrupt's JSON value."""
+    if pending.approval is not None:
+        return ApprovalRequest(
+            conversation_id=cid,
+            turn_id=turn_id,
+            in_reply_to=message_ids,
+            interrupt_id=pending.interrupt_id,
+            tool=pending.approval.tool,
+            args=dict(pending.approval.args),
+            text=pending.approval.text,
+        )
+    return InterruptRequest(
         conversation_id=cid,
         turn_id=turn_id,
         in_reply_to=message_ids,
         interrupt_id=pending.interrupt_id,
-        tool=pending.tool,
-        args=dict(pending.args),
+        value=pending.value,  # type: ignore[arg-type]  # checked JSON by the agent
         text=pending.text,
     )
 

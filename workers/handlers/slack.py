@@ -39,8 +39,9 @@ from events.inbound import (
 )
 from events.outbound import validation_problem
 from workers import bootstrap
-from workers.adapters.aws.slack import InvalidSlackSignature, verify_slack_request
+from workers.adapters.aws.slack import verify_slack_request
 from workers.core.steps import accept_message
+from workers.errors import InvalidSlackSignature
 from workers.handlers.http import error_response, json_response
 from workers.handlers.observability import logger, metrics
 

@@ -13,53 +13,19 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from workers.adapters.aws.errors import NETWORK_ERRORS, map_aws_error
-from workers.errors import PermanentError, RetryableError
+from workers.errors import (
+    ConditionFailed,
+    Item,
+    PermanentError,
+    RetryableError,
+    TransactionCancelled,
+)
+
+__all__ = ["AwsCalls", "ConditionFailed", "Item", "TransactionCancelled"]
 
 # Codes of one TransactWriteItems cancellation reason.
 _RETRYABLE_REASONS = frozenset({"ThrottlingError", "ProvisionedThroughputExceeded"})
 _PERMANENT_REASONS = frozenset({"ValidationError", "ItemCollectionSizeLimitExceeded"})
-
-Item = dict[str, Any]
-"""A DynamoDB item in the low-level client's typed form (``{"name": {"S": "value"}}``)."""
-
-
-class ConditionFailed(Exception):
-    """A single-item write's condition was false; ``item`` is the old item, if any."""
-
-    def __init__(self, item: Item | None) -> None:
-        super().__init__("conditional check failed")
-        self.item = item
-
-
-class TransactionCancelled(RetryableError):
-    """A ``TransactWriteItems`` was cancelled by conditions or conflicts (nothing written).
-
-    Callers that read the reasons catch it; where none does, a conflict is worth a retry.
-    """
-
-    def __init__(self, reasons: list[dict[str, Any]]) -> None:
-        super().__init__("transaction cancelled: " + ", ".join(r.get("Code", "?") for r in reasons))
-        self.reasons = reasons
-
-    def failed(self, index: int) -> bool:
-        """Whether the condition of the ``index``-th action was false."""
-        return self._code(index) == "ConditionalCheckFailed"
-
-    def item(self, index: int) -> Item | None:
-        """The old item of the ``index``-th action (asked with ``ALL_OLD``), if it existed."""
-        if index >= len(self.reasons):
-            return None
-        item: Item | None = self.reasons[index].get("Item")
-        return item
-
-    def failed_indexes(self) -> list[int]:
-        return [i for i in range(len(self.reasons)) if self.failed(i)]
-
-    def _code(self, index: int) -> str:
-        if index >= len(self.reasons):
-            return ""
-        return str(self.reasons[index].get("Code", ""))
-
 
 class AwsCalls:
     """Invokes client operations, counting each one (``counts["dynamodb.get_item"]``).

@@ -38,8 +38,7 @@ from workers.adapters.aws.tables import (
     seq_sk,
 )
 from workers.core.model import LogEntry, TurnCommit
-from workers.core.steps import TurnSuperseded
-from workers.errors import LeaseLost
+from workers.errors import LeaseLost, TurnSuperseded
 
 Action = tuple[str, Any]
 """What one action of the transaction writes: ``("consumed", seq)``, ``("log", message_id)``."""

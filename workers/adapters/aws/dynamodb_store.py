@@ -103,8 +103,7 @@ from workers.core.model import (
     TurnCommit,
 )
 from workers.core.policies import REJECTED_NOTICE
-from workers.core.steps import TurnSuperseded
-from workers.errors import LeaseLost, NotFound, PermanentError, RetryableError
+from workers.errors import LeaseLost, NotFound, PermanentError, RetryableError, TurnSuperseded
 
 _OUTBOX = TypeAdapter[OutboxPayload](OutboxPayload)
 _POLICY = TypeAdapter[DoubleTextingPolicy](DoubleTextingPolicy)

@@ -35,7 +35,7 @@ from events.inbound import (
 )
 from events.outbound import ApprovalRequest, Notice, OutboxPayload, ReplyChunk
 from workers.adapters.aws.errors import map_aws_error
-from workers.errors import ConfigError, PermanentError, RetryableError
+from workers.errors import ConfigError, InvalidSlackSignature, PermanentError, RetryableError
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,6 @@ RETRYABLE_SLACK_ERRORS = frozenset(
 )
 """Web API ``error`` codes worth retrying; every other code (``invalid_auth``,
 ``channel_not_found``, ``not_in_channel``, ``is_archived``, ...) is permanent."""
-
-
-class InvalidSlackSignature(PermanentError):
-    """A request that Slack did not sign with our signing secret, or signed too long ago."""
 
 
 def slack_signature(signing_secret: str, timestamp: str, body: bytes) -> str:

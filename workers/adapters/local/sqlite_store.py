@@ -32,8 +32,7 @@ from workers.core.model import (
     TurnCommit,
 )
 from workers.core.policies import REJECTED_NOTICE
-from workers.core.steps import TurnSuperseded
-from workers.errors import LeaseLost, NotFound
+from workers.errors import LeaseLost, NotFound, TurnSuperseded
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (

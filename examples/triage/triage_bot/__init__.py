@@ -1,0 +1,1 @@
+"""A triage bot: classifies each request, asks when it cannot tell, keeps a running summary."""
