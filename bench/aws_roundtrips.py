@@ -46,7 +46,7 @@ from bench.common import (
 from events.inbound import InboundMessage
 from events.workflow import RunRef
 from workers.adapters.aws.dynamodb_store import DynamoDBConversationStore
-from workers.adapters.aws.emulator import load_definition
+from workers.sandbox.emulator import load_definition
 from workers.adapters.aws.tables import DynamoDBTableSpec
 from workers.adapters.clock import SystemClock
 from workers.bootstrap import build_agent, turn_settings

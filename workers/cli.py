@@ -228,7 +228,7 @@ def _nothing_to_decide() -> int:
 
 def _send_to_sandbox(args: argparse.Namespace) -> int:
     from workers.errors import SandboxNotRunning
-    from workers.sandbox import SandboxClient, build_message, read_state
+    from workers.sandbox.server import SandboxClient, build_message, read_state
 
     settings = _settings(args, state_dir="state_dir")
     try:
@@ -316,7 +316,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 def cmd_sandbox(args: argparse.Namespace) -> int:
     settings = _settings(args, state_dir="state_dir")
     from workers.observability import configure_logging
-    from workers.sandbox import SandboxOptions, serve_sandbox
+    from workers.sandbox.server import SandboxOptions, serve_sandbox
 
     configure_logging(settings.log_level)
     options = SandboxOptions(

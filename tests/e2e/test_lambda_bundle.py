@@ -19,7 +19,7 @@ import pytest
 from events.inbound import InboundMessage
 from tests.fakes import RecordingSink, RecordingStarter, ScriptedAgent
 from tests.functional.server_process import mlflow_server_process, traces_of
-from workers.adapters.aws.converse_stub import ConverseStubServer
+from workers.sandbox.converse_stub import ConverseStubServer
 from workers.adapters.aws.dynamodb_store import DynamoDBConversationStore
 from workers.adapters.aws.tables import DynamoDBTableSpec
 from workers.adapters.clock import SystemClock

@@ -15,8 +15,8 @@ import moto
 import pytest
 
 from workers import bootstrap
-from workers.adapters.aws.converse_stub import ConverseStubServer
-from workers.adapters.aws.emulator import (
+from workers.sandbox.converse_stub import ConverseStubServer
+from workers.sandbox.emulator import (
     MOTO_CONFIG,
     LambdaContextStub,
     SqsPoller,

@@ -28,7 +28,7 @@ from pydantic import SecretStr
 from urllib3.exceptions import ReadTimeoutError as StreamReadTimeoutError
 
 from tests.fakes import InMemoryConversationStore, ManualClock
-from workers.adapters.aws.converse_stub import (
+from workers.sandbox.converse_stub import (
     ConverseStubServer,
     Reply,
     ToolUse,

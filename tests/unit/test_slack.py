@@ -25,7 +25,7 @@ from tests.fakes import (
 )
 from tests.functional.slack_env import SIGNING_SECRET, slack_fixture, slack_request
 from workers import bootstrap
-from workers.adapters.aws.emulator import LambdaContextStub
+from workers.sandbox.emulator import LambdaContextStub
 from workers.adapters.aws.slack import (
     InvalidSlackSignature,
     SlackReplySink,

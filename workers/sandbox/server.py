@@ -35,7 +35,7 @@ from workers.config import Settings
 from workers.errors import AgentWorkerError, ConfigError, PermanentError, SandboxNotRunning
 
 if TYPE_CHECKING:
-    from workers.adapters.aws.emulator import Handler, Stack
+    from workers.sandbox.emulator import Handler, Stack
 
 REGION = "us-east-1"
 DUMMY_CREDENTIAL = "testing"
@@ -171,7 +171,7 @@ def _start_event_sources(
 ) -> None:
     """What invokes Lambda on AWS besides the workflow: the inbound queue's event source
     mapping (``ingest``) and the every-minute schedule (``sweeper``)."""
-    from workers.adapters.aws.emulator import ScheduledInvoker, SqsPoller, queue_arn
+    from workers.sandbox.emulator import ScheduledInvoker, SqsPoller, queue_arn
 
     poller = SqsPoller(sqs, stack.queue_url, queue_arn(sqs, stack.queue_url), handlers["ingest"])
     poller.start()
@@ -223,7 +223,7 @@ def _point_handlers_at(endpoint_url: str, stack_environment: dict[str, str]) -> 
 
 
 def _start_bedrock_stub(resources: ExitStack) -> None:
-    from workers.adapters.aws.converse_stub import ConverseStubServer
+    from workers.sandbox.converse_stub import ConverseStubServer
 
     stub = resources.enter_context(ConverseStubServer())
     os.environ["AGENTWORKER_MODEL"] = f"bedrock:{STUB_MODEL_ID}"
@@ -351,7 +351,7 @@ class SandboxClient:
         (an SNS filter on the ``conversation_id`` attribute), removed afterwards. Clients that
         wait at once on one shared queue hold each other's replies (each hides the other's
         from the other) and can starve behind unread ones; their own queues cannot."""
-        from workers.adapters.aws.emulator import subscribe_queue, unsubscribe_queue
+        from workers.sandbox.emulator import subscribe_queue, unsubscribe_queue
 
         with _reaching(self.state):
             subscription = subscribe_queue(
