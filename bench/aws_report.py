@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.common import fmt, render_table
-from bench.report import human_bytes
+from bench.common import fmt, human_bytes, render_table
 
 MB = 1024 * 1024
 

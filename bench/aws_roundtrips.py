@@ -46,13 +46,13 @@ from bench.common import (
 from events.inbound import InboundMessage
 from events.workflow import RunRef
 from workers.adapters.aws.dynamodb_store import DynamoDBConversationStore
-from workers.sandbox.emulator import load_definition
 from workers.adapters.aws.tables import DynamoDBTableSpec
 from workers.adapters.clock import SystemClock
 from workers.bootstrap import build_agent, turn_settings
 from workers.config import load_settings
 from workers.core.ports import NullTracer
 from workers.core.steps import Deps, accept_message, deliver, drive_run
+from workers.sandbox.emulator import load_definition
 
 OURS_TABLE = "bench-ours"
 OURS_BUCKET = "bench-ours-blobs"

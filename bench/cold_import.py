@@ -33,8 +33,8 @@ from events.inbound import InboundMessage
 from workers.adapters.aws.dynamodb_store import DynamoDBConversationStore
 from workers.adapters.aws.tables import DynamoDBTableSpec
 from workers.adapters.clock import SystemClock
-from workers.core.model import TurnOutput, TurnRequest
-from workers.core.ports import NullTracer, Tracer
+from workers.bootstrap import NoAgent
+from workers.core.ports import NullTracer
 from workers.core.steps import Deps, accept_message
 
 HANDLERS = (
@@ -127,11 +127,6 @@ def _sample(module: str) -> dict[str, Any]:
     return result
 
 
-class _NoAgent:
-    def run_turn(self, request: TurnRequest, *, on_chunk: Any, tracer: Tracer) -> TurnOutput:
-        raise RuntimeError("the seeding process runs no turn")
-
-
 def _seed(url: str, n: int) -> list[dict[str, Any]]:
     """``n`` conversations with one accepted message each and its lease: the runs the cold
     ``turn`` processes bind and step."""
@@ -144,7 +139,7 @@ def _seed(url: str, n: int) -> list[dict[str, Any]]:
         dynamodb=ddb, table_name=COLD_TABLE, s3=s3, bucket=COLD_BUCKET
     )
     starter = RecordingStarter()
-    deps = Deps(store, _NoAgent(), _Sink(), starter, SystemClock(), NullTracer())
+    deps = Deps(store, NoAgent(), _Sink(), starter, SystemClock(), NullTracer())
     runs = []
     for i in range(n):
         msg = InboundMessage(conversation_id=f"bench-cold-{i}", text="message 1 about my order")

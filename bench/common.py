@@ -324,3 +324,14 @@ def plain_chat_graph(checkpointer: Any) -> Any:
 def text_of_turn(turn: int) -> str:
     """The same plain user text for both sides of a comparison (no tool calls)."""
     return f"message {turn} about my order"
+
+
+def human_bytes(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024 or unit == "GiB":
+            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
+        size /= 1024
+    return f"{size:,.1f} GiB"

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.common import fmt, render_table
+from bench.common import fmt, human_bytes, render_table
 
 PACKAGES = (
     "langgraph",
@@ -63,17 +63,6 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def human_bytes(value: float | None) -> str:
-    if value is None:
-        return "n/a"
-    size = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(size) < 1024 or unit == "GiB":
-            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
-        size /= 1024
-    return f"{size:,.1f} GiB"
-
-
 def render(results: dict[str, Any]) -> str:
     env = results["environment"]
     parts = [
@@ -88,7 +77,7 @@ def render(results: dict[str, Any]) -> str:
     if "storage" in results:
         parts.append(_storage(results["storage"]))
     if any(k in results for k in ("aws_roundtrips", "cold_import", "bundle_size", "aws_cost")):
-        from bench import aws_report  # imports this module: import it late
+        from bench import aws_report
 
         if "aws_roundtrips" in results:
             parts.append(aws_report.render_roundtrips(results["aws_roundtrips"]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError
 
 from events.inbound import new_id, utcnow
 
@@ -89,6 +89,12 @@ class InterruptRequest(BaseModel):
 
 PendingRequest = Annotated[ApprovalRequest | InterruptRequest, Field(discriminator="type")]
 """What a conversation waits for: a tool approval or the answer to an ``interrupt()``."""
+_PENDING = TypeAdapter[ApprovalRequest | InterruptRequest](PendingRequest)
+
+
+def parse_pending_request(raw: str | bytes) -> ApprovalRequest | InterruptRequest:
+    """A stored pending request (its JSON, as the stores keep it)."""
+    return _PENDING.validate_json(raw)
 
 
 class Notice(BaseModel):
@@ -141,6 +147,24 @@ class ConversationView(BaseModel):
     the answer to an ``interrupt()``."""
     messages: list[MessageView]
     replies: list[OutboxView]
+
+
+class PendingInterruptView(BaseModel):
+    interrupt_id: str
+    value: JsonValue
+
+
+class GraphStateView(BaseModel):
+    """A conversation's graph state (``GET /v1/conversations/{id}/state``): what its next
+    turn starts from. ``values`` holds every channel but ``messages`` as JSON (other objects
+    as text); ``messages`` counts the messages the next turn sees."""
+
+    conversation_id: str
+    checkpoint_id: str | None
+    values: dict[str, JsonValue]
+    messages: int
+    next: list[str] = Field(description="Nodes the graph runs next (while interrupted)")
+    interrupts: list[PendingInterruptView]
 
 
 class AcceptedView(BaseModel):

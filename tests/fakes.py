@@ -3,13 +3,14 @@ same contract suite as the real backends (tests/contract), so it cannot drift fr
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from events.inbound import DoubleTextingPolicy, InboundMessage
-from events.outbound import Notice, OutboxPayload, ReplyChunk, TokenUsage
+from events.outbound import GraphStateView, Notice, OutboxPayload, ReplyChunk, TokenUsage
 from events.workflow import RunRef
 from workers.core.model import (
     AcceptResult,
@@ -434,7 +435,9 @@ class ScriptedAgent:
         self.requests.append(request)
         if self.hook is not None:
             self.hook(request)
-        text = " + ".join(request.texts) if request.texts else f"resumed {request.resume}"
+        text = " + ".join(request.texts)
+        if request.resume is not None:
+            text = f"resumed {request.resume.interrupt_id} with {json.dumps(request.resume.value)}"
         if on_chunk is not None:
             on_chunk(text)
         if "approve-me" in text or "ask-me" in text:
@@ -457,4 +460,16 @@ class ScriptedAgent:
             reply_text=f"echo {text}",
             interrupt=None,
             usage=TokenUsage(input_tokens=3, output_tokens=2),
+        )
+
+    def inspect(
+        self, conversation_id: str, checkpoint: bytes | None, history: Sequence[LogEntry]
+    ) -> GraphStateView:
+        return GraphStateView(
+            conversation_id=conversation_id,
+            checkpoint_id=None if checkpoint is None else checkpoint.decode(),
+            values={},
+            messages=len(history),
+            next=[],
+            interrupts=[],
         )

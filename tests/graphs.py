@@ -145,7 +145,8 @@ def send_fanout_graph() -> StateGraph[Any, Any, Any, Any]:
 
     graph = StateGraph(FanState)
     graph.add_node("split", split)
-    graph.add_node("work", work)
+    worker: Any = work  # takes a Send's payload, not the graph's state
+    graph.add_node("work", worker)
     graph.add_node("join", join)
     graph.add_edge(START, "split")
     graph.add_conditional_edges("split", fan, ["work"])

@@ -140,7 +140,9 @@ class PlainConversation:
     def __post_init__(self) -> None:
         self.compiled = self.graph.compile(checkpointer=InMemorySaver())
 
-    def turn(self, text: str = "", *, resume: Any = None, texts: list[str] | None = None) -> Outcome:
+    def turn(
+        self, text: str = "", *, resume: Any = None, texts: list[str] | None = None
+    ) -> Outcome:
         config = {"configurable": {"thread_id": self.thread}}
         self.n += 1
         graph_input: Any
@@ -148,7 +150,9 @@ class PlainConversation:
             graph_input = Command(resume={self.pending[0].id: resume})
         else:
             graph_input = {
-                "messages": [HumanMessage(t, id=f"m{self.n}-{i}") for i, t in enumerate(texts or [text])]
+                "messages": [
+                    HumanMessage(t, id=f"m{self.n}-{i}") for i, t in enumerate(texts or [text])
+                ]
             }
         before = {m.id for m in self.values().get("messages", [])}
         # ainvoke drives plain and async nodes alike

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from events.workflow import RunRef
@@ -13,6 +14,7 @@ from workers.errors import ConfigError
 
 if TYPE_CHECKING:
     from workers.adapters.aws.slack import SlackCredentials
+    from workers.adapters.local.runtime import EmbeddedRuntime
 
 
 def turn_settings(settings: Settings) -> TurnSettings:
@@ -71,34 +73,67 @@ def _read_prompt(settings: Settings) -> str | None:
     try:
         return settings.prompt.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"prompt {settings.prompt} ({settings.source('prompt')}): {exc}") from None
+        raise ConfigError(
+            f"prompt {settings.prompt} ({settings.source('prompt')}): {exc}"
+        ) from None
 
 
-def build_embedded(settings: Settings, *, model: Any = None, tracer: Tracer | None = None) -> Any:
-    """The embedded runtime on the running event loop (call from async code)."""
+def prepare_embedded(
+    settings: Settings, *, model: Any = None, tracer: Tracer | None = None
+) -> Callable[[], EmbeddedRuntime]:
+    """Build what the embedded runtime needs before it starts (the store, the model and the
+    app's graph, the tracer: a bad setting fails here, before anything is served); the
+    returned function assembles the runtime on the running event loop."""
     from workers.adapters.clock import SystemClock
-    from workers.adapters.local.hub import LocalHub, LocalReplySink
-    from workers.adapters.local.runtime import EmbeddedRuntime, LocalWorkflowStarter
+    from workers.adapters.local.runtime import take_state_lock
     from workers.adapters.local.sqlite_store import SqliteConversationStore
 
-    loop = asyncio.get_running_loop()
     clock = SystemClock()
+    lock = take_state_lock(settings.state_dir)
     store = SqliteConversationStore(settings.db_path)
-    hub = LocalHub(loop)
-    queue: asyncio.Queue[RunRef] = asyncio.Queue()
-    starter = LocalWorkflowStarter(loop, queue)
-    deps = Deps(
-        store=store,
-        agent=build_agent(settings, store, clock, model),
-        sink=LocalReplySink(hub),
-        starter=starter,
-        clock=clock,
-        tracer=tracer if tracer is not None else build_tracer(settings),
-        settings=turn_settings(settings),
-    )
-    return EmbeddedRuntime(
-        settings=settings, store=store, deps=deps, hub=hub, queue=queue, starter=starter
-    )
+    try:
+        agent = build_agent(settings, store, clock, model)
+        traces = tracer if tracer is not None else build_tracer(settings)
+    except BaseException:
+        store.close()
+        lock.close()
+        raise
+
+    def assemble() -> EmbeddedRuntime:
+        from workers.adapters.local.hub import LocalHub, LocalReplySink
+        from workers.adapters.local.runtime import EmbeddedRuntime, LocalWorkflowStarter
+
+        loop = asyncio.get_running_loop()
+        hub = LocalHub(loop)
+        queue: asyncio.Queue[RunRef] = asyncio.Queue()
+        starter = LocalWorkflowStarter(loop, queue)
+        deps = Deps(
+            store=store,
+            agent=agent,
+            sink=LocalReplySink(hub),
+            starter=starter,
+            clock=clock,
+            tracer=traces,
+            settings=turn_settings(settings),
+        )
+        return EmbeddedRuntime(
+            settings=settings,
+            store=store,
+            deps=deps,
+            hub=hub,
+            queue=queue,
+            starter=starter,
+            lock_file=lock,
+        )
+
+    return assemble
+
+
+def build_embedded(
+    settings: Settings, *, model: Any = None, tracer: Tracer | None = None
+) -> EmbeddedRuntime:
+    """The embedded runtime on the running event loop (call from async code)."""
+    return prepare_embedded(settings, model=model, tracer=tracer)()
 
 
 # AWS runtime -------------------------------------------------------------------------------
@@ -106,12 +141,15 @@ def build_embedded(settings: Settings, *, model: Any = None, tracer: Tracer | No
 _AWS_DEPS: dict[bool, Deps] = {}
 
 
-class _NoAgent:
+class NoAgent:
     """The agent of functions that never run a turn (ingest, deliver, sweeper): building the
     real one would import LangGraph and slow their cold start."""
 
     def run_turn(self, request: Any, *, on_chunk: Any, tracer: Tracer) -> Any:
         raise ConfigError("this function was built without the agent; only 'turn' runs turns")
+
+    def inspect(self, conversation_id: str, checkpoint: Any, history: Any) -> Any:
+        raise ConfigError("this function was built without the agent; only 'turn' has it")
 
 
 def aws_deps(*, with_agent: bool = False) -> Deps:
@@ -212,7 +250,7 @@ def build_aws(settings: Settings, *, with_agent: bool, session: Any = None) -> D
         tracer = MlflowTracer(settings.mlflow_tracking_uri, settings.mlflow_experiment)
     return Deps(
         store=store,
-        agent=build_agent(settings, store, clock) if with_agent else _NoAgent(),
+        agent=build_agent(settings, store, clock) if with_agent else NoAgent(),
         sink=FanOutReplySink(sinks),
         starter=StepFunctionsWorkflowStarter(
             session.client("stepfunctions"), settings.state_machine_arn

@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--host", help="bind address (default 127.0.0.1)")
     s.add_argument("--port", type=int, help="port (default 8765)")
     s.add_argument("--state-dir", type=Path, help="state directory (default ./.agentworker)")
-    s.add_argument("--model", help="'offline' (default) or 'bedrock:<model-id>'")
+    _app_arguments(s)
     s.add_argument("--workers", type=int, help="concurrent runs (default 4)")
     s.set_defaults(func=cmd_serve)
 
@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--policy", choices=["enqueue", "merge", "interrupt", "reject"])
     s.add_argument("--approve", action="store_true", help="approve the pending tool call")
     s.add_argument("--deny", action="store_true", help="deny the pending tool call")
+    s.add_argument(
+        "--resume", metavar="JSON", help="answer the pending interrupt() with this JSON value"
+    )
     s.add_argument("--reason", default="", help="reason for --approve/--deny")
     s.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the reply")
     s.add_argument("--no-wait", action="store_true", help="print the message id and return")
@@ -78,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--bedrock-stub", action="store_true", help="serve the model via a local Bedrock stub"
     )
+    _app_arguments(s)
     s.set_defaults(func=cmd_sandbox)
 
     s = sub.add_parser("history", help="print a conversation's messages and replies")
@@ -89,7 +93,13 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="scripted run: two conversations, a tool, an approval")
     s.add_argument("--state-dir", type=Path, help="default: a new temporary directory")
     s.add_argument("--no-tracing", action="store_true", help="skip MLflow traces")
+    _app_arguments(s, model=False)
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("state", help="print a conversation's graph state (its channels)")
+    s.add_argument("-c", "--conversation", required=True)
+    s.add_argument("--url", default=os.environ.get("AGENTWORKER_URL", DEFAULT_URL))
+    s.set_defaults(func=cmd_state)
 
     s = sub.add_parser("traces", help="list the MLflow traces of a conversation")
     s.add_argument("-c", "--conversation", required=True)
@@ -109,6 +119,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _app_arguments(p: argparse.ArgumentParser, *, model: bool = True) -> None:
+    """The app's settings on the command line (over the variables and agentworker.toml)."""
+    p.add_argument(
+        "--graph",
+        help="the app's graph, package.module:attribute (default: the bundled support example)",
+    )
+    p.add_argument("--config", type=Path, help="app file (default: ./agentworker.toml)")
+    if model:
+        p.add_argument("--model", help="'offline' (default) or '<provider>:<model>'")
+
+
+APP_FLAGS = {"graph": "graph", "config": "config", "model": "model"}
+
+
 def _settings(args: argparse.Namespace, **keys: str) -> Settings:
     overrides: dict[str, Any] = {}
     for attr, setting in keys.items():
@@ -123,15 +147,18 @@ def _settings(args: argparse.Namespace, **keys: str) -> Settings:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(
-        args, host="host", port="port", state_dir="state_dir", model="model", workers="workers"
+        args, host="host", port="port", state_dir="state_dir", workers="workers", **APP_FLAGS
     )
     import uvicorn
 
     from workers.adapters.local.server import create_app
+    from workers.bootstrap import prepare_embedded
     from workers.observability import configure_logging
 
     configure_logging(settings.log_level)
-    app = create_app(settings)
+    # The model and the graph are built now: a bad one stops here, before "serving".
+    runtime = prepare_embedded(settings)
+    app = create_app(settings, runtime_factory=lambda _: runtime())
     print(
         f"agentworker: serving on http://{settings.host}:{settings.port}/ "
         f"(model {settings.model}, state {settings.state_dir})",
@@ -166,7 +193,16 @@ def _fail(resp: Any) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    deciding = args.approve or args.deny
+    if sum((bool(args.approve), bool(args.deny), args.resume is not None)) > 1:
+        print("agentworker: give one of --approve, --deny, --resume", file=sys.stderr)
+        return 2
+    if args.resume is not None:
+        try:
+            args.resume_value = json.loads(args.resume)
+        except json.JSONDecodeError as exc:
+            print(f"agentworker: --resume: not JSON: {exc}", file=sys.stderr)
+            return 2
+    deciding = args.approve or args.deny or args.resume is not None
     if not deciding and not args.text:
         print("agentworker: give the message text", file=sys.stderr)
         return 2
@@ -205,7 +241,10 @@ def _message(args: argparse.Namespace, pending: dict[str, Any] | None) -> dict[s
     """The message request ``send`` makes; ``pending`` is the approval request that
     ``--approve``/``--deny`` answer."""
     body: dict[str, Any] = {"sender": "cli"}
-    if pending is not None:
+    if pending is not None and args.resume is not None:
+        body["resume"] = {"interrupt_id": pending["interrupt_id"], "value": args.resume_value}
+        body["dedupe_key"] = f"decision:{pending['interrupt_id']}"
+    elif pending is not None:
         body["approval"] = {
             "interrupt_id": pending["interrupt_id"],
             "approved": bool(args.approve),
@@ -222,7 +261,7 @@ def _message(args: argparse.Namespace, pending: dict[str, Any] | None) -> dict[s
 
 
 def _nothing_to_decide() -> int:
-    print("agentworker: nothing is waiting for approval", file=sys.stderr)
+    print("agentworker: nothing is waiting for an approval or an answer", file=sys.stderr)
     return 1
 
 
@@ -234,7 +273,7 @@ def _send_to_sandbox(args: argparse.Namespace) -> int:
     try:
         client = SandboxClient(read_state(settings.state_dir))
         pending = None
-        if args.approve or args.deny:
+        if args.approve or args.deny or args.resume is not None:
             request = client.pending_approval(args.conversation)
             if request is None:
                 return _nothing_to_decide()
@@ -276,6 +315,8 @@ def _render(payload: dict[str, Any]) -> str:
     if kind == "approval_request":
         args = json.dumps(payload["args"])
         return f"[approval needed] {payload['text']} (tool {payload['tool']} {args})"
+    if kind == "interrupt":
+        return f"[answer needed] {payload['text']} (reply, or send --resume JSON)"
     if kind == "notice":
         return f"[{payload['level']}] {payload['text']}"
     return str(payload["text"])
@@ -301,7 +342,11 @@ def cmd_history(args: argparse.Namespace) -> int:
     )
     events: list[tuple[str, str, str]] = []
     for m in view["messages"]:
-        text = m["text"] if m["kind"] == "user" else ("approved" if m["approved"] else "denied")
+        text = m["text"]
+        if m["kind"] == "approval":
+            text = "approved" if m["approved"] else "denied"
+        elif m["kind"] == "resume":
+            text = f"answered {json.dumps(m['value'])}"
         events.append((m["received_at"], f"> {m['sender']}", f"{text}  [{m['status']}]"))
     for r in view["replies"]:
         events.append((r["payload"]["created_at"], "< agent", _render(r["payload"])))
@@ -310,11 +355,26 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_state(args: argparse.Namespace) -> int:
+    import httpx
+
+    try:
+        with _http(args.url) as client:
+            resp = client.get(f"/v1/conversations/{args.conversation}/state")
+    except httpx.ConnectError:
+        print(f"agentworker: no server at {args.url}", file=sys.stderr)
+        return 1
+    if resp.status_code != 200:
+        return _fail(resp)
+    print(json.dumps(resp.json(), indent=2))
+    return 0
+
+
 # sandbox ----------------------------------------------------------------------------------
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
-    settings = _settings(args, state_dir="state_dir")
+    settings = _settings(args, state_dir="state_dir", **APP_FLAGS)
     from workers.observability import configure_logging
     from workers.sandbox.server import SandboxOptions, serve_sandbox
 
@@ -340,7 +400,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from workers.demo import run_demo
 
     _quiet_mlflow()
-    return asyncio.run(run_demo(args.state_dir, tracing=not args.no_tracing))
+    settings = _settings(args, graph="graph", config="config")
+    return asyncio.run(run_demo(args.state_dir, settings=settings, tracing=not args.no_tracing))
 
 
 # traces -----------------------------------------------------------------------------------
@@ -355,17 +416,11 @@ def cmd_traces(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no traces for conversation {args.conversation!r} in {settings.tracking_uri}")
         return 1
-    print(_table(["trace_id", "start", "ms", "status", "tokens in/out", "run_id", "turn_id"], rows))
+    from workers.tables import text_table
+
+    header = ["trace_id", "start", "ms", "status", "tokens in/out", "run_id", "turn_id"]
+    print(text_table(header, rows))
     return 0
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
-    lines = [
-        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False)) for r in [header, *rows]
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 # schema -----------------------------------------------------------------------------------

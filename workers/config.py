@@ -42,7 +42,8 @@ class Settings(BaseSettings):
         None, description="App file with the app's settings (default: ./agentworker.toml)."
     )
     app_dir: Path | None = Field(
-        None, description="Where the app's package is imported from (default: the app file's"
+        None,
+        description="Where the app's package is imported from (default: the app file's"
         " directory, else the working directory).",
     )
     model: str = Field(

@@ -1,8 +1,11 @@
 """``agentworker demo``: a scripted run of the embedded runtime that checks its own outcome.
 
-Two conversations: ``demo:alice`` chats, has a ticket opened (a tool call), asks to close it
-(a tool needing approval) and approves; ``demo:bob`` double-texts under the ``merge`` policy,
-so two messages become one turn. Prints a summary table; exits 1 if anything went wrong.
+With the bundled support agent, two conversations: ``demo:alice`` chats, has a ticket opened
+(a tool call), asks to close it (a tool needing approval) and approves; ``demo:bob``
+double-texts under the ``merge`` policy, so two messages become one turn. With any other
+graph (``--graph``), alice sends two messages and answers whatever the graph asks (approves
+tool calls, answers ``yes`` to an ``interrupt()``), and bob double-texts as above. Prints a
+summary table; exits 1 if anything went wrong.
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from events.inbound import ApprovalDecision, InboundMessage
-from events.outbound import ApprovalRequest
+from events.inbound import ApprovalDecision, InboundMessage, ResumeAnswer
+from events.outbound import ApprovalRequest, InterruptRequest
 from workers.adapters.local.runtime import EmbeddedRuntime
-from workers.config import load_settings
+from workers.agent.app import DEFAULT_GRAPH, graph_ref
+from workers.config import Settings
 from workers.core.steps import accept_message
 
 ALICE = "demo:alice"
@@ -40,81 +44,122 @@ async def _say(rt: EmbeddedRuntime, msg: InboundMessage) -> Any:
 
 
 def _decision(msg: InboundMessage) -> str:
+    if msg.resume is not None:
+        return f"(answer {msg.resume.value!r})"
     return "(approve)" if msg.approval and msg.approval.approved else "(deny)"
 
 
-async def run_demo(state_dir: Path | None, *, tracing: bool = True) -> int:
+async def run_demo(state_dir: Path | None, *, settings: Settings, tracing: bool = True) -> int:
     from workers.bootstrap import build_embedded
 
     target = state_dir or Path(tempfile.mkdtemp(prefix="agentworker-demo-"))
-    settings = load_settings(state_dir=target, tracing=tracing, workers=2)
-    print(f"agentworker demo: state in {target} (model {settings.model})")
+    settings = settings.model_copy(update={"state_dir": target, "tracing": tracing, "workers": 2})
+    print(
+        f"agentworker demo: state in {target} (graph {graph_ref(settings)}, model {settings.model})"
+    )
     started = time.perf_counter()
     rt: EmbeddedRuntime = build_embedded(settings)
     await rt.start()
     problems: list[str] = []
     try:
-        await _say(
-            rt,
-            InboundMessage(
-                conversation_id=ALICE, text="Hello! I need help with my account.", sender="alice"
-            ),
-        )
-        opened = await _say(
-            rt,
-            InboundMessage(
-                conversation_id=ALICE,
-                text="Please open a ticket about my invoice showing the wrong amount",
-                sender="alice",
-            ),
-        )
-        match = re.search(r"ticket (\d+)", opened.text)
-        if match is None:
-            problems.append("the ticket was not opened")
-            ticket_id = 0
+        if graph_ref(settings) == DEFAULT_GRAPH:
+            await _support_script(rt, problems)
         else:
-            ticket_id = int(match.group(1))
-        ask = await _say(
-            rt,
-            InboundMessage(
-                conversation_id=ALICE, text=f"Please close ticket {ticket_id}", sender="alice"
-            ),
-        )
-        if not isinstance(ask, ApprovalRequest):
-            problems.append("closing the ticket did not ask for approval")
-        else:
-            decision = ApprovalDecision(interrupt_id=ask.interrupt_id, approved=True, reason="ok")
-            await _say(
-                rt,
-                InboundMessage(
-                    conversation_id=ALICE, kind="approval", approval=decision, sender="alice"
-                ),
-            )
-            ticket = rt.store.get_ticket(ticket_id)
-            if ticket is None or ticket.status != "closed":
-                problems.append("the approved change was not applied")
-
-        # A double-text: both messages are in the inbox before the run claims it.
-        texts = ["How do I reset my password?", "Also, what time is it?"]
-        for text in texts:
-            print(f"  {BOB} > {text}")
-            accept_message(
-                rt.deps,
-                InboundMessage(conversation_id=BOB, text=text, sender="bob", policy="merge"),
-            )
-        await rt.wait_idle()
-        bob = await rt.history(BOB)
-        assert bob is not None
-        replies = [e.payload for e in bob.outbox if e.payload.type == "reply"]
-        for reply in replies:
-            print(f"  {BOB} < {reply.text}")
-        if len(replies) != 1 or len(replies[0].in_reply_to) != 2:
-            problems.append(f"merge gave {len(replies)} replies, expected one for both messages")
-
+            await _any_graph_script(rt, problems)
+        await _double_text(rt, problems)
         rows = [_row(rt, cid) for cid in (ALICE, BOB)]
     finally:
         await rt.stop()
-    elapsed = time.perf_counter() - started
+    return _report(settings, rows, problems, time.perf_counter() - started, tracing=tracing)
+
+
+async def _any_graph_script(rt: EmbeddedRuntime, problems: list[str]) -> None:
+    """Two messages; whatever the graph asks is approved or answered ``yes``."""
+    for text in ("Hello! I need some help.", "Thanks. What happens next?"):
+        answer = await _say(rt, InboundMessage(conversation_id=ALICE, text=text, sender="alice"))
+        for _ in range(5):
+            if isinstance(answer, ApprovalRequest):
+                decision = ApprovalDecision(interrupt_id=answer.interrupt_id, approved=True)
+                msg = InboundMessage(
+                    conversation_id=ALICE, kind="approval", approval=decision, sender="alice"
+                )
+            elif isinstance(answer, InterruptRequest):
+                reply = ResumeAnswer(interrupt_id=answer.interrupt_id, value="yes")
+                msg = InboundMessage(
+                    conversation_id=ALICE, kind="resume", resume=reply, sender="alice"
+                )
+            else:
+                break
+            answer = await _say(rt, msg)
+        else:
+            problems.append(f"{text!r} was still waiting for an answer after 5 answers")
+
+
+async def _support_script(rt: EmbeddedRuntime, problems: list[str]) -> None:
+    """Chat, a ticket opened by a tool, a change that needs approval, approved."""
+    await _say(
+        rt,
+        InboundMessage(
+            conversation_id=ALICE, text="Hello! I need help with my account.", sender="alice"
+        ),
+    )
+    opened = await _say(
+        rt,
+        InboundMessage(
+            conversation_id=ALICE,
+            text="Please open a ticket about my invoice showing the wrong amount",
+            sender="alice",
+        ),
+    )
+    match = re.search(r"ticket (\d+)", opened.text)
+    if match is None:
+        problems.append("the ticket was not opened")
+        ticket_id = 0
+    else:
+        ticket_id = int(match.group(1))
+    ask = await _say(
+        rt,
+        InboundMessage(
+            conversation_id=ALICE, text=f"Please close ticket {ticket_id}", sender="alice"
+        ),
+    )
+    if not isinstance(ask, ApprovalRequest):
+        problems.append("closing the ticket did not ask for approval")
+    else:
+        decision = ApprovalDecision(interrupt_id=ask.interrupt_id, approved=True, reason="ok")
+        await _say(
+            rt,
+            InboundMessage(
+                conversation_id=ALICE, kind="approval", approval=decision, sender="alice"
+            ),
+        )
+        ticket = rt.store.get_ticket(ticket_id)
+        if ticket is None or ticket.status != "closed":
+            problems.append("the approved change was not applied")
+
+
+async def _double_text(rt: EmbeddedRuntime, problems: list[str]) -> None:
+    """Both messages are in the inbox before the run claims them: one turn, one reply."""
+    texts = ["How do I reset my password?", "Also, what time is it?"]
+    for text in texts:
+        print(f"  {BOB} > {text}")
+        accept_message(
+            rt.deps,
+            InboundMessage(conversation_id=BOB, text=text, sender="bob", policy="merge"),
+        )
+    await rt.wait_idle()
+    bob = await rt.history(BOB)
+    assert bob is not None
+    replies = [e.payload for e in bob.outbox if e.payload.type != "notice"]
+    for reply in replies:
+        print(f"  {BOB} < {reply.text}")
+    if len(replies) != 1 or len(replies[0].in_reply_to) != 2:
+        problems.append(f"merge gave {len(replies)} answers, expected one for both messages")
+
+
+def _report(
+    settings: Settings, rows: list[list[str]], problems: list[str], elapsed: float, *, tracing: bool
+) -> int:
     header = [
         "conversation",
         "policy",
@@ -131,10 +176,10 @@ async def run_demo(state_dir: Path | None, *, tracing: bool = True) -> int:
         header.append("traces")
         for row in rows:
             row.append(str(len(list_traces(settings, row[0], limit=100))))
-    from workers.cli import _table
+    from workers.tables import text_table
 
     print()
-    print(_table(header, rows))
+    print(text_table(header, rows))
     print(f"\n{sum(int(r[3]) for r in rows)} turns in {elapsed:.2f}s")
     if problems:
         for problem in problems:

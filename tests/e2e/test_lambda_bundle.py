@@ -19,12 +19,12 @@ import pytest
 from events.inbound import InboundMessage
 from tests.fakes import RecordingSink, RecordingStarter, ScriptedAgent
 from tests.functional.server_process import mlflow_server_process, traces_of
-from workers.sandbox.converse_stub import ConverseStubServer
 from workers.adapters.aws.dynamodb_store import DynamoDBConversationStore
 from workers.adapters.aws.tables import DynamoDBTableSpec
 from workers.adapters.clock import SystemClock
 from workers.core.steps import Deps, accept_message
 from workers.packaging import excluded
+from workers.sandbox.converse_stub import ConverseStubServer
 
 ROOT = Path(__file__).parents[2]
 EXCLUDED = sorted(excluded("turn"))

@@ -26,8 +26,15 @@ from langchain_aws import ChatBedrockConverse
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage
 from pydantic import SecretStr
 from urllib3.exceptions import ReadTimeoutError as StreamReadTimeoutError
+from support_agent.graph import system_prompt
 
 from tests.fakes import InMemoryConversationStore, ManualClock
+from tests.turns import Conversation
+from workers.agent.models import map_model_error
+from workers.bootstrap import build_agent
+from workers.config import load_settings
+from workers.core.model import TurnOutput
+from workers.errors import PermanentError, RetryableError
 from workers.sandbox.converse_stub import (
     ConverseStubServer,
     Reply,
@@ -37,13 +44,6 @@ from workers.sandbox.converse_stub import (
     encode_exception,
     reply_events,
 )
-from workers.agent.models import map_model_error
-from workers.agent.prompts import load_system_prompt
-from workers.agent.runner import LangGraphTurnAgent
-from workers.agent.tools import SUPPORT_TOOLS
-from workers.core.model import LogEntry, TurnOutput, TurnRequest
-from workers.core.ports import NullTracer
-from workers.errors import PermanentError, RetryableError
 
 MODEL_ID = "anthropic.claude-3-5-haiku-20241022-v1:0"
 NO_RETRIES = Config(retries={"total_max_attempts": 1}, connect_timeout=5, read_timeout=30)
@@ -451,34 +451,21 @@ def test_boto3_converse_stream_reads_the_events(stub: ConverseStubServer) -> Non
 
 
 class BedrockConversation:
-    """The agent with ``ChatBedrockConverse`` on the stub, fed its log like the core does."""
+    """The support example with ``ChatBedrockConverse`` on the stub, fed its log like the
+    core does."""
 
     def __init__(self, stub: ConverseStubServer, *, streaming: bool) -> None:
         self.tickets = InMemoryConversationStore()
-        self.agent = LangGraphTurnAgent(
-            chat_model(stub),
-            SUPPORT_TOOLS,
-            system_prompt=load_system_prompt("v1"),
-            approval_tools=frozenset({"update_ticket"}),
-            tickets=self.tickets,
-            clock=ManualClock(),
-        )
+        agent = build_agent(load_settings(), self.tickets, ManualClock(), chat_model(stub))
+        self.conversation = Conversation(agent, window=20, conversation_id="ticket:1")
         self.streaming = streaming
-        self.chunks: list[str] = []
-        self.checkpoint: bytes | None = None
-        self.log: list[LogEntry] = []
-        self.n = 0
+
+    @property
+    def chunks(self) -> list[str]:
+        return self.conversation.chunks
 
     def turn(self, text: str) -> TurnOutput:
-        self.n += 1
-        request = TurnRequest(
-            "ticket:1", f"t{self.n}", "api", [text], None, self.checkpoint, self.log[-20:]
-        )
-        on_chunk = self.chunks.append if self.streaming else None
-        out = self.agent.run_turn(request, on_chunk=on_chunk, tracer=NullTracer())
-        self.checkpoint = out.checkpoint
-        self.log.extend(out.log)
-        return out
+        return self.conversation.turn(text, stream=self.streaming)
 
 
 @pytest.mark.parametrize("streaming", [False, True], ids=["invoke", "stream"])
@@ -503,7 +490,7 @@ def test_the_agent_opens_a_ticket_through_bedrock_converse(
         assert "".join(conv.chunks) == out.reply_text
     first, second = stub.requests
     assert [first.streaming, second.streaming] == [streaming, streaming]
-    assert first.system_text == load_system_prompt("v1")
+    assert first.system_text == system_prompt()
     assert "create_ticket" in first.tool_names
     assert first.last_user_text == "The printer is on fire, please open a ticket"
     result = second.messages[-1]["content"][0]["toolResult"]

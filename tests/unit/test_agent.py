@@ -1,123 +1,139 @@
-"""The LangGraph agent with the offline model: tools, approvals, small checkpoints."""
+"""The support example run by the graph runner with the offline model: tools, approvals,
+streaming, flat checkpoints; the model factory and the mapping of model errors."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
-from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
 from tests.fakes import InMemoryConversationStore, ManualClock
+from tests.turns import Conversation
 from workers.agent.models import make_model, map_model_error
 from workers.agent.offline import OfflineChatModel
-from workers.agent.prompts import load_system_prompt
-from workers.agent.runner import LangGraphTurnAgent
-from workers.agent.tools import SUPPORT_TOOLS
-from workers.core.model import ApprovalDecisionRecord, LogEntry, TurnOutput, TurnRequest
-from workers.core.ports import NullTracer
+from workers.agent.runner import GraphTurnAgent
+from workers.agent.saver import StagedCheckpointSaver
+from workers.bootstrap import build_agent
+from workers.config import load_settings
 from workers.errors import ConfigError, PermanentError, RetryableError
 
-CID = "ticket:1"
 
-
-class Conversation:
-    """Feeds each turn the previous checkpoint and log, like the core does."""
-
-    def __init__(self, approval_tools: frozenset[str] = frozenset({"update_ticket"})) -> None:
-        self.tickets = InMemoryConversationStore()
-        self.agent = LangGraphTurnAgent(
-            OfflineChatModel(),
-            SUPPORT_TOOLS,
-            system_prompt=load_system_prompt("v1"),
-            approval_tools=approval_tools,
-            tickets=self.tickets,
-            clock=ManualClock(),
-        )
-        self.checkpoint: bytes | None = None
-        self.log: list[LogEntry] = []
-        self.n = 0
-        self.chunks: list[str] = []
-
-    def turn(
-        self, text: str = "", resume: ApprovalDecisionRecord | None = None, *, commit: bool = True
-    ) -> TurnOutput:
-        self.n += 1
-        request = TurnRequest(
-            CID,
-            f"t{self.n}",
-            "api",
-            [text] if text else [],
-            resume,
-            self.checkpoint,
-            self.log[-20:],
-        )
-        out = self.agent.run_turn(request, on_chunk=self.chunks.append, tracer=NullTracer())
-        if commit:
-            self.checkpoint = out.checkpoint
-            self.log.extend(out.log)
-        return out
+def support(
+    model: Any = None, *, approval_tools: str | None = None, window: int = 20
+) -> tuple[Conversation, InMemoryConversationStore]:
+    """The bundled support example, as ``agentworker serve`` builds it by default."""
+    tickets = InMemoryConversationStore()
+    settings = load_settings(approval_tools=approval_tools)
+    agent = build_agent(settings, tickets, ManualClock(), model or OfflineChatModel())
+    assert isinstance(agent, GraphTurnAgent)
+    return Conversation(agent, window=window, conversation_id="ticket:1"), tickets
 
 
 def test_plain_answer_with_usage_and_streaming() -> None:
-    c = Conversation()
+    c, _ = support()
     out = c.turn("hello")
     assert out.reply_text is not None and "You said: hello" in out.reply_text
-    assert out.usage.input_tokens > 0 and out.usage.output_tokens > 0
+    assert out.usage.input_tokens > 0 and out.usage.output_tokens > 0 and out.model_calls == 1
     assert "".join(c.chunks) == out.reply_text
     assert [e.role for e in out.log] == ["human", "ai"]
+    assert out.log[0].message_id == "m1-0"  # the inbox message's id
 
 
 def test_tool_call_creates_a_ticket() -> None:
-    c = Conversation()
+    c, tickets = support()
     out = c.turn("Please open a ticket about the login page being slow")
     assert out.tool_calls == ["create_ticket"]
-    ticket = c.tickets.get_ticket(1)
+    ticket = tickets.get_ticket(1)
     assert ticket is not None and ticket.subject == "the login page being slow"
+    assert ticket.conversation_id == "ticket:1"
     assert out.reply_text == "Opened ticket 1: 'the login page being slow' (priority normal)."
 
 
-def test_a_retried_turn_repeats_no_side_effect() -> None:
-    c = Conversation()
-    c.turn("open a ticket about X", commit=False)  # e.g. the commit lost the lease
-    c.n = 0  # same turn again, from the same checkpoint
-    c.turn("open a ticket about X")
-    assert c.tickets.get_ticket(2) is None
+class RandomIdsModel(OfflineChatModel):
+    """Like a real model retried after a throttle: new tool-call ids on every call."""
+
+    def _respond(self, messages: list[Any], kwargs: dict[str, Any]) -> AIMessage:
+        reply = super()._respond(messages, kwargs)
+        calls = [{**c, "id": f"call_{random.getrandbits(64):x}"} for c in reply.tool_calls]
+        return AIMessage(
+            content=reply.content,
+            tool_calls=calls,
+            usage_metadata=reply.usage_metadata,
+            id=f"run-{random.getrandbits(64):x}",
+        )
+
+
+def test_a_retried_turn_repeats_no_side_effect_though_the_model_makes_new_ids() -> None:
+    c, tickets = support(RandomIdsModel())
+    first = c.request("open a ticket about X")
+    out1 = c.run(first, commit=False)  # e.g. the commit lost the lease, or a throttle later
+    out2 = c.run(first)  # the same turn again, from the same checkpoint
+    assert out1.reply_text == out2.reply_text == "Opened ticket 1: 'X' (priority normal)."
+    assert tickets.get_ticket(2) is None
+    again = c.turn("open a ticket about X")  # a new message asking again is a new effect
+    assert again.reply_text == "Opened ticket 2: 'X' (priority normal)."
+
+
+def test_identical_calls_in_one_turn_are_distinct_effects() -> None:
+    from workers.agent.sdk import TurnInfo
+
+    info = TurnInfo("c", "t", "api", ("m1",), "ckpt-1")
+    a, b = info.idempotency_key("t", {"x": 1}), info.idempotency_key("t", {"x": 1})
+    assert a != b
+    again = TurnInfo("c", "t2", "api", ("m1",), "ckpt-1")
+    assert again.idempotency_key("t", {"x": 1}) == a  # a retry: another turn id, same keys
+    assert TurnInfo("c", "t", "api", ("m2",), "ckpt-1").idempotency_key("t", {"x": 1}) != a
+    assert TurnInfo("c", "t", "api", ("m1",), "ckpt-2").idempotency_key("t", {"x": 1}) != a
 
 
 def test_approval_interrupts_then_resumes_with_command() -> None:
-    c = Conversation()
+    c, tickets = support()
     c.turn("open a ticket about printers")
     ask = c.turn("close ticket 1")
-    assert ask.reply_text is None and ask.approval is not None
-    assert ask.approval.tool == "update_ticket"
-    assert ask.approval.args == {"ticket_id": 1, "status": "closed"}
-    assert ask.approval.text == "May I set status to closed on ticket 1?"
-    ticket = c.tickets.get_ticket(1)
+    assert ask.reply_text is None and ask.interrupt is not None
+    approval = ask.interrupt.approval
+    assert approval is not None and approval.tool == "update_ticket"
+    assert approval.args == {"ticket_id": 1, "status": "closed"}
+    assert approval.text == "May I set status to closed on ticket 1?"
+    ticket = tickets.get_ticket(1)
     assert ticket is not None and ticket.status == "open"  # nothing done before approval
-    done = c.turn(resume=ApprovalDecisionRecord(ask.approval.interrupt_id, True, ""))
+    done = c.turn(resume={"approved": True, "reason": ""})
     assert done.reply_text is not None and "is closed" in done.reply_text
     assert [e.role for e in done.log] == ["tool", "ai"]  # earlier messages not logged twice
 
 
 def test_denial_runs_nothing() -> None:
-    c = Conversation()
+    c, tickets = support()
     c.turn("open a ticket about printers")
     ask = c.turn("escalate ticket 1")
-    assert ask.approval is not None
-    out = c.turn(resume=ApprovalDecisionRecord(ask.approval.interrupt_id, False, "not now"))
+    assert ask.interrupt is not None
+    out = c.turn(resume={"approved": False, "reason": "not now"})
     assert out.reply_text is not None and "denied" in out.reply_text
-    ticket = c.tickets.get_ticket(1)
+    ticket = tickets.get_ticket(1)
     assert ticket is not None and ticket.priority == "normal"
 
 
+def test_approval_tools_setting_turns_approvals_off_or_on() -> None:
+    c, tickets = support(approval_tools="")
+    c.turn("open a ticket about printers")
+    out = c.turn("close ticket 1")
+    assert out.interrupt is None and out.reply_text is not None and "is closed" in out.reply_text
+    c, _ = support(approval_tools="create_ticket")
+    asked = c.turn("open a ticket about printers")
+    assert asked.interrupt is not None and asked.interrupt.approval is not None
+    assert asked.interrupt.approval.tool == "create_ticket"
+
+
 def test_tool_errors_are_answers_not_crashes() -> None:
-    c = Conversation()
+    c, _ = support()
     out = c.turn("what is the status of ticket 42")
     assert out.reply_text == "That did not work: Ticket 42 does not exist."
 
 
 def test_faq_and_time_tools() -> None:
-    c = Conversation()
+    c, _ = support()
     faq = c.turn("How do I reset my password?")
     assert faq.reply_text is not None and "Reset password" in faq.reply_text
     now = c.turn("what time is it")
@@ -125,27 +141,38 @@ def test_faq_and_time_tools() -> None:
 
 
 def test_checkpoint_size_does_not_grow_with_the_conversation() -> None:
-    c = Conversation()
+    c, _ = support()
     sizes = [len(c.turn(f"message {i} about my order").checkpoint) for i in range(60)]
-    assert max(sizes[40:]) <= max(sizes[:10]) + 64
+    assert max(sizes[40:]) <= max(sizes[12:20]) + 64
     assert len(c.log) == 120  # the full history is in the log
 
 
 def test_context_comes_from_the_log_window() -> None:
-    c = Conversation()
+    c, _ = support(window=20)
     for i in range(5):
         c.turn(f"m{i}")
     out = c.turn("again")
     # 6 user messages visible: 5 from the log window, 1 current
     assert out.reply_text is not None and "[message 6 in" in out.reply_text
+    for i in range(10):
+        c.turn(f"n{i}")
+    out = c.turn("late")
+    # the window holds the last 20 logged messages: 10 turns, and the current message
+    assert out.reply_text is not None and "[message 11 in" in out.reply_text
 
 
-def test_log_window_never_starts_with_an_orphan_tool_result() -> None:
-    c = Conversation()
-    c.turn("open a ticket about A")
-    entries = c.log[2:]  # starts at the tool call's AI message: cut mid-turn
-    decoded = c.agent.decode_log(entries)
-    assert decoded == [] or isinstance(decoded[0], HumanMessage)
+def test_a_window_never_starts_with_an_orphan_tool_result() -> None:
+    c, _ = support(window=5)
+    c.turn("hello")
+    c.turn("open a ticket about A")  # human, ai (tool call), tool, ai
+    c.turn("hello again")
+    # the last 5 logged messages begin with the tool call of "open a ticket": cut away
+    first = c.values()["messages"][0]
+    assert isinstance(first, HumanMessage) and first.text == "hello again"
+    c.window = 3  # no user message in reach: the tool call and its result go too
+    first = c.values()["messages"][0]
+    assert not isinstance(first, ToolMessage)
+    assert not (isinstance(first, AIMessage) and first.tool_calls)
 
 
 def test_offline_model_is_deterministic() -> None:
@@ -159,8 +186,33 @@ def test_model_specs() -> None:
     assert isinstance(make_model("offline"), OfflineChatModel)
     slow = make_model("offline:250")
     assert isinstance(slow, OfflineChatModel) and slow.latency_s == 0.25
-    with pytest.raises(ConfigError, match="AGENTWORKER_MODEL"):
+    with pytest.raises(ConfigError, match="AGENTWORKER_MODEL='gpt-9'"):
         make_model("gpt-9")
+    with pytest.raises(ConfigError, match="AGENTWORKER_MODEL"):
+        load_settings(model="bedrock:")
+
+
+def test_a_missing_provider_package_names_the_extra() -> None:
+    with pytest.raises(ConfigError) as caught:
+        make_model("anthropic:claude-sonnet-4-5")
+    assert "pip install 'agentworker[anthropic]'" in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_missing_credential_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(ConfigError, match="set OPENAI_API_KEY"):
+        make_model("openai:gpt-4o-mini")
+
+
+def test_bedrock_without_a_region_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    with pytest.raises(ConfigError, match="no AWS region for Bedrock"):
+        make_model("bedrock:anthropic.claude-3-5-haiku-20241022-v1:0")
 
 
 class _ClientError(Exception):
@@ -169,30 +221,47 @@ class _ClientError(Exception):
         self.response = {"Error": {"Code": code}}
 
 
+class _HttpError(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status_code = status
+
+
+class APITimeoutError(Exception):
+    """Named like the openai and anthropic SDKs' timeout error."""
+
+
 def test_model_errors_map_to_typed_errors() -> None:
     assert isinstance(map_model_error(_ClientError("ThrottlingException")), RetryableError)
     assert isinstance(map_model_error(_ClientError("ValidationException")), PermanentError)
+    for status in (429, 500, 503, 529):
+        assert isinstance(map_model_error(_HttpError(status)), RetryableError), status
+    for status in (400, 401, 404):
+        assert isinstance(map_model_error(_HttpError(status)), PermanentError), status
+    assert isinstance(map_model_error(APITimeoutError("slow")), RetryableError)
     other = ValueError("x")
     assert map_model_error(other) is other
 
 
-def test_unknown_prompt_version_names_the_setting() -> None:
-    with pytest.raises(ConfigError, match="AGENTWORKER_PROMPT_VERSION"):
-        load_system_prompt("v999")
-
-
-def test_bedrock_spec_builds_a_converse_client_without_calling_it() -> None:
+def test_bedrock_spec_builds_a_converse_client_without_calling_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from langchain_aws import ChatBedrockConverse
 
     from workers.agent.models import ModelOptions
 
-    model = make_model(
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    for spec in (
         "bedrock:anthropic.claude-3-5-haiku-20241022-v1:0",
-        ModelOptions(region="us-east-1", endpoint_url="http://127.0.0.1:9"),
-    )
-    assert isinstance(model, ChatBedrockConverse)
-    assert model.model_id == "anthropic.claude-3-5-haiku-20241022-v1:0"
-    assert model.endpoint_url == "http://127.0.0.1:9"
+        "bedrock_converse:anthropic.claude-3-5-haiku-20241022-v1:0",
+    ):
+        model = make_model(
+            spec, ModelOptions(region="us-east-1", endpoint_url="http://127.0.0.1:9")
+        )
+        assert isinstance(model, ChatBedrockConverse)
+        assert model.model_id == "anthropic.claude-3-5-haiku-20241022-v1:0"
+        assert model.endpoint_url == "http://127.0.0.1:9"
 
 
 class _TalkativeModel(OfflineChatModel):
@@ -210,19 +279,31 @@ class _TalkativeModel(OfflineChatModel):
         return reply
 
 
-def test_streamed_text_is_exactly_the_stored_reply() -> None:
-    c = Conversation()
-    c.agent = LangGraphTurnAgent(
-        _TalkativeModel(),
-        SUPPORT_TOOLS,
-        system_prompt=load_system_prompt("v1"),
-        approval_tools=frozenset(),
-        tickets=c.tickets,
-        clock=ManualClock(),
-    )
+def test_every_model_call_streams_and_the_reply_is_the_last() -> None:
+    c, _ = support(_TalkativeModel())
     out = c.turn("open a ticket about the wifi")
-    assert (
-        out.reply_text
-        == "Let me open that for you.\n\nOpened ticket 1: 'the wifi' (priority normal)."
-    )
-    assert "".join(c.chunks) == out.reply_text
+    assert out.reply_text == "Opened ticket 1: 'the wifi' (priority normal)."
+    assert "".join(c.chunks) == "Let me open that for you.\n\n" + out.reply_text
+    assert out.model_calls == 2 and out.tool_calls == ["create_ticket"]
+
+
+def test_no_stream_no_chunks() -> None:
+    c, _ = support()
+    out = c.turn("hello", stream=False)
+    assert out.reply_text is not None and c.chunks == []
+
+
+def test_checkpoints_of_the_old_format_are_read_with_the_log_window() -> None:
+    import ormsgpack
+
+    saver = StagedCheckpointSaver()
+    old = ormsgpack.unpackb(support()[0].turn("hi").checkpoint)
+    old["v"] = 1  # as written before messages became references: inline, current turn only
+    ns = old["ns"][""]
+    history = [HumanMessage("earlier", id="e1"), AIMessage("answer", id="e2")]
+    checkpoint = saver.serde.loads_typed((ns["c"][0], ns["c"][1]))
+    checkpoint["channel_values"]["messages"] = [HumanMessage("hi", id="h")]
+    ns["c"] = list(saver.serde.dumps_typed(checkpoint))
+    del ns["msgs"]
+    saver.stage("k", ormsgpack.packb(old), history)
+    assert [m.id for m in saver.messages("k")] == ["e1", "e2", "h"]

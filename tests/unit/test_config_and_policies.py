@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from events.inbound import ApprovalDecision, DoubleTextingPolicy, InboundMessage
-from events.outbound import ApprovalRequest
+from events.inbound import ApprovalDecision, DoubleTextingPolicy, InboundMessage, ResumeAnswer
+from events.outbound import ApprovalRequest, InterruptRequest
 from workers.config import load_settings
 from workers.core.model import ConversationState, InboxEntry
 from workers.core.policies import backoff_delay, classify_error, plan_turn
@@ -37,12 +39,62 @@ def test_bad_settings_fail_naming_the_setting(
 
 
 def test_approval_tools_from_a_comma_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().approval_tools is None  # the app's own default
     monkeypatch.setenv("AGENTWORKER_APPROVAL_TOOLS", "update_ticket, create_ticket")
     assert load_settings().approval_tools == ["update_ticket", "create_ticket"]
+    monkeypatch.setenv("AGENTWORKER_APPROVAL_TOOLS", "")
+    assert load_settings().approval_tools == []
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["bedrock:anthropic.claude-3-5-haiku-20241022-v1:0", "openai:gpt-4o-mini", "ollama:llama3.1"],
+)
+def test_provider_model_specs_are_accepted(spec: str) -> None:
+    assert load_settings(model=spec).model == spec
+
+
+def test_app_file_sets_the_app_keys_under_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = tmp_path / "agentworker.toml"
+    app.write_text(
+        'graph = "myapp.graph:build"\nmodel = "offline:5"\ncontext_window = 7\n'
+        'approval_tools = ["a", "b"]\nprompt = "prompts/p.md"\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    s = load_settings()  # ./agentworker.toml
+    assert (s.graph, s.model, s.context_window, s.approval_tools) == (
+        "myapp.graph:build",
+        "offline:5",
+        7,
+        ["a", "b"],
+    )
+    assert s.prompt == tmp_path / "prompts" / "p.md" and s.import_dir == tmp_path
+    assert s.source("graph") == f"graph in {app.name}"
+    monkeypatch.setenv("AGENTWORKER_CONTEXT_WINDOW", "9")
+    assert load_settings().context_window == 9  # the environment wins over the file
+    assert load_settings(graph="other:g").graph == "other:g"  # and a flag over both
+
+
+def test_app_file_problems_name_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "a.toml"
+    bad.write_text('graph = "x:y"\nworkers = 3\n')
+    with pytest.raises(ConfigError, match=r"a.toml: unknown key 'workers'"):
+        load_settings(config=bad)
+    bad.write_text("graph = \n")
+    with pytest.raises(ConfigError, match="a.toml"):
+        load_settings(config=bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(config=tmp_path / "missing.toml")
+    bad.write_text("context_window = -3\n")
+    with pytest.raises(ConfigError, match=r"context_window in .*a.toml"):
+        load_settings(config=bad)
 
 
 def _state(
-    policy: DoubleTextingPolicy = "enqueue", waiting: ApprovalRequest | None = None
+    policy: DoubleTextingPolicy = "enqueue",
+    waiting: ApprovalRequest | InterruptRequest | None = None,
 ) -> ConversationState:
     return ConversationState(
         conversation_id="c",
@@ -92,7 +144,48 @@ def test_matching_approval_resumes() -> None:
     )
     plan = plan_turn(_state(waiting=ask), [_approval(1, "i", approved=False)])
     assert plan is not None and plan.kind == "resume" and plan.resume is not None
-    assert plan.resume.approved is False and plan.seqs == [1]
+    assert plan.resume.value == {"approved": False, "reason": ""} and plan.seqs == [1]
+
+
+def _interrupt(interrupt_id: str = "i") -> InterruptRequest:
+    return InterruptRequest(
+        conversation_id="c", turn_id="t", interrupt_id=interrupt_id, value={"q": 1}, text="q?"
+    )
+
+
+def _resume(seq: int, interrupt_id: str, value: object) -> InboxEntry:
+    answer = ResumeAnswer(interrupt_id=interrupt_id, value=value)
+    return InboxEntry(seq, InboundMessage(conversation_id="c", kind="resume", resume=answer))
+
+
+def test_a_resume_answers_its_interrupt_with_its_json_value() -> None:
+    plan = plan_turn(_state(waiting=_interrupt()), [_resume(1, "i", {"category": ["a", 1]})])
+    assert plan is not None and plan.kind == "resume" and plan.resume is not None
+    assert plan.resume.value == {"category": ["a", 1]} and plan.seqs == [1]
+    assert plan.inputs == []
+
+
+def test_a_plain_message_answers_a_free_form_interrupt_with_its_text() -> None:
+    plan = plan_turn(_state(waiting=_interrupt()), _entries("the mobile app", "later"))
+    assert plan is not None and plan.kind == "resume" and plan.resume is not None
+    assert plan.resume.value == "the mobile app" and plan.seqs == [1]
+
+
+def test_a_plain_message_denies_a_pending_tool_approval_and_waits() -> None:
+    ask = ApprovalRequest(
+        conversation_id="c", turn_id="t", interrupt_id="i", tool="x", args={}, text="?"
+    )
+    plan = plan_turn(_state(waiting=ask), _entries("never mind"))
+    assert plan is not None and plan.kind == "resume" and plan.resume is not None
+    assert plan.resume.value["approved"] is False  # type: ignore[index]
+    assert plan.seqs == []  # the message is the next turn's
+
+
+def test_a_resume_for_another_interrupt_or_none_is_skipped() -> None:
+    plan = plan_turn(_state(waiting=_interrupt()), [_resume(1, "other", 1)])
+    assert plan is not None and plan.kind == "skip"
+    plan = plan_turn(_state(), [_resume(1, "i", 1)])
+    assert plan is not None and plan.kind == "skip"
 
 
 def test_mismatched_approval_is_skipped() -> None:

@@ -25,9 +25,7 @@ from tests.fakes import (
 )
 from tests.functional.slack_env import SIGNING_SECRET, slack_fixture, slack_request
 from workers import bootstrap
-from workers.sandbox.emulator import LambdaContextStub
 from workers.adapters.aws.slack import (
-    InvalidSlackSignature,
     SlackReplySink,
     read_slack_secret,
     render_message,
@@ -35,8 +33,9 @@ from workers.adapters.aws.slack import (
     verify_slack_request,
 )
 from workers.core.steps import Deps, drive_run
-from workers.errors import ConfigError
+from workers.errors import ConfigError, InvalidSlackSignature
 from workers.handlers import slack
+from workers.sandbox.emulator import LambdaContextStub
 
 NOW = 1_700_000_000.0
 BODY = b'{"type":"event_callback"}'
@@ -269,20 +268,48 @@ def test_an_unrelated_button_is_acknowledged_and_ignored(world: World) -> None:
     assert world.store.calls == []
 
 
+def _waiting(world: World) -> ApprovalRequest:
+    """A Slack thread whose last turn asks approval (the scripted agent's ``approve-me``)."""
+    body = slack_fixture("message_thread.json")
+    body["event"]["text"] = "please approve-me"
+    world.call(slack_request(body))
+    drive_run(world.deps, world.starter.runs[-1])
+    ask = world.sink.sent[-1]
+    assert isinstance(ask, ApprovalRequest) and ask.conversation_id == THREAD_CID
+    world.store.calls.clear()
+    return ask
+
+
 @pytest.mark.parametrize(("action_id", "approved"), [("approve", True), ("deny", False)])
 def test_a_button_click_becomes_the_decision(world: World, action_id: str, approved: bool) -> None:
-    value = slack_button_value(THREAD_CID, "int-42")
+    ask = _waiting(world)
+    value = slack_button_value(THREAD_CID, ask.interrupt_id)
+    runs = len(world.starter.runs)
     status, answer = world.call(slack_request(_click(action_id, value), form=True))
     assert (status, answer) == (200, {})
-    [entry] = world.inbox(THREAD_CID)
+    entry = world.inbox(THREAD_CID)[-1]
     msg = entry.message
     assert msg.kind == "approval" and msg.channel == "slack" and msg.sender == "U111"
     assert msg.approval is not None
-    assert (msg.approval.interrupt_id, msg.approval.approved) == ("int-42", approved)
+    assert (msg.approval.interrupt_id, msg.approval.approved) == (ask.interrupt_id, approved)
     assert world.call(slack_request(_click(action_id, value), form=True))[0] == 200
     assert world.store.calls.count("append_inbox") == 2
-    assert len(world.inbox(THREAD_CID)) == 1  # a double click is one decision
-    assert len(world.starter.runs) == 1
+    assert world.inbox(THREAD_CID)[-1] == entry  # a double click is one decision
+    assert len(world.starter.runs) == runs + 1
+
+
+def test_a_click_on_a_question_nobody_waits_for_is_acknowledged_and_ignored(
+    world: World,
+) -> None:
+    value = slack_button_value(THREAD_CID, "int-42")  # no such conversation
+    status, answer = world.call(slack_request(_click("approve", value), form=True))
+    assert (status, answer) == (200, {})
+    assert "append_inbox" not in world.store.calls and world.starter.runs == []
+    ask = _waiting(world)
+    stale = slack_button_value(THREAD_CID, "int-41")  # another question than the pending one
+    assert world.call(slack_request(_click("approve", stale), form=True)) == (200, {})
+    assert "append_inbox" not in world.store.calls and world.inbox(THREAD_CID) == []
+    assert ask.interrupt_id != "int-41"
 
 
 def test_a_click_carrying_another_channels_conversation_is_refused(world: World) -> None:
@@ -310,8 +337,8 @@ def test_the_buttons_the_sink_renders_decide_the_pending_approval(world: World) 
     assert status == 200
     drive_run(world.deps, world.starter.runs[-1])
     resumed = world.sink.sent[-1]
-    assert isinstance(resumed, Reply) and "approved=False" in resumed.text
-    assert f"interrupt_id='{ask.interrupt_id}'" in resumed.text
+    assert isinstance(resumed, Reply) and '"approved": false' in resumed.text
+    assert f"resumed {ask.interrupt_id} with" in resumed.text
 
 
 def test_rendered_messages_go_to_the_thread_escaped() -> None:

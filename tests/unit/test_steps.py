@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from events.inbound import ApprovalDecision, InboundMessage
-from events.outbound import ApprovalRequest, Notice, Reply
+from events.inbound import ApprovalDecision, InboundMessage, ResumeAnswer
+from events.outbound import ApprovalRequest, InterruptRequest, Notice, Reply
 from events.workflow import RunRef
 from tests.fakes import (
     InMemoryConversationStore,
@@ -16,7 +16,7 @@ from tests.fakes import (
     RecordingStarter,
     ScriptedAgent,
 )
-from workers.core.model import TurnRequest
+from workers.core.model import ResumeRecord, TurnRequest
 from workers.core.policies import SUPERSEDED_REASON
 from workers.core.steps import (
     Deps,
@@ -30,7 +30,7 @@ from workers.core.steps import (
     run_step,
     sweep,
 )
-from workers.errors import LeaseLost, PermanentError, RetryableError
+from workers.errors import LeaseLost, NotFound, NotWaiting, PermanentError, RetryableError
 
 CID = "ws:alice:chat1"
 
@@ -58,6 +58,11 @@ class World:
     def approve(self, interrupt_id: str, approved: bool = True) -> Any:
         decision = ApprovalDecision(interrupt_id=interrupt_id, approved=approved)
         msg = InboundMessage(conversation_id=CID, kind="approval", approval=decision)
+        return accept_message(self.deps, msg)
+
+    def resume(self, interrupt_id: str, value: Any) -> Any:
+        answer = ResumeAnswer(interrupt_id=interrupt_id, value=value)
+        msg = InboundMessage(conversation_id=CID, kind="resume", resume=answer)
         return accept_message(self.deps, msg)
 
     def run_all(self) -> list[Any]:
@@ -226,7 +231,7 @@ def test_approval_ends_the_run_and_a_new_run_resumes() -> None:
     w.approve(ask.interrupt_id)
     w.run_all()
     resumed = w.agent.requests[-1]
-    assert resumed.resume is not None and resumed.resume.approved
+    assert resumed.resume is not None and resumed.resume.value == {"approved": True, "reason": ""}
     state = w.store.get_conversation(CID)
     assert state is not None and state.status == "idle" and state.pending_approval is None
 
@@ -238,17 +243,62 @@ def test_a_new_message_while_awaiting_approval_denies_then_is_answered() -> None
     w.send("never mind, something else")
     w.run_all()
     resume, nxt = w.agent.requests[1:]
-    assert resume.resume is not None and not resume.resume.approved
-    assert resume.resume.reason == SUPERSEDED_REASON
+    assert resume.resume is not None
+    assert resume.resume.value == {"approved": False, "reason": SUPERSEDED_REASON}
     assert nxt.texts == ["never mind, something else"]
 
 
-def test_a_stale_approval_is_skipped_with_a_notice() -> None:
+def test_an_answer_nobody_waits_for_is_refused_and_writes_nothing() -> None:
     w = World()
-    w.approve("nonexistent")
+    with pytest.raises(NotFound):
+        w.approve("nonexistent")  # an unknown conversation is not created by an answer
+    assert w.store.get_conversation(CID) is None and w.starter.runs == []
+    w.send("hello")
     w.run_all()
-    assert "nothing waiting for approval" in w.texts()[0]
-    assert len(w.agent.requests) == 0
+    with pytest.raises(NotWaiting):
+        w.approve("nonexistent")
+    with pytest.raises(NotWaiting):
+        w.resume("nonexistent", {"any": "json"})
+    assert w.store.pending_inbox(CID) == [] and w.starter.runs == []
+
+
+def test_an_answer_that_raced_past_the_check_is_skipped_with_a_notice() -> None:
+    w = World()
+    w.send("hello")
+    w.run_all()
+    decision = ApprovalDecision(interrupt_id="nonexistent", approved=True)
+    msg = InboundMessage(conversation_id=CID, kind="approval", approval=decision)
+    accepted = w.store.append_inbox(msg, now=0.0, default_policy="enqueue", lease_ttl=60.0)
+    assert accepted.lease is not None
+    w.starter.start(RunRef(conversation_id=CID, token=accepted.lease.token))
+    w.run_all()
+    assert "nothing waiting for approval" in w.texts()[-1]
+    assert len(w.agent.requests) == 1
+
+
+def test_a_free_form_interrupt_is_answered_with_json_or_plain_text() -> None:
+    w = World()
+    w.send("please ask-me")
+    w.run_all()
+    ask = w.sink.sent[-1]
+    assert isinstance(ask, InterruptRequest) and ask.value == {"question": "which?"}
+    state = w.store.get_conversation(CID)
+    assert state is not None and state.status == "awaiting_approval"
+    assert state.pending_approval == ask
+    w.resume(ask.interrupt_id, {"pick": [1, 2]})
+    w.run_all()
+    resumed = w.agent.requests[-1]
+    assert resumed.resume is not None and resumed.resume.value == {"pick": [1, 2]}
+    assert w.texts()[-1] == f'echo resumed {ask.interrupt_id} with {{"pick": [1, 2]}}'
+    w.send("ask-me again")
+    w.run_all()
+    again = w.sink.sent[-1]
+    assert isinstance(again, InterruptRequest)
+    w.send("the mobile app")  # typed into the chat: the answer, as text
+    w.run_all()
+    assert w.agent.requests[-1].resume == ResumeRecord(again.interrupt_id, "the mobile app")
+    state = w.store.get_conversation(CID)
+    assert state is not None and state.status == "idle" and w.store.pending_inbox(CID) == []
 
 
 def test_a_run_hands_over_after_its_turn_budget() -> None:
@@ -373,9 +423,9 @@ def test_a_stale_approval_does_not_clear_the_pending_one() -> None:
     w.run_all()
     ask = w.sink.sent[0]
     assert isinstance(ask, ApprovalRequest)
-    w.approve("an-older-interrupt")  # e.g. a double click on an old card
+    with pytest.raises(NotWaiting):
+        w.approve("an-older-interrupt")  # e.g. a double click on an old card
     w.run_all()
-    assert "no longer pending" in w.texts()[-1]
     state = w.store.get_conversation(CID)
     assert state is not None and state.pending_approval == ask
     w.approve(ask.interrupt_id)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
-from langchain_core.outputs import ChatGeneration, LLMResult
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, GenerationChunk, LLMResult
 
 from events.outbound import TokenUsage
 from workers.core.ports import OpenSpan, Tracer
@@ -70,7 +71,16 @@ class TurnCallbacks(BaseCallbackHandler):
         inputs = {"messages": sum(len(batch) for batch in messages), "model": model}
         self._open(run_id, parent_run_id, "model", "CHAT_MODEL", inputs)
 
-    def on_llm_new_token(self, token: str, *, run_id: UUID, **kwargs: Any) -> None:
+    def on_llm_new_token(
+        self,
+        token: str | list[str | dict[str, Any]],
+        *,
+        chunk: GenerationChunk | ChatGenerationChunk | None = None,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
         with self._lock:
             if run_id in self._first_token:
                 return
@@ -83,7 +93,7 @@ class TurnCallbacks(BaseCallbackHandler):
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         span = self._close(run_id)
         reply = _reply_of(response)
-        usage = (reply.usage_metadata if reply is not None else None) or {}
+        usage: Mapping[str, Any] = (reply.usage_metadata if reply is not None else None) or {}
         used = TokenUsage(
             input_tokens=int(usage.get("input_tokens", 0)),
             output_tokens=int(usage.get("output_tokens", 0)),

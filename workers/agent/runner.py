@@ -25,8 +25,10 @@ from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.errors import GraphRecursionError
 from langgraph.graph import StateGraph
 from langgraph.graph.state import CompiledStateGraph
-from langgraph.types import Command, Interrupt, StateSnapshot
+from langgraph.types import Command, Interrupt, StateSnapshot, StreamMode
+from pydantic_core import to_jsonable_python
 
+from events.outbound import GraphStateView, PendingInterruptView
 from workers.agent.callbacks import TurnCallbacks
 from workers.agent.models import map_model_error
 from workers.agent.saver import STAGE_KEY, StagedCheckpointSaver
@@ -40,7 +42,8 @@ RECURSION_LIMIT = 25
 REPLY_SEPARATOR = "\n\n"
 """Streamed between the texts of two model calls of one turn."""
 _INTERRUPT = "__interrupt__"
-_STREAM_MODES = ["updates", "messages"]
+_STREAM_MODES: list[StreamMode] = ["updates", "messages"]
+_NO_STREAM: list[StreamMode] = ["updates"]
 
 
 class GraphTurnAgent:
@@ -52,9 +55,7 @@ class GraphTurnAgent:
         self.saver = StagedCheckpointSaver()
         self.serde = JsonPlusSerializer()
         self.recursion_limit = recursion_limit
-        self.graph: CompiledStateGraph[Any, Any, Any, Any] = graph.compile(
-            checkpointer=self.saver
-        )
+        self.graph: CompiledStateGraph[Any, Any, Any, Any] = graph.compile(checkpointer=self.saver)
         self.is_async = has_async_nodes(graph)
 
     def run_turn(
@@ -85,7 +86,14 @@ class GraphTurnAgent:
             collector = _Collector(on_chunk)
             with bound_turn(info):
                 self._drive(_graph_input(request), config, collector, stream=on_chunk is not None)
-            return self._output(stage, config, before, history, collector, callbacks)
+            return self._output(
+                stage,
+                config,
+                before=before,
+                history=history,
+                collector=collector,
+                callbacks=callbacks,
+            )
         finally:
             self.saver.drop(stage)
 
@@ -94,7 +102,7 @@ class GraphTurnAgent:
     def _drive(
         self, graph_input: Any, config: RunnableConfig, collector: _Collector, *, stream: bool
     ) -> None:
-        modes = _STREAM_MODES if stream else ["updates"]
+        modes = _STREAM_MODES if stream else _NO_STREAM
         try:
             if self.is_async:
                 _run_on_thread_loop(self._adrive(graph_input, config, collector, modes))
@@ -116,14 +124,14 @@ class GraphTurnAgent:
             raise mapped from exc
 
     async def _adrive(
-        self, graph_input: Any, config: RunnableConfig, collector: _Collector, modes: list[str]
+        self,
+        graph_input: Any,
+        config: RunnableConfig,
+        collector: _Collector,
+        modes: list[StreamMode],
     ) -> None:
         async for part in self.graph.astream(
-            graph_input,
-            config,
-            stream_mode=modes,  # type: ignore[arg-type]
-            subgraphs=True,
-            durability="exit",
+            graph_input, config, stream_mode=modes, subgraphs=True, durability="exit"
         ):
             collector.feed(part)
 
@@ -133,6 +141,7 @@ class GraphTurnAgent:
         self,
         stage: str,
         config: RunnableConfig,
+        *,
         before: set[str | None],
         history: list[BaseMessage],
         collector: _Collector,
@@ -179,7 +188,9 @@ class GraphTurnAgent:
                 tasks.extend(state.tasks)
         return "?"
 
-    def snapshot(self, checkpoint: bytes | None, history: Sequence[LogEntry]) -> StateSnapshot | None:
+    def snapshot(
+        self, checkpoint: bytes | None, history: Sequence[LogEntry]
+    ) -> StateSnapshot | None:
         """The graph's state in ``checkpoint``, ``messages`` resolved against the log window
         ``history`` (what a turn would start from), with its pending interrupts."""
         if checkpoint is None:
@@ -190,6 +201,27 @@ class GraphTurnAgent:
             return self._state(stage)
         finally:
             self.saver.drop(stage)
+
+    def inspect(
+        self, conversation_id: str, checkpoint: bytes | None, history: Sequence[LogEntry]
+    ) -> GraphStateView:
+        snapshot = self.snapshot(checkpoint, history)
+        values = dict(snapshot.values) if snapshot is not None else {}
+        messages = values.pop("messages", [])
+        config = snapshot.config if snapshot is not None else {}
+        return GraphStateView(
+            conversation_id=conversation_id,
+            checkpoint_id=config.get("configurable", {}).get("checkpoint_id"),
+            values=to_jsonable_python(values, fallback=str),
+            messages=len(messages),
+            next=list(snapshot.next) if snapshot is not None else [],
+            interrupts=[
+                PendingInterruptView(
+                    interrupt_id=i.id, value=to_jsonable_python(i.value, fallback=str)
+                )
+                for i in (snapshot.interrupts if snapshot is not None else ())
+            ],
+        )
 
     def _state(self, stage: str) -> StateSnapshot:
         # The stage as the thread: get_state builds its subgraphs' configs from the thread

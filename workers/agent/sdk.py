@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.runnables import RunnableConfig
@@ -189,12 +189,18 @@ Question = Callable[[Any], str]
 """Builds an approval's question from a tool's parsed arguments (its ``args_schema``)."""
 
 
+class ToolNode(Protocol):
+    """A graph node that takes the state and the run's config (a LangGraph node signature)."""
+
+    def __call__(self, state: Any, config: RunnableConfig) -> dict[str, list[ToolMessage]]: ...
+
+
 def tool_node(
     tools: Sequence[BaseTool],
     *,
     approval_tools: Collection[str] = (),
     questions: Mapping[str, Question] | None = None,
-) -> Callable[[Any, RunnableConfig], dict[str, list[ToolMessage]]]:
+) -> ToolNode:
     """A node that runs the tool calls of the last AI message in ``state["messages"]``.
 
     Tools named in ``approval_tools`` run only once a human approved them: every approval is
@@ -254,8 +260,10 @@ def _run_tool(
     if tool is None:
         return error(f"Unknown tool {name!r}.")
     if decision is not None and not decision.approved:
-        return error(f"The user denied this action ({decision.reason or 'no reason given'});"
-                     " it was not done.")
+        return error(
+            f"The user denied this action ({decision.reason or 'no reason given'});"
+            " it was not done."
+        )
     try:
         result = tool.invoke({**call, "type": "tool_call"}, config)
     except ValidationError as exc:

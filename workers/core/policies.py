@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from events.inbound import InboundMessage
@@ -44,8 +44,7 @@ class TurnPlan:
         if self.kind != "turn":
             return []
         return [
-            TurnInput(e.message.message_id, e.message.text, e.message.sender)
-            for e in self.consumed
+            TurnInput(e.message.message_id, e.message.text, e.message.sender) for e in self.consumed
         ]
 
     @property
@@ -102,7 +101,9 @@ def plan_turn(state: ConversationState, pending: list[InboxEntry]) -> TurnPlan |
             return TurnPlan("resume", [], state, resume=ResumeRecord(waiting.interrupt_id, denial))
         if answers != waiting.interrupt_id:
             return TurnPlan("skip", [first], state, notice=STALE_APPROVAL_NOTICE)
-        return TurnPlan("resume", [first], state, resume=ResumeRecord(answers, answer_of(first.message)))
+        return TurnPlan(
+            "resume", [first], state, resume=ResumeRecord(answers, answer_of(first.message))
+        )
     if answers is not None:
         return TurnPlan("skip", [first], state, notice=NOTHING_PENDING_NOTICE)
     if state.policy in ("merge", "interrupt"):

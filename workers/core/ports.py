@@ -11,7 +11,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol
 
 from events.inbound import DoubleTextingPolicy, InboundMessage
-from events.outbound import OutboxPayload, ReplyChunk
+from events.outbound import GraphStateView, OutboxPayload, ReplyChunk
 from events.workflow import RunRef
 from workers.core.model import (
     AcceptResult,
@@ -223,6 +223,11 @@ class TurnAgent(Protocol):
         on_chunk: Callable[[str], None] | None,
         tracer: Tracer,
     ) -> TurnOutput: ...
+
+    def inspect(
+        self, conversation_id: str, checkpoint: bytes | None, history: Sequence[LogEntry]
+    ) -> GraphStateView:
+        """The graph state a turn would start from (``history``: the log window)."""
 
 
 class Clock(Protocol):

@@ -23,6 +23,7 @@ from typing import Literal
 from events.inbound import DoubleTextingPolicy, InboundMessage, new_id
 from events.outbound import (
     ApprovalRequest,
+    GraphStateView,
     InterruptRequest,
     Notice,
     OutboxPayload,
@@ -63,6 +64,7 @@ from workers.errors import (
 )
 
 log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class TurnSettings:
@@ -441,7 +443,7 @@ def _pending_request(
         turn_id=turn_id,
         in_reply_to=message_ids,
         interrupt_id=pending.interrupt_id,
-        value=pending.value,  # type: ignore[arg-type]  # checked JSON by the agent
+        value=pending.value,  # JSON: checked by the agent
         text=pending.text,
     )
 
@@ -555,6 +557,18 @@ def finish_run(deps: Deps, claim: Claim) -> FinishResult:
         "awaiting_approval" if claim.status == "awaiting_approval" else "idle"
     )
     return FinishResult(run=run, released=True, status=status)
+
+
+# reads ---------------------------------------------------------------------------------------
+
+
+def graph_state(deps: Deps, conversation_id: str) -> GraphStateView | None:
+    """The graph state the conversation's next turn starts from; ``None`` if unknown."""
+    if deps.store.get_conversation(conversation_id) is None:
+        return None
+    checkpoint = deps.store.load_checkpoint(conversation_id)
+    history = deps.store.load_log(conversation_id, limit=deps.settings.context_window)
+    return deps.agent.inspect(conversation_id, checkpoint, history)
 
 
 # the sweeper --------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from events.inbound import ApprovalDecision, InboundMessage
 from events.outbound import validation_problem
 from workers import bootstrap
 from workers.core.steps import accept_message
+from workers.errors import NotFound, NotWaiting
 from workers.handlers.http import error_response, json_response
 from workers.handlers.observability import logger, metrics
 
@@ -55,6 +56,11 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         problem = validation_problem(exc)
         metrics.add_metric(name="bad_requests", unit=MetricUnit.Count, value=1)
         return error_response(422, "validation_error", problem.message, problem.field or "body")
-    result = accept_message(bootstrap.aws_deps(), msg)
+    try:
+        result = accept_message(bootstrap.aws_deps(), msg)
+    except NotFound as exc:
+        return error_response(404, "not_found", str(exc), exc.field)
+    except NotWaiting as exc:
+        return error_response(409, "not_waiting", str(exc), exc.field)
     metrics.add_metric(name="decisions", unit=MetricUnit.Count, value=1)
     return json_response(202, result.view(msg.conversation_id).model_dump(mode="json"))

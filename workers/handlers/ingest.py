@@ -13,22 +13,41 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import TypeAdapter, ValidationError
 
-from events.inbound import EventBridgeEvent, SqsRecord, WsFrame, WsPing, WsSubscribe
+from events.inbound import (
+    EventBridgeEvent,
+    InboundMessage,
+    SqsRecord,
+    WsFrame,
+    WsPing,
+    WsSubscribe,
+)
 from events.outbound import ErrorBody, ErrorView, validation_problem
 from workers import bootstrap
+from workers.core.model import AcceptResult
 from workers.core.steps import accept_message
-from workers.errors import PermanentError
+from workers.errors import NotFound, NotWaiting, PermanentError
 from workers.handlers.observability import logger, metrics
 
 _FRAME: TypeAdapter[Any] = TypeAdapter(WsFrame)
 
 
-def _accept_sqs_record(record: SQSRecord) -> None:
-    msg = SqsRecord.model_validate(record.raw_event).to_inbound()
-    result = accept_message(bootstrap.aws_deps(), msg)
+def _accept_queued(msg: InboundMessage) -> AcceptResult | None:
+    """Accept a message from a queue or the bus; an answer that nothing waits for any more
+    (answered, superseded) is logged and dropped: redelivering it would never help."""
+    try:
+        result = accept_message(bootstrap.aws_deps(), msg)
+    except (NotFound, NotWaiting) as exc:
+        metrics.add_metric(name="stale_answers", unit=MetricUnit.Count, value=1)
+        logger.warning("answer dropped", extra={"reason": str(exc)})
+        return None
     metrics.add_metric(
         name="duplicates" if result.duplicate else "accepted", unit=MetricUnit.Count, value=1
     )
+    return result
+
+
+def _accept_sqs_record(record: SQSRecord) -> None:
+    _accept_queued(SqsRecord.model_validate(record.raw_event).to_inbound())
 
 
 def _sqs(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
@@ -50,10 +69,9 @@ def _eventbridge(event: dict[str, Any]) -> dict[str, Any]:
         raise
     except ValueError as exc:
         raise PermanentError(str(exc), field="detail-type") from None
-    result = accept_message(bootstrap.aws_deps(), message)
-    metrics.add_metric(
-        name="duplicates" if result.duplicate else "accepted", unit=MetricUnit.Count, value=1
-    )
+    result = _accept_queued(message)
+    if result is None:
+        return {"message_id": message.message_id, "dropped": True}
     return {"message_id": result.message_id, "duplicate": result.duplicate}
 
 
@@ -78,7 +96,13 @@ def _websocket(event: dict[str, Any]) -> dict[str, Any]:
         subscribed = {"type": "subscribed", "conversation_id": frame.conversation_id}
         return {"statusCode": 200, "body": json.dumps(subscribed)}
     msg = frame.to_inbound()
-    result = accept_message(deps, msg)
+    try:
+        result = accept_message(deps, msg)
+    except (NotFound, NotWaiting) as exc:
+        status = 404 if isinstance(exc, NotFound) else 409
+        code = "not_found" if status == 404 else "not_waiting"
+        body = ErrorView(error=ErrorBody(code=code, message=str(exc), field=exc.field))
+        return {"statusCode": status, "body": body.model_dump_json()}
     return {"statusCode": 200, "body": result.view(msg.conversation_id).model_dump_json()}
 
 

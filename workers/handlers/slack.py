@@ -41,7 +41,7 @@ from events.outbound import validation_problem
 from workers import bootstrap
 from workers.adapters.aws.slack import verify_slack_request
 from workers.core.steps import accept_message
-from workers.errors import InvalidSlackSignature
+from workers.errors import InvalidSlackSignature, NotFound, NotWaiting
 from workers.handlers.http import error_response, json_response
 from workers.handlers.observability import logger, metrics
 
@@ -66,7 +66,11 @@ def _raw_body(event: dict[str, Any]) -> bytes:
 
 def _accept(msg: InboundMessage) -> dict[str, Any]:
     logger.append_keys(conversation_id=msg.conversation_id)
-    result = accept_message(bootstrap.aws_deps(), msg)
+    try:
+        result = accept_message(bootstrap.aws_deps(), msg)
+    except (NotFound, NotWaiting) as exc:
+        # A click on buttons whose question was answered or superseded: nothing to do.
+        return _ignored(f"stale answer: {exc}")
     metrics.add_metric(
         name="duplicates" if result.duplicate else "accepted", unit=MetricUnit.Count, value=1
     )

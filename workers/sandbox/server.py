@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any, TextIO
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from events.inbound import InboundMessage, MessageRequest
-from events.outbound import ApprovalRequest
-from workers.config import Settings
-from workers.errors import AgentWorkerError, ConfigError, PermanentError, SandboxNotRunning
+from events.outbound import ApprovalRequest, InterruptRequest
+from workers.config import Settings, parse_model_spec
+from workers.errors import ConfigError, PermanentError, SandboxNotRunning
 
 if TYPE_CHECKING:
     from workers.sandbox.emulator import Handler, Stack
@@ -127,7 +127,7 @@ def start_sandbox(settings: Settings, options: SandboxOptions) -> Sandbox:
     try:
         resources.enter_context(_restored_environment())
         resources.callback(bootstrap.reset_aws_deps)
-        state = _start_runtime(resources, options)
+        state = _start_runtime(resources, settings, options)
         state_file = _write_state(options.state_dir, state)
     except BaseException:
         resources.close()
@@ -135,10 +135,12 @@ def start_sandbox(settings: Settings, options: SandboxOptions) -> Sandbox:
     return Sandbox(state, state_file, resources)
 
 
-def _start_runtime(resources: ExitStack, options: SandboxOptions) -> SandboxState:
+def _start_runtime(
+    resources: ExitStack, settings: Settings, options: SandboxOptions
+) -> SandboxState:
     """Everything that runs, each registered in ``resources`` to be stopped."""
     from workers import bootstrap
-    from workers.adapters.aws import emulator
+    from workers.sandbox import emulator
 
     resources.enter_context(emulator.serialized_dynamodb())
     server, endpoint_url = emulator.start_moto_server(options.port)
@@ -147,9 +149,11 @@ def _start_runtime(resources: ExitStack, options: SandboxOptions) -> SandboxStat
     stack = emulator.create_stack(clients, retry_interval_seconds=RETRY_INTERVAL_SECONDS)
     replies_url = emulator.subscribe_queue(clients, stack.topic_arn, REPLIES_QUEUE).queue_url
     _point_handlers_at(endpoint_url, stack.environment())
+    _export_app(settings)
     if options.bedrock_stub:
         _start_bedrock_stub(resources)
     bootstrap.reset_aws_deps()  # the handlers build their clients from the new environment
+    bootstrap.aws_deps(with_agent=True)  # a graph or model that cannot work stops here
     handlers = emulator.default_handlers()
     resources.enter_context(emulator.route_lambda_to_handlers(handlers))
     _start_event_sources(resources, clients("sqs"), stack, handlers)
@@ -183,8 +187,24 @@ def _start_event_sources(
     resources.callback(sweeper.stop)
 
 
+def _export_app(settings: Settings) -> None:
+    """The app's settings, however given (flags, variables, the app file), become the
+    environment of the in-process handlers, as the stack's environment would on AWS."""
+    for name in ("graph", "config", "app_dir", "model", "prompt"):
+        value = getattr(settings, name)
+        if value is not None:
+            os.environ[f"AGENTWORKER_{name.upper()}"] = str(value)
+    if settings.config is None:
+        os.environ["AGENTWORKER_APP_DIR"] = str(settings.import_dir)
+    if settings.approval_tools is not None:
+        os.environ["AGENTWORKER_APPROVAL_TOOLS"] = ",".join(settings.approval_tools)
+    os.environ["AGENTWORKER_DOUBLE_TEXTING"] = settings.double_texting
+    os.environ["AGENTWORKER_CONTEXT_WINDOW"] = str(settings.context_window)
+
+
 def _refuse_real_bedrock(settings: Settings, options: SandboxOptions) -> None:
-    if settings.model.startswith("bedrock:") and not (
+    provider, _ = parse_model_spec(settings.model)
+    if provider == "bedrock_converse" and not (
         options.bedrock_stub or settings.bedrock_endpoint_url
     ):
         raise ConfigError(
@@ -381,8 +401,11 @@ class SandboxClient:
                     return payload
         return None
 
-    def pending_approval(self, conversation_id: str) -> ApprovalRequest | None:
-        """The approval request the conversation waits on, read from the sandbox's table."""
+    def pending_approval(
+        self, conversation_id: str
+    ) -> ApprovalRequest | InterruptRequest | None:
+        """The request (a tool approval, an interrupt) the conversation waits on, read from
+        the sandbox's table."""
         from workers.adapters.aws.dynamodb_store import DynamoDBConversationStore
 
         store = DynamoDBConversationStore(

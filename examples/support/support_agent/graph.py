@@ -44,7 +44,8 @@ def build(ctx: BuildContext) -> StateGraph[MessagesState, None, MessagesState, M
     graph = StateGraph(MessagesState)
     graph.add_node("model", call_model)
     graph.add_node(
-        "tools", tool_node(tools, approval_tools=approvals, questions={"update_ticket": describe_update})
+        "tools",
+        tool_node(tools, approval_tools=approvals, questions={"update_ticket": describe_update}),
     )
     graph.add_edge(START, "model")
     graph.add_conditional_edges("model", route, ["tools", END])

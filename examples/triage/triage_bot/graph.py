@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import operator
 import re
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
@@ -57,7 +58,7 @@ def answer_category(answer: Any) -> str:
     return category_of(text) or "other"
 
 
-def _new_texts(messages: list[BaseMessage]) -> list[str]:
+def _new_texts(messages: Sequence[BaseMessage]) -> list[str]:
     """The user messages after the last AI message: what this turn is about."""
     texts: list[str] = []
     for m in reversed(messages):

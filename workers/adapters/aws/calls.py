@@ -27,6 +27,7 @@ __all__ = ["AwsCalls", "ConditionFailed", "Item", "TransactionCancelled"]
 _RETRYABLE_REASONS = frozenset({"ThrottlingError", "ProvisionedThroughputExceeded"})
 _PERMANENT_REASONS = frozenset({"ValidationError", "ItemCollectionSizeLimitExceeded"})
 
+
 class AwsCalls:
     """Invokes client operations, counting each one (``counts["dynamodb.get_item"]``).
 

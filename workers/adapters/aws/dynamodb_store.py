@@ -38,7 +38,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from events.inbound import DoubleTextingPolicy, InboundMessage
-from events.outbound import ApprovalRequest, Notice, OutboxPayload
+from events.outbound import Notice, OutboxPayload, parse_pending_request
 from workers.adapters.aws.calls import AwsCalls, ConditionFailed, Item, TransactionCancelled
 from workers.adapters.aws.dynamodb_commit import (
     CommitParts,
@@ -881,17 +881,13 @@ def _state(meta: Item) -> ConversationState:
         lease_token=token,
         lease_expires_at=None if token is None else get_float(meta, SWEEP_INDEX_SK),
         lease_execution_id=opt_str(meta, "lease_execution_id"),
-        pending_approval=None if approval is None else _approval(approval),
+        pending_approval=None if approval is None else parse_pending_request(approval),
         created_at=get_float(meta, "created_at"),
         updated_at=get_float(meta, "updated_at"),
         approval_task_token=opt_str(meta, "approval_task_token"),
         pending_count=opt_int(meta, PENDING_COUNT),
         undelivered_count=opt_int(meta, UNDELIVERED_COUNT),
     )
-
-
-def _approval(raw: str) -> ApprovalRequest:
-    return ApprovalRequest.model_validate_json(raw)
 
 
 def _duplicate(marker: Item) -> AcceptResult:

@@ -17,15 +17,17 @@ import os
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import IO
 
 from events.inbound import InboundMessage
+from events.outbound import GraphStateView
 from events.workflow import RunRef
 from workers.adapters.local.hub import LocalHub
 from workers.adapters.local.sqlite_store import SqliteConversationStore
 from workers.config import Settings
 from workers.core.model import AcceptResult, History
-from workers.core.steps import Deps, RunSummary, accept_message, drive_run, sweep
+from workers.core.steps import Deps, RunSummary, accept_message, drive_run, graph_state, sweep
 from workers.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,7 @@ class EmbeddedRuntime:
         hub: LocalHub,
         queue: asyncio.Queue[RunRef],
         starter: LocalWorkflowStarter,
+        lock_file: IO[str] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -76,14 +79,16 @@ class EmbeddedRuntime:
         self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="agentworker-run")
         self._tasks: list[asyncio.Task[None]] = []
         self._in_flight = 0
-        self._lock_file: IO[str] | None = None
+        self._lock_file = lock_file
+        """The state directory's lock (taken at start when not given)."""
         # Recent run summaries (the demo and tests read them); bounded for a long-lived server.
         self.completed: deque[RunSummary] = deque(maxlen=10_000)
 
     # lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._take_state_lock()
+        if self._lock_file is None:
+            self._lock_file = take_state_lock(self.settings.state_dir)
         self.store.clear_connections()
         taken = self.store.expire_leases(now=self.deps.clock.now())
         started = await asyncio.to_thread(sweep, self.deps)
@@ -110,23 +115,6 @@ class EmbeddedRuntime:
             self._lock_file.close()
             self._lock_file = None
 
-    def _take_state_lock(self) -> None:
-        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
-        path = self.settings.state_dir / "agentworker.lock"
-        handle = path.open("a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            raise ConfigError(
-                f"AGENTWORKER_STATE_DIR={self.settings.state_dir}: another agentworker process"
-                " is using this state directory"
-            ) from None
-        handle.truncate(0)
-        handle.write(str(os.getpid()))
-        handle.flush()
-        self._lock_file = handle
-
     # API used by the server, the CLI and tests ------------------------------------------
 
     async def accept(self, msg: InboundMessage) -> AcceptResult:
@@ -134,6 +122,9 @@ class EmbeddedRuntime:
 
     async def history(self, conversation_id: str) -> History | None:
         return await asyncio.to_thread(self.store.history, conversation_id)
+
+    async def graph_state(self, conversation_id: str) -> GraphStateView | None:
+        return await asyncio.to_thread(graph_state, self.deps, conversation_id)
 
     @property
     def busy(self) -> int:
@@ -172,3 +163,22 @@ class EmbeddedRuntime:
                 log.exception(
                     "sweep failed; trying again in %ss", self.settings.sweep_interval_seconds
                 )
+
+
+def take_state_lock(state_dir: Path) -> IO[str]:
+    """Make this process the state directory's only user (``ConfigError`` if another
+    agentworker process uses it); the lock lasts while the returned file is open."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    handle = (state_dir / "agentworker.lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ConfigError(
+            f"AGENTWORKER_STATE_DIR={state_dir}: another agentworker process is using this"
+            " state directory"
+        ) from None
+    handle.truncate(0)
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle

@@ -22,6 +22,7 @@ from events.inbound import (
     WsDecide,
     WsFrame,
     WsPing,
+    WsResume,
     WsSend,
     WsSubscribe,
     new_id,
@@ -30,7 +31,14 @@ from events.outbound import ErrorBody, ErrorView, validation_problem
 from workers.adapters.local.runtime import EmbeddedRuntime
 from workers.adapters.local.views import conversation_view
 from workers.config import Settings
-from workers.errors import AgentWorkerError
+from workers.errors import (
+    AgentWorkerError,
+    ApiError,
+    NotFound,
+    NotWaiting,
+    PermanentError,
+    RetryableError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +49,28 @@ _FRAME = TypeAdapter[Any](WsFrame)
 _CONVERSATION_ID = re.compile(CONVERSATION_ID_PATTERN)
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.body = ErrorView(error=ErrorBody(code=code, message=message, field=field))
+Frame = WsSubscribe | WsSend | WsDecide | WsResume | WsPing
+
+
+def error_view(exc: AgentWorkerError) -> tuple[int, ErrorView]:
+    """The HTTP status and body of an error: an ``ApiError`` as it says; for the core's
+    errors, 404 for what does not exist, 409 for an answer nobody waits for, 400 for other
+    refusals, 503 for a transient fault."""
+    field = getattr(exc, "field", None)
+    if isinstance(exc, ApiError):
+        status, code = exc.status, exc.code
+    else:
+        code = type(exc).__name__
+        status = 400
+        if isinstance(exc, NotFound):
+            status = 404
+        elif isinstance(exc, NotWaiting):
+            status = 409
+        elif isinstance(exc, RetryableError):
+            status = 503
+        elif not isinstance(exc, PermanentError):
+            status = 500
+    return status, ErrorView(error=ErrorBody(code=code, message=str(exc), field=field))
 
 
 def validation_error(exc: ValidationError, *, tagged: bool = False) -> ApiError:
@@ -83,15 +108,10 @@ def create_app(settings: Settings, runtime_factory: Any = None) -> FastAPI:
 
     app = FastAPI(title="agentworker", version="0.1.0", lifespan=lifespan)
 
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body.model_dump(), status_code=exc.status)
-
     @app.exception_handler(AgentWorkerError)
-    async def _core_error(request: Request, exc: AgentWorkerError) -> JSONResponse:
-        field = getattr(exc, "field", None)
-        body = ErrorView(error=ErrorBody(code=type(exc).__name__, message=str(exc), field=field))
-        return JSONResponse(body.model_dump(), status_code=400)
+    async def _error(request: Request, exc: AgentWorkerError) -> JSONResponse:
+        status, body = error_view(exc)
+        return JSONResponse(body.model_dump(), status_code=status)
 
     def rt(request: Request | WebSocket) -> EmbeddedRuntime:
         runtime: EmbeddedRuntime = request.app.state.runtime
@@ -142,6 +162,19 @@ def create_app(settings: Settings, runtime_factory: Any = None) -> FastAPI:
                 "conversation_id",
             )
         return JSONResponse(conversation_view(history).model_dump(mode="json"))
+
+    @app.get("/v1/conversations/{conversation_id}/state")
+    async def get_state(conversation_id: str, request: Request) -> JSONResponse:
+        check_conversation_id(conversation_id)
+        state = await rt(request).graph_state(conversation_id)
+        if state is None:
+            raise ApiError(
+                404,
+                "not_found",
+                f"conversation_id: no conversation {conversation_id!r}",
+                "conversation_id",
+            )
+        return JSONResponse(state.model_dump(mode="json"))
 
     @app.websocket("/v1/ws")
     async def websocket(ws: WebSocket) -> None:
@@ -220,14 +253,8 @@ class WebSocketSession:
                 raise validation_error(exc) from None
             result = await self.runtime.accept(msg)
             return result.view(msg.conversation_id).model_dump(mode="json")
-        except ApiError as exc:
-            return exc.body.model_dump()
         except AgentWorkerError as exc:
-            return ErrorView(
-                error=ErrorBody(
-                    code=type(exc).__name__, message=str(exc), field=getattr(exc, "field", None)
-                )
-            ).model_dump()
+            return error_view(exc)[1].model_dump()
         except Exception:
             # Keep the socket open: log the bug with context, tell the client plainly.
             log.exception("websocket frame failed: %.200s", raw)
@@ -235,7 +262,7 @@ class WebSocketSession:
                 error=ErrorBody(code="internal_error", message="the server failed on this frame")
             ).model_dump()
 
-    def _parse(self, raw: str) -> WsSubscribe | WsSend | WsDecide | WsPing:
+    def _parse(self, raw: str) -> Frame:
         try:
             data = json.loads(raw)
         except json.JSONDecodeError as exc:
@@ -251,7 +278,7 @@ class WebSocketSession:
                 "action",
             )
         try:
-            frame: WsSubscribe | WsSend | WsDecide | WsPing = _FRAME.validate_python(data)
+            frame: Frame = _FRAME.validate_python(data)
         except ValidationError as exc:
             raise validation_error(exc, tagged=True) from None
         return frame

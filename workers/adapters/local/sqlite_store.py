@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from events.inbound import DoubleTextingPolicy, InboundMessage
-from events.outbound import ApprovalRequest, Notice, OutboxPayload
+from events.outbound import Notice, OutboxPayload, parse_pending_request
 from workers.core.model import (
     AcceptResult,
     ConversationState,
@@ -111,7 +111,6 @@ CREATE TABLE IF NOT EXISTS tool_effects (
 """
 
 _OUTBOX = TypeAdapter[OutboxPayload](OutboxPayload)
-_APPROVAL = TypeAdapter(ApprovalRequest)
 
 
 class SqliteConversationStore:
@@ -396,7 +395,7 @@ class SqliteConversationStore:
         ).fetchone()
         if row is None:
             return None
-        approval = _APPROVAL.validate_json(row[8]) if row[8] else None
+        approval = parse_pending_request(row[8]) if row[8] else None
         return ConversationState(
             conversation_id=row[0],
             policy=row[1],
