@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from langchain_core.exceptions import ModelError
 from langchain_core.language_models import BaseChatModel
 
 from workers.config import parse_model_spec
@@ -208,15 +209,24 @@ def _options(provider: str, opts: ModelOptions) -> dict[str, Any]:
 
 
 def map_model_error(exc: BaseException) -> BaseException:
-    """Map a model client's exception to our typed errors: botocore error codes (in the
-    HTTP response or in the event stream), HTTP statuses of the providers' SDKs, and
-    timeouts and connection failures. Anything else is returned as is."""
+    """Map a model client's exception to our typed errors. In order: LangChain's
+    provider-neutral ``ModelError`` (which says whether a retry may succeed), botocore error
+    codes (in the HTTP response or in the event stream), the HTTP status of a provider SDK's
+    error, and timeouts, connection failures and errors reported inside a stream (by class,
+    through the exception's bases). Anything else is returned as is."""
+    name = type(exc).__name__
+    if getattr(exc, "code", None) == "insufficient_quota":
+        return PermanentError(f"model call refused (quota exhausted, {name}): {exc}")
+    if isinstance(exc, ModelError):
+        if exc.is_retryable:
+            return RetryableError(f"model call failed ({name}): {exc}")
+        return PermanentError(f"model call refused ({name}): {exc}")
     response = getattr(exc, "response", None)
     code = ""
     if isinstance(response, dict):
         code = str(response.get("Error", {}).get("Code", ""))
-    name = type(exc).__name__
-    if code.lower() in _RETRYABLE_CODES or (not code and name in _RETRYABLE_ERRORS):
+    kinds = {k.__name__ for k in type(exc).__mro__}
+    if code.lower() in _RETRYABLE_CODES or (not code and kinds & _RETRYABLE_ERRORS):
         return RetryableError(f"model call failed ({code or name}): {exc}")
     if code.lower() in _PERMANENT_CODES:
         return PermanentError(f"model call refused ({code}): {exc}")
@@ -225,6 +235,9 @@ def map_model_error(exc: BaseException) -> BaseException:
         return RetryableError(f"model call failed (HTTP {status}, {name}): {exc}")
     if status is not None and 400 <= status < 500:
         return PermanentError(f"model call refused (HTTP {status}, {name}): {exc}")
+    if status is None and "APIError" in kinds:
+        # openai/anthropic: an error event inside a stream that had started (no status)
+        return RetryableError(f"model stream failed ({name}): {exc}")
     return exc
 
 

@@ -26,10 +26,12 @@ import uuid
 import zlib
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import TracebackType
 from typing import Any, Self, cast
 from urllib.parse import unquote, urlsplit
+
+from workers.sandbox.stub_http import StubHTTPServer
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +187,7 @@ class ConverseStubServer:
         self._lock = threading.Lock()
         self._script: list[_Scripted] = []
         self._requests: list[RecordedRequest] = []
-        self._httpd: _StubHTTPServer | None = None
+        self._httpd: StubHTTPServer[ConverseStubServer] | None = None
         self._thread: threading.Thread | None = None
 
     # lifecycle -------------------------------------------------------------------------------
@@ -194,7 +196,7 @@ class ConverseStubServer:
         """Bind and serve in a daemon thread. Idempotent."""
         if self._httpd is not None:
             return self
-        httpd = _StubHTTPServer((self.host, self.port), _ConverseHandler, self)
+        httpd = StubHTTPServer[ConverseStubServer]((self.host, self.port), _ConverseHandler, self)
         self.port = httpd.server_address[1]
         self._httpd = httpd
         self._thread = threading.Thread(
@@ -357,27 +359,13 @@ class ConverseStubServer:
         return None
 
 
-class _StubHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(
-        self,
-        address: tuple[str, int],
-        handler: type[BaseHTTPRequestHandler],
-        stub: ConverseStubServer,
-    ) -> None:
-        super().__init__(address, handler)
-        self.stub = stub
-
-
 class _ConverseHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive and chunked streaming, like botocore expects
     server_version = "ConverseStub/1"
 
     @property
     def stub(self) -> ConverseStubServer:
-        return cast(_StubHTTPServer, self.server).stub
+        return cast(StubHTTPServer[ConverseStubServer], self.server).stub
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("converse stub: " + format, *args)

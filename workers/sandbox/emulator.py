@@ -35,7 +35,7 @@ MOTO_CONFIG: dict[str, Any] = {
 }
 """moto's configuration for the emulator: run state machines, no Docker for Lambda."""
 
-STATEMACHINE_DIR = Path(__file__).resolve().parents[3] / "statemachine"
+STATEMACHINE_DIR = Path(__file__).resolve().parents[2] / "statemachine"
 
 Handler = Callable[[dict[str, Any], Any], Any]
 

@@ -401,9 +401,7 @@ class SandboxClient:
                     return payload
         return None
 
-    def pending_approval(
-        self, conversation_id: str
-    ) -> ApprovalRequest | InterruptRequest | None:
+    def pending_approval(self, conversation_id: str) -> ApprovalRequest | InterruptRequest | None:
         """The request (a tool approval, an interrupt) the conversation waits on, read from
         the sandbox's table."""
         from workers.adapters.aws.dynamodb_store import DynamoDBConversationStore
