@@ -44,7 +44,7 @@ from workers.adapters.local.sqlite_store import SqliteConversationStore
 from workers.agent.offline import OfflineChatModel
 from workers.bootstrap import build_agent
 from workers.config import load_settings
-from workers.core.model import TurnRequest
+from workers.core.model import TurnInput, TurnRequest
 from workers.observability import MlflowTracer
 
 store = SqliteConversationStore(Path(tempfile.mkdtemp()) / "tickets.db")
@@ -52,8 +52,8 @@ agent = build_agent(load_settings(), store, SystemClock(), model=OfflineChatMode
 tracer = MlflowTracer(sys.argv[1], "agentworker")
 tags = {"conversation_id": "bundle:1", "run_id": "bundle-1", "channel": "sqs"}
 with tracer.turn("turn", tags=tags, inputs={"texts": ["open a ticket about the bundle"]}):
-    request = TurnRequest("bundle:1", "t1", "sqs", ["open a ticket about the bundle"], None,
-                          None, [])
+    text = TurnInput("m1", "open a ticket about the bundle")
+    request = TurnRequest("bundle:1", "t1", "sqs", [text], None, None, [], ["m1"])
     out = agent.run_turn(request, on_chunk=None, tracer=tracer)
 tracer.flush()
 print(json.dumps({"reply": out.reply_text}))
