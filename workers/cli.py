@@ -96,6 +96,11 @@ def _parser() -> argparse.ArgumentParser:
     _app_arguments(s, model=False)
     s.set_defaults(func=cmd_demo)
 
+    s = sub.add_parser("new", help="write a runnable app: graph, agentworker.toml, a test")
+    s.add_argument("name", help="the app's name (a Python package name)")
+    s.add_argument("--dir", type=Path, default=Path(), help="where to create it (default .)")
+    s.set_defaults(func=cmd_new)
+
     s = sub.add_parser("state", help="print a conversation's graph state (its channels)")
     s.add_argument("-c", "--conversation", required=True)
     s.add_argument("--url", default=os.environ.get("AGENTWORKER_URL", DEFAULT_URL))
@@ -352,6 +357,16 @@ def cmd_history(args: argparse.Namespace) -> int:
         events.append((r["payload"]["created_at"], "< agent", _render(r["payload"])))
     for _, who, text in sorted(events, key=lambda e: e[0]):
         print(f"{who:>12}  {text}")
+    return 0
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    from workers.scaffold import write_app
+
+    root = write_app(args.name, args.dir)
+    print(f"agentworker: wrote {root}/ (agentworker.toml, {args.name}/graph.py, tests/)")
+    print(f"  cd {root} && agentworker serve       # then open the printed address")
+    print(f"  cd {root} && python -m pytest        # its test drives real turns")
     return 0
 
 

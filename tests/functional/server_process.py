@@ -26,9 +26,15 @@ def free_port() -> int:
 
 class ServerProcess:
     def __init__(
-        self, state_dir: Path, *, port: int | None = None, env: dict[str, str] | None = None
+        self,
+        state_dir: Path,
+        *,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.state_dir = state_dir
+        self.cwd = cwd
         self.port = port or free_port()
         self.env = {"AGENTWORKER_TRACING": "false", **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -56,7 +62,9 @@ class ServerProcess:
         ]
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=self.cwd
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

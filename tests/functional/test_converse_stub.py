@@ -26,8 +26,8 @@ from langchain_aws import ChatBedrockConverse
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage
 from pydantic import SecretStr
 from urllib3.exceptions import ReadTimeoutError as StreamReadTimeoutError
-from support_agent.graph import system_prompt
 
+from support_agent.graph import system_prompt
 from tests.fakes import InMemoryConversationStore, ManualClock
 from tests.turns import Conversation
 from workers.agent.models import map_model_error

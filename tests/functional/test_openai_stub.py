@@ -26,8 +26,8 @@ from langchain_core.messages import (
 from langchain_core.runnables import Runnable
 from langchain_openai import ChatOpenAI
 from pydantic import SecretStr
-from support_agent.tools import support_tools
 
+from support_agent.tools import support_tools
 from tests.fakes import InMemoryConversationStore, ManualClock
 from tests.turns import Conversation
 from workers.agent.models import make_model, map_model_error

@@ -31,7 +31,7 @@ from pydantic_core import to_jsonable_python
 from events.outbound import GraphStateView, PendingInterruptView
 from workers.agent.callbacks import TurnCallbacks
 from workers.agent.models import map_model_error
-from workers.agent.saver import STAGE_KEY, StagedCheckpointSaver
+from workers.agent.saver import INTERRUPT, STAGE_KEY, StagedCheckpointSaver
 from workers.agent.sdk import TurnInfo, approval_of, bound_turn
 from workers.core.model import LogEntry, PendingInterrupt, TurnOutput, TurnRequest
 from workers.core.ports import Tracer
@@ -41,7 +41,6 @@ RECURSION_LIMIT = 25
 """Graph super-steps per turn (LangGraph's default): stops a tool loop running away."""
 REPLY_SEPARATOR = "\n\n"
 """Streamed between the texts of two model calls of one turn."""
-_INTERRUPT = "__interrupt__"
 _STREAM_MODES: list[StreamMode] = ["updates", "messages"]
 _NO_STREAM: list[StreamMode] = ["updates"]
 
@@ -165,16 +164,16 @@ class GraphTurnAgent:
         """The first pending interrupt (several parallel ones are answered one per turn: the
         resumed turn stops at the next). Its value must be JSON: it is stored and sent."""
         first = interrupts[0]
-        try:
-            json.dumps(first.value, allow_nan=False)
+        try:  # as JSON: what is stored and sent (a tuple becomes a list)
+            value = json.loads(json.dumps(first.value, allow_nan=False))
         except (TypeError, ValueError) as exc:
             node = self._interrupting_node(config, first.id)
             raise PermanentError(
                 f"node {node!r} called interrupt() with a value that is not JSON: {exc}"
             ) from None
-        approval = approval_of(first.value)
-        text = approval.text if approval is not None else interrupt_text(first.value)
-        return PendingInterrupt(first.id, first.value, text, approval)
+        approval = approval_of(value)
+        text = approval.text if approval is not None else interrupt_text(value)
+        return PendingInterrupt(first.id, value, text, approval)
 
     def _interrupting_node(self, config: RunnableConfig, interrupt_id: str) -> str:
         snapshot = self._state(config["configurable"][STAGE_KEY])
@@ -287,7 +286,7 @@ class _Collector:
         if mode == "messages":
             self._message(payload[0])
         elif mode == "updates" and not namespace and isinstance(payload, dict):
-            found = payload.get(_INTERRUPT)
+            found = payload.get(INTERRUPT)
             if found:
                 self.interrupts.extend(found)
 

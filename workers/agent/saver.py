@@ -40,7 +40,11 @@ from langgraph.checkpoint.base import (
     get_checkpoint_metadata,
 )
 
+from workers.errors import PermanentError
+
 STAGE_KEY = "agentworker_stage"
+INTERRUPT = "__interrupt__"
+"""The channel LangGraph writes an ``interrupt()`` to."""
 MESSAGES = "messages"
 _FORMAT = 2
 _READABLE = (1, 2)
@@ -282,7 +286,22 @@ class StagedCheckpointSaver(BaseCheckpointSaver[int]):
             slot = (task_id, WRITES_IDX_MAP.get(channel, idx))
             if slot[1] >= 0 and slot in saved.writes:
                 continue
-            saved.writes[slot] = (task_id, channel, self.serde.dumps_typed(value), task_path)
+            saved.writes[slot] = (
+                task_id,
+                channel,
+                self._dump(value, channel, task_path),
+                task_path,
+            )
+
+    def _dump(self, value: Any, channel: str, task_path: str) -> Typed:
+        try:
+            return self.serde.dumps_typed(value)
+        except (TypeError, ValueError) as exc:
+            node = _node_of(task_path)
+            what = (
+                "called interrupt() with a value" if channel == INTERRUPT else f"wrote {channel!r}"
+            )
+            raise PermanentError(f"node {node!r} {what} that cannot be stored: {exc}") from None
 
     def delete_thread(self, thread_id: str) -> None:
         with self._lock:
@@ -324,6 +343,15 @@ class StagedCheckpointSaver(BaseCheckpointSaver[int]):
 
     async def adelete_thread(self, thread_id: str) -> None:
         self.delete_thread(thread_id)
+
+
+def _node_of(task_path: str) -> str:
+    """The node a task runs, from LangGraph's task path (``~__pregel_pull, <node>`` for a
+    node; a ``Send`` task's path holds only indexes)."""
+    parts = [p.strip() for p in task_path.split(",")]
+    if len(parts) > 1 and parts[0].endswith("__pregel_pull"):
+        return parts[1]
+    return f"a Send task ({task_path})"
 
 
 def _aligned(messages: list[BaseMessage]) -> list[BaseMessage]:

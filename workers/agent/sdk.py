@@ -116,12 +116,32 @@ def bound_turn(info: TurnInfo) -> Iterator[TurnInfo]:
         _TURN.reset(token)
 
 
+_PLAIN_TURNS: dict[tuple[str, str], TurnInfo] = {}
+_PLAIN_LIMIT = 1024
+
+
 def current_turn() -> TurnInfo:
-    """The turn being run; ``OutsideTurn`` when called outside one."""
+    """The turn being run. Under plain LangGraph (``langgraph dev``, an app's own tests) the
+    graph still works: the turn is then the LangGraph thread's current step (the thread is
+    the conversation, the step's checkpoint the base). ``OutsideTurn`` outside any graph."""
     info = _TURN.get()
-    if info is None:
-        raise OutsideTurn("current_turn() is only available while agentworker runs a turn")
-    return info
+    if info is not None:
+        return info
+    try:
+        from langgraph.config import get_config
+
+        conf = get_config().get("configurable", {})
+    except RuntimeError:
+        raise OutsideTurn("current_turn() is only available while a graph runs") from None
+    thread = str(conf.get("thread_id", ""))
+    step = str((conf.get("checkpoint_map") or {}).get("", "") or conf.get("checkpoint_id", ""))
+    key = (thread, step)
+    found = _PLAIN_TURNS.get(key)
+    if found is None:
+        if len(_PLAIN_TURNS) >= _PLAIN_LIMIT:
+            _PLAIN_TURNS.clear()
+        found = _PLAIN_TURNS[key] = TurnInfo(thread, step, "langgraph", (), step or "root")
+    return found
 
 
 def idempotency_key(tool: str, args: Mapping[str, Any]) -> str:

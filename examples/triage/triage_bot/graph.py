@@ -2,7 +2,9 @@
 
 Its state has channels beyond ``messages``, persisted by agentworker across turns exactly as
 LangGraph's own checkpointers would: the request's ``category`` and ``priority``, a running
-``summary`` of what the customer said, and ``routing``, an append-only list of every decision.
+``summary`` of what the customer said (its last 600 characters), and ``routing``, the last
+ten routing decisions (a reducer of its own). Every channel is bounded, so the bytes a turn
+writes stay flat however long the conversation gets.
 When a message does not say what it is about, ``classify`` asks with a free-form
 ``interrupt()``; the answer (typed in the chat, or any JSON value sent as ``resume``) resumes
 the same turn.
@@ -10,7 +12,6 @@ the same turn.
 
 from __future__ import annotations
 
-import operator
 import re
 from collections.abc import Sequence
 from typing import Annotated, Any
@@ -30,13 +31,19 @@ _KEYWORDS: dict[str, tuple[str, ...]] = {
 _URGENT = re.compile(r"\b(urgent|asap|immediately|outage|down|cannot work)\b", re.I)
 QUESTION = "Is this about billing, a technical problem, or your account?"
 SUMMARY_LIMIT = 600
+ROUTING_KEPT = 10
+
+
+def last_ten(kept: list[str], new: list[str]) -> list[str]:
+    """The routing log's reducer: appends, keeps the last :data:`ROUTING_KEPT` entries."""
+    return [*kept, *new][-ROUTING_KEPT:]
 
 
 class TriageState(MessagesState):
     category: str | None
     priority: str
     summary: str
-    routing: Annotated[list[str], operator.add]
+    routing: Annotated[list[str], last_ten]
 
 
 def category_of(text: str) -> str | None:
@@ -81,7 +88,9 @@ def build(ctx: BuildContext) -> StateGraph[TriageState, None, TriageState, Triag
         category = category_of(text) or state.get("category")
         how = "keywords"
         if category is None:
-            category = answer_category(interrupt({"question": QUESTION, "options": CATEGORIES}))
+            category = answer_category(
+                interrupt({"question": QUESTION, "options": list(CATEGORIES)})
+            )
             how = "asked"
         priority = "urgent" if _URGENT.search(text) else state.get("priority") or "normal"
         return {"category": category, "priority": priority, "routing": [f"{category}:{how}"]}
