@@ -51,10 +51,13 @@ def free_port() -> int:
 class Server:
     """``agentworker serve`` as a subprocess; restartable on the same port and state dir."""
 
-    def __init__(self, state_dir: Path, port: int, log_path: Path) -> None:
+    def __init__(
+        self, state_dir: Path, port: int, log_path: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.state_dir = state_dir
         self.port = port
         self.log_path = log_path
+        self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -62,7 +65,7 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        env = dict(os.environ, AGENTWORKER_TRACING="false", PYTHONUNBUFFERED="1")
+        env = dict(os.environ, AGENTWORKER_TRACING="false", PYTHONUNBUFFERED="1", **self.env)
         cmd = [
             sys.executable, "-m", "workers.cli", "serve",
             "--host", "127.0.0.1",
@@ -126,6 +129,17 @@ def browser_binaries() -> None:
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
     srv = Server(tmp_path / "state", free_port(), tmp_path / "server.log")
+    try:
+        srv.start()
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def triage_server(tmp_path: Path) -> Iterator[Server]:
+    env = {"AGENTWORKER_GRAPH": "triage_bot.graph:build"}
+    srv = Server(tmp_path / "state", free_port(), tmp_path / "server.log", env)
     try:
         srv.start()
         yield srv
@@ -309,3 +323,39 @@ def run_scenario(server: Server, drv: webdriver.Chrome, tmp_path: Path) -> None:
     assert len(replies) == 4, replies
     assert texts(drv, "user-message")[-1] == "hello again"
     assert not texts(drv, "error")
+
+
+def test_a_question_of_the_graph_is_answered_on_the_page(
+    triage_server: Server, driver: webdriver.Chrome, tmp_path: Path
+) -> None:
+    """The triage example asks with interrupt(): its options are buttons; a click resumes
+    the turn; a question typed over is answered by the next chat message."""
+    drv = driver
+    try:
+        drv.get(triage_server.url + "/")
+        wait_status(drv, "open")
+        type_message(drv, "hello")
+        card = wait_for(
+            drv, "question card", lambda d: d.find_elements(*by_testid("interrupt")) or None
+        )[0]
+        assert "billing, a technical problem, or your account" in card.text
+        options = [e.text for e in drv.find_elements(*by_testid("option"))]
+        assert options == ["billing", "technical", "account"]
+        save_screenshot(drv, tmp_path, "chat-question.png")
+        next(e for e in drv.find_elements(*by_testid("option")) if e.text == "account").click()
+        wait_reply(drv, "[account team, normal priority]")
+        assert not drv.find_elements(*by_testid("option")), "options stay after the answer"
+        assert "Answered: account" in texts(drv, "decision")
+
+        drv.get(triage_server.url + "/#ws:web:second")
+        wait_status(drv, "open")
+        type_message(drv, "hi again")
+        wait_for(drv, "second question", lambda d: d.find_elements(*by_testid("answer")) or None)
+        type_message(drv, "it is about my invoice")  # typed in the chat: the answer
+        wait_reply(drv, "[billing team, normal priority]")
+        assert "Answered in the chat" in texts(drv, "decision")
+        assert not texts(drv, "error")
+    except BaseException:
+        drv.save_screenshot(str(tmp_path / "failure.png"))
+        print(f"browser artifacts in {tmp_path}\nserver log:\n{triage_server.log_tail()}")
+        raise
