@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from deploy import layers, params
+from deploy import app, layers, params
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVERLESS_YML = ROOT / "serverless.yml"
@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage", default="dev")
     args = parser.parse_args(argv)
     problems = params.check(SERVERLESS_YML, args.stage)
+    if not problems:
+        settings = app.main_settings()
+        problems = app.check_stack_params(settings, params.stage(SERVERLESS_YML, args.stage))
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return 1

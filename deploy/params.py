@@ -76,3 +76,9 @@ def check(path: Path, stage: str | None = None) -> list[str]:
                 where = ".".join(str(p) for p in error["loc"]) or "(all)"
                 found.append(f"{path}: params.{name}.{where}: {error['msg']}")
     return found
+
+
+def stage(path: Path, name: str) -> dict[str, Any]:
+    """The parameters of stage ``name`` (``params.default`` merged with ``params.<name>``)."""
+    params = load(path).get("params") or {}
+    return {**(params.get("default") or {}), **(params.get(name) or {})}

@@ -92,7 +92,13 @@ _COMMON_ENV: dict[str, Any] = {
 }
 """Every function builds the same AWS dependencies (``bootstrap.aws_deps``)."""
 
+LAYER_DIR_ON_LAMBDA = "/opt/python"
+"""Where Lambda puts a layer's ``python`` directory (on ``sys.path``)."""
+APP_FILE_ON_LAMBDA = f"{LAYER_DIR_ON_LAMBDA}/agentworker.toml"
+"""The app file ``make package`` writes into the ``app`` layer (``deploy/app.py``)."""
+
 _TURN_ENV: dict[str, Any] = {
+    "config": APP_FILE_ON_LAMBDA,
     "model": "bedrock:${param:bedrockModelId}",
     "bedrock_region": "${param:bedrockRegion}",
     "max_run_seconds": str(EXPRESS_MAX_RUN_SECONDS),

@@ -203,6 +203,71 @@ def seed_run(session: Any, url: str, table: str, bucket: str, conversation_id: s
     return starter.runs[0].model_dump(mode="json", exclude_none=True)
 
 
+def test_the_turn_handler_serves_the_app_layer_make_package_builds(
+    bundle_python: Path, moto_url: str, tmp_path: Path
+) -> None:
+    """An app that is not installed anywhere (``agentworker new``), bundled into the ``app``
+    layer by ``deploy/app.py`` as ``make package`` does: the ``turn`` handler of the trimmed
+    bundle finds it through the layer's app file and serves it (its first turn asks)."""
+    from deploy.app import build_layer, resolve
+    from workers.config import load_settings
+    from workers.scaffold import write_app
+
+    root = write_app("bundled_bot", tmp_path)
+    bundle = resolve(load_settings(config=root / "agentworker.toml"))
+    assert bundle.package == "bundled_bot" and bundle.source == root / "bundled_bot"
+    layer = build_layer(bundle, tmp_path / "layer")
+    assert (layer / "bundled_bot" / "graph.py").is_file()
+    assert not (layer / "bundled_bot" / "tests").exists()
+    session = boto3.session.Session(
+        aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION
+    )
+    run_ref = seed_run(session, moto_url, "bundle-app", "bundle-app-blobs", "bundle:3")
+    topic = session.client("sns", endpoint_url=moto_url).create_topic(Name="app-replies")
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_ENDPOINT_URL": moto_url,
+        "PYTHONPATH": str(layer),  # /opt/python on Lambda
+        "AGENTWORKER_CONFIG": str(layer / "agentworker.toml"),
+        "AGENTWORKER_TABLE_NAME": "bundle-app",
+        "AGENTWORKER_BUCKET_NAME": "bundle-app-blobs",
+        "AGENTWORKER_REPLY_TOPIC_ARN": topic["TopicArn"],
+        "AGENTWORKER_STATE_MACHINE_ARN": (
+            f"arn:aws:states:{REGION}:000000000000:stateMachine:bundle-unused"
+        ),
+        "AGENTWORKER_TRACING": "false",
+        "POWERTOOLS_METRICS_NAMESPACE": "bundle",
+    }
+    stdout = run(bundle_python, APP_TURN, json.dumps(run_ref), env=env)
+    out = json.loads(stdout.splitlines()[-1])
+    assert out["turn"] == "awaiting_approval", out  # the scaffold's first turn asks the name
+    assert out["status"] == "awaiting_approval"
+
+
+APP_TURN = """
+import json, sys
+from workers.handlers import turn
+
+
+class Context:
+    function_name = "turn"
+    invoked_function_arn = "arn:aws:lambda:us-east-1:000000000000:function:turn"
+    memory_limit_in_mb = 1024
+    aws_request_id = "bundle-app"
+    function_version = "$LATEST"
+
+    def get_remaining_time_in_millis(self):
+        return 300_000
+
+
+run = json.loads(sys.argv[1])
+step = turn.handler({"op": "step", "run": run, "execution_id": "bundle-app-exec"}, Context())
+print(json.dumps(step))
+"""
+
+
 def test_the_turn_handler_runs_on_the_trimmed_bundle(
     bundle_python: Path, mlflow_url: str, moto_url: str
 ) -> None:

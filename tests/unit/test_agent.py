@@ -307,3 +307,35 @@ def test_checkpoints_of_the_old_format_are_read_with_the_log_window() -> None:
     del ns["msgs"]
     saver.stage("k", ormsgpack.packb(old), history)
     assert [m.id for m in saver.messages("k")] == ["e1", "e2", "h"]
+
+
+THROTTLED: list[str] = []
+
+
+class ThrottledAfterTheTool(RandomIdsModel):
+    """Throttled once, on the call after a tool ran: the workflow retries the whole turn,
+    and the retried model makes up new tool-call ids."""
+
+    def _respond(self, messages: list[Any], kwargs: dict[str, Any]) -> AIMessage:
+        if isinstance(messages[-1], ToolMessage) and not THROTTLED:
+            THROTTLED.append(messages[-1].tool_call_id)
+            raise RetryableError("ThrottlingException: slow down")
+        return super()._respond(messages, kwargs)
+
+
+def test_a_turn_retried_by_the_run_after_a_throttle_opens_one_ticket() -> None:
+    from events.inbound import InboundMessage
+    from tests.fakes import RecordingSink, RecordingStarter
+    from workers.core.steps import Deps, TurnSettings, accept_message, drive_run
+
+    THROTTLED.clear()
+    store = InMemoryConversationStore()
+    clock = ManualClock()
+    agent = build_agent(load_settings(), store, clock, ThrottledAfterTheTool())
+    sink, starter = RecordingSink(), RecordingStarter()
+    deps = Deps(store, agent, sink, starter, clock, settings=TurnSettings(retry_base_delay=0.0))
+    accept_message(deps, InboundMessage(conversation_id="ticket:9", text="open a ticket about X"))
+    summary = drive_run(deps, starter.runs.pop())
+    assert THROTTLED and summary.turns == 1
+    assert [p.text for p in sink.sent] == ["Opened ticket 1: 'X' (priority normal)."]
+    assert store.get_ticket(1) is not None and store.get_ticket(2) is None
