@@ -18,6 +18,7 @@ from bench import (
     aws_cost,
     aws_roundtrips,
     bundle_size,
+    byo,
     cold_import,
     overhead,
     storage,
@@ -33,6 +34,7 @@ SECTIONS = (
     "overhead",
     "throughput",
     "storage",
+    "byo-graph",
     "aws-roundtrips",
     "cold-import",
     "bundle-size",
@@ -52,6 +54,8 @@ FULL: dict[str, Any] = {
     "storage_points": "10,100,1000",
     "storage_window": 10,
     "baseline_budget_s": 180.0,
+    "byo_points": "1,100,1000",
+    "byo_window": 10,
     "aws_turns": 50,
     "aws_workflow_turns": 10,
     "aws_standard_turns": 3,
@@ -69,6 +73,8 @@ QUICK: dict[str, Any] = {
     "storage_points": "10,100,300",
     "storage_window": 5,
     "baseline_budget_s": 60.0,
+    "byo_points": "1,50,200",
+    "byo_window": 5,
     "aws_turns": 10,
     "aws_workflow_turns": 4,
     "aws_standard_turns": 2,
@@ -104,6 +110,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--storage-points", help="conversation lengths to sample, comma list")
     parser.add_argument("--storage-window", type=int, help="turns averaged at each point")
     parser.add_argument("--baseline-budget-s", type=float, help="time cap of the baseline")
+    parser.add_argument("--byo-points", help="byo-graph: conversation lengths, comma list")
+    parser.add_argument("--byo-window", type=int, help="byo-graph: turns averaged per point")
     parser.add_argument("--aws-turns", type=int, help="turns per side of aws-roundtrips")
     parser.add_argument(
         "--aws-workflow-turns", type=int, help="turns driven through the Express ASL"
@@ -178,6 +186,15 @@ def main(argv: list[str] | None = None) -> int:
                 storage.StorageConfig(
                     points=_ints(args.storage_points),
                     window=args.storage_window,
+                    baseline_budget_s=args.baseline_budget_s,
+                ),
+            )
+        if "byo-graph" in sections:
+            results["byo_graph"] = byo.run(
+                tmp,
+                storage.StorageConfig(
+                    points=_ints(args.byo_points),
+                    window=args.byo_window,
                     baseline_budget_s=args.baseline_budget_s,
                 ),
             )

@@ -46,6 +46,7 @@ from bench.common import (
 from events.inbound import InboundMessage
 from events.workflow import RunRef
 from workers.adapters.aws.dynamodb_store import DynamoDBConversationStore
+from workers.adapters.aws.dynamodb_tickets import DynamoDBTicketStore
 from workers.adapters.aws.tables import DynamoDBTableSpec
 from workers.adapters.clock import SystemClock
 from workers.bootstrap import build_agent, turn_settings
@@ -111,7 +112,10 @@ def build_ours(url: str, tmp: Path, shadow: Any, shadow_s3: Any) -> Ours:
     settings = load_settings(state_dir=tmp, tracing=False)
     clock = SystemClock()
     model = TimedOfflineChatModel()
-    agent = build_agent(settings, store, clock, model=model)
+    tickets = DynamoDBTicketStore(
+        dynamodb=session.client("dynamodb", endpoint_url=url), table_name=OURS_TABLE
+    )
+    agent = build_agent(settings, tickets, clock, model=model)
     starter = RecordingStarter()
     sink = DiscardSink()
     deps = Deps(store, agent, sink, starter, clock, NullTracer(), settings=turn_settings(settings))

@@ -29,6 +29,7 @@ from bench.common import (
 from events.inbound import InboundMessage
 from workers.adapters.clock import SystemClock
 from workers.adapters.local.sqlite_store import SqliteConversationStore
+from workers.adapters.local.sqlite_tickets import SqliteTicketStore
 from workers.bootstrap import build_agent, turn_settings
 from workers.config import load_settings
 from workers.core.ports import NullTracer, Tracer
@@ -82,7 +83,9 @@ def _build(tmp: Path, name: str, tracer: Tracer) -> _Bench:
     store = SqliteConversationStore(tmp / f"overhead-{name}.db")
     clock = SystemClock()
     model = TimedOfflineChatModel()
-    agent = build_agent(settings, tickets=store, clock=clock, model=model)
+    agent = build_agent(
+        settings, tickets=SqliteTicketStore(store.database), clock=clock, model=model
+    )
     starter = RecordingStarter()
     sink = DiscardSink()
     deps = Deps(store, agent, sink, starter, clock, tracer, settings=turn_settings(settings))

@@ -76,6 +76,10 @@ def render(results: dict[str, Any]) -> str:
         parts.append(_throughput(results["throughput"]))
     if "storage" in results:
         parts.append(_storage(results["storage"]))
+    if "byo_graph" in results:
+        from bench import byo
+
+        parts.append(byo.render(results["byo_graph"]))
     if any(k in results for k in ("aws_roundtrips", "cold_import", "bundle_size", "aws_cost")):
         from bench import aws_report
 

@@ -46,6 +46,7 @@ from bench.common import (
 from events.inbound import InboundMessage
 from workers.adapters.clock import SystemClock
 from workers.adapters.local.sqlite_store import SqliteConversationStore
+from workers.adapters.local.sqlite_tickets import SqliteTicketStore
 from workers.agent.offline import OfflineChatModel
 from workers.bootstrap import build_agent, turn_settings
 from workers.config import load_settings
@@ -76,7 +77,9 @@ def _ours(tmp: Path) -> Side:
     path = tmp / "ours.db"
     store = SqliteConversationStore(path)
     clock = SystemClock()
-    agent = build_agent(settings, tickets=store, clock=clock, model=OfflineChatModel())
+    agent = build_agent(
+        settings, tickets=SqliteTicketStore(store.database), clock=clock, model=OfflineChatModel()
+    )
     starter = RecordingStarter()
     deps = Deps(
         store,
@@ -137,7 +140,7 @@ def _baseline(tmp: Path) -> Side:
     )
 
 
-def _run_side(side: Side, cfg: StorageConfig, budget_s: float | None) -> dict[str, Any]:
+def run_side(side: Side, cfg: StorageConfig, budget_s: float | None) -> dict[str, Any]:
     last = max(cfg.points)
     sampled = {t: p for p in cfg.points for t in range(max(1, p - cfg.window + 1), p + 1)}
     meter = SqliteMeter(side.path)
@@ -249,13 +252,13 @@ def run(tmp: Path, cfg: StorageConfig) -> dict[str, Any]:
     ours_dir.mkdir()
     plain_dir.mkdir()
     progress(f"storage (ours): {max(cfg.points)} turns, sampling {list(cfg.points)}")
-    ours = _run_side(_ours(ours_dir), cfg, None)
+    ours = run_side(_ours(ours_dir), cfg, None)
     progress(f"storage (ours): done in {ours['total_s']:.1f} s")
     progress(
         f"storage (plain): {max(cfg.points)} turns, sampling {list(cfg.points)}, "
         f"budget {cfg.baseline_budget_s:.0f} s"
     )
-    plain = _run_side(_baseline(plain_dir), cfg, cfg.baseline_budget_s)
+    plain = run_side(_baseline(plain_dir), cfg, cfg.baseline_budget_s)
     progress(f"storage (plain): done in {plain['total_s']:.1f} s")
     return {
         "config": {

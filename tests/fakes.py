@@ -1,5 +1,5 @@
-"""In-memory fakes of the core's ports, for unit tests (no I/O). The fake store passes the
-same contract suite as the real backends (tests/contract), so it cannot drift from them."""
+"""In-memory fakes of the core's ports, for unit tests (no I/O). The fake stores pass the
+same contract suites as the real backends (tests/contract), so they cannot drift from them."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from workers.core.model import (
     TurnOutput,
     TurnRequest,
 )
-from workers.core.policies import REJECTED_NOTICE
+from workers.core.policies import accept_decision
 from workers.core.ports import Tracer
 from workers.errors import LeaseLost, NotFound, RetryableError, TurnSuperseded
 
@@ -43,14 +43,12 @@ class _Conv:
 
 
 class InMemoryConversationStore:
-    """Dict-backed ``ConversationStore`` + ``TicketStore``; one lock makes it atomic."""
+    """Dict-backed ``ConversationStore``; one lock makes it atomic."""
 
     def __init__(self) -> None:
         self._convs: dict[str, _Conv] = {}
         self._lock = threading.RLock()
         self._conns: dict[tuple[str, str], float] = {}
-        self._tickets: dict[int, Ticket] = {}
-        self._effects: dict[str, int] = {}
         self.calls: list[str] = []
 
     def _get(self, cid: str) -> _Conv:
@@ -103,25 +101,20 @@ class InMemoryConversationStore:
                 conv = self._convs[cid] = _Conv(state)
             st = conv.state
             policy = msg.policy or st.policy
-            busy = st.lease_live(now)
-            rejected = policy == "reject" and busy
+            decision = accept_decision(policy, lease_live=st.lease_live(now), lease_ttl=lease_ttl)
             seq = st.inbox_seq + 1
             conv.state = replace(st, inbox_seq=seq, policy=policy, updated_at=now)
-            conv.inbox.append(InboxEntry(seq, msg, "rejected" if rejected else "pending"))
-            if rejected:
-                self._outbox(
-                    conv,
-                    [
-                        Notice(
-                            conversation_id=cid, in_reply_to=[msg.message_id], text=REJECTED_NOTICE
-                        )
-                    ],
+            conv.inbox.append(InboxEntry(seq, msg, decision.status))
+            if decision.notice is not None:
+                notice = Notice(
+                    conversation_id=cid, in_reply_to=[msg.message_id], text=decision.notice
                 )
+                self._outbox(conv, [notice])
             lease = None
-            if lease_ttl is not None and not rejected and not busy:
-                lease = self._take_lease(conv, now, lease_ttl)
+            if decision.lease_ttl is not None:
+                lease = self._take_lease(conv, now, decision.lease_ttl)
             return AcceptResult(
-                msg.message_id, seq, duplicate=False, rejected=rejected, lease=lease
+                msg.message_id, seq, duplicate=False, rejected=decision.rejected, lease=lease
             )
 
     def _take_lease(self, conv: _Conv, now: float, ttl: float) -> Lease:
@@ -330,7 +323,15 @@ class InMemoryConversationStore:
             if cid == conversation_id
         ]
 
-    # tickets
+
+class InMemoryTicketStore:
+    """Dict-backed ``TicketStore``; one lock makes it atomic."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tickets: dict[int, Ticket] = {}
+        self._effects: dict[str, int] = {}
+
     def create_ticket(
         self,
         *,

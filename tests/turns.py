@@ -13,7 +13,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import StateGraph
 from langgraph.types import Command
 
-from tests.fakes import InMemoryConversationStore, ManualClock
+from tests.fakes import InMemoryTicketStore, ManualClock
 from workers.agent.runner import GraphTurnAgent
 from workers.agent.sdk import BuildContext
 from workers.config import load_settings
@@ -29,7 +29,7 @@ def build_context(model: Any, **settings: Any) -> BuildContext:
         settings=load_settings(**settings),
         prompt=None,
         approval_tools=None,
-        tickets=InMemoryConversationStore(),
+        tickets=InMemoryTicketStore(),
         clock=ManualClock(),
         app_dir=Path.cwd(),
     )

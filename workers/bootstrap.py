@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from events.workflow import RunRef
 from workers.config import Settings, load_settings
-from workers.core.ports import Clock, NullTracer, TicketStore, Tracer
+from workers.core.ports import Clock, NullTracer, TicketStore, Tracer, TurnAgent
 from workers.core.steps import Deps, TurnSettings
 from workers.errors import ConfigError
 
@@ -81,18 +81,21 @@ def _read_prompt(settings: Settings) -> str | None:
 def prepare_embedded(
     settings: Settings, *, model: Any = None, tracer: Tracer | None = None
 ) -> Callable[[], EmbeddedRuntime]:
-    """Build what the embedded runtime needs before it starts (the store, the model and the
+    """Build what the embedded runtime needs before it starts (the stores, the model and the
     app's graph, the tracer: a bad setting fails here, before anything is served); the
-    returned function assembles the runtime on the running event loop."""
+    returned function assembles the runtime on the running event loop. The tickets are kept
+    in the conversation store's SQLite file."""
     from workers.adapters.clock import SystemClock
     from workers.adapters.local.runtime import take_state_lock
     from workers.adapters.local.sqlite_store import SqliteConversationStore
+    from workers.adapters.local.sqlite_tickets import SqliteTicketStore
 
     clock = SystemClock()
     lock = take_state_lock(settings.state_dir)
     store = SqliteConversationStore(settings.db_path)
     try:
-        agent = build_agent(settings, store, clock, model)
+        tickets = SqliteTicketStore(store.database)
+        agent = build_agent(settings, tickets, clock, model)
         traces = tracer if tracer is not None else build_tracer(settings)
     except BaseException:
         store.close()
@@ -119,6 +122,7 @@ def prepare_embedded(
         return EmbeddedRuntime(
             settings=settings,
             store=store,
+            tickets=tickets,
             deps=deps,
             hub=hub,
             queue=queue,
@@ -205,8 +209,9 @@ def slack_signing_secret() -> str:
 
 def build_aws(settings: Settings, *, with_agent: bool, session: Any = None) -> Deps:
     """Wire the AWS adapters: DynamoDB/S3 store, Step Functions starter, SNS and WebSocket
-    sinks, Bedrock (or offline) agent, MLflow tracing when a tracking URI is configured; a
-    Slack sink for Slack conversations when a bot token (or the Slack secret) is configured."""
+    sinks, Bedrock (or offline) agent with its ticket store on the same table, MLflow tracing
+    when a tracking URI is configured; a Slack sink for Slack conversations when a bot token
+    (or the Slack secret) is configured."""
     import boto3
 
     from workers.adapters.aws.dynamodb_store import DynamoDBConversationStore
@@ -219,8 +224,9 @@ def build_aws(settings: Settings, *, with_agent: bool, session: Any = None) -> D
         raise ConfigError("AGENTWORKER_STATE_MACHINE_ARN: not set; the AWS runtime needs it")
     session = session or boto3.session.Session()
     clock = SystemClock()
+    dynamodb = session.client("dynamodb")
     store = DynamoDBConversationStore(
-        dynamodb=session.client("dynamodb"),
+        dynamodb=dynamodb,
         table_name=settings.table_name,
         s3=session.client("s3"),
         bucket=settings.bucket_name,
@@ -248,9 +254,15 @@ def build_aws(settings: Settings, *, with_agent: bool, session: Any = None) -> D
         from workers.observability import MlflowTracer
 
         tracer = MlflowTracer(settings.mlflow_tracking_uri, settings.mlflow_experiment)
+    agent: TurnAgent = NoAgent()
+    if with_agent:
+        from workers.adapters.aws.dynamodb_tickets import DynamoDBTicketStore
+
+        tickets = DynamoDBTicketStore(dynamodb=dynamodb, table_name=settings.table_name)
+        agent = build_agent(settings, tickets, clock)
     return Deps(
         store=store,
-        agent=build_agent(settings, store, clock) if with_agent else NoAgent(),
+        agent=agent,
         sink=FanOutReplySink(sinks),
         starter=StepFunctionsWorkflowStarter(
             session.client("stepfunctions"), settings.state_machine_arn

@@ -133,7 +133,7 @@ async def _support_script(rt: EmbeddedRuntime, problems: list[str]) -> None:
                 conversation_id=ALICE, kind="approval", approval=decision, sender="alice"
             ),
         )
-        ticket = rt.store.get_ticket(ticket_id)
+        ticket = rt.tickets.get_ticket(ticket_id)
         if ticket is None or ticket.status != "closed":
             problems.append("the approved change was not applied")
 

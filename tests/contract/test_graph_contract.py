@@ -13,7 +13,7 @@ import pytest
 from langgraph.graph import StateGraph
 
 from tests import graphs
-from tests.fakes import InMemoryConversationStore, ManualClock
+from tests.fakes import InMemoryTicketStore, ManualClock
 from tests.turns import Conversation, PlainConversation, build_context, shape
 from workers.agent.offline import OfflineChatModel
 from workers.agent.runner import GraphTurnAgent
@@ -150,7 +150,7 @@ def test_custom_state_bytes_stay_flat_while_the_conversation_grows() -> None:
 
 
 def test_the_tickets_of_the_support_example_are_written_once_per_turn() -> None:
-    tickets = InMemoryConversationStore()
+    tickets = InMemoryTicketStore()
     from support_agent.graph import build
 
     ctx = build_context(OfflineChatModel())
@@ -160,3 +160,25 @@ def test_the_tickets_of_the_support_example_are_written_once_per_turn() -> None:
     conv.run(request, commit=False)
     conv.run(request)
     assert tickets.get_ticket(1) is not None and tickets.get_ticket(2) is None
+
+
+def test_a_graph_that_ends_without_a_reply_still_tells_the_sender() -> None:
+    from langgraph.graph import MessagesState
+
+    from events.inbound import InboundMessage
+    from tests.fakes import InMemoryConversationStore, RecordingSink, RecordingStarter
+    from workers.core.steps import NO_REPLY_NOTICE, Deps, accept_message, drive_run
+
+    def silent(state: MessagesState) -> dict[str, Any]:
+        return {}
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("silent", silent)
+    graph.add_edge("__start__", "silent")
+    store, sink, starter = InMemoryConversationStore(), RecordingSink(), RecordingStarter()
+    deps = Deps(store, GraphTurnAgent(graph), sink, starter, ManualClock())
+    accepted = accept_message(deps, InboundMessage(conversation_id="c", text="anyone?"))
+    drive_run(deps, starter.runs.pop())
+    [notice] = sink.sent
+    assert notice.type == "notice" and notice.text == NO_REPLY_NOTICE
+    assert notice.in_reply_to == [accepted.message_id]

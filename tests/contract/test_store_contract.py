@@ -1,9 +1,12 @@
-"""The ConversationStore contract: every backend (SQLite, the in-memory fake; DynamoDB
-later) must pass this same suite."""
+"""The store contracts: every backend (SQLite, DynamoDB on moto, the in-memory fakes) must
+pass this same suite, for its ``ConversationStore`` and for its ``TicketStore``, both wired
+on one storage as the composition root wires them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -11,28 +14,47 @@ import pytest
 
 from events.inbound import ApprovalDecision, InboundMessage
 from events.outbound import ApprovalRequest, Reply
-from tests.fakes import InMemoryConversationStore
+from tests.fakes import InMemoryConversationStore, InMemoryTicketStore
+from workers.adapters.local.sqlite_database import SqliteDatabase
 from workers.adapters.local.sqlite_store import SqliteConversationStore
-from workers.core.model import LogEntry, PendingWork, TurnCommit
+from workers.adapters.local.sqlite_tickets import SqliteTicketStore
+from workers.core.model import LogEntry, PendingWork, Ticket, TurnCommit
 from workers.errors import LeaseLost, NotFound, TurnSuperseded
 
 T0 = 1_700_000_000.0
 CID = "ticket:4711"
+TABLE = "agentworker"
+BUCKET = "agentworker-blobs"
+
+
+@dataclass(frozen=True)
+class Stores:
+    """A backend's conversation store and ticket store on one storage (a SQLite file, a
+    DynamoDB table), as the composition root wires them."""
+
+    conversations: Any
+    tickets: Any
+    open_tickets: Callable[[], Any]
+    """Another ticket store on the same storage, opened on its own."""
 
 
 @pytest.fixture(params=["sqlite", "memory", "dynamodb"])
-def store(
+def stores(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Any]:
+) -> Iterator[Stores]:
     if request.param == "sqlite":
-        s = SqliteConversationStore(tmp_path / "state.db")
-        yield s
-        s.close()
+        path = tmp_path / "state.db"
+        conversations, alone = SqliteConversationStore(path), SqliteDatabase(path)
+        tickets = SqliteTicketStore(conversations.database)
+        yield Stores(conversations, tickets, partial(SqliteTicketStore, alone))
+        alone.close()
+        conversations.close()
     elif request.param == "dynamodb":
         import boto3
         from moto import mock_aws
 
         from workers.adapters.aws.dynamodb_store import DynamoDBConversationStore
+        from workers.adapters.aws.dynamodb_tickets import DynamoDBTicketStore
         from workers.adapters.aws.tables import DynamoDBTableSpec
 
         for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
@@ -40,13 +62,26 @@ def store(
         monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
         with mock_aws():
             dynamodb, s3 = boto3.client("dynamodb"), boto3.client("s3")
-            DynamoDBTableSpec("agentworker").create(dynamodb)
-            s3.create_bucket(Bucket="agentworker-blobs")
-            yield DynamoDBConversationStore(
-                dynamodb=dynamodb, table_name="agentworker", s3=s3, bucket="agentworker-blobs"
+            DynamoDBTableSpec(TABLE).create(dynamodb)
+            s3.create_bucket(Bucket=BUCKET)
+            store = DynamoDBConversationStore(
+                dynamodb=dynamodb, table_name=TABLE, s3=s3, bucket=BUCKET
             )
+            open_tickets = partial(DynamoDBTicketStore, dynamodb=dynamodb, table_name=TABLE)
+            yield Stores(store, open_tickets(), open_tickets)
     else:
-        yield InMemoryConversationStore()
+        memory = InMemoryTicketStore()  # nothing to reopen: the same dicts
+        yield Stores(InMemoryConversationStore(), memory, lambda: memory)
+
+
+@pytest.fixture
+def store(stores: Stores) -> Any:
+    return stores.conversations
+
+
+@pytest.fixture
+def tickets(stores: Stores) -> Any:
+    return stores.tickets
 
 
 def msg(text: str = "hi", key: str | None = None, **kw: Any) -> InboundMessage:
@@ -238,26 +273,69 @@ def test_connections(store: Any) -> None:
     assert store.list_connections(CID) == ["c2"] and store.list_connections("ws:other") == []
 
 
-def test_ticket_writes_are_idempotent(store: Any) -> None:
-    t1 = store.create_ticket(
-        idempotency_key="k", conversation_id=CID, subject="s", body="b", priority="high", now=T0
+# tickets ---------------------------------------------------------------------------------
+
+
+def create(tickets: Any, key: str, *, now: float = T0, **fields: str) -> Ticket:
+    """``create_ticket`` with ``key``; the fields not given are defaults."""
+    ticket: Ticket = tickets.create_ticket(
+        idempotency_key=key,
+        now=now,
+        **({"conversation_id": CID, "subject": "s", "body": "b", "priority": "high"} | fields),
     )
-    t2 = store.create_ticket(
-        idempotency_key="k", conversation_id=CID, subject="s", body="b", priority="high", now=T0
+    return ticket
+
+
+def update(tickets: Any, ticket_id: int, key: str, *, now: float = T0, **fields: str) -> Ticket:
+    """``update_ticket`` with ``key``; the fields not given are left as they are."""
+    ticket: Ticket = tickets.update_ticket(
+        ticket_id,
+        idempotency_key=key,
+        now=now,
+        **({"status": None, "priority": None, "comment": None} | fields),
     )
+    return ticket
+
+
+def test_ticket_writes_are_idempotent(tickets: Any) -> None:
+    t1, t2 = create(tickets, "k"), create(tickets, "k")
     assert t1.ticket_id == t2.ticket_id
-    up = store.update_ticket(
-        t1.ticket_id, idempotency_key="u", status="closed", priority=None, comment="done", now=T0
-    )
-    again = store.update_ticket(
-        t1.ticket_id, idempotency_key="u", status="closed", priority=None, comment="done", now=T0
-    )
+    up = update(tickets, t1.ticket_id, "u", status="closed", comment="done")
+    again = update(tickets, t1.ticket_id, "u", status="closed", comment="done")
     assert up.status == "closed" and again.comments == ["done"]
-    assert store.get_ticket(999) is None
+    assert tickets.get_ticket(999) is None
     with pytest.raises(NotFound):
-        store.update_ticket(
-            999, idempotency_key="x", status="closed", priority=None, comment=None, now=T0
-        )
+        update(tickets, 999, "x", status="closed")
+
+
+def test_tickets_are_numbered_from_one_and_read_back_as_written(tickets: Any) -> None:
+    a = create(tickets, "a", subject="Printer", body="jammed")
+    b = create(tickets, "b", now=T0 + 1, conversation_id="ws:u:1", body="", priority="normal")
+    assert a == Ticket(1, CID, "Printer", "jammed", "open", "high", T0, T0)
+    assert b == Ticket(2, "ws:u:1", "s", "", "open", "normal", T0 + 1, T0 + 1)
+    assert (tickets.get_ticket(1), tickets.get_ticket(2)) == (a, b)
+
+
+def test_an_update_changes_what_it_names_and_appends_its_comment(tickets: Any) -> None:
+    t = create(tickets, "c", priority="low")
+    up = update(tickets, t.ticket_id, "u1", now=T0 + 1, priority="urgent")
+    assert (up.status, up.priority, up.comments, up.updated_at) == ("open", "urgent", [], T0 + 1)
+    update(tickets, t.ticket_id, "u2", now=T0 + 2, status="closed", comment="fixed")
+    last = update(tickets, t.ticket_id, "u3", now=T0 + 3, comment="thanks")
+    assert last == Ticket(1, CID, "s", "b", "closed", "urgent", T0, T0 + 3, ["fixed", "thanks"])
+    assert tickets.get_ticket(1) == last
+
+
+def test_tickets_beside_conversations_in_one_storage(stores: Stores) -> None:
+    """Neither store sees the other's data, and another ticket store opened on the same file
+    or table reads the tickets and their applied effects (same tables and keys)."""
+    stores.conversations.append_inbox(msg("open a ticket"), now=T0, default_policy="enqueue")
+    t = create(stores.tickets, "k")
+    other = stores.open_tickets()
+    assert other.get_ticket(t.ticket_id) == t
+    assert create(other, "k") == t and stores.tickets.get_ticket(t.ticket_id + 1) is None
+    assert [e.message.text for e in stores.conversations.pending_inbox(CID)] == ["open a ticket"]
+    assert stores.conversations.conversations_to_sweep(now=T0) == [CID]
 
 
 def test_a_run_holds_its_lease_while_waiting_for_an_approval(store: Any) -> None:

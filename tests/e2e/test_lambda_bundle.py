@@ -40,15 +40,16 @@ TRACED_TURN = """
 import json, sys, tempfile
 from pathlib import Path
 from workers.adapters.clock import SystemClock
-from workers.adapters.local.sqlite_store import SqliteConversationStore
+from workers.adapters.local.sqlite_database import SqliteDatabase
+from workers.adapters.local.sqlite_tickets import SqliteTicketStore
 from workers.agent.offline import OfflineChatModel
 from workers.bootstrap import build_agent
 from workers.config import load_settings
 from workers.core.model import TurnInput, TurnRequest
 from workers.observability import MlflowTracer
 
-store = SqliteConversationStore(Path(tempfile.mkdtemp()) / "tickets.db")
-agent = build_agent(load_settings(), store, SystemClock(), model=OfflineChatModel())
+tickets = SqliteTicketStore(SqliteDatabase(Path(tempfile.mkdtemp()) / "tickets.db"))
+agent = build_agent(load_settings(), tickets, SystemClock(), model=OfflineChatModel())
 tracer = MlflowTracer(sys.argv[1], "agentworker")
 tags = {"conversation_id": "bundle:1", "run_id": "bundle-1", "channel": "sqs"}
 with tracer.turn("turn", tags=tags, inputs={"texts": ["open a ticket about the bundle"]}):

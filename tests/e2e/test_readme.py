@@ -107,3 +107,47 @@ def test_http_session_runs_as_written(tmp_path: Path) -> None:
         accepted, view, health = outputs
         assert accepted["type"] == "accepted" and accepted["duplicate"] is False
         assert view["conversation_id"] == "api:me:2" and health["status"] == "ok"
+
+
+def test_bring_your_own_agent_session_runs_as_written(tmp_path: Path) -> None:
+    bin_dir = str(Path(sys.executable).parent)
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
+        "MLFLOW_MODEL_CATALOG_URI": "",
+    }
+    [(new, _)] = sessions("byo-new")
+    made = subprocess.run(
+        new,
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    app = tmp_path / "greeter"
+    with ServerProcess(tmp_path / "state", cwd=app) as srv:
+        env["AGENTWORKER_URL"] = srv.url
+        for command, expected in sessions("byo-session"):
+            out = run(command, env)
+            assert out.returncode == 0, f"{command}\n{out.stdout}\n{out.stderr}"
+            if expected:
+                assert out.stdout.splitlines() == expected, command
+            if command.startswith("agentworker state"):
+                assert json.loads(out.stdout)["values"] == {"name": "Ada"}
+
+
+def test_the_providers_table_says_what_the_factory_checks() -> None:
+    from workers.agent.models import PROVIDERS
+
+    rows = block("providers")
+    for name, provider in PROVIDERS.items():
+        row = next((r for r in rows.splitlines() if f"`{name}:" in r), None)
+        assert row is not None, f"provider {name} is not in the README's table"
+        if provider.install.startswith("agentworker["):
+            assert f"`{provider.install}`" in row, name
+        for variable in provider.credentials[:1]:
+            assert variable in row, (name, variable)

@@ -12,7 +12,7 @@ import pytest
 
 from tests.functional.aws_env import FIXTURES, Aws, aws, lambda_context
 from workers import bootstrap
-from workers.adapters.aws.dynamodb_store import DynamoDBConversationStore
+from workers.adapters.aws.dynamodb_tickets import DynamoDBTicketStore
 from workers.handlers import ingest
 
 __all__ = ["aws"]  # the fixture
@@ -193,9 +193,10 @@ def test_approval_arrives_as_an_inbox_message_and_a_new_run_resumes(aws: Aws) ->
     [done] = aws.replies()
     assert "is closed" in done["text"]
     assert aws.replies(timeout=0.5) == []
-    store = bootstrap.aws_deps().store
-    assert isinstance(store, DynamoDBConversationStore)
-    ticket = store.get_ticket(1)
+    tickets = DynamoDBTicketStore(
+        dynamodb=aws.session.client("dynamodb"), table_name=aws.stack.names.table
+    )
+    ticket = tickets.get_ticket(1)
     assert ticket is not None and ticket.status == "closed"
 
 

@@ -28,7 +28,7 @@ from pydantic import SecretStr
 from urllib3.exceptions import ReadTimeoutError as StreamReadTimeoutError
 
 from support_agent.graph import system_prompt
-from tests.fakes import InMemoryConversationStore, ManualClock
+from tests.fakes import InMemoryTicketStore, ManualClock
 from tests.turns import Conversation
 from workers.agent.models import map_model_error
 from workers.bootstrap import build_agent
@@ -455,7 +455,7 @@ class BedrockConversation:
     core does."""
 
     def __init__(self, stub: ConverseStubServer, *, streaming: bool) -> None:
-        self.tickets = InMemoryConversationStore()
+        self.tickets = InMemoryTicketStore()
         agent = build_agent(load_settings(), self.tickets, ManualClock(), chat_model(stub))
         self.conversation = Conversation(agent, window=20, conversation_id="ticket:1")
         self.streaming = streaming

@@ -28,7 +28,7 @@ from langchain_openai import ChatOpenAI
 from pydantic import SecretStr
 
 from support_agent.tools import support_tools
-from tests.fakes import InMemoryConversationStore, ManualClock
+from tests.fakes import InMemoryTicketStore, ManualClock
 from tests.turns import Conversation
 from workers.agent.models import make_model, map_model_error
 from workers.bootstrap import build_agent
@@ -598,7 +598,7 @@ def test_make_model_openai_without_a_key_is_a_config_error(
 def test_default_reply_opens_a_ticket_with_the_support_tools(
     stub: OpenAIStubServer, streaming: bool
 ) -> None:
-    tools = support_tools(InMemoryConversationStore(), ManualClock())
+    tools = support_tools(InMemoryTicketStore(), ManualClock())
     model = chat_model(stub, stream_usage=True).bind_tools(tools)
     reply = ask(model, "please open a ticket about the printer", streaming=streaming)
     [call] = reply.tool_calls
@@ -649,7 +649,7 @@ def test_the_support_agent_opens_a_ticket_with_an_openai_model(
     monkeypatch.setenv("OPENAI_BASE_URL", stub.base_url)
     monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
     stub.new_ids = True  # as a real model's: nothing may depend on the offline model's ids
-    tickets = InMemoryConversationStore()
+    tickets = InMemoryTicketStore()
     agent = build_agent(load_settings(model="openai:gpt-4o-mini"), tickets, ManualClock())
     conv = Conversation(agent)
 

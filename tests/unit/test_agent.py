@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
-from tests.fakes import InMemoryConversationStore, ManualClock
+from tests.fakes import InMemoryConversationStore, InMemoryTicketStore, ManualClock
 from tests.turns import Conversation
 from workers.agent.models import make_model, map_model_error
 from workers.agent.offline import OfflineChatModel
@@ -22,9 +22,9 @@ from workers.errors import ConfigError, PermanentError, RetryableError
 
 def support(
     model: Any = None, *, approval_tools: str | None = None, window: int = 20
-) -> tuple[Conversation, InMemoryConversationStore]:
+) -> tuple[Conversation, InMemoryTicketStore]:
     """The bundled support example, as ``agentworker serve`` builds it by default."""
-    tickets = InMemoryConversationStore()
+    tickets = InMemoryTicketStore()
     settings = load_settings(approval_tools=approval_tools)
     agent = build_agent(settings, tickets, ManualClock(), model or OfflineChatModel())
     assert isinstance(agent, GraphTurnAgent)
@@ -329,13 +329,13 @@ def test_a_turn_retried_by_the_run_after_a_throttle_opens_one_ticket() -> None:
     from workers.core.steps import Deps, TurnSettings, accept_message, drive_run
 
     THROTTLED.clear()
-    store = InMemoryConversationStore()
+    store, tickets = InMemoryConversationStore(), InMemoryTicketStore()
     clock = ManualClock()
-    agent = build_agent(load_settings(), store, clock, ThrottledAfterTheTool())
+    agent = build_agent(load_settings(), tickets, clock, ThrottledAfterTheTool())
     sink, starter = RecordingSink(), RecordingStarter()
     deps = Deps(store, agent, sink, starter, clock, settings=TurnSettings(retry_base_delay=0.0))
     accept_message(deps, InboundMessage(conversation_id="ticket:9", text="open a ticket about X"))
     summary = drive_run(deps, starter.runs.pop())
     assert THROTTLED and summary.turns == 1
     assert [p.text for p in sink.sent] == ["Opened ticket 1: 'X' (priority normal)."]
-    assert store.get_ticket(1) is not None and store.get_ticket(2) is None
+    assert tickets.get_ticket(1) is not None and tickets.get_ticket(2) is None

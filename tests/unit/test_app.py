@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.fakes import InMemoryConversationStore, ManualClock
+from tests.fakes import InMemoryTicketStore, ManualClock
 from tests.turns import Conversation
 from workers.agent.offline import OfflineChatModel
 from workers.agent.runner import GraphTurnAgent
@@ -100,7 +100,7 @@ def app_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def agent(app_dir: Path, graph: str, **settings: Any) -> Any:
     s = load_settings(graph=graph, app_dir=app_dir, **settings)
-    return build_agent(s, InMemoryConversationStore(), ManualClock(), OfflineChatModel())
+    return build_agent(s, InMemoryTicketStore(), ManualClock(), OfflineChatModel())
 
 
 @pytest.mark.parametrize(
@@ -149,7 +149,7 @@ def test_the_app_file_names_itself_as_the_source(app_dir: Path) -> None:
     (app_dir / "agentworker.toml").write_text('graph = "myapp.graphs:number"\n')
     settings = load_settings(config=app_dir / "agentworker.toml")
     with pytest.raises(ConfigError, match=r"\(graph in .*agentworker.toml\): found"):
-        build_agent(settings, InMemoryConversationStore(), ManualClock(), OfflineChatModel())
+        build_agent(settings, InMemoryTicketStore(), ManualClock(), OfflineChatModel())
 
 
 PROMPTS: list[list[Any]] = []
@@ -165,11 +165,11 @@ def test_the_app_file_sets_the_prompt_the_factory_gets(tmp_path: Path) -> None:
     (tmp_path / "prompt.md").write_text("You are terse.\n")
     (tmp_path / "agentworker.toml").write_text('prompt = "prompt.md"\n')
     settings = load_settings(config=tmp_path / "agentworker.toml")
-    support = build_agent(settings, InMemoryConversationStore(), ManualClock(), RecordingModel())
+    support = build_agent(settings, InMemoryTicketStore(), ManualClock(), RecordingModel())
     conv = Conversation(support)
     conv.turn("hello")
     assert PROMPTS[-1][0].text == "You are terse."  # the support example's
     assert conv.values()["messages"][0].text == "hello"  # the system prompt is not state
     bad = load_settings(prompt=tmp_path / "nope.md")
     with pytest.raises(ConfigError, match="nope.md"):
-        build_agent(bad, InMemoryConversationStore(), ManualClock(), OfflineChatModel())
+        build_agent(bad, InMemoryTicketStore(), ManualClock(), OfflineChatModel())

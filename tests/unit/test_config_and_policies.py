@@ -10,7 +10,14 @@ from events.inbound import ApprovalDecision, DoubleTextingPolicy, InboundMessage
 from events.outbound import ApprovalRequest, InterruptRequest
 from workers.config import load_settings
 from workers.core.model import ConversationState, InboxEntry
-from workers.core.policies import backoff_delay, classify_error, plan_turn
+from workers.core.policies import (
+    REJECTED_NOTICE,
+    AcceptDecision,
+    accept_decision,
+    backoff_delay,
+    classify_error,
+    plan_turn,
+)
 from workers.errors import ConfigError, LeaseLost, PermanentError, RetryableError
 
 
@@ -120,6 +127,48 @@ def _entries(*texts: str) -> list[InboxEntry]:
 def _approval(seq: int, interrupt_id: str, approved: bool = True) -> InboxEntry:
     decision = ApprovalDecision(interrupt_id=interrupt_id, approved=approved)
     return InboxEntry(seq, InboundMessage(conversation_id="c", kind="approval", approval=decision))
+
+
+@pytest.mark.parametrize("policy", ["enqueue", "merge", "interrupt", "reject"])
+@pytest.mark.parametrize("lease_ttl", [None, 30.0])
+def test_a_message_is_refused_only_under_reject_while_a_run_holds_the_lease(
+    policy: DoubleTextingPolicy, lease_ttl: float | None
+) -> None:
+    idle = accept_decision(policy, lease_live=False, lease_ttl=lease_ttl)
+    busy = accept_decision(policy, lease_live=True, lease_ttl=lease_ttl)
+    # No run: the message waits for the run that its write starts (when asked to).
+    assert (idle.rejected, idle.status, idle.notice, idle.lease_ttl) == (
+        False,
+        "pending",
+        None,
+        lease_ttl,
+    )
+    # A run holds the lease: that run sees the message, or reject refuses it with a notice.
+    refused = policy == "reject"
+    assert (busy.rejected, busy.lease_ttl) == (refused, None)
+    assert busy.status == ("rejected" if refused else "pending")
+    assert busy.notice == (REJECTED_NOTICE if refused else None)
+
+
+def test_an_accept_rests_on_the_lease_when_the_policy_or_a_lease_asked_for_needs_it() -> None:
+    """What a store that reads the lease before its write must make the write conditional on."""
+    rests = {
+        (policy, lease_ttl): accept_decision(
+            policy, lease_live=live, lease_ttl=lease_ttl
+        ).rests_on_lease
+        for policy in ("enqueue", "reject")
+        for lease_ttl in (None, 30.0)
+        for live in (False, True)
+    }
+    assert rests == {
+        ("enqueue", None): False,
+        ("enqueue", 30.0): True,
+        ("reject", None): True,
+        ("reject", 30.0): True,
+    }
+    assert accept_decision("merge", lease_live=True, lease_ttl=None) == AcceptDecision(
+        rejected=False, lease_ttl=None, rests_on_lease=False
+    )
 
 
 def test_idle_when_nothing_pending() -> None:

@@ -1,5 +1,6 @@
-"""What the store contract does not cover for the DynamoDB backend: S3 offload, round trips,
-error mapping, the sweep index, TTL and the optimistic retries (moto, in process)."""
+"""What the store contracts do not cover for the DynamoDB backend: S3 offload, round trips,
+error mapping, the sweep index, TTL, the optimistic retries and the tickets' item keys (moto,
+in process)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from events.inbound import InboundMessage
 from events.outbound import Reply
 from tests.fakes import ManualClock, RecordingSink, RecordingStarter, ScriptedAgent
 from workers.adapters.aws.dynamodb_store import DynamoDBConversationStore
+from workers.adapters.aws.dynamodb_tickets import DynamoDBTicketStore
 from workers.adapters.aws.tables import (
     CHECKPOINT_SK,
     SWEEP_INDEX_PK,
@@ -457,3 +459,29 @@ def test_a_commit_after_losing_the_lease_writes_nothing_even_with_a_renewal_imag
     with pytest.raises(LeaseLost):
         store.commit_turn(CID, TurnCommit(lease.token, [1], "idle", b"stale", [], [reply]))
     assert store.load_checkpoint(CID) is None and store.pending_outbox(CID) == []
+
+
+def test_tickets_keep_their_items_on_the_conversation_table(
+    store: DynamoDBConversationStore, aws: tuple[Any, Any]
+) -> None:
+    """The ticket store reads and writes the same items as when the conversation store held
+    the tickets (tickets written before stay readable), in the round trips it documents."""
+    started(store)
+    tickets = DynamoDBTicketStore(dynamodb=aws[0], table_name=TABLE)
+    ticket = tickets.create_ticket(
+        idempotency_key="k", conversation_id=CID, subject="s", body="b", priority="low", now=T0
+    )
+    assert tickets.api_calls.total == 3  # effect check, id counter, transaction
+    tickets.update_ticket(
+        1, idempotency_key="u", status="closed", priority=None, comment=None, now=T0
+    )
+    assert tickets.api_calls.total == 3 + 2  # ticket and effect read together, transaction
+    items = aws[0].scan(TableName=TABLE)["Items"]
+    keys = {(i["pk"]["S"], i["sk"]["S"]) for i in items if not i["pk"]["S"].startswith("conv#")}
+    assert keys == {
+        ("ticket#1", "ticket"),
+        ("counter#tickets", "counter"),
+        ("effect#k", "effect"),
+        ("effect#u", "effect"),
+    }
+    assert ticket.ticket_id == 1 and store.get_conversation(CID) is not None

@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from events.inbound import InboundMessage
+from events.inbound import DoubleTextingPolicy, InboundMessage
 from events.outbound import InterruptRequest
 from workers.core.model import (
     ConversationState,
     ConversationStatus,
     InboxEntry,
+    InboxStatus,
     PendingRequest,
     ResumeRecord,
     TurnInput,
@@ -22,9 +23,51 @@ REJECTED_NOTICE = (
     "I'm still working on your previous message, so this one was not processed. "
     "Please send it again once I have answered."
 )
-"""Told to the user when the ``reject`` policy refuses a message (every store writes it)."""
+"""Told to the user when the ``reject`` policy refuses a message (:class:`AcceptDecision`)."""
 STALE_APPROVAL_NOTICE = "That request is no longer pending; nothing was done."
 NOTHING_PENDING_NOTICE = "There is nothing waiting for approval or an answer; nothing was done."
+
+
+@dataclass(frozen=True)
+class AcceptDecision:
+    """What a store does with a new (not duplicate) message: every store records this
+    result in the write that appends the message, and decides nothing itself."""
+
+    rejected: bool
+    """Store the message as rejected (no run will see it) and ``notice`` in the outbox."""
+    lease_ttl: float | None
+    """Take the lease for this many seconds in the same write; ``None``: do not take it."""
+    rests_on_lease: bool
+    """Whether the lease's liveness decided anything: a store that reads the lease before
+    its write must make that write conditional on the lease still being as it read it."""
+
+    @property
+    def status(self) -> InboxStatus:
+        """The new inbox entry's status."""
+        return "rejected" if self.rejected else "pending"
+
+    @property
+    def notice(self) -> str | None:
+        """The text told to the user in the same write, if any."""
+        return REJECTED_NOTICE if self.rejected else None
+
+
+def accept_decision(
+    policy: DoubleTextingPolicy, *, lease_live: bool, lease_ttl: float | None
+) -> AcceptDecision:
+    """Decide how a new message is accepted under the conversation's ``policy`` (the
+    message's own, else the stored one), given whether a live lease holds the conversation
+    (a run is active) as the store's write sees it.
+
+    ``reject`` refuses a message that arrives while a run is active, with
+    :data:`REJECTED_NOTICE` to the user; every other policy keeps it pending for the run.
+    When the caller asks for the lease (``lease_ttl``) and no run holds it, the same write
+    takes it, so the caller starts the run."""
+    return AcceptDecision(
+        rejected=policy == "reject" and lease_live,
+        lease_ttl=None if lease_live else lease_ttl,
+        rests_on_lease=policy == "reject" or lease_ttl is not None,
+    )
 
 
 @dataclass(frozen=True)

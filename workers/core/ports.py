@@ -1,7 +1,8 @@
 """The ports of the core: small Protocols implemented by the adapters.
 
-Every store backend (SQLite, DynamoDB) implements :class:`ConversationStore` and passes the
-same contract suite in ``tests/contract``.
+Every store backend (SQLite, DynamoDB) implements :class:`ConversationStore` and, as a
+separate class, :class:`TicketStore`; each passes the same contract suite in
+``tests/contract``.
 """
 
 from __future__ import annotations
@@ -42,11 +43,13 @@ class ConversationStore(Protocol):
     ) -> AcceptResult:
         """Append ``msg`` unless its dedupe key was seen; bump the inbox sequence atomically.
 
-        A duplicate returns the first message's id with ``duplicate=True``. Under the
-        ``reject`` policy a message arriving while a live lease exists is stored as
-        rejected, with a notice to the user in the outbox, in the same transaction. With
-        ``lease_ttl``, an accepted message also takes the lease in the same write when no
-        live lease exists (``AcceptResult.lease``), as ``try_acquire_lease`` would.
+        A duplicate returns the first message's id with ``duplicate=True``. A new message
+        is recorded as :func:`~workers.core.policies.accept_decision` decides, on the
+        effective policy and the lease as this write sees them, in the same transaction:
+        under ``reject`` a message arriving while a live lease exists is stored as
+        rejected, with the decision's notice in the outbox; with ``lease_ttl`` and no live
+        lease, the message also takes the lease (``AcceptResult.lease``), as
+        ``try_acquire_lease`` would.
         """
 
     def try_acquire_lease(self, conversation_id: str, *, now: float, ttl: float) -> Lease | None:
@@ -135,7 +138,8 @@ class ConversationStore(Protocol):
 
 
 class TicketStore(Protocol):
-    """Support tickets the agent's tools read and write; writes are idempotent by key."""
+    """Support tickets the agent's tools read and write; writes are idempotent by key.
+    Independent of :class:`ConversationStore` (a backend may keep both in one database)."""
 
     def create_ticket(
         self,

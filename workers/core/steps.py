@@ -65,6 +65,9 @@ from workers.errors import (
 
 log = logging.getLogger(__name__)
 
+NO_REPLY_NOTICE = "The agent finished without a reply."
+"""Told the sender of a turn whose graph ended without a new AI message with text."""
+
 
 @dataclass(frozen=True)
 class TurnSettings:
@@ -411,6 +414,10 @@ def _turn_commit(run: RunRef, plan: TurnPlan, turn_id: str, output: TurnOutput) 
     if output.interrupt is not None:
         request = _pending_request(cid, turn_id, plan.message_ids, output.interrupt)
         outbox.append(request)
+    elif output.reply_text is None:
+        # The graph ended without an AI message: the sender still hears the turn is over.
+        notice = Notice(conversation_id=cid, in_reply_to=plan.message_ids, text=NO_REPLY_NOTICE)
+        outbox.append(notice)
     return TurnCommit(
         token=run.token,
         consumed=plan.seqs,

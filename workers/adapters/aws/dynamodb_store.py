@@ -62,7 +62,6 @@ from workers.adapters.aws.dynamodb_table import (
     opt_str,
     string,
 )
-from workers.adapters.aws.dynamodb_tickets import DynamoDBTicketStore
 from workers.adapters.aws.offload import INLINE_LIMIT_BYTES, S3Offload
 from workers.adapters.aws.tables import (
     CHECKPOINT_SK,
@@ -102,7 +101,7 @@ from workers.core.model import (
     PendingWork,
     TurnCommit,
 )
-from workers.core.policies import REJECTED_NOTICE
+from workers.core.policies import AcceptDecision, accept_decision
 from workers.errors import LeaseLost, NotFound, PermanentError, RetryableError, TurnSuperseded
 
 _OUTBOX = TypeAdapter[OutboxPayload](OutboxPayload)
@@ -121,10 +120,10 @@ _NEXT_TOKEN = (
 """A fresh lease with the next fencing token (acquire and handover differ in condition only)."""
 
 
-class DynamoDBConversationStore(DynamoDBTicketStore):
-    """Conversations, inbox, leases, checkpoints, log, outbox, connections and tickets on
-    DynamoDB, with S3 for blobs too large for an item. Implements ``ConversationStore`` and
-    ``TicketStore``.
+class DynamoDBConversationStore:
+    """Conversations, inbox, leases, checkpoints, log, outbox and connections on DynamoDB,
+    with S3 for blobs too large for an item. Implements ``ConversationStore``; the tickets
+    on the same table are :class:`~workers.adapters.aws.dynamodb_tickets.DynamoDBTicketStore`.
 
     ``dynamodb`` and ``s3`` are boto3 clients built by the composition root. Without ``s3``
     and ``bucket``, a blob over the inline limit is refused with ``PermanentError``.
@@ -166,8 +165,9 @@ class DynamoDBConversationStore(DynamoDBTicketStore):
         lease_ttl: float | None = None,
     ) -> AcceptResult:
         """Append ``msg`` unless its dedupe key was seen, in one transaction with the
-        sequence bump (and, under ``reject`` while a run is live, the notice; with
-        ``lease_ttl`` and no live lease, the lease)."""
+        sequence bump and what :func:`~workers.core.policies.accept_decision` decided on the
+        ``meta`` predicted or read (a rejection's notice, or the lease), conditional on the
+        ``meta`` it decided on."""
         pk = conversation_pk(msg.conversation_id)
         body = msg.model_dump_json().encode()
         if len(body) > self._blobs.inline_limit:
@@ -216,7 +216,7 @@ class DynamoDBConversationStore(DynamoDBTicketStore):
                 msg.message_id,
                 accept.seq,
                 duplicate=False,
-                rejected=accept.rejected,
+                rejected=accept.decision.rejected,
                 lease=accept.lease,
             )
         raise RetryableError(f"append to {msg.conversation_id}: too much contention")
@@ -230,7 +230,7 @@ class DynamoDBConversationStore(DynamoDBTicketStore):
             **key(pk, accept.dedupe_sk),
             "message_id": string(msg.message_id),
             "seq": number(accept.seq),
-            "rejected": {"BOOL": accept.rejected},
+            "rejected": {"BOOL": accept.decision.rejected},
             **expiry,
         }
         actions = [table.put(marker, cond="attribute_not_exists(#pk)")]
@@ -245,16 +245,18 @@ class DynamoDBConversationStore(DynamoDBTicketStore):
             "seq": number(accept.seq),
             "message_id": string(msg.message_id),
             "dedupe_key": string(msg.effective_dedupe_key),
-            "status": string("rejected" if accept.rejected else "pending"),
+            "status": string(accept.decision.status),
             "data": {"B": accept.body},
         }
-        if accept.rejected:
+        if accept.decision.rejected:
             entry.update(expiry)  # finished at once; a pending entry never expires
         else:
             entry[PENDING_INDEX_SK] = string(sk)
         actions.append(table.put(entry))
-        if accept.rejected:
-            notice = Notice(conversation_id=cid, in_reply_to=[msg.message_id], text=REJECTED_NOTICE)
+        if accept.decision.notice is not None:
+            notice = Notice(
+                conversation_id=cid, in_reply_to=[msg.message_id], text=accept.decision.notice
+            )
             (placed,) = self._blobs.place(cid, "accept", [outbox_blob(notice)])
             actions.append(table.put(outbox_item(pk, accept.outbox_seq + 1, notice, placed)))
         return actions
@@ -724,7 +726,8 @@ class DynamoDBConversationStore(DynamoDBTicketStore):
 
 @dataclass(frozen=True)
 class _Accept:
-    """One message's acceptance, decided from the ``meta`` read before the transaction."""
+    """One message's acceptance: the core's decision taken on the ``meta`` predicted or read
+    before the transaction, and the write that records it (conditional on that ``meta``)."""
 
     msg: InboundMessage
     body: bytes
@@ -734,13 +737,12 @@ class _Accept:
     policy: DoubleTextingPolicy
     seq: int
     outbox_seq: int
-    rejected: bool
+    decision: AcceptDecision
     lease: Lease | None
-    """The lease this write takes (no live lease and one was asked for)."""
+    """The lease this write takes (the decision's ``lease_ttl``, with the next token)."""
     last_token: int
-    asked_lease: bool
     busy: bool
-    """A live lease was seen: what ``rejected`` and ``lease`` were decided on."""
+    """A live lease was seen: what ``decision`` was taken on."""
 
     @classmethod
     def decide(
@@ -762,10 +764,10 @@ class _Accept:
             seq, outbox_seq = get_int(meta, "inbox_seq") + 1, get_int(meta, "outbox_seq")
             busy = "lease_token" in meta and get_float(meta, SWEEP_INDEX_SK) > now
             last_token = get_int(meta, "last_token")
-        rejected = policy == "reject" and busy
+        decision = accept_decision(policy, lease_live=busy, lease_ttl=lease_ttl)
         lease = None
-        if lease_ttl is not None and not busy:
-            lease = Lease(msg.conversation_id, last_token + 1, now + lease_ttl)
+        if decision.lease_ttl is not None:
+            lease = Lease(msg.conversation_id, last_token + 1, now + decision.lease_ttl)
         return cls(
             msg,
             body,
@@ -775,10 +777,9 @@ class _Accept:
             policy,
             seq,
             outbox_seq,
-            rejected,
+            decision,
             lease,
             last_token,
-            lease_ttl is not None,
             busy,
         )
 
@@ -791,7 +792,7 @@ class _Accept:
             "conversation_id": string(cid),
             "policy": string(self.policy),
             "inbox_seq": number(self.seq),
-            "outbox_seq": number(self.outbox_seq + (1 if self.rejected else 0)),
+            "outbox_seq": number(self.outbox_seq + (1 if self.decision.rejected else 0)),
             "last_token": number(self.last_token if self.lease is None else self.lease.token),
         }
 
@@ -803,7 +804,7 @@ def _accept_update(accept: _Accept) -> dict[str, Any]:
     if accept.msg.policy is None:
         conds.append("#policy = :policy")  # the stored policy decided
     remove = ""
-    if accept.policy == "reject" or accept.asked_lease:
+    if accept.decision.rests_on_lease:
         # The decision rests on the lease: it must still stand.
         conds.append(
             "attribute_exists(#lease_token) AND #lease_expires_at > :now"
@@ -815,7 +816,7 @@ def _accept_update(accept: _Accept) -> dict[str, Any]:
         conds.append("#last_token = :last_token")
         remove = " REMOVE #lease_execution_id"
     add = ""
-    if accept.rejected:
+    if accept.decision.rejected:
         sets.append("#outbox_seq = :outbox_seq")
         conds.append("#outbox_seq = :outbox_previous")
         add = f" ADD #{UNDELIVERED_COUNT} :one"

@@ -2,14 +2,17 @@
 
 A ticket is ``pk=ticket#<id>``; ids come from an atomic counter item; an applied side effect
 is ``pk=effect#<idempotency key>``, written in the same transaction as the ticket, so a
-replayed tool call (a retried turn) finds it and changes nothing.
+replayed tool call (a retried turn) finds it and changes nothing. These keys share the
+conversation store's table (layout in :mod:`workers.adapters.aws.tables`) without meeting its
+``conv#`` and ``conn#`` items.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
-from workers.adapters.aws.calls import Item, TransactionCancelled
+from workers.adapters.aws.calls import AwsCalls, Item, TransactionCancelled
 from workers.adapters.aws.dynamodb_table import (
     DynamoDBTable,
     attempts,
@@ -32,9 +35,13 @@ TICKET_COUNTER_PK = "counter#tickets"
 
 
 class DynamoDBTicketStore:
-    """``TicketStore`` on the store's table (the conversation store is one of these)."""
+    """``TicketStore`` on the DynamoDB table ``table_name`` (the conversation store's table
+    in the composition root). ``dynamodb`` is a boto3 client built by the composition root."""
 
-    _table: DynamoDBTable
+    def __init__(self, *, dynamodb: Any, table_name: str) -> None:
+        self.api_calls = AwsCalls()
+        """API calls made so far, by ``service.operation``: round trips for benchmarks."""
+        self._table = DynamoDBTable(dynamodb, table_name, self.api_calls)
 
     def create_ticket(
         self,

@@ -25,6 +25,7 @@ from events.outbound import GraphStateView
 from events.workflow import RunRef
 from workers.adapters.local.hub import LocalHub
 from workers.adapters.local.sqlite_store import SqliteConversationStore
+from workers.adapters.local.sqlite_tickets import SqliteTicketStore
 from workers.config import Settings
 from workers.core.model import AcceptResult, History
 from workers.core.steps import Deps, RunSummary, accept_message, drive_run, graph_state, sweep
@@ -59,11 +60,15 @@ class LocalWorkflowStarter:
 
 
 class EmbeddedRuntime:
+    """The runtime's stores, worker pool, sweeper and hub; ``stop`` closes the stores'
+    database."""
+
     def __init__(
         self,
         *,
         settings: Settings,
         store: SqliteConversationStore,
+        tickets: SqliteTicketStore,
         deps: Deps,
         hub: LocalHub,
         queue: asyncio.Queue[RunRef],
@@ -72,6 +77,8 @@ class EmbeddedRuntime:
     ) -> None:
         self.settings = settings
         self.store = store
+        self.tickets = tickets
+        """The agent's ticket store, in ``store``'s database."""
         self.deps = deps
         self.hub = hub
         self._queue = queue

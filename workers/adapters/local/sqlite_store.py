@@ -1,17 +1,17 @@
 """``SqliteConversationStore``: the embedded runtime's state in one SQLite file (WAL).
 
-One connection per thread; every write that must be atomic runs in ``BEGIN IMMEDIATE``, so
-dedupe, lease, fencing and outbox writes are single transactions like their DynamoDB
-counterparts (``TransactWriteItems`` with conditions).
+The file's connections and transactions are a :class:`SqliteDatabase`, which the ticket store
+(:class:`~workers.adapters.local.sqlite_tickets.SqliteTicketStore`) shares. Every write that
+must be atomic is one of its ``BEGIN IMMEDIATE`` transactions, so dedupe, lease, fencing and
+outbox writes are single transactions like their DynamoDB counterparts
+(``TransactWriteItems`` with conditions).
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from pydantic import TypeAdapter
 
 from events.inbound import DoubleTextingPolicy, InboundMessage
 from events.outbound import Notice, OutboxPayload, parse_pending_request
+from workers.adapters.local.sqlite_database import SqliteDatabase
 from workers.core.model import (
     AcceptResult,
     ConversationState,
@@ -28,10 +29,9 @@ from workers.core.model import (
     LogEntry,
     OutboxEntry,
     PendingWork,
-    Ticket,
     TurnCommit,
 )
-from workers.core.policies import REJECTED_NOTICE
+from workers.core.policies import accept_decision
 from workers.errors import LeaseLost, NotFound, TurnSuperseded
 
 _SCHEMA = """
@@ -93,35 +93,18 @@ CREATE TABLE IF NOT EXISTS connections (
     PRIMARY KEY (connection_id, conversation_id)
 );
 CREATE INDEX IF NOT EXISTS connections_by_conversation ON connections (conversation_id);
-CREATE TABLE IF NOT EXISTS tickets (
-    ticket_id INTEGER PRIMARY KEY AUTOINCREMENT,
-    conversation_id TEXT NOT NULL,
-    subject TEXT NOT NULL,
-    body TEXT NOT NULL,
-    status TEXT NOT NULL,
-    priority TEXT NOT NULL,
-    comments TEXT NOT NULL DEFAULT '[]',
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS tool_effects (
-    idempotency_key TEXT PRIMARY KEY,
-    ticket_id INTEGER NOT NULL
-) WITHOUT ROWID;
 """
 
 _OUTBOX = TypeAdapter[OutboxPayload](OutboxPayload)
 
 
 class SqliteConversationStore:
-    """Conversations, inbox, leases, checkpoints, log, outbox, connections and tickets."""
+    """Conversations, inbox, leases, checkpoints, log, outbox and connections, in the SQLite
+    file at ``path`` (opened here, closed by :meth:`close`)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._all_lock = threading.Lock()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self.database = SqliteDatabase(path)
+        """The file's connections: other stores kept in the same file take it."""
         self._conn().executescript(_SCHEMA)
         self._migrate()
 
@@ -132,39 +115,17 @@ class SqliteConversationStore:
         if "approval_task_token" not in columns:
             db.execute("ALTER TABLE conversations ADD COLUMN approval_task_token TEXT")
 
-    # connections and transactions ------------------------------------------------------
+    # connections and transactions: the database's, shared with the ticket store --------
 
     def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(
-                self.path, isolation_level=None, timeout=30.0, check_same_thread=False
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=30000")
-            self._local.conn = conn
-            with self._all_lock:
-                self._all.append(conn)
-        return conn
+        return self.database.connection()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        db = self._conn()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self.database.transaction()
 
     def close(self) -> None:
-        with self._all_lock:
-            for conn in self._all:
-                conn.close()
-            self._all.clear()
-        self._local = threading.local()
+        """Close the database (the connections of every store sharing it)."""
+        self.database.close()
 
     # inbox ------------------------------------------------------------------------------
 
@@ -202,7 +163,7 @@ class SqliteConversationStore:
                 policy = msg.policy or conv[0]
                 seq = conv[1] + 1
                 busy = conv[2] is not None and (conv[3] or 0.0) > now
-            rejected = policy == "reject" and busy
+            decision = accept_decision(policy, lease_live=busy, lease_ttl=lease_ttl)
             db.execute(
                 "UPDATE conversations SET inbox_seq = ?, policy = ?, updated_at = ?"
                 " WHERE conversation_id = ?",
@@ -216,20 +177,20 @@ class SqliteConversationStore:
                     seq,
                     msg.message_id,
                     msg.effective_dedupe_key,
-                    "rejected" if rejected else "pending",
+                    decision.status,
                     msg.model_dump_json(),
                 ),
             )
-            if rejected:
+            if decision.notice is not None:
                 notice = Notice(
-                    conversation_id=cid, in_reply_to=[msg.message_id], text=REJECTED_NOTICE
+                    conversation_id=cid, in_reply_to=[msg.message_id], text=decision.notice
                 )
                 self._append_outbox(db, cid, [notice])
             lease = None
-            if lease_ttl is not None and not rejected and not busy:
-                lease = self._take_lease(db, cid, now, lease_ttl)
+            if decision.lease_ttl is not None:
+                lease = self._take_lease(db, cid, now, decision.lease_ttl)
             return AcceptResult(
-                msg.message_id, seq, duplicate=False, rejected=rejected, lease=lease
+                msg.message_id, seq, duplicate=False, rejected=decision.rejected, lease=lease
             )
 
     def pending_inbox(self, conversation_id: str, *, limit: int = 100) -> list[InboxEntry]:
@@ -585,94 +546,3 @@ class SqliteConversationStore:
         """Forget every connection (the embedded server's sockets died with its process)."""
         with self._tx() as db:
             db.execute("DELETE FROM connections")
-
-    # tickets ----------------------------------------------------------------------------
-
-    def create_ticket(
-        self,
-        *,
-        idempotency_key: str,
-        conversation_id: str,
-        subject: str,
-        body: str,
-        priority: str,
-        now: float,
-    ) -> Ticket:
-        with self._tx() as db:
-            done = db.execute(
-                "SELECT ticket_id FROM tool_effects WHERE idempotency_key = ?", (idempotency_key,)
-            ).fetchone()
-            if done is not None:
-                return self._ticket(db, done[0])
-            cur = db.execute(
-                "INSERT INTO tickets (conversation_id, subject, body, status, priority,"
-                " created_at, updated_at) VALUES (?, ?, ?, 'open', ?, ?, ?)",
-                (conversation_id, subject, body, priority, now, now),
-            )
-            ticket_id = int(cur.lastrowid or 0)
-            db.execute(
-                "INSERT INTO tool_effects (idempotency_key, ticket_id) VALUES (?, ?)",
-                (idempotency_key, ticket_id),
-            )
-            return self._ticket(db, ticket_id)
-
-    def get_ticket(self, ticket_id: int) -> Ticket | None:
-        try:
-            return self._ticket(self._conn(), ticket_id)
-        except NotFound:
-            return None
-
-    def update_ticket(
-        self,
-        ticket_id: int,
-        *,
-        idempotency_key: str,
-        status: str | None,
-        priority: str | None,
-        comment: str | None,
-        now: float,
-    ) -> Ticket:
-        with self._tx() as db:
-            ticket = self._ticket(db, ticket_id)
-            done = db.execute(
-                "SELECT 1 FROM tool_effects WHERE idempotency_key = ?", (idempotency_key,)
-            ).fetchone()
-            if done is not None:
-                return ticket
-            comments = [*ticket.comments, comment] if comment else ticket.comments
-            db.execute(
-                "UPDATE tickets SET status = ?, priority = ?, comments = ?, updated_at = ?"
-                " WHERE ticket_id = ?",
-                (
-                    status or ticket.status,
-                    priority or ticket.priority,
-                    json.dumps(comments),
-                    now,
-                    ticket_id,
-                ),
-            )
-            db.execute(
-                "INSERT INTO tool_effects (idempotency_key, ticket_id) VALUES (?, ?)",
-                (idempotency_key, ticket_id),
-            )
-            return self._ticket(db, ticket_id)
-
-    def _ticket(self, db: sqlite3.Connection, ticket_id: int) -> Ticket:
-        row = db.execute(
-            "SELECT ticket_id, conversation_id, subject, body, status, priority, created_at,"
-            " updated_at, comments FROM tickets WHERE ticket_id = ?",
-            (ticket_id,),
-        ).fetchone()
-        if row is None:
-            raise NotFound(f"ticket {ticket_id} does not exist", field="ticket_id")
-        return Ticket(
-            ticket_id=row[0],
-            conversation_id=row[1],
-            subject=row[2],
-            body=row[3],
-            status=row[4],
-            priority=row[5],
-            created_at=row[6],
-            updated_at=row[7],
-            comments=json.loads(row[8]),
-        )
