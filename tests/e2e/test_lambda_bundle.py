@@ -330,3 +330,34 @@ def test_the_turn_handler_runs_on_the_trimmed_bundle(
     assert len(traces) == 1
     spans = {(s.name, s.span_type) for s in traces[0].data.spans}
     assert {("turn", "AGENT"), ("model", "CHAT_MODEL"), ("tool.create_ticket", "TOOL")} <= spans
+
+
+def test_an_app_made_by_agentworker_new_passes_its_own_test_in_a_fresh_venv(
+    bundle_python: Path, tmp_path: Path
+) -> None:
+    """``pip install agentworker`` (no extras), ``agentworker new``, and the app's own test:
+    nothing else needed (this venv is the trimmed bundle's: no numpy, no full mlflow)."""
+    pip(bundle_python, "install", "-q", "pytest")
+    agentworker = bundle_python.parent / "agentworker"
+    env = {"PATH": f"{bundle_python.parent}:/usr/bin:/bin", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    made = subprocess.run(
+        [str(agentworker), "new", "fresh_bot"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert made.returncode == 0, made.stderr
+    tested = subprocess.run(
+        [str(bundle_python), "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=tmp_path / "fresh_bot",
+        env=env,
+    )
+    assert tested.returncode == 0, tested.stdout[-3000:] + tested.stderr[-2000:]
+    assert "1 passed" in tested.stdout
