@@ -147,10 +147,15 @@ def _plain(tmp: Path, name: str) -> Side:
 
         return Side("plain", PLAIN, path, do_turn, conn.close, _last_checkpoint(path))
     loop = asyncio.new_event_loop()
-    aconn = loop.run_until_complete(aiosqlite.connect(path))
-    asaver = AsyncSqliteSaver(aconn)
-    loop.run_until_complete(asaver.setup())
-    loop.run_until_complete(aconn.execute("PRAGMA synchronous=NORMAL"))
+
+    async def open_saver() -> tuple[aiosqlite.Connection, AsyncSqliteSaver]:
+        connection = await aiosqlite.connect(path)
+        saver = AsyncSqliteSaver(connection)  # binds to the running loop
+        await saver.setup()
+        await connection.execute("PRAGMA synchronous=NORMAL")
+        return connection, saver
+
+    aconn, asaver = loop.run_until_complete(open_saver())
     agraph = graph_def.compile(checkpointer=asaver)
 
     def ado_turn(turn: int) -> None:
@@ -188,10 +193,10 @@ def run(tmp: Path, cfg: StorageConfig, graphs: tuple[str, ...] = tuple(GRAPHS)) 
             progress(f"byo ({name}, {variant}): {max(cfg.points)} turns")
             if variant == "plain":
                 side = _plain(directory, name)
-                sides.append(run_side(side, cfg, cfg.baseline_budget_s))
+                sides.append(run_side(side, cfg, cfg.baseline_budget_s, section=f"byo {name}"))
             else:
                 side = _ours(directory, name, tracing=variant == "ours")
-                sides.append(run_side(side, cfg, None))
+                sides.append(run_side(side, cfg, None, section=f"byo {name}"))
         out[name] = sides
     return out
 

@@ -140,7 +140,9 @@ def _baseline(tmp: Path) -> Side:
     )
 
 
-def run_side(side: Side, cfg: StorageConfig, budget_s: float | None) -> dict[str, Any]:
+def run_side(
+    side: Side, cfg: StorageConfig, budget_s: float | None, *, section: str = "storage"
+) -> dict[str, Any]:
     last = max(cfg.points)
     sampled = {t: p for p in cfg.points for t in range(max(1, p - cfg.window + 1), p + 1)}
     meter = SqliteMeter(side.path)
@@ -154,7 +156,7 @@ def run_side(side: Side, cfg: StorageConfig, budget_s: float | None) -> dict[str
         if budget_s is not None and time.perf_counter() - start > budget_s:
             stopped_at = turn - 1
             progress(
-                f"storage ({side.name}): time budget {budget_s:.0f} s spent at turn "
+                f"{section} ({side.name}): time budget {budget_s:.0f} s spent at turn "
                 f"{stopped_at}; stopping"
             )
             break
@@ -187,7 +189,8 @@ def run_side(side: Side, cfg: StorageConfig, budget_s: float | None) -> dict[str
             )
         if turn % step == 0 and turn < last:
             progress(
-                f"storage ({side.name}): {turn}/{last} turns ({time.perf_counter() - start:.1f} s)"
+                f"{section} ({side.name}): {turn}/{last} turns"
+                f" ({time.perf_counter() - start:.1f} s)"
             )
     total_s = time.perf_counter() - start
     turns_done = stopped_at if stopped_at is not None else last
