@@ -115,6 +115,11 @@ class Settings(BaseSettings):
         file, or the default."""
         return self._sources.get(name) or f"{ENV_PREFIX}{name.upper()}"
 
+    def keep_sources(self, other: Settings) -> None:
+        """Name settings as ``other`` got them (the same values, passed on through the
+        environment: the sandbox's handlers)."""
+        self._sources.update(other._sources)
+
     @property
     def import_dir(self) -> Path:
         """The directory the app's package is imported from."""

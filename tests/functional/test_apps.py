@@ -214,3 +214,13 @@ def test_serve_reads_the_app_file_of_the_working_directory(tmp_path: Path) -> No
         assert state(srv, "ws:g:1")["values"] == {"name": "Grace"}
         [reply] = answers(srv, "ws:g:1", named)
         assert reply["type"] == "reply" and "hello" in reply["text"]
+
+
+def test_the_demo_runs_any_graph_it_is_given(tmp_path: Path) -> None:
+    out = cli(
+        "demo", "--state-dir", str(tmp_path / "s"), "--no-tracing", "--graph",
+        "triage_bot.graph:build",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "graph triage_bot.graph:build" in out.stdout and "demo ok" in out.stdout
+    assert "demo:alice > (answer 'yes')" in out.stdout  # the graph asked, the demo answered

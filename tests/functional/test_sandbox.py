@@ -27,11 +27,13 @@ def agentworker(*args: str) -> list[str]:
 
 
 class SandboxProcess:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *args: str) -> None:
         self.state_dir = state_dir
         self.port = free_port()
         self.log = state_dir / "sandbox.log"
-        cmd = agentworker("sandbox", "--port", str(self.port), "--state-dir", str(state_dir))
+        cmd = agentworker(
+            "sandbox", "--port", str(self.port), "--state-dir", str(state_dir), *args
+        )
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(cmd, env=ENV, stdout=out, stderr=subprocess.STDOUT)
 
@@ -120,6 +122,37 @@ def test_sandbox_answers_each_conversation_and_stops_on_ctrl_c(sandbox: SandboxP
     assert sandbox.interrupt() == 0, sandbox.output()
     assert time.monotonic() - started < 5
     assert not sandbox.state_file.exists()
+
+
+def test_the_sandbox_serves_the_graph_it_is_given(tmp_path: Path) -> None:
+    """``--graph``: the triage example behind the AWS runtime on moto; its interrupt is
+    answered with ``--resume`` through the queues, like any message."""
+    process = SandboxProcess(tmp_path, "--graph", "triage_bot.graph:build")
+    try:
+        process.wait_ready()
+        asked = process.say("ticket:7", "hello")
+        assert asked.startswith("[answer needed] Is this about billing"), asked
+        answered = process.say("ticket:7", "--resume", '"account"')
+        assert answered.startswith("[account team, normal priority]"), answered
+        assert process.interrupt() == 0
+    finally:
+        process.kill()
+
+
+def test_the_sandbox_refuses_a_graph_that_cannot_work_before_it_is_ready(
+    tmp_path: Path,
+) -> None:
+    out = subprocess.run(
+        agentworker("sandbox", "--state-dir", str(tmp_path), "--graph", "nowhere:graph"),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "graph 'nowhere:graph' (--graph): cannot import 'nowhere'" in out.stderr
+    assert "sandbox ready" not in out.stdout and not (tmp_path / "sandbox.json").exists()
 
 
 def test_send_to_a_sandbox_that_is_not_running_fails(

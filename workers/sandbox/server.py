@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from events.inbound import InboundMessage, MessageRequest
 from events.outbound import ApprovalRequest, InterruptRequest
-from workers.config import Settings, parse_model_spec
+from workers.config import Settings, load_settings, parse_model_spec
 from workers.errors import ConfigError, PermanentError, SandboxNotRunning
 
 if TYPE_CHECKING:
@@ -153,7 +153,7 @@ def _start_runtime(
     if options.bedrock_stub:
         _start_bedrock_stub(resources)
     bootstrap.reset_aws_deps()  # the handlers build their clients from the new environment
-    bootstrap.aws_deps(with_agent=True)  # a graph or model that cannot work stops here
+    _check_app(settings)
     handlers = emulator.default_handlers()
     resources.enter_context(emulator.route_lambda_to_handlers(handlers))
     _start_event_sources(resources, clients("sqs"), stack, handlers)
@@ -200,6 +200,17 @@ def _export_app(settings: Settings) -> None:
         os.environ["AGENTWORKER_APPROVAL_TOOLS"] = ",".join(settings.approval_tools)
     os.environ["AGENTWORKER_DOUBLE_TEXTING"] = settings.double_texting
     os.environ["AGENTWORKER_CONTEXT_WINDOW"] = str(settings.context_window)
+
+
+def _check_app(given: Settings) -> None:
+    """Build the ``turn`` function's dependencies once now: a graph or a model that cannot
+    work stops the sandbox before it says it is ready, naming the setting as it was given
+    (a flag, a variable, the app file)."""
+    from workers import bootstrap
+
+    settings = load_settings()  # what the handlers will read: the exported environment
+    settings.keep_sources(given)
+    bootstrap.build_aws(settings, with_agent=True)
 
 
 def _refuse_real_bedrock(settings: Settings, options: SandboxOptions) -> None:
