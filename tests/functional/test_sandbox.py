@@ -31,9 +31,7 @@ class SandboxProcess:
         self.state_dir = state_dir
         self.port = free_port()
         self.log = state_dir / "sandbox.log"
-        cmd = agentworker(
-            "sandbox", "--port", str(self.port), "--state-dir", str(state_dir), *args
-        )
+        cmd = agentworker("sandbox", "--port", str(self.port), "--state-dir", str(state_dir), *args)
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(cmd, env=ENV, stdout=out, stderr=subprocess.STDOUT)
 
