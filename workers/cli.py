@@ -327,18 +327,26 @@ def _render(payload: dict[str, Any]) -> str:
     return str(payload["text"])
 
 
-def cmd_history(args: argparse.Namespace) -> int:
+def _get(url: str, path: str) -> Any:
+    """``GET path`` of the server at ``url``: the JSON body, or the exit code of a failure
+    (the reason printed)."""
     import httpx
 
     try:
-        with _http(args.url) as client:
-            resp = client.get(f"/v1/conversations/{args.conversation}")
+        with _http(url) as client:
+            resp = client.get(path)
     except httpx.ConnectError:
-        print(f"agentworker: no server at {args.url}", file=sys.stderr)
+        print(f"agentworker: no server at {url}", file=sys.stderr)
         return 1
     if resp.status_code != 200:
         return _fail(resp)
-    view = resp.json()
+    return resp.json()
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    view = _get(args.url, f"/v1/conversations/{args.conversation}")
+    if isinstance(view, int):
+        return view
     if args.json:
         print(json.dumps(view, indent=2))
         return 0
@@ -371,17 +379,10 @@ def cmd_new(args: argparse.Namespace) -> int:
 
 
 def cmd_state(args: argparse.Namespace) -> int:
-    import httpx
-
-    try:
-        with _http(args.url) as client:
-            resp = client.get(f"/v1/conversations/{args.conversation}/state")
-    except httpx.ConnectError:
-        print(f"agentworker: no server at {args.url}", file=sys.stderr)
-        return 1
-    if resp.status_code != 200:
-        return _fail(resp)
-    print(json.dumps(resp.json(), indent=2))
+    state = _get(args.url, f"/v1/conversations/{args.conversation}/state")
+    if isinstance(state, int):
+        return state
+    print(json.dumps(state, indent=2))
     return 0
 
 

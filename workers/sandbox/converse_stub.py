@@ -20,18 +20,16 @@ import json
 import logging
 import re
 import struct
-import threading
 import time
 import uuid
 import zlib
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
-from types import TracebackType
-from typing import Any, Self, cast
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
-from workers.sandbox.stub_http import StubHTTPServer
+from workers.sandbox.stub_http import StubHTTPServer, StubServer
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +157,7 @@ class RecordedRequest:
 # the server ---------------------------------------------------------------------------------
 
 
-class ConverseStubServer:
+class ConverseStubServer(StubServer["_Scripted", "RecordedRequest"]):
     """A scripted Bedrock Converse endpoint on 127.0.0.1 with a free port, in a thread.
 
     Use as a context manager (or ``start()``/``stop()``) and give ``endpoint_url`` to the
@@ -167,74 +165,10 @@ class ConverseStubServer:
     id is only consumed by requests for that model.
     """
 
-    def __init__(
-        self,
-        *,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        known_models: Collection[str] | None = None,
-        latency_s: float = 0.0,
-        stream_delay_s: float = 0.0,
-    ) -> None:
-        self.host = host
-        self.port = port
-        self.known_models = frozenset(known_models) if known_models is not None else None
-        """If set, other model ids get Bedrock's ``ValidationException`` for a bad model id."""
-        self.latency_s = latency_s
-        """Seconds before a reply starts (simulates a slow model; errors are not delayed)."""
-        self.stream_delay_s = stream_delay_s
-        """Seconds between the events of a streamed reply."""
-        self._lock = threading.Lock()
-        self._script: list[_Scripted] = []
-        self._requests: list[RecordedRequest] = []
-        self._httpd: StubHTTPServer[ConverseStubServer] | None = None
-        self._thread: threading.Thread | None = None
+    name = "converse-stub"
 
-    # lifecycle -------------------------------------------------------------------------------
-
-    def start(self) -> Self:
-        """Bind and serve in a daemon thread. Idempotent."""
-        if self._httpd is not None:
-            return self
-        httpd = StubHTTPServer[ConverseStubServer]((self.host, self.port), _ConverseHandler, self)
-        self.port = httpd.server_address[1]
-        self._httpd = httpd
-        self._thread = threading.Thread(
-            target=httpd.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"converse-stub:{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close the socket. Idempotent."""
-        httpd, thread = self._httpd, self._thread
-        self._httpd = self._thread = None
-        if httpd is None:
-            return
-        httpd.shutdown()
-        httpd.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def endpoint_url(self) -> str:
-        if self._httpd is None:
-            raise RuntimeError("ConverseStubServer is not running: call start() first")
-        return f"http://{self.host}:{self.port}"
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        return _ConverseHandler
 
     # scripting -------------------------------------------------------------------------------
 
@@ -291,28 +225,10 @@ class ConverseStubServer:
         requests pass over this entry."""
         self._push(StreamFailure(error_type, message, text_before), model_id, 1)
 
-    def pending(self) -> int:
-        """Scripted outcomes not consumed yet."""
-        with self._lock:
-            return len(self._script)
-
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        """Every request received so far, oldest first (a copy)."""
-        with self._lock:
-            return list(self._requests)
-
-    def reset(self) -> None:
-        """Forget the script and the recorded requests."""
-        with self._lock:
-            self._script.clear()
-            self._requests.clear()
-
     def _push(self, outcome: Outcome, model_id: str | None, times: int) -> None:
         if times < 1:
             raise ValueError("times must be at least 1")
-        with self._lock:
-            self._script.extend(_Scripted(outcome, model_id) for _ in range(times))
+        self._queue(_Scripted(outcome, model_id) for _ in range(times))
 
     # request handling (called from handler threads) ------------------------------------------
 

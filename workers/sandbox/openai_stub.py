@@ -22,18 +22,16 @@ import logging
 import re
 import secrets
 import string
-import threading
 import time
 import uuid
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
-from types import TracebackType
-from typing import Any, Self, cast
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from workers.sandbox.converse_stub import Reply, ToolUse, Usage
-from workers.sandbox.stub_http import StubHTTPServer
+from workers.sandbox.stub_http import StubHTTPServer, StubServer
 
 logger = logging.getLogger(__name__)
 
@@ -169,13 +167,15 @@ class RecordedRequest:
 # the server ---------------------------------------------------------------------------------
 
 
-class OpenAIStubServer:
+class OpenAIStubServer(StubServer["_Scripted", "RecordedRequest"]):
     """A scripted OpenAI Chat Completions endpoint on 127.0.0.1 with a free port, in a thread.
 
     Use as a context manager (or ``start()``/``stop()``) and give ``base_url`` to the client.
     Scripted outcomes are consumed first in, first out; an outcome scripted for a model name is
     only consumed by requests for that model.
     """
+
+    name = "openai-stub"
 
     def __init__(
         self,
@@ -188,74 +188,22 @@ class OpenAIStubServer:
         latency_s: float = 0.0,
         stream_delay_s: float = 0.0,
     ) -> None:
-        self.host = host
-        self.port = port
-        self.known_models = frozenset(known_models) if known_models is not None else None
-        """If set, other model names get OpenAI's 404 ``model_not_found``."""
+        super().__init__(
+            host=host,
+            port=port,
+            known_models=known_models,
+            latency_s=latency_s,
+            stream_delay_s=stream_delay_s,
+        )
         self.api_key = api_key
         """If set, a request without ``Authorization: Bearer <api_key>`` gets OpenAI's 401."""
         self.new_ids = new_ids
         """Give every tool call of every answer a fresh random id (``call_...``), scripted ids
         and the default reply's deterministic ones included: a model whose ids change on each
         call, as a real model's do when a turn is retried."""
-        self.latency_s = latency_s
-        """Seconds before a reply starts (simulates a slow model; errors are not delayed)."""
-        self.stream_delay_s = stream_delay_s
-        """Seconds between the chunks of a streamed reply."""
-        self._lock = threading.Lock()
-        self._script: list[_Scripted] = []
-        self._requests: list[RecordedRequest] = []
-        self._httpd: StubHTTPServer[OpenAIStubServer] | None = None
-        self._thread: threading.Thread | None = None
 
-    # lifecycle -------------------------------------------------------------------------------
-
-    def start(self) -> Self:
-        """Bind and serve in a daemon thread. Idempotent."""
-        if self._httpd is not None:
-            return self
-        httpd = StubHTTPServer[OpenAIStubServer](
-            (self.host, self.port), _ChatCompletionsHandler, self
-        )
-        self.port = httpd.server_address[1]
-        self._httpd = httpd
-        self._thread = threading.Thread(
-            target=httpd.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"openai-stub:{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close the socket. Idempotent."""
-        httpd, thread = self._httpd, self._thread
-        self._httpd = self._thread = None
-        if httpd is None:
-            return
-        httpd.shutdown()
-        httpd.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def endpoint_url(self) -> str:
-        """``http://127.0.0.1:<port>``: the server's root."""
-        if self._httpd is None:
-            raise RuntimeError("OpenAIStubServer is not running: call start() first")
-        return f"http://{self.host}:{self.port}"
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        return _ChatCompletionsHandler
 
     @property
     def base_url(self) -> str:
@@ -369,28 +317,10 @@ class OpenAIStubServer:
             error = Failure(200, error_message, error_type, None, code)
         self._push(StreamFailure(text_before, error), model, 1, None)
 
-    def pending(self) -> int:
-        """Scripted outcomes not consumed yet."""
-        with self._lock:
-            return len(self._script)
-
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        """Every request received so far, oldest first (a copy)."""
-        with self._lock:
-            return list(self._requests)
-
-    def reset(self) -> None:
-        """Forget the script and the recorded requests."""
-        with self._lock:
-            self._script.clear()
-            self._requests.clear()
-
     def _push(self, outcome: Outcome, model: str | None, times: int, new_ids: bool | None) -> None:
         if times < 1:
             raise ValueError("times must be at least 1")
-        with self._lock:
-            self._script.extend(_Scripted(outcome, model, new_ids) for _ in range(times))
+        self._queue(_Scripted(outcome, model, new_ids) for _ in range(times))
 
     # request handling (called from handler threads) ------------------------------------------
 

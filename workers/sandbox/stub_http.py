@@ -1,14 +1,19 @@
-"""``StubHTTPServer``: the threaded loopback HTTP server under the model stubs."""
+"""What the model stubs share: ``StubHTTPServer`` (the threaded loopback HTTP server) and
+``StubServer`` (their lifecycle, the script of outcomes and the log of requests)."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
 import threading
+from collections.abc import Collection, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Generic, TypeVar
+from types import TracebackType
+from typing import Any, Generic, Self, TypeVar
 
 Stub = TypeVar("Stub")
+Scripted = TypeVar("Scripted")
+Recorded = TypeVar("Recorded")
 
 
 class StubHTTPServer(ThreadingHTTPServer, Generic[Stub]):
@@ -52,3 +57,105 @@ class StubHTTPServer(ThreadingHTTPServer, Generic[Stub]):
         for connection in connections:
             with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
+
+
+class StubServer(Generic[Scripted, Recorded]):
+    """A scripted model endpoint on ``host`` (a free port by default), served by a daemon
+    thread: use as a context manager, or ``start()``/``stop()``. Scripted outcomes are kept
+    first in, first out; every request is recorded. Subclasses say which request handler
+    serves them (:meth:`_handler`) and how a request picks its outcome."""
+
+    name = "stub"
+    """The serving thread's name prefix."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        known_models: Collection[str] | None = None,
+        latency_s: float = 0.0,
+        stream_delay_s: float = 0.0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.known_models = frozenset(known_models) if known_models is not None else None
+        """If set, requests for other models get the provider's error for an unknown model."""
+        self.latency_s = latency_s
+        """Seconds before a reply starts (simulates a slow model; errors are not delayed)."""
+        self.stream_delay_s = stream_delay_s
+        """Seconds between the pieces of a streamed reply."""
+        self._lock = threading.Lock()
+        self._script: list[Scripted] = []
+        self._requests: list[Recorded] = []
+        self._httpd: StubHTTPServer[Self] | None = None
+        self._thread: threading.Thread | None = None
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        """Bind and serve in a daemon thread. Idempotent."""
+        if self._httpd is not None:
+            return self
+        httpd = StubHTTPServer((self.host, self.port), self._handler(), self)
+        self.port = httpd.server_address[1]
+        self._httpd = httpd
+        self._thread = threading.Thread(
+            target=httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"{self.name}:{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the socket and kept-alive connections. Idempotent."""
+        httpd, thread = self._httpd, self._thread
+        self._httpd = self._thread = None
+        if httpd is None:
+            return
+        httpd.shutdown()
+        httpd.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def endpoint_url(self) -> str:
+        """``http://127.0.0.1:<port>``: the server's root."""
+        if self._httpd is None:
+            raise RuntimeError(f"{type(self).__name__} is not running: call start() first")
+        return f"http://{self.host}:{self.port}"
+
+    def pending(self) -> int:
+        """Scripted outcomes not consumed yet."""
+        with self._lock:
+            return len(self._script)
+
+    @property
+    def requests(self) -> list[Recorded]:
+        """Every request received so far, oldest first (a copy)."""
+        with self._lock:
+            return list(self._requests)
+
+    def reset(self) -> None:
+        """Forget the script and the recorded requests."""
+        with self._lock:
+            self._script.clear()
+            self._requests.clear()
+
+    def _queue(self, entries: Iterable[Scripted]) -> None:
+        with self._lock:
+            self._script.extend(entries)

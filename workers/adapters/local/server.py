@@ -91,6 +91,15 @@ def check_conversation_id(conversation_id: str) -> None:
         )
 
 
+def unknown_conversation(conversation_id: str) -> ApiError:
+    return ApiError(
+        404,
+        "not_found",
+        f"conversation_id: no conversation {conversation_id!r}",
+        "conversation_id",
+    )
+
+
 def create_app(settings: Settings, runtime_factory: Any = None) -> FastAPI:
     """The ASGI app; the embedded runtime starts and stops with it."""
 
@@ -155,12 +164,7 @@ def create_app(settings: Settings, runtime_factory: Any = None) -> FastAPI:
         check_conversation_id(conversation_id)
         history = await rt(request).history(conversation_id)
         if history is None:
-            raise ApiError(
-                404,
-                "not_found",
-                f"conversation_id: no conversation {conversation_id!r}",
-                "conversation_id",
-            )
+            raise unknown_conversation(conversation_id)
         return JSONResponse(conversation_view(history).model_dump(mode="json"))
 
     @app.get("/v1/conversations/{conversation_id}/state")
@@ -168,12 +172,7 @@ def create_app(settings: Settings, runtime_factory: Any = None) -> FastAPI:
         check_conversation_id(conversation_id)
         state = await rt(request).graph_state(conversation_id)
         if state is None:
-            raise ApiError(
-                404,
-                "not_found",
-                f"conversation_id: no conversation {conversation_id!r}",
-                "conversation_id",
-            )
+            raise unknown_conversation(conversation_id)
         return JSONResponse(state.model_dump(mode="json"))
 
     @app.websocket("/v1/ws")
