@@ -29,7 +29,13 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
-from workers.sandbox.stub_http import StubHTTPServer, StubServer
+from workers.sandbox.stub_http import (
+    StubHTTPServer,
+    StubServer,
+    pieces,
+    token_estimate,
+    words,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -423,7 +429,7 @@ def reply_events(reply: Reply, request: Mapping[str, Any], started: float) -> It
     yield StreamEvent("messageStart", {"role": "assistant"})
     index = 0
     if reply.text:
-        for piece in _words(reply.text):
+        for piece in words(reply.text):
             yield StreamEvent(
                 "contentBlockDelta", {"delta": {"text": piece}, "contentBlockIndex": index}
             )
@@ -432,7 +438,7 @@ def reply_events(reply: Reply, request: Mapping[str, Any], started: float) -> It
     for call in reply.tool_calls:
         start = {"toolUse": {"toolUseId": call.tool_use_id, "name": call.name}}
         yield StreamEvent("contentBlockStart", {"start": start, "contentBlockIndex": index})
-        for piece in _pieces(json.dumps(dict(call.input)), 16):
+        for piece in pieces(json.dumps(dict(call.input)), 16):
             delta = {"toolUse": {"input": piece}}
             yield StreamEvent("contentBlockDelta", {"delta": delta, "contentBlockIndex": index})
         yield StreamEvent("contentBlockStop", {"contentBlockIndex": index})
@@ -675,15 +681,7 @@ def _with_ids(reply: Reply, serial: int) -> Reply:
 def _estimate_usage(request: Mapping[str, Any], reply: Reply) -> Usage:
     prompt = json.dumps(request.get("system", [])) + json.dumps(request.get("messages", []))
     answer = reply.text + "".join(json.dumps(dict(c.input)) for c in reply.tool_calls)
-    return Usage(max(1, len(prompt) // 4), max(1, len(answer) // 4))
-
-
-def _words(text: str) -> list[str]:
-    return [w for w in re.findall(r"\s*\S+\s*|\s+", text) if w]
-
-
-def _pieces(text: str, size: int) -> list[str]:
-    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
+    return Usage(*token_estimate(prompt, answer))
 
 
 __all__ = [

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import secrets
 import string
 import time
@@ -31,7 +30,13 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 from workers.sandbox.converse_stub import Reply, ToolUse, Usage
-from workers.sandbox.stub_http import StubHTTPServer, StubServer
+from workers.sandbox.stub_http import (
+    StubHTTPServer,
+    StubServer,
+    pieces,
+    token_estimate,
+    words,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -525,7 +530,7 @@ def reply_chunks(reply: Reply, request: Mapping[str, Any]) -> Iterator[dict[str,
     # OpenAI opens a reply of tool calls only with null content, a text reply with "".
     opening = None if reply.tool_calls and not reply.text else ""
     yield chunk({"role": "assistant", "content": opening, "refusal": None})
-    for piece in _words(reply.text):
+    for piece in words(reply.text):
         yield chunk({"content": piece})
     for index, call in enumerate(reply.tool_calls):
         first = {
@@ -535,7 +540,7 @@ def reply_chunks(reply: Reply, request: Mapping[str, Any]) -> Iterator[dict[str,
             "function": {"name": call.name, "arguments": ""},
         }
         yield chunk({"tool_calls": [first]})
-        for piece in _pieces(json.dumps(dict(call.input)), 16):
+        for piece in pieces(json.dumps(dict(call.input)), 16):
             yield chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
     yield chunk({}, reply.stop_reason or ("tool_calls" if reply.tool_calls else "stop"))
     yield {
@@ -985,15 +990,7 @@ def _with_ids(reply: Reply, serial: int, fresh: bool) -> Reply:
 def _estimate_usage(request: Mapping[str, Any], reply: Reply) -> Usage:
     prompt = json.dumps(request.get("messages", [])) + json.dumps(request.get("tools", []))
     answer = reply.text + "".join(json.dumps(dict(c.input)) for c in reply.tool_calls)
-    return Usage(max(1, len(prompt) // 4), max(1, len(answer) // 4))
-
-
-def _words(text: str) -> list[str]:
-    return [w for w in re.findall(r"\s*\S+\s*|\s+", text) if w]
-
-
-def _pieces(text: str, size: int) -> list[str]:
-    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
+    return Usage(*token_estimate(prompt, answer))
 
 
 __all__ = [

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import threading
 from collections.abc import Collection, Iterable
@@ -159,3 +160,18 @@ class StubServer(Generic[Scripted, Recorded]):
     def _queue(self, entries: Iterable[Scripted]) -> None:
         with self._lock:
             self._script.extend(entries)
+
+
+def words(text: str) -> list[str]:
+    """``text`` in the pieces a stub streams it in: a word with the spaces around it."""
+    return [w for w in re.findall(r"\s*\S+\s*|\s+", text) if w]
+
+
+def pieces(text: str, size: int) -> list[str]:
+    """``text`` in slices of ``size`` characters (at least one, maybe empty)."""
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
+
+
+def token_estimate(prompt: str, answer: str) -> tuple[int, int]:
+    """Input and output tokens of a stub's reply at about four characters a token."""
+    return max(1, len(prompt) // 4), max(1, len(answer) // 4)
