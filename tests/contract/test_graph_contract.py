@@ -6,7 +6,8 @@ interrupting branch, two parallel interrupts) and on both bundled examples."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from tests.fakes import InMemoryTicketStore, ManualClock
 from tests.turns import Conversation, PlainConversation, build_context, shape
 from workers.agent.offline import OfflineChatModel
 from workers.agent.runner import GraphTurnAgent
+from workers.core.ports import NullSpan
 from workers.errors import PermanentError
 
 Step = str | dict[str, Any]
@@ -182,3 +184,47 @@ def test_a_graph_that_ends_without_a_reply_still_tells_the_sender() -> None:
     [notice] = sink.sent
     assert notice.type == "notice" and notice.text == NO_REPLY_NOTICE
     assert notice.in_reply_to == [accepted.message_id]
+
+
+class ExceptionRecordingTracer:
+    """A ``Tracer`` that keeps what a turn's trace would record as its exception."""
+
+    def __init__(self) -> None:
+        self.errors: list[BaseException] = []
+
+    @contextmanager
+    def turn(self, name: str, *, tags: dict[str, str], inputs: Any) -> Iterator[Any]:
+        try:
+            yield NullSpan()
+        except BaseException as exc:
+            self.errors.append(exc)
+            raise
+
+    @contextmanager
+    def span(self, name: str, *, kind: str, inputs: Any = None) -> Iterator[Any]:
+        yield NullSpan()
+
+    def start_span(self, name: str, *, kind: str, inputs: Any = None, parent: Any = None) -> Any:
+        return NullSpan()
+
+
+def test_a_node_that_raises_tells_the_sender_and_the_conversation_goes_on() -> None:
+    from events.inbound import InboundMessage
+    from tests.fakes import InMemoryConversationStore, RecordingSink, RecordingStarter
+    from workers.core.steps import Deps, TurnSettings, accept_message, drive_run
+
+    store, sink, starter = InMemoryConversationStore(), RecordingSink(), RecordingStarter()
+    tracer = ExceptionRecordingTracer()
+    settings = TurnSettings(retry_base_delay=0.0)
+    agent = GraphTurnAgent(graphs.failing_graph())
+    deps = Deps(store, agent, sink, starter, ManualClock(), tracer, settings)
+    boom = accept_message(deps, InboundMessage(conversation_id="c", text="boom"))
+    drive_run(deps, starter.runs.pop())
+    [notice] = sink.sent
+    assert notice.type == "notice" and notice.level == "error"
+    assert notice.in_reply_to == [boom.message_id]
+    assert [str(e) for e in tracer.errors] == ["the node blew up"] * settings.retry_attempts
+    assert store.pending_inbox("c") == []  # consumed: not retried forever
+    fine = accept_message(deps, InboundMessage(conversation_id="c", text="and now?"))
+    drive_run(deps, starter.runs.pop())
+    assert sink.sent[-1].type == "reply" and sink.sent[-1].in_reply_to == [fine.message_id]
