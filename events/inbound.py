@@ -23,6 +23,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from events.json_input import parse_json
+
 MAX_MESSAGE_BYTES = 256 * 1024
 """Largest accepted message text, in UTF-8 bytes (the Step Functions/SQS payload cap)."""
 
@@ -361,7 +363,7 @@ class SqsRecord(BaseModel):
     event_source_arn: str = Field(default="", alias="eventSourceARN")
 
     def to_inbound(self) -> InboundMessage:
-        data = json.loads(self.body)
+        data = parse_json(self.body, what="SQS body")
         if not isinstance(data, dict):
             raise ValueError("SQS body must be a JSON object")
         # The queue's own message id is a dedupe key of last resort (SQS redelivers it).

@@ -156,10 +156,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     import uvicorn
 
+    from workers.adapters.local.guard import check_bind
     from workers.adapters.local.server import create_app
     from workers.bootstrap import prepare_embedded
     from workers.observability import configure_logging
 
+    check_bind(settings)
     configure_logging(settings.log_level)
     # The model and the graph are built now: a bad one stops here, before "serving".
     runtime = prepare_embedded(settings)

@@ -51,6 +51,17 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Local server bind address.")
     port: int = Field(8765, ge=1, le=65535, description="Local server port.")
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names the local server answers besides its own loopback address.",
+    )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Browser origins allowed besides the server's own (e.g. http://localhost:3000).",
+    )
+    max_subscriptions: int = Field(
+        100, ge=1, le=10_000, description="Conversations one local WebSocket may subscribe to."
+    )
     workers: int = Field(4, ge=1, le=256, description="Concurrent runs in the embedded pool.")
     double_texting: DoubleTextingPolicy = Field(
         "enqueue", description="Default policy: enqueue, merge, interrupt or reject."
@@ -136,7 +147,7 @@ class Settings(BaseSettings):
             raise ValueError(str(exc)) from exc
         return value
 
-    @field_validator("approval_tools", mode="before")
+    @field_validator("approval_tools", "allowed_hosts", "allowed_origins", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip().startswith("["):

@@ -38,6 +38,16 @@ class NotFound(PermanentError):
     """A referenced conversation, ticket or approval does not exist."""
 
 
+class BadInput(PermanentError, ValueError):
+    """Input that is not what an entry point takes (not JSON, nested too deep, a lone UTF-16
+    surrogate, not an object): a 400 naming the ``code``, never a crash. A ``ValueError``
+    too, so parsers that catch those catch it."""
+
+    def __init__(self, code: str, message: str, *, field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.code = code
+
+
 class NotWaiting(PermanentError):
     """An answer (approval or resume value) for a conversation that does not wait for it:
     nothing was written (HTTP 409)."""

@@ -53,7 +53,7 @@ def test_settings_table_matches_the_settings() -> None:
         elif isinstance(default, str | int | float | Path):
             assert shown == f"`{default}`", name
         elif isinstance(default, list):
-            assert shown == f"`{','.join(default)}`", name
+            assert shown == (f"`{','.join(default)}`" if default else "(none)"), name
 
 
 def test_cli_table_lists_every_command() -> None:

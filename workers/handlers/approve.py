@@ -6,6 +6,7 @@ resumes the graph with it, or a Standard run waiting on its task token is woken.
 from __future__ import annotations
 
 import base64
+import binascii
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -13,10 +14,11 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from events.inbound import ApprovalDecision, InboundMessage
+from events.json_input import parse_json
 from events.outbound import validation_problem
 from workers import bootstrap
 from workers.core.steps import accept_message
-from workers.errors import NotFound, NotWaiting
+from workers.errors import BadInput, NotFound, NotWaiting
 from workers.handlers.http import error_response, json_response
 from workers.handlers.observability import logger, metrics
 
@@ -31,10 +33,13 @@ class ApprovalBody(BaseModel):
 
 
 def _parse(event: dict[str, Any]) -> InboundMessage:
-    raw = event.get("body") or ""
+    raw: str | bytes = event.get("body") or ""
     if event.get("isBase64Encoded"):
-        raw = base64.b64decode(raw).decode()
-    body = ApprovalBody.model_validate_json(raw)
+        try:
+            raw = base64.b64decode(raw, validate=True)
+        except binascii.Error:
+            raise BadInput("bad_request", "body is not valid base64", field="body") from None
+    body = ApprovalBody.model_validate(parse_json(raw))
     conversation_id = (event.get("pathParameters") or {}).get("conversation_id", "")
     return InboundMessage(
         conversation_id=conversation_id,
@@ -52,6 +57,9 @@ def _parse(event: dict[str, Any]) -> InboundMessage:
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     try:
         msg = _parse(event)
+    except BadInput as exc:
+        metrics.add_metric(name="bad_requests", unit=MetricUnit.Count, value=1)
+        return error_response(400, exc.code, str(exc), exc.field)
     except ValidationError as exc:
         problem = validation_problem(exc)
         metrics.add_metric(name="bad_requests", unit=MetricUnit.Count, value=1)

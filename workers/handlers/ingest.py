@@ -21,11 +21,12 @@ from events.inbound import (
     WsPing,
     WsSubscribe,
 )
+from events.json_input import parse_json
 from events.outbound import ErrorBody, ErrorView, validation_problem
 from workers import bootstrap
 from workers.core.model import AcceptResult
 from workers.core.steps import accept_message
-from workers.errors import NotFound, NotWaiting, PermanentError
+from workers.errors import BadInput, NotFound, NotWaiting, PermanentError
 from workers.handlers.observability import logger, metrics
 
 _FRAME: TypeAdapter[Any] = TypeAdapter(WsFrame)
@@ -86,8 +87,8 @@ def _websocket(event: dict[str, Any]) -> dict[str, Any]:
     if route == "$connect":
         return {"statusCode": 200}
     try:
-        frame = _FRAME.validate_python(json.loads(event.get("body") or ""))
-    except (json.JSONDecodeError, ValidationError) as exc:
+        frame = _FRAME.validate_python(parse_json(event.get("body") or "", what="frame"))
+    except (BadInput, ValidationError) as exc:
         return _ws_error(exc)
     if isinstance(frame, WsPing):
         return {"statusCode": 200, "body": json.dumps({"type": "pong"})}
@@ -108,12 +109,13 @@ def _websocket(event: dict[str, Any]) -> dict[str, Any]:
 
 def _ws_error(exc: Exception) -> dict[str, Any]:
     field = None
+    code = "bad_frame"
     if isinstance(exc, ValidationError):
         problem = validation_problem(exc, tagged=True)
         field, message = problem.field, problem.message
     else:
-        message = f"frame is not valid JSON: {exc}"
-    body = ErrorView(error=ErrorBody(code="bad_frame", message=message, field=field))
+        code, message = getattr(exc, "code", code), str(exc)
+    body = ErrorView(error=ErrorBody(code=code, message=message, field=field))
     return {"statusCode": 400, "body": body.model_dump_json()}
 
 

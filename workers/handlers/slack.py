@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import time
 from typing import Any
 from urllib.parse import parse_qs
@@ -37,11 +36,12 @@ from events.inbound import (
     SlackEventEnvelope,
     SlackUrlVerification,
 )
+from events.json_input import parse_json
 from events.outbound import validation_problem
 from workers import bootstrap
 from workers.adapters.aws.slack import verify_slack_request
 from workers.core.steps import accept_message
-from workers.errors import InvalidSlackSignature, NotFound, NotWaiting
+from workers.errors import BadInput, InvalidSlackSignature, NotFound, NotWaiting
 from workers.handlers.http import error_response, json_response
 from workers.handlers.observability import logger, metrics
 
@@ -79,7 +79,7 @@ def _accept(msg: InboundMessage) -> dict[str, Any]:
 
 def _event_callback(raw: bytes) -> InboundMessage | dict[str, Any]:
     """The message to accept, or the answer (challenge, ignored)."""
-    data = json.loads(raw)
+    data = parse_json(raw)
     if not isinstance(data, dict):
         raise ValueError("body: expected a JSON object")
     kind = data.get("type")
@@ -89,7 +89,8 @@ def _event_callback(raw: bytes) -> InboundMessage | dict[str, Any]:
         return json_response(200, {"challenge": challenge})
     if kind != "event_callback":
         return _ignored(f"request type {kind!r}")
-    event_type = (data.get("event") or {}).get("type")
+    event = data.get("event")
+    event_type = event.get("type") if isinstance(event, dict) else None
     if event_type not in MESSAGE_EVENTS:
         return _ignored(f"event type {event_type!r}")
     envelope = SlackEventEnvelope.model_validate(data)
@@ -108,7 +109,7 @@ def _interaction(raw: bytes) -> InboundMessage | dict[str, Any]:
     fields = parse_qs(raw.decode(), strict_parsing=False)
     if "payload" not in fields:
         raise ValueError("payload: missing from the form")
-    data = json.loads(fields["payload"][0])
+    data = parse_json(fields["payload"][0], what="payload")
     if not isinstance(data, dict) or data.get("type") != "block_actions":
         kind = data.get("type") if isinstance(data, dict) else None
         return _ignored(f"interaction type {kind!r}")
@@ -124,8 +125,8 @@ def _bad_request(exc: ValueError) -> dict[str, Any]:
     if isinstance(exc, ValidationError):
         problem = validation_problem(exc)
         return error_response(422, "validation_error", problem.message, problem.field or "body")
-    if isinstance(exc, json.JSONDecodeError):
-        return error_response(400, "bad_json", f"body is not valid JSON: {exc.msg}", "body")
+    if isinstance(exc, BadInput):
+        return error_response(400, exc.code, str(exc), exc.field)
     return error_response(400, "bad_request", str(exc))
 
 

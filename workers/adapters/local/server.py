@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -27,13 +26,16 @@ from events.inbound import (
     WsSubscribe,
     new_id,
 )
+from events.json_input import parse_json
 from events.outbound import ErrorBody, ErrorView, validation_problem
+from workers.adapters.local.guard import Guard
 from workers.adapters.local.runtime import EmbeddedRuntime
 from workers.adapters.local.views import conversation_view
 from workers.config import Settings
 from workers.errors import (
     AgentWorkerError,
     ApiError,
+    BadInput,
     NotFound,
     NotWaiting,
     PermanentError,
@@ -59,6 +61,8 @@ def error_view(exc: AgentWorkerError) -> tuple[int, ErrorView]:
     field = getattr(exc, "field", None)
     if isinstance(exc, ApiError):
         status, code = exc.status, exc.code
+    elif isinstance(exc, BadInput):
+        status, code = 400, exc.code
     else:
         code = type(exc).__name__
         status = 400
@@ -116,6 +120,15 @@ def create_app(settings: Settings, runtime_factory: Any = None) -> FastAPI:
             await runtime.stop()
 
     app = FastAPI(title="agentworker", version="0.1.0", lifespan=lifespan)
+    guard = Guard.for_settings(settings)
+
+    @app.middleware("http")
+    async def _guarded(request: Request, call_next: Any) -> Any:
+        refused = guard.refusal(request.headers.get("host"), request.headers.get("origin"))
+        if refused is not None:
+            body = ErrorView(error=ErrorBody(code=refused[0], message=refused[1]))
+            return JSONResponse(body.model_dump(), status_code=403)
+        return await call_next(request)
 
     @app.exception_handler(AgentWorkerError)
     async def _error(request: Request, exc: AgentWorkerError) -> JSONResponse:
@@ -143,11 +156,13 @@ def create_app(settings: Settings, runtime_factory: Any = None) -> FastAPI:
     @app.post("/v1/conversations/{conversation_id}/messages", status_code=202)
     async def post_message(conversation_id: str, request: Request) -> JSONResponse:
         check_conversation_id(conversation_id)
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != "application/json":
+            # A form or text/plain body is what a page of another site can post without
+            # asking first (no CORS preflight): only JSON is taken.
+            raise ApiError(415, "unsupported_media_type", "content-type: must be application/json")
         raw = await _read_body(request)
-        try:
-            data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ApiError(400, "bad_json", f"body is not valid JSON: {exc}") from None
+        data = parse_json(raw)
         if not isinstance(data, dict):
             raise ApiError(422, "validation_error", "body: must be a JSON object", "body")
         try:
@@ -177,7 +192,10 @@ def create_app(settings: Settings, runtime_factory: Any = None) -> FastAPI:
 
     @app.websocket("/v1/ws")
     async def websocket(ws: WebSocket) -> None:
-        await WebSocketSession(ws, rt(ws)).run()
+        if guard.refusal(ws.headers.get("host"), ws.headers.get("origin")) is not None:
+            await ws.close(code=1008)  # before the handshake completes: HTTP 403
+            return
+        await WebSocketSession(ws, rt(ws), settings.max_subscriptions).run()
 
     return app
 
@@ -200,9 +218,10 @@ class WebSocketSession:
     """One client socket: frames in, replies and chunks of subscribed conversations out.
     A bad frame gets an error frame; the socket stays open."""
 
-    def __init__(self, ws: WebSocket, runtime: EmbeddedRuntime) -> None:
+    def __init__(self, ws: WebSocket, runtime: EmbeddedRuntime, max_subscriptions: int) -> None:
         self.ws = ws
         self.runtime = runtime
+        self.max_subscriptions = max_subscriptions
         self.connection_id = new_id()
         # Frames to send, in order. A response is queued as a future *before* its message
         # is accepted, so "accepted" always precedes the chunks and reply it leads to.
@@ -262,10 +281,7 @@ class WebSocketSession:
             ).model_dump()
 
     def _parse(self, raw: str) -> Frame:
-        try:
-            data = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ApiError(400, "bad_json", f"frame is not valid JSON: {exc}") from None
+        data = parse_json(raw, what="frame")
         if not isinstance(data, dict):
             raise ApiError(422, "validation_error", "frame: must be a JSON object", "action")
         action = data.get("action")
@@ -285,6 +301,14 @@ class WebSocketSession:
     async def _subscribe(self, conversation_id: str) -> None:
         if conversation_id in self.subscribed:
             return
+        if len(self.subscribed) >= self.max_subscriptions:
+            raise ApiError(
+                429,
+                "too_many_subscriptions",
+                f"conversation_id: this socket follows {len(self.subscribed)} conversations,"
+                f" the most one may (max_subscriptions); open another socket",
+                "conversation_id",
+            )
         self.subscribed.add(conversation_id)
         self.runtime.hub.subscribe(conversation_id, self.queue)
         await asyncio.to_thread(

@@ -1,0 +1,130 @@
+"""The local server is safe by default: loopback only, requests addressed to it from its own
+page only (Host, Origin: DNS rebinding and cross-site requests are refused), JSON bodies
+only, a bounded number of subscriptions per socket, and hostile JSON answered with a 4xx."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from tests.functional.server_process import ServerProcess, free_port
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    env = {"AGENTWORKER_MAX_SUBSCRIPTIONS": "3", "AGENTWORKER_ALLOWED_HOSTS": "chat.internal"}
+    with ServerProcess(tmp_path_factory.mktemp("guard"), env=env) as srv:
+        yield srv
+
+
+def post(srv: ServerProcess, body: bytes, **headers: str) -> httpx.Response:
+    headers.setdefault("content-type", "application/json")
+    return httpx.post(
+        f"{srv.url}/v1/conversations/api:guard/messages", content=body, headers=headers
+    )
+
+
+def test_another_host_name_is_refused_dns_rebinding(server: ServerProcess) -> None:
+    evil = httpx.get(f"{server.url}/v1/conversations/api:guard", headers={"host": "evil.example"})
+    assert evil.status_code == 403 and evil.json()["error"]["code"] == "host_not_allowed"
+    page = httpx.get(f"{server.url}/", headers={"host": f"evil.example:{server.port}"})
+    assert page.status_code == 403
+    named = httpx.get(f"{server.url}/healthz", headers={"host": f"chat.internal:{server.port}"})
+    assert named.status_code == 200  # allowed_hosts
+    own = httpx.get(f"{server.url}/healthz", headers={"host": f"localhost:{server.port}"})
+    assert own.status_code == 200
+
+
+def test_another_sites_page_cannot_post_or_read(server: ServerProcess) -> None:
+    cross = post(server, b'{"text": "hi"}', origin="https://evil.example")
+    assert cross.status_code == 403 and cross.json()["error"]["code"] == "origin_not_allowed"
+    simple = post(server, b'{"text": "hi"}', **{"content-type": "text/plain"})
+    assert simple.status_code == 415  # what a cross-site form could send without preflight
+    assert simple.json()["error"]["code"] == "unsupported_media_type"
+    bare = httpx.post(f"{server.url}/v1/conversations/api:guard/messages", content=b"{}")
+    assert bare.status_code == 415
+    read = httpx.get(
+        f"{server.url}/v1/conversations/api:guard", headers={"origin": "http://evil.example"}
+    )
+    assert read.status_code == 403
+    own = post(server, b'{"text": "hi"}', origin=f"http://127.0.0.1:{server.port}")
+    assert own.status_code == 202
+
+
+def test_another_sites_page_cannot_open_the_websocket(server: ServerProcess) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        connect(server.ws_url, origin="https://evil.example")  # type: ignore[arg-type]
+    assert refused.value.response.status_code == 403
+    with pytest.raises(InvalidStatus):
+        connect(server.ws_url, additional_headers={"Host": "evil.example"})
+    with connect(server.ws_url, origin=f"http://127.0.0.1:{server.port}") as ws:  # type: ignore[arg-type]
+        ws.send(json.dumps({"action": "ping"}))
+        assert json.loads(ws.recv(timeout=10)) == {"type": "pong"}
+
+
+def test_a_socket_follows_a_bounded_number_of_conversations(server: ServerProcess) -> None:
+    with connect(server.ws_url) as ws:
+        for n in range(3):
+            ws.send(json.dumps({"action": "subscribe", "conversation_id": f"ws:cap:{n}"}))
+            assert json.loads(ws.recv(timeout=10))["type"] == "subscribed"
+        ws.send(json.dumps({"action": "subscribe", "conversation_id": "ws:cap:4"}))
+        error = json.loads(ws.recv(timeout=10))
+        assert error["error"]["code"] == "too_many_subscriptions"
+        ws.send(json.dumps({"action": "subscribe", "conversation_id": "ws:cap:1"}))
+        assert json.loads(ws.recv(timeout=10))["type"] == "subscribed"  # already followed
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b'{"text": "x", "metadata": ' + b'{"a": ' * 80 + b'"v"' + b"}" * 80 + b"}", "too_deep"),
+        (b"[" * 100_000 + b"]" * 100_000, "too_deep"),
+        (b'{"text": "x", "metadata": {"k": "\\ud800"}}', "bad_unicode"),
+        (b'{"text": "\\udfff lone"}', "bad_unicode"),
+    ],
+    ids=["nested-object", "nested-array-100k", "surrogate-in-metadata", "surrogate-in-text"],
+)
+def test_hostile_json_is_a_400_and_the_server_goes_on(
+    server: ServerProcess, body: bytes, code: str
+) -> None:
+    resp = post(server, body)
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == code, resp.text
+    assert httpx.get(f"{server.url}/healthz").status_code == 200
+
+
+def test_hostile_frames_are_error_frames_and_the_socket_stays_open(
+    server: ServerProcess,
+) -> None:
+    with connect(server.ws_url) as ws:
+        ws.send("[" * 100_000 + "]" * 100_000)
+        assert json.loads(ws.recv(timeout=10))["error"]["code"] == "too_deep"
+        frame = {"action": "send", "conversation_id": "ws:h:1", "text": "\udcff"}
+        ws.send(json.dumps(frame))
+        assert json.loads(ws.recv(timeout=10))["error"]["code"] == "bad_unicode"
+        ws.send(json.dumps({"action": "ping"}))
+        assert json.loads(ws.recv(timeout=10)) == {"type": "pong"}
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.20", "::"])  # noqa: S104
+def test_serve_refuses_an_address_others_can_reach(tmp_path: Path, host: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "workers.cli", "serve", "--host", host, "--port",
+         str(free_port()), "--state-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "MLFLOW_MODEL_CATALOG_URI": ""},
+    )  # fmt: skip
+    assert out.returncode == 2 and "serving" not in out.stdout
+    [line] = out.stderr.strip().splitlines()
+    assert line == (
+        f"agentworker: --host={host!r}: the local server has no authentication, so it listens"
+        " on loopback only (127.0.0.1, ::1, localhost)"
+    )

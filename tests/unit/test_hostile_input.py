@@ -1,0 +1,153 @@
+"""Hostile input at the AWS entry points (with in-memory deps): a clear 4xx or a typed error,
+never a crash, and nothing written. The local server's cases are in
+``tests/functional/test_local_guard.py``."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from events.inbound import SqsRecord
+from events.json_input import MAX_DEPTH, parse_json
+from tests.fakes import (
+    InMemoryConversationStore,
+    ManualClock,
+    RecordingSink,
+    RecordingStarter,
+    ScriptedAgent,
+)
+from tests.functional.slack_env import SIGNING_SECRET, slack_fixture, slack_request
+from workers import bootstrap
+from workers.core.steps import Deps
+from workers.errors import BadInput
+from workers.handlers import approve, ingest, slack
+from workers.sandbox.emulator import LambdaContextStub
+
+DEEP = "[" * 100_000 + "]" * 100_000
+NESTED_OBJECT = '{"a": ' * (MAX_DEPTH + 1) + "1" + "}" * (MAX_DEPTH + 1)
+SURROGATE = '{"conversation_id": "c1", "text": "hi", "metadata": {"k": "\\ud800"}}'
+
+
+@pytest.fixture
+def store(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemoryConversationStore]:
+    monkeypatch.setenv("AGENTWORKER_SLACK_SIGNING_SECRET", SIGNING_SECRET)
+    conversations = InMemoryConversationStore()
+    deps = Deps(conversations, ScriptedAgent(), RecordingSink(), RecordingStarter(), ManualClock())
+    bootstrap.reset_aws_deps()
+    monkeypatch.setattr(bootstrap, "aws_deps", lambda **_: deps)
+    yield conversations
+    bootstrap.reset_aws_deps()
+
+
+def context(name: str) -> Any:
+    return LambdaContextStub(name, f"arn:aws:lambda:us-east-1:123456789012:function:{name}")
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (DEEP, "too_deep"),
+        (NESTED_OBJECT, "too_deep"),
+        (SURROGATE, "bad_unicode"),
+        ('{"text": "\\udfff"}', "bad_unicode"),
+        ('{"\\ud800": 1}', "bad_unicode"),  # a key too
+        ("{oops", "bad_json"),
+        (b"\xff\xfe", "bad_json"),
+    ],
+)
+def test_the_parser_refuses_what_would_crash_later(raw: str | bytes, code: str) -> None:
+    with pytest.raises(BadInput) as caught:
+        parse_json(raw)
+    assert caught.value.code == code and isinstance(caught.value, ValueError)
+
+
+def test_the_parser_takes_what_is_fine() -> None:
+    value = '{"a": ' * (MAX_DEPTH - 1) + '"ok \u00e9 \U0001f600"' + "}" * (MAX_DEPTH - 1)
+    assert parse_json(value) is not None
+    assert parse_json(b'{"text": "caf\\u00e9"}') == {"text": "café"}
+
+
+def websocket_event(body: str) -> dict[str, Any]:
+    return {
+        "requestContext": {"routeKey": "$default", "connectionId": "conn-1"},
+        "body": body,
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [(DEEP, "too_deep"), (SURROGATE.replace('"c1"', '"c1", "action": "send"'), "bad_unicode")],
+)
+def test_a_hostile_websocket_frame_is_a_400(
+    store: InMemoryConversationStore, body: str, code: str
+) -> None:
+    answer = ingest.handler(websocket_event(body), context("ingest"))
+    assert answer["statusCode"] == 400
+    assert json.loads(answer["body"])["error"]["code"] == code
+    assert store.get_conversation("c1") is None
+
+
+def test_a_hostile_sqs_body_is_a_typed_error_for_the_dlq() -> None:
+    record = {"messageId": "m1", "body": DEEP, "eventSourceARN": "arn:aws:sqs:q"}
+    with pytest.raises(BadInput):
+        SqsRecord.model_validate(record).to_inbound()
+
+
+@pytest.mark.parametrize(
+    ("body", "encoded", "status", "code"),
+    [
+        ("not base64 !!", True, 400, "bad_request"),
+        (DEEP, False, 400, "too_deep"),
+        ('{"interrupt_id": "\\ud800", "approved": true}', False, 400, "bad_unicode"),
+        ('{"interrupt_id": "i", "approved": "maybe"}', False, 422, "validation_error"),
+        ("[1, 2]", False, 422, "validation_error"),
+    ],
+)
+def test_the_approve_endpoint_answers_bad_bodies_with_a_4xx(
+    store: InMemoryConversationStore, body: str, encoded: bool, status: int, code: str
+) -> None:
+    event = {
+        "body": body,
+        "isBase64Encoded": encoded,
+        "pathParameters": {"conversation_id": "c1"},
+    }
+    answer = approve.handler(event, context("approve"))
+    assert answer["statusCode"] == status, answer
+    assert json.loads(answer["body"])["error"]["code"] == code
+    assert store.get_conversation("c1") is None
+
+
+def test_the_approve_endpoint_takes_a_base64_body(store: InMemoryConversationStore) -> None:
+    body = base64.b64encode(b'{"interrupt_id": "i", "approved": true}').decode()
+    event = {"body": body, "isBase64Encoded": True, "pathParameters": {"conversation_id": "c1"}}
+    answer = approve.handler(event, context("approve"))
+    assert answer["statusCode"] == 404  # parsed; the conversation does not exist
+    assert store.get_conversation("c1") is None
+
+
+def call_slack(event: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    answer = slack.handler(event, context("slack"))
+    return answer["statusCode"], json.loads(answer.get("body") or "{}")
+
+
+def test_a_signed_slack_body_that_is_hostile_is_a_400(store: InMemoryConversationStore) -> None:
+    status, answer = call_slack(slack_request(DEEP))
+    assert (status, answer["error"]["code"]) == (400, "too_deep")
+    event = slack_fixture("message_thread.json")
+    event["event"]["text"] = "\ud800"
+    status, answer = call_slack(slack_request(json.dumps(event)))
+    assert (status, answer["error"]["code"]) == (400, "bad_unicode")
+
+
+def test_a_signed_slack_event_that_is_a_string_is_ignored(
+    store: InMemoryConversationStore,
+) -> None:
+    event = slack_fixture("message_thread.json")
+    event["event"] = "surprise"
+    status, answer = call_slack(slack_request(event))
+    assert status == 200 and answer["type"] == "ignored"
+    assert store.calls == []
