@@ -26,11 +26,11 @@ import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
-from typing import Any, cast
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from workers.sandbox.stub_http import (
-    StubHTTPServer,
+    StubHandler,
     StubServer,
     pieces,
     token_estimate,
@@ -281,16 +281,12 @@ class ConverseStubServer(StubServer["_Scripted", "RecordedRequest"]):
         return None
 
 
-class _ConverseHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive and chunked streaming, like botocore expects
+class _ConverseHandler(StubHandler[ConverseStubServer]):
     server_version = "ConverseStub/1"
+    log_name = "converse stub"
 
-    @property
-    def stub(self) -> ConverseStubServer:
-        return cast(StubHTTPServer[ConverseStubServer], self.server).stub
-
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("converse stub: " + format, *args)
+    def request_id_header(self) -> tuple[str, str]:
+        return "x-amzn-RequestId", str(uuid.uuid4())
 
     def do_GET(self) -> None:
         self._drain()
@@ -337,23 +333,6 @@ class _ConverseHandler(BaseHTTPRequestHandler):
 
     # plumbing --------------------------------------------------------------------------------
 
-    def _drain(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
-
-    def _send_json(
-        self, status: int, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None
-    ) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(data)
-
     def _send_error(self, failure: Failure) -> None:
         self._send_json(
             failure.status,
@@ -362,18 +341,9 @@ class _ConverseHandler(BaseHTTPRequestHandler):
         )
 
     def _send_stream(self, events: Iterator[bytes]) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", EVENT_STREAM_CONTENT_TYPE)
-        self.send_header("Transfer-Encoding", "chunked")
-        self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
-        self.end_headers()
-        for i, frame in enumerate(events):
-            if i and self.stub.stream_delay_s > 0:
-                time.sleep(self.stub.stream_delay_s)
-            self.wfile.write(f"{len(frame):X}\r\n".encode() + frame + b"\r\n")
-            self.wfile.flush()
-        self.wfile.write(b"0\r\n\r\n")
-        self.wfile.flush()
+        self._open_chunked(EVENT_STREAM_CONTENT_TYPE)
+        self._write_chunks(events, self.stub.stream_delay_s)
+        self._end_chunks()
 
 
 # the wire format ----------------------------------------------------------------------------

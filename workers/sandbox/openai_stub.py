@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 from workers.sandbox.converse_stub import Reply, ToolUse, Usage
 from workers.sandbox.stub_http import (
-    StubHTTPServer,
+    StubHandler,
     StubServer,
     pieces,
     token_estimate,
@@ -378,16 +378,12 @@ class OpenAIStubServer(StubServer["_Scripted", "RecordedRequest"]):
         return None
 
 
-class _ChatCompletionsHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive and chunked streaming, as OpenAI serves them
+class _ChatCompletionsHandler(StubHandler[OpenAIStubServer]):
     server_version = "OpenAIStub/1"
+    log_name = "openai stub"
 
-    @property
-    def stub(self) -> OpenAIStubServer:
-        return cast(StubHTTPServer[OpenAIStubServer], self.server).stub
-
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("openai stub: " + format, *args)
+    def request_id_header(self) -> tuple[str, str]:
+        return "x-request-id", f"req_{uuid.uuid4().hex}"
 
     def do_GET(self) -> None:
         self._drain()
@@ -441,57 +437,28 @@ class _ChatCompletionsHandler(BaseHTTPRequestHandler):
 
     # plumbing --------------------------------------------------------------------------------
 
-    def _drain(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
-
-    def _send_json(
-        self, status: int, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None
-    ) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("x-request-id", f"req_{uuid.uuid4().hex}")
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(data)
-
     def _send_error(self, failure: Failure) -> None:
         self._send_json(failure.status, failure.to_json(), failure.headers)
 
     def _open_stream(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", SSE_CONTENT_TYPE)
-        self.send_header("Transfer-Encoding", "chunked")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("x-request-id", f"req_{uuid.uuid4().hex}")
-        self.end_headers()
-
-    def _write_chunks(self, events: Iterator[bytes]) -> None:
-        for i, event in enumerate(events):
-            if i and self.stub.stream_delay_s > 0:
-                time.sleep(self.stub.stream_delay_s)
-            self.wfile.write(f"{len(event):X}\r\n".encode() + event + b"\r\n")
-            self.wfile.flush()
+        self._open_chunked(SSE_CONTENT_TYPE, {"Cache-Control": "no-cache"})
 
     def _send_stream(self, events: Iterator[bytes]) -> None:
         self._open_stream()
-        self._write_chunks(events)
-        self.wfile.write(b"0\r\n\r\n")
-        self.wfile.flush()
+        self._write_chunks(events, self.stub.stream_delay_s)
+        self._end_chunks()
 
     def _send_broken_stream(self, failure: StreamFailure, body: Mapping[str, Any]) -> None:
         self._open_stream()
         chunks = reply_chunks(Reply(failure.text_before), body)
         # Everything up to the finish chunk: the reply is cut before it says it is complete.
-        self._write_chunks(_events(c for c in chunks if not _is_finish(c)))
+        self._write_chunks(
+            _events(c for c in chunks if not _is_finish(c)), self.stub.stream_delay_s
+        )
         if failure.error is not None:
             # OpenAI ends such a stream properly after the error event; the SDK raises on it.
-            self._write_chunks(_events(iter([failure.error.to_json()])))
-            self.wfile.write(b"0\r\n\r\n")
-            self.wfile.flush()
+            self._write_chunks(_events(iter([failure.error.to_json()])), 0.0)
+            self._end_chunks()
         # Else no terminating zero-length chunk: closing now ends the body early, as a dropped
         # connection does.
         self.close_connection = True

@@ -1,16 +1,20 @@
-"""What the model stubs share: ``StubHTTPServer`` (the threaded loopback HTTP server) and
-``StubServer`` (their lifecycle, the script of outcomes and the log of requests)."""
+"""What the model stubs share: ``StubHTTPServer`` (the threaded loopback HTTP server),
+``StubHandler`` (reading a request, writing JSON and chunked streams) and ``StubServer``
+(their lifecycle, the script of outcomes and the log of requests)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import re
 import socket
 import threading
-from collections.abc import Collection, Iterable
+import time
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar, cast
 
 Stub = TypeVar("Stub")
 Scripted = TypeVar("Scripted")
@@ -58,6 +62,63 @@ class StubHTTPServer(ThreadingHTTPServer, Generic[Stub]):
         for connection in connections:
             with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
+
+
+class StubHandler(BaseHTTPRequestHandler, Generic[Stub]):
+    """A stub's request handler: keep-alive HTTP/1.1, the stub it serves, and the plumbing
+    of reading a body and writing a JSON answer or a chunked stream."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive and chunked streaming, as the SDKs expect
+    log_name = "stub"
+
+    @property
+    def stub(self) -> Stub:
+        return cast(StubHTTPServer[Stub], self.server).stub
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logging.getLogger(type(self).__module__).debug(f"{self.log_name}: " + format, *args)
+
+    def request_id_header(self) -> tuple[str, str]:
+        """The provider's request id header and a fresh value."""
+        raise NotImplementedError
+
+    def _drain(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _send_json(
+        self, status: int, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None
+    ) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header(*self.request_id_header())
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _open_chunked(self, content_type: str, headers: Mapping[str, str] | None = None) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Transfer-Encoding", "chunked")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header(*self.request_id_header())
+        self.end_headers()
+
+    def _write_chunks(self, pieces: Iterator[bytes], delay_s: float) -> None:
+        """Each piece as one HTTP chunk, ``delay_s`` apart, flushed as it goes."""
+        for i, piece in enumerate(pieces):
+            if i and delay_s > 0:
+                time.sleep(delay_s)
+            self.wfile.write(f"{len(piece):X}\r\n".encode() + piece + b"\r\n")
+            self.wfile.flush()
+
+    def _end_chunks(self) -> None:
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
 
 
 class StubServer(Generic[Scripted, Recorded]):
