@@ -415,7 +415,9 @@ def reply_events(reply: Reply, request: Mapping[str, Any], started: float) -> It
         index += 1
     stop = reply.stop_reason or ("tool_use" if reply.tool_calls else "end_turn")
     yield StreamEvent("messageStop", {"stopReason": stop})
-    usage = reply.usage or _estimate_usage(request, reply)
+    usage = reply.usage or estimate_usage(
+        json.dumps(request.get("system", [])) + json.dumps(request.get("messages", [])), reply
+    )
     latency_ms = int((time.monotonic() - started) * 1000)
     yield StreamEvent("metadata", {"usage": usage.to_json(), "metrics": {"latencyMs": latency_ms}})
 
@@ -648,8 +650,9 @@ def _with_ids(reply: Reply, serial: int) -> Reply:
     return Reply(reply.text, calls, reply.usage, reply.stop_reason)
 
 
-def _estimate_usage(request: Mapping[str, Any], reply: Reply) -> Usage:
-    prompt = json.dumps(request.get("system", [])) + json.dumps(request.get("messages", []))
+def estimate_usage(prompt: str, reply: Reply) -> Usage:
+    """The usage of ``reply`` to ``prompt`` (the request's text, as the provider sees it)
+    when nothing was scripted: about four characters a token."""
     answer = reply.text + "".join(json.dumps(dict(c.input)) for c in reply.tool_calls)
     return Usage(*token_estimate(prompt, answer))
 
@@ -666,6 +669,7 @@ __all__ = [
     "Usage",
     "converse_response",
     "default_reply",
+    "estimate_usage",
     "encode_event",
     "encode_event_message",
     "encode_exception",

@@ -29,12 +29,11 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-from workers.sandbox.converse_stub import Reply, ToolUse, Usage
+from workers.sandbox.converse_stub import Reply, ToolUse, Usage, estimate_usage
 from workers.sandbox.stub_http import (
     StubHandler,
     StubServer,
     pieces,
-    token_estimate,
     words,
 )
 
@@ -513,7 +512,13 @@ def reply_chunks(reply: Reply, request: Mapping[str, Any]) -> Iterator[dict[str,
     yield {
         **chunk({}),
         "choices": [],
-        "usage": usage_json(reply.usage or _estimate_usage(request, reply)),
+        "usage": usage_json(
+            reply.usage
+            or estimate_usage(
+                json.dumps(request.get("messages", [])) + json.dumps(request.get("tools", [])),
+                reply,
+            )
+        ),
     }
 
 
@@ -952,12 +957,6 @@ def _with_ids(reply: Reply, serial: int, fresh: bool) -> Reply:
 
     calls = tuple(ToolUse(c.name, c.input, call_id(n, c)) for n, c in enumerate(reply.tool_calls))
     return Reply(reply.text, calls, reply.usage, reply.stop_reason)
-
-
-def _estimate_usage(request: Mapping[str, Any], reply: Reply) -> Usage:
-    prompt = json.dumps(request.get("messages", [])) + json.dumps(request.get("tools", []))
-    answer = reply.text + "".join(json.dumps(dict(c.input)) for c in reply.tool_calls)
-    return Usage(*token_estimate(prompt, answer))
 
 
 __all__ = [
