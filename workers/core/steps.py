@@ -110,8 +110,10 @@ def accept_message(deps: Deps, msg: InboundMessage) -> AcceptResult:
     An answer (an approval or a resume value) is accepted only while the conversation waits
     for exactly that interrupt: ``NotFound`` for an unknown conversation, ``NotWaiting``
     otherwise, and nothing is written."""
+    waiting: ConversationState | None = None
     if msg.answers is not None:
-        check_waiting(deps.store.get_conversation(msg.conversation_id), msg)
+        waiting = deps.store.get_conversation(msg.conversation_id)
+        check_waiting(waiting, msg)
     result = deps.store.append_inbox(
         msg,
         now=deps.clock.now(),
@@ -123,8 +125,11 @@ def accept_message(deps: Deps, msg: InboundMessage) -> AcceptResult:
     if result.lease is not None:
         deps.starter.start(RunRef(conversation_id=msg.conversation_id, token=result.lease.token))
     elif msg.answers is not None:
-        # A Standard run may be waiting inside its execution for exactly this decision.
-        state = deps.store.get_conversation(msg.conversation_id)
+        # A Standard run may be waiting inside its execution for exactly this decision; the
+        # state the check read already says so, unless the run began to wait meanwhile.
+        state = waiting
+        if state is None or not state.approval_task_token:
+            state = deps.store.get_conversation(msg.conversation_id)
         if state is not None and state.approval_task_token:
             deps.starter.resume(state.approval_task_token)
     return result
