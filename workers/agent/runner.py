@@ -205,20 +205,28 @@ class GraphTurnAgent:
         self, conversation_id: str, checkpoint: bytes | None, history: Sequence[LogEntry]
     ) -> GraphStateView:
         snapshot = self.snapshot(checkpoint, history)
-        values = dict(snapshot.values) if snapshot is not None else {}
+        if snapshot is None:  # a conversation whose graph has not run yet
+            return GraphStateView(
+                conversation_id=conversation_id,
+                checkpoint_id=None,
+                values={},
+                messages=0,
+                next=[],
+                interrupts=[],
+            )
+        values = dict(snapshot.values)
         messages = values.pop("messages", [])
-        config = snapshot.config if snapshot is not None else {}
         return GraphStateView(
             conversation_id=conversation_id,
-            checkpoint_id=config.get("configurable", {}).get("checkpoint_id"),
+            checkpoint_id=snapshot.config.get("configurable", {}).get("checkpoint_id"),
             values=to_jsonable_python(values, fallback=str),
             messages=len(messages),
-            next=list(snapshot.next) if snapshot is not None else [],
+            next=list(snapshot.next),
             interrupts=[
                 PendingInterruptView(
                     interrupt_id=i.id, value=to_jsonable_python(i.value, fallback=str)
                 )
-                for i in (snapshot.interrupts if snapshot is not None else ())
+                for i in snapshot.interrupts
             ],
         )
 
