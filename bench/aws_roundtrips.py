@@ -43,6 +43,7 @@ from bench.common import (
     progress,
     text_of_turn,
 )
+from events.identity import LOCAL_USER
 from events.inbound import InboundMessage
 from events.workflow import RunRef
 from workers.adapters.aws.dynamodb_store import DynamoDBConversationStore
@@ -134,7 +135,9 @@ def _drive_ours(ours: Ours, turns: int) -> list[dict[str, Any]]:
         api0 = ours.store.api_calls.total
         model0, chunks0, sent0 = ours.model.elapsed, ours.sink.chunks, ours.sink.sent
         t0 = time.perf_counter()
-        accept_message(ours.deps, InboundMessage(conversation_id=cid, text=text_of_turn(turn)))
+        accept_message(
+            ours.deps, InboundMessage(conversation_id=cid, text=text_of_turn(turn)), LOCAL_USER
+        )
         t1 = time.perf_counter()
         u1 = ours.meter.snapshot()
         summary = drive_run(ours.deps, ours.starter.take())
@@ -280,7 +283,7 @@ def _drive_workflow(ours: Ours, variant: str, turns: int) -> dict[str, Any]:
         raise RuntimeError(f"unknown function {function}")
 
     def ingest(msg: InboundMessage) -> dict[str, Any]:
-        return {"accepted": accept_message(ours.deps, msg).message_id}
+        return {"accepted": accept_message(ours.deps, msg, LOCAL_USER).message_id}
 
     for turn in range(1, turns + 1):
         msg = InboundMessage(conversation_id=cid, text=text_of_turn(turn))

@@ -33,6 +33,7 @@ from langgraph.graph import START, MessagesState, StateGraph
 
 from bench.common import DiscardSink, RecordingStarter, fmt, human_bytes, progress, render_table
 from bench.storage import Side, StorageConfig, run_side
+from events.identity import LOCAL_USER
 from events.inbound import InboundMessage
 from workers.adapters.clock import SystemClock
 from workers.adapters.local.sqlite_database import SqliteDatabase
@@ -108,7 +109,7 @@ def _ours(tmp: Path, name: str, *, tracing: bool) -> Side:
     cid = f"byo-{name}"
 
     def do_turn(turn: int) -> None:
-        accept_message(deps, InboundMessage(conversation_id=cid, text=text(turn)))
+        accept_message(deps, InboundMessage(conversation_id=cid, text=text(turn)), LOCAL_USER)
         summary = drive_run(deps, starter.take())
         if summary.outcomes != ["replied"]:
             raise RuntimeError(f"unexpected run summary: {summary}")

@@ -29,6 +29,7 @@ from typing import Any
 
 from bench.aws_meter import REGION, new_session
 from bench.common import RecordingStarter, progress
+from events.identity import LOCAL_USER
 from events.inbound import InboundMessage
 from workers.adapters.aws.dynamodb_store import DynamoDBConversationStore
 from workers.adapters.aws.tables import DynamoDBTableSpec
@@ -143,7 +144,7 @@ def _seed(url: str, n: int) -> list[dict[str, Any]]:
     runs = []
     for i in range(n):
         msg = InboundMessage(conversation_id=f"bench-cold-{i}", text="message 1 about my order")
-        accept_message(deps, msg)
+        accept_message(deps, msg, LOCAL_USER)
         runs.append(starter.take().model_dump(mode="json", exclude_none=True))
     return runs
 

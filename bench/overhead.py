@@ -26,6 +26,7 @@ from bench.common import (
     progress,
     summary_ms,
 )
+from events.identity import LOCAL_USER
 from events.inbound import InboundMessage
 from workers.adapters.clock import SystemClock
 from workers.adapters.local.sqlite_store import SqliteConversationStore
@@ -67,7 +68,7 @@ class _Bench:
         model_before = self.model.elapsed
         calls_before = self.model.calls
         start = time.perf_counter()
-        accept_message(self.deps, msg)
+        accept_message(self.deps, msg, LOCAL_USER)
         summary = drive_run(self.deps, self.starter.take())
         wall = time.perf_counter() - start
         model_s = self.model.elapsed - model_before

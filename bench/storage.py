@@ -43,6 +43,7 @@ from bench.common import (
     progress,
     text_of_turn,
 )
+from events.identity import LOCAL_USER
 from events.inbound import InboundMessage
 from workers.adapters.clock import SystemClock
 from workers.adapters.local.sqlite_store import SqliteConversationStore
@@ -93,7 +94,9 @@ def _ours(tmp: Path) -> Side:
     cid = "storage-ours"
 
     def do_turn(turn: int) -> None:
-        accept_message(deps, InboundMessage(conversation_id=cid, text=text_of_turn(turn)))
+        accept_message(
+            deps, InboundMessage(conversation_id=cid, text=text_of_turn(turn)), LOCAL_USER
+        )
         summary = drive_run(deps, starter.take())
         if summary.outcomes != ["replied"]:
             raise RuntimeError(f"unexpected run summary: {summary}")

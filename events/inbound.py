@@ -23,6 +23,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from events.identity import Principal
 from events.json_input import parse_json
 
 MAX_MESSAGE_BYTES = 256 * 1024
@@ -160,7 +161,21 @@ class InboundMessage(BaseModel):
     approval: ApprovalDecision | None = Field(default=None, validate_default=True)
     resume: ResumeAnswer | None = Field(default=None, validate_default=True)
     channel: Channel = "api"
-    sender: str = Field(default="anonymous", min_length=1, max_length=200)
+    sender: str = Field(default="anonymous", min_length=1, max_length=256)
+    tenant: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="The tenant a conversation this message creates belongs to (set from the "
+        "sender's principal; a trusted backend may name it).",
+    )
+    owner: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="The owner a conversation this message creates gets (the sender, or the "
+        "group it speaks in, such as a Slack channel).",
+    )
     policy: DoubleTextingPolicy | None = Field(
         default=None, description="Sets the conversation's double-texting policy."
     )
@@ -221,7 +236,6 @@ class MessageRequest(BaseModel):
     resume: ResumeAnswer | None = None
     text: MessageText = Field(default="", validate_default=True)
     dedupe_key: str | None = Field(default=None, min_length=1, max_length=512)
-    sender: str = Field(default="anonymous", min_length=1, max_length=200)
     policy: DoubleTextingPolicy | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
 
@@ -254,7 +268,6 @@ class MessageRequest(BaseModel):
             approval=self.approval,
             resume=self.resume,
             channel=channel,
-            sender=self.sender,
             policy=self.policy,
             metadata=self.metadata,
         )
@@ -275,7 +288,6 @@ class WsSend(BaseModel):
     conversation_id: ConversationId
     text: Annotated[MessageText, AfterValidator(require_text)]
     dedupe_key: str | None = Field(default=None, min_length=1, max_length=512)
-    sender: str = Field(default="web", min_length=1, max_length=200)
     policy: DoubleTextingPolicy | None = None
 
     def to_inbound(self) -> InboundMessage:
@@ -284,7 +296,6 @@ class WsSend(BaseModel):
             dedupe_key=self.dedupe_key,
             text=self.text,
             channel="websocket",
-            sender=self.sender,
             policy=self.policy,
         )
 
@@ -297,7 +308,6 @@ class WsDecide(BaseModel):
     conversation_id: ConversationId
     interrupt_id: str = Field(min_length=1, max_length=200)
     reason: str = Field(default="", max_length=2000)
-    sender: str = Field(default="web", min_length=1, max_length=200)
 
     def to_inbound(self) -> InboundMessage:
         return InboundMessage(
@@ -309,7 +319,6 @@ class WsDecide(BaseModel):
                 reason=self.reason,
             ),
             channel="websocket",
-            sender=self.sender,
         )
 
 
@@ -321,7 +330,6 @@ class WsResume(BaseModel):
     conversation_id: ConversationId
     interrupt_id: str = Field(min_length=1, max_length=200)
     value: ResumeValue
-    sender: str = Field(default="web", min_length=1, max_length=200)
 
     def to_inbound(self) -> InboundMessage:
         return InboundMessage(
@@ -329,7 +337,6 @@ class WsResume(BaseModel):
             kind="resume",
             resume=ResumeAnswer(interrupt_id=self.interrupt_id, value=self.value),
             channel="websocket",
-            sender=self.sender,
         )
 
 
@@ -460,6 +467,10 @@ class SlackEventEnvelope(BaseModel):
     def is_from_bot(self) -> bool:
         return self.event.bot_id is not None or self.event.subtype == "bot_message"
 
+    def principal(self) -> Principal:
+        """The sender, as the signed request proves them: a member of its channel."""
+        return slack_principal(self.team_id, self.event.user or "unknown", self.event.channel)
+
     def to_inbound(self) -> InboundMessage:
         ev = self.event
         root_ts = ev.thread_ts or ev.ts
@@ -469,7 +480,6 @@ class SlackEventEnvelope(BaseModel):
             dedupe_key=f"slack:{ev.channel}:{ev.ts}",
             text=_without_leading_mentions(ev.text),
             channel="slack",
-            sender=ev.user or "unknown",
             metadata={"slack_channel": ev.channel, "slack_thread_ts": root_ts},
         )
 
@@ -481,6 +491,21 @@ def _without_leading_mentions(text: str) -> str:
     """``<@U111> hey`` -> ``hey``: the mention that addressed the bot is not the question (a
     bare mention stays as it is)."""
     return _LEADING_MENTIONS.sub("", text) or text
+
+
+def slack_principal(team: str, user: str, channel: str) -> Principal:
+    """``slack:<team>:<user>`` of tenant ``slack:<team>``, acting in the channel it wrote
+    from: the conversations of that channel are theirs (owner ``slack:<team>:<channel>``)."""
+    return Principal(
+        id=f"slack:{team}:{user}",
+        tenant=f"slack:{team}",
+        groups=frozenset({slack_channel_owner(team, channel)}),
+    )
+
+
+def slack_channel_owner(team: str, channel: str) -> str:
+    """The owner of a Slack conversation: its channel (everyone there shares it)."""
+    return f"slack:{team}:{channel}"
 
 
 def is_slack_conversation(conversation_id: str) -> bool:
@@ -522,7 +547,12 @@ class SlackUserRef(BaseModel):
 
 class SlackChannelRef(BaseModel):
     model_config = ConfigDict(extra="allow")
-    id: str = Field(min_length=1)
+    id: str = Field(min_length=1, max_length=200)
+
+
+class SlackTeamRef(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str = Field(min_length=1, max_length=200)
 
 
 class SlackAction(BaseModel):
@@ -542,13 +572,22 @@ class SlackBlockActions(BaseModel):
 
     type: Literal["block_actions"]
     user: SlackUserRef
+    team: SlackTeamRef
     channel: SlackChannelRef | None = None
     actions: list[SlackAction]
 
+    def principal(self) -> Principal:
+        """Who clicked, in the channel they clicked in (``ValueError`` without a channel:
+        a click outside a channel answers no conversation of ours)."""
+        if self.channel is None:
+            raise ValueError("channel: a click on an approval button comes from a channel")
+        return slack_principal(self.team.id, self.user.id, self.channel.id)
+
     def decision(self) -> InboundMessage | None:
         """The approval InboundMessage of an approve/deny click on one of our buttons;
-        ``None`` for any other action. ``ValueError`` for a malformed value or a click from
-        another channel than the conversation's."""
+        ``None`` for any other action. ``ValueError`` for a malformed value, or a click
+        from another workspace or channel than the conversation's (the core checks the
+        clicker's access again)."""
         action = next(
             (a for a in self.actions if a.action_id in (SLACK_APPROVE_ACTION, SLACK_DENY_ACTION)),
             None,
@@ -558,10 +597,12 @@ class SlackBlockActions(BaseModel):
         conversation_id, sep, interrupt_id = action.value.partition("|")
         if not sep or not interrupt_id:
             raise ValueError("actions.value: expected '<conversation_id>|<interrupt_id>'")
-        _, channel, _ = slack_thread_of(conversation_id)
-        if self.channel is not None and self.channel.id != channel:
+        team, channel, _ = slack_thread_of(conversation_id)
+        clicked_in = self.principal().groups
+        if slack_channel_owner(team, channel) not in clicked_in:
             raise ValueError(
-                f"actions.value: conversation of channel {channel}, clicked in {self.channel.id}"
+                f"actions.value: conversation of {team}/{channel},"
+                f" clicked in {self.team.id}/{self.channel.id if self.channel else None}"
             )
         return InboundMessage(
             conversation_id=conversation_id,
@@ -570,7 +611,6 @@ class SlackBlockActions(BaseModel):
                 interrupt_id=interrupt_id, approved=action.action_id == SLACK_APPROVE_ACTION
             ),
             channel="slack",
-            sender=self.user.id,
         )
 
 

@@ -14,6 +14,7 @@ from events.outbound import GraphStateView, Notice, OutboxPayload, ReplyChunk, T
 from events.workflow import RunRef
 from workers.core.model import (
     AcceptResult,
+    Access,
     ConversationState,
     History,
     InboxEntry,
@@ -70,12 +71,15 @@ class InMemoryConversationStore:
         now: float,
         default_policy: DoubleTextingPolicy,
         lease_ttl: float | None = None,
+        access: Access | None = None,
     ) -> AcceptResult:
         self.calls.append("append_inbox")
         with self._lock:
             cid = msg.conversation_id
             conv = self._convs.get(cid)
             if conv is not None:
+                if access is not None and not access.admits(conv.state.tenant, conv.state.owner):
+                    raise NotFound.conversation(cid)
                 for e in conv.inbox:
                     if e.message.effective_dedupe_key == msg.effective_dedupe_key:
                         return AcceptResult(
@@ -97,6 +101,8 @@ class InMemoryConversationStore:
                     None,
                     now,
                     now,
+                    tenant=msg.tenant,
+                    owner=msg.owner,
                 )
                 conv = self._convs[cid] = _Conv(state)
             st = conv.state

@@ -199,10 +199,11 @@ def slack_credentials(settings: Settings | None = None, *, session: Any = None) 
 def slack_signing_secret() -> str:
     """The signing secret Slack requests are verified with; ``ConfigError`` when unset."""
     secret = slack_credentials().signing_secret
-    if secret is None:
+    if secret is None or not secret.get_secret_value().strip():
+        # An empty secret would verify a request anyone can sign with the empty key.
         raise ConfigError(
-            "AGENTWORKER_SLACK_SIGNING_SECRET / AGENTWORKER_SLACK_SECRET_ARN: not set; "
-            "the slack function needs the app's signing secret"
+            "AGENTWORKER_SLACK_SIGNING_SECRET / AGENTWORKER_SLACK_SECRET_ARN: not set or"
+            " empty; the slack function needs the app's signing secret"
         )
     return secret.get_secret_value()
 

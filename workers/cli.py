@@ -247,7 +247,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 def _message(args: argparse.Namespace, pending: dict[str, Any] | None) -> dict[str, Any]:
     """The message request ``send`` makes; ``pending`` is the approval request that
     ``--approve``/``--deny`` answer."""
-    body: dict[str, Any] = {"sender": "cli"}
+    body: dict[str, Any] = {}
     if pending is not None and args.resume is not None:
         body["resume"] = {"interrupt_id": pending["interrupt_id"], "value": args.resume_value}
         body["dedupe_key"] = f"decision:{pending['interrupt_id']}"

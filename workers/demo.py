@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from events.identity import LOCAL_USER
 from events.inbound import ApprovalDecision, InboundMessage, ResumeAnswer
 from events.outbound import ApprovalRequest, InterruptRequest
 from workers.adapters.local.runtime import EmbeddedRuntime
@@ -76,18 +77,14 @@ async def run_demo(state_dir: Path | None, *, settings: Settings, tracing: bool 
 async def _any_graph_script(rt: EmbeddedRuntime, problems: list[str]) -> None:
     """Two messages; whatever the graph asks is approved or answered ``yes``."""
     for text in ("Hello! I need some help.", "Thanks. What happens next?"):
-        answer = await _say(rt, InboundMessage(conversation_id=ALICE, text=text, sender="alice"))
+        answer = await _say(rt, InboundMessage(conversation_id=ALICE, text=text))
         for _ in range(5):
             if isinstance(answer, ApprovalRequest):
                 decision = ApprovalDecision(interrupt_id=answer.interrupt_id, approved=True)
-                msg = InboundMessage(
-                    conversation_id=ALICE, kind="approval", approval=decision, sender="alice"
-                )
+                msg = InboundMessage(conversation_id=ALICE, kind="approval", approval=decision)
             elif isinstance(answer, InterruptRequest):
                 reply = ResumeAnswer(interrupt_id=answer.interrupt_id, value="yes")
-                msg = InboundMessage(
-                    conversation_id=ALICE, kind="resume", resume=reply, sender="alice"
-                )
+                msg = InboundMessage(conversation_id=ALICE, kind="resume", resume=reply)
             else:
                 break
             answer = await _say(rt, msg)
@@ -99,16 +96,13 @@ async def _support_script(rt: EmbeddedRuntime, problems: list[str]) -> None:
     """Chat, a ticket opened by a tool, a change that needs approval, approved."""
     await _say(
         rt,
-        InboundMessage(
-            conversation_id=ALICE, text="Hello! I need help with my account.", sender="alice"
-        ),
+        InboundMessage(conversation_id=ALICE, text="Hello! I need help with my account."),
     )
     opened = await _say(
         rt,
         InboundMessage(
             conversation_id=ALICE,
             text="Please open a ticket about my invoice showing the wrong amount",
-            sender="alice",
         ),
     )
     match = re.search(r"ticket (\d+)", opened.text)
@@ -119,9 +113,7 @@ async def _support_script(rt: EmbeddedRuntime, problems: list[str]) -> None:
         ticket_id = int(match.group(1))
     ask = await _say(
         rt,
-        InboundMessage(
-            conversation_id=ALICE, text=f"Please close ticket {ticket_id}", sender="alice"
-        ),
+        InboundMessage(conversation_id=ALICE, text=f"Please close ticket {ticket_id}"),
     )
     if not isinstance(ask, ApprovalRequest):
         problems.append("closing the ticket did not ask for approval")
@@ -129,9 +121,7 @@ async def _support_script(rt: EmbeddedRuntime, problems: list[str]) -> None:
         decision = ApprovalDecision(interrupt_id=ask.interrupt_id, approved=True, reason="ok")
         await _say(
             rt,
-            InboundMessage(
-                conversation_id=ALICE, kind="approval", approval=decision, sender="alice"
-            ),
+            InboundMessage(conversation_id=ALICE, kind="approval", approval=decision),
         )
         ticket = rt.tickets.get_ticket(ticket_id)
         if ticket is None or ticket.status != "closed":
@@ -144,8 +134,7 @@ async def _double_text(rt: EmbeddedRuntime, problems: list[str]) -> None:
     for text in texts:
         print(f"  {BOB} > {text}")
         accept_message(
-            rt.deps,
-            InboundMessage(conversation_id=BOB, text=text, sender="bob", policy="merge"),
+            rt.deps, InboundMessage(conversation_id=BOB, text=text, policy="merge"), LOCAL_USER
         )
     await rt.wait_idle()
     bob = await rt.history(BOB)

@@ -35,7 +35,12 @@ class ConfigError(AgentWorkerError):
 
 
 class NotFound(PermanentError):
-    """A referenced conversation, ticket or approval does not exist."""
+    """A referenced conversation, ticket or approval does not exist (or is not the caller's
+    to see, which is told the same way)."""
+
+    @classmethod
+    def conversation(cls, conversation_id: str) -> NotFound:
+        return cls(f"conversation_id: no conversation {conversation_id!r}", field="conversation_id")
 
 
 class BadInput(PermanentError, ValueError):
@@ -46,6 +51,25 @@ class BadInput(PermanentError, ValueError):
     def __init__(self, code: str, message: str, *, field: str | None = None) -> None:
         super().__init__(message, field=field)
         self.code = code
+
+
+class Unauthenticated(PermanentError):
+    """A request without valid credentials (HTTP 401). ``reason`` is a machine code
+    (``missing``, ``expired``, ``bad_signature``, ``wrong_audience``, ``wrong_issuer``,
+    ``alg_not_allowed``, ``malformed``, ``not_yet_valid``, ``missing_claim``,
+    ``unknown_key``, ``jwks_unavailable``); the message never holds the token."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message, field="authorization")
+        self.reason = reason
+
+
+class Throttled(PermanentError):
+    """A caller over its quota (HTTP 429): ``retry_after`` seconds until it may try again."""
+
+    def __init__(self, message: str, *, retry_after: float, field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.retry_after = retry_after
 
 
 class NotWaiting(PermanentError):

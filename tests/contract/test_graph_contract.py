@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from langgraph.graph import StateGraph
 
+from events.identity import LOCAL_USER
 from tests import graphs
 from tests.fakes import InMemoryTicketStore, ManualClock
 from tests.turns import Conversation, PlainConversation, build_context, shape
@@ -179,7 +180,7 @@ def test_a_graph_that_ends_without_a_reply_still_tells_the_sender() -> None:
     graph.add_edge("__start__", "silent")
     store, sink, starter = InMemoryConversationStore(), RecordingSink(), RecordingStarter()
     deps = Deps(store, GraphTurnAgent(graph), sink, starter, ManualClock())
-    accepted = accept_message(deps, InboundMessage(conversation_id="c", text="anyone?"))
+    accepted = accept_message(deps, InboundMessage(conversation_id="c", text="anyone?"), LOCAL_USER)
     drive_run(deps, starter.runs.pop())
     [notice] = sink.sent
     assert notice.type == "notice" and notice.text == NO_REPLY_NOTICE
@@ -218,13 +219,13 @@ def test_a_node_that_raises_tells_the_sender_and_the_conversation_goes_on() -> N
     settings = TurnSettings(retry_base_delay=0.0)
     agent = GraphTurnAgent(graphs.failing_graph())
     deps = Deps(store, agent, sink, starter, ManualClock(), tracer, settings)
-    boom = accept_message(deps, InboundMessage(conversation_id="c", text="boom"))
+    boom = accept_message(deps, InboundMessage(conversation_id="c", text="boom"), LOCAL_USER)
     drive_run(deps, starter.runs.pop())
     [notice] = sink.sent
     assert notice.type == "notice" and notice.level == "error"
     assert notice.in_reply_to == [boom.message_id]
     assert [str(e) for e in tracer.errors] == ["the node blew up"] * settings.retry_attempts
     assert store.pending_inbox("c") == []  # consumed: not retried forever
-    fine = accept_message(deps, InboundMessage(conversation_id="c", text="and now?"))
+    fine = accept_message(deps, InboundMessage(conversation_id="c", text="and now?"), LOCAL_USER)
     drive_run(deps, starter.runs.pop())
     assert sink.sent[-1].type == "reply" and sink.sent[-1].in_reply_to == [fine.message_id]

@@ -18,7 +18,7 @@ from tests.fakes import InMemoryConversationStore, InMemoryTicketStore
 from workers.adapters.local.sqlite_database import SqliteDatabase
 from workers.adapters.local.sqlite_store import SqliteConversationStore
 from workers.adapters.local.sqlite_tickets import SqliteTicketStore
-from workers.core.model import LogEntry, PendingWork, Ticket, TurnCommit
+from workers.core.model import Access, LogEntry, PendingWork, Ticket, TurnCommit
 from workers.errors import LeaseLost, NotFound, TurnSuperseded
 
 T0 = 1_700_000_000.0
@@ -462,3 +462,58 @@ def test_a_pending_count_kept_with_the_state_is_never_wrong(store: Any) -> None:
     store.append_inbox(msg("c", "c"), now=T0, default_policy="enqueue")
     seen.append(count())
     assert seen in ([None] * 4, [2, 1, 0, 1])
+
+
+# --- ownership --------------------------------------------------------------------------------
+
+ALICE = Access("acme", frozenset({"alice"}))
+MALLORY = Access("evil", frozenset({"mallory"}))
+ACME_CHANNEL = Access("acme", frozenset({"bob", "acme:C1"}))
+
+
+def owned(text: str = "hi", key: str | None = None, owner: str = "alice") -> InboundMessage:
+    return InboundMessage(
+        conversation_id=CID, text=text, dedupe_key=key, tenant="acme", owner=owner
+    )
+
+
+def test_a_new_conversation_records_its_tenant_and_owner(store: Any) -> None:
+    store.append_inbox(owned(), now=T0, default_policy="enqueue", access=ALICE)
+    state = store.get_conversation(CID)
+    assert (state.tenant, state.owner) == ("acme", "alice")
+    assert (store.history(CID).state.tenant, store.history(CID).state.owner) == ("acme", "alice")
+
+
+def test_a_conversation_refuses_whom_its_access_does_not_admit(store: Any) -> None:
+    first = store.append_inbox(owned(key="k1"), now=T0, default_policy="enqueue", access=ALICE)
+    # Another tenant: not found, even for a key it guessed (a duplicate would leak an id).
+    for key in ("k1", "k2"):
+        with pytest.raises(NotFound):
+            store.append_inbox(owned(key=key), now=T0 + 1, default_policy="enqueue", access=MALLORY)
+    # The same tenant but another owner: not found either.
+    with pytest.raises(NotFound):
+        store.append_inbox(
+            owned(key="k3"),
+            now=T0 + 1,
+            default_policy="enqueue",
+            access=Access("acme", frozenset({"carol"})),
+        )
+    assert store.get_conversation(CID).inbox_seq == 1
+    assert [e.message.message_id for e in store.pending_inbox(CID)] == [first.message_id]
+    # Its owner again (the store may predict the conversation from its last accept).
+    again = store.append_inbox(owned(key="k4"), now=T0 + 2, default_policy="enqueue", access=ALICE)
+    assert again.seq == 2 and not again.duplicate
+
+
+def test_a_group_owner_admits_every_member_and_a_backend_needs_no_access(store: Any) -> None:
+    store.append_inbox(
+        owned(key="k1", owner="acme:C1"), now=T0, default_policy="enqueue", access=ACME_CHANNEL
+    )
+    # bob is in the channel group; alice is not; a backend (access None) may post anyway.
+    bob = store.append_inbox(owned(key="k2"), now=T0, default_policy="enqueue", access=ACME_CHANNEL)
+    assert bob.seq == 2
+    with pytest.raises(NotFound):
+        store.append_inbox(owned(key="k3"), now=T0, default_policy="enqueue", access=ALICE)
+    backend = store.append_inbox(owned(key="k4"), now=T0, default_policy="enqueue")
+    assert backend.seq == 3
+    assert store.get_conversation(CID).owner == "acme:C1"  # set once, at creation

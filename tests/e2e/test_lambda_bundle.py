@@ -16,6 +16,7 @@ from typing import Any
 import boto3  # type: ignore[import-untyped,unused-ignore]
 import pytest
 
+from events.identity import LOCAL_USER
 from events.inbound import InboundMessage
 from tests.fakes import RecordingSink, RecordingStarter, ScriptedAgent
 from tests.functional.server_process import mlflow_server_process, traces_of
@@ -199,7 +200,9 @@ def seed_run(session: Any, url: str, table: str, bucket: str, conversation_id: s
         starter=starter,
         clock=SystemClock(),
     )
-    accept_message(deps, InboundMessage(conversation_id=conversation_id, text="open a ticket"))
+    accept_message(
+        deps, InboundMessage(conversation_id=conversation_id, text="open a ticket"), LOCAL_USER
+    )
     assert len(starter.runs) == 1
     return starter.runs[0].model_dump(mode="json", exclude_none=True)
 

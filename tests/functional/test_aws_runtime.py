@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from events.identity import backend
 from tests.functional.aws_env import FIXTURES, Aws, aws, lambda_context
 from workers import bootstrap
 from workers.adapters.aws.dynamodb_tickets import DynamoDBTicketStore
@@ -237,7 +238,7 @@ def test_the_triage_example_asks_and_resumes_through_the_real_workflow(
     deps = bootstrap.aws_deps(with_agent=True)
     from workers.core.steps import graph_state
 
-    state = graph_state(deps, "ticket:40")
+    state = graph_state(deps, "ticket:40", backend("iam:test"))
     assert state is not None
     assert state.values["routing"] == ["billing:asked", "technical:keywords"]
     assert state.values["summary"] == "Hello there | This is urgent, the app is down"

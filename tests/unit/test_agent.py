@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
+from events.identity import LOCAL_USER
 from tests.fakes import InMemoryConversationStore, InMemoryTicketStore, ManualClock
 from tests.turns import Conversation
 from workers.agent.models import make_model, map_model_error
@@ -334,7 +335,9 @@ def test_a_turn_retried_by_the_run_after_a_throttle_opens_one_ticket() -> None:
     agent = build_agent(load_settings(), tickets, clock, ThrottledAfterTheTool())
     sink, starter = RecordingSink(), RecordingStarter()
     deps = Deps(store, agent, sink, starter, clock, settings=TurnSettings(retry_base_delay=0.0))
-    accept_message(deps, InboundMessage(conversation_id="ticket:9", text="open a ticket about X"))
+    accept_message(
+        deps, InboundMessage(conversation_id="ticket:9", text="open a ticket about X"), LOCAL_USER
+    )
     summary = drive_run(deps, starter.runs.pop())
     assert THROTTLED and summary.turns == 1
     assert [p.text for p in sink.sent] == ["Opened ticket 1: 'X' (priority normal)."]

@@ -12,6 +12,7 @@ import pytest
 from botocore.stub import Stubber
 from moto import mock_aws
 
+from events.identity import LOCAL_USER
 from events.inbound import InboundMessage
 from events.outbound import Reply
 from tests.fakes import ManualClock, RecordingSink, RecordingStarter, ScriptedAgent
@@ -240,8 +241,8 @@ def test_an_accept_on_a_wrong_prediction_costs_one_more_call_and_is_right(
 def test_a_whole_run_through_the_core(store: DynamoDBConversationStore) -> None:
     sink, starter = RecordingSink(), RecordingStarter()
     deps = Deps(store, ScriptedAgent(), sink, starter, ManualClock(T0))
-    accept_message(deps, msg("one", "1"))
-    accept_message(deps, msg("two", "2"))
+    accept_message(deps, msg("one", "1"), LOCAL_USER)
+    accept_message(deps, msg("two", "2"), LOCAL_USER)
     store.api_calls.reset()
     summary = drive_run(deps, starter.runs[0])
     assert summary.turns == 2 and summary.ended == "idle"

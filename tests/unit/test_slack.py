@@ -14,7 +14,7 @@ import boto3
 import moto
 import pytest
 
-from events.inbound import SlackBlockActions, slack_button_value
+from events.inbound import InboundMessage, SlackBlockActions, slack_button_value
 from events.outbound import ApprovalRequest, Notice, Reply
 from tests.fakes import (
     InMemoryConversationStore,
@@ -88,6 +88,15 @@ def test_a_timestamp_over_five_minutes_away_is_refused() -> None:
         _verify(now=NOW - 301)  # from the future
 
 
+def test_an_empty_signing_secret_verifies_nothing() -> None:
+    """A request signed with the empty key would pass an empty secret: refused as a
+    misconfiguration, whatever the request."""
+    empty_signed = slack_signature("", str(int(NOW)), BODY)
+    for secret in ("", "  "):
+        with pytest.raises(ConfigError, match="empty"):
+            _verify(signing_secret=secret, signature=empty_signed)
+
+
 def test_missing_or_malformed_headers_are_refused() -> None:
     with pytest.raises(InvalidSlackSignature, match="missing"):
         _verify(signature=None)
@@ -145,7 +154,7 @@ def test_a_thread_message_becomes_an_inbox_message_and_starts_a_run(world: World
     [entry] = world.inbox(THREAD_CID)
     msg = entry.message
     assert msg.text == "When Slack was released?" and msg.channel == "slack"
-    assert msg.sender == "W222" and msg.dedupe_key == "slack:C111:1726133700.887259"
+    assert msg.sender == "slack:T111:W222" and msg.dedupe_key == "slack:C111:1726133700.887259"
     assert msg.metadata == {"slack_channel": "C111", "slack_thread_ts": "1726133698.626339"}
     assert [run.conversation_id for run in world.starter.runs] == [THREAD_CID]
 
@@ -250,13 +259,25 @@ def test_without_a_signing_secret_the_function_is_misconfigured(
         world.call(slack_request(slack_fixture("message_thread.json")))
 
 
+def test_an_empty_configured_signing_secret_is_misconfiguration(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AGENTWORKER_SLACK_SIGNING_SECRET", "")
+    bootstrap.reset_aws_deps()
+    with pytest.raises(ConfigError, match="empty"):
+        world.call(slack_request(slack_fixture("message_thread.json"), secret=""))
+    assert world.store.calls == []
+
+
 # --- approve/deny buttons ---------------------------------------------------------------------
 
 
-def _click(action_id: str, value: str, channel: str = "C111") -> dict[str, Any]:
-    """The fixture's block_actions payload, clicking one of our buttons."""
+def _click(action_id: str, value: str, channel: str = "C111", team: str = "T111") -> dict[str, Any]:
+    """The fixture's block_actions payload, clicking one of our buttons (from the thread's
+    workspace unless ``team`` says otherwise)."""
     payload = slack_fixture("block_actions_with_message.json")
     payload["channel"]["id"] = payload["container"]["channel_id"] = channel
+    payload["team"]["id"] = team
     payload["actions"] = [{**payload["actions"][0], "action_id": action_id, "value": value}]
     return payload
 
@@ -289,7 +310,7 @@ def test_a_button_click_becomes_the_decision(world: World, action_id: str, appro
     assert (status, answer) == (200, {})
     entry = world.inbox(THREAD_CID)[-1]
     msg = entry.message
-    assert msg.kind == "approval" and msg.channel == "slack" and msg.sender == "U111"
+    assert msg.kind == "approval" and msg.channel == "slack" and msg.sender == "slack:T111:U111"
     assert msg.approval is not None
     assert (msg.approval.interrupt_id, msg.approval.approved) == (ask.interrupt_id, approved)
     assert world.call(slack_request(_click(action_id, value), form=True))[0] == 200
@@ -319,6 +340,39 @@ def test_a_click_carrying_another_channels_conversation_is_refused(world: World)
     status, answer = world.call(slack_request(_click("approve", "no-separator"), form=True))
     assert status == 400 and answer["error"]["code"] == "bad_request"
     assert world.store.calls == []
+
+
+def test_a_forged_click_from_another_workspace_or_no_channel_is_refused(world: World) -> None:
+    """A signed click names the conversation in its button value; the clicker must be in
+    that conversation's workspace and channel (a member of T222 with a channel C111 of its
+    own cannot decide T111's approvals)."""
+    ask = _waiting(world)
+    value = slack_button_value(THREAD_CID, ask.interrupt_id)
+    calls = len(world.store.calls)
+    status, answer = world.call(slack_request(_click("approve", value, team="T222"), form=True))
+    assert status == 400 and "T222" in answer["error"]["message"]
+    no_channel = _click("approve", value)
+    del no_channel["channel"]
+    status, answer = world.call(slack_request(no_channel, form=True))
+    assert status == 400 and "channel" in answer["error"]["message"]
+    assert world.store.calls[calls:] == []  # nothing read, nothing written
+
+
+def test_the_core_checks_the_clicker_against_the_conversations_owner(world: World) -> None:
+    """Even a click whose team and channel match its button value is refused by the core
+    when the conversation belongs to someone else (here: created by a backend for another
+    tenant under a Slack-shaped id): acknowledged as stale, nothing written."""
+    cid = "slack:T111:C111:1726133698.626339"
+    world.deps.store.append_inbox(
+        InboundMessage(conversation_id=cid, text="x", tenant="acme", owner="acme:ops"),
+        now=world.deps.clock.now(),
+        default_policy="enqueue",
+    )
+    status, _ = world.call(
+        slack_request(_click("approve", slack_button_value(cid, "int-1")), form=True)
+    )
+    assert status == 200
+    assert [e.message.kind for e in world.inbox(cid)] == ["user"]
 
 
 def test_the_buttons_the_sink_renders_decide_the_pending_approval(world: World) -> None:
@@ -366,6 +420,7 @@ def test_rendered_messages_go_to_the_thread_escaped() -> None:
         {
             "type": "block_actions",
             "user": {"id": "U1"},
+            "team": {"id": "T111"},
             "channel": {"id": "C111"},
             "actions": [{"action_id": approve["action_id"], "value": approve["value"]}],
         }

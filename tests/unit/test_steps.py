@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from events.identity import LOCAL_USER, Principal, backend
 from events.inbound import ApprovalDecision, InboundMessage, ResumeAnswer
 from events.outbound import ApprovalRequest, InterruptRequest, Notice, Reply
 from events.workflow import RunRef
@@ -23,10 +24,13 @@ from workers.core.steps import (
     TurnSettings,
     accept_message,
     advance_turn,
+    check_follow,
     claim_inbox,
     deliver,
     drive_run,
     finish_turn,
+    graph_state,
+    history,
     run_step,
     sweep,
 )
@@ -53,17 +57,17 @@ class World:
 
     def send(self, text: str, key: str | None = None, **kw: Any) -> Any:
         msg = InboundMessage(conversation_id=CID, text=text, dedupe_key=key, **kw)
-        return accept_message(self.deps, msg)
+        return accept_message(self.deps, msg, LOCAL_USER)
 
     def approve(self, interrupt_id: str, approved: bool = True) -> Any:
         decision = ApprovalDecision(interrupt_id=interrupt_id, approved=approved)
         msg = InboundMessage(conversation_id=CID, kind="approval", approval=decision)
-        return accept_message(self.deps, msg)
+        return accept_message(self.deps, msg, LOCAL_USER)
 
     def resume(self, interrupt_id: str, value: Any) -> Any:
         answer = ResumeAnswer(interrupt_id=interrupt_id, value=value)
         msg = InboundMessage(conversation_id=CID, kind="resume", resume=answer)
-        return accept_message(self.deps, msg)
+        return accept_message(self.deps, msg, LOCAL_USER)
 
     def run_all(self) -> list[Any]:
         done = []
@@ -482,3 +486,64 @@ def test_an_entry_a_channel_refuses_for_good_is_dropped_not_retried_forever(
     assert summary.ended == "idle" and refused == ["echo hi"]
     assert w.store.pending_outbox(CID) == []  # done: a retry would fail the same way
     assert "refused for good" in caplog.text
+
+
+# --- identity: the core checks access once, for every runtime ---------------------------------
+
+ALICE = Principal(id="alice", tenant="acme")
+BOB = Principal(id="bob", tenant="acme")
+MALLORY = Principal(id="mallory", tenant="evil")
+
+
+def test_the_sender_is_the_principal_and_the_creator_owns_the_conversation() -> None:
+    w = World()
+    msg = InboundMessage(conversation_id=CID, text="hi", sender="someone-else", tenant="evil")
+    accept_message(w.deps, msg, ALICE)
+    [entry] = w.store.pending_inbox(CID)
+    assert (entry.message.sender, entry.message.tenant, entry.message.owner) == (
+        "alice",
+        "acme",
+        "alice",
+    )
+    state = w.store.get_conversation(CID)
+    assert state is not None and (state.tenant, state.owner) == ("acme", "alice")
+
+
+def test_another_principal_finds_nothing_to_read_post_follow_or_answer() -> None:
+    w = World()
+    w.send("hi")  # the local user's conversation
+    w.run_all()
+    w.send("approve-me")
+    w.run_all()
+    pending = w.store.get_conversation(CID)
+    assert pending is not None and pending.pending_approval is not None
+    interrupt_id = pending.pending_approval.interrupt_id
+    for stranger in (MALLORY, BOB):
+        assert history(w.deps, CID, stranger) is None
+        assert graph_state(w.deps, CID, stranger) is None
+        with pytest.raises(NotFound):
+            check_follow(w.deps, CID, stranger)
+        with pytest.raises(NotFound):
+            accept_message(w.deps, InboundMessage(conversation_id=CID, text="x"), stranger)
+        decision = ApprovalDecision(interrupt_id=interrupt_id, approved=False)
+        with pytest.raises(NotFound):  # not NotWaiting: that would say it exists
+            accept_message(
+                w.deps,
+                InboundMessage(conversation_id=CID, kind="approval", approval=decision),
+                stranger,
+            )
+    assert w.store.get_conversation(CID) == pending  # nothing written
+    owner_view = history(w.deps, CID, LOCAL_USER)
+    assert owner_view is not None and len(owner_view.inbox) == 2
+    assert check_follow(w.deps, CID, LOCAL_USER) is True
+    assert check_follow(w.deps, "ws:new:one", MALLORY) is False  # theirs to create
+
+
+def test_a_backend_acts_on_any_conversation_and_names_the_sender() -> None:
+    w = World()
+    w.send("hi")
+    service = backend("iam:arn:aws:iam::1:role/tickets")
+    msg = InboundMessage(conversation_id=CID, text="from the desk", sender="agent-7")
+    accept_message(w.deps, msg, service)
+    assert [e.message.sender for e in w.store.pending_inbox(CID)] == ["local", "agent-7"]
+    assert history(w.deps, CID, service) is not None

@@ -47,6 +47,19 @@ class AcceptResult:
 
 
 @dataclass(frozen=True)
+class Access:
+    """What a conversation must belong to for a caller to use it: ``tenant``, and one of
+    ``owners``. Built by :func:`~workers.core.policies.access_for`; a store applies it in
+    the write that appends a message (``NotFound`` otherwise, nothing written)."""
+
+    tenant: str
+    owners: frozenset[str]
+
+    def admits(self, tenant: str | None, owner: str | None) -> bool:
+        return tenant == self.tenant and owner in self.owners
+
+
+@dataclass(frozen=True)
 class Lease:
     conversation_id: str
     token: int
@@ -98,6 +111,12 @@ class ConversationState:
     undelivered_count: int | None = None
     """Outbox entries not delivered yet, where the store keeps the count (``None``: it does
     not). A turn that sees 0 sends what it wrote without reading the outbox back."""
+    tenant: str | None = None
+    """The tenant the conversation belongs to, recorded at creation (``None``: created by a
+    backend that named none; only trusted backends reach it)."""
+    owner: str | None = None
+    """Its owner within the tenant: the creating principal, or the group it acted for (a
+    Slack channel)."""
 
     def lease_live(self, now: float) -> bool:
         return self.lease_token is not None and (self.lease_expires_at or 0.0) > now

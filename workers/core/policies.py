@@ -1,13 +1,15 @@
-"""Double-texting policies and retry classification: pure functions, no I/O."""
+"""Access, double-texting policies and retry classification: pure functions, no I/O."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
 
+from events.identity import Principal
 from events.inbound import DoubleTextingPolicy, InboundMessage
 from events.outbound import InterruptRequest
 from workers.core.model import (
+    Access,
     ConversationState,
     ConversationStatus,
     InboxEntry,
@@ -26,6 +28,36 @@ REJECTED_NOTICE = (
 """Told to the user when the ``reject`` policy refuses a message (:class:`AcceptDecision`)."""
 STALE_APPROVAL_NOTICE = "That request is no longer pending; nothing was done."
 NOTHING_PENDING_NOTICE = "There is nothing waiting for approval or an answer; nothing was done."
+
+
+# access ---------------------------------------------------------------------------------
+
+
+def access_for(principal: Principal) -> Access | None:
+    """What a conversation must belong to for ``principal`` to use it: its tenant, and as
+    owner the principal or a group it acts for. ``None`` for a trusted backend (any)."""
+    if principal.service:
+        return None
+    return Access(principal.tenant, principal.owners)
+
+
+def may_access(principal: Principal, state: ConversationState) -> bool:
+    """Whether ``principal`` may read, post into, follow or answer the conversation."""
+    access = access_for(principal)
+    return access is None or access.admits(state.tenant, state.owner)
+
+
+def as_sent_by(msg: InboundMessage, principal: Principal, *, owner: str | None) -> InboundMessage:
+    """``msg`` as ``principal`` sends it: the sender is the principal and a conversation it
+    creates belongs to the principal's tenant and to ``owner`` (default: the principal).
+    A trusted backend's message keeps the sender, tenant and owner it names."""
+    if principal.service:
+        return msg
+    update = {"sender": principal.id, "tenant": principal.tenant, "owner": owner or principal.id}
+    return msg.model_copy(update=update)
+
+
+# double texting -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

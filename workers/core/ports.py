@@ -16,6 +16,7 @@ from events.outbound import GraphStateView, OutboxPayload, ReplyChunk
 from events.workflow import RunRef
 from workers.core.model import (
     AcceptResult,
+    Access,
     ConversationState,
     History,
     InboxEntry,
@@ -40,8 +41,13 @@ class ConversationStore(Protocol):
         now: float,
         default_policy: DoubleTextingPolicy,
         lease_ttl: float | None = None,
+        access: Access | None = None,
     ) -> AcceptResult:
         """Append ``msg`` unless its dedupe key was seen; bump the inbox sequence atomically.
+
+        A new conversation records ``msg.tenant`` and ``msg.owner``. With ``access``, an
+        existing conversation that it does not admit is ``NotFound`` and nothing is written
+        (checked before the dedupe key, so a foreign duplicate learns nothing either).
 
         A duplicate returns the first message's id with ``duplicate=True``. A new message
         is recorded as :func:`~workers.core.policies.accept_decision` decides, on the

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from events.identity import Principal
 from events.inbound import DoubleTextingPolicy, InboundMessage, new_id
 from events.outbound import (
     ApprovalRequest,
@@ -35,6 +36,7 @@ from workers.core.model import (
     AcceptResult,
     ConversationState,
     ConversationStatus,
+    History,
     OutboxEntry,
     PendingInterrupt,
     PendingRequest,
@@ -43,7 +45,15 @@ from workers.core.model import (
     TurnOutput,
     TurnRequest,
 )
-from workers.core.policies import TurnPlan, backoff_delay, classify_error, plan_turn
+from workers.core.policies import (
+    TurnPlan,
+    access_for,
+    as_sent_by,
+    backoff_delay,
+    classify_error,
+    may_access,
+    plan_turn,
+)
 from workers.core.ports import (
     Clock,
     ConversationStore,
@@ -104,21 +114,30 @@ class Deps:
 # 1. accept ----------------------------------------------------------------------------------
 
 
-def accept_message(deps: Deps, msg: InboundMessage) -> AcceptResult:
-    """Append ``msg`` to its inbox (deduplicated) and start a run if none holds the lease.
+def accept_message(
+    deps: Deps, msg: InboundMessage, principal: Principal, *, owner: str | None = None
+) -> AcceptResult:
+    """Append ``msg`` from ``principal`` to its inbox (deduplicated) and start a run if none
+    holds the lease.
 
-    An answer (an approval or a resume value) is accepted only while the conversation waits
-    for exactly that interrupt: ``NotFound`` for an unknown conversation, ``NotWaiting``
-    otherwise, and nothing is written."""
+    The sender is the principal; a conversation the message creates belongs to the
+    principal's tenant and to ``owner`` (default: the principal). A conversation the
+    principal may not use is ``NotFound``, as if it did not exist, and nothing is written
+    (the store applies the check in the same write). An answer (an approval or a resume
+    value) is accepted only while the conversation waits for exactly that interrupt:
+    ``NotFound`` for an unknown conversation, ``NotWaiting`` otherwise."""
+    msg = as_sent_by(msg, principal, owner=owner)
+    access = access_for(principal)
     waiting: ConversationState | None = None
     if msg.answers is not None:
-        waiting = deps.store.get_conversation(msg.conversation_id)
+        waiting = visible(deps.store.get_conversation(msg.conversation_id), principal)
         check_waiting(waiting, msg)
     result = deps.store.append_inbox(
         msg,
         now=deps.clock.now(),
         default_policy=deps.settings.default_policy,
         lease_ttl=deps.settings.lease_ttl,
+        access=access,
     )
     if result.duplicate or result.rejected:
         return result
@@ -135,13 +154,41 @@ def accept_message(deps: Deps, msg: InboundMessage) -> AcceptResult:
     return result
 
 
+def visible(state: ConversationState | None, principal: Principal) -> ConversationState | None:
+    """``state`` if ``principal`` may use the conversation, else ``None`` (it does not exist
+    for them: a 404 like an unknown id, so ids do not leak)."""
+    if state is None or not may_access(principal, state):
+        return None
+    return state
+
+
+def history(deps: Deps, conversation_id: str, principal: Principal) -> History | None:
+    """The conversation's inbox and outbox, or ``None`` if ``principal`` may not see it."""
+    found = deps.store.history(conversation_id)
+    if found is None or visible(found.state, principal) is None:
+        return None
+    return found
+
+
+def check_follow(deps: Deps, conversation_id: str, principal: Principal) -> bool:
+    """Whether ``principal`` may follow the conversation's replies: ``True`` if it exists and
+    is theirs, ``False`` if it does not exist yet (a first message will create it for them);
+    ``NotFound`` if it belongs to someone else."""
+    state = deps.store.get_conversation(conversation_id)
+    if state is None:
+        return False
+    if visible(state, principal) is None:
+        raise NotFound.conversation(conversation_id)
+    return True
+
+
 def check_waiting(state: ConversationState | None, msg: InboundMessage) -> None:
     """Refuse an answer that its conversation does not wait for (``NotFound``,
     ``NotWaiting``). A race with a turn that ends the wait meanwhile is still safe: the
     planned turn then skips the answer with a notice."""
     cid = msg.conversation_id
     if state is None:
-        raise NotFound(f"conversation_id: no conversation {cid!r}", field="conversation_id")
+        raise NotFound.conversation(cid)
     waiting = state.pending_approval if state.status == "awaiting_approval" else None
     if waiting is None:
         raise NotWaiting(f"conversation {cid!r} is not waiting for an answer", field="interrupt_id")
@@ -574,13 +621,14 @@ def finish_run(deps: Deps, claim: Claim) -> FinishResult:
 # reads ---------------------------------------------------------------------------------------
 
 
-def graph_state(deps: Deps, conversation_id: str) -> GraphStateView | None:
-    """The graph state the conversation's next turn starts from; ``None`` if unknown."""
-    if deps.store.get_conversation(conversation_id) is None:
+def graph_state(deps: Deps, conversation_id: str, principal: Principal) -> GraphStateView | None:
+    """The graph state the conversation's next turn starts from; ``None`` if unknown or not
+    ``principal``'s to see."""
+    if visible(deps.store.get_conversation(conversation_id), principal) is None:
         return None
     checkpoint = deps.store.load_checkpoint(conversation_id)
-    history = deps.store.load_log(conversation_id, limit=deps.settings.context_window)
-    return deps.agent.inspect(conversation_id, checkpoint, history)
+    log_window = deps.store.load_log(conversation_id, limit=deps.settings.context_window)
+    return deps.agent.inspect(conversation_id, checkpoint, log_window)
 
 
 # the sweeper --------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from events.outbound import validation_problem
 from workers import bootstrap
 from workers.core.steps import accept_message
 from workers.errors import BadInput, NotFound, NotWaiting
-from workers.handlers.http import error_response, json_response
+from workers.handlers.http import error_response, iam_principal, json_response
 from workers.handlers.observability import logger, metrics
 
 
@@ -65,7 +65,8 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         metrics.add_metric(name="bad_requests", unit=MetricUnit.Count, value=1)
         return error_response(422, "validation_error", problem.message, problem.field or "body")
     try:
-        result = accept_message(bootstrap.aws_deps(), msg)
+        # IAM admits only the stack's backends: they name the approver (``sender``).
+        result = accept_message(bootstrap.aws_deps(), msg, iam_principal(event))
     except NotFound as exc:
         return error_response(404, "not_found", str(exc), exc.field)
     except NotWaiting as exc:

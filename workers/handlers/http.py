@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from events.identity import Principal, backend
 from events.outbound import ErrorBody, ErrorView
 
 
@@ -23,3 +24,12 @@ def error_response(
     """Our error body (``ErrorView``), as every transport answers errors."""
     body = ErrorView(error=ErrorBody(code=code, message=message, field=field))
     return json_response(status, body.model_dump())
+
+
+def iam_principal(event: dict[str, Any]) -> Principal:
+    """The backend behind an IAM-authorised request (HTTP API payload 2.0 puts its ARN in
+    ``requestContext.authorizer.iam``; a REST API in ``requestContext.identity``)."""
+    ctx = event.get("requestContext") or {}
+    iam = (ctx.get("authorizer") or {}).get("iam") or ctx.get("identity") or {}
+    arn = iam.get("userArn") or iam.get("callerId") or "unknown"
+    return backend(f"iam:{arn}")

@@ -13,6 +13,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import TypeAdapter, ValidationError
 
+from events.identity import ANONYMOUS, backend, from_authorizer_context
 from events.inbound import (
     EventBridgeEvent,
     InboundMessage,
@@ -30,13 +31,15 @@ from workers.errors import BadInput, NotFound, NotWaiting, PermanentError
 from workers.handlers.observability import logger, metrics
 
 _FRAME: TypeAdapter[Any] = TypeAdapter(WsFrame)
+QUEUE_PRODUCER = backend("iam:queue")
 
 
 def _accept_queued(msg: InboundMessage) -> AcceptResult | None:
     """Accept a message from a queue or the bus; an answer that nothing waits for any more
     (answered, superseded) is logged and dropped: redelivering it would never help."""
     try:
-        result = accept_message(bootstrap.aws_deps(), msg)
+        # The queue and the bus admit only the stack's backends (IAM): they speak for users.
+        result = accept_message(bootstrap.aws_deps(), msg, QUEUE_PRODUCER)
     except (NotFound, NotWaiting) as exc:
         metrics.add_metric(name="stale_answers", unit=MetricUnit.Count, value=1)
         logger.warning("answer dropped", extra={"reason": str(exc)})
@@ -97,8 +100,9 @@ def _websocket(event: dict[str, Any]) -> dict[str, Any]:
         subscribed = {"type": "subscribed", "conversation_id": frame.conversation_id}
         return {"statusCode": 200, "body": json.dumps(subscribed)}
     msg = frame.to_inbound()
+    principal = from_authorizer_context(ctx.get("authorizer")) or ANONYMOUS
     try:
-        result = accept_message(deps, msg)
+        result = accept_message(deps, msg, principal)
     except (NotFound, NotWaiting) as exc:
         status = 404 if isinstance(exc, NotFound) else 409
         code = "not_found" if status == 404 else "not_waiting"

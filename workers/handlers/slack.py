@@ -30,6 +30,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
+from events.identity import Principal
 from events.inbound import (
     InboundMessage,
     SlackBlockActions,
@@ -64,10 +65,16 @@ def _raw_body(event: dict[str, Any]) -> bytes:
     return str(body).encode()
 
 
-def _accept(msg: InboundMessage) -> dict[str, Any]:
+Accepted = tuple[InboundMessage, Principal]
+"""A message to accept and who sent it, as the signed request proves."""
+
+
+def _accept(msg: InboundMessage, principal: Principal) -> dict[str, Any]:
     logger.append_keys(conversation_id=msg.conversation_id)
+    # A thread belongs to its channel: everyone who can write there shares it.
+    (owner,) = principal.groups
     try:
-        result = accept_message(bootstrap.aws_deps(), msg)
+        result = accept_message(bootstrap.aws_deps(), msg, principal, owner=owner)
     except (NotFound, NotWaiting) as exc:
         # A click on buttons whose question was answered or superseded: nothing to do.
         return _ignored(f"stale answer: {exc}")
@@ -77,7 +84,7 @@ def _accept(msg: InboundMessage) -> dict[str, Any]:
     return json_response(200, result.view(msg.conversation_id).model_dump(mode="json"))
 
 
-def _event_callback(raw: bytes) -> InboundMessage | dict[str, Any]:
+def _event_callback(raw: bytes) -> Accepted | dict[str, Any]:
     """The message to accept, or the answer (challenge, ignored)."""
     data = parse_json(raw)
     if not isinstance(data, dict):
@@ -101,10 +108,10 @@ def _event_callback(raw: bytes) -> InboundMessage | dict[str, Any]:
     if not envelope.event.text.strip():
         return _ignored("message without text")
     metrics.add_metric(name="slack_messages", unit=MetricUnit.Count, value=1)
-    return envelope.to_inbound()
+    return envelope.to_inbound(), envelope.principal()
 
 
-def _interaction(raw: bytes) -> InboundMessage | dict[str, Any]:
+def _interaction(raw: bytes) -> Accepted | dict[str, Any]:
     """The decision to accept, or the answer (ignored)."""
     fields = parse_qs(raw.decode(), strict_parsing=False)
     if "payload" not in fields:
@@ -113,11 +120,12 @@ def _interaction(raw: bytes) -> InboundMessage | dict[str, Any]:
     if not isinstance(data, dict) or data.get("type") != "block_actions":
         kind = data.get("type") if isinstance(data, dict) else None
         return _ignored(f"interaction type {kind!r}")
-    decision = SlackBlockActions.model_validate(data).decision()
+    actions = SlackBlockActions.model_validate(data)
+    decision = actions.decision()
     if decision is None:
         return _ignored("not an approval button")
     metrics.add_metric(name="decisions", unit=MetricUnit.Count, value=1)
-    return decision
+    return decision, actions.principal()
 
 
 def _bad_request(exc: ValueError) -> dict[str, Any]:
@@ -162,7 +170,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         parsed = _interaction(raw) if interaction else _event_callback(raw)
     except ValueError as exc:  # JSON, UTF-8, pydantic and our own parse errors
         return _bad_request(exc)
-    answer = _accept(parsed) if isinstance(parsed, InboundMessage) else parsed
+    answer = _accept(*parsed) if isinstance(parsed, tuple) else parsed
     if interaction:
         # An interaction's acknowledgement is an empty 200: a body could be taken for a
         # message to show.

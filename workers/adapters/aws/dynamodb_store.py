@@ -90,6 +90,7 @@ from workers.adapters.aws.tables import (
 )
 from workers.core.model import (
     AcceptResult,
+    Access,
     ConversationState,
     ConversationStatus,
     History,
@@ -163,6 +164,7 @@ class DynamoDBConversationStore:
         now: float,
         default_policy: DoubleTextingPolicy,
         lease_ttl: float | None = None,
+        access: Access | None = None,
     ) -> AcceptResult:
         """Append ``msg`` unless its dedupe key was seen, in one transaction with the
         sequence bump and what :func:`~workers.core.policies.accept_decision` decided on the
@@ -182,12 +184,15 @@ class DynamoDBConversationStore:
         meta = self._accepted.pop(msg.conversation_id, None)
         read = meta is None
         for _ in attempts():
+            marker = None
             if read:
                 found = self._table.batch_get([(pk, META_SK), (pk, dedupe_sk)])
                 marker = found.get((pk, dedupe_sk))
-                if marker is not None:
-                    return _duplicate(marker)
                 meta = found.get((pk, META_SK))
+            if meta is not None and access is not None and not access.admits(*_owner(meta)):
+                raise NotFound.conversation(msg.conversation_id)
+            if marker is not None:
+                return _duplicate(marker)
             accept = _Accept.decide(
                 msg,
                 body,
@@ -200,7 +205,7 @@ class DynamoDBConversationStore:
             try:
                 self._table.transact(self._accept_actions(accept))
             except TransactionCancelled as cancelled:
-                if cancelled.failed(0):  # the key was accepted before: its marker answers
+                if cancelled.failed(0) and meta is not None:  # accepted before: its marker
                     marker = cancelled.item(0) or self._table.get(pk, dedupe_sk)
                     if marker is not None:
                         return _duplicate(marker)
@@ -235,7 +240,7 @@ class DynamoDBConversationStore:
         }
         actions = [table.put(marker, cond="attribute_not_exists(#pk)")]
         if accept.meta is None:
-            meta = _new_meta(cid, accept.policy, accept.now, accept.lease)
+            meta = _new_meta(msg, accept.policy, accept.now, accept.lease)
             actions.append(table.put(meta, cond="attribute_not_exists(#pk)"))
         else:
             actions.append(table.update_action(pk, META_SK, **_accept_update(accept)))
@@ -794,13 +799,28 @@ class _Accept:
             "inbox_seq": number(self.seq),
             "outbox_seq": number(self.outbox_seq + (1 if self.decision.rejected else 0)),
             "last_token": number(self.last_token if self.lease is None else self.lease.token),
-        }
+        } | _owner_fields(*self.owner)
+
+    @property
+    def owner(self) -> tuple[str | None, str | None]:
+        """The conversation's tenant and owner: as read, or as this message creates them."""
+        if self.meta is not None:
+            return _owner(self.meta)
+        return self.msg.tenant, self.msg.owner
 
 
 def _accept_update(accept: _Accept) -> dict[str, Any]:
     """``meta``'s update for an accepted message, conditional on everything it decided on."""
     sets = ["#inbox_seq = :seq", "#policy = :policy", "#updated_at = :now"]
     conds = ["#inbox_seq = :previous"]
+    # The owner that was checked (set at creation): not another conversation of that id.
+    owner_values: Item = {}
+    for name, value in zip(("tenant", "owner"), accept.owner, strict=True):
+        if value is None:
+            conds.append(f"attribute_not_exists(#{name})")
+        else:
+            conds.append(f"#{name} = :{name}")
+            owner_values[f":{name}"] = string(value)
     if accept.msg.policy is None:
         conds.append("#policy = :policy")  # the stored policy decided
     remove = ""
@@ -841,15 +861,18 @@ def _accept_update(accept: _Accept) -> dict[str, Any]:
             ":one": number(1),
             ":outbox_seq": number(accept.outbox_seq + 1),
             ":outbox_previous": number(accept.outbox_seq),
-        },
+        }
+        | owner_values,
     }
 
 
-def _new_meta(conversation_id: str, policy: str, now: float, lease: Lease | None) -> Item:
-    """``meta`` of a conversation created by its first (pending) message, with ``lease``."""
-    held: Item = {}
+def _new_meta(msg: InboundMessage, policy: str, now: float, lease: Lease | None) -> Item:
+    """``meta`` of a conversation created by its first (pending) message ``msg`` (its tenant
+    and owner), with ``lease``."""
+    conversation_id = msg.conversation_id
+    held = _owner_fields(msg.tenant, msg.owner)
     if lease is not None:
-        held = {"lease_token": number(lease.token), SWEEP_INDEX_SK: number(lease.expires_at)}
+        held |= {"lease_token": number(lease.token), SWEEP_INDEX_SK: number(lease.expires_at)}
     return {
         **key(conversation_pk(conversation_id), META_SK),
         "conversation_id": string(conversation_id),
@@ -888,7 +911,20 @@ def _state(meta: Item) -> ConversationState:
         approval_task_token=opt_str(meta, "approval_task_token"),
         pending_count=opt_int(meta, PENDING_COUNT),
         undelivered_count=opt_int(meta, UNDELIVERED_COUNT),
+        tenant=opt_str(meta, "tenant"),
+        owner=opt_str(meta, "owner"),
     )
+
+
+def _owner(meta: Item) -> tuple[str | None, str | None]:
+    """The tenant and owner ``meta`` records (set once, at creation)."""
+    return opt_str(meta, "tenant"), opt_str(meta, "owner")
+
+
+def _owner_fields(tenant: str | None, owner: str | None) -> Item:
+    """``meta``'s attributes for a tenant and an owner (absent when ``None``)."""
+    fields = {"tenant": tenant, "owner": owner}
+    return {name: string(value) for name, value in fields.items() if value is not None}
 
 
 def _duplicate(marker: Item) -> AcceptResult:

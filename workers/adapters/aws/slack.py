@@ -70,6 +70,8 @@ def verify_slack_request(
 ) -> None:
     """Raise :class:`InvalidSlackSignature` unless ``signature`` is Slack's signature of
     ``body`` at ``timestamp``, and ``timestamp`` is within 5 minutes of ``now``."""
+    if not signing_secret.strip():
+        raise ConfigError("the Slack signing secret is empty: no request can be verified")
     if not timestamp or not signature:
         raise InvalidSlackSignature("missing X-Slack-Request-Timestamp or X-Slack-Signature")
     try:

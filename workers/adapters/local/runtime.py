@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
 
+from events.identity import LOCAL_USER, Principal
 from events.inbound import InboundMessage
 from events.outbound import GraphStateView
 from events.workflow import RunRef
@@ -28,7 +29,16 @@ from workers.adapters.local.sqlite_store import SqliteConversationStore
 from workers.adapters.local.sqlite_tickets import SqliteTicketStore
 from workers.config import Settings
 from workers.core.model import AcceptResult, History
-from workers.core.steps import Deps, RunSummary, accept_message, drive_run, graph_state, sweep
+from workers.core.steps import (
+    Deps,
+    RunSummary,
+    accept_message,
+    check_follow,
+    drive_run,
+    graph_state,
+    history,
+    sweep,
+)
 from workers.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -124,14 +134,23 @@ class EmbeddedRuntime:
 
     # API used by the server, the CLI and tests ------------------------------------------
 
-    async def accept(self, msg: InboundMessage) -> AcceptResult:
-        return await asyncio.to_thread(accept_message, self.deps, msg)
+    async def accept(self, msg: InboundMessage, principal: Principal = LOCAL_USER) -> AcceptResult:
+        """Accept ``msg`` from ``principal`` (in-process callers: the local user)."""
+        return await asyncio.to_thread(accept_message, self.deps, msg, principal)
 
-    async def history(self, conversation_id: str) -> History | None:
-        return await asyncio.to_thread(self.store.history, conversation_id)
+    async def history(
+        self, conversation_id: str, principal: Principal = LOCAL_USER
+    ) -> History | None:
+        return await asyncio.to_thread(history, self.deps, conversation_id, principal)
 
-    async def graph_state(self, conversation_id: str) -> GraphStateView | None:
-        return await asyncio.to_thread(graph_state, self.deps, conversation_id)
+    async def graph_state(
+        self, conversation_id: str, principal: Principal = LOCAL_USER
+    ) -> GraphStateView | None:
+        return await asyncio.to_thread(graph_state, self.deps, conversation_id, principal)
+
+    async def check_follow(self, conversation_id: str, principal: Principal) -> bool:
+        """See :func:`~workers.core.steps.check_follow`."""
+        return await asyncio.to_thread(check_follow, self.deps, conversation_id, principal)
 
     @property
     def busy(self) -> int:

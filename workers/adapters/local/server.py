@@ -97,10 +97,7 @@ def check_conversation_id(conversation_id: str) -> None:
 
 def unknown_conversation(conversation_id: str) -> ApiError:
     return ApiError(
-        404,
-        "not_found",
-        f"conversation_id: no conversation {conversation_id!r}",
-        "conversation_id",
+        404, "not_found", str(NotFound.conversation(conversation_id)), "conversation_id"
     )
 
 

@@ -17,11 +17,13 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
+from events.identity import LOCAL_TENANT, LOCAL_USER
 from events.inbound import DoubleTextingPolicy, InboundMessage
 from events.outbound import Notice, OutboxPayload, parse_pending_request
 from workers.adapters.local.sqlite_database import SqliteDatabase
 from workers.core.model import (
     AcceptResult,
+    Access,
     ConversationState,
     History,
     InboxEntry,
@@ -48,6 +50,8 @@ CREATE TABLE IF NOT EXISTS conversations (
     lease_execution_id TEXT,
     pending_approval TEXT,
     approval_task_token TEXT,
+    tenant TEXT,
+    owner TEXT,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
@@ -114,6 +118,10 @@ class SqliteConversationStore:
         columns = {row[1] for row in db.execute("PRAGMA table_info(conversations)")}
         if "approval_task_token" not in columns:
             db.execute("ALTER TABLE conversations ADD COLUMN approval_task_token TEXT")
+        if "tenant" not in columns:
+            # Conversations from before ownership were the local user's (no auth then).
+            db.execute(f"ALTER TABLE conversations ADD COLUMN tenant TEXT DEFAULT '{LOCAL_TENANT}'")
+            db.execute(f"ALTER TABLE conversations ADD COLUMN owner TEXT DEFAULT '{LOCAL_USER.id}'")
 
     # connections and transactions: the database's, shared with the ticket store --------
 
@@ -136,9 +144,17 @@ class SqliteConversationStore:
         now: float,
         default_policy: DoubleTextingPolicy,
         lease_ttl: float | None = None,
+        access: Access | None = None,
     ) -> AcceptResult:
         cid = msg.conversation_id
         with self._tx() as db:
+            conv = db.execute(
+                "SELECT policy, inbox_seq, lease_token, lease_expires_at, tenant, owner"
+                " FROM conversations WHERE conversation_id = ?",
+                (cid,),
+            ).fetchone()
+            if conv is not None and access is not None and not access.admits(conv[4], conv[5]):
+                raise NotFound.conversation(cid)
             row = db.execute(
                 "SELECT message_id, seq, status FROM inbox"
                 " WHERE conversation_id = ? AND dedupe_key = ?",
@@ -146,17 +162,13 @@ class SqliteConversationStore:
             ).fetchone()
             if row is not None:
                 return AcceptResult(row[0], row[1], duplicate=True, rejected=row[2] == "rejected")
-            conv = db.execute(
-                "SELECT policy, inbox_seq, lease_token, lease_expires_at FROM conversations"
-                " WHERE conversation_id = ?",
-                (cid,),
-            ).fetchone()
             if conv is None:
                 policy = msg.policy or default_policy
                 db.execute(
-                    "INSERT INTO conversations (conversation_id, policy, created_at, updated_at)"
-                    " VALUES (?, ?, ?, ?)",
-                    (cid, policy, now, now),
+                    "INSERT INTO conversations"
+                    " (conversation_id, policy, tenant, owner, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (cid, policy, msg.tenant, msg.owner, now, now),
                 )
                 seq, busy = 1, False
             else:
@@ -350,7 +362,7 @@ class SqliteConversationStore:
             " lease_expires_at, lease_execution_id, pending_approval, created_at, updated_at,"
             " approval_task_token, (SELECT COUNT(*) FROM inbox i WHERE i.conversation_id = ?"
             " AND i.status = 'pending'), (SELECT COUNT(*) FROM outbox o"
-            " WHERE o.conversation_id = ? AND o.delivered_at IS NULL)"
+            " WHERE o.conversation_id = ? AND o.delivered_at IS NULL), tenant, owner"
             " FROM conversations WHERE conversation_id = ?",
             (conversation_id, conversation_id, conversation_id),
         ).fetchone()
@@ -372,6 +384,8 @@ class SqliteConversationStore:
             approval_task_token=row[11],
             pending_count=row[12],
             undelivered_count=row[13],
+            tenant=row[14],
+            owner=row[15],
         )
 
     def load_checkpoint(self, conversation_id: str) -> bytes | None:
