@@ -182,6 +182,9 @@ class ErrorBody(BaseModel):
     code: str
     message: str
     field: str | None = None
+    reason: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    """For ``unauthenticated`` (absent otherwise): why the token was refused (``expired``, ``bad_signature``,
+    ``wrong_audience``, ``alg_not_allowed``...)."""
 
 
 def validation_problem(exc: ValidationError, *, tagged: bool = False) -> ErrorBody:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from events.workflow import RunRef
 from workers.config import Settings, load_settings
-from workers.core.ports import Clock, NullTracer, TicketStore, Tracer, TurnAgent
+from workers.core.ports import Authenticator, Clock, NullTracer, TicketStore, Tracer, TurnAgent
 from workers.core.steps import Deps, TurnSettings
 from workers.errors import ConfigError
 
@@ -29,6 +29,18 @@ def turn_settings(settings: Settings) -> TurnSettings:
         price_input_per_mtok=settings.price_input_per_mtok,
         price_output_per_mtok=settings.price_output_per_mtok,
     )
+
+
+def build_authenticator(settings: Settings) -> Authenticator:
+    """JWTs when ``auth_jwks_url`` or ``auth_jwt_secret`` is set; else the development token
+    (``dev_token``, or a new random one)."""
+    from workers.adapters.tokens import DevTokenAuthenticator, JwtAuthenticator
+
+    if settings.auth_configured:
+        return JwtAuthenticator.for_settings(settings)
+    if settings.dev_token is not None:
+        return DevTokenAuthenticator(settings.dev_token.get_secret_value())
+    return DevTokenAuthenticator.generate()
 
 
 def build_tracer(settings: Settings) -> Tracer:

@@ -156,7 +156,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     import uvicorn
 
-    from workers.adapters.local.guard import check_bind
+    from workers.adapters.local.guard import check_bind, with_dev_token
     from workers.adapters.local.server import create_app
     from workers.bootstrap import prepare_embedded
     from workers.observability import configure_logging
@@ -165,12 +165,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level)
     # The model and the graph are built now: a bad one stops here, before "serving".
     runtime = prepare_embedded(settings)
+    settings = with_dev_token(settings)
     app = create_app(settings, runtime_factory=lambda _: runtime())
+    base = f"http://{settings.host}:{settings.port}/"
     print(
-        f"agentworker: serving on http://{settings.host}:{settings.port}/ "
-        f"(model {settings.model}, state {settings.state_dir})",
+        f"agentworker: serving on {base} (model {settings.model}, state {settings.state_dir})",
         flush=True,
     )
+    if settings.dev_token is not None:
+        # Jupyter's way: the page takes the token from the URL's fragment, which browsers
+        # never send to a server; the CLI reads it from the state directory.
+        print(
+            f"agentworker: open {base}#token={settings.dev_token.get_secret_value()}",
+            flush=True,
+        )
+    else:
+        print("agentworker: callers authenticate with JWT bearer tokens", flush=True)
     uvicorn.run(
         app,
         host=settings.host,
@@ -185,9 +195,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _http(url: str) -> Any:
+    """A client of the server at ``url`` with a token: ``AGENTWORKER_TOKEN``, else the
+    development token of a server on ``AGENTWORKER_STATE_DIR`` (default ``.agentworker``)."""
     import httpx
 
-    return httpx.Client(base_url=url, timeout=30.0)
+    from workers.adapters.local.guard import read_dev_token
+
+    token = os.environ.get("AGENTWORKER_TOKEN") or read_dev_token(
+        Path(os.environ.get("AGENTWORKER_STATE_DIR", ".agentworker"))
+    )
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=url, timeout=30.0, headers=headers)
 
 
 def _fail(resp: Any) -> int:

@@ -62,6 +62,35 @@ class Settings(BaseSettings):
     max_subscriptions: int = Field(
         100, ge=1, le=10_000, description="Conversations one local WebSocket may subscribe to."
     )
+    auth_jwks_url: str | None = Field(
+        None,
+        description="JWT bearer tokens signed RS256/ES256 with a key of this JWKS "
+        "(Cognito, Auth0, Okta, Keycloak).",
+    )
+    auth_jwt_secret: SecretStr | None = Field(
+        None, description="JWT bearer tokens signed HS256 with this secret (development)."
+    )
+    auth_issuer: str | None = Field(None, description="Required `iss` of tokens, when set.")
+    auth_audience: str | None = Field(None, description="Required `aud` of tokens, when set.")
+    auth_tenant_claim: str = Field(
+        "tenant", min_length=1, description="Claim with the tenant (dotted path for nesting)."
+    )
+    auth_roles_claim: str = Field(
+        "roles",
+        min_length=1,
+        description="Claim with the roles: a list, or a space- or comma-separated string.",
+    )
+    auth_default_tenant: str | None = Field(
+        None, description="Tenant of tokens without the tenant claim (else they are refused)."
+    )
+    auth_leeway_seconds: float = Field(
+        30.0, ge=0, le=300, description="Clock skew allowed on exp/nbf/iat."
+    )
+    dev_token: SecretStr | None = Field(
+        None,
+        description="Local server without auth: the token its callers present (default: a "
+        "new random one per start, printed and written to state_dir/dev-token).",
+    )
     workers: int = Field(4, ge=1, le=256, description="Concurrent runs in the embedded pool.")
     double_texting: DoubleTextingPolicy = Field(
         "enqueue", description="Default policy: enqueue, merge, interrupt or reject."
@@ -153,6 +182,11 @@ class Settings(BaseSettings):
         if isinstance(value, str) and not value.strip().startswith("["):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
+
+    @property
+    def auth_configured(self) -> bool:
+        """Whether callers prove who they are with tokens (JWKS or HS256 secret)."""
+        return self.auth_jwks_url is not None or self.auth_jwt_secret is not None
 
     @property
     def db_path(self) -> Path:

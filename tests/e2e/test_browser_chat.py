@@ -25,6 +25,8 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
+from tests.functional.server_process import DEV_TOKEN
+
 pytestmark = pytest.mark.browser
 
 T = TypeVar("T")
@@ -65,7 +67,13 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        env = dict(os.environ, AGENTWORKER_TRACING="false", PYTHONUNBUFFERED="1", **self.env)
+        env = dict(
+            os.environ,
+            AGENTWORKER_TRACING="false",
+            PYTHONUNBUFFERED="1",
+            AGENTWORKER_DEV_TOKEN=DEV_TOKEN,
+            **self.env,
+        )
         cmd = [
             sys.executable, "-m", "workers.cli", "serve",
             "--host", "127.0.0.1",
@@ -260,8 +268,16 @@ def test_chat_approval_and_history_survive_restart(
 
 
 def run_scenario(server: Server, drv: webdriver.Chrome, tmp_path: Path) -> None:
+    # Without the server's token the page says how to get it, and stops trying.
     drv.get(server.url + "/")
+    wait_status(drv, "unauthenticated")
+    wait_for(drv, "the token hint", lambda d: "#token=" in " ".join(texts(d, "error")))
+    # With it (the address `agentworker serve` prints), it connects; the token leaves the
+    # address bar at once and stays with the page's origin.
+    drv.get("about:blank")  # a new page load, not a fragment change
+    drv.get(server.url + f"/#token={DEV_TOKEN}")
     wait_status(drv, "open")
+    assert DEV_TOKEN not in drv.current_url
 
     cid_box = drv.find_element(*by_testid("conversation-id"))
     cid = cid_box.get_attribute("value") or ""
@@ -332,7 +348,7 @@ def test_a_question_of_the_graph_is_answered_on_the_page(
     the turn; a question typed over is answered by the next chat message."""
     drv = driver
     try:
-        drv.get(triage_server.url + "/")
+        drv.get(triage_server.url + f"/#token={DEV_TOKEN}")
         wait_status(drv, "open")
         type_message(drv, "hello")
         card = wait_for(

@@ -100,8 +100,10 @@ def test_cli_session_runs_as_written(readme_server: ServerProcess, tmp_path: Pat
 def test_http_session_runs_as_written(tmp_path: Path) -> None:
     with ServerProcess(tmp_path) as srv:
         outputs = []
-        for command, _ in sessions("http-session"):
-            out = run(command.replace("http://127.0.0.1:8765", srv.url), dict(os.environ))
+        token_file = str(srv.state_dir / "dev-token")
+        for written, _ in sessions("http-session"):
+            command = written.replace("http://127.0.0.1:8765", srv.url)
+            out = run(command.replace(".agentworker/dev-token", token_file), dict(os.environ))
             assert out.returncode == 0, command
             outputs.append(json.loads(out.stdout))
         accepted, view, health = outputs
@@ -131,6 +133,7 @@ def test_bring_your_own_agent_session_runs_as_written(tmp_path: Path) -> None:
     app = tmp_path / "greeter"
     with ServerProcess(tmp_path / "state", cwd=app) as srv:
         env["AGENTWORKER_URL"] = srv.url
+        env["AGENTWORKER_STATE_DIR"] = str(srv.state_dir)  # where its dev token is
         for command, expected in sessions("byo-session"):
             out = run(command, env)
             assert out.returncode == 0, f"{command}\n{out.stdout}\n{out.stderr}"

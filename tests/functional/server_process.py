@@ -16,6 +16,9 @@ from typing import Any
 
 import httpx
 
+DEV_TOKEN = "dev-token-for-tests-0123456789"
+"""The development token the servers of the tests are started with."""
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -36,9 +39,18 @@ class ServerProcess:
         self.state_dir = state_dir
         self.cwd = cwd
         self.port = port or free_port()
-        self.env = {"AGENTWORKER_TRACING": "false", **(env or {})}
+        self.env = {
+            "AGENTWORKER_TRACING": "false",
+            "AGENTWORKER_DEV_TOKEN": DEV_TOKEN,
+            **(env or {}),
+        }
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = state_dir / f"server-{self.port}.log"
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """The headers that authenticate a request (the development token)."""
+        return {"authorization": f"Bearer {self.env['AGENTWORKER_DEV_TOKEN']}"}
 
     @property
     def url(self) -> str:

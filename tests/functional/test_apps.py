@@ -17,14 +17,14 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from tests.functional.server_process import ServerProcess, free_port
+from tests.functional.server_process import DEV_TOKEN, ServerProcess, free_port
 from tests.functional.test_recovery import answers, send, view, wait_answered
 
 TRIAGE = {"AGENTWORKER_GRAPH": "triage_bot.graph:build", "AGENTWORKER_CONTEXT_WINDOW": "40"}
 
 
 def state(srv: ServerProcess, cid: str) -> dict[str, Any]:
-    resp = httpx.get(f"{srv.url}/v1/conversations/{cid}/state", timeout=10)
+    resp = httpx.get(f"{srv.url}/v1/conversations/{cid}/state", timeout=10, headers=srv.auth)
     assert resp.status_code == 200, resp.text
     data: dict[str, Any] = resp.json()
     return data
@@ -32,7 +32,9 @@ def state(srv: ServerProcess, cid: str) -> dict[str, Any]:
 
 def resume(srv: ServerProcess, cid: str, interrupt_id: str, value: Any) -> httpx.Response:
     body = {"resume": {"interrupt_id": interrupt_id, "value": value}}
-    return httpx.post(f"{srv.url}/v1/conversations/{cid}/messages", json=body, timeout=10)
+    return httpx.post(
+        f"{srv.url}/v1/conversations/{cid}/messages", json=body, timeout=10, headers=srv.auth
+    )
 
 
 def test_triage_asks_then_resumes_over_http_and_keeps_its_channels_across_kill_9(
@@ -102,7 +104,10 @@ def test_answers_nobody_waits_for_change_nothing(tmp_path: Path) -> None:
 
 def test_triage_over_the_websocket_streams_asks_and_resumes(tmp_path: Path) -> None:
     cid = "ws:erin:triage"
-    with ServerProcess(tmp_path, env=TRIAGE) as srv, connect(srv.ws_url) as ws:
+    with (
+        ServerProcess(tmp_path, env=TRIAGE) as srv,
+        connect(srv.ws_url, additional_headers=srv.auth) as ws,
+    ):
         ws.send(json.dumps({"action": "send", "conversation_id": cid, "text": "hi there"}))
         frames = frames_until(ws, "interrupt")
         assert frames[0]["type"] == "accepted"
@@ -150,7 +155,9 @@ def cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) 
         timeout=120,
         check=False,
         cwd=cwd,
-        env={**os.environ, "MLFLOW_MODEL_CATALOG_URI": "", **(env or {})},
+        # The servers' token, as a user who copied it would pass it.
+        env={**os.environ, "MLFLOW_MODEL_CATALOG_URI": "", "AGENTWORKER_TOKEN": DEV_TOKEN}
+        | (env or {}),
     )
 
 

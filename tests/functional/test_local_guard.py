@@ -13,10 +13,13 @@ from typing import Any
 
 import httpx
 import pytest
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from tests.functional.server_process import ServerProcess, free_port
+from tests.functional.server_process import DEV_TOKEN, ServerProcess, free_port
+from workers.adapters.local.guard import check_bind
+from workers.config import Settings
+from workers.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +32,17 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def post(srv: ServerProcess, body: bytes, **headers: str) -> httpx.Response:
     headers.setdefault("content-type", "application/json")
     return httpx.post(
-        f"{srv.url}/v1/conversations/api:guard/messages", content=body, headers=headers
+        f"{srv.url}/v1/conversations/api:guard/messages",
+        content=body,
+        headers={**srv.auth, **headers},
     )
 
 
 def test_another_host_name_is_refused_dns_rebinding(server: ServerProcess) -> None:
-    evil = httpx.get(f"{server.url}/v1/conversations/api:guard", headers={"host": "evil.example"})
+    evil = httpx.get(
+        f"{server.url}/v1/conversations/api:guard",
+        headers={**server.auth, **{"host": "evil.example"}},
+    )
     assert evil.status_code == 403 and evil.json()["error"]["code"] == "host_not_allowed"
     page = httpx.get(f"{server.url}/", headers={"host": f"evil.example:{server.port}"})
     assert page.status_code == 403
@@ -50,10 +58,13 @@ def test_another_sites_page_cannot_post_or_read(server: ServerProcess) -> None:
     simple = post(server, b'{"text": "hi"}', **{"content-type": "text/plain"})
     assert simple.status_code == 415  # what a cross-site form could send without preflight
     assert simple.json()["error"]["code"] == "unsupported_media_type"
-    bare = httpx.post(f"{server.url}/v1/conversations/api:guard/messages", content=b"{}")
+    bare = httpx.post(
+        f"{server.url}/v1/conversations/api:guard/messages", content=b"{}", headers=server.auth
+    )
     assert bare.status_code == 415
     read = httpx.get(
-        f"{server.url}/v1/conversations/api:guard", headers={"origin": "http://evil.example"}
+        f"{server.url}/v1/conversations/api:guard",
+        headers={**server.auth, **{"origin": "http://evil.example"}},
     )
     assert read.status_code == 403
     own = post(server, b'{"text": "hi"}', origin=f"http://127.0.0.1:{server.port}")
@@ -66,13 +77,61 @@ def test_another_sites_page_cannot_open_the_websocket(server: ServerProcess) -> 
     assert refused.value.response.status_code == 403
     with pytest.raises(InvalidStatus):
         connect(server.ws_url, additional_headers={"Host": "evil.example"})
-    with connect(server.ws_url, origin=f"http://127.0.0.1:{server.port}") as ws:  # type: ignore[arg-type]
+    # The page's own way: its origin, and the token as a subprotocol (browsers cannot set
+    # headers on a WebSocket); the server picks "agentworker", never echoing the token.
+    with connect(
+        server.ws_url,
+        origin=f"http://127.0.0.1:{server.port}",  # type: ignore[arg-type]
+        subprotocols=["agentworker", f"bearer.{DEV_TOKEN}"],  # type: ignore[list-item]
+    ) as ws:
+        assert ws.subprotocol == "agentworker"
         ws.send(json.dumps({"action": "ping"}))
         assert json.loads(ws.recv(timeout=10)) == {"type": "pong"}
 
 
+@pytest.mark.parametrize(
+    ("headers", "subprotocols", "reason"),
+    [
+        ({}, None, "missing"),
+        ({"authorization": "Bearer not-the-token-at-all"}, None, "bad_token"),
+        ({}, ["agentworker", "bearer.not-the-token-at-all"], "bad_token"),
+        ({"authorization": "Basic dXNlcjpwYXNz"}, None, "malformed"),
+    ],
+)
+def test_a_socket_without_the_token_is_told_why_and_closed(
+    server: ServerProcess, headers: dict[str, str], subprotocols: Any, reason: str
+) -> None:
+    with connect(server.ws_url, additional_headers=headers, subprotocols=subprotocols) as ws:
+        error = json.loads(ws.recv(timeout=10))
+        assert error["error"]["code"] == "unauthenticated" and error["error"]["reason"] == reason
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+
+
+def test_every_api_request_needs_the_token(server: ServerProcess) -> None:
+    for headers in ({}, {"authorization": "Bearer wrong-token-wrong-token"}):
+        for resp in (
+            httpx.get(f"{server.url}/v1/conversations/api:guard", headers=headers),
+            httpx.get(f"{server.url}/v1/conversations/api:guard/state", headers=headers),
+            httpx.post(
+                f"{server.url}/v1/conversations/api:guard/messages",
+                json={"text": "hi"},
+                headers=headers,
+            ),
+        ):
+            assert resp.status_code == 401, resp.text
+            assert resp.headers["www-authenticate"].startswith("Bearer")
+            assert resp.json()["error"]["code"] == "unauthenticated"
+            assert "wrong-token" not in resp.text
+    # The page and the health check are open: the page holds no data, its token comes from
+    # the URL's fragment.
+    assert httpx.get(f"{server.url}/").status_code == 200
+    assert httpx.get(f"{server.url}/healthz").status_code == 200
+
+
 def test_a_socket_follows_a_bounded_number_of_conversations(server: ServerProcess) -> None:
-    with connect(server.ws_url) as ws:
+    with connect(server.ws_url, additional_headers=server.auth) as ws:
         for n in range(3):
             ws.send(json.dumps({"action": "subscribe", "conversation_id": f"ws:cap:{n}"}))
             assert json.loads(ws.recv(timeout=10))["type"] == "subscribed"
@@ -104,7 +163,7 @@ def test_hostile_json_is_a_400_and_the_server_goes_on(
 def test_hostile_frames_are_error_frames_and_the_socket_stays_open(
     server: ServerProcess,
 ) -> None:
-    with connect(server.ws_url) as ws:
+    with connect(server.ws_url, additional_headers=server.auth) as ws:
         ws.send("[" * 100_000 + "]" * 100_000)
         assert json.loads(ws.recv(timeout=10))["error"]["code"] == "too_deep"
         frame = {"action": "send", "conversation_id": "ws:h:1", "text": "\udcff"}
@@ -125,6 +184,15 @@ def test_serve_refuses_an_address_others_can_reach(tmp_path: Path, host: str) ->
     assert out.returncode == 2 and "serving" not in out.stdout
     [line] = out.stderr.strip().splitlines()
     assert line == (
-        f"agentworker: --host={host!r}: the local server has no authentication, so it listens"
-        " on loopback only (127.0.0.1, ::1, localhost)"
+        f"agentworker: --host={host!r}: without authentication (AGENTWORKER_AUTH_JWKS_URL or"
+        " AGENTWORKER_AUTH_JWT_SECRET) the local server listens on loopback only"
+        " (127.0.0.1, ::1, localhost)"
     )
+
+
+def test_with_an_identity_provider_another_address_may_be_bound() -> None:
+    secret = "s" * 32
+    for host in ("0.0.0.0", "192.168.1.20"):  # noqa: S104
+        check_bind(Settings(host=host, auth_jwt_secret=secret))  # no ConfigError
+        with pytest.raises(ConfigError):
+            check_bind(Settings(host=host, dev_token="d" * 20))

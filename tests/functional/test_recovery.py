@@ -15,12 +15,19 @@ from tests.functional.server_process import ServerProcess
 
 
 def view(srv: ServerProcess, cid: str) -> dict[str, Any]:
-    data: dict[str, Any] = httpx.get(f"{srv.url}/v1/conversations/{cid}", timeout=10).json()
+    data: dict[str, Any] = httpx.get(
+        f"{srv.url}/v1/conversations/{cid}", timeout=10, headers=srv.auth
+    ).json()
     return data
 
 
 def send(srv: ServerProcess, cid: str, text: str) -> str:
-    resp = httpx.post(f"{srv.url}/v1/conversations/{cid}/messages", json={"text": text}, timeout=10)
+    resp = httpx.post(
+        f"{srv.url}/v1/conversations/{cid}/messages",
+        json={"text": text},
+        timeout=10,
+        headers=srv.auth,
+    )
     assert resp.status_code == 202, resp.text
     message_id: str = resp.json()["message_id"]
     return message_id

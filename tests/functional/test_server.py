@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 
 def post(srv: ServerProcess, cid: str, body: Any, **kw: Any) -> httpx.Response:
+    kw["headers"] = {**srv.auth, **kw.get("headers", {})}
     return httpx.post(f"{srv.url}/v1/conversations/{cid}/messages", json=body, timeout=10, **kw)
 
 
@@ -34,7 +36,7 @@ def wait_reply(
 ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        view = httpx.get(f"{srv.url}/v1/conversations/{cid}", timeout=10).json()
+        view = httpx.get(f"{srv.url}/v1/conversations/{cid}", timeout=10, headers=srv.auth).json()
         for entry in view.get("replies", []):
             if message_id in entry["payload"]["in_reply_to"]:
                 payload: dict[str, Any] = entry["payload"]
@@ -58,16 +60,19 @@ def test_index_page_is_served(server: ServerProcess) -> None:
 
 
 def test_post_then_get_conversation(server: ServerProcess) -> None:
-    resp = post(server, "api:t1", {"text": "hello there", "sender": "tester"})
+    forged = post(server, "api:t1", {"text": "hello there", "sender": "tester"})
+    assert forged.status_code == 422 and forged.json()["error"]["field"] == "sender"
+    resp = post(server, "api:t1", {"text": "hello there"})
     assert resp.status_code == 202
     accepted = resp.json()
     assert accepted["duplicate"] is False and accepted["seq"] == 1
     reply = wait_reply(server, "api:t1", accepted["message_id"])
     assert reply["type"] == "reply" and "hello there" in reply["text"]
     assert reply["usage"]["input_tokens"] > 0
-    view = httpx.get(f"{server.url}/v1/conversations/api:t1").json()
+    view = httpx.get(f"{server.url}/v1/conversations/api:t1", headers=server.auth).json()
     assert view["status"] == "idle" and view["pending_approval"] is None
     assert view["messages"][0]["status"] == "consumed"
+    assert view["messages"][0]["sender"] == "local"  # the principal, never the body
     assert view["replies"][0]["delivered"] is True
 
 
@@ -76,7 +81,7 @@ def test_repeated_dedupe_key_returns_the_same_id_and_one_turn(server: ServerProc
     second = post(server, "api:dup", {"text": "once", "dedupe_key": "src-1"}).json()
     assert second["message_id"] == first["message_id"] and second["duplicate"] is True
     wait_reply(server, "api:dup", first["message_id"])
-    view = httpx.get(f"{server.url}/v1/conversations/api:dup").json()
+    view = httpx.get(f"{server.url}/v1/conversations/api:dup", headers=server.auth).json()
     assert len(view["messages"]) == 1 and len(view["replies"]) == 1
 
 
@@ -114,7 +119,7 @@ def test_bad_input_gets_a_clear_json_error(
     resp = httpx.post(
         f"{server.url}/v1/conversations/api:bad/messages",
         content=body,
-        headers={"content-type": "application/json"},
+        headers={**server.auth, "content-type": "application/json"},
         timeout=10,
     )
     assert resp.status_code == status, resp.text
@@ -125,19 +130,21 @@ def test_bad_input_gets_a_clear_json_error(
 
 
 def test_unknown_and_invalid_conversation_ids(server: ServerProcess) -> None:
-    missing = httpx.get(f"{server.url}/v1/conversations/nobody:here")
+    missing = httpx.get(f"{server.url}/v1/conversations/nobody:here", headers=server.auth)
     assert missing.status_code == 404
     assert missing.json()["error"]["field"] == "conversation_id"
-    bad = httpx.get(f"{server.url}/v1/conversations/-bad")
+    bad = httpx.get(f"{server.url}/v1/conversations/-bad", headers=server.auth)
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "conversation_id"
 
 
 def test_bad_input_loses_nothing_accepted_earlier(server: ServerProcess) -> None:
     ok = post(server, "api:keep", {"text": "keep me"}).json()
     post(server, "api:keep", {"text": 5})
-    httpx.post(f"{server.url}/v1/conversations/api:keep/messages", content=b"{oops")
+    httpx.post(
+        f"{server.url}/v1/conversations/api:keep/messages", content=b"{oops", headers=server.auth
+    )
     wait_reply(server, "api:keep", ok["message_id"])
-    view = httpx.get(f"{server.url}/v1/conversations/api:keep").json()
+    view = httpx.get(f"{server.url}/v1/conversations/api:keep", headers=server.auth).json()
     assert [m["text"] for m in view["messages"]] == ["keep me"]
 
 
@@ -153,7 +160,7 @@ async def _recv_until(ws: Any, pred: Any, timeout: float = 20) -> list[dict[str,
 
 def test_websocket_chat_with_streaming_tool_and_approval(server: ServerProcess) -> None:
     async def scenario() -> None:
-        async with websockets.connect(server.ws_url) as ws:
+        async with websockets.connect(server.ws_url, additional_headers=server.auth) as ws:
             cid = "ws:alice:chat"
             await ws.send(json.dumps({"action": "subscribe", "conversation_id": cid}))
             sub = json.loads(await ws.recv())
@@ -220,7 +227,7 @@ def test_websocket_bad_frames_get_error_frames_and_the_socket_stays_open(
     server: ServerProcess, frame: str, code: str, field: str | None
 ) -> None:
     async def scenario() -> None:
-        async with websockets.connect(server.ws_url) as ws:
+        async with websockets.connect(server.ws_url, additional_headers=server.auth) as ws:
             await ws.send(frame)
             err = json.loads(await ws.recv())
             assert err["type"] == "error", err
@@ -233,7 +240,9 @@ def test_websocket_bad_frames_get_error_frames_and_the_socket_stays_open(
 
 def test_websocket_text_over_256_kb(server: ServerProcess) -> None:
     async def scenario() -> None:
-        async with websockets.connect(server.ws_url, max_size=None) as ws:
+        async with websockets.connect(
+            server.ws_url, max_size=None, additional_headers=server.auth
+        ) as ws:
             big = "x" * (MAX_MESSAGE_BYTES + 10)
             await ws.send(
                 json.dumps({"action": "send", "conversation_id": "ws:a:big", "text": big})
@@ -247,6 +256,8 @@ def test_websocket_text_over_256_kb(server: ServerProcess) -> None:
 
 
 def test_cli_send_and_history(server: ServerProcess) -> None:
+    """The CLI finds the running server's development token in its state directory."""
+
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "workers.cli", *args, "--url", server.url],
@@ -254,6 +265,7 @@ def test_cli_send_and_history(server: ServerProcess) -> None:
             text=True,
             timeout=60,
             check=False,
+            env={**os.environ, "AGENTWORKER_STATE_DIR": str(server.state_dir)},
         )
 
     sent = cli("send", "-c", "cli:demo", "open a ticket about the coffee machine")

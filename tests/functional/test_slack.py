@@ -169,6 +169,7 @@ def test_a_slack_thread_end_to_end_with_an_approval_button(
     assert state is not None and state.status == "awaiting_approval"
 
     click = slack_fixture("block_actions_with_message.json")
+    click["team"]["id"] = "T111"  # the thread's workspace
     click["actions"] = [{**click["actions"][0], "action_id": "approve", "value": approve["value"]}]
     answer = slack.handler(slack_request(click, form=True), lambda_context())
     assert answer["statusCode"] == 200

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol
 
+from events.identity import Principal
 from events.inbound import DoubleTextingPolicy, InboundMessage
 from events.outbound import GraphStateView, OutboxPayload, ReplyChunk
 from events.workflow import RunRef
@@ -170,6 +171,14 @@ class TicketStore(Protocol):
         comment: str | None,
         now: float,
     ) -> Ticket: ...
+
+
+class Authenticator(Protocol):
+    """Turns a caller's credentials into a :class:`~events.identity.Principal`."""
+
+    def authenticate(self, token: str | None) -> Principal:
+        """The principal ``token`` proves; ``Unauthenticated`` (with a reason code) for no
+        token or a bad one, ``RetryableError`` when the keys cannot be fetched."""
 
 
 class WorkflowStarter(Protocol):

@@ -1,7 +1,9 @@
 """What the local server lets in, so a web page the user visits cannot use it.
 
-- It listens on loopback only: without authentication, any process that reaches its port
-  could read and write every conversation (:func:`check_bind` refuses another ``--host``).
+- Every ``/v1`` request and WebSocket carries a bearer token: a JWT when an identity
+  provider is configured, else the development token printed at start (Jupyter's way).
+- Without an identity provider it listens on loopback only (:func:`check_bind` refuses
+  another ``--host``): the development token proves no identity.
 - ``Host`` must name the server (its loopback address and port, or ``allowed_hosts``): a
   page that rebinds its own DNS name to 127.0.0.1 sends its own name, and is refused.
 - ``Origin``, when a browser sends one, must be the server's own page (or in
@@ -11,7 +13,11 @@
 from __future__ import annotations
 
 import ipaddress
+import secrets
 from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import SecretStr
 
 from workers.config import Settings
 from workers.errors import ConfigError
@@ -31,13 +37,43 @@ def is_loopback(host: str) -> bool:
 
 
 def check_bind(settings: Settings) -> None:
-    """``ConfigError`` for an address other machines could reach: nothing authenticates
-    requests, so the server must stay on loopback."""
-    if not is_loopback(settings.host):
+    """``ConfigError`` for an address other machines could reach while no identity provider
+    is configured (the development token proves no identity): loopback only then."""
+    if not is_loopback(settings.host) and not settings.auth_configured:
         raise ConfigError(
-            f"{settings.source('host')}={settings.host!r}: the local server has no"
-            " authentication, so it listens on loopback only (127.0.0.1, ::1, localhost)"
+            f"{settings.source('host')}={settings.host!r}: without authentication"
+            " (AGENTWORKER_AUTH_JWKS_URL or AGENTWORKER_AUTH_JWT_SECRET) the local server"
+            " listens on loopback only (127.0.0.1, ::1, localhost)"
         )
+
+
+DEV_TOKEN_FILE = "dev-token"
+"""In the state directory: the running server's development token, for the CLI."""
+
+
+def with_dev_token(settings: Settings) -> Settings:
+    """Without an identity provider: ``settings`` with the development token its callers
+    must present (``dev_token``, or a new random one), written to the state directory
+    (owner-only) for the CLI. With one, ``settings`` unchanged."""
+    if settings.auth_configured:
+        return settings
+    token = settings.dev_token or SecretStr(secrets.token_urlsafe(24))
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.state_dir / DEV_TOKEN_FILE
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(token.get_secret_value())
+    updated = settings.model_copy(update={"dev_token": token})
+    updated.keep_sources(settings)
+    return updated
+
+
+def read_dev_token(state_dir: Path) -> str | None:
+    """The development token a server on ``state_dir`` wrote, if any."""
+    try:
+        return (state_dir / DEV_TOKEN_FILE).read_text().strip() or None
+    except OSError:
+        return None
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,18 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import defaultdict
-from typing import Any
+from typing import Any, Protocol
 
 from events.outbound import OutboxPayload, ReplyChunk
 
 Frame = dict[str, Any]
+
+
+class Subscriber(Protocol):
+    """Where the hub puts a conversation's frames (an ``asyncio.Queue``, or a socket's
+    :class:`~workers.adapters.local.server.Follow`), on the event loop's thread."""
+
+    def put_nowait(self, frame: Frame) -> None: ...
 
 
 class LocalHub:
@@ -17,14 +24,14 @@ class LocalHub:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._subs: dict[str, set[asyncio.Queue[Frame]]] = defaultdict(set)
+        self._subs: dict[str, set[Subscriber]] = defaultdict(set)
         self._lock = threading.Lock()
 
-    def subscribe(self, conversation_id: str, queue: asyncio.Queue[Frame]) -> None:
+    def subscribe(self, conversation_id: str, queue: Subscriber) -> None:
         with self._lock:
             self._subs[conversation_id].add(queue)
 
-    def unsubscribe(self, queue: asyncio.Queue[Frame]) -> None:
+    def unsubscribe(self, queue: Subscriber) -> None:
         with self._lock:
             for cid in [cid for cid, subs in self._subs.items() if queue in subs]:
                 self._subs[cid].discard(queue)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
 from collections.abc import AsyncIterator
 from importlib import resources
@@ -14,6 +15,7 @@ from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import TypeAdapter, ValidationError
 
+from events.identity import Principal
 from events.inbound import (
     CONVERSATION_ID_PATTERN,
     WS_ACTIONS,
@@ -31,7 +33,9 @@ from events.outbound import ErrorBody, ErrorView, validation_problem
 from workers.adapters.local.guard import Guard
 from workers.adapters.local.runtime import EmbeddedRuntime
 from workers.adapters.local.views import conversation_view
+from workers.adapters.tokens import bearer_token
 from workers.config import Settings
+from workers.core.ports import Authenticator
 from workers.errors import (
     AgentWorkerError,
     ApiError,
@@ -40,6 +44,8 @@ from workers.errors import (
     NotWaiting,
     PermanentError,
     RetryableError,
+    Throttled,
+    Unauthenticated,
 )
 
 log = logging.getLogger(__name__)
@@ -59,10 +65,15 @@ def error_view(exc: AgentWorkerError) -> tuple[int, ErrorView]:
     errors, 404 for what does not exist, 409 for an answer nobody waits for, 400 for other
     refusals, 503 for a transient fault."""
     field = getattr(exc, "field", None)
+    reason = None
     if isinstance(exc, ApiError):
         status, code = exc.status, exc.code
     elif isinstance(exc, BadInput):
         status, code = 400, exc.code
+    elif isinstance(exc, Unauthenticated):
+        status, code, reason = 401, "unauthenticated", exc.reason
+    elif isinstance(exc, Throttled):
+        status, code = 429, "throttled"
     else:
         code = type(exc).__name__
         status = 400
@@ -74,7 +85,19 @@ def error_view(exc: AgentWorkerError) -> tuple[int, ErrorView]:
             status = 503
         elif not isinstance(exc, PermanentError):
             status = 500
-    return status, ErrorView(error=ErrorBody(code=code, message=str(exc), field=field))
+    body = ErrorBody(code=code, message=str(exc), field=field, reason=reason)
+    return status, ErrorView(error=body)
+
+
+def error_headers(exc: AgentWorkerError) -> dict[str, str]:
+    """The headers an error answer carries: the scheme to authenticate with, when to retry."""
+    if isinstance(exc, Unauthenticated):
+        return {
+            "www-authenticate": f'Bearer error="invalid_token", error_description="{exc.reason}"'
+        }
+    if isinstance(exc, Throttled):
+        return {"retry-after": str(max(1, math.ceil(exc.retry_after)))}
+    return {}
 
 
 def validation_error(exc: ValidationError, *, tagged: bool = False) -> ApiError:
@@ -101,8 +124,15 @@ def unknown_conversation(conversation_id: str) -> ApiError:
     )
 
 
-def create_app(settings: Settings, runtime_factory: Any = None) -> FastAPI:
-    """The ASGI app; the embedded runtime starts and stops with it."""
+def create_app(
+    settings: Settings, runtime_factory: Any = None, authenticator: Authenticator | None = None
+) -> FastAPI:
+    """The ASGI app; the embedded runtime starts and stops with it. Every ``/v1`` request and
+    WebSocket authenticates with ``authenticator`` (default: the one ``settings`` configure,
+    JWTs or the development token)."""
+    from workers.bootstrap import build_authenticator
+
+    auth = authenticator or build_authenticator(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -130,7 +160,10 @@ def create_app(settings: Settings, runtime_factory: Any = None) -> FastAPI:
     @app.exception_handler(AgentWorkerError)
     async def _error(request: Request, exc: AgentWorkerError) -> JSONResponse:
         status, body = error_view(exc)
-        return JSONResponse(body.model_dump(), status_code=status)
+        return JSONResponse(body.model_dump(), status_code=status, headers=error_headers(exc))
+
+    async def caller(request: Request) -> Principal:
+        return await authenticate(auth, bearer_token(request.headers.get("authorization")))
 
     def rt(request: Request | WebSocket) -> EmbeddedRuntime:
         runtime: EmbeddedRuntime = request.app.state.runtime
@@ -152,6 +185,7 @@ def create_app(settings: Settings, runtime_factory: Any = None) -> FastAPI:
 
     @app.post("/v1/conversations/{conversation_id}/messages", status_code=202)
     async def post_message(conversation_id: str, request: Request) -> JSONResponse:
+        principal = await caller(request)
         check_conversation_id(conversation_id)
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media != "application/json":
@@ -167,22 +201,24 @@ def create_app(settings: Settings, runtime_factory: Any = None) -> FastAPI:
             msg = body.to_inbound(conversation_id)
         except ValidationError as exc:
             raise validation_error(exc) from None
-        result = await rt(request).accept(msg)
+        result = await rt(request).accept(msg, principal)
         view = result.view(conversation_id)
         return JSONResponse(view.model_dump(mode="json"), status_code=202)
 
     @app.get("/v1/conversations/{conversation_id}")
     async def get_conversation(conversation_id: str, request: Request) -> JSONResponse:
+        principal = await caller(request)
         check_conversation_id(conversation_id)
-        history = await rt(request).history(conversation_id)
+        history = await rt(request).history(conversation_id, principal)
         if history is None:
             raise unknown_conversation(conversation_id)
         return JSONResponse(conversation_view(history).model_dump(mode="json"))
 
     @app.get("/v1/conversations/{conversation_id}/state")
     async def get_state(conversation_id: str, request: Request) -> JSONResponse:
+        principal = await caller(request)
         check_conversation_id(conversation_id)
-        state = await rt(request).graph_state(conversation_id)
+        state = await rt(request).graph_state(conversation_id, principal)
         if state is None:
             raise unknown_conversation(conversation_id)
         return JSONResponse(state.model_dump(mode="json"))
@@ -192,9 +228,48 @@ def create_app(settings: Settings, runtime_factory: Any = None) -> FastAPI:
         if guard.refusal(ws.headers.get("host"), ws.headers.get("origin")) is not None:
             await ws.close(code=1008)  # before the handshake completes: HTTP 403
             return
-        await WebSocketSession(ws, rt(ws), settings.max_subscriptions).run()
+        offered = ws.scope.get("subprotocols") or []
+        subprotocol = WS_SUBPROTOCOL if WS_SUBPROTOCOL in offered else None
+        try:
+            token = ws_token(ws.headers.get("authorization"), offered)
+            principal = await authenticate(auth, token)
+        except (Unauthenticated, RetryableError) as exc:
+            # Accept, then say why and close: a browser sees no reason in a refused handshake.
+            await ws.accept(subprotocol=subprotocol)
+            await ws.send_json(error_view(exc)[1].model_dump())
+            await ws.close(code=WS_UNAUTHENTICATED, reason=getattr(exc, "reason", "unavailable"))
+            return
+        await WebSocketSession(ws, rt(ws), settings.max_subscriptions, principal, subprotocol).run()
 
     return app
+
+
+WS_SUBPROTOCOL = "agentworker"
+"""Offered by a browser with its token (``new WebSocket(url, ["agentworker",
+"bearer.<token>"])``): the server picks it, so the token is never echoed back."""
+WS_TOKEN_PREFIX = "bearer."
+WS_UNAUTHENTICATED = 4401
+"""Close code of a socket whose token was refused (the error frame before it says why)."""
+
+
+def ws_token(authorization: str | None, subprotocols: list[str]) -> str | None:
+    """A WebSocket's token: ``Authorization: Bearer`` (clients that can set headers), else
+    the subprotocol ``bearer.<token>`` (browsers cannot). Never a query parameter: URLs end
+    up in access logs."""
+    token = bearer_token(authorization)
+    if token is None:
+        token = next(
+            (p[len(WS_TOKEN_PREFIX) :] for p in subprotocols if p.startswith(WS_TOKEN_PREFIX)),
+            None,
+        )
+    return token
+
+
+async def authenticate(auth: Authenticator, token: str | None) -> Principal:
+    """``auth.authenticate`` off the event loop when it may fetch keys (JWKS)."""
+    if token is not None and getattr(auth, "fetches_keys", False):
+        return await asyncio.to_thread(auth.authenticate, token)
+    return auth.authenticate(token)
 
 
 async def _read_body(request: Request) -> bytes:
@@ -211,22 +286,63 @@ async def _read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-class WebSocketSession:
-    """One client socket: frames in, replies and chunks of subscribed conversations out.
-    A bad frame gets an error frame; the socket stays open."""
+class Follow:
+    """A socket's subscription to one conversation, between the hub and the socket's queue.
 
-    def __init__(self, ws: WebSocket, runtime: EmbeddedRuntime, max_subscriptions: int) -> None:
+    Open: frames pass. Closed: frames are dropped; a conversation that does not exist yet
+    (nobody may be shown it before it is known to be the caller's). Holding: frames wait,
+    while the caller's own first message is accepted (which creates the conversation for
+    them, or fails if someone else has it): ``open`` lets them through in order, ``close``
+    drops them."""
+
+    def __init__(self, queue: asyncio.Queue[Any], *, open_: bool) -> None:
+        self._queue = queue
+        self._held: list[Any] | None = None
+        self.open = open_
+
+    def put_nowait(self, frame: Any) -> None:
+        if self.open:
+            self._queue.put_nowait(frame)
+        elif self._held is not None:
+            self._held.append(frame)
+
+    def hold(self) -> None:
+        if not self.open:
+            self._held = []
+
+    def release(self, *, admit: bool) -> None:
+        held, self._held = self._held or [], None
+        if admit:
+            self.open = True
+            for frame in held:
+                self._queue.put_nowait(frame)
+
+
+class WebSocketSession:
+    """One client socket of ``principal``: frames in, replies and chunks of the
+    conversations it follows out. A bad frame gets an error frame; the socket stays open."""
+
+    def __init__(
+        self,
+        ws: WebSocket,
+        runtime: EmbeddedRuntime,
+        max_subscriptions: int,
+        principal: Principal,
+        subprotocol: str | None = None,
+    ) -> None:
         self.ws = ws
         self.runtime = runtime
         self.max_subscriptions = max_subscriptions
+        self.principal = principal
+        self.subprotocol = subprotocol
         self.connection_id = new_id()
         # Frames to send, in order. A response is queued as a future *before* its message
         # is accepted, so "accepted" always precedes the chunks and reply it leads to.
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
-        self.subscribed: set[str] = set()
+        self.follows: dict[str, Follow] = {}
 
     async def run(self) -> None:
-        await self.ws.accept()
+        await self.ws.accept(subprotocol=self.subprotocol)
         pump = asyncio.create_task(self._pump())
         try:
             loop = asyncio.get_running_loop()
@@ -239,7 +355,8 @@ class WebSocketSession:
             pass
         finally:
             pump.cancel()
-            self.runtime.hub.unsubscribe(self.queue)
+            for follow in self.follows.values():
+                self.runtime.hub.unsubscribe(follow)
             await asyncio.to_thread(self.runtime.store.remove_connection, self.connection_id)
 
     async def _pump(self) -> None:
@@ -253,20 +370,23 @@ class WebSocketSession:
             frame = self._parse(raw)
             if isinstance(frame, WsPing):
                 return {"type": "pong"}
-            await self._subscribe(frame.conversation_id)
+            cid = frame.conversation_id
+            follow = await self._follow(cid)
             if isinstance(frame, WsSubscribe):
-                history = await self.runtime.history(frame.conversation_id)
+                history = await self.runtime.history(cid, self.principal)
                 view = conversation_view(history).model_dump(mode="json") if history else None
-                return {
-                    "type": "subscribed",
-                    "conversation_id": frame.conversation_id,
-                    "conversation": view,
-                }
+                return {"type": "subscribed", "conversation_id": cid, "conversation": view}
             try:
                 msg = frame.to_inbound()
             except ValidationError as exc:
                 raise validation_error(exc) from None
-            result = await self.runtime.accept(msg)
+            follow.hold()
+            try:
+                result = await self.runtime.accept(msg, self.principal)
+            except BaseException:
+                follow.release(admit=False)
+                raise
+            follow.release(admit=True)  # accepted: the conversation is the caller's
             return result.view(msg.conversation_id).model_dump(mode="json")
         except AgentWorkerError as exc:
             return error_view(exc)[1].model_dump()
@@ -295,22 +415,29 @@ class WebSocketSession:
             raise validation_error(exc, tagged=True) from None
         return frame
 
-    async def _subscribe(self, conversation_id: str) -> None:
-        if conversation_id in self.subscribed:
-            return
-        if len(self.subscribed) >= self.max_subscriptions:
+    async def _follow(self, conversation_id: str) -> Follow:
+        """Follow the conversation (``NotFound`` if it is someone else's): open if it is the
+        caller's, closed until their first message creates it if it does not exist yet."""
+        follow = self.follows.get(conversation_id)
+        if follow is not None and follow.open:
+            return follow
+        if follow is None and len(self.follows) >= self.max_subscriptions:
             raise ApiError(
                 429,
                 "too_many_subscriptions",
-                f"conversation_id: this socket follows {len(self.subscribed)} conversations,"
+                f"conversation_id: this socket follows {len(self.follows)} conversations,"
                 f" the most one may (max_subscriptions); open another socket",
                 "conversation_id",
             )
-        self.subscribed.add(conversation_id)
-        self.runtime.hub.subscribe(conversation_id, self.queue)
-        await asyncio.to_thread(
-            self.runtime.store.add_connection,
-            self.connection_id,
-            conversation_id,
-            now=self.runtime.deps.clock.now(),
-        )
+        exists = await self.runtime.check_follow(conversation_id, self.principal)
+        if follow is None:
+            follow = self.follows[conversation_id] = Follow(self.queue, open_=exists)
+            self.runtime.hub.subscribe(conversation_id, follow)
+            await asyncio.to_thread(
+                self.runtime.store.add_connection,
+                self.connection_id,
+                conversation_id,
+                now=self.runtime.deps.clock.now(),
+            )
+        follow.open = follow.open or exists
+        return follow
