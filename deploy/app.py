@@ -16,9 +16,11 @@ import importlib.util
 import json
 import shutil
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from deploy.params import approval_policies
 from workers.agent.app import graph_ref
 from workers.config import APP_KEYS, Settings, load_settings
 from workers.stack import APP_FILE_ON_LAMBDA, LAYER_DIR_ON_LAMBDA
@@ -77,7 +79,7 @@ def _app_settings(settings: Settings, ref: str, top: str, source: Path) -> dict[
     return out
 
 
-def check_stack_params(settings: Settings, stage_params: dict[str, object]) -> list[str]:
+def check_stack_params(settings: Settings, stage_params: Mapping[str, object]) -> list[str]:
     """Where the app file and the stage's parameters disagree on what the stack decides."""
     problems = []
     sources = {key: settings.source(key) for key in APP_KEYS}
@@ -88,6 +90,19 @@ def check_stack_params(settings: Settings, stage_params: dict[str, object]) -> l
                 f"package: {sources['double_texting']} says {settings.double_texting!r} but"
                 f" the stack's doubleTexting is {wanted!r}: set params.<stage>.doubleTexting"
                 " in serverless.yml (every function accepts messages with it)"
+            )
+    if " in " in sources["approval_policies"]:
+        wanted = approval_policies(str(stage_params.get("approvalPolicies", "{}")))
+        if wanted != settings.approval_policies:
+            said = {
+                tool: p.model_dump(exclude_defaults=True)
+                for tool, p in settings.approval_policies.items()
+            }
+            problems.append(
+                f"package: {sources['approval_policies']} says {said} but the stack's"
+                f" approvalPolicies is {stage_params.get('approvalPolicies', '{}')!r}: set"
+                " params.<stage>.approvalPolicies in serverless.yml (decisions are accepted"
+                " by ingest, approve and slack, which do not load the app)"
             )
     if " in " in sources["model"] and not settings.model.startswith(("bedrock", "offline")):
         problems.append(

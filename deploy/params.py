@@ -3,12 +3,22 @@ malformed one fails ``make validate`` naming the file, the stage and the paramet
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from events.identity import ApprovalPolicy
 
 STAGE_NAME = re.compile(r"^[a-z][a-z0-9-]{1,15}$")
 REGION = r"^[a-z]{2}(-gov)?-[a-z]+-\d$"
@@ -31,12 +41,19 @@ class StageParams(BaseModel):
     lightMemory: int = Field(ge=128, le=10240)  # noqa: N815
     leaseTtlSeconds: int = Field(ge=1)  # noqa: N815
     doubleTexting: Literal["enqueue", "merge", "interrupt", "reject"]  # noqa: N815
+    approvalPolicies: str = "{}"  # noqa: N815
     logLevel: Literal["DEBUG", "INFO", "WARNING", "ERROR"]  # noqa: N815
     logRetentionDays: int  # noqa: N815
     tracing: Literal["true", "false"]
     mlflowTrackingUri: str = Field(min_length=1)  # noqa: N815
     slackSecretArn: str = Field(pattern=r"^arn:aws[\w-]*:secretsmanager:")  # noqa: N815
     deletionProtection: bool  # noqa: N815
+
+    @field_validator("approvalPolicies")
+    @classmethod
+    def _policies(cls, value: str) -> str:
+        approval_policies(value)  # a ValueError names what is wrong
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> StageParams:
@@ -49,6 +66,17 @@ class StageParams(BaseModel):
         if self.workflow == "express" and self.turnTimeout >= EXPRESS_LIMIT_SECONDS:
             raise ValueError(f"turnTimeout must be under Express's {EXPRESS_LIMIT_SECONDS} s")
         return self
+
+
+def approval_policies(value: str) -> dict[str, ApprovalPolicy]:
+    """The ``approvalPolicies`` parameter: JSON, tool -> policy (``ValueError`` if not)."""
+    try:
+        data = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"approvalPolicies: not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError("approvalPolicies: a JSON object, tool -> policy")
+    return {str(tool): ApprovalPolicy.parse(policy) for tool, policy in data.items()}
 
 
 def load(path: Path) -> dict[str, Any]:

@@ -71,3 +71,37 @@ def from_authorizer_context(context: dict[str, object] | None) -> Principal | No
         tenant=str(context.get("tenant") or ""),
         roles=frozenset(r for r in roles.split(",") if r),
     )
+
+
+class ApprovalPolicy(BaseModel):
+    """Who may approve or deny a tool's calls (the app file's ``approval_policies``): by
+    default ``anyone`` who may use the conversation; ``roles``: only principals with one of
+    them; ``not_requester``: not the person whose message led to the call (four eyes).
+    In ``agentworker.toml``: ``update_ticket = "not_requester"``, or
+    ``update_ticket = { roles = ["approver"], not_requester = true }``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    roles: frozenset[str] | None = Field(
+        default=None, description="Roles of which the approver needs one (unset: any)."
+    )
+    not_requester: bool = Field(default=False, description="The requester may not decide.")
+
+    @classmethod
+    def parse(cls, value: object) -> ApprovalPolicy:
+        """A policy from its short names (``anyone``, ``not_requester``) or its fields."""
+        if value == "anyone":
+            return cls()
+        if value == "not_requester":
+            return cls(not_requester=True)
+        if isinstance(value, str):
+            raise ValueError(f"{value!r}: expected 'anyone', 'not_requester' or a table")
+        return cls.model_validate(value)
+
+    def describe(self) -> str:
+        parts = []
+        if self.roles is not None:
+            parts.append(f"a principal with a role in {sorted(self.roles)}")
+        if self.not_requester:
+            parts.append("someone other than the requester")
+        return " and ".join(parts) or "anyone in the conversation"

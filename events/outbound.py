@@ -67,6 +67,10 @@ class ApprovalRequest(BaseModel):
     tool: str
     args: dict[str, Any]
     text: str = Field(description="Human-readable question, e.g. 'Close ticket 3?'")
+    requested_by: list[str] = Field(
+        default_factory=list,
+        description="Who asked for what led to the call (the senders of the turn's messages)",
+    )
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -183,8 +187,8 @@ class ErrorBody(BaseModel):
     message: str
     field: str | None = None
     reason: str | None = Field(default=None, exclude_if=lambda v: v is None)
-    """For ``unauthenticated`` (absent otherwise): why the token was refused (``expired``, ``bad_signature``,
-    ``wrong_audience``, ``alg_not_allowed``...)."""
+    """For ``unauthenticated`` (absent otherwise): why the token was refused (``expired``,
+    ``bad_signature``, ``wrong_audience``, ``alg_not_allowed``...)."""
 
 
 def validation_problem(exc: ValidationError, *, tagged: bool = False) -> ErrorBody:

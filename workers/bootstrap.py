@@ -28,6 +28,8 @@ def turn_settings(settings: Settings) -> TurnSettings:
         stream=settings.stream,
         price_input_per_mtok=settings.price_input_per_mtok,
         price_output_per_mtok=settings.price_output_per_mtok,
+        approval_policies=settings.approval_policies,
+        tenant_roles=frozenset(settings.auth_tenant_roles),
     )
 
 

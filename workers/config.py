@@ -8,6 +8,7 @@ defaults. The app file sets only the app's own keys (:data:`APP_KEYS`).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -18,12 +19,21 @@ from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_valid
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
+from events.identity import ApprovalPolicy
 from events.inbound import DoubleTextingPolicy
 from workers.errors import ConfigError
 
 ENV_PREFIX = "AGENTWORKER_"
 APP_FILE = "agentworker.toml"
-APP_KEYS = ("graph", "model", "prompt", "approval_tools", "double_texting", "context_window")
+APP_KEYS = (
+    "graph",
+    "model",
+    "prompt",
+    "approval_tools",
+    "approval_policies",
+    "double_texting",
+    "context_window",
+)
 """What ``agentworker.toml`` may set: the app, not the runtime around it."""
 
 
@@ -83,6 +93,11 @@ class Settings(BaseSettings):
     auth_default_tenant: str | None = Field(
         None, description="Tenant of tokens without the tenant claim (else they are refused)."
     )
+    auth_tenant_roles: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Roles whose holders may use every conversation of their tenant "
+        "(supervisors, approvers); others see only their own.",
+    )
     auth_leeway_seconds: float = Field(
         30.0, ge=0, le=300, description="Clock skew allowed on exp/nbf/iat."
     )
@@ -104,6 +119,11 @@ class Settings(BaseSettings):
     )
     approval_tools: Annotated[list[str] | None, NoDecode] = Field(
         None, description="Tools that need approval (default: the app's own choice)."
+    )
+    approval_policies: dict[str, ApprovalPolicy] = Field(
+        default_factory=dict,
+        description="Who may decide each tool's approvals: 'anyone' (default), "
+        "'not_requester', or {roles = [...], not_requester = true}.",
     )
     prompt: Path | None = Field(
         None, description="A file with the system prompt (default: the app's own)."
@@ -176,7 +196,18 @@ class Settings(BaseSettings):
             raise ValueError(str(exc)) from exc
         return value
 
-    @field_validator("approval_tools", "allowed_hosts", "allowed_origins", mode="before")
+    @field_validator("approval_policies", mode="before")
+    @classmethod
+    def _policies(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = json.loads(value) if value.strip() else {}
+        if isinstance(value, dict):
+            return {tool: ApprovalPolicy.parse(policy) for tool, policy in value.items()}
+        return value
+
+    @field_validator(
+        "approval_tools", "allowed_hosts", "allowed_origins", "auth_tenant_roles", mode="before"
+    )
     @classmethod
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip().startswith("["):

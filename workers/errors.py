@@ -64,6 +64,11 @@ class Unauthenticated(PermanentError):
         self.reason = reason
 
 
+class NotAllowed(PermanentError):
+    """A caller who may see the conversation but not do this (an approval the tool's policy
+    does not let them decide): HTTP 403, nothing written."""
+
+
 class Throttled(PermanentError):
     """A caller over its quota (HTTP 429): ``retry_after`` seconds until it may try again."""
 

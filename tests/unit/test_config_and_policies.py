@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from events.identity import ApprovalPolicy
 from events.inbound import ApprovalDecision, DoubleTextingPolicy, InboundMessage, ResumeAnswer
 from events.outbound import ApprovalRequest, InterruptRequest
 from workers.config import load_settings
@@ -253,3 +254,20 @@ def test_error_classification_and_backoff() -> None:
     delays = [backoff_delay(n, base=0.5, cap=4.0, jitter=0.0) for n in range(1, 6)]
     assert delays == [0.5, 1.0, 2.0, 4.0, 4.0]
     assert backoff_delay(2, base=0.5, cap=4.0, jitter=0.99) < 1.0
+
+
+def test_the_app_file_names_each_tools_approval_policy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "agentworker.toml").write_text(
+        '[approval_policies]\nupdate_ticket = "not_requester"\nrefund = { roles = ["ops"] }\n'
+        'lookup = "anyone"\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    policies = load_settings().approval_policies
+    assert policies["update_ticket"] == ApprovalPolicy(not_requester=True)
+    assert policies["refund"] == ApprovalPolicy(roles=frozenset({"ops"}))
+    assert policies["lookup"] == ApprovalPolicy()
+    (tmp_path / "agentworker.toml").write_text('[approval_policies]\nrefund = "managers"\n')
+    with pytest.raises(ConfigError, match="approval_policies in .*'managers'"):
+        load_settings()

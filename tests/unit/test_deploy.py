@@ -93,3 +93,24 @@ def test_packaging_a_stage_without_params_stops_before_building(
 
     assert package.main(["--stage", "qa"]) == 1
     assert "serverless.yml: stage 'qa' has no params" in capsys.readouterr().err
+
+
+def test_an_app_file_must_agree_with_the_stack_on_approval_policies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decisions are accepted by ingest, approve and slack, which do not load the app: the
+    stage parameter must say what the app file says."""
+    from deploy.app import check_stack_params
+    from workers.config import load_settings
+
+    app = tmp_path / "agentworker.toml"
+    app.write_text('[approval_policies]\nupdate_ticket = "not_requester"\n')
+    monkeypatch.delenv("AGENTWORKER_APPROVAL_POLICIES", raising=False)
+    settings = load_settings(config=app)
+    base = {"doubleTexting": "enqueue"}
+    [problem] = check_stack_params(settings, base | {"approvalPolicies": "{}"})
+    assert "approvalPolicies" in problem and "not_requester" in problem
+    agreeing = '{"update_ticket": "not_requester"}'
+    assert check_stack_params(settings, base | {"approvalPolicies": agreeing}) == []
+    with pytest.raises(ValueError, match="not JSON"):
+        check_stack_params(settings, base | {"approvalPolicies": "{oops"})

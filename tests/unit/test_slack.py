@@ -8,12 +8,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import boto3
 import moto
 import pytest
 
+from events.identity import ApprovalPolicy
 from events.inbound import InboundMessage, SlackBlockActions, slack_button_value
 from events.outbound import ApprovalRequest, Notice, Reply
 from tests.fakes import (
@@ -373,6 +375,26 @@ def test_the_core_checks_the_clicker_against_the_conversations_owner(world: Worl
     )
     assert status == 200
     assert [e.message.kind for e in world.inbox(cid)] == ["user"]
+
+
+def test_a_four_eyes_tool_is_not_approved_by_its_requester_in_slack(world: World) -> None:
+    """``not_requester``: the member whose message led to the call clicks Approve: the
+    click is acknowledged and changes nothing; another member of the channel decides."""
+    world.deps.settings = replace(
+        world.deps.settings,
+        approval_policies={"update_ticket": ApprovalPolicy(not_requester=True)},
+    )
+    ask = _waiting(world)  # asked by W222 (message_thread.json)
+    value = slack_button_value(THREAD_CID, ask.interrupt_id)
+    own = _click("approve", value)
+    own["user"]["id"] = "W222"
+    calls = len(world.store.calls)
+    status, _ = world.call(slack_request(own, form=True))
+    assert status == 200 and "append_inbox" not in world.store.calls[calls:]
+    status, _ = world.call(slack_request(_click("approve", value), form=True))  # U111
+    assert status == 200
+    [decision] = world.inbox(THREAD_CID)
+    assert decision.message.sender == "slack:T111:U111"
 
 
 def test_the_buttons_the_sink_renders_decide_the_pending_approval(world: World) -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from events.identity import LOCAL_USER, Principal, backend
+from events.identity import LOCAL_USER, ApprovalPolicy, Principal, backend
 from events.inbound import ApprovalDecision, InboundMessage, ResumeAnswer
 from events.outbound import ApprovalRequest, InterruptRequest, Notice, Reply
 from events.workflow import RunRef
@@ -19,6 +19,7 @@ from tests.fakes import (
 )
 from workers.core.model import ResumeRecord, TurnRequest
 from workers.core.policies import SUPERSEDED_REASON
+from workers.core.ports import NullTracer
 from workers.core.steps import (
     Deps,
     TurnSettings,
@@ -34,7 +35,14 @@ from workers.core.steps import (
     run_step,
     sweep,
 )
-from workers.errors import LeaseLost, NotFound, NotWaiting, PermanentError, RetryableError
+from workers.errors import (
+    LeaseLost,
+    NotAllowed,
+    NotFound,
+    NotWaiting,
+    PermanentError,
+    RetryableError,
+)
 
 CID = "ws:alice:chat1"
 
@@ -547,3 +555,96 @@ def test_a_backend_acts_on_any_conversation_and_names_the_sender() -> None:
     accept_message(w.deps, msg, service)
     assert [e.message.sender for e in w.store.pending_inbox(CID)] == ["local", "agent-7"]
     assert history(w.deps, CID, service) is not None
+
+
+# --- approval policies ------------------------------------------------------------------------
+
+CHANNEL = "slack:T1:C1"
+MEMBER_A = Principal(id="slack:T1:UA", tenant="slack:T1", groups=frozenset({CHANNEL}))
+MEMBER_B = Principal(id="slack:T1:UB", tenant="slack:T1", groups=frozenset({CHANNEL}))
+APPROVER = Principal(
+    id="slack:T1:UC", tenant="slack:T1", groups=frozenset({CHANNEL}), roles=frozenset({"ops"})
+)
+
+
+def waiting_for_approval(w: World) -> str:
+    """A channel conversation whose turn asks approval of ``update_ticket``, asked by A."""
+    msg = InboundMessage(conversation_id=CID, text="please approve-me")
+    accept_message(w.deps, msg, MEMBER_A, owner=CHANNEL)
+    w.run_all()
+    state = w.store.get_conversation(CID)
+    assert state is not None and isinstance(state.pending_approval, ApprovalRequest)
+    assert state.pending_approval.requested_by == ["slack:T1:UA"]
+    return state.pending_approval.interrupt_id
+
+
+def decide(w: World, interrupt_id: str, who: Principal, approved: bool = True) -> Any:
+    decision = ApprovalDecision(interrupt_id=interrupt_id, approved=approved)
+    msg = InboundMessage(conversation_id=CID, kind="approval", approval=decision)
+    return accept_message(w.deps, msg, who)
+
+
+def test_not_requester_lets_another_member_decide_but_not_the_requester() -> None:
+    w = World(approval_policies={"update_ticket": ApprovalPolicy.parse("not_requester")})
+    interrupt_id = waiting_for_approval(w)
+    for approved in (True, False):  # neither approve nor deny their own request
+        with pytest.raises(NotAllowed, match="someone other than the requester"):
+            decide(w, interrupt_id, MEMBER_A, approved)
+    assert w.store.pending_inbox(CID) == []  # nothing written
+    decide(w, interrupt_id, MEMBER_B)
+    w.run_all()
+    entry = [e for e in w.store.history(CID).inbox if e.message.kind == "approval"]  # type: ignore[union-attr]
+    assert [e.message.sender for e in entry] == ["slack:T1:UB"]  # the approver, in history
+
+
+def test_roles_policy_needs_one_of_the_roles_and_a_backend_vouches() -> None:
+    w = World(approval_policies={"update_ticket": ApprovalPolicy.parse({"roles": ["ops"]})})
+    interrupt_id = waiting_for_approval(w)
+    with pytest.raises(NotAllowed, match="role in \\['ops'\\]"):
+        decide(w, interrupt_id, MEMBER_B)
+    decide(w, interrupt_id, APPROVER)
+    w.run_all()
+    resumed = w.agent.requests[-1]
+    assert resumed.resume is not None and resumed.resume.value == {"approved": True, "reason": ""}
+    # A trusted backend (the IAM approve route) names the approver; it vouches for roles.
+    w2 = World(approval_policies={"update_ticket": ApprovalPolicy.parse({"roles": ["ops"]})})
+    interrupt_id = waiting_for_approval(w2)
+    decision = ApprovalDecision(interrupt_id=interrupt_id, approved=False)
+    msg = InboundMessage(
+        conversation_id=CID, kind="approval", approval=decision, sender="backoffice:jo"
+    )
+    accept_message(w2.deps, msg, backend("iam:arn:aws:iam::1:role/backoffice"))
+
+
+def test_a_tool_without_a_policy_is_decided_by_anyone_in_the_conversation() -> None:
+    w = World(approval_policies={"other_tool": ApprovalPolicy.parse("not_requester")})
+    decide(w, waiting_for_approval(w), MEMBER_A)  # the requester themselves
+
+
+def test_a_tenant_wide_role_reaches_every_conversation_of_its_tenant_only() -> None:
+    w = World(tenant_roles=frozenset({"supervisor"}))
+    w.send("hi")  # the local user's
+    supervisor = Principal(id="sue", tenant="local", roles=frozenset({"supervisor"}))
+    elsewhere = Principal(id="sam", tenant="acme", roles=frozenset({"supervisor"}))
+    assert history(w.deps, CID, supervisor) is not None
+    assert history(w.deps, CID, elsewhere) is None
+    accept_message(w.deps, InboundMessage(conversation_id=CID, text="checking in"), supervisor)
+
+
+class RecordingTracer(NullTracer):
+    def __init__(self) -> None:
+        self.turns: list[dict[str, Any]] = []
+
+    def turn(self, name: str, *, tags: dict[str, str], inputs: Any) -> Any:
+        self.turns.append({"name": name, "inputs": inputs})
+        return super().turn(name, tags=tags, inputs=inputs)
+
+
+def test_the_resumed_turns_trace_names_the_approver() -> None:
+    w = World()
+    tracer = RecordingTracer()
+    w.deps.tracer = tracer
+    interrupt_id = waiting_for_approval(w)
+    decide(w, interrupt_id, MEMBER_B)
+    w.run_all()
+    assert tracer.turns[-1]["inputs"]["answered_by"] == ["slack:T1:UB"]

@@ -53,10 +53,11 @@ class Access:
     the write that appends a message (``NotFound`` otherwise, nothing written)."""
 
     tenant: str
-    owners: frozenset[str]
+    owners: frozenset[str] | None
+    """``None``: any owner in the tenant (a principal with a tenant-wide role)."""
 
     def admits(self, tenant: str | None, owner: str | None) -> bool:
-        return tenant == self.tenant and owner in self.owners
+        return tenant == self.tenant and (self.owners is None or owner in self.owners)
 
 
 @dataclass(frozen=True)

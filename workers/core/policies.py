@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Set
 from dataclasses import dataclass
 from typing import Literal
 
-from events.identity import Principal
+from events.identity import ApprovalPolicy, Principal
 from events.inbound import DoubleTextingPolicy, InboundMessage
-from events.outbound import InterruptRequest
+from events.outbound import ApprovalRequest, InterruptRequest
 from workers.core.model import (
     Access,
     ConversationState,
@@ -18,7 +19,7 @@ from workers.core.model import (
     ResumeRecord,
     TurnInput,
 )
-from workers.errors import LeaseLost, PermanentError, RetryableError
+from workers.errors import LeaseLost, NotAllowed, PermanentError, RetryableError
 
 SUPERSEDED_REASON = "the user sent a new message instead of answering"
 REJECTED_NOTICE = (
@@ -33,17 +34,22 @@ NOTHING_PENDING_NOTICE = "There is nothing waiting for approval or an answer; no
 # access ---------------------------------------------------------------------------------
 
 
-def access_for(principal: Principal) -> Access | None:
+def access_for(principal: Principal, tenant_roles: Set[str] = frozenset()) -> Access | None:
     """What a conversation must belong to for ``principal`` to use it: its tenant, and as
-    owner the principal or a group it acts for. ``None`` for a trusted backend (any)."""
+    owner the principal or a group it acts for, or any owner for a principal holding one
+    of ``tenant_roles`` (supervisors, approvers). ``None`` for a trusted backend (any)."""
     if principal.service:
         return None
+    if principal.roles & tenant_roles:
+        return Access(principal.tenant, None)
     return Access(principal.tenant, principal.owners)
 
 
-def may_access(principal: Principal, state: ConversationState) -> bool:
+def may_access(
+    principal: Principal, state: ConversationState, tenant_roles: Set[str] = frozenset()
+) -> bool:
     """Whether ``principal`` may read, post into, follow or answer the conversation."""
-    access = access_for(principal)
+    access = access_for(principal, tenant_roles)
     return access is None or access.admits(state.tenant, state.owner)
 
 
@@ -55,6 +61,30 @@ def as_sent_by(msg: InboundMessage, principal: Principal, *, owner: str | None) 
         return msg
     update = {"sender": principal.id, "tenant": principal.tenant, "owner": owner or principal.id}
     return msg.model_copy(update=update)
+
+
+def check_approver(
+    policy: ApprovalPolicy | None,
+    request: ApprovalRequest,
+    principal: Principal,
+    approver: str,
+) -> None:
+    """``NotAllowed`` unless ``approver`` (``principal``, or the user a trusted backend names)
+    may decide ``request`` under the tool's ``policy`` (``None``: anyone who may use the
+    conversation). A backend vouches for the roles of the user it names."""
+    if policy is None:
+        return
+    if policy.not_requester and approver in request.requested_by:
+        raise NotAllowed(
+            f"approval: {approver} asked for this {request.tool} call; the policy wants"
+            f" {policy.describe()}",
+            field="interrupt_id",
+        )
+    if policy.roles is not None and not principal.service and not policy.roles & principal.roles:
+        raise NotAllowed(
+            f"approval: {request.tool} calls are decided by {policy.describe()}",
+            field="interrupt_id",
+        )
 
 
 # double texting -----------------------------------------------------------------------------
@@ -125,6 +155,21 @@ class TurnPlan:
     @property
     def texts(self) -> list[str]:
         return [i.text for i in self.inputs]
+
+    @property
+    def requesters(self) -> list[str]:
+        """Who asked for this turn's work: the senders of its messages; a resumed turn
+        continues the request it answers, so its requesters stay."""
+        if self.kind == "resume" and isinstance(self.waiting, ApprovalRequest):
+            return list(self.waiting.requested_by)
+        return list(dict.fromkeys(e.message.sender for e in self.consumed))
+
+    @property
+    def answered_by(self) -> list[str]:
+        """Who gave the answer a resumed turn continues with (the approver)."""
+        if self.kind != "resume":
+            return []
+        return [e.message.sender for e in self.consumed if e.message.answers is not None]
 
     @property
     def inbox_seq(self) -> int:

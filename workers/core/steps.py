@@ -16,11 +16,11 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from events.identity import Principal
+from events.identity import ApprovalPolicy, Principal
 from events.inbound import DoubleTextingPolicy, InboundMessage, new_id
 from events.outbound import (
     ApprovalRequest,
@@ -50,6 +50,7 @@ from workers.core.policies import (
     access_for,
     as_sent_by,
     backoff_delay,
+    check_approver,
     classify_error,
     may_access,
     plan_turn,
@@ -96,6 +97,11 @@ class TurnSettings:
     stream: bool = True
     price_input_per_mtok: float = 0.0
     price_output_per_mtok: float = 0.0
+    tenant_roles: frozenset[str] = frozenset()
+    """Roles whose holders may use every conversation of their tenant (supervisors,
+    approvers); others only their own and their groups'."""
+    approval_policies: Mapping[str, ApprovalPolicy] = field(default_factory=dict)
+    """Who may decide each tool's approvals (tools not named: anyone in the conversation)."""
 
 
 @dataclass
@@ -127,11 +133,15 @@ def accept_message(
     value) is accepted only while the conversation waits for exactly that interrupt:
     ``NotFound`` for an unknown conversation, ``NotWaiting`` otherwise."""
     msg = as_sent_by(msg, principal, owner=owner)
-    access = access_for(principal)
+    access = access_for(principal, deps.settings.tenant_roles)
     waiting: ConversationState | None = None
     if msg.answers is not None:
-        waiting = visible(deps.store.get_conversation(msg.conversation_id), principal)
+        waiting = visible(deps, deps.store.get_conversation(msg.conversation_id), principal)
         check_waiting(waiting, msg)
+        request = waiting.pending_approval if waiting is not None else None
+        if msg.approval is not None and isinstance(request, ApprovalRequest):
+            policy = deps.settings.approval_policies.get(request.tool)
+            check_approver(policy, request, principal, msg.sender)
     result = deps.store.append_inbox(
         msg,
         now=deps.clock.now(),
@@ -154,10 +164,12 @@ def accept_message(
     return result
 
 
-def visible(state: ConversationState | None, principal: Principal) -> ConversationState | None:
+def visible(
+    deps: Deps, state: ConversationState | None, principal: Principal
+) -> ConversationState | None:
     """``state`` if ``principal`` may use the conversation, else ``None`` (it does not exist
     for them: a 404 like an unknown id, so ids do not leak)."""
-    if state is None or not may_access(principal, state):
+    if state is None or not may_access(principal, state, deps.settings.tenant_roles):
         return None
     return state
 
@@ -165,7 +177,7 @@ def visible(state: ConversationState | None, principal: Principal) -> Conversati
 def history(deps: Deps, conversation_id: str, principal: Principal) -> History | None:
     """The conversation's inbox and outbox, or ``None`` if ``principal`` may not see it."""
     found = deps.store.history(conversation_id)
-    if found is None or visible(found.state, principal) is None:
+    if found is None or visible(deps, found.state, principal) is None:
         return None
     return found
 
@@ -177,7 +189,7 @@ def check_follow(deps: Deps, conversation_id: str, principal: Principal) -> bool
     state = deps.store.get_conversation(conversation_id)
     if state is None:
         return False
-    if visible(state, principal) is None:
+    if visible(deps, state, principal) is None:
         raise NotFound.conversation(conversation_id)
     return True
 
@@ -323,7 +335,11 @@ def advance_turn(deps: Deps, claim: Claim, *, deliver_now: bool = True) -> Turn:
 def _trace_inputs(plan: TurnPlan) -> dict[str, object]:
     """What the turn's trace shows as its input: the texts, or the answer it resumes with."""
     if plan.resume is not None:
-        return {"resume": plan.resume.value, "interrupt_id": plan.resume.interrupt_id}
+        return {
+            "resume": plan.resume.value,
+            "interrupt_id": plan.resume.interrupt_id,
+            "answered_by": plan.answered_by,
+        }
     return {"texts": plan.texts}
 
 
@@ -464,7 +480,7 @@ def _turn_commit(run: RunRef, plan: TurnPlan, turn_id: str, output: TurnOutput) 
             )
         )
     if output.interrupt is not None:
-        request = _pending_request(cid, turn_id, plan.message_ids, output.interrupt)
+        request = _pending_request(cid, turn_id, plan, output.interrupt)
         outbox.append(request)
     elif output.reply_text is None:
         # The graph ended without an AI message: the sender still hears the turn is over.
@@ -483,7 +499,7 @@ def _turn_commit(run: RunRef, plan: TurnPlan, turn_id: str, output: TurnOutput) 
 
 
 def _pending_request(
-    cid: str, turn_id: str, message_ids: list[str], pending: PendingInterrupt
+    cid: str, turn_id: str, plan: TurnPlan, pending: PendingInterrupt
 ) -> PendingRequest:
     """The outbox payload of the interrupt a turn stopped at: approve/deny buttons for a
     tool approval, else the interrupt's JSON value."""
@@ -491,16 +507,17 @@ def _pending_request(
         return ApprovalRequest(
             conversation_id=cid,
             turn_id=turn_id,
-            in_reply_to=message_ids,
+            in_reply_to=plan.message_ids,
             interrupt_id=pending.interrupt_id,
             tool=pending.approval.tool,
             args=dict(pending.approval.args),
             text=pending.approval.text,
+            requested_by=plan.requesters,
         )
     return InterruptRequest(
         conversation_id=cid,
         turn_id=turn_id,
-        in_reply_to=message_ids,
+        in_reply_to=plan.message_ids,
         interrupt_id=pending.interrupt_id,
         value=pending.value,  # JSON: checked by the agent
         text=pending.text,
@@ -624,7 +641,7 @@ def finish_run(deps: Deps, claim: Claim) -> FinishResult:
 def graph_state(deps: Deps, conversation_id: str, principal: Principal) -> GraphStateView | None:
     """The graph state the conversation's next turn starts from; ``None`` if unknown or not
     ``principal``'s to see."""
-    if visible(deps.store.get_conversation(conversation_id), principal) is None:
+    if visible(deps, deps.store.get_conversation(conversation_id), principal) is None:
         return None
     checkpoint = deps.store.load_checkpoint(conversation_id)
     log_window = deps.store.load_log(conversation_id, limit=deps.settings.context_window)

@@ -18,7 +18,7 @@ from events.json_input import parse_json
 from events.outbound import validation_problem
 from workers import bootstrap
 from workers.core.steps import accept_message
-from workers.errors import BadInput, NotFound, NotWaiting
+from workers.errors import BadInput, NotAllowed, NotFound, NotWaiting
 from workers.handlers.http import error_response, iam_principal, json_response
 from workers.handlers.observability import logger, metrics
 
@@ -71,5 +71,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         return error_response(404, "not_found", str(exc), exc.field)
     except NotWaiting as exc:
         return error_response(409, "not_waiting", str(exc), exc.field)
+    except NotAllowed as exc:
+        return error_response(403, "not_allowed", str(exc), exc.field)
     metrics.add_metric(name="decisions", unit=MetricUnit.Count, value=1)
     return json_response(202, result.view(msg.conversation_id).model_dump(mode="json"))

@@ -27,7 +27,7 @@ from events.outbound import ErrorBody, ErrorView, validation_problem
 from workers import bootstrap
 from workers.core.model import AcceptResult
 from workers.core.steps import accept_message
-from workers.errors import BadInput, NotFound, NotWaiting, PermanentError
+from workers.errors import BadInput, NotAllowed, NotFound, NotWaiting, PermanentError
 from workers.handlers.observability import logger, metrics
 
 _FRAME: TypeAdapter[Any] = TypeAdapter(WsFrame)
@@ -40,7 +40,7 @@ def _accept_queued(msg: InboundMessage) -> AcceptResult | None:
     try:
         # The queue and the bus admit only the stack's backends (IAM): they speak for users.
         result = accept_message(bootstrap.aws_deps(), msg, QUEUE_PRODUCER)
-    except (NotFound, NotWaiting) as exc:
+    except (NotFound, NotWaiting, NotAllowed) as exc:
         metrics.add_metric(name="stale_answers", unit=MetricUnit.Count, value=1)
         logger.warning("answer dropped", extra={"reason": str(exc)})
         return None
@@ -103,9 +103,12 @@ def _websocket(event: dict[str, Any]) -> dict[str, Any]:
     principal = from_authorizer_context(ctx.get("authorizer")) or ANONYMOUS
     try:
         result = accept_message(deps, msg, principal)
-    except (NotFound, NotWaiting) as exc:
-        status = 404 if isinstance(exc, NotFound) else 409
-        code = "not_found" if status == 404 else "not_waiting"
+    except (NotFound, NotWaiting, NotAllowed) as exc:
+        status, code = {
+            NotFound: (404, "not_found"),
+            NotWaiting: (409, "not_waiting"),
+            NotAllowed: (403, "not_allowed"),
+        }[type(exc)]
         body = ErrorView(error=ErrorBody(code=code, message=str(exc), field=exc.field))
         return {"statusCode": status, "body": body.model_dump_json()}
     return {"statusCode": 200, "body": result.view(msg.conversation_id).model_dump_json()}

@@ -42,7 +42,7 @@ from events.outbound import validation_problem
 from workers import bootstrap
 from workers.adapters.aws.slack import verify_slack_request
 from workers.core.steps import accept_message
-from workers.errors import BadInput, InvalidSlackSignature, NotFound, NotWaiting
+from workers.errors import BadInput, InvalidSlackSignature, NotAllowed, NotFound, NotWaiting
 from workers.handlers.http import error_response, json_response
 from workers.handlers.observability import logger, metrics
 
@@ -78,6 +78,11 @@ def _accept(msg: InboundMessage, principal: Principal) -> dict[str, Any]:
     except (NotFound, NotWaiting) as exc:
         # A click on buttons whose question was answered or superseded: nothing to do.
         return _ignored(f"stale answer: {exc}")
+    except NotAllowed as exc:
+        # The tool's approval policy does not let this member decide (the requester, or
+        # no approver role): acknowledged, nothing recorded.
+        metrics.add_metric(name="approvals_refused", unit=MetricUnit.Count, value=1)
+        return _ignored(f"not allowed: {exc}")
     metrics.add_metric(
         name="duplicates" if result.duplicate else "accepted", unit=MetricUnit.Count, value=1
     )

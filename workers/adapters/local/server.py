@@ -40,6 +40,7 @@ from workers.errors import (
     AgentWorkerError,
     ApiError,
     BadInput,
+    NotAllowed,
     NotFound,
     NotWaiting,
     PermanentError,
@@ -74,6 +75,8 @@ def error_view(exc: AgentWorkerError) -> tuple[int, ErrorView]:
         status, code, reason = 401, "unauthenticated", exc.reason
     elif isinstance(exc, Throttled):
         status, code = 429, "throttled"
+    elif isinstance(exc, NotAllowed):
+        status, code = 403, "not_allowed"
     else:
         code = type(exc).__name__
         status = 400
