@@ -343,6 +343,7 @@ class InMemoryTicketStore:
         *,
         idempotency_key: str,
         conversation_id: str,
+        customer: str,
         subject: str,
         body: str,
         priority: str,
@@ -350,21 +351,29 @@ class InMemoryTicketStore:
     ) -> Ticket:
         with self._lock:
             if idempotency_key in self._effects:
-                return self._tickets[self._effects[idempotency_key]]
+                return self._owned(self._effects[idempotency_key], customer)
             tid = len(self._tickets) + 1
             self._tickets[tid] = Ticket(
-                tid, conversation_id, subject, body, "open", priority, now, now
+                tid, conversation_id, subject, body, "open", priority, now, now, customer=customer
             )
             self._effects[idempotency_key] = tid
             return self._tickets[tid]
 
-    def get_ticket(self, ticket_id: int) -> Ticket | None:
-        return self._tickets.get(ticket_id)
+    def get_ticket(self, ticket_id: int, *, customer: str) -> Ticket | None:
+        ticket = self._tickets.get(ticket_id)
+        return None if ticket is None else ticket.of(customer)
+
+    def _owned(self, ticket_id: int, customer: str) -> Ticket:
+        ticket = self.get_ticket(ticket_id, customer=customer)
+        if ticket is None:
+            raise NotFound.ticket(ticket_id)
+        return ticket
 
     def update_ticket(
         self,
         ticket_id: int,
         *,
+        customer: str,
         idempotency_key: str,
         status: str | None,
         priority: str | None,
@@ -372,9 +381,7 @@ class InMemoryTicketStore:
         now: float,
     ) -> Ticket:
         with self._lock:
-            ticket = self._tickets.get(ticket_id)
-            if ticket is None:
-                raise NotFound(f"ticket {ticket_id} does not exist", field="ticket_id")
+            ticket = self._owned(ticket_id, customer)
             if idempotency_key in self._effects:
                 return ticket
             comments = [*ticket.comments, comment] if comment else ticket.comments

@@ -25,6 +25,8 @@ from workers.agent.app import DEFAULT_GRAPH, graph_ref
 from workers.config import Settings
 from workers.core.steps import accept_message
 
+LOCAL_CUSTOMER = f"{LOCAL_USER.tenant}/{LOCAL_USER.id}"
+"""Whose tickets the demo's conversations open (they are the local user's)."""
 ALICE = "demo:alice"
 BOB = "demo:bob"
 
@@ -123,7 +125,7 @@ async def _support_script(rt: EmbeddedRuntime, problems: list[str]) -> None:
             rt,
             InboundMessage(conversation_id=ALICE, kind="approval", approval=decision),
         )
-        ticket = rt.tickets.get_ticket(ticket_id)
+        ticket = rt.tickets.get_ticket(ticket_id, customer=LOCAL_CUSTOMER)
         if ticket is None or ticket.status != "closed":
             problems.append("the approved change was not applied")
 

@@ -42,6 +42,10 @@ class NotFound(PermanentError):
     def conversation(cls, conversation_id: str) -> NotFound:
         return cls(f"conversation_id: no conversation {conversation_id!r}", field="conversation_id")
 
+    @classmethod
+    def ticket(cls, ticket_id: int) -> NotFound:
+        return cls(f"ticket {ticket_id} does not exist", field="ticket_id")
+
 
 class BadInput(PermanentError, ValueError):
     """Input that is not what an entry point takes (not JSON, nested too deep, a lone UTF-16

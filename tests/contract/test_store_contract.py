@@ -276,25 +276,46 @@ def test_connections(store: Any) -> None:
 # tickets ---------------------------------------------------------------------------------
 
 
-def create(tickets: Any, key: str, *, now: float = T0, **fields: str) -> Ticket:
+CUSTOMER = "acme/alice"
+OTHER_CUSTOMER = "evil/mallory"
+
+
+def create(
+    tickets: Any, key: str, *, now: float = T0, customer: str = CUSTOMER, **fields: str
+) -> Ticket:
     """``create_ticket`` with ``key``; the fields not given are defaults."""
     ticket: Ticket = tickets.create_ticket(
         idempotency_key=key,
         now=now,
+        customer=customer,
         **({"conversation_id": CID, "subject": "s", "body": "b", "priority": "high"} | fields),
     )
     return ticket
 
 
-def update(tickets: Any, ticket_id: int, key: str, *, now: float = T0, **fields: str) -> Ticket:
+def update(
+    tickets: Any,
+    ticket_id: int,
+    key: str,
+    *,
+    now: float = T0,
+    customer: str = CUSTOMER,
+    **fields: str,
+) -> Ticket:
     """``update_ticket`` with ``key``; the fields not given are left as they are."""
     ticket: Ticket = tickets.update_ticket(
         ticket_id,
         idempotency_key=key,
         now=now,
+        customer=customer,
         **({"status": None, "priority": None, "comment": None} | fields),
     )
     return ticket
+
+
+def get(tickets: Any, ticket_id: int, customer: str = CUSTOMER) -> Ticket | None:
+    found: Ticket | None = tickets.get_ticket(ticket_id, customer=customer)
+    return found
 
 
 def test_ticket_writes_are_idempotent(tickets: Any) -> None:
@@ -303,7 +324,7 @@ def test_ticket_writes_are_idempotent(tickets: Any) -> None:
     up = update(tickets, t1.ticket_id, "u", status="closed", comment="done")
     again = update(tickets, t1.ticket_id, "u", status="closed", comment="done")
     assert up.status == "closed" and again.comments == ["done"]
-    assert tickets.get_ticket(999) is None
+    assert get(tickets, 999) is None
     with pytest.raises(NotFound):
         update(tickets, 999, "x", status="closed")
 
@@ -311,9 +332,9 @@ def test_ticket_writes_are_idempotent(tickets: Any) -> None:
 def test_tickets_are_numbered_from_one_and_read_back_as_written(tickets: Any) -> None:
     a = create(tickets, "a", subject="Printer", body="jammed")
     b = create(tickets, "b", now=T0 + 1, conversation_id="ws:u:1", body="", priority="normal")
-    assert a == Ticket(1, CID, "Printer", "jammed", "open", "high", T0, T0)
-    assert b == Ticket(2, "ws:u:1", "s", "", "open", "normal", T0 + 1, T0 + 1)
-    assert (tickets.get_ticket(1), tickets.get_ticket(2)) == (a, b)
+    assert a == Ticket(1, CID, "Printer", "jammed", "open", "high", T0, T0, customer=CUSTOMER)
+    assert b == Ticket(2, "ws:u:1", "s", "", "open", "normal", T0 + 1, T0 + 1, customer=CUSTOMER)
+    assert (get(tickets, 1), get(tickets, 2)) == (a, b)
 
 
 def test_an_update_changes_what_it_names_and_appends_its_comment(tickets: Any) -> None:
@@ -322,8 +343,30 @@ def test_an_update_changes_what_it_names_and_appends_its_comment(tickets: Any) -
     assert (up.status, up.priority, up.comments, up.updated_at) == ("open", "urgent", [], T0 + 1)
     update(tickets, t.ticket_id, "u2", now=T0 + 2, status="closed", comment="fixed")
     last = update(tickets, t.ticket_id, "u3", now=T0 + 3, comment="thanks")
-    assert last == Ticket(1, CID, "s", "b", "closed", "urgent", T0, T0 + 3, ["fixed", "thanks"])
-    assert tickets.get_ticket(1) == last
+    assert last == Ticket(
+        1, CID, "s", "b", "closed", "urgent", T0, T0 + 3, ["fixed", "thanks"], CUSTOMER
+    )
+    assert get(tickets, 1) == last
+
+
+def test_another_customers_ticket_does_not_exist(tickets: Any) -> None:
+    """A ticket tool of another customer's conversation neither reads nor changes it, and
+    is told exactly what it would be told of a ticket that was never opened."""
+    t = create(tickets, "a", subject="card 4111 1111 1111 1111")
+    assert get(tickets, t.ticket_id, OTHER_CUSTOMER) is None
+    with pytest.raises(NotFound) as foreign:
+        update(tickets, t.ticket_id, "u", customer=OTHER_CUSTOMER, status="closed")
+    with pytest.raises(NotFound) as missing:
+        update(tickets, 999, "u2", customer=OTHER_CUSTOMER, status="closed")
+    assert str(foreign.value).replace(str(t.ticket_id), "N") == str(missing.value).replace(
+        "999", "N"
+    )
+    assert get(tickets, t.ticket_id) == t  # unchanged
+    mine = create(tickets, "b", customer=OTHER_CUSTOMER)
+    assert (
+        get(tickets, mine.ticket_id, OTHER_CUSTOMER) == mine
+        and get(tickets, mine.ticket_id) is None
+    )
 
 
 def test_tickets_beside_conversations_in_one_storage(stores: Stores) -> None:
@@ -332,8 +375,8 @@ def test_tickets_beside_conversations_in_one_storage(stores: Stores) -> None:
     stores.conversations.append_inbox(msg("open a ticket"), now=T0, default_policy="enqueue")
     t = create(stores.tickets, "k")
     other = stores.open_tickets()
-    assert other.get_ticket(t.ticket_id) == t
-    assert create(other, "k") == t and stores.tickets.get_ticket(t.ticket_id + 1) is None
+    assert get(other, t.ticket_id) == t
+    assert create(other, "k") == t and get(stores.tickets, t.ticket_id + 1) is None
     assert [e.message.text for e in stores.conversations.pending_inbox(CID)] == ["open a ticket"]
     assert stores.conversations.conversations_to_sweep(now=T0) == [CID]
 

@@ -273,3 +273,34 @@ def test_rs256_tokens_from_a_jwks_on_a_real_server(tmp_path: Path, jwks: Any) ->
             headers=bearer(RSA.sign(claims("alice", aud="elsewhere"))),
         )
         assert bad.status_code == 401 and bad.json()["error"]["reason"] == "wrong_audience"
+
+
+def say(srv: ServerProcess, cid: str, token: str, body: dict[str, Any]) -> dict[str, Any]:
+    sent = httpx.post(
+        f"{srv.url}/v1/conversations/{cid}/messages", json=body, headers=bearer(token)
+    )
+    assert sent.status_code == 202, sent.text
+    return wait_reply(srv, cid, token, sent.json()["message_id"])
+
+
+def test_a_customer_cannot_read_or_close_another_customers_ticket(server: ServerProcess) -> None:
+    """What the issue found: a user asked in their own conversation for ticket 1 and got
+    another customer's (card digits in its title), then closed it with their own approval."""
+    opened = say(
+        server, "ws:acme:t", ALICE, {"text": "please open a ticket about card 4111 1111 1111 1111"}
+    )
+    ticket_id = opened["text"].split()[2].rstrip(":")
+    assert opened["text"].startswith("Opened ticket")
+    peek = say(server, "ws:evil:t", MALLORY, {"text": f"status of ticket {ticket_id}"})
+    assert "does not exist" in peek["text"] and "4111" not in peek["text"]
+    ask = say(server, "ws:evil:t", MALLORY, {"text": f"close ticket {ticket_id}"})
+    assert ask["type"] == "approval_request"
+    done = say(
+        server,
+        "ws:evil:t",
+        MALLORY,
+        {"approval": {"interrupt_id": ask["interrupt_id"], "approved": True}},
+    )
+    assert "does not exist" in done["text"]
+    still = say(server, "ws:acme:t", ALICE, {"text": f"status of ticket {ticket_id}"})
+    assert "4111" in still["text"] and "open" in still["text"]

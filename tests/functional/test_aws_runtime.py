@@ -197,7 +197,7 @@ def test_approval_arrives_as_an_inbox_message_and_a_new_run_resumes(aws: Aws) ->
     tickets = DynamoDBTicketStore(
         dynamodb=aws.session.client("dynamodb"), table_name=aws.stack.names.table
     )
-    ticket = tickets.get_ticket(1)
+    ticket = tickets.get_ticket(1, customer="conversation/ticket:6")
     assert ticket is not None and ticket.status == "closed"
 
 

@@ -479,7 +479,7 @@ def test_the_agent_opens_a_ticket_through_bedrock_converse(
 
     out = conv.turn("The printer is on fire, please open a ticket")
 
-    ticket = conv.tickets.get_ticket(1)
+    ticket = conv.tickets.get_ticket(1, customer="")
     assert ticket is not None and ticket.subject == "Printer on fire"
     assert out.reply_text == "I opened ticket 1 for you."
     assert out.tool_calls == ["create_ticket"]

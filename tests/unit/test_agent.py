@@ -46,7 +46,7 @@ def test_tool_call_creates_a_ticket() -> None:
     c, tickets = support()
     out = c.turn("Please open a ticket about the login page being slow")
     assert out.tool_calls == ["create_ticket"]
-    ticket = tickets.get_ticket(1)
+    ticket = tickets.get_ticket(1, customer="")
     assert ticket is not None and ticket.subject == "the login page being slow"
     assert ticket.conversation_id == "ticket:1"
     assert out.reply_text == "Opened ticket 1: 'the login page being slow' (priority normal)."
@@ -72,7 +72,7 @@ def test_a_retried_turn_repeats_no_side_effect_though_the_model_makes_new_ids() 
     out1 = c.run(first, commit=False)  # e.g. the commit lost the lease, or a throttle later
     out2 = c.run(first)  # the same turn again, from the same checkpoint
     assert out1.reply_text == out2.reply_text == "Opened ticket 1: 'X' (priority normal)."
-    assert tickets.get_ticket(2) is None
+    assert tickets.get_ticket(2, customer="") is None
     again = c.turn("open a ticket about X")  # a new message asking again is a new effect
     assert again.reply_text == "Opened ticket 2: 'X' (priority normal)."
 
@@ -98,7 +98,7 @@ def test_approval_interrupts_then_resumes_with_command() -> None:
     assert approval is not None and approval.tool == "update_ticket"
     assert approval.args == {"ticket_id": 1, "status": "closed"}
     assert approval.text == "May I set status to closed on ticket 1?"
-    ticket = tickets.get_ticket(1)
+    ticket = tickets.get_ticket(1, customer="")
     assert ticket is not None and ticket.status == "open"  # nothing done before approval
     done = c.turn(resume={"approved": True, "reason": ""})
     assert done.reply_text is not None and "is closed" in done.reply_text
@@ -112,7 +112,7 @@ def test_denial_runs_nothing() -> None:
     assert ask.interrupt is not None
     out = c.turn(resume={"approved": False, "reason": "not now"})
     assert out.reply_text is not None and "denied" in out.reply_text
-    ticket = tickets.get_ticket(1)
+    ticket = tickets.get_ticket(1, customer="")
     assert ticket is not None and ticket.priority == "normal"
 
 
@@ -341,4 +341,7 @@ def test_a_turn_retried_by_the_run_after_a_throttle_opens_one_ticket() -> None:
     summary = drive_run(deps, starter.runs.pop())
     assert THROTTLED and summary.turns == 1
     assert [p.text for p in sink.sent] == ["Opened ticket 1: 'X' (priority normal)."]
-    assert tickets.get_ticket(1) is not None and tickets.get_ticket(2) is None
+    assert (
+        tickets.get_ticket(1, customer="local/local") is not None  # the local user's
+        and tickets.get_ticket(2, customer="local/local") is None
+    )

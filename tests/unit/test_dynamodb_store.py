@@ -470,11 +470,23 @@ def test_tickets_keep_their_items_on_the_conversation_table(
     started(store)
     tickets = DynamoDBTicketStore(dynamodb=aws[0], table_name=TABLE)
     ticket = tickets.create_ticket(
-        idempotency_key="k", conversation_id=CID, subject="s", body="b", priority="low", now=T0
+        idempotency_key="k",
+        conversation_id=CID,
+        customer="acme/alice",
+        subject="s",
+        body="b",
+        priority="low",
+        now=T0,
     )
     assert tickets.api_calls.total == 3  # effect check, id counter, transaction
     tickets.update_ticket(
-        1, idempotency_key="u", status="closed", priority=None, comment=None, now=T0
+        1,
+        customer="acme/alice",
+        idempotency_key="u",
+        status="closed",
+        priority=None,
+        comment=None,
+        now=T0,
     )
     assert tickets.api_calls.total == 3 + 2  # ticket and effect read together, transaction
     items = aws[0].scan(TableName=TABLE)["Items"]

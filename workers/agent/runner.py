@@ -75,6 +75,7 @@ class GraphTurnAgent:
                 channel=request.channel,
                 message_ids=tuple(request.message_ids),
                 base_checkpoint=self.saver.checkpoint_id(stage) or "root",
+                customer=request.customer,
             )
             callbacks = TurnCallbacks(tracer)
             config: RunnableConfig = {

@@ -79,6 +79,9 @@ class TurnInfo:
     """The inbox messages the turn consumes (for a resume: the answer)."""
     base_checkpoint: str
     """The checkpoint the turn started from (``root`` for a new conversation)."""
+    customer: str = ""
+    """Who the conversation serves (its tenant and owner): what a tool keeps for them
+    (tickets) belongs to them, and another customer's does not exist for it."""
     _occurrences: Counter[str] = field(default_factory=Counter, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -140,7 +143,9 @@ def current_turn() -> TurnInfo:
     if found is None:
         if len(_PLAIN_TURNS) >= _PLAIN_LIMIT:
             _PLAIN_TURNS.clear()
-        found = _PLAIN_TURNS[key] = TurnInfo(thread, step, "langgraph", (), step or "root")
+        found = _PLAIN_TURNS[key] = TurnInfo(
+            thread, step, "langgraph", (), step or "root", customer=f"thread/{thread}"
+        )
     return found
 
 

@@ -119,6 +119,14 @@ class ConversationState:
     """Its owner within the tenant: the creating principal, or the group it acted for (a
     Slack channel)."""
 
+    @property
+    def customer(self) -> str:
+        """Who the conversation serves, for what its tools keep (tickets): its tenant and
+        owner, or the conversation itself when a backend created it without them."""
+        if self.tenant is None:
+            return f"conversation/{self.conversation_id}"
+        return f"{self.tenant}/{self.owner}"
+
     def lease_live(self, now: float) -> bool:
         return self.lease_token is not None and (self.lease_expires_at or 0.0) > now
 
@@ -166,6 +174,13 @@ class Ticket:
     created_at: float
     updated_at: float
     comments: list[str] = field(default_factory=list)
+    customer: str = ""
+    """Whose ticket it is (:attr:`ConversationState.customer` of the conversation that opened
+    it): the ticket tools see only the current conversation's customer's tickets."""
+
+    def of(self, customer: str) -> Ticket | None:
+        """This ticket if it is ``customer``'s, else ``None`` (told as "does not exist")."""
+        return self if self.customer == customer else None
 
 
 @dataclass(frozen=True)
@@ -199,6 +214,9 @@ class TurnRequest:
     history: list[LogEntry]
     message_ids: list[str] = field(default_factory=list)
     """The inbox messages this turn consumes (part of the tools' idempotency keys)."""
+    customer: str = ""
+    """Who the conversation serves (:attr:`ConversationState.customer`): tools scope what
+    they read and write to it."""
 
     @property
     def texts(self) -> list[str]:

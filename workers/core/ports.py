@@ -145,26 +145,30 @@ class ConversationStore(Protocol):
 
 
 class TicketStore(Protocol):
-    """Support tickets the agent's tools read and write; writes are idempotent by key.
-    Independent of :class:`ConversationStore` (a backend may keep both in one database)."""
+    """Support tickets the agent's tools read and write; writes are idempotent by key. Each
+    ticket belongs to a customer; another customer's ticket does not exist for a caller
+    (``None``, ``NotFound``). Independent of :class:`ConversationStore` (a backend may keep
+    both in one database)."""
 
     def create_ticket(
         self,
         *,
         idempotency_key: str,
         conversation_id: str,
+        customer: str,
         subject: str,
         body: str,
         priority: str,
         now: float,
     ) -> Ticket: ...
 
-    def get_ticket(self, ticket_id: int) -> Ticket | None: ...
+    def get_ticket(self, ticket_id: int, *, customer: str) -> Ticket | None: ...
 
     def update_ticket(
         self,
         ticket_id: int,
         *,
+        customer: str,
         idempotency_key: str,
         status: str | None,
         priority: str | None,

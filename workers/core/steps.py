@@ -397,6 +397,7 @@ def _advance(
         checkpoint=claim.work.checkpoint,
         history=claim.work.history,
         message_ids=plan.message_ids,
+        customer=claim.state.customer,
     )
     try:
         output = deps.agent.run_turn(

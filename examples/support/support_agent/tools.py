@@ -111,7 +111,8 @@ def support_tools(tickets: TicketStore, clock: Clock) -> list[BaseTool]:
     """The tools, bound to this runtime's ticket store and clock."""
 
     def lookup_ticket(ticket_id: int) -> str:
-        ticket = tickets.get_ticket(ticket_id)
+        # Another customer's ticket does not exist here.
+        ticket = tickets.get_ticket(ticket_id, customer=current_turn().customer)
         if ticket is None:
             raise PermanentError(f"Ticket {ticket_id} does not exist.", field="ticket_id")
         return _show(ticket)
@@ -121,6 +122,7 @@ def support_tools(tickets: TicketStore, clock: Clock) -> list[BaseTool]:
         ticket = tickets.create_ticket(
             idempotency_key=idempotency_key("create_ticket", args),
             conversation_id=current_turn().conversation_id,
+            customer=current_turn().customer,
             subject=subject,
             body=body,
             priority=priority,
@@ -139,6 +141,7 @@ def support_tools(tickets: TicketStore, clock: Clock) -> list[BaseTool]:
         args = {"ticket_id": ticket_id, "status": status, "priority": priority, "comment": comment}
         ticket = tickets.update_ticket(
             ticket_id,
+            customer=current_turn().customer,
             idempotency_key=idempotency_key("update_ticket", args),
             status=status,
             priority=priority,

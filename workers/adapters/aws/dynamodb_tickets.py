@@ -23,6 +23,7 @@ from workers.adapters.aws.dynamodb_table import (
     key,
     key_part,
     number,
+    opt_str,
     string,
     string_list,
 )
@@ -48,17 +49,18 @@ class DynamoDBTicketStore:
         *,
         idempotency_key: str,
         conversation_id: str,
+        customer: str,
         subject: str,
         body: str,
         priority: str,
         now: float,
     ) -> Ticket:
-        """Create a ticket once per ``idempotency_key``; a replay returns the first ticket.
-        Three round trips: effect check, id counter, transaction."""
+        """Create ``customer``'s ticket once per ``idempotency_key``; a replay returns the
+        first ticket. Three round trips: effect check, id counter, transaction."""
         effect_pk = _effect_pk(idempotency_key)
         done = self._table.get(effect_pk, EFFECT)
         if done is not None:
-            return self._existing(get_int(done, "ticket_id"))
+            return self._existing(get_int(done, "ticket_id"), customer)
         counter = self._table.update(
             TICKET_COUNTER_PK,
             "counter",
@@ -75,6 +77,7 @@ class DynamoDBTicketStore:
             priority=priority,
             created_at=now,
             updated_at=now,
+            customer=customer,
         )
         effect = {**key(effect_pk, EFFECT), "ticket_id": number(ticket.ticket_id)}
         try:
@@ -91,34 +94,36 @@ class DynamoDBTicketStore:
             winner = self._table.get(effect_pk, EFFECT)
             if winner is None:
                 raise RetryableError("ticket effect vanished while being created") from None
-            return self._existing(get_int(winner, "ticket_id"))
+            return self._existing(get_int(winner, "ticket_id"), customer)
         return ticket
 
-    def get_ticket(self, ticket_id: int) -> Ticket | None:
-        """The ticket, or ``None`` if it does not exist."""
+    def get_ticket(self, ticket_id: int, *, customer: str) -> Ticket | None:
+        """``customer``'s ticket, or ``None`` if it does not exist or is someone else's."""
         item = self._table.get(_ticket_pk(ticket_id), TICKET)
-        return None if item is None else _ticket(item)
+        return None if item is None else _ticket(item).of(customer)
 
     def update_ticket(
         self,
         ticket_id: int,
         *,
+        customer: str,
         idempotency_key: str,
         status: str | None,
         priority: str | None,
         comment: str | None,
         now: float,
     ) -> Ticket:
-        """Apply an update once per ``idempotency_key``; ``NotFound`` for an unknown ticket.
+        """Apply an update once per ``idempotency_key``; ``NotFound`` for an unknown ticket
+        or another customer's.
         Two round trips: ticket and effect read together, then a transaction conditional on
         the ticket's version."""
         pk, effect_pk = _ticket_pk(ticket_id), _effect_pk(idempotency_key)
         for _ in attempts():
             found = self._table.batch_get([(pk, TICKET), (effect_pk, EFFECT)])
             item = found.get((pk, TICKET))
-            if item is None:
-                raise NotFound(f"ticket {ticket_id} does not exist", field="ticket_id")
-            ticket = _ticket(item)
+            ticket = None if item is None else _ticket(item).of(customer)
+            if item is None or ticket is None:
+                raise NotFound.ticket(ticket_id)
             if (effect_pk, EFFECT) in found:
                 return ticket
             updated = replace(
@@ -153,10 +158,10 @@ class DynamoDBTicketStore:
             return updated
         raise RetryableError(f"update of ticket {ticket_id}: too much contention")
 
-    def _existing(self, ticket_id: int) -> Ticket:
-        ticket = self.get_ticket(ticket_id)
+    def _existing(self, ticket_id: int, customer: str) -> Ticket:
+        ticket = self.get_ticket(ticket_id, customer=customer)
         if ticket is None:
-            raise NotFound(f"ticket {ticket_id} does not exist", field="ticket_id")
+            raise NotFound.ticket(ticket_id)
         return ticket
 
 
@@ -173,6 +178,7 @@ def _ticket_item(ticket: Ticket) -> Item:
         **key(_ticket_pk(ticket.ticket_id), TICKET),
         "ticket_id": number(ticket.ticket_id),
         "conversation_id": string(ticket.conversation_id),
+        "customer": string(ticket.customer),
         "subject": string(ticket.subject),
         "body": string(ticket.body),
         "status": string(ticket.status),
@@ -195,4 +201,5 @@ def _ticket(item: Item) -> Ticket:
         created_at=get_float(item, "created_at"),
         updated_at=get_float(item, "updated_at"),
         comments=get_str_list(item, "comments"),
+        customer=opt_str(item, "customer") or "",
     )

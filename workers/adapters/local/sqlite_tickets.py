@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from typing import Any
 
 from workers.adapters.local.sqlite_database import SqliteDatabase
 from workers.core.model import Ticket
@@ -23,6 +24,7 @@ CREATE TABLE IF NOT EXISTS tickets (
     status TEXT NOT NULL,
     priority TEXT NOT NULL,
     comments TEXT NOT NULL DEFAULT '[]',
+    customer TEXT NOT NULL DEFAULT 'local/local',
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
@@ -39,36 +41,44 @@ class SqliteTicketStore:
 
     def __init__(self, database: SqliteDatabase) -> None:
         self._database = database
-        database.connection().executescript(_SCHEMA)
+        db = database.connection()
+        db.executescript(_SCHEMA)
+        if "customer" not in {row[1] for row in db.execute("PRAGMA table_info(tickets)")}:
+            # Tickets from before customers were the local user's (no auth then).
+            db.execute(
+                "ALTER TABLE tickets ADD COLUMN customer TEXT NOT NULL DEFAULT 'local/local'"
+            )
 
     def create_ticket(
         self,
         *,
         idempotency_key: str,
         conversation_id: str,
+        customer: str,
         subject: str,
         body: str,
         priority: str,
         now: float,
     ) -> Ticket:
-        """Create a ticket once per ``idempotency_key``; a replay returns the first ticket."""
+        """Create ``customer``'s ticket once per ``idempotency_key``; a replay returns the
+        first ticket."""
         with self._database.transaction() as db:
             done = _applied(db, idempotency_key)
             if done is not None:
-                return _read_ticket(db, done)
+                return _read_ticket(db, done, customer)
             cur = db.execute(
-                "INSERT INTO tickets (conversation_id, subject, body, status, priority,"
-                " created_at, updated_at) VALUES (?, ?, ?, 'open', ?, ?, ?)",
-                (conversation_id, subject, body, priority, now, now),
+                "INSERT INTO tickets (conversation_id, customer, subject, body, status, priority,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, 'open', ?, ?, ?)",
+                (conversation_id, customer, subject, body, priority, now, now),
             )
             ticket_id = int(cur.lastrowid or 0)
             _record_applied(db, idempotency_key, ticket_id)
-            return _read_ticket(db, ticket_id)
+            return _read_ticket(db, ticket_id, customer)
 
-    def get_ticket(self, ticket_id: int) -> Ticket | None:
-        """The ticket, or ``None`` if it does not exist."""
+    def get_ticket(self, ticket_id: int, *, customer: str) -> Ticket | None:
+        """``customer``'s ticket, or ``None`` if it does not exist or is someone else's."""
         try:
-            return _read_ticket(self._database.connection(), ticket_id)
+            return _read_ticket(self._database.connection(), ticket_id, customer)
         except NotFound:
             return None
 
@@ -76,15 +86,17 @@ class SqliteTicketStore:
         self,
         ticket_id: int,
         *,
+        customer: str,
         idempotency_key: str,
         status: str | None,
         priority: str | None,
         comment: str | None,
         now: float,
     ) -> Ticket:
-        """Apply an update once per ``idempotency_key``; ``NotFound`` for an unknown ticket."""
+        """Apply an update once per ``idempotency_key``; ``NotFound`` for an unknown ticket
+        or another customer's."""
         with self._database.transaction() as db:
-            ticket = _read_ticket(db, ticket_id)
+            ticket = _read_ticket(db, ticket_id, customer)
             if _applied(db, idempotency_key) is not None:
                 return ticket
             comments = [*ticket.comments, comment] if comment else ticket.comments
@@ -100,7 +112,7 @@ class SqliteTicketStore:
                 ),
             )
             _record_applied(db, idempotency_key, ticket_id)
-            return _read_ticket(db, ticket_id)
+            return _read_ticket(db, ticket_id, customer)
 
 
 def _applied(db: sqlite3.Connection, idempotency_key: str) -> int | None:
@@ -120,14 +132,20 @@ def _record_applied(db: sqlite3.Connection, idempotency_key: str, ticket_id: int
     )
 
 
-def _read_ticket(db: sqlite3.Connection, ticket_id: int) -> Ticket:
+def _read_ticket(db: sqlite3.Connection, ticket_id: int, customer: str) -> Ticket:
+    """``customer``'s ticket; ``NotFound`` if there is none or it is someone else's."""
     row = db.execute(
         "SELECT ticket_id, conversation_id, subject, body, status, priority, created_at,"
-        " updated_at, comments FROM tickets WHERE ticket_id = ?",
+        " updated_at, comments, customer FROM tickets WHERE ticket_id = ?",
         (ticket_id,),
     ).fetchone()
-    if row is None:
-        raise NotFound(f"ticket {ticket_id} does not exist", field="ticket_id")
+    ticket = None if row is None else _ticket(row).of(customer)
+    if ticket is None:
+        raise NotFound.ticket(ticket_id)
+    return ticket
+
+
+def _ticket(row: tuple[Any, ...]) -> Ticket:
     return Ticket(
         ticket_id=row[0],
         conversation_id=row[1],
@@ -138,4 +156,5 @@ def _read_ticket(db: sqlite3.Connection, ticket_id: int) -> Ticket:
         created_at=row[6],
         updated_at=row[7],
         comments=json.loads(row[8]),
+        customer=row[9],
     )
