@@ -5,8 +5,6 @@ resumes the graph with it, or a Standard run waiting on its task token is woken.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -19,7 +17,7 @@ from events.outbound import validation_problem
 from workers import bootstrap
 from workers.core.steps import accept_message
 from workers.errors import BadInput, NotAllowed, NotFound, NotWaiting
-from workers.handlers.http import error_response, iam_principal, json_response
+from workers.handlers.http import error_response, iam_principal, json_response, raw_body
 from workers.handlers.observability import logger, metrics
 
 
@@ -33,13 +31,7 @@ class ApprovalBody(BaseModel):
 
 
 def _parse(event: dict[str, Any]) -> InboundMessage:
-    raw: str | bytes = event.get("body") or ""
-    if event.get("isBase64Encoded"):
-        try:
-            raw = base64.b64decode(raw, validate=True)
-        except binascii.Error:
-            raise BadInput("bad_request", "body is not valid base64", field="body") from None
-    body = ApprovalBody.model_validate(parse_json(raw))
+    body = ApprovalBody.model_validate(parse_json(raw_body(event)))
     conversation_id = (event.get("pathParameters") or {}).get("conversation_id", "")
     return InboundMessage(
         conversation_id=conversation_id,

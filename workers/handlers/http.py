@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from typing import Any
 
 from events.identity import Principal, backend
 from events.outbound import ErrorBody, ErrorView
+from workers.errors import BadInput
 
 
 def json_response(status: int, body: dict[str, Any]) -> dict[str, Any]:
@@ -33,3 +36,15 @@ def iam_principal(event: dict[str, Any]) -> Principal:
     iam = (ctx.get("authorizer") or {}).get("iam") or ctx.get("identity") or {}
     arn = iam.get("userArn") or iam.get("callerId") or "unknown"
     return backend(f"iam:{arn}")
+
+
+def raw_body(event: dict[str, Any]) -> bytes:
+    """The request body exactly as sent (a signature covers these bytes), decoded from
+    base64 when API Gateway says so; ``BadInput`` when that base64 is not valid."""
+    body = event.get("body") or ""
+    if not event.get("isBase64Encoded"):
+        return str(body).encode("utf-8", "surrogatepass")
+    try:
+        return base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):  # ValueError: a str that is not even ASCII
+        raise BadInput("bad_request", "body is not valid base64", field="body") from None

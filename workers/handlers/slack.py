@@ -20,8 +20,6 @@ workflow.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import time
 from typing import Any
 from urllib.parse import parse_qs
@@ -43,7 +41,7 @@ from workers import bootstrap
 from workers.adapters.aws.slack import verify_slack_request
 from workers.core.steps import accept_message
 from workers.errors import BadInput, InvalidSlackSignature, NotAllowed, NotFound, NotWaiting
-from workers.handlers.http import error_response, json_response
+from workers.handlers.http import error_response, json_response, raw_body
 from workers.handlers.observability import logger, metrics
 
 MESSAGE_EVENTS = frozenset({"message", "app_mention"})
@@ -55,14 +53,6 @@ def _ignored(reason: str) -> dict[str, Any]:
     metrics.add_metric(name="slack_ignored", unit=MetricUnit.Count, value=1)
     logger.info("slack request ignored", extra={"reason": reason})
     return json_response(200, {"type": "ignored", "reason": reason})
-
-
-def _raw_body(event: dict[str, Any]) -> bytes:
-    """The body exactly as Slack sent it (the signature covers these bytes)."""
-    body = event.get("body") or ""
-    if event.get("isBase64Encoded"):
-        return base64.b64decode(body, validate=True)
-    return str(body).encode()
 
 
 Accepted = tuple[InboundMessage, Principal]
@@ -103,7 +93,7 @@ def _event_callback(raw: bytes) -> Accepted | dict[str, Any]:
         return _ignored(f"request type {kind!r}")
     event = data.get("event")
     event_type = event.get("type") if isinstance(event, dict) else None
-    if event_type not in MESSAGE_EVENTS:
+    if not isinstance(event_type, str) or event_type not in MESSAGE_EVENTS:
         return _ignored(f"event type {event_type!r}")
     envelope = SlackEventEnvelope.model_validate(data)
     if envelope.is_from_bot():
@@ -148,9 +138,9 @@ def _bad_request(exc: ValueError) -> dict[str, Any]:
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     headers = {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()}
     try:
-        raw = _raw_body(event)
-    except binascii.Error:
-        return error_response(400, "bad_request", "body is not valid base64", "body")
+        raw = raw_body(event)
+    except BadInput as exc:
+        return error_response(400, exc.code, str(exc), exc.field)
     try:
         verify_slack_request(
             signing_secret=bootstrap.slack_signing_secret(),

@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import TypeAdapter, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from events.identity import Principal
 from events.inbound import (
@@ -164,6 +165,13 @@ def create_app(
     async def _error(request: Request, exc: AgentWorkerError) -> JSONResponse:
         status, body = error_view(exc)
         return JSONResponse(body.model_dump(), status_code=status, headers=error_headers(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _routing_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # No such route or method: the same JSON errors as everything else.
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        body = ErrorBody(code=codes.get(exc.status_code, "http_error"), message=str(exc.detail))
+        return JSONResponse(ErrorView(error=body).model_dump(), status_code=exc.status_code)
 
     async def caller(request: Request) -> Principal:
         return await authenticate(auth, bearer_token(request.headers.get("authorization")))

@@ -1,0 +1,110 @@
+"""Property-based fuzzing of the local server's entry points, on a real embedded runtime
+(SQLite, the offline model): ``CASES`` hostile request bodies and ``CASES`` hostile
+WebSocket frames on one socket; every one gets a 2xx/4xx JSON answer and the server keeps
+serving."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import given
+from hypothesis import strategies as st
+
+from events.inbound import WS_ACTIONS
+from tests.fuzz import CASES, FUZZ, hostile, id_field, json_values, shaped, text_field
+from workers.adapters.local.server import create_app
+from workers.config import Settings
+
+TOKEN = "fuzz-dev-token-0123456789"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+ANSWERED = frozenset({200, 202, 400, 401, 403, 404, 409, 413, 415, 422, 429})
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    settings = Settings(
+        state_dir=Path(tmp_path_factory.mktemp("fuzz")),
+        tracing=False,
+        dev_token=TOKEN,
+        allowed_hosts=["testserver"],
+        workers=2,
+    )
+    with TestClient(create_app(settings), base_url="http://testserver") as test_client:
+        yield test_client
+
+
+def cid_text(value: Any) -> str:
+    return quote(value if isinstance(value, str) else json.dumps(value), safe="")
+
+
+def test_http_message_bodies(client: TestClient) -> None:
+    body = shaped(
+        {
+            "text": text_field,
+            "dedupe_key": text_field,
+            "approval": json_values | st.just({"interrupt_id": "i", "approved": True}),
+            "resume": json_values | st.just({"interrupt_id": "i", "value": [1]}),
+            "policy": st.sampled_from(["enqueue", "merge", "bogus"]),
+            "metadata": json_values,
+            "sender": text_field,
+        }
+    )
+    media = st.sampled_from(["application/json", "application/json; charset=utf-8", "text/plain"])
+    ran = [0]
+
+    @FUZZ
+    @given(hostile(body), media, id_field)
+    def run(raw: str | bytes, content_type: str, cid: Any) -> None:
+        ran[0] += 1
+        data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+        resp = client.post(
+            f"/v1/conversations/{cid_text(cid)}/messages",
+            content=data,
+            headers={**AUTH, "content-type": content_type},
+        )
+        assert resp.status_code in ANSWERED, resp.text
+        if resp.status_code >= 400:
+            assert resp.json()["error"]["code"]
+
+    run()
+    assert ran[0] >= CASES
+    assert client.get("/healthz").status_code == 200
+
+
+def test_websocket_frames(client: TestClient) -> None:
+    frame = shaped(
+        {
+            "action": st.sampled_from([*WS_ACTIONS, "nope"]),
+            "conversation_id": id_field,
+            "text": text_field,
+            "interrupt_id": text_field,
+            "value": json_values,
+            "reason": text_field,
+        }
+    )
+    ran = [0]
+    with client.websocket_connect("/v1/ws", headers=AUTH) as ws:
+
+        @FUZZ
+        @given(hostile(frame))
+        def run(raw: str | bytes) -> None:
+            ran[0] += 1
+            ws.send_text(raw if isinstance(raw, str) else raw.decode("utf-8", "replace"))
+            while True:  # replies of earlier frames may come in between
+                answer = ws.receive_json()
+                if answer.get("type") in ("accepted", "subscribed", "pong", "error"):
+                    break
+            if answer["type"] == "error":
+                assert answer["error"]["code"] != "internal_error", answer
+
+        run()
+        ws.send_text(json.dumps({"action": "ping"}))
+        while ws.receive_json().get("type") != "pong":
+            pass
+    assert ran[0] >= CASES

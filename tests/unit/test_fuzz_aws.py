@@ -1,0 +1,228 @@
+"""Property-based fuzzing of every AWS entry point (in-memory deps): ``CASES`` hostile
+inputs each (any bytes, any JSON, deep nesting, lone surrogates, almost-right bodies), and
+each gets a 2xx/4xx answer or a typed error; none crashes a handler or gets a 5xx."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from events.inbound import WS_ACTIONS
+from tests.fakes import (
+    InMemoryConversationStore,
+    ManualClock,
+    RecordingSink,
+    RecordingStarter,
+    ScriptedAgent,
+)
+from tests.functional.slack_env import SIGNING_SECRET, slack_request
+from tests.fuzz import CASES, FUZZ, hostile, id_field, json_values, shaped, text_field
+from workers import bootstrap
+from workers.core.steps import Deps
+from workers.errors import PermanentError
+from workers.handlers import approve, ingest, slack
+from workers.sandbox.emulator import LambdaContextStub
+
+ANSWERED = frozenset({200, 202, 400, 401, 403, 404, 409, 413, 415, 422, 429})
+
+
+@pytest.fixture
+def deps(monkeypatch: pytest.MonkeyPatch) -> Iterator[Deps]:
+    monkeypatch.setenv("AGENTWORKER_SLACK_SIGNING_SECRET", SIGNING_SECRET)
+    built = Deps(
+        InMemoryConversationStore(),
+        ScriptedAgent(),
+        RecordingSink(),
+        RecordingStarter(),
+        ManualClock(),
+    )
+    bootstrap.reset_aws_deps()
+    monkeypatch.setattr(bootstrap, "aws_deps", lambda **_: built)
+    yield built
+    bootstrap.reset_aws_deps()
+
+
+def context(name: str) -> Any:
+    return LambdaContextStub(name, f"arn:aws:lambda:us-east-1:123456789012:function:{name}")
+
+
+def fuzz(strategy: st.SearchStrategy[Any], check: Callable[[Any], None]) -> int:
+    """Run ``check`` on ``CASES`` examples of ``strategy``; the number run."""
+    ran = [0]
+
+    @FUZZ
+    @given(strategy)
+    def run(case: Any) -> None:
+        ran[0] += 1
+        check(case)
+
+    run()
+    return ran[0]
+
+
+def text(case: str | bytes) -> str:
+    return case if isinstance(case, str) else case.decode("utf-8", "replace")
+
+
+MESSAGE = {
+    "conversation_id": id_field,
+    "text": text_field,
+    "kind": st.sampled_from(["user", "approval", "resume", "other"]),
+    "approval": json_values | st.just({"interrupt_id": "i", "approved": True}),
+    "resume": json_values,
+    "sender": text_field,
+    "tenant": text_field,
+    "metadata": json_values,
+    "policy": st.sampled_from(["enqueue", "merge", "bogus"]),
+}
+
+
+def test_websocket_frames(deps: Deps) -> None:
+    frame = shaped(
+        {
+            "action": st.sampled_from([*WS_ACTIONS, "nope"]),
+            "conversation_id": id_field,
+            "text": text_field,
+            "interrupt_id": text_field,
+            "value": json_values,
+            "policy": st.sampled_from(["enqueue", "bogus"]),
+        }
+    )
+
+    def check(body: str | bytes) -> None:
+        event = {
+            "requestContext": {"routeKey": "$default", "connectionId": "conn-fuzz"},
+            "body": text(body),
+        }
+        answer = ingest.handler(event, context("ingest"))
+        assert answer["statusCode"] in ANSWERED, answer
+        if answer["statusCode"] >= 400:
+            assert json.loads(answer["body"])["error"]["code"]
+
+    assert fuzz(hostile(frame), check) >= CASES
+
+
+def sqs_record(message_id: str, body: str, group: str) -> dict[str, Any]:
+    return {
+        "messageId": message_id,
+        "receiptHandle": "r",
+        "body": body,
+        "attributes": {"MessageGroupId": group, "ApproximateReceiveCount": "1"},
+        "messageAttributes": {},
+        "md5OfBody": "",
+        "eventSource": "aws:sqs",
+        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:in.fifo",
+        "awsRegion": "us-east-1",
+    }
+
+
+def test_sqs_bodies(deps: Deps) -> None:
+    seen = [0]
+
+    def check(body: str | bytes) -> None:
+        seen[0] += 1
+        good = json.dumps({"conversation_id": f"sqs:fuzz:{seen[0]}", "text": "hello"})
+        records = [sqs_record("bad", text(body), "g-bad"), sqs_record("good", good, "g-good")]
+        answer = ingest.handler({"Records": records}, context("ingest"))
+        # A bad body is a failed record (back to the queue, then the DLQ), never a crash,
+        # and the rest of the batch is accepted.
+        assert answer["batchItemFailures"] in ([], [{"itemIdentifier": "bad"}])
+        assert deps.store.get_conversation(f"sqs:fuzz:{seen[0]}") is not None
+
+    assert fuzz(hostile(shaped(MESSAGE)), check) >= CASES
+
+
+def test_eventbridge_details(deps: Deps) -> None:
+    details = st.one_of(
+        st.dictionaries(st.text(max_size=12), json_values, max_size=6),
+        st.fixed_dictionaries({}, optional=MESSAGE),
+        st.fixed_dictionaries(
+            {},
+            optional={"ticket_id": text_field, "event_id": text_field, "body": text_field},
+        ),
+    )
+    types = st.sampled_from(["agentworker.message", "ticket.created", "ticket.bogus", "x"])
+
+    def check(case: tuple[str, dict[str, Any]]) -> None:
+        detail_type, detail = case
+        event = {"id": "e-1", "detail-type": detail_type, "source": "fuzz", "detail": detail}
+        try:
+            answer = ingest.handler(event, context("ingest"))
+        except (PermanentError, ValidationError):
+            return  # typed: EventBridge retries, then its DLQ
+        assert "message_id" in answer
+
+    assert fuzz(st.tuples(types, details), check) >= CASES
+
+
+def test_the_approve_route(deps: Deps) -> None:
+    body = shaped({"interrupt_id": text_field, "approved": json_values, "reason": text_field})
+
+    def check(case: tuple[str | bytes, bool, Any]) -> None:
+        raw, encoded, cid = case
+        data = text(raw)
+        if encoded and isinstance(raw, bytes):
+            data = base64.b64encode(raw).decode()
+        event = {
+            "body": data,
+            "isBase64Encoded": encoded,
+            "pathParameters": {"conversation_id": cid},
+        }
+        answer = approve.handler(event, context("approve"))
+        assert answer["statusCode"] in ANSWERED, answer
+
+    assert fuzz(st.tuples(hostile(body), st.booleans(), id_field), check) >= CASES
+
+
+def test_slack_events(deps: Deps) -> None:
+    event = st.fixed_dictionaries(
+        {
+            "type": st.sampled_from(["message", "app_mention", "other"]) | json_values,
+            "channel": id_field,
+            "ts": text_field,
+        },
+        optional={"text": text_field, "user": text_field, "thread_ts": text_field},
+    )
+    body = shaped(
+        {
+            "type": st.sampled_from(["event_callback", "url_verification"]) | json_values,
+            "team_id": text_field,
+            "event_id": text_field,
+            "event": event | json_values,
+            "challenge": text_field,
+        }
+    )
+
+    def check(raw: str | bytes) -> None:
+        answer = slack.handler(slack_request(text(raw)), context("slack"))
+        assert answer["statusCode"] in ANSWERED, answer
+
+    assert fuzz(hostile(body), check) >= CASES
+
+
+def test_slack_clicks(deps: Deps) -> None:
+    action = st.fixed_dictionaries(
+        {"action_id": st.sampled_from(["approve", "deny", "x"]), "value": text_field}
+    )
+    payload = shaped(
+        {
+            "type": st.sampled_from(["block_actions", "view_submission"]) | json_values,
+            "user": st.fixed_dictionaries({"id": text_field}) | json_values,
+            "team": st.fixed_dictionaries({"id": text_field}) | json_values,
+            "channel": st.fixed_dictionaries({"id": text_field}) | json_values,
+            "actions": st.lists(action, max_size=3) | json_values,
+        }
+    )
+
+    def check(raw: str | bytes) -> None:
+        answer = slack.handler(slack_request(text(raw), form=True), context("slack"))
+        assert answer["statusCode"] in ANSWERED, answer
+
+    assert fuzz(hostile(payload), check) >= CASES
