@@ -30,7 +30,8 @@ EXCLUDED: Final[Mapping[str, Mapping[str, str]]] = MappingProxyType(
                 "google-auth": "required only by databricks-sdk",
                 "pyasn1-modules": "required only by google-auth",
                 "pyasn1": "required only by pyasn1-modules",
-                "cryptography": "required only by google-auth",
+                "cryptography": "required by google-auth, and by PyJWT for RS256/ES256"
+                " tokens; turn verifies no tokens (the entry points do)",
                 "cffi": "required only by cryptography",
                 "pycparser": "required only by cffi",
             }
