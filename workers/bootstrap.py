@@ -45,6 +45,21 @@ def build_authenticator(settings: Settings) -> Authenticator:
     return DevTokenAuthenticator.generate()
 
 
+def redaction(settings: Settings, tracer: Tracer, *loggers: Any) -> Tracer:
+    """The redaction hook (on by default): ``tracer`` wrapped so spans are redacted, and
+    every log record of the process (and ``loggers``' extra fields) from now on."""
+    from workers.observability import install_redaction
+
+    if not settings.redaction:
+        install_redaction(None)
+        return tracer
+    from workers.core.redaction import RedactingTracer, Redactor
+
+    redactor = Redactor(settings.redact_patterns)
+    install_redaction(redactor, *loggers)
+    return RedactingTracer(tracer, redactor)
+
+
 def build_tracer(settings: Settings) -> Tracer:
     if not settings.tracing:
         return NullTracer()
@@ -110,7 +125,7 @@ def prepare_embedded(
     try:
         tickets = SqliteTicketStore(store.database)
         agent = build_agent(settings, tickets, clock, model)
-        traces = tracer if tracer is not None else build_tracer(settings)
+        traces = redaction(settings, tracer if tracer is not None else build_tracer(settings))
     except BaseException:
         store.close()
         lock.close()
@@ -269,6 +284,9 @@ def build_aws(settings: Settings, *, with_agent: bool, session: Any = None) -> D
         from workers.observability import MlflowTracer
 
         tracer = MlflowTracer(settings.mlflow_tracking_uri, settings.mlflow_experiment)
+    from workers.handlers.observability import logger
+
+    tracer = redaction(settings, tracer, logger)
     agent: TurnAgent = NoAgent()
     if with_agent:
         from workers.adapters.aws.dynamodb_tickets import DynamoDBTicketStore

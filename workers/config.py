@@ -133,6 +133,14 @@ class Settings(BaseSettings):
     )
     stream: bool = Field(True, description="Stream reply chunks to WebSocket clients.")
     tracing: bool = Field(True, description="Record one MLflow trace per turn.")
+    redaction: bool = Field(
+        True,
+        description="Mask e-mails, phones, card numbers, IBANs and AWS keys in spans and logs.",
+    )
+    redact_patterns: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="More regular expressions to mask in spans and logs (a JSON list, or one).",
+    )
     mlflow_tracking_uri: str | None = Field(
         None, description="Default: sqlite:///<state_dir>/mlflow.db (embedded)."
     )
@@ -194,6 +202,23 @@ class Settings(BaseSettings):
             parse_model_spec(value)
         except ConfigError as exc:
             raise ValueError(str(exc)) from exc
+        return value
+
+    @field_validator("redact_patterns", mode="before")
+    @classmethod
+    def _patterns(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = json.loads(value) if value.strip().startswith("[") else [value]
+        return value
+
+    @field_validator("redact_patterns", mode="after")
+    @classmethod
+    def _compiles(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
         return value
 
     @field_validator("approval_policies", mode="before")

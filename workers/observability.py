@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from workers.core.ports import NullSpan, OpenSpan, SpanHandle
+from workers.core.redaction import Redactor
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,56 @@ class MlflowTracer:
         flush = getattr(self._mlflow, "flush_trace_async_logging", None)
         if flush is not None:
             flush()
+
+
+_REDACTOR: list[Redactor] = []
+"""The redactor applied to every log record, once :func:`install_redaction` ran."""
+_STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)))
+_base_factory = logging.getLogRecordFactory()
+
+
+def _redacting_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+    record = _base_factory(*args, **kwargs)
+    if _REDACTOR:
+        redact_record(record, _REDACTOR[0])
+    return record
+
+
+def redact_record(record: logging.LogRecord, redactor: Redactor) -> None:
+    """Render the record's message now, redacted, and redact its exception's message."""
+    try:
+        message = record.getMessage()
+    except Exception:  # a malformed call: leave it to the logging module to report
+        return
+    record.msg, record.args = redactor.text(message), ()
+    if record.exc_info and record.exc_info[1] is not None:
+        error = redactor.error(record.exc_info[1])
+        record.exc_info = (type(error), error, record.exc_info[2])
+        record.exc_text = None
+
+
+class RedactExtras(logging.Filter):
+    """Redacts the ``extra`` fields of a record (Powertools logs them as JSON keys); they
+    are set after the record is made, so the record factory cannot see them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _REDACTOR:
+            for name, value in list(vars(record).items()):
+                if name not in _STANDARD_ATTRIBUTES and isinstance(value, str | dict | list):
+                    setattr(record, name, _REDACTOR[0].value(value))
+        return True
+
+
+def install_redaction(redactor: Redactor | None, *loggers: Any) -> None:
+    """From now on, every log record of this process has its message and exception
+    redacted before any handler sees it (``None``: stop). ``loggers`` (the handlers'
+    Powertools logger) also get their ``extra`` fields redacted."""
+    _REDACTOR[:] = [] if redactor is None else [redactor]
+    if logging.getLogRecordFactory() is not _redacting_factory:
+        logging.setLogRecordFactory(_redacting_factory)
+    for target in loggers:
+        if not any(isinstance(f, RedactExtras) for f in target.filters):
+            target.addFilter(RedactExtras())
 
 
 def configure_logging(level: str) -> None:

@@ -1,0 +1,150 @@
+"""The redaction hook: what it masks, what it leaves alone, and that spans and log records
+pass through it before anything records them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from workers.core.ports import NullSpan, NullTracer
+from workers.core.redaction import RedactedError, RedactingTracer, Redactor, iban_ok, luhn_ok
+from workers.observability import RedactExtras, install_redaction
+
+R = Redactor()
+CARD = "4111 1111 1111 1111"
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        (f"my card is {CARD}, thanks", "my card is [CARD], thanks"),
+        ("4111-1111-1111-1111", "[CARD]"),
+        ("5500005555555559", "[CARD]"),
+        ("mail jane.doe+x@example.co.uk now", "mail [EMAIL] now"),
+        ("call +44 20 7946 0958", "call [PHONE]"),
+        ("or (555) 123-4567.", "or [PHONE]."),
+        ("030 1234 5678 or +14155552671", "[PHONE] or [PHONE]"),
+        ("IBAN DE89 3704 0044 0532 0130 00", "IBAN [IBAN]"),
+        ("GB82WEST12345698765432", "[IBAN]"),
+        ("key AKIAIOSFODNN7EXAMPLE", "key [AWS_KEY]"),
+        (
+            "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            "aws_secret_access_key = [AWS_KEY]",
+        ),
+    ],
+)
+def test_personal_data_and_secrets_are_masked(text: str, masked: str) -> None:
+    assert R.text(text) == masked
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "4111 1111 1111 1112",  # fails the Luhn check
+        "DE00 1234 5678 9012 3456 78",  # fails mod 97
+        "slack:T1:C1:1700000000.0001 ts 1726133698.626339",
+        "order 123456789, ticket 12, at 2026-11-29 02:30:00",
+        "version 1.2.3, ip 10.0.0.1, id 3f2a9c1e-1234-5678-9abc-def012345678",
+        "ws:acme:alice-1",
+    ],
+)
+def test_what_only_looks_like_it_is_left_alone(text: str) -> None:
+    assert R.text(text) == text
+
+
+def test_the_checks() -> None:
+    assert luhn_ok("4111111111111111") and not luhn_ok("4111111111111112")
+    assert iban_ok("DE89 3704 0044 0532 0130 00") and not iban_ok("DE00370400440532013000")
+
+
+def test_values_are_walked_and_extra_patterns_apply() -> None:
+    r = Redactor([r"EMP-\d{5}"])
+    value = {"texts": [f"pay {CARD}", ("EMP-12345",)], "n": 3, "ok": None}
+    assert r.value(value) == {"texts": ["pay [CARD]", ("[REDACTED]",)], "n": 3, "ok": None}
+
+
+def test_errors_keep_their_type_when_they_can() -> None:
+    err = R.error(ValueError(f"bad card {CARD}"))
+    assert type(err) is ValueError and str(err) == "bad card [CARD]"
+
+    class Picky(Exception):
+        def __init__(self, a: str, b: int) -> None:
+            super().__init__(f"{a} {b}")
+
+    odd = R.error(Picky(CARD + ",", 1))
+    assert isinstance(odd, RedactedError) and str(odd) == "Picky: [CARD], 1"
+    plain = KeyError("x")
+    assert R.error(plain) is plain  # nothing to mask: the same exception
+
+
+class Recording(NullTracer):
+    def __init__(self) -> None:
+        self.seen: list[Any] = []
+
+    def turn(self, name: str, *, tags: dict[str, str], inputs: Any) -> Any:
+        self.seen.append(("turn", tags, inputs))
+        return super().turn(name, tags=tags, inputs=inputs)
+
+    def start_span(self, name: str, *, kind: str, inputs: Any = None, parent: Any = None) -> Any:
+        self.seen.append(("start", inputs))
+        tracer = self
+
+        class Span(NullSpan):
+            def set_outputs(self, outputs: Any) -> None:
+                tracer.seen.append(("outputs", outputs))
+
+            def end(self, error: BaseException | None = None) -> None:
+                tracer.seen.append(("end", str(error)))
+
+        return Span()
+
+
+def test_the_tracer_records_only_redacted_values() -> None:
+    inner = Recording()
+    tracer = RedactingTracer(inner, R)
+    with tracer.turn("turn", tags={"conversation_id": "ws:a:1"}, inputs={"texts": [CARD]}):
+        span = tracer.start_span("tool", kind="TOOL", inputs={"args": {"card": CARD}})
+        span.set_outputs(f"charged {CARD}")
+        span.end(RuntimeError(f"declined {CARD}"))
+    assert inner.seen == [
+        ("turn", {"conversation_id": "ws:a:1"}, {"texts": ["[CARD]"]}),
+        ("start", {"args": {"card": "[CARD]"}}),
+        ("outputs", "charged [CARD]"),
+        ("end", "declined [CARD]"),
+    ]
+
+
+@pytest.fixture
+def redacting() -> Iterator[logging.Logger]:
+    logger = logging.getLogger("agentworker.test.redaction")
+    install_redaction(R, logger)
+    yield logger
+    install_redaction(None)
+    logger.filters[:] = [f for f in logger.filters if not isinstance(f, RedactExtras)]
+
+
+def test_log_records_are_redacted_before_any_handler(
+    redacting: logging.Logger, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=redacting.name)
+    redacting.info("user wrote %s", f"card {CARD} mail a@b.example")
+    try:
+        raise ValueError(f"bad {CARD}")
+    except ValueError:
+        redacting.exception("failed")
+    redacting.warning("dropped", extra={"reason": f"text {CARD}"})
+    [info, error, warning] = caplog.records
+    assert info.getMessage() == "user wrote card [CARD] mail [EMAIL]"
+    assert CARD not in caplog.text and "bad [CARD]" in caplog.text
+    assert error.exc_info is not None and str(error.exc_info[1]) == "bad [CARD]"
+    assert warning.reason == "text [CARD]"  # type: ignore[attr-defined]
+
+
+def test_with_redaction_off_nothing_changes(caplog: pytest.LogCaptureFixture) -> None:
+    install_redaction(None)
+    caplog.set_level(logging.INFO)
+    logging.getLogger("agentworker.test.plain").info("card %s", CARD)
+    assert CARD in caplog.text

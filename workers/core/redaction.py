@@ -1,0 +1,177 @@
+"""The redaction hook: personal data and secrets are masked before any span or log line
+leaves the process. Pure functions; the tracer and the log records are wrapped with it by
+the composition root (``RedactingTracer``, :func:`workers.observability.install_redaction`).
+
+Found and replaced, in every string of a value (dict keys stay as they are):
+
+- e-mail addresses -> ``[EMAIL]``
+- phone numbers written as phone numbers (a leading ``+``, or digit groups separated by
+  spaces, dashes or parentheses; 9 to 15 digits) -> ``[PHONE]``
+- card numbers (13 to 19 digits, optionally grouped) that pass the Luhn check -> ``[CARD]``
+- IBANs that pass the ISO 13616 mod-97 check -> ``[IBAN]``
+- AWS access key ids (``AKIA``/``ASIA``...) and secret access keys -> ``[AWS_KEY]``
+- whatever the configured extra patterns match -> ``[REDACTED]``
+
+A digit run that is not a valid card (an order number, a Slack timestamp) is left alone.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
+
+from workers.core.ports import OpenSpan, SpanHandle, Tracer
+
+EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+CARD = re.compile(r"(?<![\d.])\d(?:[ -]?\d){12,18}(?![\d.])")
+IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b")
+PHONE = re.compile(
+    r"(?<![\w+])(?<!\d[.:-])(?:\+\d{1,3}[ .-]?)?"
+    r"(?:\(\d{1,4}\)[ .-]?\d{2,4}(?:[ -]\d{2,4}){1,4}|\d{2,4}(?:[ -]\d{2,4}){2,4})"
+    r"(?!\w|[.:-]\d)"
+    r"|(?<![\w+])\+\d{8,14}(?!\w)"
+)
+ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+AWS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AIDA|AROA|AGPA|ANPA|AIPA)[A-Z0-9]{16}\b")
+AWS_SECRET = re.compile(
+    r"(?i)(aws.{0,20}?(?:secret|key).{0,20}?[:=]\s*['\"]?)([A-Za-z0-9/+=]{40})(?![A-Za-z0-9/+=])"
+)
+
+
+def luhn_ok(digits: str) -> bool:
+    total, double = 0, False
+    for ch in reversed(digits):
+        d = int(ch)
+        if double:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+        double = not double
+    return total % 10 == 0
+
+
+def iban_ok(candidate: str) -> bool:
+    code = candidate.replace(" ", "")
+    if not 15 <= len(code) <= 34:
+        return False
+    moved = code[4:] + code[:4]
+    number = "".join(str(int(ch, 36)) for ch in moved)
+    return int(number) % 97 == 1
+
+
+def _card(match: re.Match[str]) -> str:
+    digits = re.sub(r"[ -]", "", match.group(0))
+    return "[CARD]" if 13 <= len(digits) <= 19 and luhn_ok(digits) else match.group(0)
+
+
+def _iban(match: re.Match[str]) -> str:
+    return "[IBAN]" if iban_ok(match.group(0)) else match.group(0)
+
+
+def _phone(match: re.Match[str]) -> str:
+    text = match.group(0)
+    digits = sum(ch.isdigit() for ch in text)
+    if not 9 <= digits <= 15 or ISO_DATE.match(text):
+        return text
+    return "[PHONE]"
+
+
+class Redactor:
+    """Masks personal data and secrets in strings and in JSON-like values."""
+
+    def __init__(self, extra_patterns: Iterable[str] = ()) -> None:
+        self._steps: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str] | str]] = [
+            (AWS_SECRET, r"\1[AWS_KEY]"),
+            (AWS_KEY_ID, "[AWS_KEY]"),
+            (EMAIL, "[EMAIL]"),
+            (IBAN, _iban),
+            (CARD, _card),
+            (PHONE, _phone),
+            *((re.compile(p), "[REDACTED]") for p in extra_patterns),
+        ]
+
+    def text(self, value: str) -> str:
+        for pattern, replacement in self._steps:
+            value = pattern.sub(replacement, value)
+        return value
+
+    def value(self, value: Any) -> Any:
+        """``value`` with every string in it redacted (dicts, lists, tuples walked)."""
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {k: self.value(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(self.value(v) for v in value)
+        return value
+
+    def error(self, error: BaseException) -> BaseException:
+        """An exception whose message is redacted (the same type when it can be built
+        from a message, else a ``RedactedError`` naming the type)."""
+        message = self.text(str(error))
+        if message == str(error):
+            return error
+        try:
+            redacted = type(error)(message)
+        except Exception:  # a type that does not take one message
+            redacted = RedactedError(f"{type(error).__name__}: {message}")
+        redacted.__traceback__ = error.__traceback__
+        return redacted
+
+
+class RedactedError(Exception):
+    """Stands in for an exception whose type could not carry a redacted message."""
+
+
+class _RedactingSpan:
+    def __init__(self, span: Any, redactor: Redactor) -> None:
+        self.span = span
+        self._redactor = redactor
+
+    def set_outputs(self, outputs: Any) -> None:
+        self.span.set_outputs(self._redactor.value(outputs))
+
+    def set_attributes(self, attributes: dict[str, Any]) -> None:
+        self.span.set_attributes(self._redactor.value(attributes))
+
+    def end(self, error: BaseException | None = None) -> None:
+        self.span.end(None if error is None else self._redactor.error(error))
+
+
+class RedactingTracer:
+    """A ``Tracer`` that redacts every input, output, attribute and error before ``inner``
+    records it (tags are ids, not user text, and pass as they are)."""
+
+    def __init__(self, inner: Tracer, redactor: Redactor) -> None:
+        self.inner = inner
+        self.redactor = redactor
+
+    @contextmanager
+    def turn(self, name: str, *, tags: dict[str, str], inputs: Any) -> Iterator[SpanHandle]:
+        with self.inner.turn(name, tags=tags, inputs=self.redactor.value(inputs)) as span:
+            yield _RedactingSpan(span, self.redactor)
+
+    def span(
+        self, name: str, *, kind: str, inputs: Any = None
+    ) -> AbstractContextManager[SpanHandle]:
+        return self._span(name, kind=kind, inputs=inputs)
+
+    @contextmanager
+    def _span(self, name: str, *, kind: str, inputs: Any) -> Iterator[SpanHandle]:
+        with self.inner.span(name, kind=kind, inputs=self.redactor.value(inputs)) as span:
+            yield _RedactingSpan(span, self.redactor)
+
+    def start_span(
+        self, name: str, *, kind: str, inputs: Any = None, parent: OpenSpan | None = None
+    ) -> OpenSpan:
+        inner_parent = parent.span if isinstance(parent, _RedactingSpan) else parent
+        span = self.inner.start_span(
+            name, kind=kind, inputs=self.redactor.value(inputs), parent=inner_parent
+        )
+        return _RedactingSpan(span, self.redactor)
+
+    def flush(self) -> None:
+        flush = getattr(self.inner, "flush", None)
+        if flush is not None:
+            flush()
