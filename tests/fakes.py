@@ -315,6 +315,23 @@ class InMemoryConversationStore:
         conv = self._convs.get(conversation_id)
         return None if conv is None else History(conv.state, list(conv.inbox), list(conv.outbox))
 
+    def forget(self, conversation_id: str) -> dict[str, int] | None:
+        with self._lock:
+            conv = self._convs.pop(conversation_id, None)
+            if conv is None:
+                return None
+            links = [k for k in self._conns if k[1] == conversation_id]
+            for link in links:
+                del self._conns[link]
+            return {
+                "inbox": len(conv.inbox),
+                "outbox": len(conv.outbox),
+                "log": len(conv.log),
+                "checkpoint": int(conv.checkpoint is not None),
+                "connections": len(links),
+                "conversation": 1,
+            }
+
     def add_connection(self, connection_id: str, conversation_id: str, *, now: float) -> None:
         self._conns[(connection_id, conversation_id)] = now
 

@@ -90,6 +90,19 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="raw JSON")
     s.set_defaults(func=cmd_history)
 
+    s = sub.add_parser("forget", help="erase a conversation: its state, stored objects and traces")
+    s.add_argument("-c", "--conversation", required=True)
+    s.add_argument("--url", default=os.environ.get("AGENTWORKER_URL", DEFAULT_URL))
+    s.add_argument(
+        "--target",
+        choices=("local", "aws", "sandbox"),
+        default="local",
+        help="'local' (default): the server at --url; 'aws': the stack the AGENTWORKER_*"
+        " settings name (table, bucket, tracking URI); 'sandbox': the running sandbox",
+    )
+    s.add_argument("--state-dir", type=Path, help="where the sandbox's sandbox.json is")
+    s.set_defaults(func=cmd_forget)
+
     s = sub.add_parser("demo", help="scripted run: two conversations, a tool, an approval")
     s.add_argument("--state-dir", type=Path, help="default: a new temporary directory")
     s.add_argument("--no-tracing", action="store_true", help="skip MLflow traces")
@@ -386,6 +399,59 @@ def cmd_history(args: argparse.Namespace) -> int:
     for _, who, text in sorted(events, key=lambda e: e[0]):
         print(f"{who:>12}  {text}")
     return 0
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    cid = args.conversation
+    if args.target == "local":
+        import httpx
+
+        try:
+            with _http(args.url) as client:
+                resp = client.delete(f"/v1/conversations/{cid}")
+        except httpx.ConnectError:
+            print(f"agentworker: no server at {args.url}", file=sys.stderr)
+            return 1
+        if resp.status_code != 200:
+            return _fail(resp)
+        removed: dict[str, int] = resp.json()["removed"]
+    else:
+        from events.identity import backend
+        from workers import bootstrap
+        from workers.core.steps import forget_conversation
+        from workers.errors import AgentWorkerError
+
+        try:
+            if args.target == "sandbox":
+                _point_at_sandbox(args)
+            deps = bootstrap.aws_deps()
+            removed = forget_conversation(deps, cid, backend("iam:agentworker-cli"))
+        except AgentWorkerError as exc:
+            print(f"agentworker: {exc}", file=sys.stderr)
+            return 1
+    total = sum(removed.values())
+    print(f"forgot {cid}: " + ", ".join(f"{n} {kind}" for kind, n in sorted(removed.items())))
+    print(f"{total} items removed")
+    return 0
+
+
+def _point_at_sandbox(args: argparse.Namespace) -> None:
+    """Make this process's AWS settings the running sandbox's (its endpoint and names)."""
+    from workers.sandbox.server import read_state
+
+    state = read_state(_settings(args, state_dir="state_dir").state_dir)
+    os.environ.update(
+        {
+            "AWS_ENDPOINT_URL": state.endpoint_url,
+            "AWS_DEFAULT_REGION": state.region,
+            "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
+            "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
+            "AGENTWORKER_TABLE_NAME": state.table_name,
+            "AGENTWORKER_BUCKET_NAME": state.bucket_name,
+            "AGENTWORKER_STATE_MACHINE_ARN": state.state_machine_arn,
+            "AGENTWORKER_REPLY_TOPIC_ARN": state.topic_arn,
+        }
+    )
 
 
 def cmd_new(args: argparse.Namespace) -> int:

@@ -101,6 +101,26 @@ class MlflowTracer:
         )
         return _MlflowSpan(span)
 
+    def forget(self, conversation_id: str) -> int:
+        """Delete every trace tagged with the conversation (after exporting pending ones)."""
+        self.flush()
+        from mlflow import MlflowClient
+
+        client = MlflowClient()
+        safe = conversation_id.replace("'", "")
+        deleted = 0
+        while True:
+            found = client.search_traces(
+                locations=[self.experiment_id],
+                filter_string=f"tags.conversation_id = '{safe}'",
+                max_results=100,
+                include_spans=False,
+            )
+            ids = [t.info.trace_id for t in found]
+            if not ids:
+                return deleted
+            deleted += client.delete_traces(self.experiment_id, trace_ids=ids)
+
     def flush(self) -> None:
         """Wait for traces exported in the background (before a Lambda handler returns)."""
         flush = getattr(self._mlflow, "flush_trace_async_logging", None)

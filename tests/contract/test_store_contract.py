@@ -560,3 +560,37 @@ def test_a_group_owner_admits_every_member_and_a_backend_needs_no_access(store: 
     backend = store.append_inbox(owned(key="k4"), now=T0, default_policy="enqueue")
     assert backend.seq == 3
     assert store.get_conversation(CID).owner == "acme:C1"  # set once, at creation
+
+
+# --- forget -----------------------------------------------------------------------------------
+
+
+def test_forget_erases_everything_of_the_conversation_and_only_it(store: Any) -> None:
+    store.append_inbox(msg("q", "k1"), now=T0, default_policy="enqueue")
+    other = InboundMessage(conversation_id="ws:keep:1", text="other")
+    store.append_inbox(other, now=T0, default_policy="enqueue")
+    lease = store.try_acquire_lease(CID, now=T0, ttl=10)
+    [entry] = store.pending_inbox(CID)
+    reply = Reply(conversation_id=CID, turn_id="t", text="a")
+    log = [LogEntry("m1", "human", b"q"), LogEntry("m2", "ai", b"a")]
+    store.commit_turn(CID, TurnCommit(lease.token, [entry.seq], "idle", b"ck", log, [reply]))
+    store.append_inbox(msg("again", "k2"), now=T0 + 1, default_policy="enqueue")
+    store.add_connection("conn-1", CID, now=T0)
+    store.add_connection("conn-1", "ws:keep:1", now=T0)
+
+    removed = store.forget(CID)
+    assert removed is not None
+    assert removed["conversation"] == 1 and removed["inbox"] == 2 and removed["outbox"] == 1
+    assert removed["checkpoint"] == 1 and removed["connections"] == 1 and removed["log"] >= 2
+    assert store.get_conversation(CID) is None and store.history(CID) is None
+    assert store.pending_inbox(CID) == [] and store.load_checkpoint(CID) is None
+    assert store.load_log(CID, limit=10) == [] and store.list_connections(CID) == []
+    assert CID not in store.conversations_to_sweep(now=T0 + 100)
+    assert store.forget(CID) is None  # nothing left to forget
+    # The other conversation is untouched.
+    assert store.list_connections("ws:keep:1") == ["conn-1"]
+    assert [e.message.text for e in store.pending_inbox("ws:keep:1")] == ["other"]
+    # The id is free again: a new conversation, a new owner, no old dedupe key.
+    fresh = store.append_inbox(owned(key="k1"), now=T0 + 2, default_policy="enqueue", access=ALICE)
+    assert not fresh.duplicate and fresh.seq == 1
+    assert store.get_conversation(CID).owner == "alice"

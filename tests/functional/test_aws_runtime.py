@@ -371,3 +371,22 @@ def test_messages_sent_during_a_turn_follow_the_policy_under_one_run(aws: Aws) -
     assert "second" in merged and "third" in merged  # merge: one turn for both
     assert len(replies[1]["in_reply_to"]) == 2
     assert len(aws.executions()) == 1  # the messages joined the run holding the lease
+
+
+def test_forget_erases_a_conversation_from_the_aws_stores(
+    aws: Aws, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``agentworker forget --target aws`` against the stack the settings name."""
+    from workers.cli import main
+
+    aws.stub.script(reply_text="Noted.")
+    aws.send_sqs("ticket:77", "hello")
+    aws.pump()
+    assert [r["text"] for r in aws.replies()] == ["Noted."]
+    aws.wait_executions_done()
+    assert main(["forget", "-c", "ticket:77", "--target", "aws"]) == 0
+    out = capsys.readouterr().out
+    assert "forgot ticket:77:" in out and "1 conversation" in out and "1 inbox" in out
+    assert bootstrap.aws_deps().store.get_conversation("ticket:77") is None
+    assert main(["forget", "-c", "ticket:77", "--target", "aws"]) == 1
+    assert "no conversation 'ticket:77'" in capsys.readouterr().err

@@ -4,6 +4,7 @@ in process)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -152,6 +153,24 @@ def test_large_log_entries_and_replies_are_offloaded_too(
         CID, TurnCommit(token, [], "idle", None, [LogEntry("m1", "tool", b"t" * BIG)])
     )
     assert len(s3_keys(aws)) == 2 and len(store.load_log(CID, limit=5)) == 2
+
+
+def test_forget_deletes_the_partition_the_back_links_and_every_object(
+    store: DynamoDBConversationStore, aws: tuple[Any, Any]
+) -> None:
+    token = started(store)
+    reply = Reply(conversation_id=CID, turn_id="t", text="r" * BIG)
+    log = [LogEntry("m1", "tool", b"t" * BIG)]
+    store.commit_turn(CID, TurnCommit(token, [1], "idle", b"c" * BIG, log, [reply]))
+    store.add_connection("conn-9", CID, now=T0)
+    orphan = f"conversations/{CID}/checkpoint/orphan"
+    aws[1].put_object(Bucket=BUCKET, Key=orphan, Body=b"left by a crash")
+    assert len(s3_keys(aws)) == 4
+    removed = store.forget(CID)
+    assert removed is not None and removed["objects"] == 4 and removed["connections"] == 1
+    assert s3_keys(aws) == []
+    left = aws[0].scan(TableName=TABLE)["Items"]
+    assert not [i for i in left if CID in json.dumps(i)]  # no item names it any more
 
 
 def test_without_a_bucket_a_large_blob_is_refused(aws: tuple[Any, Any]) -> None:

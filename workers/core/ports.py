@@ -137,6 +137,11 @@ class ConversationStore(Protocol):
 
     def history(self, conversation_id: str) -> History | None: ...
 
+    def forget(self, conversation_id: str) -> dict[str, int] | None:
+        """Erase the conversation: its state, inbox, outbox, log, checkpoint, dedupe
+        markers, connections and stored objects. What was removed, by kind (``None``: no
+        such conversation). A run still going finds its lease gone and writes nothing."""
+
     def add_connection(self, connection_id: str, conversation_id: str, *, now: float) -> None: ...
 
     def remove_connection(self, connection_id: str) -> None: ...
@@ -235,6 +240,9 @@ class Tracer(Protocol):
         span and ends by its ``end``: for callbacks that open and close a span in separate
         calls (model and tool calls of the app's graph). A no-op span outside a turn."""
 
+    def forget(self, conversation_id: str) -> int:
+        """Delete the conversation's traces; how many were deleted."""
+
 
 class TurnAgent(Protocol):
     """Runs the agent graph for one turn from a checkpoint; no persistence of its own."""
@@ -286,3 +294,6 @@ class NullTracer:
         self, name: str, *, kind: str, inputs: Any = None, parent: OpenSpan | None = None
     ) -> OpenSpan:
         return NullSpan()
+
+    def forget(self, conversation_id: str) -> int:
+        return 0

@@ -171,6 +171,9 @@ class RedactingTracer:
         )
         return _RedactingSpan(span, self.redactor)
 
+    def forget(self, conversation_id: str) -> int:
+        return self.inner.forget(conversation_id)
+
     def flush(self) -> None:
         flush = getattr(self.inner, "flush", None)
         if flush is not None:

@@ -182,6 +182,19 @@ def history(deps: Deps, conversation_id: str, principal: Principal) -> History |
     return found
 
 
+def forget_conversation(deps: Deps, conversation_id: str, principal: Principal) -> dict[str, int]:
+    """Erase the conversation from the store (its objects too) and its traces, for a
+    principal who may use it (``NotFound`` otherwise); what was removed, by kind."""
+    if visible(deps, deps.store.get_conversation(conversation_id), principal) is None:
+        raise NotFound.conversation(conversation_id)
+    removed = deps.store.forget(conversation_id)
+    if removed is None:  # forgotten meanwhile
+        raise NotFound.conversation(conversation_id)
+    removed["traces"] = deps.tracer.forget(conversation_id)
+    log.info("forgot conversation %s: %s", conversation_id, removed)
+    return removed
+
+
 def check_follow(deps: Deps, conversation_id: str, principal: Principal) -> bool:
     """Whether ``principal`` may follow the conversation's replies: ``True`` if it exists and
     is theirs, ``False`` if it does not exist yet (a first message will create it for them);

@@ -70,6 +70,7 @@ from workers.adapters.aws.tables import (
     CONVERSATION_PREFIX,
     DEDUPE_PREFIX,
     INBOX_PREFIX,
+    LOG_ID_PREFIX,
     LOG_LAST_SK,
     LOG_PREFIX,
     META_SK,
@@ -689,6 +690,27 @@ class DynamoDBConversationStore:
     def _payload(self, item: Item) -> OutboxPayload:
         return _OUTBOX.validate_json(self._blobs.read(item))
 
+    def forget(self, conversation_id: str) -> dict[str, int] | None:
+        """Every item of the conversation's partition (and the connections' back links) in
+        batches, then its S3 objects."""
+        pk = conversation_pk(conversation_id)
+        items = self._table.query("#pk = :pk", {":pk": string(pk)})
+        if not any(get_str(i, TABLE_SK) == META_SK for i in items):
+            return None
+        removed: dict[str, int] = {}
+        keys: list[tuple[str, str]] = []
+        for item in items:
+            sk = get_str(item, TABLE_SK)
+            kind = _forget_kind(sk)
+            removed[kind] = removed.get(kind, 0) + 1
+            keys.append((pk, sk))
+            if sk.startswith(CONNECTION_PREFIX):
+                keys.append((_connection_pk(get_str(item, "connection_id")), pk))
+        self._table.batch_delete(keys)
+        self._accepted.pop(conversation_id, None)
+        removed["objects"] = self._blobs.forget(conversation_id)
+        return removed
+
     # websocket connections --------------------------------------------------------------
 
     def add_connection(self, connection_id: str, conversation_id: str, *, now: float) -> None:
@@ -914,6 +936,25 @@ def _state(meta: Item) -> ConversationState:
         tenant=opt_str(meta, "tenant"),
         owner=opt_str(meta, "owner"),
     )
+
+
+_FORGET_KINDS = (
+    (INBOX_PREFIX, "inbox"),
+    (OUTBOX_PREFIX, "outbox"),
+    (LOG_ID_PREFIX, "log"),
+    (LOG_PREFIX, "log"),
+    (DEDUPE_PREFIX, "dedupe"),
+    (CONNECTION_PREFIX, "connections"),
+)
+
+
+def _forget_kind(sk: str) -> str:
+    """What an item of a conversation's partition is, as ``forget`` reports it."""
+    if sk == META_SK:
+        return "conversation"
+    if sk == CHECKPOINT_SK:
+        return "checkpoint"
+    return next((kind for prefix, kind in _FORGET_KINDS if sk.startswith(prefix)), "other")
 
 
 def _owner(meta: Item) -> tuple[str | None, str | None]:

@@ -25,6 +25,7 @@ MAX_TRANSACTION_ACTIONS = 100
 MAX_ATTEMPTS = 8
 """Optimistic retries (re-read, rewrite) before giving up with ``RetryableError``."""
 _BATCH_GET_KEYS = 100
+_BATCH_WRITE_KEYS = 25
 _KEY_PART_BYTES = 900
 """Longest raw user value in a key; longer ones are hashed (a sort key holds at most 1 KB)."""
 
@@ -67,6 +68,21 @@ class DynamoDBTable:
             else:
                 raise RetryableError(f"{self.name}: batch read throttled, keys left unprocessed")
         return found
+
+    def batch_delete(self, keys: Sequence[tuple[str, str]]) -> None:
+        """Delete the items of ``keys`` (absent ones are fine); one call per 25 keys."""
+        for start in range(0, len(keys), _BATCH_WRITE_KEYS):
+            chunk = keys[start : start + _BATCH_WRITE_KEYS]
+            request: Item = {
+                self.name: [{"DeleteRequest": {"Key": key(pk, sk)}} for pk, sk in chunk]
+            }
+            for _ in attempts():
+                response = self.call("batch_write_item", RequestItems=request)
+                request = response.get("UnprocessedItems") or {}
+                if not request:
+                    break
+            else:
+                raise RetryableError(f"{self.name}: batch delete throttled, items left")
 
     def update(
         self,

@@ -103,6 +103,23 @@ class S3Offload:
             except Exception:  # cleanup must not mask the outcome the caller is reporting
                 log.warning("could not delete orphan s3://%s/%s", bucket, key, exc_info=True)
 
+    def forget(self, conversation_id: str) -> int:
+        """Delete every object of the conversation (pointed to or orphaned); how many."""
+        if self._s3 is None or self._bucket is None:
+            return 0
+        s3, bucket, deleted = self._s3, self._bucket, 0
+        prefix = f"conversations/{conversation_id}/"
+        token: dict[str, str] = {}
+        while True:
+            page = self._calls(s3, "s3", "list_objects_v2", Bucket=bucket, Prefix=prefix, **token)
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                self._calls(s3, "s3", "delete_objects", Bucket=bucket, Delete={"Objects": keys})
+                deleted += len(keys)
+            if not page.get("IsTruncated"):
+                return deleted
+            token = {"ContinuationToken": page["NextContinuationToken"]}
+
     def _put(self, conversation_id: str, kind: str, tag: str, data: bytes) -> str:
         key = f"conversations/{conversation_id}/{kind}/{tag}-{uuid.uuid4().hex}"
         s3, bucket = self._client(key)

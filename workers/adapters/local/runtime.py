@@ -35,6 +35,7 @@ from workers.core.steps import (
     accept_message,
     check_follow,
     drive_run,
+    forget_conversation,
     graph_state,
     history,
     sweep,
@@ -147,6 +148,10 @@ class EmbeddedRuntime:
         self, conversation_id: str, principal: Principal = LOCAL_USER
     ) -> GraphStateView | None:
         return await asyncio.to_thread(graph_state, self.deps, conversation_id, principal)
+
+    async def forget(self, conversation_id: str, principal: Principal) -> dict[str, int]:
+        """See :func:`~workers.core.steps.forget_conversation`."""
+        return await asyncio.to_thread(forget_conversation, self.deps, conversation_id, principal)
 
     async def check_follow(self, conversation_id: str, principal: Principal) -> bool:
         """See :func:`~workers.core.steps.check_follow`."""

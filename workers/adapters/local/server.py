@@ -234,6 +234,13 @@ def create_app(
             raise unknown_conversation(conversation_id)
         return JSONResponse(state.model_dump(mode="json"))
 
+    @app.delete("/v1/conversations/{conversation_id}")
+    async def delete_conversation(conversation_id: str, request: Request) -> JSONResponse:
+        principal = await caller(request)
+        check_conversation_id(conversation_id)
+        removed = await rt(request).forget(conversation_id, principal)
+        return JSONResponse({"conversation_id": conversation_id, "removed": removed})
+
     @app.websocket("/v1/ws")
     async def websocket(ws: WebSocket) -> None:
         if guard.refusal(ws.headers.get("host"), ws.headers.get("origin")) is not None:

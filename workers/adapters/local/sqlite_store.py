@@ -100,6 +100,15 @@ CREATE INDEX IF NOT EXISTS connections_by_conversation ON connections (conversat
 """
 
 _OUTBOX = TypeAdapter[OutboxPayload](OutboxPayload)
+_CONVERSATION_TABLES = (
+    ("inbox", "inbox"),
+    ("outbox", "outbox"),
+    ("log", "log"),
+    ("checkpoint", "checkpoints"),
+    ("connections", "connections"),
+    ("conversation", "conversations"),
+)
+"""Every table holding a conversation's rows: what ``forget`` erases, by kind."""
 
 
 class SqliteConversationStore:
@@ -534,6 +543,18 @@ class SqliteConversationStore:
             )
         ]
         return History(state, inbox, outbox)
+
+    def forget(self, conversation_id: str) -> dict[str, int] | None:
+        with self._tx() as db:
+            if self._state(db, conversation_id) is None:
+                return None
+            removed = {}
+            for kind, table in _CONVERSATION_TABLES:
+                cur = db.execute(
+                    f"DELETE FROM {table} WHERE conversation_id = ?", (conversation_id,)
+                )
+                removed[kind] = cur.rowcount
+            return removed
 
     # websocket connections --------------------------------------------------------------
 
