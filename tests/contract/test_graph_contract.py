@@ -19,7 +19,7 @@ from tests.fakes import InMemoryTicketStore, ManualClock
 from tests.turns import Conversation, PlainConversation, build_context, shape
 from workers.agent.offline import OfflineChatModel
 from workers.agent.runner import GraphTurnAgent
-from workers.core.ports import NullSpan
+from workers.core.ports import NullSpan, NullTracer
 from workers.errors import PermanentError
 
 Step = str | dict[str, Any]
@@ -190,7 +190,7 @@ def test_a_graph_that_ends_without_a_reply_still_tells_the_sender() -> None:
     assert notice.in_reply_to == [accepted.message_id]
 
 
-class ExceptionRecordingTracer:
+class ExceptionRecordingTracer(NullTracer):
     """A ``Tracer`` that keeps what a turn's trace would record as its exception."""
 
     def __init__(self) -> None:
