@@ -42,6 +42,7 @@ class StageParams(BaseModel):
     leaseTtlSeconds: int = Field(ge=1)  # noqa: N815
     doubleTexting: Literal["enqueue", "merge", "interrupt", "reject"]  # noqa: N815
     approvalPolicies: str = "{}"  # noqa: N815
+    retentionDays: int = Field(default=365, ge=1, le=3650)  # noqa: N815
     logLevel: Literal["DEBUG", "INFO", "WARNING", "ERROR"]  # noqa: N815
     logRetentionDays: int  # noqa: N815
     tracing: Literal["true", "false"]

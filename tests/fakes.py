@@ -315,6 +315,16 @@ class InMemoryConversationStore:
         conv = self._convs.get(conversation_id)
         return None if conv is None else History(conv.state, list(conv.inbox), list(conv.outbox))
 
+    def expired_conversations(self, *, before: float, limit: int = 100) -> list[str]:
+        with self._lock:
+            return [
+                cid
+                for cid, conv in sorted(self._convs.items(), key=lambda kv: kv[1].state.updated_at)
+                if conv.state.updated_at < before
+                and not conv.state.lease_live(before)
+                and not any(e.status == "pending" for e in conv.inbox)
+            ][:limit]
+
     def forget(self, conversation_id: str) -> dict[str, int] | None:
         with self._lock:
             conv = self._convs.pop(conversation_id, None)

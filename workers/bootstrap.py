@@ -30,6 +30,9 @@ def turn_settings(settings: Settings) -> TurnSettings:
         price_output_per_mtok=settings.price_output_per_mtok,
         approval_policies=settings.approval_policies,
         tenant_roles=frozenset(settings.auth_tenant_roles),
+        retention_seconds=None
+        if settings.retention_days is None
+        else settings.retention_days * 86_400.0,
     )
 
 
@@ -260,6 +263,7 @@ def build_aws(settings: Settings, *, with_agent: bool, session: Any = None) -> D
         table_name=settings.table_name,
         s3=session.client("s3"),
         bucket=settings.bucket_name,
+        retention_days=settings.retention_days,
     )
     sinks: list[ReplySink] = []
     if settings.reply_topic_arn:

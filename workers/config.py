@@ -133,6 +133,12 @@ class Settings(BaseSettings):
     )
     stream: bool = Field(True, description="Stream reply chunks to WebSocket clients.")
     tracing: bool = Field(True, description="Record one MLflow trace per turn.")
+    retention_days: int | None = Field(
+        None,
+        ge=1,
+        description="Erase a conversation (state, messages, traces) this long after its last "
+        "activity (unset: keep).",
+    )
     redaction: bool = Field(
         True,
         description="Mask e-mails, phones, card numbers, IBANs and AWS keys in spans and logs.",

@@ -87,6 +87,7 @@ _COMMON_ENV: dict[str, Any] = {
     "lease_ttl_seconds": "${param:leaseTtlSeconds}",
     "double_texting": "${param:doubleTexting}",
     "approval_policies": "${param:approvalPolicies}",
+    "retention_days": "${param:retentionDays}",
     "log_level": "${param:logLevel}",
     "slack_secret_arn": "${param:slackSecretArn}",
     "tracing": "false",

@@ -594,3 +594,22 @@ def test_forget_erases_everything_of_the_conversation_and_only_it(store: Any) ->
     fresh = store.append_inbox(owned(key="k1"), now=T0 + 2, default_policy="enqueue", access=ALICE)
     assert not fresh.duplicate and fresh.seq == 1
     assert store.get_conversation(CID).owner == "alice"
+
+
+def test_only_idle_conversations_expire(store: Any) -> None:
+    """Pending work or a live lease keeps a conversation; an idle one is listed, unless the
+    store expires conversations itself (DynamoDB's TTL)."""
+    store.append_inbox(msg("q"), now=T0, default_policy="enqueue")
+    lease = store.try_acquire_lease(CID, now=T0, ttl=10)
+    assert store.expired_conversations(before=T0 + 5) == []  # pending, and leased
+    [entry] = store.pending_inbox(CID)
+    store.commit_turn(CID, TurnCommit(lease.token, [entry.seq], "idle", b"ck"))
+    assert store.expired_conversations(before=T0 + 5) == []  # the lease still holds it
+    assert store.release_lease(CID, lease.token, seen_inbox_seq=1, now=T0 + 1)
+    later = InboundMessage(conversation_id="ws:later:1", text="x")
+    store.append_inbox(later, now=T0 + 50, default_policy="enqueue")
+    expired = store.expired_conversations(before=T0 + 20)
+    if type(store).__name__ == "DynamoDBConversationStore":
+        assert expired == []  # its TTL does it
+    else:
+        assert expired == [CID]

@@ -5,6 +5,7 @@ in process)."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -377,6 +378,13 @@ def test_table_spec_enables_ttl_and_finished_items_carry_it(aws: tuple[Any, Any]
     store.mark_delivered(CID, [1], now=T0)
     expires = int(raw(aws, CID, "out#000000000001")[TTL_ATTRIBUTE]["N"])
     assert expires > T0 + 29 * 86_400
+    # What lives as long as the conversation is used restarts its retention at every
+    # accept and commit: an idle conversation goes whole (meta, checkpoint).
+    month = time.time() + 30 * 86_400
+    for sk in ("meta", "log#~ckpt"):
+        assert abs(int(raw(aws, CID, sk)[TTL_ATTRIBUTE]["N"]) - month) < 120, sk
+    store.append_inbox(msg("new", cid="ws:fresh:1"), now=T0, default_policy="enqueue")
+    assert abs(int(raw(aws, "ws:fresh:1", "meta")[TTL_ATTRIBUTE]["N"]) - month) < 120
 
 
 def test_long_dedupe_keys_are_hashed_and_still_dedupe(store: DynamoDBConversationStore) -> None:

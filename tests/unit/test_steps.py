@@ -29,6 +29,7 @@ from workers.core.steps import (
     claim_inbox,
     deliver,
     drive_run,
+    expire,
     finish_turn,
     graph_state,
     history,
@@ -648,3 +649,27 @@ def test_the_resumed_turns_trace_names_the_approver() -> None:
     decide(w, interrupt_id, MEMBER_B)
     w.run_all()
     assert tracer.turns[-1]["inputs"]["answered_by"] == ["slack:T1:UB"]
+
+
+# --- retention --------------------------------------------------------------------------------
+
+
+def test_the_retention_erases_idle_conversations_only() -> None:
+    w = World(retention_seconds=3600.0)
+    w.send("old")
+    w.run_all()
+    w.clock.t += 3000
+    accept_message(w.deps, InboundMessage(conversation_id="ws:recent:1", text="hi"), LOCAL_USER)
+    w.run_all()
+    pending = InboundMessage(conversation_id="ws:pending:1", text="queued")
+    accept_message(w.deps, pending, LOCAL_USER)  # its run never came: pending work stays
+    w.starter.runs.clear()
+    assert expire(w.deps) == []  # nothing is an hour idle yet
+    w.clock.t += 1000
+    assert expire(w.deps) == [CID]
+    assert w.store.get_conversation(CID) is None
+    assert w.store.get_conversation("ws:recent:1") is not None
+    w.clock.t += 10_000
+    assert expire(w.deps) == ["ws:recent:1"]  # ws:pending:1 has work left: never expired
+    assert w.store.get_conversation("ws:pending:1") is not None
+    assert expire(World().deps) == []  # no retention: nothing is ever erased

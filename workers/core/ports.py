@@ -137,6 +137,10 @@ class ConversationStore(Protocol):
 
     def history(self, conversation_id: str) -> History | None: ...
 
+    def expired_conversations(self, *, before: float, limit: int = 100) -> list[str]:
+        """Conversations last used before ``before`` with nothing pending and no live lease
+        (for the retention); a store that expires them itself (a TTL) lists none."""
+
     def forget(self, conversation_id: str) -> dict[str, int] | None:
         """Erase the conversation: its state, inbox, outbox, log, checkpoint, dedupe
         markers, connections and stored objects. What was removed, by kind (``None``: no

@@ -100,6 +100,8 @@ class TurnSettings:
     tenant_roles: frozenset[str] = frozenset()
     """Roles whose holders may use every conversation of their tenant (supervisors,
     approvers); others only their own and their groups'."""
+    retention_seconds: float | None = None
+    """Erase conversations idle this long (``None``: keep them)."""
     approval_policies: Mapping[str, ApprovalPolicy] = field(default_factory=dict)
     """Who may decide each tool's approvals (tools not named: anyone in the conversation)."""
 
@@ -681,6 +683,21 @@ def sweep(deps: Deps, *, now: float | None = None) -> list[RunRef]:
 
 
 # one workflow step, and a whole run in one process ------------------------------------------
+
+
+def expire(deps: Deps, *, now: float | None = None, limit: int = 100) -> list[str]:
+    """Erase the conversations idle past the retention (store and traces): the ones the
+    store lists as expired (stores with native expiry, DynamoDB's TTL, list none)."""
+    if deps.settings.retention_seconds is None:
+        return []
+    cutoff = (deps.clock.now() if now is None else now) - deps.settings.retention_seconds
+    expired = deps.store.expired_conversations(before=cutoff, limit=limit)
+    for conversation_id in expired:
+        if deps.store.forget(conversation_id) is not None:
+            deps.tracer.forget(conversation_id)
+    if expired:
+        log.info("retention: erased %d idle conversation(s)", len(expired))
+    return expired
 
 
 def run_step(

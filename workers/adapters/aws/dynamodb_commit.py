@@ -124,11 +124,21 @@ def commit_actions(
     placed: list[Item],
     *,
     expiry: Item,
+    retained: Item | None = None,
 ) -> tuple[list[Item], list[Action]]:
-    """The transaction of ``parts`` on top of ``meta``, and what each action is."""
+    """The transaction of ``parts`` on top of ``meta``, and what each action is. ``expiry``:
+    the TTL of what this commit finishes; ``retained``: the TTL restarted on meta and the
+    checkpoint (the conversation was used now)."""
     commit = parts.commit
+    retained = retained or {}
     log_seq, outbox_seq = get_int(meta, "log_seq"), get_int(meta, "outbox_seq")
-    actions = [table.update_action(pk, META_SK, **_meta_update(commit, parts, meta, placed))]
+    update = _meta_update(commit, parts, meta, placed)
+    if retained:
+        update["update"] = update["update"].replace(
+            "SET ", f"SET #{TTL_ATTRIBUTE} = :retained, ", 1
+        )
+        update["values"][":retained"] = retained[TTL_ATTRIBUTE]
+    actions = [table.update_action(pk, META_SK, **update)]
     index: list[Action] = [("meta", None)]
     consume = "SET #status = :consumed" + (", #expires_at = :expires" if expiry else "")
     for seq in parts.consumed:
@@ -165,7 +175,12 @@ def commit_actions(
         actions.append(table.put(item))
         index.append(("outbox", n))
     if commit.checkpoint is not None:
-        checkpoint = {**key(pk, CHECKPOINT_SK), "token": number(commit.token), **placed[0]}
+        checkpoint = {
+            **key(pk, CHECKPOINT_SK),
+            "token": number(commit.token),
+            **placed[0],
+            **retained,
+        }
         actions.append(table.put(checkpoint))
         index.append(("checkpoint", None))
     return actions, index

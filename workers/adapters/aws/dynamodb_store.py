@@ -241,10 +241,11 @@ class DynamoDBConversationStore:
         }
         actions = [table.put(marker, cond="attribute_not_exists(#pk)")]
         if accept.meta is None:
-            meta = _new_meta(msg, accept.policy, accept.now, accept.lease)
+            meta = _new_meta(msg, accept.policy, accept.now, accept.lease) | self._expiry()
             actions.append(table.put(meta, cond="attribute_not_exists(#pk)"))
         else:
-            actions.append(table.update_action(pk, META_SK, **_accept_update(accept)))
+            update = _accept_update(accept, self._expiry())
+            actions.append(table.update_action(pk, META_SK, **update))
         sk = seq_sk(INBOX_PREFIX, accept.seq)
         entry: Item = {
             **key(pk, sk),
@@ -602,7 +603,13 @@ class DynamoDBConversationStore:
         and the parts it wrote."""
         for _ in attempts():
             actions, index = commit_actions(
-                self._table, pk, meta, parts, placed, expiry=self._expiry()
+                self._table,
+                pk,
+                meta,
+                parts,
+                placed,
+                expiry=self._expiry(),
+                retained=self._expiry(),
             )
             try:
                 self._table.transact(actions)
@@ -690,6 +697,11 @@ class DynamoDBConversationStore:
     def _payload(self, item: Item) -> OutboxPayload:
         return _OUTBOX.validate_json(self._blobs.read(item))
 
+    def expired_conversations(self, *, before: float, limit: int = 100) -> list[str]:
+        """None: DynamoDB's TTL erases idle conversations (``retention_days``) and the
+        bucket's lifecycle rule their objects."""
+        return []
+
     def forget(self, conversation_id: str) -> dict[str, int] | None:
         """Every item of the conversation's partition (and the connections' back links) in
         batches, then its S3 objects."""
@@ -745,7 +757,9 @@ class DynamoDBConversationStore:
     # helpers ----------------------------------------------------------------------------
 
     def _expiry(self) -> Item:
-        """The TTL attribute of an item finished now, or nothing without a retention."""
+        """The TTL attribute of an item finished now, or nothing without a retention. Also
+        what ``meta`` and the checkpoint get at every accept and commit: an idle
+        conversation goes whole ``retention_days`` after its last activity."""
         if self._retention is None:
             return {}
         return {TTL_ATTRIBUTE: number(int(time.time()) + self._retention)}
@@ -831,9 +845,12 @@ class _Accept:
         return self.msg.tenant, self.msg.owner
 
 
-def _accept_update(accept: _Accept) -> dict[str, Any]:
-    """``meta``'s update for an accepted message, conditional on everything it decided on."""
+def _accept_update(accept: _Accept, retained: Item) -> dict[str, Any]:
+    """``meta``'s update for an accepted message, conditional on everything it decided on;
+    with ``retained``, its retention restarts."""
     sets = ["#inbox_seq = :seq", "#policy = :policy", "#updated_at = :now"]
+    if retained:
+        sets.append(f"#{TTL_ATTRIBUTE} = :retained")
     conds = ["#inbox_seq = :previous"]
     # The owner that was checked (set at creation): not another conversation of that id.
     owner_values: Item = {}
@@ -884,7 +901,8 @@ def _accept_update(accept: _Accept) -> dict[str, Any]:
             ":outbox_seq": number(accept.outbox_seq + 1),
             ":outbox_previous": number(accept.outbox_seq),
         }
-        | owner_values,
+        | owner_values
+        | ({":retained": retained[TTL_ATTRIBUTE]} if retained else {}),
     }
 
 

@@ -104,21 +104,28 @@ class S3Offload:
                 log.warning("could not delete orphan s3://%s/%s", bucket, key, exc_info=True)
 
     def forget(self, conversation_id: str) -> int:
-        """Delete every object of the conversation (pointed to or orphaned); how many."""
+        """Delete every object of the conversation (pointed to or orphaned), every version
+        of it too (the bucket is versioned); how many objects there were."""
         if self._s3 is None or self._bucket is None:
             return 0
-        s3, bucket, deleted = self._s3, self._bucket, 0
+        s3, bucket, objects = self._s3, self._bucket, set()
         prefix = f"conversations/{conversation_id}/"
         token: dict[str, str] = {}
         while True:
-            page = self._calls(s3, "s3", "list_objects_v2", Bucket=bucket, Prefix=prefix, **token)
-            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-            if keys:
-                self._calls(s3, "s3", "delete_objects", Bucket=bucket, Delete={"Objects": keys})
-                deleted += len(keys)
+            page = self._calls(
+                s3, "s3", "list_object_versions", Bucket=bucket, Prefix=prefix, **token
+            )
+            versions = [*page.get("Versions", []), *page.get("DeleteMarkers", [])]
+            if versions:
+                doomed = [{"Key": v["Key"], "VersionId": v["VersionId"]} for v in versions]
+                self._calls(s3, "s3", "delete_objects", Bucket=bucket, Delete={"Objects": doomed})
+                objects |= {v["Key"] for v in page.get("Versions", [])}
             if not page.get("IsTruncated"):
-                return deleted
-            token = {"ContinuationToken": page["NextContinuationToken"]}
+                return len(objects)
+            token = {
+                "KeyMarker": page["NextKeyMarker"],
+                "VersionIdMarker": page["NextVersionIdMarker"],
+            }
 
     def _put(self, conversation_id: str, kind: str, tag: str, data: bytes) -> str:
         key = f"conversations/{conversation_id}/{kind}/{tag}-{uuid.uuid4().hex}"

@@ -35,6 +35,7 @@ from workers.core.steps import (
     accept_message,
     check_follow,
     drive_run,
+    expire,
     forget_conversation,
     graph_state,
     history,
@@ -190,6 +191,7 @@ class EmbeddedRuntime:
             await asyncio.sleep(self.settings.sweep_interval_seconds)
             try:
                 await asyncio.to_thread(sweep, self.deps)
+                await asyncio.to_thread(expire, self.deps)
             except Exception:
                 log.exception(
                     "sweep failed; trying again in %ss", self.settings.sweep_interval_seconds

@@ -544,6 +544,16 @@ class SqliteConversationStore:
         ]
         return History(state, inbox, outbox)
 
+    def expired_conversations(self, *, before: float, limit: int = 100) -> list[str]:
+        rows = self._conn().execute(
+            "SELECT conversation_id FROM conversations c WHERE updated_at < ?"
+            " AND (lease_token IS NULL OR lease_expires_at <= ?)"
+            " AND NOT EXISTS (SELECT 1 FROM inbox i WHERE i.conversation_id = c.conversation_id"
+            " AND i.status = 'pending') ORDER BY updated_at LIMIT ?",
+            (before, before, limit),
+        )
+        return [row[0] for row in rows]
+
     def forget(self, conversation_id: str) -> dict[str, int] | None:
         with self._tx() as db:
             if self._state(db, conversation_id) is None:
