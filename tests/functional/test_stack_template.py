@@ -143,3 +143,21 @@ def test_every_function_handler_exists() -> None:
         module = importlib.import_module(f"workers.handlers.{function}")
         assert callable(module.handler)
     assert Path(TEMPLATE).parent == OUT
+
+
+def test_the_data_keys_service_grants_hold_for_this_account_only(template: dict[str, Any]) -> None:
+    [key] = resources(template, "AWS::KMS::Key").values()
+    statements = key["Properties"]["KeyPolicy"]["Statement"]
+    [services] = [s for s in statements if "Service" in s["Principal"]]
+    assert services["Condition"] == {
+        "StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
+    }
+
+
+def test_idle_conversations_expire_in_the_table_and_the_bucket(template: dict[str, Any]) -> None:
+    buckets = resources(template, "AWS::S3::Bucket")
+    rules = buckets["StateBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    [retention] = [r for r in rules if r["Id"] == "conversation-retention"]
+    assert retention["Prefix"] == "conversations/" and retention["ExpirationInDays"] == 30  # dev
+    [table] = resources(template, "AWS::DynamoDB::Table").values()
+    assert table["Properties"]["TimeToLiveSpecification"]["Enabled"] is True
