@@ -43,6 +43,8 @@ class StageParams(BaseModel):
     doubleTexting: Literal["enqueue", "merge", "interrupt", "reject"]  # noqa: N815
     approvalPolicies: str = "{}"  # noqa: N815
     retentionDays: int = Field(default=365, ge=1, le=3650)  # noqa: N815
+    quotaMessagesPerMinute: int = Field(default=30, ge=1)  # noqa: N815
+    quotaTextBytesPerDay: int = Field(default=2_000_000, ge=1)  # noqa: N815
     logLevel: Literal["DEBUG", "INFO", "WARNING", "ERROR"]  # noqa: N815
     logRetentionDays: int  # noqa: N815
     tracing: Literal["true", "false"]

@@ -29,7 +29,7 @@ from workers.core.model import (
     TurnOutput,
     TurnRequest,
 )
-from workers.core.policies import accept_decision
+from workers.core.policies import accept_decision, window_start
 from workers.core.ports import Tracer
 from workers.errors import LeaseLost, NotFound, RetryableError, TurnSuperseded
 
@@ -50,6 +50,7 @@ class InMemoryConversationStore:
         self._convs: dict[str, _Conv] = {}
         self._lock = threading.RLock()
         self._conns: dict[tuple[str, str], float] = {}
+        self._quotas: dict[str, tuple[float, int]] = {}
         self.calls: list[str] = []
 
     def _get(self, cid: str) -> _Conv:
@@ -314,6 +315,18 @@ class InMemoryConversationStore:
     def history(self, conversation_id: str) -> History | None:
         conv = self._convs.get(conversation_id)
         return None if conv is None else History(conv.state, list(conv.inbox), list(conv.outbox))
+
+    def spend_quota(
+        self, key: str, amount: int, *, limit: int, window_seconds: float, now: float
+    ) -> float | None:
+        start = window_start(now, window_seconds)
+        with self._lock:
+            seen_start, used = self._quotas.get(key, (start, 0))
+            used = used if seen_start == start else 0
+            if used + amount > limit:
+                return start + window_seconds - now
+            self._quotas[key] = (start, used + amount)
+            return None
 
     def expired_conversations(self, *, before: float, limit: int = 100) -> list[str]:
         with self._lock:

@@ -30,6 +30,8 @@ def turn_settings(settings: Settings) -> TurnSettings:
         price_output_per_mtok=settings.price_output_per_mtok,
         approval_policies=settings.approval_policies,
         tenant_roles=frozenset(settings.auth_tenant_roles),
+        quota_messages_per_minute=settings.quota_messages_per_minute,
+        quota_text_bytes_per_day=settings.quota_text_bytes_per_day,
         retention_seconds=None
         if settings.retention_days is None
         else settings.retention_days * 86_400.0,

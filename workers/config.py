@@ -133,6 +133,12 @@ class Settings(BaseSettings):
     )
     stream: bool = Field(True, description="Stream reply chunks to WebSocket clients.")
     tracing: bool = Field(True, description="Record one MLflow trace per turn.")
+    quota_messages_per_minute: int | None = Field(
+        None, ge=1, description="Messages one principal may send per minute (unset: no limit)."
+    )
+    quota_text_bytes_per_day: int | None = Field(
+        None, ge=1, description="Text bytes one principal may send per day (unset: no limit)."
+    )
     retention_days: int | None = Field(
         None,
         ge=1,

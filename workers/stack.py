@@ -88,6 +88,8 @@ _COMMON_ENV: dict[str, Any] = {
     "double_texting": "${param:doubleTexting}",
     "approval_policies": "${param:approvalPolicies}",
     "retention_days": "${param:retentionDays}",
+    "quota_messages_per_minute": "${param:quotaMessagesPerMinute}",
+    "quota_text_bytes_per_day": "${param:quotaTextBytesPerDay}",
     "log_level": "${param:logLevel}",
     "slack_secret_arn": "${param:slackSecretArn}",
     "tracing": "false",

@@ -613,3 +613,21 @@ def test_only_idle_conversations_expire(store: Any) -> None:
         assert expired == []  # its TTL does it
     else:
         assert expired == [CID]
+
+
+# --- quotas -----------------------------------------------------------------------------------
+
+
+def test_a_quota_counts_within_its_window_and_refuses_past_its_limit(store: Any) -> None:
+    def spend(key: str, amount: int, now: float) -> float | None:
+        wait: float | None = store.spend_quota(key, amount, limit=3, window_seconds=60, now=now)
+        return wait
+
+    start = 1_700_000_040.0  # a window boundary (a multiple of 60)
+    assert [spend("a", 1, start + 1) for _ in range(3)] == [None, None, None]
+    assert spend("a", 1, start + 10) == pytest.approx(50.0)  # refused: 50 s left
+    assert spend("b", 3, start + 10) is None  # another key counts apart
+    assert spend("b", 4, start + 10) == pytest.approx(50.0)  # more than the limit at once
+    assert spend("a", 2, start + 61) is None  # the next window starts from zero
+    assert spend("a", 2, start + 62) == pytest.approx(58.0)  # refused, nothing added...
+    assert spend("a", 1, start + 63) is None  # ...so one more still fits

@@ -196,3 +196,22 @@ def test_with_an_identity_provider_another_address_may_be_bound() -> None:
         check_bind(Settings(host=host, auth_jwt_secret=secret))  # no ConfigError
         with pytest.raises(ConfigError):
             check_bind(Settings(host=host, dev_token="d" * 20))
+
+
+def test_a_principal_over_its_quota_gets_429_with_retry_after(tmp_path: Path) -> None:
+    env = {"AGENTWORKER_QUOTA_MESSAGES_PER_MINUTE": "2"}
+    with ServerProcess(tmp_path, env=env) as srv:
+        url = f"{srv.url}/v1/conversations/ws:quota:1/messages"
+        answers = [httpx.post(url, json={"text": f"m{i}"}, headers=srv.auth) for i in range(3)]
+        assert [a.status_code for a in answers] == [202, 202, 429]
+        refused = answers[2]
+        assert refused.json()["error"]["code"] == "throttled"
+        assert 1 <= int(refused.headers["retry-after"]) <= 60
+        with connect(srv.ws_url, additional_headers=srv.auth) as ws:
+            frame = {"action": "send", "conversation_id": "ws:quota:1", "text": "again"}
+            ws.send(json.dumps(frame))
+            while (answer := json.loads(ws.recv(timeout=10)))["type"] != "error":
+                pass
+            assert answer["error"]["code"] == "throttled"
+        view = httpx.get(f"{srv.url}/v1/conversations/ws:quota:1", headers=srv.auth).json()
+        assert [m["text"] for m in view["messages"]] == ["m0", "m1"]  # nothing refused written

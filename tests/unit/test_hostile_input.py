@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -151,3 +152,16 @@ def test_a_signed_slack_event_that_is_a_string_is_ignored(
     status, answer = call_slack(slack_request(event))
     assert status == 200 and answer["type"] == "ignored"
     assert store.calls == []
+
+
+def test_the_aws_websocket_answers_a_throttled_sender_with_429(
+    store: InMemoryConversationStore,
+) -> None:
+    deps = bootstrap.aws_deps()
+    deps.settings = replace(deps.settings, quota_messages_per_minute=1)
+    frame = '{"action": "send", "conversation_id": "ws:q:1", "text": "hi"}'
+    first = ingest.handler(websocket_event(frame), context("ingest"))
+    second = ingest.handler(websocket_event(frame.replace("hi", "again")), context("ingest"))
+    assert first["statusCode"] == 200 and second["statusCode"] == 429
+    assert json.loads(second["body"])["error"]["code"] == "throttled"
+    assert len(store.pending_inbox("ws:q:1")) == 1

@@ -43,6 +43,7 @@ from workers.errors import (
     NotWaiting,
     PermanentError,
     RetryableError,
+    Throttled,
 )
 
 CID = "ws:alice:chat1"
@@ -673,3 +674,32 @@ def test_the_retention_erases_idle_conversations_only() -> None:
     assert expire(w.deps) == ["ws:recent:1"]  # ws:pending:1 has work left: never expired
     assert w.store.get_conversation("ws:pending:1") is not None
     assert expire(World().deps) == []  # no retention: nothing is ever erased
+
+
+# --- quotas -----------------------------------------------------------------------------------
+
+
+def test_a_principal_over_its_quota_is_throttled_and_nothing_is_written() -> None:
+    w = World(quota_messages_per_minute=2, quota_text_bytes_per_day=20)
+    alice = Principal(id="alice", tenant="acme")
+
+    def send(text: str) -> Any:
+        return accept_message(w.deps, InboundMessage(conversation_id="ws:q:1", text=text), alice)
+
+    send("one")
+    send("two")
+    with pytest.raises(Throttled) as throttled:
+        send("three")
+    assert 0 < throttled.value.retry_after <= 60 and "2 messages per minute" in str(throttled.value)
+    assert len(w.store.pending_inbox("ws:q:1")) == 2  # the refused one was not written
+    bob = Principal(id="bob", tenant="acme")
+    accept_message(w.deps, InboundMessage(conversation_id="ws:q:2", text="hi"), bob)  # his own
+    w.clock.t += 60
+    with pytest.raises(Throttled, match="bytes of text per day") as too_long:
+        send("x" * 15)  # 6 + 15 bytes today: over 20
+    assert too_long.value.field == "text" and too_long.value.retry_after > 3600
+    # Trusted backends have no quota.
+    for _ in range(5):
+        accept_message(
+            w.deps, InboundMessage(conversation_id="ws:q:1", text="x" * 30), backend("iam:x")
+        )

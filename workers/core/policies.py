@@ -31,6 +31,14 @@ STALE_APPROVAL_NOTICE = "That request is no longer pending; nothing was done."
 NOTHING_PENDING_NOTICE = "There is nothing waiting for approval or an answer; nothing was done."
 
 
+# quotas ---------------------------------------------------------------------------------
+
+
+def window_start(now: float, window_seconds: float) -> float:
+    """The start of the fixed quota window ``now`` falls in (every store counts alike)."""
+    return (now // window_seconds) * window_seconds
+
+
 # access ---------------------------------------------------------------------------------
 
 

@@ -137,6 +137,13 @@ class ConversationStore(Protocol):
 
     def history(self, conversation_id: str) -> History | None: ...
 
+    def spend_quota(
+        self, key: str, amount: int, *, limit: int, window_seconds: float, now: float
+    ) -> float | None:
+        """Add ``amount`` to ``key``'s use in the current fixed window (``now`` rounded down
+        to ``window_seconds``) if that keeps it within ``limit``, atomically; ``None`` when
+        it did, else the seconds until the window ends (nothing added)."""
+
     def expired_conversations(self, *, before: float, limit: int = 100) -> list[str]:
         """Conversations last used before ``before`` with nothing pending and no live lease
         (for the retention); a store that expires them itself (a TTL) lists none."""

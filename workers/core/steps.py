@@ -71,6 +71,7 @@ from workers.errors import (
     NotWaiting,
     PermanentError,
     RetryableError,
+    Throttled,
     TurnSuperseded,
 )
 
@@ -100,6 +101,8 @@ class TurnSettings:
     tenant_roles: frozenset[str] = frozenset()
     """Roles whose holders may use every conversation of their tenant (supervisors,
     approvers); others only their own and their groups'."""
+    quota_messages_per_minute: int | None = None
+    quota_text_bytes_per_day: int | None = None
     retention_seconds: float | None = None
     """Erase conversations idle this long (``None``: keep them)."""
     approval_policies: Mapping[str, ApprovalPolicy] = field(default_factory=dict)
@@ -136,6 +139,8 @@ def accept_message(
     ``NotFound`` for an unknown conversation, ``NotWaiting`` otherwise."""
     msg = as_sent_by(msg, principal, owner=owner)
     access = access_for(principal, deps.settings.tenant_roles)
+    if not principal.service:
+        check_quotas(deps, principal, msg)
     waiting: ConversationState | None = None
     if msg.answers is not None:
         waiting = visible(deps, deps.store.get_conversation(msg.conversation_id), principal)
@@ -164,6 +169,37 @@ def accept_message(
         if state is not None and state.approval_task_token:
             deps.starter.resume(state.approval_task_token)
     return result
+
+
+def check_quotas(deps: Deps, principal: Principal, msg: InboundMessage) -> None:
+    """``Throttled`` (with the seconds to wait) when the message would take its sender past
+    a configured quota: messages per minute, text bytes per day. Trusted backends have
+    none."""
+    who = f"{principal.tenant}/{principal.id}"
+    now = deps.clock.now()
+    settings = deps.settings
+    quotas = (
+        ("messages", settings.quota_messages_per_minute, 1, 60.0, "messages per minute"),
+        (
+            "text_bytes",
+            settings.quota_text_bytes_per_day,
+            len(msg.text.encode("utf-8", "surrogatepass")),
+            86_400.0,
+            "bytes of text per day",
+        ),
+    )
+    for name, limit, amount, window, unit in quotas:
+        if limit is None or amount == 0:
+            continue
+        wait = deps.store.spend_quota(
+            f"{name}:{who}", amount, limit=limit, window_seconds=window, now=now
+        )
+        if wait is not None:
+            raise Throttled(
+                f"quota: {principal.id} may send {limit} {unit}; try again in {wait:.0f} s",
+                retry_after=wait,
+                field="text" if name == "text_bytes" else None,
+            )
 
 
 def visible(

@@ -27,7 +27,14 @@ from events.outbound import ErrorBody, ErrorView, validation_problem
 from workers import bootstrap
 from workers.core.model import AcceptResult
 from workers.core.steps import accept_message
-from workers.errors import BadInput, NotAllowed, NotFound, NotWaiting, PermanentError
+from workers.errors import (
+    BadInput,
+    NotAllowed,
+    NotFound,
+    NotWaiting,
+    PermanentError,
+    Throttled,
+)
 from workers.handlers.observability import logger, metrics
 
 _FRAME: TypeAdapter[Any] = TypeAdapter(WsFrame)
@@ -103,11 +110,12 @@ def _websocket(event: dict[str, Any]) -> dict[str, Any]:
     principal = from_authorizer_context(ctx.get("authorizer")) or ANONYMOUS
     try:
         result = accept_message(deps, msg, principal)
-    except (NotFound, NotWaiting, NotAllowed) as exc:
+    except (NotFound, NotWaiting, NotAllowed, Throttled) as exc:
         status, code = {
             NotFound: (404, "not_found"),
             NotWaiting: (409, "not_waiting"),
             NotAllowed: (403, "not_allowed"),
+            Throttled: (429, "throttled"),
         }[type(exc)]
         body = ErrorView(error=ErrorBody(code=code, message=str(exc), field=exc.field))
         return {"statusCode": status, "body": body.model_dump_json()}

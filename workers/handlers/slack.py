@@ -40,7 +40,14 @@ from events.outbound import validation_problem
 from workers import bootstrap
 from workers.adapters.aws.slack import verify_slack_request
 from workers.core.steps import accept_message
-from workers.errors import BadInput, InvalidSlackSignature, NotAllowed, NotFound, NotWaiting
+from workers.errors import (
+    BadInput,
+    InvalidSlackSignature,
+    NotAllowed,
+    NotFound,
+    NotWaiting,
+    Throttled,
+)
 from workers.handlers.http import error_response, json_response, raw_body
 from workers.handlers.observability import logger, metrics
 
@@ -68,6 +75,10 @@ def _accept(msg: InboundMessage, principal: Principal) -> dict[str, Any]:
     except (NotFound, NotWaiting) as exc:
         # A click on buttons whose question was answered or superseded: nothing to do.
         return _ignored(f"stale answer: {exc}")
+    except Throttled as exc:
+        # Over the member's quota: acknowledged (a Slack retry would not help), not taken.
+        metrics.add_metric(name="throttled", unit=MetricUnit.Count, value=1)
+        return _ignored(f"throttled: {exc}")
     except NotAllowed as exc:
         # The tool's approval policy does not let this member decide (the requester, or
         # no approver role): acknowledged, nothing recorded.

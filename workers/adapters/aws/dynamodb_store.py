@@ -103,7 +103,7 @@ from workers.core.model import (
     PendingWork,
     TurnCommit,
 )
-from workers.core.policies import AcceptDecision, accept_decision
+from workers.core.policies import AcceptDecision, accept_decision, window_start
 from workers.errors import LeaseLost, NotFound, PermanentError, RetryableError, TurnSuperseded
 
 _OUTBOX = TypeAdapter[OutboxPayload](OutboxPayload)
@@ -697,6 +697,31 @@ class DynamoDBConversationStore:
     def _payload(self, item: Item) -> OutboxPayload:
         return _OUTBOX.validate_json(self._blobs.read(item))
 
+    def spend_quota(
+        self, key: str, amount: int, *, limit: int, window_seconds: float, now: float
+    ) -> float | None:
+        """One conditional ``UpdateItem`` on the window's counter item (its TTL is the
+        window's end: counters clean themselves up)."""
+        start = window_start(now, window_seconds)
+        wait = start + window_seconds - now
+        if amount > limit:
+            return wait
+        try:
+            self._table.update(
+                f"{QUOTA_PK_PREFIX}{key_part(key)}",
+                f"w#{start:.0f}",
+                f"ADD #used :amount SET #{TTL_ATTRIBUTE} = :expires",
+                cond="attribute_not_exists(#used) OR #used <= :room",
+                values={
+                    ":amount": number(amount),
+                    ":room": number(limit - amount),
+                    ":expires": number(int(start + window_seconds) + 60),
+                },
+            )
+        except ConditionFailed:
+            return wait
+        return None
+
     def expired_conversations(self, *, before: float, limit: int = 100) -> list[str]:
         """None: DynamoDB's TTL erases idle conversations (``retention_days``) and the
         bucket's lifecycle rule their objects."""
@@ -956,6 +981,8 @@ def _state(meta: Item) -> ConversationState:
     )
 
 
+QUOTA_PK_PREFIX = "quota#"
+"""Partition of a principal's quota counters (one item per window; not a conversation's)."""
 _FORGET_KINDS = (
     (INBOX_PREFIX, "inbox"),
     (OUTBOX_PREFIX, "outbox"),

@@ -33,7 +33,7 @@ from workers.core.model import (
     PendingWork,
     TurnCommit,
 )
-from workers.core.policies import accept_decision
+from workers.core.policies import accept_decision, window_start
 from workers.errors import LeaseLost, NotFound, TurnSuperseded
 
 _SCHEMA = """
@@ -97,6 +97,11 @@ CREATE TABLE IF NOT EXISTS connections (
     PRIMARY KEY (connection_id, conversation_id)
 );
 CREATE INDEX IF NOT EXISTS connections_by_conversation ON connections (conversation_id);
+CREATE TABLE IF NOT EXISTS quotas (
+    key TEXT PRIMARY KEY,
+    window_start REAL NOT NULL,
+    used INTEGER NOT NULL
+) WITHOUT ROWID;
 """
 
 _OUTBOX = TypeAdapter[OutboxPayload](OutboxPayload)
@@ -543,6 +548,23 @@ class SqliteConversationStore:
             )
         ]
         return History(state, inbox, outbox)
+
+    def spend_quota(
+        self, key: str, amount: int, *, limit: int, window_seconds: float, now: float
+    ) -> float | None:
+        start = window_start(now, window_seconds)
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT window_start, used FROM quotas WHERE key = ?", (key,)
+            ).fetchone()
+            used = row[1] if row is not None and row[0] == start else 0
+            if used + amount > limit:
+                return start + window_seconds - now
+            db.execute(
+                "INSERT OR REPLACE INTO quotas (key, window_start, used) VALUES (?, ?, ?)",
+                (key, start, used + amount),
+            )
+            return None
 
     def expired_conversations(self, *, before: float, limit: int = 100) -> list[str]:
         rows = self._conn().execute(
