@@ -45,6 +45,8 @@ class StageParams(BaseModel):
     retentionDays: int = Field(default=365, ge=1, le=3650)  # noqa: N815
     quotaMessagesPerMinute: int = Field(default=30, ge=1)  # noqa: N815
     quotaTextBytesPerDay: int = Field(default=2_000_000, ge=1)  # noqa: N815
+    apiThrottleRate: int = Field(default=50, ge=1, le=10_000)  # noqa: N815
+    apiThrottleBurst: int = Field(default=100, ge=1, le=5_000)  # noqa: N815
     logLevel: Literal["DEBUG", "INFO", "WARNING", "ERROR"]  # noqa: N815
     logRetentionDays: int  # noqa: N815
     tracing: Literal["true", "false"]

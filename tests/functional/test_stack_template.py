@@ -161,3 +161,11 @@ def test_idle_conversations_expire_in_the_table_and_the_bucket(template: dict[st
     assert retention["Prefix"] == "conversations/" and retention["ExpirationInDays"] == 30  # dev
     [table] = resources(template, "AWS::DynamoDB::Table").values()
     assert table["Properties"]["TimeToLiveSpecification"]["Enabled"] is True
+
+
+def test_both_apis_throttle_at_the_stage(template: dict[str, Any]) -> None:
+    stages = resources(template, "AWS::ApiGatewayV2::Stage")
+    assert set(stages) == {"HttpApiStage", "WebsocketsDeploymentStage"}
+    for stage in stages.values():
+        settings = stage["Properties"]["DefaultRouteSettings"]
+        assert (settings["ThrottlingRateLimit"], settings["ThrottlingBurstLimit"]) == (50, 100)
