@@ -8,7 +8,10 @@ between its frames (the AWS ``$connect`` authorizer stores it with the connectio
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 LOCAL_TENANT = "local"
 """The tenant of the embedded server's own user when no authentication is configured."""
@@ -105,3 +108,50 @@ class ApprovalPolicy(BaseModel):
         if self.not_requester:
             parts.append("someone other than the requester")
         return " and ".join(parts) or "anyone in the conversation"
+
+
+class ClaimMapping(BaseModel):
+    """Where a token's claims keep the tenant and the roles (settings ``auth_*_claim``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tenant_claim: str = "tenant"
+    roles_claim: str = "roles"
+    default_tenant: str | None = None
+
+    def principal(self, claims: Mapping[str, Any]) -> Principal:
+        """``sub`` as the principal, of the tenant and with the roles the claims name;
+        ``ValueError`` (with the reason first: ``missing_claim: ...``) when they cannot."""
+        tenant = claim(claims, self.tenant_claim) or self.default_tenant
+        if not isinstance(tenant, str) or not tenant:
+            raise ValueError(f"missing_claim: no {self.tenant_claim!r} claim (the tenant)")
+        try:
+            return Principal(
+                id=str(claims["sub"]),
+                tenant=tenant,
+                roles=roles_of(claim(claims, self.roles_claim)),
+            )
+        except (KeyError, ValidationError):
+            raise ValueError("bad_claim: sub or tenant is missing, empty or too long") from None
+
+
+def claim(claims: Mapping[str, Any], path: str) -> Any:
+    """The claim at ``path``; dots walk into objects (Keycloak's ``realm_access.roles``)."""
+    value: Any = claims
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def roles_of(value: Any) -> frozenset[str]:
+    """Roles from a claim: a list of strings, or one string of them separated by spaces or
+    commas (API Gateway's JWT authorizer passes a list as ``"[a b]"``)."""
+    if value is None:
+        return frozenset()
+    if isinstance(value, str):
+        return frozenset(r for r in value.strip("[]").replace(",", " ").split() if r)
+    if isinstance(value, list) and all(isinstance(r, str) for r in value):
+        return frozenset(value)
+    raise ValueError("bad_claim: the roles claim is not a list of strings")

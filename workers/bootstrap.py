@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from events.identity import ClaimMapping
 from events.workflow import RunRef
 from workers.config import Settings, load_settings
 from workers.core.ports import Authenticator, Clock, NullTracer, TicketStore, Tracer, TurnAgent
@@ -202,6 +203,18 @@ def reset_aws_deps() -> None:
     """Forget the cached dependencies (the emulator rebuilds them against a new stack)."""
     _AWS_DEPS.clear()
     _SLACK_CREDENTIALS.clear()
+    _CLAIMS.clear()
+
+
+_CLAIMS: list[ClaimMapping] = []
+
+
+def jwt_claims() -> ClaimMapping:
+    """Where the identity provider's tokens keep the tenant and roles (once per process):
+    for the claims API Gateway's JWT authorizer passes on."""
+    if not _CLAIMS:
+        _CLAIMS.append(load_settings().claim_mapping)
+    return _CLAIMS[0]
 
 
 _SLACK_CREDENTIALS: list[SlackCredentials] = []

@@ -19,7 +19,7 @@ from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_valid
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
-from events.identity import ApprovalPolicy
+from events.identity import ApprovalPolicy, ClaimMapping
 from events.inbound import DoubleTextingPolicy
 from workers.errors import ConfigError
 
@@ -250,6 +250,15 @@ class Settings(BaseSettings):
         if isinstance(value, str) and not value.strip().startswith("["):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
+
+    @property
+    def claim_mapping(self) -> ClaimMapping:
+        """Where tokens keep the tenant and the roles."""
+        return ClaimMapping(
+            tenant_claim=self.auth_tenant_claim,
+            roles_claim=self.auth_roles_claim,
+            default_tenant=self.auth_default_tenant,
+        )
 
     @property
     def auth_configured(self) -> bool:

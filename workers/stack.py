@@ -90,6 +90,8 @@ _COMMON_ENV: dict[str, Any] = {
     "retention_days": "${param:retentionDays}",
     "quota_messages_per_minute": "${param:quotaMessagesPerMinute}",
     "quota_text_bytes_per_day": "${param:quotaTextBytesPerDay}",
+    "auth_tenant_claim": "${param:authTenantClaim}",
+    "auth_roles_claim": "${param:authRolesClaim}",
     "log_level": "${param:logLevel}",
     "slack_secret_arn": "${param:slackSecretArn}",
     "tracing": "false",

@@ -24,6 +24,7 @@ STAGE = "dev"
 NAMES = StackNames(f"agentworker-{STAGE}")
 SKIPPED_BY_MOTO = {
     "AWS::ApiGatewayV2::Api",
+    "AWS::ApiGatewayV2::Authorizer",
     "AWS::ApiGatewayV2::Deployment",
     "AWS::ApiGatewayV2::Integration",
     "AWS::ApiGatewayV2::Route",
@@ -169,3 +170,21 @@ def test_both_apis_throttle_at_the_stage(template: dict[str, Any]) -> None:
     for stage in stages.values():
         settings = stage["Properties"]["DefaultRouteSettings"]
         assert (settings["ThrottlingRateLimit"], settings["ThrottlingBurstLimit"]) == (50, 100)
+
+
+def test_users_reach_http_routes_through_the_jwt_authorizer(template: dict[str, Any]) -> None:
+    routes = {
+        r["Properties"]["RouteKey"]: r["Properties"]
+        for r in resources(template, "AWS::ApiGatewayV2::Route").values()
+    }
+    assert (
+        routes["POST /v1/conversations/{conversation_id}/approvals"]["AuthorizationType"] == "JWT"
+    )
+    assert (
+        routes["POST /conversations/{conversation_id}/approvals"]["AuthorizationType"] == "AWS_IAM"
+    )
+    [authorizer] = resources(template, "AWS::ApiGatewayV2::Authorizer").values()
+    jwt = authorizer["Properties"]["JwtConfiguration"]
+    assert jwt["Issuer"].endswith("/auth-issuer}}") and jwt["Audience"][0].endswith(
+        "/auth-audience}}"
+    )

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from events.inbound import SqsRecord
+from events.identity import Principal, backend
+from events.inbound import InboundMessage, SqsRecord
 from events.json_input import MAX_DEPTH, parse_json
 from tests.fakes import (
     InMemoryConversationStore,
@@ -23,7 +24,7 @@ from tests.fakes import (
 )
 from tests.functional.slack_env import SIGNING_SECRET, slack_fixture, slack_request
 from workers import bootstrap
-from workers.core.steps import Deps
+from workers.core.steps import Deps, accept_message, drive_run
 from workers.errors import BadInput
 from workers.handlers import approve, ingest, slack
 from workers.sandbox.emulator import LambdaContextStub
@@ -165,3 +166,56 @@ def test_the_aws_websocket_answers_a_throttled_sender_with_429(
     assert first["statusCode"] == 200 and second["statusCode"] == 429
     assert json.loads(second["body"])["error"]["code"] == "throttled"
     assert len(store.pending_inbox("ws:q:1")) == 1
+
+
+def user_event(body: dict[str, Any], claims: dict[str, Any], cid: str = "ws:acme:a") -> Any:
+    """The HTTP API (payload 2.0) event of the user route: its JWT authorizer verified the
+    token and passes the claims (arrays as API Gateway writes them: ``"[a b]"``)."""
+    return {
+        "body": json.dumps(body),
+        "pathParameters": {"conversation_id": cid},
+        "requestContext": {"authorizer": {"jwt": {"claims": claims, "scopes": None}}},
+    }
+
+
+def test_users_approve_as_themselves_through_the_jwt_route(
+    store: InMemoryConversationStore,
+) -> None:
+    deps = bootstrap.aws_deps()
+    owner = Principal(id="u-alice", tenant="acme")
+    accept_message(deps, InboundMessage(conversation_id="ws:acme:a", text="approve-me"), owner)
+    drive_run(deps, deps.starter.runs.pop())  # type: ignore[attr-defined]
+    waiting = store.get_conversation("ws:acme:a")
+    assert waiting is not None and waiting.pending_approval is not None
+    decision = {"interrupt_id": waiting.pending_approval.interrupt_id, "approved": True}
+    alice = {"sub": "u-alice", "tenant": "acme", "roles": "[agent approver]"}
+    for claims, status in [
+        ({"sub": "u-eve", "tenant": "evil"}, 404),  # another tenant: it does not exist
+        ({"sub": "u-alice"}, 401),  # no tenant claim
+    ]:
+        answer = approve.handler(user_event(decision, claims), context("approve"))
+        assert answer["statusCode"] == status, answer
+    forged = approve.handler(user_event(decision | {"sender": "boss"}, alice), context("approve"))
+    assert forged["statusCode"] == 422 and json.loads(forged["body"])["error"]["field"] == "sender"
+    answer = approve.handler(user_event(decision, alice), context("approve"))
+    assert answer["statusCode"] == 202, answer
+    [entry] = store.pending_inbox("ws:acme:a")
+    assert entry.message.sender == "u-alice" and entry.message.kind == "approval"
+
+
+def test_a_backend_names_the_approver_on_the_iam_route(store: InMemoryConversationStore) -> None:
+    deps = bootstrap.aws_deps()
+    backoffice = backend("iam:arn:aws:iam::1:role/desk")
+    accept_message(deps, InboundMessage(conversation_id="ticket:5", text="approve-me"), backoffice)
+    drive_run(deps, deps.starter.runs.pop())  # type: ignore[attr-defined]
+    waiting = store.get_conversation("ticket:5")
+    assert waiting is not None and waiting.pending_approval is not None
+    body = {"interrupt_id": waiting.pending_approval.interrupt_id, "approved": False}
+    event = {
+        "body": json.dumps(body | {"sender": "agent-7"}),
+        "pathParameters": {"conversation_id": "ticket:5"},
+        "requestContext": {"authorizer": {"iam": {"userArn": "arn:aws:iam::1:role/desk"}}},
+    }
+    answer = approve.handler(event, context("approve"))
+    assert answer["statusCode"] == 202
+    assert store.pending_inbox("ticket:5")[0].message.sender == "agent-7"

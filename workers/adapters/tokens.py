@@ -11,13 +11,11 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
-from collections.abc import Mapping
 from typing import Any
 
 import jwt
-from pydantic import ValidationError
 
-from events.identity import LOCAL_USER, Principal
+from events.identity import LOCAL_USER, ClaimMapping, Principal
 from workers.config import Settings
 from workers.errors import ConfigError, RetryableError, Unauthenticated
 
@@ -42,26 +40,6 @@ _REASONS: tuple[tuple[type[Exception], str], ...] = (
     (jwt.DecodeError, "malformed"),
     (jwt.InvalidKeyError, "bad_signature"),
 )
-
-
-def claim(claims: Mapping[str, Any], path: str) -> Any:
-    """The claim at ``path``; dots walk into objects (Keycloak's ``realm_access.roles``)."""
-    value: Any = claims
-    for part in path.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            return None
-        value = value[part]
-    return value
-
-
-def _roles(value: Any) -> frozenset[str]:
-    if value is None:
-        return frozenset()
-    if isinstance(value, str):
-        return frozenset(r for r in value.replace(",", " ").split() if r)
-    if isinstance(value, list) and all(isinstance(r, str) for r in value):
-        return frozenset(value)
-    raise Unauthenticated("bad_claim", "the roles claim is not a list of strings")
 
 
 class JwtAuthenticator:
@@ -94,9 +72,9 @@ class JwtAuthenticator:
         self.algorithms = ["HS256"] if secret is not None else list(ASYMMETRIC_ALGORITHMS)
         self.issuer = issuer
         self.audience = audience
-        self.tenant_claim = tenant_claim
-        self.roles_claim = roles_claim
-        self.default_tenant = default_tenant
+        self.claims = ClaimMapping(
+            tenant_claim=tenant_claim, roles_claim=roles_claim, default_tenant=default_tenant
+        )
         self.leeway = leeway
 
     @property
@@ -107,16 +85,15 @@ class JwtAuthenticator:
     @classmethod
     def for_settings(cls, settings: Settings) -> JwtAuthenticator:
         secret = settings.auth_jwt_secret
-        return cls(
+        authenticator = cls(
             secret=None if secret is None else secret.get_secret_value(),
             jwks_url=settings.auth_jwks_url,
             issuer=settings.auth_issuer,
             audience=settings.auth_audience,
-            tenant_claim=settings.auth_tenant_claim,
-            roles_claim=settings.auth_roles_claim,
-            default_tenant=settings.auth_default_tenant,
             leeway=settings.auth_leeway_seconds,
         )
+        authenticator.claims = settings.claim_mapping
+        return authenticator
 
     def authenticate(self, token: str | None) -> Principal:
         if not token:
@@ -124,17 +101,11 @@ class JwtAuthenticator:
         if len(token) > MAX_TOKEN_BYTES:
             raise Unauthenticated("malformed", f"the token is over {MAX_TOKEN_BYTES} bytes")
         claims = self._verified_claims(token)
-        tenant = claim(claims, self.tenant_claim) or self.default_tenant
-        if not isinstance(tenant, str) or not tenant:
-            raise Unauthenticated(
-                "missing_claim", f"the token has no {self.tenant_claim!r} claim (the tenant)"
-            )
         try:
-            return Principal(
-                id=str(claims["sub"]), tenant=tenant, roles=_roles(claim(claims, self.roles_claim))
-            )
-        except ValidationError:
-            raise Unauthenticated("bad_claim", "sub or tenant is empty or too long") from None
+            return self.claims.principal(claims)
+        except ValueError as exc:
+            reason, _, message = str(exc).partition(": ")
+            raise Unauthenticated(reason, f"the token's {message}") from None
 
     def _verified_claims(self, token: str) -> dict[str, Any]:
         try:

@@ -1,7 +1,10 @@
-"""``approve``: HTTP API ``POST /conversations/{conversation_id}/approvals`` with body
-``{"interrupt_id", "approved", "reason"?}``. The decision becomes an inbox message (its
-dedupe key is ``decision:<interrupt_id>``, so a double click is one decision); a new run
-resumes the graph with it, or a Standard run waiting on its task token is woken."""
+"""``approve``: HTTP API ``POST /v1/conversations/{conversation_id}/approvals`` for users
+(the API's JWT authorizer: the approver is the token's principal) and
+``POST /conversations/{conversation_id}/approvals`` for backends (IAM: they name the
+approver, ``sender``), with body ``{"interrupt_id", "approved", "reason"?}``. The decision
+becomes an inbox message (its dedupe key is ``decision:<interrupt_id>``, so a double click
+is one decision); a new run resumes the graph with it, or a Standard run waiting on its
+task token is woken."""
 
 from __future__ import annotations
 
@@ -11,13 +14,14 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from events.identity import Principal
 from events.inbound import ApprovalDecision, InboundMessage
 from events.json_input import parse_json
 from events.outbound import validation_problem
 from workers import bootstrap
 from workers.core.steps import accept_message
-from workers.errors import BadInput, NotAllowed, NotFound, NotWaiting
-from workers.handlers.http import error_response, iam_principal, json_response, raw_body
+from workers.errors import BadInput, NotAllowed, NotFound, NotWaiting, Throttled, Unauthenticated
+from workers.handlers.http import error_response, http_principal, json_response, raw_body
 from workers.handlers.observability import logger, metrics
 
 
@@ -30,8 +34,14 @@ class ApprovalBody(BaseModel):
     sender: str = Field(default="approver", min_length=1, max_length=200)
 
 
-def _parse(event: dict[str, Any]) -> InboundMessage:
+def _parse(event: dict[str, Any], caller: Principal) -> InboundMessage:
     body = ApprovalBody.model_validate(parse_json(raw_body(event)))
+    if "sender" in body.model_fields_set and not caller.service:
+        raise BadInput(
+            "validation_error",
+            "sender: the approver is the caller; only a backend names one",
+            field="sender",
+        )
     conversation_id = (event.get("pathParameters") or {}).get("conversation_id", "")
     return InboundMessage(
         conversation_id=conversation_id,
@@ -48,22 +58,31 @@ def _parse(event: dict[str, Any]) -> InboundMessage:
 @logger.inject_lambda_context(clear_state=True)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     try:
-        msg = _parse(event)
+        # A user (the JWT authorizer's claims: the approver is them) or a backend (IAM:
+        # it names the approver, ``sender``).
+        caller = http_principal(event, bootstrap.jwt_claims())
+        msg = _parse(event, caller)
+    except Unauthenticated as exc:
+        return error_response(401, "unauthenticated", f"{exc} ({exc.reason})", exc.field)
     except BadInput as exc:
         metrics.add_metric(name="bad_requests", unit=MetricUnit.Count, value=1)
-        return error_response(400, exc.code, str(exc), exc.field)
+        status = 422 if exc.code == "validation_error" else 400
+        return error_response(status, exc.code, str(exc), exc.field)
     except ValidationError as exc:
         problem = validation_problem(exc)
         metrics.add_metric(name="bad_requests", unit=MetricUnit.Count, value=1)
         return error_response(422, "validation_error", problem.message, problem.field or "body")
     try:
-        # IAM admits only the stack's backends: they name the approver (``sender``).
-        result = accept_message(bootstrap.aws_deps(), msg, iam_principal(event))
+        result = accept_message(bootstrap.aws_deps(), msg, caller)
     except NotFound as exc:
         return error_response(404, "not_found", str(exc), exc.field)
     except NotWaiting as exc:
         return error_response(409, "not_waiting", str(exc), exc.field)
     except NotAllowed as exc:
         return error_response(403, "not_allowed", str(exc), exc.field)
+    except Throttled as exc:
+        response = error_response(429, "throttled", str(exc), exc.field)
+        response["headers"]["retry-after"] = str(max(1, round(exc.retry_after)))
+        return response
     metrics.add_metric(name="decisions", unit=MetricUnit.Count, value=1)
     return json_response(202, result.view(msg.conversation_id).model_dump(mode="json"))

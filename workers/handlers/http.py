@@ -7,9 +7,9 @@ import binascii
 import json
 from typing import Any
 
-from events.identity import Principal, backend
+from events.identity import ClaimMapping, Principal, backend
 from events.outbound import ErrorBody, ErrorView
-from workers.errors import BadInput
+from workers.errors import BadInput, Unauthenticated
 
 
 def json_response(status: int, body: dict[str, Any]) -> dict[str, Any]:
@@ -27,6 +27,21 @@ def error_response(
     """Our error body (``ErrorView``), as every transport answers errors."""
     body = ErrorView(error=ErrorBody(code=code, message=message, field=field))
     return json_response(status, body.model_dump())
+
+
+def http_principal(event: dict[str, Any], claims: ClaimMapping) -> Principal:
+    """Who called an HTTP API route: a user whose token the API's JWT authorizer verified
+    (its claims, mapped by ``claims``; ``Unauthenticated`` if they name no tenant), or a
+    backend admitted by IAM."""
+    ctx = event.get("requestContext") or {}
+    jwt = (ctx.get("authorizer") or {}).get("jwt")
+    if isinstance(jwt, dict):
+        try:
+            return claims.principal(jwt.get("claims") or {})
+        except ValueError as exc:
+            reason, _, message = str(exc).partition(": ")
+            raise Unauthenticated(reason, f"the token's {message}") from None
+    return iam_principal(event)
 
 
 def iam_principal(event: dict[str, Any]) -> Principal:
