@@ -44,6 +44,7 @@ HANDLERS = (
     "workers.handlers.approve",
     "workers.handlers.sweeper",
     "workers.handlers.slack",
+    "workers.handlers.authorizer",
     "workers.handlers.turn",
 )
 BASELINE = "boto3"

@@ -25,11 +25,13 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYER_ROOTS: dict[str, tuple[str, ...]] = {
     "light": ("aws-lambda-powertools", "pydantic-settings"),
     "agent": ("agentworker",),
+    "auth": ("pyjwt", "cryptography"),
 }
 APP_LAYER = "app"
 LAYERS = (*LAYER_ROOTS, APP_LAYER)
 FUNCTION_LAYERS: dict[str, tuple[str, ...]] = dict.fromkeys(FUNCTIONS, ("light",)) | {
-    "turn": ("light", "agent", APP_LAYER)
+    "turn": ("light", "agent", APP_LAYER),
+    "authorizer": ("light", "auth"),
 }
 RUNTIME_PROVIDED = frozenset(
     {"boto3", "botocore", "s3transfer", "jmespath", "python-dateutil", "urllib3", "six"}
@@ -50,9 +52,18 @@ def requirements() -> dict[str, list[str]]:
     light = {n: d for root in LAYER_ROOTS["light"] for n, d in closure(root).items()}
     skip = set(RUNTIME_PROVIDED) | set(excluded("turn")) | {"agentworker"}
     agent = {n: d for n, d in closure("agentworker").items() if n not in light and n not in skip}
+    # The authorizer verifies tokens: PyJWT with cryptography (RS256/ES256), which turn
+    # leaves out.
+    auth = {
+        n: d
+        for root in LAYER_ROOTS["auth"]
+        for n, d in closure(root).items()
+        if n not in light and n not in RUNTIME_PROVIDED
+    }
     return {
         "light": sorted(f"{n}=={d.version}" for n, d in light.items() if n not in skip),
         "agent": sorted(f"{n}=={d.version}" for n, d in agent.items()),
+        "auth": sorted(f"{n}=={d.version}" for n, d in auth.items()),
     }
 
 

@@ -47,6 +47,7 @@ class StageParams(BaseModel):
     quotaTextBytesPerDay: int = Field(default=2_000_000, ge=1)  # noqa: N815
     apiThrottleRate: int = Field(default=50, ge=1, le=10_000)  # noqa: N815
     apiThrottleBurst: int = Field(default=100, ge=1, le=5_000)  # noqa: N815
+    authJwksUrl: str = Field(min_length=1)  # noqa: N815
     authIssuer: str = Field(min_length=1)  # noqa: N815
     authAudience: str = Field(min_length=1)  # noqa: N815
     authTenantClaim: str = Field(default="tenant", min_length=1)  # noqa: N815

@@ -13,6 +13,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+WS_SUBPROTOCOL = "agentworker"
+"""Offered by a browser with its token (``new WebSocket(url, ["agentworker",
+"bearer.<token>"])``): the server picks it, so the token is never echoed back."""
+WS_SUBPROTOCOL_TOKEN = "bearer."
+"""The prefix of the subprotocol that carries a WebSocket client's token."""
+
 LOCAL_TENANT = "local"
 """The tenant of the embedded server's own user when no authentication is configured."""
 
@@ -60,6 +66,15 @@ are shared with every other anonymous caller and with nobody else."""
 def backend(name: str) -> Principal:
     """A trusted backend: an IAM caller (``iam:<arn>``) or a queue producer."""
     return Principal(id=name, tenant="system", service=True)
+
+
+def to_authorizer_context(principal: Principal) -> dict[str, str]:
+    """The principal as an API Gateway authorizer's context (string values only)."""
+    return {
+        "principal_id": principal.id,
+        "tenant": principal.tenant,
+        "roles": ",".join(sorted(principal.roles)),
+    }
 
 
 def from_authorizer_context(context: dict[str, object] | None) -> Principal | None:

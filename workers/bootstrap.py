@@ -204,9 +204,37 @@ def reset_aws_deps() -> None:
     _AWS_DEPS.clear()
     _SLACK_CREDENTIALS.clear()
     _CLAIMS.clear()
+    _AUTHENTICATOR.clear()
+    _AUTH_CONFIGURED.clear()
 
 
 _CLAIMS: list[ClaimMapping] = []
+_AUTHENTICATOR: list[Authenticator] = []
+_AUTH_CONFIGURED: list[bool] = []
+
+
+def auth_configured() -> bool:
+    """Whether the stack has an identity provider (then every WebSocket connection came
+    through the authorizer); read once per process."""
+    if not _AUTH_CONFIGURED:
+        _AUTH_CONFIGURED.append(load_settings().auth_configured)
+    return _AUTH_CONFIGURED[0]
+
+
+def authenticator() -> Authenticator:
+    """The JWT authenticator of the AWS authorizer (once per process; its JWKS keys are
+    cached across invocations). ``ConfigError`` without an identity provider."""
+    if not _AUTHENTICATOR:
+        from workers.adapters.tokens import JwtAuthenticator
+
+        settings = load_settings()
+        if not settings.auth_configured:
+            raise ConfigError(
+                "AGENTWORKER_AUTH_JWKS_URL: not set; the authorizer verifies tokens with the"
+                " identity provider's keys (stage parameter authJwksUrl)"
+            )
+        _AUTHENTICATOR.append(JwtAuthenticator.for_settings(settings))
+    return _AUTHENTICATOR[0]
 
 
 def jwt_claims() -> ClaimMapping:

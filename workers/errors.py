@@ -73,6 +73,14 @@ class NotAllowed(PermanentError):
     does not let them decide): HTTP 403, nothing written."""
 
 
+class AuthorizerRefusal(AgentWorkerError):
+    """Raised by the WebSocket authorizer for a refused token: API Gateway answers 401 when
+    an authorizer fails with exactly this message."""
+
+    def __init__(self) -> None:
+        super().__init__("Unauthorized")
+
+
 class Throttled(PermanentError):
     """A caller over its quota (HTTP 429): ``retry_after`` seconds until it may try again."""
 

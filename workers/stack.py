@@ -20,7 +20,7 @@ from events.inbound import MESSAGE_DETAIL_TYPE, TICKET_DETAIL_TYPE_PREFIX
 from workers.adapters.aws.tables import TTL_ATTRIBUTE, DynamoDBTableSpec
 from workers.config import ENV_PREFIX, Settings
 
-FUNCTIONS = ("ingest", "turn", "deliver", "approve", "sweeper", "slack")
+FUNCTIONS = ("ingest", "turn", "deliver", "approve", "sweeper", "slack", "authorizer")
 """The Lambda functions of the stack (``workers/handlers/<name>.py``, ``handler``)."""
 
 
@@ -90,6 +90,9 @@ _COMMON_ENV: dict[str, Any] = {
     "retention_days": "${param:retentionDays}",
     "quota_messages_per_minute": "${param:quotaMessagesPerMinute}",
     "quota_text_bytes_per_day": "${param:quotaTextBytesPerDay}",
+    "auth_jwks_url": "${param:authJwksUrl}",
+    "auth_issuer": "${param:authIssuer}",
+    "auth_audience": "${param:authAudience}",
     "auth_tenant_claim": "${param:authTenantClaim}",
     "auth_roles_claim": "${param:authRolesClaim}",
     "log_level": "${param:logLevel}",

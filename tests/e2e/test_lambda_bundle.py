@@ -157,7 +157,7 @@ def test_light_handlers_import_without_langgraph_langchain_or_mlflow(
             "import json, sys\n"
             "import workers.handlers.ingest, workers.handlers.deliver\n"
             "import workers.handlers.approve, workers.handlers.sweeper\n"
-            "import workers.handlers.slack\n"
+            "import workers.handlers.slack, workers.handlers.authorizer\n"
             "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))",
         )
     )

@@ -183,8 +183,27 @@ def test_users_reach_http_routes_through_the_jwt_authorizer(template: dict[str, 
     assert (
         routes["POST /conversations/{conversation_id}/approvals"]["AuthorizationType"] == "AWS_IAM"
     )
-    [authorizer] = resources(template, "AWS::ApiGatewayV2::Authorizer").values()
+    authorizers = resources(template, "AWS::ApiGatewayV2::Authorizer").values()
+    [authorizer] = [a for a in authorizers if a["Properties"]["AuthorizerType"] == "JWT"]
     jwt = authorizer["Properties"]["JwtConfiguration"]
     assert jwt["Issuer"].endswith("/auth-issuer}}") and jwt["Audience"][0].endswith(
         "/auth-audience}}"
     )
+
+
+def test_websocket_connections_go_through_the_authorizer(template: dict[str, Any]) -> None:
+    routes = {
+        r["Properties"]["RouteKey"]: r["Properties"]
+        for r in resources(template, "AWS::ApiGatewayV2::Route").values()
+    }
+    connect = routes["$connect"]
+    assert connect["AuthorizationType"] == "CUSTOM"
+    authorizers = resources(template, "AWS::ApiGatewayV2::Authorizer")
+    [request] = [a for a in authorizers.values() if a["Properties"]["AuthorizerType"] == "REQUEST"]
+    assert request["Properties"]["IdentitySource"] == [
+        "route.request.header.Sec-WebSocket-Protocol"
+    ]
+    assert "AuthorizerLambdaFunction" in json.dumps(request["Properties"]["AuthorizerUri"])
+    functions = resources(template, "AWS::Lambda::Function")
+    env = functions["AuthorizerLambdaFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["AGENTWORKER_AUTH_JWKS_URL"].endswith("/auth-jwks-url}}")

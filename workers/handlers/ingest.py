@@ -13,7 +13,13 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import TypeAdapter, ValidationError
 
-from events.identity import ANONYMOUS, backend, from_authorizer_context
+from events.identity import (
+    ANONYMOUS,
+    WS_SUBPROTOCOL,
+    Principal,
+    backend,
+    from_authorizer_context,
+)
 from events.inbound import (
     EventBridgeEvent,
     InboundMessage,
@@ -26,7 +32,7 @@ from events.json_input import parse_json
 from events.outbound import ErrorBody, ErrorView, validation_problem
 from workers import bootstrap
 from workers.core.model import AcceptResult
-from workers.core.steps import accept_message
+from workers.core.steps import accept_message, check_follow
 from workers.errors import (
     BadInput,
     NotAllowed,
@@ -95,6 +101,16 @@ def _websocket(event: dict[str, Any]) -> dict[str, Any]:
         deps.store.remove_connection(connection_id)
         return {"statusCode": 200}
     if route == "$connect":
+        # The authorizer let it in. A browser offered its token as a subprotocol: answer
+        # with ours (never echo the token), or it drops the connection.
+        offered = {
+            p.strip()
+            for k, v in (event.get("headers") or {}).items()
+            if str(k).lower() == "sec-websocket-protocol"
+            for p in str(v).split(",")
+        }
+        if WS_SUBPROTOCOL in offered:
+            return {"statusCode": 200, "headers": {"Sec-WebSocket-Protocol": WS_SUBPROTOCOL}}
         return {"statusCode": 200}
     try:
         frame = _FRAME.validate_python(parse_json(event.get("body") or "", what="frame"))
@@ -102,13 +118,26 @@ def _websocket(event: dict[str, Any]) -> dict[str, Any]:
         return _ws_error(exc)
     if isinstance(frame, WsPing):
         return {"statusCode": 200, "body": json.dumps({"type": "pong"})}
-    deps.store.add_connection(connection_id, frame.conversation_id, now=deps.clock.now())
-    if isinstance(frame, WsSubscribe):
-        subscribed = {"type": "subscribed", "conversation_id": frame.conversation_id}
-        return {"statusCode": 200, "body": json.dumps(subscribed)}
-    msg = frame.to_inbound()
-    principal = from_authorizer_context(ctx.get("authorizer")) or ANONYMOUS
+    principal = _connection_principal(ctx)
+    if principal is None:
+        body = ErrorView(
+            error=ErrorBody(
+                code="unauthenticated",
+                message="this connection has no principal: connect through the authorizer",
+                reason="missing",
+            )
+        )
+        return {"statusCode": 401, "body": body.model_dump_json()}
+    cid = frame.conversation_id
     try:
+        if isinstance(frame, WsSubscribe):
+            # Followed only once it is known to be the caller's: a conversation that does
+            # not exist yet is followed from the caller's own first message.
+            if check_follow(deps, cid, principal):
+                deps.store.add_connection(connection_id, cid, now=deps.clock.now())
+            subscribed = {"type": "subscribed", "conversation_id": cid}
+            return {"statusCode": 200, "body": json.dumps(subscribed)}
+        msg = frame.to_inbound()
         result = accept_message(deps, msg, principal)
     except (NotFound, NotWaiting, NotAllowed, Throttled) as exc:
         status, code = {
@@ -119,7 +148,17 @@ def _websocket(event: dict[str, Any]) -> dict[str, Any]:
         }[type(exc)]
         body = ErrorView(error=ErrorBody(code=code, message=str(exc), field=exc.field))
         return {"statusCode": status, "body": body.model_dump_json()}
+    deps.store.add_connection(connection_id, cid, now=deps.clock.now())  # accepted: theirs
     return {"statusCode": 200, "body": result.view(msg.conversation_id).model_dump_json()}
+
+
+def _connection_principal(ctx: dict[str, Any]) -> Principal | None:
+    """Who holds the connection: the principal the ``$connect`` authorizer stored with it.
+    A stack without an identity provider (the sandbox) has no authorizer: anonymous."""
+    stored = from_authorizer_context(ctx.get("authorizer"))
+    if stored is not None:
+        return stored
+    return None if bootstrap.auth_configured() else ANONYMOUS
 
 
 def _ws_error(exc: Exception) -> dict[str, Any]:

@@ -56,9 +56,10 @@ class LambdaContextStub:
 
 def default_handlers() -> dict[str, Handler]:
     """Our Lambda handlers by function name (imported here: ``turn`` brings LangGraph)."""
-    from workers.handlers import approve, deliver, ingest, slack, sweeper, turn
+    from workers.handlers import approve, authorizer, deliver, ingest, slack, sweeper, turn
 
     return {
+        "authorizer": authorizer.handler,
         "ingest": ingest.handler,
         "turn": turn.handler,
         "deliver": deliver.handler,

@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from events.identity import Principal
+from events.identity import WS_SUBPROTOCOL, WS_SUBPROTOCOL_TOKEN, Principal
 from events.inbound import (
     CONVERSATION_ID_PATTERN,
     WS_ACTIONS,
@@ -262,10 +262,6 @@ def create_app(
     return app
 
 
-WS_SUBPROTOCOL = "agentworker"
-"""Offered by a browser with its token (``new WebSocket(url, ["agentworker",
-"bearer.<token>"])``): the server picks it, so the token is never echoed back."""
-WS_TOKEN_PREFIX = "bearer."
 WS_UNAUTHENTICATED = 4401
 """Close code of a socket whose token was refused (the error frame before it says why)."""
 
@@ -277,7 +273,11 @@ def ws_token(authorization: str | None, subprotocols: list[str]) -> str | None:
     token = bearer_token(authorization)
     if token is None:
         token = next(
-            (p[len(WS_TOKEN_PREFIX) :] for p in subprotocols if p.startswith(WS_TOKEN_PREFIX)),
+            (
+                p[len(WS_SUBPROTOCOL_TOKEN) :]
+                for p in subprotocols
+                if p.startswith(WS_SUBPROTOCOL_TOKEN)
+            ),
             None,
         )
     return token

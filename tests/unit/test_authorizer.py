@@ -1,0 +1,134 @@
+"""The WebSocket API's ``$connect`` authorizer and what ``ingest`` does with the principal it
+stores: real HS256 tokens, the API Gateway event shapes, in-memory deps."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import jwt
+import pytest
+
+from tests.fakes import (
+    InMemoryConversationStore,
+    ManualClock,
+    RecordingSink,
+    RecordingStarter,
+    ScriptedAgent,
+)
+from workers import bootstrap
+from workers.core.steps import Deps
+from workers.errors import AuthorizerRefusal
+from workers.handlers import authorizer, ingest
+from workers.sandbox.emulator import LambdaContextStub
+
+SECRET = "a-test-secret-of-at-least-thirty-two-bytes"
+ARN = "arn:aws:execute-api:us-east-1:123456789012:abc123/dev/$connect"
+
+
+def token(sub: str, tenant: str | None = "acme", **extra: Any) -> str:
+    claims: dict[str, Any] = {"sub": sub, "exp": int(time.time()) + 600, **extra}
+    if tenant is not None:
+        claims["tenant"] = tenant
+    return jwt.encode(claims, SECRET, algorithm="HS256")
+
+
+@pytest.fixture
+def store(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemoryConversationStore]:
+    monkeypatch.setenv("AGENTWORKER_AUTH_JWT_SECRET", SECRET)
+    conversations = InMemoryConversationStore()
+    deps = Deps(conversations, ScriptedAgent(), RecordingSink(), RecordingStarter(), ManualClock())
+    bootstrap.reset_aws_deps()
+    monkeypatch.setattr(bootstrap, "aws_deps", lambda **_: deps)
+    yield conversations
+    bootstrap.reset_aws_deps()
+
+
+def context(name: str) -> Any:
+    return LambdaContextStub(name, f"arn:aws:lambda:us-east-1:123456789012:function:{name}")
+
+
+def connect_event(headers: dict[str, str]) -> dict[str, Any]:
+    return {
+        "type": "REQUEST",
+        "methodArn": ARN,
+        "headers": headers,
+        "requestContext": {"routeKey": "$connect", "connectionId": "c-1", "eventType": "CONNECT"},
+    }
+
+
+def authorize(headers: dict[str, str]) -> dict[str, Any]:
+    answer: dict[str, Any] = authorizer.handler(connect_event(headers), context("authorizer"))
+    return answer
+
+
+def test_a_browser_token_in_the_subprotocol_allows_the_connection(
+    store: InMemoryConversationStore,
+) -> None:
+    protocol = f"agentworker, bearer.{token('u-alice', roles=['agent', 'approver'])}"
+    answer = authorize({"Sec-WebSocket-Protocol": protocol})
+    assert answer["principalId"] == "u-alice"
+    [statement] = answer["policyDocument"]["Statement"]
+    assert statement == {"Action": "execute-api:Invoke", "Effect": "Allow", "Resource": ARN}
+    assert answer["context"] == {
+        "principal_id": "u-alice",
+        "tenant": "acme",
+        "roles": "agent,approver",
+    }
+    # ingest answers $connect with our subprotocol (never the token).
+    connected = ingest.handler(
+        {
+            "requestContext": {"routeKey": "$connect", "connectionId": "c-1"},
+            "headers": {"Sec-WebSocket-Protocol": protocol},
+        },
+        context("ingest"),
+    )
+    assert connected == {"statusCode": 200, "headers": {"Sec-WebSocket-Protocol": "agentworker"}}
+    assert authorize({"Authorization": f"Bearer {token('u-bob')}"})["principalId"] == "u-bob"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Sec-WebSocket-Protocol": "agentworker"},
+        {"Sec-WebSocket-Protocol": "agentworker, bearer.not-a-jwt"},
+        {"Authorization": f"Bearer {jwt.encode({'sub': 'x', 'tenant': 't', 'exp': 1}, SECRET)}"},
+        {"Authorization": f"Bearer {token('x', tenant=None)}"},
+        {"Authorization": "Bearer " + jwt.encode({"sub": "x", "tenant": "t"}, "k" * 40)},
+    ],
+)
+def test_a_bad_token_is_a_401_and_is_never_logged(
+    store: InMemoryConversationStore, headers: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(AuthorizerRefusal, match="^Unauthorized$"):
+        authorize(headers)
+    logged = capsys.readouterr().out
+    for value in headers.values():
+        assert value.split(".")[-1] not in logged or not value.count(".")
+
+
+def frame_event(frame: dict[str, Any], principal: dict[str, str] | None) -> dict[str, Any]:
+    ctx: dict[str, Any] = {"routeKey": "$default", "connectionId": "c-1"}
+    if principal is not None:
+        ctx["authorizer"] = principal
+    return {"requestContext": ctx, "body": json.dumps(frame)}
+
+
+def test_frames_act_as_the_connections_principal(store: InMemoryConversationStore) -> None:
+    alice = authorize({"Authorization": f"Bearer {token('u-alice')}"})["context"]
+    eve = authorize({"Authorization": f"Bearer {token('u-eve', tenant='evil')}"})["context"]
+    send = {"action": "send", "conversation_id": "ws:acme:1", "text": "hello"}
+    first = ingest.handler(frame_event(send, alice), context("ingest"))
+    assert first["statusCode"] == 200
+    assert store.pending_inbox("ws:acme:1")[0].message.sender == "u-alice"
+    for frame in (send, {"action": "subscribe", "conversation_id": "ws:acme:1"}):
+        refused = ingest.handler(frame_event(frame, eve), context("ingest"))
+        assert refused["statusCode"] == 404, refused
+    # With an identity provider, a frame without the authorizer's principal is refused.
+    missing = ingest.handler(frame_event(send, None), context("ingest"))
+    assert missing["statusCode"] == 401
+    assert json.loads(missing["body"])["error"]["reason"] == "missing"
+    assert len(store.pending_inbox("ws:acme:1")) == 1
