@@ -390,3 +390,65 @@ def test_forget_erases_a_conversation_from_the_aws_stores(
     assert bootstrap.aws_deps().store.get_conversation("ticket:77") is None
     assert main(["forget", "-c", "ticket:77", "--target", "aws"]) == 1
     assert "no conversation 'ticket:77'" in capsys.readouterr().err
+
+
+def test_two_tenants_on_the_aws_stack_with_rs256_tokens(
+    aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The identity issue's scenario on the workflow: real RS256 tokens against a JWKS on
+    loopback; each tenant connects through the authorizer, and the other can neither
+    follow, post into, nor answer (over the socket or the user approve route) its
+    conversation."""
+    from tests.functional.identity_env import AUDIENCE, ISSUER, KeyPair, claims, jwks_server
+    from workers.handlers import approve, authorizer
+
+    key = KeyPair.rsa()
+    with jwks_server(key) as jwks:
+        monkeypatch.setenv("AGENTWORKER_AUTH_JWKS_URL", jwks.url)
+        monkeypatch.setenv("AGENTWORKER_AUTH_ISSUER", ISSUER)
+        monkeypatch.setenv("AGENTWORKER_AUTH_AUDIENCE", AUDIENCE)
+        bootstrap.reset_aws_deps()
+
+        def connect(sub: str, tenant: str, connection: str) -> dict[str, Any]:
+            event = _ws_event("apiGatewayWebSocketApiConnect.json")
+            event |= {
+                "type": "REQUEST",
+                "methodArn": "arn:aws:execute-api:us-east-1:1:a/dev/$connect",
+            }
+            token = key.sign(claims(sub, tenant))
+            event["headers"]["Sec-WebSocket-Protocol"] = f"agentworker, bearer.{token}"
+            stored: dict[str, Any] = authorizer.handler(event, lambda_context())["context"]
+            return {"routeKey": "$default", "connectionId": connection, "authorizer": stored}
+
+        def frame(ctx: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+            event = _ws_event("apiGatewayWebSocketApiMessage.json", body)
+            event["requestContext"] |= ctx
+            answer: dict[str, Any] = ingest.handler(event, lambda_context())
+            return answer
+
+        alice, mallory = connect("alice", "acme", "c-alice"), connect("mallory", "evil", "c-mal")
+        aws.stub.script(reply_text="Hello Alice.")
+        cid = "ws:acme:alice-aws"
+        sent = frame(alice, {"action": "send", "conversation_id": cid, "text": "hi"})
+        assert sent["statusCode"] == 200
+        assert [r["text"] for r in aws.replies()] == ["Hello Alice."]
+        aws.wait_executions_done()
+        store = bootstrap.aws_deps().store
+        assert store.list_connections(cid) == ["c-alice"]
+        for body in (
+            {"action": "subscribe", "conversation_id": cid},
+            {"action": "send", "conversation_id": cid, "text": "let me in"},
+            {"action": "deny", "conversation_id": cid, "interrupt_id": "i-1"},
+        ):
+            assert frame(mallory, body)["statusCode"] == 404, body
+        jwt_route = {
+            "body": json.dumps({"interrupt_id": "i-1", "approved": False}),
+            "pathParameters": {"conversation_id": cid},
+            "requestContext": {
+                "authorizer": {"jwt": {"claims": {"sub": "mallory", "tenant": "evil"}}}
+            },
+        }
+        assert approve.handler(jwt_route, lambda_context())["statusCode"] == 404
+        assert store.list_connections(cid) == ["c-alice"]  # mallory follows nothing of it
+        history = store.history(cid)
+        assert history is not None and [e.message.sender for e in history.inbox] == ["alice"]
