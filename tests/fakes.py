@@ -31,6 +31,7 @@ from workers.core.model import (
 )
 from workers.core.policies import accept_decision, window_start
 from workers.core.ports import Tracer
+from workers.core.steps import Deps
 from workers.errors import LeaseLost, NotFound, RetryableError, TurnSuperseded
 
 
@@ -527,3 +528,22 @@ class ScriptedAgent:
             next=[],
             interrupts=[],
         )
+
+
+def in_memory_aws(monkeypatch: Any, **env: str) -> Deps:
+    """In-memory deps that the Lambda handlers get from ``bootstrap.aws_deps`` for the rest
+    of the test (``env``: the settings the handlers read, e.g. the Slack signing secret)."""
+    from workers import bootstrap
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    deps = Deps(
+        InMemoryConversationStore(),
+        ScriptedAgent(),
+        RecordingSink(),
+        RecordingStarter(),
+        ManualClock(),
+    )
+    bootstrap.reset_aws_deps()
+    monkeypatch.setattr(bootstrap, "aws_deps", lambda **_: deps)
+    return deps

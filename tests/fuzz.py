@@ -10,6 +10,8 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
+from events.inbound import WS_ACTIONS
+
 CASES = 2000
 """Cases per entry point in ``make test`` (the issue asks for at least 2,000)."""
 
@@ -81,3 +83,16 @@ id_field = st.one_of(
     st.sampled_from(["ws:a:1", "ticket:1", "slack:T1:C1:1.1", "-bad", "", "a" * 300]),
     json_values,
 )
+
+ws_frames = shaped(
+    {
+        "action": st.sampled_from([*WS_ACTIONS, "nope"]),
+        "conversation_id": id_field,
+        "text": text_field,
+        "interrupt_id": text_field,
+        "value": json_values,
+        "reason": text_field,
+        "policy": st.sampled_from(["enqueue", "bogus"]),
+    }
+)
+"""WebSocket frames of every action (ours and the API Gateway WebSocket's), almost right."""

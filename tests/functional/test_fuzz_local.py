@@ -16,8 +16,7 @@ from fastapi.testclient import TestClient
 from hypothesis import given
 from hypothesis import strategies as st
 
-from events.inbound import WS_ACTIONS
-from tests.fuzz import CASES, FUZZ, hostile, id_field, json_values, shaped, text_field
+from tests.fuzz import CASES, FUZZ, hostile, id_field, json_values, shaped, text_field, ws_frames
 from workers.adapters.local.server import create_app
 from workers.config import Settings
 
@@ -78,21 +77,11 @@ def test_http_message_bodies(client: TestClient) -> None:
 
 
 def test_websocket_frames(client: TestClient) -> None:
-    frame = shaped(
-        {
-            "action": st.sampled_from([*WS_ACTIONS, "nope"]),
-            "conversation_id": id_field,
-            "text": text_field,
-            "interrupt_id": text_field,
-            "value": json_values,
-            "reason": text_field,
-        }
-    )
     ran = [0]
     with client.websocket_connect("/v1/ws", headers=AUTH) as ws:
 
         @FUZZ
-        @given(hostile(frame))
+        @given(hostile(ws_frames))
         def run(raw: str | bytes) -> None:
             ran[0] += 1
             ws.send_text(raw if isinstance(raw, str) else raw.decode("utf-8", "replace"))

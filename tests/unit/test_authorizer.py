@@ -6,20 +6,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import jwt
 import pytest
 
-from tests.fakes import (
-    InMemoryConversationStore,
-    ManualClock,
-    RecordingSink,
-    RecordingStarter,
-    ScriptedAgent,
-)
+from tests.fakes import InMemoryConversationStore, in_memory_aws
 from workers import bootstrap
-from workers.core.steps import Deps
 from workers.errors import AuthorizerRefusal
 from workers.handlers import authorizer, ingest
 from workers.sandbox.emulator import LambdaContextStub
@@ -37,12 +30,8 @@ def token(sub: str, tenant: str | None = "acme", **extra: Any) -> str:
 
 @pytest.fixture
 def store(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemoryConversationStore]:
-    monkeypatch.setenv("AGENTWORKER_AUTH_JWT_SECRET", SECRET)
-    conversations = InMemoryConversationStore()
-    deps = Deps(conversations, ScriptedAgent(), RecordingSink(), RecordingStarter(), ManualClock())
-    bootstrap.reset_aws_deps()
-    monkeypatch.setattr(bootstrap, "aws_deps", lambda **_: deps)
-    yield conversations
+    deps = in_memory_aws(monkeypatch, AGENTWORKER_AUTH_JWT_SECRET=SECRET)
+    yield cast(InMemoryConversationStore, deps.store)
     bootstrap.reset_aws_deps()
 
 

@@ -14,16 +14,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from events.inbound import WS_ACTIONS
-from tests.fakes import (
-    InMemoryConversationStore,
-    ManualClock,
-    RecordingSink,
-    RecordingStarter,
-    ScriptedAgent,
-)
+from tests.fakes import in_memory_aws
 from tests.functional.slack_env import SIGNING_SECRET, slack_request
-from tests.fuzz import CASES, FUZZ, hostile, id_field, json_values, shaped, text_field
+from tests.fuzz import CASES, FUZZ, hostile, id_field, json_values, shaped, text_field, ws_frames
 from workers import bootstrap
 from workers.core.steps import Deps
 from workers.errors import PermanentError
@@ -35,17 +28,7 @@ ANSWERED = frozenset({200, 202, 400, 401, 403, 404, 409, 413, 415, 422, 429})
 
 @pytest.fixture
 def deps(monkeypatch: pytest.MonkeyPatch) -> Iterator[Deps]:
-    monkeypatch.setenv("AGENTWORKER_SLACK_SIGNING_SECRET", SIGNING_SECRET)
-    built = Deps(
-        InMemoryConversationStore(),
-        ScriptedAgent(),
-        RecordingSink(),
-        RecordingStarter(),
-        ManualClock(),
-    )
-    bootstrap.reset_aws_deps()
-    monkeypatch.setattr(bootstrap, "aws_deps", lambda **_: built)
-    yield built
+    yield in_memory_aws(monkeypatch, AGENTWORKER_SLACK_SIGNING_SECRET=SIGNING_SECRET)
     bootstrap.reset_aws_deps()
 
 
@@ -85,17 +68,6 @@ MESSAGE = {
 
 
 def test_websocket_frames(deps: Deps) -> None:
-    frame = shaped(
-        {
-            "action": st.sampled_from([*WS_ACTIONS, "nope"]),
-            "conversation_id": id_field,
-            "text": text_field,
-            "interrupt_id": text_field,
-            "value": json_values,
-            "policy": st.sampled_from(["enqueue", "bogus"]),
-        }
-    )
-
     def check(body: str | bytes) -> None:
         event = {
             "requestContext": {"routeKey": "$default", "connectionId": "conn-fuzz"},
@@ -106,7 +78,7 @@ def test_websocket_frames(deps: Deps) -> None:
         if answer["statusCode"] >= 400:
             assert json.loads(answer["body"])["error"]["code"]
 
-    assert fuzz(hostile(frame), check) >= CASES
+    assert fuzz(hostile(ws_frames), check) >= CASES
 
 
 def sqs_record(message_id: str, body: str, group: str) -> dict[str, Any]:

@@ -8,23 +8,17 @@ import base64
 import json
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from events.identity import Principal, backend
 from events.inbound import InboundMessage, SqsRecord
 from events.json_input import MAX_DEPTH, parse_json
-from tests.fakes import (
-    InMemoryConversationStore,
-    ManualClock,
-    RecordingSink,
-    RecordingStarter,
-    ScriptedAgent,
-)
+from tests.fakes import InMemoryConversationStore, in_memory_aws
 from tests.functional.slack_env import SIGNING_SECRET, slack_fixture, slack_request
 from workers import bootstrap
-from workers.core.steps import Deps, accept_message, drive_run
+from workers.core.steps import accept_message, drive_run
 from workers.errors import BadInput
 from workers.handlers import approve, ingest, slack
 from workers.sandbox.emulator import LambdaContextStub
@@ -36,12 +30,8 @@ SURROGATE = '{"conversation_id": "c1", "text": "hi", "metadata": {"k": "\\ud800"
 
 @pytest.fixture
 def store(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemoryConversationStore]:
-    monkeypatch.setenv("AGENTWORKER_SLACK_SIGNING_SECRET", SIGNING_SECRET)
-    conversations = InMemoryConversationStore()
-    deps = Deps(conversations, ScriptedAgent(), RecordingSink(), RecordingStarter(), ManualClock())
-    bootstrap.reset_aws_deps()
-    monkeypatch.setattr(bootstrap, "aws_deps", lambda **_: deps)
-    yield conversations
+    deps = in_memory_aws(monkeypatch, AGENTWORKER_SLACK_SIGNING_SECRET=SIGNING_SECRET)
+    yield cast(InMemoryConversationStore, deps.store)
     bootstrap.reset_aws_deps()
 
 
