@@ -107,8 +107,13 @@ def ask_to_close_a_new_ticket(aws: Aws, conversation_id: str) -> dict[str, Any]:
 
 
 def approval_event(conversation_id: str, body: dict[str, Any]) -> dict[str, Any]:
-    """A real HTTP API (payload 2.0) envelope carrying a decision for the approve handler."""
+    """A real HTTP API (payload 2.0) envelope carrying a decision for the approve handler,
+    on the backends' route: IAM admitted the caller (the fixture's JWT authorizer context
+    is the users' route's)."""
     event: dict[str, Any] = json.loads((FIXTURES / "apiGatewayProxyV2Event.json").read_text())
+    event["requestContext"]["authorizer"] = {
+        "iam": {"userArn": "arn:aws:iam::123456789012:role/backoffice", "accountId": "123456789012"}
+    }
     event["pathParameters"] = {"conversation_id": conversation_id}
     event["body"] = json.dumps(body)
     return event
