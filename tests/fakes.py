@@ -153,11 +153,13 @@ class InMemoryConversationStore:
         now: float,
         ttl: float,
         bind: str | None = None,
+        claim: bool = True,
     ) -> ConversationState:
         self.calls.append("renew_lease")
         with self._lock:
             conv = self._holding(conversation_id, token)
-            conv.state = replace(conv.state, lease_expires_at=now + ttl)
+            claimed = conv.state.inbox_seq if claim else conv.state.claimed_seq
+            conv.state = replace(conv.state, lease_expires_at=now + ttl, claimed_seq=claimed)
             if bind is not None:
                 bound = conv.state.lease_execution_id
                 if bound is not None and bound != bind:
@@ -214,6 +216,7 @@ class InMemoryConversationStore:
                 lease_expires_at=None,
                 lease_execution_id=None,
                 approval_task_token=None,
+                claimed_seq=None,
                 status=status,
             )
             return True
@@ -280,6 +283,7 @@ class InMemoryConversationStore:
                 status=status,
                 pending_approval=commit.pending_approval,
                 approval_task_token=None,
+                claimed_seq=None,
             )
             return written
 

@@ -164,3 +164,14 @@ class TransactionCancelled(RetryableError):
         if index >= len(self.reasons):
             return ""
         return str(self.reasons[index].get("Code", ""))
+
+
+def as_workflow_error(exc: AgentWorkerError) -> AgentWorkerError:
+    """``exc`` as the workflow's Retry/Catch rules name it: Step Functions matches the exact
+    error name, so a subclass is reported as its family (``RetryableError``,
+    ``PermanentError``); ``LeaseLost`` and other errors as they are."""
+    if isinstance(exc, RetryableError) and type(exc) is not RetryableError:
+        return RetryableError(str(exc))
+    if isinstance(exc, PermanentError) and type(exc) is not PermanentError:
+        return PermanentError(str(exc), field=exc.field)
+    return exc

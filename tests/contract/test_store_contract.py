@@ -631,3 +631,24 @@ def test_a_quota_counts_within_its_window_and_refuses_past_its_limit(store: Any)
     assert spend("a", 2, start + 61) is None  # the next window starts from zero
     assert spend("a", 2, start + 62) == pytest.approx(58.0)  # refused, nothing added...
     assert spend("a", 1, start + 63) is None  # ...so one more still fits
+
+
+# --- the claim mark ---------------------------------------------------------------------------
+
+
+def test_a_claim_is_marked_until_its_commit_or_release(store: Any) -> None:
+    store.append_inbox(msg("a", "k1"), now=T0, default_policy="enqueue")
+    lease = store.try_acquire_lease(CID, now=T0, ttl=10)
+    assert store.renew_lease(CID, lease.token, now=T0, ttl=10, claim=False).claimed_seq is None
+    assert store.renew_lease(CID, lease.token, now=T0, ttl=10).claimed_seq == 1
+    store.append_inbox(msg("b", "k2"), now=T0, default_policy="enqueue")
+    # A look without claiming says what the last claim saw (the worker died: which ones).
+    assert store.renew_lease(CID, lease.token, now=T0, ttl=10, claim=False).claimed_seq == 1
+    assert store.get_conversation(CID).claimed_seq == 1
+    store.commit_turn(CID, TurnCommit(lease.token, [1], "idle", b"ck"))
+    assert store.get_conversation(CID).claimed_seq is None  # it committed
+    assert store.renew_lease(CID, lease.token, now=T0, ttl=10).claimed_seq == 2
+    store.commit_turn(CID, TurnCommit(lease.token, [2], "idle", b"ck2"))
+    assert store.renew_lease(CID, lease.token, now=T0, ttl=10).claimed_seq == 2
+    assert store.release_lease(CID, lease.token, seen_inbox_seq=2, now=T0)
+    assert store.get_conversation(CID).claimed_seq is None  # released

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -40,6 +40,8 @@ class Aws:
     replies_url: str
     poller: SqsPoller
     stub: ConverseStubServer
+    handlers: dict[str, Any] = field(default_factory=dict)
+    """The Lambda handlers moto invokes, by function name (a test may wrap one)."""
 
     def send_sqs(self, conversation_id: str, text: str, *, dedupe_key: str | None = None) -> None:
         body: dict[str, Any] = {"conversation_id": conversation_id, "text": text}
@@ -109,14 +111,14 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
         monkeypatch.setenv("AGENTWORKER_BEDROCK_REGION", "us-east-1")
         sqs = session.client("sqs")
         replies_url = subscribe_queue(session.client, stack.topic_arn, "replies").queue_url
-        handlers = default_handlers()
+        handlers = dict(default_handlers())
         inbound_arn = queue_arn(sqs, stack.queue_url)
         poller = SqsPoller(sqs, stack.queue_url, inbound_arn, handlers["ingest"])
         bootstrap.reset_aws_deps()
         # Handlers run in moto's execution threads and the poller in this one: moto's
         # DynamoDB must answer one request at a time, as real DynamoDB's conditions do.
         with route_lambda_to_handlers(handlers), serialized_dynamodb():
-            yield Aws(session, stack, replies_url, poller, stub)
+            yield Aws(session, stack, replies_url, poller, stub, handlers)
         bootstrap.reset_aws_deps()
 
 

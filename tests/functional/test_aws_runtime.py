@@ -457,3 +457,33 @@ def test_two_tenants_on_the_aws_stack_with_rs256_tokens(
         assert store.list_connections(cid) == ["c-alice"]  # mallory follows nothing of it
         history = store.history(cid)
         assert history is not None and [e.message.sender for e in history.inbox] == ["alice"]
+
+
+def test_a_step_that_dies_after_its_commit_fails_nothing_it_did_not_attempt(aws: Aws) -> None:
+    """Two queued messages; the step that answers the first commits, then its Lambda dies
+    (a timeout, out of memory: the response is lost). The workflow retries the step, which
+    goes on from the committed state: the second message gets its answer, not a failure
+    notice it was never attempted for (before: TellUser consumed it)."""
+    real_turn = aws.handlers["turn"]
+    died: list[str] = []
+
+    def dies_after_its_first_commit(event: dict[str, Any], context: Any) -> Any:
+        result = real_turn(event, context)
+        if event.get("op") == "step" and result.get("turn") == "replied" and not died:
+            died.append(result["run"]["conversation_id"])
+            raise RuntimeError("Sandbox.Timedout: the task timed out after its commit")
+        return result
+
+    aws.handlers["turn"] = dies_after_its_first_commit
+    aws.stub.script(reply_text="Answer one.")
+    aws.stub.script(reply_text="Answer two.")
+    for n, text in enumerate(("first", "second"), start=1):
+        aws.send_sqs("ticket:21", text, dedupe_key=f"m{n}")
+    aws.pump()
+    replies = aws.replies(want=2)
+    assert died == ["ticket:21"]
+    assert [r["type"] for r in replies] == ["reply", "reply"], replies
+    assert [r["text"] for r in replies] == ["Answer one.", "Answer two."]
+    [run] = aws.wait_executions_done()
+    assert run["status"] == "SUCCEEDED"
+    assert aws.replies(timeout=0.5) == []

@@ -30,6 +30,7 @@ from workers.core.steps import (
     deliver,
     drive_run,
     expire,
+    fail_pending_turn,
     finish_turn,
     graph_state,
     history,
@@ -703,3 +704,48 @@ def test_a_principal_over_its_quota_is_throttled_and_nothing_is_written() -> Non
         accept_message(
             w.deps, InboundMessage(conversation_id="ws:q:1", text="x" * 30), backend("iam:x")
         )
+
+
+# --- fail only what failed ----------------------------------------------------------------------
+
+
+def test_a_failure_after_the_commit_fails_no_message_it_did_not_attempt() -> None:
+    """Two queued messages; the turn of the first commits, then the step dies (the lease
+    release raises). What the workflow's TellUser does next must not consume the second,
+    which no turn attempted: the run goes on and answers it."""
+    w = World()
+    w.send("first", "k1")
+    w.send("second", "k2")
+    run = w.starter.runs.pop(0)
+    real_release = w.store.release_lease
+
+    def dies(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the worker died after its commit")
+
+    w.store.release_lease = dies  # type: ignore[method-assign]
+    step = run_step(w.deps, run, execution_id="exec-1")  # turn 1 commits; no release needed
+    assert step.outcome == "turn" and w.texts() == ["echo first"]
+    told = fail_pending_turn(w.deps, step.run, "Something went wrong.")
+    assert told.outcome == "more_pending"  # nothing failed: the last claim committed
+    assert [e.message.text for e in w.store.pending_inbox(CID)] == ["second"]
+    w.store.release_lease = real_release  # type: ignore[method-assign]
+    run_step(w.deps, step.run)
+    assert w.texts() == ["echo first", "echo second"]  # answered, not failed
+
+
+def test_a_failure_before_the_commit_fails_exactly_the_turns_messages() -> None:
+    """Under ``merge`` a plan takes every pending message: one that arrived after the failed
+    claim was not attempted, and is not failed with it."""
+    w = World()
+    w.send("first", "k1", policy="merge")
+    run = w.starter.runs.pop(0)
+    w.agent.hook = lambda request: (_ for _ in ()).throw(RuntimeError("boom"))
+    with pytest.raises(RuntimeError):
+        run_step(w.deps, run, execution_id="exec-1")
+    w.send("second", "k2")  # arrives after the failed claim
+    told = fail_pending_turn(w.deps, run, "Something went wrong.")
+    assert told.outcome in ("turn", "released", "more_pending")
+    [notice] = [p for p in w.sink.sent if isinstance(p, Notice)]
+    first = w.store.history(CID).inbox[0].message  # type: ignore[union-attr]
+    assert notice.in_reply_to == [first.message_id]  # the second is not named
+    assert [e.message.text for e in w.store.pending_inbox(CID)] == ["second"]

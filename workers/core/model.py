@@ -112,6 +112,10 @@ class ConversationState:
     undelivered_count: int | None = None
     """Outbox entries not delivered yet, where the store keeps the count (``None``: it does
     not). A turn that sees 0 sends what it wrote without reading the outbox back."""
+    claimed_seq: int | None = None
+    """The inbox sequence the last claim saw, until a commit or a release follows it: while
+    set, the messages up to it were handed to a turn that did not finish (a failure notice
+    may name them); unset, the last claimed turn committed."""
     tenant: str | None = None
     """The tenant the conversation belongs to, recorded at creation (``None``: created by a
     backend that named none; only trusted backends reach it)."""

@@ -70,9 +70,13 @@ class ConversationStore(Protocol):
         now: float,
         ttl: float,
         bind: str | None = None,
+        claim: bool = True,
     ) -> ConversationState:
         """Extend the lease and return the conversation's state (one round trip serves as
         the run's lease check and its read); ``LeaseLost`` if ``token`` no longer holds it.
+        With ``claim`` (a turn is about to be planned) the same write records the inbox
+        sequence as ``claimed_seq``, which the next commit or release clears; without it,
+        the state says whether the last claim ended without a commit.
 
         With ``bind`` (a run's first step) the lease is also bound to that execution and the
         conversation marked running; ``LeaseLost`` if it is bound to another execution (a

@@ -17,7 +17,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from events.identity import ApprovalPolicy, Principal
@@ -306,7 +306,9 @@ class Claim:
         return self.state.pending_count is not None and self.state.pending_count <= consumed
 
 
-def claim_inbox(deps: Deps, run: RunRef, *, execution_id: str | None = None) -> Claim:
+def claim_inbox(
+    deps: Deps, run: RunRef, *, execution_id: str | None = None, mark: bool = True
+) -> Claim:
     """Renew the lease (the lease check; it returns the conversation's state) and plan the
     next turn from the pending inbox. Given the run's ``execution_id`` for the first time,
     the renewal also binds the lease to it (a duplicate start of the token gets
@@ -315,7 +317,12 @@ def claim_inbox(deps: Deps, run: RunRef, *, execution_id: str | None = None) -> 
     now = deps.clock.now()
     bind = execution_id if execution_id not in (None, run.execution_id) else None
     state = deps.store.renew_lease(
-        run.conversation_id, run.token, now=now, ttl=deps.settings.lease_ttl, bind=bind
+        run.conversation_id,
+        run.token,
+        now=now,
+        ttl=deps.settings.lease_ttl,
+        bind=bind,
+        claim=mark,
     )
     if bind is not None:
         limit = deps.settings.max_run_seconds
@@ -776,15 +783,26 @@ def _budget_spent(deps: Deps, run: RunRef) -> bool:
 def fail_pending_turn(
     deps: Deps, run: RunRef, text: str, *, hold_approvals: bool = False
 ) -> StepResult:
-    """Tell the user the next turn failed for good (retries spent, a permanent error that
-    escaped the turn) and consume its messages, so the run can go on; the notice is
-    delivered and the lease released as after any turn."""
-    claim = claim_inbox(deps, run)
-    if claim.plan is None:
+    """Tell the user the turn that failed for good (retries spent, a permanent error that
+    escaped it) failed, and consume its messages, so the run can go on; the notice is
+    delivered and the lease released as after any turn.
+
+    Only the messages that turn was handed are failed: the ones up to the inbox sequence
+    its claim marked. When the last claim committed (the worker died after its commit: a
+    timeout, out of memory), nothing failed: ``more_pending``, and the run goes on from the
+    committed state, never failing a message it did not attempt."""
+    claim = claim_inbox(deps, run, mark=False)
+    attempted = claim.state.claimed_seq
+    if claim.plan is None or attempted is None:
         return StepResult(run=run, outcome="more_pending")
-    entries = fail_turn(deps, claim.run, claim.plan, text)
+    tried = [e for e in claim.work.inbox if e.seq <= attempted]
+    plan = plan_turn(claim.state, tried) if tried else None
+    if plan is None:
+        return StepResult(run=run, outcome="more_pending")
+    claim = replace(claim, plan=plan)
+    entries = fail_turn(deps, claim.run, plan, text)
     turn = _delivered(
-        deps, claim, entries, outcome="replied", status=claim.plan.status_if_unchanged, turn_id=""
+        deps, claim, entries, outcome="replied", status=plan.status_if_unchanged, turn_id=""
     )
     return finish_turn(deps, claim, turn, hold_approvals=hold_approvals)
 

@@ -21,7 +21,7 @@ from workers.core.steps import (
     retry_exhausted_text,
     run_step,
 )
-from workers.errors import AgentWorkerError, PermanentError
+from workers.errors import AgentWorkerError, PermanentError, as_workflow_error
 from workers.handlers.observability import logger, metrics
 
 
@@ -68,7 +68,10 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     except AgentWorkerError as exc:
         # e.g. error_RetryableError counts model throttles the workflow will retry
         metrics.add_metric(name=f"error_{type(exc).__name__}", unit=MetricUnit.Count, value=1)
-        raise
+        reported = as_workflow_error(exc)
+        if reported is exc:
+            raise
+        raise reported from exc
     finally:
         bootstrap.flush_traces(deps)
     metrics.add_metric(name=f"step_{result.outcome}", unit=MetricUnit.Count, value=1)

@@ -224,6 +224,7 @@ def _meta_update(
     else:
         removes.append("#status_hold")
     removes.append("#approval_task_token")  # a waiting run, if any, has moved on
+    removes.append("#claimed_seq")  # the claimed turn committed
     if commit.checkpoint is not None:
         # The pointer on meta too: the next commit deletes the object it replaces.
         s3_key = S3Offload.s3_key(placed[0])

@@ -311,11 +311,15 @@ class DynamoDBConversationStore:
         now: float,
         ttl: float,
         bind: str | None = None,
+        claim: bool = True,
     ) -> ConversationState:
-        """Extend the lease (and bind it to the execution ``bind``) and return the state:
-        one ``UpdateItem`` with ``ALL_NEW``. The image is kept for this run's next reads
-        and commit (``load_pending``, ``commit_turn``)."""
+        """Extend the lease (and bind it to the execution ``bind``; with ``claim``, mark the
+        inbox sequence claimed) and return the state: one ``UpdateItem`` with ``ALL_NEW``.
+        The image is kept for this run's next reads and commit (``load_pending``,
+        ``commit_turn``)."""
         update = "SET #lease_expires_at = :expires"
+        if claim:
+            update += ", #claimed_seq = #inbox_seq"
         cond = "#lease_token = :token"
         values = {":expires": number(now + ttl), ":token": number(token)}
         if bind is not None:
@@ -408,7 +412,7 @@ class DynamoDBConversationStore:
         for _ in attempts():
             update = (
                 "SET #status = :idle, #lease_expires_at = :zero"
-                " REMOVE #lease_token, #lease_execution_id, #approval_task_token"
+                " REMOVE #lease_token, #lease_execution_id, #approval_task_token, #claimed_seq"
             )
             cond = "#lease_token = :token AND #inbox_seq = :seen"
             if drain:
@@ -978,6 +982,7 @@ def _state(meta: Item) -> ConversationState:
         undelivered_count=opt_int(meta, UNDELIVERED_COUNT),
         tenant=opt_str(meta, "tenant"),
         owner=opt_str(meta, "owner"),
+        claimed_seq=opt_int(meta, "claimed_seq"),
     )
 
 

@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS conversations (
     lease_execution_id TEXT,
     pending_approval TEXT,
     approval_task_token TEXT,
+    claimed_seq INTEGER,
     tenant TEXT,
     owner TEXT,
     created_at REAL NOT NULL,
@@ -132,6 +133,8 @@ class SqliteConversationStore:
         columns = {row[1] for row in db.execute("PRAGMA table_info(conversations)")}
         if "approval_task_token" not in columns:
             db.execute("ALTER TABLE conversations ADD COLUMN approval_task_token TEXT")
+        if "claimed_seq" not in columns:
+            db.execute("ALTER TABLE conversations ADD COLUMN claimed_seq INTEGER")
         if "tenant" not in columns:
             # Conversations from before ownership were the local user's (no auth then).
             db.execute(f"ALTER TABLE conversations ADD COLUMN tenant TEXT DEFAULT '{LOCAL_TENANT}'")
@@ -278,11 +281,13 @@ class SqliteConversationStore:
         now: float,
         ttl: float,
         bind: str | None = None,
+        claim: bool = True,
     ) -> ConversationState:
         with self._tx() as db:
             _, bound, _, _ = self._holding(db, conversation_id, token)
+            claimed = ", claimed_seq = inbox_seq" if claim else ""
             db.execute(
-                "UPDATE conversations SET lease_expires_at = ? WHERE conversation_id = ?",
+                f"UPDATE conversations SET lease_expires_at = ?{claimed} WHERE conversation_id = ?",
                 (now + ttl, conversation_id),
             )
             if bind is not None:
@@ -336,7 +341,7 @@ class SqliteConversationStore:
                 return False
             db.execute(
                 "UPDATE conversations SET lease_token = NULL, lease_expires_at = NULL,"
-                " lease_execution_id = NULL, approval_task_token = NULL,"
+                " lease_execution_id = NULL, approval_task_token = NULL, claimed_seq = NULL,"
                 " status = CASE WHEN status = 'running' THEN 'idle' ELSE status END"
                 " WHERE conversation_id = ?",
                 (conversation_id,),
@@ -376,7 +381,7 @@ class SqliteConversationStore:
             " lease_expires_at, lease_execution_id, pending_approval, created_at, updated_at,"
             " approval_task_token, (SELECT COUNT(*) FROM inbox i WHERE i.conversation_id = ?"
             " AND i.status = 'pending'), (SELECT COUNT(*) FROM outbox o"
-            " WHERE o.conversation_id = ? AND o.delivered_at IS NULL), tenant, owner"
+            " WHERE o.conversation_id = ? AND o.delivered_at IS NULL), tenant, owner, claimed_seq"
             " FROM conversations WHERE conversation_id = ?",
             (conversation_id, conversation_id, conversation_id),
         ).fetchone()
@@ -400,6 +405,7 @@ class SqliteConversationStore:
             undelivered_count=row[13],
             tenant=row[14],
             owner=row[15],
+            claimed_seq=row[16],
         )
 
     def load_checkpoint(self, conversation_id: str) -> bytes | None:
@@ -477,7 +483,7 @@ class SqliteConversationStore:
             status = commit.status if commit.status != "idle" else "running"
             db.execute(
                 "UPDATE conversations SET status = ?, pending_approval = ?,"
-                " approval_task_token = NULL WHERE conversation_id = ?",
+                " approval_task_token = NULL, claimed_seq = NULL WHERE conversation_id = ?",
                 (status, approval, conversation_id),
             )
             return written
