@@ -101,6 +101,12 @@ _COMMON_ENV: dict[str, Any] = {
 }
 """Every function builds the same AWS dependencies (``bootstrap.aws_deps``)."""
 
+EVENT_DETAIL_TYPES: dict[str, list[Any]] = {
+    "message": [MESSAGE_DETAIL_TYPE],
+    "ticket": [{"prefix": TICKET_DETAIL_TYPE_PREFIX}],
+}
+"""The bus's rules for ``ingest``, by name: their ``detail-type`` patterns."""
+
 LAYER_DIR_ON_LAMBDA = "/opt/python"
 """Where Lambda puts a layer's ``python`` directory (on ``sys.path``)."""
 APP_FILE_ON_LAMBDA = f"{LAYER_DIR_ON_LAMBDA}/agentworker.toml"
@@ -159,10 +165,7 @@ def export() -> dict[str, Any]:
             "visibilityTimeout": QUEUE_VISIBILITY_SECONDS,
         },
         "ingestTimeout": INGEST_TIMEOUT_SECONDS,
-        "events": {
-            "message": [MESSAGE_DETAIL_TYPE],
-            "ticket": [{"prefix": TICKET_DETAIL_TYPE_PREFIX}],
-        },
+        "events": EVENT_DETAIL_TYPES,
         "environment": {
             "common": {**_env(_COMMON_ENV), **_POWERTOOLS_ENV},
             **{f: environment(f) for f in FUNCTIONS if environment(f)},

@@ -18,6 +18,7 @@ from workers import bootstrap
 from workers.sandbox.converse_stub import ConverseStubServer
 from workers.sandbox.emulator import (
     MOTO_CONFIG,
+    EventsPoller,
     LambdaContextStub,
     SqsPoller,
     Stack,
@@ -39,6 +40,8 @@ class Aws:
     stack: Stack
     replies_url: str
     poller: SqsPoller
+    events: SqsPoller
+    """The bus's rules' deliveries to ``ingest``."""
     stub: ConverseStubServer
     handlers: dict[str, Any] = field(default_factory=dict)
     """The Lambda handlers moto invokes, by function name (a test may wrap one)."""
@@ -57,7 +60,7 @@ class Aws:
     def pump(self, seconds: float = 0.0) -> None:
         """Poll the inbound queue until it is empty (and ``seconds`` have passed)."""
         deadline = time.monotonic() + seconds
-        while self.poller.poll_once() or time.monotonic() < deadline:
+        while self.poller.poll_once() + self.events.poll_once() or time.monotonic() < deadline:
             time.sleep(0.05)
 
     def replies(self, timeout: float = 30.0, want: int = 1) -> list[dict[str, Any]]:
@@ -114,11 +117,14 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
         handlers = dict(default_handlers())
         inbound_arn = queue_arn(sqs, stack.queue_url)
         poller = SqsPoller(sqs, stack.queue_url, inbound_arn, handlers["ingest"])
+        events = EventsPoller(
+            sqs, stack.events_queue_url, queue_arn(sqs, stack.events_queue_url), handlers["ingest"]
+        )
         bootstrap.reset_aws_deps()
         # Handlers run in moto's execution threads and the poller in this one: moto's
         # DynamoDB must answer one request at a time, as real DynamoDB's conditions do.
         with route_lambda_to_handlers(handlers), serialized_dynamodb():
-            yield Aws(session, stack, replies_url, poller, stub, handlers)
+            yield Aws(session, stack, replies_url, poller, events, stub, handlers)
         bootstrap.reset_aws_deps()
 
 

@@ -43,6 +43,44 @@ def test_a_message_through_eventbridge_gets_exactly_one_reply(aws: Aws) -> None:
     assert reply["text"] == "Got it." and aws.replies(timeout=0.5) == []
 
 
+def test_put_events_on_the_bus_reach_ingest_as_the_stack_routes_them(aws: Aws) -> None:
+    """The emulator's bus has the stack's rules (``agentworker.message``, ``ticket.*``):
+    ``PutEvents`` of either is answered; another detail type goes nowhere."""
+    bus = aws.session.client("events")
+    aws.stub.script(reply_text="Heard you on the bus.")
+    aws.stub.script(reply_text="About your ticket.")
+    entries = [
+        {
+            "Source": "crm",
+            "DetailType": "agentworker.message",
+            "Detail": json.dumps({"conversation_id": "ticket:31", "text": "hi from the bus"}),
+            "EventBusName": aws.stack.event_bus,
+        },
+        {
+            "Source": "helpdesk",
+            "DetailType": "ticket.created",
+            "Detail": json.dumps({"ticket_id": "32", "subject": "Printer", "body": "jammed"}),
+            "EventBusName": aws.stack.event_bus,
+        },
+        {
+            "Source": "crm",
+            "DetailType": "invoice.paid",
+            "Detail": json.dumps({"conversation_id": "ticket:33", "text": "not for us"}),
+            "EventBusName": aws.stack.event_bus,
+        },
+    ]
+    assert bus.put_events(Entries=entries)["FailedEntryCount"] == 0
+    aws.pump()
+    replies = aws.replies(want=2)
+    assert sorted((r["conversation_id"], r["text"]) for r in replies) == [
+        ("ticket:31", "Heard you on the bus."),
+        ("ticket:32", "About your ticket."),
+    ]
+    aws.wait_executions_done()
+    assert aws.replies(timeout=0.5) == []
+    assert bootstrap.aws_deps().store.get_conversation("ticket:33") is None
+
+
 def test_the_same_message_delivered_three_times_gives_one_turn(aws: Aws) -> None:
     aws.stub.script(reply_text="Once.")
     for _ in range(3):

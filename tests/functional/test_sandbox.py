@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import pytest
 
 from tests.functional.server_process import free_port
@@ -115,6 +116,35 @@ def test_sandbox_answers_each_conversation_and_stops_on_ctrl_c(sandbox: SandboxP
     asked = sandbox.say("ticket:1", "close ticket 1")
     assert asked.startswith("[approval needed] ")
     assert sandbox.say("ticket:1", "--approve").startswith("Updated. Ticket 1 ")
+
+    # The event bus routes agentworker.message to ingest, as the deployed stack does.
+    assert state["event_bus"] and state["event_bus"] in banner
+    clients = boto3.session.Session(
+        aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1"
+    )
+    bus = clients.client("events", endpoint_url=state["endpoint_url"])
+    detail = {"conversation_id": "ticket:40", "text": "please open a ticket about the bus"}
+    put = bus.put_events(
+        Entries=[
+            {
+                "Source": "crm",
+                "DetailType": "agentworker.message",
+                "Detail": json.dumps(detail),
+                "EventBusName": state["event_bus"],
+            }
+        ]
+    )
+    assert put["FailedEntryCount"] == 0
+    sqs = clients.client("sqs", endpoint_url=state["endpoint_url"])
+    deadline, texts = time.monotonic() + 30, list[str]()
+    while time.monotonic() < deadline and not texts:
+        got = sqs.receive_message(QueueUrl=state["replies_queue_url"], WaitTimeSeconds=1)
+        for message in got.get("Messages", []):
+            body = json.loads(message["Body"])
+            payload = json.loads(body["Message"]) if "Message" in body else body
+            if payload["conversation_id"] == "ticket:40":
+                texts.append(payload["text"])
+    assert texts and "'the bus'" in texts[0], sandbox.output()
 
     started = time.monotonic()
     assert sandbox.interrupt() == 0, sandbox.output()

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from workers.adapters.aws.tables import DynamoDBTableSpec
-from workers.stack import FUNCTIONS, QUEUE_MAX_RECEIVES, StackNames
+from workers.stack import EVENT_DETAIL_TYPES, FUNCTIONS, QUEUE_MAX_RECEIVES, StackNames
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,10 @@ class Stack:
     queue_url: str = ""
     dlq_url: str = ""
     topic_arn: str = ""
+    event_bus: str = ""
+    events_queue_url: str = ""
+    """Where the bus's rules for ``ingest`` deliver (moto cannot invoke a Lambda target;
+    an :class:`EventsPoller` hands the events to ``ingest`` as EventBridge would)."""
     function_arns: dict[str, str] = field(default_factory=dict)
     state_machine_arns: dict[str, str] = field(default_factory=dict)
 
@@ -184,6 +188,7 @@ def create_stack(
         },
     )["QueueUrl"]
     stack.topic_arn = clients("sns").create_topic(Name=names.topic)["TopicArn"]
+    _route_events(clients("events"), sqs, stack)
     role = clients("iam").create_role(
         RoleName=f"{names.prefix}-role", AssumeRolePolicyDocument="{}"
     )["Role"]["Arn"]
@@ -206,6 +211,27 @@ def create_stack(
             name=names.state_machine(variant), definition=definition, roleArn=role, type=kind
         )["stateMachineArn"]
     return stack
+
+
+def _route_events(events: Any, sqs: Any, stack: Stack) -> None:
+    """The event bus with the stack's rules (``EVENT_DETAIL_TYPES``: ``agentworker.message``
+    and ``ticket.*``), targeting a queue the :class:`EventsPoller` drains into ``ingest``."""
+    names = stack.names
+    stack.event_bus = events.create_event_bus(Name=names.event_bus)["EventBusArn"].split("/")[-1]
+    stack.events_queue_url = sqs.create_queue(QueueName=f"{names.prefix}-events-to-ingest")[
+        "QueueUrl"
+    ]
+    target = queue_arn(sqs, stack.events_queue_url)
+    for rule, detail_types in EVENT_DETAIL_TYPES.items():
+        name = f"{names.prefix}-{rule}"
+        events.put_rule(
+            Name=name,
+            EventBusName=names.event_bus,
+            EventPattern=json.dumps({"detail-type": detail_types}),
+        )
+        events.put_targets(
+            Rule=name, EventBusName=names.event_bus, Targets=[{"Id": "ingest", "Arn": target}]
+        )
 
 
 def _shorten_retries(definition: str, seconds: int) -> str:
@@ -270,7 +296,7 @@ class SqsPoller:
         }
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="sqs-poller", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=type(self).__name__, daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
@@ -286,6 +312,22 @@ class SqsPoller:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+
+
+class EventsPoller(SqsPoller):
+    """Hands the events the bus's rules matched to ``ingest`` one by one, as EventBridge
+    invokes a Lambda target (asynchronously: a failed one is retried, here after the queue's
+    visibility timeout)."""
+
+    def poll_once(self, wait_seconds: int = 0) -> int:
+        got = self._sqs.receive_message(
+            QueueUrl=self._url, MaxNumberOfMessages=10, WaitTimeSeconds=wait_seconds
+        ).get("Messages", [])
+        for message in got:
+            _, failed = invoke_handler(self._handler, "ingest", "ingest", message["Body"])
+            if not failed:
+                self._sqs.delete_message(QueueUrl=self._url, ReceiptHandle=message["ReceiptHandle"])
+        return len(got)
 
 
 # moto server mode ----------------------------------------------------------------------------

@@ -61,6 +61,9 @@ class SandboxState(BaseModel):
     queue_url: str
     replies_queue_url: str
     topic_arn: str
+    event_bus: str = ""
+    """The bus ``PutEvents`` with ``agentworker.message`` or ``ticket.*`` reaches ``ingest``
+    through."""
     state_machine_arn: str
     table_name: str
     bucket_name: str
@@ -163,6 +166,7 @@ def _start_runtime(
         queue_url=stack.queue_url,
         replies_queue_url=replies_url,
         topic_arn=stack.topic_arn,
+        event_bus=stack.event_bus,
         state_machine_arn=stack.state_machine_arns["express"],
         table_name=stack.names.table,
         bucket_name=stack.names.bucket,
@@ -174,12 +178,14 @@ def _start_event_sources(
     resources: ExitStack, sqs: Any, stack: Stack, handlers: Mapping[str, Handler]
 ) -> None:
     """What invokes Lambda on AWS besides the workflow: the inbound queue's event source
-    mapping (``ingest``) and the every-minute schedule (``sweeper``)."""
-    from workers.sandbox.emulator import ScheduledInvoker, SqsPoller, queue_arn
+    mapping and the event bus's rules (``ingest``), and the every-minute schedule
+    (``sweeper``)."""
+    from workers.sandbox.emulator import EventsPoller, ScheduledInvoker, SqsPoller, queue_arn
 
-    poller = SqsPoller(sqs, stack.queue_url, queue_arn(sqs, stack.queue_url), handlers["ingest"])
-    poller.start()
-    resources.callback(poller.stop)
+    for kind, url in ((SqsPoller, stack.queue_url), (EventsPoller, stack.events_queue_url)):
+        poller = kind(sqs, url, queue_arn(sqs, url), handlers["ingest"])
+        poller.start()
+        resources.callback(poller.stop)
     sweeper = ScheduledInvoker(
         handlers["sweeper"], "sweeper", stack.function_arns["sweeper"], SWEEP_INTERVAL_SECONDS
     )
@@ -283,6 +289,7 @@ def banner(sandbox: Sandbox, state_dir: Path, *, model: str) -> str:
             f"  inbound queue  {s.queue_url}",
             f"  replies queue  {s.replies_queue_url}",
             f"  reply topic    {s.topic_arn}",
+            f"  event bus      {s.event_bus} (agentworker.message, ticket.*)",
             f"  state machine  {s.state_machine_arn}",
             "Try, in another terminal:",
             "  " + TRY_COMMAND.format(dir=dir_option),
