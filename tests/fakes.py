@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -332,6 +332,16 @@ class InMemoryConversationStore:
                 return start + window_seconds - now
             self._quotas[key] = (start, used + amount)
             return None
+
+    def mark_sinks(self, conversation_id: str, seq: int, sinks: Collection[str]) -> None:
+        with self._lock:
+            conv = self._convs.get(conversation_id)
+            if conv is None:
+                return
+            conv.outbox = [
+                replace(e, sinks_done=e.sinks_done | frozenset(sinks)) if e.seq == seq else e
+                for e in conv.outbox
+            ]
 
     def expired_conversations(self, *, before: float, limit: int = 100) -> list[str]:
         with self._lock:

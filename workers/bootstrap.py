@@ -308,23 +308,21 @@ def build_aws(settings: Settings, *, with_agent: bool, session: Any = None) -> D
         bucket=settings.bucket_name,
         retention_days=settings.retention_days,
     )
-    sinks: list[ReplySink] = []
+    sinks: dict[str, ReplySink] = {}
     if settings.reply_topic_arn:
-        sinks.append(SnsReplySink(session.client("sns"), settings.reply_topic_arn))
+        sinks["sns"] = SnsReplySink(session.client("sns"), settings.reply_topic_arn)
     if settings.websocket_endpoint:
         management = session.client(
             "apigatewaymanagementapi", endpoint_url=settings.websocket_endpoint
         )
-        sinks.append(WebSocketReplySink(management, store))
+        sinks["websocket"] = WebSocketReplySink(management, store)
     if settings.slack_bot_token or settings.slack_secret_arn:
         from workers.adapters.aws.slack import SlackReplySink
 
         # Posts only Slack conversations' payloads; the token is read at the first post.
-        sinks.append(
-            SlackReplySink(
-                lambda: slack_credentials(settings, session=session).bot_token,
-                api_url=settings.slack_api_url,
-            )
+        sinks["slack"] = SlackReplySink(
+            lambda: slack_credentials(settings, session=session).bot_token,
+            api_url=settings.slack_api_url,
         )
     tracer: Tracer = NullTracer()
     if settings.tracing and settings.mlflow_tracking_uri:

@@ -73,6 +73,15 @@ class NotAllowed(PermanentError):
     does not let them decide): HTTP 403, nothing written."""
 
 
+class PartialDelivery(RetryableError):
+    """Some of a payload's sinks took it, another failed for now: retry only the rest
+    (``delivered`` names the sinks that have it, this attempt's and earlier ones)."""
+
+    def __init__(self, message: str, *, delivered: frozenset[str]) -> None:
+        super().__init__(message)
+        self.delivered = delivered
+
+
 class AuthorizerRefusal(AgentWorkerError):
     """Raised by the WebSocket authorizer for a refused token: API Gateway answers 401 when
     an authorizer fails with exactly this message."""

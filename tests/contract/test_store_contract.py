@@ -652,3 +652,18 @@ def test_a_claim_is_marked_until_its_commit_or_release(store: Any) -> None:
     assert store.renew_lease(CID, lease.token, now=T0, ttl=10).claimed_seq == 2
     assert store.release_lease(CID, lease.token, seen_inbox_seq=2, now=T0)
     assert store.get_conversation(CID).claimed_seq is None  # released
+
+
+def test_an_entry_remembers_which_sinks_took_it(store: Any) -> None:
+    store.append_inbox(msg("q"), now=T0, default_policy="enqueue")
+    lease = store.try_acquire_lease(CID, now=T0, ttl=10)
+    reply = Reply(conversation_id=CID, turn_id="t", text="a")
+    [entry] = store.commit_turn(CID, TurnCommit(lease.token, [1], "idle", b"ck", [], [reply]))
+    assert store.pending_outbox(CID)[0].sinks_done == frozenset()
+    store.mark_sinks(CID, entry.seq, ["slack"])
+    store.mark_sinks(CID, entry.seq, ["slack", "sns"])  # idempotent, cumulative
+    [pending] = store.pending_outbox(CID)
+    assert pending.sinks_done == {"slack", "sns"} and not pending.delivered
+    store.mark_sinks(CID, 999, ["slack"])  # no such entry: nothing happens
+    store.mark_delivered(CID, [entry.seq], now=T0)
+    assert store.pending_outbox(CID) == []

@@ -7,7 +7,7 @@ import pytest
 from events.outbound import OutboxPayload, Reply, ReplyChunk
 from tests.fakes import RecordingSink
 from workers.adapters.aws.sinks import FanOutReplySink
-from workers.errors import PermanentError, RetryableError
+from workers.errors import PartialDelivery, PermanentError, RetryableError
 
 REPLY = Reply(conversation_id="slack:T1:C1:1.0", turn_id="t", text="hi")
 
@@ -26,14 +26,40 @@ class Failing:
 def test_a_sink_that_refuses_for_good_does_not_keep_the_others_from_the_payload() -> None:
     after = RecordingSink()
     with pytest.raises(PermanentError):
-        FanOutReplySink([Failing(PermanentError("channel_not_found")), after]).send(REPLY)
+        FanOutReplySink({"slack": Failing(PermanentError("channel_not_found")), "sns": after}).send(
+            REPLY
+        )
     assert after.sent == [REPLY]
 
 
 def test_a_retryable_failure_wins_over_a_permanent_one() -> None:
-    sinks = [Failing(PermanentError("gone")), Failing(RetryableError("throttled"))]
+    sinks = {"a": Failing(PermanentError("gone")), "b": Failing(RetryableError("throttled"))}
     with pytest.raises(RetryableError):
         FanOutReplySink(sinks).send(REPLY)
+
+
+class Flaky(RecordingSink):
+    """Fails for now the first ``failures`` sends, then records like the others."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def send(self, payload: OutboxPayload) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise RetryableError("websocket throttled")
+        super().send(payload)
+
+
+def test_a_partial_delivery_names_who_took_it_and_a_retry_sends_only_the_rest() -> None:
+    slack, socket = RecordingSink(), Flaky(failures=1)
+    fan_out = FanOutReplySink({"slack": slack, "websocket": socket})
+    with pytest.raises(PartialDelivery) as partial:
+        fan_out.send(REPLY)
+    assert partial.value.delivered == {"slack"} and "websocket" in str(partial.value)
+    fan_out.send_missing(REPLY, partial.value.delivered)
+    assert slack.sent == [REPLY] and socket.sent == [REPLY]  # once each
 
 
 class Management:

@@ -749,3 +749,30 @@ def test_a_failure_before_the_commit_fails_exactly_the_turns_messages() -> None:
     first = w.store.history(CID).inbox[0].message  # type: ignore[union-attr]
     assert notice.in_reply_to == [first.message_id]  # the second is not named
     assert [e.message.text for e in w.store.pending_inbox(CID)] == ["second"]
+
+
+def test_a_partial_delivery_is_retried_only_where_it_failed() -> None:
+    """Slack took the reply, the WebSocket failed for now: the entry remembers Slack, and
+    the retry (the run's own, or ``deliver``) sends it to the WebSocket alone; every sink
+    shows it once."""
+    from tests.unit.test_fanout_sink import Flaky
+    from workers.adapters.aws.sinks import FanOutReplySink
+
+    w = World()
+    slack, socket = RecordingSink(), Flaky(failures=1)
+    w.deps.sink = FanOutReplySink({"slack": slack, "websocket": socket})
+    marked: list[tuple[int, set[str]]] = []
+    real_mark = w.store.mark_sinks
+
+    def mark(conversation_id: str, seq: int, sinks: Any) -> None:
+        marked.append((seq, set(sinks)))
+        real_mark(conversation_id, seq, sinks)
+
+    w.store.mark_sinks = mark  # type: ignore[method-assign]
+    w.send("hello")
+    w.run_all()
+    deliver(w.deps, CID)
+    assert marked == [(1, {"slack"})]
+    assert [p.text for p in slack.sent] == ["echo hello"]  # not twice
+    assert [p.text for p in socket.sent] == ["echo hello"]
+    assert w.store.pending_outbox(CID) == []

@@ -80,6 +80,8 @@ class OutboxEntry:
     seq: int
     payload: OutboxPayload
     delivered: bool = False
+    sinks_done: frozenset[str] = frozenset()
+    """The sinks that already took it (a retry after a partial delivery skips them)."""
 
 
 @dataclass(frozen=True)

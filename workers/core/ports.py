@@ -7,9 +7,9 @@ separate class, :class:`TicketStore`; each passes the same contract suite in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from events.identity import Principal
 from events.inbound import DoubleTextingPolicy, InboundMessage
@@ -134,6 +134,10 @@ class ConversationStore(Protocol):
 
     def mark_delivered(self, conversation_id: str, seqs: list[int], *, now: float) -> None: ...
 
+    def mark_sinks(self, conversation_id: str, seq: int, sinks: Collection[str]) -> None:
+        """Record that ``sinks`` took outbox entry ``seq`` (it stays undelivered: others
+        have not): ``pending_outbox`` returns them as its ``sinks_done``."""
+
     def conversations_to_sweep(self, *, now: float, limit: int = 100) -> list[str]:
         """Conversations that need a run: pending inbox entries and no live lease, or a lease
         that expired while held (its run died, maybe after committing a reply that was never
@@ -222,6 +226,16 @@ class ReplySink(Protocol):
 
     def send_chunk(self, chunk: ReplyChunk) -> None:
         """Best-effort streaming of a reply in progress; never raises for a gone client."""
+
+
+@runtime_checkable
+class PerSinkDelivery(Protocol):
+    """A sink made of named sinks (the AWS runtime's fan-out): it sends only to those that
+    have not taken a payload yet, and says which did when another fails for now."""
+
+    def send_missing(self, payload: OutboxPayload, done: frozenset[str]) -> None:
+        """Send to every sink not in ``done``; ``PartialDelivery`` (the sinks that now have
+        it) when one fails for now, after trying the others."""
 
 
 class SpanHandle(Protocol):

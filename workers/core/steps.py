@@ -59,6 +59,7 @@ from workers.core.ports import (
     Clock,
     ConversationStore,
     NullTracer,
+    PerSinkDelivery,
     ReplySink,
     SpanHandle,
     Tracer,
@@ -69,6 +70,7 @@ from workers.errors import (
     LeaseLost,
     NotFound,
     NotWaiting,
+    PartialDelivery,
     PermanentError,
     RetryableError,
     Throttled,
@@ -606,7 +608,7 @@ def deliver(deps: Deps, conversation_id: str) -> int:
     for entry in deps.store.pending_outbox(conversation_id):
         with deps.tracer.span("deliver", kind="UNKNOWN", inputs={"type": entry.payload.type}):
             try:
-                deps.sink.send(entry.payload)
+                _send_entry(deps, entry)
             except PermanentError as exc:
                 _undeliverable(entry, exc)
             deps.store.mark_delivered(conversation_id, [entry.seq], now=deps.clock.now())
@@ -627,12 +629,13 @@ def _undeliverable(entry: OutboxEntry, exc: PermanentError) -> None:
 
 def _send(deps: Deps, entries: list[OutboxEntry]) -> list[int]:
     """Send ``entries`` in order (no marks); the sequences sent. A sink that fails
-    (``RetryableError``) stops the sending: the rest stays in the outbox for ``deliver``."""
+    (``RetryableError``) stops the sending: the rest stays in the outbox for ``deliver``
+    (which sends it only to the sinks that have not taken it)."""
     sent: list[int] = []
     for entry in entries:
         with deps.tracer.span("deliver", kind="UNKNOWN", inputs={"type": entry.payload.type}):
             try:
-                deps.sink.send(entry.payload)
+                _send_entry(deps, entry)
             except RetryableError as exc:
                 log.warning("delivery of outbox entry %d deferred: %s", entry.seq, exc)
                 break
@@ -640,6 +643,22 @@ def _send(deps: Deps, entries: list[OutboxEntry]) -> list[int]:
                 _undeliverable(entry, exc)
         sent.append(entry.seq)
     return sent
+
+
+def _send_entry(deps: Deps, entry: OutboxEntry) -> None:
+    """Send one outbox entry to every sink that has not taken it yet; after a partial
+    delivery, record the sinks that did (then raise: the entry waits for ``deliver``)."""
+    sink = deps.sink
+    if not isinstance(sink, PerSinkDelivery):
+        sink.send(entry.payload)
+        return
+    try:
+        sink.send_missing(entry.payload, entry.sinks_done)
+    except PartialDelivery as partial:
+        new = partial.delivered - entry.sinks_done
+        if new:
+            deps.store.mark_sinks(entry.payload.conversation_id, entry.seq, new)
+        raise
 
 
 # 5. finish ----------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -635,7 +635,29 @@ class DynamoDBConversationStore:
             {":pk": string(conversation_pk(conversation_id)), ":prefix": string(OUTBOX_PREFIX)},
             index=PENDING_INDEX,
         )
-        return [OutboxEntry(get_int(i, "seq"), self._payload(i)) for i in items]
+        return [
+            OutboxEntry(
+                get_int(i, "seq"),
+                self._payload(i),
+                sinks_done=frozenset(i.get("sinks", {}).get("SS", [])),
+            )
+            for i in items
+        ]
+
+    def mark_sinks(self, conversation_id: str, seq: int, sinks: Collection[str]) -> None:
+        """One ``UpdateItem`` adding to the entry's string set (idempotent)."""
+        if not sinks:
+            return
+        try:
+            self._table.update(
+                conversation_pk(conversation_id),
+                seq_sk(OUTBOX_PREFIX, seq),
+                "ADD #sinks :sinks",
+                cond="attribute_exists(#pk)",
+                values={":sinks": {"SS": sorted(set(sinks))}},
+            )
+        except ConditionFailed:
+            return  # forgotten meanwhile: nothing to remember
 
     def mark_delivered(self, conversation_id: str, seqs: list[int], *, now: float) -> None:
         """Mark entries delivered; idempotent (the first delivery time stays). One

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from events.outbound import OutboxPayload, ReplyChunk
 from workers.adapters.aws.errors import error_code, map_aws_error
 from workers.core.ports import ConversationStore, ReplySink
-from workers.errors import AgentWorkerError, PermanentError, RetryableError
+from workers.errors import AgentWorkerError, PartialDelivery, PermanentError, RetryableError
 
 log = logging.getLogger(__name__)
 
@@ -90,28 +90,46 @@ class WebSocketReplySink:
 
 
 class FanOutReplySink:
-    """Sends to several sinks (e.g. SNS for integrations and WebSocket for the web chat).
+    """Sends to several named sinks (e.g. ``sns`` for integrations, ``websocket`` for the
+    web chat, ``slack``).
 
     Every sink is tried: one refusing for good does not keep the others from the payload.
-    A retryable failure is raised after the others were tried (the retry re-sends to all:
-    subscribers dedupe on ``reply_id``); else the first permanent one."""
+    A sink failing for now makes the send a ``PartialDelivery`` naming the ones that took
+    it, so the core records them and a retry sends only where it failed (Slack does not
+    show a reply twice); else the first permanent failure is raised."""
 
-    def __init__(self, sinks: Sequence[ReplySink]) -> None:
-        self._sinks = list(sinks)
+    def __init__(self, sinks: Mapping[str, ReplySink]) -> None:
+        self._sinks = dict(sinks)
 
     def send(self, payload: OutboxPayload) -> None:
+        self.send_missing(payload, frozenset())
+
+    def send_missing(self, payload: OutboxPayload, done: frozenset[str]) -> None:
         failures: list[AgentWorkerError] = []
-        for sink in self._sinks:
+        delivered = set(done)
+        waiting: list[str] = []
+        for name, sink in self._sinks.items():
+            if name in done:
+                continue
             try:
                 sink.send(payload)
-            except (RetryableError, PermanentError) as exc:
+            except RetryableError as exc:
                 failures.append(exc)
-        retryable = [f for f in failures if isinstance(f, RetryableError)]
-        if retryable:
-            raise retryable[0]
+                waiting.append(name)
+            except PermanentError as exc:
+                failures.append(exc)
+                delivered.add(name)  # refused for good: a retry would not help
+            else:
+                delivered.add(name)
+        if waiting:
+            raise PartialDelivery(
+                f"{', '.join(waiting)} failed for now ({failures[0]}); "
+                f"{', '.join(sorted(delivered - set(waiting))) or 'no sink'} took it",
+                delivered=frozenset(delivered),
+            )
         if failures:
             raise failures[0]
 
     def send_chunk(self, chunk: ReplyChunk) -> None:
-        for sink in self._sinks:
+        for sink in self._sinks.values():
             sink.send_chunk(chunk)

@@ -9,8 +9,9 @@ outbox writes are single transactions like their DynamoDB counterparts
 
 from __future__ import annotations
 
+import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     type TEXT NOT NULL,
     body TEXT NOT NULL,
     delivered_at REAL,
+    sinks TEXT NOT NULL DEFAULT '[]',
     PRIMARY KEY (conversation_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS outbox_undelivered ON outbox (conversation_id, seq)
@@ -133,6 +135,9 @@ class SqliteConversationStore:
         columns = {row[1] for row in db.execute("PRAGMA table_info(conversations)")}
         if "approval_task_token" not in columns:
             db.execute("ALTER TABLE conversations ADD COLUMN approval_task_token TEXT")
+        outbox = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
+        if "sinks" not in outbox:
+            db.execute("ALTER TABLE outbox ADD COLUMN sinks TEXT NOT NULL DEFAULT '[]'")
         if "claimed_seq" not in columns:
             db.execute("ALTER TABLE conversations ADD COLUMN claimed_seq INTEGER")
         if "tenant" not in columns:
@@ -514,11 +519,28 @@ class SqliteConversationStore:
 
     def pending_outbox(self, conversation_id: str) -> list[OutboxEntry]:
         rows = self._conn().execute(
-            "SELECT seq, body FROM outbox WHERE conversation_id = ? AND delivered_at IS NULL"
-            " ORDER BY seq",
+            "SELECT seq, body, sinks FROM outbox WHERE conversation_id = ?"
+            " AND delivered_at IS NULL ORDER BY seq",
             (conversation_id,),
         )
-        return [OutboxEntry(seq, _OUTBOX.validate_json(body)) for seq, body in rows]
+        return [
+            OutboxEntry(seq, _OUTBOX.validate_json(body), sinks_done=frozenset(json.loads(sinks)))
+            for seq, body, sinks in rows
+        ]
+
+    def mark_sinks(self, conversation_id: str, seq: int, sinks: Collection[str]) -> None:
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT sinks FROM outbox WHERE conversation_id = ? AND seq = ?",
+                (conversation_id, seq),
+            ).fetchone()
+            if row is None:
+                return
+            done = sorted(set(json.loads(row[0])) | set(sinks))
+            db.execute(
+                "UPDATE outbox SET sinks = ? WHERE conversation_id = ? AND seq = ?",
+                (json.dumps(done), conversation_id, seq),
+            )
 
     def mark_delivered(self, conversation_id: str, seqs: list[int], *, now: float) -> None:
         with self._tx() as db:
