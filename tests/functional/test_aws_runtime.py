@@ -72,10 +72,9 @@ def test_put_events_on_the_bus_reach_ingest_as_the_stack_routes_them(aws: Aws) -
     assert bus.put_events(Entries=entries)["FailedEntryCount"] == 0
     aws.pump()
     replies = aws.replies(want=2)
-    assert sorted((r["conversation_id"], r["text"]) for r in replies) == [
-        ("ticket:31", "Heard you on the bus."),
-        ("ticket:32", "About your ticket."),
-    ]
+    # The two runs go concurrently: which takes which scripted answer is theirs to race.
+    assert sorted(r["conversation_id"] for r in replies) == ["ticket:31", "ticket:32"]
+    assert sorted(r["text"] for r in replies) == ["About your ticket.", "Heard you on the bus."]
     aws.wait_executions_done()
     assert aws.replies(timeout=0.5) == []
     assert bootstrap.aws_deps().store.get_conversation("ticket:33") is None
