@@ -85,15 +85,17 @@ class JwtAuthenticator:
     @classmethod
     def for_settings(cls, settings: Settings) -> JwtAuthenticator:
         secret = settings.auth_jwt_secret
-        authenticator = cls(
+        claims = settings.claim_mapping
+        return cls(
             secret=None if secret is None else secret.get_secret_value(),
             jwks_url=settings.auth_jwks_url,
             issuer=settings.auth_issuer,
             audience=settings.auth_audience,
+            tenant_claim=claims.tenant_claim,
+            roles_claim=claims.roles_claim,
+            default_tenant=claims.default_tenant,
             leeway=settings.auth_leeway_seconds,
         )
-        authenticator.claims = settings.claim_mapping
-        return authenticator
 
     def authenticate(self, token: str | None) -> Principal:
         if not token:
