@@ -19,6 +19,12 @@ WS_SUBPROTOCOL = "agentworker"
 WS_SUBPROTOCOL_TOKEN = "bearer."
 """The prefix of the subprotocol that carries a WebSocket client's token."""
 
+
+def offered_subprotocols(header: str | None) -> list[str]:
+    """The subprotocols a WebSocket client offers (its ``Sec-WebSocket-Protocol`` header)."""
+    return [p.strip() for p in (header or "").split(",") if p.strip()]
+
+
 LOCAL_TENANT = "local"
 """The tenant of the embedded server's own user when no authentication is configured."""
 

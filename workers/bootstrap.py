@@ -195,30 +195,33 @@ def aws_deps(*, with_agent: bool = False) -> Deps:
     """The AWS runtime's dependencies, built once per Lambda process from the environment."""
     deps = _AWS_DEPS.get(with_agent)
     if deps is None:
-        deps = _AWS_DEPS[with_agent] = build_aws(load_settings(), with_agent=with_agent)
+        deps = _AWS_DEPS[with_agent] = build_aws(aws_settings(), with_agent=with_agent)
     return deps
+
+
+def aws_settings() -> Settings:
+    """The Lambda process's settings, read from its environment once."""
+    if not _AWS_SETTINGS:
+        _AWS_SETTINGS.append(load_settings())
+    return _AWS_SETTINGS[0]
 
 
 def reset_aws_deps() -> None:
     """Forget the cached dependencies (the emulator rebuilds them against a new stack)."""
     _AWS_DEPS.clear()
     _SLACK_CREDENTIALS.clear()
-    _CLAIMS.clear()
     _AUTHENTICATOR.clear()
-    _AUTH_CONFIGURED.clear()
+    _AWS_SETTINGS.clear()
 
 
-_CLAIMS: list[ClaimMapping] = []
+_AWS_SETTINGS: list[Settings] = []
 _AUTHENTICATOR: list[Authenticator] = []
-_AUTH_CONFIGURED: list[bool] = []
 
 
 def auth_configured() -> bool:
     """Whether the stack has an identity provider (then every WebSocket connection came
-    through the authorizer); read once per process."""
-    if not _AUTH_CONFIGURED:
-        _AUTH_CONFIGURED.append(load_settings().auth_configured)
-    return _AUTH_CONFIGURED[0]
+    through the authorizer)."""
+    return aws_settings().auth_configured
 
 
 def authenticator() -> Authenticator:
@@ -227,7 +230,7 @@ def authenticator() -> Authenticator:
     if not _AUTHENTICATOR:
         from workers.adapters.tokens import JwtAuthenticator
 
-        settings = load_settings()
+        settings = aws_settings()
         if not settings.auth_configured:
             raise ConfigError(
                 "AGENTWORKER_AUTH_JWKS_URL: not set; the authorizer verifies tokens with the"
@@ -238,11 +241,9 @@ def authenticator() -> Authenticator:
 
 
 def jwt_claims() -> ClaimMapping:
-    """Where the identity provider's tokens keep the tenant and roles (once per process):
-    for the claims API Gateway's JWT authorizer passes on."""
-    if not _CLAIMS:
-        _CLAIMS.append(load_settings().claim_mapping)
-    return _CLAIMS[0]
+    """Where the identity provider's tokens keep the tenant and roles: for the claims API
+    Gateway's JWT authorizer passes on."""
+    return aws_settings().claim_mapping
 
 
 _SLACK_CREDENTIALS: list[SlackCredentials] = []
@@ -255,7 +256,7 @@ def slack_credentials(settings: Settings | None = None, *, session: Any = None) 
     if not _SLACK_CREDENTIALS:
         from workers.adapters.aws.slack import SlackCredentials, read_slack_secret
 
-        settings = settings or load_settings()
+        settings = settings or aws_settings()
         if settings.slack_secret_arn:
             import boto3
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
+from collections.abc import Iterable
 from typing import Any
 
 import jwt
 
-from events.identity import LOCAL_USER, ClaimMapping, Principal
+from events.identity import LOCAL_USER, WS_SUBPROTOCOL_TOKEN, ClaimMapping, Principal
 from workers.config import Settings
 from workers.errors import ConfigError, RetryableError, Unauthenticated
 
@@ -172,6 +173,23 @@ class DevTokenAuthenticator:
         if not hmac.compare_digest(token.encode(), self.token.encode()):
             raise Unauthenticated("bad_token", "not this server's dev token")
         return LOCAL_USER
+
+
+def ws_token(authorization: str | None, subprotocols: Iterable[str]) -> str | None:
+    """A WebSocket's token: ``Authorization: Bearer`` (clients that can set headers), else
+    the subprotocol ``bearer.<token>`` (browsers cannot). Never a query parameter: URLs end
+    up in access logs."""
+    token = bearer_token(authorization)
+    if token is None:
+        token = next(
+            (
+                p[len(WS_SUBPROTOCOL_TOKEN) :]
+                for p in subprotocols
+                if p.startswith(WS_SUBPROTOCOL_TOKEN)
+            ),
+            None,
+        )
+    return token
 
 
 def bearer_token(authorization: str | None) -> str | None:

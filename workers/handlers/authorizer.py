@@ -15,20 +15,11 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from events.identity import WS_SUBPROTOCOL_TOKEN, to_authorizer_context
+from events.identity import offered_subprotocols, to_authorizer_context
 from workers import bootstrap
-from workers.adapters.tokens import bearer_token
+from workers.adapters.tokens import ws_token
 from workers.errors import AuthorizerRefusal, Unauthenticated
 from workers.handlers.observability import logger, metrics
-
-
-def _token(headers: dict[str, str]) -> str | None:
-    offered = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",")]
-    from_protocol = next(
-        (p[len(WS_SUBPROTOCOL_TOKEN) :] for p in offered if p.startswith(WS_SUBPROTOCOL_TOKEN)),
-        None,
-    )
-    return from_protocol or bearer_token(headers.get("authorization"))
 
 
 @metrics.log_metrics
@@ -36,7 +27,9 @@ def _token(headers: dict[str, str]) -> str | None:
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     headers = {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()}
     try:
-        principal = bootstrap.authenticator().authenticate(_token(headers))
+        offered = offered_subprotocols(headers.get("sec-websocket-protocol"))
+        token = ws_token(headers.get("authorization"), offered)
+        principal = bootstrap.authenticator().authenticate(token)
     except Unauthenticated as exc:
         metrics.add_metric(name="refused_connections", unit=MetricUnit.Count, value=1)
         logger.warning("connection refused", extra={"reason": exc.reason})

@@ -19,6 +19,7 @@ from events.identity import (
     Principal,
     backend,
     from_authorizer_context,
+    offered_subprotocols,
 )
 from events.inbound import (
     EventBridgeEvent,
@@ -103,13 +104,8 @@ def _websocket(event: dict[str, Any]) -> dict[str, Any]:
     if route == "$connect":
         # The authorizer let it in. A browser offered its token as a subprotocol: answer
         # with ours (never echo the token), or it drops the connection.
-        offered = {
-            p.strip()
-            for k, v in (event.get("headers") or {}).items()
-            if str(k).lower() == "sec-websocket-protocol"
-            for p in str(v).split(",")
-        }
-        if WS_SUBPROTOCOL in offered:
+        headers = {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()}
+        if WS_SUBPROTOCOL in offered_subprotocols(headers.get("sec-websocket-protocol")):
             return {"statusCode": 200, "headers": {"Sec-WebSocket-Protocol": WS_SUBPROTOCOL}}
         return {"statusCode": 200}
     try:

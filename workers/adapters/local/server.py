@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from events.identity import WS_SUBPROTOCOL, WS_SUBPROTOCOL_TOKEN, Principal
+from events.identity import WS_SUBPROTOCOL, Principal
 from events.inbound import (
     CONVERSATION_ID_PATTERN,
     WS_ACTIONS,
@@ -34,7 +34,7 @@ from events.outbound import ErrorBody, ErrorView, validation_problem
 from workers.adapters.local.guard import Guard
 from workers.adapters.local.runtime import EmbeddedRuntime
 from workers.adapters.local.views import conversation_view
-from workers.adapters.tokens import bearer_token
+from workers.adapters.tokens import bearer_token, ws_token
 from workers.config import Settings
 from workers.core.ports import Authenticator
 from workers.errors import (
@@ -264,23 +264,6 @@ def create_app(
 
 WS_UNAUTHENTICATED = 4401
 """Close code of a socket whose token was refused (the error frame before it says why)."""
-
-
-def ws_token(authorization: str | None, subprotocols: list[str]) -> str | None:
-    """A WebSocket's token: ``Authorization: Bearer`` (clients that can set headers), else
-    the subprotocol ``bearer.<token>`` (browsers cannot). Never a query parameter: URLs end
-    up in access logs."""
-    token = bearer_token(authorization)
-    if token is None:
-        token = next(
-            (
-                p[len(WS_SUBPROTOCOL_TOKEN) :]
-                for p in subprotocols
-                if p.startswith(WS_SUBPROTOCOL_TOKEN)
-            ),
-            None,
-        )
-    return token
 
 
 async def authenticate(auth: Authenticator, token: str | None) -> Principal:
