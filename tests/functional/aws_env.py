@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -95,23 +96,26 @@ class Aws:
         raise AssertionError("executions still running")
 
 
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
+@contextmanager
+def aws_runtime(setenv: Callable[[str, str], None]) -> Iterator[Aws]:
+    """The AWS runtime on moto in this process while the block lasts; ``setenv`` sets this
+    process's environment (the handlers read their settings from it, as on Lambda) and
+    its caller restores it."""
     for name, value in {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
         "AGENTWORKER_TRACING": "false",
     }.items():
-        monkeypatch.setenv(name, value)
+        setenv(name, value)
     with ConverseStubServer() as stub, moto.mock_aws(config=cast(Any, MOTO_CONFIG)):
         session = boto3.session.Session(region_name="us-east-1")
         stack = create_stack(session.client, retry_interval_seconds=1)
         for name, value in stack.environment().items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.setenv("AGENTWORKER_MODEL", f"bedrock:{MODEL}")
-        monkeypatch.setenv("AGENTWORKER_BEDROCK_ENDPOINT_URL", stub.endpoint_url)
-        monkeypatch.setenv("AGENTWORKER_BEDROCK_REGION", "us-east-1")
+            setenv(name, value)
+        setenv("AGENTWORKER_MODEL", f"bedrock:{MODEL}")
+        setenv("AGENTWORKER_BEDROCK_ENDPOINT_URL", stub.endpoint_url)
+        setenv("AGENTWORKER_BEDROCK_REGION", "us-east-1")
         sqs = session.client("sqs")
         replies_url = subscribe_queue(session.client, stack.topic_arn, "replies").queue_url
         handlers = dict(default_handlers())
@@ -123,9 +127,17 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
         bootstrap.reset_aws_deps()
         # Handlers run in moto's execution threads and the poller in this one: moto's
         # DynamoDB must answer one request at a time, as real DynamoDB's conditions do.
-        with route_lambda_to_handlers(handlers), serialized_dynamodb():
-            yield Aws(session, stack, replies_url, poller, events, stub, handlers)
-        bootstrap.reset_aws_deps()
+        try:
+            with route_lambda_to_handlers(handlers), serialized_dynamodb():
+                yield Aws(session, stack, replies_url, poller, events, stub, handlers)
+        finally:
+            bootstrap.reset_aws_deps()
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
+    with aws_runtime(monkeypatch.setenv) as runtime:
+        yield runtime
 
 
 def lambda_context() -> Any:

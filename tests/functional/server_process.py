@@ -35,8 +35,11 @@ class ServerProcess:
         port: int | None = None,
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
+        command: list[str] | None = None,
     ) -> None:
         self.state_dir = state_dir
+        self.command = command or ["-m", "workers.cli"]
+        """How to run the CLI (a wrapper module may stand in for ``-m workers.cli``)."""
         self.cwd = cwd
         self.port = port or free_port()
         self.env = {
@@ -64,8 +67,7 @@ class ServerProcess:
         env = {**os.environ, "MLFLOW_MODEL_CATALOG_URI": "", **self.env}
         cmd = [
             sys.executable,
-            "-m",
-            "workers.cli",
+            *self.command,
             "serve",
             "--port",
             str(self.port),

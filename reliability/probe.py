@@ -1,0 +1,308 @@
+"""What the suite watches and how it breaks things: a store probe that records every commit
+and stops the worker right after a chosen store write, a ledger of what clients sent and
+what every sink received, and the invariants checked against both.
+
+The invariants (issue 11): every accepted message gets exactly one answer (a reply, a
+request, or a failure notice naming it); no payload reaches any sink twice; the checkpoint
+history of each conversation is linear (every commit that changed it started from the one
+before); no lease is left held; nothing accepted is lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from events.inbound import InboundMessage
+from events.outbound import OutboxPayload
+from workers.core.model import ConversationState, PendingWork, TurnCommit
+
+WRITES = (
+    "append_inbox",
+    "try_acquire_lease",
+    "renew_lease",
+    "handover_lease",
+    "release_lease",
+    "hold_for_approval",
+    "commit_turn",
+    "mark_delivered",
+    "mark_sinks",
+)
+"""Every store write of the turn contract (the ``ConversationStore`` methods that write)."""
+
+ANSWERS = frozenset({"reply", "notice", "approval_request", "interrupt"})
+"""Payload types that answer the messages they name in ``in_reply_to``."""
+
+
+class InjectedCrash(BaseException):  # noqa: N818 - a process death, not an error
+    """The worker dies here: a ``BaseException``, so no retry loop or handler catches it,
+    as nothing in a killed process runs after the kill."""
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Stop the worker right after the ``occurrence``-th write ``method`` makes for
+    ``conversation_id`` (``kind``: how it stops, which the runtime under test defines)."""
+
+    method: str
+    occurrence: int
+    conversation_id: str
+    kind: str = "crash"
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} after {self.method} #{self.occurrence}"
+
+
+def digest(data: bytes | None) -> str | None:
+    return None if data is None else hashlib.sha256(data).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Commit:
+    conversation_id: str
+    token: int
+    base: str | None
+    """Digest of the checkpoint the turn started from (what its claim loaded)."""
+    new: str | None
+    """Digest of the checkpoint it wrote (``None``: unchanged, e.g. a failure notice)."""
+
+
+def conversation_of(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    first = args[0] if args else kwargs.get("msg", kwargs.get("conversation_id"))
+    if isinstance(first, InboundMessage):
+        return first.conversation_id
+    return str(first)
+
+
+@dataclass
+class Ledger:
+    """What clients had accepted, what sinks received, what the store committed."""
+
+    accepted: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    """Message ids accepted, by conversation (a resend of the same dedupe key: same id)."""
+    deliveries: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """(sink, reply id) -> times received."""
+    answers: dict[tuple[str, str], set[str]] = field(default_factory=lambda: defaultdict(set))
+    """(conversation, message id) -> reply ids that answered it."""
+    commits: list[Commit] = field(default_factory=list)
+    writes: Counter[str] = field(default_factory=Counter)
+    """Store writes made, by method (what the faults could pick from)."""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def accept(self, conversation_id: str, message_id: str) -> None:
+        with self.lock:
+            self.accepted[conversation_id].add(message_id)
+
+    def deliver(self, sink: str, payload: OutboxPayload) -> None:
+        """``sink`` received ``payload`` (chunks are not payloads: streaming is best effort)."""
+        with self.lock:
+            self.deliveries[sink, payload.reply_id] += 1
+            if payload.type in ANSWERS:
+                for message_id in getattr(payload, "in_reply_to", []):
+                    self.answers[payload.conversation_id, message_id].add(payload.reply_id)
+
+    def commit(self, record: Commit) -> None:
+        with self.lock:
+            self.commits.append(record)
+
+    def wrote(self, conversation_id: str, method: str) -> None:
+        with self.lock:
+            self.writes[method] += 1
+
+
+@dataclass
+class Findings:
+    """Violations of the invariants; each must be 0."""
+
+    messages: int = 0
+    """Accepted messages checked."""
+    lost: int = 0
+    answered_twice: int = 0
+    duplicate_deliveries: int = 0
+    forked_histories: int = 0
+    stranded_leases: int = 0
+    unfired_faults: int = 0
+    """Faults planned that never fired (timing moved the write they named): not a
+    violation, but what they would have tested is not covered (see ``Result.uncovered``)."""
+    details: list[str] = field(default_factory=list)
+
+    VIOLATIONS = (
+        "lost",
+        "answered_twice",
+        "duplicate_deliveries",
+        "forked_histories",
+        "stranded_leases",
+    )
+
+    @property
+    def ok(self) -> bool:
+        return all(getattr(self, name) == 0 for name in self.VIOLATIONS)
+
+    def add(self, other: Findings) -> None:
+        self.messages += other.messages
+        self.unfired_faults += other.unfired_faults
+        for name in self.VIOLATIONS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.details.extend(other.details)
+
+    def as_dict(self) -> dict[str, int]:
+        counts = {"messages": self.messages, "unfired_faults": self.unfired_faults}
+        return counts | {n: getattr(self, n) for n in self.VIOLATIONS}
+
+
+def check(
+    ledger: Ledger,
+    states: Callable[[str], ConversationState | None],
+    *,
+    sinks: Iterable[str],
+    answers_from_sinks: bool = True,
+) -> Findings:
+    """The invariants over what ``ledger`` saw and the conversations' final ``states``.
+
+    With ``answers_from_sinks`` a message counts as answered when a sink received its
+    answer (delivery is part of the promise); every sink in ``sinks`` must have received
+    every answer."""
+    found = Findings()
+    sink_names = list(sinks)
+    for cid, message_ids in sorted(ledger.accepted.items()):
+        for message_id in sorted(message_ids):
+            found.messages += 1
+            replies = ledger.answers.get((cid, message_id), set())
+            if not replies:
+                found.lost += 1
+                found.details.append(f"{cid}: {message_id} never answered")
+            elif len(replies) > 1:
+                found.answered_twice += 1
+                found.details.append(f"{cid}: {message_id} answered {len(replies)} times")
+            if answers_from_sinks:
+                for reply_id in replies:
+                    missing = [s for s in sink_names if (s, reply_id) not in ledger.deliveries]
+                    if missing:
+                        found.lost += 1
+                        found.details.append(f"{cid}: {reply_id} never reached {missing}")
+        state = states(cid)
+        if state is None:
+            found.lost += len(message_ids)
+            found.details.append(f"{cid}: the conversation is gone")
+        elif state.lease_token is not None or state.status == "running":
+            found.stranded_leases += 1
+            found.details.append(f"{cid}: lease {state.lease_token} held, {state.status}")
+    for (sink, reply_id), times in sorted(ledger.deliveries.items()):
+        if times > 1:
+            found.duplicate_deliveries += times - 1
+            found.details.append(f"{reply_id} reached {sink} {times} times")
+    found.forked_histories = len(forks(ledger.commits, found.details))
+    return found
+
+
+def forks(commits: Iterable[Commit], details: list[str]) -> set[str]:
+    """Conversations where a commit that changed the checkpoint did not start from the last
+    one committed (two runs advanced the same state: a fork)."""
+    head: dict[str, str | None] = {}
+    forked: set[str] = set()
+    for record in commits:
+        if record.new is None:
+            continue
+        expected = head.get(record.conversation_id)
+        if record.base != expected:
+            forked.add(record.conversation_id)
+            details.append(f"{record.conversation_id}: token {record.token} forked the history")
+        head[record.conversation_id] = record.new
+    return forked
+
+
+class FaultBook:
+    """The faults to inject and the writes counted so far, by conversation: shared by every
+    probe of a process (a Lambda process builds more than one store)."""
+
+    def __init__(self, faults: Iterable[Fault] = ()) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[tuple[str, str]] = Counter()
+        self._faults: dict[tuple[str, str, int], Fault] = {}
+        self.fired: list[Fault] = []
+        self.arm(faults)
+
+    def arm(self, faults: Iterable[Fault]) -> None:
+        """Add ``faults`` (occurrences count from the conversation's first write)."""
+        with self._lock:
+            self._faults.update({(f.conversation_id, f.method, f.occurrence): f for f in faults})
+
+    def count(self, cid: str, method: str) -> Fault | None:
+        """Count a write just made; the fault it triggers, if any (each fires once)."""
+        with self._lock:
+            self._counts[cid, method] += 1
+            fault = self._faults.get((cid, method, self._counts[cid, method]))
+            if fault is None or fault in self.fired:
+                return None
+            self.fired.append(fault)
+            return fault
+
+    def counts(self, conversation_id: str) -> dict[str, int]:
+        """Writes made for ``conversation_id`` so far, by method."""
+        with self._lock:
+            return {m: n for (c, m), n in self._counts.items() if c == conversation_id}
+
+
+class StoreProbe:
+    """A ``ConversationStore`` that records commits and writes into a ledger and, when the
+    book names the write just made, calls ``stop(fault)`` right after it (which raises: the
+    worker dies with the write done).
+
+    Stands in for the store it wraps (any backend); thread-safe."""
+
+    def __init__(
+        self,
+        store: Any,
+        ledger: Ledger,
+        book: FaultBook,
+        *,
+        stop: Callable[[Fault], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._ledger = ledger
+        self.book = book
+        self._stop = stop or _crash
+        self._loaded = threading.local()
+
+    @property
+    def inner(self) -> Any:
+        return self._store
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._store, name)
+        if name == "load_pending":
+            return self._load_pending
+        if name not in WRITES:
+            return attribute
+
+        def write(*args: Any, **kwargs: Any) -> Any:
+            result = attribute(*args, **kwargs)
+            cid = conversation_of(name, args, kwargs)
+            if name == "commit_turn":
+                self._record_commit(cid, args[1] if len(args) > 1 else kwargs["commit"])
+            self._ledger.wrote(cid, name)
+            fault = self.book.count(cid, name)
+            if fault is not None:
+                self._stop(fault)
+            return result
+
+        return write
+
+    def _load_pending(self, state: ConversationState, **kwargs: Any) -> PendingWork:
+        work: PendingWork = self._store.load_pending(state, **kwargs)
+        self._loaded.base = (state.conversation_id, digest(work.checkpoint))
+        return work
+
+    def _record_commit(self, cid: str, commit: TurnCommit) -> None:
+        loaded = getattr(self._loaded, "base", None)
+        base = loaded[1] if loaded is not None and loaded[0] == cid else None
+        self._ledger.commit(Commit(cid, commit.token, base, digest(commit.checkpoint)))
+
+
+def _crash(fault: Fault) -> None:
+    raise InjectedCrash(fault.label)
