@@ -15,7 +15,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from events.identity import LOCAL_USER
 from events.inbound import DoubleTextingPolicy, InboundMessage
 from events.outbound import OutboxPayload, ReplyChunk
 from events.workflow import RunRef
+from reliability.plan import WORKLOAD, Result, fault_points, second_order
 from reliability.probe import (
     Fault,
     FaultBook,
@@ -33,15 +34,29 @@ from reliability.probe import (
     check,
 )
 from workers.core.steps import Deps, TurnSettings, accept_message, drive_run, sweep
+from workers.errors import RetryableError
 
 SINKS = ("primary", "secondary")
 
-WORKLOAD: tuple[tuple[str, ...], ...] = (
-    ("hello", "open a ticket about the printer"),
-    ("how do I reset my password?",),
+
+@dataclass(frozen=True)
+class Variant:
+    """How the worlds of one series are set up."""
+
+    name: str
+    policy: DoubleTextingPolicy = "enqueue"
+    max_turns_per_run: int = 50
+    flaky_every: int = 0
+    """The secondary sink fails for now on every n-th payload (0: never): partial
+    deliveries, whose per-sink marks are store writes too."""
+
+
+VARIANTS = (
+    Variant("enqueue"),
+    Variant("merge", policy="merge"),
+    Variant("one turn per run (handover)", max_turns_per_run=1),
+    Variant("a flaky sink (per-sink marks)", flaky_every=2),
 )
-"""Each conversation's messages, in batches: a batch is sent before its runs go (two
-messages queue behind one run; a tool call with a side effect; a turn after a restart)."""
 
 
 class VirtualClock:
@@ -73,10 +88,17 @@ class QueueStarter:
 
 @dataclass
 class RecordingSink:
+    """Records what it receives; with ``flaky_every``, every n-th send fails for now."""
+
     name: str
     ledger: Ledger
+    flaky_every: int = 0
+    sends: int = 0
 
     def send(self, payload: OutboxPayload) -> None:
+        self.sends += 1
+        if self.flaky_every and self.sends % self.flaky_every == 0:
+            raise RetryableError(f"{self.name}: unavailable for now")
         self.ledger.deliver(self.name, payload)
 
     def send_chunk(self, chunk: ReplyChunk) -> None:
@@ -91,7 +113,7 @@ class World:
     agent: Any
     ledger: Ledger
     faults: list[Fault]
-    policy: DoubleTextingPolicy = "enqueue"
+    variant: Variant = Variant("enqueue")
     clock: VirtualClock = field(default_factory=VirtualClock)
     starter: QueueStarter = field(default_factory=QueueStarter)
     restarts: int = 0
@@ -100,7 +122,17 @@ class World:
     _store: Any = None
 
     def boot(self) -> Deps:
-        """Start a process: a new store on the file, the sweeper taking over stale leases."""
+        """Start a process: a new store on the file, the sweeper taking over stale leases
+        (a process that dies in its own recovery is started again)."""
+        while True:
+            deps = self._start()
+            try:
+                sweep(deps)
+            except InjectedCrash:
+                continue
+            return deps
+
+    def _start(self) -> Deps:
         from workers.adapters.aws.sinks import FanOutReplySink
         from workers.adapters.local.sqlite_store import SqliteConversationStore
 
@@ -117,17 +149,25 @@ class World:
         self.deps = Deps(
             store=self._store,
             agent=self.agent,
-            sink=FanOutReplySink({n: RecordingSink(n, self.ledger) for n in SINKS}),
+            sink=FanOutReplySink(
+                {
+                    "primary": RecordingSink("primary", self.ledger),
+                    "secondary": RecordingSink("secondary", self.ledger, self.variant.flaky_every),
+                }
+            ),
             starter=self.starter,
             clock=self.clock,
             settings=self.settings,
         )
-        sweep(self.deps)
         return self.deps
 
     @property
     def settings(self) -> TurnSettings:
-        return TurnSettings(default_policy=self.policy, retry_base_delay=0.01)
+        return TurnSettings(
+            default_policy=self.variant.policy,
+            retry_base_delay=0.01,
+            max_turns_per_run=self.variant.max_turns_per_run,
+        )
 
     def send(self, cid: str, text: str, key: str) -> None:
         """Send until accepted (a send the process died in is resent with the same key)."""
@@ -176,46 +216,6 @@ def converse(world: World, cid: str, workload: Sequence[Sequence[str]] = WORKLOA
         world.drain()
 
 
-@dataclass
-class Result:
-    """One runtime's faults: how many were injected, by write, and the findings."""
-
-    runtime: str
-    faults_by_write: dict[str, int] = field(default_factory=dict)
-    faults_by_kind: dict[str, int] = field(default_factory=dict)
-    restarts: int = 0
-    findings: Findings = field(default_factory=Findings)
-    seconds: float = 0.0
-    written: set[str] = field(default_factory=set)
-    """The writes a clean conversation made: each must have had a fault after it."""
-
-    @property
-    def faults(self) -> int:
-        return sum(self.faults_by_write.values())
-
-    @property
-    def uncovered(self) -> list[str]:
-        """Writes a conversation makes that no fault followed."""
-        return sorted(self.written - set(self.faults_by_write))
-
-    def count(self, fired: Sequence[Fault]) -> None:
-        for fault in fired:
-            self.faults_by_write[fault.method] = self.faults_by_write.get(fault.method, 0) + 1
-            self.faults_by_kind[fault.kind] = self.faults_by_kind.get(fault.kind, 0) + 1
-
-
-def fault_points(
-    counts: dict[str, int], cid: str, *, every: bool, kind: str = "crash"
-) -> list[Fault]:
-    """The faults to inject in a conversation whose clean run made ``counts`` writes: after
-    every occurrence of every write (``every``), or after the first and the last of each."""
-    points: list[Fault] = []
-    for method, n in sorted(counts.items()):
-        picks = range(1, n + 1) if every else sorted({1, n})
-        points.extend(Fault(method, k, cid, kind) for k in picks)
-    return points
-
-
 def offline_agent(root: Path) -> Any:
     """The bundled support app on the offline model, its tickets in a database of its own."""
     from workers.adapters.clock import SystemClock
@@ -233,33 +233,51 @@ def run(
     *,
     every: bool,
     agent_factory: Callable[[Path], Any] = offline_agent,
-    policies: Sequence[DoubleTextingPolicy] = ("enqueue", "merge"),
+    variants: Sequence[Variant] = VARIANTS,
     progress: Callable[[str], None] = lambda _: None,
 ) -> Result:
-    """One clean run per policy to learn the writes a conversation makes, then one world per
-    fault point (a fresh database), each checked against the invariants."""
+    """For each variant: a clean world to learn the writes a conversation makes, one world
+    per fault point (a fresh database), then worlds that die twice for the writes only
+    recovery makes; each checked against the invariants."""
     result = Result(runtime="embedded, in-process (SQLite)")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="agentworker-reliability-") as tmp:
         root = Path(tmp)
         agent = agent_factory(root)
-        for policy in policies:
-            clean = World(root / f"clean-{policy}.db", agent, Ledger(), [], policy=policy)
-            converse(clean, "ticket:clean")
+        worlds = 0
+
+        def world(faults: list[Fault], variant: Variant) -> World:
+            nonlocal worlds
+            worlds += 1
+            return World(root / f"{worlds}.db", agent, Ledger(), faults, variant=variant)
+
+        for variant in variants:
+            clean = world([], variant)
+            converse(clean, "ticket:1")
             result.findings.add(clean.finish())
-            counts = clean.ledger.writes
+            counts = dict(clean.ledger.writes)
             result.written |= set(counts)
-            points = fault_points(dict(counts), "ticket:1", every=every)
+            points = fault_points(counts, "ticket:1", every=every)
+            seen: dict[str, dict[str, int]] = {}
             for i, fault in enumerate(points):
-                world = World(root / f"{policy}-{i}.db", agent, Ledger(), [fault], policy=policy)
-                converse(world, "ticket:1")
-                found = world.finish()
-                if len(world.fired) != 1:
-                    found.details.append(f"{fault.label}: never fired")
-                    found.unfired_faults += 1
-                result.findings.add(found)
-                result.count(world.fired)
-                result.restarts += world.restarts
-                progress(f"{policy}: {i + 1}/{len(points)} {fault.label}")
+                faulted = world([fault], variant)
+                converse(faulted, "ticket:1")
+                result.add(faulted.finish(), faulted)
+                seen[f"{i}"] = dict(faulted.ledger.writes)
+                progress(f"{variant.name}: {i + 1}/{len(points)} {fault.label}")
+            named = [replace(f, conversation_id=f"{i}") for i, f in enumerate(points)]
+            for twice in pairs(second_order(counts, named, seen.__getitem__, name=str)):
+                faulted = world([replace(f, conversation_id="ticket:1") for f in twice], variant)
+                converse(faulted, "ticket:1")
+                result.add(faulted.finish(), faulted)
+                progress(f"{variant.name}: {' then '.join(f.label for f in twice)}")
     result.seconds = time.perf_counter() - started
     return result
+
+
+def pairs(faults: Sequence[Fault]) -> list[list[Fault]]:
+    """``second_order``'s faults, grouped by conversation."""
+    grouped: dict[str, list[Fault]] = {}
+    for fault in faults:
+        grouped.setdefault(fault.conversation_id, []).append(fault)
+    return list(grouped.values())

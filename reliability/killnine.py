@@ -31,7 +31,7 @@ from reliability.crashing_server import (
     read_lines,
     write_plan,
 )
-from reliability.inprocess import WORKLOAD, Result, fault_points
+from reliability.plan import WORKLOAD, Result, fault_points
 from reliability.probe import Commit, Fault, Ledger, check
 from tests.functional.server_process import ServerProcess
 

@@ -27,13 +27,13 @@ import pytest
 from pydantic import TypeAdapter
 
 from events.outbound import OutboxPayload
-from reliability.inprocess import WORKLOAD, Result, fault_points
+from reliability.plan import WORKLOAD, Result, fault_points, second_order
 from reliability.probe import Fault, FaultBook, InjectedCrash, Ledger, StoreProbe, check
 from tests.functional.aws_env import Aws, aws_runtime
 from workers import bootstrap
 from workers.sandbox.emulator import Handler, ScheduledInvoker, SqsPoller, queue_arn
 
-KINDS = ("Lambda error", "timeout", "lost response")
+KINDS: tuple[str, ...] = ("Lambda error", "timeout", "lost response")
 LEASE_TTL_SECONDS = "3"
 SINK = "sns"
 PAYLOAD: TypeAdapter[OutboxPayload] = TypeAdapter(OutboxPayload)
@@ -171,12 +171,22 @@ def run_conversations(
     collect(aws, ledger)
 
 
-def plan(clean: dict[str, int], *, every: bool) -> list[Fault]:
-    """Each write the clean conversation made, each kind; in conversations of their own."""
+def plan(clean: dict[str, int], *, every: bool, start: int = 0) -> list[Fault]:
+    """After each write the clean conversation made, in conversations of their own: every
+    kind after every occurrence (``every``), or one kind after the first and another after
+    the last occurrence, the kinds taking turns across the writes."""
     faults: list[Fault] = []
-    for kind in KINDS:
-        for point in fault_points(clean, "", every=every, kind=kind):
-            faults.append(replace(point, conversation_id=f"ticket:aws-{len(faults)}"))
+    points = fault_points(clean, "", every=every)
+    methods = sorted({p.method for p in points})
+    for point in points:
+        if every:
+            kinds = KINDS
+        else:
+            turn = methods.index(point.method) + (point.occurrence > 1)
+            kinds = (KINDS[turn % len(KINDS)],)
+        for kind in kinds:
+            cid = f"ticket:aws-{start + len(faults)}"
+            faults.append(replace(point, kind=kind, conversation_id=cid))
     return faults
 
 
@@ -186,8 +196,11 @@ def run(*, every: bool, progress: Callable[[str], None] = lambda _: None) -> Res
     env = pytest.MonkeyPatch()
     try:
         env.setenv("AGENTWORKER_LEASE_TTL_SECONDS", LEASE_TTL_SECONDS)
+        env.setenv("POWERTOOLS_METRICS_DISABLED", "true")  # no EMF lines on stdout
+        env.setenv("POWERTOOLS_LOG_LEVEL", "WARNING")
         with aws_runtime(env.setenv) as aws:
             ledger = Ledger()
+            planned: list[Fault] = []
             faulty = Faulty(aws, ledger)
             faulty.install()
             with running(aws, faulty):
@@ -195,18 +208,26 @@ def run(*, every: bool, progress: Callable[[str], None] = lambda _: None) -> Res
                 clean = faulty.book.counts("ticket:aws-clean")
                 result.written = set(clean)
                 faults = plan(clean, every=every)
-                faulty.book.arm(faults)
-                run_conversations(
-                    aws,
-                    ledger,
-                    [f.conversation_id for f in faults],
-                    timeout=120,
-                    progress=progress,
-                )
+                for stage in ("single", "again", "again", "after a recovery"):
+                    if stage == "again":  # timing moved a write no fault followed yet
+                        covered = {f.method for f in faulty.book.fired}
+                        missing = {m: n for m, n in clean.items() if m not in covered}
+                        faults = plan(missing, every=False, start=len(planned))
+                    elif stage != "single":
+                        faults = second_order(
+                            clean, planned, faulty.book.counts, name="ticket:aws-twice-{}".format
+                        )
+                    if not faults:
+                        continue
+                    faulty.book.arm(faults)
+                    planned += faults
+                    cids = sorted({f.conversation_id for f in faults})
+                    progress(f"{stage}: {len(faults)} faults in {len(cids)} conversations")
+                    run_conversations(aws, ledger, cids, timeout=120, progress=progress)
             store = bootstrap.aws_deps().store
             found = check(ledger, store.get_conversation, sinks=[SINK])
             fired = faulty.book.fired
-            missed = [f for f in faults if f not in fired]
+            missed = [f for f in planned if f not in fired]
             found.details += [f"{f.label} ({f.conversation_id}): never fired" for f in missed]
             found.unfired_faults = len(missed)
             result.findings = found
