@@ -12,7 +12,7 @@ NPM_STAMP := node_modules/.installed-stamp
 TOOLS := .tools
 TOOLS_STAMP := $(TOOLS)/.installed-stamp
 
-.PHONY: run test lint bench demo clean package validate deploy remove
+.PHONY: run test lint bench demo reliability clean package validate deploy remove
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -37,6 +37,10 @@ bench: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/agentworker demo
+
+# The reliability suite at full size (make test runs it reduced): writes docs/RELIABILITY.md.
+reliability: $(STAMP)
+	$(BIN)/python -m reliability --size full --out docs/RELIABILITY.md
 
 # Deployment: the Serverless CLI (osls) and asl-validator pinned in package-lock.json, run by
 # the Node.js that the tools venv installs from PyPI, and the validators in that venv.

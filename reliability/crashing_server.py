@@ -60,8 +60,9 @@ class FileLedger(Ledger):
     def commit(self, record: Commit) -> None:
         append_line(self.directory / COMMITS, asdict(record))
 
-    def wrote(self, conversation_id: str, method: str) -> None:
-        append_line(self.directory / WRITES, {"conversation_id": conversation_id, "method": method})
+    def wrote(self, conversation_id: str, method: str, token: int | None = None) -> None:
+        record = {"conversation_id": conversation_id, "method": method, "token": token}
+        append_line(self.directory / WRITES, record)
 
     def deliver(self, sink: str, payload: OutboxPayload) -> None:
         append_line(self.directory / DELIVERIES, {"sink": sink, **payload.model_dump(mode="json")})

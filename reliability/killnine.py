@@ -132,6 +132,8 @@ def run(*, every: bool, progress: Callable[[str], None] = lambda _: None) -> Res
         finally:
             sup.server.stop()
         fired = [Fault(**r) for r in read_lines(root / FIRED)]
+        for record in read_lines(root / WRITES):
+            ledger.wrote(record["conversation_id"], record["method"], record["token"])
         for record in read_lines(root / COMMITS):
             ledger.commit(Commit(**record))
         for record in read_lines(root / DELIVERIES):

@@ -89,7 +89,12 @@ class Ledger:
     """(sink, reply id) -> times received."""
     answers: dict[tuple[str, str], set[str]] = field(default_factory=lambda: defaultdict(set))
     """(conversation, message id) -> reply ids that answered it."""
+    failures: set[str] = field(default_factory=set)
+    """Reply ids of failure notices (a turn that failed for good, told to its sender)."""
     commits: list[Commit] = field(default_factory=list)
+    fenced: list[tuple[str, str, int]] = field(default_factory=list)
+    """(conversation, write, token) of every write that succeeded under a lease token, in
+    the order the store applied them (a lease taken counts as a write of its token)."""
     writes: Counter[str] = field(default_factory=Counter)
     """Store writes made, by method (what the faults could pick from)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -102,6 +107,8 @@ class Ledger:
         """``sink`` received ``payload`` (chunks are not payloads: streaming is best effort)."""
         with self.lock:
             self.deliveries[sink, payload.reply_id] += 1
+            if payload.type == "notice" and payload.level == "error":
+                self.failures.add(payload.reply_id)
             if payload.type in ANSWERS:
                 for message_id in getattr(payload, "in_reply_to", []):
                     self.answers[payload.conversation_id, message_id].add(payload.reply_id)
@@ -110,9 +117,11 @@ class Ledger:
         with self.lock:
             self.commits.append(record)
 
-    def wrote(self, conversation_id: str, method: str) -> None:
+    def wrote(self, conversation_id: str, method: str, token: int | None = None) -> None:
         with self.lock:
             self.writes[method] += 1
+            if token is not None:
+                self.fenced.append((conversation_id, method, token))
 
 
 @dataclass
@@ -126,6 +135,10 @@ class Findings:
     duplicate_deliveries: int = 0
     forked_histories: int = 0
     stranded_leases: int = 0
+    stale_writes: int = 0
+    """Writes that succeeded for a run after a newer run took its lease over."""
+    failure_notices: int = 0
+    """Messages told their turn failed for good (retries spent): not a violation."""
     unfired_faults: int = 0
     """Faults planned that never fired (timing moved the write they named): not a
     violation, but what they would have tested is not covered (see ``Result.uncovered``)."""
@@ -137,6 +150,7 @@ class Findings:
         "duplicate_deliveries",
         "forked_histories",
         "stranded_leases",
+        "stale_writes",
     )
 
     @property
@@ -146,12 +160,17 @@ class Findings:
     def add(self, other: Findings) -> None:
         self.messages += other.messages
         self.unfired_faults += other.unfired_faults
+        self.failure_notices += other.failure_notices
         for name in self.VIOLATIONS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.details.extend(other.details)
 
     def as_dict(self) -> dict[str, int]:
-        counts = {"messages": self.messages, "unfired_faults": self.unfired_faults}
+        counts = {
+            "messages": self.messages,
+            "failure_notices": self.failure_notices,
+            "unfired_faults": self.unfired_faults,
+        }
         return counts | {n: getattr(self, n) for n in self.VIOLATIONS}
 
 
@@ -176,7 +195,9 @@ def check(
             if not replies:
                 found.lost += 1
                 found.details.append(f"{cid}: {message_id} never answered")
-            elif len(replies) > 1:
+            elif replies & ledger.failures:
+                found.failure_notices += 1
+            if len(replies) > 1:
                 found.answered_twice += 1
                 found.details.append(f"{cid}: {message_id} answered {len(replies)} times")
             if answers_from_sinks:
@@ -186,8 +207,8 @@ def check(
                         found.lost += 1
                         found.details.append(f"{cid}: {reply_id} never reached {missing}")
         state = states(cid)
-        if state is None:
-            found.lost += len(message_ids)
+        if state is None:  # its answered messages are lost too (the others are counted)
+            found.lost += sum(bool(ledger.answers.get((cid, m))) for m in message_ids)
             found.details.append(f"{cid}: the conversation is gone")
         elif state.lease_token is not None or state.status == "running":
             found.stranded_leases += 1
@@ -197,7 +218,21 @@ def check(
             found.duplicate_deliveries += times - 1
             found.details.append(f"{reply_id} reached {sink} {times} times")
     found.forked_histories = len(forks(ledger.commits, found.details))
+    found.stale_writes = stale_writes(ledger.fenced, found.details)
     return found
+
+
+def stale_writes(fenced: Iterable[tuple[str, str, int]], details: list[str]) -> int:
+    """Writes a run made after a newer run's token held the conversation (the older run
+    was taken over; the fence must have refused it)."""
+    newest: dict[str, int] = {}
+    stale = 0
+    for cid, method, token in fenced:
+        if token < newest.get(cid, 0):
+            stale += 1
+            details.append(f"{cid}: {method} by token {token} after token {newest[cid]}")
+        newest[cid] = max(token, newest.get(cid, 0))
+    return stale
 
 
 def forks(commits: Iterable[Commit], details: list[str]) -> set[str]:
@@ -268,6 +303,7 @@ class StoreProbe:
         self.book = book
         self._stop = stop or _crash
         self._loaded = threading.local()
+        self._order = threading.Lock()
 
     @property
     def inner(self) -> Any:
@@ -281,11 +317,12 @@ class StoreProbe:
             return attribute
 
         def write(*args: Any, **kwargs: Any) -> Any:
-            result = attribute(*args, **kwargs)
             cid = conversation_of(name, args, kwargs)
-            if name == "commit_turn":
-                self._record_commit(cid, args[1] if len(args) > 1 else kwargs["commit"])
-            self._ledger.wrote(cid, name)
+            with self._order:  # the ledger sees the writes in the order the store did
+                result = attribute(*args, **kwargs)
+                if name == "commit_turn":
+                    self._record_commit(cid, args[1] if len(args) > 1 else kwargs["commit"])
+                self._ledger.wrote(cid, name, token_of(name, args, kwargs, result))
             fault = self.book.count(cid, name)
             if fault is not None:
                 self._stop(fault)
@@ -302,6 +339,20 @@ class StoreProbe:
         loaded = getattr(self._loaded, "base", None)
         base = loaded[1] if loaded is not None and loaded[0] == cid else None
         self._ledger.commit(Commit(cid, commit.token, base, digest(commit.checkpoint)))
+
+
+def token_of(method: str, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> int | None:
+    """The lease token a successful write acted under (or took), if any."""
+    if method in ("append_inbox", "try_acquire_lease", "handover_lease"):
+        lease = getattr(result, "lease", result)  # AcceptResult.lease, or the Lease itself
+        token = getattr(lease, "token", None)
+        return token if isinstance(token, int) else None
+    if method == "commit_turn":
+        commit = args[1] if len(args) > 1 else kwargs["commit"]
+        return int(commit.token)
+    if method in ("renew_lease", "release_lease", "hold_for_approval"):
+        return int(args[1] if len(args) > 1 else kwargs["token"])
+    return None
 
 
 def _crash(fault: Fault) -> None:

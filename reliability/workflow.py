@@ -58,6 +58,8 @@ class Faulty:
     ledger: Ledger
     book: FaultBook = field(default_factory=FaultBook)
     lost: threading.local = field(default_factory=threading.local)
+    inside: threading.local = field(default_factory=threading.local)
+    """``inside.name``: the function running in this thread (its clients may be faulted)."""
 
     def stop(self, fault: Fault) -> None:
         if fault.kind == "lost response":
@@ -70,11 +72,14 @@ class Faulty:
     def wrap(self, name: str, handler: Handler) -> Handler:
         def invoke(event: dict[str, Any], context: Any) -> Any:
             self.lost.fault = None
+            self.inside.name = name
             try:
                 result = handler(event, context)
             except InjectedCrash as crash:
                 timed_out = lambda_error("Sandbox.Timedout", f"{name}: timed out ({crash})")
                 raise timed_out from None
+            finally:
+                self.inside.name = None
             if self.lost.fault is not None:
                 raise lambda_error("Lambda.ServiceException", f"{name}: the response was lost")
             return result

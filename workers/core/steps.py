@@ -18,7 +18,8 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from functools import partial
+from typing import Literal, TypeVar
 
 from events.identity import ApprovalPolicy, Principal
 from events.inbound import DoubleTextingPolicy, InboundMessage, new_id
@@ -78,6 +79,7 @@ from workers.errors import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 NO_REPLY_NOTICE = "The agent finished without a reply."
 """Told the sender of a turn whose graph ended without a new AI message with text."""
@@ -97,6 +99,10 @@ class TurnSettings:
     retry_attempts: int = 3
     retry_base_delay: float = 0.5
     retry_max_delay: float = 8.0
+    mark_attempts: int = 4
+    """Tries of a delivery mark's write after the send went out (a store throttled for a
+    moment must not fail the step: its retry would send the reply again)."""
+    mark_base_delay: float = 0.05
     stream: bool = True
     price_input_per_mtok: float = 0.0
     price_output_per_mtok: float = 0.0
@@ -611,9 +617,32 @@ def deliver(deps: Deps, conversation_id: str) -> int:
                 _send_entry(deps, entry)
             except PermanentError as exc:
                 _undeliverable(entry, exc)
-            deps.store.mark_delivered(conversation_id, [entry.seq], now=deps.clock.now())
+            now = deps.clock.now()
+            _mark(deps, partial(deps.store.mark_delivered, conversation_id, [entry.seq], now=now))
         sent += 1
     return sent
+
+
+def _mark(deps: Deps, write: Callable[[], T]) -> T:
+    """A delivery mark's write, once the payload went out: retried in place with backoff on
+    ``RetryableError`` (``mark_attempts``), since failing the step would make its retry send
+    the payload again. Other errors, and the last attempt's, propagate."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return write()
+        except RetryableError as exc:
+            if attempt >= deps.settings.mark_attempts:
+                raise
+            delay = backoff_delay(
+                attempt,
+                base=deps.settings.mark_base_delay,
+                cap=deps.settings.retry_max_delay,
+                jitter=random.random(),
+            )
+            log.info("delivery mark failed (%s); retrying in %.2fs", exc, delay)
+            deps.clock.sleep(delay)
 
 
 def _undeliverable(entry: OutboxEntry, exc: PermanentError) -> None:
@@ -657,7 +686,8 @@ def _send_entry(deps: Deps, entry: OutboxEntry) -> None:
     except PartialDelivery as partial:
         new = partial.delivered - entry.sinks_done
         if new:
-            deps.store.mark_sinks(entry.payload.conversation_id, entry.seq, new)
+            cid = entry.payload.conversation_id
+            _mark(deps, lambda: deps.store.mark_sinks(cid, entry.seq, new))
         raise
 
 
@@ -679,12 +709,15 @@ def finish_turn(
     final = (
         claim.drains_inbox and turn.outcome != "interrupted" and not turn.undelivered and not hold
     )
-    if final and deps.store.release_lease(
-        cid, run.token, seen_inbox_seq=claim.inbox_seq, now=now, delivered=turn.delivered
+    if final and _mark(
+        deps,
+        lambda: deps.store.release_lease(
+            cid, run.token, seen_inbox_seq=claim.inbox_seq, now=now, delivered=turn.delivered
+        ),
     ):
         return StepResult(run=run, outcome="released", turn=turn.outcome, status=turn.status)
     if not final and turn.delivered:
-        deps.store.mark_delivered(cid, turn.delivered, now=now)
+        _mark(deps, lambda: deps.store.mark_delivered(cid, turn.delivered, now=now))
     outcome: Literal["turn", "deliver"] = "deliver" if turn.undelivered else "turn"
     return StepResult(run=run, outcome=outcome, turn=turn.outcome)
 

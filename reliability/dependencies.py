@@ -1,0 +1,238 @@
+"""Dependency faults on the AWS runtime under moto: the model throttles and times out (the
+Converse stub), DynamoDB throttles and races on its conditional writes, S3 and SNS fail.
+
+The AWS errors are raised by the boto3 clients of our Lambda functions (only while one of
+them runs in the thread: the harness's own reads go through), as botocore raises them after
+its own retries gave up; the model's come from the stub over HTTP, so botocore's retries
+see them first. Runs recover as deployed (the workflow's retries with backoff, the SQS
+redelivery, the sweeper); a turn whose retries are spent ends with one failure notice.
+Checked against the same invariants as the faults after each store write.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import pytest
+from botocore.client import BaseClient
+from botocore.exceptions import ClientError
+
+from reliability.plan import Result
+from reliability.probe import Ledger, StoreProbe, check
+from reliability.workflow import SINK, Faulty, run_conversations, running
+from tests.functional.aws_env import Aws, aws_runtime
+from workers import bootstrap
+from workers.sandbox.emulator import invoke_handler
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Fail ``rate`` of ``service``'s calls (of ``operations``, else all) with ``code``."""
+
+    kind: str
+    service: str
+    code: str
+    status: int
+    rate: float
+    operations: frozenset[str] = frozenset()
+
+
+RULES = {
+    "DynamoDB throttling": Rule(
+        "DynamoDB throttling", "dynamodb", "ProvisionedThroughputExceededException", 400, 0.08
+    ),
+    "S3 errors": Rule("S3 errors", "s3", "InternalError", 500, 0.25),
+    "SNS failures": Rule("SNS failures", "sns", "InternalError", 500, 0.3, frozenset({"Publish"})),
+}
+MODEL_FAULTS = {
+    "model throttling": ("ThrottlingException", 429),
+    "model timeouts": ("ModelTimeoutException", 408),
+}
+
+
+@dataclass
+class Injector:
+    """Raises the rules' errors from our functions' boto3 clients, at random (seeded)."""
+
+    faulty: Faulty
+    rules: list[Rule]
+    rng: random.Random = field(default_factory=lambda: random.Random(11))
+    injected: Counter[str] = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def hit(self, service: str, operation: str) -> Rule | None:
+        if getattr(self.faulty.inside, "name", None) is None:
+            return None  # the harness's own call, not a function's
+        for rule in self.rules:
+            if rule.service == service and (not rule.operations or operation in rule.operations):
+                with self.lock:
+                    if self.rng.random() < rule.rate:
+                        self.injected[rule.kind] += 1
+                        return rule
+        return None
+
+
+@contextmanager
+def injecting(injector: Injector) -> Iterator[None]:
+    real = BaseClient._make_api_call
+
+    def call(client: BaseClient, operation: str, params: dict[str, Any]) -> Any:
+        service = client.meta.service_model.endpoint_prefix
+        rule = injector.hit(service, operation)
+        if rule is not None:
+            error = {"Code": rule.code, "Message": f"{rule.kind} (injected)"}
+            raise ClientError(
+                {"Error": error, "ResponseMetadata": {"HTTPStatusCode": rule.status}},
+                operation,
+            )
+        return real(client, operation, params)
+
+    BaseClient._make_api_call = call
+    try:
+        yield
+    finally:
+        BaseClient._make_api_call = real
+
+
+def race(aws: Aws, ledger: Ledger, cids: list[str], senders: int, messages: int) -> None:
+    """``senders`` EventBridge producers at once per conversation: ``ingest`` invoked in
+    parallel (a standard event source), its conditional writes racing each other and the
+    runs'; each message accepted exactly once whatever the interleaving."""
+
+    def sender(cid: str, n: int) -> None:
+        for i in range(messages):
+            event = {
+                "version": "0",
+                "id": f"{cid}-{n}-{i}",
+                "detail-type": "agentworker.message",
+                "source": "reliability",
+                "account": "123456789012",
+                "time": "2026-11-29T00:00:00Z",
+                "region": "us-east-1",
+                "resources": [],
+                "detail": {
+                    "conversation_id": cid,
+                    "text": f"sender {n} message {i}",
+                    "dedupe_key": f"{cid}:{n}:{i}",
+                },
+            }
+            for _ in range(20):  # a failed invocation is retried, as EventBridge does
+                _, failed = invoke_handler(
+                    aws.handlers["ingest"], "ingest", "ingest", json.dumps(event)
+                )
+                if not failed:
+                    break
+                time.sleep(0.2)
+
+    threads = [
+        threading.Thread(target=sender, args=(cid, n)) for cid in cids for n in range(senders)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def scenario(
+    aws: Aws,
+    name: str,
+    kinds: list[str],
+    *,
+    conversations: int,
+    progress: Callable[[str], None],
+) -> Result:
+    result = Result(runtime=f"AWS, {name}")
+    started = time.perf_counter()
+    ledger = Ledger()
+    faulty = Faulty(aws, ledger)
+    handlers = dict(aws.handlers)
+    bootstrap.reset_aws_deps()
+    faulty.install()
+    turn_store = cast(StoreProbe, bootstrap.aws_deps(with_agent=True).store).inner
+    turn_store._blobs.inline_limit = 256  # checkpoints go to S3: its errors matter
+    rules = [RULES[k] for k in kinds if k in RULES]
+    injector = Injector(faulty, rules)
+    prefix = name.replace(" ", "-").replace(",", "")
+    cids = [f"ticket:{prefix}-{i}" for i in range(conversations)]
+    for kind in kinds:
+        if kind in MODEL_FAULTS:
+            code, status = MODEL_FAULTS[kind]
+            aws.stub.fail(status, code, times=conversations * 2)
+            injector.injected[kind] += conversations * 2
+    with injecting(injector), running(aws, faulty):
+        if "DynamoDB conditional races" in kinds:
+            raced = cids[:2]
+            race(aws, ledger, raced, senders=3, messages=2)
+            injector.injected["DynamoDB conditional races"] += 3 * 2 * len(raced)
+            run_conversations(aws, ledger, cids[2:], timeout=180, progress=progress)
+            settle(aws, ledger, raced)
+        else:
+            run_conversations(aws, ledger, cids, timeout=180, progress=progress)
+    aws.handlers.update(handlers)
+    for rule in rules:
+        injector.injected.setdefault(rule.kind, 0)
+    store = bootstrap.aws_deps().store
+    result.findings = check(ledger, store.get_conversation, sinks=[SINK])
+    result.faults_by_kind = dict(injector.injected)
+    result.seconds = time.perf_counter() - started
+    progress(f"{name}: {dict(injector.injected)} {result.findings.as_dict()}")
+    return result
+
+
+def settle(aws: Aws, ledger: Ledger, cids: list[str], timeout: float = 120) -> None:
+    """Wait until the raced conversations answered every message they accepted."""
+    from reliability.workflow import collect
+
+    store = bootstrap.aws_deps().store
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        collect(aws, ledger)
+        done = True
+        for cid in cids:
+            history = store.history(cid)
+            ids = [e.message.message_id for e in history.inbox] if history else []
+            answered = {m for (c, m) in ledger.answers if c == cid}
+            if history is None or history.state.lease_token is not None or set(ids) - answered:
+                done = False
+        if done:
+            break
+        time.sleep(0.2)
+    for cid in cids:
+        history = store.history(cid)
+        for entry in history.inbox if history else []:
+            ledger.accept(cid, entry.message.message_id)
+    collect(aws, ledger)
+
+
+ALL = ["model throttling", "model timeouts", *RULES, "DynamoDB conditional races"]
+
+
+def run(*, every: bool, progress: Callable[[str], None] = lambda _: None) -> list[Result]:
+    """Full size: each dependency alone, then all at once; reduced: all at once."""
+    env = pytest.MonkeyPatch()
+    results: list[Result] = []
+    try:
+        env.setenv("AGENTWORKER_LEASE_TTL_SECONDS", "3")
+        env.setenv("POWERTOOLS_METRICS_DISABLED", "true")
+        env.setenv("POWERTOOLS_LOG_LEVEL", "ERROR")
+        with aws_runtime(env.setenv) as aws:
+            if every:
+                for kind in ALL:
+                    results.append(scenario(aws, kind, [kind], conversations=8, progress=progress))
+            results.append(
+                scenario(
+                    aws, "every dependency failing at once", ALL, conversations=6 if every else 3,
+                    progress=progress,
+                )
+            )  # fmt: skip
+    finally:
+        env.undo()
+    return results

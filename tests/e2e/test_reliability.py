@@ -1,0 +1,65 @@
+"""The reliability suite at reduced size (``make reliability`` runs it at full size and writes
+docs/RELIABILITY.md): faults right after every store write of the turn contract, in each
+runtime; dependency faults; concurrent senders. Every invariant must hold, and every
+write a conversation makes must have had a fault after it."""
+
+from __future__ import annotations
+
+import pytest
+
+from reliability import concurrency, dependencies, inprocess, killnine, workflow
+from reliability.plan import Result
+
+
+def assert_held(result: Result) -> None:
+    found = result.findings
+    assert found.ok, f"{result.runtime}: {found.as_dict()}\n" + "\n".join(found.details[:20])
+    assert found.messages > 0
+    assert not result.uncovered, f"{result.runtime}: no fault after {result.uncovered}"
+    assert result.faults >= len(result.written) > 0
+
+
+def test_faults_after_every_store_write_in_process() -> None:
+    result = inprocess.run(every=False)
+    assert_held(result)
+    # the variants reach handover and per-sink marks; the second faults, the takeover
+    assert {"handover_lease", "mark_sinks", "try_acquire_lease"} <= set(result.faults_by_write)
+
+
+def test_kill_nine_of_the_embedded_server_after_every_store_write() -> None:
+    result = killnine.run(every=False)
+    assert_held(result)
+    assert result.restarts >= result.faults
+    assert "try_acquire_lease" in result.faults_by_write  # killed again in its recovery
+
+
+def test_lambda_error_timeout_and_lost_response_after_every_store_write() -> None:
+    result = workflow.run(every=False)
+    assert_held(result)
+    assert set(result.faults_by_kind) == set(workflow.KINDS)
+
+
+def test_dependency_faults_all_at_once() -> None:
+    [result] = dependencies.run(every=False)
+    found = result.findings
+    assert found.ok, f"{found.as_dict()}\n" + "\n".join(found.details[:20])
+    assert found.messages > 0
+    assert set(result.faults_by_kind) == set(dependencies.ALL)
+    assert all(n > 0 for n in result.faults_by_kind.values()), result.faults_by_kind
+
+
+@pytest.fixture(scope="module")
+def series() -> list[concurrency.Series]:
+    return concurrency.run(concurrency.SMALL)
+
+
+def test_concurrent_senders_keep_each_policys_order(series: list[concurrency.Series]) -> None:
+    for case in series:
+        found = case.findings
+        assert found.ok, f"{case.name}: {found.as_dict()}\n" + "\n".join(found.details[:20])
+        assert case.order_violations == 0, found.details[:20]
+        assert found.unfired_faults == 0, found.details  # the takeover happened
+    names = [case.name for case in series]
+    assert len(names) == len(concurrency.POLICIES) + 2
+    many = next(case for case in series if case.conversations > 1)
+    assert many.findings.messages == 2 * concurrency.SMALL.conversations
