@@ -776,3 +776,29 @@ def test_a_partial_delivery_is_retried_only_where_it_failed() -> None:
     assert [p.text for p in slack.sent] == ["echo hello"]  # not twice
     assert [p.text for p in socket.sent] == ["echo hello"]
     assert w.store.pending_outbox(CID) == []
+
+
+@pytest.mark.parametrize("write", ["release_lease", "mark_delivered"])
+def test_a_delivery_mark_that_fails_for_now_is_retried_not_the_send(write: str) -> None:
+    """The reply went out, then its mark's write was throttled: the mark is retried in
+    place; before, the step failed and its retry sent the reply a second time."""
+    w = World()
+    failures = [RetryableError("store throttled")] * 2
+    real = getattr(w.store, write)
+
+    def throttled_once_or_twice(*args: Any, **kwargs: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return real(*args, **kwargs)
+
+    setattr(w.store, write, throttled_once_or_twice)
+    w.send("first", "k1")
+    if write == "mark_delivered":
+        w.send("second", "k2")  # a turn that does not drain the inbox marks apart
+    w.run_all()
+    assert failures == []
+    expected = ["echo first"] if write == "release_lease" else ["echo first", "echo second"]
+    assert w.texts() == expected  # each once
+    assert w.clock.slept and max(w.clock.slept) < 1.0  # short backoff, not the turn's retry
+    state = w.store.get_conversation(CID)
+    assert state is not None and state.lease_token is None
