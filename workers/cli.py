@@ -393,7 +393,8 @@ def cmd_history(args: argparse.Namespace) -> int:
             text = "approved" if m["approved"] else "denied"
         elif m["kind"] == "resume":
             text = f"answered {json.dumps(m['value'])}"
-        events.append((m["received_at"], f"> {m['sender']}", f"{text}  [{m['status']}]"))
+        status = f"{m['status']}: {m['error']}" if m.get("error") else m["status"]
+        events.append((m["received_at"], f"> {m['sender']}", f"{text}  [{status}]"))
     for r in view["replies"]:
         events.append((r["payload"]["created_at"], "< agent", _render(r["payload"])))
     for _, who, text in sorted(events, key=lambda e: e[0]):
