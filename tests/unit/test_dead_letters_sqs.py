@@ -50,8 +50,8 @@ class Queues:
             self.sqs.receive_message(QueueUrl=self.queue_url, VisibilityTimeout=0)
         return message_id
 
-    def dead(self) -> SqsDeadLetters:
-        return SqsDeadLetters.of_queue(self.sqs, self.queue_url, wait_seconds=0)
+    def dead(self, wait_seconds: int = 1) -> SqsDeadLetters:
+        return SqsDeadLetters.of_queue(self.sqs, self.queue_url, wait_seconds=wait_seconds)
 
     def drain(self, url: str) -> list[dict[str, Any]]:
         """Every message of ``url`` (consumed), with its attributes."""
@@ -171,7 +171,7 @@ def test_a_failed_send_leaves_the_dead_letter_where_it_was(queues: Queues) -> No
             error = {"Error": {"Code": "AccessDenied", "Message": "no"}}
             raise ClientError(error, "SendMessage")
 
-    dead = SqsDeadLetters.of_queue(Refusing(), queues.queue_url, wait_seconds=0)
+    dead = SqsDeadLetters.of_queue(Refusing(), queues.queue_url)
     report = dead.redrive([kept])
     assert report.moved == []
     [left] = report.not_moved
@@ -193,3 +193,17 @@ def test_the_queue_is_found_by_the_stack_name_and_must_have_a_dead_letter_queue(
     plain = queues.sqs.create_queue(QueueName="plain")["QueueUrl"]
     with pytest.raises(ConfigError, match="no dead-letter queue"):
         SqsDeadLetters.of_queue(queues.sqs, plain)
+
+
+def test_a_fifo_group_shows_ten_dead_letters_at_a_time_and_the_count_says_so(
+    queues: Queues,
+) -> None:
+    ids = [queues.poison(message(f"m{i}")) for i in range(12)]
+    # Short polls stop at ten, below the count: a long poll follows (moto's answer is
+    # exact, so it may be short here).
+    first = queues.dead(wait_seconds=0).peek()
+    assert (len(first.letters), first.total) == (10, 12)
+    assert [d.message_id for d in first.letters] == ids[:10]  # oldest first
+    moved = queues.dead(wait_seconds=0).redrive(None)
+    assert [m.letter.message_id for m in moved.moved] == ids[:10]
+    assert [d.message_id for d in queues.dead().peek().letters] == ids[10:]

@@ -169,6 +169,14 @@ class _Held:
     receipt: str
 
 
+@dataclass(frozen=True)
+class _Look:
+    held: list[_Held]
+    """What the look received; what it leaves here is released at its end."""
+    total: int
+    """SQS's approximate count of the queue's messages when the look began."""
+
+
 class SqsDeadLetters:
     """The dead letters of one inbound queue, through an injected boto3 SQS client."""
 
@@ -181,8 +189,8 @@ class SqsDeadLetters:
         wait_seconds: int = 1,
         calls: AwsCalls | None = None,
     ) -> None:
-        """``wait_seconds``: how long a receive waits before a look takes the queue for
-        empty (SQS's short polls may miss messages)."""
+        """``wait_seconds``: how long a look's last receive waits when short polls found
+        fewer messages than SQS counts (they may miss some)."""
         self._sqs = sqs
         self.queue_url = queue_url
         self.dlq_url = dlq_url
@@ -216,12 +224,11 @@ class SqsDeadLetters:
     def peek(self, *, conversation_id: str | None = None) -> Peek:
         """The dead letters (of one conversation, when given), oldest first; every one is
         visible again when this returns."""
-        total = self._approximate_count()
-        with self._holding() as held:
-            letters = [h.letter for h in held]
+        with self._holding() as look:
+            letters = [h.letter for h in look.held]
         if conversation_id is not None:
             letters = [d for d in letters if d.conversation_id == conversation_id]
-        return Peek(letters, total)
+        return Peek(letters, look.total)
 
     def redrive(
         self,
@@ -236,7 +243,8 @@ class SqsDeadLetters:
         message whose send or delete fails is reported and stays (or, sent but not deleted,
         is dropped as a duplicate by ``ingest`` when sent again)."""
         report = RedriveReport()
-        with self._holding() as held:
+        with self._holding() as look:
+            held = look.held
             chosen = self._choose(held, message_ids, conversation_id)
             for item in chosen:
                 letter = item.letter
@@ -287,27 +295,37 @@ class SqsDeadLetters:
     # receiving and releasing ----------------------------------------------------------
 
     @contextmanager
-    def _holding(self) -> Iterator[list[_Held]]:
+    def _holding(self) -> Iterator[_Look]:
         """Every dead letter, received and kept invisible for the block (oldest first);
-        those the block leaves in the list are made visible again when it ends."""
-        held: list[_Held] = []
+        those the block leaves in the list are made visible again when it ends.
+
+        Short polls until SQS's count of messages is reached; a short poll may miss some (it
+        asks a subset of SQS's servers), so one that comes back empty below the count is
+        followed by a long poll of ``wait_seconds``."""
+        look = _Look([], self._approximate_count())
         try:
-            while len(held) < _LIMIT:
-                got = self._call(
-                    "receive_message",
-                    QueueUrl=self.dlq_url,
-                    MaxNumberOfMessages=_BATCH,
-                    VisibilityTimeout=HOLD_SECONDS,
-                    WaitTimeSeconds=self._wait,
-                    AttributeNames=["All"],
-                ).get("Messages", [])
+            while len(look.held) < _LIMIT:
+                got = self._receive(0)
+                if not got and len(look.held) < look.total:
+                    got = self._receive(self._wait)
                 if not got:
                     break
-                held.extend(_Held(DeadLetter.of(m), m["ReceiptHandle"]) for m in got)
-            held.sort(key=lambda h: h.letter.sent_at)
-            yield held
+                look.held.extend(_Held(DeadLetter.of(m), m["ReceiptHandle"]) for m in got)
+            look.held.sort(key=lambda h: h.letter.sent_at)
+            yield look
         finally:
-            self._release(held)
+            self._release(look.held)
+
+    def _receive(self, wait_seconds: int) -> list[Item]:
+        got: list[Item] = self._call(
+            "receive_message",
+            QueueUrl=self.dlq_url,
+            MaxNumberOfMessages=_BATCH,
+            VisibilityTimeout=HOLD_SECONDS,
+            WaitTimeSeconds=wait_seconds,
+            AttributeNames=["All"],
+        ).get("Messages", [])
+        return got
 
     def _release(self, held: list[_Held]) -> None:
         for start in range(0, len(held), _BATCH):
