@@ -48,10 +48,10 @@ class NotFound(PermanentError):
         return cls(f"ticket {ticket_id} does not exist", field="ticket_id")
 
     @classmethod
-    def dead_letters(cls, ids: Sequence[str], where: str) -> NotFound:
-        """Message ids a redrive names that ``where`` does not hold (nothing was moved)."""
+    def dead_letters(cls, ids: Sequence[str], *, kind: str, where: str) -> NotFound:
+        """Message ids a redrive names that are no ``kind`` ``where`` (nothing was moved)."""
         listed = ", ".join(repr(i) for i in ids)
-        return cls(f"id: {where} holds no message {listed}; nothing was redriven", field="id")
+        return cls(f"id: no {kind} {listed} {where}; nothing was redriven", field="id")
 
 
 class BadInput(PermanentError, ValueError):

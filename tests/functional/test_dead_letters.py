@@ -76,7 +76,7 @@ def test_a_poison_message_is_listed_redriven_after_the_fix_and_answered_once(
     assert f"failed {QUEUE_MAX_RECEIVES} receives" in out
 
     assert main(["dlq", "redrive", "--target", "aws", "--id", "nope"]) == 2
-    assert "no message 'nope'" in capsys.readouterr().err
+    assert "no message 'nope' in the dead-letter queue" in capsys.readouterr().err
 
     down = False
     aws.stub.script(reply_text="Fire extinguisher on its way.")

@@ -54,7 +54,7 @@ def test_failed_messages_are_listed_redriven_and_answered_once(
         assert a in out and b in out and first in out and "the model is down" in out
 
         assert main(["dlq", "redrive", "--id", a, "--id", "nope", *where]) == 2
-        assert "no message 'nope'" in capsys.readouterr().err
+        assert "no failed message 'nope'" in capsys.readouterr().err
         assert [m["status"] for m in view(srv, first)["messages"]] == ["failed"]
 
         outage.unlink()

@@ -217,7 +217,7 @@ def test_the_command_lists_and_redrives(tmp_path: Path, capsys: pytest.CaptureFi
 
     assert main(["dlq", "redrive", "--id", "nope", *where]) == 2
     captured = capsys.readouterr()
-    assert "no message 'nope'" in captured.err and "nothing was redriven" in captured.err
+    assert "no failed message 'nope'" in captured.err and "nothing was redriven" in captured.err
     assert captured.out == ""
 
     assert main(["dlq", "redrive", "--id", failed_id, *where]) == 0

@@ -272,7 +272,7 @@ class SqsDeadLetters:
         wanted = list(dict.fromkeys(message_ids))
         missing = [i for i in wanted if i not in by_id]
         if missing:
-            raise NotFound.dead_letters(missing, "the dead-letter queue")
+            raise NotFound.dead_letters(missing, kind="message", where="in the dead-letter queue")
         return [by_id[i] for i in wanted]
 
     def _send_back(self, letter: DeadLetter) -> str:

@@ -143,8 +143,10 @@ class LocalDeadLetters:
             found.setdefault(failed.message_id, []).append(failed)
         missing = [i for i in ids if i not in found]
         if missing:
-            where = "conversation " + repr(conversation_id) if conversation_id else "the state"
-            raise NotFound.dead_letters(missing, f"{where} (failed messages)")
+            where = "in the state directory"
+            if conversation_id is not None:
+                where = f"in conversation {conversation_id!r}"
+            raise NotFound.dead_letters(missing, kind="failed message", where=where)
         for message_id, matches in found.items():
             if len(matches) > 1:
                 conversations = ", ".join(sorted({m.conversation_id for m in matches}))
