@@ -359,6 +359,12 @@ def _with_defaults(data: dict[str, Any], **defaults: str) -> dict[str, Any]:
     return {**data, **{k: v for k, v in defaults.items() if data.get(k) is None}}
 
 
+def sqs_dedupe_key(sqs_message_id: str) -> str:
+    """The dedupe key of a queued message whose body names none: its SQS message id (SQS
+    redelivers it with the same id; a dead letter keeps it)."""
+    return f"sqs:{sqs_message_id}"
+
+
 class SqsRecord(BaseModel):
     """One record of an SQS event; its ``body`` is an :class:`InboundMessage` as JSON."""
 
@@ -375,7 +381,7 @@ class SqsRecord(BaseModel):
             raise ValueError("SQS body must be a JSON object")
         # The queue's own message id is a dedupe key of last resort (SQS redelivers it).
         return InboundMessage.model_validate(
-            _with_defaults(data, channel="sqs", dedupe_key=f"sqs:{self.message_id}")
+            _with_defaults(data, channel="sqs", dedupe_key=sqs_dedupe_key(self.message_id))
         )
 
 

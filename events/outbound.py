@@ -127,11 +127,15 @@ class MessageView(BaseModel):
     text: str
     sender: str
     channel: str
-    status: Literal["pending", "consumed", "rejected"]
+    status: Literal["pending", "consumed", "rejected", "failed", "redriven"]
+    """``failed``: its turn failed for good (``error`` says why); ``redriven``: failed, then
+    accepted again as a new message (``agentworker dlq redrive``)."""
     received_at: datetime
     approved: bool | None = None
     value: JsonValue = None
     """The answer of a ``resume`` message."""
+    error: str | None = None
+    """Why its turn failed (``failed``, ``redriven``)."""
 
 
 class OutboxView(BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -42,6 +42,14 @@ class _Conv:
     outbox: list[OutboxEntry] = field(default_factory=list)
     log: list[LogEntry] = field(default_factory=list)
     checkpoint: bytes | None = None
+
+
+def replace_status(commit: TurnCommit) -> Callable[[InboxEntry], InboxEntry]:
+    """How ``commit`` marks the inbox entries it consumes: ``consumed``, or ``failed`` with
+    its error."""
+    if commit.failed is None:
+        return lambda e: replace(e, status="consumed")
+    return lambda e: replace(e, status="failed", error=commit.failed)
 
 
 class InMemoryConversationStore:
@@ -268,9 +276,9 @@ class InMemoryConversationStore:
             ):
                 raise TurnSuperseded("inbox moved")
             consumed = set(commit.consumed)
+            done = replace_status(commit)
             conv.inbox = [
-                replace(e, status="consumed") if e.seq in consumed and e.status == "pending" else e
-                for e in conv.inbox
+                done(e) if e.seq in consumed and e.status == "pending" else e for e in conv.inbox
             ]
             if commit.checkpoint is not None:
                 conv.checkpoint = commit.checkpoint

@@ -1,11 +1,14 @@
 """Test-only graphs for the graph contract: custom state, async nodes, a subgraph that
-interrupts, a ``Send`` fan-out with one interrupting branch, two parallel interrupts, and a
-node that calls a model itself. Each is a factory returning an uncompiled ``StateGraph``."""
+interrupts, a ``Send`` fan-out with one interrupting branch, two parallel interrupts, a node
+that calls a model itself, and one that fails during an outage. Each is a factory returning
+an uncompiled ``StateGraph``."""
 
 from __future__ import annotations
 
 import asyncio
 import operator
+import os
+from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
 from langchain_core.language_models import BaseChatModel
@@ -207,6 +210,27 @@ def failing_graph() -> StateGraph[Any, Any, Any, Any]:
         if "boom" in _last_human(state["messages"]):
             raise ValueError("the node blew up")
         return {"messages": [AIMessage("fine")]}
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("node", node)
+    graph.add_edge(START, "node")
+    graph.add_edge("node", END)
+    return graph
+
+
+OUTAGE_FILE = "AGENTWORKER_TEST_OUTAGE_FILE"
+"""The variable naming the file whose presence makes :func:`outage_graph` fail."""
+
+
+def outage_graph(ctx: object = None) -> StateGraph[Any, Any, Any, Any]:
+    """Answers ``fine: <text>``, except while the file ``$AGENTWORKER_TEST_OUTAGE_FILE``
+    exists (an outage of what the node depends on): then its node raises. A factory, for
+    ``--graph tests.graphs:outage_graph``."""
+
+    def node(state: MessagesState) -> dict[str, Any]:
+        if Path(os.environ[OUTAGE_FILE]).exists():
+            raise RuntimeError("the model is down")
+        return {"messages": [AIMessage(f"fine: {_last_human(state['messages'])}")]}
 
     graph = StateGraph(MessagesState)
     graph.add_node("node", node)

@@ -10,10 +10,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workers.config import Settings, load_settings
 from workers.errors import AgentWorkerError, ConfigError
+
+if TYPE_CHECKING:
+    from workers.adapters.aws.dead_letters import SqsDeadLetters
 
 DEFAULT_URL = "http://127.0.0.1:8765"
 
@@ -102,6 +105,33 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--state-dir", type=Path, help="where the sandbox's sandbox.json is")
     s.set_defaults(func=cmd_forget)
+
+    s = sub.add_parser("dlq", help="list or redrive dead letters: messages that failed for good")
+    s.set_defaults(func=lambda _args, dlq=s: _usage(dlq))
+    actions = s.add_subparsers(metavar="ACTION")
+    listing = actions.add_parser("list", help="list the dead letters (they stay where they are)")
+    redrive = actions.add_parser("redrive", help="accept dead letters again, or send them back")
+    for a in (listing, redrive):
+        a.add_argument(
+            "--target",
+            choices=("local", "aws", "sandbox"),
+            default="local",
+            help="'local' (default): the messages whose turn failed for good in --state-dir;"
+            " 'aws': the inbound queue's dead-letter queue (AGENTWORKER_QUEUE_URL, else the"
+            " stack named by AGENTWORKER_TABLE_NAME); 'sandbox': the running sandbox's",
+        )
+        a.add_argument("--state-dir", type=Path, help="state directory (default ./.agentworker)")
+        a.add_argument("-c", "--conversation", help="only this conversation's")
+    which = redrive.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--id", dest="ids", action="append", metavar="ID", help="this message (repeatable)"
+    )
+    which.add_argument("--all", action="store_true", help="every dead letter (of -c)")
+    redrive.add_argument(
+        "--force", action="store_true", help="send back a body that does not parse too (SQS)"
+    )
+    listing.set_defaults(func=cmd_dlq_list)
+    redrive.set_defaults(func=cmd_dlq_redrive)
 
     s = sub.add_parser("demo", help="scripted run: two conversations, a tool, an approval")
     s.add_argument("--state-dir", type=Path, help="default: a new temporary directory")
@@ -393,7 +423,8 @@ def cmd_history(args: argparse.Namespace) -> int:
             text = "approved" if m["approved"] else "denied"
         elif m["kind"] == "resume":
             text = f"answered {json.dumps(m['value'])}"
-        events.append((m["received_at"], f"> {m['sender']}", f"{text}  [{m['status']}]"))
+        status = f"{m['status']}: {m['error']}" if m.get("error") else m["status"]
+        events.append((m["received_at"], f"> {m['sender']}", f"{text}  [{status}]"))
     for r in view["replies"]:
         events.append((r["payload"]["created_at"], "< agent", _render(r["payload"])))
     for _, who, text in sorted(events, key=lambda e: e[0]):
@@ -452,6 +483,140 @@ def _point_at_sandbox(args: argparse.Namespace) -> None:
             "AGENTWORKER_REPLY_TOPIC_ARN": state.topic_arn,
         }
     )
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+# dlq --------------------------------------------------------------------------------------
+
+
+def cmd_dlq_list(args: argparse.Namespace) -> int:
+    from workers.tables import age, preview, text_table
+
+    now = time.time()
+    if args.target == "local":
+        from workers.adapters.local.dead_letters import opened
+
+        settings = _settings(args, state_dir="state_dir")
+        with opened(settings) as local:
+            failed = local.failed(conversation_id=args.conversation)
+        if not failed:
+            print(f"no failed messages in {settings.db_path}")
+            return 0
+        header = ["conversation", "message_id", "age", "text", "error"]
+        rows = [
+            [
+                f.conversation_id,
+                f.message_id,
+                age(now - f.received_at.timestamp()),
+                preview(f.message.text or f"[{f.message.kind}]"),
+                preview(f.error, 60),
+            ]
+            for f in failed
+        ]
+        print(text_table(header, rows))
+        print(f"{len(failed)} failed message(s); agentworker dlq redrive --id ID (or --all)")
+        return 0
+    dead = _sqs_dead_letters(args)
+    peek = dead.peek(conversation_id=args.conversation)
+    if not peek.letters:
+        print(f"no dead letters in {dead.dlq_url}")
+        return 0
+    header = ["message_id", "conversation", "receives", "age", "text", "error"]
+    rows = [
+        [
+            d.message_id,
+            d.conversation_id or "-",
+            str(d.receive_count),
+            age(now - d.sent_at.timestamp()),
+            preview(d.body if d.message is None else d.message.text or f"[{d.message.kind}]"),
+            preview(d.error, 60),
+        ]
+        for d in peek.letters
+    ]
+    print(text_table(header, rows))
+    print(f"{len(peek.letters)} dead letter(s) in {dead.dlq_url}")
+    if peek.total > len(peek.letters) and args.conversation is None:
+        print(
+            f"about {peek.total} in the queue: a FIFO message group shows ten at a time;"
+            " redrive those, then look again"
+        )
+    return 0
+
+
+def cmd_dlq_redrive(args: argparse.Namespace) -> int:
+    from workers.errors import BadInput, NotFound
+
+    try:
+        if args.target == "local":
+            return _redrive_local(args)
+        return _redrive_sqs(args)
+    except (NotFound, BadInput) as exc:
+        print(f"agentworker: {exc}", file=sys.stderr)
+        return 2
+
+
+def _redrive_local(args: argparse.Namespace) -> int:
+    from workers.adapters.local.dead_letters import opened
+
+    settings = _settings(args, state_dir="state_dir")
+    with opened(settings) as local:
+        done = local.redrive(None if args.all else args.ids, conversation_id=args.conversation)
+    if not done:
+        print(f"no failed messages in {settings.db_path}")
+        return 0
+    refused = 0
+    for r in done:
+        what = f"{r.failed.message_id} ({r.failed.conversation_id})"
+        if r.rejected:
+            refused += 1
+            print(f"refused {what}: the conversation's policy is 'reject' and a run is live")
+        elif r.already:
+            print(f"already redriven {what} as {r.message_id}")
+        else:
+            print(f"redriven {what} as {r.message_id}")
+    print(
+        f"{len(done) - refused} redriven; the server on {settings.state_dir} answers them at"
+        f" its next sweep (every {settings.sweep_interval_seconds:g}s), or when it starts"
+    )
+    return 1 if refused else 0
+
+
+def _redrive_sqs(args: argparse.Namespace) -> int:
+    dead = _sqs_dead_letters(args)
+    ids = None if args.all else args.ids
+    report = dead.redrive(ids, conversation_id=args.conversation, force=args.force)
+    for moved in report.moved:
+        letter = moved.letter
+        print(
+            f"moved {letter.message_id} ({letter.conversation_id or 'unparseable'}) to the"
+            f" inbound queue as {moved.sent_id}"
+        )
+    for left in report.not_moved:
+        kind = "skipped" if left.skipped else "not moved"
+        print(f"{kind} {left.letter.message_id}: {left.reason}")
+    print(f"{len(report.moved)} moved, {len(report.not_moved)} not moved")
+    return 1 if report.not_moved else 0
+
+
+def _sqs_dead_letters(args: argparse.Namespace) -> SqsDeadLetters:
+    """The dead letters of the inbound queue of the stack (``aws``) or the sandbox."""
+    from workers.adapters.aws.dead_letters import SqsDeadLetters, inbound_queue_url
+
+    settings = _settings(args, state_dir="state_dir")
+    if args.target == "sandbox":
+        from workers.sandbox.server import client_factory, read_state
+
+        state = read_state(settings.state_dir)
+        sqs = client_factory(state.endpoint_url, state.region)("sqs")
+        return SqsDeadLetters.of_queue(sqs, state.queue_url)
+    import boto3
+
+    sqs = boto3.session.Session().client("sqs")
+    return SqsDeadLetters.of_queue(sqs, inbound_queue_url(sqs, settings))
 
 
 def cmd_new(args: argparse.Namespace) -> int:

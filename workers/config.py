@@ -173,6 +173,12 @@ class Settings(BaseSettings):
     websocket_endpoint: str | None = Field(
         None, description="AWS: API Gateway WebSocket management endpoint."
     )
+    queue_url: str | None = Field(
+        None,
+        description="AWS: the inbound SQS FIFO queue, for `agentworker dlq` (default: the"
+        " stack's, named after table_name); its dead-letter queue is the one its redrive"
+        " policy names.",
+    )
     slack_signing_secret: SecretStr | None = Field(
         None, description="Slack app signing secret (local/dev; else slack_secret_arn)."
     )

@@ -7,6 +7,7 @@ matching it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -45,6 +46,12 @@ class NotFound(PermanentError):
     @classmethod
     def ticket(cls, ticket_id: int) -> NotFound:
         return cls(f"ticket {ticket_id} does not exist", field="ticket_id")
+
+    @classmethod
+    def dead_letters(cls, ids: Sequence[str], *, kind: str, where: str) -> NotFound:
+        """Message ids a redrive names that are no ``kind`` ``where`` (nothing was moved)."""
+        listed = ", ".join(repr(i) for i in ids)
+        return cls(f"id: no {kind} {listed} {where}; nothing was redriven", field="id")
 
 
 class BadInput(PermanentError, ValueError):

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from events.inbound import ApprovalDecision, InboundMessage
-from events.outbound import ApprovalRequest, Reply
+from events.outbound import ApprovalRequest, Notice, Reply
 from tests.fakes import InMemoryConversationStore, InMemoryTicketStore
 from workers.adapters.local.sqlite_database import SqliteDatabase
 from workers.adapters.local.sqlite_store import SqliteConversationStore
@@ -164,6 +164,26 @@ def test_commit_is_fenced_and_atomic(store: Any) -> None:
     assert store.pending_inbox(CID) == []
     assert [e.payload.text for e in store.pending_outbox(CID)] == ["a"]
     assert [e.message_id for e in store.load_log(CID, limit=10)] == ["m1", "m2"]
+
+
+def test_a_failed_turn_marks_its_messages_failed_with_the_error(store: Any) -> None:
+    """A turn that failed for good keeps its messages as ``failed`` with the error (what
+    ``agentworker dlq`` lists); a turn that did not, as ``consumed``; a later one stays."""
+    for text in ("ok", "bad", "later"):
+        store.append_inbox(msg(text, text), now=T0, default_policy="enqueue")
+    lease = store.try_acquire_lease(CID, now=T0, ttl=10)
+    store.commit_turn(CID, TurnCommit(lease.token, [1], "idle"))
+    notice = Notice(conversation_id=CID, level="error", text="sorry")
+    failed = TurnCommit(lease.token, [2], "idle", outbox=[notice], failed="RetryableError: x")
+    store.commit_turn(CID, failed)
+    inbox = store.history(CID).inbox
+    assert [(e.message.text, e.status, e.error) for e in inbox] == [
+        ("ok", "consumed", None),
+        ("bad", "failed", "RetryableError: x"),
+        ("later", "pending", None),
+    ]
+    assert [e.message.text for e in store.pending_inbox(CID)] == ["later"]
+    assert store.get_conversation(CID).pending_count in (1, None)
 
 
 def test_log_is_append_only_and_windowed(store: Any) -> None:

@@ -20,7 +20,11 @@ PendingRequest = ApprovalRequest | InterruptRequest
 answer to an ``interrupt()`` (the status name predates generic interrupts)."""
 
 ConversationStatus = Literal["idle", "running", "awaiting_approval"]
-InboxStatus = Literal["pending", "consumed", "rejected"]
+InboxStatus = Literal["pending", "consumed", "rejected", "failed", "redriven"]
+"""``pending`` until a turn takes it; then ``consumed``, or ``failed`` when its turn failed
+for good (retries spent, a permanent error: the sender got an error notice). ``rejected``:
+refused at accept time by the double-texting policy. ``redriven``: a failed message accepted
+again as a new one (``agentworker dlq redrive``, embedded runtime)."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,8 @@ class InboxEntry:
     seq: int
     message: InboundMessage
     status: InboxStatus = "pending"
+    error: str | None = None
+    """Why its turn failed (status ``failed``, and ``redriven`` after it)."""
 
 
 @dataclass(frozen=True)
@@ -160,6 +166,9 @@ class TurnCommit:
     pending_approval: PendingRequest | None = None
     expect_inbox_seq: int | None = None
     """If set, refuse the commit (``TurnSuperseded``) when the inbox moved past it."""
+    failed: str | None = None
+    """Set when the turn failed for good: the error its ``consumed`` entries are kept with,
+    marked ``failed`` instead of ``consumed``."""
 
 
 @dataclass(frozen=True)

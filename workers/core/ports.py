@@ -125,10 +125,11 @@ class ConversationStore(Protocol):
         """The last ``limit`` entries of the message log, oldest first."""
 
     def commit_turn(self, conversation_id: str, commit: TurnCommit) -> list[OutboxEntry]:
-        """Apply a turn atomically: mark inbox entries consumed, save the checkpoint, append
-        to the log and the outbox, set the status. ``LeaseLost`` if the token is stale;
-        ``TurnSuperseded`` if ``expect_inbox_seq`` is set and the inbox moved. Returns the
-        outbox entries written, so they can be delivered without reading them back."""
+        """Apply a turn atomically: mark inbox entries consumed (``failed``, with the error,
+        when ``commit.failed`` is set), save the checkpoint, append to the log and the
+        outbox, set the status. ``LeaseLost`` if the token is stale; ``TurnSuperseded`` if
+        ``expect_inbox_seq`` is set and the inbox moved. Returns the outbox entries written,
+        so they can be delivered without reading them back."""
 
     def pending_outbox(self, conversation_id: str) -> list[OutboxEntry]: ...
 

@@ -471,7 +471,8 @@ def _advance(
         )
     except PermanentError as exc:
         span.set_attributes({"error": str(exc)})
-        entries = fail_turn(deps, run, plan, f"Sorry, I could not process that: {exc}")
+        text = f"Sorry, I could not process that: {exc}"
+        entries = fail_turn(deps, run, plan, text, error=describe_error(exc))
         return "replied", plan.status_if_unchanged, entries
     commit = _turn_commit(run, plan, turn_id, output)
     with deps.tracer.span("store.commit", kind="UNKNOWN"):
@@ -510,24 +511,35 @@ def _cost(settings: TurnSettings, output: TurnOutput) -> float:
     ) / 1_000_000
 
 
-def fail_turn(deps: Deps, run: RunRef, plan: TurnPlan, text: str) -> list[OutboxEntry]:
-    """Tell the user a turn failed for good and consume its messages (fenced). A failed
+def fail_turn(
+    deps: Deps, run: RunRef, plan: TurnPlan, text: str, *, error: str | None = None
+) -> list[OutboxEntry]:
+    """Tell the user a turn failed for good (``text``) and mark its messages ``failed``
+    with ``error`` (default: ``text``), fenced; ``agentworker dlq`` lists them. A failed
     resume leaves the approval pending, so the user can answer it again."""
     notice = Notice(
         conversation_id=run.conversation_id, level="error", in_reply_to=plan.message_ids, text=text
     )
-    return _commit_unchanged(deps, run, plan, notice)
+    return _commit_unchanged(deps, run, plan, notice, failed=error or text)
 
 
-def _commit_unchanged(deps: Deps, run: RunRef, plan: TurnPlan, notice: Notice) -> list[OutboxEntry]:
-    """Consume the plan's messages and send ``notice``; the graph and any pending approval
-    stay as they were."""
+def describe_error(exc: BaseException) -> str:
+    """What a failed message keeps of the error that failed it."""
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _commit_unchanged(
+    deps: Deps, run: RunRef, plan: TurnPlan, notice: Notice, *, failed: str | None = None
+) -> list[OutboxEntry]:
+    """Consume the plan's messages (marked ``failed`` with ``failed`` when set) and send
+    ``notice``; the graph and any pending approval stay as they were."""
     commit = TurnCommit(
         run.token,
         plan.seqs,
         plan.status_if_unchanged,
         outbox=[notice],
         pending_approval=plan.waiting,
+        failed=failed,
     )
     return deps.store.commit_turn(run.conversation_id, commit)
 
@@ -833,11 +845,17 @@ def _budget_spent(deps: Deps, run: RunRef) -> bool:
 
 
 def fail_pending_turn(
-    deps: Deps, run: RunRef, text: str, *, hold_approvals: bool = False
+    deps: Deps,
+    run: RunRef,
+    text: str,
+    *,
+    hold_approvals: bool = False,
+    error: str | None = None,
 ) -> StepResult:
     """Tell the user the turn that failed for good (retries spent, a permanent error that
-    escaped it) failed, and consume its messages, so the run can go on; the notice is
-    delivered and the lease released as after any turn.
+    escaped it) failed (``text``), and mark its messages ``failed`` with ``error`` (default:
+    ``text``), so the run can go on; the notice is delivered and the lease released as after
+    any turn.
 
     Only the messages that turn was handed are failed: the ones up to the inbox sequence
     its claim marked. When the last claim committed (the worker died after its commit: a
@@ -852,7 +870,7 @@ def fail_pending_turn(
     if plan is None:
         return StepResult(run=run, outcome="more_pending")
     claim = replace(claim, plan=plan)
-    entries = fail_turn(deps, claim.run, plan, text)
+    entries = fail_turn(deps, claim.run, plan, text, error=error)
     turn = _delivered(
         deps, claim, entries, outcome="replied", status=plan.status_if_unchanged, turn_id=""
     )
@@ -911,7 +929,9 @@ def _step_with_retry(deps: Deps, run: RunRef, execution_id: str | None) -> StepR
                     attempt,
                     exc_info=not isinstance(exc, RetryableError),  # a bug: keep the traceback
                 )
-                step = fail_pending_turn(deps, run, retry_exhausted_text(exc))
+                tries = f"{attempt} attempt" + ("s" if attempt > 1 else "")
+                error = f"{describe_error(exc)} (after {tries})"
+                step = fail_pending_turn(deps, run, retry_exhausted_text(exc), error=error)
                 if step.outcome == "more_pending":  # no turn failed: the run's own step did
                     raise
                 return step

@@ -141,6 +141,10 @@ def commit_actions(
     actions = [table.update_action(pk, META_SK, **update)]
     index: list[Action] = [("meta", None)]
     consume = "SET #status = :consumed" + (", #expires_at = :expires" if expiry else "")
+    marks = {":consumed": string("consumed")}
+    if commit.failed is not None:  # failed for good: kept with its error
+        consume += ", #error = :error"
+        marks = {":consumed": string("failed"), ":error": string(commit.failed)}
     for seq in parts.consumed:
         actions.append(
             table.update_action(
@@ -148,8 +152,7 @@ def commit_actions(
                 seq_sk(INBOX_PREFIX, seq),
                 f"{consume} REMOVE #{PENDING_INDEX_SK}",
                 cond="#status = :pending",
-                values={":consumed": string("consumed"), ":pending": string("pending")}
-                | _expires_value(expiry),
+                values=marks | {":pending": string("pending")} | _expires_value(expiry),
             )
         )
         index.append(("consumed", seq))

@@ -704,7 +704,10 @@ class DynamoDBConversationStore:
             return None
         inbox = [
             InboxEntry(
-                get_int(i, "seq"), _message(i), _INBOX_STATUS.validate_python(get_str(i, "status"))
+                get_int(i, "seq"),
+                _message(i),
+                _INBOX_STATUS.validate_python(get_str(i, "status")),
+                opt_str(i, "error"),
             )
             for i in self._items(conversation_id, INBOX_PREFIX)
         ]

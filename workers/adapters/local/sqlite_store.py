@@ -64,11 +64,14 @@ CREATE TABLE IF NOT EXISTS inbox (
     dedupe_key TEXT NOT NULL,
     status TEXT NOT NULL,
     body TEXT NOT NULL,
+    error TEXT,
     PRIMARY KEY (conversation_id, seq),
     UNIQUE (conversation_id, dedupe_key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS inbox_pending ON inbox (conversation_id, seq)
     WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS inbox_failed ON inbox (conversation_id, seq)
+    WHERE status = 'failed';
 CREATE TABLE IF NOT EXISTS outbox (
     conversation_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -144,6 +147,10 @@ class SqliteConversationStore:
             # Conversations from before ownership were the local user's (no auth then).
             db.execute(f"ALTER TABLE conversations ADD COLUMN tenant TEXT DEFAULT '{LOCAL_TENANT}'")
             db.execute(f"ALTER TABLE conversations ADD COLUMN owner TEXT DEFAULT '{LOCAL_USER.id}'")
+        inbox = {row[1] for row in db.execute("PRAGMA table_info(inbox)")}
+        if "error" not in inbox:
+            # Messages failed before were marked consumed: they stay so.
+            db.execute("ALTER TABLE inbox ADD COLUMN error TEXT")
 
     # connections and transactions: the database's, shared with the ticket store --------
 
@@ -452,10 +459,11 @@ class SqliteConversationStore:
                     f"inbox moved from {commit.expect_inbox_seq} to {inbox_seq} during the turn"
                 )
             if commit.consumed:
+                status = "consumed" if commit.failed is None else "failed"
                 db.executemany(
-                    "UPDATE inbox SET status = 'consumed' WHERE conversation_id = ? AND seq = ?"
+                    "UPDATE inbox SET status = ?, error = ? WHERE conversation_id = ? AND seq = ?"
                     " AND status = 'pending'",
-                    [(conversation_id, s) for s in commit.consumed],
+                    [(status, commit.failed, conversation_id, s) for s in commit.consumed],
                 )
             if commit.checkpoint is not None:
                 db.execute(
@@ -562,9 +570,9 @@ class SqliteConversationStore:
             return None
         db = self._conn()
         inbox = [
-            InboxEntry(seq, InboundMessage.model_validate_json(body), status)
-            for seq, body, status in db.execute(
-                "SELECT seq, body, status FROM inbox WHERE conversation_id = ? ORDER BY seq",
+            InboxEntry(seq, InboundMessage.model_validate_json(body), status, error)
+            for seq, body, status, error in db.execute(
+                "SELECT seq, body, status, error FROM inbox WHERE conversation_id = ? ORDER BY seq",
                 (conversation_id,),
             )
         ]
@@ -576,6 +584,48 @@ class SqliteConversationStore:
             )
         ]
         return History(state, inbox, outbox)
+
+    # failed messages (``agentworker dlq``) -----------------------------------------------
+
+    def failed_inbox(
+        self,
+        *,
+        conversation_id: str | None = None,
+        message_ids: Collection[str] | None = None,
+        redriven: bool = False,
+        limit: int = 1000,
+    ) -> list[InboxEntry]:
+        """Inbox entries whose turn failed for good, across conversations (or of one), by
+        conversation and sequence; ``message_ids`` narrows them to those ids; with
+        ``redriven``, the ones already redriven too."""
+        statuses = ("failed", "redriven") if redriven else ("failed",)
+        where = [f"status IN ({', '.join('?' for _ in statuses)})"]
+        params: list[Any] = list(statuses)
+        if conversation_id is not None:
+            where.append("conversation_id = ?")
+            params.append(conversation_id)
+        if message_ids is not None:
+            where.append(f"message_id IN ({', '.join('?' for _ in message_ids)})")
+            params.extend(message_ids)
+        rows = self._conn().execute(
+            f"SELECT seq, body, status, error FROM inbox WHERE {' AND '.join(where)}"
+            " ORDER BY conversation_id, seq LIMIT ?",
+            (*params, limit),
+        )
+        return [
+            InboxEntry(seq, InboundMessage.model_validate_json(body), status, error)
+            for seq, body, status, error in rows
+        ]
+
+    def mark_redriven(self, conversation_id: str, seq: int) -> None:
+        """Mark a failed entry ``redriven`` (its copy is in the inbox); a no-op for one that
+        is not ``failed``."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE inbox SET status = 'redriven' WHERE conversation_id = ? AND seq = ?"
+                " AND status = 'failed'",
+                (conversation_id, seq),
+            )
 
     def spend_quota(
         self, key: str, amount: int, *, limit: int, window_seconds: float, now: float

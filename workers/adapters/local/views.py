@@ -25,6 +25,7 @@ def conversation_view(history: History) -> ConversationView:
                 received_at=e.message.received_at,
                 approved=e.message.approval.approved if e.message.approval else None,
                 value=e.message.resume.value if e.message.resume else None,
+                error=e.error,
             )
             for e in history.inbox
         ],
