@@ -6,6 +6,7 @@ waits for the approval's task token)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -39,6 +40,19 @@ class TurnTask(BaseModel):
     task_token: str | None = None
 
 
+def workflow_error(error: dict[str, Any] | None) -> str:
+    """What a failed message keeps of the error the workflow caught: its name and the
+    Lambda error's message (``Cause`` is the function's JSON error, when it is one)."""
+    error = error or {}
+    name = str(error.get("Error", "Error"))
+    cause = error.get("Cause")
+    try:
+        detail = json.loads(cause)["errorMessage"] if isinstance(cause, str) else None
+    except (ValueError, TypeError, KeyError):
+        detail = cause
+    return f"{name}: {detail}"[:1000] if detail else name
+
+
 def execute(deps: Deps, task: TurnTask) -> StepResult:
     """Map the workflow's ``op`` to the core step."""
     if task.op == "await_approval":
@@ -47,10 +61,14 @@ def execute(deps: Deps, task: TurnTask) -> StepResult:
         hold_for_approval(deps, task.run, task.task_token)
         return StepResult(run=task.run, outcome="more_pending")
     if task.op == "fail":
-        cause = (task.error or {}).get("Error", "Error")
+        cause = str((task.error or {}).get("Error", "Error"))
         reason = PermanentError(cause) if cause == "PermanentError" else RuntimeError(cause)
         return fail_pending_turn(
-            deps, task.run, retry_exhausted_text(reason), hold_approvals=task.hold_approvals
+            deps,
+            task.run,
+            retry_exhausted_text(reason),
+            hold_approvals=task.hold_approvals,
+            error=workflow_error(task.error),
         )
     return run_step(
         deps, task.run, execution_id=task.execution_id, hold_approvals=task.hold_approvals
