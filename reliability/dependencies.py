@@ -15,6 +15,7 @@ import json
 import random
 import threading
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,10 +26,12 @@ import pytest
 from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
+from events.outbound import OutboxPayload
 from reliability.plan import Result
 from reliability.probe import Ledger, StoreProbe, check
 from reliability.workflow import SINK, Faulty, run_conversations, running
 from tests.functional.aws_env import Aws, aws_runtime
+from tests.functional.slack_env import BOT_TOKEN, SlackApiStub, slack_api_stub
 from workers import bootstrap
 from workers.sandbox.emulator import invoke_handler
 
@@ -52,6 +55,8 @@ RULES = {
     "S3 errors": Rule("S3 errors", "s3", "InternalError", 500, 0.25),
     "SNS failures": Rule("SNS failures", "sns", "InternalError", 500, 0.3, frozenset({"Publish"})),
 }
+SLACK = "Slack failures"
+SLACK_FAIL_EVERY = 3
 MODEL_FAULTS = {
     "model throttling": ("ThrottlingException", 429),
     "model timeouts": ("ModelTimeoutException", 408),
@@ -141,8 +146,65 @@ def race(aws: Aws, ledger: Ledger, cids: list[str], senders: int, messages: int)
         thread.join()
 
 
+class SlackFaults:
+    """The Slack Web API stub failing every n-th ``chat.postMessage`` (HTTP 500, retried by
+    the workflow: per-sink marks must keep the other sinks from a second copy); the posts
+    that succeeded are matched to the payloads the SNS topic carried."""
+
+    def __init__(self, stub: SlackApiStub) -> None:
+        self._stub = stub
+        self._real = stub._handle
+        self._every = 0
+        self._posts = 0
+        self.failed = 0
+        self.posted: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        stub._handle = self._handle  # type: ignore[method-assign]
+
+    def arm(self, every: int) -> None:
+        self._every, self._posts, self.failed, self.posted = every, 0, 0, []
+
+    def _handle(
+        self, path: str, headers: dict[str, str], raw: bytes
+    ) -> tuple[int, bytes, dict[str, str]]:
+        post = path.endswith("chat.postMessage")
+        with self._lock:
+            self._posts += post
+            fail = post and self._every > 0 and self._posts % self._every == 2 % self._every
+            if fail:
+                self.failed += 1
+            elif post:
+                self.posted.append(json.loads(raw))
+        if fail:
+            return 500, b'{"ok": false, "error": "internal_error"}', {}
+        return self._real(path, headers, raw)
+
+    def disarm(self, ledger: Ledger) -> int:
+        """Record the posts in ``ledger`` as the ``slack`` sink's deliveries; the failures."""
+        from workers.adapters.aws.slack import render_message
+
+        # Payloads that render alike (two failure notices in one thread) are told apart by
+        # count: the n-th post of a body is the n-th payload with it; one more is a repeat.
+        by_body: dict[str, list[OutboxPayload]] = {}
+        for payload in ledger.payloads.values():
+            if payload.conversation_id.startswith("slack:"):
+                key = json.dumps(render_message(payload), sort_keys=True)
+                by_body.setdefault(key, []).append(payload)
+        seen: Counter[str] = Counter()
+        for body in self.posted:
+            key = json.dumps(body, sort_keys=True)
+            alike = by_body.get(key)
+            if not alike:
+                raise AssertionError(f"Slack got a post no other sink got: {body}")
+            ledger.deliver("slack", alike[min(seen[key], len(alike) - 1)])
+            seen[key] += 1
+        self._every = 0
+        return self.failed
+
+
 def scenario(
     aws: Aws,
+    slack: SlackFaults,
     name: str,
     kinds: list[str],
     *,
@@ -162,6 +224,12 @@ def scenario(
     injector = Injector(faulty, rules)
     prefix = name.replace(" ", "-").replace(",", "")
     cids = [f"ticket:{prefix}-{i}" for i in range(conversations)]
+    slack_cids: list[str] = []
+    if SLACK in kinds:  # Slack threads: their payloads go to SNS and to Slack
+        channel = f"C{zlib.crc32(name.encode()):08X}"
+        slack_cids = [f"slack:TREL:{channel}:1700000000.{i:06d}" for i in range(2)]
+        cids += slack_cids
+        slack.arm(SLACK_FAIL_EVERY)
     for kind in kinds:
         if kind in MODEL_FAULTS:
             code, status = MODEL_FAULTS[kind]
@@ -179,9 +247,19 @@ def scenario(
     aws.handlers.update(handlers)
     for rule in rules:
         injector.injected.setdefault(rule.kind, 0)
+    if SLACK in kinds:
+        injector.injected[SLACK] = slack.disarm(ledger)
     store = bootstrap.aws_deps().store
-    result.findings = check(ledger, store.get_conversation, sinks=[SINK])
+
+    def sinks_of(cid: str) -> list[str]:
+        return [SINK, "slack"] if cid in slack_cids else [SINK]
+
+    result.findings = check(ledger, store.get_conversation, sinks=sinks_of)
     result.faults_by_kind = dict(injector.injected)
+    result.notes = {
+        "per-sink marks (one sink took a payload, another failed)": ledger.writes["mark_sinks"],
+        "failure notices": result.findings.failure_notices,
+    }
     result.seconds = time.perf_counter() - started
     progress(f"{name}: {dict(injector.injected)} {result.findings.as_dict()}")
     return result
@@ -212,7 +290,7 @@ def settle(aws: Aws, ledger: Ledger, cids: list[str], timeout: float = 120) -> N
     collect(aws, ledger)
 
 
-ALL = ["model throttling", "model timeouts", *RULES, "DynamoDB conditional races"]
+ALL = ["model throttling", "model timeouts", *RULES, SLACK, "DynamoDB conditional races"]
 
 
 def run(*, every: bool, progress: Callable[[str], None] = lambda _: None) -> list[Result]:
@@ -223,14 +301,19 @@ def run(*, every: bool, progress: Callable[[str], None] = lambda _: None) -> lis
         env.setenv("AGENTWORKER_LEASE_TTL_SECONDS", "3")
         env.setenv("POWERTOOLS_METRICS_DISABLED", "true")
         env.setenv("POWERTOOLS_LOG_LEVEL", "ERROR")
-        with aws_runtime(env.setenv) as aws:
+        with slack_api_stub() as stub, aws_runtime(env.setenv) as aws:
+            env.setenv("AGENTWORKER_SLACK_BOT_TOKEN", BOT_TOKEN)
+            env.setenv("AGENTWORKER_SLACK_API_URL", stub.url)
+            slack = SlackFaults(stub)
             if every:
                 for kind in ALL:
-                    results.append(scenario(aws, kind, [kind], conversations=8, progress=progress))
+                    results.append(
+                        scenario(aws, slack, kind, [kind], conversations=8, progress=progress)
+                    )
             results.append(
                 scenario(
-                    aws, "every dependency failing at once", ALL, conversations=6 if every else 3,
-                    progress=progress,
+                    aws, slack, "every dependency failing at once", ALL,
+                    conversations=6 if every else 3, progress=progress,
                 )
             )  # fmt: skip
     finally:

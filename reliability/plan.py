@@ -27,6 +27,8 @@ class Result:
     restarts: int = 0
     findings: Findings = field(default_factory=Findings)
     seconds: float = 0.0
+    notes: dict[str, int] = field(default_factory=dict)
+    """Other counts worth reporting (e.g. per-sink marks written after partial deliveries)."""
     written: set[str] = field(default_factory=set)
     """The writes a clean conversation made: each must have had a fault after it."""
 

@@ -89,6 +89,8 @@ class Ledger:
     """(sink, reply id) -> times received."""
     answers: dict[tuple[str, str], set[str]] = field(default_factory=lambda: defaultdict(set))
     """(conversation, message id) -> reply ids that answered it."""
+    payloads: dict[str, OutboxPayload] = field(default_factory=dict)
+    """Every payload a sink received, by reply id."""
     failures: set[str] = field(default_factory=set)
     """Reply ids of failure notices (a turn that failed for good, told to its sender)."""
     commits: list[Commit] = field(default_factory=list)
@@ -107,6 +109,7 @@ class Ledger:
         """``sink`` received ``payload`` (chunks are not payloads: streaming is best effort)."""
         with self.lock:
             self.deliveries[sink, payload.reply_id] += 1
+            self.payloads[payload.reply_id] = payload
             if payload.type == "notice" and payload.level == "error":
                 self.failures.add(payload.reply_id)
             if payload.type in ANSWERS:
@@ -178,17 +181,19 @@ def check(
     ledger: Ledger,
     states: Callable[[str], ConversationState | None],
     *,
-    sinks: Iterable[str],
+    sinks: Iterable[str] | Callable[[str], Iterable[str]],
     answers_from_sinks: bool = True,
 ) -> Findings:
     """The invariants over what ``ledger`` saw and the conversations' final ``states``.
 
     With ``answers_from_sinks`` a message counts as answered when a sink received its
-    answer (delivery is part of the promise); every sink in ``sinks`` must have received
-    every answer."""
+    answer (delivery is part of the promise); every sink in ``sinks`` (or ``sinks(cid)``,
+    the sinks a conversation's payloads go to) must have received every answer."""
     found = Findings()
-    sink_names = list(sinks)
+    names = [] if callable(sinks) else list(sinks)
+    sinks_of = sinks if callable(sinks) else lambda _: names
     for cid, message_ids in sorted(ledger.accepted.items()):
+        sink_names = list(sinks_of(cid))
         for message_id in sorted(message_ids):
             found.messages += 1
             replies = ledger.answers.get((cid, message_id), set())

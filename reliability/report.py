@@ -68,7 +68,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]
 
 
 def _violations(found: Findings) -> list[object]:
-    return [found.messages, *(getattr(found, name) for name in VIOLATION_TITLES)]
+    counts = (getattr(found, name) for name in VIOLATION_TITLES)
+    return [found.messages, found.failure_notices, *counts]
 
 
 def render(run: Run) -> str:
@@ -98,7 +99,9 @@ def render(run: Run) -> str:
         "- **writes after takeover**: a write that succeeded for a run after a newer run "
         "took its lease (the fence must refuse it).",
         "",
-        "Each must be 0.",
+        "Each must be 0. *Failure notices* are not violations: a message whose turn failed "
+        "for good (its retries spent under a dependency storm) gets one, and that is its "
+        "one answer.",
         "",
         "## Results",
         "",
@@ -109,7 +112,7 @@ def render(run: Run) -> str:
     for series in run.concurrency:
         rows.append([f"concurrency: {series.name}", *_violations(series.findings)])
     rows.append(["**total**", *_violations(total)])
-    out += _table(["case", "messages", *VIOLATION_TITLES.values()], rows)
+    out += _table(["case", "messages", "failure notices", *VIOLATION_TITLES.values()], rows)
     out += ["", f"Order violations (double-texting policies): {run.order_violations}.", ""]
     out += _faults(run)
     out += _dependencies(run)
@@ -163,10 +166,19 @@ def _faults(run: Run) -> list[str]:
 def _dependencies(run: Run) -> list[str]:
     if not run.dependencies:
         return []
-    out = ["## Dependency faults", ""]
+    out = [
+        "## Dependency faults",
+        "",
+        "The AWS errors are raised by our functions' boto3 clients as botocore raises them "
+        "once its own retries gave up (the harness's own calls go through); the model's come "
+        "from the Converse stub over HTTP (botocore retries them first); Slack's from its Web "
+        "API stub (every third post fails). Counts are errors injected:",
+        "",
+    ]
     for result in run.dependencies:
         kinds = ", ".join(f"{k}: {n}" for k, n in sorted(result.faults_by_kind.items()))
-        out.append(f"- {result.runtime} ({result.seconds:.1f} s): {kinds}.")
+        notes = "; ".join(f"{k}: {n}" for k, n in result.notes.items())
+        out.append(f"- {result.runtime} ({result.seconds:.1f} s): injected {kinds}. {notes}.")
     return [*out, ""]
 
 
