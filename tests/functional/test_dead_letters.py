@@ -11,14 +11,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from tests.functional.aws_env import Aws, aws
 from workers.cli import main
 from workers.errors import RetryableError
 from workers.sandbox.emulator import SqsPoller, queue_arn
-from workers.sandbox.server import DUMMY_CREDENTIAL, REGION, SandboxState, state_path
+from workers.sandbox.server import SandboxState, client_factory, state_path
 from workers.stack import QUEUE_MAX_RECEIVES
 
 __all__ = ["aws"]  # the fixture
@@ -126,15 +125,7 @@ def sandbox_dir(tmp_path: Path) -> Iterator[tuple[Path, Any]]:
     try:
         host, port = server.get_host_and_port()
         endpoint = f"http://{host}:{port}"
-        session = boto3.session.Session(
-            aws_access_key_id=DUMMY_CREDENTIAL,
-            aws_secret_access_key=DUMMY_CREDENTIAL,
-            region_name=REGION,
-        )
-
-        def clients(service: str) -> Any:
-            return session.client(service, endpoint_url=endpoint)
-
+        clients = client_factory(endpoint)
         sqs = clients("sqs")
         dlq = sqs.create_queue(
             QueueName="agentworker-inbound-dlq.fifo", Attributes={"FifoQueue": "true"}
