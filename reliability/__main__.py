@@ -29,7 +29,17 @@ def fuzz(cases: int) -> Fuzz:
     """The hostile-input fuzzers of every entry point (``tests/fuzz.py``), ``cases`` each."""
     started = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", *FUZZERS],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-o",
+            "addopts=",
+            "-v",
+            "-p",
+            "no:cacheprovider",
+            *FUZZERS,
+        ],
         cwd=ROOT,
         env={**os.environ, "AGENTWORKER_FUZZ_CASES": str(cases)},
         capture_output=True,

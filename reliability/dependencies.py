@@ -29,7 +29,7 @@ from botocore.exceptions import ClientError
 from events.outbound import OutboxPayload
 from reliability.plan import Result
 from reliability.probe import Ledger, StoreProbe, check
-from reliability.workflow import SINK, Faulty, run_conversations, running
+from reliability.workflow import PAYLOAD, SINK, Faulty, run_conversations, running
 from tests.functional.aws_env import Aws, aws_runtime
 from tests.functional.slack_env import BOT_TOKEN, SlackApiStub, slack_api_stub
 from workers import bootstrap
@@ -48,15 +48,25 @@ class Rule:
     operations: frozenset[str] = frozenset()
 
 
+SLACK = "Slack failures"
+WEBSOCKET = "WebSocket failures"
+WEBSOCKET_ENDPOINT = "https://reliability.execute-api.us-east-1.amazonaws.com/dev"
+SLACK_FAIL_EVERY = 3
 RULES = {
     "DynamoDB throttling": Rule(
         "DynamoDB throttling", "dynamodb", "ProvisionedThroughputExceededException", 400, 0.08
     ),
     "S3 errors": Rule("S3 errors", "s3", "InternalError", 500, 0.25),
     "SNS failures": Rule("SNS failures", "sns", "InternalError", 500, 0.3, frozenset({"Publish"})),
+    WEBSOCKET: Rule(
+        WEBSOCKET,
+        "apigatewaymanagementapi",
+        "InternalServerErrorException",
+        500,
+        0.3,
+        frozenset({"PostToConnection"}),
+    ),
 }
-SLACK = "Slack failures"
-SLACK_FAIL_EVERY = 3
 MODEL_FAULTS = {
     "model throttling": ("ThrottlingException", 429),
     "model timeouts": ("ModelTimeoutException", 408),
@@ -90,7 +100,7 @@ def injecting(injector: Injector) -> Iterator[None]:
     real = BaseClient._make_api_call
 
     def call(client: BaseClient, operation: str, params: dict[str, Any]) -> Any:
-        service = client.meta.service_model.endpoint_prefix
+        service = client.meta.service_model.service_name
         rule = injector.hit(service, operation)
         if rule is not None:
             error = {"Code": rule.code, "Message": f"{rule.kind} (injected)"}
@@ -202,6 +212,30 @@ class SlackFaults:
         return self.failed
 
 
+def socket_of(conversation_id: str) -> str:
+    """The one WebSocket connection of a conversation (an id with no ``:``, which moto
+    would keep percent-encoded)."""
+    return f"socket-{zlib.crc32(conversation_id.encode()):08x}"
+
+
+def socket_frames(connection_id: str) -> list[OutboxPayload]:
+    """The payloads moto's management API took for ``connection_id`` (it keeps a socket's
+    frames as one byte string; streamed chunks are left out)."""
+    from moto.apigatewaymanagementapi.models import apigatewaymanagementapi_backends
+    from moto.core.models import DEFAULT_ACCOUNT_ID
+
+    backend = apigatewaymanagementapi_backends[DEFAULT_ACCOUNT_ID]["us-east-1"]
+    text = backend.connections[connection_id].data.decode()
+    decoder = json.JSONDecoder()
+    frames: list[OutboxPayload] = []
+    at = 0
+    while at < len(text):
+        frame, at = decoder.raw_decode(text, at)
+        if frame.get("type") != "chunk":
+            frames.append(PAYLOAD.validate_python(frame))
+    return frames
+
+
 def scenario(
     aws: Aws,
     slack: SlackFaults,
@@ -230,6 +264,12 @@ def scenario(
         slack_cids = [f"slack:TREL:{channel}:1700000000.{i:06d}" for i in range(2)]
         cids += slack_cids
         slack.arm(SLACK_FAIL_EVERY)
+    socket_cids: list[str] = []
+    if WEBSOCKET in kinds:  # web chats, one socket each: SNS and the socket get their payloads
+        socket_cids = [f"ws:reliability:{prefix}-{i}" for i in range(2)]
+        cids += socket_cids
+        for cid in socket_cids:
+            bootstrap.aws_deps().store.add_connection(socket_of(cid), cid, now=time.time())
     for kind in kinds:
         if kind in MODEL_FAULTS:
             code, status = MODEL_FAULTS[kind]
@@ -249,10 +289,19 @@ def scenario(
         injector.injected.setdefault(rule.kind, 0)
     if SLACK in kinds:
         injector.injected[SLACK] = slack.disarm(ledger)
+    for cid in socket_cids:
+        for payload in socket_frames(socket_of(cid)):
+            ledger.deliver("websocket", payload)
     store = bootstrap.aws_deps().store
 
     def sinks_of(cid: str) -> list[str]:
-        return [SINK, "slack"] if cid in slack_cids else [SINK]
+        return (
+            [SINK, "slack"]
+            if cid in slack_cids
+            else [SINK, "websocket"]
+            if cid in socket_cids
+            else [SINK]
+        )
 
     result.findings = check(ledger, store.get_conversation, sinks=sinks_of)
     result.faults_by_kind = dict(injector.injected)
@@ -291,6 +340,7 @@ def settle(aws: Aws, ledger: Ledger, cids: list[str], timeout: float = 120) -> N
 
 
 ALL = ["model throttling", "model timeouts", *RULES, SLACK, "DynamoDB conditional races"]
+"""Every dependency fault (``RULES`` holds DynamoDB, S3, SNS and WebSocket)."""
 
 
 def run(*, every: bool, progress: Callable[[str], None] = lambda _: None) -> list[Result]:
@@ -304,6 +354,7 @@ def run(*, every: bool, progress: Callable[[str], None] = lambda _: None) -> lis
         with slack_api_stub() as stub, aws_runtime(env.setenv) as aws:
             env.setenv("AGENTWORKER_SLACK_BOT_TOKEN", BOT_TOKEN)
             env.setenv("AGENTWORKER_SLACK_API_URL", stub.url)
+            env.setenv("AGENTWORKER_WEBSOCKET_ENDPOINT", WEBSOCKET_ENDPOINT)
             slack = SlackFaults(stub)
             if every:
                 for kind in ALL:

@@ -5,6 +5,7 @@ entry point's own with any value in any field. Shared by the fuzzers of every en
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from hypothesis import HealthCheck, settings
@@ -12,8 +13,8 @@ from hypothesis import strategies as st
 
 from events.inbound import WS_ACTIONS
 
-CASES = 2000
-"""Cases per entry point in ``make test`` (the issue asks for at least 2,000)."""
+CASES = int(os.environ.get("AGENTWORKER_FUZZ_CASES", "2000"))
+"""Cases per entry point: 2,000 in ``make test``; ``make reliability`` runs more."""
 
 FUZZ = settings(
     max_examples=CASES,

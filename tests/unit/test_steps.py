@@ -802,3 +802,52 @@ def test_a_delivery_mark_that_fails_for_now_is_retried_not_the_send(write: str) 
     assert w.clock.slept and max(w.clock.slept) < 1.0  # short backoff, not the turn's retry
     state = w.store.get_conversation(CID)
     assert state is not None and state.lease_token is None
+
+
+def test_a_run_taken_over_after_its_send_marks_it_so_the_next_run_does_not_resend() -> None:
+    """The turn committed and went out, then its lease expired and the sweeper took the
+    conversation over before the release: the release is refused (``LeaseLost``), yet what
+    was sent is marked, and the run that took over sends nothing again (before: it
+    delivered the reply a second time)."""
+    w = World(lease_ttl=10)
+    w.send("hello")
+    stale = w.starter.runs.pop()
+    claim = claim_inbox(w.deps, stale, execution_id="exec-1")
+    turn = advance_turn(w.deps, claim)  # committed and sent
+    w.clock.t += 60
+    sweep(w.deps)  # the lease expired: a new run takes over
+    with pytest.raises(LeaseLost):
+        finish_turn(w.deps, claim, turn)
+    assert w.store.pending_outbox(CID) == []
+    w.run_all()
+    assert w.texts() == ["echo hello"]  # once
+
+
+def test_the_deliver_step_of_a_run_taken_over_sends_nothing() -> None:
+    """A channel was down; the run's lease expired meanwhile and another run took over: the
+    old run's ``Deliver`` step (the workflow retrying it) must not send what the new run
+    sends too."""
+    from workers.core.steps import deliver_run
+
+    w = World(lease_ttl=10)
+    w.send("hi")
+    run = w.starter.runs.pop()
+    w.sink.failing = True
+    step = run_step(w.deps, run, execution_id="exec-1")
+    assert step.outcome == "deliver"
+    w.sink.failing = False
+    w.clock.t += 60
+    sweep(w.deps)
+    with pytest.raises(LeaseLost):
+        deliver_run(w.deps, step.run)
+    assert w.sink.sent == []
+    w.run_all()  # the run that took over delivers it
+    assert w.texts() == ["echo hi"]
+    fresh = World()
+    fresh.send("hi")
+    run = fresh.starter.runs.pop()
+    fresh.sink.failing = True
+    step = run_step(fresh.deps, run, execution_id="exec-2")
+    fresh.sink.failing = False
+    assert deliver_run(fresh.deps, step.run) == 1  # while it holds the lease: sent
+    assert fresh.texts() == ["echo hi"]

@@ -635,6 +635,21 @@ def deliver(deps: Deps, conversation_id: str) -> int:
     return sent
 
 
+def deliver_run(deps: Deps, run: RunRef) -> int:
+    """The workflow's ``Deliver`` step: what ``run``'s turn could not send, sent only while
+    the run still holds the lease (renewed first). A run taken over (its lease expired
+    while a channel was down) sends nothing: ``LeaseLost``, and the run that took over
+    delivers, so no two runs send the same entry at once."""
+    deps.store.renew_lease(
+        run.conversation_id,
+        run.token,
+        now=deps.clock.now(),
+        ttl=deps.settings.lease_ttl,
+        claim=False,
+    )
+    return deliver(deps, run.conversation_id)
+
+
 def _mark(deps: Deps, write: Callable[[], T]) -> T:
     """A delivery mark's write, once the payload went out: retried in place with backoff on
     ``RetryableError`` (``mark_attempts``), since failing the step would make its retry send
@@ -721,12 +736,20 @@ def finish_turn(
     final = (
         claim.drains_inbox and turn.outcome != "interrupted" and not turn.undelivered and not hold
     )
-    if final and _mark(
-        deps,
-        lambda: deps.store.release_lease(
-            cid, run.token, seen_inbox_seq=claim.inbox_seq, now=now, delivered=turn.delivered
-        ),
-    ):
+    try:
+        released = final and _mark(
+            deps,
+            lambda: deps.store.release_lease(
+                cid, run.token, seen_inbox_seq=claim.inbox_seq, now=now, delivered=turn.delivered
+            ),
+        )
+    except LeaseLost:
+        # Taken over after the turn went out: what it sent is sent all the same, and the
+        # run that took over must not send it again (a mark is a fact, not fenced).
+        if turn.delivered:
+            _mark(deps, lambda: deps.store.mark_delivered(cid, turn.delivered, now=now))
+        raise
+    if released:
         return StepResult(run=run, outcome="released", turn=turn.outcome, status=turn.status)
     if not final and turn.delivered:
         _mark(deps, lambda: deps.store.mark_delivered(cid, turn.delivered, now=now))
