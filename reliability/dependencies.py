@@ -29,7 +29,14 @@ from botocore.exceptions import ClientError
 from events.outbound import OutboxPayload
 from reliability.plan import Result
 from reliability.probe import Ledger, StoreProbe, check
-from reliability.workflow import PAYLOAD, SINK, Faulty, run_conversations, running
+from reliability.workflow import (
+    PAYLOAD,
+    SINK,
+    Faulty,
+    lease_ttl,
+    run_conversations,
+    running,
+)
 from tests.functional.aws_env import Aws, aws_runtime
 from tests.functional.slack_env import BOT_TOKEN, SlackApiStub, slack_api_stub
 from workers import bootstrap
@@ -348,7 +355,7 @@ def run(*, every: bool, progress: Callable[[str], None] = lambda _: None) -> lis
     env = pytest.MonkeyPatch()
     results: list[Result] = []
     try:
-        env.setenv("AGENTWORKER_LEASE_TTL_SECONDS", "3")
+        env.setenv("AGENTWORKER_LEASE_TTL_SECONDS", lease_ttl(every=every))
         env.setenv("POWERTOOLS_METRICS_DISABLED", "true")
         env.setenv("POWERTOOLS_LOG_LEVEL", "ERROR")
         with slack_api_stub() as stub, aws_runtime(env.setenv) as aws:

@@ -221,7 +221,9 @@ def check(
     for (sink, reply_id), times in sorted(ledger.deliveries.items()):
         if times > 1:
             found.duplicate_deliveries += times - 1
-            found.details.append(f"{reply_id} reached {sink} {times} times")
+            payload = ledger.payloads.get(reply_id)
+            what = f"{payload.conversation_id}: {payload.type}" if payload else "payload"
+            found.details.append(f"{what} {reply_id} reached {sink} {times} times")
     found.forked_histories = len(forks(ledger.commits, found.details))
     found.stale_writes = stale_writes(ledger.fenced, found.details)
     return found

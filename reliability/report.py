@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from reliability.concurrency import Series, Size
+from reliability.workflow import lease_ttl
 from reliability.plan import Result
 from reliability.probe import WRITES, Findings
 
@@ -132,7 +133,7 @@ def _faults(run: Run) -> list[str]:
         "SIGKILL of the embedded server; on AWS the Lambda function fails with an error, "
         "times out, or finishes and loses its response), then recovers as deployed "
         "(restart and sweep; Step Functions' retries, the SQS redelivery, the sweeper's "
-        "schedule). Faults fired, by write:",
+        f"schedule; a {lease_ttl(every=run.size == 'full')} s lease). Faults fired, by write:",
         "",
     ]
     header = ["write", *(r.runtime for r in run.faults)]

@@ -292,6 +292,7 @@ class InMemoryConversationStore:
                 pending_approval=commit.pending_approval,
                 approval_task_token=None,
                 claimed_seq=None,
+                lease_expires_at=commit.lease_until or conv.state.lease_expires_at,
             )
             return written
 

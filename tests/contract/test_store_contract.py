@@ -166,6 +166,24 @@ def test_commit_is_fenced_and_atomic(store: Any) -> None:
     assert [e.message_id for e in store.load_log(CID, limit=10)] == ["m1", "m2"]
 
 
+def test_a_commit_renews_the_lease_it_holds_so_no_sweep_takes_it_over(store: Any) -> None:
+    """A run whose lease ran out while its turn ran (nobody took it over yet) commits and
+    renews the lease in the same write: the sweeper cannot start a second run that would
+    deliver the same reply before the first marks it."""
+    store.append_inbox(msg("q"), now=T0, default_policy="enqueue")
+    lease = store.try_acquire_lease(CID, now=T0, ttl=10)
+    entry = store.pending_inbox(CID)[0]
+    reply = Reply(conversation_id=CID, turn_id="t", text="a")
+    commit = TurnCommit(lease.token, [entry.seq], "idle", b"ck", [], [reply], lease_until=T0 + 40)
+    store.commit_turn(CID, commit)
+    assert store.get_conversation(CID).lease_expires_at == T0 + 40
+    assert store.try_acquire_lease(CID, now=T0 + 30, ttl=10) is None  # expired at T0+10 before
+    assert CID not in store.conversations_to_sweep(now=T0 + 30)
+    plain = TurnCommit(lease.token, [], "idle", b"ck2")
+    store.commit_turn(CID, plain)  # without lease_until: the expiry stays
+    assert store.get_conversation(CID).lease_expires_at == T0 + 40
+
+
 def test_a_failed_turn_marks_its_messages_failed_with_the_error(store: Any) -> None:
     """A turn that failed for good keeps its messages as ``failed`` with the error (what
     ``agentworker dlq`` lists); a turn that did not, as ``consumed``; a later one stays."""

@@ -166,6 +166,10 @@ class TurnCommit:
     pending_approval: PendingRequest | None = None
     expect_inbox_seq: int | None = None
     """If set, refuse the commit (``TurnSuperseded``) when the inbox moved past it."""
+    lease_until: float | None = None
+    """If set, the lease is extended to this time in the same write: the run that just
+    committed delivers and marks within its lease, and the sweeper cannot take the
+    conversation over between its commit and its marks (which would send it twice)."""
     failed: str | None = None
     """Set when the turn failed for good: the error its ``consumed`` entries are kept with,
     marked ``failed`` instead of ``consumed``."""

@@ -474,7 +474,7 @@ def _advance(
         text = f"Sorry, I could not process that: {exc}"
         entries = fail_turn(deps, run, plan, text, error=describe_error(exc))
         return "replied", plan.status_if_unchanged, entries
-    commit = _turn_commit(run, plan, turn_id, output)
+    commit = replace(_turn_commit(run, plan, turn_id, output), lease_until=_lease_until(deps))
     with deps.tracer.span("store.commit", kind="UNKNOWN"):
         try:
             entries = deps.store.commit_turn(cid, commit)
@@ -523,6 +523,11 @@ def fail_turn(
     return _commit_unchanged(deps, run, plan, notice, failed=error or text)
 
 
+def _lease_until(deps: Deps) -> float:
+    """When a lease renewed now expires (a commit renews it in the same write)."""
+    return deps.clock.now() + deps.settings.lease_ttl
+
+
 def describe_error(exc: BaseException) -> str:
     """What a failed message keeps of the error that failed it."""
     return f"{type(exc).__name__}: {exc}"
@@ -540,6 +545,7 @@ def _commit_unchanged(
         outbox=[notice],
         pending_approval=plan.waiting,
         failed=failed,
+        lease_until=_lease_until(deps),
     )
     return deps.store.commit_turn(run.conversation_id, commit)
 

@@ -210,6 +210,9 @@ def _meta_update(
     sets, removes, conds = ["#status = :running"], [], ["#lease_token = :token"]
     if commit.expect_inbox_seq is not None:
         conds.append("#inbox_seq = :expect")
+    if commit.lease_until is not None:
+        sets.append("#lease_expires_at = :lease_until")
+        values[":lease_until"] = number(commit.lease_until)
     # The new items' sort keys derive from the sequences read: the write depends on them.
     if parts.log_positions:
         sets.append("#log_seq = :log_seq")

@@ -18,7 +18,9 @@ log = logging.getLogger(__name__)
 
 class SnsReplySink:
     """Publishes each outbox payload to the reply topic, with attributes subscribers can
-    filter on (conversation, type). Chunks are not streamed through SNS."""
+    filter on (conversation, type) and dedupe by (``reply_id``: the same payload sent again,
+    by a worker that stalled past its lease while its successor sent it too, keeps it).
+    Chunks are not streamed through SNS."""
 
     def __init__(self, client: Any, topic_arn: str) -> None:
         self._client = client
@@ -28,6 +30,7 @@ class SnsReplySink:
         attributes = {
             "conversation_id": {"DataType": "String", "StringValue": payload.conversation_id},
             "type": {"DataType": "String", "StringValue": payload.type},
+            "reply_id": {"DataType": "String", "StringValue": payload.reply_id},
         }
         try:
             self._client.publish(

@@ -496,8 +496,9 @@ class SqliteConversationStore:
             status = commit.status if commit.status != "idle" else "running"
             db.execute(
                 "UPDATE conversations SET status = ?, pending_approval = ?,"
-                " approval_task_token = NULL, claimed_seq = NULL WHERE conversation_id = ?",
-                (status, approval, conversation_id),
+                " approval_task_token = NULL, claimed_seq = NULL,"
+                " lease_expires_at = COALESCE(?, lease_expires_at) WHERE conversation_id = ?",
+                (status, approval, commit.lease_until, conversation_id),
             )
             return written
 
