@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from reliability.concurrency import Series, Size
-from reliability.workflow import lease_ttl
 from reliability.plan import Result
 from reliability.probe import WRITES, Findings
+from reliability.workflow import lease_ttl
 
 VIOLATION_TITLES = {
     "lost": "lost",
