@@ -121,7 +121,8 @@ def render(run: Run) -> str:
     out += _fuzz(run)
     details = total.details[:50]
     if details:
-        out += ["## Violations", "", *(f"- {d}" for d in details), ""]
+        title = "## Notes" if run.ok else "## Violations and notes"
+        out += [title, "", *(f"- {d}" for d in details), ""]
     return "\n".join(out).rstrip() + "\n"
 
 
