@@ -462,8 +462,19 @@ def test_an_approval_wakes_a_run_waiting_inside_its_execution() -> None:
     hold_for_approval(w.deps, run, "token-123")  # the Standard workflow's WaitForApproval
     w.approve(ask.interrupt_id)
     assert w.starter.resumed == ["token-123"] and w.starter.runs == []  # no second run
-    w.approve(ask.interrupt_id)  # a double click: a duplicate, nothing resumed twice
-    assert w.starter.resumed == ["token-123"]
+    # The same decision again while the run still waits (its first sender died between
+    # the append and the resume): a duplicate, no second message, but the run is woken
+    # (waking it twice is a no-op for Step Functions; never waking it strands it).
+    w.approve(ask.interrupt_id)
+    assert w.starter.resumed == ["token-123", "token-123"] and w.starter.runs == []
+    history = w.store.history(CID)
+    assert history is not None and [e.message.kind for e in history.inbox] == ["user", "approval"]
+    run_step(w.deps, run, hold_approvals=True)  # the woken run goes on and commits
+    state = w.store.get_conversation(CID)
+    assert state is not None and state.approval_task_token is None
+    with pytest.raises(NotWaiting):  # a double click once it moved on: nothing waits
+        w.approve(ask.interrupt_id)
+    assert w.starter.resumed == ["token-123", "token-123"]
 
 
 def test_a_run_that_died_after_committing_has_its_reply_delivered_by_the_sweeper() -> None:

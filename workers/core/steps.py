@@ -164,13 +164,16 @@ def accept_message(
         lease_ttl=deps.settings.lease_ttl,
         access=access,
     )
-    if result.duplicate or result.rejected:
+    if result.rejected:
         return result
-    if result.lease is not None:
+    if result.lease is not None and not result.duplicate:
         deps.starter.start(RunRef(conversation_id=msg.conversation_id, token=result.lease.token))
     elif msg.answers is not None:
         # A Standard run may be waiting inside its execution for exactly this decision; the
-        # state the check read already says so, unless the run began to wait meanwhile.
+        # state the check read already says so, unless the run began to wait meanwhile. A
+        # resent answer (the first one's caller died between its append and this resume)
+        # resumes too: waking a run that already woke is a no-op, a run never woken would
+        # hold the conversation until its wait timed out.
         state = waiting
         if state is None or not state.approval_task_token:
             state = deps.store.get_conversation(msg.conversation_id)
