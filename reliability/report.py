@@ -156,10 +156,11 @@ def _faults(run: Run) -> list[str]:
             out.append(f"  **Not covered**: {', '.join(result.uncovered)}.")
     out += [
         "",
-        "`-`: the runtime's workload does not make that write (`hold_for_approval` is the "
-        "Standard workflow's wait for an approval; per-sink marks need several sinks, one "
-        "failing). A write only recovery makes (the sweeper's lease takeover) gets a second "
-        "fault in a conversation that already died once.",
+        "`-`: the runtime does not make that write in this suite (`hold_for_approval` is the "
+        "Standard workflow's wait for an approval, run on AWS with a conversation that asks "
+        "for one and gets it; the embedded runtime's per-sink marks and handovers are "
+        "exercised in-process). A write only recovery makes (the sweeper's lease takeover) "
+        "gets a second fault in a conversation that already died once.",
         "",
     ]
     return out

@@ -16,6 +16,8 @@ with a 3-second lease so takeovers happen. The replies are read from the SNS top
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -29,11 +31,20 @@ from pydantic import TypeAdapter
 from events.outbound import OutboxPayload
 from reliability.plan import WORKLOAD, Result, fault_points, second_order
 from reliability.probe import Fault, FaultBook, InjectedCrash, Ledger, StoreProbe, check
-from tests.functional.aws_env import Aws, aws_runtime
+from tests.functional.aws_env import Aws, approval_event, aws_runtime
 from workers import bootstrap
-from workers.sandbox.emulator import Handler, ScheduledInvoker, SqsPoller, queue_arn
+from workers.core.model import InboxEntry
+from workers.sandbox.emulator import (
+    Handler,
+    ScheduledInvoker,
+    SqsPoller,
+    invoke_handler,
+    queue_arn,
+)
 
 KINDS: tuple[str, ...] = ("Lambda error", "timeout", "lost response")
+
+
 def lease_ttl(*, every: bool) -> str:
     """The lease, seconds: short, so the sweeper takes over dead runs soon, yet longer than
     a live run stalls between its commit and its marks under the load (at full size dozens
@@ -95,10 +106,14 @@ class Faulty:
         return invoke
 
     def install(self) -> None:
+        self.probe()
+        for name in ("ingest", "turn", "deliver", "sweeper", "approve"):
+            self.aws.handlers[name] = self.wrap(name, self.aws.handlers[name])
+
+    def probe(self) -> None:
+        """Put the probe in front of the functions' stores (again after the deps are rebuilt)."""
         for deps in (bootstrap.aws_deps(), bootstrap.aws_deps(with_agent=True)):
             deps.store = StoreProbe(deps.store, self.ledger, self.book, stop=self.stop)
-        for name in ("ingest", "turn", "deliver", "sweeper"):
-            self.aws.handlers[name] = self.wrap(name, self.aws.handlers[name])
 
 
 @contextmanager
@@ -119,14 +134,52 @@ def running(aws: Aws, faulty: Faulty) -> Iterator[None]:
         sweeper.stop()
 
 
-def send(aws: Aws, cid: str, batch_no: int, batch: Sequence[str]) -> list[str]:
-    """Queue a batch; its dedupe keys (the ledger learns the ids from the inbox)."""
-    keys = []
-    for n, text in enumerate(batch):
-        key = f"{cid}:{batch_no}:{n}"
-        aws.send_sqs(cid, text, dedupe_key=key)
-        keys.append(key)
-    return keys
+APPROVE = "<approve>"
+"""A workload item: approve the approval the conversation was last asked for, through the
+``approve`` function (as a backend would), resending until it answers 202."""
+APPROVALS: tuple[tuple[str, ...], ...] = (
+    ("please open a ticket about the printer",),
+    ("close ticket {ticket}",),
+    (APPROVE,),
+)
+"""A conversation that asks for an approval and gets it (the Standard workflow holds the
+lease while it waits: ``hold_for_approval``)."""
+
+Matcher = Callable[[InboxEntry], bool]
+
+
+def submit(aws: Aws, ledger: Ledger, cid: str, key: str, item: str) -> Matcher:
+    """Send one workload item; how to recognise it in the inbox."""
+    if item != APPROVE:
+        aws.send_sqs(cid, item.format(ticket=ticket_of(ledger, cid)), dedupe_key=key)
+        return lambda entry: entry.message.dedupe_key == key
+    asked = [p for p in ledger.payloads.values() if p.conversation_id == cid]
+    interrupt_id = str(getattr(asked_for(asked), "interrupt_id", ""))
+    event = approval_event(cid, {"interrupt_id": interrupt_id, "approved": True})
+    for _ in range(30):  # a caller without an answer tries again
+        data, failed = invoke_handler(
+            aws.handlers["approve"], "approve", "approve", json.dumps(event)
+        )
+        if not failed and json.loads(data).get("statusCode") == 202:
+            break
+        time.sleep(0.5)
+    return lambda entry: (
+        entry.message.approval is not None and entry.message.approval.interrupt_id == interrupt_id
+    )
+
+
+def ticket_of(ledger: Ledger, cid: str) -> str:
+    """The number of the ticket the conversation opened (its reply names it)."""
+    for payload in ledger.payloads.values():
+        found = re.search(r"ticket (\d+)", getattr(payload, "text", ""))
+        if payload.conversation_id == cid and found:
+            return found.group(1)
+    return "0"
+
+
+def asked_for(payloads: Sequence[OutboxPayload]) -> OutboxPayload | None:
+    requests = [p for p in payloads if p.type == "approval_request"]
+    return max(requests, key=lambda p: p.created_at) if requests else None
 
 
 def collect(aws: Aws, ledger: Ledger) -> int:
@@ -145,14 +198,18 @@ def run_conversations(
     *,
     timeout: float,
     progress: Callable[[str], None],
+    workload: Sequence[Sequence[str]] = WORKLOAD,
 ) -> None:
     """Each conversation's workload, batch after batch, all conversations at once; waits
     for every message's answer and then for every run to end."""
     store = bootstrap.aws_deps().store
-    for batch_no, batch in enumerate(WORKLOAD):
-        expected: dict[str, list[str]] = {}
+    for batch_no, batch in enumerate(workload):
+        expected: dict[str, list[Matcher]] = {}
         for cid in cids:
-            expected[cid] = send(aws, cid, batch_no, batch)
+            expected[cid] = [
+                submit(aws, ledger, cid, f"{cid}:{batch_no}:{n}", item)
+                for n, item in enumerate(batch)
+            ]
         deadline = time.monotonic() + timeout
         waiting = set(cids)
         while waiting and time.monotonic() < deadline:
@@ -161,14 +218,14 @@ def run_conversations(
                 history = store.history(cid)
                 if history is None:
                     continue
-                ids = {e.message.dedupe_key: e.message.message_id for e in history.inbox}
                 answered = {m for (c, m) in ledger.answers if c == cid}
-                if all(k in ids and ids[k] in answered for k in expected[cid]):
-                    for key in expected[cid]:
-                        ledger.accept(cid, ids[key])
+                found = [[e for e in history.inbox if match(e)] for match in expected[cid]]
+                if all(f and f[0].message.message_id in answered for f in found):
+                    for entries in found:
+                        ledger.accept(cid, entries[0].message.message_id)
                     waiting.discard(cid)
             time.sleep(0.1)
-        progress(f"batch {batch_no + 1}/{len(WORKLOAD)}: {len(cids) - len(waiting)} answered")
+        progress(f"batch {batch_no + 1}/{len(workload)}: {len(cids) - len(waiting)} answered")
         for cid in waiting:  # never answered: recorded as accepted so the check counts them
             history = store.history(cid)
             for entry in history.inbox if history else []:
@@ -200,6 +257,40 @@ def plan(clean: dict[str, int], *, every: bool, start: int = 0) -> list[Fault]:
         for kind in kinds:
             cid = f"ticket:aws-{start + len(faults)}"
             faults.append(replace(point, kind=kind, conversation_id=cid))
+    return faults
+
+
+def standard_approvals(
+    aws: Aws,
+    faulty: Faulty,
+    result: Result,
+    setenv: Callable[[str, str], None],
+    *,
+    every: bool,
+    progress: Callable[[str], None],
+) -> list[Fault]:
+    """The Standard workflow, whose run waits inside its execution for an approval: a
+    clean conversation, then faults after the writes it makes that no fault followed yet
+    (every write, at full size)."""
+    setenv("AGENTWORKER_STATE_MACHINE_ARN", aws.stack.state_machine_arns["standard"])
+    bootstrap.reset_aws_deps()
+    faulty.probe()
+    ledger = faulty.ledger
+    run_conversations(
+        aws, ledger, ["ticket:std-clean"], timeout=60, progress=progress, workload=APPROVALS
+    )
+    clean = faulty.book.counts("ticket:std-clean")
+    result.written |= set(clean)
+    covered = {f.method for f in faulty.book.fired}
+    todo = clean if every else {m: n for m, n in clean.items() if m not in covered}
+    faults = [
+        replace(f, conversation_id=f.conversation_id.replace("aws-", "std-"))
+        for f in plan(todo, every=every, start=0)
+    ]
+    faulty.book.arm(faults)
+    cids = sorted({f.conversation_id for f in faults})
+    progress(f"standard workflow: {len(faults)} faults in {len(cids)} conversations")
+    run_conversations(aws, ledger, cids, timeout=120, progress=progress, workload=APPROVALS)
     return faults
 
 
@@ -237,6 +328,9 @@ def run(*, every: bool, progress: Callable[[str], None] = lambda _: None) -> Res
                     cids = sorted({f.conversation_id for f in faults})
                     progress(f"{stage}: {len(faults)} faults in {len(cids)} conversations")
                     run_conversations(aws, ledger, cids, timeout=120, progress=progress)
+                planned += standard_approvals(
+                    aws, faulty, result, env.setenv, every=every, progress=progress
+                )
             store = bootstrap.aws_deps().store
             found = check(ledger, store.get_conversation, sinks=[SINK])
             fired = faulty.book.fired

@@ -37,6 +37,8 @@ def test_lambda_error_timeout_and_lost_response_after_every_store_write() -> Non
     result = workflow.run(every=False)
     assert_held(result)
     assert set(result.faults_by_kind) == set(workflow.KINDS)
+    # the Standard workflow's wait for an approval, and the sweeper's takeover
+    assert {"hold_for_approval", "try_acquire_lease"} <= set(result.faults_by_write)
 
 
 def test_dependency_faults_all_at_once() -> None:

@@ -140,5 +140,18 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
         yield runtime
 
 
+def approval_event(conversation_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    """A real HTTP API (payload 2.0) envelope carrying a decision for the approve handler,
+    on the backends' route: IAM admitted the caller (the fixture's JWT authorizer context
+    is the users' route's)."""
+    event: dict[str, Any] = json.loads((FIXTURES / "apiGatewayProxyV2Event.json").read_text())
+    event["requestContext"]["authorizer"] = {
+        "iam": {"userArn": "arn:aws:iam::123456789012:role/backoffice", "accountId": "123456789012"}
+    }
+    event["pathParameters"] = {"conversation_id": conversation_id}
+    event["body"] = json.dumps(body)
+    return event
+
+
 def lambda_context() -> Any:
     return LambdaContextStub("ingest", "arn:aws:lambda:us-east-1:123456789012:function:ingest")

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from events.identity import backend
-from tests.functional.aws_env import FIXTURES, Aws, aws, lambda_context
+from tests.functional.aws_env import FIXTURES, Aws, approval_event, aws, lambda_context
 from workers import bootstrap
 from workers.adapters.aws.dynamodb_tickets import DynamoDBTicketStore
 from workers.handlers import ingest
@@ -141,19 +141,6 @@ def ask_to_close_a_new_ticket(aws: Aws, conversation_id: str) -> dict[str, Any]:
     [ask] = aws.replies()
     assert ask["type"] == "approval_request" and ask["tool"] == "update_ticket"
     return ask
-
-
-def approval_event(conversation_id: str, body: dict[str, Any]) -> dict[str, Any]:
-    """A real HTTP API (payload 2.0) envelope carrying a decision for the approve handler,
-    on the backends' route: IAM admitted the caller (the fixture's JWT authorizer context
-    is the users' route's)."""
-    event: dict[str, Any] = json.loads((FIXTURES / "apiGatewayProxyV2Event.json").read_text())
-    event["requestContext"]["authorizer"] = {
-        "iam": {"userArn": "arn:aws:iam::123456789012:role/backoffice", "accountId": "123456789012"}
-    }
-    event["pathParameters"] = {"conversation_id": conversation_id}
-    event["body"] = json.dumps(body)
-    return event
 
 
 def _ws_event(name: str, body: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -93,3 +93,18 @@ def test_standard_waits_for_approval_with_a_timeout() -> None:
     assert wait["Resource"].endswith(".waitForTaskToken")
     assert wait["Parameters"]["Payload"]["task_token.$"] == "$$.Task.Token"
     assert 0 < wait["TimeoutSeconds"] <= 7 * 86400
+
+
+def test_a_failed_wait_for_approval_goes_back_to_step_not_out_of_the_execution() -> None:
+    """The wait's task holds the lease for a day (``hold_for_approval``): if it failed out
+    of the execution, the conversation would stay leased that long and the approval would
+    wake nobody (found by the reliability suite: a Lambda error after that write). Every
+    error is caught and goes back to ``Step``, which releases the lease while the
+    conversation waits; the approval then starts a new run. A timeout is not retried."""
+    wait = STANDARD["States"]["WaitForApproval"]
+    catches = {name: rule["Next"] for rule in wait["Catch"] for name in rule["ErrorEquals"]}
+    assert catches == {"LeaseLost": "Quiet", "States.ALL": "Step"}
+    never = next(r for r in wait["Retry"] if r["MaxAttempts"] == 0)
+    assert {"LeaseLost", "PermanentError", "States.Timeout"} <= set(never["ErrorEquals"])
+    retried = [n for r in wait["Retry"] if r["MaxAttempts"] > 0 for n in r["ErrorEquals"]]
+    assert "RetryableError" in retried and retried[-1] == "States.ALL"
