@@ -12,7 +12,6 @@ Checked against the same invariants as the faults after each store write.
 from __future__ import annotations
 
 import json
-import random
 import threading
 import time
 import zlib
@@ -45,13 +44,14 @@ from workers.sandbox.emulator import invoke_handler
 
 @dataclass(frozen=True)
 class Rule:
-    """Fail ``rate`` of ``service``'s calls (of ``operations``, else all) with ``code``."""
+    """Fail every ``every``-th of ``service``'s calls (of ``operations``, else all) with
+    ``code``: deterministic counts, whatever the timing."""
 
     kind: str
     service: str
     code: str
     status: int
-    rate: float
+    every: int
     operations: frozenset[str] = frozenset()
 
 
@@ -61,16 +61,16 @@ WEBSOCKET_ENDPOINT = "https://reliability.execute-api.us-east-1.amazonaws.com/de
 SLACK_FAIL_EVERY = 3
 RULES = {
     "DynamoDB throttling": Rule(
-        "DynamoDB throttling", "dynamodb", "ProvisionedThroughputExceededException", 400, 0.08
+        "DynamoDB throttling", "dynamodb", "ProvisionedThroughputExceededException", 400, 15
     ),
-    "S3 errors": Rule("S3 errors", "s3", "InternalError", 500, 0.25),
-    "SNS failures": Rule("SNS failures", "sns", "InternalError", 500, 0.3, frozenset({"Publish"})),
+    "S3 errors": Rule("S3 errors", "s3", "InternalError", 500, 8),
+    "SNS failures": Rule("SNS failures", "sns", "InternalError", 500, 3, frozenset({"Publish"})),
     WEBSOCKET: Rule(
         WEBSOCKET,
         "apigatewaymanagementapi",
         "InternalServerErrorException",
         500,
-        0.3,
+        3,
         frozenset({"PostToConnection"}),
     ),
 }
@@ -82,11 +82,11 @@ MODEL_FAULTS = {
 
 @dataclass
 class Injector:
-    """Raises the rules' errors from our functions' boto3 clients, at random (seeded)."""
+    """Raises the rules' errors from our functions' boto3 clients (every n-th call)."""
 
     faulty: Faulty
     rules: list[Rule]
-    rng: random.Random = field(default_factory=lambda: random.Random(11))
+    calls: Counter[str] = field(default_factory=Counter)
     injected: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -96,7 +96,8 @@ class Injector:
         for rule in self.rules:
             if rule.service == service and (not rule.operations or operation in rule.operations):
                 with self.lock:
-                    if self.rng.random() < rule.rate:
+                    self.calls[rule.kind] += 1
+                    if self.calls[rule.kind] % rule.every == 0:
                         self.injected[rule.kind] += 1
                         return rule
         return None
@@ -251,7 +252,12 @@ def scenario(
     *,
     conversations: int,
     progress: Callable[[str], None],
+    threads: int = 2,
+    racers: int = 3,
 ) -> Result:
+    """``conversations`` tickets (the first two raced by ``racers`` producers each, when
+    races are among ``kinds``), and ``threads`` Slack threads and web chats each when
+    Slack or WebSocket failures are."""
     result = Result(runtime=f"AWS, {name}")
     started = time.perf_counter()
     ledger = Ledger()
@@ -268,12 +274,12 @@ def scenario(
     slack_cids: list[str] = []
     if SLACK in kinds:  # Slack threads: their payloads go to SNS and to Slack
         channel = f"C{zlib.crc32(name.encode()):08X}"
-        slack_cids = [f"slack:TREL:{channel}:1700000000.{i:06d}" for i in range(2)]
+        slack_cids = [f"slack:TREL:{channel}:1700000000.{i:06d}" for i in range(threads)]
         cids += slack_cids
         slack.arm(SLACK_FAIL_EVERY)
     socket_cids: list[str] = []
     if WEBSOCKET in kinds:  # web chats, one socket each: SNS and the socket get their payloads
-        socket_cids = [f"ws:reliability:{prefix}-{i}" for i in range(2)]
+        socket_cids = [f"ws:reliability:{prefix}-{i}" for i in range(threads)]
         cids += socket_cids
         for cid in socket_cids:
             bootstrap.aws_deps().store.add_connection(socket_of(cid), cid, now=time.time())
@@ -285,8 +291,8 @@ def scenario(
     with injecting(injector), running(aws, faulty):
         if "DynamoDB conditional races" in kinds:
             raced = cids[:2]
-            race(aws, ledger, raced, senders=3, messages=2)
-            injector.injected["DynamoDB conditional races"] += 3 * 2 * len(raced)
+            race(aws, ledger, raced, senders=racers, messages=2)
+            injector.injected["DynamoDB conditional races"] += racers * 2 * len(raced)
             run_conversations(aws, ledger, cids[2:], timeout=180, progress=progress)
             settle(aws, ledger, raced)
         else:
@@ -371,7 +377,8 @@ def run(*, every: bool, progress: Callable[[str], None] = lambda _: None) -> lis
             results.append(
                 scenario(
                     aws, slack, "every dependency failing at once", ALL,
-                    conversations=6 if every else 3, progress=progress,
+                    conversations=6 if every else 3, threads=2 if every else 1,
+                    racers=3 if every else 2, progress=progress,
                 )
             )  # fmt: skip
     finally:

@@ -173,9 +173,11 @@ def _dependencies(run: Run) -> list[str]:
         "## Dependency faults",
         "",
         "The AWS errors are raised by our functions' boto3 clients as botocore raises them "
-        "once its own retries gave up (the harness's own calls go through); the model's come "
-        "from the Converse stub over HTTP (botocore retries them first); Slack's from its Web "
-        "API stub (every third post fails). Counts are errors injected:",
+        "once its own retries gave up (the harness's own calls go through): every 15th "
+        "DynamoDB call, every 8th S3 call (checkpoints are forced to S3), every 3rd SNS "
+        "publish and WebSocket post; the model's come from the Converse stub over HTTP "
+        "(botocore retries them first); Slack's from its Web API stub (every 3rd post). "
+        "Counts are errors injected:",
         "",
     ]
     for result in run.dependencies:
