@@ -20,11 +20,10 @@ from typing import Any
 
 from events.identity import LOCAL_USER
 from events.inbound import DoubleTextingPolicy, InboundMessage
-from events.outbound import OutboxPayload, ReplyChunk
-from reliability.probe import FaultBook, Findings, Ledger, StoreProbe, check
+from reliability.probe import FaultBook, Findings, Ledger, LedgerSink, StoreProbe, check
 from workers.core.model import History, TurnOutput, TurnRequest
 from workers.core.policies import REJECTED_NOTICE
-from workers.core.ports import ReplySink, Tracer
+from workers.core.ports import Tracer
 
 POLICIES: tuple[DoubleTextingPolicy, ...] = ("enqueue", "merge", "interrupt", "reject")
 SINK = "hub"
@@ -56,21 +55,6 @@ class Series:
     seconds: float = 0.0
     order_violations: int = 0
     findings: Findings = field(default_factory=Findings)
-
-
-class RecordingSink:
-    """Forwards to the runtime's sink and records what it sent."""
-
-    def __init__(self, inner: ReplySink, ledger: Ledger) -> None:
-        self._inner = inner
-        self._ledger = ledger
-
-    def send(self, payload: OutboxPayload) -> None:
-        self._inner.send(payload)
-        self._ledger.deliver(SINK, payload)
-
-    def send_chunk(self, chunk: ReplyChunk) -> None:
-        self._inner.send_chunk(chunk)
 
 
 class SlowFirstTurn:
@@ -146,7 +130,7 @@ class Harness:
         self.runtime = build_embedded(self.settings)
         deps = self.runtime.deps
         deps.store = StoreProbe(deps.store, self.ledger, FaultBook())
-        deps.sink = RecordingSink(deps.sink, self.ledger)
+        deps.sink = LedgerSink(SINK, self.ledger, deps.sink)
         await self.runtime.start()
         return self
 

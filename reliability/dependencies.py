@@ -27,9 +27,8 @@ from botocore.exceptions import ClientError
 
 from events.outbound import OutboxPayload
 from reliability.plan import Result
-from reliability.probe import Ledger, StoreProbe, check
+from reliability.probe import PAYLOAD, Ledger, StoreProbe, check
 from reliability.workflow import (
-    PAYLOAD,
     SINK,
     Faulty,
     lease_ttl,

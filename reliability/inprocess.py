@@ -21,7 +21,6 @@ from typing import Any
 
 from events.identity import LOCAL_USER
 from events.inbound import DoubleTextingPolicy, InboundMessage
-from events.outbound import OutboxPayload, ReplyChunk
 from events.workflow import RunRef
 from reliability.plan import WORKLOAD, Result, fault_points, second_order
 from reliability.probe import (
@@ -30,11 +29,11 @@ from reliability.probe import (
     Findings,
     InjectedCrash,
     Ledger,
+    LedgerSink,
     StoreProbe,
     check,
 )
 from workers.core.steps import Deps, TurnSettings, accept_message, drive_run, sweep
-from workers.errors import RetryableError
 
 SINKS = ("primary", "secondary")
 
@@ -87,25 +86,6 @@ class QueueStarter:
 
 
 @dataclass
-class RecordingSink:
-    """Records what it receives; with ``flaky_every``, every n-th send fails for now."""
-
-    name: str
-    ledger: Ledger
-    flaky_every: int = 0
-    sends: int = 0
-
-    def send(self, payload: OutboxPayload) -> None:
-        self.sends += 1
-        if self.flaky_every and self.sends % self.flaky_every == 0:
-            raise RetryableError(f"{self.name}: unavailable for now")
-        self.ledger.deliver(self.name, payload)
-
-    def send_chunk(self, chunk: ReplyChunk) -> None:
-        return None
-
-
-@dataclass
 class World:
     """One database, the processes that used it in turn, and what they saw."""
 
@@ -151,8 +131,10 @@ class World:
             agent=self.agent,
             sink=FanOutReplySink(
                 {
-                    "primary": RecordingSink("primary", self.ledger),
-                    "secondary": RecordingSink("secondary", self.ledger, self.variant.flaky_every),
+                    "primary": LedgerSink("primary", self.ledger),
+                    "secondary": LedgerSink(
+                        "secondary", self.ledger, flaky_every=self.variant.flaky_every
+                    ),
                 }
             ),
             starter=self.starter,

@@ -19,9 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from pydantic import TypeAdapter
 
-from events.outbound import OutboxPayload
 from reliability.crashing_server import (
     COMMITS,
     DELIVERIES,
@@ -32,10 +30,8 @@ from reliability.crashing_server import (
     write_plan,
 )
 from reliability.plan import WORKLOAD, Result, fault_points
-from reliability.probe import Commit, Fault, Ledger, check
+from reliability.probe import PAYLOAD, Commit, Fault, Ledger, check
 from tests.functional.server_process import ServerProcess
-
-PAYLOAD: TypeAdapter[OutboxPayload] = TypeAdapter(OutboxPayload)
 
 
 class Supervisor:
@@ -143,9 +139,7 @@ def run(*, every: bool, progress: Callable[[str], None] = lambda _: None) -> Res
             found = check(ledger, store.get_conversation, sinks=[SINK])
         finally:
             store.close()
-        missed = [f for f in planned if f not in fired]
-        found.details += [f"{f.label} ({f.conversation_id}): never fired" for f in missed]
-        found.unfired_faults = len(missed)
+        found.unfired(planned, fired)
         result.findings = found
         result.count(fired)
         result.restarts = sup.starts - 1

@@ -43,9 +43,7 @@ class Result:
 
     def add(self, found: Findings, world: Any) -> None:
         """A world's findings, faults fired and restarts (its planned faults must fire)."""
-        missed = [f for f in world.faults if f not in world.fired]
-        found.details += [f"{f.label}: never fired" for f in missed]
-        found.unfired_faults += len(missed)
+        found.unfired(world.faults, world.fired)
         self.findings.add(found)
         self.count(world.fired)
         self.restarts += world.restarts

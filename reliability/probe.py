@@ -17,9 +17,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import TypeAdapter
+
 from events.inbound import InboundMessage
-from events.outbound import OutboxPayload
+from events.outbound import OutboxPayload, ReplyChunk
 from workers.core.model import ConversationState, PendingWork, TurnCommit
+from workers.core.ports import ReplySink
+from workers.errors import RetryableError
 
 WRITES = (
     "append_inbox",
@@ -168,6 +172,13 @@ class Findings:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.details.extend(other.details)
 
+    def unfired(self, planned: Iterable[Fault], fired: Iterable[Fault]) -> None:
+        """Count (and name) the planned faults that did not fire."""
+        done = list(fired)
+        missed = [f for f in planned if f not in done]
+        self.details += [f"{f.label} ({f.conversation_id}): never fired" for f in missed]
+        self.unfired_faults += len(missed)
+
     def as_dict(self) -> dict[str, int]:
         counts = {
             "messages": self.messages,
@@ -175,6 +186,37 @@ class Findings:
             "unfired_faults": self.unfired_faults,
         }
         return counts | {n: getattr(self, n) for n in self.VIOLATIONS}
+
+
+PAYLOAD: TypeAdapter[OutboxPayload] = TypeAdapter(OutboxPayload)
+"""Parses a payload a sink received (a JSON frame, an SNS message)."""
+
+
+class LedgerSink:
+    """A sink that records what it sends in a ledger as sink ``name``: forwarding to
+    ``inner`` (the runtime's own) when given; with ``flaky_every``, failing every n-th
+    send for now (nothing recorded)."""
+
+    def __init__(
+        self, name: str, ledger: Ledger, inner: ReplySink | None = None, flaky_every: int = 0
+    ) -> None:
+        self.name = name
+        self._ledger = ledger
+        self._inner = inner
+        self._flaky_every = flaky_every
+        self._sends = 0
+
+    def send(self, payload: OutboxPayload) -> None:
+        self._sends += 1
+        if self._flaky_every and self._sends % self._flaky_every == 0:
+            raise RetryableError(f"{self.name}: unavailable for now")
+        if self._inner is not None:
+            self._inner.send(payload)
+        self._ledger.deliver(self.name, payload)
+
+    def send_chunk(self, chunk: ReplyChunk) -> None:
+        if self._inner is not None:
+            self._inner.send_chunk(chunk)
 
 
 def check(

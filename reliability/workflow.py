@@ -26,11 +26,18 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
-from pydantic import TypeAdapter
 
 from events.outbound import OutboxPayload
 from reliability.plan import WORKLOAD, Result, fault_points, second_order
-from reliability.probe import Fault, FaultBook, InjectedCrash, Ledger, StoreProbe, check
+from reliability.probe import (
+    PAYLOAD,
+    Fault,
+    FaultBook,
+    InjectedCrash,
+    Ledger,
+    StoreProbe,
+    check,
+)
 from tests.functional.aws_env import Aws, approval_event, aws_runtime
 from workers import bootstrap
 from workers.core.model import InboxEntry
@@ -55,7 +62,6 @@ def lease_ttl(*, every: bool) -> str:
 
 
 SINK = "sns"
-PAYLOAD: TypeAdapter[OutboxPayload] = TypeAdapter(OutboxPayload)
 
 
 class InjectedError(Exception):
@@ -334,9 +340,7 @@ def run(*, every: bool, progress: Callable[[str], None] = lambda _: None) -> Res
             store = bootstrap.aws_deps().store
             found = check(ledger, store.get_conversation, sinks=[SINK])
             fired = faulty.book.fired
-            missed = [f for f in planned if f not in fired]
-            found.details += [f"{f.label} ({f.conversation_id}): never fired" for f in missed]
-            found.unfired_faults = len(missed)
+            found.unfired(planned, fired)
             result.findings = found
             result.count(fired)
             result.restarts = len(fired)
