@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from workers.core.ports import NullSpan, OpenSpan, SpanHandle
+from workers.core.ports import Feedback, NullSpan, OpenSpan, SpanHandle
 from workers.core.redaction import Redactor
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,31 @@ class MlflowTracer:
             if not ids:
                 return deleted
             deleted += client.delete_traces(self.experiment_id, trace_ids=ids)
+
+    def feedback(self, turn_id: str, feedback: Feedback) -> None:
+        """Log the feedback as an assessment on the turn's trace (found by its tag)."""
+        self.flush()
+        from mlflow.entities import AssessmentSource
+
+        safe = turn_id.replace("'", "")
+        found = self._mlflow.search_traces(
+            locations=[self.experiment_id],
+            filter_string=f"tags.turn_id = '{safe}'",
+            max_results=1,
+            return_type="list",
+            include_spans=False,
+        )
+        if not found:
+            log.warning("no trace for turn %s: feedback not recorded", turn_id)
+            return
+        self._mlflow.log_feedback(
+            trace_id=found[0].info.trace_id,
+            name=feedback.name,
+            value=feedback.value,
+            source=AssessmentSource(source_type="HUMAN", source_id=feedback.source_id),
+            rationale=feedback.rationale,
+            metadata={"reply_id": feedback.reply_id} if feedback.reply_id else None,
+        )
 
     def flush(self) -> None:
         """Wait for traces exported in the background (before a Lambda handler returns)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from events.identity import Principal
@@ -239,6 +240,19 @@ class PerSinkDelivery(Protocol):
         it) when one fails for now, after trying the others."""
 
 
+@dataclass(frozen=True)
+class Feedback:
+    """A user's rating of a reply, for the trace of the turn that wrote it."""
+
+    name: str
+    """The assessment's name (``user_feedback`` for the thumbs)."""
+    value: float | bool | str
+    source_id: str
+    """Who gave it (the sender's principal id)."""
+    rationale: str | None = None
+    reply_id: str | None = None
+
+
 class SpanHandle(Protocol):
     def set_outputs(self, outputs: Any) -> None: ...
 
@@ -272,6 +286,10 @@ class Tracer(Protocol):
 
     def forget(self, conversation_id: str) -> int:
         """Delete the conversation's traces; how many were deleted."""
+
+    def feedback(self, turn_id: str, feedback: Feedback) -> None:
+        """Attach a user's feedback to the trace of the turn ``turn_id`` (as an MLflow
+        assessment); it may be recorded after this returns, never on a turn's path."""
 
 
 class TurnAgent(Protocol):
@@ -327,3 +345,6 @@ class NullTracer:
 
     def forget(self, conversation_id: str) -> int:
         return 0
+
+    def feedback(self, turn_id: str, feedback: Feedback) -> None:
+        return None

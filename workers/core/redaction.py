@@ -20,9 +20,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import replace
 from typing import Any
 
-from workers.core.ports import OpenSpan, SpanHandle, Tracer
+from workers.core.ports import Feedback, OpenSpan, SpanHandle, Tracer
 
 EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 CARD = re.compile(r"(?<![\d.])\d(?:[ -]?\d){12,18}(?![\d.])")
@@ -173,6 +174,11 @@ class RedactingTracer:
 
     def forget(self, conversation_id: str) -> int:
         return self.inner.forget(conversation_id)
+
+    def feedback(self, turn_id: str, feedback: Feedback) -> None:
+        rationale = feedback.rationale
+        redacted = rationale if rationale is None else self.redactor.text(rationale)
+        self.inner.feedback(turn_id, replace(feedback, rationale=redacted))
 
     def flush(self) -> None:
         flush = getattr(self.inner, "flush", None)
