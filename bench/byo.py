@@ -115,9 +115,7 @@ def _ours(tmp: Path, name: str, *, tracing: bool) -> Side:
             raise RuntimeError(f"unexpected run summary: {summary}")
 
     def close() -> None:
-        flush = getattr(deps.tracer, "flush", None)
-        if flush is not None:
-            flush()
+        deps.tracer.flush()
         store.close()
 
     def last_checkpoint() -> int | None:

@@ -144,9 +144,7 @@ def run_variant(
     progress(f"overhead ({label}): warm-up {cfg.warmup} turns")
     for _ in range(cfg.warmup):
         bench.turn(cfg.conversations)
-    flush = getattr(tracer, "flush", None)
-    if flush is not None:
-        flush()  # the warm-up's traces are not part of the final flush
+    tracer.flush()  # the warm-up's traces are not part of the final flush
     walls: list[float] = []
     models: list[float] = []
     overheads: list[float] = []
@@ -161,8 +159,7 @@ def run_variant(
             progress(f"overhead ({label}): {i + 1}/{cfg.turns} turns")
     loop_s = time.perf_counter() - loop_start
     flush_start = time.perf_counter()
-    if flush is not None:
-        flush()
+    tracer.flush()
     flush_s = time.perf_counter() - flush_start
     result: dict[str, Any] = {
         "variant": name,
@@ -172,12 +169,13 @@ def run_variant(
         "conversations": cfg.conversations,
         "tracer_setup_s": setup_s,
         "measured_loop_s": loop_s,
-        "flush_s": flush_s if flush is not None else None,
+        "flush_s": flush_s,
         "wall_ms": summary_ms(walls),
         "model_ms": summary_ms(models),
         "overhead_ms": summary_ms(overheads),
-        # Export may run in background threads: the loop's wall time plus the final flush,
-        # minus the model's time, per turn.
+        # Export runs in the exporter process: the loop's wall time plus the wait for the
+        # exporter to catch up, minus the model's time, per turn (the cost if a turn had to
+        # wait for its trace, which none does).
         "overhead_incl_flush_mean_ms": (loop_s + flush_s - sum(models)) / cfg.turns * 1000.0,
         "samples_overhead_ms": [round(s * 1000.0, 4) for s in overheads],
         "samples_model_ms": [round(s * 1000.0, 4) for s in models],
@@ -188,23 +186,25 @@ def run_variant(
     result["round_trips"] = _count_round_trips(bench, cfg)
     if cfg.profile:
         result["profile"] = _profile(bench, cfg, label)
-    if flush is not None:
-        flush()
-    traces = getattr(getattr(tracer, "inner", tracer), "experiment_id", None)
-    if traces is not None:
-        result["traces_recorded"] = _count_traces(str(traces), bench.sent)
+    tracer.close()
+    if not isinstance(tracer, NullTracer):
+        result["traces_recorded"] = _count_traces(tmp / "state", bench.sent)
         result["turns_total"] = bench.sent
     bench.store.close()
     return result
 
 
-def _count_traces(experiment_id: str, expected: int) -> int | None:
+def _count_traces(state_dir: Path, expected: int) -> int | None:
     """Traces in the experiment (a sanity check that tracing really recorded the turns)."""
     try:
         import mlflow
 
+        mlflow.set_tracking_uri(f"sqlite:///{state_dir / 'mlflow.db'}")
+        experiment = mlflow.get_experiment_by_name("bench")
+        if experiment is None:
+            return 0
         found = mlflow.search_traces(
-            locations=[experiment_id],
+            locations=[experiment.experiment_id],
             max_results=expected + 100,
             return_type="list",
             include_spans=False,
@@ -220,11 +220,12 @@ def null_tracer(tmp: Path) -> Tracer:
 
 
 def mlflow_tracer(tmp: Path) -> Tracer:
-    """What a user gets by default: MLflow traces through the redaction hook."""
-    from workers.core.redaction import RedactingTracer, Redactor
-    from workers.observability import MlflowTracer
+    """What a user gets by default: spans recorded through the redaction hook, spooled, and
+    exported into MLflow (SQLite) by the exporter process."""
+    from workers.bootstrap import build_tracer, redaction
 
-    return RedactingTracer(MlflowTracer(f"sqlite:///{tmp / 'mlflow.db'}", "bench"), Redactor())
+    settings = load_settings(state_dir=tmp / "state", tracing=True, mlflow_experiment="bench")
+    return redaction(settings, build_tracer(settings))
 
 
 def run(tmp: Path, cfg: OverheadConfig) -> dict[str, Any]:
@@ -242,7 +243,7 @@ def run(tmp: Path, cfg: OverheadConfig) -> dict[str, Any]:
         "variants": [
             run_variant(off_dir, "tracing_off", "tracing off (NullTracer)", cfg, null_tracer),
             run_variant(
-                on_dir, "tracing_on", "tracing on (redacted MlflowTracer)", cfg, mlflow_tracer
+                on_dir, "tracing_on", "tracing on (default: recorder + spool + exporter process)", cfg, mlflow_tracer
             ),
         ],
     }

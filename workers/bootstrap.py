@@ -67,13 +67,41 @@ def redaction(settings: Settings, tracer: Tracer, *loggers: Any) -> Tracer:
 
 
 def build_tracer(settings: Settings) -> Tracer:
+    """The embedded runtime's tracer: spans recorded in memory, each finished trace
+    appended to the spool under the state directory, exported into MLflow by a separate
+    process (started with the first trace)."""
     if not settings.tracing:
         return NullTracer()
-    from workers.observability import MlflowTracer
+    from workers.tracing.recorder import SpanRecorder
+    from workers.tracing.spool import ExporterCommand, SpoolSink
 
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     artifacts = settings.state_dir / "mlartifacts" if settings.mlflow_tracking_uri is None else None
-    return MlflowTracer(settings.tracking_uri, settings.mlflow_experiment, artifact_dir=artifacts)
+    spool = settings.state_dir / "trace-spool"
+    command = ExporterCommand(spool, settings.tracking_uri, settings.mlflow_experiment, artifacts)
+    sink = SpoolSink(spool, max_bytes=settings.trace_spool_mb * 2**20, exporter=command)
+
+    def store() -> Any:
+        from workers.tracing.mlflow_export import MlflowExport
+
+        uri, experiment = settings.tracking_uri, settings.mlflow_experiment
+        return MlflowExport(uri, experiment, artifact_dir=artifacts)
+
+    return SpanRecorder(sink, max_spans=settings.trace_max_spans, store=store)
+
+
+def lambda_tracer(settings: Settings) -> Tracer:
+    """Lambda's tracer: spans recorded in memory, exported to the tracking server by
+    ``flush`` before the handler returns (the process may freeze right after)."""
+    if not (settings.tracing and settings.mlflow_tracking_uri):
+        return NullTracer()
+    from workers.tracing.direct import DirectSink
+    from workers.tracing.mlflow_export import MlflowExport
+    from workers.tracing.recorder import SpanRecorder
+
+    uri, experiment = settings.mlflow_tracking_uri, settings.mlflow_experiment
+    sink = DirectSink(lambda: MlflowExport(uri, experiment), max_records=settings.trace_buffer)
+    return SpanRecorder(sink, max_spans=settings.trace_max_spans, store=sink.store)
 
 
 def build_agent(settings: Settings, tickets: TicketStore, clock: Clock, model: Any = None) -> Any:
@@ -325,14 +353,9 @@ def build_aws(settings: Settings, *, with_agent: bool, session: Any = None) -> D
             lambda: slack_credentials(settings, session=session).bot_token,
             api_url=settings.slack_api_url,
         )
-    tracer: Tracer = NullTracer()
-    if settings.tracing and settings.mlflow_tracking_uri:
-        from workers.observability import MlflowTracer
-
-        tracer = MlflowTracer(settings.mlflow_tracking_uri, settings.mlflow_experiment)
     from workers.handlers.observability import logger
 
-    tracer = redaction(settings, tracer, logger)
+    tracer = redaction(settings, lambda_tracer(settings), logger)
     agent: TurnAgent = NoAgent()
     if with_agent:
         from workers.adapters.aws.dynamodb_tickets import DynamoDBTicketStore
@@ -354,6 +377,4 @@ def build_aws(settings: Settings, *, with_agent: bool, session: Any = None) -> D
 
 def flush_traces(deps: Deps) -> None:
     """Export pending traces before a Lambda handler returns (the process may freeze)."""
-    flush = getattr(deps.tracer, "flush", None)
-    if flush is not None:
-        flush()
+    deps.tracer.flush()

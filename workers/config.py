@@ -157,6 +157,20 @@ class Settings(BaseSettings):
         None, description="Default: sqlite:///<state_dir>/mlflow.db (embedded)."
     )
     mlflow_experiment: str = Field("agentworker", description="MLflow experiment name.")
+    trace_max_spans: int = Field(
+        256, ge=8, le=100_000, description="Spans per trace; past it they are counted, not kept."
+    )
+    trace_spool_mb: int = Field(
+        256,
+        ge=1,
+        description="Embedded: traces waiting for export at most (MB); past it new traces are"
+        " dropped and counted, replies go on.",
+    )
+    trace_buffer: int = Field(
+        1000,
+        ge=1,
+        description="Lambda: traces kept in memory while the tracking server is unreachable.",
+    )
     bedrock_region: str | None = Field(None, description="AWS region for Bedrock.")
     bedrock_endpoint_url: str | None = Field(None, description="Bedrock endpoint override.")
     price_input_per_mtok: float = Field(0.0, ge=0, description="USD per 1M input tokens.")

@@ -47,17 +47,19 @@ from workers.agent.offline import OfflineChatModel
 from workers.bootstrap import build_agent
 from workers.config import load_settings
 from workers.core.model import TurnInput, TurnRequest
-from workers.observability import MlflowTracer
+from workers.tracing.direct import DirectSink
+from workers.tracing.mlflow_export import MlflowExport
+from workers.tracing.recorder import SpanRecorder
 
 tickets = SqliteTicketStore(SqliteDatabase(Path(tempfile.mkdtemp()) / "tickets.db"))
 agent = build_agent(load_settings(), tickets, SystemClock(), model=OfflineChatModel())
-tracer = MlflowTracer(sys.argv[1], "agentworker")
-tags = {"conversation_id": "bundle:1", "run_id": "bundle-1", "channel": "sqs"}
+tracer = SpanRecorder(DirectSink(lambda: MlflowExport(sys.argv[1], "agentworker")))
+tags = {"conversation_id": "bundle:1", "run_id": "bundle-1", "channel": "sqs", "turn_id": "t1"}
 with tracer.turn("turn", tags=tags, inputs={"texts": ["open a ticket about the bundle"]}):
     text = TurnInput("m1", "open a ticket about the bundle")
     request = TurnRequest("bundle:1", "t1", "sqs", [text], None, None, [], ["m1"])
     out = agent.run_turn(request, on_chunk=None, tracer=tracer)
-tracer.flush()
+assert tracer.flush()
 print(json.dumps({"reply": out.reply_text}))
 """
 

@@ -291,6 +291,13 @@ class Tracer(Protocol):
         """Attach a user's feedback to the trace of the turn ``turn_id`` (as an MLflow
         assessment); it may be recorded after this returns, never on a turn's path."""
 
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the traces recorded so far are exported (False: ``timeout`` passed
+        or the store is unreachable; they are kept). Lambda handlers call it last."""
+
+    def close(self) -> None:
+        """Export what is left and stop (the process is about to end)."""
+
 
 class TurnAgent(Protocol):
     """Runs the agent graph for one turn from a checkpoint; no persistence of its own."""
@@ -347,4 +354,10 @@ class NullTracer:
         return 0
 
     def feedback(self, turn_id: str, feedback: Feedback) -> None:
+        return None
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return True
+
+    def close(self) -> None:
         return None

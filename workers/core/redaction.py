@@ -180,7 +180,8 @@ class RedactingTracer:
         redacted = rationale if rationale is None else self.redactor.text(rationale)
         self.inner.feedback(turn_id, replace(feedback, rationale=redacted))
 
-    def flush(self) -> None:
-        flush = getattr(self.inner, "flush", None)
-        if flush is not None:
-            flush()
+    def flush(self, timeout: float | None = None) -> bool:
+        return self.inner.flush(timeout)
+
+    def close(self) -> None:
+        self.inner.close()

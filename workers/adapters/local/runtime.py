@@ -126,9 +126,7 @@ class EmbeddedRuntime:
         self._tasks = []
         # Runs in threads finish their current step; an unfinished one is recovered at start.
         self._pool.shutdown(wait=True, cancel_futures=True)
-        flush = getattr(self.deps.tracer, "flush", None)
-        if flush is not None:
-            flush()
+        await asyncio.to_thread(self.deps.tracer.close)
         self.store.close()
         if self._lock_file is not None:
             self._lock_file.close()

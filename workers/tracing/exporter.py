@@ -1,0 +1,204 @@
+"""The trace exporter process: ``python -m workers.tracing.exporter --spool DIR ...``.
+
+Started by the embedded server (:class:`workers.tracing.spool.SpoolSink`), niced, in its own
+session. It exports the spool's closed segments into MLflow in batches, oldest first, and
+deletes each once it is in. It exits when told to (SIGTERM: the server stops) or when the
+server is gone (``kill -9``), after exporting everything left, including the open segment
+of a server that died. One exporter per spool at a time (a lock file): a new server's
+exporter waits for an orphan still at work.
+
+A tracking store that is down: the segments stay and the exporter tries again with
+backoff (the server bounds the spool's size and drops new traces past it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from workers.tracing.spool import CLOSED, OPEN, segments
+
+log = logging.getLogger("agentworker.exporter")
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _writer_pid(path: Path) -> int:
+    try:
+        return int(path.name.split("-", 1)[1].split(".", 1)[0])
+    except (IndexError, ValueError):
+        return -1
+
+
+def read_records(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """The complete lines of a segment as records, and how many lines were unreadable
+    (a torn last line of a writer that died mid-write is not one of them: it is skipped)."""
+    data = path.read_bytes()
+    records: list[dict[str, Any]] = []
+    bad = 0
+    end = data.rfind(b"\n")
+    for number, line in enumerate(data[: end + 1].splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            bad += 1
+            log.warning("%s line %d: not a trace record, skipped", path.name, number)
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            bad += 1
+    return records, bad
+
+
+class Exporter:
+    """Drains a spool into MLflow."""
+
+    def __init__(self, spool: Path, export: Any, *, parent: int) -> None:
+        self.spool = spool
+        self.export = export
+        self.parent = parent
+        self.stopping = False
+        self.exported = 0
+        self.feedback = 0
+        self.skipped = 0
+        self._done: dict[str, int] = {}
+        """Per segment, the records already exported (a retry starts after them)."""
+
+    def ready(self) -> list[Path]:
+        """Closed segments, and open ones whose writer is gone, oldest first."""
+        found = segments(self.spool, CLOSED)
+        found += [p for p in segments(self.spool, OPEN) if not _alive(_writer_pid(p))]
+        return sorted(found, key=lambda p: p.name)
+
+    def drain_one(self, path: Path) -> None:
+        """Export one segment and delete it (``StoreUnavailable`` leaves it, and what of it
+        is exported already is remembered, for a retry)."""
+        records, bad = read_records(path)
+        if path.name not in self._done:
+            self.skipped += bad
+        start = self._done.get(path.name, 0)
+        traces: list[dict[str, Any]] = []
+        for index in range(start, len(records)):
+            record = records[index]
+            if record.get("kind") == "trace":
+                traces.append(record)
+                continue
+            self._traces(path, traces, index)
+            traces = []
+            if record.get("kind") == "feedback":
+                self.export.feedback(record)
+                self.feedback += 1
+            else:
+                self.skipped += 1
+            self._done[path.name] = index + 1
+        self._traces(path, traces, len(records))
+        path.unlink(missing_ok=True)
+        self._done.pop(path.name, None)
+
+    def _traces(self, path: Path, traces: list[dict[str, Any]], upto: int) -> None:
+        if traces:
+            self.exported += self.export.traces(traces)
+        self._done[path.name] = upto
+
+    def run(self) -> int:
+        from workers.tracing.mlflow_export import StoreUnavailable
+
+        backoff = 0.5
+        while True:
+            ready = self.ready()
+            if not ready:
+                if self.stopping or not _alive(self.parent):
+                    return 0
+                time.sleep(0.1)
+                continue
+            try:
+                for path in ready:
+                    self.drain_one(path)
+                backoff = 0.5
+            except StoreUnavailable as exc:
+                log.warning("tracking store unavailable (%s); trying again in %.1fs", exc, backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+
+def _lock(spool: Path) -> IO[str]:
+    spool.mkdir(parents=True, exist_ok=True)
+    handle = (spool / "exporter.lock").open("a+")
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
+        except BlockingIOError:
+            time.sleep(0.2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workers.tracing.exporter")
+    parser.add_argument("--spool", type=Path, required=True)
+    parser.add_argument("--tracking-uri", required=True)
+    parser.add_argument("--experiment", required=True)
+    parser.add_argument("--artifacts", type=Path)
+    parser.add_argument("--parent", type=int, default=os.getppid())
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=FORMAT)
+    with contextlib.suppress(OSError):
+        os.nice(10)
+    stop: list[Exporter] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        for exporter in stop:
+            exporter.stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    lock = _lock(args.spool)
+    from workers.tracing.mlflow_export import MlflowExport, StoreUnavailable
+
+    backoff = 0.5
+    while True:
+        try:
+            export = MlflowExport(args.tracking_uri, args.experiment, artifact_dir=args.artifacts)
+            break
+        except StoreUnavailable as exc:
+            log.warning("tracking store unavailable (%s); trying again in %.1fs", exc, backoff)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+    exporter = Exporter(args.spool, export, parent=args.parent)
+    stop.append(exporter)
+    try:
+        return exporter.run()
+    finally:
+        if exporter.skipped or export.dropped:
+            log.warning(
+                "trace export: %d record(s) unreadable, %d refused by MLflow",
+                exporter.skipped,
+                export.dropped,
+            )
+        lock.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
