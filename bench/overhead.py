@@ -243,7 +243,11 @@ def run(tmp: Path, cfg: OverheadConfig) -> dict[str, Any]:
         "variants": [
             run_variant(off_dir, "tracing_off", "tracing off (NullTracer)", cfg, null_tracer),
             run_variant(
-                on_dir, "tracing_on", "tracing on (default: recorder + spool + exporter process)", cfg, mlflow_tracer
+                on_dir,
+                "tracing_on",
+                "tracing on (default: spooled, exporter process)",
+                cfg,
+                mlflow_tracer,
             ),
         ],
     }
