@@ -139,9 +139,27 @@ class Exporter:
                     self.drain_one(path)
                 backoff = 0.5
             except StoreUnavailable as exc:
+                if self.give_up():
+                    log.warning(
+                        "tracking store unavailable (%s); %d segment(s) left for the next start",
+                        exc,
+                        len(self.ready()),
+                    )
+                    return 1
                 log.warning("tracking store unavailable (%s); trying again in %.1fs", exc, backoff)
-                time.sleep(backoff)
+                self.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
+
+    def wait(self, seconds: float) -> None:
+        """Sleep, but wake up when told to stop."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def give_up(self) -> bool:
+        """While the store is down: stop trying once the server stopped or died (what is
+        left stays in the spool for the next start), never while it runs."""
+        return self.stopping or not _alive(self.parent)
 
 
 def _lock(spool: Path) -> IO[str]:
@@ -177,17 +195,22 @@ def main(argv: list[str] | None = None) -> int:
     lock = _lock(args.spool)
     from workers.tracing.mlflow_export import MlflowExport, StoreUnavailable
 
+    exporter = Exporter(args.spool, None, parent=args.parent)
+    stop.append(exporter)
     backoff = 0.5
     while True:
         try:
             export = MlflowExport(args.tracking_uri, args.experiment, artifact_dir=args.artifacts)
             break
         except StoreUnavailable as exc:
+            if exporter.give_up():
+                log.warning("tracking store unavailable (%s); the spool stays for later", exc)
+                lock.close()
+                return 1
             log.warning("tracking store unavailable (%s); trying again in %.1fs", exc, backoff)
-            time.sleep(backoff)
+            exporter.wait(backoff)
             backoff = min(backoff * 2, 10.0)
-    exporter = Exporter(args.spool, export, parent=args.parent)
-    stop.append(exporter)
+    exporter.export = export
     try:
         return exporter.run()
     finally:
