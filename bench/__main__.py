@@ -23,6 +23,7 @@ from bench import (
     overhead,
     storage,
     throughput,
+    tracing,
 )
 from bench.aws_meter import moto_server
 from bench.common import progress
@@ -33,6 +34,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SECTIONS = (
     "overhead",
     "throughput",
+    "tracing",
     "storage",
     "byo-graph",
     "aws-roundtrips",
@@ -51,6 +53,8 @@ FULL: dict[str, Any] = {
     "tp_messages": 10,
     "tp_latencies_ms": "0,50",
     "tp_workers": "1,10,50",
+    "tr_conversations": 50,
+    "tr_messages": 10,
     "storage_points": "10,100,1000",
     "storage_window": 10,
     "baseline_budget_s": 180.0,
@@ -70,6 +74,8 @@ QUICK: dict[str, Any] = {
     "tp_messages": 5,
     "tp_latencies_ms": "0,50",
     "tp_workers": "1,20",
+    "tr_conversations": 20,
+    "tr_messages": 5,
     "storage_points": "10,100,300",
     "storage_window": 5,
     "baseline_budget_s": 60.0,
@@ -107,6 +113,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tp-messages", type=int, help="messages per user")
     parser.add_argument("--tp-latencies-ms", help="model latencies, comma list (ms)")
     parser.add_argument("--tp-workers", help="worker pool sizes, comma list")
+    parser.add_argument("--tr-conversations", type=int, help="tracing: sockets")
+    parser.add_argument("--tr-messages", type=int, help="tracing: messages per socket")
     parser.add_argument("--storage-points", help="conversation lengths to sample, comma list")
     parser.add_argument("--storage-window", type=int, help="turns averaged at each point")
     parser.add_argument("--baseline-budget-s", type=float, help="time cap of the baseline")
@@ -178,6 +186,13 @@ def main(argv: list[str] | None = None) -> int:
                     messages=args.tp_messages,
                     latencies_ms=_floats(args.tp_latencies_ms),
                     workers=_ints(args.tp_workers),
+                ),
+            )
+        if "tracing" in sections:
+            results["tracing"] = tracing.run(
+                tmp,
+                tracing.TracingConfig(
+                    conversations=args.tr_conversations, messages=args.tr_messages
                 ),
             )
         if "storage" in sections:

@@ -74,6 +74,10 @@ def render(results: dict[str, Any]) -> str:
         parts.append(_overhead(results["overhead"]))
     if "throughput" in results:
         parts.append(_throughput(results["throughput"]))
+    if "tracing" in results:
+        from bench import tracing
+
+        parts.append(tracing.render(results["tracing"]))
     if "storage" in results:
         parts.append(_storage(results["storage"]))
     if "byo_graph" in results:
