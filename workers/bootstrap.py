@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -375,6 +376,9 @@ def build_aws(settings: Settings, *, with_agent: bool, session: Any = None) -> D
     )
 
 
-def flush_traces(deps: Deps) -> None:
-    """Export pending traces before a Lambda handler returns (the process may freeze)."""
-    deps.tracer.flush()
+def flush_traces(deps: Deps) -> tuple[bool, float]:
+    """Export pending traces before a Lambda handler returns (the process may freeze):
+    whether they all went, and how long it took (ms)."""
+    started = time.perf_counter()
+    sent = deps.tracer.flush()
+    return sent, (time.perf_counter() - started) * 1e3

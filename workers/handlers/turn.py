@@ -91,7 +91,10 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
             raise
         raise reported from exc
     finally:
-        bootstrap.flush_traces(deps)
+        sent, flush_ms = bootstrap.flush_traces(deps)
+        metrics.add_metric(name="TraceFlushMs", unit=MetricUnit.Milliseconds, value=flush_ms)
+        if not sent:
+            metrics.add_metric(name="TracesUnsent", unit=MetricUnit.Count, value=1)
     metrics.add_metric(name=f"step_{result.outcome}", unit=MetricUnit.Count, value=1)
     if result.turn is not None:
         metrics.add_metric(name=f"turn_{result.turn}", unit=MetricUnit.Count, value=1)
