@@ -26,7 +26,8 @@ from typing import Any
 from workers.core.ports import Feedback, OpenSpan, SpanHandle, Tracer
 
 EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
-CARD = re.compile(r"(?<![\d.])\d(?:[ -]?\d){12,18}(?![\d.])")
+# not inside a longer number or a decimal (a Slack timestamp), but at a sentence's end too
+CARD = re.compile(r"(?<!\d)(?<!\d\.)\d(?:[ -]?\d){12,18}(?!\d|\.\d)")
 IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b")
 PHONE = re.compile(
     r"(?<![\w+])(?<!\d[.:-])(?:\+\d{1,3}[ .-]?)?"
