@@ -30,7 +30,7 @@ from workers.core.guard import (
     pii_values,
 )
 from workers.core.model import ModelGuardrail, TurnOutput, TurnRequest
-from workers.core.ports import NullSpan, NullTracer
+from workers.core.ports import NullSpan, NullTracer, TurnAgent
 from workers.core.steps import Deps, TurnSettings, accept_message, run_step
 from workers.handlers import turn as turn_handler
 from workers.sandbox.emulator import LambdaContextStub
@@ -239,7 +239,10 @@ class FixedAgent(ScriptedAgent):
         return TurnOutput(b"cp", [], self.reply, None, TokenUsage(), guardrails=self.guardrails)
 
 
-def world(agent: ScriptedAgent, policy: GuardPolicy | None = POLICY) -> tuple[Deps, SpanRecorder]:
+def world(
+    agent: TurnAgent, policy: GuardPolicy | None = POLICY, **settings: Any
+) -> tuple[Deps, SpanRecorder]:
+    """In-memory deps around ``agent`` with the guard ``policy``, tracing to a recorder."""
     tracer = SpanRecorder()
     deps = Deps(
         InMemoryConversationStore(),
@@ -248,7 +251,7 @@ def world(agent: ScriptedAgent, policy: GuardPolicy | None = POLICY) -> tuple[De
         RecordingStarter(),
         ManualClock(),
         tracer=tracer,
-        settings=TurnSettings(guard=policy),
+        settings=TurnSettings(guard=policy, **settings),
     )
     return deps, tracer
 
