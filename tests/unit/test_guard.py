@@ -131,7 +131,7 @@ def test_input_personal_data_can_be_masked_or_blocked() -> None:
     text = f"card {CARD}, mail {EMAIL}"
     masked = guard_input([text], GuardPolicy(input_pii="mask"))
     assert masked.action == "mask" and masked.texts == ("card [CARD], mail [EMAIL]",)
-    assert masked.rules == ["email", "card"] or masked.rules == ["card", "email"]
+    assert masked.rules == ["card", "email"]  # in the order of the text
     blocked = guard_input([text], GuardPolicy(input_pii="block"))
     assert blocked.action == "block" and blocked.category == "pii"
     assert "a card number" in blocked.notice() and CARD not in blocked.notice()
@@ -296,7 +296,9 @@ def test_a_reply_with_personal_data_is_masked_streamed_masked_and_told() -> None
     reply, notice = sent(deps)
     assert isinstance(reply, Reply) and isinstance(notice, Notice)
     assert reply.text == "The account belongs to [EMAIL], card [CARD]. Anything else?"
-    assert notice.text == "Personal data in the reply (an e-mail address, a card number) was masked."
+    assert notice.text == (
+        "Personal data in the reply (an e-mail address, a card number) was masked."
+    )
     sink = deps.sink
     assert isinstance(sink, RecordingSink)
     streamed = "".join(c.delta for c in sink.chunks)
@@ -382,4 +384,3 @@ def test_the_turn_handler_counts_interventions_as_a_metric(
     emitted = [json.loads(line) for line in capsys.readouterr().out.splitlines() if "_aws" in line]
     values = [e.get("GuardrailInterventions") for e in emitted]
     assert 1 in values or [1] in values
-

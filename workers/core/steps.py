@@ -576,14 +576,14 @@ def _guard_output(
     notices: list[Notice] = []
     for hit in output.guardrails:
         rules = list(hit.policies) or [hit.provider]
-        verdict = Verdict(hit.stage, "block", (), category="model_guardrail")
-        attributes = {**verdict.attributes(), "guardrail.rules": rules}
+        provider = Verdict(hit.stage, "block", (), category="model_guardrail")
+        attributes = {**provider.attributes(), "guardrail.rules": rules}
         attributes["guardrail.provider"] = hit.provider
         _trace_guardrail(deps, "guardrail.model", attributes)
         text = notice_text(hit.stage, "block", "model_guardrail", rules)
         cid = plan.state.conversation_id
         notices.append(Notice(conversation_id=cid, in_reply_to=plan.message_ids, text=text))
-    verdict = None
+    verdict: Verdict | None = None
     if guard is not None and output.reply_text is not None:
         verdict = guard_output(output.reply_text, guard, allowed=allowed)
         if verdict.intervened:
