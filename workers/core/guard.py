@@ -144,8 +144,11 @@ def find_pii(text: str) -> list[Finding]:
         add("aws_key", m.start(2), m.end(2))
     for m in AWS_KEY_ID.finditer(text):
         add("aws_key", m.start(), m.end())
-    for m in EMAIL.finditer(text):
-        add("email", m.start(), m.end())
+    if "@" in text:
+        for m in EMAIL.finditer(text):
+            add("email", m.start(), m.end())
+    if not _DIGIT.search(text):  # the rest have digits
+        return sorted(taken, key=lambda f: f.start)
     for m in IBAN.finditer(text):
         if iban_ok(m.group(0)):
             add("iban", m.start(), m.end())
@@ -156,6 +159,9 @@ def find_pii(text: str) -> list[Finding]:
         if phone_ok(m.group(0)):
             add("phone", m.start(), m.end())
     return sorted(taken, key=lambda f: f.start)
+
+
+_DIGIT = re.compile(r"\d")
 
 
 def pii_values(texts: Iterable[str]) -> frozenset[str]:
@@ -370,6 +376,8 @@ class StreamGuard:
     policy: GuardPolicy
     allowed: frozenset[str] = frozenset()
     hold: int = 48
+    step: int = 32
+    """Text is checked once this much more than ``hold`` is waiting (not on every token)."""
     limit: int = 512
     """Text held back without a safe cut beyond this is cut anyway (a long unbroken token)."""
     stopped: bool = False
@@ -381,13 +389,15 @@ class StreamGuard:
         if self.stopped:
             return ""
         self._pending += delta
+        if len(self._pending) < self.hold + self.step:
+            return ""
         if self._blocks(self._tail + self._pending):
             self.stopped = True
             return ""
-        cut = self._cut()
+        cut, spans = self._cut()
         if cut <= 0:
             return ""
-        return self._emit(cut)
+        return self._emit(cut, [f for f in spans if f.end <= cut])
 
     def flush(self) -> str:
         """The rest, at the end of the reply ("" when stopped)."""
@@ -396,7 +406,7 @@ class StreamGuard:
         if self._blocks(self._tail + self._pending):
             self.stopped = True
             return ""
-        return self._emit(len(self._pending))
+        return self._emit(len(self._pending), find_pii(self._pending))
 
     def _blocks(self, text: str) -> bool:
         if check_topics(text, self.policy):
@@ -405,23 +415,25 @@ class StreamGuard:
             return False
         return any(_normal(text[f.start : f.end]) not in self.allowed for f in find_pii(text))
 
-    def _cut(self) -> int:
+    def _cut(self) -> tuple[int, list[Finding]]:
+        """Where the text waiting can be cut (0: not yet), and the personal data in it."""
         text = self._pending
         limit = len(text) - self.hold
-        if limit <= 0:
-            return 0
         spans = find_pii(text)
-        for i in range(limit, 0, -1):
-            if text[i - 1].isspace() and all(not f.start < i < f.end for f in spans):
-                return i
-        return limit if len(text) > self.limit else 0
+        i = limit
+        while i > 0:
+            i = max(text.rfind(" ", 0, i), text.rfind("\n", 0, i)) + 1
+            if i > 0 and all(not f.start < i < f.end for f in spans):
+                return i, spans
+            i -= 1
+        return (limit if len(text) > self.limit else 0), spans
 
-    def _emit(self, cut: int) -> str:
+    def _emit(self, cut: int, spans: list[Finding]) -> str:
         segment, self._pending = self._pending[:cut], self._pending[cut:]
         self._tail = (self._tail + segment)[-self.hold :]
         if self.policy.output_pii == "allow":
             return segment
-        return mask_pii(segment, find_pii(segment), self.allowed)[0]
+        return mask_pii(segment, spans, self.allowed)[0]
 
 
 __all__ = [

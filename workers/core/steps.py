@@ -502,7 +502,8 @@ def _advance(
         message_ids=plan.message_ids,
         customer=claim.state.customer,
     )
-    allowed = pii_values(texts) if guard is not None else frozenset()
+    guards_pii = guard is not None and guard.output_pii != "allow"
+    allowed = pii_values(texts) if guards_pii else frozenset()
     streamer = _chunk_streamer(deps, cid, turn_id, guard, allowed)
     try:
         output = deps.agent.run_turn(
