@@ -67,6 +67,8 @@ class StepResult(BaseModel):
     outcome: Literal["turn", "deliver", "more_pending", "released", "handover"]
     turn: TurnOutcome | None = None
     status: Literal["idle", "awaiting_approval"] | None = None
+    guardrail_interventions: int = Field(0, ge=0)
+    """Interventions of the guardrails in the step's turn (counted as a metric)."""
 
 
 class FinishResult(BaseModel):

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from events.identity import ClaimMapping
 from events.workflow import RunRef
 from workers.config import Settings, load_settings
+from workers.core.guard import GuardPolicy
 from workers.core.ports import Authenticator, Clock, NullTracer, TicketStore, Tracer, TurnAgent
 from workers.core.steps import Deps, TurnSettings
 from workers.errors import ConfigError
@@ -37,6 +38,19 @@ def turn_settings(settings: Settings) -> TurnSettings:
         retention_seconds=None
         if settings.retention_days is None
         else settings.retention_days * 86_400.0,
+        guard=guard_policy(settings),
+    )
+
+
+def guard_policy(settings: Settings) -> GuardPolicy | None:
+    """The guard step's policy (``None`` with ``guard`` off)."""
+    if not settings.guard:
+        return None
+    return GuardPolicy(
+        input_pii=settings.guard_input_pii,
+        output_pii=settings.guard_output_pii,
+        blocked_topics=tuple(settings.guard_blocked_topics),
+        prompt_injection=settings.guard_prompt_injection,
     )
 
 
@@ -115,7 +129,11 @@ def build_agent(settings: Settings, tickets: TicketStore, clock: Clock, model: A
 
     chat_model = model or make_model(
         settings.model,
-        ModelOptions(region=settings.bedrock_region, endpoint_url=settings.bedrock_endpoint_url),
+        ModelOptions(
+            region=settings.bedrock_region,
+            endpoint_url=settings.bedrock_endpoint_url,
+            guardrail=settings.bedrock_guardrail,
+        ),
     )
     ctx = BuildContext(
         model=chat_model,

@@ -33,6 +33,7 @@ APP_KEYS = (
     "approval_policies",
     "double_texting",
     "context_window",
+    "guard_blocked_topics",
 )
 """What ``agentworker.toml`` may set: the app, not the runtime around it."""
 
@@ -153,6 +154,35 @@ class Settings(BaseSettings):
         default_factory=list,
         description="More regular expressions to mask in spans and logs (a JSON list, or one).",
     )
+    # guardrails -------------------------------------------------------------------------
+    guard: bool = Field(
+        True,
+        description="Guard every turn: input and reply checked for prompt injection, blocked"
+        " topics and personal data.",
+    )
+    guard_input_pii: Literal["allow", "mask", "block"] = Field(
+        "allow", description="Personal data in the user's message: allow, mask or block."
+    )
+    guard_output_pii: Literal["allow", "mask", "block"] = Field(
+        "mask", description="Personal data in the reply: allow, mask or block."
+    )
+    guard_blocked_topics: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Topics refused in messages and replies: comma-separated (or a JSON list);"
+        " 'a|b' gives alternatives.",
+    )
+    guard_prompt_injection: bool = Field(
+        True, description="Block messages that try to override the assistant's instructions."
+    )
+    guardrail_id: str | None = Field(
+        None,
+        pattern=r"^([a-z0-9]+|arn:aws(-[^:]+)?:bedrock:[a-z0-9-]{1,20}:[0-9]{12}:guardrail/[a-z0-9]+)$",
+        description="Bedrock Guardrails: the guardrail id or ARN sent with every Converse call.",
+    )
+    guardrail_version: str = Field(
+        "DRAFT", pattern=r"^(DRAFT|[1-9][0-9]{0,7})$", description="Bedrock guardrail version."
+    )
+    guardrail_trace: bool = Field(True, description="Ask Bedrock for the guardrail's trace.")
     mlflow_tracking_uri: str | None = Field(
         None, description="Default: sqlite:///<state_dir>/mlflow.db (embedded)."
     )
@@ -252,6 +282,26 @@ class Settings(BaseSettings):
             except re.error as exc:
                 raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
         return value
+
+    @field_validator("guard_blocked_topics", mode="before")
+    @classmethod
+    def _topics(cls, value: object) -> object:
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                return json.loads(value)
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @property
+    def bedrock_guardrail(self) -> dict[str, str] | None:
+        """The Converse ``guardrailConfig`` when a guardrail is configured."""
+        if self.guardrail_id is None:
+            return None
+        return {
+            "guardrailIdentifier": self.guardrail_id,
+            "guardrailVersion": self.guardrail_version,
+            "trace": "enabled" if self.guardrail_trace else "disabled",
+        }
 
     @field_validator("approval_policies", mode="before")
     @classmethod

@@ -107,6 +107,11 @@ class LocalApp:
             InboundMessage(conversation_id=conversation_id, kind="resume", resume=answer)
         )
 
+    def replies(self, conversation_id: str) -> list[OutboxPayload]:
+        """Everything sent to the conversation so far (replies, notices, requests), in order."""
+        history = self._call(self._runtime.history(conversation_id))
+        return [entry.payload for entry in history.outbox] if history is not None else []
+
     def pending(self, conversation_id: str) -> Any:
         """The approval request or interrupt the conversation waits for, if any."""
         history = self._call(self._runtime.history(conversation_id))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,6 +108,8 @@ class ModelOptions:
     max_tokens: int = 1024
     temperature: float = 0.0
     read_timeout: float = 120.0
+    guardrail: Mapping[str, str] | None = None
+    """Bedrock Guardrails: the Converse ``guardrailConfig`` sent with every call."""
 
 
 def make_model(spec: str, options: ModelOptions | None = None) -> BaseChatModel:
@@ -117,6 +120,11 @@ def make_model(spec: str, options: ModelOptions | None = None) -> BaseChatModel:
         from workers.agent.offline import OfflineChatModel
 
         return OfflineChatModel(latency_s=float(name or 0) / 1000.0)
+    if opts.guardrail is not None and provider != "bedrock_converse":
+        raise ConfigError(
+            f"AGENTWORKER_GUARDRAIL_ID is set, but Bedrock Guardrails apply to Bedrock models"
+            f" only, not AGENTWORKER_MODEL={spec!r} (the guard step works with any model)"
+        )
     check_provider(spec, provider, opts)
     from langchain.chat_models import init_chat_model
 
@@ -187,6 +195,9 @@ def _options(provider: str, opts: ModelOptions) -> dict[str, Any]:
             kwargs["region_name"] = opts.region
         if opts.endpoint_url:
             kwargs["endpoint_url"] = opts.endpoint_url
+        if opts.guardrail is not None:
+            # ChatBedrockConverse sends it as the request's guardrailConfig, streaming or not
+            kwargs["guardrail_config"] = dict(opts.guardrail)
         return kwargs
     if provider in ("openai", "azure_openai"):
         return {

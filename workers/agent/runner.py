@@ -30,6 +30,7 @@ from pydantic_core import to_jsonable_python
 
 from events.outbound import GraphStateView, PendingInterruptView
 from workers.agent.callbacks import TurnCallbacks
+from workers.agent.guardrails import model_guardrails
 from workers.agent.models import map_model_error
 from workers.agent.saver import INTERRUPT, STAGE_KEY, StagedCheckpointSaver
 from workers.agent.sdk import TurnInfo, approval_of, bound_turn
@@ -159,6 +160,7 @@ class GraphTurnAgent:
             usage=callbacks.usage,
             model_calls=callbacks.model_calls,
             tool_calls=list(callbacks.tool_calls),
+            guardrails=model_guardrails(fresh),
         )
 
     def _pending(self, interrupts: Sequence[Interrupt], config: RunnableConfig) -> PendingInterrupt:

@@ -262,6 +262,18 @@ class PendingInterrupt:
 
 
 @dataclass(frozen=True)
+class ModelGuardrail:
+    """A model provider's own guardrail intervened on one model call of a turn (Bedrock
+    Guardrails: ``stopReason`` ``guardrail_intervened``); the reply is its canned text."""
+
+    provider: str
+    stage: Literal["input", "output"]
+    """What it assessed: the request (the model was not called) or the model's output."""
+    policies: tuple[str, ...] = ()
+    """The policies that acted (``topicPolicy``, ``wordPolicy``...), when traced."""
+
+
+@dataclass(frozen=True)
 class TurnOutput:
     """What one agent turn produced; persisted by the core in one fenced commit."""
 
@@ -272,3 +284,5 @@ class TurnOutput:
     usage: TokenUsage
     model_calls: int = 0
     tool_calls: list[str] = field(default_factory=list)
+    guardrails: tuple[ModelGuardrail, ...] = ()
+    """The model provider's guardrail interventions during the turn."""

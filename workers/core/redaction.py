@@ -26,7 +26,8 @@ from typing import Any
 from workers.core.ports import Feedback, OpenSpan, SpanHandle, Tracer
 
 EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
-CARD = re.compile(r"(?<![\d.])\d(?:[ -]?\d){12,18}(?![\d.])")
+# not inside a longer number or a decimal (a Slack timestamp), but at a sentence's end too
+CARD = re.compile(r"(?<!\d)(?<!\d\.)\d(?:[ -]?\d){12,18}(?!\d|\.\d)")
 IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b")
 PHONE = re.compile(
     r"(?<![\w+])(?<!\d[.:-])(?:\+\d{1,3}[ .-]?)?"
@@ -61,9 +62,20 @@ def iban_ok(candidate: str) -> bool:
     return int(number) % 97 == 1
 
 
+def card_ok(candidate: str) -> bool:
+    """Whether a :data:`CARD` match is a card number (13 to 19 digits, Luhn-checked)."""
+    digits = re.sub(r"[ -]", "", candidate)
+    return 13 <= len(digits) <= 19 and luhn_ok(digits)
+
+
+def phone_ok(candidate: str) -> bool:
+    """Whether a :data:`PHONE` match is a phone number (9 to 15 digits, not a date)."""
+    digits = sum(ch.isdigit() for ch in candidate)
+    return 9 <= digits <= 15 and not ISO_DATE.match(candidate)
+
+
 def _card(match: re.Match[str]) -> str:
-    digits = re.sub(r"[ -]", "", match.group(0))
-    return "[CARD]" if 13 <= len(digits) <= 19 and luhn_ok(digits) else match.group(0)
+    return "[CARD]" if card_ok(match.group(0)) else match.group(0)
 
 
 def _iban(match: re.Match[str]) -> str:
@@ -71,11 +83,7 @@ def _iban(match: re.Match[str]) -> str:
 
 
 def _phone(match: re.Match[str]) -> str:
-    text = match.group(0)
-    digits = sum(ch.isdigit() for ch in text)
-    if not 9 <= digits <= 15 or ISO_DATE.match(text):
-        return text
-    return "[PHONE]"
+    return "[PHONE]" if phone_ok(match.group(0)) else match.group(0)
 
 
 class Redactor:

@@ -16,7 +16,7 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Literal, TypeVar
@@ -33,6 +33,15 @@ from events.outbound import (
     ReplyChunk,
 )
 from events.workflow import FinishResult, RunRef, StepResult, TurnOutcome
+from workers.core.guard import (
+    GuardPolicy,
+    StreamGuard,
+    Verdict,
+    guard_input,
+    guard_output,
+    notice_text,
+    pii_values,
+)
 from workers.core.model import (
     AcceptResult,
     ConversationState,
@@ -42,7 +51,9 @@ from workers.core.model import (
     PendingInterrupt,
     PendingRequest,
     PendingWork,
+    ResumeRecord,
     TurnCommit,
+    TurnInput,
     TurnOutput,
     TurnRequest,
 )
@@ -115,6 +126,8 @@ class TurnSettings:
     """Erase conversations idle this long (``None``: keep them)."""
     approval_policies: Mapping[str, ApprovalPolicy] = field(default_factory=dict)
     """Who may decide each tool's approvals (tools not named: anyone in the conversation)."""
+    guard: GuardPolicy | None = None
+    """The input and output guard of every turn (``None``: off)."""
 
 
 @dataclass
@@ -367,6 +380,7 @@ class Turn:
     consumed: list[str]
     delivered: list[int] = field(default_factory=list)
     undelivered: int = 0
+    guardrail_interventions: int = 0
 
 
 def advance_turn(deps: Deps, claim: Claim, *, deliver_now: bool = True) -> Turn:
@@ -389,8 +403,10 @@ def advance_turn(deps: Deps, claim: Claim, *, deliver_now: bool = True) -> Turn:
     with deps.tracer.turn("turn", tags=tags, inputs=_trace_inputs(plan)) as span:
         # The claim's reads happened before the turn was known: their time, not a span.
         span.set_attributes({"store.claim_ms": round(claim.read_ms, 3)})
-        outcome, status, entries = _advance(deps, claim, plan, turn_id, span)
-        return _delivered(
+        outcome, status, entries, interventions = _advance(deps, claim, plan, turn_id, span)
+        if interventions:
+            span.set_attributes({"guardrail.interventions": interventions})
+        turn = _delivered(
             deps,
             claim,
             entries,
@@ -399,6 +415,7 @@ def advance_turn(deps: Deps, claim: Claim, *, deliver_now: bool = True) -> Turn:
             turn_id=turn_id,
             deliver=deliver_now,
         )
+        return replace(turn, guardrail_interventions=interventions)
 
 
 def _trace_inputs(plan: TurnPlan) -> dict[str, object]:
@@ -451,39 +468,66 @@ def _channel(plan: TurnPlan) -> str:
 
 def _advance(
     deps: Deps, claim: Claim, plan: TurnPlan, turn_id: str, span: SpanHandle
-) -> tuple[TurnOutcome, ConversationStatus, list[OutboxEntry]]:
+) -> tuple[TurnOutcome, ConversationStatus, list[OutboxEntry], int]:
+    """Run and commit the plan's turn: the outcome, the status it left, the outbox entries
+    it wrote and the number of guardrail interventions."""
     run = claim.run
     cid = run.conversation_id
     if plan.kind == "skip":
         notice = Notice(conversation_id=cid, in_reply_to=plan.message_ids, text=plan.notice or "")
-        return "skipped", plan.status_if_unchanged, _commit_unchanged(deps, run, plan, notice)
+        return "skipped", plan.status_if_unchanged, _commit_unchanged(deps, run, plan, notice), 0
+    guard = deps.settings.guard
+    inputs, resume = plan.inputs, plan.resume
+    before: list[Notice] = []
+    interventions = 0
+    texts = _guarded_texts(plan)
+    if guard is not None and texts:
+        verdict = guard_input(texts, guard)
+        if verdict.intervened:
+            interventions += 1
+            notice = _guardrail_notice(deps, plan, verdict)
+            if verdict.action == "block":  # the graph does not run; a pending interrupt stays
+                entries = _commit_unchanged(deps, run, plan, notice)
+                return "replied", plan.status_if_unchanged, entries, interventions
+            inputs, resume = _masked(plan, verdict.texts)
+            before.append(notice)
     request = TurnRequest(
         conversation_id=cid,
         turn_id=turn_id,
         channel=_channel(plan),
-        inputs=plan.inputs,
-        resume=plan.resume,
+        inputs=inputs,
+        resume=resume,
         checkpoint=claim.work.checkpoint,
         history=claim.work.history,
         message_ids=plan.message_ids,
         customer=claim.state.customer,
     )
+    guards_pii = guard is not None and guard.output_pii != "allow"
+    allowed = pii_values(texts) if guards_pii else frozenset()
+    streamer = _chunk_streamer(deps, cid, turn_id, guard, allowed)
     try:
         output = deps.agent.run_turn(
-            request, on_chunk=_chunk_streamer(deps, cid, turn_id), tracer=deps.tracer
+            request, on_chunk=streamer.on_chunk if streamer else None, tracer=deps.tracer
         )
     except PermanentError as exc:
         span.set_attributes({"error": str(exc)})
         text = f"Sorry, I could not process that: {exc}"
         entries = fail_turn(deps, run, plan, text, error=describe_error(exc))
-        return "replied", plan.status_if_unchanged, entries
-    commit = replace(_turn_commit(run, plan, turn_id, output), lease_until=_lease_until(deps))
+        return "replied", plan.status_if_unchanged, entries, interventions
+    output, after = _guard_output(
+        deps, plan, output, guard=guard, allowed=allowed, streamer=streamer
+    )
+    interventions += len(after)
+    commit = replace(
+        _turn_commit(run, plan, turn_id, output, before=before, after=after),
+        lease_until=_lease_until(deps),
+    )
     with deps.tracer.span("store.commit", kind="UNKNOWN"):
         try:
             entries = deps.store.commit_turn(cid, commit)
         except TurnSuperseded:
             span.set_attributes({"superseded": True})
-            return "interrupted", claim.status, []
+            return "interrupted", claim.status, [], interventions
     span.set_attributes(
         {
             "mlflow.chat.tokenUsage": {
@@ -496,7 +540,77 @@ def _advance(
         }
     )
     span.set_outputs({"reply": output.reply_text, "interrupt": _interrupt_of(output)})
-    return ("awaiting_approval" if output.interrupt else "replied"), commit.status, entries
+    outcome: TurnOutcome = "awaiting_approval" if output.interrupt else "replied"
+    return outcome, commit.status, entries, interventions
+
+
+def _guarded_texts(plan: TurnPlan) -> list[str]:
+    """The user text a turn hands the graph: its messages, or a plain message that answers
+    an ``interrupt()`` (an approval's decision is not free text)."""
+    if plan.inputs:
+        return plan.texts
+    if plan.resume is not None and isinstance(plan.resume.value, str):
+        return [plan.resume.value]
+    return []
+
+
+def _masked(plan: TurnPlan, texts: Sequence[str]) -> tuple[list[TurnInput], ResumeRecord | None]:
+    """The plan's inputs (or resume answer) with the masked ``texts`` in place."""
+    if plan.inputs:
+        return [replace(i, text=t) for i, t in zip(plan.inputs, texts, strict=True)], plan.resume
+    assert plan.resume is not None  # _guarded_texts found text in it
+    return [], replace(plan.resume, value=texts[0])
+
+
+def _guard_output(
+    deps: Deps,
+    plan: TurnPlan,
+    output: TurnOutput,
+    *,
+    guard: GuardPolicy | None,
+    allowed: frozenset[str],
+    streamer: _Streamer | None,
+) -> tuple[TurnOutput, list[Notice]]:
+    """The output guard on the turn's reply (masked or replaced), and the notices of every
+    output intervention: the guard's and the model provider's own guardrail's (whose canned
+    text is already the reply)."""
+    notices: list[Notice] = []
+    for hit in output.guardrails:
+        rules = list(hit.policies) or [hit.provider]
+        provider = Verdict(hit.stage, "block", (), category="model_guardrail")
+        attributes = {**provider.attributes(), "guardrail.rules": rules}
+        attributes["guardrail.provider"] = hit.provider
+        _trace_guardrail(deps, "guardrail.model", attributes)
+        text = notice_text(hit.stage, "block", "model_guardrail", rules)
+        cid = plan.state.conversation_id
+        notices.append(Notice(conversation_id=cid, in_reply_to=plan.message_ids, text=text))
+    verdict: Verdict | None = None
+    if guard is not None and output.reply_text is not None:
+        verdict = guard_output(output.reply_text, guard, allowed=allowed)
+        if verdict.intervened:
+            output = replace(output, reply_text=verdict.texts[0])
+            notices.append(_guardrail_notice(deps, plan, verdict))
+    if streamer is not None and (verdict is None or verdict.action != "block"):
+        streamer.flush()
+    return output, notices
+
+
+def _guardrail_notice(deps: Deps, plan: TurnPlan, verdict: Verdict) -> Notice:
+    """Trace an intervention of the guard (a GUARDRAIL span naming what fired, never what
+    matched) and the notice that tells the user."""
+    _trace_guardrail(deps, f"guardrail.{verdict.stage}", verdict.attributes())
+    return Notice(
+        conversation_id=plan.state.conversation_id,
+        in_reply_to=plan.message_ids,
+        text=verdict.notice(),
+    )
+
+
+def _trace_guardrail(deps: Deps, name: str, attributes: dict[str, object]) -> None:
+    inputs = {"stage": attributes.get("guardrail.stage")}
+    with deps.tracer.span(name, kind="GUARDRAIL", inputs=inputs) as guard_span:
+        guard_span.set_attributes(attributes)
+        guard_span.set_outputs({"action": attributes.get("guardrail.action")})
 
 
 def _interrupt_of(output: TurnOutput) -> object:
@@ -553,9 +667,19 @@ def _commit_unchanged(
     return deps.store.commit_turn(run.conversation_id, commit)
 
 
-def _turn_commit(run: RunRef, plan: TurnPlan, turn_id: str, output: TurnOutput) -> TurnCommit:
+def _turn_commit(
+    run: RunRef,
+    plan: TurnPlan,
+    turn_id: str,
+    output: TurnOutput,
+    *,
+    before: Sequence[Notice] = (),
+    after: Sequence[Notice] = (),
+) -> TurnCommit:
+    """The turn's commit; its outbox holds the notices ``before`` the reply, the reply, the
+    notices ``after`` it, then what the turn waits for."""
     cid = run.conversation_id
-    outbox: list[OutboxPayload] = []
+    outbox: list[OutboxPayload] = list(before)
     request: PendingRequest | None = None
     if output.reply_text is not None:
         outbox.append(
@@ -567,6 +691,7 @@ def _turn_commit(run: RunRef, plan: TurnPlan, turn_id: str, output: TurnOutput) 
                 usage=output.usage,
             )
         )
+    outbox.extend(after)
     if output.interrupt is not None:
         request = _pending_request(cid, turn_id, plan, output.interrupt)
         outbox.append(request)
@@ -612,17 +737,45 @@ def _pending_request(
     )
 
 
-def _chunk_streamer(deps: Deps, cid: str, turn_id: str) -> Callable[[str], None] | None:
+@dataclass
+class _Streamer:
+    """Sends a reply's chunks as the model writes them, through the output guard's
+    :class:`StreamGuard` when replies are guarded (held back until safe, masked, stopped on a
+    blocked topic)."""
+
+    deps: Deps
+    conversation_id: str
+    turn_id: str
+    guard: StreamGuard | None = None
+    _counter: itertools.count[int] = field(default_factory=itertools.count)
+
+    def on_chunk(self, delta: str) -> None:
+        self._send(delta if self.guard is None else self.guard.feed(delta))
+
+    def flush(self) -> None:
+        if self.guard is not None:
+            self._send(self.guard.flush())
+
+    def _send(self, delta: str) -> None:
+        if delta:
+            chunk = ReplyChunk(
+                conversation_id=self.conversation_id,
+                turn_id=self.turn_id,
+                index=next(self._counter),
+                delta=delta,
+            )
+            self.deps.sink.send_chunk(chunk)
+
+
+def _chunk_streamer(
+    deps: Deps, cid: str, turn_id: str, guard: GuardPolicy | None, allowed: frozenset[str]
+) -> _Streamer | None:
     if not deps.settings.stream:
         return None
-    counter = itertools.count()
-
-    def on_chunk(delta: str) -> None:
-        deps.sink.send_chunk(
-            ReplyChunk(conversation_id=cid, turn_id=turn_id, index=next(counter), delta=delta)
-        )
-
-    return on_chunk
+    stream_guard = (
+        StreamGuard(guard, allowed) if guard is not None and guard.guards_output else None
+    )
+    return _Streamer(deps, cid, turn_id, stream_guard)
 
 
 # 4. deliver ---------------------------------------------------------------------------------
@@ -758,12 +911,19 @@ def finish_turn(
         if turn.delivered:
             _mark(deps, lambda: deps.store.mark_delivered(cid, turn.delivered, now=now))
         raise
+    guarded = turn.guardrail_interventions
     if released:
-        return StepResult(run=run, outcome="released", turn=turn.outcome, status=turn.status)
+        return StepResult(
+            run=run,
+            outcome="released",
+            turn=turn.outcome,
+            status=turn.status,
+            guardrail_interventions=guarded,
+        )
     if not final and turn.delivered:
         _mark(deps, lambda: deps.store.mark_delivered(cid, turn.delivered, now=now))
     outcome: Literal["turn", "deliver"] = "deliver" if turn.undelivered else "turn"
-    return StepResult(run=run, outcome=outcome, turn=turn.outcome)
+    return StepResult(run=run, outcome=outcome, turn=turn.outcome, guardrail_interventions=guarded)
 
 
 def finish_run(deps: Deps, claim: Claim) -> FinishResult:
@@ -856,7 +1016,12 @@ def run_step(
     if claim.plan is not None and not _budget_spent(deps, run):
         turn = advance_turn(deps, claim, deliver_now=deliver_now)
         if not deliver_now:
-            return StepResult(run=turn.run, outcome="deliver", turn=turn.outcome)
+            return StepResult(
+                run=turn.run,
+                outcome="deliver",
+                turn=turn.outcome,
+                guardrail_interventions=turn.guardrail_interventions,
+            )
         return finish_turn(deps, claim, turn, hold_approvals=hold_approvals)
     deliver(deps, run.conversation_id)  # e.g. notices of messages rejected meanwhile
     finish = finish_run(deps, claim)

@@ -98,4 +98,10 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     metrics.add_metric(name=f"step_{result.outcome}", unit=MetricUnit.Count, value=1)
     if result.turn is not None:
         metrics.add_metric(name=f"turn_{result.turn}", unit=MetricUnit.Count, value=1)
+    if result.guardrail_interventions:
+        metrics.add_metric(
+            name="GuardrailInterventions",
+            unit=MetricUnit.Count,
+            value=result.guardrail_interventions,
+        )
     return result.model_dump(mode="json")

@@ -24,9 +24,9 @@ import time
 import uuid
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from workers.sandbox.stub_http import (
@@ -93,6 +93,36 @@ class Reply:
     """None: estimated from the request and reply (about four characters per token)."""
     stop_reason: str | None = None
     """None: ``tool_use`` when the reply calls tools, else ``end_turn``."""
+    trace: Mapping[str, Any] | None = None
+    """The response's ``trace`` (a guardrail's assessment), in ``metadata`` when streamed."""
+
+
+BLOCKED_MESSAGING = "Sorry, the model cannot answer this question."
+"""What a Bedrock guardrail answers by default when it blocks a request or an output."""
+
+
+@dataclass(frozen=True)
+class GuardrailRule:
+    """A rule of the stub's guardrail, applied to requests that carry ``guardrailConfig``:
+    when the text it assesses (``input``: the request's messages; ``output``: the reply)
+    contains one of ``words`` (any case; none: always), the guardrail intervenes as
+    Bedrock's does: ``stopReason`` ``guardrail_intervened``, ``message`` as the answer, and
+    (unless the config turns its trace off) ``trace.guardrail`` with the assessment of a
+    denied topic (``policy="topic"``, named ``name``) or of a blocked word (``"word"``)."""
+
+    name: str
+    words: tuple[str, ...] = ()
+    stage: Literal["input", "output"] = "input"
+    policy: Literal["topic", "word"] = "topic"
+    message: str = BLOCKED_MESSAGING
+
+    def match(self, text: str) -> str | None:
+        """The word of the rule found in ``text`` (the rule's name for a rule without
+        words), or None."""
+        if not self.words:
+            return self.name
+        lowered = text.lower()
+        return next((w for w in self.words if w.lower() in lowered), None)
 
 
 @dataclass(frozen=True)
@@ -173,8 +203,34 @@ class ConverseStubServer(StubServer["_Scripted", "RecordedRequest"]):
 
     name = "converse-stub"
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._guardrail_rules: list[GuardrailRule] = []
+
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         return _ConverseHandler
+
+    def guardrail(
+        self,
+        name: str,
+        words: Sequence[str] = (),
+        *,
+        stage: Literal["input", "output"] = "input",
+        policy: Literal["topic", "word"] = "topic",
+        message: str = BLOCKED_MESSAGING,
+    ) -> GuardrailRule:
+        """Add a rule to the stub's guardrail (kept until :meth:`reset`): requests with
+        ``guardrailConfig`` whose input (or reply, with ``stage="output"``) contains one of
+        ``words`` (none: every such request) get the guardrail's intervention."""
+        rule = GuardrailRule(name, tuple(words), stage, policy, message)
+        with self._lock:
+            self._guardrail_rules.append(rule)
+        return rule
+
+    def reset(self) -> None:
+        super().reset()
+        with self._lock:
+            self._guardrail_rules.clear()
 
     # scripting -------------------------------------------------------------------------------
 
@@ -261,11 +317,27 @@ class ConverseStubServer(StubServer["_Scripted", "RecordedRequest"]):
                     "ValidationException", "The provided model identifier is invalid."
                 )
             scripted = self._take(request, failures_only=problem is not None)
-        if scripted is not None:
-            return serial, scripted
-        if problem is not None:
+        if problem is not None and scripted is None:
             return serial, _error("ValidationException", problem)
-        return serial, default_reply(body)
+        outcome = scripted if scripted is not None else default_reply(body)
+        return serial, self._guarded(body, outcome)
+
+    def _guarded(self, body: Mapping[str, Any], outcome: Outcome) -> Outcome:
+        """``outcome``, or the guardrail's intervention when the request carries
+        ``guardrailConfig`` and a rule matches its input (the model is not called) or the
+        reply (the model's output is replaced)."""
+        config = body.get("guardrailConfig")
+        if not isinstance(config, dict) or not isinstance(outcome, Reply):
+            return outcome
+        with self._lock:
+            rules = list(self._guardrail_rules)
+        assessed = "\n".join(_text_of(m) for m in body.get("messages", []) if isinstance(m, dict))
+        for rule in rules:
+            text = assessed if rule.stage == "input" else outcome.text
+            found = rule.match(text)
+            if found is not None:
+                return guardrail_intervention(rule, found, config, text, outcome)
+        return outcome
 
     def _take(self, request: RecordedRequest, *, failures_only: bool) -> Outcome | None:
         """Remove and return the first scripted outcome meant for ``request`` (lock held)."""
@@ -419,7 +491,10 @@ def reply_events(reply: Reply, request: Mapping[str, Any], started: float) -> It
         json.dumps(request.get("system", [])) + json.dumps(request.get("messages", [])), reply
     )
     latency_ms = int((time.monotonic() - started) * 1000)
-    yield StreamEvent("metadata", {"usage": usage.to_json(), "metrics": {"latencyMs": latency_ms}})
+    metadata: dict[str, Any] = {"usage": usage.to_json(), "metrics": {"latencyMs": latency_ms}}
+    if reply.trace is not None:
+        metadata["trace"] = dict(reply.trace)
+    yield StreamEvent("metadata", metadata)
 
 
 def converse_response(events: Iterator[StreamEvent]) -> dict[str, Any]:
@@ -647,7 +722,60 @@ def _with_ids(reply: Reply, serial: int) -> Reply:
         )
         for n, c in enumerate(reply.tool_calls)
     )
-    return Reply(reply.text, calls, reply.usage, reply.stop_reason)
+    return replace(reply, tool_calls=calls)
+
+
+def guardrail_intervention(
+    rule: GuardrailRule,
+    found: str,
+    config: Mapping[str, Any],
+    assessed: str,
+    reply: Reply,
+) -> Reply:
+    """The answer of a Bedrock guardrail that intervened by ``rule`` (``found`` in the
+    ``assessed`` text): its canned message, ``stopReason`` ``guardrail_intervened`` and,
+    unless ``config["trace"]`` is ``disabled``, the ``trace.guardrail`` assessment keyed by
+    the guardrail's identifier (``outputAssessments`` with the blocked ``modelOutput`` for an
+    output). An input intervention calls no model: no tokens."""
+    if rule.policy == "topic":
+        topic = {"name": rule.name, "type": "DENY", "action": "BLOCKED", "detected": True}
+        policy: dict[str, Any] = {"topicPolicy": {"topics": [topic]}}
+    else:
+        word = {"match": found, "action": "BLOCKED", "detected": True}
+        policy = {"wordPolicy": {"customWords": [word], "managedWordLists": []}}
+    assessment = {**policy, "invocationMetrics": _guardrail_metrics(rule, assessed)}
+    guardrail_id = str(config.get("guardrailIdentifier", ""))
+    guardrail: dict[str, Any]
+    if rule.stage == "input":
+        guardrail = {"inputAssessment": {guardrail_id: assessment}}
+    else:
+        guardrail = {"modelOutput": [reply.text], "outputAssessments": {guardrail_id: [assessment]}}
+    traced = config.get("trace", "disabled") != "disabled"
+    usage = Usage(0, 0) if rule.stage == "input" else reply.usage
+    return Reply(
+        text=rule.message,
+        usage=usage,
+        stop_reason="guardrail_intervened",
+        trace={"guardrail": guardrail} if traced else None,
+    )
+
+
+def _guardrail_metrics(rule: GuardrailRule, assessed: str) -> dict[str, Any]:
+    units = max(1, -(-len(assessed) // 1000))  # a text unit is up to 1,000 characters
+    usage = {
+        "topicPolicyUnits": units if rule.policy == "topic" else 0,
+        "contentPolicyUnits": 0,
+        "wordPolicyUnits": units if rule.policy == "word" else 0,
+        "sensitiveInformationPolicyUnits": 0,
+        "sensitiveInformationPolicyFreeUnits": 0,
+        "contextualGroundingPolicyUnits": 0,
+    }
+    characters = {"guarded": len(assessed), "total": len(assessed)}
+    return {
+        "guardrailProcessingLatency": 1,
+        "usage": usage,
+        "guardrailCoverage": {"textCharacters": characters},
+    }
 
 
 def estimate_usage(prompt: str, reply: Reply) -> Usage:
@@ -658,9 +786,11 @@ def estimate_usage(prompt: str, reply: Reply) -> Usage:
 
 
 __all__ = [
+    "BLOCKED_MESSAGING",
     "ERROR_STATUS",
     "ConverseStubServer",
     "Failure",
+    "GuardrailRule",
     "RecordedRequest",
     "Reply",
     "StreamEvent",
@@ -670,6 +800,7 @@ __all__ = [
     "converse_response",
     "default_reply",
     "estimate_usage",
+    "guardrail_intervention",
     "encode_event",
     "encode_event_message",
     "encode_exception",
