@@ -87,8 +87,10 @@ def test_stats_reads_every_turn_and_prices_it(traced: tuple[Path, MlflowTracer])
     assert stats.total("throttles") == 2
     import mlflow
 
+    experiment = mlflow.get_experiment_by_name("agentworker")
+    assert experiment is not None
     traces = mlflow.search_traces(
-        locations=[mlflow.get_experiment_by_name("agentworker").experiment_id],
+        locations=[experiment.experiment_id],
         return_type="list",
         include_spans=False,
     )

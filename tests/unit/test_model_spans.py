@@ -24,7 +24,7 @@ PRICE = ModelPrice(input=3.0, output=15.0, cache_read=0.3, cache_write=3.75)
 
 
 def reply(text: str = "", **usage: object) -> LLMResult:
-    message = AIMessage(text, usage_metadata=usage) if usage else AIMessage(text)  # type: ignore[arg-type]
+    message = AIMessage(text, usage_metadata=usage) if usage else AIMessage(text)
     return LLMResult(generations=[[ChatGeneration(message=message)]])
 
 

@@ -125,7 +125,7 @@ def test_the_turn_handler_puts_the_figures_in_metrics(monkeypatch: pytest.Monkey
     recorder = turn_handler.TurnRecorder(CostlyAgent())
     recorder.run_turn(
         TurnRequest(CID, "t2", "api", [], None, None, [], []), on_chunk=None, tracer=NullTracer()
-    )  # type: ignore[arg-type]
+    )
     assert len(recorder.outputs) == 1
     metrics.clear_metrics()
     try:

@@ -146,7 +146,7 @@ def make_model(spec: str, options: ModelOptions | None = None) -> BaseChatModel:
         if provider == "bedrock_converse" and opts.prompt_caching and supports_prompt_caching(name):
             from workers.agent.caching import CachingChatBedrockConverse
 
-            return CachingChatBedrockConverse(model=name, **_options(provider, opts))
+            return CachingChatBedrockConverse(model_id=name, **_options(provider, opts))
         model = init_chat_model(name, model_provider=provider, **_options(provider, opts))
     except ImportError as exc:
         raise ConfigError(f"AGENTWORKER_MODEL={spec!r}: {exc}") from None
