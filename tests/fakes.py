@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -570,3 +571,85 @@ def in_memory_aws(monkeypatch: Any, **env: str) -> Deps:
     bootstrap.reset_aws_deps()
     monkeypatch.setattr(bootstrap, "aws_deps", lambda **_: deps)
     return deps
+
+
+@dataclass
+class RecordedSpan:
+    """One span a ``SpanRecordingTracer`` saw, as plain data."""
+
+    name: str
+    kind: str
+    inputs: Any
+    parent: RecordedSpan | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+    outputs: Any = None
+    error: BaseException | None = None
+    ended: bool = False
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def set_outputs(self, outputs: Any) -> None:
+        self.outputs = outputs
+
+    def set_attributes(self, attributes: dict[str, Any]) -> None:
+        self.attributes.update(attributes)
+
+    def end(self, error: BaseException | None = None) -> None:
+        self.error, self.ended = error, True
+
+
+class SpanRecordingTracer:
+    """The ``Tracer`` port recording every span (turn roots, context spans and callback
+    spans) with its inputs, attributes and outputs."""
+
+    def __init__(self) -> None:
+        self.spans: list[RecordedSpan] = []
+        self._current: list[RecordedSpan] = []
+
+    def named(self, name: str) -> list[RecordedSpan]:
+        return [s for s in self.spans if s.name == name]
+
+    @contextmanager
+    def turn(self, name: str, *, tags: dict[str, str], inputs: Any) -> Iterator[RecordedSpan]:
+        with self._open(RecordedSpan(name, "AGENT", inputs, tags=dict(tags))) as span:
+            yield span
+
+    @contextmanager
+    def span(self, name: str, *, kind: str, inputs: Any = None) -> Iterator[RecordedSpan]:
+        parent = self._current[-1] if self._current else None
+        with self._open(RecordedSpan(name, kind, inputs, parent)) as span:
+            yield span
+
+    @contextmanager
+    def _open(self, span: RecordedSpan) -> Iterator[RecordedSpan]:
+        self.spans.append(span)
+        self._current.append(span)
+        try:
+            yield span
+        except BaseException as exc:
+            span.end(exc)
+            raise
+        finally:
+            self._current.pop()
+            span.ended = True
+
+    def start_span(
+        self, name: str, *, kind: str, inputs: Any = None, parent: Any = None
+    ) -> RecordedSpan:
+        above = parent if isinstance(parent, RecordedSpan) else None
+        span = RecordedSpan(
+            name, kind, inputs, above or (self._current[-1] if self._current else None)
+        )
+        self.spans.append(span)
+        return span
+
+    def forget(self, conversation_id: str) -> int:
+        return 0
+
+    def feedback(self, turn_id: str, feedback: Any) -> None:
+        return None
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return True
+
+    def close(self) -> None:
+        return None

@@ -29,8 +29,6 @@ def turn_settings(settings: Settings) -> TurnSettings:
         max_run_seconds=settings.max_run_seconds,
         retry_attempts=settings.retry_attempts,
         stream=settings.stream,
-        price_input_per_mtok=settings.price_input_per_mtok,
-        price_output_per_mtok=settings.price_output_per_mtok,
         approval_policies=settings.approval_policies,
         tenant_roles=frozenset(settings.auth_tenant_roles),
         quota_messages_per_minute=settings.quota_messages_per_minute,
@@ -126,6 +124,7 @@ def build_agent(settings: Settings, tickets: TicketStore, clock: Clock, model: A
     from workers.agent.models import ModelOptions, make_model
     from workers.agent.runner import GraphTurnAgent
     from workers.agent.sdk import BuildContext
+    from workers.costs import merged_prices
 
     chat_model = model or make_model(
         settings.model,
@@ -133,6 +132,7 @@ def build_agent(settings: Settings, tickets: TicketStore, clock: Clock, model: A
             region=settings.bedrock_region,
             endpoint_url=settings.bedrock_endpoint_url,
             guardrail=settings.bedrock_guardrail,
+            prompt_caching=settings.prompt_caching,
         ),
     )
     ctx = BuildContext(
@@ -146,7 +146,11 @@ def build_agent(settings: Settings, tickets: TicketStore, clock: Clock, model: A
         clock=clock,
         app_dir=settings.import_dir,
     )
-    return GraphTurnAgent(load_graph(settings, ctx), recursion_limit=settings.recursion_limit)
+    return GraphTurnAgent(
+        load_graph(settings, ctx),
+        recursion_limit=settings.recursion_limit,
+        prices=merged_prices(settings.prices),
+    )
 
 
 def _read_prompt(settings: Settings) -> str | None:

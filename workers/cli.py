@@ -155,6 +155,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=50)
     s.set_defaults(func=cmd_traces)
 
+    s = sub.add_parser(
+        "stats", help="turns, latency, tokens, cache hits, cost and throttles from the traces"
+    )
+    s.add_argument("--since", default="1d", help="30m, 12h, 1d, 2w or an ISO date (default: 1d)")
+    s.add_argument("-c", "--conversation", help="only this conversation")
+    s.add_argument("--state-dir", type=Path)
+    s.set_defaults(func=cmd_stats)
+
     s = sub.add_parser("schema", help="print the JSON Schema of the event models")
     s.add_argument("name", nargs="?", help="one model (default: all)")
     s.set_defaults(func=cmd_schema)
@@ -687,6 +695,32 @@ def cmd_traces(args: argparse.Namespace) -> int:
 
     header = ["trace_id", "start", "ms", "status", "tokens in/out", "run_id", "turn_id"]
     print(text_table(header, rows))
+    return 0
+
+
+# stats ------------------------------------------------------------------------------------
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from workers.errors import BadInput
+    from workers.stats import Stats, parse_since, read_turns, render
+
+    settings = _settings(args, state_dir="state_dir")
+    try:
+        since = parse_since(args.since, datetime.now(UTC))
+    except BadInput as exc:
+        print(f"agentworker: {exc}", file=sys.stderr)
+        return 2
+    _quiet_mlflow()
+    turns = read_turns(
+        settings.tracking_uri,
+        settings.mlflow_experiment,
+        since=since,
+        conversation_id=args.conversation,
+    )
+    print(render(Stats(turns), since=since))
     return 0
 
 

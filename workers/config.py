@@ -21,6 +21,7 @@ from pydantic_settings.exceptions import SettingsError
 
 from events.identity import ApprovalPolicy, ClaimMapping
 from events.inbound import DoubleTextingPolicy
+from workers.costs import ModelPrice
 from workers.errors import ConfigError
 
 ENV_PREFIX = "AGENTWORKER_"
@@ -34,6 +35,7 @@ APP_KEYS = (
     "double_texting",
     "context_window",
     "guard_blocked_topics",
+    "prices",
 )
 """What ``agentworker.toml`` may set: the app, not the runtime around it."""
 
@@ -203,8 +205,14 @@ class Settings(BaseSettings):
     )
     bedrock_region: str | None = Field(None, description="AWS region for Bedrock.")
     bedrock_endpoint_url: str | None = Field(None, description="Bedrock endpoint override.")
-    price_input_per_mtok: float = Field(0.0, ge=0, description="USD per 1M input tokens.")
-    price_output_per_mtok: float = Field(0.0, ge=0, description="USD per 1M output tokens.")
+    prices: dict[str, ModelPrice] = Field(
+        default_factory=dict,
+        description="USD per 1M tokens by model id, over the built-in table: JSON"
+        ' {"<model id>": {"input": .., "output": .., "cache_read": .., "cache_write": ..}}.',
+    )
+    prompt_caching: bool = Field(
+        True, description="Bedrock prompt caching (cachePoint blocks) where the model has it."
+    )
     retry_attempts: int = Field(
         3, ge=1, le=20, description="Attempts per turn on retryable errors."
     )
@@ -302,6 +310,16 @@ class Settings(BaseSettings):
             "guardrailVersion": self.guardrail_version,
             "trace": "enabled" if self.guardrail_trace else "disabled",
         }
+
+    @field_validator("prices", mode="before")
+    @classmethod
+    def _prices(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except ValueError as exc:
+                raise ValueError(f"not JSON: {exc}") from None
+        return value
 
     @field_validator("approval_policies", mode="before")
     @classmethod

@@ -19,6 +19,11 @@ class RetryableError(AgentWorkerError):
     """A transient fault (throttling, timeout, 5xx): retry the step with backoff and jitter."""
 
 
+class ModelThrottled(RetryableError):
+    """The model provider throttled the call (Bedrock ``ThrottlingException``, HTTP 429):
+    retried like any ``RetryableError``, and counted (``model.throttles``)."""
+
+
 class PermanentError(AgentWorkerError):
     """Bad input or a policy violation: tell the user, end the run cleanly, do not retry."""
 

@@ -6,13 +6,15 @@ LangChain's ``init_chat_model`` (``bedrock_converse:<id>``, ``openai:<model>``,
 Before a model is built, :func:`check_provider` turns what would fail later (a provider
 package not installed, a missing credential or region) into one ``ConfigError`` line naming
 what to install or set. :func:`map_model_error` maps every provider's throttling, timeouts
-and 5xx to ``RetryableError`` and its refusals of the request to ``PermanentError``.
+and 5xx to ``RetryableError`` (throttling to its subclass ``ModelThrottled``) and its
+refusals of the request to ``PermanentError``.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +23,8 @@ from langchain_core.exceptions import ModelError
 from langchain_core.language_models import BaseChatModel
 
 from workers.config import parse_model_spec
-from workers.errors import ConfigError, PermanentError, RetryableError
+from workers.costs import base_model_id
+from workers.errors import ConfigError, ModelThrottled, PermanentError, RetryableError
 
 # Compared in lower case: errors raised mid-stream carry the event member's name
 # ("throttlingException"), errors of the HTTP response the shape's ("ThrottlingException").
@@ -38,6 +41,8 @@ _RETRYABLE_CODES = frozenset(
         "requesttimeout",
     }
 )
+_THROTTLING_CODES = frozenset({"throttlingexception", "toomanyrequestsexception"})
+_THROTTLING_STATUS = frozenset({429, 529})
 _PERMANENT_CODES = frozenset(
     {
         "validationexception",
@@ -110,6 +115,23 @@ class ModelOptions:
     read_timeout: float = 120.0
     guardrail: Mapping[str, str] | None = None
     """Bedrock Guardrails: the Converse ``guardrailConfig`` sent with every call."""
+    prompt_caching: bool = True
+    """Bedrock prompt caching on the models that have it (:func:`supports_prompt_caching`)."""
+
+
+PROMPT_CACHING_MODELS = re.compile(
+    r"^(?:"
+    r"anthropic\.claude-3-5-haiku|anthropic\.claude-3-7-sonnet"
+    r"|anthropic\.claude-(?:sonnet|opus|haiku)-4"
+    r"|amazon\.nova-(?:micro|lite|pro|premier))"
+)
+"""The Bedrock models with prompt caching (Claude 3.5 Haiku, 3.7 Sonnet and the Claude 4
+family; Amazon Nova), cross-region inference profiles (``us.``, ``eu.``, ...) included."""
+
+
+def supports_prompt_caching(model_id: str) -> bool:
+    """Whether Bedrock caches prompts of ``model_id`` (``cachePoint`` blocks are accepted)."""
+    return PROMPT_CACHING_MODELS.match(base_model_id(model_id)) is not None
 
 
 def make_model(spec: str, options: ModelOptions | None = None) -> BaseChatModel:
@@ -129,6 +151,10 @@ def make_model(spec: str, options: ModelOptions | None = None) -> BaseChatModel:
     from langchain.chat_models import init_chat_model
 
     try:
+        if provider == "bedrock_converse" and opts.prompt_caching and supports_prompt_caching(name):
+            from workers.agent.caching import CachingChatBedrockConverse
+
+            return CachingChatBedrockConverse(model_id=name, **_options(provider, opts))
         model = init_chat_model(name, model_provider=provider, **_options(provider, opts))
     except ImportError as exc:
         raise ConfigError(f"AGENTWORKER_MODEL={spec!r}: {exc}") from None
@@ -237,11 +263,15 @@ def map_model_error(exc: BaseException) -> BaseException:
     if isinstance(response, dict):
         code = str(response.get("Error", {}).get("Code", ""))
     kinds = {k.__name__ for k in type(exc).__mro__}
+    if code.lower() in _THROTTLING_CODES:
+        return ModelThrottled(f"model call throttled ({code}): {exc}")
     if code.lower() in _RETRYABLE_CODES or (not code and kinds & _RETRYABLE_ERRORS):
         return RetryableError(f"model call failed ({code or name}): {exc}")
     if code.lower() in _PERMANENT_CODES:
         return PermanentError(f"model call refused ({code}): {exc}")
     status = _status_of(exc)
+    if status in _THROTTLING_STATUS:
+        return ModelThrottled(f"model call throttled (HTTP {status}, {name}): {exc}")
     if status in _RETRYABLE_STATUS or (status is not None and status >= 500):
         return RetryableError(f"model call failed (HTTP {status}, {name}): {exc}")
     if status is not None and 400 <= status < 500:

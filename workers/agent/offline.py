@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
 from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
@@ -76,6 +76,12 @@ class OfflineChatModel(BaseChatModel):
     @property
     def _llm_type(self) -> str:
         return "agentworker-offline"
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        # The model id traces and the price table know it by.
+        params = super()._get_ls_params(stop=stop, **kwargs)
+        params["ls_model_name"] = "offline"
+        return params
 
     def bind_tools(
         self, tools: Sequence[dict[str, Any] | type | BaseTool | Any], **kwargs: Any

@@ -16,7 +16,7 @@ import asyncio
 import json
 import threading
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
@@ -36,6 +36,7 @@ from workers.agent.saver import INTERRUPT, STAGE_KEY, StagedCheckpointSaver
 from workers.agent.sdk import TurnInfo, approval_of, bound_turn
 from workers.core.model import LogEntry, PendingInterrupt, TurnOutput, TurnRequest
 from workers.core.ports import Tracer
+from workers.costs import ModelPrice
 from workers.errors import AgentWorkerError, PermanentError
 
 RECURSION_LIMIT = 25
@@ -50,8 +51,14 @@ class GraphTurnAgent:
     """Runs one turn of an app's graph from a stored checkpoint blob to a new one."""
 
     def __init__(
-        self, graph: StateGraph[Any, Any, Any, Any], *, recursion_limit: int = RECURSION_LIMIT
+        self,
+        graph: StateGraph[Any, Any, Any, Any],
+        *,
+        recursion_limit: int = RECURSION_LIMIT,
+        prices: Mapping[str, ModelPrice] | None = None,
     ) -> None:
+        """``prices``: USD per 1M tokens by model id (default: the built-in table)."""
+        self.prices = prices
         self.saver = StagedCheckpointSaver()
         self.serde = JsonPlusSerializer()
         self.recursion_limit = recursion_limit
@@ -78,7 +85,7 @@ class GraphTurnAgent:
                 base_checkpoint=self.saver.checkpoint_id(stage) or "root",
                 customer=request.customer,
             )
-            callbacks = TurnCallbacks(tracer)
+            callbacks = TurnCallbacks(tracer, self.prices)
             config: RunnableConfig = {
                 "configurable": {"thread_id": request.conversation_id, STAGE_KEY: stage},
                 "recursion_limit": self.recursion_limit,
@@ -161,6 +168,9 @@ class GraphTurnAgent:
             model_calls=callbacks.model_calls,
             tool_calls=list(callbacks.tool_calls),
             guardrails=model_guardrails(fresh),
+            cost=callbacks.cost,
+            time_to_first_token_ms=callbacks.time_to_first_token_ms,
+            model_throttles=callbacks.model_throttles,
         )
 
     def _pending(self, interrupts: Sequence[Interrupt], config: RunnableConfig) -> PendingInterrupt:

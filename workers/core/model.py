@@ -14,6 +14,7 @@ from events.outbound import (
     OutboxPayload,
     TokenUsage,
 )
+from workers.costs import Cost
 
 PendingRequest = ApprovalRequest | InterruptRequest
 """What a conversation in status ``awaiting_approval`` waits for: a tool approval or the
@@ -286,3 +287,9 @@ class TurnOutput:
     tool_calls: list[str] = field(default_factory=list)
     guardrails: tuple[ModelGuardrail, ...] = ()
     """The model provider's guardrail interventions during the turn."""
+    cost: Cost | None = None
+    """What the turn's model calls cost (``None``: a model without a price was called)."""
+    time_to_first_token_ms: float | None = None
+    """From the start of the turn to its first streamed token (``None``: nothing streamed)."""
+    model_throttles: int = 0
+    """Model calls the provider throttled (each one failed the call)."""

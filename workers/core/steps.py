@@ -33,6 +33,8 @@ from events.outbound import (
     ReplyChunk,
 )
 from events.workflow import FinishResult, RunRef, StepResult, TurnOutcome
+from workers.core import figures
+from workers.core.figures import as_tag_attributes, turn_figures, usage_attribute
 from workers.core.guard import (
     GuardPolicy,
     StreamGuard,
@@ -80,6 +82,7 @@ from workers.core.ports import (
 )
 from workers.errors import (
     LeaseLost,
+    ModelThrottled,
     NotFound,
     NotWaiting,
     PartialDelivery,
@@ -115,8 +118,6 @@ class TurnSettings:
     moment must not fail the step: its retry would send the reply again)."""
     mark_base_delay: float = 0.05
     stream: bool = True
-    price_input_per_mtok: float = 0.0
-    price_output_per_mtok: float = 0.0
     tenant_roles: frozenset[str] = frozenset()
     """Roles whose holders may use every conversation of their tenant (supervisors,
     approvers); others only their own and their groups'."""
@@ -405,7 +406,8 @@ def advance_turn(deps: Deps, claim: Claim, *, deliver_now: bool = True) -> Turn:
         span.set_attributes({"store.claim_ms": round(claim.read_ms, 3)})
         outcome, status, entries, interventions = _advance(deps, claim, plan, turn_id, span)
         if interventions:
-            span.set_attributes({"guardrail.interventions": interventions})
+            tag = as_tag_attributes({figures.GUARDRAIL_INTERVENTIONS: str(interventions)})
+            span.set_attributes({"guardrail.interventions": interventions, **tag})
         turn = _delivered(
             deps,
             claim,
@@ -509,6 +511,12 @@ def _advance(
         output = deps.agent.run_turn(
             request, on_chunk=streamer.on_chunk if streamer else None, tracer=deps.tracer
         )
+    except ModelThrottled:
+        # The turn fails and is retried; its trace still counts the throttle.
+        span.set_attributes(
+            {"model.throttles": 1, **as_tag_attributes({figures.MODEL_THROTTLES: "1"})}
+        )
+        raise
     except PermanentError as exc:
         span.set_attributes({"error": str(exc)})
         text = f"Sorry, I could not process that: {exc}"
@@ -528,17 +536,7 @@ def _advance(
         except TurnSuperseded:
             span.set_attributes({"superseded": True})
             return "interrupted", claim.status, [], interventions
-    span.set_attributes(
-        {
-            "mlflow.chat.tokenUsage": {
-                "input_tokens": output.usage.input_tokens,
-                "output_tokens": output.usage.output_tokens,
-                "total_tokens": output.usage.total_tokens,
-            },
-            "tool_calls": output.tool_calls,
-            "cost_usd": _cost(deps.settings, output),
-        }
-    )
+    span.set_attributes(_turn_attributes(output))
     span.set_outputs({"reply": output.reply_text, "interrupt": _interrupt_of(output)})
     outcome: TurnOutcome = "awaiting_approval" if output.interrupt else "replied"
     return outcome, commit.status, entries, interventions
@@ -613,19 +611,29 @@ def _trace_guardrail(deps: Deps, name: str, attributes: dict[str, object]) -> No
         guard_span.set_outputs({"action": attributes.get("guardrail.action")})
 
 
+def _turn_attributes(output: TurnOutput) -> dict[str, object]:
+    """The root span's figures of a turn: MLflow's token usage and cost (the sums of its
+    model calls'), the time to its first streamed token, and the figures ``stats`` reads as
+    trace tags."""
+    attributes: dict[str, object] = {
+        "mlflow.chat.tokenUsage": usage_attribute(output.usage),
+        "tool_calls": output.tool_calls,
+        "model.calls": output.model_calls,
+        "model.throttles": output.model_throttles,
+        **as_tag_attributes(turn_figures(output)),
+    }
+    if output.cost is not None:
+        attributes["mlflow.llm.cost"] = output.cost.as_attribute()
+    if output.time_to_first_token_ms is not None:
+        attributes["time_to_first_token_ms"] = output.time_to_first_token_ms
+    return attributes
+
+
 def _interrupt_of(output: TurnOutput) -> object:
     pending = output.interrupt
     if pending is None:
         return None
     return {"tool": pending.approval.tool} if pending.approval else {"value": pending.value}
-
-
-def _cost(settings: TurnSettings, output: TurnOutput) -> float:
-    usage = output.usage
-    return (
-        usage.input_tokens * settings.price_input_per_mtok
-        + usage.output_tokens * settings.price_output_per_mtok
-    ) / 1_000_000
 
 
 def fail_turn(

@@ -7,14 +7,19 @@ waits for the approval's task token)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, ConfigDict
 
+from events.outbound import GraphStateView
 from events.workflow import RunRef, StepResult
 from workers import bootstrap
+from workers.core.model import LogEntry, TurnOutput, TurnRequest
+from workers.core.ports import Tracer, TurnAgent
 from workers.core.steps import (
     Deps,
     fail_pending_turn,
@@ -22,7 +27,7 @@ from workers.core.steps import (
     retry_exhausted_text,
     run_step,
 )
-from workers.errors import AgentWorkerError, PermanentError, as_workflow_error
+from workers.errors import AgentWorkerError, ModelThrottled, PermanentError, as_workflow_error
 from workers.handlers.observability import logger, metrics
 
 
@@ -75,17 +80,67 @@ def execute(deps: Deps, task: TurnTask) -> StepResult:
     )
 
 
+class TurnRecorder:
+    """The ``TurnAgent`` of one invocation: the app's agent, whose turn outputs it keeps for
+    the invocation's metrics."""
+
+    def __init__(self, agent: TurnAgent) -> None:
+        self.agent = agent
+        self.outputs: list[TurnOutput] = []
+
+    def run_turn(
+        self, request: TurnRequest, *, on_chunk: Callable[[str], None] | None, tracer: Tracer
+    ) -> TurnOutput:
+        output = self.agent.run_turn(request, on_chunk=on_chunk, tracer=tracer)
+        self.outputs.append(output)
+        return output
+
+    def inspect(
+        self, conversation_id: str, checkpoint: bytes | None, history: Sequence[LogEntry]
+    ) -> GraphStateView:
+        return self.agent.inspect(conversation_id, checkpoint, history)
+
+
+def add_turn_metrics(outputs: Sequence[TurnOutput]) -> None:
+    """The figures of the invocation's turns as metrics: tokens, prompt-cache reads, cost
+    (when every model is priced), time to first token, throttles."""
+    for output in outputs:
+        usage = output.usage
+        metrics.add_metric(name="InputTokens", unit=MetricUnit.Count, value=usage.input_tokens)
+        metrics.add_metric(name="OutputTokens", unit=MetricUnit.Count, value=usage.output_tokens)
+        metrics.add_metric(
+            name="CacheReadTokens", unit=MetricUnit.Count, value=usage.cache_read_tokens
+        )
+        metrics.add_metric(
+            name="ModelThrottles", unit=MetricUnit.Count, value=output.model_throttles
+        )
+        if output.cost is not None:
+            metrics.add_metric(
+                name="TurnCostUSD", unit=MetricUnit.NoUnit, value=output.cost.total_cost
+            )
+        if output.time_to_first_token_ms is not None:
+            metrics.add_metric(
+                name="TimeToFirstTokenMs",
+                unit=MetricUnit.Milliseconds,
+                value=output.time_to_first_token_ms,
+            )
+
+
 @metrics.log_metrics
 @logger.inject_lambda_context(clear_state=True)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     task = TurnTask.model_validate(event)
     logger.append_keys(conversation_id=task.run.conversation_id, run_id=task.run.run_id)
     deps = bootstrap.aws_deps(with_agent=True)
+    recorder = TurnRecorder(deps.agent)
+    deps = replace(deps, agent=recorder)
     try:
         result = execute(deps, task)
     except AgentWorkerError as exc:
         # e.g. error_RetryableError counts model throttles the workflow will retry
         metrics.add_metric(name=f"error_{type(exc).__name__}", unit=MetricUnit.Count, value=1)
+        if isinstance(exc, ModelThrottled):
+            metrics.add_metric(name="ModelThrottles", unit=MetricUnit.Count, value=1)
         reported = as_workflow_error(exc)
         if reported is exc:
             raise
@@ -95,6 +150,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         metrics.add_metric(name="TraceFlushMs", unit=MetricUnit.Milliseconds, value=flush_ms)
         if not sent:
             metrics.add_metric(name="TracesUnsent", unit=MetricUnit.Count, value=1)
+    add_turn_metrics(recorder.outputs)
     metrics.add_metric(name=f"step_{result.outcome}", unit=MetricUnit.Count, value=1)
     if result.turn is not None:
         metrics.add_metric(name=f"turn_{result.turn}", unit=MetricUnit.Count, value=1)

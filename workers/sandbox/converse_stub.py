@@ -20,6 +20,7 @@ import json
 import logging
 import re
 import struct
+import threading
 import time
 import uuid
 import zlib
@@ -73,14 +74,24 @@ class ToolUse:
 @dataclass(frozen=True)
 class Usage:
     input_tokens: int
+    """Input tokens not read from or written to the prompt cache (Bedrock's ``inputTokens``)."""
     output_tokens: int
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
 
     def to_json(self) -> dict[str, int]:
-        return {
+        out = {
             "inputTokens": self.input_tokens,
             "outputTokens": self.output_tokens,
-            "totalTokens": self.input_tokens + self.output_tokens,
+            "totalTokens": self.input_tokens
+            + self.output_tokens
+            + self.cache_read_tokens
+            + self.cache_write_tokens,
         }
+        if self.cache_read_tokens or self.cache_write_tokens:
+            out["cacheReadInputTokens"] = self.cache_read_tokens
+            out["cacheWriteInputTokens"] = self.cache_write_tokens
+        return out
 
 
 @dataclass(frozen=True)
@@ -181,6 +192,17 @@ class RecordedRequest:
         return [t["toolSpec"]["name"] for t in tools if "toolSpec" in t]
 
     @property
+    def cache_points(self) -> dict[str, int]:
+        """How many ``cachePoint`` blocks the request carries, by where: ``system``,
+        ``tools``, ``messages``."""
+        tools = self.body.get("toolConfig", {}).get("tools", [])
+        return {
+            "system": sum("cachePoint" in b for b in self.body.get("system", [])),
+            "tools": sum("cachePoint" in t for t in tools),
+            "messages": sum("cachePoint" in b for m in self.messages for b in m.get("content", [])),
+        }
+
+    @property
     def last_user_text(self) -> str:
         for message in reversed(self.messages):
             if message.get("role") == "user":
@@ -206,6 +228,14 @@ class ConverseStubServer(StubServer["_Scripted", "RecordedRequest"]):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._guardrail_rules: list[GuardrailRule] = []
+
+    @property
+    def _prompt_cache(self) -> PromptCache:
+        # Made on first use: the base class owns __init__.
+        cache: PromptCache | None = self.__dict__.get("_cache")
+        if cache is None:
+            cache = self.__dict__.setdefault("_cache", PromptCache())
+        return cache
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         return _ConverseHandler
@@ -319,7 +349,12 @@ class ConverseStubServer(StubServer["_Scripted", "RecordedRequest"]):
             scripted = self._take(request, failures_only=problem is not None)
         if problem is not None and scripted is None:
             return serial, _error("ValidationException", problem)
-        outcome = scripted if scripted is not None else default_reply(body)
+        if scripted is None:
+            outcome: Outcome = self._prompt_cache.use(model_id, body, default_reply(body))
+        elif isinstance(scripted, Reply) and scripted.usage is None:
+            outcome = self._prompt_cache.use(model_id, body, scripted)
+        else:
+            outcome = scripted
         return serial, self._guarded(body, outcome)
 
     def _guarded(self, body: Mapping[str, Any], outcome: Outcome) -> Outcome:
@@ -416,6 +451,62 @@ class _ConverseHandler(StubHandler[ConverseStubServer]):
         self._open_chunked(EVENT_STREAM_CONTENT_TYPE)
         self._write_chunks(events, self.stub.stream_delay_s)
         self._end_chunks()
+
+
+# prompt caching -----------------------------------------------------------------------------
+
+
+class PromptCache:
+    """Bedrock's prompt cache, as far as usage shows it: the prefix before each ``cachePoint``
+    (tools, then system, then messages, Bedrock's order) is cached per model; a request
+    starting with a cached prefix reads it (``cacheReadInputTokens``, the longest one) and
+    writes the rest up to its last cache point (``cacheWriteInputTokens``). Scripted usage is
+    kept as scripted; tokens at about four characters each. No expiry."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._prefixes: set[tuple[str, str]] = set()
+
+    def use(self, model_id: str, body: Mapping[str, Any], reply: Reply) -> Reply:
+        """``reply`` with its usage split into uncached input, cache reads and writes."""
+        segments, points = _cache_segments(body)
+        if not points:
+            return reply
+        running, prefixes = hashlib.sha256(), [""]
+        for segment in segments:
+            running.update(segment.encode() + b"\0")
+            prefixes.append(running.hexdigest())
+        with self._lock:
+            hit = max(
+                (n for n, key in enumerate(prefixes) if n and (model_id, key) in self._prefixes),
+                default=0,
+            )
+            self._prefixes.update((model_id, prefixes[p]) for p in points)
+        estimate = reply.usage or estimate_usage("".join(segments), reply)
+        read = _tokens("".join(segments[:hit]))
+        write = _tokens("".join(segments[: points[-1]])) - read if hit < points[-1] else 0
+        uncached = max(1, estimate.input_tokens - read - write)
+        return replace(reply, usage=Usage(uncached, estimate.output_tokens, read, write))
+
+
+def _cache_segments(body: Mapping[str, Any]) -> tuple[list[str], list[int]]:
+    """The request's blocks in Bedrock's cache order as text, and the positions of its
+    cache points (the number of blocks before each)."""
+    blocks: list[Any] = [*body.get("toolConfig", {}).get("tools", []), *body.get("system", [])]
+    for message in body.get("messages", []):
+        blocks.extend(message.get("content", []) if isinstance(message, dict) else [])
+    segments: list[str] = []
+    points: list[int] = []
+    for block in blocks:
+        if isinstance(block, dict) and "cachePoint" in block:
+            points.append(len(segments))
+        else:
+            segments.append(json.dumps(block, sort_keys=True))
+    return segments, points
+
+
+def _tokens(text: str) -> int:
+    return len(text) // 4
 
 
 # the wire format ----------------------------------------------------------------------------
@@ -705,6 +796,8 @@ def _usage(usage: Usage | Mapping[str, int] | None) -> Usage | None:
     return Usage(
         int(usage.get("inputTokens", usage.get("input_tokens", 0))),
         int(usage.get("outputTokens", usage.get("output_tokens", 0))),
+        int(usage.get("cacheReadInputTokens", usage.get("cache_read_tokens", 0))),
+        int(usage.get("cacheWriteInputTokens", usage.get("cache_write_tokens", 0))),
     )
 
 
@@ -791,6 +884,7 @@ __all__ = [
     "ConverseStubServer",
     "Failure",
     "GuardrailRule",
+    "PromptCache",
     "RecordedRequest",
     "Reply",
     "StreamEvent",
