@@ -74,3 +74,17 @@ def test_a_tracking_store_that_is_down_holds_up_no_reply_and_loses_no_trace(
     assert [r["tags"]["conversation_id"] for r in kept] == [cid] * len(kept)
     assert len(kept) >= 1  # the turns' traces wait in the spool for the next start
     assert "tracking store unavailable" in srv.log.read_text()
+
+
+def test_a_runtime_stopped_right_after_its_first_turn_still_exports_it(tmp_path: Path) -> None:
+    """The exporter is still starting when the server stops: it is told by a file, which
+    it reads once it is up, not by a signal it cannot handle yet."""
+    from workers.bootstrap import build_tracer
+    from workers.config import load_settings
+
+    tracer = build_tracer(load_settings(state_dir=tmp_path, tracing=True))
+    with tracer.turn("turn", tags={"conversation_id": "c", "turn_id": "t"}, inputs=None):
+        pass
+    tracer.close()
+    assert spool_of(tmp_path) == []
+    assert count_traces(tmp_path) == 1

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from workers.tracing.spool import CLOSED, OPEN, segments
+from workers.tracing.spool import CLOSED, OPEN, segments, stop_file
 
 log = logging.getLogger("agentworker.exporter")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -80,12 +80,19 @@ class Exporter:
         self.spool = spool
         self.export = export
         self.parent = parent
-        self.stopping = False
+        self.told = False
+        """SIGTERM received."""
         self.exported = 0
         self.feedback = 0
         self.skipped = 0
         self._done: dict[str, int] = {}
         """Per segment, the records already exported (a retry starts after them)."""
+
+    @property
+    def stopping(self) -> bool:
+        """Told to finish: SIGTERM, or the stop file its server leaves (no signal can
+        arrive before the handler is in place)."""
+        return self.told or stop_file(self.spool, self.parent).exists()
 
     def ready(self) -> list[Path]:
         """Closed segments, and open ones whose writer is gone, oldest first."""
@@ -188,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def on_signal(signum: int, frame: object) -> None:
         for exporter in stop:
-            exporter.stopping = True
+            exporter.told = True
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -214,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return exporter.run()
     finally:
+        stop_file(args.spool, args.parent).unlink(missing_ok=True)
         if exporter.skipped or export.dropped:
             log.warning(
                 "trace export: %d record(s) unreadable, %d refused by MLflow",

@@ -19,7 +19,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -65,6 +64,11 @@ def segments(directory: Path, suffix: str) -> list[Path]:
         return sorted(p for p in directory.iterdir() if p.name.endswith(suffix))
     except FileNotFoundError:
         return []
+
+
+def stop_file(directory: Path, server_pid: int) -> Path:
+    """Left by a server that stops: its exporter finishes the spool and exits."""
+    return directory / f"stop-{server_pid}"
 
 
 @dataclass(frozen=True)
@@ -183,6 +187,7 @@ class SpoolSink:
 
     def _start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
+        stop_file(self.directory, os.getpid()).unlink(missing_ok=True)  # an earlier pid's
         self._start_exporter()
         self._ticker = threading.Thread(target=self._tick, name="trace-spool", daemon=True)
         self._ticker.start()
@@ -248,7 +253,8 @@ class SpoolSink:
                     self.pending(),
                 )
             return
-        process.send_signal(signal.SIGTERM)
+        # A file, not a signal: an exporter still starting has no handler for one yet.
+        stop_file(self.directory, os.getpid()).touch()
         deadline = time.monotonic() + timeout
         next_note = time.monotonic() + 2.0
         while process.poll() is None:
