@@ -415,8 +415,9 @@ def test_thumbs_under_a_reply_reach_its_trace_in_mlflow(
         wait_for(
             drv,
             "thumb up pressed",
-            lambda d: d.find_element(*by_testid("thumb-up")).get_attribute("aria-pressed")
-            == "true",
+            lambda d: (
+                d.find_element(*by_testid("thumb-up")).get_attribute("aria-pressed") == "true"
+            ),
         )
         assert down.get_attribute("aria-pressed") == "false"
         assert not texts(drv, "error")
