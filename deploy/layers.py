@@ -2,11 +2,12 @@
 versions installed in this venv, and the unzipped size of every function with its layers.
 
 ``light`` (pydantic, pydantic-settings, Powertools) serves every function; ``agent``
-(LangGraph, langchain-aws, mlflow-tracing and their closure) only ``turn``, without what
-``workers/packaging.py`` excludes; ``app`` (the package of the app's graph and its settings,
-``deploy/app.py``) only ``turn``. boto3 and its dependencies are the Lambda runtime's.
-``python -m deploy.layers`` builds them into ``build/layers/<name>/python`` (what
-``serverless.yml`` packages) and fails, naming the function, when one is over the limit.
+(LangGraph, langchain-aws, mlflow-tracing and their closure) only ``turn`` and ``feedback``
+(which logs ratings to MLflow), without what ``workers/packaging.py`` excludes; ``app`` (the
+package of the app's graph and its settings, ``deploy/app.py``) only ``turn``. boto3 and its
+dependencies are the Lambda runtime's. ``python -m deploy.layers`` builds them into
+``build/layers/<name>/python`` (what ``serverless.yml`` packages) and fails, naming the
+function, when one is over the limit.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ APP_LAYER = "app"
 LAYERS = (*LAYER_ROOTS, APP_LAYER)
 FUNCTION_LAYERS: dict[str, tuple[str, ...]] = dict.fromkeys(FUNCTIONS, ("light",)) | {
     "turn": ("light", "agent", APP_LAYER),
+    "feedback": ("light", "agent"),
     "authorizer": ("light", "auth"),
 }
 RUNTIME_PROVIDED = frozenset(

@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    StrictInt,
     ValidationInfo,
     field_validator,
 )
@@ -273,6 +274,33 @@ class MessageRequest(BaseModel):
         )
 
 
+def _check_score(score: int) -> int:
+    if score not in (1, -1):
+        raise PydanticCustomError("literal_error", "Input should be 1 or -1")
+    return score
+
+
+FeedbackScore = Annotated[
+    StrictInt,
+    AfterValidator(_check_score),
+    Field(description="1: thumbs up, -1: thumbs down (an integer, not a bool or a string)"),
+]
+MAX_FEEDBACK_COMMENT = 2000
+"""Longest feedback comment, in characters."""
+ReplyId = Annotated[str, Field(min_length=1, max_length=200, description="the rated reply")]
+FeedbackComment = Annotated[str, Field(max_length=MAX_FEEDBACK_COMMENT)]
+
+
+class FeedbackRequest(BaseModel):
+    """Body of ``POST /v1/conversations/{id}/feedback``: a rating of one reply."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reply_id: ReplyId
+    score: FeedbackScore
+    comment: FeedbackComment | None = None
+
+
 # --- WebSocket frames (embedded server and API Gateway WebSocket `$default`) ---------------
 
 
@@ -340,15 +368,27 @@ class WsResume(BaseModel):
         )
 
 
+class WsFeedback(BaseModel):
+    """Rate a reply (thumbs up or down), as ``POST /v1/conversations/{id}/feedback`` does."""
+
+    model_config = ConfigDict(extra="forbid")
+    action: Literal["feedback"]
+    conversation_id: ConversationId
+    reply_id: ReplyId
+    score: FeedbackScore
+    comment: FeedbackComment | None = None
+
+
 class WsPing(BaseModel):
     model_config = ConfigDict(extra="forbid")
     action: Literal["ping"]
 
 
 WsFrame = Annotated[
-    WsSubscribe | WsSend | WsDecide | WsResume | WsPing, Field(discriminator="action")
+    WsSubscribe | WsSend | WsDecide | WsResume | WsFeedback | WsPing,
+    Field(discriminator="action"),
 ]
-WS_ACTIONS = ("subscribe", "send", "approve", "deny", "resume", "ping")
+WS_ACTIONS = ("subscribe", "send", "approve", "deny", "resume", "feedback", "ping")
 
 
 # --- Queue and bus envelopes --------------------------------------------------------------

@@ -197,6 +197,17 @@ class AcceptedView(BaseModel):
     rejected: bool
 
 
+class FeedbackView(BaseModel):
+    """Response to a rating (HTTP 202, WebSocket ``feedback`` frame): handed to tracing,
+    which attaches it to the reply's turn trace (after the answer, off the request's path)."""
+
+    type: Literal["feedback"] = "feedback"
+    conversation_id: str
+    reply_id: str
+    score: int
+    recorded: bool = True
+
+
 class ErrorBody(BaseModel):
     code: str
     message: str

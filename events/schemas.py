@@ -8,6 +8,7 @@ from pydantic import BaseModel, TypeAdapter
 
 from events.inbound import (
     EventBridgeEvent,
+    FeedbackRequest,
     InboundMessage,
     MessageRequest,
     SlackEventEnvelope,
@@ -20,6 +21,7 @@ from events.outbound import (
     ApprovalRequest,
     ConversationView,
     ErrorView,
+    FeedbackView,
     Notice,
     Reply,
     ReplyChunk,
@@ -29,6 +31,7 @@ from events.workflow import FinishResult, RunRef, TurnResult
 SCHEMA_MODELS: dict[str, Any] = {
     "InboundMessage": InboundMessage,
     "MessageRequest": MessageRequest,
+    "FeedbackRequest": FeedbackRequest,
     "WebSocketFrame": WsFrame,
     "SqsEvent": SqsEvent,
     "EventBridgeEvent": EventBridgeEvent,
@@ -44,6 +47,7 @@ SCHEMA_MODELS: dict[str, Any] = {
     "AcceptedView": AcceptedView,
     "ConversationView": ConversationView,
     "ErrorView": ErrorView,
+    "FeedbackView": FeedbackView,
 }
 
 

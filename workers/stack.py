@@ -20,7 +20,16 @@ from events.inbound import MESSAGE_DETAIL_TYPE, TICKET_DETAIL_TYPE_PREFIX
 from workers.adapters.aws.tables import TTL_ATTRIBUTE, DynamoDBTableSpec
 from workers.config import ENV_PREFIX, Settings
 
-FUNCTIONS = ("ingest", "turn", "deliver", "approve", "sweeper", "slack", "authorizer")
+FUNCTIONS = (
+    "ingest",
+    "turn",
+    "deliver",
+    "approve",
+    "feedback",
+    "sweeper",
+    "slack",
+    "authorizer",
+)
 """The Lambda functions of the stack (``workers/handlers/<name>.py``, ``handler``)."""
 
 
@@ -112,14 +121,18 @@ LAYER_DIR_ON_LAMBDA = "/opt/python"
 APP_FILE_ON_LAMBDA = f"{LAYER_DIR_ON_LAMBDA}/agentworker.toml"
 """The app file ``make package`` writes into the ``app`` layer (``deploy/app.py``)."""
 
+_TRACING_ENV: dict[str, Any] = {
+    "tracing": "${param:tracing}",
+    "mlflow_tracking_uri": "${param:mlflowTrackingUri}",
+    "mlflow_experiment": "agentworker-${sls:stage}",
+}
+"""Where the traces go: ``turn`` writes them, ``feedback`` adds users' ratings to them."""
 _TURN_ENV: dict[str, Any] = {
     "config": APP_FILE_ON_LAMBDA,
     "model": "bedrock:${param:bedrockModelId}",
     "bedrock_region": "${param:bedrockRegion}",
     "max_run_seconds": str(EXPRESS_MAX_RUN_SECONDS),
-    "tracing": "${param:tracing}",
-    "mlflow_tracking_uri": "${param:mlflowTrackingUri}",
-    "mlflow_experiment": "agentworker-${sls:stage}",
+    **_TRACING_ENV,
 }
 """The agent's settings: only ``turn`` runs it."""
 
@@ -133,7 +146,9 @@ _POWERTOOLS_ENV: dict[str, Any] = {
 
 def environment(function: str) -> dict[str, Any]:
     """``function``'s environment variables beyond the provider's common ones."""
-    return _env(_TURN_ENV) if function == "turn" else {}
+    if function == "turn":
+        return _env(_TURN_ENV)
+    return _env(_TRACING_ENV) if function == "feedback" else {}
 
 
 def _env(settings: dict[str, Any]) -> dict[str, Any]:

@@ -67,13 +67,13 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        env = dict(
-            os.environ,
-            AGENTWORKER_TRACING="false",
-            PYTHONUNBUFFERED="1",
-            AGENTWORKER_DEV_TOKEN=DEV_TOKEN,
+        env = {
+            **os.environ,
+            "AGENTWORKER_TRACING": "false",
+            "PYTHONUNBUFFERED": "1",
+            "AGENTWORKER_DEV_TOKEN": DEV_TOKEN,
             **self.env,
-        )
+        }
         cmd = [
             sys.executable, "-m", "workers.cli", "serve",
             "--host", "127.0.0.1",
@@ -374,4 +374,65 @@ def test_a_question_of_the_graph_is_answered_on_the_page(
     except BaseException:
         drv.save_screenshot(str(tmp_path / "failure.png"))
         print(f"browser artifacts in {tmp_path}\nserver log:\n{triage_server.log_tail()}")
+        raise
+
+
+@pytest.fixture
+def traced_server(tmp_path: Path) -> Iterator[Server]:
+    env = {"AGENTWORKER_TRACING": "true", "MLFLOW_MODEL_CATALOG_URI": ""}
+    srv = Server(tmp_path / "state", free_port(), tmp_path / "server.log", env)
+    try:
+        srv.start()
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_thumbs_under_a_reply_reach_its_trace_in_mlflow(
+    traced_server: Server, driver: webdriver.Chrome, tmp_path: Path
+) -> None:
+    """A thumbs down asks what went wrong; the rating (then a thumbs up instead) is sent
+    over the WebSocket and lands on the reply's turn trace as ``user_feedback``."""
+    from tests.functional.test_feedback import assessments
+
+    drv, srv = driver, traced_server
+    try:
+        drv.get(srv.url + f"/#token={DEV_TOKEN}")
+        wait_status(drv, "open")
+        type_message(drv, "hello")
+        wait_reply(drv, "You said: hello")
+        clickable(drv, "thumb-down").click()
+        comment = drv.find_element(*by_testid("feedback-comment"))
+        comment.send_keys("too short")
+        clickable(drv, "feedback-send").click()
+        wait_for(drv, "thanks", lambda d: "Thanks" in " ".join(texts(d, "rate-note")))
+        down = drv.find_element(*by_testid("thumb-down"))
+        assert down.get_attribute("aria-pressed") == "true"
+        assert drv.find_element(*by_testid("thumb-up")).get_attribute("aria-pressed") == "false"
+        assert not drv.find_elements(*by_testid("feedback-form"))
+        save_screenshot(drv, tmp_path, "chat-feedback.png")
+        clickable(drv, "thumb-up").click()
+        wait_for(
+            drv,
+            "thumb up pressed",
+            lambda d: (
+                d.find_element(*by_testid("thumb-up")).get_attribute("aria-pressed") == "true"
+            ),
+        )
+        assert down.get_attribute("aria-pressed") == "false"
+        assert not texts(drv, "error")
+
+        cid = drv.find_element(*by_testid("conversation-id")).get_attribute("value")
+        auth = {"authorization": f"Bearer {DEV_TOKEN}"}
+        view = httpx.get(f"{srv.url}/v1/conversations/{cid}", headers=auth, timeout=10).json()
+        [reply] = [r["payload"] for r in view["replies"]]
+        row = drv.find_element(By.CSS_SELECTOR, "li[data-reply-id]")
+        assert row.get_attribute("data-reply-id") == reply["reply_id"]
+        srv.stop()
+        found = assessments(srv.state_dir, reply["turn_id"])
+        assert sorted((a.value, a.rationale) for a in found) == [(-1, "too short"), (1, None)]
+        assert {a.source.source_id for a in found} == {view["messages"][0]["sender"]}
+    except BaseException:
+        drv.save_screenshot(str(tmp_path / "failure.png"))
+        print(f"browser artifacts in {tmp_path}\nserver log:\n{srv.log_tail()}")
         raise

@@ -63,6 +63,20 @@ assert tracer.flush()
 print(json.dumps({"reply": out.reply_text}))
 """
 
+RATED_TURN = """
+import sys
+from workers.core.ports import Feedback
+from workers.observability import MlflowTracer
+
+tracer = MlflowTracer(sys.argv[1], "agentworker")
+tags = {"conversation_id": "bundle:2", "run_id": "bundle-2", "turn_id": "t-rated"}
+with tracer.turn("turn", tags={**tags, "channel": "api"}, inputs={"texts": ["hi"]}):
+    pass
+rating = Feedback(name="user_feedback", value=-1, source_id="u-1", rationale="meh", reply_id="r1")
+tracer.feedback("t-rated", rating)
+tracer.flush()
+"""
+
 
 TURN_HANDLER = """
 import json, os, sys
@@ -173,6 +187,17 @@ def test_a_traced_turn_runs_on_mlflow_tracing_alone(bundle_python: Path, mlflow_
     assert len(traces) == 1
     spans = {(s.name, s.span_type) for s in traces[0].data.spans}
     assert {("turn", "AGENT"), ("model", "CHAT_MODEL"), ("tool.create_ticket", "TOOL")} <= spans
+
+
+def test_feedback_reaches_a_trace_on_mlflow_tracing_alone(
+    bundle_python: Path, mlflow_url: str
+) -> None:
+    """The ``feedback`` function's MLflow calls (find the turn's trace by its tag, log the
+    assessment) exist in ``mlflow-tracing``, the agent layer it ships with."""
+    run(bundle_python, RATED_TURN, mlflow_url)
+    [trace] = traces_of(mlflow_url, "bundle:2")
+    [rating] = [a for a in trace.info.assessments if a.name == "user_feedback"]
+    assert (rating.value, rating.source.source_id, rating.rationale) == (-1, "u-1", "meh")
 
 
 @pytest.fixture

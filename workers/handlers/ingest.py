@@ -25,6 +25,7 @@ from events.inbound import (
     EventBridgeEvent,
     InboundMessage,
     SqsRecord,
+    WsFeedback,
     WsFrame,
     WsPing,
     WsSubscribe,
@@ -114,7 +115,17 @@ def _websocket(event: dict[str, Any]) -> dict[str, Any]:
         return _ws_error(exc)
     if isinstance(frame, WsPing):
         return {"statusCode": 200, "body": json.dumps({"type": "pong"})}
-    principal = _connection_principal(ctx)
+    if isinstance(frame, WsFeedback):
+        # The WebSocket API routes these to the feedback function (route "feedback").
+        body = ErrorView(
+            error=ErrorBody(
+                code="wrong_route",
+                message="action: 'feedback' frames are taken by the API's 'feedback' route",
+                field="action",
+            )
+        )
+        return {"statusCode": 400, "body": body.model_dump_json()}
+    principal = connection_principal(ctx)
     if principal is None:
         body = ErrorView(
             error=ErrorBody(
@@ -148,7 +159,7 @@ def _websocket(event: dict[str, Any]) -> dict[str, Any]:
     return {"statusCode": 200, "body": result.view(msg.conversation_id).model_dump_json()}
 
 
-def _connection_principal(ctx: dict[str, Any]) -> Principal | None:
+def connection_principal(ctx: dict[str, Any]) -> Principal | None:
     """Who holds the connection: the principal the ``$connect`` authorizer stored with it.
     A stack without an identity provider (the sandbox) has no authorizer: anonymous."""
     stored = from_authorizer_context(ctx.get("authorizer"))

@@ -56,7 +56,16 @@ class LambdaContextStub:
 
 def default_handlers() -> dict[str, Handler]:
     """Our Lambda handlers by function name (imported here: ``turn`` brings LangGraph)."""
-    from workers.handlers import approve, authorizer, deliver, ingest, slack, sweeper, turn
+    from workers.handlers import (
+        approve,
+        authorizer,
+        deliver,
+        feedback,
+        ingest,
+        slack,
+        sweeper,
+        turn,
+    )
 
     return {
         "authorizer": authorizer.handler,
@@ -64,6 +73,7 @@ def default_handlers() -> dict[str, Handler]:
         "turn": turn.handler,
         "deliver": deliver.handler,
         "approve": approve.handler,
+        "feedback": feedback.handler,
         "sweeper": sweeper.handler,
         "slack": slack.handler,
     }

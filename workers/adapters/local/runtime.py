@@ -17,6 +17,7 @@ import os
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import IO
 
@@ -28,7 +29,9 @@ from workers.adapters.local.hub import LocalHub
 from workers.adapters.local.sqlite_store import SqliteConversationStore
 from workers.adapters.local.sqlite_tickets import SqliteTicketStore
 from workers.config import Settings
+from workers.core.feedback import give_feedback
 from workers.core.model import AcceptResult, History
+from workers.core.ports import Feedback
 from workers.core.steps import (
     Deps,
     RunSummary,
@@ -151,6 +154,24 @@ class EmbeddedRuntime:
     async def forget(self, conversation_id: str, principal: Principal) -> dict[str, int]:
         """See :func:`~workers.core.steps.forget_conversation`."""
         return await asyncio.to_thread(forget_conversation, self.deps, conversation_id, principal)
+
+    async def feedback(
+        self,
+        conversation_id: str,
+        principal: Principal,
+        *,
+        reply_id: str,
+        score: int,
+        comment: str | None = None,
+    ) -> Feedback:
+        """See :func:`~workers.core.feedback.give_feedback` (in a thread: the tracer may
+        wait on its exporter)."""
+        return await asyncio.to_thread(
+            partial(give_feedback, reply_id=reply_id, score=score, comment=comment),
+            self.deps,
+            principal,
+            conversation_id,
+        )
 
     async def check_follow(self, conversation_id: str, principal: Principal) -> bool:
         """See :func:`~workers.core.steps.check_follow`."""

@@ -20,8 +20,10 @@ from events.identity import WS_SUBPROTOCOL, Principal
 from events.inbound import (
     CONVERSATION_ID_PATTERN,
     WS_ACTIONS,
+    FeedbackRequest,
     MessageRequest,
     WsDecide,
+    WsFeedback,
     WsFrame,
     WsPing,
     WsResume,
@@ -30,7 +32,7 @@ from events.inbound import (
     new_id,
 )
 from events.json_input import parse_json
-from events.outbound import ErrorBody, ErrorView, validation_problem
+from events.outbound import ErrorBody, ErrorView, FeedbackView, validation_problem
 from workers.adapters.local.guard import Guard
 from workers.adapters.local.runtime import EmbeddedRuntime
 from workers.adapters.local.views import conversation_view
@@ -59,19 +61,19 @@ _FRAME = TypeAdapter[Any](WsFrame)
 _CONVERSATION_ID = re.compile(CONVERSATION_ID_PATTERN)
 
 
-Frame = WsSubscribe | WsSend | WsDecide | WsResume | WsPing
+Frame = WsSubscribe | WsSend | WsDecide | WsResume | WsFeedback | WsPing
 
 
 def error_view(exc: AgentWorkerError) -> tuple[int, ErrorView]:
     """The HTTP status and body of an error: an ``ApiError`` as it says; for the core's
-    errors, 404 for what does not exist, 409 for an answer nobody waits for, 400 for other
-    refusals, 503 for a transient fault."""
+    errors, 404 for what does not exist, 409 for an answer nobody waits for, 422 for a
+    value out of bounds, 400 for other refusals, 503 for a transient fault."""
     field = getattr(exc, "field", None)
     reason = None
     if isinstance(exc, ApiError):
         status, code = exc.status, exc.code
     elif isinstance(exc, BadInput):
-        status, code = 400, exc.code
+        status, code = (422 if exc.code == "validation_error" else 400), exc.code
     elif isinstance(exc, Unauthenticated):
         status, code, reason = 401, "unauthenticated", exc.reason
     elif isinstance(exc, Throttled):
@@ -198,15 +200,7 @@ def create_app(
     async def post_message(conversation_id: str, request: Request) -> JSONResponse:
         principal = await caller(request)
         check_conversation_id(conversation_id)
-        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media != "application/json":
-            # A form or text/plain body is what a page of another site can post without
-            # asking first (no CORS preflight): only JSON is taken.
-            raise ApiError(415, "unsupported_media_type", "content-type: must be application/json")
-        raw = await _read_body(request)
-        data = parse_json(raw)
-        if not isinstance(data, dict):
-            raise ApiError(422, "validation_error", "body: must be a JSON object", "body")
+        data = await _json_object(request)
         try:
             body = MessageRequest.model_validate(data)
             msg = body.to_inbound(conversation_id)
@@ -214,6 +208,27 @@ def create_app(
             raise validation_error(exc) from None
         result = await rt(request).accept(msg, principal)
         view = result.view(conversation_id)
+        return JSONResponse(view.model_dump(mode="json"), status_code=202)
+
+    @app.post("/v1/conversations/{conversation_id}/feedback", status_code=202)
+    async def post_feedback(conversation_id: str, request: Request) -> JSONResponse:
+        principal = await caller(request)
+        check_conversation_id(conversation_id)
+        data = await _json_object(request)
+        try:
+            body = FeedbackRequest.model_validate(data)
+        except ValidationError as exc:
+            raise validation_error(exc) from None
+        await rt(request).feedback(
+            conversation_id,
+            principal,
+            reply_id=body.reply_id,
+            score=body.score,
+            comment=body.comment,
+        )
+        view = FeedbackView(
+            conversation_id=conversation_id, reply_id=body.reply_id, score=body.score
+        )
         return JSONResponse(view.model_dump(mode="json"), status_code=202)
 
     @app.get("/v1/conversations/{conversation_id}")
@@ -271,6 +286,20 @@ async def authenticate(auth: Authenticator, token: str | None) -> Principal:
     if token is not None and getattr(auth, "fetches_keys", False):
         return await asyncio.to_thread(auth.authenticate, token)
     return auth.authenticate(token)
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    """The request's JSON object body: 415 for another media type, 413 over the size limit,
+    400 for what is not JSON, 422 for JSON that is not an object."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "application/json":
+        # A form or text/plain body is what a page of another site can post without asking
+        # first (no CORS preflight): only JSON is taken.
+        raise ApiError(415, "unsupported_media_type", "content-type: must be application/json")
+    data = parse_json(await _read_body(request))
+    if not isinstance(data, dict):
+        raise ApiError(422, "validation_error", "body: must be a JSON object", "body")
+    return data
 
 
 async def _read_body(request: Request) -> bytes:
@@ -371,6 +400,8 @@ class WebSocketSession:
             frame = self._parse(raw)
             if isinstance(frame, WsPing):
                 return {"type": "pong"}
+            if isinstance(frame, WsFeedback):
+                return await self._feedback(frame)
             cid = frame.conversation_id
             follow = await self._follow(cid)
             if isinstance(frame, WsSubscribe):
@@ -397,6 +428,20 @@ class WebSocketSession:
             return ErrorView(
                 error=ErrorBody(code="internal_error", message="the server failed on this frame")
             ).model_dump()
+
+    async def _feedback(self, frame: WsFeedback) -> dict[str, Any]:
+        """Rate a reply; the conversation need not be followed (the core checks access)."""
+        await self.runtime.feedback(
+            frame.conversation_id,
+            self.principal,
+            reply_id=frame.reply_id,
+            score=frame.score,
+            comment=frame.comment,
+        )
+        view = FeedbackView(
+            conversation_id=frame.conversation_id, reply_id=frame.reply_id, score=frame.score
+        )
+        return view.model_dump(mode="json")
 
     def _parse(self, raw: str) -> Frame:
         data = parse_json(raw, what="frame")

@@ -1,0 +1,119 @@
+"""``feedback``: a user's rating of a reply, attached to the trace of the turn that wrote it.
+
+HTTP API ``POST /v1/conversations/{conversation_id}/feedback`` (the API's JWT authorizer: the
+rater is the token's principal) with body ``{"reply_id", "score": 1 | -1, "comment"?}``, and
+the WebSocket route ``feedback`` (frames ``{"action": "feedback", "conversation_id", ...}``
+from a connection the ``$connect`` authorizer admitted). Both parse, call
+:func:`~workers.core.feedback.give_feedback` and flush the traces before returning (a frozen
+process loses nothing). Its own function because it logs to MLflow (``mlflow-tracing``, the
+agent layer), which the light functions never import.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import ValidationError
+
+from events.identity import Principal
+from events.inbound import CONVERSATION_ID_PATTERN, FeedbackRequest, WsFeedback
+from events.json_input import parse_json
+from events.outbound import ErrorBody, ErrorView, FeedbackView, validation_problem
+from workers import bootstrap
+from workers.core.feedback import give_feedback
+from workers.errors import BadInput, NotFound, PermanentError, Unauthenticated
+from workers.handlers.http import error_response, http_principal, json_response, raw_body
+from workers.handlers.ingest import connection_principal
+from workers.handlers.observability import logger, metrics
+
+_CONVERSATION_ID = re.compile(CONVERSATION_ID_PATTERN)
+
+
+def _record(principal: Principal, conversation_id: str, body: FeedbackRequest) -> FeedbackView:
+    deps = bootstrap.aws_deps()
+    try:
+        give_feedback(
+            deps,
+            principal,
+            conversation_id,
+            reply_id=body.reply_id,
+            score=body.score,
+            comment=body.comment,
+        )
+    finally:
+        bootstrap.flush_traces(deps)
+    metrics.add_metric(name="feedback", unit=MetricUnit.Count, value=1)
+    return FeedbackView(conversation_id=conversation_id, reply_id=body.reply_id, score=body.score)
+
+
+def _refusal(exc: PermanentError) -> tuple[int, ErrorBody]:
+    """The status and error body of a refused rating (what the embedded server answers)."""
+    metrics.add_metric(name="feedback_refused", unit=MetricUnit.Count, value=1)
+    if isinstance(exc, Unauthenticated):
+        return 401, ErrorBody(code="unauthenticated", message=str(exc), reason=exc.reason)
+    if isinstance(exc, NotFound):
+        return 404, ErrorBody(code="not_found", message=str(exc), field=exc.field)
+    code = exc.code if isinstance(exc, BadInput) else "bad_request"
+    status = 422 if code == "validation_error" else 400
+    return status, ErrorBody(code=code, message=str(exc), field=exc.field)
+
+
+def _invalid(exc: ValidationError) -> tuple[int, ErrorBody]:
+    metrics.add_metric(name="feedback_refused", unit=MetricUnit.Count, value=1)
+    problem = validation_problem(exc, tagged=False)
+    return 422, ErrorBody(code="validation_error", message=problem.message, field=problem.field)
+
+
+def _http(event: dict[str, Any]) -> dict[str, Any]:
+    conversation_id = str((event.get("pathParameters") or {}).get("conversation_id", ""))
+    try:
+        principal = http_principal(event, bootstrap.jwt_claims())
+        if not _CONVERSATION_ID.match(conversation_id):
+            raise BadInput(
+                "validation_error",
+                "conversation_id: letters, digits and ':._@-', 1-256 characters",
+                field="conversation_id",
+            )
+        data = parse_json(raw_body(event))
+        if not isinstance(data, dict):
+            raise BadInput("validation_error", "body: must be a JSON object", field="body")
+        body = FeedbackRequest.model_validate(data)
+        view = _record(principal, conversation_id, body)
+    except PermanentError as exc:
+        status, error = _refusal(exc)
+        return error_response(status, error.code, error.message, error.field)
+    except ValidationError as exc:
+        status, error = _invalid(exc)
+        return error_response(status, error.code, error.message, error.field)
+    return json_response(202, view.model_dump(mode="json"))
+
+
+def _websocket(event: dict[str, Any]) -> dict[str, Any]:
+    ctx = event.get("requestContext") or {}
+    try:
+        principal = connection_principal(ctx)
+        if principal is None:
+            raise Unauthenticated(
+                "missing", "this connection has no principal: connect through the authorizer"
+            )
+        frame = WsFeedback.model_validate(parse_json(event.get("body") or "", what="frame"))
+        body = FeedbackRequest(reply_id=frame.reply_id, score=frame.score, comment=frame.comment)
+        view = _record(principal, frame.conversation_id, body)
+    except PermanentError as exc:
+        status, error = _refusal(exc)
+        return {"statusCode": status, "body": ErrorView(error=error).model_dump_json()}
+    except ValidationError as exc:
+        status, error = _invalid(exc)
+        return {"statusCode": status, "body": ErrorView(error=error).model_dump_json()}
+    return {"statusCode": 200, "body": view.model_dump_json()}
+
+
+@metrics.log_metrics
+@logger.inject_lambda_context(clear_state=True)
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    if "connectionId" in (event.get("requestContext") or {}):
+        return _websocket(event)
+    return _http(event)
