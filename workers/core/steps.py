@@ -115,6 +115,9 @@ class TurnSettings:
     """Erase conversations idle this long (``None``: keep them)."""
     approval_policies: Mapping[str, ApprovalPolicy] = field(default_factory=dict)
     """Who may decide each tool's approvals (tools not named: anyone in the conversation)."""
+    trace_tags: Mapping[str, str] = field(default_factory=dict)
+    """Tags on every turn's trace from this process, e.g. the served prompt's
+    ``prompt_name`` and ``prompt_version`` (the turn's own tags win on a clash)."""
 
 
 @dataclass
@@ -380,6 +383,7 @@ def advance_turn(deps: Deps, claim: Claim, *, deliver_now: bool = True) -> Turn:
     cid = run.conversation_id
     turn_id = new_id()
     tags = {
+        **deps.settings.trace_tags,
         "conversation_id": cid,
         "run_id": run.run_id,
         "turn_id": turn_id,
