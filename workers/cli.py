@@ -785,10 +785,12 @@ def cmd_prompt_push(args: argparse.Namespace) -> int:
     registry = _prompt_registry(settings, create=True)
     assert registry is not None  # created when missing
     version, created = push_prompt(registry, name, text, args.message)
+    shown = path.resolve()
+    shown = shown.relative_to(Path.cwd()) if shown.is_relative_to(Path.cwd()) else shown
     if created:
-        print(f"{name}: version {version.version} (from {path})")
+        print(f"{name}: version {version.version} (from {shown})")
     else:
-        print(f"{name}: {path} is the same as version {version.version}; nothing pushed")
+        print(f"{name}: {shown} is the same as version {version.version}; nothing pushed")
     return 0
 
 

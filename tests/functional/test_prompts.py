@@ -5,9 +5,7 @@ on the turn's trace; the bundled file when the registry has nothing; an unknown 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import shlex
 from pathlib import Path
 
 import pytest
@@ -129,13 +127,50 @@ def test_an_empty_registry_serves_the_bundled_file(store: Store, tmp_path: Path)
     assert not (tmp_path / "mlflow.db").exists()  # looking did not create a registry
 
 
-def test_serve_with_an_unknown_alias_exits_2(store: Store) -> None:
-    env = {**os.environ, "AGENTWORKER_PROMPT_ALIAS": "canary", "MLFLOW_MODEL_CATALOG_URI": ""}
-    done = subprocess.run(
-        [sys.executable, "-m", "workers.cli", "serve", "--config", str(store.config),
-         "--state-dir", str(store.state), "--port", "1"],
-        capture_output=True, text=True, timeout=120, env=env, check=False,
-    )  # fmt: skip
-    assert done.returncode == 2, done.stderr
-    assert "AGENTWORKER_PROMPT_ALIAS='canary'" in done.stderr
-    assert "has no alias 'canary'" in done.stderr and "Traceback" not in done.stderr
+def test_serve_with_an_unknown_alias_exits_2(
+    store: Store, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # In this process (a subprocess would import everything again): `serve` as the command
+    # runs it, its logging setup aside (it would reconfigure the test run's).
+    monkeypatch.setattr("workers.observability.configure_logging", lambda level: None)
+    monkeypatch.setenv("AGENTWORKER_PROMPT_ALIAS", "canary")
+    capsys.readouterr()
+    argv = ["serve", "--config", str(store.config), "--state-dir", str(store.state)]
+    assert main([*argv, "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "AGENTWORKER_PROMPT_ALIAS='canary'" in err
+    assert "has no alias 'canary' (its aliases: production" in err
+    monkeypatch.setenv("AGENTWORKER_PROMPT_ALIAS", "production")  # it exists: no refusal
+    with LocalApp(config=store.config, state_dir=store.state) as app:
+        assert app.send("ws:me:2", "hello").text == V2
+
+
+def test_the_readmes_prompt_session_runs_as_written(
+    store: Store,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    readme = Path(__file__).parents[2] / "README.md"
+    block = readme.read_text().split("<!-- readme-test: prompt-session -->\n```console\n")[1]
+    monkeypatch.chdir(readme.parent)  # the session's paths are the repository's
+    # The module's store (a new database costs seconds): its other prompt is not this one.
+    monkeypatch.setenv("AGENTWORKER_STATE_DIR", str(store.state))
+    mine = tmp_path / "my_prompt.md"
+    mine.write_text("Answer in one short paragraph.")
+    steps: list[tuple[str, list[str]]] = []
+    for written in block.split("```")[0].splitlines():
+        line = written.replace("my_prompt.md", str(mine))
+        if line.startswith("$ "):
+            steps.append((line[2:], []))
+        else:
+            steps[-1][1].append(line)
+    assert len(steps) == 7
+    for command, expected in steps:
+        capsys.readouterr()
+        assert main(shlex.split(command)[1:]) == 0, command
+        out = capsys.readouterr().out.splitlines()
+        if expected:
+            assert out == expected, command
+        else:
+            assert out, command  # the diff and the table
