@@ -87,13 +87,15 @@ def build_agent(
     prompt: LoadedPrompt | None = None,
 ) -> Any:
     """The app's graph as the core's turn agent (imports LangGraph: only the ``turn`` side
-    calls this), with ``prompt`` as its system prompt (default: resolved now, see
-    :func:`workers.prompts.load_prompt`). ``ConfigError`` names the setting when the model,
-    the graph or the prompt is unusable."""
+    calls this), with ``prompt``'s text as its system prompt: the composition roots pass
+    :func:`load_prompt`'s (the registry's, resolved once); without one, the bundled prompt
+    file alone. ``ConfigError`` names the setting when the model, the graph or the prompt
+    is unusable."""
     from workers.agent.app import load_graph
     from workers.agent.models import ModelOptions, make_model
     from workers.agent.runner import GraphTurnAgent
     from workers.agent.sdk import BuildContext
+    from workers.prompts import bundled_prompt
 
     chat_model = model or make_model(
         settings.model,
@@ -102,7 +104,7 @@ def build_agent(
     ctx = BuildContext(
         model=chat_model,
         settings=settings,
-        prompt=(prompt or load_prompt(settings)).text,
+        prompt=(prompt or bundled_prompt(settings)).text,
         approval_tools=None
         if settings.approval_tools is None
         else frozenset(settings.approval_tools),

@@ -27,9 +27,7 @@ file's content hash as its version.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
-import importlib.metadata
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LoadedPrompt",
+    "bundled_prompt",
     "MlflowPromptRegistry",
     "PromptRegistry",
     "PromptVersionInfo",
@@ -204,12 +203,18 @@ def _what_is_missing(registry: PromptRegistry, name: str, alias: str) -> str:
     return f"prompt {name!r} has no alias {alias!r}{known}"
 
 
-def _fallback(settings: Settings, name: str, why: str) -> LoadedPrompt:
+def bundled_prompt(settings: Settings) -> LoadedPrompt:
+    """The bundled prompt alone (the ``prompt`` file, else the app's default), the registry
+    not asked: what :func:`load_prompt` falls back to."""
+    name = prompt_name(settings)
     text = read_prompt_file(settings)
     if text is None:
-        loaded = LoadedPrompt(name, "app", None)
-    else:
-        loaded = LoadedPrompt(name, "file", text, file_version(text))
+        return LoadedPrompt(name, "app", None)
+    return LoadedPrompt(name, "file", text, file_version(text))
+
+
+def _fallback(settings: Settings, name: str, why: str) -> LoadedPrompt:
+    loaded = bundled_prompt(settings)
     where = f" {settings.prompt}" if settings.prompt is not None else ""
     logger.info("serving %s%s: %s", loaded.describe(), where, why)
     return loaded
@@ -236,7 +241,10 @@ def load_prompt(settings: Settings) -> LoadedPrompt:
 
 def has_registry_client() -> bool:
     """Whether full ``mlflow`` (the registry client and its SQL store) is installed, asked of
-    the package metadata without importing MLflow (``mlflow-tracing`` alone says no)."""
+    the package metadata without importing MLflow (``mlflow-tracing`` alone says no; a few
+    milliseconds, and LangChain has imported ``importlib.metadata`` already)."""
+    import importlib.metadata
+
     try:
         importlib.metadata.distribution("mlflow")
     except importlib.metadata.PackageNotFoundError:
@@ -415,6 +423,8 @@ def set_alias(
 def diff_versions(registry: PromptRegistry, name: str, a: str, b: str) -> str:
     """The unified diff from ``a`` to ``b`` (version numbers or aliases) of ``name``'s text;
     ``""`` when they are the same."""
+    import difflib
+
     old, new = find_version(registry, name, a), find_version(registry, name, b)
     lines = difflib.unified_diff(
         old.text.splitlines(keepends=True),
