@@ -56,6 +56,7 @@ __all__ = [
     "read_prompt_file",
     "resolve_prompt",
     "set_alias",
+    "version_number",
 ]
 
 logger = logging.getLogger("agentworker.prompts")
@@ -307,8 +308,10 @@ class MlflowPromptRegistry:
                 return sorted(out, key=lambda v: -v.version)
 
     def get(self, name: str, ref: str) -> PromptVersionInfo | None:
-        if ref.isdigit():
+        if version_number(ref) is not None:
             found = self._missing(self._client.get_prompt_version, name, ref)
+        elif ref.isascii() and ref.isdigit():  # past SQLite's integers: no such version
+            return None
         else:
             found = self._missing(self._client.get_prompt_version_by_alias, name, ref)
         return None if found is None else self._info(found)
@@ -379,13 +382,21 @@ def _versions_or_fail(registry: PromptRegistry, name: str) -> list[PromptVersion
     return versions
 
 
+def version_number(ref: str) -> int | None:
+    """``ref`` as a version number (ASCII digits, within a 64-bit integer), else ``None``
+    (an alias, or nothing a registry can hold)."""
+    if ref.isascii() and ref.isdigit() and int(ref) < 2**63:
+        return int(ref)
+    return None
+
+
 def find_version(registry: PromptRegistry, name: str, ref: str) -> PromptVersionInfo:
     versions = _versions_or_fail(registry, name)
     found = registry.get(name, ref)
     if found is None:
         numbers = ", ".join(str(v.version) for v in reversed(versions))
         aliases = sorted({a for v in versions for a in v.aliases})
-        kind = "version" if ref.isdigit() else "alias"
+        kind = "version" if ref.isascii() and ref.isdigit() else "alias"
         raise ConfigError(
             f"prompt {name!r} has no {kind} {ref!r} (versions: {numbers}; aliases:"
             f" {', '.join(aliases) or 'none'})"
@@ -412,7 +423,7 @@ def set_alias(
 ) -> PromptVersionInfo | None:
     """Point ``alias`` at ``version`` of ``name``; the version it pointed at before, if any.
     ``ConfigError`` for an unknown prompt or version, or a name MLflow refuses."""
-    if not version.isdigit():
+    if version_number(version) is None:
         raise ConfigError(f"prompt {name!r}: version {version!r} is not a version number")
     target = find_version(registry, name, version)
     before = registry.get(name, alias)

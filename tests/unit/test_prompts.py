@@ -204,8 +204,9 @@ def test_promote_moves_the_alias_and_refuses_what_does_not_exist() -> None:
     assert registry.aliases[NAME] == {"production": 2}
     with pytest.raises(ConfigError, match=r"no version '7' \(versions: 1, 2; aliases: production"):
         set_alias(registry, NAME, "7", "production")
-    with pytest.raises(ConfigError, match="not a version number"):
-        set_alias(registry, NAME, "latest", "production")
+    for bad in ("latest", "-1", "²", str(2**64)):
+        with pytest.raises(ConfigError, match="not a version number"):
+            set_alias(registry, NAME, bad, "production")
     with pytest.raises(ConfigError, match=f"unknown prompt 'faq'.*prompts: {NAME}"):
         set_alias(registry, "faq", "1", "production")
     assert registry.aliases[NAME] == {"production": 2}
