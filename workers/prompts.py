@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -179,7 +178,7 @@ def resolve_prompt(
     if registry is None:
         if explicit:
             raise ConfigError(f"{setting}: {why_none}; unset it to serve the prompt file")
-        return _fallback(settings, name, why_none)
+        return _fallback(settings, why_none)
     try:
         found = registry.get(name, alias)
         missing = "" if found else _what_is_missing(registry, name, alias)
@@ -187,12 +186,12 @@ def resolve_prompt(
         if explicit:
             raise ConfigError(f"{setting}: {exc}") from None
         logger.warning("prompt registry at %s unreadable: %s", registry.location, exc)
-        return _fallback(settings, name, f"the registry at {registry.location} is unreadable")
+        return _fallback(settings, f"the registry at {registry.location} is unreadable")
     if found is not None:
         return LoadedPrompt(name, "registry", found.text, str(found.version), alias)
     if explicit:
         raise ConfigError(f"{setting}: {missing} in the prompt registry at {registry.location}")
-    return _fallback(settings, name, f"{missing} in the registry at {registry.location}")
+    return _fallback(settings, f"{missing} in the registry at {registry.location}")
 
 
 def _what_is_missing(registry: PromptRegistry, name: str, alias: str) -> str:
@@ -214,7 +213,7 @@ def bundled_prompt(settings: Settings) -> LoadedPrompt:
     return LoadedPrompt(name, "file", text, file_version(text))
 
 
-def _fallback(settings: Settings, name: str, why: str) -> LoadedPrompt:
+def _fallback(settings: Settings, why: str) -> LoadedPrompt:
     loaded = bundled_prompt(settings)
     where = f" {settings.prompt}" if settings.prompt is not None else ""
     logger.info("serving %s%s: %s", loaded.describe(), where, why)
@@ -273,35 +272,43 @@ class MlflowPromptRegistry:
     tracking and registry URIs: no global MLflow state is changed)."""
 
     def __init__(self, tracking_uri: str) -> None:
-        from workers.observability import offline_mlflow_env
-
-        offline_mlflow_env()
-        from mlflow import MlflowClient
-
         self.location = tracking_uri
-        self._client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self._client: Any = None
+
+    def _open(self) -> Any:
+        """The client, made at the first call (opening the store can fail: a database that
+        is not MLflow's, a server that does not answer; the calls map that)."""
+        if self._client is None:
+            from workers.observability import offline_mlflow_env
+
+            offline_mlflow_env()
+            from mlflow import MlflowClient
+
+            uri = self.location
+            self._client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        return self._client
 
     def names(self) -> list[str]:
         out: list[str] = []
         token: str | None = None
         while True:
-            page = self._call(self._client.search_prompts, page_token=token)
+            page = self._call("search_prompts", page_token=token)
             out.extend(p.name for p in page)
             token = page.token
             if not token:
                 return sorted(out)
 
     def versions(self, name: str) -> list[PromptVersionInfo]:
-        if self._missing(self._client.get_prompt, name) is None:
+        if self._missing("get_prompt", name) is None:
             return []
         out: list[PromptVersionInfo] = []
         token: str | None = None
         while True:
-            page = self._call(self._client.search_prompt_versions, name, page_token=token)
+            page = self._call("search_prompt_versions", name, page_token=token)
             # Searched versions come without their aliases (MLflow 3.17): one read each
             # (a listing's cost, never a turn's).
             for found in page:
-                full = self._call(self._client.get_prompt_version, name, found.version)
+                full = self._call("get_prompt_version", name, found.version)
                 out.append(self._info(full))
             token = page.token
             if not token:
@@ -309,21 +316,19 @@ class MlflowPromptRegistry:
 
     def get(self, name: str, ref: str) -> PromptVersionInfo | None:
         if version_number(ref) is not None:
-            found = self._missing(self._client.get_prompt_version, name, ref)
+            found = self._missing("get_prompt_version", name, ref)
         elif ref.isascii() and ref.isdigit():  # past SQLite's integers: no such version
             return None
         else:
-            found = self._missing(self._client.get_prompt_version_by_alias, name, ref)
+            found = self._missing("get_prompt_version_by_alias", name, ref)
         return None if found is None else self._info(found)
 
     def create(self, name: str, text: str, message: str) -> PromptVersionInfo:
-        created = self._call(
-            self._client.register_prompt, name, text, commit_message=message or None
-        )
+        created = self._call("register_prompt", name, text, commit_message=message or None)
         return self._info(created)
 
     def alias(self, name: str, alias: str, version: int) -> None:
-        self._call(self._client.set_prompt_alias, name, alias, version)
+        self._call("set_prompt_alias", name, alias, version)
 
     def _info(self, version: Any) -> PromptVersionInfo:
         template = version.template
@@ -341,32 +346,26 @@ class MlflowPromptRegistry:
             created_ms=int(version.creation_timestamp or 0),
         )
 
-    def _missing(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """``call(...)``, or ``None`` when MLflow says the name, version or alias does not
-        exist (an unknown alias is INVALID_PARAMETER_VALUE in the SQL store)."""
+    def _missing(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """The client's ``method(...)``, or ``None`` when MLflow says the name, version or
+        alias does not exist (an unknown alias is INVALID_PARAMETER_VALUE in the SQL store)."""
+        try:
+            return self._call(method, *args, **kwargs)
+        except ConfigError:
+            return None
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """The client's ``method(...)``; a refusal MLflow explains (a bad alias name, an
+        unknown version) is a ``ConfigError``, anything else a ``PromptRegistryError``."""
         from mlflow.exceptions import MlflowException
 
         try:
-            return call(*args, **kwargs)
-        except MlflowException as exc:
-            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-                return None
-            raise PromptRegistryError(f"{self.location}: {exc.message}") from None
-        except Exception as exc:  # the store unreachable: a connection or database error
-            raise PromptRegistryError(f"{self.location}: {type(exc).__name__}: {exc}") from None
-
-    def _call(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """``call(...)``; a refusal MLflow explains (a bad alias name, an unknown version) is a
-        ``ConfigError``, anything else a ``PromptRegistryError``."""
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return call(*args, **kwargs)
+            return getattr(self._open(), method)(*args, **kwargs)
         except MlflowException as exc:
             if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
                 raise ConfigError(exc.message) from None
             raise PromptRegistryError(f"{self.location}: {exc.message}") from None
-        except Exception as exc:
+        except Exception as exc:  # the store unreachable: a connection or database error
             raise PromptRegistryError(f"{self.location}: {type(exc).__name__}: {exc}") from None
 
 

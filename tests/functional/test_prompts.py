@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 
 from workers.cli import main
+from workers.config import load_settings
+from workers.errors import ConfigError
+from workers.prompts import load_prompt
 from workers.testing import LocalApp
 
 NAME = "echo-app-system"  # derived from the graph's file, echo_app.py
@@ -143,6 +146,18 @@ def test_serve_with_an_unknown_alias_exits_2(
     monkeypatch.setenv("AGENTWORKER_PROMPT_ALIAS", "production")  # it exists: no refusal
     with LocalApp(config=store.config, state_dir=store.state) as app:
         assert app.send("ws:me:2", "hello").text == V2
+
+
+def test_a_database_that_is_not_mlflows_falls_back_unless_the_alias_was_asked_for(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "mlflow.db").write_bytes(b"this is not a database")
+    settings = load_settings(config=store.config, state_dir=tmp_path)
+    loaded = load_prompt(settings)
+    assert (loaded.source, loaded.text) == ("file", V1)
+    monkeypatch.setenv("AGENTWORKER_PROMPT_ALIAS", "production")
+    with pytest.raises(ConfigError, match="AGENTWORKER_PROMPT_ALIAS='production': sqlite"):
+        load_prompt(load_settings(config=store.config, state_dir=tmp_path))
 
 
 def test_the_readmes_prompt_session_runs_as_written(
