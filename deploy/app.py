@@ -67,6 +67,8 @@ def _app_settings(settings: Settings, ref: str, top: str, source: Path) -> dict[
     if settings.approval_tools is not None:
         out["approval_tools"] = list(settings.approval_tools)
     out["context_window"] = settings.context_window
+    if settings.prompt_name is not None:
+        out["prompt_name"] = settings.prompt_name
     if settings.prompt is not None:
         prompt = settings.prompt.resolve()
         package_dir = source if source.is_dir() else source.parent

@@ -18,9 +18,11 @@ from workers.errors import ConfigError
 if TYPE_CHECKING:
     from workers.adapters.aws.slack import SlackCredentials
     from workers.adapters.local.runtime import EmbeddedRuntime
+    from workers.prompts import LoadedPrompt
 
 
-def turn_settings(settings: Settings) -> TurnSettings:
+def turn_settings(settings: Settings, prompt: LoadedPrompt | None = None) -> TurnSettings:
+    """The core's settings; ``prompt``'s identity goes on every turn's trace."""
     return TurnSettings(
         lease_ttl=settings.lease_ttl_seconds,
         context_window=settings.context_window,
@@ -36,6 +38,7 @@ def turn_settings(settings: Settings) -> TurnSettings:
         retention_seconds=None
         if settings.retention_days is None
         else settings.retention_days * 86_400.0,
+        trace_tags={} if prompt is None else prompt.trace_tags(),
         guard=guard_policy(settings),
     )
 
@@ -117,14 +120,24 @@ def lambda_tracer(settings: Settings) -> Tracer:
     return SpanRecorder(sink, max_spans=settings.trace_max_spans, store=sink.store)
 
 
-def build_agent(settings: Settings, tickets: TicketStore, clock: Clock, model: Any = None) -> Any:
+def build_agent(
+    settings: Settings,
+    tickets: TicketStore,
+    clock: Clock,
+    model: Any = None,
+    prompt: LoadedPrompt | None = None,
+) -> Any:
     """The app's graph as the core's turn agent (imports LangGraph: only the ``turn`` side
-    calls this). ``ConfigError`` names the setting when the model or the graph is unusable."""
+    calls this), with ``prompt``'s text as its system prompt: the composition roots pass
+    :func:`load_prompt`'s (the registry's, resolved once); without one, the bundled prompt
+    file alone. ``ConfigError`` names the setting when the model, the graph or the prompt
+    is unusable."""
     from workers.agent.app import load_graph
     from workers.agent.models import ModelOptions, make_model
     from workers.agent.runner import GraphTurnAgent
     from workers.agent.sdk import BuildContext
     from workers.costs import merged_prices
+    from workers.prompts import bundled_prompt
 
     chat_model = model or make_model(
         settings.model,
@@ -138,7 +151,7 @@ def build_agent(settings: Settings, tickets: TicketStore, clock: Clock, model: A
     ctx = BuildContext(
         model=chat_model,
         settings=settings,
-        prompt=_read_prompt(settings),
+        prompt=(prompt or bundled_prompt(settings)).text,
         approval_tools=None
         if settings.approval_tools is None
         else frozenset(settings.approval_tools),
@@ -153,15 +166,12 @@ def build_agent(settings: Settings, tickets: TicketStore, clock: Clock, model: A
     )
 
 
-def _read_prompt(settings: Settings) -> str | None:
-    if settings.prompt is None:
-        return None
-    try:
-        return settings.prompt.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(
-            f"prompt {settings.prompt} ({settings.source('prompt')}): {exc}"
-        ) from None
+def load_prompt(settings: Settings) -> LoadedPrompt:
+    """The system prompt this process serves, resolved once at start: the registry's
+    ``prompt_name@prompt_alias``, else the ``prompt`` file (see :mod:`workers.prompts`)."""
+    from workers.prompts import load_prompt as resolve
+
+    return resolve(settings)
 
 
 def prepare_embedded(
@@ -181,7 +191,8 @@ def prepare_embedded(
     store = SqliteConversationStore(settings.db_path)
     try:
         tickets = SqliteTicketStore(store.database)
-        agent = build_agent(settings, tickets, clock, model)
+        prompt = load_prompt(settings)
+        agent = build_agent(settings, tickets, clock, model, prompt)
         traces = redaction(settings, tracer if tracer is not None else build_tracer(settings))
     except BaseException:
         store.close()
@@ -203,7 +214,7 @@ def prepare_embedded(
             starter=starter,
             clock=clock,
             tracer=traces,
-            settings=turn_settings(settings),
+            settings=turn_settings(settings, prompt),
         )
         return EmbeddedRuntime(
             settings=settings,
@@ -380,11 +391,13 @@ def build_aws(settings: Settings, *, with_agent: bool, session: Any = None) -> D
 
     tracer = redaction(settings, lambda_tracer(settings), logger)
     agent: TurnAgent = NoAgent()
+    prompt: LoadedPrompt | None = None
     if with_agent:
         from workers.adapters.aws.dynamodb_tickets import DynamoDBTicketStore
 
         tickets = DynamoDBTicketStore(dynamodb=dynamodb, table_name=settings.table_name)
-        agent = build_agent(settings, tickets, clock)
+        prompt = load_prompt(settings)
+        agent = build_agent(settings, tickets, clock, prompt=prompt)
     return Deps(
         store=store,
         agent=agent,
@@ -394,7 +407,7 @@ def build_aws(settings: Settings, *, with_agent: bool, session: Any = None) -> D
         ),
         clock=clock,
         tracer=tracer,
-        settings=turn_settings(settings),
+        settings=turn_settings(settings, prompt),
     )
 
 

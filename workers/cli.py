@@ -17,6 +17,7 @@ from workers.errors import AgentWorkerError, ConfigError
 
 if TYPE_CHECKING:
     from workers.adapters.aws.dead_letters import SqsDeadLetters
+    from workers.prompts import MlflowPromptRegistry
 
 DEFAULT_URL = "http://127.0.0.1:8765"
 
@@ -162,6 +163,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-c", "--conversation", help="only this conversation")
     s.add_argument("--state-dir", type=Path)
     s.set_defaults(func=cmd_stats)
+    _prompt_parser(sub)
 
     s = sub.add_parser("schema", help="print the JSON Schema of the event models")
     s.add_argument("name", nargs="?", help="one model (default: all)")
@@ -721,6 +723,137 @@ def cmd_stats(args: argparse.Namespace) -> int:
         conversation_id=args.conversation,
     )
     print(render(Stats(turns), since=since))
+    return 0
+
+
+# prompt -----------------------------------------------------------------------------------
+
+
+def _prompt_parser(sub: Any) -> None:
+    s = sub.add_parser("prompt", help="list, push, promote and diff prompts in the MLflow registry")
+    s.set_defaults(func=lambda _args, prompt=s: _usage(prompt))
+    actions = s.add_subparsers(metavar="ACTION")
+    listing = actions.add_parser("list", help="every prompt: versions, aliases, messages")
+    push = actions.add_parser("push", help="a file's text as the prompt's new version")
+    push.add_argument("file", nargs="?", type=Path, help="default: the app's prompt file")
+    push.add_argument("--name", help="registry name (default: the app's prompt_name)")
+    push.add_argument("-m", "--message", default="", help="what changed (commit message)")
+    _app_arguments(push, model=False)
+    promote = actions.add_parser("promote", help="point an alias at a version")
+    promote.add_argument("name")
+    promote.add_argument("version", help="a version number")
+    promote.add_argument("--alias", required=True, help="e.g. production, staging")
+    diff = actions.add_parser("diff", help="unified diff of two versions (numbers or aliases)")
+    show = actions.add_parser("show", help="print one version's text (a number or an alias)")
+    for a in (diff, show):
+        a.add_argument("name")
+    diff.add_argument("a")
+    diff.add_argument("b")
+    show.add_argument("ref")
+    for a in (listing, push, promote, diff, show):
+        a.add_argument("--state-dir", type=Path, help="state directory (default ./.agentworker)")
+    listing.set_defaults(func=cmd_prompt_list)
+    push.set_defaults(func=cmd_prompt_push)
+    promote.set_defaults(func=cmd_prompt_promote)
+    diff.set_defaults(func=cmd_prompt_diff)
+    show.set_defaults(func=cmd_prompt_show)
+
+
+def _prompt_registry(settings: Settings, *, create: bool = False) -> MlflowPromptRegistry | None:
+    """The registry at ``settings``' tracking URI, ``None`` when it has no database yet
+    (reading never creates one); ``ConfigError`` without full MLflow."""
+    from workers.prompts import has_registry_client, open_registry
+
+    if not has_registry_client():
+        raise ConfigError("prompt: the prompt registry needs full mlflow (pip install mlflow)")
+    _quiet_mlflow()
+    return open_registry(settings, create=create)
+
+
+def _registry_or_fail(settings: Settings, name: str) -> MlflowPromptRegistry:
+    registry = _prompt_registry(settings)
+    if registry is None:
+        raise ConfigError(f"unknown prompt {name!r}: no prompts in {settings.tracking_uri}")
+    return registry
+
+
+def cmd_prompt_list(args: argparse.Namespace) -> int:
+    settings = _settings(args, state_dir="state_dir")
+    registry = _prompt_registry(settings)
+    names = [] if registry is None else registry.names()
+    if registry is None or not names:
+        print(f"no prompts in {settings.tracking_uri}")
+        return 0
+    from workers.tables import preview, text_table
+
+    rows = [
+        [
+            v.name,
+            str(v.version),
+            ",".join(v.aliases),
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(v.created_ms / 1000)),
+            preview(v.message or v.text),
+        ]
+        for name in names
+        for v in registry.versions(name)
+    ]
+    print(text_table(["name", "version", "aliases", "created", "message"], rows))
+    return 0
+
+
+def cmd_prompt_push(args: argparse.Namespace) -> int:
+    settings = _settings(args, state_dir="state_dir", graph="graph", config="config")
+    from workers.prompts import prompt_name, push_prompt
+
+    path: Path | None = args.file or settings.prompt
+    if path is None:
+        raise ConfigError(
+            "prompt push: no file given and the app sets no prompt file (the prompt setting)"
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"prompt push: {path}: {exc}") from None
+    name = args.name or prompt_name(settings)
+    registry = _prompt_registry(settings, create=True)
+    assert registry is not None  # created when missing
+    version, created = push_prompt(registry, name, text, args.message)
+    shown = path.resolve()
+    shown = shown.relative_to(Path.cwd()) if shown.is_relative_to(Path.cwd()) else shown
+    if created:
+        print(f"{name}: version {version.version} (from {shown})")
+    else:
+        print(f"{name}: {shown} is the same as version {version.version}; nothing pushed")
+    return 0
+
+
+def cmd_prompt_promote(args: argparse.Namespace) -> int:
+    settings = _settings(args, state_dir="state_dir")
+    from workers.prompts import set_alias
+
+    before = set_alias(_registry_or_fail(settings, args.name), args.name, args.version, args.alias)
+    was = "" if before is None else f" (was version {before.version})"
+    print(f"{args.name}@{args.alias}: version {args.version}{was}")
+    return 0
+
+
+def cmd_prompt_diff(args: argparse.Namespace) -> int:
+    settings = _settings(args, state_dir="state_dir")
+    from workers.prompts import diff_versions
+
+    text = diff_versions(_registry_or_fail(settings, args.name), args.name, args.a, args.b)
+    if text:
+        print(text, end="")
+    else:
+        print(f"{args.name}: {args.a} and {args.b} have the same text")
+    return 0
+
+
+def cmd_prompt_show(args: argparse.Namespace) -> int:
+    settings = _settings(args, state_dir="state_dir")
+    from workers.prompts import find_version
+
+    print(find_version(_registry_or_fail(settings, args.name), args.name, args.ref).text)
     return 0
 
 

@@ -30,6 +30,7 @@ APP_KEYS = (
     "graph",
     "model",
     "prompt",
+    "prompt_name",
     "approval_tools",
     "approval_policies",
     "double_texting",
@@ -130,6 +131,19 @@ class Settings(BaseSettings):
     )
     prompt: Path | None = Field(
         None, description="A file with the system prompt (default: the app's own)."
+    )
+    # The prompt registry (workers/prompts.py): name@alias is loaded at start when present.
+    prompt_name: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$",
+        description="The system prompt's name in the MLflow prompt registry (default: the"
+        " graph's package, e.g. 'support-agent-system').",
+    )
+    prompt_alias: str = Field(
+        "production",
+        pattern=r"^[A-Za-z0-9_-]{1,255}$",
+        description="The registry alias loaded at start (falls back to the prompt file when"
+        " the registry lacks it, unless set explicitly).",
     )
     recursion_limit: int = Field(
         25, ge=1, le=10_000, description="Graph steps per turn before the turn fails."

@@ -143,6 +143,11 @@ class SandboxNotRunning(AgentWorkerError):
     """No sandbox answers at the state directory's ``sandbox.json``."""
 
 
+class PromptRegistryError(AgentWorkerError):
+    """The MLflow prompt registry could not be read or written (the tracking server is down,
+    the database is unusable); an unknown prompt, version or alias is a ``ConfigError``."""
+
+
 Item = dict[str, Any]
 """A DynamoDB item in the low-level client's typed form (``{"name": {"S": "value"}}``)."""
 

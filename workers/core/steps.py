@@ -129,6 +129,9 @@ class TurnSettings:
     """Who may decide each tool's approvals (tools not named: anyone in the conversation)."""
     guard: GuardPolicy | None = None
     """The input and output guard of every turn (``None``: off)."""
+    trace_tags: Mapping[str, str] = field(default_factory=dict)
+    """Tags on every turn's trace from this process, e.g. the served prompt's
+    ``prompt_name`` and ``prompt_version`` (the turn's own tags win on a clash)."""
 
 
 @dataclass
@@ -395,6 +398,7 @@ def advance_turn(deps: Deps, claim: Claim, *, deliver_now: bool = True) -> Turn:
     cid = run.conversation_id
     turn_id = new_id()
     tags = {
+        **deps.settings.trace_tags,
         "conversation_id": cid,
         "run_id": run.run_id,
         "turn_id": turn_id,
