@@ -168,3 +168,19 @@ def traces_of(tracking_uri: str, conversation_id: str) -> list[Any]:
         filter_string=f"tags.conversation_id = '{conversation_id}'",
     )
     return found
+
+
+def wait_traces_exported(state_dir: Path, timeout: float = 60.0) -> None:
+    """Until the server's exporter process has written every spooled trace (and feedback)
+    into MLflow: reading the store before its first export could race it creating the
+    database."""
+    from workers.tracing.spool import CLOSED, OPEN, segments
+
+    spool = state_dir / "trace-spool"
+    deadline = time.monotonic() + timeout
+    while (
+        segments(spool, CLOSED) or segments(spool, OPEN) or not (state_dir / "mlflow.db").exists()
+    ):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"traces not exported after {timeout}s: {list(spool.iterdir())}")
+        time.sleep(0.05)

@@ -15,7 +15,7 @@ import pytest
 import websockets
 
 from events.inbound import MAX_FEEDBACK_COMMENT
-from tests.functional.server_process import ServerProcess
+from tests.functional.server_process import ServerProcess, wait_traces_exported
 from tests.functional.test_recovery import answers, send, view, wait_answered
 
 
@@ -47,6 +47,7 @@ def assessments(state_dir: Path, turn_id: str, timeout: float = 20) -> list[Any]
     (waited for: tracing may record feedback after the answer)."""
     import mlflow
 
+    wait_traces_exported(state_dir)
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{state_dir / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("agentworker")
     assert experiment is not None
