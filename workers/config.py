@@ -201,6 +201,10 @@ class Settings(BaseSettings):
         ge=1,
         description="Lambda: traces kept in memory while the tracking server is unreachable.",
     )
+    judge_model: str | None = Field(
+        None,
+        description="`agentworker eval`: the LLM judge, '<provider>:<model>' (unset: no judge).",
+    )
     bedrock_region: str | None = Field(None, description="AWS region for Bedrock.")
     bedrock_endpoint_url: str | None = Field(None, description="Bedrock endpoint override.")
     price_input_per_mtok: float = Field(0.0, ge=0, description="USD per 1M input tokens.")

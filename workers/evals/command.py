@@ -1,0 +1,160 @@
+"""``agentworker eval``: run golden datasets through the app, score, log, gate; compare two
+eval runs; turn negative feedback into draft cases."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from workers.config import Settings
+from workers.errors import ConfigError
+from workers.evals import report, tracking
+from workers.evals.dataset import load_datasets
+from workers.evals.runner import RunOptions, graph_of, run_cases
+from workers.evals.scorers import metrics
+
+DEFAULT_THRESHOLDS = Path("evals/thresholds.toml")
+
+
+def _warn(text: str) -> None:
+    print(f"agentworker eval: {text}", file=sys.stderr)
+
+
+def run_eval(
+    settings: Settings,
+    datasets: list[Path],
+    *,
+    graph_override: str | None = None,
+    thresholds_path: Path | None = None,
+    judge_spec: str | None = None,
+    concurrency: int = 4,
+) -> int:
+    """Run, score, log and gate; the exit code (0 passed, 1 below a threshold, 2 bad input
+    through ``ConfigError``)."""
+    from workers.agent.models import ModelOptions, make_model
+
+    if concurrency < 1:
+        raise ConfigError(f"--concurrency {concurrency}: must be at least 1")
+    options = ModelOptions(region=settings.bedrock_region, endpoint_url=settings.bedrock_endpoint_url)
+    make_model(settings.model, options)  # an unknown model or provider stops here (exit 2)
+    judge = None
+    spec = judge_spec or settings.judge_model
+    if spec:
+        from workers.evals.judge import Judge
+
+        judge = Judge(make_model(spec, options), name=spec, concurrency=concurrency)
+    path = thresholds_path or (DEFAULT_THRESHOLDS if DEFAULT_THRESHOLDS.is_file() else None)
+    thresholds = report.read_thresholds(path) if path else report.NO_THRESHOLDS
+    data = load_datasets(datasets)
+    for skipped in data.skipped:
+        _warn(f"warning: {skipped} (line skipped)")
+    if data.in_review:
+        _warn(f"{len(data.in_review)} case(s) marked 'review' are drafts and were not run")
+    if not data.cases:
+        raise ConfigError(f"no case to run in {', '.join(map(str, datasets))}")
+    tracer = _tracer(settings)
+    started_ms = int(time.time() * 1000)
+    progress = report.Progress(len(data.cases))
+    run_options = RunOptions(concurrency=concurrency, graph_override=graph_override)
+    try:
+        results = asyncio.run(
+            run_cases(
+                data.cases,
+                settings,
+                tracer=tracer,
+                options=run_options,
+                judge=judge,
+                on_done=progress,
+            )
+        )
+    finally:
+        progress.close()
+    flush = getattr(tracer, "flush", None)
+    if flush is not None:
+        flush()
+    figures = metrics(results, skipped_lines=len(data.skipped))
+    graphs = sorted({graph_of(c, settings, run_options) or "support_agent.graph:build" for c in data.cases})
+    params = {
+        "datasets": ",".join(data.sources),
+        "graph": ",".join(graphs),
+        "model": settings.model,
+        "prompt": str(settings.prompt) if settings.prompt else "(the app's own)",
+        "judge": spec or "(none)",
+        "cases": str(len(results)),
+        "concurrency": str(concurrency),
+    }
+    logged = tracking.log_eval_run(
+        settings,
+        params=params,
+        metrics=figures,
+        results=results,
+        started_ms=started_ms,
+        tracing=settings.tracing,
+    )
+    print(report.metrics_table(figures, thresholds))
+    failures = report.failures_table(results)
+    if failures:
+        print()
+        print(failures)
+    print()
+    passed = sum(r.status == "passed" for r in results)
+    print(
+        f"{passed}/{len(results)} cases passed, {int(figures['errored'])} errored,"
+        f" {len(data.skipped)} dataset line(s) skipped"
+    )
+    if not (settings.price_input_per_mtok or settings.price_output_per_mtok):
+        print(f"cost: no price for model {settings.model} (AGENTWORKER_PRICE_*_PER_MTOK): 0")
+    if settings.tracing:
+        print(f"traces: {logged.traces_tagged} tagged {tracking.TRACE_TAG}={logged.run_id}")
+    else:
+        print("traces: tracing is off (AGENTWORKER_TRACING=false); the run is logged without")
+    print(f"mlflow run {logged.run_id} (experiment {logged.experiment_id}, {settings.tracking_uri})")
+    verdicts = thresholds.check(figures)
+    below = [name for name, verdict in verdicts.items() if verdict == "FAIL"]
+    if path is None:
+        print("no thresholds file: every case must pass")
+        return 0 if passed == len(results) else 1
+    if below:
+        print(f"FAILED: {', '.join(below)} outside {path}")
+        return 1
+    print(f"gate ok ({path})")
+    return 0
+
+
+def _tracer(settings: Settings) -> Any:
+    from workers.bootstrap import build_tracer
+    from workers.core.ports import NullTracer
+
+    if not settings.tracing:
+        return NullTracer()
+    return build_tracer(settings)
+
+
+def compare(settings: Settings, run_a: str, run_b: str) -> int:
+    deltas, params = tracking.compare_runs(settings, run_a, run_b)
+    changed = [(k, a, b) for k, (a, b) in params.items() if a != b]
+    for key, a, b in changed:
+        print(f"{key}: {a} -> {b}")
+    if changed:
+        print()
+    print(report.compare_table(deltas))
+    return 0
+
+
+def from_feedback(settings: Settings, out: Path, since: str | None) -> int:
+    drafts = tracking.feedback_cases(settings, since_ms=tracking.since_ms(since))
+    try:
+        with out.open("a", encoding="utf-8") as handle:
+            for draft in drafts:
+                handle.write(json.dumps(draft, ensure_ascii=False) + "\n")
+    except OSError as exc:
+        raise ConfigError(f"{out}: {exc}") from None
+    print(
+        f"wrote {len(drafts)} draft case(s) from negative feedback to {out}; fill in their"
+        " expectations and remove 'review' to run them"
+    )
+    return 0
