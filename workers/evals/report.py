@@ -81,12 +81,12 @@ class Progress:
     """``[12/45] 26% support-faq-1 passed`` on one line of ``stream`` (rewritten with ``\\r``
     on a terminal, every tenth case otherwise)."""
 
-    def __init__(self, total: int, stream: TextIO = sys.stderr) -> None:
+    def __init__(self, total: int, stream: TextIO | None = None) -> None:
         self.total = total
         self.done = 0
         self.failed = 0
-        self._stream = stream
-        self._tty = stream.isatty()
+        self._stream = stream or sys.stderr
+        self._tty = self._stream.isatty()
 
     def __call__(self, result: CaseResult) -> None:
         self.done += 1

@@ -123,9 +123,9 @@ async def _run_group(
     async def one(case: EvalCase) -> CaseResult:
         async with slots:
             result = await _run_case(runtime, case, batch, prices, options.turn_timeout_s)
-        result.scores = score_case(result)
-        if judge is not None and result.error is None:
-            await _judge(judge, result)
+            result.scores = score_case(result)
+            if judge is not None and result.error is None:
+                await _judge(judge, result)
         on_done(result)
         return result
 

@@ -105,7 +105,7 @@ def case_table(results: Sequence[CaseResult]) -> dict[str, list[Any]]:
             "status",
             *names,
             "latency_ms",
-            "tokens",
+            "total_tokens",
             "cost_usd",
             "failures",
             "judge_rationale",
@@ -120,7 +120,7 @@ def case_table(results: Sequence[CaseResult]) -> dict[str, list[Any]]:
             score = r.scores.get(name)
             table[name].append(None if score is None else score.passed)
         table["latency_ms"].append(round(r.latency_ms, 1))
-        table["tokens"].append(r.tokens)
+        table["total_tokens"].append(r.tokens)
         table["cost_usd"].append(r.cost_usd)
         table["failures"].append("; ".join(r.failures()))
         table["judge_rationale"].append(r.judge_rationale)
