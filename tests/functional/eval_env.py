@@ -4,7 +4,9 @@ takes seconds) and copied into each test's state directory."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,17 +17,27 @@ DATASETS = sorted(str(p) for p in (REPO / "evals").glob("*.jsonl"))
 THRESHOLDS = str(REPO / "evals" / "thresholds.toml")
 
 
+_TEMPLATE: list[Path] = []
+
+
 @pytest.fixture(scope="session")
-def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty, migrated MLflow store."""
-    from workers.observability import offline_mlflow_env
+def mlflow_template() -> Path:
+    """An empty, migrated MLflow store. Migrating one takes seconds (8 s on a loaded
+    machine), so it is kept in the temporary directory per MLflow version and reused by
+    later sessions; it is only ever copied, and written under another name first."""
+    if not _TEMPLATE:
+        from workers.observability import offline_mlflow_env
 
-    offline_mlflow_env()
-    from mlflow import MlflowClient
+        offline_mlflow_env()
+        import mlflow
 
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
+        path = Path(tempfile.gettempdir()) / f"agentworker-mlflow-{mlflow.__version__}.db"
+        if not path.is_file():
+            fresh = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            mlflow.MlflowClient(tracking_uri=f"sqlite:///{fresh}").search_experiments()
+            fresh.replace(path)
+        _TEMPLATE.append(path)
+    return _TEMPLATE[0]
 
 
 @pytest.fixture

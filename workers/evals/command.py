@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from workers.agent.app import DEFAULT_GRAPH
 from workers.config import Settings
 from workers.errors import ConfigError
 from workers.evals import report, tracking
@@ -39,7 +40,9 @@ def run_eval(
 
     if concurrency < 1:
         raise ConfigError(f"--concurrency {concurrency}: must be at least 1")
-    options = ModelOptions(region=settings.bedrock_region, endpoint_url=settings.bedrock_endpoint_url)
+    options = ModelOptions(
+        region=settings.bedrock_region, endpoint_url=settings.bedrock_endpoint_url
+    )
     make_model(settings.model, options)  # an unknown model or provider stops here (exit 2)
     judge = None
     spec = judge_spec or settings.judge_model
@@ -77,7 +80,7 @@ def run_eval(
     if flush is not None:
         flush()
     figures = metrics(results, skipped_lines=len(data.skipped))
-    graphs = sorted({graph_of(c, settings, run_options) or "support_agent.graph:build" for c in data.cases})
+    graphs = sorted({graph_of(c, settings, run_options) or DEFAULT_GRAPH for c in data.cases})
     params = {
         "datasets": ",".join(data.sources),
         "graph": ",".join(graphs),
@@ -111,8 +114,9 @@ def run_eval(
     if settings.tracing:
         print(f"traces: {logged.traces_tagged} tagged {tracking.TRACE_TAG}={logged.run_id}")
     else:
-        print("traces: tracing is off (AGENTWORKER_TRACING=false); the run is logged without")
-    print(f"mlflow run {logged.run_id} (experiment {logged.experiment_id}, {settings.tracking_uri})")
+        print("traces: tracing is off (AGENTWORKER_TRACING=false): the run has no traces")
+    where = f"experiment {logged.experiment_id}, {settings.tracking_uri}"
+    print(f"mlflow run {logged.run_id} ({where})")
     verdicts = thresholds.check(figures)
     below = [name for name, verdict in verdicts.items() if verdict == "FAIL"]
     if path is None:

@@ -104,7 +104,7 @@ async def run_cases(
     return [done[c.id] for c in cases]
 
 
-async def _run_group(
+async def _run_group(  # noqa: PLR0917 (one private call site, all of a run's parts)
     cases: Sequence[EvalCase],
     settings: Settings,
     tracer: Tracer,
@@ -168,7 +168,9 @@ async def _run_case(
             log = await asyncio.to_thread(runtime.store.load_log, cid, limit=100_000)
             calls = _tool_calls(runtime, log, len(log) - logged)
             logged = len(log)
-            seen = _turn_result(turn, answers, calls, latency_ms, prices, dict(captured))
+            seen = _turn_result(
+                turn, answers, calls, latency_ms=latency_ms, prices=prices, captured=dict(captured)
+            )
             result.turns.append(seen)
             _capture(turn, seen, captured)
         except _CaseError as exc:
@@ -248,6 +250,7 @@ def _turn_result(
     turn: EvalTurn,
     answers: list[Answer],
     calls: list[ToolCall],
+    *,
     latency_ms: float,
     prices: Prices,
     captured: dict[str, str],
