@@ -8,7 +8,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from workers.agent.app import DEFAULT_GRAPH
 from workers.config import Settings
@@ -59,7 +58,9 @@ def run_eval(
         _warn(f"{len(data.in_review)} case(s) marked 'review' are drafts and were not run")
     if not data.cases:
         raise ConfigError(f"no case to run in {', '.join(map(str, datasets))}")
-    tracer = _tracer(settings)
+    if settings.tracing:
+        # Made here, so the runtimes' tracers (given this tracking URI) find it.
+        tracking.experiment_id(settings, create=True)
     started_ms = int(time.time() * 1000)
     progress = report.Progress(len(data.cases))
     run_options = RunOptions(concurrency=concurrency, graph_override=graph_override)
@@ -68,7 +69,6 @@ def run_eval(
             run_cases(
                 data.cases,
                 settings,
-                tracer=tracer,
                 options=run_options,
                 judge=judge,
                 on_done=progress,
@@ -76,9 +76,6 @@ def run_eval(
         )
     finally:
         progress.close()
-    flush = getattr(tracer, "flush", None)
-    if flush is not None:
-        flush()
     figures = metrics(results, skipped_lines=len(data.skipped))
     graphs = sorted({graph_of(c, settings, run_options) or DEFAULT_GRAPH for c in data.cases})
     params = {
@@ -127,15 +124,6 @@ def run_eval(
         return 1
     print(f"gate ok ({path})")
     return 0
-
-
-def _tracer(settings: Settings) -> Any:
-    from workers.bootstrap import build_tracer
-    from workers.core.ports import NullTracer
-
-    if not settings.tracing:
-        return NullTracer()
-    return build_tracer(settings)
 
 
 def compare(settings: Settings, run_a: str, run_b: str) -> int:

@@ -1,8 +1,9 @@
 """Running golden cases through the real app: the embedded runtime, in this process.
 
 Each group of cases that share a graph gets its own embedded runtime over a temporary state
-directory (SQLite), built as ``agentworker serve`` builds it, with the run's model and app
-settings; traces go to the tracking URI of the caller's settings. Every message of a case is
+directory (SQLite), built as ``agentworker serve`` builds it (its tracer included), with the
+run's model and app settings; traces go to the tracking URI of the caller's settings and are
+all exported when the runtime stops. Every message of a case is
 accepted with :meth:`EmbeddedRuntime.accept` and answered by the worker pool through the core
 steps, exactly as a served message: approvals and answers to an ``interrupt()`` are inbox
 messages that resume the turn. Each case is its own conversation and its own customer (its
@@ -12,6 +13,7 @@ tickets are its own); cases run ``concurrency`` at a time.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import tempfile
 import time
@@ -25,11 +27,14 @@ from events.identity import Principal
 from events.inbound import ApprovalDecision, InboundMessage, ResumeAnswer
 from events.outbound import ApprovalRequest, InterruptRequest, Notice, Reply
 from workers.config import Settings
-from workers.core.ports import Tracer
 from workers.evals.dataset import EvalCase, EvalTurn, fill
 from workers.evals.judge import Judge
 from workers.evals.scorers import CaseResult, Score, ToolCall, TurnResult, score_case
 
+log = logging.getLogger(__name__)
+
+TRACE_FLUSH_S = 120.0
+"""How long an eval waits for its traces to reach MLflow."""
 TENANT = "eval"
 """The tenant of every eval conversation (each case is its own owner and customer)."""
 
@@ -75,7 +80,6 @@ async def run_cases(
     cases: Sequence[EvalCase],
     settings: Settings,
     *,
-    tracer: Tracer,
     options: RunOptions,
     judge: Judge | None = None,
     on_done: Callable[[CaseResult], None] = lambda _r: None,
@@ -98,7 +102,7 @@ async def run_cases(
                 }
             )
             results = await _run_group(
-                members, group_settings, tracer, options, judge, batch, prices, on_done
+                members, group_settings, options, judge, batch, prices, on_done
             )
         done.update((r.case.id, r) for r in results)
     return [done[c.id] for c in cases]
@@ -107,7 +111,6 @@ async def run_cases(
 async def _run_group(  # noqa: PLR0917 (one private call site, all of a run's parts)
     cases: Sequence[EvalCase],
     settings: Settings,
-    tracer: Tracer,
     options: RunOptions,
     judge: Judge | None,
     batch: str,
@@ -116,7 +119,7 @@ async def _run_group(  # noqa: PLR0917 (one private call site, all of a run's pa
 ) -> list[CaseResult]:
     from workers.bootstrap import prepare_embedded
 
-    runtime = prepare_embedded(settings, tracer=tracer)()
+    runtime = prepare_embedded(settings)()
     await runtime.start()
     slots = asyncio.Semaphore(max(1, options.concurrency))
 
@@ -130,7 +133,12 @@ async def _run_group(  # noqa: PLR0917 (one private call site, all of a run's pa
         return result
 
     try:
-        return list(await asyncio.gather(*(one(c) for c in cases)))
+        results = list(await asyncio.gather(*(one(c) for c in cases)))
+        # Every trace in MLflow before the eval run links them (close alone may stop an
+        # exporter that has not started exporting yet).
+        if not await asyncio.to_thread(runtime.deps.tracer.flush, TRACE_FLUSH_S):
+            log.warning("traces not all exported within %.0fs: some are not linked", TRACE_FLUSH_S)
+        return results
     finally:
         await runtime.stop()
 
