@@ -165,6 +165,20 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_stats)
     _prompt_parser(sub)
 
+    s = sub.add_parser(
+        "eval", help="run golden datasets through the app, score them, gate a release"
+    )
+    s.add_argument("datasets", nargs="*", type=Path, metavar="DATASET", help="evals/*.jsonl")
+    _app_arguments(s)
+    s.add_argument("--state-dir", type=Path, help="whose MLflow store (default ./.agentworker)")
+    s.add_argument("--thresholds", type=Path, help="default: evals/thresholds.toml if present")
+    s.add_argument("--judge", metavar="MODEL", help="LLM judge '<provider>:<model>'")
+    s.add_argument("--concurrency", type=int, default=4, help="cases at a time (default 4)")
+    s.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), help="metric deltas")
+    s.add_argument("--from-feedback", type=Path, metavar="OUT.jsonl", help="draft cases")
+    s.add_argument("--since", help="with --from-feedback: 7d, 24h, 30m or an ISO date")
+    s.set_defaults(func=cmd_eval)
+
     s = sub.add_parser("schema", help="print the JSON Schema of the event models")
     s.add_argument("name", nargs="?", help="one model (default: all)")
     s.set_defaults(func=cmd_schema)
@@ -855,6 +869,31 @@ def cmd_prompt_show(args: argparse.Namespace) -> int:
 
     print(find_version(_registry_or_fail(settings, args.name), args.name, args.ref).text)
     return 0
+
+
+# eval -------------------------------------------------------------------------------------
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from workers.evals import command
+
+    _quiet_mlflow()
+    settings = _settings(args, state_dir="state_dir", **APP_FLAGS)
+    if args.compare:
+        return command.compare(settings, *args.compare)
+    if args.from_feedback:
+        return command.from_feedback(settings, args.from_feedback, args.since)
+    if not args.datasets:
+        print("agentworker: eval: give DATASET..., --compare or --from-feedback", file=sys.stderr)
+        return 2
+    return command.run_eval(
+        settings,
+        args.datasets,
+        graph_override=args.graph,
+        thresholds_path=args.thresholds,
+        judge_spec=args.judge,
+        concurrency=args.concurrency,
+    )
 
 
 # schema -----------------------------------------------------------------------------------

@@ -217,6 +217,10 @@ class Settings(BaseSettings):
         ge=1,
         description="Lambda: traces kept in memory while the tracking server is unreachable.",
     )
+    judge_model: str | None = Field(
+        None,
+        description="`agentworker eval`: the LLM judge, '<provider>:<model>' (unset: no judge).",
+    )
     bedrock_region: str | None = Field(None, description="AWS region for Bedrock.")
     bedrock_endpoint_url: str | None = Field(None, description="Bedrock endpoint override.")
     prices: dict[str, ModelPrice] = Field(

@@ -201,3 +201,8 @@ def as_workflow_error(exc: AgentWorkerError) -> AgentWorkerError:
     if isinstance(exc, PermanentError) and type(exc) is not PermanentError:
         return PermanentError(str(exc), field=exc.field)
     return exc
+
+
+class JudgeError(AgentWorkerError):
+    """The LLM judge of ``agentworker eval`` gave no verdict (a refused or failed call, retries
+    spent, an answer that is no verdict): the case is errored, never passed."""
