@@ -94,6 +94,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="raw JSON")
     s.set_defaults(func=cmd_history)
 
+    s = sub.add_parser("rate", help="thumbs up or down on a reply (default: the last one)")
+    s.add_argument("-c", "--conversation", required=True)
+    vote = s.add_mutually_exclusive_group(required=True)
+    vote.add_argument("--up", dest="score", action="store_const", const=1, help="a good reply")
+    vote.add_argument("--down", dest="score", action="store_const", const=-1, help="a bad one")
+    s.add_argument("--reply", help="the reply's id (default: the conversation's last reply)")
+    s.add_argument("-m", "--comment", help="what was wrong (or right)")
+    s.add_argument("--url", default=os.environ.get("AGENTWORKER_URL", DEFAULT_URL))
+    s.set_defaults(func=cmd_rate)
+
     s = sub.add_parser("forget", help="erase a conversation: its state, stored objects and traces")
     s.add_argument("-c", "--conversation", required=True)
     s.add_argument("--url", default=os.environ.get("AGENTWORKER_URL", DEFAULT_URL))
@@ -453,6 +463,37 @@ def cmd_history(args: argparse.Namespace) -> int:
         events.append((r["payload"]["created_at"], "< agent", _render(r["payload"])))
     for _, who, text in sorted(events, key=lambda e: e[0]):
         print(f"{who:>12}  {text}")
+    return 0
+
+
+def cmd_rate(args: argparse.Namespace) -> int:
+    """``POST .../feedback`` on a reply: the one named, else the conversation's last reply
+    that came from a turn (a notice cannot be rated)."""
+    cid = args.conversation
+    reply_id = args.reply
+    if reply_id is None:
+        view = _get(args.url, f"/v1/conversations/{cid}")
+        if isinstance(view, int):
+            return view
+        rated = [r["payload"] for r in view["replies"] if r["payload"].get("turn_id")]
+        if not rated:
+            print(f"agentworker: {cid} has no reply to rate yet", file=sys.stderr)
+            return 1
+        reply_id = rated[-1]["reply_id"]
+    body: dict[str, Any] = {"reply_id": reply_id, "score": args.score}
+    if args.comment:
+        body["comment"] = args.comment
+    import httpx
+
+    try:
+        with _http(args.url) as client:
+            resp = client.post(f"/v1/conversations/{cid}/feedback", json=body)
+    except httpx.ConnectError:
+        print(f"agentworker: no server at {args.url}", file=sys.stderr)
+        return 1
+    if resp.status_code != 202:
+        return _fail(resp)
+    print(f"rated {reply_id} {'+1' if args.score > 0 else '-1'}")
     return 0
 
 
