@@ -193,6 +193,7 @@ def prepare_embedded(
         tickets = SqliteTicketStore(store.database)
         prompt = load_prompt(settings)
         agent = build_agent(settings, tickets, clock, model, prompt)
+        prompt.announce()
         traces = redaction(settings, tracer if tracer is not None else build_tracer(settings))
     except BaseException:
         store.close()
@@ -398,6 +399,7 @@ def build_aws(settings: Settings, *, with_agent: bool, session: Any = None) -> D
         tickets = DynamoDBTicketStore(dynamodb=dynamodb, table_name=settings.table_name)
         prompt = load_prompt(settings)
         agent = build_agent(settings, tickets, clock, prompt=prompt)
+        prompt.announce()
     return Deps(
         store=store,
         agent=agent,

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -76,6 +76,14 @@ class LoadedPrompt:
     """The registry version (``"3"``), or ``"file:<sha256 prefix>"`` of the file's text."""
     alias: str | None = None
     """The alias it was loaded by (registry only)."""
+    note: str = field(default="", compare=False)
+    """Where it came from and why, for :meth:`announce`."""
+
+    def announce(self) -> None:
+        """Log where the prompt came from (once the app it is for proved it can start: a
+        graph that cannot be loaded is the one line ``serve`` prints)."""
+        if self.note:
+            logger.info("%s", self.note)
 
     def trace_tags(self) -> dict[str, str]:
         """``prompt_name``, ``prompt_version`` (when known), ``prompt_source`` and, for a
@@ -216,8 +224,7 @@ def bundled_prompt(settings: Settings) -> LoadedPrompt:
 def _fallback(settings: Settings, why: str) -> LoadedPrompt:
     loaded = bundled_prompt(settings)
     where = f" {settings.prompt}" if settings.prompt is not None else ""
-    logger.info("serving %s%s: %s", loaded.describe(), where, why)
-    return loaded
+    return replace(loaded, note=f"serving {loaded.describe()}{where}: {why}")
 
 
 def load_prompt(settings: Settings) -> LoadedPrompt:
@@ -232,7 +239,7 @@ def load_prompt(settings: Settings) -> LoadedPrompt:
         why = f"the registry at {settings.tracking_uri} is empty (no database yet)"
     loaded = resolve_prompt(settings, registry, why_none=why)
     if loaded.source == "registry":
-        logger.info("serving %s from %s", loaded.describe(), settings.tracking_uri)
+        loaded = replace(loaded, note=f"serving {loaded.describe()} from {settings.tracking_uri}")
     return loaded
 
 

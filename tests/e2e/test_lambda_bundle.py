@@ -66,15 +66,22 @@ print(json.dumps({"reply": out.reply_text}))
 RATED_TURN = """
 import sys
 from workers.core.ports import Feedback
-from workers.observability import MlflowTracer
+from workers.tracing.direct import DirectSink
+from workers.tracing.mlflow_export import MlflowExport
+from workers.tracing.recorder import SpanRecorder
 
-tracer = MlflowTracer(sys.argv[1], "agentworker")
-tags = {"conversation_id": "bundle:2", "run_id": "bundle-2", "turn_id": "t-rated"}
-with tracer.turn("turn", tags={**tags, "channel": "api"}, inputs={"texts": ["hi"]}):
+def tracer():
+    return SpanRecorder(DirectSink(lambda: MlflowExport(sys.argv[1], "agentworker")))
+
+turn = tracer()  # the turn function's invocation
+tags = {"conversation_id": "bundle:rated", "run_id": "bundle-r", "turn_id": "t-rated"}
+with turn.turn("turn", tags={**tags, "channel": "api"}, inputs={"texts": ["hi"]}):
     pass
+assert turn.flush()
+rate = tracer()  # the feedback function's, later
 rating = Feedback(name="user_feedback", value=-1, source_id="u-1", rationale="meh", reply_id="r1")
-tracer.feedback("t-rated", rating)
-tracer.flush()
+rate.feedback("t-rated", rating)
+assert rate.flush()
 """
 
 
@@ -195,7 +202,7 @@ def test_feedback_reaches_a_trace_on_mlflow_tracing_alone(
     """The ``feedback`` function's MLflow calls (find the turn's trace by its tag, log the
     assessment) exist in ``mlflow-tracing``, the agent layer it ships with."""
     run(bundle_python, RATED_TURN, mlflow_url)
-    [trace] = traces_of(mlflow_url, "bundle:2")
+    [trace] = traces_of(mlflow_url, "bundle:rated")
     [rating] = [a for a in trace.info.assessments if a.name == "user_feedback"]
     assert (rating.value, rating.source.source_id, rating.rationale) == (-1, "u-1", "meh")
 

@@ -131,6 +131,8 @@ def test_without_the_alias_the_bundled_file_is_served_and_said_so(
     text = "You are the bundled prompt."
     assert loaded == LoadedPrompt(NAME, "file", text, file_version(text))
     assert loaded.trace_tags()["prompt_version"].startswith("file:")
+    assert not caplog.records  # said once the app started (a bad graph is the one line)
+    loaded.announce()
     [record] = caplog.records
     assert record.levelno == logging.INFO
     assert "has no alias 'production'" in record.getMessage()
