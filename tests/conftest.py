@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -14,3 +15,14 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("AGENTWORKER_"):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One real ``mlflow server`` on loopback for the session (it takes seconds to start);
+    the tests that use it keep to their own conversations."""
+    pytest.importorskip("mlflow")
+    from tests.functional.server_process import mlflow_server_process
+
+    with mlflow_server_process(tmp_path_factory.mktemp("mlflow-server")) as url:
+        yield url

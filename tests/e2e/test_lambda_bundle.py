@@ -19,7 +19,7 @@ import pytest
 from events.identity import LOCAL_USER
 from events.inbound import InboundMessage
 from tests.fakes import RecordingSink, RecordingStarter, ScriptedAgent
-from tests.functional.server_process import mlflow_server_process, traces_of
+from tests.functional.server_process import traces_of
 from workers.adapters.aws.dynamodb_store import DynamoDBConversationStore
 from workers.adapters.aws.tables import DynamoDBTableSpec
 from workers.adapters.clock import SystemClock
@@ -136,10 +136,8 @@ def bundle_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def mlflow_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    pytest.importorskip("mlflow")
-    with mlflow_server_process(tmp_path_factory.mktemp("mlflow")) as url:
-        yield url
+def mlflow_url(mlflow_server_url: str) -> str:
+    return mlflow_server_url
 
 
 def pip(python: Path, *args: str) -> None:

@@ -1,43 +1,26 @@
-"""What the eval tests share: an MLflow SQLite store migrated once per session (creating one
-takes seconds) and copied into each test's state directory."""
+"""What the eval tests share: an MLflow SQLite store migrated once (creating one takes
+seconds), copied into each test's state directory."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.mlflow_store import migrated_store
 
 REPO = Path(__file__).resolve().parents[2]
 DATASETS = sorted(str(p) for p in (REPO / "evals").glob("*.jsonl"))
 THRESHOLDS = str(REPO / "evals" / "thresholds.toml")
 
 
-_TEMPLATE: list[Path] = []
-
-
 @pytest.fixture(scope="session")
 def mlflow_template() -> Path:
-    """An empty, migrated MLflow store. Migrating one takes seconds (8 s on a loaded
-    machine), so it is kept in the temporary directory per MLflow version and reused by
-    later sessions; it is only ever copied, and written under another name first."""
-    if not _TEMPLATE:
-        from workers.observability import offline_mlflow_env
-
-        offline_mlflow_env()
-        import mlflow
-
-        path = Path(tempfile.gettempdir()) / f"agentworker-mlflow-{mlflow.__version__}.db"
-        if not path.is_file():
-            fresh = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            mlflow.MlflowClient(tracking_uri=f"sqlite:///{fresh}").search_experiments()
-            fresh.replace(path)
-        _TEMPLATE.append(path)
-    return _TEMPLATE[0]
+    """An empty, migrated MLflow store (see :mod:`tests.mlflow_store`)."""
+    return migrated_store()
 
 
 @pytest.fixture

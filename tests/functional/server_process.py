@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -75,6 +76,12 @@ class ServerProcess:
             str(self.state_dir),
         ]
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.env.get("AGENTWORKER_TRACING") == "true" and not self.env.get(
+            "AGENTWORKER_MLFLOW_TRACKING_URI"
+        ):
+            from tests.mlflow_store import seed_store
+
+            seed_store(self.state_dir)  # a migrated store: the exporter does not migrate one
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=self.cwd
@@ -123,6 +130,9 @@ def mlflow_server_process(state_dir: Path, timeout: float = 120.0) -> Iterator[s
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = state_dir / "mlflow-server.log"
+    from tests.mlflow_store import migrated_store
+
+    shutil.copy(migrated_store(), state_dir / "mlflow-server.db")  # migrated: a faster start
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [

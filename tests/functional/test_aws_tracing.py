@@ -4,22 +4,18 @@ conversation."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from tests.functional.aws_env import Aws, aws
-from tests.functional.server_process import mlflow_server_process, traces_of
+from tests.functional.server_process import traces_of
 from workers import bootstrap
 
 __all__ = ["aws"]  # the fixture
 
 
 @pytest.fixture
-def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    with mlflow_server_process(tmp_path) as url:
-        yield url
+def mlflow_server(mlflow_server_url: str) -> str:
+    return mlflow_server_url
 
 
 def test_a_turn_through_the_handler_is_traced_to_the_tracking_server(
