@@ -62,7 +62,8 @@ def trace_verdicts(
     for result in results:
         last: str | None = None
         for seen, scores in zip(result.turns, score_turns(result), strict=True):
-            for trace_id in dict.fromkeys(trace_of_turn[t] for t in seen.turn_ids if t in trace_of_turn):
+            traced = dict.fromkeys(trace_of_turn[t] for t in seen.turn_ids if t in trace_of_turn)
+            for trace_id in traced:
                 verdicts.setdefault(trace_id, {}).update(
                     (name, TraceVerdict(name, score.passed, "; ".join(score.reasons)))
                     for name, score in scores.items()
@@ -71,9 +72,7 @@ def trace_verdicts(
         if last is None:
             continue
         on_last = verdicts.setdefault(last, {})
-        on_last[CASE] = TraceVerdict(
-            CASE, result.status == "passed", "; ".join(result.failures())
-        )
+        on_last[CASE] = TraceVerdict(CASE, result.status == "passed", "; ".join(result.failures()))
         score = result.scores.get(JUDGE)
         if score is not None:
             on_last[JUDGE] = TraceVerdict(
