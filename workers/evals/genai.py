@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from workers.evals.scorers import CaseResult, score_turns
+
+log = logging.getLogger(__name__)
 
 CASE = "case"
 """The feedback on a case's last trace: the case passed (``True``) or not."""
@@ -87,16 +90,23 @@ def trace_verdicts(
 
 def evaluate_traces(
     traces: Sequence[Any], verdicts: Mapping[str, Mapping[str, TraceVerdict]]
-) -> dict[str, float]:
+) -> dict[str, float] | None:
     """``mlflow.genai.evaluate`` over ``traces`` (MLflow ``Trace`` objects of the active
     run's experiment) with a scorer per verdict name; MLflow's aggregated metrics. Must run
-    inside the eval's ``mlflow.start_run`` (MLflow reuses the active run)."""
+    inside the eval's ``mlflow.start_run`` (MLflow reuses the active run). ``None`` when
+    MLflow could not evaluate them (logged as a warning: the run keeps the gate's figures)."""
     import mlflow.genai
+    from mlflow.exceptions import MlflowException
 
     names = sorted({name for found in verdicts.values() for name in found})
     scorers = [_scorer(name, verdicts) for name in names]
-    with _quiet_evaluate():
-        result = mlflow.genai.evaluate(data=list(traces), scorers=scorers)
+    try:
+        with _quiet_evaluate():
+            result = mlflow.genai.evaluate(data=list(traces), scorers=scorers)
+    except MlflowException as exc:
+        # The gate's figures are logged already: the run stands without MLflow's view.
+        log.warning("MLflow's evaluation of the eval's traces failed: %s", exc)
+        return None
     return {str(k): float(v) for k, v in result.metrics.items() if v is not None}
 
 
@@ -130,8 +140,8 @@ def _quiet_evaluate() -> Iterator[None]:
         with contextlib.redirect_stdout(io.StringIO()):
             yield
     finally:
-        for key, value in saved.items():
-            if value is None:
+        for key, before in saved.items():
+            if before is None:
                 os.environ.pop(key, None)
             else:
-                os.environ[key] = value
+                os.environ[key] = before

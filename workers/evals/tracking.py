@@ -95,13 +95,12 @@ def log_eval_run(
         mlflow.log_params({k: v[:6000] for k, v in params.items()})
         mlflow.log_metrics(dict(metrics))
         mlflow.log_table(data=case_table(results), artifact_file="eval_cases.json")
-        if found:
-            evaluate_traces(found, verdicts)
+        evaluated = bool(found) and evaluate_traces(found, verdicts) is not None
         run_id = str(run.info.run_id)
     client = mlflow.MlflowClient()
     for trace in found:
         client.set_trace_tag(trace.info.trace_id, TRACE_TAG, run_id)
-    assessed = sum(len(v) for v in verdicts.values()) if found else 0
+    assessed = sum(len(v) for v in verdicts.values()) if evaluated else 0
     return LoggedRun(run_id, experiment, len(found), assessed)
 
 
