@@ -58,3 +58,15 @@ def cases_table(state: Path, run_id: str) -> dict[str, Any]:
     local = client.download_artifacts(run_id, "eval_cases.json", str(state / "download"))
     data = json.loads(Path(local).read_text())
     return {row[0]: dict(zip(data["columns"], row, strict=True)) for row in data["data"]}
+
+
+def assessments_of(state: Path, trace_id: str) -> dict[str, tuple[object, str | None, str]]:
+    """A trace's feedback: name -> (value, rationale, source type)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{state / 'mlflow.db'}")
+    return {
+        a.name: (a.value, a.rationale, a.source.source_type)
+        for a in client.get_trace(trace_id).info.assessments
+        if a.feedback is not None
+    }

@@ -14,6 +14,7 @@ import pytest
 from tests.functional.eval_env import (
     DATASETS,
     THRESHOLDS,
+    assessments_of,
     cases_table,
     eval_run,
     run_id_of,
@@ -23,6 +24,7 @@ from tests.functional.eval_env import eval_state as eval_state  # noqa: PLC0414 
 from tests.functional.eval_env import mlflow_template as mlflow_template  # noqa: PLC0414
 from workers.cli import main
 from workers.evals import load_datasets
+from workers.evals.genai import CASE
 from workers.evals.tracking import TRACE_TAG
 
 
@@ -57,7 +59,20 @@ def test_the_golden_sets_pass_the_offline_gate_and_the_run_links_their_traces(
         last[TRACE_TAG] == run_id and last["conversation_id"] == table[case.id]["conversation_id"]
     )
     turns = sum(len(c.turns) for c in cases)
-    assert f"traces: {turns} tagged {TRACE_TAG}={run_id}" in out
+    assert f"traces: {turns} tagged {TRACE_TAG}={run_id}," in out
+    # The run is MLflow's evaluation of those traces: linked, each carrying its verdicts.
+    assert run.data.tags["mlflow.runType"] == "genai_evaluate"
+    assert run.data.metrics[f"{CASE}/mean"] == 1.0
+    linked = mlflow.search_traces(
+        locations=[run.info.experiment_id], run_id=run_id, return_type="list"
+    )
+    assert len(linked) == turns
+    close = next(c for c in cases if c.id == "ticket-close-approved")
+    first, *_, last = table[close.id]["trace_ids"].split(",")
+    assert assessments_of(eval_state, first) == {"tool_calls": (True, None, "CODE")}
+    # The last turn expects a tool call, facts and no refusal; the case's verdict is there too.
+    names = ("tool_calls", "facts", "refusal", CASE)
+    assert assessments_of(eval_state, last) == dict.fromkeys(names, (True, None, "CODE"))
     print(f"offline gate: {len(cases)} cases, {turns} turns in {elapsed:.1f}s")
 
 

@@ -15,9 +15,10 @@ from pydantic import ValidationError
 
 from workers.errors import ConfigError, JudgeError
 from workers.evals import CaseResult, EvalCase, TurnResult, load_datasets, metrics, score_case
+from workers.evals.genai import CASE, CODE_SOURCE, trace_verdicts
 from workers.evals.judge import Judge, parse_verdict
 from workers.evals.report import read_thresholds
-from workers.evals.scorers import ToolCall
+from workers.evals.scorers import Score, ToolCall, score_turns
 from workers.evals.tracking import since_ms
 
 
@@ -207,3 +208,48 @@ def test_since() -> None:
     assert since_ms(None) == 0
     with pytest.raises(ConfigError, match="--since 'soon'"):
         since_ms("soon")
+
+
+def test_each_turn_trace_gets_its_turns_verdicts_and_the_last_the_case_and_judge() -> None:
+    c = case(
+        {"user": "hello", "expect": {"facts": ["hello"]}},
+        {
+            "user": "look up ticket 3",
+            "expect": {"tool_calls": [{"name": "lookup_ticket", "args": {"ticket_id": 4}}]},
+        },
+        {"user": "thanks", "expect": {"must_refuse": False}},
+    )
+    lookup = ToolCall("lookup_ticket", {"ticket_id": 3})
+    result = scored(
+        c, reply("hello there", turn_ids=["t1"]), reply("Ticket 3 is open", lookup, turn_ids=["t2"])
+    )
+    result.scores["judge"] = Score(False, ("the judge said FAIL",))
+    result.judge_rationale = "it looked up the wrong ticket"
+    assert [set(t) for t in score_turns(result)] == [{"facts"}, {"tool_calls"}]
+    verdicts = trace_verdicts([result], {"t1": "tr-1", "t2": "tr-2"}, judge="bedrock:j")
+    assert set(verdicts) == {"tr-1", "tr-2"}
+    facts = verdicts["tr-1"]["facts"]
+    assert (facts.passed, facts.rationale, facts.source, facts.source_id) == (
+        True,
+        "",
+        "CODE",
+        CODE_SOURCE,
+    )
+    second = verdicts["tr-2"]
+    assert set(second) == {"tool_calls", CASE, "judge"}
+    assert not second["tool_calls"].passed
+    assert second["tool_calls"].rationale == (
+        "expected lookup_ticket(ticket_id=4), made lookup_ticket(ticket_id=3)"
+    )
+    # The third turn never ran: the case verdict says so (the turn has no trace).
+    assert not second[CASE].passed and "refusal: 1 turn(s) not run" in second[CASE].rationale
+    judge = second["judge"]
+    assert (judge.passed, judge.rationale, judge.source, judge.source_id) == (
+        False,
+        "it looked up the wrong ticket",
+        "LLM_JUDGE",
+        "bedrock:j",
+    )
+    # A turn whose trace was not found carries nothing; a case with no trace has no verdict.
+    assert set(trace_verdicts([result], {"t2": "tr-2"}, judge=None)) == {"tr-2"}
+    assert trace_verdicts([result], {}, judge=None) == {}

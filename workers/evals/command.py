@@ -94,6 +94,7 @@ def run_eval(
         results=results,
         started_ms=started_ms,
         tracing=settings.tracing,
+        judge=spec,
     )
     print(report.metrics_table(figures, thresholds))
     failures = report.failures_table(results)
@@ -109,7 +110,10 @@ def run_eval(
     if not Prices.for_settings(settings).known:
         print(f"cost: no price for model {settings.model} (AGENTWORKER_PRICES): counted as 0")
     if settings.tracing:
-        print(f"traces: {logged.traces_tagged} tagged {tracking.TRACE_TAG}={logged.run_id}")
+        print(
+            f"traces: {logged.traces_tagged} tagged {tracking.TRACE_TAG}={logged.run_id},"
+            f" {logged.assessments} assessment(s) logged on them"
+        )
     else:
         print("traces: tracing is off (AGENTWORKER_TRACING=false): the run has no traces")
     where = f"experiment {logged.experiment_id}, {settings.tracking_uri}"

@@ -104,34 +104,37 @@ class CaseResult:
 TurnCheck = Callable[[TurnExpectation, TurnResult], "list[str] | None"]
 
 
+def score_turns(result: CaseResult) -> list[dict[str, Score]]:
+    """Per turn that ran, the verdict of every deterministic scorer its expectations ask for
+    (reasons without the turn's number)."""
+    return [
+        {
+            name: Score(not found, tuple(found))
+            for name, check in _CHECKS.items()
+            if (found := check(turn.expect, seen)) is not None
+        }
+        for turn, seen in zip(result.case.turns, result.turns, strict=False)
+    ]
+
+
 def score_case(result: CaseResult) -> dict[str, Score]:
     """Every deterministic scorer that applies to the case (its turns' expectations)."""
-    checks: dict[str, TurnCheck] = {
-        "tool_calls": _tool_calls,
-        "approvals": _approvals,
-        "facts": _facts,
-        "refusal": _refusal,
-        "latency": _latency,
-        "tokens": _tokens,
-        "cost": _cost,
-    }
+    per_turn = score_turns(result)
+    not_run = result.case.turns[len(result.turns) :]
     scores: dict[str, Score] = {}
-    for name, check in checks.items():
-        applied = False
-        reasons: list[str] = []
-        for index, (turn, seen) in enumerate(zip(result.case.turns, result.turns, strict=False)):
-            found = check(turn.expect, seen)
-            if found is None:
-                continue
+    for name, check in _CHECKS.items():
+        applied = any(name in turn for turn in per_turn)
+        reasons = [
+            f"turn {index}: {reason}"
+            for index, turn in enumerate(per_turn, start=1)
+            if name in turn
+            for reason in turn[name].reasons
+        ]
+        if not_run and _asks(check, not_run):
             applied = True
-            reasons.extend(f"turn {index + 1}: {r}" for r in found)
-        missing = len(result.case.turns) - len(result.turns)
-        if applied or missing:
-            if missing and _asks(check, result.case.turns[len(result.turns) :]):
-                applied = True
-                reasons.append(f"{missing} turn(s) not run")
-            if applied:
-                scores[name] = Score(not reasons, tuple(reasons))
+            reasons.append(f"{len(not_run)} turn(s) not run")
+        if applied:
+            scores[name] = Score(not reasons, tuple(reasons))
     return scores
 
 
@@ -243,6 +246,18 @@ def _cost(expect: TurnExpectation, seen: TurnResult) -> list[str] | None:
     if seen.cost_usd > expect.max_cost_usd:
         return [f"${seen.cost_usd:.6f} > ${expect.max_cost_usd:g}"]
     return []
+
+
+_CHECKS: dict[str, TurnCheck] = {
+    "tool_calls": _tool_calls,
+    "approvals": _approvals,
+    "facts": _facts,
+    "refusal": _refusal,
+    "latency": _latency,
+    "tokens": _tokens,
+    "cost": _cost,
+}
+"""The scorers of :data:`SCORERS`, by name."""
 
 
 # metrics --------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""The eval's MLflow side: one run per eval (params, metrics, the per-case table), linked to
-the cases' turn traces; run comparison; dataset drafts from users' negative feedback.
+"""The eval's MLflow side: one run per eval (params, metrics, the per-case table), an MLflow
+GenAI evaluation of the cases' turn traces (:mod:`workers.evals.genai`); run comparison;
+dataset drafts from users' negative feedback.
 
 MLflow is imported only here, when an eval logs, compares or reads feedback.
 """
@@ -55,6 +56,8 @@ class LoggedRun:
     run_id: str
     experiment_id: str
     traces_tagged: int
+    assessments: int = 0
+    """Feedback logged on the traces by the GenAI evaluation (0: no trace to evaluate)."""
 
 
 def log_eval_run(
@@ -65,15 +68,25 @@ def log_eval_run(
     results: Sequence[CaseResult],
     started_ms: int,
     tracing: bool,
+    judge: str | None = None,
 ) -> LoggedRun:
     """Log one MLflow run: ``params``, ``metrics``, the per-case table (``eval_cases.json``,
-    with each case's trace ids); tag the cases' traces with the run id."""
+    with each case's trace ids); with traces, the run is also MLflow's evaluation of them
+    (``judge``: the judge model, the source of the judge's feedback); tag the cases' traces
+    with the run id."""
+    from workers.evals.genai import evaluate_traces, trace_verdicts
+
     mlflow = _mlflow(settings)
     experiment = experiment_id(settings, create=True)
     assert experiment is not None
     traces = _traces_of(settings, experiment, results, started_ms) if tracing else {}
     for result in results:
-        result.trace_ids = traces.get(result.conversation_id, [])
+        result.trace_ids = [str(t.info.trace_id) for t in traces.get(result.conversation_id, [])]
+    found = [trace for group in traces.values() for trace in group]
+    trace_of_turn = {
+        str(t.info.tags["turn_id"]): str(t.info.trace_id) for t in found if "turn_id" in t.info.tags
+    }
+    verdicts = trace_verdicts(results, trace_of_turn, judge=judge)
     with mlflow.start_run(
         experiment_id=experiment,
         run_name=f"eval {params.get('datasets', '')}"[:250],
@@ -82,15 +95,13 @@ def log_eval_run(
         mlflow.log_params({k: v[:6000] for k, v in params.items()})
         mlflow.log_metrics(dict(metrics))
         mlflow.log_table(data=case_table(results), artifact_file="eval_cases.json")
+        evaluated = bool(found) and evaluate_traces(found, verdicts) is not None
         run_id = str(run.info.run_id)
-    tagged = 0
-    if traces:
-        client = mlflow.MlflowClient()
-        for ids in traces.values():
-            for trace_id in ids:
-                client.set_trace_tag(trace_id, TRACE_TAG, run_id)
-                tagged += 1
-    return LoggedRun(run_id, experiment, tagged)
+    client = mlflow.MlflowClient()
+    for trace in found:
+        client.set_trace_tag(trace.info.trace_id, TRACE_TAG, run_id)
+    assessed = sum(len(v) for v in verdicts.values()) if evaluated else 0
+    return LoggedRun(run_id, experiment, len(found), assessed)
 
 
 def case_table(results: Sequence[CaseResult]) -> dict[str, list[Any]]:
@@ -131,14 +142,15 @@ def case_table(results: Sequence[CaseResult]) -> dict[str, list[Any]]:
 
 def _traces_of(
     settings: Settings, experiment: str, results: Sequence[CaseResult], started_ms: int
-) -> dict[str, list[str]]:
-    """The turn traces of the results' conversations (recorded since ``started_ms``)."""
+) -> dict[str, list[Any]]:
+    """The turn traces (MLflow ``Trace``) of the results' conversations recorded since
+    ``started_ms``, by conversation id, in the order they were recorded."""
     wanted = {r.conversation_id for r in results}
-    found: dict[str, list[str]] = {}
-    for trace in _search(settings, experiment, f"timestamp_ms >= {started_ms}"):
+    found: dict[str, list[Any]] = {}
+    for trace in _search(settings, experiment, f"timestamp_ms >= {started_ms}", spans=True):
         cid = trace.info.tags.get("conversation_id")
         if cid in wanted:
-            found.setdefault(cid, []).append(str(trace.info.trace_id))
+            found.setdefault(cid, []).append(trace)
     return found
 
 
