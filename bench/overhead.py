@@ -225,7 +225,7 @@ def mlflow_tracer(tmp: Path) -> Tracer:
     from workers.bootstrap import build_tracer, redaction
 
     settings = load_settings(state_dir=tmp / "state", tracing=True, mlflow_experiment="bench")
-    return redaction(settings, build_tracer(settings))
+    return redaction(settings, build_tracer(settings), spans=False)  # as serve builds it
 
 
 def run(tmp: Path, cfg: OverheadConfig) -> dict[str, Any]:

@@ -151,6 +151,7 @@ def _lambda_flush(tmp: Path, cfg: TracingConfig) -> dict[str, Any]:
     from workers.bootstrap import build_agent
     from workers.config import load_settings
     from workers.core.model import TurnInput, TurnRequest
+    from workers.core.redaction import Redactor
     from workers.tracing.direct import DirectSink
     from workers.tracing.mlflow_export import MlflowExport
     from workers.tracing.recorder import SpanRecorder
@@ -163,7 +164,8 @@ def _lambda_flush(tmp: Path, cfg: TracingConfig) -> dict[str, Any]:
         agent = build_agent(
             load_settings(tracing=False), SqliteTicketStore(db), SystemClock(), OfflineChatModel()
         )
-        sink = DirectSink(lambda: MlflowExport(url, "agentworker"))
+        redactor = Redactor()  # as on Lambda: redacted at the flush
+        sink = DirectSink(lambda: MlflowExport(url, "agentworker", redactor=redactor))
         tracer = SpanRecorder(sink)
         flushes: list[float] = []
         turns: list[float] = []

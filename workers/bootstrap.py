@@ -67,9 +67,12 @@ def build_authenticator(settings: Settings) -> Authenticator:
     return DevTokenAuthenticator.generate()
 
 
-def redaction(settings: Settings, tracer: Tracer, *loggers: Any) -> Tracer:
-    """The redaction hook (on by default): ``tracer`` wrapped so spans are redacted, and
-    every log record of the process (and ``loggers``' extra fields) from now on."""
+def redaction(settings: Settings, tracer: Tracer, *loggers: Any, spans: bool = True) -> Tracer:
+    """The redaction hook (on by default): every log record of the process (and
+    ``loggers``' extra fields) from now on, and with ``spans`` ``tracer`` wrapped so its spans
+    are redacted as they are recorded. The tracers :func:`build_tracer` and
+    :func:`lambda_tracer` make redact as they export instead (``spans=False``): off the
+    turn's path, before anything reaches MLflow."""
     from workers.observability import install_redaction
 
     if not settings.redaction:
@@ -79,7 +82,13 @@ def redaction(settings: Settings, tracer: Tracer, *loggers: Any) -> Tracer:
 
     redactor = Redactor(settings.redact_patterns)
     install_redaction(redactor, *loggers)
-    return RedactingTracer(tracer, redactor)
+    return RedactingTracer(tracer, redactor) if spans else tracer
+
+
+def _span_redactor(settings: Settings) -> Any:
+    from workers.core.redaction import Redactor
+
+    return Redactor(settings.redact_patterns) if settings.redaction else None
 
 
 def build_tracer(settings: Settings) -> Tracer:
@@ -94,7 +103,14 @@ def build_tracer(settings: Settings) -> Tracer:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     artifacts = settings.state_dir / "mlartifacts" if settings.mlflow_tracking_uri is None else None
     spool = settings.state_dir / "trace-spool"
-    command = ExporterCommand(spool, settings.tracking_uri, settings.mlflow_experiment, artifacts)
+    command = ExporterCommand(
+        spool,
+        settings.tracking_uri,
+        settings.mlflow_experiment,
+        artifacts,
+        redaction=settings.redaction,
+        redact_patterns=tuple(settings.redact_patterns),
+    )
     sink = SpoolSink(spool, max_bytes=settings.trace_spool_mb * 2**20, exporter=command)
 
     def store() -> Any:
@@ -116,7 +132,10 @@ def lambda_tracer(settings: Settings) -> Tracer:
     from workers.tracing.recorder import SpanRecorder
 
     uri, experiment = settings.mlflow_tracking_uri, settings.mlflow_experiment
-    sink = DirectSink(lambda: MlflowExport(uri, experiment), max_records=settings.trace_buffer)
+    redactor = _span_redactor(settings)
+    sink = DirectSink(
+        lambda: MlflowExport(uri, experiment, redactor=redactor), max_records=settings.trace_buffer
+    )
     return SpanRecorder(sink, max_spans=settings.trace_max_spans, store=sink.store)
 
 
@@ -194,7 +213,10 @@ def prepare_embedded(
         prompt = load_prompt(settings)
         agent = build_agent(settings, tickets, clock, model, prompt)
         prompt.announce()
-        traces = redaction(settings, tracer if tracer is not None else build_tracer(settings))
+        if tracer is None:  # the default: redacted by the exporter process
+            traces = redaction(settings, build_tracer(settings), spans=False)
+        else:
+            traces = redaction(settings, tracer)
     except BaseException:
         store.close()
         lock.close()
@@ -390,7 +412,7 @@ def build_aws(settings: Settings, *, with_agent: bool, session: Any = None) -> D
         )
     from workers.handlers.observability import logger
 
-    tracer = redaction(settings, lambda_tracer(settings), logger)
+    tracer = redaction(settings, lambda_tracer(settings), logger, spans=False)
     agent: TurnAgent = NoAgent()
     prompt: LoadedPrompt | None = None
     if with_agent:

@@ -249,3 +249,24 @@ def test_lambda_keeps_traces_while_the_server_is_down_up_to_a_bound() -> None:
     assert sink.flush() is True
     assert export.logged == ["tr-2", "tr-3", "tr-4"] and not sink.buffer
     assert sink.last_flush_ms >= 0
+
+
+def test_the_exporters_redact_every_value_but_not_the_ids() -> None:
+    from workers.core.redaction import Redactor, redact_record
+
+    sink = ListSink()
+    tracer = SpanRecorder(sink)
+    card, mail = "4111 1111 1111 1111", "jane@example.com"
+    tags = {**turn_tags(), "conversation_id": "ws:jane@example.com:1"}
+    with pytest.raises(ValueError), tracer.turn("turn", tags=tags, inputs={"texts": [card]}):
+        span = tracer.start_span("model", kind="CHAT_MODEL", inputs={"messages": [mail]})
+        span.set_attributes({"note": f"card {card}"})
+        span.set_outputs({"content": mail})
+        span.end()
+        raise ValueError(f"bad card {card}")
+    tracer.feedback("t-1", Feedback("user_feedback", -1, "jane", f"mail me at {mail}"))
+    trace, rating = (redact_record(r, Redactor()) for r in sink.records)
+    text = json.dumps([trace["spans"], rating["rationale"]])
+    assert card not in text and mail not in text and "[CARD]" in text and "[EMAIL]" in text
+    assert trace["tags"] == tags  # ids, as they are (the conversation is found by them)
+    assert sink.records[0]["spans"][0]["inputs"] == {"texts": [card]}  # the record untouched

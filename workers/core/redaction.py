@@ -148,6 +148,28 @@ class _RedactingSpan:
         self.span.end(None if error is None else self._redactor.error(error))
 
 
+def redact_record(record: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
+    """A recorded trace or feedback (:mod:`workers.tracing.recorder`) with every input,
+    output, attribute, error and comment redacted; tags (ids) and names pass as they are.
+    What the exporters apply before anything reaches MLflow."""
+    if record.get("kind") == "feedback":
+        rationale = record.get("rationale")
+        return {**record, "rationale": None if rationale is None else redactor.text(rationale)}
+    spans = []
+    for span in record.get("spans") or ():
+        error = span.get("error")
+        spans.append(
+            {
+                **span,
+                "inputs": redactor.value(span.get("inputs")),
+                "outputs": redactor.value(span.get("outputs")),
+                "attributes": redactor.value(span.get("attributes") or {}),
+                "error": None if error is None else redactor.value(error),
+            }
+        )
+    return {**record, "spans": spans}
+
+
 class RedactingTracer:
     """A ``Tracer`` that redacts every input, output, attribute and error before ``inner``
     records it (tags are ids, not user text, and pass as they are)."""

@@ -187,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiment", required=True)
     parser.add_argument("--artifacts", type=Path)
     parser.add_argument("--parent", type=int, default=os.getppid())
+    parser.add_argument("--no-redaction", action="store_true", help="write spans as recorded")
+    parser.add_argument("--redact-pattern", action="append", default=[], help="one more mask")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=FORMAT)
     with contextlib.suppress(OSError):
@@ -200,14 +202,22 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     lock = _lock(args.spool)
+    from workers.core.redaction import Redactor
     from workers.tracing.mlflow_export import MlflowExport, StoreUnavailable
+
+    redactor = None if args.no_redaction else Redactor(args.redact_pattern)
+    from workers.observability import install_redaction
+
+    install_redaction(redactor)  # its own log lines too (MLflow's errors may quote a value)
 
     exporter = Exporter(args.spool, None, parent=args.parent)
     stop.append(exporter)
     backoff = 0.5
     while True:
         try:
-            export = MlflowExport(args.tracking_uri, args.experiment, artifact_dir=args.artifacts)
+            export = MlflowExport(
+                args.tracking_uri, args.experiment, artifact_dir=args.artifacts, redactor=redactor
+            )
             break
         except StoreUnavailable as exc:
             if exporter.give_up():

@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic_core import to_jsonable_python
 
+from workers.core.redaction import Redactor, redact_record
 from workers.tracing.recorder import TAG_PREFIX
 
 log = logging.getLogger(__name__)
@@ -130,10 +131,18 @@ class MlflowExport:
     """Writes recorded traces, feedback and deletions to one MLflow experiment."""
 
     def __init__(
-        self, tracking_uri: str, experiment: str, *, artifact_dir: Path | None = None
+        self,
+        tracking_uri: str,
+        experiment: str,
+        *,
+        artifact_dir: Path | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
         """``artifact_dir``: where a new experiment keeps its artifacts (else MLflow's
-        default, ``./mlruns``, which the embedded runtime must not use)."""
+        default, ``./mlruns``, which the embedded runtime must not use). ``redactor``: the
+        redaction hook, applied to every record before MLflow sees it (the turn records
+        its spans as they are: redacting them there would cost the turn its time)."""
+        self.redactor = redactor
         from workers.observability import offline_mlflow_env
 
         offline_mlflow_env()
@@ -183,10 +192,15 @@ class MlflowExport:
                 log.warning("trace %s dropped, MLflow refused it: %s", record.get("trace_id"), exc)
         return logged
 
+    def _redacted(self, record: dict[str, Any]) -> dict[str, Any]:
+        return record if self.redactor is None else redact_record(record, self.redactor)
+
     def _log(self, records: Sequence[dict[str, Any]]) -> None:
         from mlflow.entities import Span
 
-        spans = [Span.from_dict(d) for record in records for d in span_dicts(record)]
+        spans = [
+            Span.from_dict(d) for record in records for d in span_dicts(self._redacted(record))
+        ]
         try:
             self._client.log_spans(self.experiment_id, spans)
         except Exception as exc:
@@ -198,6 +212,7 @@ class MlflowExport:
         """Log a user's feedback on its trace (False: no such trace, dropped and counted)."""
         from mlflow.entities import AssessmentSource
 
+        record = self._redacted(record)
         metadata = {"reply_id": record["reply_id"]} if record.get("reply_id") else None
         try:
             self._mlflow.log_feedback(

@@ -79,6 +79,9 @@ class ExporterCommand:
     tracking_uri: str
     experiment: str
     artifact_dir: Path | None = None
+    redaction: bool = True
+    """The redaction hook, applied by the exporter to what it writes into MLflow."""
+    redact_patterns: tuple[str, ...] = ()
 
     def argv(self, parent: int) -> list[str]:
         argv = [
@@ -96,6 +99,10 @@ class ExporterCommand:
         ]
         if self.artifact_dir is not None:
             argv += ["--artifacts", str(self.artifact_dir)]
+        if not self.redaction:
+            argv.append("--no-redaction")
+        for pattern in self.redact_patterns:
+            argv += ["--redact-pattern", pattern]
         return argv
 
     def start(self) -> subprocess.Popen[bytes]:
