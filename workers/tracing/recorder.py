@@ -153,6 +153,21 @@ class RecordedSpan:
 _CURRENT: ContextVar[RecordedSpan | None] = ContextVar("agentworker_span", default=None)
 
 
+@contextmanager
+def _entered(span: RecordedSpan) -> Iterator[None]:
+    """``span`` is the current span inside the block, and ends with it (failed, with the
+    exception that left the block)."""
+    token = _CURRENT.set(span)
+    try:
+        yield
+    except BaseException as exc:
+        span.end(exc)
+        raise
+    finally:
+        _CURRENT.reset(token)
+        span.end()
+
+
 class SpanRecorder:
     """The ``Tracer`` port: records spans in memory and hands each finished trace to
     ``sink``. Thread-safe: a fan-out's model and tool calls record into the same trace."""
@@ -178,15 +193,10 @@ class SpanRecorder:
         trace = _Trace(trace_id, dict(tags), self.max_spans)
         root = RecordedSpan(trace, None, name, "AGENT", inputs)
         trace.spans.append(root)
-        token = _CURRENT.set(root)
         try:
-            yield root
-        except BaseException as exc:
-            root.end(exc)
-            raise
+            with _entered(root):
+                yield root
         finally:
-            _CURRENT.reset(token)
-            root.end()
             self._emit(trace, root)
 
     def _emit(self, trace: _Trace, root: RecordedSpan) -> None:
@@ -218,15 +228,8 @@ class SpanRecorder:
         if not parent.trace.admit(span):
             yield NullSpan()
             return
-        token = _CURRENT.set(span)
-        try:
+        with _entered(span):
             yield span
-        except BaseException as exc:
-            span.end(exc)
-            raise
-        finally:
-            _CURRENT.reset(token)
-            span.end()
 
     def start_span(
         self, name: str, *, kind: str, inputs: Any = None, parent: OpenSpan | None = None
