@@ -262,7 +262,11 @@ def has_registry_client() -> bool:
 def open_registry(settings: Settings, *, create: bool) -> MlflowPromptRegistry | None:
     """The registry at the tracking URI; ``None`` for a SQLite store whose file does not
     exist (it holds no prompt), which is created only when ``create`` (a push). Call
-    :func:`has_registry_client` first."""
+    :func:`has_registry_client` first. A tracking server that is down costs seconds, not
+    MLflow's default minutes of retries (the prompt file is served meanwhile)."""
+    from workers.tracing.mlflow_export import offline_http_env
+
+    offline_http_env()
     uri = settings.tracking_uri
     prefix = "sqlite:///"
     if uri.startswith(prefix):
