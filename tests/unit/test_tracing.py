@@ -270,3 +270,27 @@ def test_the_exporters_redact_every_value_but_not_the_ids() -> None:
     assert card not in text and mail not in text and "[CARD]" in text and "[EMAIL]" in text
     assert trace["tags"] == tags  # ids, as they are (the conversation is found by them)
     assert sink.records[0]["spans"][0]["inputs"] == {"texts": [card]}  # the record untouched
+
+
+def test_the_exporter_waits_for_a_quiet_server_but_never_past_the_lag(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from workers.tracing.exporter import MAX_LAG, QUIET, Exporter
+
+    exporter = Exporter(tmp_path, export=None, parent=os.getpid())
+    closed = tmp_path / f"00000000000000000001-1{CLOSED}"
+    writing = tmp_path / f"00000000000000000002-{os.getpid()}{OPEN}"
+    closed.write_text("{}\n")
+    writing.write_text("{}\n")
+    now = time.time()
+    os.utime(closed, (now - 1, now - 1))
+    assert exporter.busy([closed])  # the server wrote a trace just now: later
+    os.utime(writing, (now - QUIET - 1, now - QUIET - 1))
+    assert not exporter.busy([closed])  # quiet: now
+    os.utime(writing, (now, now))
+    os.utime(closed, (now - MAX_LAG - 1, now - MAX_LAG - 1))
+    assert not exporter.busy([closed])  # waited long enough: now, busy or not
+    os.utime(closed, (now - 1, now - 1))
+    (tmp_path / f"stop-{os.getpid()}").touch()
+    assert not exporter.busy([closed])  # the server is stopping: everything now
