@@ -3,11 +3,12 @@
 Started by the embedded server (:class:`workers.tracing.spool.SpoolSink`), in Linux's idle
 scheduling class, in its own session. While the server is busy it holds back (for
 ``MAX_LAG`` seconds at most): exporting alongside the turns took a core from the server's
-threads and a quarter of its throughput on two cores. It exports the spool's closed segments into MLflow in batches, oldest first, and
-deletes each once it is in. It exits when told to (SIGTERM: the server stops) or when the
-server is gone (``kill -9``), after exporting everything left, including the open segment
-of a server that died. One exporter per spool at a time (a lock file): a new server's
-exporter waits for an orphan still at work.
+threads and a quarter of its throughput on two cores. It exports the spool's closed
+segments into MLflow in batches, oldest first, and deletes each once it is in. It exits
+when told to (the stop file its server leaves, or SIGTERM) or when the server is gone
+(``kill -9``), after exporting everything left, including the open segment of a server
+that died. One exporter per spool at a time (a lock file): a new server's exporter waits
+for an orphan still at work.
 
 A tracking store that is down: the segments stay and the exporter tries again with
 backoff (the server bounds the spool's size and drops new traces past it).

@@ -3,8 +3,8 @@
 The server appends each finished trace to the open segment of ``<state_dir>/trace-spool``
 with one ``write`` (about ten microseconds: the page cache, not the disk) and never waits
 for MLflow. Segments close every ``rotate_seconds`` (``*.open`` -> ``*.jsonl``); the
-exporter process (:mod:`workers.tracing.exporter`, started with the first trace, niced)
-writes closed segments into MLflow in batches and deletes them. A ``kill -9`` of the
+exporter process (:mod:`workers.tracing.exporter`, started with the first trace, at idle
+priority) writes closed segments into MLflow in batches and deletes them. A ``kill -9`` of the
 server loses nothing written: the orphaned exporter, or the next one, exports the dead
 server's open segment too.
 
