@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,8 @@ class TracingConfig:
     lambda_turns: int = 20
     single_messages: int = 50
     """Messages of one socket alone (the latency a user sees on an idle server)."""
+    rounds: int = 3
+    """Loads per variant, alternated between the two servers."""
     timeout_s: float = 60.0
 
 
@@ -58,10 +61,9 @@ async def _socket(srv: ServerProcess, cid: str, messages: int, latencies: list[f
 
 
 async def _load(srv: ServerProcess, prefix: str, conversations: int, messages: int) -> Any:
+    """All sockets at once, after the server's spool is empty (its exporter, if any, is
+    up and idle): turns answered, seconds, latencies."""
     latencies: list[float] = []
-    await _socket(srv, f"ws:bench:{prefix}-warmup", 2, [])
-    # The warm-up's traces started the exporter (a process importing MLflow): steady state
-    # is measured, once it is up and has exported them.
     await asyncio.to_thread(_spool_empty, srv.state_dir, 60.0)
     started = time.perf_counter()
     answered = await asyncio.gather(
@@ -95,33 +97,64 @@ def _spool_empty(state: Path, timeout: float) -> float:
     return time.monotonic() - started
 
 
-def _variant(tmp: Path, name: str, tracing: bool, cfg: TracingConfig) -> dict[str, Any]:
-    state = tmp / f"tracing-{name}"
-    srv = ServerProcess(state, env={"AGENTWORKER_TRACING": str(tracing).lower()}).start()
-    try:
-        progress(f"tracing ({name}): {cfg.conversations} sockets x {cfg.messages} messages")
-        loaded, elapsed, latencies = asyncio.run(_load(srv, name, cfg.conversations, cfg.messages))
-        progress(f"tracing ({name}): one socket x {cfg.single_messages} messages")
-        single: list[float] = []
-        alone = asyncio.run(_socket(srv, f"ws:bench:{name}-one", cfg.single_messages, single))
-    finally:
-        stopping = time.perf_counter()
-        srv.stop()
-        shutdown_s = time.perf_counter() - stopping
-    result: dict[str, Any] = {
-        "variant": name,
-        "tracing": tracing,
-        "turns": loaded,
-        "elapsed_s": elapsed,
-        "turns_per_s": loaded / elapsed,
-        "latency_ms": summary_ms(latencies),
-        "single_latency_ms": summary_ms(single),
-        "shutdown_s": shutdown_s,
+def _variants(tmp: Path, cfg: TracingConfig) -> list[dict[str, Any]]:
+    """Both servers up at once, their loads alternated over ``rounds`` (off, on, off, on...):
+    a noisy machine slows both alike, and each variant's turns/s is its median round."""
+    servers = {
+        tracing: ServerProcess(
+            tmp / f"tracing-{'on' if tracing else 'off'}",
+            env={"AGENTWORKER_TRACING": str(tracing).lower()},
+        ).start()
+        for tracing in (False, True)
     }
-    if tracing:
-        result["traces_recorded"] = count_traces(state)
-        result["turns_total"] = loaded + alone + 2  # and the warm-up's
-    return result
+    rounds: dict[bool, list[tuple[int, float, list[float]]]] = {False: [], True: []}
+    single: dict[bool, list[float]] = {False: [], True: []}
+    sent = dict.fromkeys(servers, 0)
+    shutdown: dict[bool, float] = {}
+    try:
+        for tracing, srv in servers.items():  # the first traces start the exporter
+            sent[tracing] += asyncio.run(_socket(srv, "ws:bench:warmup", 2, []))
+        for r in range(cfg.rounds):
+            for tracing, srv in servers.items():
+                name = "on" if tracing else "off"
+                progress(
+                    f"tracing ({name}, round {r + 1}/{cfg.rounds}): {cfg.conversations} sockets"
+                    f" x {cfg.messages} messages"
+                )
+                for other in servers.values():  # no exporter at work during any load
+                    _spool_empty(other.state_dir, 60.0)
+                done = asyncio.run(_load(srv, f"{name}{r}", cfg.conversations, cfg.messages))
+                rounds[tracing].append(done)
+                sent[tracing] += done[0]
+        for tracing, srv in servers.items():
+            progress(f"tracing: one socket x {cfg.single_messages} messages")
+            asyncio.run(asyncio.to_thread(_spool_empty, srv.state_dir, 60.0))
+            sent[tracing] += asyncio.run(
+                _socket(srv, "ws:bench:one", cfg.single_messages, single[tracing])
+            )
+    finally:
+        for tracing, srv in servers.items():
+            stopping = time.perf_counter()
+            srv.stop()
+            shutdown[tracing] = time.perf_counter() - stopping
+    results = []
+    for tracing, srv in servers.items():
+        rates = sorted(n / elapsed for n, elapsed, _ in rounds[tracing])
+        result: dict[str, Any] = {
+            "variant": "tracing_on" if tracing else "tracing_off",
+            "tracing": tracing,
+            "turns": sum(n for n, _, _ in rounds[tracing]),
+            "rounds_turns_per_s": rates,
+            "turns_per_s": statistics.median(rates),
+            "latency_ms": summary_ms([x for _, _, lat in rounds[tracing] for x in lat]),
+            "single_latency_ms": summary_ms(single[tracing]),
+            "shutdown_s": shutdown[tracing],
+        }
+        if tracing:
+            result["traces_recorded"] = count_traces(srv.state_dir)
+            result["turns_total"] = sent[tracing]
+        results.append(result)
+    return results
 
 
 def _kill9(tmp: Path, cfg: TracingConfig) -> dict[str, Any]:
@@ -133,7 +166,7 @@ def _kill9(tmp: Path, cfg: TracingConfig) -> dict[str, Any]:
     finally:
         srv.kill()
     drained_s = _spool_empty(state, cfg.timeout_s)
-    turns = answered + 2
+    turns = answered
     traces = count_traces(state)
     return {
         "turns": turns,
@@ -200,8 +233,7 @@ def _lambda_flush(tmp: Path, cfg: TracingConfig) -> dict[str, Any]:
 
 
 def run(tmp: Path, cfg: TracingConfig) -> dict[str, Any]:
-    off = _variant(tmp, "tracing_off", False, cfg)
-    on = _variant(tmp, "tracing_on", True, cfg)
+    off, on = _variants(tmp, cfg)
     return {
         "config": {
             "conversations": cfg.conversations,
@@ -209,6 +241,7 @@ def run(tmp: Path, cfg: TracingConfig) -> dict[str, Any]:
             "kill_conversations": cfg.kill_conversations,
             "kill_messages": cfg.kill_messages,
             "lambda_turns": cfg.lambda_turns,
+            "rounds": cfg.rounds,
         },
         "variants": [off, on],
         "throughput_ratio_on_off": on["turns_per_s"] / off["turns_per_s"],
@@ -229,6 +262,7 @@ def render(section: dict[str, Any]) -> str:
                 "tracing on (default)" if v["tracing"] else "tracing off",
                 fmt(int(v["turns"])),
                 fmt(v["turns_per_s"], 1),
+                " / ".join(fmt(x, 0) for x in v["rounds_turns_per_s"]),
                 f"{fmt(v['latency_ms']['p50'])} ms",
                 f"{fmt(v['latency_ms']['p90'])} ms",
                 f"{fmt(v['single_latency_ms']['p50'])} ms",
@@ -238,11 +272,13 @@ def render(section: dict[str, Any]) -> str:
         )
     table = render_table(
         f"3. Tracing over the WebSocket of `agentworker serve`: {cfg['conversations']} sockets x "
-        f"{cfg['messages']} messages, offline model (no latency), next message after the reply",
+        f"{cfg['messages']} messages, offline model (no latency), next message after the reply;"
+        f" {cfg['rounds']} rounds per variant, alternated, turns/s their median",
         [
             "variant",
             "turns",
             "turns/s",
+            "rounds",
             "reply p50",
             "reply p90",
             "alone p50",
