@@ -142,6 +142,7 @@ def mlflow_server_process(state_dir: Path, timeout: float = 120.0) -> Iterator[s
                 "--port", str(port),
                 "--backend-store-uri", f"sqlite:///{state_dir / 'mlflow-server.db'}",
                 "--default-artifact-root", str(state_dir / "mlflow-artifacts"),
+                "--workers", "1",  # one is plenty for a test, and starts sooner
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
