@@ -272,6 +272,8 @@ class SpoolSink:
                 )
                 return
             if now > next_note:
-                log.info("exporting traces to MLflow: %d segment(s) left", self.pending())
+                left = self.pending()
+                if left:
+                    log.info("exporting traces to MLflow: %d segment(s) left", left)
                 next_note = now + 5.0
             time.sleep(0.05)
