@@ -70,7 +70,7 @@ def build_authenticator(settings: Settings) -> Authenticator:
 def redaction(settings: Settings, tracer: Tracer, *loggers: Any, spans: bool = True) -> Tracer:
     """The redaction hook (on by default): every log record of the process (and
     ``loggers``' extra fields) from now on, and with ``spans`` ``tracer`` wrapped so its spans
-    are redacted as they are recorded. The tracers :func:`build_tracer` and
+    are redacted as they are recorded. The tracers that :func:`build_tracer` and
     :func:`lambda_tracer` make redact as they export instead (``spans=False``): off the
     turn's path, before anything reaches MLflow."""
     from workers.observability import install_redaction

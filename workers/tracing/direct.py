@@ -2,7 +2,7 @@
 
 A Lambda process may be frozen or ended as soon as the handler returns, so nothing can be
 left to a background thread: the handler calls ``flush`` last, after the reply went out, and
-its time is the one cost of tracing there (``last_flush_ms``). A tracking server that is
+its time is the one cost of tracing there (the ``TraceFlushMs`` metric). A tracking server that is
 down does not fail the handler: the traces stay in memory for the next invocation of the
 same process, up to ``max_records``; older ones are dropped past it, counted, with a warning.
 """
@@ -10,7 +10,6 @@ same process, up to ``max_records``; older ones are dropped past it, counted, wi
 from __future__ import annotations
 
 import logging
-import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -27,8 +26,6 @@ class DirectSink:
         self.max_records = max_records
         self.buffer: deque[dict[str, Any]] = deque()
         self.dropped = 0
-        self.exported = 0
-        self.last_flush_ms = 0.0
 
     def put(self, record: dict[str, Any]) -> None:
         self.buffer.append(record)
@@ -50,20 +47,17 @@ class DirectSink:
         """Export what is buffered; False (and the records kept) if the store is down."""
         if not self.buffer:
             return True
-        started = time.perf_counter()
         pending = list(self.buffer)
         try:
             export = self.store()
             traces = [r for r in pending if r.get("kind") == "trace"]
-            self.exported += export.traces(traces)
+            export.traces(traces)
             for record in pending:
                 if record.get("kind") == "feedback":
                     export.feedback(record)
         except StoreUnavailable as exc:
             log.warning("tracking server unavailable, %d trace(s) kept: %s", len(pending), exc)
             return False
-        finally:
-            self.last_flush_ms = (time.perf_counter() - started) * 1e3
         for _ in pending:
             self.buffer.popleft()
         return True

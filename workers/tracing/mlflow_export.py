@@ -16,6 +16,7 @@ import base64
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,18 +30,12 @@ log = logging.getLogger(__name__)
 
 BATCH_SPANS = 4000
 """Spans per ``log_spans`` call at most (a batch is one transaction of the SQL store)."""
-_TRANSIENT_WORDS = (
-    "connection",
-    "timed out",
-    "timeout",
-    "max retries",
-    "database is locked",
-    "temporarily",
-    "unavailable",
-    "503",
-    "502",
-    "429",
+_TRANSIENT = re.compile(
+    r"connection|timed out|timeout|max retries|database is locked|temporarily|unavailable"
+    r"|\b(?:429|502|503)\b"
 )
+"""What an unreachable or busy store says. The status codes as whole numbers: a message
+that quotes a trace id (hex, ``...a503f...``) is not a 503 to retry forever."""
 
 
 class StoreUnavailable(Exception):
@@ -117,7 +112,7 @@ def transient(exc: BaseException) -> bool:
     if isinstance(exc, ConnectionError | TimeoutError | StoreUnavailable):
         return True
     text = f"{type(exc).__name__} {exc}".lower()
-    return any(word in text for word in _TRANSIENT_WORDS)
+    return _TRANSIENT.search(text) is not None
 
 
 def offline_http_env() -> None:

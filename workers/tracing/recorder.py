@@ -182,9 +182,8 @@ class SpanRecorder:
         """``store``: opens the tracking store when a conversation's traces are deleted."""
         self.sink = sink
         self.max_spans = max_spans
-        self._store = store
-        self.traces = 0
-        """Traces handed to the sink by this recorder."""
+        self._open_store = store
+        self._store: TraceStore | None = None
 
     @contextmanager
     def turn(self, name: str, *, tags: dict[str, str], inputs: Any) -> Iterator[SpanHandle]:
@@ -212,7 +211,6 @@ class SpanRecorder:
                 dropped,
                 trace.max_spans,
             )
-        self.traces += 1
         self.sink.put(
             {"kind": "trace", "trace_id": trace.trace_id, "tags": trace.tags, "spans": spans}
         )
@@ -242,11 +240,13 @@ class SpanRecorder:
 
     def forget(self, conversation_id: str) -> int:
         """Delete the conversation's traces, pending ones included (exported first)."""
-        if self._store is None:
+        if self._open_store is None:
             return 0
         if not self.sink.flush(FORGET_WAIT):
             log.warning("forget %s: traces still pending after %ss", conversation_id, FORGET_WAIT)
-        return self._store().forget(conversation_id)
+        if self._store is None:  # opened once: the sweeper forgets expired ones one by one
+            self._store = self._open_store()
+        return self._store.forget(conversation_id)
 
     def feedback(self, turn_id: str, feedback: Feedback) -> None:
         self.sink.put(
