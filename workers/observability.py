@@ -79,6 +79,12 @@ def configure_logging(level: str) -> None:
     )
 
 
+def conversation_filter(conversation_id: str) -> str:
+    """The MLflow trace filter for a conversation's turn traces (a quote in the id, which
+    the filter language cannot escape, is dropped rather than let end the string)."""
+    return "tags.conversation_id = '{}'".format(conversation_id.replace("'", ""))
+
+
 def list_traces(settings: Any, conversation_id: str, *, limit: int) -> list[list[str]]:
     """Rows (id, start, ms, status, tokens, run, turn) of a conversation's turn traces."""
     offline_mlflow_env()
@@ -89,10 +95,9 @@ def list_traces(settings: Any, conversation_id: str, *, limit: int) -> list[list
     experiment = MlflowClient().get_experiment_by_name(settings.mlflow_experiment)
     if experiment is None:
         return []
-    safe = conversation_id.replace("'", "")
     traces = mlflow.search_traces(
         locations=[experiment.experiment_id],
-        filter_string=f"tags.conversation_id = '{safe}'",
+        filter_string=conversation_filter(conversation_id),
         max_results=limit,
         order_by=["timestamp_ms ASC"],
         return_type="list",

@@ -19,6 +19,7 @@ from typing import Any
 
 from workers.core import figures
 from workers.errors import BadInput
+from workers.observability import conversation_filter
 
 _SPAN = re.compile(r"^(\d+(?:\.\d+)?)\s*([mhdw])$")
 _UNITS = {"m": 60.0, "h": 3600.0, "d": 86_400.0, "w": 604_800.0}
@@ -208,7 +209,7 @@ def read_turns(
         return []
     query = f"trace.timestamp_ms >= {int(since.timestamp() * 1000)}"
     if conversation_id is not None:
-        query += " AND tags.conversation_id = '{}'".format(conversation_id.replace("'", ""))
+        query += f" AND {conversation_filter(conversation_id)}"
     traces = mlflow.search_traces(
         locations=[found.experiment_id],
         filter_string=query,

@@ -16,6 +16,7 @@ from typing import Any
 from workers.config import Settings
 from workers.errors import ConfigError
 from workers.evals.scorers import CaseResult
+from workers.observability import conversation_filter
 
 EVAL_TAG = "agentworker.eval"
 """Tag of every eval run (``true``), so ``--compare`` can tell one from another run."""
@@ -252,10 +253,9 @@ def _number(value: Any) -> float:
 
 def _draft(settings: Settings, experiment: str, rated: Any, feedback: Any) -> dict[str, Any]:
     cid = str(rated.info.tags.get("conversation_id", ""))
-    safe = cid.replace("'", "")
     turns: list[dict[str, Any]] = []
     reply = ""
-    for trace in _search(settings, experiment, f"tags.conversation_id = '{safe}'", spans=True):
+    for trace in _search(settings, experiment, conversation_filter(cid), spans=True):
         if trace.info.timestamp_ms > rated.info.timestamp_ms:
             break
         inputs = _json(trace.data.request)

@@ -24,6 +24,7 @@ from typing import Any
 from pydantic_core import to_jsonable_python
 
 from workers.core.redaction import Redactor, redact_record
+from workers.observability import conversation_filter
 from workers.tracing.recorder import TAG_PREFIX
 
 log = logging.getLogger(__name__)
@@ -231,12 +232,11 @@ class MlflowExport:
         from mlflow import MlflowClient
 
         client = MlflowClient(self.tracking_uri)
-        safe = conversation_id.replace("'", "")
         deleted = 0
         while True:
             found = client.search_traces(
                 locations=[self.experiment_id],
-                filter_string=f"tags.conversation_id = '{safe}'",
+                filter_string=conversation_filter(conversation_id),
                 max_results=100,
                 include_spans=False,
             )
