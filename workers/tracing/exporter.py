@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop_file(args.spool, args.parent).unlink(missing_ok=True)
         done = (exporter.exported, exporter.feedback)
-        log.info("trace export done: %d trace(s), %d feedback", *done)
+        log.debug("trace export done: %d trace(s), %d feedback", *done)
         if exporter.skipped or export.dropped:
             log.warning(
                 "trace export: %d record(s) unreadable, %d refused by MLflow",
