@@ -163,6 +163,20 @@ class InboundMessage(BaseModel):
     resume: ResumeAnswer | None = Field(default=None, validate_default=True)
     channel: Channel = "api"
     sender: str = Field(default="anonymous", min_length=1, max_length=256)
+    sender_roles: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="The sender's roles when the message was accepted (set from the "
+        "principal; a trusted backend names them): an answer is authorized against them "
+        "when its turn is planned.",
+    )
+    vouched_by: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="The trusted backend that spoke for the sender (set by the core, never "
+        "by a client): approval policies take the roles it vouches for.",
+    )
     tenant: str | None = Field(
         default=None,
         min_length=1,

@@ -99,6 +99,10 @@ class InterruptRequest(BaseModel):
     interrupt_id: str
     value: JsonValue = Field(description="What the graph passed to interrupt()")
     text: str = Field(description="The value as text, for channels that show only text")
+    requested_by: list[str] = Field(
+        default_factory=list,
+        description="Who asked for what led to the interrupt (the senders of the turn's messages)",
+    )
     created_at: datetime = Field(default_factory=utcnow)
 
 

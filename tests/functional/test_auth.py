@@ -305,3 +305,48 @@ def test_a_customer_cannot_read_or_close_another_customers_ticket(server: Server
     still = say(server, "ws:acme:t", ALICE, {"text": f"status of ticket {ticket_id}"})
     # Alice's own ticket, still open (the reply guard masks the card in its title)
     assert "'card [CARD]' is open" in still["text"]
+
+
+def test_the_requester_cannot_answer_their_own_four_eyes_approval_in_any_form(
+    tmp_path: Path,
+) -> None:
+    """Issue 17.1: with ``update_ticket = "not_requester"`` the requester's ``approval`` was
+    refused but the same answer as a ``resume`` (HTTP, or a WebSocket ``resume`` frame) was
+    accepted and the tool ran. Every form is refused with 403 and writes nothing; a
+    supervisor of the tenant decides."""
+    env = {
+        "AGENTWORKER_AUTH_JWT_SECRET": HS_SECRET,
+        "AGENTWORKER_APPROVAL_POLICIES": '{"update_ticket": "not_requester"}',
+        "AGENTWORKER_AUTH_TENANT_ROLES": "supervisor",
+    }
+    sue = hs256(claims("sue", tenant="acme", roles=["supervisor"]))
+    with ServerProcess(tmp_path, env=env) as srv:
+        cid = "ws:acme:four-eyes"
+        opened = say(srv, cid, ALICE, {"text": "please open a ticket about the printer"})
+        ticket_id = opened["text"].split()[2].rstrip(":")
+        ask = say(srv, cid, ALICE, {"text": f"close ticket {ticket_id}"})
+        assert ask["type"] == "approval_request" and ask["requested_by"] == ["alice"]
+        interrupt_id = ask["interrupt_id"]
+        url = f"{srv.url}/v1/conversations/{cid}/messages"
+        for body in (
+            {"approval": {"interrupt_id": interrupt_id, "approved": True}},
+            {"resume": {"interrupt_id": interrupt_id, "value": {"approved": True}}},
+            {"resume": {"interrupt_id": interrupt_id, "value": True}},
+        ):
+            resp = httpx.post(url, json=body, headers=bearer(ALICE))
+            assert resp.status_code == 403, resp.text
+            assert resp.json()["error"]["code"] == "not_allowed"
+        with connect(srv.ws_url, additional_headers=bearer(ALICE)) as ws:
+            frame = {
+                "action": "resume",
+                "conversation_id": cid,
+                "interrupt_id": interrupt_id,
+                "value": {"approved": True},
+            }
+            ws.send(json.dumps(frame))
+            answer = json.loads(ws.recv(timeout=10))
+            assert answer["type"] == "error" and answer["error"]["code"] == "not_allowed"
+        view = httpx.get(f"{srv.url}/v1/conversations/{cid}", headers=bearer(ALICE)).json()
+        assert [m["kind"] for m in view["messages"]] == ["user", "user"]  # nothing written
+        done = say(srv, cid, sue, {"resume": {"interrupt_id": interrupt_id, "value": True}})
+        assert "closed" in done["text"].lower(), done

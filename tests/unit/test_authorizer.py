@@ -121,3 +121,48 @@ def test_frames_act_as_the_connections_principal(store: InMemoryConversationStor
     assert missing["statusCode"] == 401
     assert json.loads(missing["body"])["error"]["reason"] == "missing"
     assert len(store.pending_inbox("ws:acme:1")) == 1
+
+
+def test_a_resume_frame_is_authorized_like_an_approval_on_aws(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 17.1 on the AWS WebSocket: the requester's ``resume`` frame approving their
+    own four-eyes tool call is a 403 and writes nothing, like their ``approve`` frame."""
+    from dataclasses import replace
+
+    from events.identity import ApprovalPolicy
+    from workers.core.steps import TurnSettings, drive_run
+
+    deps = in_memory_aws(monkeypatch, AGENTWORKER_AUTH_JWT_SECRET=SECRET)
+    policy = {"update_ticket": ApprovalPolicy.parse("not_requester")}
+    deps.settings = replace(
+        TurnSettings(), approval_policies=policy, tenant_roles=frozenset({"ops"})
+    )
+    alice = authorize({"Authorization": f"Bearer {token('u-alice')}"})["context"]
+    ops = authorize({"Authorization": f"Bearer {token('u-olga', roles=['ops'])}"})["context"]
+    cid = "ws:acme:approve"
+    send = {"action": "send", "conversation_id": cid, "text": "please approve-me"}
+    assert ingest.handler(frame_event(send, alice), context("ingest"))["statusCode"] == 200
+    starter = cast(Any, deps.starter)
+    while starter.runs:
+        drive_run(deps, starter.runs.pop(0))
+    state = deps.store.get_conversation(cid)
+    assert state is not None and state.pending_approval is not None
+    interrupt_id = state.pending_approval.interrupt_id
+    for frame in (
+        {"action": "approve", "conversation_id": cid, "interrupt_id": interrupt_id},
+        {"action": "resume", "conversation_id": cid, "interrupt_id": interrupt_id, "value": True},
+        {
+            "action": "resume",
+            "conversation_id": cid,
+            "interrupt_id": interrupt_id,
+            "value": {"approved": True},
+        },
+    ):
+        refused = ingest.handler(frame_event(frame, alice), context("ingest"))
+        assert refused["statusCode"] == 403, refused
+        assert json.loads(refused["body"])["error"]["code"] == "not_allowed"
+    assert deps.store.pending_inbox(cid) == []
+    resume: dict[str, Any] = {"action": "resume", "conversation_id": cid, "value": True}
+    resume["interrupt_id"] = interrupt_id
+    assert ingest.handler(frame_event(resume, ops), context("ingest"))["statusCode"] == 200

@@ -630,6 +630,78 @@ def test_roles_policy_needs_one_of_the_roles_and_a_backend_vouches() -> None:
     accept_message(w2.deps, msg, backend("iam:arn:aws:iam::1:role/backoffice"))
 
 
+def in_channel(w: World, text: str, who: Principal) -> Any:
+    msg = InboundMessage(conversation_id=CID, text=text)
+    return accept_message(w.deps, msg, who, owner=CHANNEL)
+
+
+def resume_answer(w: World, interrupt_id: str, who: Principal, value: Any) -> Any:
+    answer = ResumeAnswer(interrupt_id=interrupt_id, value=value)
+    msg = InboundMessage(conversation_id=CID, kind="resume", resume=answer)
+    return accept_message(w.deps, msg, who)
+
+
+@pytest.mark.parametrize("value", [{"approved": True}, True, {"approved": True, "reason": "ok"}])
+def test_a_resume_is_authorized_exactly_like_an_approval(value: Any) -> None:
+    """Issue 17.1: the requester's ``resume`` with an approving value was accepted and the
+    four-eyes tool ran; any answer to a tool approval goes through the tool's policy."""
+    w = World(approval_policies={"update_ticket": ApprovalPolicy.parse("not_requester")})
+    interrupt_id = waiting_for_approval(w)
+    with pytest.raises(NotAllowed, match="someone other than the requester"):
+        resume_answer(w, interrupt_id, MEMBER_A, value)
+    assert w.store.pending_inbox(CID) == []  # nothing written
+    roles = World(approval_policies={"update_ticket": ApprovalPolicy.parse({"roles": ["ops"]})})
+    interrupt_id = waiting_for_approval(roles)
+    with pytest.raises(NotAllowed, match="role in \\['ops'\\]"):
+        resume_answer(roles, interrupt_id, MEMBER_B, value)
+    resume_answer(roles, interrupt_id, APPROVER, value)
+    roles.run_all()
+    resumed = roles.agent.requests[-1]
+    assert resumed.resume is not None and resumed.resume.value == value
+
+
+def test_an_answer_accepted_before_the_request_is_authorized_when_planned() -> None:
+    """The accept-time check sees no request yet when the answer arrives first (a plain
+    message queued behind the turn that interrupts): the plan checks it again, on the roles
+    the message recorded, and consumes a refused answer with a notice."""
+    policies = {"interrupt": ApprovalPolicy.parse({"roles": ["ops"]})}
+    w = World(approval_policies=policies)
+    in_channel(w, "ask-me", MEMBER_A)
+    # Queued while the first turn runs: it will be planned once the turn asks its question.
+    in_channel(w, "billing", MEMBER_B)
+    w.run_all()
+    state = w.store.get_conversation(CID)
+    assert state is not None and isinstance(state.pending_approval, InterruptRequest)
+    assert state.pending_approval.requested_by == ["slack:T1:UA"]
+    assert not any(r.resume for r in w.agent.requests)  # B's text did not answer it
+    assert any("You may not answer this request" in t for t in w.texts() if t)
+    # One with the role answers it, with a plain message (the text is the answer).
+    in_channel(w, "billing", APPROVER)
+    w.run_all()
+    resumed = w.agent.requests[-1]
+    assert resumed.resume is not None and resumed.resume.value == "billing"
+
+
+def test_whoever_answered_an_interrupt_is_a_requester_of_what_follows() -> None:
+    """Four eyes across an ``interrupt()``: B answers A's question and the turn then asks an
+    approval; neither A nor B may approve it."""
+    policies = {"update_ticket": ApprovalPolicy.parse("not_requester")}
+    w = World(approval_policies=policies)
+    in_channel(w, "ask-me", MEMBER_A)
+    w.run_all()
+    state = w.store.get_conversation(CID)
+    assert state is not None and state.pending_approval is not None
+    resume_answer(w, state.pending_approval.interrupt_id, MEMBER_B, "approve-me")
+    w.run_all()
+    state = w.store.get_conversation(CID)
+    assert state is not None and isinstance(state.pending_approval, ApprovalRequest)
+    assert state.pending_approval.requested_by == ["slack:T1:UA", "slack:T1:UB"]
+    for who in (MEMBER_A, MEMBER_B):
+        with pytest.raises(NotAllowed):
+            decide(w, state.pending_approval.interrupt_id, who)
+    decide(w, state.pending_approval.interrupt_id, APPROVER)
+
+
 def test_a_tool_without_a_policy_is_decided_by_anyone_in_the_conversation() -> None:
     w = World(approval_policies={"other_tool": ApprovalPolicy.parse("not_requester")})
     decide(w, waiting_for_approval(w), MEMBER_A)  # the requester themselves

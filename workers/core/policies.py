@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Set
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from typing import Literal
 
@@ -28,6 +28,7 @@ REJECTED_NOTICE = (
 )
 """Told to the user when the ``reject`` policy refuses a message (:class:`AcceptDecision`)."""
 STALE_APPROVAL_NOTICE = "That request is no longer pending; nothing was done."
+NOT_ALLOWED_NOTICE = "You may not answer this request ({reason}); it is still pending."
 NOTHING_PENDING_NOTICE = "There is nothing waiting for approval or an answer; nothing was done."
 
 
@@ -62,35 +63,63 @@ def may_access(
 
 
 def as_sent_by(msg: InboundMessage, principal: Principal, *, owner: str | None) -> InboundMessage:
-    """``msg`` as ``principal`` sends it: the sender is the principal and a conversation it
-    creates belongs to the principal's tenant and to ``owner`` (default: the principal).
-    A trusted backend's message keeps the sender, tenant and owner it names."""
+    """``msg`` as ``principal`` sends it: the sender is the principal, with its roles, and a
+    conversation it creates belongs to the principal's tenant and to ``owner`` (default:
+    the principal). A trusted backend's message keeps the sender, roles, tenant and owner it
+    names, and records the backend as the one who vouches for them."""
     if principal.service:
-        return msg
-    update = {"sender": principal.id, "tenant": principal.tenant, "owner": owner or principal.id}
+        return msg.model_copy(update={"vouched_by": principal.id})
+    update = {
+        "sender": principal.id,
+        "sender_roles": sorted(principal.roles),
+        "vouched_by": None,
+        "tenant": principal.tenant,
+        "owner": owner or principal.id,
+    }
     return msg.model_copy(update=update)
 
 
-def check_approver(
-    policy: ApprovalPolicy | None,
-    request: ApprovalRequest,
-    principal: Principal,
-    approver: str,
+# answers --------------------------------------------------------------------------------
+
+INTERRUPT_POLICY = "interrupt"
+"""The ``approval_policies`` key that governs answers to every ``interrupt()`` that is not a
+tool approval (default: anyone who may use the conversation)."""
+
+
+def answer_policy(
+    policies: Mapping[str, ApprovalPolicy], waiting: PendingRequest
+) -> ApprovalPolicy | None:
+    """The policy of whoever may answer ``waiting``: the tool's for a tool approval, the
+    :data:`INTERRUPT_POLICY` for any other interrupt; ``None``: anyone in the conversation."""
+    if isinstance(waiting, ApprovalRequest):
+        return policies.get(waiting.tool)
+    return policies.get(INTERRUPT_POLICY)
+
+
+def authorize_answer(
+    policies: Mapping[str, ApprovalPolicy], waiting: PendingRequest, answer: InboundMessage
 ) -> None:
-    """``NotAllowed`` unless ``approver`` (``principal``, or the user a trusted backend names)
-    may decide ``request`` under the tool's ``policy`` (``None``: anyone who may use the
-    conversation). A backend vouches for the roles of the user it names."""
+    """``NotAllowed`` unless ``answer``'s sender may answer ``waiting``, whatever form the
+    answer takes: an approval, a ``resume`` value, a plain message that answers an
+    ``interrupt()``, a Slack click. The one place answers are authorized: the core calls
+    it when an explicit answer is accepted (a refusal writes nothing) and again when any
+    answer is planned into a turn (a refusal consumes it with a notice, the request stays
+    pending), on what the message recorded of its sender when it was accepted. A trusted
+    backend vouches for the roles of the user it names."""
+    policy = answer_policy(policies, waiting)
     if policy is None:
         return
-    if policy.not_requester and approver in request.requested_by:
+    what = waiting.tool if isinstance(waiting, ApprovalRequest) else "interrupt"
+    if policy.not_requester and answer.sender in waiting.requested_by:
         raise NotAllowed(
-            f"approval: {approver} asked for this {request.tool} call; the policy wants"
+            f"answer: {answer.sender} asked for this {what} call; the policy wants"
             f" {policy.describe()}",
             field="interrupt_id",
         )
-    if policy.roles is not None and not principal.service and not policy.roles & principal.roles:
+    roles = frozenset(answer.sender_roles)
+    if policy.roles is not None and answer.vouched_by is None and not policy.roles & roles:
         raise NotAllowed(
-            f"approval: {request.tool} calls are decided by {policy.describe()}",
+            f"answer: {what} requests are decided by {policy.describe()}",
             field="interrupt_id",
         )
 
@@ -166,11 +195,16 @@ class TurnPlan:
 
     @property
     def requesters(self) -> list[str]:
-        """Who asked for this turn's work: the senders of its messages; a resumed turn
-        continues the request it answers, so its requesters stay."""
+        """Who asked for this turn's work: the senders of its messages. A resumed turn
+        continues the request it answers, so its requesters stay; whoever answered an
+        ``interrupt()`` shaped what follows, so they join them (neither may then approve a
+        four-eyes tool call the turn asks for)."""
+        senders = [e.message.sender for e in self.consumed]
         if self.kind == "resume" and isinstance(self.waiting, ApprovalRequest):
             return list(self.waiting.requested_by)
-        return list(dict.fromkeys(e.message.sender for e in self.consumed))
+        if self.kind == "resume" and isinstance(self.waiting, InterruptRequest):
+            return list(dict.fromkeys([*self.waiting.requested_by, *senders]))
+        return list(dict.fromkeys(senders))
 
     @property
     def answered_by(self) -> list[str]:
@@ -201,7 +235,11 @@ class TurnPlan:
         return [e.seq for e in self.consumed]
 
 
-def plan_turn(state: ConversationState, pending: list[InboxEntry]) -> TurnPlan | None:
+def plan_turn(
+    state: ConversationState,
+    pending: list[InboxEntry],
+    policies: Mapping[str, ApprovalPolicy] | None = None,
+) -> TurnPlan | None:
     """Decide the next turn from the pending inbox (oldest first), or ``None`` if idle.
 
     ``enqueue`` and ``reject`` take one message per turn (``reject`` refuses messages at
@@ -210,9 +248,12 @@ def plan_turn(state: ConversationState, pending: list[InboxEntry]) -> TurnPlan |
     refused when a message arrives mid-turn, so the run restarts with all of them.
 
     While the conversation waits for a human (a tool approval or an ``interrupt()``), the
-    answer to exactly that request resumes the turn. A plain message instead denies a
-    pending tool approval (the message stays for the next turn) or, for any other
-    interrupt, is its answer: the graph's ``interrupt()`` returns the message's text.
+    answer to exactly that request resumes the turn, if its sender may give it under
+    ``policies`` (:func:`authorize_answer`; otherwise it is consumed with a notice and the
+    request stays pending). A plain message instead denies a pending tool approval (the
+    message stays for the next turn: whoever may use the conversation may withdraw a
+    request) or, for any other interrupt, is its answer: the graph's ``interrupt()``
+    returns the message's text.
     """
     if not pending:
         return None
@@ -220,18 +261,19 @@ def plan_turn(state: ConversationState, pending: list[InboxEntry]) -> TurnPlan |
     waiting = state.pending_approval if state.status == "awaiting_approval" else None
     answers = first.message.answers
     if waiting is not None:
-        if answers is None:
-            if isinstance(waiting, InterruptRequest):
-                answer = ResumeRecord(waiting.interrupt_id, first.message.text)
-                return TurnPlan("resume", [first], state, resume=answer)
+        if answers is None and isinstance(waiting, ApprovalRequest):
             # The user moved on: deny the pending tool call, keep the message for the next turn.
             denial = {"approved": False, "reason": SUPERSEDED_REASON}
             return TurnPlan("resume", [], state, resume=ResumeRecord(waiting.interrupt_id, denial))
-        if answers != waiting.interrupt_id:
+        if answers is not None and answers != waiting.interrupt_id:
             return TurnPlan("skip", [first], state, notice=STALE_APPROVAL_NOTICE)
-        return TurnPlan(
-            "resume", [first], state, resume=ResumeRecord(answers, answer_of(first.message))
-        )
+        try:
+            authorize_answer(policies or {}, waiting, first.message)
+        except NotAllowed as refused:
+            reason = str(refused).partition(": ")[2]
+            return TurnPlan("skip", [first], state, notice=NOT_ALLOWED_NOTICE.format(reason=reason))
+        value = first.message.text if answers is None else answer_of(first.message)
+        return TurnPlan("resume", [first], state, resume=ResumeRecord(waiting.interrupt_id, value))
     if answers is not None:
         return TurnPlan("skip", [first], state, notice=NOTHING_PENDING_NOTICE)
     if state.policy in ("merge", "interrupt"):

@@ -63,8 +63,8 @@ from workers.core.policies import (
     TurnPlan,
     access_for,
     as_sent_by,
+    authorize_answer,
     backoff_delay,
-    check_approver,
     classify_error,
     may_access,
     plan_turn,
@@ -169,11 +169,8 @@ def accept_message(
     waiting: ConversationState | None = None
     if msg.answers is not None:
         waiting = visible(deps, deps.store.get_conversation(msg.conversation_id), principal)
-        check_waiting(waiting, msg)
-        request = waiting.pending_approval if waiting is not None else None
-        if msg.approval is not None and isinstance(request, ApprovalRequest):
-            policy = deps.settings.approval_policies.get(request.tool)
-            check_approver(policy, request, principal, msg.sender)
+        request = check_waiting(waiting, msg)
+        authorize_answer(deps.settings.approval_policies, request, msg)
     result = deps.store.append_inbox(
         msg,
         now=deps.clock.now(),
@@ -273,10 +270,10 @@ def check_follow(deps: Deps, conversation_id: str, principal: Principal) -> bool
     return True
 
 
-def check_waiting(state: ConversationState | None, msg: InboundMessage) -> None:
-    """Refuse an answer that its conversation does not wait for (``NotFound``,
-    ``NotWaiting``). A race with a turn that ends the wait meanwhile is still safe: the
-    planned turn then skips the answer with a notice."""
+def check_waiting(state: ConversationState | None, msg: InboundMessage) -> PendingRequest:
+    """The request ``msg`` answers; refuse an answer that its conversation does not wait for
+    (``NotFound``, ``NotWaiting``). A race with a turn that ends the wait meanwhile is still
+    safe: the planned turn then skips the answer with a notice."""
     cid = msg.conversation_id
     if state is None:
         raise NotFound.conversation(cid)
@@ -289,6 +286,7 @@ def check_waiting(state: ConversationState | None, msg: InboundMessage) -> None:
             f" not {msg.answers!r}",
             field="interrupt_id",
         )
+    return waiting
 
 
 def hold_for_approval(deps: Deps, run: RunRef, task_token: str) -> None:
@@ -363,7 +361,8 @@ def claim_inbox(
         else deps.store.load_pending(state, window=deps.settings.context_window)
     )
     read_ms = (time.perf_counter() - started) * 1000.0
-    return Claim(run, plan_turn(state, work.inbox), state, work, read_ms)
+    plan = plan_turn(state, work.inbox, deps.settings.approval_policies)
+    return Claim(run, plan, state, work, read_ms)
 
 
 _NOTHING_PENDING = PendingWork([])
@@ -746,6 +745,7 @@ def _pending_request(
         interrupt_id=pending.interrupt_id,
         value=pending.value,  # JSON: checked by the agent
         text=pending.text,
+        requested_by=plan.requesters,
     )
 
 
@@ -1075,7 +1075,7 @@ def fail_pending_turn(
     if claim.plan is None or attempted is None:
         return StepResult(run=run, outcome="more_pending")
     tried = [e for e in claim.work.inbox if e.seq <= attempted]
-    plan = plan_turn(claim.state, tried) if tried else None
+    plan = plan_turn(claim.state, tried, deps.settings.approval_policies) if tried else None
     if plan is None:
         return StepResult(run=run, outcome="more_pending")
     claim = replace(claim, plan=plan)
