@@ -203,6 +203,35 @@ def as_workflow_error(exc: AgentWorkerError) -> AgentWorkerError:
     return exc
 
 
+def http_error(exc: AgentWorkerError) -> tuple[int, str]:
+    """The HTTP status and the machine code every transport answers ``exc`` with (the
+    local server, the Lambda handlers, WebSocket error frames): an ``ApiError`` as it says;
+    404 ``not_found`` for what does not exist (or is not the caller's), 409 ``not_waiting``
+    for an answer nobody waits for, 403 ``not_allowed``, 429 ``throttled``, 401
+    ``unauthenticated``, 422/400 for bad input (its own code), 400 ``bad_request`` for other
+    refusals, 503 ``unavailable`` for a transient fault, 500 ``internal_error`` otherwise."""
+    if isinstance(exc, ApiError):
+        return exc.status, exc.code
+    if isinstance(exc, BadInput):
+        return (422 if exc.code == "validation_error" else 400), exc.code
+    for kind, status, code in _HTTP_ERRORS:
+        if isinstance(exc, kind):
+            return status, code
+    return 500, "internal_error"
+
+
+_HTTP_ERRORS: tuple[tuple[type[AgentWorkerError], int, str], ...] = (
+    (Unauthenticated, 401, "unauthenticated"),
+    (Throttled, 429, "throttled"),
+    (NotAllowed, 403, "not_allowed"),
+    (NotFound, 404, "not_found"),
+    (NotWaiting, 409, "not_waiting"),
+    (InvalidSlackSignature, 401, "invalid_signature"),
+    (PermanentError, 400, "bad_request"),
+    (RetryableError, 503, "unavailable"),
+)
+
+
 class JudgeError(AgentWorkerError):
     """The LLM judge of ``agentworker eval`` gave no verdict (a refused or failed call, retries
     spent, an answer that is no verdict): the case is errored, never passed."""

@@ -83,14 +83,14 @@ def test_answers_nobody_waits_for_change_nothing(tmp_path: Path) -> None:
     cid = "ws:dave:triage"
     with ServerProcess(tmp_path, env=TRIAGE) as srv:
         unknown = resume(srv, "ws:nobody:x", "i-1", "billing")
-        assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "NotFound"
+        assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
         first = send(srv, cid, "my invoice is wrong")  # classified: nothing asked
         wait_answered(srv, cid, [first])
         before = view(srv, cid)
         stale = resume(srv, cid, "i-1", "billing")
         assert stale.status_code == 409, stale.text
         assert stale.json()["error"] == {
-            "code": "NotWaiting",
+            "code": "not_waiting",
             "message": f"conversation {cid!r} is not waiting for an answer",
             "field": "interrupt_id",
         }
@@ -133,7 +133,7 @@ def test_triage_over_the_websocket_streams_asks_and_resumes(tmp_path: Path) -> N
             )
         )
         error = frames_until(ws, "error")[-1]
-        assert error["error"]["code"] == "NotWaiting"
+        assert error["error"]["code"] == "not_waiting"
 
 
 def frames_until(ws: Any, kind: str, timeout: float = 30) -> list[dict[str, Any]]:

@@ -183,7 +183,7 @@ def test_another_tenant_or_user_finds_nothing_over_http(server: ServerProcess) -
         ):
             # The same answer as for an id that does not exist: ids do not leak.
             assert resp.status_code == 404, resp.text
-            assert resp.json()["error"]["code"] in ("not_found", "NotFound")
+            assert resp.json()["error"]["code"] == "not_found"
     # The owner's own answer to nothing: 409, it exists for them.
     mine = httpx.post(
         f"{server.url}/v1/conversations/{cid}/messages",
@@ -205,14 +205,22 @@ def test_another_tenant_cannot_follow_or_post_over_the_websocket(server: ServerP
             server.ws_url,
             subprotocols=["agentworker", f"bearer.{MALLORY}"],  # type: ignore[list-item]
         ) as mallory:
+            # Following it is answered as following an id that does not exist (17.5): no
+            # existence oracle, and nothing of it is shown.
+            for followed in (cid, "ws:acme:nothing-here"):
+                mallory.send(json.dumps({"action": "subscribe", "conversation_id": followed}))
+                assert json.loads(mallory.recv(timeout=10)) == {
+                    "type": "subscribed",
+                    "conversation_id": followed,
+                    "conversation": None,
+                }
             for frame in (
-                {"action": "subscribe", "conversation_id": cid},
                 {"action": "send", "conversation_id": cid, "text": "hi"},
                 {"action": "approve", "conversation_id": cid, "interrupt_id": "i-1"},
             ):
                 mallory.send(json.dumps(frame))
                 answer = json.loads(mallory.recv(timeout=10))
-                assert answer["type"] == "error" and answer["error"]["code"] == "NotFound"
+                assert answer["type"] == "error" and answer["error"]["code"] == "not_found"
             # Alice's next reply reaches Alice only.
             alice.send(json.dumps({"action": "send", "conversation_id": cid, "text": "again"}))
             while json.loads(alice.recv(timeout=10)).get("type") != "reply":
@@ -239,7 +247,7 @@ def test_a_conversation_followed_before_it_exists_shows_nothing_of_someone_elses
         wait_reply(server, cid, ALICE, sent.json()["message_id"])
         mallory.send(json.dumps({"action": "send", "conversation_id": cid, "text": "me too"}))
         answer = json.loads(mallory.recv(timeout=10))
-        assert answer["type"] == "error" and answer["error"]["code"] == "NotFound"
+        assert answer["type"] == "error" and answer["error"]["code"] == "not_found"
         mallory.send(json.dumps({"action": "ping"}))
         assert json.loads(mallory.recv(timeout=10)) == {"type": "pong"}
 

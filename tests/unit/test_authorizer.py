@@ -99,8 +99,10 @@ def test_a_bad_token_is_a_401_and_is_never_logged(
         assert value.split(".")[-1] not in logged or not value.count(".")
 
 
-def frame_event(frame: dict[str, Any], principal: dict[str, str] | None) -> dict[str, Any]:
-    ctx: dict[str, Any] = {"routeKey": "$default", "connectionId": "c-1"}
+def frame_event(
+    frame: dict[str, Any], principal: dict[str, str] | None, connection: str = "c-1"
+) -> dict[str, Any]:
+    ctx: dict[str, Any] = {"routeKey": "$default", "connectionId": connection}
     if principal is not None:
         ctx["authorizer"] = principal
     return {"requestContext": ctx, "body": json.dumps(frame)}
@@ -113,9 +115,18 @@ def test_frames_act_as_the_connections_principal(store: InMemoryConversationStor
     first = ingest.handler(frame_event(send, alice), context("ingest"))
     assert first["statusCode"] == 200
     assert store.pending_inbox("ws:acme:1")[0].message.sender == "u-alice"
-    for frame in (send, {"action": "subscribe", "conversation_id": "ws:acme:1"}):
-        refused = ingest.handler(frame_event(frame, eve), context("ingest"))
-        assert refused["statusCode"] == 404, refused
+    refused = ingest.handler(frame_event(send, eve), context("ingest"))
+    assert refused["statusCode"] == 404, refused
+    # Following someone else's conversation is answered as following one that does not
+    # exist (no existence oracle), and records no connection: nothing of it reaches Eve.
+    subscribe = {"action": "subscribe", "conversation_id": "ws:acme:1"}
+    missing_too = {"action": "subscribe", "conversation_id": "ws:acme:nothing-here"}
+    foreign = ingest.handler(frame_event(subscribe, eve, "c-eve"), context("ingest"))
+    unknown = ingest.handler(frame_event(missing_too, eve, "c-eve"), context("ingest"))
+    assert foreign["statusCode"] == unknown["statusCode"] == 200
+    assert json.loads(foreign["body"]) == {"type": "subscribed", "conversation_id": "ws:acme:1"}
+    assert json.loads(unknown["body"])["type"] == "subscribed"
+    assert store.list_connections("ws:acme:1") == ["c-1"]  # Alice's own, not Eve's
     # With an identity provider, a frame without the authorizer's principal is refused.
     missing = ingest.handler(frame_event(send, None), context("ingest"))
     assert missing["statusCode"] == 401

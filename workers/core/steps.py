@@ -259,15 +259,11 @@ def forget_conversation(deps: Deps, conversation_id: str, principal: Principal) 
 
 
 def check_follow(deps: Deps, conversation_id: str, principal: Principal) -> bool:
-    """Whether ``principal`` may follow the conversation's replies: ``True`` if it exists and
-    is theirs, ``False`` if it does not exist yet (a first message will create it for them);
-    ``NotFound`` if it belongs to someone else."""
-    state = deps.store.get_conversation(conversation_id)
-    if state is None:
-        return False
-    if visible(deps, state, principal) is None:
-        raise NotFound.conversation(conversation_id)
-    return True
+    """Whether ``principal`` may follow the conversation's replies now: ``True`` if it exists
+    and is theirs. ``False`` alike for one that does not exist yet (a first message of
+    theirs will create it for them) and for someone else's (it does not exist for them):
+    the answer to a subscription must not tell the two apart."""
+    return visible(deps, deps.store.get_conversation(conversation_id), principal) is not None
 
 
 def check_waiting(state: ConversationState | None, msg: InboundMessage) -> PendingRequest:

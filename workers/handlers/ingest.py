@@ -138,8 +138,9 @@ def _websocket(event: dict[str, Any]) -> dict[str, Any]:
     cid = frame.conversation_id
     try:
         if isinstance(frame, WsSubscribe):
-            # Followed only once it is known to be the caller's: a conversation that does
-            # not exist yet is followed from the caller's own first message.
+            # Followed only once it is known to be the caller's: one that does not exist
+            # yet, or someone else's (answered alike: no existence oracle), is followed from
+            # the caller's own first message, which creates it for them.
             if check_follow(deps, cid, principal):
                 deps.store.add_connection(connection_id, cid, now=deps.clock.now())
             subscribed = {"type": "subscribed", "conversation_id": cid}

@@ -42,14 +42,11 @@ from workers.core.ports import Authenticator
 from workers.errors import (
     AgentWorkerError,
     ApiError,
-    BadInput,
-    NotAllowed,
     NotFound,
-    NotWaiting,
-    PermanentError,
     RetryableError,
     Throttled,
     Unauthenticated,
+    http_error,
 )
 
 log = logging.getLogger(__name__)
@@ -65,33 +62,11 @@ Frame = WsSubscribe | WsSend | WsDecide | WsResume | WsFeedback | WsPing
 
 
 def error_view(exc: AgentWorkerError) -> tuple[int, ErrorView]:
-    """The HTTP status and body of an error: an ``ApiError`` as it says; for the core's
-    errors, 404 for what does not exist, 409 for an answer nobody waits for, 422 for a
-    value out of bounds, 400 for other refusals, 503 for a transient fault."""
-    field = getattr(exc, "field", None)
-    reason = None
-    if isinstance(exc, ApiError):
-        status, code = exc.status, exc.code
-    elif isinstance(exc, BadInput):
-        status, code = (422 if exc.code == "validation_error" else 400), exc.code
-    elif isinstance(exc, Unauthenticated):
-        status, code, reason = 401, "unauthenticated", exc.reason
-    elif isinstance(exc, Throttled):
-        status, code = 429, "throttled"
-    elif isinstance(exc, NotAllowed):
-        status, code = 403, "not_allowed"
-    else:
-        code = type(exc).__name__
-        status = 400
-        if isinstance(exc, NotFound):
-            status = 404
-        elif isinstance(exc, NotWaiting):
-            status = 409
-        elif isinstance(exc, RetryableError):
-            status = 503
-        elif not isinstance(exc, PermanentError):
-            status = 500
-    body = ErrorBody(code=code, message=str(exc), field=field, reason=reason)
+    """The HTTP status and body of an error (:func:`~workers.errors.http_error`), naming the
+    field at fault and, for a refused token, the reason."""
+    status, code = http_error(exc)
+    reason = exc.reason if isinstance(exc, Unauthenticated) else None
+    body = ErrorBody(code=code, message=str(exc), field=getattr(exc, "field", None), reason=reason)
     return status, ErrorView(error=body)
 
 
@@ -462,8 +437,9 @@ class WebSocketSession:
         return frame
 
     async def _follow(self, conversation_id: str) -> Follow:
-        """Follow the conversation (``NotFound`` if it is someone else's): open if it is the
-        caller's, closed until their first message creates it if it does not exist yet."""
+        """Follow the conversation: open if it is the caller's, closed otherwise (it does not
+        exist yet, or it is someone else's, which is answered the same way) until the
+        caller's own first message creates it for them."""
         follow = self.follows.get(conversation_id)
         if follow is not None and follow.open:
             return follow
