@@ -131,6 +131,27 @@ class ApprovalPolicy(BaseModel):
         return " and ".join(parts) or "anyone in the conversation"
 
 
+RESERVED_PREFIXES = ("slack:", "iam:")
+"""Principal ids and tenants of other authenticators (Slack members and workspaces, IAM
+callers): a token may not claim them."""
+RESERVED_TENANTS = frozenset({LOCAL_TENANT, "system", "anonymous", "eval"})
+"""The built-in tenants (the development token's user, trusted backends, callers with no
+authenticator, ``agentworker eval``): a token may not claim them."""
+
+
+def foreign_namespace(value: str) -> bool:
+    """Whether a token's ``sub`` or tenant is in a namespace another authenticator owns."""
+    return value.startswith(RESERVED_PREFIXES)
+
+
+def identity_key(*parts: str) -> str:
+    """One key for several identity parts (tenant and owner, tenant and principal): joined
+    with ``/``, each part's ``%`` and ``/`` percent-encoded, so different parts never give the
+    same key (``acme/team`` + ``bob`` is not ``acme`` + ``team/bob``). Parts without those
+    characters read as before: ``local/local``."""
+    return "/".join(p.replace("%", "%25").replace("/", "%2F") for p in parts)
+
+
 class ClaimMapping(BaseModel):
     """Where a token's claims keep the tenant and the roles (settings ``auth_*_claim``)."""
 
@@ -147,13 +168,22 @@ class ClaimMapping(BaseModel):
         if not isinstance(tenant, str) or not tenant:
             raise ValueError(f"missing_claim: no {self.tenant_claim!r} claim (the tenant)")
         try:
-            return Principal(
+            principal = Principal(
                 id=str(claims["sub"]),
                 tenant=tenant,
                 roles=roles_of(claim(claims, self.roles_claim)),
             )
         except (KeyError, ValidationError):
             raise ValueError("bad_claim: sub or tenant is missing, empty or too long") from None
+        if foreign_namespace(principal.id) or foreign_namespace(tenant):
+            # A token's user must not pass for a Slack member or channel, or an IAM caller.
+            raise ValueError(
+                f"bad_claim: sub and tenant may not start with {' or '.join(RESERVED_PREFIXES)}"
+                " (another authenticator's principals)"
+            )
+        if tenant in RESERVED_TENANTS:
+            raise ValueError(f"bad_claim: the tenant {tenant!r} is reserved")
+        return principal
 
 
 def claim(claims: Mapping[str, Any], path: str) -> Any:

@@ -78,6 +78,37 @@ MessageText = Annotated[
 ]
 
 
+MAX_METADATA_BYTES = 16 * 1024
+"""Largest ``metadata`` of a message: its keys and values, in UTF-8 bytes."""
+MAX_METADATA_KEYS = 64
+
+
+def check_metadata_size(metadata: dict[str, str]) -> dict[str, str]:
+    """Refuse metadata over :data:`MAX_METADATA_BYTES` (it is stored with the message and
+    handed to the graph: without a bound, a message could carry megabytes past the text's)."""
+    size = sum(
+        len(k.encode("utf-8", "surrogatepass")) + len(v.encode("utf-8", "surrogatepass"))
+        for k, v in metadata.items()
+    )
+    if size > MAX_METADATA_BYTES:
+        raise PydanticCustomError(
+            "too_large",
+            "metadata is {size} bytes, over the {limit} byte limit",
+            {"size": size, "limit": MAX_METADATA_BYTES},
+        )
+    return metadata
+
+
+Metadata = Annotated[
+    dict[Annotated[str, Field(min_length=1, max_length=256)], str],
+    AfterValidator(check_metadata_size),
+    Field(
+        max_length=MAX_METADATA_KEYS,
+        description="String keys and values, at most 64 keys and 16 KB in all.",
+    ),
+]
+
+
 MAX_RESUME_BYTES = 64 * 1024
 """Largest answer to an ``interrupt()``, as compact JSON."""
 MAX_RESUME_DEPTH = 32
@@ -194,7 +225,7 @@ class InboundMessage(BaseModel):
     policy: DoubleTextingPolicy | None = Field(
         default=None, description="Sets the conversation's double-texting policy."
     )
-    metadata: dict[str, str] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
     received_at: datetime = Field(default_factory=utcnow)
 
     @field_validator("text", mode="after")
@@ -252,7 +283,7 @@ class MessageRequest(BaseModel):
     text: MessageText = Field(default="", validate_default=True)
     dedupe_key: str | None = Field(default=None, min_length=1, max_length=512)
     policy: DoubleTextingPolicy | None = None
-    metadata: dict[str, str] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
 
     @field_validator("text", mode="after")
     @classmethod
@@ -558,9 +589,14 @@ def slack_principal(team: str, user: str, channel: str) -> Principal:
     from: the conversations of that channel are theirs (owner ``slack:<team>:<channel>``)."""
     return Principal(
         id=f"slack:{team}:{user}",
-        tenant=f"slack:{team}",
+        tenant=slack_tenant(team),
         groups=frozenset({slack_channel_owner(team, channel)}),
     )
+
+
+def slack_tenant(team: str) -> str:
+    """The tenant of a Slack workspace's members and conversations."""
+    return f"slack:{team}"
 
 
 def slack_channel_owner(team: str, channel: str) -> str:

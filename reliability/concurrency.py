@@ -175,7 +175,7 @@ async def _senders(h: Harness, cid: str, size: Size, policy: DoubleTextingPolicy
 
 async def one_conversation(root: Path, size: Size, policy: DoubleTextingPolicy) -> Series:
     series = Series(f"{policy}: one conversation", size.senders, size.messages, 1)
-    cid = f"ticket:{policy}"
+    cid = f"ws:{policy}"
     started = time.perf_counter()
     async with Harness(root / policy, model_ms=size.model_ms) as h:
         await _senders(h, cid, size, policy)
@@ -187,7 +187,7 @@ async def one_conversation(root: Path, size: Size, policy: DoubleTextingPolicy) 
 
 async def many_conversations(root: Path, size: Size) -> Series:
     series = Series("many conversations at once", size.conversations, 2, size.conversations)
-    cids = [f"ticket:many-{i}" for i in range(size.conversations)]
+    cids = [f"ws:many-{i}" for i in range(size.conversations)]
     started = time.perf_counter()
     async with Harness(root / "many", model_ms=size.model_ms) as h:
 
@@ -206,7 +206,7 @@ async def takeover(root: Path) -> Series:
     """A first turn that outlasts its 0.5 s lease: the sweeper (every 0.2 s) takes the
     conversation over and a second run answers; the first run's commit must be refused."""
     series = Series("a run taken over mid-turn", 1, 2, 1)
-    cid = "ticket:takeover"
+    cid = "ws:takeover"
     started = time.perf_counter()
     async with Harness(
         root / "takeover", model_ms=0, lease_ttl_seconds=0.5, sweep_interval_seconds=0.2

@@ -235,22 +235,22 @@ def run(
 
         for variant in variants:
             clean = world([], variant)
-            converse(clean, "ticket:1")
+            converse(clean, "ws:1")
             result.findings.add(clean.finish())
             counts = dict(clean.ledger.writes)
             result.written |= set(counts)
-            points = fault_points(counts, "ticket:1", every=every)
+            points = fault_points(counts, "ws:1", every=every)
             seen: dict[str, dict[str, int]] = {}
             for i, fault in enumerate(points):
                 faulted = world([fault], variant)
-                converse(faulted, "ticket:1")
+                converse(faulted, "ws:1")
                 result.add(faulted.finish(), faulted)
                 seen[f"{i}"] = dict(faulted.ledger.writes)
                 progress(f"{variant.name}: {i + 1}/{len(points)} {fault.label}")
             named = [replace(f, conversation_id=f"{i}") for i, f in enumerate(points)]
             for twice in pairs(second_order(counts, named, seen.__getitem__, name=str)):
-                faulted = world([replace(f, conversation_id="ticket:1") for f in twice], variant)
-                converse(faulted, "ticket:1")
+                faulted = world([replace(f, conversation_id="ws:1") for f in twice], variant)
+                converse(faulted, "ws:1")
                 result.add(faulted.finish(), faulted)
                 progress(f"{variant.name}: {' then '.join(f.label for f in twice)}")
     result.seconds = time.perf_counter() - started

@@ -114,8 +114,8 @@ def run(*, every: bool, progress: Callable[[str], None] = lambda _: None) -> Res
         ledger = Ledger()
         planned: list[Fault] = []
         try:
-            converse(sup, "ticket:kill-clean", ledger, WORKLOAD)
-            clean = writes_of(root, "ticket:kill-clean")
+            converse(sup, "ws:kill-clean", ledger, WORKLOAD)
+            clean = writes_of(root, "ws:kill-clean")
             result.written = set(clean)
             for stage in ("single", "after a restart"):
                 faults = _plan(root, clean, planned, every=every, second=stage != "single")
@@ -161,11 +161,11 @@ def _plan(
     (``second``) a second death right after each write that only the restarts made."""
     if not second:
         points = fault_points(clean, "", every=every, kind="kill -9")
-        return [replace(f, conversation_id=f"ticket:kill-{i}") for i, f in enumerate(points)]
+        return [replace(f, conversation_id=f"ws:kill-{i}") for i, f in enumerate(points)]
     faults: list[Fault] = []
     for first in planned:
         seen = writes_of(root, first.conversation_id)
         for method in sorted(set(seen) - set(clean) - {f.method for f in faults}):
-            cid = f"ticket:kill-twice-{len(faults)}"
+            cid = f"ws:kill-twice-{len(faults)}"
             faults += [replace(first, conversation_id=cid), Fault(method, 1, cid, "kill -9")]
     return faults

@@ -29,6 +29,7 @@ from workers.core.model import (
     TurnCommit,
     TurnOutput,
     TurnRequest,
+    admitted,
 )
 from workers.core.policies import accept_decision, window_start
 from workers.core.ports import Tracer
@@ -88,9 +89,10 @@ class InMemoryConversationStore:
         with self._lock:
             cid = msg.conversation_id
             conv = self._convs.get(cid)
+            owned = None if conv is None else (conv.state.tenant, conv.state.owner)
+            if access is not None and not admitted(access, owned):
+                raise NotFound.conversation(cid)
             if conv is not None:
-                if access is not None and not access.admits(conv.state.tenant, conv.state.owner):
-                    raise NotFound.conversation(cid)
                 for e in conv.inbox:
                     if e.message.effective_dedupe_key == msg.effective_dedupe_key:
                         return AcceptResult(

@@ -600,6 +600,36 @@ def test_a_group_owner_admits_every_member_and_a_backend_needs_no_access(store: 
     assert store.get_conversation(CID).owner == "acme:C1"  # set once, at creation
 
 
+def test_an_append_that_may_not_create_finds_nothing_to_create(store: Any) -> None:
+    """An id in a namespace the caller may not create in (``Access.create`` false): the
+    store refuses to create it in the append's own write, and appends once it exists."""
+    no_create = Access("acme", frozenset({"alice"}), create=False)
+    with pytest.raises(NotFound):
+        store.append_inbox(owned(key="k1"), now=T0, default_policy="enqueue", access=no_create)
+    assert store.get_conversation(CID) is None
+    store.append_inbox(owned(key="k2"), now=T0, default_policy="enqueue", access=ALICE)
+    later = store.append_inbox(owned(key="k3"), now=T0, default_policy="enqueue", access=no_create)
+    assert later.seq == 2
+
+
+def test_a_backends_conversation_admits_only_a_backend_naming_no_one(store: Any) -> None:
+    """A conversation created with no tenant (a backend's) admits ``Access(None, None)``
+    and no user; a user's conversation does not admit a backend naming no one."""
+    backend_access = Access(None, None)
+    anyone = InboundMessage(conversation_id=CID, text="ticket", dedupe_key="k1")
+    store.append_inbox(anyone, now=T0, default_policy="enqueue", access=backend_access)
+    again = anyone.model_copy(update={"dedupe_key": "k2"})
+    second = store.append_inbox(again, now=T0, default_policy="enqueue", access=backend_access)
+    assert second.seq == 2
+    with pytest.raises(NotFound):
+        store.append_inbox(owned(key="k3"), now=T0, default_policy="enqueue", access=ALICE)
+    other = InboundMessage(conversation_id="ws:keep:1", text="x", tenant="acme", owner="alice")
+    store.append_inbox(other, now=T0, default_policy="enqueue", access=ALICE)
+    stray = other.model_copy(update={"tenant": None, "owner": None, "dedupe_key": "k9"})
+    with pytest.raises(NotFound):
+        store.append_inbox(stray, now=T0, default_policy="enqueue", access=backend_access)
+
+
 # --- forget -----------------------------------------------------------------------------------
 
 

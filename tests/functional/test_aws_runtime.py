@@ -226,7 +226,7 @@ def test_approval_arrives_as_an_inbox_message_and_a_new_run_resumes(aws: Aws) ->
     tickets = DynamoDBTicketStore(
         dynamodb=aws.session.client("dynamodb"), table_name=aws.stack.names.table
     )
-    ticket = tickets.get_ticket(1, customer="conversation/ticket:6")
+    ticket = tickets.get_ticket(1, customer="/ticket:6")
     assert ticket is not None and ticket.status == "closed"
 
 
@@ -464,8 +464,11 @@ def test_two_tenants_on_the_aws_stack_with_rs256_tokens(
         aws.wait_executions_done()
         store = bootstrap.aws_deps().store
         assert store.list_connections(cid) == ["c-alice"]
+        # Following it: answered as for an id that does not exist (no oracle).
+        followed = frame(mallory, {"action": "subscribe", "conversation_id": cid})
+        assert followed["statusCode"] == 200
+        assert json.loads(followed["body"])["type"] == "subscribed"
         for body in (
-            {"action": "subscribe", "conversation_id": cid},
             {"action": "send", "conversation_id": cid, "text": "let me in"},
             {"action": "deny", "conversation_id": cid, "interrupt_id": "i-1"},
         ):

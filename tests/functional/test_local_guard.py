@@ -215,3 +215,22 @@ def test_a_principal_over_its_quota_gets_429_with_retry_after(tmp_path: Path) ->
             assert answer["error"]["code"] == "throttled"
         view = httpx.get(f"{srv.url}/v1/conversations/ws:quota:1", headers=srv.auth).json()
         assert [m["text"] for m in view["messages"]] == ["m0", "m1"]  # nothing refused written
+
+
+def test_metadata_is_bounded_and_counted_in_the_bytes_quota(tmp_path: Path) -> None:
+    """Issue 17.13: the bytes quota counted ``text`` only, and ``metadata`` had no bound
+    (about 1 MB per message got past it)."""
+    env = {"AGENTWORKER_QUOTA_TEXT_BYTES_PER_DAY": "3000"}
+    with ServerProcess(tmp_path, env=env) as srv:
+        url = f"{srv.url}/v1/conversations/ws:meta:1/messages"
+
+        def post(metadata: dict[str, str]) -> httpx.Response:
+            return httpx.post(url, json={"text": "hi", "metadata": metadata}, headers=srv.auth)
+
+        huge = post({"k": "v" * 20_000})
+        assert huge.status_code == 413 and huge.json()["error"]["field"] == "metadata"
+        assert post({f"k{i}": "v" for i in range(65)}).status_code == 422
+        assert post({"k": "v" * 2000}).status_code == 202
+        # 2 + 2001 bytes spent of 3000: another 1000 bytes of metadata are past the quota.
+        over = post({"k": "v" * 1000})
+        assert over.status_code == 429 and over.json()["error"]["code"] == "throttled"

@@ -72,7 +72,7 @@ def test_restart_mid_conversation_keeps_history_and_context(tmp_path: Path) -> N
 
 
 def test_a_crash_mid_turn_loses_nothing_and_answers_once(tmp_path: Path) -> None:
-    cid = "ticket:crash"
+    cid = "ws:crash"
     slow = ServerProcess(tmp_path, env={"AGENTWORKER_MODEL": "offline:1500"}).start()
     try:
         first = send(slow, cid, "first, during the crash")

@@ -336,7 +336,7 @@ def test_a_turn_retried_by_the_run_after_a_throttle_opens_one_ticket() -> None:
     sink, starter = RecordingSink(), RecordingStarter()
     deps = Deps(store, agent, sink, starter, clock, settings=TurnSettings(retry_base_delay=0.0))
     accept_message(
-        deps, InboundMessage(conversation_id="ticket:9", text="open a ticket about X"), LOCAL_USER
+        deps, InboundMessage(conversation_id="ws:9", text="open a ticket about X"), LOCAL_USER
     )
     summary = drive_run(deps, starter.runs.pop())
     assert THROTTLED and summary.turns == 1

@@ -261,8 +261,8 @@ def test_an_accept_on_a_wrong_prediction_costs_one_more_call_and_is_right(
 def test_a_whole_run_through_the_core(store: DynamoDBConversationStore) -> None:
     sink, starter = RecordingSink(), RecordingStarter()
     deps = Deps(store, ScriptedAgent(), sink, starter, ManualClock(T0))
-    accept_message(deps, msg("one", "1"), LOCAL_USER)
-    accept_message(deps, msg("two", "2"), LOCAL_USER)
+    accept_message(deps, msg("one", "1", cid="ws:4711"), LOCAL_USER)
+    accept_message(deps, msg("two", "2", cid="ws:4711"), LOCAL_USER)
     store.api_calls.reset()
     summary = drive_run(deps, starter.runs[0])
     assert summary.turns == 2 and summary.ended == "idle"

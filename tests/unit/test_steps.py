@@ -561,14 +561,66 @@ def test_another_principal_finds_nothing_to_read_post_follow_or_answer() -> None
     assert check_follow(w.deps, "ws:new:one", MALLORY) is False  # theirs to create
 
 
-def test_a_backend_acts_on_any_conversation_and_names_the_sender() -> None:
+def test_a_backend_speaks_in_a_users_conversation_only_for_its_owner() -> None:
+    """Issue 17.3: a backend's message was appended to any conversation of its id. Now the
+    owner is checked on every append, backends included: a backend reaches a user's
+    conversation by naming its tenant and owner (it speaks for them); a message naming no
+    one goes only to a conversation a backend created; answers and reads reach any."""
     w = World()
     w.send("hi")
     service = backend("iam:arn:aws:iam::1:role/tickets")
-    msg = InboundMessage(conversation_id=CID, text="from the desk", sender="agent-7")
-    accept_message(w.deps, msg, service)
-    assert [e.message.sender for e in w.store.pending_inbox(CID)] == ["local", "agent-7"]
+    anonymous = InboundMessage(conversation_id=CID, text="from the desk", sender="agent-7")
+    with pytest.raises(NotFound):
+        accept_message(w.deps, anonymous, service)
+    for tenant, owner in (("acme", "local"), ("local", "someone-else")):
+        wrong = anonymous.model_copy(update={"tenant": tenant, "owner": owner})
+        with pytest.raises(NotFound):
+            accept_message(w.deps, wrong, service)
+    named = anonymous.model_copy(update={"tenant": "local", "owner": "local"})
+    accept_message(w.deps, named, service)
+    pending = w.store.pending_inbox(CID)
+    assert [e.message.sender for e in pending] == ["local", "agent-7"]
+    assert pending[1].message.vouched_by == service.id
     assert history(w.deps, CID, service) is not None
+    # A conversation a backend creates without naming anyone is the backends' alone.
+    accept_message(w.deps, InboundMessage(conversation_id="ticket:1", text="new"), service)
+    state = w.store.get_conversation("ticket:1")
+    assert state is not None and state.tenant is None and state.owner is None
+    with pytest.raises(NotFound):
+        accept_message(w.deps, InboundMessage(conversation_id="ticket:1", text="me"), LOCAL_USER)
+
+
+def test_ids_of_the_backends_and_of_slack_cannot_be_squatted_by_users() -> None:
+    """Issue 17.3: a user created ``ticket:77`` (or a Slack thread's id) first; the real
+    owner's traffic was then appended to it or refused. Users may not create ids in the
+    backends' namespace (``ticket:``) nor Slack's (``slack:``, unless they are a member of
+    that workspace and channel); they are answered as for any id that does not exist."""
+    w = World()
+    alice = Principal(id="alice", tenant="acme")
+    member = Principal(id="slack:T1:UA", tenant="slack:T1", groups=frozenset({"slack:T1:C1"}))
+    thread = "slack:T1:C1:1700000000.0001"
+    for cid, who in (
+        ("ticket:77", alice),
+        (thread, alice),
+        ("slack:T1:C2:1700000000.0001", member),  # another channel of the workspace
+        ("slack:T1:C1", member),  # not a thread id
+        ("ticket:77", member),
+    ):
+        with pytest.raises(NotFound):
+            accept_message(w.deps, InboundMessage(conversation_id=cid, text="mine now"), who)
+        assert w.store.get_conversation(cid) is None
+    # The real owners create them.
+    ticket = InboundMessage(conversation_id="ticket:77", text="printer", sender="customer")
+    accept_message(w.deps, ticket, backend("helpdesk"))
+    accept_message(w.deps, InboundMessage(conversation_id=thread, text="hi"), member, owner=CHANNEL)
+    # A backend's ticket for a customer it names: the customer may use it (never create it).
+    mine = InboundMessage(conversation_id="ticket:78", text="hi", tenant="acme", owner="alice")
+    accept_message(w.deps, mine, backend("helpdesk"))
+    accept_message(w.deps, InboundMessage(conversation_id="ticket:78", text="and?"), alice)
+    assert [e.message.sender for e in w.store.pending_inbox("ticket:78")][-1] == "alice"
+    # Everything else is the users' namespace: first come.
+    accept_message(w.deps, InboundMessage(conversation_id="ws:acme:1", text="hi"), alice)
+    accept_message(w.deps, InboundMessage(conversation_id="6f1c2d", text="hi"), alice)
 
 
 # --- approval policies ------------------------------------------------------------------------
@@ -779,13 +831,13 @@ def test_a_principal_over_its_quota_is_throttled_and_nothing_is_written() -> Non
     bob = Principal(id="bob", tenant="acme")
     accept_message(w.deps, InboundMessage(conversation_id="ws:q:2", text="hi"), bob)  # his own
     w.clock.t += 60
-    with pytest.raises(Throttled, match="bytes of text per day") as too_long:
+    with pytest.raises(Throttled, match="bytes per day") as too_long:
         send("x" * 15)  # 6 + 15 bytes today: over 20
     assert too_long.value.field == "text" and too_long.value.retry_after > 3600
     # Trusted backends have no quota.
     for _ in range(5):
         accept_message(
-            w.deps, InboundMessage(conversation_id="ws:q:1", text="x" * 30), backend("iam:x")
+            w.deps, InboundMessage(conversation_id="ticket:q", text="x" * 30), backend("iam:x")
         )
 
 
@@ -934,3 +986,29 @@ def test_the_deliver_step_of_a_run_taken_over_sends_nothing() -> None:
     fresh.sink.failing = False
     assert deliver_run(fresh.deps, step.run) == 1  # while it holds the lease: sent
     assert fresh.texts() == ["echo hi"]
+
+
+def test_answers_and_metadata_spend_the_bytes_quota_and_feedback_the_quotas() -> None:
+    """Issue 17.13: only ``text`` counted, so ``metadata`` and answers went past the bytes
+    quota, and feedback had no quota at all."""
+    from workers.core.feedback import give_feedback
+
+    w = World(quota_text_bytes_per_day=1000, quota_messages_per_minute=3)
+    alice = Principal(id="alice", tenant="acme")
+    cid = "ws:acme:q"
+    msg = InboundMessage(conversation_id=cid, text="hi", metadata={"k": "v" * 900})
+    accept_message(w.deps, msg, alice)
+    w.run_all()
+    again = InboundMessage(conversation_id=cid, text="hi", metadata={"k": "v" * 200})
+    with pytest.raises(Throttled, match="bytes per day"):
+        accept_message(w.deps, again, alice)
+    [reply] = [p for p in w.sink.sent if isinstance(p, Reply)]
+    w.clock.t += 60  # a new minute (the bytes stay spent for the day)
+    with pytest.raises(Throttled, match="bytes per day"):
+        give_feedback(w.deps, alice, cid, reply_id=reply.reply_id, score=1, comment="x" * 200)
+    # The refused rating spent one message of this minute (only the quota that refuses
+    # spends nothing): two more ratings, then the messages quota refuses.
+    for _ in range(2):
+        give_feedback(w.deps, alice, cid, reply_id=reply.reply_id, score=1)
+    with pytest.raises(Throttled, match="messages per minute"):
+        give_feedback(w.deps, alice, cid, reply_id=reply.reply_id, score=-1)

@@ -11,7 +11,7 @@ import logging
 from events.identity import Principal
 from events.outbound import OutboxPayload
 from workers.core.ports import Feedback
-from workers.core.steps import Deps, history
+from workers.core.steps import Deps, history, spend_quotas
 from workers.errors import BadInput, NotFound
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,8 @@ def give_feedback(
     of the turn that wrote it, with the principal as its source. What was handed to the
     tracer is returned (the comment is redacted by the tracer, when redaction is on).
 
+    A rating is a write like a message: it spends one of the principal's messages per
+    minute and its comment's bytes of the daily quota (``Throttled`` past them).
     ``NotFound`` for a conversation the principal may not use (as if it did not exist), and
     for a reply id that is not one of its replies, approval requests or interrupts: a notice
     (a rejected double-text, a failure) has no turn to rate. ``BadInput``
@@ -55,6 +57,8 @@ def give_feedback(
     found = history(deps, conversation_id, principal)
     if found is None:
         raise NotFound.conversation(conversation_id)
+    comment_bytes = len((comment or "").encode("utf-8", "surrogatepass"))
+    spend_quotas(deps, principal, messages=1, size=comment_bytes)
     turn_id = _turn_of(reply_id, [e.payload for e in found.outbox])
     if turn_id is None:
         raise NotFound(

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from events.identity import identity_key
 from events.inbound import DoubleTextingPolicy, InboundMessage
 from events.outbound import (
     AcceptedView,
@@ -54,15 +55,29 @@ class AcceptResult:
 @dataclass(frozen=True)
 class Access:
     """What a conversation must belong to for a caller to use it: ``tenant``, and one of
-    ``owners``. Built by :func:`~workers.core.policies.access_for`; a store applies it in
-    the write that appends a message (``NotFound`` otherwise, nothing written)."""
+    ``owners``. Built by :func:`~workers.core.policies.access_for` and
+    :func:`~workers.core.policies.append_access`; a store applies it in the write that
+    appends a message (``NotFound`` otherwise, nothing written)."""
 
-    tenant: str
+    tenant: str | None
+    """``None``: conversations a trusted backend created without naming a tenant."""
     owners: frozenset[str] | None
     """``None``: any owner in the tenant (a principal with a tenant-wide role)."""
+    create: bool = True
+    """Whether the append may create the conversation (``False``: an id in a namespace the
+    caller may not create in; a missing conversation is then ``NotFound``)."""
 
     def admits(self, tenant: str | None, owner: str | None) -> bool:
         return tenant == self.tenant and (self.owners is None or owner in self.owners)
+
+
+def admitted(access: Access, owned: tuple[str | None, str | None] | None) -> bool:
+    """Whether an append under ``access`` may go to a conversation owned by ``owned``
+    (its tenant and owner; ``None``: it does not exist, and the append would create it).
+    Every store decides with this, in its append's write."""
+    if owned is None:
+        return access.create
+    return access.admits(*owned)
 
 
 @dataclass(frozen=True)
@@ -135,10 +150,12 @@ class ConversationState:
     @property
     def customer(self) -> str:
         """Who the conversation serves, for what its tools keep (tickets): its tenant and
-        owner, or the conversation itself when a backend created it without them."""
+        owner, or the conversation itself when a backend created it without them (an empty
+        tenant part, which no principal has). One :func:`~events.identity.identity_key`, so
+        no two of them read alike."""
         if self.tenant is None:
-            return f"conversation/{self.conversation_id}"
-        return f"{self.tenant}/{self.owner}"
+            return identity_key("", self.conversation_id)
+        return identity_key(self.tenant, self.owner or "")
 
     def lease_live(self, now: float) -> bool:
         return self.lease_token is not None and (self.lease_expires_at or 0.0) > now

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from events.identity import ApprovalPolicy, Principal
-from events.inbound import DoubleTextingPolicy, InboundMessage
+from events.inbound import (
+    DoubleTextingPolicy,
+    InboundMessage,
+    is_slack_conversation,
+    slack_channel_owner,
+    slack_tenant,
+    slack_thread_of,
+)
 from events.outbound import ApprovalRequest, InterruptRequest
 from workers.core.model import (
     Access,
@@ -52,6 +59,53 @@ def access_for(principal: Principal, tenant_roles: Set[str] = frozenset()) -> Ac
     if principal.roles & tenant_roles:
         return Access(principal.tenant, None)
     return Access(principal.tenant, principal.owners)
+
+
+def append_access(
+    principal: Principal, msg: InboundMessage, tenant_roles: Set[str] = frozenset()
+) -> Access | None:
+    """What the conversation ``msg`` is appended to must belong to, checked by the store in
+    the append's own write (``None``: any conversation).
+
+    - A user: their tenant and owners (:func:`access_for`); they may create it only where
+      :func:`may_create` lets them.
+    - A trusted backend's message for the agent: exactly the tenant and owner the backend
+      speaks for (none named: a conversation a backend created without them). A backend
+      reaches a user's conversation only by naming its tenant and owner, and never lands
+      in one by reusing its id.
+    - A trusted backend's answer (an approval or a resume value it decides for the user it
+      names) and erasure: any conversation."""
+    if principal.service:
+        if msg.answers is not None:
+            return None
+        owners = None if msg.owner is None else frozenset({msg.owner})
+        return Access(msg.tenant, owners)
+    access = access_for(principal, tenant_roles)
+    return access and replace(access, create=may_create(principal, msg.conversation_id))
+
+
+SLACK_NAMESPACE = "slack:"
+"""Conversation ids of Slack threads (``slack:<team>:<channel>:<thread ts>``): created only
+by Slack's own entry points, for a member of that channel."""
+BACKEND_NAMESPACES = ("ticket:",)
+"""Conversation ids that trusted backends create (a helpdesk's ``ticket:<id>``): a user may
+use one that was created for them, never create one (nor block it for its real owner)."""
+
+
+def may_create(principal: Principal, conversation_id: str) -> bool:
+    """Whether ``principal`` may create the conversation ``conversation_id``: anyone in the
+    users' namespace (every id but the ones below, first come); a Slack thread's id only a
+    member of its workspace and channel (a Slack principal); a backend's namespace only a
+    trusted backend. Predictable ids can so be neither squatted nor blocked in advance."""
+    if principal.service:
+        return True
+    if conversation_id.startswith(SLACK_NAMESPACE):
+        if not is_slack_conversation(conversation_id):
+            return False
+        team, channel, _ = slack_thread_of(conversation_id)
+        in_channel = slack_channel_owner(team, channel) in principal.owners
+        return principal.tenant == slack_tenant(team) and in_channel
+    return not conversation_id.startswith(BACKEND_NAMESPACES)
 
 
 def may_access(

@@ -13,6 +13,7 @@ window, commits, and releases the lease with the delivery marks: four.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import random
 import time
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Literal, TypeVar
 
-from events.identity import ApprovalPolicy, Principal
+from events.identity import ApprovalPolicy, Principal, identity_key
 from events.inbound import DoubleTextingPolicy, InboundMessage, new_id
 from events.outbound import (
     ApprovalRequest,
@@ -61,7 +62,7 @@ from workers.core.model import (
 )
 from workers.core.policies import (
     TurnPlan,
-    access_for,
+    append_access,
     as_sent_by,
     authorize_answer,
     backoff_delay,
@@ -163,9 +164,8 @@ def accept_message(
     value) is accepted only while the conversation waits for exactly that interrupt:
     ``NotFound`` for an unknown conversation, ``NotWaiting`` otherwise."""
     msg = as_sent_by(msg, principal, owner=owner)
-    access = access_for(principal, deps.settings.tenant_roles)
-    if not principal.service:
-        check_quotas(deps, principal, msg)
+    access = append_access(principal, msg, deps.settings.tenant_roles)
+    check_quotas(deps, principal, msg)
     waiting: ConversationState | None = None
     if msg.answers is not None:
         waiting = visible(deps, deps.store.get_conversation(msg.conversation_id), principal)
@@ -198,20 +198,39 @@ def accept_message(
 
 def check_quotas(deps: Deps, principal: Principal, msg: InboundMessage) -> None:
     """``Throttled`` (with the seconds to wait) when the message would take its sender past
-    a configured quota: messages per minute, text bytes per day. Trusted backends have
-    none."""
-    who = f"{principal.tenant}/{principal.id}"
+    a configured quota: messages per minute, bytes per day (everything of the message a
+    user chose: its text, metadata, answer). Trusted backends have none."""
+    spend_quotas(deps, principal, messages=1, size=message_bytes(msg))
+
+
+def message_bytes(msg: InboundMessage) -> int:
+    """What a message costs the daily bytes quota: the UTF-8 bytes of its text, its
+    metadata's keys and values, an answer's value (as JSON) and reason."""
+
+    def size(text: str) -> int:
+        return len(text.encode("utf-8", "surrogatepass"))
+
+    total = size(msg.text) + sum(size(k) + size(v) for k, v in msg.metadata.items())
+    if msg.resume is not None:
+        total += size(json.dumps(msg.resume.value, separators=(",", ":")))
+    if msg.approval is not None:
+        total += size(msg.approval.reason)
+    return total
+
+
+def spend_quotas(deps: Deps, principal: Principal, *, messages: int, size: int) -> None:
+    """Spend ``messages`` of the principal's messages per minute and ``size`` bytes of its
+    bytes per day (every write a user makes: messages, answers, feedback); ``Throttled``
+    when that would go past a configured quota (the quota that refuses spends nothing).
+    Trusted backends have none."""
+    if principal.service:
+        return
+    who = identity_key(principal.tenant, principal.id)
     now = deps.clock.now()
     settings = deps.settings
     quotas = (
-        ("messages", settings.quota_messages_per_minute, 1, 60.0, "messages per minute"),
-        (
-            "text_bytes",
-            settings.quota_text_bytes_per_day,
-            len(msg.text.encode("utf-8", "surrogatepass")),
-            86_400.0,
-            "bytes of text per day",
-        ),
+        ("messages", settings.quota_messages_per_minute, messages, 60.0, "messages per minute"),
+        ("text_bytes", settings.quota_text_bytes_per_day, size, 86_400.0, "bytes per day"),
     )
     for name, limit, amount, window, unit in quotas:
         if limit is None or amount == 0:

@@ -102,6 +102,7 @@ from workers.core.model import (
     OutboxEntry,
     PendingWork,
     TurnCommit,
+    admitted,
 )
 from workers.core.policies import AcceptDecision, accept_decision, window_start
 from workers.errors import LeaseLost, NotFound, PermanentError, RetryableError, TurnSuperseded
@@ -190,7 +191,7 @@ class DynamoDBConversationStore:
                 found = self._table.batch_get([(pk, META_SK), (pk, dedupe_sk)])
                 marker = found.get((pk, dedupe_sk))
                 meta = found.get((pk, META_SK))
-            if meta is not None and access is not None and not access.admits(*_owner(meta)):
+            if access is not None and not admitted(access, None if meta is None else _owner(meta)):
                 raise NotFound.conversation(msg.conversation_id)
             if marker is not None:
                 return _duplicate(marker)

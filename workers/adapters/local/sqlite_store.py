@@ -33,6 +33,7 @@ from workers.core.model import (
     OutboxEntry,
     PendingWork,
     TurnCommit,
+    admitted,
 )
 from workers.core.policies import accept_decision, window_start
 from workers.errors import LeaseLost, NotFound, TurnSuperseded
@@ -182,7 +183,8 @@ class SqliteConversationStore:
                 " FROM conversations WHERE conversation_id = ?",
                 (cid,),
             ).fetchone()
-            if conv is not None and access is not None and not access.admits(conv[4], conv[5]):
+            owned = None if conv is None else (conv[4], conv[5])
+            if access is not None and not admitted(access, owned):
                 raise NotFound.conversation(cid)
             row = db.execute(
                 "SELECT message_id, seq, status FROM inbox"

@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS tickets (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS ticket_migrations (name TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tool_effects (
     idempotency_key TEXT PRIMARY KEY,
     ticket_id INTEGER NOT NULL
@@ -48,6 +49,18 @@ class SqliteTicketStore:
             db.execute(
                 "ALTER TABLE tickets ADD COLUMN customer TEXT NOT NULL DEFAULT 'local/local'"
             )
+        with database.transaction() as tx:
+            done = tx.execute(
+                "INSERT OR IGNORE INTO ticket_migrations (name) VALUES ('customer_keys')"
+            )
+            if done.rowcount:
+                # A backend's conversation's customer was ``conversation/<id>``, which a
+                # tenant named "conversation" could have been too: it is now ``/<id>`` (no
+                # tenant is empty). Once: a later tenant "conversation" keeps its tickets.
+                tx.execute(
+                    "UPDATE tickets SET customer = substr(customer, 13)"
+                    " WHERE customer = 'conversation/' || conversation_id"
+                )
 
     def create_ticket(
         self,
