@@ -1,7 +1,7 @@
 """Property-based fuzzing of the local server's entry points, on a real embedded runtime
 (SQLite, the offline model): ``CASES`` hostile request bodies and ``CASES`` hostile
-WebSocket frames on one socket; every one gets a 2xx/4xx JSON answer and the server keeps
-serving."""
+WebSocket frames (text and binary) on one socket; every one gets a 2xx/4xx JSON answer and
+the server keeps serving."""
 
 from __future__ import annotations
 
@@ -84,7 +84,10 @@ def test_websocket_frames(client: TestClient) -> None:
         @given(hostile(ws_frames))
         def run(raw: str | bytes) -> None:
             ran[0] += 1
-            ws.send_text(raw if isinstance(raw, str) else raw.decode("utf-8", "replace"))
+            if isinstance(raw, bytes):
+                ws.send_bytes(raw)  # a binary frame
+            else:
+                ws.send_text(raw)
             while True:  # replies of earlier frames may come in between
                 answer = ws.receive_json()
                 if answer.get("type") in ("accepted", "subscribed", "pong", "error"):
