@@ -267,6 +267,19 @@ def test_a_signed_slack_body_that_is_hostile_is_a_400(store: InMemoryConversatio
     assert (status, answer["error"]["code"]) == (400, "bad_unicode")
 
 
+@pytest.mark.parametrize("timestamp", ["1" * 4000, "1" * 5000, "1e9", "-1", "\u0661" * 10])
+def test_a_slack_timestamp_that_is_no_unix_time_is_a_401(
+    store: InMemoryConversationStore, timestamp: str
+) -> None:
+    """Checked before the signature, so anyone can send it: 4,000 digits overflowed the
+    float it was compared with (an unhandled error)."""
+    event = slack_request(slack_fixture("message_thread.json"))
+    event["headers"]["x-slack-request-timestamp"] = timestamp
+    status, answer = call_slack(event)
+    assert (status, answer["error"]["code"]) == (401, "invalid_signature")
+    assert store.calls == []
+
+
 def test_a_signed_slack_event_that_is_a_string_is_ignored(
     store: InMemoryConversationStore,
 ) -> None:
