@@ -25,7 +25,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from events.identity import Principal
-from events.json_input import parse_json
+from events.json_input import check_value, parse_json
+from workers.errors import BadInput
 
 MAX_MESSAGE_BYTES = 256 * 1024
 """Largest accepted message text, in UTF-8 bytes (the Step Functions/SQS payload cap)."""
@@ -131,12 +132,19 @@ def _depth(value: Any, limit: int) -> int:
 
 
 def check_resume_value(value: JsonValue) -> JsonValue:
-    """Refuse an answer nested deeper than :data:`MAX_RESUME_DEPTH` or larger than
-    :data:`MAX_RESUME_BYTES` (it is stored and handed to the graph as is)."""
+    """Refuse an answer nested deeper than :data:`MAX_RESUME_DEPTH`, larger than
+    :data:`MAX_RESUME_BYTES`, or holding what :func:`~events.json_input.check_value` refuses
+    (it is stored and handed to the graph as is)."""
     if _depth(value, MAX_RESUME_DEPTH) > MAX_RESUME_DEPTH:
         raise PydanticCustomError(
             "too_deep", "nested deeper than {limit} levels", {"limit": MAX_RESUME_DEPTH}
         )
+    try:
+        # A value parsed elsewhere (an event the Lambda runtime decoded) has not been
+        # through parse_json: a number past 64 bits would fail the turn that keeps it.
+        check_value(value, what="value")
+    except BadInput as exc:
+        raise PydanticCustomError(exc.code, str(exc).partition(": ")[2]) from None
     size = len(json.dumps(value, separators=(",", ":")).encode("utf-8", "surrogatepass"))
     if size > MAX_RESUME_BYTES:
         raise PydanticCustomError(
@@ -559,8 +567,11 @@ class SlackEventEnvelope(BaseModel):
         return self.event.bot_id is not None or self.event.subtype == "bot_message"
 
     def principal(self) -> Principal:
-        """The sender, as the signed request proves them: a member of its channel."""
-        return slack_principal(self.team_id, self.event.user or "unknown", self.event.channel)
+        """The sender, as the signed request proves them: a member of its channel
+        (``ValueError`` for a message without a user: nobody to act as)."""
+        if not self.event.user:
+            raise ValueError("event.user: a message from a person names them")
+        return slack_principal(self.team_id, self.event.user, self.event.channel)
 
     def to_inbound(self) -> InboundMessage:
         ev = self.event

@@ -1,6 +1,8 @@
 """Hypothesis strategies for hostile input: bytes that are not JSON, any JSON value, deep
-nesting, lone UTF-16 surrogates (escaped, as JSON carries them), and bodies shaped like an
-entry point's own with any value in any field. Shared by the fuzzers of every entry point."""
+nesting, lone UTF-16 surrogates (escaped, as JSON carries them), numbers no parser should
+take at face value (thousands of digits, past 64 bits, overflowing to infinity, ``NaN``), and
+bodies shaped like an entry point's own with any value in any field. Shared by the fuzzers of
+every entry point; a ``bytes`` case is what a WebSocket fuzzer sends as a binary frame."""
 
 from __future__ import annotations
 
@@ -53,14 +55,41 @@ def with_surrogate(text: str, escape: str) -> str:
     return json.dumps(text)[:-1] + escape + '"'
 
 
+number_literal = st.one_of(
+    st.sampled_from(
+        [
+            "1" * 5000,  # past Python's int-string limit (4,300 digits): ValueError
+            "-" + "9" * 4300,
+            str(2**63),  # one past 64 bits
+            str(-(2**63) - 1),
+            "1e999",  # overflows to inf
+            "-1e999",
+            "1" * 400 + ".5",
+            "NaN",  # Python's json takes these; they are not JSON
+            "Infinity",
+            "-Infinity",
+        ]
+    ),
+    st.integers(min_value=-(2**300), max_value=2**300).map(str),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+)
+"""A number as JSON text: within bounds or far outside them (which ``json.dumps`` of a Python
+value could not even write)."""
+
+
 def shaped(fields: dict[str, Any]) -> st.SearchStrategy[str]:
     """JSON objects with some of ``fields`` (a strategy each) and junk keys, serialised; one
-    in a few with a string field carrying a lone surrogate instead."""
+    in a few with a field carrying a lone surrogate or a number literal instead."""
     base = st.fixed_dictionaries({}, optional={**fields, "junk": json_values, "": json_values}).map(
         json.dumps
     )
-    poisoned = st.tuples(base, st.sampled_from(sorted(fields)), surrogate).map(
-        lambda t: t[0][:-1] + ("," if len(t[0]) > 2 else "") + f'"{t[1]}": "x{t[2]}"' + "}"
+    poison = (
+        surrogate.map(lambda s: f'"x{s}"')
+        | number_literal
+        | number_literal.map(lambda n: f'{{"v": [{n}]}}')
+    )
+    poisoned = st.tuples(base, st.sampled_from(sorted(fields)), poison).map(
+        lambda t: t[0][:-1] + ("," if len(t[0]) > 2 else "") + f'"{t[1]}": {t[2]}' + "}"
     )
     return base | poisoned
 
@@ -76,6 +105,7 @@ def hostile(shape: st.SearchStrategy[str]) -> st.SearchStrategy[str | bytes]:
         st.integers(min_value=1, max_value=400).map(_nested),
         st.integers(min_value=1, max_value=400).map(lambda n: "[" * n + "]" * n),
         st.tuples(st.text(max_size=20), surrogate).map(lambda t: with_surrogate(*t)),
+        number_literal,
     )
 
 

@@ -61,8 +61,8 @@ class NotFound(PermanentError):
 
 class BadInput(PermanentError, ValueError):
     """Input that is not what an entry point takes (not JSON, nested too deep, a lone UTF-16
-    surrogate, not an object): a 400 naming the ``code``, never a crash. A ``ValueError``
-    too, so parsers that catch those catch it."""
+    surrogate, a number out of range, not an object): a 400 naming the ``code``, never a
+    crash. A ``ValueError`` too, so parsers that catch those catch it."""
 
     def __init__(self, code: str, message: str, *, field: str | None = None) -> None:
         super().__init__(message, field=field)

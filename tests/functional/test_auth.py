@@ -4,6 +4,7 @@ trying to read, post into, follow and answer the other's conversation."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
@@ -12,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 from websockets.sync.client import connect
 
 from events.identity import Principal
+from tests.fakes import in_memory_aws
 from tests.functional.identity_env import (
     AUDIENCE,
     HS_SECRET,
@@ -27,8 +30,11 @@ from tests.functional.identity_env import (
     unsigned,
 )
 from tests.functional.server_process import ServerProcess
+from workers import bootstrap
 from workers.adapters.tokens import JwtAuthenticator
-from workers.errors import ConfigError, RetryableError, Unauthenticated
+from workers.errors import AuthorizerRefusal, ConfigError, RetryableError, Unauthenticated
+from workers.handlers import authorizer
+from workers.sandbox.emulator import LambdaContextStub
 
 RSA, EC = KeyPair.rsa(), KeyPair.ec()
 
@@ -84,6 +90,102 @@ def test_bad_tokens_are_refused_with_a_reason(
     auth: JwtAuthenticator, token: str | None, reason: str
 ) -> None:
     assert refused(auth, token) == reason
+
+
+def forged(header: dict[str, Any], payload: str | None = None) -> str:
+    """A token with ``header``, ``payload`` (JSON text; valid claims by default) and a
+    signature nobody made."""
+
+    def part(data: str | bytes) -> str:
+        raw = data.encode() if isinstance(data, str) else data
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    body = json.dumps(claims("a")) if payload is None else payload
+    return ".".join([part(json.dumps(header)), part(body), part(bytes(256))])
+
+
+class UnnamedAlgorithm(KeyPair):
+    """A key its JWKS publishes without ``alg`` (as some providers do)."""
+
+    def jwk(self) -> dict[str, Any]:
+        return {k: v for k, v in super().jwk().items() if k != "alg"}
+
+
+class ForEncryption(KeyPair):
+    def jwk(self) -> dict[str, Any]:
+        return super().jwk() | {"use": "enc"}
+
+
+RSA_UNNAMED = UnnamedAlgorithm("rsa-unnamed", "RS256", KeyPair.rsa().private)
+EC_UNNAMED = UnnamedAlgorithm("ec-unnamed", "ES256", KeyPair.ec().private)
+RSA_ENC = ForEncryption("rsa-enc", "RS256", KeyPair.rsa().private)
+
+
+@pytest.fixture(scope="module")
+def every_key() -> Iterator[JwtAuthenticator]:
+    """An authenticator whose JWKS holds keys with and without ``alg`` and one for
+    encryption."""
+    with jwks_server(RSA, EC, RSA_UNNAMED, EC_UNNAMED, RSA_ENC) as keys:
+        yield JwtAuthenticator(jwks_url=keys.url, issuer=ISSUER, audience=AUDIENCE)
+
+
+def signed(key: KeyPair, alg: str) -> str:
+    return jwt.encode(claims("a"), key.private, algorithm=alg, headers={"kid": key.kid})
+
+
+@pytest.mark.parametrize(
+    ("token", "reason"),
+    [
+        # The issue's: the header's alg picked a verifier for another kind of key (a 500).
+        (forged({"alg": "ES256", "kid": "rsa-1"}), "alg_not_allowed"),
+        (forged({"alg": "RS256", "kid": "ec-1"}), "alg_not_allowed"),
+        (forged({"alg": "PS256", "kid": "ec-1"}), "alg_not_allowed"),
+        (forged({"alg": "ES384", "kid": "ec-unnamed"}), "alg_not_allowed"),  # a P-256 key
+        # Signed by the key, but with an algorithm it is not published for.
+        (signed(RSA, "PS256"), "alg_not_allowed"),
+        (signed(RSA, "RS384"), "alg_not_allowed"),
+        (signed(RSA_UNNAMED, "PS256"), "alg_not_allowed"),  # no alg: RSA keys sign RS256
+        (forged({"alg": "EdDSA", "kid": "rsa-1"}), "alg_not_allowed"),
+        (
+            jwt.encode(claims("a"), "k" * 40, algorithm="HS256", headers={"kid": "rsa-1"}),
+            "alg_not_allowed",
+        ),
+        (RSA_ENC.sign(claims("a")), "unknown_key"),  # a key for encryption signs nothing
+        (forged({"alg": "RS256", "kid": 5}), "malformed"),
+        # The claims are read before the signature to find the key: a 5,000-digit number
+        # there is a malformed token, not a crash.
+        (forged({"alg": "RS256", "kid": "rsa-1"}, '{"exp": ' + "1" * 5000 + "}"), "malformed"),
+    ],
+)
+def test_a_header_alg_its_key_does_not_sign_with_is_refused(
+    every_key: JwtAuthenticator, token: str, reason: str
+) -> None:
+    assert refused(every_key, token) == reason
+    # What the keys do sign still passes, whether the JWKS names their alg or not.
+    for key in (RSA, EC, RSA_UNNAMED, EC_UNNAMED):
+        assert every_key.authenticate(key.sign(claims("a"))).id == "a"
+
+
+def test_the_aws_authorizer_refuses_an_es256_header_naming_an_rsa_key(
+    monkeypatch: pytest.MonkeyPatch, jwks: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The issue's: a 500 from the ``$connect`` authorizer; API Gateway's 401 now, and the
+    token is not logged."""
+    in_memory_aws(monkeypatch, AGENTWORKER_AUTH_JWKS_URL=jwks.url)
+    token = forged({"alg": "ES256", "kid": RSA.kid})
+    event = {
+        "type": "REQUEST",
+        "methodArn": "arn:aws:execute-api:us-east-1:123456789012:abc123/dev/$connect",
+        "headers": {"Sec-WebSocket-Protocol": f"agentworker, bearer.{token}"},
+        "requestContext": {"routeKey": "$connect", "connectionId": "c-1"},
+    }
+    caplog.set_level(logging.DEBUG)
+    try:
+        with pytest.raises(AuthorizerRefusal, match="^Unauthorized$"):
+            authorizer.handler(event, LambdaContextStub("authorizer", "arn:aws:lambda:authorizer"))
+    finally:
+        bootstrap.reset_aws_deps()
+    assert token.split(".")[2] not in caplog.text
 
 
 def test_the_clock_skew_allowed_is_bounded(jwks: Any) -> None:
@@ -281,6 +383,12 @@ def test_rs256_tokens_from_a_jwks_on_a_real_server(tmp_path: Path, jwks: Any) ->
             headers=bearer(RSA.sign(claims("alice", aud="elsewhere"))),
         )
         assert bad.status_code == 401 and bad.json()["error"]["reason"] == "wrong_audience"
+        confused = httpx.get(  # was a 500: an ES256 verifier given the RSA key
+            f"{srv.url}/v1/conversations/{cid}",
+            headers=bearer(forged({"alg": "ES256", "kid": RSA.kid})),
+        )
+        assert confused.status_code == 401
+        assert confused.json()["error"]["reason"] == "alg_not_allowed"
 
 
 def say(srv: ServerProcess, cid: str, token: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Property-based fuzzing of the local server's entry points, on a real embedded runtime
 (SQLite, the offline model): ``CASES`` hostile request bodies and ``CASES`` hostile
-WebSocket frames on one socket; every one gets a 2xx/4xx JSON answer and the server keeps
-serving."""
+WebSocket frames (text and binary) on one socket; every one gets a 2xx/4xx JSON answer and
+the server keeps serving."""
 
 from __future__ import annotations
 
@@ -84,7 +84,10 @@ def test_websocket_frames(client: TestClient) -> None:
         @given(hostile(ws_frames))
         def run(raw: str | bytes) -> None:
             ran[0] += 1
-            ws.send_text(raw if isinstance(raw, str) else raw.decode("utf-8", "replace"))
+            if isinstance(raw, bytes):
+                ws.send_bytes(raw)  # a binary frame
+            else:
+                ws.send_text(raw)
             while True:  # replies of earlier frames may come in between
                 answer = ws.receive_json()
                 if answer.get("type") in ("accepted", "subscribed", "pong", "error"):
@@ -97,3 +100,43 @@ def test_websocket_frames(client: TestClient) -> None:
         while ws.receive_json().get("type") != "pong":
             pass
     assert ran[0] >= CASES
+
+
+def test_numbers_out_of_range_and_binary_frames_are_4xx_and_the_socket_stays_open(
+    client: TestClient,
+) -> None:
+    """The issue's reproductions: a 5,000-digit integer was a 500 with a traceback over HTTP
+    and an ``internal_error`` over the WebSocket; a binary frame dropped the socket."""
+    huge = "1" * 5000
+    for body, code in [
+        ('{"text": "hi", "metadata": {"n": NUMBER}}', "bad_number"),
+        ('{"resume": {"interrupt_id": "i", "value": NUMBER}}', "bad_number"),
+        ('{"text": "hi", "policy": 1e999}', "bad_number"),
+        ('{"text": NaN}', "bad_json"),
+    ]:
+        resp = client.post(
+            "/v1/conversations/ws:local:n/messages",
+            content=body.replace("NUMBER", huge),
+            headers={**AUTH, "content-type": "application/json"},
+        )
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["error"]["code"] == code
+    feedback = client.post(
+        "/v1/conversations/ws:local:n/feedback",
+        content='{"reply_id": "r", "score": ' + huge + "}",
+        headers={**AUTH, "content-type": "application/json"},
+    )
+    assert (feedback.status_code, feedback.json()["error"]["code"]) == (400, "bad_number")
+    with client.websocket_connect("/v1/ws", headers=AUTH) as ws:
+        frame = '{"action": "send", "conversation_id": "ws:local:n", "text": "hi", "n": NUMBER}'
+        ws.send_text(frame.replace("NUMBER", huge))
+        assert ws.receive_json()["error"]["code"] == "bad_number"
+        ws.send_bytes(b'{"action": "ping"}')
+        assert ws.receive_json()["error"] == {
+            "code": "binary_frame",
+            "message": "frames are JSON text: send a text frame",
+            "field": None,
+        }
+        ws.send_text('{"action": "ping"}')
+        assert ws.receive_json() == {"type": "pong"}  # still open
+    assert client.get("/v1/conversations/ws:local:n", headers=AUTH).status_code == 404

@@ -13,7 +13,7 @@ from events.identity import Principal
 from events.inbound import InboundMessage
 from tests.fakes import RecordingSink, RecordingStarter, in_memory_aws
 from tests.unit.test_feedback import FeedbackRecorder
-from tests.unit.test_hostile_input import DEEP, context, user_event
+from tests.unit.test_hostile_input import DEEP, FIXTURES, context, user_event
 from workers import bootstrap
 from workers.core.steps import Deps, accept_message, drive_run
 from workers.handlers import feedback, ingest
@@ -67,6 +67,20 @@ def test_the_http_route_rates_as_the_tokens_principal(deps: Deps, reply_id: str)
     assert json.loads(answer["body"])["recorded"] is True
     [(_, rating)] = given(deps)
     assert (rating.value, rating.source_id, rating.rationale) == (-1, "u-alice", "no")
+
+
+def test_a_rating_without_any_identity_is_a_401_never_a_backend(deps: Deps, reply_id: str) -> None:
+    """The real HTTP API event with its identity removed rated the reply as ``iam:unknown``,
+    a trusted backend that may act on any conversation."""
+    event: dict[str, Any] = json.loads((FIXTURES / "apiGatewayProxyV2Event.json").read_text())
+    del event["requestContext"]["authorizer"]
+    event["pathParameters"] = {"conversation_id": CID}
+    event["body"] = json.dumps({"reply_id": reply_id, "score": -1})
+    answer = feedback.handler(event, context("feedback"))
+    assert answer["statusCode"] == 401, answer
+    error = json.loads(answer["body"])["error"]
+    assert (error["code"], error["reason"]) == ("unauthenticated", "missing")
+    assert given(deps) == []
 
 
 @pytest.mark.parametrize(

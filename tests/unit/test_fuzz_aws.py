@@ -1,5 +1,6 @@
 """Property-based fuzzing of every AWS entry point (in-memory deps): ``CASES`` hostile
-inputs each (any bytes, any JSON, deep nesting, lone surrogates, almost-right bodies), and
+inputs each (any bytes, any JSON, deep nesting, lone surrogates, numbers out of range,
+binary WebSocket frames, almost-right bodies, callers with and without an identity), and
 each gets a 2xx/4xx answer or a typed error; none crashes a handler or gets a 5xx."""
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from tests.fuzz import CASES, FUZZ, hostile, id_field, json_values, shaped, text
 from workers import bootstrap
 from workers.core.steps import Deps
 from workers.errors import PermanentError
-from workers.handlers import approve, ingest, slack
+from workers.handlers import approve, feedback, ingest, slack
 from workers.sandbox.emulator import LambdaContextStub
 
 ANSWERED = frozenset({200, 202, 400, 401, 403, 404, 409, 413, 415, 422, 429})
@@ -67,13 +68,22 @@ MESSAGE = {
 }
 
 
+def ws_event(body: str | bytes, route: str = "$default") -> dict[str, Any]:
+    """A frame as API Gateway hands it on; a binary one base64-encoded (what an integration
+    converting payloads passes; the gateway itself closes a socket that sends one)."""
+    ctx = {"routeKey": route, "connectionId": "conn-fuzz"}
+    if isinstance(body, bytes):
+        return {
+            "requestContext": ctx,
+            "body": base64.b64encode(body).decode(),
+            "isBase64Encoded": True,
+        }
+    return {"requestContext": ctx, "body": body, "isBase64Encoded": False}
+
+
 def test_websocket_frames(deps: Deps) -> None:
     def check(body: str | bytes) -> None:
-        event = {
-            "requestContext": {"routeKey": "$default", "connectionId": "conn-fuzz"},
-            "body": text(body),
-        }
-        answer = ingest.handler(event, context("ingest"))
+        answer = ingest.handler(ws_event(body), context("ingest"))
         assert answer["statusCode"] in ANSWERED, answer
         if answer["statusCode"] >= 400:
             assert json.loads(answer["body"])["error"]["code"]
@@ -134,23 +144,59 @@ def test_eventbridge_details(deps: Deps) -> None:
     assert fuzz(st.tuples(types, details), check) >= CASES
 
 
+CALLERS = st.sampled_from(
+    [
+        {"authorizer": {"iam": {"userArn": "arn:aws:iam::1:role/desk"}}},  # a backend
+        {"authorizer": {"jwt": {"claims": {"sub": "u-fuzz", "tenant": "acme"}}}},  # a user
+        {"authorizer": {"jwt": {"claims": {"sub": "u-fuzz"}}}},  # no tenant claim
+        {"identity": {"sourceIp": "203.0.113.9"}},  # nobody
+        {},
+    ]
+)
+"""The ``requestContext`` of an HTTP API route: who API Gateway says is calling."""
+
+
+def http_event(raw: str | bytes, encoded: bool, cid: Any, caller: dict[str, Any]) -> Any:
+    data = text(raw)
+    if encoded and isinstance(raw, bytes):
+        data = base64.b64encode(raw).decode()
+    return {
+        "body": data,
+        "isBase64Encoded": encoded,
+        "pathParameters": {"conversation_id": cid},
+        "requestContext": caller,
+    }
+
+
 def test_the_approve_route(deps: Deps) -> None:
     body = shaped({"interrupt_id": text_field, "approved": json_values, "reason": text_field})
 
-    def check(case: tuple[str | bytes, bool, Any]) -> None:
-        raw, encoded, cid = case
-        data = text(raw)
-        if encoded and isinstance(raw, bytes):
-            data = base64.b64encode(raw).decode()
-        event = {
-            "body": data,
-            "isBase64Encoded": encoded,
-            "pathParameters": {"conversation_id": cid},
-        }
-        answer = approve.handler(event, context("approve"))
+    def check(case: tuple[str | bytes, bool, Any, dict[str, Any]]) -> None:
+        answer = approve.handler(http_event(*case), context("approve"))
+        assert answer["statusCode"] in ANSWERED, answer
+        if not case[3].get("authorizer"):
+            assert answer["statusCode"] == 401, answer  # no identity is nobody
+
+    assert fuzz(st.tuples(hostile(body), st.booleans(), id_field, CALLERS), check) >= CASES
+
+
+def test_the_feedback_routes(deps: Deps) -> None:
+    """The HTTP route and the WebSocket route ``feedback``, one case each in turn."""
+    fields = {"reply_id": text_field, "score": json_values, "comment": text_field}
+    frame = shaped(
+        {**fields, "action": st.sampled_from(["feedback", "send"]), "conversation_id": id_field}
+    )
+    cases = st.one_of(
+        st.tuples(hostile(shaped(fields)), st.booleans(), id_field, CALLERS),
+        st.tuples(hostile(frame)),
+    )
+
+    def check(case: tuple[Any, ...]) -> None:
+        event = http_event(*case) if len(case) == 4 else ws_event(case[0], route="feedback")
+        answer = feedback.handler(event, context("feedback"))
         assert answer["statusCode"] in ANSWERED, answer
 
-    assert fuzz(st.tuples(hostile(body), st.booleans(), id_field), check) >= CASES
+    assert fuzz(cases, check) >= CASES
 
 
 def test_slack_events(deps: Deps) -> None:

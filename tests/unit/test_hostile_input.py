@@ -1,6 +1,7 @@
 """Hostile input at the AWS entry points (with in-memory deps): a clear 4xx or a typed error,
-never a crash, and nothing written. The local server's cases are in
-``tests/functional/test_local_guard.py``."""
+never a crash, and nothing written; a caller without any identity is nobody. The local
+server's cases are in ``tests/functional/test_local_guard.py`` and
+``tests/functional/test_fuzz_local.py``."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import base64
 import json
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from pydantic import ValidationError
 
 from events.identity import Principal, backend
 from events.inbound import InboundMessage, SqsRecord
@@ -20,11 +23,12 @@ from tests.functional.slack_env import SIGNING_SECRET, slack_fixture, slack_requ
 from workers import bootstrap
 from workers.core.steps import accept_message, drive_run
 from workers.errors import BadInput
-from workers.handlers import approve, ingest, slack
+from workers.handlers import approve, feedback, ingest, slack
 from workers.sandbox.emulator import LambdaContextStub
 
 DEEP = "[" * 100_000 + "]" * 100_000
 NESTED_OBJECT = '{"a": ' * (MAX_DEPTH + 1) + "1" + "}" * (MAX_DEPTH + 1)
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "aws"
 SURROGATE = '{"conversation_id": "c1", "text": "hi", "metadata": {"k": "\\ud800"}}'
 
 
@@ -49,6 +53,18 @@ def context(name: str) -> Any:
         ('{"\\ud800": 1}', "bad_unicode"),  # a key too
         ("{oops", "bad_json"),
         (b"\xff\xfe", "bad_json"),
+        # Numbers: past Python's int-string limit (a ValueError no JSON error handler
+        # caught: a 500), past 64 bits (a checkpoint cannot hold it: the turn fails), and
+        # what becomes inf or is no JSON at all (stored as null, silently).
+        ('{"metadata": {"k": %s}}' % ("1" * 5000), "bad_number"),
+        ("-" + "9" * 4400, "bad_number"),
+        (f'{{"value": [{2**63}]}}', "bad_number"),
+        (str(-(2**63) - 1), "bad_number"),
+        ('{"score": 1e999}', "bad_number"),
+        ("1" * 400 + ".5", "bad_number"),
+        ('{"score": NaN}', "bad_json"),
+        ("[Infinity]", "bad_json"),
+        ("-Infinity", "bad_json"),
     ],
 )
 def test_the_parser_refuses_what_would_crash_later(raw: str | bytes, code: str) -> None:
@@ -61,6 +77,8 @@ def test_the_parser_takes_what_is_fine() -> None:
     value = '{"a": ' * (MAX_DEPTH - 1) + '"ok \u00e9 \U0001f600"' + "}" * (MAX_DEPTH - 1)
     assert parse_json(value) is not None
     assert parse_json(b'{"text": "caf\\u00e9"}') == {"text": "café"}
+    edges = f"[{2**63 - 1}, {-(2**63)}, 1e308, -0.0, 5e-324, {'9' * 18}]"
+    assert parse_json(edges) == [2**63 - 1, -(2**63), 1e308, -0.0, 5e-324, int("9" * 18)]
 
 
 def websocket_event(body: str) -> dict[str, Any]:
@@ -81,6 +99,114 @@ def test_a_hostile_websocket_frame_is_a_400(
     assert answer["statusCode"] == 400
     assert json.loads(answer["body"])["error"]["code"] == code
     assert store.get_conversation("c1") is None
+
+
+BACKEND = {"authorizer": {"iam": {"userArn": "arn:aws:iam::1:role/desk"}}}
+"""The ``requestContext`` of a backend IAM admitted on the approvals route."""
+ALICE = {"sub": "u-alice", "tenant": "acme"}
+
+
+def jwt_context(claims: dict[str, Any]) -> dict[str, Any]:
+    return {"authorizer": {"jwt": {"claims": claims, "scopes": None}}}
+
+
+def http_event(body: str, caller: dict[str, Any], cid: str = "c1") -> dict[str, Any]:
+    return {"body": body, "pathParameters": {"conversation_id": cid}, "requestContext": caller}
+
+
+@pytest.mark.parametrize(
+    ("number", "code"), [("1" * 5000, "bad_number"), ("1e999", "bad_number"), ("NaN", "bad_json")]
+)
+def test_a_number_out_of_range_is_a_400_at_every_aws_entry_point(
+    store: InMemoryConversationStore, number: str, code: str
+) -> None:
+    """The issue's 5,000-digit integer was a ValueError no handler caught (ingest, approve,
+    feedback: an unhandled error); a 400 naming the problem now, wherever it comes in."""
+
+    def body(template: str) -> str:  # json.dumps could not even write these numbers
+        return template.replace("NUMBER", number)
+
+    frame = body('{"action": "send", "conversation_id": "c1", "text": "hi", "n": NUMBER}')
+    rating = '"conversation_id": "c1", "reply_id": "r", "score": NUMBER'
+    connection = {"principal_id": "u-alice", "tenant": "acme"}
+    answers = {
+        "ingest (WebSocket)": ingest.handler(websocket_event(frame), context("ingest")),
+        "approve": approve.handler(
+            http_event(body('{"interrupt_id": "i", "approved": NUMBER}'), BACKEND),
+            context("approve"),
+        ),
+        "feedback (HTTP)": feedback.handler(
+            http_event(body('{"reply_id": "r", "score": NUMBER}'), jwt_context(ALICE)),
+            context("feedback"),
+        ),
+        "feedback (WebSocket)": feedback.handler(
+            {
+                "requestContext": {
+                    "routeKey": "feedback",
+                    "connectionId": "conn-1",
+                    "authorizer": connection,
+                },
+                "body": body('{"action": "feedback", ' + rating + "}"),
+            },
+            context("feedback"),
+        ),
+        "slack": slack.handler(
+            slack_request(body('{"type": "event_callback", "n": NUMBER}')), context("slack")
+        ),
+    }
+    for name, answer in answers.items():
+        assert answer["statusCode"] == 400, (name, answer)
+        assert json.loads(answer["body"])["error"]["code"] == code, (name, answer)
+    with pytest.raises(BadInput) as caught:  # a failed record: retried, then the DLQ
+        SqsRecord.model_validate({"messageId": "m1", "body": frame}).to_inbound()
+    assert caught.value.code == code
+    assert store.calls == []
+
+
+@pytest.mark.parametrize("value", [2**70, float("inf"), {"name": "\ud800"}])
+def test_an_answer_decoded_elsewhere_is_held_to_the_parsers_bounds(
+    store: InMemoryConversationStore, value: Any
+) -> None:
+    """EventBridge events reach the function decoded by the Lambda runtime, not by
+    ``parse_json``: an answer holding an integer past 64 bits would fail the turn of a graph
+    that keeps it (a checkpoint cannot hold it), inf would be stored as null."""
+    detail = {
+        "conversation_id": "c1",
+        "kind": "resume",
+        "resume": {"interrupt_id": "i", "value": value},
+    }
+    event = {
+        "id": "e-1",
+        "detail-type": "agentworker.message",
+        "source": "backend",
+        "detail": detail,
+    }
+    with pytest.raises(ValidationError) as caught:
+        ingest.handler(event, context("ingest"))
+    [problem] = caught.value.errors()
+    assert problem["loc"] == ("resume", "value")
+    assert problem["type"] in ("bad_number", "bad_unicode")
+    assert store.calls == []
+
+
+def test_a_binary_frame_on_the_aws_websocket_is_a_400(store: InMemoryConversationStore) -> None:
+    """API Gateway closes a socket that sends a binary frame (1003); an integration set to
+    convert payloads would hand one on base64-encoded: refused as binary, never decoded as
+    if it were the frame's text."""
+    for handler, route in ((ingest.handler, "$default"), (feedback.handler, "feedback")):
+        event = {
+            "requestContext": {
+                "routeKey": route,
+                "connectionId": "conn-1",
+                "authorizer": {"principal_id": "u-alice", "tenant": "acme"},
+            },
+            "body": base64.b64encode(b'{"action": "ping"}').decode(),
+            "isBase64Encoded": True,
+        }
+        answer = handler(event, context("ingest"))
+        assert answer["statusCode"] == 400, answer
+        assert json.loads(answer["body"])["error"]["code"] == "binary_frame"
+    assert store.calls == []
 
 
 def test_a_hostile_sqs_body_is_a_typed_error_for_the_dlq() -> None:
@@ -106,6 +232,7 @@ def test_the_approve_endpoint_answers_bad_bodies_with_a_4xx(
         "body": body,
         "isBase64Encoded": encoded,
         "pathParameters": {"conversation_id": "c1"},
+        "requestContext": BACKEND,
     }
     answer = approve.handler(event, context("approve"))
     assert answer["statusCode"] == status, answer
@@ -115,7 +242,12 @@ def test_the_approve_endpoint_answers_bad_bodies_with_a_4xx(
 
 def test_the_approve_endpoint_takes_a_base64_body(store: InMemoryConversationStore) -> None:
     body = base64.b64encode(b'{"interrupt_id": "i", "approved": true}').decode()
-    event = {"body": body, "isBase64Encoded": True, "pathParameters": {"conversation_id": "c1"}}
+    event = {
+        "body": body,
+        "isBase64Encoded": True,
+        "pathParameters": {"conversation_id": "c1"},
+        "requestContext": BACKEND,
+    }
     answer = approve.handler(event, context("approve"))
     assert answer["statusCode"] == 404  # parsed; the conversation does not exist
     assert store.get_conversation("c1") is None
@@ -133,6 +265,19 @@ def test_a_signed_slack_body_that_is_hostile_is_a_400(store: InMemoryConversatio
     event["event"]["text"] = "\ud800"
     status, answer = call_slack(slack_request(json.dumps(event)))
     assert (status, answer["error"]["code"]) == (400, "bad_unicode")
+
+
+@pytest.mark.parametrize("timestamp", ["1" * 4000, "1" * 5000, "1e9", "-1", "\u0661" * 10])
+def test_a_slack_timestamp_that_is_no_unix_time_is_a_401(
+    store: InMemoryConversationStore, timestamp: str
+) -> None:
+    """Checked before the signature, so anyone can send it: 4,000 digits overflowed the
+    float it was compared with (an unhandled error)."""
+    event = slack_request(slack_fixture("message_thread.json"))
+    event["headers"]["x-slack-request-timestamp"] = timestamp
+    status, answer = call_slack(event)
+    assert (status, answer["error"]["code"]) == (401, "invalid_signature")
+    assert store.calls == []
 
 
 def test_a_signed_slack_event_that_is_a_string_is_ignored(
@@ -209,3 +354,53 @@ def test_a_backend_names_the_approver_on_the_iam_route(store: InMemoryConversati
     answer = approve.handler(event, context("approve"))
     assert answer["statusCode"] == 202
     assert store.pending_inbox("ticket:5")[0].message.sender == "agent-7"
+
+
+def waiting_for_approval(cid: str) -> str:
+    """A conversation a backend opened, waiting on a tool's approval: its interrupt id."""
+    deps = bootstrap.aws_deps()
+    backoffice = backend("iam:arn:aws:iam::1:role/desk")
+    accept_message(deps, InboundMessage(conversation_id=cid, text="approve-me"), backoffice)
+    drive_run(deps, deps.starter.runs.pop())  # type: ignore[attr-defined]
+    waiting = deps.store.get_conversation(cid)
+    assert waiting is not None and waiting.pending_approval is not None
+    return waiting.pending_approval.interrupt_id
+
+
+@pytest.mark.parametrize(
+    "identity",
+    [
+        pytest.param({}, id="no-jwt-no-iam"),
+        pytest.param({"authorizer": {"iam": {}}}, id="iam-without-caller"),
+        pytest.param({"identity": {"sourceIp": "203.0.113.9"}}, id="rest-identity-without-caller"),
+    ],
+)
+def test_an_approval_without_any_identity_is_a_401_never_a_backend(
+    store: InMemoryConversationStore, identity: dict[str, Any]
+) -> None:
+    """The real HTTP API event with its identity removed: before, it was ``iam:unknown``, a
+    trusted backend that may decide any conversation's approval and name the approver."""
+    interrupt_id = waiting_for_approval("ticket:5")
+    event: dict[str, Any] = json.loads((FIXTURES / "apiGatewayProxyV2Event.json").read_text())
+    del event["requestContext"]["authorizer"]
+    event["requestContext"] |= identity
+    body = {"interrupt_id": interrupt_id, "approved": True, "sender": "boss"}
+    event |= {"body": json.dumps(body), "pathParameters": {"conversation_id": "ticket:5"}}
+    answer = approve.handler(event, context("approve"))
+    assert answer["statusCode"] == 401, answer
+    error = json.loads(answer["body"])["error"]
+    assert (error["code"], error["reason"]) == ("unauthenticated", "missing")
+    assert store.pending_inbox("ticket:5") == []
+    state = store.get_conversation("ticket:5")
+    assert state is not None and state.status == "awaiting_approval"
+
+
+def test_a_slack_message_without_a_user_is_ignored(store: InMemoryConversationStore) -> None:
+    """Signed by Slack but from nobody: not a shared ``slack:<team>:unknown`` member of the
+    channel that posts, spends a quota and answers approvals."""
+    event = slack_fixture("message_thread.json")
+    del event["event"]["user"]
+    status, answer = call_slack(slack_request(event))
+    assert (status, answer["type"]) == (200, "ignored")
+    assert answer["reason"] == "message without a user"
+    assert store.calls == []

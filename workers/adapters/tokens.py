@@ -121,12 +121,13 @@ class JwtAuthenticator:
                 f"the token's alg {str(header.get('alg'))[:20]!r} is not one of"
                 f" {', '.join(self.algorithms)}",
             )
+        algorithm = str(header["alg"])
         try:
-            key: Any = self._secret if self._jwks is None else self._signing_key(token)
+            key: Any = self._secret if self._jwks is None else self._public_key(token, algorithm)
             claims: dict[str, Any] = jwt.decode(
                 token,
                 key,
-                algorithms=self.algorithms,
+                algorithms=[algorithm],
                 audience=self.audience,
                 issuer=self.issuer,
                 leeway=self.leeway,
@@ -140,10 +141,16 @@ class JwtAuthenticator:
             raise Unauthenticated(reason, f"token refused: {reason.replace('_', ' ')}") from None
         return claims
 
-    def _signing_key(self, token: str) -> Any:
+    def _public_key(self, token: str, algorithm: str) -> Any:
+        """The JWKS key the token's ``kid`` names, if it signs with ``algorithm`` (the header's
+        alg picks the verifier: one for another kind of key crashes on it, as ES256 naming
+        an RSA key's kid does, or verifies what the key was not published for, as PS256
+        with an RS256 key does). A key's algorithm is its ``alg``, else its type's default
+        (RSA: RS256; EC: the ES* of its curve). PyJWT's client offers signing keys only: a
+        ``kid`` of a ``use: enc`` key is unknown."""
         assert self._jwks is not None
         try:
-            return self._jwks.get_signing_key_from_jwt(token).key
+            jwk = self._jwks.get_signing_key_from_jwt(token)  # PyJWTError: a bad payload
         except jwt.PyJWKClientConnectionError as exc:
             log.warning("JWKS unreachable: %s", exc)
             raise RetryableError("the identity provider's keys (JWKS) are unreachable") from None
@@ -151,6 +158,12 @@ class JwtAuthenticator:
             raise Unauthenticated(
                 "unknown_key", "the token's key (kid) is not in the JWKS"
             ) from None
+        if algorithm != jwk.algorithm_name:
+            raise Unauthenticated(
+                "alg_not_allowed",
+                f"the token's alg {algorithm[:20]!r} is not the one its key (kid) signs with",
+            )
+        return jwk.key
 
 
 class DevTokenAuthenticator:

@@ -4,7 +4,8 @@
 approver, ``sender``), with body ``{"interrupt_id", "approved", "reason"?}``. The decision
 becomes an inbox message (its dedupe key is ``decision:<interrupt_id>``, so a double click
 is one decision); a new run resumes the graph with it, or a Standard run waiting on its
-task token is woken."""
+task token is woken. A request with neither a verified token nor an IAM caller is a 401: no
+identity is nobody, never a backend."""
 
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         caller = http_principal(event, bootstrap.jwt_claims())
         msg = _parse(event, caller)
     except Unauthenticated as exc:
-        return error_response(401, "unauthenticated", f"{exc} ({exc.reason})", exc.field)
+        metrics.add_metric(name="unauthenticated", unit=MetricUnit.Count, value=1)
+        return error_response(401, "unauthenticated", str(exc), exc.field, reason=exc.reason)
     except BadInput as exc:
         metrics.add_metric(name="bad_requests", unit=MetricUnit.Count, value=1)
         status = 422 if exc.code == "validation_error" else 400

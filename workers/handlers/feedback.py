@@ -26,7 +26,7 @@ from workers import bootstrap
 from workers.core.feedback import give_feedback
 from workers.errors import BadInput, NotFound, PermanentError, Unauthenticated
 from workers.handlers.http import error_response, http_principal, json_response, raw_body
-from workers.handlers.ingest import connection_principal
+from workers.handlers.ingest import connection_principal, frame_text
 from workers.handlers.observability import logger, metrics
 
 _CONVERSATION_ID = re.compile(CONVERSATION_ID_PATTERN)
@@ -84,7 +84,7 @@ def _http(event: dict[str, Any]) -> dict[str, Any]:
         view = _record(principal, conversation_id, body)
     except PermanentError as exc:
         status, error = _refusal(exc)
-        return error_response(status, error.code, error.message, error.field)
+        return error_response(status, error.code, error.message, error.field, error.reason)
     except ValidationError as exc:
         status, error = _invalid(exc)
         return error_response(status, error.code, error.message, error.field)
@@ -99,7 +99,7 @@ def _websocket(event: dict[str, Any]) -> dict[str, Any]:
             raise Unauthenticated(
                 "missing", "this connection has no principal: connect through the authorizer"
             )
-        frame = WsFeedback.model_validate(parse_json(event.get("body") or "", what="frame"))
+        frame = WsFeedback.model_validate(parse_json(frame_text(event), what="frame"))
         body = FeedbackRequest(reply_id=frame.reply_id, score=frame.score, comment=frame.comment)
         view = _record(principal, frame.conversation_id, body)
     except PermanentError as exc:

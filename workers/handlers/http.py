@@ -22,10 +22,10 @@ def json_response(status: int, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def error_response(
-    status: int, code: str, message: str, field: str | None = None
+    status: int, code: str, message: str, field: str | None = None, reason: str | None = None
 ) -> dict[str, Any]:
     """Our error body (``ErrorView``), as every transport answers errors."""
-    body = ErrorView(error=ErrorBody(code=code, message=message, field=field))
+    body = ErrorView(error=ErrorBody(code=code, message=message, field=field, reason=reason))
     return json_response(status, body.model_dump())
 
 
@@ -46,10 +46,17 @@ def http_principal(event: dict[str, Any], claims: ClaimMapping) -> Principal:
 
 def iam_principal(event: dict[str, Any]) -> Principal:
     """The backend behind an IAM-authorised request (HTTP API payload 2.0 puts its ARN in
-    ``requestContext.authorizer.iam``; a REST API in ``requestContext.identity``)."""
+    ``requestContext.authorizer.iam``; a REST API in ``requestContext.identity``).
+    ``Unauthenticated`` (``missing``) when there is none: a request that reached the function
+    without a verified caller (a route without an authorizer, a direct invocation) is nobody,
+    never a trusted backend that may act on any conversation."""
     ctx = event.get("requestContext") or {}
     iam = (ctx.get("authorizer") or {}).get("iam") or ctx.get("identity") or {}
-    arn = iam.get("userArn") or iam.get("callerId") or "unknown"
+    arn = iam.get("userArn") or iam.get("callerId")
+    if not isinstance(arn, str) or not arn:
+        raise Unauthenticated(
+            "missing", "no caller: users send a bearer token, backends sign with IAM"
+        )
     return backend(f"iam:{arn}")
 
 

@@ -110,7 +110,7 @@ def _websocket(event: dict[str, Any]) -> dict[str, Any]:
             return {"statusCode": 200, "headers": {"Sec-WebSocket-Protocol": WS_SUBPROTOCOL}}
         return {"statusCode": 200}
     try:
-        frame = _FRAME.validate_python(parse_json(event.get("body") or "", what="frame"))
+        frame = _FRAME.validate_python(parse_json(frame_text(event), what="frame"))
     except (BadInput, ValidationError) as exc:
         return _ws_error(exc)
     if isinstance(frame, WsPing):
@@ -158,6 +158,15 @@ def _websocket(event: dict[str, Any]) -> dict[str, Any]:
         return {"statusCode": status, "body": body.model_dump_json()}
     deps.store.add_connection(connection_id, cid, now=deps.clock.now())  # accepted: theirs
     return {"statusCode": 200, "body": result.view(msg.conversation_id).model_dump_json()}
+
+
+def frame_text(event: dict[str, Any]) -> str:
+    """A WebSocket frame's text; ``BadInput`` (``binary_frame``) for a binary one. API Gateway
+    closes a socket that sends a binary frame (1003) before any function sees it; only an
+    integration set to convert payloads hands one on, base64-encoded."""
+    if event.get("isBase64Encoded"):
+        raise BadInput("binary_frame", "frames are JSON text: send a text frame")
+    return str(event.get("body") or "")
 
 
 def connection_principal(ctx: dict[str, Any]) -> Principal | None:

@@ -111,6 +111,9 @@ def _event_callback(raw: bytes) -> Accepted | dict[str, Any]:
         return _ignored("bot message")
     if envelope.event.subtype is not None:
         return _ignored(f"message subtype {envelope.event.subtype!r}")
+    if not envelope.event.user:
+        # Nobody to act as: not a shared "unknown" member of the channel.
+        return _ignored("message without a user")
     if not envelope.event.text.strip():
         return _ignored("message without text")
     metrics.add_metric(name="slack_messages", unit=MetricUnit.Count, value=1)

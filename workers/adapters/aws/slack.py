@@ -74,10 +74,11 @@ def verify_slack_request(
         raise ConfigError("the Slack signing secret is empty: no request can be verified")
     if not timestamp or not signature:
         raise InvalidSlackSignature("missing X-Slack-Request-Timestamp or X-Slack-Signature")
-    try:
-        sent_at = int(timestamp)
-    except ValueError:
-        raise InvalidSlackSignature("X-Slack-Request-Timestamp is not an integer") from None
+    # Unix seconds, as Slack sends them: 4,000 digits would convert to an int, then overflow
+    # the float it is compared with (an unhandled error before the signature is checked).
+    if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):
+        raise InvalidSlackSignature("X-Slack-Request-Timestamp is not an integer (Unix seconds)")
+    sent_at = int(timestamp)
     if abs(now - sent_at) > MAX_REQUEST_AGE_SECONDS:
         raise InvalidSlackSignature("X-Slack-Request-Timestamp is over 5 minutes from now")
     expected = slack_signature(signing_secret, timestamp, body)

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
 
-from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -323,6 +323,11 @@ class Follow:
                 self._queue.put_nowait(frame)
 
 
+def _binary_frame() -> dict[str, Any]:
+    body = ErrorBody(code="binary_frame", message="frames are JSON text: send a text frame")
+    return ErrorView(error=body).model_dump()
+
+
 class WebSocketSession:
     """One client socket of ``principal``: frames in, replies and chunks of the
     conversations it follows out. A bad frame gets an error frame; the socket stays open."""
@@ -352,12 +357,16 @@ class WebSocketSession:
         try:
             loop = asyncio.get_running_loop()
             while True:
-                raw = await self.ws.receive_text()
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
                 slot: asyncio.Future[dict[str, Any]] = loop.create_future()
                 self.queue.put_nowait(slot)
-                slot.set_result(await self._handle(raw))
-        except WebSocketDisconnect:
-            pass
+                raw = message.get("text")
+                # A binary frame (``receive_text`` would raise KeyError and drop the socket)
+                # is a bad frame like any other: an error frame, the socket stays open.
+                answer = _binary_frame() if raw is None else await self._handle(raw)
+                slot.set_result(answer)
         finally:
             pump.cancel()
             for follow in self.follows.values():
