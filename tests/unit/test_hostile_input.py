@@ -404,3 +404,32 @@ def test_a_slack_message_without_a_user_is_ignored(store: InMemoryConversationSt
     assert (status, answer["type"]) == (200, "ignored")
     assert answer["reason"] == "message without a user"
     assert store.calls == []
+
+
+def test_a_queued_message_for_another_owners_conversation_goes_to_the_dlq(
+    store: InMemoryConversationStore,
+) -> None:
+    """Issue 17.3 on AWS: a backend's queued message whose id is a user's conversation (the
+    backend names no owner, or another one) fails its record, so the queue's dead-letter
+    queue keeps it with the reason; naming the owner, it lands there."""
+    deps = bootstrap.aws_deps()
+    alice = Principal(id="alice", tenant="acme")
+    accept_message(deps, InboundMessage(conversation_id="ws:acme:1", text="hi"), alice)
+
+    def record(message_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        event = json.loads((FIXTURES / "sqsEvent.json").read_text())
+        first: dict[str, Any] = event["Records"][0]
+        return {**first, "messageId": message_id, "body": json.dumps(body)}
+
+    stray = {"conversation_id": "ws:acme:1", "text": "from the desk"}
+    elsewhere = {**stray, "tenant": "globex", "owner": "alice"}
+    named = {**stray, "tenant": "acme", "owner": "alice"}
+    for message_id, body in (("stray", stray), ("elsewhere", elsewhere)):
+        own = record(f"own-{message_id}", {"conversation_id": "ticket:9", "text": "fine"})
+        batch = {"Records": [record(message_id, body), own]}
+        answer = ingest.handler(batch, context("ingest"))
+        assert answer["batchItemFailures"] == [{"itemIdentifier": message_id}]
+    answer = ingest.handler({"Records": [record("named", named)]}, context("ingest"))
+    assert answer["batchItemFailures"] == []
+    texts = [e.message.text for e in store.pending_inbox("ws:acme:1")]
+    assert texts == ["hi", "from the desk"]

@@ -171,13 +171,24 @@ def accept_message(
         waiting = visible(deps, deps.store.get_conversation(msg.conversation_id), principal)
         request = check_waiting(waiting, msg)
         authorize_answer(deps.settings.approval_policies, request, msg)
-    result = deps.store.append_inbox(
-        msg,
-        now=deps.clock.now(),
-        default_policy=deps.settings.default_policy,
-        lease_ttl=deps.settings.lease_ttl,
-        access=access,
-    )
+    try:
+        result = deps.store.append_inbox(
+            msg,
+            now=deps.clock.now(),
+            default_policy=deps.settings.default_policy,
+            lease_ttl=deps.settings.lease_ttl,
+            access=access,
+        )
+    except NotFound:
+        if not principal.service:
+            raise
+        # A trusted backend may know why (users may not: ids must not leak to them).
+        raise NotFound(
+            f"conversation_id: {msg.conversation_id!r} belongs to another tenant or owner than"
+            f" the message names (tenant {msg.tenant!r}, owner {msg.owner!r}): a backend"
+            " speaks in a conversation only for its owner",
+            field="conversation_id",
+        ) from None
     if result.rejected:
         return result
     if result.lease is not None and not result.duplicate:

@@ -21,8 +21,14 @@ from events.json_input import parse_json
 from events.outbound import validation_problem
 from workers import bootstrap
 from workers.core.steps import accept_message
-from workers.errors import BadInput, NotAllowed, NotFound, NotWaiting, Throttled, Unauthenticated
-from workers.handlers.http import error_response, http_principal, json_response, raw_body
+from workers.errors import BadInput, PermanentError, Unauthenticated
+from workers.handlers.http import (
+    error_response,
+    http_principal,
+    json_response,
+    raw_body,
+    refused,
+)
 from workers.handlers.observability import logger, metrics
 
 
@@ -65,26 +71,17 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         msg = _parse(event, caller)
     except Unauthenticated as exc:
         metrics.add_metric(name="unauthenticated", unit=MetricUnit.Count, value=1)
-        return error_response(401, "unauthenticated", str(exc), exc.field, reason=exc.reason)
+        return refused(exc)
     except BadInput as exc:
         metrics.add_metric(name="bad_requests", unit=MetricUnit.Count, value=1)
-        status = 422 if exc.code == "validation_error" else 400
-        return error_response(status, exc.code, str(exc), exc.field)
+        return refused(exc)
     except ValidationError as exc:
         problem = validation_problem(exc)
         metrics.add_metric(name="bad_requests", unit=MetricUnit.Count, value=1)
         return error_response(422, "validation_error", problem.message, problem.field or "body")
     try:
         result = accept_message(bootstrap.aws_deps(), msg, caller)
-    except NotFound as exc:
-        return error_response(404, "not_found", str(exc), exc.field)
-    except NotWaiting as exc:
-        return error_response(409, "not_waiting", str(exc), exc.field)
-    except NotAllowed as exc:
-        return error_response(403, "not_allowed", str(exc), exc.field)
-    except Throttled as exc:
-        response = error_response(429, "throttled", str(exc), exc.field)
-        response["headers"]["retry-after"] = str(max(1, round(exc.retry_after)))
-        return response
+    except PermanentError as exc:  # not_found, not_waiting, not_allowed, throttled, ...
+        return refused(exc)
     metrics.add_metric(name="decisions", unit=MetricUnit.Count, value=1)
     return json_response(202, result.view(msg.conversation_id).model_dump(mode="json"))

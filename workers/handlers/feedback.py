@@ -24,8 +24,15 @@ from events.json_input import parse_json
 from events.outbound import ErrorBody, ErrorView, FeedbackView, validation_problem
 from workers import bootstrap
 from workers.core.feedback import give_feedback
-from workers.errors import BadInput, NotFound, PermanentError, Unauthenticated
-from workers.handlers.http import error_response, http_principal, json_response, raw_body
+from workers.errors import BadInput, PermanentError, Unauthenticated
+from workers.handlers.http import (
+    error_response,
+    http_principal,
+    json_response,
+    raw_body,
+    refused,
+    refused_frame,
+)
 from workers.handlers.ingest import connection_principal, frame_text
 from workers.handlers.observability import logger, metrics
 
@@ -49,16 +56,10 @@ def _record(principal: Principal, conversation_id: str, body: FeedbackRequest) -
     return FeedbackView(conversation_id=conversation_id, reply_id=body.reply_id, score=body.score)
 
 
-def _refusal(exc: PermanentError) -> tuple[int, ErrorBody]:
-    """The status and error body of a refused rating (what the embedded server answers)."""
+def _refusal(exc: PermanentError) -> PermanentError:
+    """Count a refused rating; it is answered as every transport answers ``exc``."""
     metrics.add_metric(name="feedback_refused", unit=MetricUnit.Count, value=1)
-    if isinstance(exc, Unauthenticated):
-        return 401, ErrorBody(code="unauthenticated", message=str(exc), reason=exc.reason)
-    if isinstance(exc, NotFound):
-        return 404, ErrorBody(code="not_found", message=str(exc), field=exc.field)
-    code = exc.code if isinstance(exc, BadInput) else "bad_request"
-    status = 422 if code == "validation_error" else 400
-    return status, ErrorBody(code=code, message=str(exc), field=exc.field)
+    return exc
 
 
 def _invalid(exc: ValidationError) -> tuple[int, ErrorBody]:
@@ -83,8 +84,7 @@ def _http(event: dict[str, Any]) -> dict[str, Any]:
         body = FeedbackRequest.model_validate(data)
         view = _record(principal, conversation_id, body)
     except PermanentError as exc:
-        status, error = _refusal(exc)
-        return error_response(status, error.code, error.message, error.field, error.reason)
+        return refused(_refusal(exc))
     except ValidationError as exc:
         status, error = _invalid(exc)
         return error_response(status, error.code, error.message, error.field)
@@ -103,8 +103,7 @@ def _websocket(event: dict[str, Any]) -> dict[str, Any]:
         body = FeedbackRequest(reply_id=frame.reply_id, score=frame.score, comment=frame.comment)
         view = _record(principal, frame.conversation_id, body)
     except PermanentError as exc:
-        status, error = _refusal(exc)
-        return {"statusCode": status, "body": ErrorView(error=error).model_dump_json()}
+        return refused_frame(_refusal(exc))
     except ValidationError as exc:
         status, error = _invalid(exc)
         return {"statusCode": status, "body": ErrorView(error=error).model_dump_json()}

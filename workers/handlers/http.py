@@ -9,7 +9,8 @@ from typing import Any
 
 from events.identity import ClaimMapping, Principal, backend
 from events.outbound import ErrorBody, ErrorView
-from workers.errors import BadInput, Unauthenticated
+from workers.adapters.http_errors import error_headers, error_view
+from workers.errors import AgentWorkerError, BadInput, Unauthenticated
 
 
 def json_response(status: int, body: dict[str, Any]) -> dict[str, Any]:
@@ -27,6 +28,21 @@ def error_response(
     """Our error body (``ErrorView``), as every transport answers errors."""
     body = ErrorView(error=ErrorBody(code=code, message=message, field=field, reason=reason))
     return json_response(status, body.model_dump())
+
+
+def refused(exc: AgentWorkerError) -> dict[str, Any]:
+    """An HTTP API response refusing the request for ``exc``: the status, code, body and
+    headers every transport gives that error (``workers.adapters.http_errors``)."""
+    status, view = error_view(exc)
+    response = json_response(status, view.model_dump())
+    response["headers"].update(error_headers(exc))
+    return response
+
+
+def refused_frame(exc: AgentWorkerError) -> dict[str, Any]:
+    """A WebSocket route's answer refusing a frame for ``exc`` (the error frame)."""
+    status, view = error_view(exc)
+    return {"statusCode": status, "body": view.model_dump_json()}
 
 
 def http_principal(event: dict[str, Any], claims: ClaimMapping) -> Principal:

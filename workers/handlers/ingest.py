@@ -41,8 +41,8 @@ from workers.errors import (
     NotFound,
     NotWaiting,
     PermanentError,
-    Throttled,
 )
+from workers.handlers.http import refused_frame
 from workers.handlers.observability import logger, metrics
 
 _FRAME: TypeAdapter[Any] = TypeAdapter(WsFrame)
@@ -51,11 +51,15 @@ QUEUE_PRODUCER = backend("iam:queue")
 
 def _accept_queued(msg: InboundMessage) -> AcceptResult | None:
     """Accept a message from a queue or the bus; an answer that nothing waits for any more
-    (answered, superseded) is logged and dropped: redelivering it would never help."""
+    (answered, superseded) is logged and dropped: redelivering it would never help. A
+    message for a conversation of another owner than it names fails (a poison message:
+    the queue's dead-letter queue keeps it, with the reason)."""
     try:
         # The queue and the bus admit only the stack's backends (IAM): they speak for users.
         result = accept_message(bootstrap.aws_deps(), msg, QUEUE_PRODUCER)
     except (NotFound, NotWaiting, NotAllowed) as exc:
+        if msg.answers is None:
+            raise
         metrics.add_metric(name="stale_answers", unit=MetricUnit.Count, value=1)
         logger.warning("answer dropped", extra={"reason": str(exc)})
         return None
@@ -147,15 +151,8 @@ def _websocket(event: dict[str, Any]) -> dict[str, Any]:
             return {"statusCode": 200, "body": json.dumps(subscribed)}
         msg = frame.to_inbound()
         result = accept_message(deps, msg, principal)
-    except (NotFound, NotWaiting, NotAllowed, Throttled) as exc:
-        status, code = {
-            NotFound: (404, "not_found"),
-            NotWaiting: (409, "not_waiting"),
-            NotAllowed: (403, "not_allowed"),
-            Throttled: (429, "throttled"),
-        }[type(exc)]
-        body = ErrorView(error=ErrorBody(code=code, message=str(exc), field=exc.field))
-        return {"statusCode": status, "body": body.model_dump_json()}
+    except PermanentError as exc:  # not_found, not_waiting, not_allowed, throttled, ...
+        return refused_frame(exc)
     deps.store.add_connection(connection_id, cid, now=deps.clock.now())  # accepted: theirs
     return {"statusCode": 200, "body": result.view(msg.conversation_id).model_dump_json()}
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import re
 from collections.abc import AsyncIterator
 from importlib import resources
@@ -33,6 +32,7 @@ from events.inbound import (
 )
 from events.json_input import parse_json
 from events.outbound import ErrorBody, ErrorView, FeedbackView, validation_problem
+from workers.adapters.http_errors import error_headers, error_view
 from workers.adapters.local.guard import Guard
 from workers.adapters.local.runtime import EmbeddedRuntime
 from workers.adapters.local.views import conversation_view
@@ -44,9 +44,7 @@ from workers.errors import (
     ApiError,
     NotFound,
     RetryableError,
-    Throttled,
     Unauthenticated,
-    http_error,
 )
 
 log = logging.getLogger(__name__)
@@ -59,26 +57,6 @@ _CONVERSATION_ID = re.compile(CONVERSATION_ID_PATTERN)
 
 
 Frame = WsSubscribe | WsSend | WsDecide | WsResume | WsFeedback | WsPing
-
-
-def error_view(exc: AgentWorkerError) -> tuple[int, ErrorView]:
-    """The HTTP status and body of an error (:func:`~workers.errors.http_error`), naming the
-    field at fault and, for a refused token, the reason."""
-    status, code = http_error(exc)
-    reason = exc.reason if isinstance(exc, Unauthenticated) else None
-    body = ErrorBody(code=code, message=str(exc), field=getattr(exc, "field", None), reason=reason)
-    return status, ErrorView(error=body)
-
-
-def error_headers(exc: AgentWorkerError) -> dict[str, str]:
-    """The headers an error answer carries: the scheme to authenticate with, when to retry."""
-    if isinstance(exc, Unauthenticated):
-        return {
-            "www-authenticate": f'Bearer error="invalid_token", error_description="{exc.reason}"'
-        }
-    if isinstance(exc, Throttled):
-        return {"retry-after": str(max(1, math.ceil(exc.retry_after)))}
-    return {}
 
 
 def validation_error(exc: ValidationError, *, tagged: bool = False) -> ApiError:
