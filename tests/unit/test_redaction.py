@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 
 from workers.core.ports import NullSpan, NullTracer
-from workers.core.redaction import RedactedError, RedactingTracer, Redactor, iban_ok, luhn_ok
+from workers.core.redaction import (
+    RedactedError,
+    RedactingTracer,
+    Redactor,
+    iban_ok,
+    luhn_ok,
+    url_without_credentials,
+)
 from workers.observability import RedactExtras, install_redaction
 
 R = Redactor()
@@ -173,7 +180,8 @@ def test_a_log_record_keeps_its_args_as_the_formatter_reads_them(redacting: logg
     )
     assert len(record.args or ()) == 5  # each arg masked where it must be, none dropped
     line = formatter.format(record)
-    assert line == '127.0.0.1:5000 - "GET /v1/conversations/ws:a?mail=[EMAIL] HTTP/1.1" 404 Not Found'
+    request = '"GET /v1/conversations/ws:a?mail=[EMAIL] HTTP/1.1"'
+    assert line == f"127.0.0.1:5000 - {request} 404 Not Found"
     clean = redacting.makeRecord(redacting.name, logging.INFO, __file__, 1, "%s %d", ("a", 1), None)
     assert clean.args == ("a", 1)  # nothing to mask: the record as it was logged
 
@@ -185,7 +193,7 @@ def test_a_log_record_keeps_its_args_as_the_formatter_reads_them(redacting: logg
         ("mail %s@%s", ("jane", "example.com"), "mail [EMAIL]"),  # a secret across two args
         ("headers %r", ([(b"authorization", b"Bearer s3cret")],), "headers "
          "[(b'authorization', b'Bearer [TOKEN]')]"),
-        ("%(who)s wrote %(what)s", {"who": "jane", "what": CARD}, f"jane wrote [CARD]"),
+        ("%(who)s wrote %(what)s", {"who": "jane", "what": CARD}, "jane wrote [CARD]"),
     ],
 )  # fmt: skip
 def test_a_record_whose_args_cannot_carry_the_mask_is_rendered_now(
@@ -193,3 +201,17 @@ def test_a_record_whose_args_cannot_carry_the_mask_is_rendered_now(
 ) -> None:
     record = redacting.makeRecord(redacting.name, logging.INFO, __file__, 1, msg, args, None)
     assert record.getMessage() == message
+
+
+def test_a_tracking_uri_is_named_without_its_password() -> None:
+    from workers.config import Settings
+    from workers.prompts import MlflowPromptRegistry
+
+    uri = "https://agent:s3cret@mlflow.example.com/"
+    assert Settings(mlflow_tracking_uri=uri).shown_tracking_uri == (
+        "https://agent:***@mlflow.example.com/"
+    )
+    assert MlflowPromptRegistry(uri).location == "https://agent:***@mlflow.example.com/"
+    assert url_without_credentials("sqlite:////var/lib/x/mlflow.db") == (
+        "sqlite:////var/lib/x/mlflow.db"
+    )
