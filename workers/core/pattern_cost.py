@@ -103,7 +103,7 @@ def _item(op: Any, av: Any) -> tuple[int, int]:
 
 
 def _repeat(op: Any, low: int, high: int, body: Any) -> tuple[int, int]:
-    if high is _c.MAXREPEAT:
+    if high >= _c.MAXREPEAT:
         raise _Refused("unbounded quantifier (+, * or {n,}): give it an upper bound, e.g. {1,64}")
     ways, work = _sequence(body)
     single = len(body) == 1 and body[0][0] in _ONE_CHARACTER
