@@ -210,13 +210,14 @@ def prepare_embedded(
     store = SqliteConversationStore(settings.db_path)
     try:
         tickets = SqliteTicketStore(store.database)
-        prompt = load_prompt(settings)
-        agent = build_agent(settings, tickets, clock, model, prompt)
-        prompt.announce()
+        # the log redaction first: loading the prompt can log (a registry's error quotes it)
         if tracer is None:  # the default: redacted by the exporter process
             traces = redaction(settings, build_tracer(settings), spans=False)
         else:
             traces = redaction(settings, tracer)
+        prompt = load_prompt(settings)
+        agent = build_agent(settings, tickets, clock, model, prompt)
+        prompt.announce()
     except BaseException:
         store.close()
         lock.close()

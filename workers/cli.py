@@ -746,7 +746,7 @@ def cmd_traces(args: argparse.Namespace) -> int:
     _quiet_mlflow()
     rows = list_traces(settings, args.conversation, limit=args.limit)
     if not rows:
-        print(f"no traces for conversation {args.conversation!r} in {settings.tracking_uri}")
+        print(f"no traces for conversation {args.conversation!r} in {settings.shown_tracking_uri}")
         return 1
     from workers.tables import text_table
 
@@ -828,7 +828,7 @@ def _prompt_registry(settings: Settings, *, create: bool = False) -> MlflowPromp
 def _registry_or_fail(settings: Settings, name: str) -> MlflowPromptRegistry:
     registry = _prompt_registry(settings)
     if registry is None:
-        raise ConfigError(f"unknown prompt {name!r}: no prompts in {settings.tracking_uri}")
+        raise ConfigError(f"unknown prompt {name!r}: no prompts in {settings.shown_tracking_uri}")
     return registry
 
 
@@ -837,7 +837,7 @@ def cmd_prompt_list(args: argparse.Namespace) -> int:
     registry = _prompt_registry(settings)
     names = [] if registry is None else registry.names()
     if registry is None or not names:
-        print(f"no prompts in {settings.tracking_uri}")
+        print(f"no prompts in {settings.shown_tracking_uri}")
         return 0
     from workers.tables import preview, text_table
 

@@ -21,6 +21,8 @@ from pydantic_settings.exceptions import SettingsError
 
 from events.identity import ApprovalPolicy, ClaimMapping
 from events.inbound import DoubleTextingPolicy
+from workers.core.pattern_cost import check_pattern
+from workers.core.redaction import url_without_credentials
 from workers.costs import ModelPrice
 from workers.errors import ConfigError
 
@@ -164,11 +166,15 @@ class Settings(BaseSettings):
     )
     redaction: bool = Field(
         True,
-        description="Mask e-mails, phones, card numbers, IBANs and AWS keys in spans and logs.",
+        description="Mask e-mails, phones, card numbers, IBANs, AWS keys, bearer tokens and URL"
+        " passwords in spans and logs.",
     )
     redact_patterns: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="More regular expressions to mask in spans and logs (a JSON list, or one).",
+        description="More regular expressions to mask in spans and logs (a JSON list, or one);"
+        " each must be linear-time: bounded quantifiers ({1,64}, not + or *), no backreferences,"
+        " at most 200 steps per position (possessive {0,5}+ or atomic (?>...) parts to narrow"
+        " it).",
     )
     # guardrails -------------------------------------------------------------------------
     guard: bool = Field(
@@ -301,12 +307,13 @@ class Settings(BaseSettings):
 
     @field_validator("redact_patterns", mode="after")
     @classmethod
-    def _compiles(cls, value: list[str]) -> list[str]:
+    def _linear(cls, value: list[str]) -> list[str]:
+        # they run on every span and log line: one that can backtrack could freeze the process
         for pattern in value:
             try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
+                check_pattern(pattern)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
         return value
 
     @field_validator("guard_blocked_topics", mode="before")
@@ -378,6 +385,11 @@ class Settings(BaseSettings):
     @property
     def tracking_uri(self) -> str:
         return self.mlflow_tracking_uri or f"sqlite:///{(self.state_dir / 'mlflow.db').resolve()}"
+
+    @property
+    def shown_tracking_uri(self) -> str:
+        """The tracking URI as a line may print it: a password in it masked."""
+        return url_without_credentials(self.tracking_uri)
 
 
 _PROVIDER = re.compile(r"^[a-z][a-z0-9_]*$")

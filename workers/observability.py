@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from workers.core.redaction import Redactor
@@ -36,16 +37,56 @@ def _redacting_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
 
 
 def redact_record(record: logging.LogRecord, redactor: Redactor) -> None:
-    """Render the record's message now, redacted, and redact its exception's message."""
+    """Redact the record's message and its exception's message.
+
+    A message with nothing to mask is left as it was logged, and one with something to mask
+    keeps its ``args`` (each redacted) when they render the same masked message: formatters
+    read the args themselves (uvicorn's access lines unpack five of them), so emptying them
+    broke every such line. Any other (a card number as ``%d``, a secret split between two
+    args) is rendered now, masked, with no args."""
     try:
         message = record.getMessage()
     except Exception:  # a malformed call: leave it to the logging module to report
         return
-    record.msg, record.args = redactor.text(message), ()
+    redacted = redactor.text(message)
+    if redacted != message:
+        args = _redacted_args(record, redactor, redacted)
+        if args is None:
+            record.msg, record.args = redacted, ()
+        else:
+            record.msg, record.args = args
     if record.exc_info and record.exc_info[1] is not None:
         error = redactor.error(record.exc_info[1])
         record.exc_info = (type(error), error, record.exc_info[2])
         record.exc_text = None
+
+
+def _redacted_args(
+    record: logging.LogRecord, redactor: Redactor, redacted: str
+) -> tuple[Any, tuple[Any, ...] | Mapping[str, Any]] | None:
+    """(msg, args) with each redacted, keeping the args' shape, when they render exactly
+    the ``redacted`` message; else ``None``. An argument whose text needs masking becomes
+    that text, masked (``%d`` of a card number, ``%r`` of a list, a secret split between two
+    args: ``None``)."""
+    msg = redactor.text(record.msg) if isinstance(record.msg, str) else record.msg
+    args: tuple[Any, ...] | Mapping[str, Any]
+    if isinstance(record.args, Mapping):
+        args = {k: _redacted_arg(v, redactor) for k, v in record.args.items()}
+    else:
+        args = tuple(_redacted_arg(v, redactor) for v in record.args or ())
+    try:
+        rendered = str(msg) % args if args else str(msg)
+    except (TypeError, ValueError, KeyError):
+        return None
+    return (msg, args) if rendered == redacted else None
+
+
+def _redacted_arg(value: Any, redactor: Redactor) -> Any:
+    if isinstance(value, int | float | bool | None):  # what %d and %f take, printed as is
+        return value
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    masked = redactor.text(text)
+    return value if masked == text else masked
 
 
 class RedactExtras(logging.Filter):

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from workers.core.redaction import url_without_credentials
 from workers.errors import ConfigError, PromptRegistryError
 
 if TYPE_CHECKING:
@@ -236,10 +237,12 @@ def load_prompt(settings: Settings) -> LoadedPrompt:
         why = "this process has no prompt registry client (full mlflow is not installed)"
     else:
         registry = open_registry(settings, create=False)
-        why = f"the registry at {settings.tracking_uri} is empty (no database yet)"
+        why = f"the registry at {settings.shown_tracking_uri} is empty (no database yet)"
     loaded = resolve_prompt(settings, registry, why_none=why)
     if loaded.source == "registry":
-        loaded = replace(loaded, note=f"serving {loaded.describe()} from {settings.tracking_uri}")
+        loaded = replace(
+            loaded, note=f"serving {loaded.describe()} from {settings.shown_tracking_uri}"
+        )
     return loaded
 
 
@@ -283,7 +286,9 @@ class MlflowPromptRegistry:
     tracking and registry URIs: no global MLflow state is changed)."""
 
     def __init__(self, tracking_uri: str) -> None:
-        self.location = tracking_uri
+        self._uri = tracking_uri
+        self.location = url_without_credentials(tracking_uri)
+        """Where it is, as messages name it (a password in the URI masked)."""
         self._client: Any = None
 
     def _open(self) -> Any:
@@ -295,7 +300,7 @@ class MlflowPromptRegistry:
             offline_mlflow_env()
             from mlflow import MlflowClient
 
-            uri = self.location
+            uri = self._uri
             self._client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         return self._client
 

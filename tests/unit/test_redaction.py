@@ -10,11 +10,19 @@ from typing import Any
 import pytest
 
 from workers.core.ports import NullSpan, NullTracer
-from workers.core.redaction import RedactedError, RedactingTracer, Redactor, iban_ok, luhn_ok
+from workers.core.redaction import (
+    RedactedError,
+    RedactingTracer,
+    Redactor,
+    iban_ok,
+    luhn_ok,
+    url_without_credentials,
+)
 from workers.observability import RedactExtras, install_redaction
 
 R = Redactor()
 CARD = "4111 1111 1111 1111"
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.3p8Wq-mF_kX0c1Y2Zb"
 
 
 @pytest.mark.parametrize(
@@ -34,6 +42,14 @@ CARD = "4111 1111 1111 1111"
             "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
             "aws_secret_access_key = [AWS_KEY]",
         ),
+        ("< authorization: Bearer dev-token-0123456789", "< authorization: Bearer [TOKEN]"),
+        ("[(b'authorization', b'Bearer s3cret')]", "[(b'authorization', b'Bearer [TOKEN]')]"),
+        (f"protocol: agentworker, bearer.{JWT}", "protocol: agentworker, bearer.[TOKEN]"),
+        (f"token {JWT} expired", "token [TOKEN] expired"),
+        (f"BEARER {JWT}", "BEARER [TOKEN]"),
+        ("https://user:secret@mlflow.example.com/x", "https://user:***@mlflow.example.com/x"),
+        ("uri=HTTP://ak:p%40ss:w0rd@h:5000", "uri=HTTP://ak:***@h:5000"),
+        ("git+ssh://tok3n@host/repo", "git+ssh://***@host/repo"),
     ],
 )
 def test_personal_data_and_secrets_are_masked(text: str, masked: str) -> None:
@@ -49,6 +65,8 @@ def test_personal_data_and_secrets_are_masked(text: str, masked: str) -> None:
         "order 123456789, ticket 12, at 2026-11-29 02:30:00",
         "version 1.2.3, ip 10.0.0.1, id 3f2a9c1e-1234-5678-9abc-def012345678",
         "ws:acme:alice-1",
+        "the Bearer bonds, a bearer instrument",
+        "see https://example.com:8080/a?b=c and http://host/a@b",
     ],
 )
 def test_what_only_looks_like_it_is_left_alone(text: str) -> None:
@@ -148,3 +166,52 @@ def test_with_redaction_off_nothing_changes(caplog: pytest.LogCaptureFixture) ->
     caplog.set_level(logging.INFO)
     logging.getLogger("agentworker.test.plain").info("card %s", CARD)
     assert CARD in caplog.text
+
+
+def test_a_log_record_keeps_its_args_as_the_formatter_reads_them(redacting: logging.Logger) -> None:
+    """uvicorn's access formatter unpacks five args: the factory used to empty them, and
+    every request printed a "Logging error" traceback instead of its line."""
+    from uvicorn.logging import AccessFormatter
+
+    formatter = AccessFormatter('%(client_addr)s - "%(request_line)s" %(status_code)s')
+    args = ("127.0.0.1:5000", "GET", "/v1/conversations/ws:a?mail=jane@example.com", "1.1", 404)
+    record = redacting.makeRecord(
+        redacting.name, logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d', args, None
+    )
+    assert len(record.args or ()) == 5  # each arg masked where it must be, none dropped
+    line = formatter.format(record)
+    request = '"GET /v1/conversations/ws:a?mail=[EMAIL] HTTP/1.1"'
+    assert line == f"127.0.0.1:5000 - {request} 404 Not Found"
+    clean = redacting.makeRecord(redacting.name, logging.INFO, __file__, 1, "%s %d", ("a", 1), None)
+    assert clean.args == ("a", 1)  # nothing to mask: the record as it was logged
+
+
+@pytest.mark.parametrize(
+    ("msg", "args", "message"),
+    [
+        ("paid with %d", (4111111111111111,), "paid with [CARD]"),  # a number: rendered now
+        ("mail %s@%s", ("jane", "example.com"), "mail [EMAIL]"),  # a secret across two args
+        ("headers %r", ([(b"authorization", b"Bearer s3cret")],), "headers "
+         "[(b'authorization', b'Bearer [TOKEN]')]"),
+        ("%(who)s wrote %(what)s", {"who": "jane", "what": CARD}, "jane wrote [CARD]"),
+    ],
+)  # fmt: skip
+def test_a_record_whose_args_cannot_carry_the_mask_is_rendered_now(
+    redacting: logging.Logger, msg: str, args: Any, message: str
+) -> None:
+    record = redacting.makeRecord(redacting.name, logging.INFO, __file__, 1, msg, args, None)
+    assert record.getMessage() == message
+
+
+def test_a_tracking_uri_is_named_without_its_password() -> None:
+    from workers.config import Settings
+    from workers.prompts import MlflowPromptRegistry
+
+    uri = "https://agent:s3cret@mlflow.example.com/"
+    assert Settings(mlflow_tracking_uri=uri).shown_tracking_uri == (
+        "https://agent:***@mlflow.example.com/"
+    )
+    assert MlflowPromptRegistry(uri).location == "https://agent:***@mlflow.example.com/"
+    assert url_without_credentials("sqlite:////var/lib/x/mlflow.db") == (
+        "sqlite:////var/lib/x/mlflow.db"
+    )

@@ -14,6 +14,7 @@ import hashlib
 import re
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
@@ -31,30 +32,68 @@ from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
-_TICKET_NO = r"(?:ticket|case)\s*#?\s*(\d+)"
-_RULES: list[tuple[re.Pattern[str], str]] = [
-    (
-        re.compile(
-            r"\b(?:open|create|file|raise|log)\b.*?\bticket\b(?:\s+(?:about|for|on|regarding))?\s*:?\s*(?P<rest>.*)",
-            re.I | re.S,
-        ),
+# Every rule runs on the user's text, up to a whole 256 KB message: each is linear in it. A
+# rule is a keyword, then (for some) what must follow it: searched for once, from the first
+# keyword that can have it, rather than ``keyword.*?tail``, which scans the rest of the text
+# again from every keyword (quadratic in "close close close ...").
+_TICKET_NO = re.compile(r"(?:ticket|case)\s*+(?:#\s*+)?(\d{1,18})(?!\d)", re.I)
+
+
+@dataclass(frozen=True)
+class _Rule:
+    intent: str
+    keyword: re.Pattern[str]
+    tail: re.Pattern[str] | None = None
+    """What must follow the keyword: it starts after it, on the same line unless
+    ``across_lines`` (it may go on past the line's end)."""
+    across_lines: bool = False
+
+    def search(self, text: str) -> re.Match[str] | None:
+        """The match that ``keyword.*?tail`` would find (the tail's match)."""
+        pos = 0
+        tail: re.Match[str] | None = None
+        while (keyword := self.keyword.search(text, pos)) is not None:
+            if self.tail is None:
+                return keyword
+            # the first tail after a keyword is the first after any earlier one, unless it
+            # started before this keyword: search again only then (each stretch of the text
+            # is searched once)
+            if tail is None or tail.start() < keyword.end():
+                tail = self.tail.search(text, keyword.end())
+                if tail is None:
+                    return None
+            end = text.find("\n", keyword.end())
+            if self.across_lines or end < 0 or tail.start() <= end:
+                return tail
+            pos = end + 1  # a later keyword of this line could only do worse
+        return None
+
+
+_RULES: list[_Rule] = [
+    _Rule(
         "create_ticket",
+        re.compile(r"\b(?:open|create|file|raise|log)\b", re.I),
+        re.compile(
+            r"\bticket\b(?:\s+(?:about|for|on|regarding))?\s*:?\s*(?P<rest>.*)", re.I | re.S
+        ),
+        across_lines=True,
     ),
-    (re.compile(r"\b(?:close|resolve)\b.*?" + _TICKET_NO, re.I), "close_ticket"),
-    (re.compile(r"\b(?:escalate|urgent)\b.*?" + _TICKET_NO, re.I), "escalate_ticket"),
-    (
-        re.compile(r"\b(?:status|look ?up|check|show|what about)\b.*?" + _TICKET_NO, re.I),
+    _Rule("close_ticket", re.compile(r"\b(?:close|resolve)\b", re.I), _TICKET_NO),
+    _Rule("escalate_ticket", re.compile(r"\b(?:escalate|urgent)\b", re.I), _TICKET_NO),
+    _Rule(
         "lookup_ticket",
+        re.compile(r"\b(?:status|look ?up|check|show|what about)\b", re.I),
+        _TICKET_NO,
     ),
-    (
+    _Rule(
+        "current_time",
         re.compile(
             r"\b(?:what time|current time|what(?:'s| is) the (?:time|date)|today's date)\b", re.I
         ),
-        "current_time",
     ),
-    (
-        re.compile(r"^\s*(?:how|can i|where|what|why|do you|is there)\b.*\?\s*$", re.I | re.S),
+    _Rule(
         "search_faq",
+        re.compile(r"^\s*(?:how|can i|where|what|why|do you|is there)\b.*\?\s*$", re.I | re.S),
     ),
 ]
 
@@ -203,10 +242,11 @@ def _summarise(result: ToolMessage) -> str:
 
 
 def _tool_call(text: str, tools: set[str]) -> tuple[str, dict[str, Any]] | None:
-    for pattern, intent in _RULES:
-        match = pattern.search(text)
+    for rule in _RULES:
+        match = rule.search(text)
         if match is None:
             continue
+        intent = rule.intent
         if intent == "create_ticket" and "create_ticket" in tools:
             subject = (match.group("rest") or text).strip().rstrip(".!") or "Support request"
             return "create_ticket", {"subject": subject[:120], "body": text.strip()}

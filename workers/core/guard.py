@@ -27,6 +27,7 @@ rule names (a kind of data, a configured topic, an injection rule), never a matc
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -135,33 +136,38 @@ def find_pii(text: str) -> list[Finding]:
     """The personal data in ``text`` (the redaction hook's patterns and checks, in its order:
     a span already taken by an earlier kind is not found again), sorted by position."""
     taken: list[Finding] = []
-
-    def add(kind: str, start: int, end: int) -> None:
-        if all(end <= f.start or start >= f.end for f in taken):
-            taken.append(Finding("pii", kind, start, end))
-
-    for m in AWS_SECRET.finditer(text):
-        add("aws_key", m.start(2), m.end(2))
-    for m in AWS_KEY_ID.finditer(text):
-        add("aws_key", m.start(), m.end())
+    taken = _merge(taken, "aws_key", (m.span(2) for m in AWS_SECRET.finditer(text)))
+    taken = _merge(taken, "aws_key", (m.span() for m in AWS_KEY_ID.finditer(text)))
     if "@" in text:
-        for m in EMAIL.finditer(text):
-            add("email", m.start(), m.end())
+        taken = _merge(taken, "email", (m.span() for m in EMAIL.finditer(text)))
     if not _DIGIT.search(text):  # the rest have digits
-        return sorted(taken, key=lambda f: f.start)
-    for m in IBAN.finditer(text):
-        if iban_ok(m.group(0)):
-            add("iban", m.start(), m.end())
-    for m in CARD.finditer(text):
-        if card_ok(m.group(0)):
-            add("card", m.start(), m.end())
-    for m in PHONE.finditer(text):
-        if phone_ok(m.group(0)):
-            add("phone", m.start(), m.end())
-    return sorted(taken, key=lambda f: f.start)
+        return taken
+    checked = ((IBAN, iban_ok, "iban"), (CARD, card_ok, "card"), (PHONE, phone_ok, "phone"))
+    for pattern, ok, kind in checked:
+        spans = (m.span() for m in pattern.finditer(text) if ok(m.group(0)))
+        taken = _merge(taken, kind, spans)
+    return taken
+
+
+def _merge(taken: list[Finding], kind: str, spans: Iterable[tuple[int, int]]) -> list[Finding]:
+    """``taken`` (sorted, disjoint) with the ``spans`` (in order, disjoint) that overlap none
+    of it, in one walk: a message full of matches costs linear time, not a comparison of
+    each match with every one before it."""
+    merged: list[Finding] = []
+    i = 0
+    for start, end in spans:
+        while i < len(taken) and taken[i].end <= start:
+            merged.append(taken[i])
+            i += 1
+        if i < len(taken) and taken[i].start < end:
+            continue  # an earlier kind holds part of it
+        merged.append(Finding("pii", kind, start, end))
+    merged.extend(taken[i:])
+    return merged
 
 
 _DIGIT = re.compile(r"\d")
+_CUT = re.compile(r"[ \n]")
 
 
 def pii_values(texts: Iterable[str]) -> frozenset[str]:
@@ -420,12 +426,14 @@ class StreamGuard:
         text = self._pending
         limit = len(text) - self.hold
         spans = find_pii(text)
-        i = limit
-        while i > 0:
-            i = max(text.rfind(" ", 0, i), text.rfind("\n", 0, i)) + 1
-            if i > 0 and all(not f.start < i < f.end for f in spans):
-                return i, spans
-            i -= 1
+        starts = [f.start for f in spans]
+        # after the last space or newline that is inside no span (spans are sorted and
+        # disjoint: the one that could hold a cut is the last to start before it)
+        for space in reversed([m.start() for m in _CUT.finditer(text, 0, max(limit, 0))]):
+            cut = space + 1
+            k = bisect_left(starts, cut) - 1
+            if k < 0 or spans[k].end <= cut:
+                return cut, spans
         return (limit if len(text) > self.limit else 0), spans
 
     def _emit(self, cut: int, spans: list[Finding]) -> str:

@@ -10,9 +10,19 @@ Found and replaced, in every string of a value (dict keys stay as they are):
 - card numbers (13 to 19 digits, optionally grouped) that pass the Luhn check -> ``[CARD]``
 - IBANs that pass the ISO 13616 mod-97 check -> ``[IBAN]``
 - AWS access key ids (``AKIA``/``ASIA``...) and secret access keys -> ``[AWS_KEY]``
+- bearer tokens (``Bearer <token>``, the WebSocket subprotocol ``bearer.<token>``) and JWTs
+  (``eyJ...``) -> ``[TOKEN]``
+- the credentials in a URL (``https://user:secret@host/``) -> ``https://user:***@host/``
 - whatever the configured extra patterns match -> ``[REDACTED]``
 
 A digit run that is not a valid card (an order number, a Slack timestamp) is left alone.
+
+Every pattern here runs on hostile text (a message, a header, a log line) in the server's
+one interpreter and in every Lambda, so each is linear-time in its input: a quantifier is
+bounded, or the match may only start where a run of what it scans starts (a lookbehind), so
+no character is scanned again from each position of a long run. The configured patterns are
+held to a computed bound (:mod:`workers.core.pattern_cost`). ``tests/unit/test_regex_time.py``
+times the classic killers at 256 KB.
 """
 
 from __future__ import annotations
@@ -23,9 +33,14 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from typing import Any
 
+from workers.core.pattern_cost import check_pattern
 from workers.core.ports import Feedback, OpenSpan, SpanHandle, Tracer
 
-EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+# A match starts only where a run of local-part characters starts: from inside the run it
+# would scan on to the same "@" again, quadratic in the run ("a." * 130000 + "@": a minute).
+EMAIL = re.compile(
+    r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
+)
 # not inside a longer number or a decimal (a Slack timestamp), but at a sentence's end too
 CARD = re.compile(r"(?<!\d)(?<!\d\.)\d(?:[ -]?\d){12,18}(?!\d|\.\d)")
 IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b")
@@ -38,7 +53,17 @@ PHONE = re.compile(
 ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 AWS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AIDA|AROA|AGPA|ANPA|AIPA)[A-Z0-9]{16}\b")
 AWS_SECRET = re.compile(
-    r"(?i)(aws.{0,20}?(?:secret|key).{0,20}?[:=]\s*['\"]?)([A-Za-z0-9/+=]{40})(?![A-Za-z0-9/+=])"
+    r"(?i)(aws.{0,20}?(?:secret|key).{0,20}?[:=]\s{0,16}['\"]?)([A-Za-z0-9/+=]{40})"
+    r"(?![A-Za-z0-9/+=])"
+)
+# The scheme is kept ("Bearer", "bearer." in a subprotocol list); the token is what follows,
+# RFC 6750's token characters. A match starts only at the start of a word.
+BEARER = re.compile(r"(?i)(?<![A-Za-z0-9])(bearer(?:[ \t]+|\.))([A-Za-z0-9._~+/=-]+)")
+# A JWS: header and payload are base64url JSON objects, so both start "eyJ" ('{"').
+JWT = re.compile(r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+# scheme://user:password@ or scheme://token@ (the scheme starts a word: linear)
+URL_USERINFO = re.compile(
+    r"(?i)(?<![a-z0-9+.-])([a-z][a-z0-9+.-]*://)(?:([^\s/?#@:]*):)?[^\s/?#@]+@"
 )
 
 
@@ -86,18 +111,44 @@ def _phone(match: re.Match[str]) -> str:
     return "[PHONE]" if phone_ok(match.group(0)) else match.group(0)
 
 
+def _bearer(match: re.Match[str]) -> str:
+    token = match.group(2)
+    # "the bearer instrument" is prose; a token has a digit or a symbol, or is long
+    if len(token) < 16 and token.isalpha():
+        return match.group(0)
+    return f"{match.group(1)}[TOKEN]"
+
+
+def _userinfo(match: re.Match[str]) -> str:
+    scheme, user = match.group(1), match.group(2)
+    return f"{scheme}***@" if user is None else f"{scheme}{user}:***@"
+
+
+def url_without_credentials(url: str) -> str:
+    """``url`` (or any text) with the credentials of each URL in it masked:
+    ``https://user:secret@host/`` -> ``https://user:***@host/``. For lines that print a
+    configured URI (the tracking URI), where the redaction hook may be off or not reach."""
+    return URL_USERINFO.sub(_userinfo, url)
+
+
 class Redactor:
     """Masks personal data and secrets in strings and in JSON-like values."""
 
     def __init__(self, extra_patterns: Iterable[str] = ()) -> None:
+        extra = list(extra_patterns)
+        for pattern in extra:
+            check_pattern(pattern)  # the settings refuse them first; this holds for any caller
         self._steps: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str] | str]] = [
             (AWS_SECRET, r"\1[AWS_KEY]"),
             (AWS_KEY_ID, "[AWS_KEY]"),
+            (URL_USERINFO, _userinfo),
+            (BEARER, _bearer),
+            (JWT, "[TOKEN]"),
             (EMAIL, "[EMAIL]"),
             (IBAN, _iban),
             (CARD, _card),
             (PHONE, _phone),
-            *((re.compile(p), "[REDACTED]") for p in extra_patterns),
+            *((re.compile(p), "[REDACTED]") for p in extra),
         ]
 
     def text(self, value: str) -> str:

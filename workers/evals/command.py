@@ -116,7 +116,7 @@ def run_eval(
         )
     else:
         print("traces: tracing is off (AGENTWORKER_TRACING=false): the run has no traces")
-    where = f"experiment {logged.experiment_id}, {settings.tracking_uri}"
+    where = f"experiment {logged.experiment_id}, {settings.shown_tracking_uri}"
     print(f"mlflow run {logged.run_id} ({where})")
     verdicts = thresholds.check(figures)
     below = [name for name, verdict in verdicts.items() if verdict == "FAIL"]

@@ -202,7 +202,7 @@ def compare_runs(settings: Settings, run_a: str, run_b: str) -> tuple[list[Delta
             runs.append(client.get_run(run_id))
         except MlflowException:
             raise ConfigError(
-                f"run {run_id!r}: no such MLflow run in {settings.tracking_uri}"
+                f"run {run_id!r}: no such MLflow run in {settings.shown_tracking_uri}"
             ) from None
     a, b = (r.data.metrics for r in runs)
     deltas = [Delta(m, a.get(m), b.get(m)) for m in sorted(set(a) | set(b))]

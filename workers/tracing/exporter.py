@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from workers.tracing.spool import CLOSED, OPEN, segments, stop_file
+from workers.tracing.spool import CLOSED, OPEN, TRACKING_URI_ENV, segments, stop_file
 
 log = logging.getLogger("agentworker.exporter")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -237,13 +237,19 @@ def _lock(spool: Path) -> IO[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workers.tracing.exporter")
     parser.add_argument("--spool", type=Path, required=True)
-    parser.add_argument("--tracking-uri", required=True)
+    parser.add_argument(
+        "--tracking-uri",
+        default=os.environ.get(TRACKING_URI_ENV),
+        help=f"default: ${TRACKING_URI_ENV} (how the server passes it: not in argv)",
+    )
     parser.add_argument("--experiment", required=True)
     parser.add_argument("--artifacts", type=Path)
     parser.add_argument("--parent", type=int, default=os.getppid())
     parser.add_argument("--no-redaction", action="store_true", help="write spans as recorded")
     parser.add_argument("--redact-pattern", action="append", default=[], help="one more mask")
     args = parser.parse_args(argv)
+    if not args.tracking_uri:
+        parser.error(f"--tracking-uri or ${TRACKING_URI_ENV} is required")
     logging.basicConfig(level=logging.INFO, format=FORMAT)
     _yield_cpu()
     stop: list[Exporter] = []

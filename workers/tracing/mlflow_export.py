@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic_core import to_jsonable_python
 
-from workers.core.redaction import Redactor, redact_record
+from workers.core.redaction import Redactor, redact_record, url_without_credentials
 from workers.observability import conversation_filter
 from workers.tracing.recorder import TAG_PREFIX
 
@@ -153,7 +153,7 @@ class MlflowExport:
             self.experiment_id = _experiment(mlflow, experiment, artifact_dir)
         except Exception as exc:
             if transient(exc):
-                raise StoreUnavailable(f"{tracking_uri}: {exc}") from exc
+                raise StoreUnavailable(f"{url_without_credentials(tracking_uri)}: {exc}") from exc
             raise
         self._client = TracingClient(tracking_uri)
         self.dropped = 0

@@ -71,6 +71,10 @@ def stop_file(directory: Path, server_pid: int) -> Path:
     return directory / f"stop-{server_pid}"
 
 
+TRACKING_URI_ENV = "AGENTWORKER_EXPORTER_TRACKING_URI"
+"""How the exporter process is given the tracking URI (its environment, not its argv)."""
+
+
 @dataclass(frozen=True)
 class ExporterCommand:
     """How to start the exporter process for a spool."""
@@ -90,8 +94,6 @@ class ExporterCommand:
             "workers.tracing.exporter",
             "--spool",
             str(self.spool),
-            "--tracking-uri",
-            self.tracking_uri,
             "--experiment",
             self.experiment,
             "--parent",
@@ -109,6 +111,8 @@ class ExporterCommand:
         env = {
             **os.environ,
             "MLFLOW_MODEL_CATALOG_URI": os.environ.get("MLFLOW_MODEL_CATALOG_URI", ""),
+            # not in argv, which every local user can read (``ps``): it may hold a password
+            TRACKING_URI_ENV: self.tracking_uri,
         }
         env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         # Its own session: a Ctrl-C meant for the server does not cut the export short;
