@@ -19,6 +19,11 @@ class RetryableError(AgentWorkerError):
     """A transient fault (throttling, timeout, 5xx): retry the step with backoff and jitter."""
 
 
+class ErasureInProgress(RetryableError):
+    """The conversation id is being erased, or a run of the erased conversation is still
+    stopping: nothing was written; try again in a moment (HTTP 503)."""
+
+
 class ModelThrottled(RetryableError):
     """The model provider throttled the call (Bedrock ``ThrottlingException``, HTTP 429):
     retried like any ``RetryableError``, and counted (``model.throttles``)."""
