@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 OPEN, CLOSED = ".open", ".jsonl"
 SEGMENT_RECORDS = 2000
-FORGET_WAIT = 5.0
+FORGET_WAIT = 2.0
 """Seconds an erasure waits for the exporter to delete the conversation's traces from
 MLflow before it answers that their deletion is pending (never while the store is down)."""
 WARN_EVERY = 1000
