@@ -17,7 +17,8 @@ from typing import Any
 
 import httpx
 import pytest
-from websockets.sync.client import ClientConnection, connect
+from websockets.sync.client import connect
+from websockets.sync.connection import Connection
 
 from tests.functional.identity_env import HS_SECRET, claims, hs256
 from tests.functional.server_process import ServerProcess, free_port, wait_traces_exported
@@ -32,7 +33,7 @@ def bearer(token: str) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"}
 
 
-def until(ws: ClientConnection, kind: str) -> dict[str, Any]:
+def until(ws: Connection, kind: str) -> dict[str, Any]:
     """The next frame of type ``kind`` on ``ws`` (frames before it are skipped)."""
     while True:
         frame: dict[str, Any] = json.loads(ws.recv(timeout=15))
