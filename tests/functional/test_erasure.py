@@ -6,12 +6,14 @@ directory is its owner's alone."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import stat
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ import pytest
 from websockets.sync.client import connect
 from websockets.sync.connection import Connection
 
+from events.inbound import InboundMessage
 from tests.functional.identity_env import HS_SECRET, claims, hs256
 from tests.functional.server_process import ServerProcess, free_port, wait_traces_exported
 from tests.functional.test_recovery import send, view, wait_answered
@@ -119,6 +122,32 @@ def test_a_socket_stops_following_a_conversation_its_owner_erased(tmp_path: Path
         alice.send(json.dumps({"action": "subscribe", "conversation_id": cid}))
         refused = json.loads(alice.recv(timeout=15))
         assert refused["type"] == "error" and refused["error"]["code"] in ("NotFound", "not_found")
+
+
+def test_the_retention_ends_the_follows_of_what_it_erases(tmp_path: Path) -> None:
+    """The retention sweeper erases like ``forget``: the follows of what it erased end too
+    (before: it deleted the stored connections, not the live follows)."""
+    from workers.bootstrap import build_embedded
+    from workers.config import load_settings
+
+    cid = "ws:erin:idle"
+
+    async def scenario() -> None:
+        runtime = build_embedded(load_settings(state_dir=tmp_path, tracing=False))
+        await runtime.start()
+        try:
+            await runtime.accept(InboundMessage(conversation_id=cid, text="hello"))
+            await runtime.wait_idle()
+            follower: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+            runtime.hub.subscribe(cid, follower)
+            runtime.deps.settings = replace(runtime.deps.settings, retention_seconds=0.0)
+            assert await runtime.expire() == [cid]
+            forgotten = await asyncio.wait_for(follower.get(), 5)
+            assert forgotten == {"type": "forgotten", "conversation_id": cid}
+        finally:
+            await runtime.stop()
+
+    asyncio.run(scenario())
 
 
 def test_erasures_with_the_tracking_store_down_answer_at_once_and_hold_up_no_one(
