@@ -540,7 +540,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
     if "traces" not in pending:
         return 0
     if args.target == "local":
-        print("traces: pending (the tracking store is unreachable; deleted once it answers)")
+        print("traces: pending (the server's exporter deletes them once the store answers)")
         return 0
     print(
         "agentworker: the traces are not deleted, the tracking server is unreachable: run"

@@ -38,7 +38,9 @@ def test_forget_leaves_nothing_behind(tmp_path: Path) -> None:
             env={**os.environ, "AGENTWORKER_TOKEN": DEV_TOKEN},
         )
         assert out.returncode == 0, out.stderr
-        assert f"forgot {gone}:" in out.stdout and "2 traces" in out.stdout
+        assert f"forgot {gone}:" in out.stdout
+        # Deleted within the erasure's wait for the exporter (2 s), else after it (below).
+        assert "2 traces" in out.stdout or "traces: pending" in out.stdout
         assert "2 inbox" in out.stdout and "1 conversation" in out.stdout
         missing = httpx.get(f"{srv.url}/v1/conversations/{gone}", headers=srv.auth)
         assert missing.status_code == 404

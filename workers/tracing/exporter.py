@@ -156,30 +156,31 @@ class Exporter:
         if not self._erased:
             return
         for path in self.ready():
-            if self._scrubbed.get(path.name) == self._erased:
-                continue
+            if self._scrubbed.get(path.name) != self._erased:
+                self._scrub_one(path)
+                self._scrubbed[path.name] = self._erased
+
+    def _scrub_one(self, path: Path) -> None:
+        try:
+            lines = path.read_bytes().splitlines(keepends=True)
+        except FileNotFoundError:
+            return
+        changed = False
+        for number, line in enumerate(lines):
             try:
-                data = path.read_bytes()
-            except FileNotFoundError:
-                continue
-            lines = data.splitlines(keepends=True)
-            changed = False
-            for number, line in enumerate(lines):
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue  # a torn last line, or garbage: read_records skips it
-                if isinstance(record, dict) and erased_record(record, self._erased):
-                    lines[number] = encode(ERASED)
-                    changed = True
-                    self.erased += 1
-            if changed:
-                partial = path.with_name(path.name + ".scrub")
-                fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "wb") as out:
-                    out.write(b"".join(lines))
-                partial.replace(path)
-            self._scrubbed[path.name] = self._erased
+                record = json.loads(line)
+            except ValueError:
+                continue  # a torn last line, or garbage: read_records skips it
+            if isinstance(record, dict) and erased_record(record, self._erased):
+                lines[number] = encode(ERASED)
+                changed = True
+                self.erased += 1
+        if changed:  # rewritten whole, then renamed over: a reader sees one or the other
+            partial = path.with_name(path.name + ".scrub")
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(b"".join(lines))
+            partial.replace(path)
 
     def apply_tombstones(self) -> None:
         """Delete from MLflow the traces of the conversations erased since the last call
@@ -237,6 +238,7 @@ class Exporter:
         self._traces(path, traces, len(records))
         path.unlink(missing_ok=True)
         self._done.pop(path.name, None)
+        self._scrubbed.pop(path.name, None)
 
     def _traces(self, path: Path, traces: list[dict[str, Any]], upto: int) -> None:
         if traces:
