@@ -375,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     lock = _lock(args.spool)
+    store_down_file(args.spool).unlink(missing_ok=True)  # an earlier exporter's finding
     from workers.core.redaction import Redactor
     from workers.tracing.mlflow_export import MlflowExport
 
