@@ -528,9 +528,9 @@ def cmd_forget(args: argparse.Namespace) -> int:
             except NotFound:
                 # Erased before, its traces left behind (the tracking server was down)?
                 traces = deps.tracer.forget(cid)
-                if not traces:
+                if traces == 0:
                     raise
-                removed, pending = {"traces": traces}, []
+                removed, pending = ({}, ["traces"]) if traces is None else ({"traces": traces}, [])
         except AgentWorkerError as exc:
             print(f"agentworker: {exc}", file=sys.stderr)
             return 1
