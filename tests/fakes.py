@@ -365,8 +365,14 @@ class InMemoryConversationStore:
                 and not any(e.status == "pending" for e in conv.inbox)
             ][:limit]
 
-    def forget(self, conversation_id: str) -> dict[str, int] | None:
+    def forget(
+        self, conversation_id: str, *, idle_before: float | None = None
+    ) -> dict[str, int] | None:
         with self._lock:
+            if idle_before is not None and conversation_id not in self.expired_conversations(
+                before=idle_before, limit=len(self._convs)
+            ):
+                return None
             conv = self._convs.pop(conversation_id, None)
             if conv is None:
                 return None
@@ -644,7 +650,7 @@ class SpanRecordingTracer:
         self.spans.append(span)
         return span
 
-    def forget(self, conversation_id: str) -> int:
+    def forget(self, conversation_id: str) -> int | None:
         return 0
 
     def feedback(self, turn_id: str, feedback: Any) -> None:

@@ -97,10 +97,11 @@ def build_tracer(settings: Settings) -> Tracer:
     process (started with the first trace)."""
     if not settings.tracing:
         return NullTracer()
+    from workers.statedir import private_dir
     from workers.tracing.recorder import SpanRecorder
     from workers.tracing.spool import ExporterCommand, SpoolSink
 
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.state_dir)
     artifacts = settings.state_dir / "mlartifacts" if settings.mlflow_tracking_uri is None else None
     spool = settings.state_dir / "trace-spool"
     command = ExporterCommand(
@@ -112,14 +113,8 @@ def build_tracer(settings: Settings) -> Tracer:
         redact_patterns=tuple(settings.redact_patterns),
     )
     sink = SpoolSink(spool, max_bytes=settings.trace_spool_mb * 2**20, exporter=command)
-
-    def store() -> Any:
-        from workers.tracing.mlflow_export import MlflowExport
-
-        uri, experiment = settings.tracking_uri, settings.mlflow_experiment
-        return MlflowExport(uri, experiment, artifact_dir=artifacts)
-
-    return SpanRecorder(sink, max_spans=settings.trace_max_spans, store=store)
+    sink.resume()  # traces and erasures an earlier process left: exported now, not later
+    return SpanRecorder(sink, max_spans=settings.trace_max_spans)
 
 
 def lambda_tracer(settings: Settings) -> Tracer:
@@ -136,7 +131,7 @@ def lambda_tracer(settings: Settings) -> Tracer:
     sink = DirectSink(
         lambda: MlflowExport(uri, experiment, redactor=redactor), max_records=settings.trace_buffer
     )
-    return SpanRecorder(sink, max_spans=settings.trace_max_spans, store=sink.store)
+    return SpanRecorder(sink, max_spans=settings.trace_max_spans)
 
 
 def build_agent(

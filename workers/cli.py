@@ -511,24 +511,43 @@ def cmd_forget(args: argparse.Namespace) -> int:
         if resp.status_code != 200:
             return _fail(resp)
         removed: dict[str, int] = resp.json()["removed"]
+        pending: list[str] = resp.json().get("pending", [])
     else:
         from events.identity import backend
         from workers import bootstrap
         from workers.core.steps import forget_conversation
-        from workers.errors import AgentWorkerError
+        from workers.errors import AgentWorkerError, NotFound
 
         try:
             if args.target == "sandbox":
                 _point_at_sandbox(args)
             deps = bootstrap.aws_deps()
-            removed = forget_conversation(deps, cid, backend("iam:agentworker-cli"))
+            try:
+                erasure = forget_conversation(deps, cid, backend("iam:agentworker-cli"))
+                removed, pending = erasure.removed, list(erasure.pending)
+            except NotFound:
+                # Erased before, its traces left behind (the tracking server was down)?
+                traces = deps.tracer.forget(cid)
+                if traces == 0:
+                    raise
+                removed, pending = ({}, ["traces"]) if traces is None else ({"traces": traces}, [])
         except AgentWorkerError as exc:
             print(f"agentworker: {exc}", file=sys.stderr)
             return 1
     total = sum(removed.values())
     print(f"forgot {cid}: " + ", ".join(f"{n} {kind}" for kind, n in sorted(removed.items())))
     print(f"{total} items removed")
-    return 0
+    if "traces" not in pending:
+        return 0
+    if args.target == "local":
+        print("traces: pending (the server's exporter deletes them once the store answers)")
+        return 0
+    print(
+        "agentworker: the traces are not deleted, the tracking server is unreachable: run"
+        f" `agentworker forget -c {cid} --target {args.target}` again once it answers",
+        file=sys.stderr,
+    )
+    return 3
 
 
 def _point_at_sandbox(args: argparse.Namespace) -> None:

@@ -19,6 +19,11 @@ class RetryableError(AgentWorkerError):
     """A transient fault (throttling, timeout, 5xx): retry the step with backoff and jitter."""
 
 
+class ErasureInProgress(RetryableError):
+    """The conversation id is being erased, or a run of the erased conversation is still
+    stopping: nothing was written; try again in a moment (HTTP 503)."""
+
+
 class ModelThrottled(RetryableError):
     """The model provider throttled the call (Bedrock ``ThrottlingException``, HTTP 429):
     retried like any ``RetryableError``, and counted (``model.throttles``)."""
@@ -228,6 +233,7 @@ _HTTP_ERRORS: tuple[tuple[type[AgentWorkerError], int, str], ...] = (
     (NotWaiting, 409, "not_waiting"),
     (InvalidSlackSignature, 401, "invalid_signature"),
     (PermanentError, 400, "bad_request"),
+    (ErasureInProgress, 503, "erasure_in_progress"),
     (RetryableError, 503, "unavailable"),
 )
 

@@ -277,7 +277,9 @@ def open_registry(settings: Settings, *, create: bool) -> MlflowPromptRegistry |
         if not path.is_file():
             if not create:
                 return None
-            path.parent.mkdir(parents=True, exist_ok=True)
+            from workers.statedir import private_dir
+
+            private_dir(path.parent)  # MLflow makes the file 0644: nobody else may enter
     return MlflowPromptRegistry(uri)
 
 

@@ -683,6 +683,26 @@ def test_only_idle_conversations_expire(store: Any) -> None:
         assert expired == [CID]
 
 
+def test_the_retention_erases_a_conversation_only_while_it_is_idle(store: Any) -> None:
+    """The retention lists the idle conversations, then erases them one by one: one that a
+    message woke up in between is kept (the store checks again as it erases), and erased
+    once it is idle again."""
+    store.append_inbox(msg("q", "k1"), now=T0, default_policy="enqueue")
+    lease = store.try_acquire_lease(CID, now=T0, ttl=10)
+    store.commit_turn(CID, TurnCommit(lease.token, [1], "idle", b"ck"))
+    assert store.release_lease(CID, lease.token, seen_inbox_seq=1, now=T0 + 1)
+    store.append_inbox(msg("woke", "k2"), now=T0 + 30, default_policy="enqueue")
+    assert store.forget(CID, idle_before=T0 + 20) is None  # listed idle before T0 + 20
+    assert [e.message.text for e in store.pending_inbox(CID)] == ["woke"]
+    lease = store.try_acquire_lease(CID, now=T0 + 30, ttl=10)
+    store.commit_turn(CID, TurnCommit(lease.token, [2], "idle", b"ck2"))
+    assert store.forget(CID, idle_before=T0 + 35) is None  # its lease holds it (to T0 + 40)
+    assert store.release_lease(CID, lease.token, seen_inbox_seq=2, now=T0 + 31)
+    removed = store.forget(CID, idle_before=T0 + 100)
+    assert removed is not None and removed["conversation"] == 1
+    assert store.get_conversation(CID) is None
+
+
 # --- quotas -----------------------------------------------------------------------------------
 
 

@@ -514,3 +514,54 @@ def test_a_step_that_dies_after_its_commit_fails_nothing_it_did_not_attempt(aws:
     [run] = aws.wait_executions_done()
     assert run["status"] == "SUCCEEDED"
     assert aws.replies(timeout=0.5) == []
+
+
+def test_an_erased_conversations_sockets_follow_nothing_of_the_id_taken_again(
+    aws: Aws, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Item 2 of the hardening issue on AWS: a socket follows a conversation through the
+    links the store keeps per conversation (the WebSocket sink posts to those). Erasing it
+    removes every link, and following the id again before it exists records none, so when
+    another tenant creates the id, only that tenant's socket is linked to it."""
+    from tests.functional.identity_env import HS_SECRET, claims, hs256
+    from workers.cli import main
+    from workers.handlers import authorizer
+
+    monkeypatch.setenv("AGENTWORKER_AUTH_JWT_SECRET", HS_SECRET)
+    bootstrap.reset_aws_deps()
+
+    def connect(sub: str, tenant: str, connection: str) -> dict[str, Any]:
+        event = _ws_event("apiGatewayWebSocketApiConnect.json")
+        event |= {"type": "REQUEST", "methodArn": "arn:aws:execute-api:us-east-1:1:a/dev/$connect"}
+        token = hs256(claims(sub, tenant))
+        event["headers"]["Sec-WebSocket-Protocol"] = f"agentworker, bearer.{token}"
+        stored: dict[str, Any] = authorizer.handler(event, lambda_context())["context"]
+        return {"routeKey": "$default", "connectionId": connection, "authorizer": stored}
+
+    def frame(ctx: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+        event = _ws_event("apiGatewayWebSocketApiMessage.json", body)
+        event["requestContext"] |= ctx
+        answer: dict[str, Any] = ingest.handler(event, lambda_context())
+        return answer
+
+    alice, mallory = connect("alice", "acme", "c-alice"), connect("mallory", "evil", "c-mal")
+    cid = "ws:erased-on-aws"
+    store = bootstrap.aws_deps().store
+    aws.stub.script(reply_text="Hello Alice.")
+    assert (
+        frame(alice, {"action": "send", "conversation_id": cid, "text": "hi"})["statusCode"] == 200
+    )
+    aws.replies()
+    aws.wait_executions_done()
+    assert frame(alice, {"action": "subscribe", "conversation_id": cid})["statusCode"] == 200
+    assert store.list_connections(cid) == ["c-alice"]
+    assert main(["forget", "-c", cid, "--target", "aws"]) == 0
+    assert "1 connections" in capsys.readouterr().out
+    assert store.list_connections(cid) == []
+    # Followed again before it exists: nothing recorded until her own first message.
+    assert frame(alice, {"action": "subscribe", "conversation_id": cid})["statusCode"] == 200
+    aws.stub.script(reply_text="Hello Mallory.")
+    taken = frame(mallory, {"action": "send", "conversation_id": cid, "text": "mine now"})
+    assert taken["statusCode"] == 200
+    aws.replies()
+    assert store.list_connections(cid) == ["c-mal"]

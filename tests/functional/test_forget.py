@@ -1,5 +1,7 @@
 """``agentworker forget`` on a real server with MLflow tracing on: the conversation's rows,
-its traces and its spans are gone, it says what it removed, and nothing else is touched."""
+its traces and its spans are gone, it says what it removed, and nothing else is touched.
+The SQLite store's part: the text leaves the files, and a run cut off by the erasure cannot
+write into a conversation created again under the id."""
 
 from __future__ import annotations
 
@@ -12,8 +14,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from events.inbound import InboundMessage
 from tests.functional.server_process import DEV_TOKEN, ServerProcess
 from tests.functional.test_recovery import send, wait_answered
+from workers.adapters.local.sqlite_store import SqliteConversationStore
+from workers.core.model import Access, TurnCommit
+from workers.errors import LeaseLost
 
 
 def test_forget_leaves_nothing_behind(tmp_path: Path) -> None:
@@ -32,7 +38,9 @@ def test_forget_leaves_nothing_behind(tmp_path: Path) -> None:
             env={**os.environ, "AGENTWORKER_TOKEN": DEV_TOKEN},
         )
         assert out.returncode == 0, out.stderr
-        assert f"forgot {gone}:" in out.stdout and "2 traces" in out.stdout
+        assert f"forgot {gone}:" in out.stdout
+        # Deleted within the erasure's wait for the exporter (2 s), else after it (below).
+        assert "2 traces" in out.stdout or "traces: pending" in out.stdout
         assert "2 inbox" in out.stdout and "1 conversation" in out.stdout
         missing = httpx.get(f"{srv.url}/v1/conversations/{gone}", headers=srv.auth)
         assert missing.status_code == 404
@@ -66,3 +74,47 @@ def test_forget_leaves_nothing_behind(tmp_path: Path) -> None:
     if span_tables:
         dumped = " ".join(str(r) for r in spans.execute("SELECT * FROM spans"))
         assert gone not in dumped
+
+
+def test_forget_leaves_no_text_in_the_database_files(tmp_path: Path) -> None:
+    """Before: the rows were deleted, their text stayed in the write-ahead log (and, once
+    checkpointed, in the database's free pages)."""
+    store = SqliteConversationStore(tmp_path / "agentworker.db")
+    secret = "erase-me-7f3a9c"
+    for i in range(3):
+        message = InboundMessage(conversation_id="ws:a:gone", text=f"{secret} {i}")
+        store.append_inbox(message, now=1.0, default_policy="enqueue")
+    kept = InboundMessage(conversation_id="ws:a:kept", text="keep me")
+    store.append_inbox(kept, now=1.0, default_policy="enqueue")
+    assert store.forget("ws:a:gone") is not None
+    files = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert "agentworker.db-wal" in files  # the store is still open: its log is there, empty
+    assert [name for name, data in files.items() if secret.encode() in data] == []
+    assert [e.message.text for e in store.pending_inbox("ws:a:kept")] == ["keep me"]
+    store.close()
+
+
+def test_a_run_cut_off_by_an_erasure_cannot_write_into_the_id_taken_again(tmp_path: Path) -> None:
+    """Alice's run holds token 1 when her conversation is erased; Mallory creates the id
+    again. Before: the new conversation's first lease was token 1 too, and the old run's
+    commit (Alice's reply) landed in Mallory's conversation."""
+    store = SqliteConversationStore(tmp_path / "agentworker.db")
+    cid = "ws:shared:1"
+    first = InboundMessage(conversation_id=cid, text="alice's", tenant="acme", owner="alice")
+    held = store.append_inbox(first, now=1.0, default_policy="enqueue", lease_ttl=60)
+    assert held.lease is not None
+    store.renew_lease(cid, held.lease.token, now=2.0, ttl=60, bind="run-of-alice")
+    assert store.forget(cid) is not None
+    again = InboundMessage(conversation_id=cid, text="mallory's", tenant="evil", owner="mallory")
+    taken = store.append_inbox(
+        again,
+        now=3.0,
+        default_policy="enqueue",
+        lease_ttl=60,
+        access=Access("evil", frozenset({"mallory"})),
+    )
+    assert taken.lease is not None and taken.lease.token > held.lease.token
+    with pytest.raises(LeaseLost):
+        store.commit_turn(cid, TurnCommit(held.lease.token, [1], "idle", b"alice's checkpoint"))
+    assert store.load_checkpoint(cid) is None
+    store.close()

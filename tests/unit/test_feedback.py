@@ -70,7 +70,12 @@ def test_a_rating_lands_on_the_trace_of_the_turn_that_wrote_the_reply() -> None:
     assert tracer.given == [(first.turn_id, given)]
     assert first.turn_id == tracer.turn_ids[0] != second.turn_id
     assert given == Feedback(
-        name=FEEDBACK_NAME, value=-1, source_id="alice", rationale="wrong", reply_id=first.reply_id
+        name=FEEDBACK_NAME,
+        value=-1,
+        source_id="alice",
+        rationale="wrong",
+        reply_id=first.reply_id,
+        conversation_id=CID,
     )
     give_feedback(deps, ALICE, CID, reply_id=second.reply_id, score=1)
     assert tracer.given[-1][0] == second.turn_id

@@ -22,6 +22,7 @@ from workers.tracing.spool import CLOSED, OPEN, SpoolSink, segments
 class ListSink:
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
+        self.forgotten: list[tuple[str, int]] = []
 
     def put(self, record: dict[str, Any]) -> None:
         self.records.append(record)
@@ -31,6 +32,10 @@ class ListSink:
 
     def close(self) -> None:
         return None
+
+    def forget(self, conversation_id: str, before: int) -> int | None:
+        self.forgotten.append((conversation_id, before))
+        return 0
 
 
 def turn_tags(turn: str = "t-1") -> dict[str, str]:
@@ -139,10 +144,14 @@ def test_spans_of_parallel_threads_land_in_the_same_trace() -> None:
 
 def test_feedback_goes_to_the_trace_of_the_turn() -> None:
     sink = ListSink()
-    SpanRecorder(sink).feedback("t-9", Feedback("user_feedback", -1, "alice", "wrong", "r-1"))
+    rating = Feedback("user_feedback", -1, "alice", "wrong", "r-1", conversation_id="c-1")
+    SpanRecorder(sink).feedback("t-9", rating)
+    [record] = sink.records
+    assert isinstance(record.pop("time"), int)  # when it was given: an erasure drops it
     assert sink.records == [
         {
             "kind": "feedback",
+            "conversation_id": "c-1",
             "trace_id": trace_id_of("t-9"),
             "name": "user_feedback",
             "value": -1,

@@ -72,6 +72,7 @@ def give_feedback(
         source_id=principal.id,
         rationale=comment or None,
         reply_id=reply_id,
+        conversation_id=conversation_id,
     )
     deps.tracer.feedback(turn_id, feedback)
     log.info("feedback %+d on reply %s (turn %s) of %s", score, reply_id, turn_id, conversation_id)

@@ -158,10 +158,14 @@ class ConversationStore(Protocol):
         """Conversations last used before ``before`` with nothing pending and no live lease
         (for the retention); a store that expires them itself (a TTL) lists none."""
 
-    def forget(self, conversation_id: str) -> dict[str, int] | None:
+    def forget(
+        self, conversation_id: str, *, idle_before: float | None = None
+    ) -> dict[str, int] | None:
         """Erase the conversation: its state, inbox, outbox, log, checkpoint, dedupe
         markers, connections and stored objects. What was removed, by kind (``None``: no
-        such conversation). A run still going finds its lease gone and writes nothing."""
+        such conversation, or with ``idle_before`` one that is no longer idle since before
+        that time: a lease, a pending message, a later update). A run still going finds
+        its lease gone and writes nothing."""
 
     def add_connection(self, connection_id: str, conversation_id: str, *, now: float) -> None: ...
 
@@ -251,6 +255,8 @@ class Feedback:
     """Who gave it (the sender's principal id)."""
     rationale: str | None = None
     reply_id: str | None = None
+    conversation_id: str | None = None
+    """The rated reply's conversation: its erasure drops feedback not exported yet."""
 
 
 class SpanHandle(Protocol):
@@ -284,8 +290,12 @@ class Tracer(Protocol):
         span and ends by its ``end``: for callbacks that open and close a span in separate
         calls (model and tool calls of the app's graph). A no-op span outside a turn."""
 
-    def forget(self, conversation_id: str) -> int:
-        """Delete the conversation's traces; how many were deleted."""
+    def forget(self, conversation_id: str) -> int | None:
+        """Delete the conversation's traces, exported or not, and drop those of its turns
+        still running (they started before this call); how many were deleted, or ``None``
+        when the deletion is pending: the tracking store cannot be reached now (the embedded
+        runtime's exporter finishes it later; elsewhere the caller says so, to try again).
+        Never waits long on the tracking store."""
 
     def feedback(self, turn_id: str, feedback: Feedback) -> None:
         """Attach a user's feedback to the trace of the turn ``turn_id`` (as an MLflow
@@ -350,7 +360,7 @@ class NullTracer:
     ) -> OpenSpan:
         return NullSpan()
 
-    def forget(self, conversation_id: str) -> int:
+    def forget(self, conversation_id: str) -> int | None:
         return 0
 
     def feedback(self, turn_id: str, feedback: Feedback) -> None:

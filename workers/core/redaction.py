@@ -253,7 +253,7 @@ class RedactingTracer:
         )
         return _RedactingSpan(span, self.redactor)
 
-    def forget(self, conversation_id: str) -> int:
+    def forget(self, conversation_id: str) -> int | None:
         return self.inner.forget(conversation_id)
 
     def feedback(self, turn_id: str, feedback: Feedback) -> None:

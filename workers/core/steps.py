@@ -275,17 +275,46 @@ def history(deps: Deps, conversation_id: str, principal: Principal) -> History |
     return found
 
 
-def forget_conversation(deps: Deps, conversation_id: str, principal: Principal) -> dict[str, int]:
+@dataclass(frozen=True)
+class Erasure:
+    """What erasing a conversation removed, by kind (rows, objects, traces), and what it
+    could not remove yet (``pending``: ``traces`` while the tracking store is down; they
+    are removed later, see :meth:`~workers.core.ports.Tracer.forget`)."""
+
+    removed: dict[str, int]
+    pending: tuple[str, ...] = ()
+
+
+def forget_conversation(deps: Deps, conversation_id: str, principal: Principal) -> Erasure:
     """Erase the conversation from the store (its objects too) and its traces, for a
-    principal who may use it (``NotFound`` otherwise); what was removed, by kind."""
+    principal who may use it (``NotFound`` otherwise).
+
+    The rows go first, in one write: a run still going finds its lease gone at its next
+    write (``LeaseLost``: its turn commits nothing), and the trace of that turn, which
+    started before the erasure, is dropped when it ends. Then the traces: deleted, or
+    ``pending`` when the tracking store cannot be reached (never a failure once the rows
+    are gone)."""
     if visible(deps, deps.store.get_conversation(conversation_id), principal) is None:
         raise NotFound.conversation(conversation_id)
-    removed = deps.store.forget(conversation_id)
-    if removed is None:  # forgotten meanwhile
+    erasure = _erase(deps, conversation_id)
+    if erasure is None:  # forgotten meanwhile
         raise NotFound.conversation(conversation_id)
-    removed["traces"] = deps.tracer.forget(conversation_id)
-    log.info("forgot conversation %s: %s", conversation_id, removed)
-    return removed
+    return erasure
+
+
+def _erase(deps: Deps, conversation_id: str, *, idle_before: float | None = None) -> Erasure | None:
+    removed = deps.store.forget(conversation_id, idle_before=idle_before)
+    if removed is None:
+        return None
+    # After the rows: every turn of the erased conversation started before this call.
+    traces = deps.tracer.forget(conversation_id)
+    pending: tuple[str, ...] = ()
+    if traces is None:
+        pending = ("traces",)
+    else:
+        removed["traces"] = traces
+    log.info("forgot conversation %s: %s (pending: %s)", conversation_id, removed, pending or "-")
+    return Erasure(removed, pending)
 
 
 def check_follow(deps: Deps, conversation_id: str, principal: Principal) -> bool:
@@ -1024,17 +1053,17 @@ def sweep(deps: Deps, *, now: float | None = None) -> list[RunRef]:
 
 def expire(deps: Deps, *, now: float | None = None, limit: int = 100) -> list[str]:
     """Erase the conversations idle past the retention (store and traces): the ones the
-    store lists as expired (stores with native expiry, DynamoDB's TTL, list none)."""
+    store lists as expired (stores with native expiry, DynamoDB's TTL, list none). One that
+    a message woke up since the listing is kept (the store checks again as it erases).
+    Returns the ones erased."""
     if deps.settings.retention_seconds is None:
         return []
     cutoff = (deps.clock.now() if now is None else now) - deps.settings.retention_seconds
     expired = deps.store.expired_conversations(before=cutoff, limit=limit)
-    for conversation_id in expired:
-        if deps.store.forget(conversation_id) is not None:
-            deps.tracer.forget(conversation_id)
-    if expired:
-        log.info("retention: erased %d idle conversation(s)", len(expired))
-    return expired
+    erased = [cid for cid in expired if _erase(deps, cid, idle_before=cutoff) is not None]
+    if erased:
+        log.info("retention: erased %d idle conversation(s)", len(erased))
+    return erased
 
 
 def run_step(

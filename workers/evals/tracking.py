@@ -47,7 +47,9 @@ def experiment_id(settings: Settings, *, create: bool) -> str | None:
         return None
     location = None
     if settings.mlflow_tracking_uri is None:
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        from workers.statedir import private_dir
+
+        private_dir(settings.state_dir)
         location = (settings.state_dir / "mlartifacts").resolve().as_uri()
     return str(mlflow.create_experiment(settings.mlflow_experiment, artifact_location=location))
 

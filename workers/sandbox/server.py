@@ -33,6 +33,7 @@ from events.inbound import InboundMessage, MessageRequest
 from events.outbound import ApprovalRequest, InterruptRequest
 from workers.config import Settings, load_settings, parse_model_spec
 from workers.errors import ConfigError, PermanentError, SandboxNotRunning
+from workers.statedir import private_dir, write_private
 
 if TYPE_CHECKING:
     from workers.sandbox.emulator import Handler, Stack
@@ -269,11 +270,8 @@ def _start_bedrock_stub(resources: ExitStack) -> None:
 
 
 def _write_state(state_dir: Path, state: SandboxState) -> Path:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_path(state_dir)
-    partial = path.with_suffix(".json.tmp")
-    partial.write_text(state.model_dump_json(indent=2) + "\n")
-    partial.replace(path)  # atomic: a client never reads half a file
+    path = state_path(private_dir(state_dir))
+    write_private(path, state.model_dump_json(indent=2) + "\n")  # a client never reads half
     return path
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from workers.tracing.mlflow_export import MlflowExport, StoreUnavailable
+from workers.tracing.tombstones import erased_record
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,18 @@ class DirectSink:
         for _ in pending:
             self.buffer.popleft()
         return True
+
+    def forget(self, conversation_id: str, before: int) -> int | None:
+        """Drop the conversation's buffered traces and delete its exported ones; ``None``
+        (and a warning) when the tracking server cannot be reached: the caller says so and
+        tries again later (what other processes buffer is theirs to export)."""
+        kept = [r for r in self.buffer if not erased_record(r, {conversation_id: before})]
+        self.buffer = deque(kept)
+        try:
+            return self.store().forget(conversation_id, before)
+        except StoreUnavailable as exc:
+            log.warning("traces of %s not deleted (tracking server down): %s", conversation_id, exc)
+            return None
 
     def close(self) -> None:
         self.flush()

@@ -227,23 +227,33 @@ class MlflowExport:
             return False
         return True
 
-    def forget(self, conversation_id: str) -> int:
-        """Delete every trace tagged with the conversation; how many."""
+    def forget(self, conversation_id: str, before: int | None = None) -> int:
+        """Delete every trace tagged with the conversation (that started before ``before``,
+        ns since the epoch: a conversation created again under the id keeps its new ones);
+        how many. ``StoreUnavailable`` when the store cannot be reached."""
         from mlflow import MlflowClient
 
-        client = MlflowClient(self.tracking_uri)
-        deleted = 0
-        while True:
-            found = client.search_traces(
-                locations=[self.experiment_id],
-                filter_string=conversation_filter(conversation_id),
-                max_results=100,
-                include_spans=False,
-            )
-            ids = [t.info.trace_id for t in found]
-            if not ids:
-                return deleted
-            deleted += client.delete_traces(self.experiment_id, trace_ids=ids)
+        where = conversation_filter(conversation_id)
+        if before is not None:
+            where += f" AND timestamp_ms <= {before // 1_000_000}"
+        try:
+            client = MlflowClient(self.tracking_uri)
+            deleted = 0
+            while True:
+                found = client.search_traces(
+                    locations=[self.experiment_id],
+                    filter_string=where,
+                    max_results=100,
+                    include_spans=False,
+                )
+                ids = [t.info.trace_id for t in found]
+                if not ids:
+                    return deleted
+                deleted += client.delete_traces(self.experiment_id, trace_ids=ids)
+        except Exception as exc:
+            if transient(exc):
+                raise StoreUnavailable(f"{self.tracking_uri}: {exc}") from exc
+            raise
 
 
 def _experiment(mlflow: Any, name: str, artifact_dir: Path | None) -> str:

@@ -11,6 +11,10 @@ The trace id derives from the turn id (:func:`trace_id_of`), so whoever knows a 
 turn (feedback, evals) knows its trace without searching. A trace holds at most
 ``max_spans`` spans; the ones past the bound are counted on the root span, never recorded
 (a runaway tool loop cannot build a trace the MLflow UI cannot open).
+
+Erasing a conversation (``forget``) drops the traces of its turns still running (they
+started before the erasure and end after it) and hands the erasure to the sink, which
+deletes what was exported and what waits to be.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import random
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections import OrderedDict
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Protocol
@@ -35,8 +40,8 @@ MAX_SPANS = 256
 TAG_PREFIX = "mlflow.traceTag."
 """A root-span attribute named so becomes a tag of the trace (MLflow's own convention)."""
 DROPPED = "agentworker.spans_dropped"
-FORGET_WAIT = 30.0
-"""Seconds a deletion waits for the conversation's pending traces to be exported."""
+ERASURES_KEPT = 10_000
+"""Erasures a recorder remembers, to drop the traces of turns that ran on past them."""
 
 
 def trace_id_of(turn_id: str) -> str:
@@ -55,11 +60,11 @@ class TraceSink(Protocol):
     def close(self) -> None:
         """Export what is left, then stop."""
 
-
-class TraceStore(Protocol):
-    """Where exported traces are, for deleting a conversation's."""
-
-    def forget(self, conversation_id: str) -> int: ...
+    def forget(self, conversation_id: str, before: int) -> int | None:
+        """Delete the conversation's traces that started before ``before`` (ns since the
+        epoch): exported ones and ones put but not exported yet. How many were deleted from
+        the tracking store, or ``None`` when that could not be done now (the sink says
+        whether it is done later)."""
 
 
 class _Trace:
@@ -172,18 +177,12 @@ class SpanRecorder:
     """The ``Tracer`` port: records spans in memory and hands each finished trace to
     ``sink``. Thread-safe: a fan-out's model and tool calls record into the same trace."""
 
-    def __init__(
-        self,
-        sink: TraceSink,
-        *,
-        max_spans: int = MAX_SPANS,
-        store: Callable[[], TraceStore] | None = None,
-    ) -> None:
-        """``store``: opens the tracking store when a conversation's traces are deleted."""
+    def __init__(self, sink: TraceSink, *, max_spans: int = MAX_SPANS) -> None:
         self.sink = sink
         self.max_spans = max_spans
-        self._open_store = store
-        self._store: TraceStore | None = None
+        self._erased: OrderedDict[str, int] = OrderedDict()
+        """Conversation id -> when it was erased (ns), the latest ``ERASURES_KEPT``."""
+        self._erased_lock = threading.Lock()
 
     @contextmanager
     def turn(self, name: str, *, tags: dict[str, str], inputs: Any) -> Iterator[SpanHandle]:
@@ -199,6 +198,12 @@ class SpanRecorder:
             self._emit(trace, root)
 
     def _emit(self, trace: _Trace, root: RecordedSpan) -> None:
+        cid = trace.tags.get("conversation_id")
+        with self._erased_lock:
+            erased = self._erased.get(cid) if cid is not None else None
+        if erased is not None and root.start <= erased:
+            log.debug("trace %s dropped: its conversation was erased meanwhile", trace.trace_id)
+            return
         closing = root.end_ns or time.time_ns()
         with trace.lock:
             spans = [span.record(closing) for span in trace.spans]
@@ -238,20 +243,23 @@ class SpanRecorder:
         span = RecordedSpan(owner.trace, owner.span_id, name, kind, inputs)
         return span if owner.trace.admit(span) else NullSpan()
 
-    def forget(self, conversation_id: str) -> int:
-        """Delete the conversation's traces, pending ones included (exported first)."""
-        if self._open_store is None:
-            return 0
-        if not self.sink.flush(FORGET_WAIT):
-            log.warning("forget %s: traces still pending after %ss", conversation_id, FORGET_WAIT)
-        if self._store is None:  # opened once: the sweeper forgets expired ones one by one
-            self._store = self._open_store()
-        return self._store.forget(conversation_id)
+    def forget(self, conversation_id: str) -> int | None:
+        """Delete the conversation's traces: the ones of turns still running are dropped
+        when they end, the others deleted by the sink (``None``: not done yet)."""
+        before = time.time_ns()
+        with self._erased_lock:
+            self._erased[conversation_id] = before
+            self._erased.move_to_end(conversation_id)
+            while len(self._erased) > ERASURES_KEPT:
+                self._erased.popitem(last=False)
+        return self.sink.forget(conversation_id, before)
 
     def feedback(self, turn_id: str, feedback: Feedback) -> None:
         self.sink.put(
             {
                 "kind": "feedback",
+                "time": time.time_ns(),
+                "conversation_id": feedback.conversation_id,
                 "trace_id": trace_id_of(turn_id),
                 "name": feedback.name,
                 "value": feedback.value,

@@ -11,6 +11,9 @@ server's open segment too.
 Bounded: when the spool holds more than ``max_bytes`` (the tracking store is down, or the
 exporter cannot keep up), new traces are dropped and counted with a warning, and replies
 go on.
+
+Erasing a conversation leaves a tombstone the exporter honours (:mod:`.tombstones`): its
+spooled traces are never exported, and those already in MLflow are deleted.
 """
 
 from __future__ import annotations
@@ -29,10 +32,16 @@ from typing import Any
 
 from pydantic_core import to_jsonable_python
 
+from workers.statedir import private_dir
+from workers.tracing.tombstones import Tombstones
+
 log = logging.getLogger(__name__)
 
 OPEN, CLOSED = ".open", ".jsonl"
 SEGMENT_RECORDS = 2000
+FORGET_WAIT = 2.0
+"""Seconds an erasure waits for the exporter to delete the conversation's traces from
+MLflow before it answers that their deletion is pending (never while the store is down)."""
 WARN_EVERY = 1000
 
 
@@ -73,6 +82,16 @@ def stop_file(directory: Path, server_pid: int) -> Path:
 
 TRACKING_URI_ENV = "AGENTWORKER_EXPORTER_TRACKING_URI"
 """How the exporter process is given the tracking URI (its environment, not its argv)."""
+
+
+def store_down_file(directory: Path) -> Path:
+    """Present while the exporter finds the tracking store unreachable."""
+    return directory / "store-down"
+
+
+def tombstones(directory: Path) -> Tombstones:
+    """The tombstones of the spool at ``directory``."""
+    return Tombstones(directory / "forget")
 
 
 @dataclass(frozen=True)
@@ -197,7 +216,7 @@ class SpoolSink:
     # background --------------------------------------------------------------------------
 
     def _start(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_dir(self.directory)
         stop_file(self.directory, os.getpid()).unlink(missing_ok=True)  # an earlier pid's
         self._start_exporter()
         self._ticker = threading.Thread(target=self._tick, name="trace-spool", daemon=True)
@@ -223,6 +242,37 @@ class SpoolSink:
                 code = self._process.returncode
                 log.warning("the trace exporter exited (%s); restarting it", code)
                 self._start_exporter()
+
+    # erasure -----------------------------------------------------------------------------
+
+    def forget(self, conversation_id: str, before: int, *, wait: float = FORGET_WAIT) -> int | None:
+        """Leave a tombstone for the conversation's traces that started before ``before``
+        (ns), closing the open segment first so that the exporter may scrub it; then wait
+        up to ``wait`` seconds for the exporter to delete them from MLflow: how many it
+        deleted, or ``None`` when that is still pending (at once when the exporter finds
+        the tracking store down). The tombstone stays until it is done."""
+        with self._lock:
+            self._rotate()
+            stone = tombstones(self.directory).add(conversation_id, before)
+            if self._ticker is None:
+                self._start()
+            else:
+                self._start_exporter()
+        deadline = time.monotonic() + wait
+        while True:
+            deleted = tombstones(self.directory).result(stone)
+            if deleted is not None:
+                return deleted
+            if time.monotonic() >= deadline or store_down_file(self.directory).exists():
+                return None
+            time.sleep(0.02)
+
+    def resume(self) -> None:
+        """Start the exporter now if an earlier process left work for it (segments not
+        exported, tombstones not applied), rather than at the first trace."""
+        with self._lock:
+            if self._ticker is None and (self.pending() or tombstones(self.directory).pending()):
+                self._start()
 
     # lifecycle ---------------------------------------------------------------------------
 
@@ -265,7 +315,7 @@ class SpoolSink:
                 )
             return
         # A file, not a signal: an exporter still starting has no handler for one yet.
-        stop_file(self.directory, os.getpid()).touch()
+        stop_file(self.directory, os.getpid()).touch(mode=0o600)
         deadline = time.monotonic() + timeout
         next_note = time.monotonic() + 2.0
         while process.poll() is None:

@@ -757,13 +757,22 @@ class DynamoDBConversationStore:
         bucket's lifecycle rule their objects."""
         return []
 
-    def forget(self, conversation_id: str) -> dict[str, int] | None:
+    def forget(
+        self, conversation_id: str, *, idle_before: float | None = None
+    ) -> dict[str, int] | None:
         """Every item of the conversation's partition (and the connections' back links) in
-        batches, then its S3 objects."""
+        batches, then its S3 objects. ``idle_before`` is checked on the items read (not in
+        the deletes' write: the retention here is DynamoDB's TTL, which never calls this)."""
         pk = conversation_pk(conversation_id)
         items = self._table.query("#pk = :pk", {":pk": string(pk)})
-        if not any(get_str(i, TABLE_SK) == META_SK for i in items):
+        meta = next((i for i in items if get_str(i, TABLE_SK) == META_SK), None)
+        if meta is None:
             return None
+        if idle_before is not None:
+            state = _state(meta)
+            woken = state.updated_at >= idle_before or state.lease_live(idle_before)
+            if woken or state.pending_count:
+                return None
         removed: dict[str, int] = {}
         keys: list[tuple[str, str]] = []
         for item in items:

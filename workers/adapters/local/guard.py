@@ -21,6 +21,7 @@ from pydantic import SecretStr
 
 from workers.config import Settings
 from workers.errors import ConfigError
+from workers.statedir import private_dir, write_private
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
@@ -58,11 +59,7 @@ def with_dev_token(settings: Settings) -> Settings:
     if settings.auth_configured:
         return settings
     token = settings.dev_token or SecretStr(secrets.token_urlsafe(24))
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    path = settings.state_dir / DEV_TOKEN_FILE
-    path.touch(mode=0o600)
-    path.chmod(0o600)
-    path.write_text(token.get_secret_value())
+    write_private(private_dir(settings.state_dir) / DEV_TOKEN_FILE, token.get_secret_value())
     updated = settings.model_copy(update={"dev_token": token})
     updated.keep_sources(settings)
     return updated

@@ -48,6 +48,21 @@ class LocalHub:
         for queue in queues:
             self._loop.call_soon_threadsafe(queue.put_nowait, frame)
 
+    def forgotten(self, conversation_id: str) -> None:
+        """Tell the conversation's followers it was erased (a ``forgotten`` frame, after
+        every frame published before): a socket's follow closes on it, so nothing of a
+        conversation created again under the id reaches it, unless its own first message
+        creates that one."""
+        self.publish(conversation_id, forgotten_frame(conversation_id))
+
+
+FORGOTTEN = "forgotten"
+"""The ``type`` of the frame that ends the follows of an erased conversation."""
+
+
+def forgotten_frame(conversation_id: str) -> Frame:
+    return {"type": FORGOTTEN, "conversation_id": conversation_id}
+
 
 class LocalReplySink:
     """The ``ReplySink`` of the embedded runtime: pushes to the hub's subscribers. A reply

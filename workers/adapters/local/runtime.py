@@ -6,6 +6,12 @@ One run per conversation at a time is guaranteed by the lease, not by the pool; 
 conversations run concurrently. A lock file makes this process the state directory's only
 owner, so at start it takes over every lease left by a crashed process and the sweeper
 restarts conversations with pending messages: nothing accepted is lost.
+
+Erasure (``forget``, the retention) runs in its own small thread pool, so that however many
+erasures wait, the other requests do not. While a conversation is being erased, and until
+the runs it had are gone (a run cut off mid-turn may still be in its model call), no message
+is accepted under its id: a conversation created again meanwhile would be shown the old
+run's streamed chunks.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import fcntl
 import logging
 import os
 import threading
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -34,6 +40,7 @@ from workers.core.model import AcceptResult, History
 from workers.core.ports import Feedback
 from workers.core.steps import (
     Deps,
+    Erasure,
     RunSummary,
     accept_message,
     check_follow,
@@ -44,9 +51,15 @@ from workers.core.steps import (
     history,
     sweep,
 )
-from workers.errors import ConfigError
+from workers.errors import ConfigError, ErasureInProgress
+from workers.statedir import private_dir, private_file
 
 log = logging.getLogger(__name__)
+
+
+ERASERS = 2
+"""Threads that erase conversations: erasures queue behind each other, never in front of
+the other requests (which use the event loop's default pool)."""
 
 
 class LocalWorkflowStarter:
@@ -58,11 +71,24 @@ class LocalWorkflowStarter:
         self._queue = queue
         self._lock = threading.Lock()
         self.scheduled = 0
+        self._live: Counter[str] = Counter()
 
     def start(self, run: RunRef) -> None:
         with self._lock:
             self.scheduled += 1
+            self._live[run.conversation_id] += 1
         self._loop.call_soon_threadsafe(self._queue.put_nowait, run)
+
+    def live(self, conversation_id: str) -> int:
+        """Runs of the conversation started and not ended (queued or running)."""
+        with self._lock:
+            return self._live[conversation_id]
+
+    def ended(self, run: RunRef) -> None:
+        with self._lock:
+            self._live[run.conversation_id] -= 1
+            if self._live[run.conversation_id] <= 0:
+                del self._live[run.conversation_id]
 
     def resume(self, task_token: str) -> None:
         """Embedded runs never wait inside an execution (approvals start a new run), so no
@@ -99,6 +125,13 @@ class EmbeddedRuntime:
         self._queue = queue
         self._starter = starter
         self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="agentworker-run")
+        self._erasers = ThreadPoolExecutor(ERASERS, thread_name_prefix="agentworker-erase")
+        self._accepting: Counter[str] = Counter()
+        """Accepts under way, by conversation (the event loop's thread only, as below)."""
+        self._erasing: Counter[str] = Counter()
+        """Erasures under way, by conversation."""
+        self._draining: set[str] = set()
+        """Erased conversations with a run still going."""
         self._tasks: list[asyncio.Task[None]] = []
         self._in_flight = 0
         self._lock_file = lock_file
@@ -129,6 +162,7 @@ class EmbeddedRuntime:
         self._tasks = []
         # Runs in threads finish their current step; an unfinished one is recovered at start.
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._erasers.shutdown(wait=True, cancel_futures=True)
         await asyncio.to_thread(self.deps.tracer.close)
         self.store.close()
         if self._lock_file is not None:
@@ -138,8 +172,20 @@ class EmbeddedRuntime:
     # API used by the server, the CLI and tests ------------------------------------------
 
     async def accept(self, msg: InboundMessage, principal: Principal = LOCAL_USER) -> AcceptResult:
-        """Accept ``msg`` from ``principal`` (in-process callers: the local user)."""
-        return await asyncio.to_thread(accept_message, self.deps, msg, principal)
+        """Accept ``msg`` from ``principal`` (in-process callers: the local user);
+        ``ErasureInProgress`` while its conversation id is being erased."""
+        cid = msg.conversation_id
+        if self._erasing[cid] or cid in self._draining:
+            raise ErasureInProgress(
+                f"conversation_id: {cid!r} is being erased; try again in a moment"
+            )
+        self._accepting[cid] += 1
+        try:
+            return await asyncio.to_thread(accept_message, self.deps, msg, principal)
+        finally:
+            self._accepting[cid] -= 1
+            if not self._accepting[cid]:
+                del self._accepting[cid]
 
     async def history(
         self, conversation_id: str, principal: Principal = LOCAL_USER
@@ -151,9 +197,41 @@ class EmbeddedRuntime:
     ) -> GraphStateView | None:
         return await asyncio.to_thread(graph_state, self.deps, conversation_id, principal)
 
-    async def forget(self, conversation_id: str, principal: Principal) -> dict[str, int]:
-        """See :func:`~workers.core.steps.forget_conversation`."""
-        return await asyncio.to_thread(forget_conversation, self.deps, conversation_id, principal)
+    async def forget(self, conversation_id: str, principal: Principal) -> Erasure:
+        """Erase the conversation (see :func:`~workers.core.steps.forget_conversation`),
+        in the erasure pool, with its id closed to new messages until the erasure is done
+        and the runs it had are gone; then end every socket's follow of it."""
+        cid = conversation_id
+        self._erasing[cid] += 1
+        try:
+            while self._accepting[cid]:  # accepts already under way land before the erase
+                await asyncio.sleep(0.002)
+            loop = asyncio.get_running_loop()
+            erasure = await loop.run_in_executor(
+                self._erasers, forget_conversation, self.deps, cid, principal
+            )
+        finally:
+            self._erasing[cid] -= 1
+            if not self._erasing[cid]:
+                del self._erasing[cid]
+        self._erased(cid)
+        return erasure
+
+    def _erased(self, conversation_id: str) -> None:
+        """After an erasure: end the follows; keep the id closed while a run of the erased
+        conversation is still going (it stops at its next write)."""
+        self.hub.forgotten(conversation_id)
+        if self._starter.live(conversation_id):
+            self._draining.add(conversation_id)
+
+    async def expire(self) -> list[str]:
+        """Erase the conversations idle past the retention (see
+        :func:`~workers.core.steps.expire`), in the erasure pool."""
+        loop = asyncio.get_running_loop()
+        erased = await loop.run_in_executor(self._erasers, expire, self.deps)
+        for conversation_id in erased:
+            self._erased(conversation_id)
+        return erased
 
     async def feedback(
         self,
@@ -203,6 +281,9 @@ class EmbeddedRuntime:
                 log.exception("run %s failed; the sweeper will retry it", run.run_id)
             finally:
                 self._in_flight -= 1
+                self._starter.ended(run)
+                if not self._starter.live(run.conversation_id):
+                    self._draining.discard(run.conversation_id)
                 self._queue.task_done()
 
     async def _sweeper(self) -> None:
@@ -210,7 +291,7 @@ class EmbeddedRuntime:
             await asyncio.sleep(self.settings.sweep_interval_seconds)
             try:
                 await asyncio.to_thread(sweep, self.deps)
-                await asyncio.to_thread(expire, self.deps)
+                await self.expire()
             except Exception:
                 log.exception(
                     "sweep failed; trying again in %ss", self.settings.sweep_interval_seconds
@@ -220,8 +301,8 @@ class EmbeddedRuntime:
 def take_state_lock(state_dir: Path) -> IO[str]:
     """Make this process the state directory's only user (``ConfigError`` if another
     agentworker process uses it); the lock lasts while the returned file is open."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    handle = (state_dir / "agentworker.lock").open("a+")
+    private_dir(state_dir)  # the owner's alone, tightened if an older version left it open
+    handle = private_file(state_dir / "agentworker.lock").open("a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

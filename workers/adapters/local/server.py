@@ -34,6 +34,7 @@ from events.json_input import parse_json
 from events.outbound import ErrorBody, ErrorView, FeedbackView, validation_problem
 from workers.adapters.http_errors import error_headers, error_view
 from workers.adapters.local.guard import Guard
+from workers.adapters.local.hub import FORGOTTEN
 from workers.adapters.local.runtime import EmbeddedRuntime
 from workers.adapters.local.views import conversation_view
 from workers.adapters.tokens import bearer_token, ws_token
@@ -206,8 +207,13 @@ def create_app(
     async def delete_conversation(conversation_id: str, request: Request) -> JSONResponse:
         principal = await caller(request)
         check_conversation_id(conversation_id)
-        removed = await rt(request).forget(conversation_id, principal)
-        return JSONResponse({"conversation_id": conversation_id, "removed": removed})
+        erasure = await rt(request).forget(conversation_id, principal)
+        body = {
+            "conversation_id": conversation_id,
+            "removed": erasure.removed,
+            "pending": list(erasure.pending),
+        }
+        return JSONResponse(body)
 
     @app.websocket("/v1/ws")
     async def websocket(ws: WebSocket) -> None:
@@ -276,18 +282,32 @@ class Follow:
     (nobody may be shown it before it is known to be the caller's). Holding: frames wait,
     while the caller's own first message is accepted (which creates the conversation for
     them, or fails if someone else has it): ``open`` lets them through in order, ``close``
-    drops them."""
+    drops them. Erased (the hub's ``forgotten`` frame): the frame passes if the follow was
+    open, and the follow is closed again, as for an id that does not exist."""
 
     def __init__(self, queue: asyncio.Queue[Any], *, open_: bool) -> None:
         self._queue = queue
         self._held: list[Any] | None = None
+        self._erased_while_held: Any = None
+        """The ``forgotten`` frame that came while a message was being accepted."""
         self.open = open_
 
     def put_nowait(self, frame: Any) -> None:
-        if self.open:
+        if frame.get("type") == FORGOTTEN:
+            self._forgotten(frame)
+        elif self.open:
             self._queue.put_nowait(frame)
         elif self._held is not None:
             self._held.append(frame)
+
+    def _forgotten(self, frame: Any) -> None:
+        if self.open:
+            self._queue.put_nowait(frame)
+        elif self._held is not None:
+            # The message being accepted went into the erased conversation: drop what it
+            # led to, and do not open on it.
+            self._held, self._erased_while_held = [], frame
+        self.open = False
 
     def hold(self) -> None:
         if not self.open:
@@ -295,7 +315,10 @@ class Follow:
 
     def release(self, *, admit: bool) -> None:
         held, self._held = self._held or [], None
-        if admit:
+        erased, self._erased_while_held = self._erased_while_held, None
+        if admit and erased is not None:
+            self._queue.put_nowait(erased)  # accepted, then erased: say so, stay closed
+        elif admit:
             self.open = True
             for frame in held:
                 self._queue.put_nowait(frame)

@@ -10,11 +10,16 @@ like their DynamoDB counterparts (``TransactWriteItems`` with conditions).
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from workers.statedir import private_dir, private_file
+
+log = logging.getLogger(__name__)
 
 
 class SqliteDatabase:
@@ -27,7 +32,8 @@ class SqliteDatabase:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent, tighten=False)
+        private_file(path)  # before SQLite creates it (0644), and its -wal and -shm alike
 
     def connection(self) -> sqlite3.Connection:
         """This thread's connection, in autocommit mode: a read outside a transaction sees
@@ -40,6 +46,9 @@ class SqliteDatabase:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=30000")
+            # What a delete or an update frees is zeroed, not left in the file's free space:
+            # an erased conversation's text must not be readable from the file afterwards.
+            conn.execute("PRAGMA secure_delete=ON")
             self._local.conn = conn
             with self._all_lock:
                 self._all.append(conn)
@@ -57,6 +66,15 @@ class SqliteDatabase:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+
+    def checkpoint(self) -> bool:
+        """Copy the write-ahead log into the database and empty it (what was deleted is
+        then gone from both files); ``False`` when a reader kept it from finishing (the
+        next checkpoint, SQLite's own or the next call's, finishes it)."""
+        busy, _, _ = self.connection().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            log.warning("%s: the write-ahead log is in use; checkpointed later", self.path)
+        return not busy
 
     def close(self) -> None:
         """Close every thread's connection (for every store on this file); a later use

@@ -104,6 +104,10 @@ CREATE TABLE IF NOT EXISTS connections (
     PRIMARY KEY (connection_id, conversation_id)
 );
 CREATE INDEX IF NOT EXISTS connections_by_conversation ON connections (conversation_id);
+CREATE TABLE IF NOT EXISTS fencing (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    floor INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS quotas (
     key TEXT PRIMARY KEY,
     window_start REAL NOT NULL,
@@ -195,10 +199,12 @@ class SqliteConversationStore:
                 return AcceptResult(row[0], row[1], duplicate=True, rejected=row[2] == "rejected")
             if conv is None:
                 policy = msg.policy or default_policy
+                # Tokens go on from the erased conversations' (a run of one erased
+                # mid-turn must not find its token valid again under the same id).
                 db.execute(
                     "INSERT INTO conversations"
-                    " (conversation_id, policy, tenant, owner, created_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    " (conversation_id, policy, tenant, owner, created_at, updated_at, last_token)"
+                    " VALUES (?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(floor), 0) FROM fencing))",
                     (cid, policy, msg.tenant, msg.owner, now, now),
                 )
                 seq, busy = 1, False
@@ -657,9 +663,24 @@ class SqliteConversationStore:
         )
         return [row[0] for row in rows]
 
-    def forget(self, conversation_id: str) -> dict[str, int] | None:
+    def forget(
+        self, conversation_id: str, *, idle_before: float | None = None
+    ) -> dict[str, int] | None:
+        """Every row of the conversation, in one transaction (with ``idle_before``, only if
+        it is still idle: checked in the same transaction). The text leaves the files too:
+        the database zeroes what it frees (``secure_delete``) and the write-ahead log, which
+        still holds the old pages, is checkpointed into the database and emptied. The
+        conversation's last fencing token becomes the floor of every new conversation's, so
+        a run cut off mid-turn cannot write into one created again under the id."""
         with self._tx() as db:
-            if self._state(db, conversation_id) is None:
+            state = self._state(db, conversation_id)
+            if state is None:
+                return None
+            if idle_before is not None and (
+                state.updated_at >= idle_before
+                or state.lease_live(idle_before)
+                or state.pending_count
+            ):
                 return None
             removed = {}
             for kind, table in _CONVERSATION_TABLES:
@@ -667,7 +688,13 @@ class SqliteConversationStore:
                     f"DELETE FROM {table} WHERE conversation_id = ?", (conversation_id,)
                 )
                 removed[kind] = cur.rowcount
-            return removed
+            db.execute(
+                "INSERT INTO fencing (id, floor) VALUES (0, ?)"
+                " ON CONFLICT (id) DO UPDATE SET floor = MAX(floor, excluded.floor)",
+                (state.last_token,),
+            )
+        self.database.checkpoint()
+        return removed
 
     # websocket connections --------------------------------------------------------------
 
