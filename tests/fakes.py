@@ -62,6 +62,8 @@ class InMemoryConversationStore:
         self._lock = threading.RLock()
         self._conns: dict[tuple[str, str], float] = {}
         self._quotas: dict[str, tuple[float, int]] = {}
+        self._erased_tokens: dict[str, int] = {}
+        """The last token of each erased conversation: one created again goes on above."""
         self.calls: list[str] = []
 
     def _get(self, cid: str) -> _Conv:
@@ -107,7 +109,7 @@ class InMemoryConversationStore:
                     msg.policy or default_policy,
                     "idle",
                     0,
-                    0,
+                    self._erased_tokens.get(cid, 0),
                     None,
                     None,
                     None,
@@ -376,6 +378,7 @@ class InMemoryConversationStore:
             conv = self._convs.pop(conversation_id, None)
             if conv is None:
                 return None
+            self._erased_tokens[conversation_id] = conv.state.last_token
             links = [k for k in self._conns if k[1] == conversation_id]
             for link in links:
                 del self._conns[link]

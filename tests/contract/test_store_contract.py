@@ -633,6 +633,29 @@ def test_a_backends_conversation_admits_only_a_backend_naming_no_one(store: Any)
 # --- forget -----------------------------------------------------------------------------------
 
 
+def test_tokens_go_on_above_an_erased_conversations(store: Any) -> None:
+    """A run cut off by an erasure still holds its token: the conversation created again
+    under the id must never issue it again (its commit would land in the new one)."""
+    store.append_inbox(msg("q", "k1"), now=T0, default_policy="enqueue")
+    old = store.try_acquire_lease(CID, now=T0, ttl=10)
+    handed = store.handover_lease(CID, old.token, now=T0 + 1, ttl=10)
+    assert store.forget(CID) is not None
+    again = store.append_inbox(
+        msg("again", "k1"), now=T0 + 2, default_policy="enqueue", lease_ttl=10
+    )
+    assert not again.duplicate and again.lease is not None
+    assert again.lease.token > handed.token
+    with pytest.raises(LeaseLost):
+        store.renew_lease(CID, handed.token, now=T0 + 3, ttl=10)
+    # Erased twice: still above.
+    store.release_lease(CID, again.lease.token, seen_inbox_seq=1, now=T0 + 4)
+    assert store.forget(CID) is not None
+    third = store.append_inbox(
+        msg("third", "k1"), now=T0 + 5, default_policy="enqueue", lease_ttl=10
+    )
+    assert third.lease is not None and third.lease.token > again.lease.token
+
+
 def test_forget_erases_everything_of_the_conversation_and_only_it(store: Any) -> None:
     store.append_inbox(msg("q", "k1"), now=T0, default_policy="enqueue")
     other = InboundMessage(conversation_id="ws:keep:1", text="other")

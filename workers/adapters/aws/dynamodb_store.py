@@ -87,6 +87,7 @@ from workers.adapters.aws.tables import (
     TTL_ATTRIBUTE,
     UNDELIVERED_COUNT,
     conversation_pk,
+    forgotten_key,
     seq_sk,
 )
 from workers.core.model import (
@@ -185,12 +186,18 @@ class DynamoDBConversationStore:
         # read of meta and the dedupe marker. A wrong prediction only fails the conditions.
         meta = self._accepted.pop(msg.conversation_id, None)
         read = meta is None
+        floor = 0
         for _ in attempts():
             marker = None
             if read:
-                found = self._table.batch_get([(pk, META_SK), (pk, dedupe_sk)])
+                # The erased conversation's last token, if any, in the same read: a new one
+                # goes on above it.
+                tombstone = forgotten_key(msg.conversation_id)
+                found = self._table.batch_get([(pk, META_SK), (pk, dedupe_sk), tombstone])
                 marker = found.get((pk, dedupe_sk))
                 meta = found.get((pk, META_SK))
+                erased = found.get(tombstone)
+                floor = 0 if erased is None else get_int(erased, "last_token")
             if access is not None and not admitted(access, None if meta is None else _owner(meta)):
                 raise NotFound.conversation(msg.conversation_id)
             if marker is not None:
@@ -203,6 +210,7 @@ class DynamoDBConversationStore:
                 now=now,
                 default_policy=default_policy,
                 lease_ttl=lease_ttl,
+                floor=floor,
             )
             try:
                 self._table.transact(self._accept_actions(accept))
@@ -242,7 +250,7 @@ class DynamoDBConversationStore:
         }
         actions = [table.put(marker, cond="attribute_not_exists(#pk)")]
         if accept.meta is None:
-            meta = _new_meta(msg, accept.policy, accept.now, accept.lease) | self._expiry()
+            meta = _new_meta(msg, accept, self._expiry())
             actions.append(table.put(meta, cond="attribute_not_exists(#pk)"))
         else:
             update = _accept_update(accept, self._expiry())
@@ -773,6 +781,16 @@ class DynamoDBConversationStore:
             woken = state.updated_at >= idle_before or state.lease_live(idle_before)
             if woken or state.pending_count:
                 return None
+        # First the tombstone (a conversation created again meanwhile, or later, goes on
+        # above this one's tokens), then everything else of the partition.
+        self._table.update(
+            *forgotten_key(conversation_id),
+            f"SET #last_token = :token, #{TTL_ATTRIBUTE} = :expires",
+            values={
+                ":token": number(get_int(meta, "last_token")),
+                ":expires": number(int(time.time()) + FORGOTTEN_TTL_SECONDS),
+            },
+        )
         removed: dict[str, int] = {}
         keys: list[tuple[str, str]] = []
         for item in items:
@@ -860,10 +878,11 @@ class _Accept:
         now: float,
         default_policy: DoubleTextingPolicy,
         lease_ttl: float | None,
+        floor: int = 0,
     ) -> _Accept:
         if meta is None:
             policy, seq, outbox_seq, busy = msg.policy or default_policy, 1, 0, False
-            last_token = 0
+            last_token = floor  # above an erased conversation's of this id, if any
         else:
             policy = msg.policy or _POLICY.validate_python(get_str(meta, "policy"))
             seq, outbox_seq = get_int(meta, "inbox_seq") + 1, get_int(meta, "outbox_seq")
@@ -970,13 +989,15 @@ def _accept_update(accept: _Accept, retained: Item) -> dict[str, Any]:
     }
 
 
-def _new_meta(msg: InboundMessage, policy: str, now: float, lease: Lease | None) -> Item:
+def _new_meta(msg: InboundMessage, accept: _Accept, expiry: Item) -> Item:
     """``meta`` of a conversation created by its first (pending) message ``msg`` (its tenant
-    and owner), with ``lease``."""
+    and owner), with the accept's lease and its tokens' floor."""
     conversation_id = msg.conversation_id
-    held = _owner_fields(msg.tenant, msg.owner)
+    lease = accept.lease
+    held = _owner_fields(msg.tenant, msg.owner) | expiry
     if lease is not None:
         held |= {"lease_token": number(lease.token), SWEEP_INDEX_SK: number(lease.expires_at)}
+    policy, now = accept.policy, accept.now
     return {
         **key(conversation_pk(conversation_id), META_SK),
         "conversation_id": string(conversation_id),
@@ -985,7 +1006,7 @@ def _new_meta(msg: InboundMessage, policy: str, now: float, lease: Lease | None)
         "inbox_seq": number(1),
         "outbox_seq": number(0),
         "log_seq": number(0),
-        "last_token": number(0 if lease is None else lease.token),
+        "last_token": number(accept.last_token if lease is None else lease.token),
         SWEEP_INDEX_SK: number(0),  # no lease yet; the sweep index's key must be present
         PENDING_COUNT: number(1),
         UNDELIVERED_COUNT: number(0),
@@ -1031,6 +1052,11 @@ _FORGET_KINDS = (
     (DEDUPE_PREFIX, "dedupe"),
     (CONNECTION_PREFIX, "connections"),
 )
+
+
+FORGOTTEN_TTL_SECONDS = 2 * 86_400
+"""How long an erased conversation's tombstone (its last token) is kept: longer than any run
+may still hold its lease (a Standard run waits 24 h for an approval)."""
 
 
 def _forget_kind(sk: str) -> str:

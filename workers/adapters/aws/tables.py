@@ -32,6 +32,7 @@ Two indexes keep the hot reads proportional to the work, not to the conversation
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,17 @@ TABLE_SK = "sk"
 CONVERSATION_PREFIX = "conv#"
 CONNECTION_PK_PREFIX = "conn#"
 META_SK = "meta"
+FORGOTTEN_PK_PREFIX = "forgotten#"
+FORGOTTEN_SK = "forgotten"
+"""What an erased conversation leaves for a while: the last fencing token it issued, so a
+conversation created again under its id goes on above it (a run cut off by the erasure never
+holds the new one's lease). Keyed by a hash of the id: no item names an erased id."""
+
+
+def forgotten_key(conversation_id: str) -> tuple[str, str]:
+    """The key of the tombstone an erasure of ``conversation_id`` leaves."""
+    digest = hashlib.sha256(conversation_id.encode("utf-8", "surrogatepass")).hexdigest()
+    return FORGOTTEN_PK_PREFIX + digest, FORGOTTEN_SK
 INBOX_PREFIX = "in#"
 OUTBOX_PREFIX = "out#"
 LOG_PREFIX = "log#"
