@@ -664,3 +664,26 @@ class SpanRecordingTracer:
 
     def close(self) -> None:
         return None
+
+
+class ListSink:
+    """A trace sink (the recorder's) that keeps what it is given; ``forgets`` is what its
+    ``forget`` answers (``None``: the tracking store is down, the erasure pending)."""
+
+    def __init__(self, *, forgets: int | None = 0) -> None:
+        self.records: list[dict[str, Any]] = []
+        self.forgotten: list[tuple[str, int]] = []
+        self._forgets = forgets
+
+    def put(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return True
+
+    def close(self) -> None:
+        return None
+
+    def forget(self, conversation_id: str, before: int) -> int | None:
+        self.forgotten.append((conversation_id, before))
+        return self._forgets

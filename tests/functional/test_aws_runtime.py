@@ -14,7 +14,7 @@ from events.identity import backend
 from tests.functional.aws_env import FIXTURES, Aws, approval_event, aws, lambda_context
 from workers import bootstrap
 from workers.adapters.aws.dynamodb_tickets import DynamoDBTicketStore
-from workers.handlers import ingest
+from workers.handlers import authorizer, ingest
 
 __all__ = ["aws"]  # the fixture
 
@@ -149,6 +149,24 @@ def _ws_event(name: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         event["requestContext"]["routeKey"] = "$default"
         event["body"] = json.dumps(body)
     return event
+
+
+def _ws_connect(token: str, connection: str) -> dict[str, Any]:
+    """The request context of a connection the ``$connect`` authorizer let in with
+    ``token`` (a browser's subprotocol), as API Gateway hands it to ``ingest``."""
+    event = _ws_event("apiGatewayWebSocketApiConnect.json")
+    event |= {"type": "REQUEST", "methodArn": "arn:aws:execute-api:us-east-1:1:a/dev/$connect"}
+    event["headers"]["Sec-WebSocket-Protocol"] = f"agentworker, bearer.{token}"
+    stored: dict[str, Any] = authorizer.handler(event, lambda_context())["context"]
+    return {"routeKey": "$default", "connectionId": connection, "authorizer": stored}
+
+
+def _ws_frame(ctx: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    """``ingest``'s answer to a frame sent on the connection of ``ctx``."""
+    event = _ws_event("apiGatewayWebSocketApiMessage.json", body)
+    event["requestContext"] |= ctx
+    answer: dict[str, Any] = ingest.handler(event, lambda_context())
+    return answer
 
 
 def test_websocket_routes_with_real_api_gateway_envelopes(aws: Aws) -> None:
@@ -429,7 +447,7 @@ def test_two_tenants_on_the_aws_stack_with_rs256_tokens(
     follow, post into, nor answer (over the socket or the user approve route) its
     conversation."""
     from tests.functional.identity_env import AUDIENCE, ISSUER, KeyPair, claims, jwks_server
-    from workers.handlers import approve, authorizer
+    from workers.handlers import approve
 
     key = KeyPair.rsa()
     with jwks_server(key) as jwks:
@@ -438,24 +456,9 @@ def test_two_tenants_on_the_aws_stack_with_rs256_tokens(
         monkeypatch.setenv("AGENTWORKER_AUTH_AUDIENCE", AUDIENCE)
         bootstrap.reset_aws_deps()
 
-        def connect(sub: str, tenant: str, connection: str) -> dict[str, Any]:
-            event = _ws_event("apiGatewayWebSocketApiConnect.json")
-            event |= {
-                "type": "REQUEST",
-                "methodArn": "arn:aws:execute-api:us-east-1:1:a/dev/$connect",
-            }
-            token = key.sign(claims(sub, tenant))
-            event["headers"]["Sec-WebSocket-Protocol"] = f"agentworker, bearer.{token}"
-            stored: dict[str, Any] = authorizer.handler(event, lambda_context())["context"]
-            return {"routeKey": "$default", "connectionId": connection, "authorizer": stored}
-
-        def frame(ctx: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
-            event = _ws_event("apiGatewayWebSocketApiMessage.json", body)
-            event["requestContext"] |= ctx
-            answer: dict[str, Any] = ingest.handler(event, lambda_context())
-            return answer
-
-        alice, mallory = connect("alice", "acme", "c-alice"), connect("mallory", "evil", "c-mal")
+        alice = _ws_connect(key.sign(claims("alice", "acme")), "c-alice")
+        mallory = _ws_connect(key.sign(claims("mallory", "evil")), "c-mal")
+        frame = _ws_frame
         aws.stub.script(reply_text="Hello Alice.")
         cid = "ws:acme:alice-aws"
         sent = frame(alice, {"action": "send", "conversation_id": cid, "text": "hi"})
@@ -525,26 +528,13 @@ def test_an_erased_conversations_sockets_follow_nothing_of_the_id_taken_again(
     another tenant creates the id, only that tenant's socket is linked to it."""
     from tests.functional.identity_env import HS_SECRET, claims, hs256
     from workers.cli import main
-    from workers.handlers import authorizer
 
     monkeypatch.setenv("AGENTWORKER_AUTH_JWT_SECRET", HS_SECRET)
     bootstrap.reset_aws_deps()
 
-    def connect(sub: str, tenant: str, connection: str) -> dict[str, Any]:
-        event = _ws_event("apiGatewayWebSocketApiConnect.json")
-        event |= {"type": "REQUEST", "methodArn": "arn:aws:execute-api:us-east-1:1:a/dev/$connect"}
-        token = hs256(claims(sub, tenant))
-        event["headers"]["Sec-WebSocket-Protocol"] = f"agentworker, bearer.{token}"
-        stored: dict[str, Any] = authorizer.handler(event, lambda_context())["context"]
-        return {"routeKey": "$default", "connectionId": connection, "authorizer": stored}
-
-    def frame(ctx: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
-        event = _ws_event("apiGatewayWebSocketApiMessage.json", body)
-        event["requestContext"] |= ctx
-        answer: dict[str, Any] = ingest.handler(event, lambda_context())
-        return answer
-
-    alice, mallory = connect("alice", "acme", "c-alice"), connect("mallory", "evil", "c-mal")
+    alice = _ws_connect(hs256(claims("alice", "acme")), "c-alice")
+    mallory = _ws_connect(hs256(claims("mallory", "evil")), "c-mal")
+    frame = _ws_frame
     cid = "ws:erased-on-aws"
     store = bootstrap.aws_deps().store
     aws.stub.script(reply_text="Hello Alice.")

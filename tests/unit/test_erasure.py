@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.fakes import ListSink
 from workers.adapters.local.hub import forgotten_frame
 from workers.adapters.local.server import Follow
 from workers.tracing.exporter import Exporter, read_records
@@ -23,31 +24,12 @@ from workers.tracing.recorder import SpanRecorder
 from workers.tracing.spool import CLOSED, SpoolSink, segments, store_down_file, tombstones
 
 
-class ListSink:
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-        self.forgotten: list[tuple[str, int]] = []
-
-    def put(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
-
-    def flush(self, timeout: float | None = None) -> bool:
-        return True
-
-    def close(self) -> None:
-        return None
-
-    def forget(self, conversation_id: str, before: int) -> int | None:
-        self.forgotten.append((conversation_id, before))
-        return None
-
-
 def tags(cid: str, turn: str) -> dict[str, str]:
     return {"conversation_id": cid, "run_id": "r", "turn_id": turn}
 
 
 def test_a_turn_that_runs_past_the_erasure_leaves_no_trace() -> None:
-    sink = ListSink()
+    sink = ListSink(forgets=None)
     tracer = SpanRecorder(sink)
     with tracer.turn("turn", tags=tags("c", "t-1"), inputs={"texts": ["secret"]}):
         assert tracer.forget("c") is None  # erased mid-turn; the sink says "pending"

@@ -11,31 +11,13 @@ from typing import Any
 
 import pytest
 
+from tests.fakes import ListSink
 from workers.core.ports import Feedback, NullSpan
 from workers.tracing.direct import DirectSink
 from workers.tracing.exporter import read_records
 from workers.tracing.mlflow_export import StoreUnavailable, span_dicts, transient
 from workers.tracing.recorder import DROPPED, SpanRecorder, trace_id_of
 from workers.tracing.spool import CLOSED, OPEN, SpoolSink, segments
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-        self.forgotten: list[tuple[str, int]] = []
-
-    def put(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
-
-    def flush(self, timeout: float | None = None) -> bool:
-        return True
-
-    def close(self) -> None:
-        return None
-
-    def forget(self, conversation_id: str, before: int) -> int | None:
-        self.forgotten.append((conversation_id, before))
-        return 0
 
 
 def turn_tags(turn: str = "t-1") -> dict[str, str]:
