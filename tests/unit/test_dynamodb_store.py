@@ -312,14 +312,41 @@ def test_a_throttled_transaction_is_retryable(
             store.commit_turn(CID, TurnCommit(token, [1], "idle", b"ck"))
 
 
-def test_an_unmapped_error_passes_through(
-    store: DynamoDBConversationStore, aws: tuple[Any, Any]
+@pytest.mark.parametrize(
+    ("code", "status", "error"),
+    [
+        ("ResourceNotFoundException", 400, PermanentError),  # refused: a retry fails alike
+        ("NonExistentQueue", 400, PermanentError),
+        ("KMSThrottlingException", 400, RetryableError),
+        ("SomethingNew", 429, RetryableError),
+        ("SomethingNew", 503, RetryableError),
+        ("502", 502, RetryableError),  # a proxy's HTML page: botocore names it by status
+    ],
+)
+def test_an_unknown_code_is_judged_by_its_status(
+    store: DynamoDBConversationStore, aws: tuple[Any, Any], code: str, status: int, error: type
 ) -> None:
+    """Before, an unknown code passed through as botocore's ``ClientError``: the workflow
+    saw a name it does not handle (issue 17, item 16)."""
     with Stubber(aws[0]) as stub:
-        stub.add_client_error("get_item", service_error_code="ResourceNotFoundException")
-        with pytest.raises(Exception, match="ResourceNotFoundException") as info:
+        stub.add_client_error("get_item", service_error_code=code, http_status_code=status)
+        with pytest.raises(error, match=code):
             store.get_conversation(CID)
-    assert not isinstance(info.value, RetryableError | PermanentError)
+
+
+def test_an_answer_that_is_not_the_services_is_retryable(
+    store: DynamoDBConversationStore, aws: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A load balancer's text page with a 500: botocore cannot parse it and says further
+    retries may succeed (``ResponseParserError``, no status, no code)."""
+    from botocore.parsers import ResponseParserError
+
+    def garbled(**_: Any) -> Any:
+        raise ResponseParserError("Unable to parse response, invalid XML received: b'oops'")
+
+    monkeypatch.setattr(aws[0], "get_item", garbled)
+    with pytest.raises(RetryableError, match="invalid XML"):
+        store.get_conversation(CID)
 
 
 # the sweep index ------------------------------------------------------------------------------
