@@ -862,3 +862,60 @@ def test_the_deliver_step_of_a_run_taken_over_sends_nothing() -> None:
     fresh.sink.failing = False
     assert deliver_run(fresh.deps, step.run) == 1  # while it holds the lease: sent
     assert fresh.texts() == ["echo hi"]
+
+
+class CountingSink(RecordingSink):
+    """A ``RecordingSink`` that counts every send, the failed ones too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attempts = 0
+
+    def send(self, payload: Any) -> None:
+        self.attempts += 1
+        super().send(payload)
+
+
+def test_a_channel_down_for_good_ends_the_run_undelivered_and_a_later_run_delivers() -> None:
+    """Issue 17, item 16: a sink that stays down made the run fail its idle step again and
+    again (on AWS: Step -> TellUser -> Step for as long as it was down). Now ``Deliver`` is
+    retried a bounded number of times, then the run ends with the entry undelivered and
+    its lease left to lapse; the sweeper's run delivers it once the channel is back."""
+    w = World(lease_ttl=30, retry_attempts=3)
+    sink = CountingSink()
+    w.deps.sink = sink
+    sink.failing = True
+    w.send("hi")
+    [summary] = w.run_all()
+    assert summary.ended == "undelivered" and summary.turns == 1
+    assert sink.attempts == 1 + 3  # the turn's own send, then Deliver's three attempts
+    state = w.store.get_conversation(CID)
+    assert state is not None and state.lease_token is not None  # left to lapse
+    assert len(w.store.pending_outbox(CID)) == 1
+    sink.failing = False
+    assert sweep(w.deps) == []  # the lease still holds: nobody else sends meanwhile
+    w.clock.t += 31
+    assert len(sweep(w.deps)) == 1
+    w.run_all()
+    assert [p.text for p in sink.sent] == ["echo hi"] and w.store.pending_outbox(CID) == []
+    state = w.store.get_conversation(CID)
+    assert state is not None and state.lease_token is None
+
+
+def test_an_idle_step_whose_channel_is_down_goes_to_deliver_and_tell_user_does_not_loop() -> None:
+    """The idle step raised the channel's ``RetryableError``: the workflow retried it, went
+    to ``TellUser``, which found no message to fail and sent the run back to ``Step``,
+    without end. Now the idle step's outcome is ``deliver``, and ``TellUser`` with nothing
+    pending does the idle step itself."""
+    w = World()
+    w.send("hi")
+    run = w.starter.runs.pop()
+    w.sink.failing = True
+    step = run_step(w.deps, run, execution_id="exec-1")
+    assert (step.outcome, step.turn) == ("deliver", "replied")
+    assert run_step(w.deps, step.run).outcome == "deliver"  # the idle step, still down
+    assert fail_pending_turn(w.deps, step.run, "failed").outcome == "deliver"  # not Step
+    w.sink.failing = False
+    after = fail_pending_turn(w.deps, step.run, "failed")
+    assert (after.outcome, after.status) == ("released", "idle")
+    assert w.texts() == ["echo hi"]
