@@ -611,3 +611,36 @@ def test_an_sns_outage_is_retried_a_bounded_number_of_times_then_delivered_later
     assert outage.ops[6:] == ["step"]  # the sweeper's run: one idle step
     state = bootstrap.aws_deps().store.get_conversation("ticket:42")
     assert state is not None and state.lease_token is None and state.undelivered_count == 0
+
+
+def test_a_reply_sent_again_after_its_step_died_unmarked_reaches_the_topic_once(
+    aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 17, item 18: a step killed between its send and the write that marks it sent
+    (a timeout, out of memory, or a run that lost its lease while sending) leaves the
+    reply undelivered in the store, and the step's retry (or the run that took over)
+    publishes it again. The reply topic is FIFO and the reply's ``reply_id`` its
+    deduplication id: SNS drops the second publish (before: the reply arrived twice)."""
+    from workers.adapters.aws.dynamodb_store import DynamoDBConversationStore
+
+    real_release = DynamoDBConversationStore.release_lease
+    killed: list[int] = []
+
+    def killed_before_its_mark(self: Any, *args: Any, **kwargs: Any) -> bool:
+        if kwargs.get("delivered") and not killed:
+            killed.append(1)
+            raise RuntimeError("Sandbox.Timedout: killed after the send, before its mark")
+        return real_release(self, *args, **kwargs)
+
+    monkeypatch.setattr(DynamoDBConversationStore, "release_lease", killed_before_its_mark)
+    aws.stub.script(reply_text="Only once, please.")
+    aws.send_sqs("ticket:43", "hello")
+    aws.pump()
+    [run] = aws.wait_executions_done()
+    assert run["status"] == "SUCCEEDED" and killed == [1]
+    [reply] = aws.replies()
+    assert reply["text"] == "Only once, please."
+    assert aws.replies(timeout=0.5) == []
+    assert aws.deduplication.dropped == 1  # the step's retry published it again
+    state = bootstrap.aws_deps().store.get_conversation("ticket:43")
+    assert state is not None and state.lease_token is None and state.undelivered_count == 0

@@ -147,3 +147,32 @@ def test_sns_errors_the_adapters_did_not_know_get_a_family() -> None:
     with pytest.raises(PartialDelivery) as partial:
         fan_out.send(REPLY)
     assert partial.value.delivered == {"ws"} and other.sent == [REPLY]
+
+
+class Published:
+    """A fake SNS client recording ``publish`` calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def publish(self, **params: Any) -> None:
+        self.calls.append(params)
+
+
+def test_on_a_fifo_topic_the_reply_id_is_the_deduplication_id() -> None:
+    """Issue 17, item 18: SNS FIFO drops a second publish of the same ``reply_id`` within
+    five minutes, whoever sends it; the conversation is the message group (a longer id than
+    SNS takes is digested). A standard topic takes neither parameter."""
+    from workers.adapters.aws.sinks import SnsReplySink, message_group
+
+    fifo, standard = Published(), Published()
+    SnsReplySink(fifo, "arn:aws:sns:us-east-1:1:replies.fifo").send(REPLY)
+    SnsReplySink(standard, "arn:aws:sns:us-east-1:1:replies").send(REPLY)
+    [sent] = fifo.calls
+    assert sent["MessageDeduplicationId"] == REPLY.reply_id
+    assert sent["MessageGroupId"] == REPLY.conversation_id
+    assert "MessageDeduplicationId" not in standard.calls[0]
+    assert "MessageGroupId" not in standard.calls[0]
+    long_id = "ws:" + "a" * 250
+    assert message_group(long_id) != long_id and len(message_group(long_id)) <= 128
+    assert message_group(long_id) == message_group(long_id)
