@@ -56,9 +56,9 @@ KINDS: tuple[str, ...] = ("Lambda error", "timeout", "lost response")
 def lease_ttl(*, every: bool) -> str:
     """The lease, seconds: short, so the sweeper takes over dead runs soon, yet longer than
     a live run stalls between its commit and its marks under the load (at full size dozens
-    of executions share two cores). A worker stalled past its lease is the limit of
-    fencing: its store writes are refused, but a send it already began may repeat its
-    successor's (receivers dedupe by ``reply_id``)."""
+    of executions share two cores). A worker stalled past its lease has its store writes
+    refused, but a send is no store write: the SNS topic drops a repeated ``reply_id``, and
+    ``reliability/window.py`` measures that window with Lambda's timeouts as deployed."""
     return "10" if every else "3"
 
 
