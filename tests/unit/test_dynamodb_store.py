@@ -382,6 +382,39 @@ def test_sweeper_query_reads_the_sparse_index(
     assert store.api_calls.counts["dynamodb.query"] - queries == 16  # one per shard
 
 
+def test_a_throttled_shard_does_not_cost_the_others_their_sweep(
+    store: DynamoDBConversationStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep reads 16 shards; it gave up at the first throttled query, so while the table
+    throttled one call in fifteen (the reliability suite's dependency storm) no sweep ever
+    finished and a run that died holding its lease was never taken over. A shard that fails
+    for now is left to the next sweep; only when all fail is the error raised."""
+    cids = [f"ws:user{i}:chat" for i in range(12)]
+    for cid in cids:
+        started(store, cid)  # leases expire at T0 + 10
+    real = store._table.query
+    calls: list[int] = []
+
+    def every_other_throttled(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) % 2:
+            raise RetryableError("dynamodb.query failed (ProvisionedThroughputExceeded)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store._table, "query", every_other_throttled)
+    half = store.conversations_to_sweep(now=T0 + 20)
+    assert 0 < len(half) < len(cids) and len(calls) == 16
+    monkeypatch.setattr(store._table, "query", real)
+    assert set(half) < set(store.conversations_to_sweep(now=T0 + 20)) == set(cids)
+
+    def always_throttled(*_: Any, **__: Any) -> Any:
+        raise RetryableError("dynamodb.query failed (ProvisionedThroughputExceeded)")
+
+    monkeypatch.setattr(store._table, "query", always_throttled)
+    with pytest.raises(RetryableError):
+        store.conversations_to_sweep(now=T0 + 20)
+
+
 # retention, keys, limits, contention ----------------------------------------------------------
 
 

@@ -919,3 +919,26 @@ def test_an_idle_step_whose_channel_is_down_goes_to_deliver_and_tell_user_does_n
     after = fail_pending_turn(w.deps, step.run, "failed")
     assert (after.outcome, after.status) == ("released", "idle")
     assert w.texts() == ["echo hi"]
+
+
+def test_a_lease_the_sweeper_cannot_take_for_now_does_not_stop_the_sweep() -> None:
+    """One conversation's takeover throttled must not leave the others' dead runs for the
+    next sweep (nor fail the sweeper's invocation)."""
+    w = World(lease_ttl=10)
+    for n in range(3):
+        msg = InboundMessage(conversation_id=f"ticket:{n}", text="hi")
+        accept_message(w.deps, msg, LOCAL_USER)
+    w.starter.runs.clear()  # the runs never came
+    w.clock.t += 11
+    real = w.store.try_acquire_lease
+    throttled = {"ticket:0"}
+
+    def acquire(cid: str, **kwargs: Any) -> Any:
+        if cid in throttled:
+            raise RetryableError("store throttled")
+        return real(cid, **kwargs)
+
+    w.store.try_acquire_lease = acquire  # type: ignore[method-assign,assignment]
+    assert sorted(r.conversation_id for r in sweep(w.deps)) == ["ticket:1", "ticket:2"]
+    throttled.clear()
+    assert [r.conversation_id for r in sweep(w.deps)] == ["ticket:0"]

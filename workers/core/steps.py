@@ -984,7 +984,11 @@ def sweep(deps: Deps, *, now: float | None = None) -> list[RunRef]:
     at = deps.clock.now() if now is None else now
     started: list[RunRef] = []
     for cid in deps.store.conversations_to_sweep(now=at):
-        lease = deps.store.try_acquire_lease(cid, now=at, ttl=deps.settings.lease_ttl)
+        try:
+            lease = deps.store.try_acquire_lease(cid, now=at, ttl=deps.settings.lease_ttl)
+        except RetryableError as exc:  # the next sweep tries it again; the others go on
+            log.warning("sweep: %s left for the next sweep: %s", cid, exc)
+            continue
         if lease is None:
             continue
         run = RunRef(conversation_id=cid, token=lease.token)
