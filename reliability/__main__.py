@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from reliability import concurrency, dependencies, inprocess, killnine, workflow
+from reliability import concurrency, dependencies, inprocess, killnine, window, workflow
 from reliability.report import Fuzz, Run, render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     def faults_on_aws() -> None:
         run.faults.append(workflow.run(every=every, progress=progress))
 
+    def fencing_window() -> None:
+        run.window.append(window.run(every=every, progress=progress))
+
     def dependency_faults() -> None:
         run.dependencies.extend(dependencies.run(every=every, progress=progress))
 
@@ -92,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         ("faults in-process", faults_in_process),
         ("kill -9 of the embedded server", kill_nine),
         ("faults on AWS (moto)", faults_on_aws),
+        ("the fencing window on AWS (production timeouts)", fencing_window),
         ("dependency faults", dependency_faults),
         ("concurrency", concurrent_senders),
     ]

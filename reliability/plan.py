@@ -29,6 +29,8 @@ class Result:
     seconds: float = 0.0
     notes: dict[str, int] = field(default_factory=dict)
     """Other counts worth reporting (e.g. per-sink marks written after partial deliveries)."""
+    settings: dict[str, str] = field(default_factory=dict)
+    """What the case ran with, for the report (e.g. its lease and timeouts)."""
     written: set[str] = field(default_factory=set)
     """The writes a clean conversation made: each must have had a fault after it."""
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from reliability.concurrency import Series, Size
 from reliability.plan import Result
 from reliability.probe import WRITES, Findings
-from reliability.workflow import lease_ttl
+from reliability.workflow import REPLANS, RUN_AGAIN, lease_ttl
 
 VIOLATION_TITLES = {
     "lost": "lost",
@@ -36,6 +36,7 @@ class Fuzz:
 class Run:
     size: str
     faults: list[Result] = field(default_factory=list)
+    window: list[Result] = field(default_factory=list)
     dependencies: list[Result] = field(default_factory=list)
     concurrency: list[Series] = field(default_factory=list)
     concurrency_size: Size = field(default_factory=Size)
@@ -45,7 +46,7 @@ class Run:
     @property
     def findings(self) -> Findings:
         total = Findings()
-        for result in [*self.faults, *self.dependencies]:
+        for result in [*self.faults, *self.window, *self.dependencies]:
             total.add(result.findings)
         for series in self.concurrency:
             total.add(series.findings)
@@ -108,7 +109,7 @@ def render(run: Run) -> str:
         "",
     ]
     rows: list[list[object]] = []
-    for result in [*run.faults, *run.dependencies]:
+    for result in [*run.faults, *run.window, *run.dependencies]:
         rows.append([result.runtime, *_violations(result.findings)])
     for series in run.concurrency:
         rows.append([f"concurrency: {series.name}", *_violations(series.findings)])
@@ -116,6 +117,7 @@ def render(run: Run) -> str:
     out += _table(["case", "messages", "failure notices", *VIOLATION_TITLES.values()], rows)
     out += ["", f"Order violations (double-texting policies): {run.order_violations}.", ""]
     out += _faults(run)
+    out += _window(run)
     out += _dependencies(run)
     out += _concurrency(run)
     out += _fuzz(run)
@@ -147,10 +149,17 @@ def _faults(run: Run) -> list[str]:
     for result in run.faults:
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(result.faults_by_kind.items()))
         out.append(f"- {result.runtime}: {kinds}.")
+        again = result.notes.get(RUN_AGAIN, 0)
+        if again:
+            out.append(
+                f"  {again} conversation(s) run again: a write a planned fault named did not "
+                "happen in the first (timing moved it), so its faults were planned in a fresh "
+                f"conversation (up to {REPLANS} times)."
+            )
         if result.findings.unfired_faults:
             out.append(
-                f"  {result.findings.unfired_faults} planned fault(s) did not fire (timing "
-                "moved the write they named); planned again where no fault covered the write."
+                f"  **{result.findings.unfired_faults} planned fault(s) never fired**, even "
+                "planned again (see the notes)."
             )
         if result.uncovered:
             out.append(f"  **Not covered**: {', '.join(result.uncovered)}.")
@@ -164,6 +173,34 @@ def _faults(run: Run) -> list[str]:
         "",
     ]
     return out
+
+
+def _window(run: Run) -> list[str]:
+    if not run.window:
+        return []
+    out = [
+        "## The fencing window, measured",
+        "",
+        "Fencing refuses every store write of a run whose lease was taken over, but a send "
+        "is no store write. Each conversation's first reply stalls its worker right after "
+        "the publish, for longer than the lease; every function's timeout is the turn "
+        "function's production ratio to the lease (`turnTimeout` : `leaseTtlSeconds` in "
+        "`serverless.yml`), so Lambda stops a stalled invocation before its lease lapses, "
+        "between its send and the write marking it sent. The run that takes the "
+        "conversation over sends the reply again, and the FIFO reply topic drops that "
+        "publish (its deduplication id is the reply's `reply_id`).",
+        "",
+    ]
+    for result in run.window:
+        ran = ", ".join(f"{k} {v}" for k, v in result.settings.items())
+        kinds = ", ".join(f"{k}: {n}" for k, n in sorted(result.faults_by_kind.items()))
+        notes = "; ".join(f"{k}: {n}" for k, n in result.notes.items())
+        dups = result.findings.duplicate_deliveries
+        out.append(
+            f"- {result.runtime} ({result.seconds:.1f} s; {ran}): {kinds}; {notes}; "
+            f"duplicate deliveries: {dups}."
+        )
+    return [*out, ""]
 
 
 def _dependencies(run: Run) -> list[str]:

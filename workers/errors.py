@@ -197,15 +197,29 @@ class TransactionCancelled(RetryableError):
         return str(self.reasons[index].get("Code", ""))
 
 
+_RETRIED_AS_WELL = (TurnSuperseded, ConditionFailed, PromptRegistryError)
+"""Errors outside the ``RetryableError`` family that a retry can still cure: a turn
+superseded by a newer message (the retry re-claims), a store condition that raced, the
+prompt registry unreachable for now."""
+
+
 def as_workflow_error(exc: AgentWorkerError) -> AgentWorkerError:
     """``exc`` as the workflow's Retry/Catch rules name it: Step Functions matches the exact
-    error name, so a subclass is reported as its family (``RetryableError``,
-    ``PermanentError``); ``LeaseLost`` and other errors as they are."""
-    if isinstance(exc, RetryableError) and type(exc) is not RetryableError:
-        return RetryableError(str(exc))
-    if isinstance(exc, PermanentError) and type(exc) is not PermanentError:
-        return PermanentError(str(exc), field=exc.field)
-    return exc
+    error name, so every error is reported as one of the three names the ASL handles,
+    ``RetryableError`` (retried with backoff), ``PermanentError`` (the user is told) or
+    ``LeaseLost`` (the run stops quietly), never under its own name (which only
+    ``States.ALL``, the rule for bugs, would catch). ``tests/unit/test_statemachine.py``
+    checks every class of this module against the ASL."""
+    if isinstance(exc, LeaseLost):
+        return exc if type(exc) is LeaseLost else LeaseLost(str(exc))
+    if isinstance(exc, _RETRIED_AS_WELL):
+        return RetryableError(f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, RetryableError):
+        return exc if type(exc) is RetryableError else RetryableError(str(exc))
+    if isinstance(exc, PermanentError):
+        return exc if type(exc) is PermanentError else PermanentError(str(exc), field=exc.field)
+    # A misconfiguration, an app's misuse of a turn helper: a retry would fail the same way.
+    return PermanentError(f"{type(exc).__name__}: {exc}")
 
 
 def http_error(exc: AgentWorkerError) -> tuple[int, str]:

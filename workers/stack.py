@@ -67,7 +67,9 @@ class StackNames:
 
     @property
     def topic(self) -> str:
-        return f"{self.prefix}-replies"
+        """A FIFO topic: SNS drops a payload published twice (its ``reply_id`` is the
+        deduplication id) and keeps a conversation's replies in order."""
+        return f"{self.prefix}-replies.fifo"
 
     @property
     def event_bus(self) -> str:

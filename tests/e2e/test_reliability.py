@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from reliability import concurrency, dependencies, inprocess, killnine, workflow
+from reliability import concurrency, dependencies, inprocess, killnine, window, workflow
 from reliability.plan import Result
 
 
@@ -36,9 +36,24 @@ def test_kill_nine_of_the_embedded_server_after_every_store_write() -> None:
 def test_lambda_error_timeout_and_lost_response_after_every_store_write() -> None:
     result = workflow.run(every=False)
     assert_held(result)
+    assert result.findings.unfired_faults == 0, result.findings.details  # planned: fired
     assert set(result.faults_by_kind) == set(workflow.KINDS)
     # the Standard workflow's wait for an approval, and the sweeper's takeover
     assert {"hold_for_approval", "try_acquire_lease"} <= set(result.faults_by_write)
+
+
+def test_a_sender_stalled_past_its_lease_repeats_nothing_a_sink_shows() -> None:
+    """Issue 17, item 18: each first reply stalls its worker past the lease right after
+    the publish; Lambda's timeout (the production ratio) stops the worker unmarked, the
+    run that takes over publishes again, and the FIFO topic drops the repeat (before: the
+    reply reached SNS subscribers twice)."""
+    result = window.run(every=False)
+    found = result.findings
+    assert found.ok, f"{found.as_dict()}\n" + "\n".join(found.details[:20])
+    stalls = result.faults_by_kind[window.STALLS]
+    assert stalls == 3 and found.messages == 9
+    assert result.notes[window.STOPPED] >= stalls  # Lambda stopped each stalled worker
+    assert result.notes[window.DROPPED] >= stalls  # and SNS each repeat
 
 
 def test_dependency_faults_all_at_once() -> None:

@@ -23,8 +23,10 @@ from workers.sandbox.emulator import (
     LambdaContextStub,
     SqsPoller,
     Stack,
+    TopicDeduplication,
     create_stack,
     default_handlers,
+    fifo_topic_deduplication,
     queue_arn,
     route_lambda_to_handlers,
     serialized_dynamodb,
@@ -46,6 +48,8 @@ class Aws:
     stub: ConverseStubServer
     handlers: dict[str, Any] = field(default_factory=dict)
     """The Lambda handlers moto invokes, by function name (a test may wrap one)."""
+    deduplication: TopicDeduplication = field(default_factory=TopicDeduplication)
+    """What the reply topic dropped as published already (SNS FIFO's deduplication)."""
 
     def send_sqs(self, conversation_id: str, text: str, *, dedupe_key: str | None = None) -> None:
         body: dict[str, Any] = {"conversation_id": conversation_id, "text": text}
@@ -128,8 +132,14 @@ def aws_runtime(setenv: Callable[[str, str], None]) -> Iterator[Aws]:
         # Handlers run in moto's execution threads and the poller in this one: moto's
         # DynamoDB must answer one request at a time, as real DynamoDB's conditions do.
         try:
-            with route_lambda_to_handlers(handlers), serialized_dynamodb():
-                yield Aws(session, stack, replies_url, poller, events, stub, handlers)
+            with (
+                route_lambda_to_handlers(handlers),
+                serialized_dynamodb(),
+                fifo_topic_deduplication() as deduplication,
+            ):
+                yield Aws(
+                    session, stack, replies_url, poller, events, stub, handlers, deduplication
+                )
         finally:
             bootstrap.reset_aws_deps()
 

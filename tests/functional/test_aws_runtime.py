@@ -555,3 +555,136 @@ def test_an_erased_conversations_sockets_follow_nothing_of_the_id_taken_again(
     assert taken["statusCode"] == 200
     aws.replies()
     assert store.list_connections(cid) == ["c-mal"]
+
+
+class SnsOutage:
+    """Every ``Publish`` of our functions fails with ``error()`` while ``down`` (the harness
+    reads its replies through SQS, untouched); counts the functions' invocations by op."""
+
+    def __init__(self, aws: Aws, monkeypatch: pytest.MonkeyPatch, error: Any) -> None:
+        from botocore.client import BaseClient
+
+        self.down = True
+        self.ops: list[str] = []
+        real_call = BaseClient._make_api_call
+
+        def call(client: Any, operation: str, params: dict[str, Any]) -> Any:
+            if self.down and operation == "Publish":
+                raise error(operation)
+            return real_call(client, operation, params)
+
+        monkeypatch.setattr(BaseClient, "_make_api_call", call)
+        for name in ("turn", "deliver"):
+            real = aws.handlers[name]
+
+            def counted(event: dict[str, Any], context: Any, _real: Any = real) -> Any:
+                self.ops.append(event.get("op", "deliver"))
+                return _real(event, context)
+
+            aws.handlers[name] = counted
+
+
+def _unknown_4xx(operation: str) -> Exception:
+    from botocore.exceptions import ClientError
+
+    response: Any = {
+        "Error": {"Code": "NonExistentQueue", "Message": "no queue"},
+        "ResponseMetadata": {"HTTPStatusCode": 400},
+    }
+    error: Exception = ClientError(response, operation)
+    return error
+
+
+def _garbled_500(operation: str) -> Exception:
+    from botocore.parsers import ResponseParserError
+
+    error: Exception = ResponseParserError(f"{operation}: Unable to parse, invalid XML: b'oops'")
+    return error
+
+
+def test_an_sns_error_no_adapter_knew_that_refuses_the_reply_ends_the_run(
+    aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 17, item 16: an unknown 4xx code left the sink as botocore's ``ClientError``;
+    the workflow retried it as a bug and looped Step -> TellUser -> Step (38 invocations in
+    a 12-second outage). A refused request is permanent: the reply is logged as
+    undeliverable, and the run ends after one step."""
+    outage = SnsOutage(aws, monkeypatch, _unknown_4xx)
+    aws.stub.script(reply_text="Nobody will read this.")
+    aws.send_sqs("ticket:41", "hello")
+    aws.pump()
+    [run] = aws.wait_executions_done()
+    assert run["status"] == "SUCCEEDED" and outage.ops == ["step"]
+    state = bootstrap.aws_deps().store.get_conversation("ticket:41")
+    assert state is not None and state.lease_token is None and state.undelivered_count == 0
+
+
+def test_an_sns_outage_is_retried_a_bounded_number_of_times_then_delivered_later(
+    aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 17, item 16: an answer botocore cannot parse (a 500 page that is not the
+    service's) passed through unmapped and the run looped Step -> TellUser -> Step for as
+    long as SNS was down (46 invocations in 12 seconds), with no notice. Now it is
+    retryable: ``Deliver`` retries with backoff, then the run ends in ``Undelivered`` with
+    the reply in the outbox and the lease left to lapse; the sweeper's run delivers it."""
+    from workers.handlers import sweeper
+
+    monkeypatch.setenv("AGENTWORKER_LEASE_TTL_SECONDS", "1")
+    bootstrap.reset_aws_deps()
+    outage = SnsOutage(aws, monkeypatch, _garbled_500)
+    aws.stub.script(reply_text="Late, but once.")
+    aws.send_sqs("ticket:42", "hello")
+    aws.pump()
+    [run] = aws.wait_executions_done()
+    assert run["status"] == "SUCCEEDED" and outage.ops == ["step"] + ["deliver"] * 5
+    history = aws.session.client("stepfunctions").get_execution_history(
+        executionArn=run["executionArn"]
+    )["events"]
+    ends = [
+        e["stateEnteredEventDetails"]["name"] for e in history if e["type"] == "SucceedStateEntered"
+    ]
+    assert ends == ["Undelivered"]
+    assert aws.replies(timeout=0.5) == []
+    outage.down = False
+    time.sleep(1.1)  # the lease lapses
+    assert len(sweeper.handler({}, lambda_context())["started"]) == 1
+    [reply] = aws.replies()
+    assert reply["text"] == "Late, but once."
+    aws.wait_executions_done()
+    assert aws.replies(timeout=0.5) == []
+    assert outage.ops[6:] == ["step"]  # the sweeper's run: one idle step
+    state = bootstrap.aws_deps().store.get_conversation("ticket:42")
+    assert state is not None and state.lease_token is None and state.undelivered_count == 0
+
+
+def test_a_reply_sent_again_after_its_step_died_unmarked_reaches_the_topic_once(
+    aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 17, item 18: a step killed between its send and the write that marks it sent
+    (a timeout, out of memory, or a run that lost its lease while sending) leaves the
+    reply undelivered in the store, and the step's retry (or the run that took over)
+    publishes it again. The reply topic is FIFO and the reply's ``reply_id`` its
+    deduplication id: SNS drops the second publish (before: the reply arrived twice)."""
+    from workers.adapters.aws.dynamodb_store import DynamoDBConversationStore
+
+    real_release = DynamoDBConversationStore.release_lease
+    killed: list[int] = []
+
+    def killed_before_its_mark(self: Any, *args: Any, **kwargs: Any) -> bool:
+        if kwargs.get("delivered") and not killed:
+            killed.append(1)
+            raise RuntimeError("Sandbox.Timedout: killed after the send, before its mark")
+        return real_release(self, *args, **kwargs)
+
+    monkeypatch.setattr(DynamoDBConversationStore, "release_lease", killed_before_its_mark)
+    aws.stub.script(reply_text="Only once, please.")
+    aws.send_sqs("ticket:43", "hello")
+    aws.pump()
+    [run] = aws.wait_executions_done()
+    assert run["status"] == "SUCCEEDED" and killed == [1]
+    [reply] = aws.replies()
+    assert reply["text"] == "Only once, please."
+    assert aws.replies(timeout=0.5) == []
+    assert aws.deduplication.dropped == 1  # the step's retry published it again
+    state = bootstrap.aws_deps().store.get_conversation("ticket:43")
+    assert state is not None and state.lease_token is None and state.undelivered_count == 0

@@ -312,14 +312,41 @@ def test_a_throttled_transaction_is_retryable(
             store.commit_turn(CID, TurnCommit(token, [1], "idle", b"ck"))
 
 
-def test_an_unmapped_error_passes_through(
-    store: DynamoDBConversationStore, aws: tuple[Any, Any]
+@pytest.mark.parametrize(
+    ("code", "status", "error"),
+    [
+        ("ResourceNotFoundException", 400, PermanentError),  # refused: a retry fails alike
+        ("NonExistentQueue", 400, PermanentError),
+        ("KMSThrottlingException", 400, RetryableError),
+        ("SomethingNew", 429, RetryableError),
+        ("SomethingNew", 503, RetryableError),
+        ("502", 502, RetryableError),  # a proxy's HTML page: botocore names it by status
+    ],
+)
+def test_an_unknown_code_is_judged_by_its_status(
+    store: DynamoDBConversationStore, aws: tuple[Any, Any], code: str, status: int, error: type
 ) -> None:
+    """Before, an unknown code passed through as botocore's ``ClientError``: the workflow
+    saw a name it does not handle (issue 17, item 16)."""
     with Stubber(aws[0]) as stub:
-        stub.add_client_error("get_item", service_error_code="ResourceNotFoundException")
-        with pytest.raises(Exception, match="ResourceNotFoundException") as info:
+        stub.add_client_error("get_item", service_error_code=code, http_status_code=status)
+        with pytest.raises(error, match=code):
             store.get_conversation(CID)
-    assert not isinstance(info.value, RetryableError | PermanentError)
+
+
+def test_an_answer_that_is_not_the_services_is_retryable(
+    store: DynamoDBConversationStore, aws: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A load balancer's text page with a 500: botocore cannot parse it and says further
+    retries may succeed (``ResponseParserError``, no status, no code)."""
+    from botocore.parsers import ResponseParserError
+
+    def garbled(**_: Any) -> Any:
+        raise ResponseParserError("Unable to parse response, invalid XML received: b'oops'")
+
+    monkeypatch.setattr(aws[0], "get_item", garbled)
+    with pytest.raises(RetryableError, match="invalid XML"):
+        store.get_conversation(CID)
 
 
 # the sweep index ------------------------------------------------------------------------------
@@ -353,6 +380,39 @@ def test_sweeper_query_reads_the_sparse_index(
     queries = store.api_calls.counts["dynamodb.query"]
     store.conversations_to_sweep(now=T0 + 20)
     assert store.api_calls.counts["dynamodb.query"] - queries == 16  # one per shard
+
+
+def test_a_throttled_shard_does_not_cost_the_others_their_sweep(
+    store: DynamoDBConversationStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep reads 16 shards; it gave up at the first throttled query, so while the table
+    throttled one call in fifteen (the reliability suite's dependency storm) no sweep ever
+    finished and a run that died holding its lease was never taken over. A shard that fails
+    for now is left to the next sweep; only when all fail is the error raised."""
+    cids = [f"ws:user{i}:chat" for i in range(12)]
+    for cid in cids:
+        started(store, cid)  # leases expire at T0 + 10
+    real = store._table.query
+    calls: list[int] = []
+
+    def every_other_throttled(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) % 2:
+            raise RetryableError("dynamodb.query failed (ProvisionedThroughputExceeded)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store._table, "query", every_other_throttled)
+    half = store.conversations_to_sweep(now=T0 + 20)
+    assert 0 < len(half) < len(cids) and len(calls) == 16
+    monkeypatch.setattr(store._table, "query", real)
+    assert set(half) < set(store.conversations_to_sweep(now=T0 + 20)) == set(cids)
+
+    def always_throttled(*_: Any, **__: Any) -> Any:
+        raise RetryableError("dynamodb.query failed (ProvisionedThroughputExceeded)")
+
+    monkeypatch.setattr(store._table, "query", always_throttled)
+    with pytest.raises(RetryableError):
+        store.conversations_to_sweep(now=T0 + 20)
 
 
 # retention, keys, limits, contention ----------------------------------------------------------

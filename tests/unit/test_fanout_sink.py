@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from events.outbound import OutboxPayload, Reply, ReplyChunk
@@ -102,3 +104,75 @@ def test_a_turns_chunks_list_the_connections_once_and_drop_a_gone_one() -> None:
     assert client.posts == ["c1"] * 15 and real(REPLY.conversation_id) == ["c1"]
     sink.send(REPLY)  # the final payload lists the connections again
     assert len(listed) == 2 and client.posts[-1] == "c1"
+
+
+class Topic:
+    """A fake SNS client whose ``publish`` raises ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def publish(self, **_: object) -> None:
+        raise self.error
+
+
+def _client_error(code: str, status: int) -> Exception:
+    from botocore.exceptions import ClientError
+
+    response: Any = {
+        "Error": {"Code": code, "Message": code},
+        "ResponseMetadata": {"HTTPStatusCode": status},
+    }
+    error: Exception = ClientError(response, "Publish")
+    return error
+
+
+def test_sns_errors_the_adapters_did_not_know_get_a_family() -> None:
+    """Before, these left the sink as botocore's own errors: past the fan-out (which tries
+    the other sinks only for our two families) and into the workflow as names it does not
+    handle, where the run looped Step -> TellUser -> Step (issue 17, item 16)."""
+    from botocore.parsers import ResponseParserError
+
+    from workers.adapters.aws.sinks import SnsReplySink
+
+    refused = SnsReplySink(Topic(_client_error("NonExistentQueue", 400)), "arn:topic")
+    with pytest.raises(PermanentError, match="NonExistentQueue"):
+        refused.send(REPLY)
+    garbled = ResponseParserError("Unable to parse response, invalid XML received: b'oops'")
+    for error in (_client_error("SomethingNew", 503), garbled):
+        with pytest.raises(RetryableError):
+            SnsReplySink(Topic(error), "arn:topic").send(REPLY)
+    other = RecordingSink()
+    fan_out = FanOutReplySink({"sns": SnsReplySink(Topic(garbled), "arn:topic"), "ws": other})
+    with pytest.raises(PartialDelivery) as partial:
+        fan_out.send(REPLY)
+    assert partial.value.delivered == {"ws"} and other.sent == [REPLY]
+
+
+class Published:
+    """A fake SNS client recording ``publish`` calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def publish(self, **params: Any) -> None:
+        self.calls.append(params)
+
+
+def test_on_a_fifo_topic_the_reply_id_is_the_deduplication_id() -> None:
+    """Issue 17, item 18: SNS FIFO drops a second publish of the same ``reply_id`` within
+    five minutes, whoever sends it; the conversation is the message group (a longer id than
+    SNS takes is digested). A standard topic takes neither parameter."""
+    from workers.adapters.aws.sinks import SnsReplySink, message_group
+
+    fifo, standard = Published(), Published()
+    SnsReplySink(fifo, "arn:aws:sns:us-east-1:1:replies.fifo").send(REPLY)
+    SnsReplySink(standard, "arn:aws:sns:us-east-1:1:replies").send(REPLY)
+    [sent] = fifo.calls
+    assert sent["MessageDeduplicationId"] == REPLY.reply_id
+    assert sent["MessageGroupId"] == REPLY.conversation_id
+    assert "MessageDeduplicationId" not in standard.calls[0]
+    assert "MessageGroupId" not in standard.calls[0]
+    long_id = "ws:" + "a" * 250
+    assert message_group(long_id) != long_id and len(message_group(long_id)) <= 128
+    assert message_group(long_id) == message_group(long_id)

@@ -1012,3 +1012,83 @@ def test_answers_and_metadata_spend_the_bytes_quota_and_feedback_the_quotas() ->
         give_feedback(w.deps, alice, cid, reply_id=reply.reply_id, score=1)
     with pytest.raises(Throttled, match="messages per minute"):
         give_feedback(w.deps, alice, cid, reply_id=reply.reply_id, score=-1)
+
+
+class CountingSink(RecordingSink):
+    """A ``RecordingSink`` that counts every send, the failed ones too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attempts = 0
+
+    def send(self, payload: Any) -> None:
+        self.attempts += 1
+        super().send(payload)
+
+
+def test_a_channel_down_for_good_ends_the_run_undelivered_and_a_later_run_delivers() -> None:
+    """Issue 17, item 16: a sink that stays down made the run fail its idle step again and
+    again (on AWS: Step -> TellUser -> Step for as long as it was down). Now ``Deliver`` is
+    retried a bounded number of times, then the run ends with the entry undelivered and
+    its lease left to lapse; the sweeper's run delivers it once the channel is back."""
+    w = World(lease_ttl=30, retry_attempts=3)
+    sink = CountingSink()
+    w.deps.sink = sink
+    sink.failing = True
+    w.send("hi")
+    [summary] = w.run_all()
+    assert summary.ended == "undelivered" and summary.turns == 1
+    assert sink.attempts == 1 + 3  # the turn's own send, then Deliver's three attempts
+    state = w.store.get_conversation(CID)
+    assert state is not None and state.lease_token is not None  # left to lapse
+    assert len(w.store.pending_outbox(CID)) == 1
+    sink.failing = False
+    assert sweep(w.deps) == []  # the lease still holds: nobody else sends meanwhile
+    w.clock.t += 31
+    assert len(sweep(w.deps)) == 1
+    w.run_all()
+    assert [p.text for p in sink.sent] == ["echo hi"] and w.store.pending_outbox(CID) == []
+    state = w.store.get_conversation(CID)
+    assert state is not None and state.lease_token is None
+
+
+def test_an_idle_step_whose_channel_is_down_goes_to_deliver_and_tell_user_does_not_loop() -> None:
+    """The idle step raised the channel's ``RetryableError``: the workflow retried it, went
+    to ``TellUser``, which found no message to fail and sent the run back to ``Step``,
+    without end. Now the idle step's outcome is ``deliver``, and ``TellUser`` with nothing
+    pending does the idle step itself."""
+    w = World()
+    w.send("hi")
+    run = w.starter.runs.pop()
+    w.sink.failing = True
+    step = run_step(w.deps, run, execution_id="exec-1")
+    assert (step.outcome, step.turn) == ("deliver", "replied")
+    assert run_step(w.deps, step.run).outcome == "deliver"  # the idle step, still down
+    assert fail_pending_turn(w.deps, step.run, "failed").outcome == "deliver"  # not Step
+    w.sink.failing = False
+    after = fail_pending_turn(w.deps, step.run, "failed")
+    assert (after.outcome, after.status) == ("released", "idle")
+    assert w.texts() == ["echo hi"]
+
+
+def test_a_lease_the_sweeper_cannot_take_for_now_does_not_stop_the_sweep() -> None:
+    """One conversation's takeover throttled must not leave the others' dead runs for the
+    next sweep (nor fail the sweeper's invocation)."""
+    w = World(lease_ttl=10)
+    for n in range(3):
+        msg = InboundMessage(conversation_id=f"ticket:{n}", text="hi")
+        accept_message(w.deps, msg, LOCAL_USER)
+    w.starter.runs.clear()  # the runs never came
+    w.clock.t += 11
+    real = w.store.try_acquire_lease
+    throttled = {"ticket:0"}
+
+    def acquire(cid: str, **kwargs: Any) -> Any:
+        if cid in throttled:
+            raise RetryableError("store throttled")
+        return real(cid, **kwargs)
+
+    w.store.try_acquire_lease = acquire  # type: ignore[method-assign,assignment]
+    assert sorted(r.conversation_id for r in sweep(w.deps)) == ["ticket:1", "ticket:2"]
+    throttled.clear()
+    assert [r.conversation_id for r in sweep(w.deps)] == ["ticket:0"]

@@ -1039,7 +1039,11 @@ def sweep(deps: Deps, *, now: float | None = None) -> list[RunRef]:
     at = deps.clock.now() if now is None else now
     started: list[RunRef] = []
     for cid in deps.store.conversations_to_sweep(now=at):
-        lease = deps.store.try_acquire_lease(cid, now=at, ttl=deps.settings.lease_ttl)
+        try:
+            lease = deps.store.try_acquire_lease(cid, now=at, ttl=deps.settings.lease_ttl)
+        except RetryableError as exc:  # the next sweep tries it again; the others go on
+            log.warning("sweep: %s left for the next sweep: %s", cid, exc)
+            continue
         if lease is None:
             continue
         run = RunRef(conversation_id=cid, token=lease.token)
@@ -1090,7 +1094,23 @@ def run_step(
                 guardrail_interventions=turn.guardrail_interventions,
             )
         return finish_turn(deps, claim, turn, hold_approvals=hold_approvals)
-    deliver(deps, run.conversation_id)  # e.g. notices of messages rejected meanwhile
+    return _idle_step(deps, claim)
+
+
+def _idle_step(deps: Deps, claim: Claim) -> StepResult:
+    """A step with no turn to take (the inbox is drained, or the run's budget is spent):
+    send what is left (e.g. notices of messages rejected meanwhile), then finish the run.
+
+    A channel failing for now does not fail the step (its retry would fail alike, and the
+    workflow went Step -> TellUser -> Step for as long as the channel was down): the outcome
+    is ``deliver``, whose bounded retries end the run with the entries undelivered and the
+    lease left to lapse, for the sweeper's next run."""
+    run = claim.run
+    try:
+        deliver(deps, run.conversation_id)
+    except RetryableError as exc:
+        log.warning("delivery to %s deferred: %s", run.conversation_id, exc)
+        return StepResult(run=run, outcome="deliver")
     finish = finish_run(deps, claim)
     if not finish.released:
         return StepResult(run=run, outcome="more_pending")
@@ -1124,10 +1144,15 @@ def fail_pending_turn(
     Only the messages that turn was handed are failed: the ones up to the inbox sequence
     its claim marked. When the last claim committed (the worker died after its commit: a
     timeout, out of memory), nothing failed: ``more_pending``, and the run goes on from the
-    committed state, never failing a message it did not attempt."""
+    committed state, never failing a message it did not attempt. With nothing pending at
+    all, the step that failed was an idle one (or died after its last commit): this one
+    does that idle step itself rather than hand it back to ``Step`` (a step failing the same
+    way each time made the run loop Step -> TellUser -> Step without end)."""
     claim = claim_inbox(deps, run, mark=False)
     attempted = claim.state.claimed_seq
-    if claim.plan is None or attempted is None:
+    if claim.plan is None:
+        return _idle_step(deps, claim)
+    if attempted is None:
         return StepResult(run=run, outcome="more_pending")
     tried = [e for e in claim.work.inbox if e.seq <= attempted]
     plan = plan_turn(claim.state, tried, deps.settings.approval_policies) if tried else None
@@ -1168,11 +1193,40 @@ def drive_run(deps: Deps, run: RunRef, execution_id: str | None = None) -> RunSu
             if step.outcome in ("released", "handover"):
                 summary.ended = step.status or step.outcome
                 break
+            if step.outcome == "deliver" and not _deliver_with_retry(deps, run):
+                summary.ended = "undelivered"
+                break
     except LeaseLost as exc:
         log.info("run %s stopped: %s", run.run_id, exc)
         summary.ended = "lease_lost"
     summary.run = run
     return summary
+
+
+def _deliver_with_retry(deps: Deps, run: RunRef) -> bool:
+    """The workflow's ``Deliver`` in-process: ``deliver_run`` retried with backoff on
+    ``RetryableError``; ``False`` when the attempts are spent (the channel is still down:
+    the entries stay undelivered and the run ends, its lease left to lapse for the
+    sweeper's next run, like the workflow's ``Undelivered``)."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            deliver_run(deps, run)
+        except RetryableError as exc:
+            if attempt >= deps.settings.retry_attempts:
+                log.warning("delivery to %s still failing; left undelivered: %s", run.run_id, exc)
+                return False
+            delay = backoff_delay(
+                attempt,
+                base=deps.settings.retry_base_delay,
+                cap=deps.settings.retry_max_delay,
+                jitter=random.random(),
+            )
+            log.info("delivery attempt %d failed (%s); retrying in %.2fs", attempt, exc, delay)
+            deps.clock.sleep(delay)
+        else:
+            return True
 
 
 def _step_with_retry(deps: Deps, run: RunRef, execution_id: str | None) -> StepResult:

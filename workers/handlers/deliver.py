@@ -12,7 +12,7 @@ from events.inbound import ConversationId
 from events.workflow import RunRef
 from workers import bootstrap
 from workers.core.steps import deliver, deliver_run
-from workers.handlers.observability import logger, metrics
+from workers.handlers.observability import logger, metrics, reported_to_the_workflow
 
 
 class DeliverTask(BaseModel):
@@ -29,6 +29,10 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     task = DeliverTask.model_validate(event)
     logger.append_keys(conversation_id=task.conversation_id)
     deps = bootstrap.aws_deps()
-    sent = deliver(deps, task.conversation_id) if task.run is None else deliver_run(deps, task.run)
+    with reported_to_the_workflow():
+        if task.run is None:
+            sent = deliver(deps, task.conversation_id)
+        else:
+            sent = deliver_run(deps, task.run)
     metrics.add_metric(name="delivered", unit=MetricUnit.Count, value=sent)
     return {"delivered": sent}

@@ -27,8 +27,8 @@ from workers.core.steps import (
     retry_exhausted_text,
     run_step,
 )
-from workers.errors import AgentWorkerError, ModelThrottled, PermanentError, as_workflow_error
-from workers.handlers.observability import logger, metrics
+from workers.errors import PermanentError
+from workers.handlers.observability import logger, metrics, reported_to_the_workflow
 
 
 class TurnTask(BaseModel):
@@ -135,16 +135,8 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     recorder = TurnRecorder(deps.agent)
     deps = replace(deps, agent=recorder)
     try:
-        result = execute(deps, task)
-    except AgentWorkerError as exc:
-        # e.g. error_RetryableError counts model throttles the workflow will retry
-        metrics.add_metric(name=f"error_{type(exc).__name__}", unit=MetricUnit.Count, value=1)
-        if isinstance(exc, ModelThrottled):
-            metrics.add_metric(name="ModelThrottles", unit=MetricUnit.Count, value=1)
-        reported = as_workflow_error(exc)
-        if reported is exc:
-            raise
-        raise reported from exc
+        with reported_to_the_workflow():
+            result = execute(deps, task)
     finally:
         sent, flush_ms = bootstrap.flush_traces(deps)
         metrics.add_metric(name="TraceFlushMs", unit=MetricUnit.Milliseconds, value=flush_ms)

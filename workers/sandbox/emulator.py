@@ -197,7 +197,9 @@ def create_stack(
             ),
         },
     )["QueueUrl"]
-    stack.topic_arn = clients("sns").create_topic(Name=names.topic)["TopicArn"]
+    stack.topic_arn = clients("sns").create_topic(
+        Name=names.topic, Attributes={"FifoTopic": "true", "ContentBasedDeduplication": "false"}
+    )["TopicArn"]
     _route_events(clients("events"), sqs, stack)
     role = clients("iam").create_role(
         RoleName=f"{names.prefix}-role", AssumeRolePolicyDocument="{}"
@@ -426,6 +428,74 @@ def unsubscribe_queue(clients: Callable[[str], Any], subscription: QueueSubscrip
     subscribed queue that no longer exists), then the queue."""
     clients("sns").unsubscribe(SubscriptionArn=subscription.subscription_arn)
     clients("sqs").delete_queue(QueueUrl=subscription.queue_url)
+
+
+SNS_DEDUPLICATION_SECONDS = 300.0
+"""How long an SNS FIFO topic remembers a ``MessageDeduplicationId``."""
+
+
+@dataclass
+class TopicDeduplication:
+    """What :func:`fifo_topic_deduplication` dropped: publishes of an id already published."""
+
+    dropped: int = 0
+    seen: dict[tuple[str, str], float] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def first(self, topic_arn: str, deduplication_id: str) -> bool:
+        """Whether this id is new to the topic within the window (then it is remembered)."""
+        now = time.monotonic()
+        with self.lock:
+            at = self.seen.get((topic_arn, deduplication_id))
+            if at is not None and now - at < SNS_DEDUPLICATION_SECONDS:
+                self.dropped += 1
+                return False
+            self.seen[topic_arn, deduplication_id] = now
+            return True
+
+
+@contextmanager
+def fifo_topic_deduplication() -> Iterator[TopicDeduplication]:
+    """While active, moto's FIFO topics drop a publish whose ``MessageDeduplicationId`` they
+    published in the last five minutes, as SNS does. moto passes the id on to the
+    subscribed queues instead: a FIFO queue dedupes only while it still holds the first
+    message (not once it was received and deleted), a standard queue not at all."""
+    from moto.sns.models import Topic
+
+    original = Topic.publish
+    deduplication = TopicDeduplication()
+
+    def publish(  # noqa: PLR0917 - moto's signature
+        self: Any,
+        message: str,
+        subject: str | None = None,
+        message_attributes: dict[str, Any] | None = None,
+        group_id: str | None = None,
+        deduplication_id: str | None = None,
+        message_structure: str | None = None,
+    ) -> str:
+        if (
+            self.fifo_topic
+            and deduplication_id
+            and not deduplication.first(self.arn, deduplication_id)
+        ):
+            return f"deduplicated-{deduplication_id}"
+        message_id: str = original(
+            self,
+            message,
+            subject=subject,
+            message_attributes=message_attributes,
+            group_id=group_id,
+            deduplication_id=deduplication_id,
+            message_structure=message_structure,
+        )
+        return message_id
+
+    Topic.publish = publish  # type: ignore[method-assign]
+    try:
+        yield deduplication
+    finally:
+        Topic.publish = original  # type: ignore[method-assign]
 
 
 @contextmanager

@@ -147,6 +147,7 @@ def _start_runtime(
     from workers.sandbox import emulator
 
     resources.enter_context(emulator.serialized_dynamodb())
+    resources.enter_context(emulator.fifo_topic_deduplication())
     server, endpoint_url = emulator.start_moto_server(options.port)
     resources.callback(server.stop)
     clients = client_factory(endpoint_url)

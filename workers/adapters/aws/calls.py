@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ParamValidationError
 
 from workers.adapters.aws.errors import NETWORK_ERRORS, map_aws_error
 from workers.errors import (
@@ -54,8 +54,8 @@ class AwsCalls:
             if mapped is exc:
                 raise
             raise mapped from exc
-        except NETWORK_ERRORS as exc:
-            raise RetryableError(f"{service}.{operation} failed: {exc}") from exc
+        except (*NETWORK_ERRORS, ParamValidationError) as exc:
+            raise map_aws_error(exc, f"{service}.{operation}") from exc
         return response
 
 

@@ -472,20 +472,36 @@ class DynamoDBConversationStore:
     def conversations_to_sweep(self, *, now: float, limit: int = 100) -> list[str]:
         """Conversations that need a run (pending messages, or a lease that expired while
         held): per shard, one query of the sparse sweep index by lease expiry, filtered on
-        the pending count or a held lease (a released one has expiry 0)."""
+        the pending count or a held lease (a released one has expiry 0).
+
+        A shard whose query fails for now (throttled) is left to the next sweep and the
+        others are read: a sweep that gave up at its first failed query never finished while
+        the table throttled one call in fifteen, and a run that died holding its lease was
+        never taken over. Only when every shard fails is the error raised."""
         found: list[str] = []
+        failed: RetryableError | None = None
         for shard in range(SWEEP_SHARDS):
             if len(found) >= limit:
                 break
-            items = self._table.query(
-                f"#{SWEEP_INDEX_PK} = :shard AND #{SWEEP_INDEX_SK} <= :now",
-                {":shard": string(_shard_name(shard)), ":now": number(now), ":zero": number(0)},
-                index=SWEEP_INDEX,
-                filter_expression=f"#{PENDING_COUNT} > :zero OR #{SWEEP_INDEX_SK} > :zero",
-                limit=limit - len(found),
-                consistent=False,  # a global index is eventually consistent only
-            )
+            try:
+                items = self._table.query(
+                    f"#{SWEEP_INDEX_PK} = :shard AND #{SWEEP_INDEX_SK} <= :now",
+                    {
+                        ":shard": string(_shard_name(shard)),
+                        ":now": number(now),
+                        ":zero": number(0),
+                    },
+                    index=SWEEP_INDEX,
+                    filter_expression=f"#{PENDING_COUNT} > :zero OR #{SWEEP_INDEX_SK} > :zero",
+                    limit=limit - len(found),
+                    consistent=False,  # a global index is eventually consistent only
+                )
+            except RetryableError as exc:
+                failed = exc
+                continue
             found.extend(get_str(i, TABLE_PK).removeprefix(CONVERSATION_PREFIX) for i in items)
+        if failed is not None and not found:
+            raise failed
         return found
 
     # state ------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -16,15 +17,34 @@ from workers.errors import AgentWorkerError, PartialDelivery, PermanentError, Re
 log = logging.getLogger(__name__)
 
 
+MESSAGE_GROUP_LIMIT = 128
+"""SNS FIFO's limit on a ``MessageGroupId`` (a conversation id may be longer)."""
+
+
+def message_group(conversation_id: str) -> str:
+    """The conversation's message group on a FIFO topic: its id, or a digest of a longer
+    one (the characters of an id are all allowed in a group id)."""
+    if len(conversation_id) <= MESSAGE_GROUP_LIMIT:
+        return conversation_id
+    return "sha256-" + hashlib.sha256(conversation_id.encode()).hexdigest()
+
+
 class SnsReplySink:
     """Publishes each outbox payload to the reply topic, with attributes subscribers can
-    filter on (conversation, type) and dedupe by (``reply_id``: the same payload sent again,
-    by a worker that stalled past its lease while its successor sent it too, keeps it).
-    Chunks are not streamed through SNS."""
+    filter on (conversation, type) and dedupe by (``reply_id``). Chunks are not streamed
+    through SNS.
+
+    On a FIFO topic (the stack's: its name ends in ``.fifo``) the payload's ``reply_id`` is
+    also the ``MessageDeduplicationId``: SNS itself drops a second publish of the same
+    payload within five minutes, whoever sends it (the workflow retrying a step killed
+    between its send and its delivery mark, a run that lost its lease while it was sending
+    and the run that took over). The conversation is the message group: its replies keep
+    their order."""
 
     def __init__(self, client: Any, topic_arn: str) -> None:
         self._client = client
         self._topic = topic_arn
+        self._fifo = topic_arn.endswith(".fifo")
 
     def send(self, payload: OutboxPayload) -> None:
         attributes = {
@@ -32,11 +52,18 @@ class SnsReplySink:
             "type": {"DataType": "String", "StringValue": payload.type},
             "reply_id": {"DataType": "String", "StringValue": payload.reply_id},
         }
+        fifo: dict[str, str] = {}
+        if self._fifo:
+            fifo = {
+                "MessageGroupId": message_group(payload.conversation_id),
+                "MessageDeduplicationId": payload.reply_id,
+            }
         try:
             self._client.publish(
                 TopicArn=self._topic,
                 Message=payload.model_dump_json(),
                 MessageAttributes=attributes,
+                **fifo,
             )
         except Exception as exc:
             raise map_aws_error(exc, "SNS Publish") from exc
