@@ -1076,12 +1076,12 @@ def test_a_lease_the_sweeper_cannot_take_for_now_does_not_stop_the_sweep() -> No
     next sweep (nor fail the sweeper's invocation)."""
     w = World(lease_ttl=10)
     for n in range(3):
-        msg = InboundMessage(conversation_id=f"ticket:{n}", text="hi")
+        msg = InboundMessage(conversation_id=f"ws:{n}", text="hi")
         accept_message(w.deps, msg, LOCAL_USER)
     w.starter.runs.clear()  # the runs never came
     w.clock.t += 11
     real = w.store.try_acquire_lease
-    throttled = {"ticket:0"}
+    throttled = {"ws:0"}
 
     def acquire(cid: str, **kwargs: Any) -> Any:
         if cid in throttled:
@@ -1089,6 +1089,6 @@ def test_a_lease_the_sweeper_cannot_take_for_now_does_not_stop_the_sweep() -> No
         return real(cid, **kwargs)
 
     w.store.try_acquire_lease = acquire  # type: ignore[method-assign,assignment]
-    assert sorted(r.conversation_id for r in sweep(w.deps)) == ["ticket:1", "ticket:2"]
+    assert sorted(r.conversation_id for r in sweep(w.deps)) == ["ws:1", "ws:2"]
     throttled.clear()
-    assert [r.conversation_id for r in sweep(w.deps)] == ["ticket:0"]
+    assert [r.conversation_id for r in sweep(w.deps)] == ["ws:0"]
