@@ -140,3 +140,14 @@ def test_numbers_out_of_range_and_binary_frames_are_4xx_and_the_socket_stays_ope
         ws.send_text('{"action": "ping"}')
         assert ws.receive_json() == {"type": "pong"}  # still open
     assert client.get("/v1/conversations/ws:local:n", headers=AUTH).status_code == 404
+
+
+def test_a_content_length_of_thousands_of_digits_is_413(client: TestClient) -> None:
+    """A declared length past Python's int-string limit was ``int()``-ed: a 500 (a real
+    uvicorn's h11 refuses it first, an ASGI server that passes it on did not)."""
+    resp = client.post(
+        "/v1/conversations/ws:local:n/messages",
+        content=b'{"text": "hi"}',
+        headers={**AUTH, "content-type": "application/json", "content-length": "9" * 5000},
+    )
+    assert resp.status_code == 413 and resp.json()["error"]["code"] == "too_large"

@@ -262,8 +262,10 @@ async def _json_object(request: Request) -> dict[str, Any]:
 
 
 async def _read_body(request: Request) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+    declared = request.headers.get("content-length") or ""
+    # More digits than any length we take is too large as it is: never int() thousands of
+    # digits (past Python's int-string limit, a ValueError).
+    if declared.isdigit() and (len(declared) > 12 or int(declared) > MAX_BODY_BYTES):
         raise ApiError(413, "too_large", f"body: over {MAX_BODY_BYTES} bytes", "body")
     chunks: list[bytes] = []
     size = 0
