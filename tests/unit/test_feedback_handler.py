@@ -139,3 +139,24 @@ def test_a_feedback_frame_on_the_default_route_says_where_it_belongs(deps: Deps)
     answer = ingest.handler(event, context("ingest"))
     assert answer["statusCode"] == 400
     assert json.loads(answer["body"])["error"]["code"] == "wrong_route"
+
+
+def test_ratings_spend_the_quota_on_aws_and_are_refused_with_429(
+    deps: Deps, reply_id: str
+) -> None:
+    """Issue 17.13 on AWS: a rating spends the minute's messages quota like any write; past
+    it, the HTTP route answers 429 with ``Retry-After`` and the WebSocket route ``throttled``."""
+    from dataclasses import replace
+
+    deps.settings = replace(deps.settings, quota_messages_per_minute=1)
+    body = {"reply_id": reply_id, "score": 1}
+    first = feedback.handler(user_event(body, ALICE, CID), context("feedback"))
+    assert first["statusCode"] == 202, first
+    refused = feedback.handler(user_event(body, ALICE, CID), context("feedback"))
+    assert refused["statusCode"] == 429, refused
+    assert json.loads(refused["body"])["error"]["code"] == "throttled"
+    assert int(refused["headers"]["retry-after"]) >= 1
+    frame = {"action": "feedback", "conversation_id": CID, "reply_id": reply_id, "score": 1}
+    over = feedback.handler(ws_event(frame), context("feedback"))
+    assert json.loads(over["body"])["error"]["code"] == "throttled"
+    assert len(given(deps)) == 1
