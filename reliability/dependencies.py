@@ -30,7 +30,9 @@ from reliability.plan import Result
 from reliability.probe import PAYLOAD, Ledger, StoreProbe, check
 from reliability.workflow import (
     SINK,
+    ApiCall,
     Faulty,
+    aws_calls_through,
     lease_ttl,
     run_conversations,
     running,
@@ -104,9 +106,7 @@ class Injector:
 
 @contextmanager
 def injecting(injector: Injector) -> Iterator[None]:
-    real = BaseClient._make_api_call
-
-    def call(client: BaseClient, operation: str, params: dict[str, Any]) -> Any:
+    def call(real: ApiCall, client: BaseClient, operation: str, params: dict[str, Any]) -> Any:
         service = client.meta.service_model.service_name
         rule = injector.hit(service, operation)
         if rule is not None:
@@ -117,11 +117,8 @@ def injecting(injector: Injector) -> Iterator[None]:
             )
         return real(client, operation, params)
 
-    BaseClient._make_api_call = call
-    try:
+    with aws_calls_through(call):
         yield
-    finally:
-        BaseClient._make_api_call = real
 
 
 def race(aws: Aws, ledger: Ledger, cids: list[str], senders: int, messages: int) -> None:

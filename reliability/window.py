@@ -35,7 +35,15 @@ from botocore.client import BaseClient
 
 from reliability.plan import Result
 from reliability.probe import Ledger, check
-from reliability.workflow import SINK, Faulty, lease_ttl, run_conversations, running
+from reliability.workflow import (
+    SINK,
+    ApiCall,
+    Faulty,
+    aws_calls_through,
+    lease_ttl,
+    run_conversations,
+    running,
+)
 from tests.functional.aws_env import aws_runtime
 from workers import bootstrap
 
@@ -60,11 +68,10 @@ def stalling_sends(faulty: Faulty, cids: set[str], seconds: float) -> Iterator[l
     """While active, the first SNS publish of each conversation of ``cids`` stalls its
     function for ``seconds`` once it went out, and a function's AWS call past its timeout
     stops it (``Faulty.timeout``). Yields the conversations stalled so far."""
-    real = BaseClient._make_api_call
     stalled: list[str] = []
     lock = threading.Lock()
 
-    def call(client: BaseClient, operation: str, params: dict[str, Any]) -> Any:
+    def call(real: ApiCall, client: BaseClient, operation: str, params: dict[str, Any]) -> Any:
         faulty.stop_if_late()
         response = real(client, operation, params)
         if operation == "Publish" and getattr(faulty.inside, "name", None) is not None:
@@ -77,11 +84,8 @@ def stalling_sends(faulty: Faulty, cids: set[str], seconds: float) -> Iterator[l
                 time.sleep(seconds)
         return response
 
-    BaseClient._make_api_call = call
-    try:
+    with aws_calls_through(call):
         yield stalled
-    finally:
-        BaseClient._make_api_call = real
 
 
 def run(*, every: bool, progress: Callable[[str], None] = lambda _: None) -> Result:

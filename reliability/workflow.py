@@ -140,21 +140,39 @@ class Faulty:
             deps.store = StoreProbe(deps.store, self.ledger, self.book, stop=self.stop)
 
 
+ApiCall = Callable[[BaseClient, str, dict[str, Any]], Any]
+"""botocore's ``BaseClient._make_api_call``: every AWS call of this process goes through it."""
+
+
 @contextmanager
-def lambda_timeouts(faulty: Faulty) -> Iterator[None]:
-    """While active, every AWS call of a function past its timeout stops the function
-    (``Faulty.timeout``): the calls it made before went out, none after."""
-    real = BaseClient._make_api_call
+def aws_calls_through(
+    wrap: Callable[[ApiCall, BaseClient, str, dict[str, Any]], Any],
+) -> Iterator[None]:
+    """While active, every AWS call of this process (the functions' and the harness's) is
+    ``wrap(real, client, operation, params)``, ``real`` being the call botocore would make."""
+    real: ApiCall = BaseClient._make_api_call
 
     def call(client: BaseClient, operation: str, params: dict[str, Any]) -> Any:
-        faulty.stop_if_late()
-        return real(client, operation, params)
+        return wrap(real, client, operation, params)
 
     BaseClient._make_api_call = call
     try:
         yield
     finally:
         BaseClient._make_api_call = real
+
+
+@contextmanager
+def lambda_timeouts(faulty: Faulty) -> Iterator[None]:
+    """While active, every AWS call of a function past its timeout stops the function
+    (``Faulty.timeout``): the calls it made before went out, none after."""
+
+    def call(real: ApiCall, client: BaseClient, operation: str, params: dict[str, Any]) -> Any:
+        faulty.stop_if_late()
+        return real(client, operation, params)
+
+    with aws_calls_through(call):
+        yield
 
 
 @contextmanager

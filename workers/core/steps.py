@@ -891,14 +891,7 @@ def _mark(deps: Deps, write: Callable[[], T]) -> T:
         except RetryableError as exc:
             if attempt >= deps.settings.mark_attempts:
                 raise
-            delay = backoff_delay(
-                attempt,
-                base=deps.settings.mark_base_delay,
-                cap=deps.settings.retry_max_delay,
-                jitter=random.random(),
-            )
-            log.info("delivery mark failed (%s); retrying in %.2fs", exc, delay)
-            deps.clock.sleep(delay)
+            _back_off(deps, "delivery mark", attempt, exc, base=deps.settings.mark_base_delay)
 
 
 def _undeliverable(entry: OutboxEntry, exc: PermanentError) -> None:
@@ -1217,14 +1210,7 @@ def _deliver_with_retry(deps: Deps, run: RunRef) -> bool:
             if attempt >= deps.settings.retry_attempts:
                 log.warning("delivery to %s still failing; left undelivered: %s", run.run_id, exc)
                 return False
-            delay = backoff_delay(
-                attempt,
-                base=deps.settings.retry_base_delay,
-                cap=deps.settings.retry_max_delay,
-                jitter=random.random(),
-            )
-            log.info("delivery attempt %d failed (%s); retrying in %.2fs", attempt, exc, delay)
-            deps.clock.sleep(delay)
+            _back_off(deps, "delivery", attempt, exc)
         else:
             return True
 
@@ -1253,14 +1239,22 @@ def _step_with_retry(deps: Deps, run: RunRef, execution_id: str | None) -> StepR
                 if step.outcome == "more_pending":  # no turn failed: the run's own step did
                     raise
                 return step
-            delay = backoff_delay(
-                attempt,
-                base=deps.settings.retry_base_delay,
-                cap=deps.settings.retry_max_delay,
-                jitter=random.random(),
-            )
-            log.info("turn attempt %d failed (%s); retrying in %.2fs", attempt, exc, delay)
-            deps.clock.sleep(delay)
+            _back_off(deps, "turn", attempt, exc)
+
+
+def _back_off(
+    deps: Deps, what: str, attempt: int, exc: BaseException, *, base: float | None = None
+) -> None:
+    """Wait before retrying ``what`` after its ``attempt``-th failure (1-based): exponential
+    backoff with jitter from ``base`` (default: the turn's), as the workflow's ``Retry``."""
+    delay = backoff_delay(
+        attempt,
+        base=deps.settings.retry_base_delay if base is None else base,
+        cap=deps.settings.retry_max_delay,
+        jitter=random.random(),
+    )
+    log.info("%s attempt %d failed (%s); retrying in %.2fs", what, attempt, exc, delay)
+    deps.clock.sleep(delay)
 
 
 def retry_exhausted_text(exc: BaseException) -> str:
