@@ -54,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--state-dir", type=Path, help="state directory (default ./.agentworker)")
     _app_arguments(s)
     s.add_argument("--workers", type=int, help="concurrent runs (default 4)")
+    s.add_argument(
+        "--rotate-token",
+        action="store_true",
+        help="a new development token (pages and CLIs holding the old one get 401)",
+    )
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("send", help="send a message to a running server and print the reply")
@@ -171,6 +176,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--since", default="1d", help="30m, 12h, 1d, 2w or an ISO date (default: 1d)")
     s.add_argument("-c", "--conversation", help="only this conversation")
+    s.add_argument(
+        "--include-evals", action="store_true", help="count the turns of 'agentworker eval' too"
+    )
     s.add_argument("--state-dir", type=Path)
     s.set_defaults(func=cmd_stats)
     _prompt_parser(sub)
@@ -233,38 +241,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     import uvicorn
 
-    from workers.adapters.local.guard import check_bind, with_dev_token
+    from workers.adapters.local.guard import check_bind, listen, with_dev_token
     from workers.adapters.local.server import create_app
     from workers.bootstrap import prepare_embedded
     from workers.observability import configure_logging
 
     check_bind(settings)
     configure_logging(settings.log_level)
-    # The model and the graph are built now: a bad one stops here, before "serving".
-    runtime = prepare_embedded(settings)
-    settings = with_dev_token(settings)
-    app = create_app(settings, runtime_factory=lambda _: runtime())
-    base = f"http://{settings.host}:{settings.port}/"
-    print(
-        f"agentworker: serving on {base} (model {settings.model}, state {settings.state_dir})",
-        flush=True,
-    )
-    if settings.dev_token is not None:
-        # Jupyter's way: the page takes the token from the URL's fragment, which browsers
-        # never send to a server; the CLI reads it from the state directory.
+    # The port first: a taken one stops here, before anything is printed or written.
+    sock = listen(settings)
+    with sock:
+        # The model and the graph are built now: a bad one stops here, before "serving".
+        runtime = prepare_embedded(settings)
+        settings = with_dev_token(settings, rotate=args.rotate_token)
+        app = create_app(settings, runtime_factory=lambda _: runtime())
+        base = f"http://{settings.host}:{settings.port}/"
         print(
-            f"agentworker: open {base}#token={settings.dev_token.get_secret_value()}",
+            f"agentworker: serving on {base} (model {settings.model}, state {settings.state_dir})",
             flush=True,
         )
-    else:
-        print("agentworker: callers authenticate with JWT bearer tokens", flush=True)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        ws_max_size=2 * 1024 * 1024,
-    )
+        if settings.dev_token is not None:
+            # Jupyter's way: the page takes the token from the URL's fragment, which browsers
+            # never send to a server; the CLI reads it from the state directory. It stays the
+            # same across restarts (--rotate-token makes a new one).
+            print(
+                f"agentworker: open {base}#token={settings.dev_token.get_secret_value()}",
+                flush=True,
+            )
+        else:
+            print("agentworker: callers authenticate with JWT bearer tokens", flush=True)
+        config = uvicorn.Config(
+            app, log_level=settings.log_level.lower(), ws_max_size=2 * 1024 * 1024
+        )
+        uvicorn.Server(config).run(sockets=[sock])
     return 0
 
 
@@ -391,8 +400,7 @@ def _send_to_sandbox(args: argparse.Namespace) -> int:
         return 1
     if payload is None:
         return _no_reply(args.timeout)
-    print(_render(payload))
-    return 0
+    return _answer(payload)
 
 
 def _wait_for_answer(client: Any, cid: str, message_id: str, timeout: float) -> int:
@@ -401,10 +409,19 @@ def _wait_for_answer(client: Any, cid: str, message_id: str, timeout: float) -> 
         view = client.get(f"/v1/conversations/{cid}").json()
         for entry in view["replies"]:
             if message_id in entry["payload"].get("in_reply_to", []):
-                print(_render(entry["payload"]))
-                return 0
+                return _answer(entry["payload"])
         time.sleep(0.1)
     return _no_reply(timeout)
+
+
+def _answer(payload: dict[str, Any]) -> int:
+    """Print the answer: an error notice (the turn failed, the model was down) on stderr,
+    exit code 1; anything else on stdout, 0."""
+    if payload["type"] == "notice" and payload.get("level") == "error":
+        print(f"agentworker: {_render(payload)}", file=sys.stderr)
+        return 1
+    print(_render(payload))
+    return 0
 
 
 def _no_reply(timeout: float) -> int:
@@ -796,7 +813,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
         since=since,
         conversation_id=args.conversation,
     )
-    print(render(Stats(turns), since=since))
+    counted = [t for t in turns if args.include_evals or not t.from_eval]
+    print(render(Stats(counted), since=since, evals_left_out=len(turns) - len(counted)))
     return 0
 
 

@@ -110,7 +110,8 @@ class Settings(BaseSettings):
     dev_token: SecretStr | None = Field(
         None,
         description="Local server without auth: the token its callers present (default: a "
-        "new random one per start, printed and written to state_dir/dev-token).",
+        "random one kept in state_dir/dev-token across restarts, printed at start; "
+        "serve --rotate-token makes a new one).",
     )
     workers: int = Field(4, ge=1, le=256, description="Concurrent runs in the embedded pool.")
     double_texting: DoubleTextingPolicy = Field(

@@ -56,6 +56,9 @@ class TurnFigures:
     ttft_ms: float | None = None
     throttles: int = 0
     guardrail_interventions: int = 0
+    from_eval: bool = False
+    """A turn of ``agentworker eval`` (its conversations are ``eval:``, its traces tagged
+    with the eval run), not of real traffic."""
 
     @classmethod
     def of(
@@ -80,6 +83,8 @@ class TurnFigures:
             ttft_ms=_float(tags.get(figures.TTFT_MS)),
             throttles=_int(tags.get(figures.MODEL_THROTTLES)),
             guardrail_interventions=_int(tags.get(figures.GUARDRAIL_INTERVENTIONS)),
+            from_eval=figures.EVAL_RUN_TAG in tags
+            or str(tags.get("conversation_id", "")).startswith(figures.EVAL_CONVERSATION_PREFIX),
         )
 
 
@@ -157,12 +162,15 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return ordered[rank - 1]
 
 
-def render(stats: Stats, *, since: datetime, top: int = 5) -> str:
-    """``stats`` as the lines ``agentworker stats`` prints."""
+def render(stats: Stats, *, since: datetime, top: int = 5, evals_left_out: int = 0) -> str:
+    """``stats`` as the lines ``agentworker stats`` prints (``evals_left_out``: eval turns
+    not counted)."""
     turns = len(stats.turns)
     lines = [f"turns since {since.isoformat(timespec='seconds')}: {turns} ({stats.failed} failed)"]
+    if evals_left_out:
+        lines.append(f"eval turns left out: {evals_left_out} (--include-evals counts them)")
     if not turns:
-        return lines[0]
+        return "\n".join(lines)
     ratio = stats.cache_hit_ratio
     unpriced = f" ({stats.unpriced} turns unpriced)" if stats.unpriced else ""
     lines += [

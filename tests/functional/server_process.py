@@ -37,11 +37,14 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
         command: list[str] | None = None,
+        args: list[str] | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.command = command or ["-m", "workers.cli"]
         """How to run the CLI (a wrapper module may stand in for ``-m workers.cli``)."""
         self.cwd = cwd
+        self.args = list(args or [])
+        """More arguments of ``serve``."""
         self.port = port or free_port()
         self.env = {
             "AGENTWORKER_TRACING": "false",
@@ -74,6 +77,7 @@ class ServerProcess:
             str(self.port),
             "--state-dir",
             str(self.state_dir),
+            *self.args,
         ]
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if self.env.get("AGENTWORKER_TRACING") == "true" and not self.env.get(

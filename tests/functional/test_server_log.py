@@ -50,8 +50,24 @@ def assert_no_secret(log: str) -> None:
 
 
 def test_at_debug_every_request_logs_its_access_line_and_no_token(server: ServerProcess) -> None:
+    """Ordinary use: the page, the API (a turn answered), the WebSocket."""
+    assert httpx.get(f"{server.url}/").status_code == 200
     sent = httpx.get(f"{server.url}/v1/conversations/ws:acme:log-1?x=1", headers=bearer(ALICE))
     assert sent.status_code == 404
+    posted = httpx.post(
+        f"{server.url}/v1/conversations/ws:acme:log-2/messages",
+        json={"text": "hello"},
+        headers=bearer(ALICE),
+    )
+    assert posted.status_code == 202, posted.text
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        view = httpx.get(f"{server.url}/v1/conversations/ws:acme:log-2", headers=bearer(ALICE))
+        if view.json()["replies"]:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("no reply")
     for how in (
         {"subprotocols": ["agentworker", f"bearer.{ALICE}"]},
         {"additional_headers": bearer(ALICE)},
@@ -62,6 +78,8 @@ def test_at_debug_every_request_logs_its_access_line_and_no_token(server: Server
     log = Path(server.log).read_text()
     assert "Logging error" not in log and "Traceback" not in log
     assert '"GET /v1/conversations/ws:acme:log-1?x=1 HTTP/1.1" 404' in log
+    assert '"GET / HTTP/1.1" 200' in log
+    assert '"POST /v1/conversations/ws:acme:log-2/messages HTTP/1.1" 202' in log
     assert "< authorization: Bearer [TOKEN]" in log  # the headers were logged, masked
     assert "bearer.[TOKEN]" in log
     assert_no_secret(log)

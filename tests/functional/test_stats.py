@@ -66,6 +66,7 @@ def traced(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SpanRecorder
     deps = Deps(store, agent, sink, RecordingStarter(), ManualClock(), tracer)
     converse(deps, "ws:a:1", "The printer is on fire, please open a ticket", "thanks")
     converse(deps, "ws:b:1", "hello there")
+    converse(deps, "eval:batch1:greeting", "hello there")  # what `agentworker eval` runs
     throttled = Deps(
         store,
         ThrottledAgent(),
@@ -84,7 +85,9 @@ def test_stats_reads_every_turn_and_prices_it(traced: tuple[Path, SpanRecorder])
     state, _ = traced
     settings = load_settings(state_dir=state)
     since = datetime.now(UTC) - timedelta(hours=1)
-    turns = read_turns(settings.tracking_uri, "agentworker", since=since)
+    every = read_turns(settings.tracking_uri, "agentworker", since=since)
+    assert [t.conversation_id for t in every if t.from_eval] == ["eval:batch1:greeting"]
+    turns = [t for t in every if not t.from_eval]
     stats = Stats(turns)
     assert len(turns) == 5 and stats.failed == 2
     assert stats.total("throttles") == 2
@@ -92,11 +95,15 @@ def test_stats_reads_every_turn_and_prices_it(traced: tuple[Path, SpanRecorder])
 
     experiment = mlflow.get_experiment_by_name("agentworker")
     assert experiment is not None
-    traces = mlflow.search_traces(
-        locations=[experiment.experiment_id],
-        return_type="list",
-        include_spans=False,
-    )
+    traces = [
+        t
+        for t in mlflow.search_traces(
+            locations=[experiment.experiment_id],
+            return_type="list",
+            include_spans=False,
+        )
+        if not t.info.tags["conversation_id"].startswith("eval:")
+    ]
     # The tokens agree with MLflow's own aggregation of the model spans.
     inputs = sum((t.info.token_usage or {}).get("input_tokens", 0) for t in traces)
     assert stats.total("input_tokens") == inputs > 0
@@ -137,8 +144,21 @@ def test_the_cli_prints_the_figures_and_refuses_a_bad_since(
     assert "5 (2 failed)" in out and "model throttles: 2" in out
     assert "cost by conversation (top 5):" in out and "ws:a:1" in out
     assert "cache hit ratio: 0.0%" in out
+    assert "eval turns left out: 1" in out and "eval:" not in out.replace("eval turns", "")
+    assert main(["stats", "--state-dir", str(state), "--since", "2h", "--include-evals"]) == 0
+    out = capsys.readouterr().out
+    assert "6 (2 failed)" in out and "eval:batch1:greeting" in out and "left out" not in out
     assert main(["stats", "--state-dir", str(state), "--since", "yesterday"]) == 2
     assert "--since 'yesterday'" in capsys.readouterr().err
+
+
+def test_a_trace_an_eval_run_tagged_is_an_eval_turn_whatever_its_conversation() -> None:
+    at = datetime.now(UTC)
+    of = TurnFigures.of
+    assert of(
+        {"conversation_id": "ws:a", "eval_run_id": "r1"}, started=at, duration_ms=1, ok=True
+    ).from_eval
+    assert not of({"conversation_id": "ws:a"}, started=at, duration_ms=1, ok=True).from_eval
 
 
 def test_figures_in_trace_tags_are_read_without_the_spans() -> None:

@@ -24,6 +24,12 @@ MODEL_THROTTLES = "agentworker.model_throttles"
 GUARDRAIL_INTERVENTIONS = "guardrail.interventions"
 """A root-span attribute (set by the guard steps), read as a figure when present."""
 
+EVAL_RUN_TAG = "eval_run_id"
+"""Set on every turn trace of an eval's conversations: the eval run's id."""
+EVAL_CONVERSATION_PREFIX = "eval:"
+"""How an eval's conversation ids begin: ``stats`` tells its turns from real traffic by
+this and by ``EVAL_RUN_TAG`` (a run cut off before it tagged its traces)."""
+
 TURN_TAGS = (
     COST_USD,
     INPUT_TOKENS,

@@ -27,6 +27,7 @@ from events.identity import Principal
 from events.inbound import ApprovalDecision, InboundMessage, ResumeAnswer
 from events.outbound import ApprovalRequest, InterruptRequest, Notice, Reply, TokenUsage
 from workers.config import Settings, parse_model_spec
+from workers.core import figures
 from workers.costs import ModelPrice, cost_of, merged_prices, price_for
 from workers.evals.dataset import EvalCase, EvalTurn, fill
 from workers.evals.judge import Judge
@@ -80,7 +81,7 @@ def graph_of(case: EvalCase, settings: Settings, options: RunOptions) -> str | N
 
 
 def conversation_id(batch: str, case: EvalCase) -> str:
-    return f"eval:{batch}:{case.id}"
+    return f"{figures.EVAL_CONVERSATION_PREFIX}{batch}:{case.id}"
 
 
 async def run_cases(

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from workers.config import Settings
+from workers.core import figures
 from workers.errors import ConfigError
 from workers.evals.scorers import CaseResult
 from workers.observability import conversation_filter
 
 EVAL_TAG = "agentworker.eval"
 """Tag of every eval run (``true``), so ``--compare`` can tell one from another run."""
-TRACE_TAG = "eval_run_id"
-"""Tag set on every turn trace of an eval's conversations: the eval run's id."""
+TRACE_TAG = figures.EVAL_RUN_TAG
 FEEDBACK = "user_feedback"
 """The name of a user's rating of a reply (an MLflow feedback assessment, value 1 or -1)."""
 

@@ -12,8 +12,12 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import logging
 import secrets
+import socket
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +26,8 @@ from pydantic import SecretStr
 from workers.config import Settings
 from workers.errors import ConfigError
 from workers.statedir import private_dir, write_private
+
+log = logging.getLogger(__name__)
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
@@ -48,21 +54,83 @@ def check_bind(settings: Settings) -> None:
         )
 
 
+_BIND_ERRORS = {
+    errno.EADDRINUSE: "the address is in use (another program listens there; stop it or pass"
+    " --port)",
+    errno.EACCES: "permission denied (ports below 1024 need privileges; pass --port)",
+    errno.EADDRNOTAVAIL: "this machine has no such address (pass --host)",
+}
+
+
+def listen(settings: Settings) -> socket.socket:
+    """A socket bound to the settings' host and port and listening, before anything is
+    printed or written: a taken port is a ``ConfigError`` naming it (and the development
+    token of the server that has it stays as it was)."""
+    where = f"{settings.host}:{settings.port}"
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            settings.host.strip("[]"),
+            settings.port,
+            type=socket.SOCK_STREAM,
+            flags=socket.AI_PASSIVE,
+        )[0]
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot listen on {where}: unknown host ({exc.strerror})") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        reason = _BIND_ERRORS.get(exc.errno or 0, exc.strerror or str(exc))
+        raise ConfigError(f"cannot listen on {where}: {reason}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 DEV_TOKEN_FILE = "dev-token"
 """In the state directory: the running server's development token, for the CLI."""
 
 
-def with_dev_token(settings: Settings) -> Settings:
+def with_dev_token(settings: Settings, *, rotate: bool = False) -> Settings:
     """Without an identity provider: ``settings`` with the development token its callers
-    must present (``dev_token``, or a new random one), written to the state directory
-    (owner-only) for the CLI. With one, ``settings`` unchanged."""
+    must present, written to the state directory (owner-only) for the CLI. The token is
+    ``dev_token`` when set, else the one the state directory keeps, so a restarted server
+    still accepts the page and the CLI it gave a token to; a new random one the first time,
+    with ``rotate``, or when the kept one could have been read by others. With an identity
+    provider, ``settings`` unchanged."""
     if settings.auth_configured:
         return settings
-    token = settings.dev_token or SecretStr(secrets.token_urlsafe(24))
-    write_private(private_dir(settings.state_dir) / DEV_TOKEN_FILE, token.get_secret_value())
+    path = private_dir(settings.state_dir) / DEV_TOKEN_FILE
+    token = settings.dev_token
+    if token is None and not rotate:
+        kept = _kept_token(path)
+        token = SecretStr(kept) if kept else None
+    if token is None:
+        token = SecretStr(secrets.token_urlsafe(24))
+    write_private(path, token.get_secret_value())
     updated = settings.model_copy(update={"dev_token": token})
     updated.keep_sources(settings)
     return updated
+
+
+MIN_TOKEN_CHARS = 16
+
+
+def _kept_token(path: Path) -> str | None:
+    """The token a former start kept in ``path``: ``None`` when there is none, it is too
+    short to be one of ours, or others could read the file (then it may be known: the log
+    says a new one is made)."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    if mode & 0o077:
+        log.warning("%s was readable by others (%04o): a new development token is made", path, mode)
+        return None
+    return text if len(text) >= MIN_TOKEN_CHARS else None
 
 
 def read_dev_token(state_dir: Path) -> str | None:
