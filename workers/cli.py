@@ -287,9 +287,7 @@ def _http(url: str) -> Any:
 
     from workers.adapters.local.guard import read_dev_token
 
-    token = os.environ.get("AGENTWORKER_TOKEN") or read_dev_token(
-        Path(os.environ.get("AGENTWORKER_STATE_DIR", ".agentworker"))
-    )
+    token = os.environ.get("AGENTWORKER_TOKEN") or read_dev_token(_state_dir_of_cli())
     headers = {"authorization": f"Bearer {token}"} if token else {}
     return httpx.Client(base_url=url, timeout=30.0, headers=headers)
 
@@ -300,7 +298,19 @@ def _fail(resp: Any) -> int:
         print(f"agentworker: {resp.status_code} {err['code']}: {err['message']}", file=sys.stderr)
     except (ValueError, KeyError):
         print(f"agentworker: HTTP {resp.status_code}: {resp.text[:500]}", file=sys.stderr)
+    if resp.status_code == 401 and not os.environ.get("AGENTWORKER_TOKEN"):
+        where = _state_dir_of_cli() / "dev-token"
+        print(
+            f"agentworker: the token in {where} is not this server's: run the command from the"
+            " folder where 'agentworker serve' runs, or set AGENTWORKER_STATE_DIR to its state"
+            " directory (or AGENTWORKER_TOKEN to a token)",
+            file=sys.stderr,
+        )
     return 1
+
+
+def _state_dir_of_cli() -> Path:
+    return Path(os.environ.get("AGENTWORKER_STATE_DIR", ".agentworker"))
 
 
 def cmd_send(args: argparse.Namespace) -> int:

@@ -124,7 +124,7 @@ def test_send_exits_1_with_the_error_notice_on_stderr(tmp_path: Path) -> None:
     }
     with ServerProcess(tmp_path / "state", env=env) as srv:
 
-        def send(text: str) -> subprocess.CompletedProcess[str]:
+        def send(text: str, **env: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run(
                 [sys.executable, "-m", "workers.cli", "send", "-c", "ws:local:down", text]
                 + ["--url", srv.url],
@@ -132,8 +132,17 @@ def test_send_exits_1_with_the_error_notice_on_stderr(tmp_path: Path) -> None:
                 text=True,
                 timeout=60,
                 check=False,
-                env={**os.environ, "AGENTWORKER_TOKEN": DEV_TOKEN},
+                env={**os.environ, **(env or {"AGENTWORKER_TOKEN": DEV_TOKEN})},
             )
+
+        elsewhere = tmp_path / "another-app" / ".agentworker"
+        elsewhere.mkdir(parents=True)
+        (elsewhere / "dev-token").write_text("another-servers-token-0123")
+        wrong = send("hello", AGENTWORKER_STATE_DIR=str(elsewhere))
+        assert wrong.returncode == 1
+        assert wrong.stderr.splitlines()[1].startswith(
+            f"agentworker: the token in {elsewhere / 'dev-token'} is not this server's"
+        )
 
         down = send("hello")
         assert down.returncode == 1, down
