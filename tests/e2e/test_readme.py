@@ -42,8 +42,10 @@ DOCS = (README, *sorted((REPO / "docs").glob("*.md")))
 
 def block(name: str) -> str:
     """The text after the marker ``name``: a fenced block's content, or a table."""
-    marker = re.compile(rf"<!-- readme-test: {name} -->\n(?:```\w*\n)?(.*?)(?:```|\n\n)", re.S)
-    found = [m.group(1) for page in DOCS for m in marker.finditer(page.read_text())]
+    marker = re.compile(
+        rf"<!-- readme-test: {name} -->\n(?:```\w*\n(.*?)```|(.*?)(?:\n\n|\Z))", re.S
+    )
+    found = [m.group(1) or m.group(2) for page in DOCS for m in marker.finditer(page.read_text())]
     assert len(found) == 1, f"block {name!r}: {len(found)} found in README.md and docs/"
     return found[0]
 
@@ -386,3 +388,86 @@ def test_the_providers_table_says_what_the_factory_checks() -> None:
             assert f"`{provider.install}`" in row, name
         for variable in provider.credentials[:1]:
             assert variable in row, (name, variable)
+
+
+def test_the_toml_keys_are_the_keys_the_app_file_may_set(tmp_path: Path) -> None:
+    from workers.config import APP_KEYS, read_app_file
+
+    listed = re.findall(r"^\| `(\w+)` \|", block("toml-keys"), re.M)
+    assert sorted(listed) == sorted(APP_KEYS) and len(listed) == len(set(listed))
+    example = tmp_path / "agentworker.toml"
+    example.write_text(block("toml-example"))
+    assert sorted(read_app_file(example)) == sorted(APP_KEYS)  # the example sets each key
+
+
+def _number(word: str) -> int:
+    words = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+    return int(word) if word.isdigit() else words.index(word)
+
+
+def test_the_function_figures_are_the_stacks() -> None:
+    """Every count and list of the stack's functions: ``workers.stack.FUNCTIONS``, which
+    ``serverless.yml`` defines and ``deploy/layers.py`` sizes."""
+    from deploy.layers import FUNCTION_LAYERS
+    from workers.packaging import EXCLUDED
+    from workers.stack import FUNCTIONS
+
+    yml = (REPO / "serverless.yml").read_text()
+    section = yml.split("\nfunctions:\n", 1)[1].split("\n\n", 1)[0]
+    assert set(re.findall(r"^  (\w+):$", section, re.M)) == set(FUNCTIONS)
+    aws = (REPO / "docs" / "aws.md").read_text()
+    match = re.search(r"the (\w+) functions \(([^;]+);", aws)
+    assert match, "docs/aws.md: 'the N functions (...;' not found"
+    assert _number(match.group(1)) == len(FUNCTIONS)
+    assert re.findall(r"`(\w+)`", match.group(2)) == list(FUNCTIONS)
+    runtime_table = aws.split("| function | trigger |", 1)[1].split("\n\n", 1)[0]
+    assert re.findall(r"^\| `(\w+)` \|", runtime_table, re.M) == list(FUNCTIONS)
+    sized: dict[str, str] = {}
+    for row in block("function-sizes").splitlines()[2:]:
+        names, layers = row.split("|")[1:3]
+        for name in re.findall(r"`(\w+)`", names):
+            sized[name] = layers.strip()
+    assert sized == {f: " + ".join(FUNCTION_LAYERS[f]) for f in FUNCTIONS}
+    bench = (REPO / "docs" / "benchmarks.md").read_text()
+    excluded = re.search(r"without the (\w+) distributions `workers/packaging.py` excludes", bench)
+    assert excluded and _number(excluded.group(1)) == len(EXCLUDED["turn"])
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's anchors for the headings of ``page`` (outside code blocks)."""
+    text = re.sub(r"^ *```.*?^ *```", "", page.read_text(), flags=re.S | re.M)
+    seen: dict[str, int] = {}
+    anchors = set()
+    for heading in re.findall(r"^#{1,6} (.+)$", text, re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        count = seen.get(slug, 0)
+        seen[slug] = count + 1
+        anchors.add(slug if count == 0 else f"{slug}-{count}")
+    return anchors
+
+
+def test_every_relative_link_and_anchor_resolves() -> None:
+    broken = []
+    for page in DOCS:
+        text = re.sub(r"^ *```.*?^ *```", "", page.read_text(), flags=re.S | re.M)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue  # http(s), mailto: not this test's
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            if not linked.exists():
+                broken.append(f"{page.relative_to(REPO)}: {target} (no such file)")
+            elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked):
+                broken.append(f"{page.relative_to(REPO)}: {target} (no such heading)")
+    assert not broken, "\n".join(broken)
+
+
+def test_the_readme_is_a_quickstart_then_the_reference() -> None:
+    """Its quickstart fits a screen; its sections are the user's, in the user's order."""
+    text = README.read_text()
+    sections = re.findall(r"^## (.+)$", text, re.M)
+    assert sections == ["Quickstart", "Bring your own agent", "Models", "Reference"]
+    quickstart = text.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    assert len(quickstart.strip().splitlines()) <= 50
+    first_bare = text.index("\n$ agentworker ")
+    assert text.index("$ . .venv/bin/activate") < first_bare  # the venv before the command
