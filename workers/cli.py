@@ -201,6 +201,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("name", nargs="?", help="one model (default: all)")
     s.set_defaults(func=cmd_schema)
 
+    s = sub.add_parser("stub", help="run a local model stub (no key, no network) until Ctrl-C")
+    s.add_argument("kind", choices=["openai"], help="'openai': an OpenAI-compatible server")
+    s.add_argument("--port", type=int, default=8800, help="port (default 8800; 0: a free one)")
+    s.set_defaults(func=cmd_stub)
+
     s = sub.add_parser(
         "stack-spec", help="print the deployable stack's spec (serverless.yml reads it)"
     )
@@ -761,6 +766,17 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         state_dir=settings.state_dir, port=args.port, bedrock_stub=args.bedrock_stub
     )
     return serve_sandbox(settings, options, sys.stdout)
+
+
+def cmd_stub(args: argparse.Namespace) -> int:
+    from workers.sandbox.stub_command import serve_openai_stub
+
+    try:
+        return serve_openai_stub(args.port, sys.stdout)
+    except OSError as exc:
+        where = f"127.0.0.1:{args.port}"
+        print(f"agentworker: cannot listen on {where}: {exc.strerror}", file=sys.stderr)
+        return 2
 
 
 # demo -------------------------------------------------------------------------------------

@@ -4,13 +4,15 @@ prompt, evaluate under two aliases, compare the runs, promote, read the stats.
 
 Two substitutions keep it fast: the eval runs a few cases of ``evals/support.jsonl``, not
 all of them, and the files the session names (``my_prompt.md``, ``evals/drafts.jsonl``) are
-written under the test's directory. Everything else runs as written."""
+written under the test's directory (``echo`` writes ``my_prompt.md`` there). Everything
+else runs as written."""
 
 from __future__ import annotations
 
 import json
 import shlex
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -37,10 +39,9 @@ def test_the_readme_loop_runs_as_written(
     lines = (REPO / "evals" / "support.jsonl").read_text().splitlines()
     subset.write_text("\n".join(lines[:4]) + "\n")
     mine = tmp_path / "my_prompt.md"
-    mine.write_text("Ask which account before you answer a password question.\n")
     drafts = tmp_path / "drafts.jsonl"
     steps = sessions("loop-session")
-    assert len(steps) == 13
+    assert len(steps) == 14
     runs: list[str] = []
     outputs: dict[str, str] = {}
     with ServerProcess(state, env={"AGENTWORKER_TRACING": "true"}) as srv:
@@ -55,6 +56,10 @@ def test_the_readme_loop_runs_as_written(
                 .replace("my_prompt.md", str(mine))
                 .replace("RUN_A RUN_B", " ".join(runs))
             )
+            if command.startswith("echo "):  # writes the prompt file it pushes next
+                assert command.endswith(f"> {mine}"), written
+                subprocess.run(["bash", "-c", command], check=True)
+                continue
             words = shlex.split(command)
             with monkeypatch.context() as env:
                 while "=" in words[0]:

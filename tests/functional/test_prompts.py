@@ -6,6 +6,7 @@ on the turn's trace; the bundled file when the registry has nothing; an unknown 
 from __future__ import annotations
 
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -166,13 +167,12 @@ def test_the_readmes_prompt_session_runs_as_written(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    readme = Path(__file__).parents[2] / "README.md"
-    block = readme.read_text().split("<!-- readme-test: prompt-session -->\n```console\n")[1]
-    monkeypatch.chdir(readme.parent)  # the session's paths are the repository's
+    page = Path(__file__).parents[2] / "docs" / "operating.md"
+    block = page.read_text().split("<!-- readme-test: prompt-session -->\n```console\n")[1]
+    monkeypatch.chdir(page.parents[1])  # the session's paths are the repository's
     # The module's store (a new database costs seconds): its other prompt is not this one.
     monkeypatch.setenv("AGENTWORKER_STATE_DIR", str(store.state))
     mine = tmp_path / "my_prompt.md"
-    mine.write_text("Answer in one short paragraph.")
     steps: list[tuple[str, list[str]]] = []
     for written in block.split("```")[0].splitlines():
         line = written.replace("my_prompt.md", str(mine))
@@ -180,7 +180,10 @@ def test_the_readmes_prompt_session_runs_as_written(
             steps.append((line[2:], []))
         else:
             steps[-1][1].append(line)
-    assert len(steps) == 7
+    assert len(steps) == 8
+    (write, _), *steps = steps
+    assert write.startswith("echo ") and write.endswith(f"> {mine}")  # the file it pushes
+    subprocess.run(["bash", "-c", write], check=True)
     for command, expected in steps:
         capsys.readouterr()
         assert main(shlex.split(command)[1:]) == 0, command

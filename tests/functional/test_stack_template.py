@@ -4,6 +4,7 @@ CloudFormation creates it, and its names, keys and settings are the code's."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -207,3 +208,20 @@ def test_websocket_connections_go_through_the_authorizer(template: dict[str, Any
     functions = resources(template, "AWS::Lambda::Function")
     env = functions["AuthorizerLambdaFunction"]["Properties"]["Environment"]["Variables"]
     assert env["AGENTWORKER_AUTH_JWKS_URL"].endswith("/auth-jwks-url}}")
+
+
+def test_the_docs_say_how_many_resources_moto_creates_and_skips(
+    template: dict[str, Any], created: dict[str, Any]
+) -> None:
+    stack: moto_stack.MotoStack = created["stack"]
+    doc = (Path(__file__).parents[2] / "docs" / "aws.md").read_text()
+    said = re.search(
+        r"with (\d+) resources created of the template's (\d+);.*?\((\d+) skipped", doc, re.S
+    )
+    assert said, "docs/aws.md: the sentence with the resource counts is gone"
+    made, total, skipped = (int(n) for n in said.groups())
+    assert (made, total, skipped) == (
+        stack.created.total(),
+        len(template["Resources"]),
+        stack.skipped.total(),
+    )

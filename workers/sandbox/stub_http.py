@@ -32,10 +32,10 @@ class StubHTTPServer(ThreadingHTTPServer, Generic[Stub]):
     def __init__(
         self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], stub: Stub
     ) -> None:
-        super().__init__(address, handler)
         self.stub = stub
         self._open: set[socket.socket] = set()
-        self._open_lock = threading.Lock()
+        self._open_lock = threading.Lock()  # before binding: a failed bind calls server_close
+        super().__init__(address, handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if isinstance(request, socket.socket):
