@@ -147,6 +147,8 @@ class MessageView(BaseModel):
     accepted again as a new message (``agentworker dlq redrive``)."""
     received_at: datetime
     approved: bool | None = None
+    reason: str | None = None
+    """The reason given with an approval's decision (``None``: none given)."""
     value: JsonValue = None
     """The answer of a ``resume`` message."""
     error: str | None = None
@@ -210,6 +212,18 @@ class FeedbackView(BaseModel):
     reply_id: str
     score: int
     recorded: bool = True
+
+
+class AppView(BaseModel):
+    """The app a server serves (``GET /v1/app``): what a chat page shows in its header and
+    offers in an empty conversation. Nothing secret: the model is its id, never a key."""
+
+    name: str
+    """The app's name, from its graph's package (``support_agent`` -> ``Support agent``)."""
+    model: str
+    """The model setting (``offline``, ``<provider>:<model>``)."""
+    suggested_prompts: list[str]
+    """Prompts to offer (the ``suggested_prompts`` setting); empty: none."""
 
 
 class ErrorBody(BaseModel):

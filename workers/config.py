@@ -39,8 +39,22 @@ APP_KEYS = (
     "context_window",
     "guard_blocked_topics",
     "prices",
+    "suggested_prompts",
 )
 """What ``agentworker.toml`` may set: the app, not the runtime around it."""
+
+DEFAULT_GRAPH = "support_agent.graph:build"
+"""The bundled support example (``examples/support``, installed with agentworker), served
+when ``graph`` is unset."""
+DEFAULT_SUGGESTED_PROMPTS = (
+    "Open a ticket about my broken printer",
+    "What is the status of ticket 1?",
+    "Close ticket 1",
+    "How do I reset my password?",
+)
+"""The support example's suggested prompts (its ``agentworker.toml`` lists the same), shown
+when ``graph`` is unset."""
+MAX_SUGGESTED_PROMPTS = 8
 
 
 class Settings(BaseSettings):
@@ -134,6 +148,14 @@ class Settings(BaseSettings):
     )
     prompt: Path | None = Field(
         None, description="A file with the system prompt (default: the app's own)."
+    )
+    suggested_prompts: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=200)]] | None, NoDecode
+    ] = Field(
+        None,
+        max_length=MAX_SUGGESTED_PROMPTS,
+        description="Prompts the chat page offers in an empty conversation: one, or a JSON"
+        " list (default: the support example's when graph is unset, else none).",
     )
     # The prompt registry (workers/prompts.py): name@alias is loaded at start when present.
     prompt_name: str | None = Field(
@@ -284,6 +306,29 @@ class Settings(BaseSettings):
         self._sources.update(other._sources)
 
     @property
+    def app_package(self) -> str:
+        """The app's top-level package (or file stem) of its graph, e.g. ``support_agent``."""
+        ref = self.graph or DEFAULT_GRAPH
+        module = ref.rpartition(":")[0] or ref
+        if module.endswith(".py") or "/" in module:
+            return Path(module).stem
+        return module.split(".")[0]
+
+    @property
+    def app_name(self) -> str:
+        """The app's name as the chat page shows it: its package, words apart
+        (``support_agent`` -> ``Support agent``)."""
+        words = re.sub(r"[_\-.]+", " ", self.app_package).strip()
+        return (words[:1].upper() + words[1:]) if words else "App"
+
+    @property
+    def prompts_to_suggest(self) -> list[str]:
+        """``suggested_prompts``, else the support example's when it is the app served."""
+        if self.suggested_prompts is not None:
+            return list(self.suggested_prompts)
+        return list(DEFAULT_SUGGESTED_PROMPTS) if self.graph is None else []
+
+    @property
     def import_dir(self) -> Path:
         """The directory the app's package is imported from."""
         if self.app_dir is not None:
@@ -299,10 +344,13 @@ class Settings(BaseSettings):
             raise ValueError(str(exc)) from exc
         return value
 
-    @field_validator("redact_patterns", mode="before")
+    @field_validator("redact_patterns", "suggested_prompts", mode="before")
     @classmethod
-    def _patterns(cls, value: object) -> object:
+    def _one_or_json_list(cls, value: object) -> object:
+        # one value, or a JSON list; an empty variable is an empty list
         if isinstance(value, str):
+            if not value.strip():
+                return []
             value = json.loads(value) if value.strip().startswith("[") else [value]
         return value
 

@@ -144,10 +144,7 @@ class PromptRegistry(Protocol):
 def default_prompt_name(settings: Settings) -> str:
     """The registry name of an app's prompt: its graph's top-level package (or file stem),
     ``_`` as ``-``, and ``-system``."""
-    # workers.agent.app.DEFAULT_GRAPH, not imported: that module imports LangGraph.
-    ref = settings.graph or "support_agent.graph:build"
-    module = ref.rpartition(":")[0] or ref
-    top = Path(module).stem if module.endswith(".py") or "/" in module else module.split(".")[0]
+    top = settings.app_package
     cleaned = "".join(c if c.isalnum() or c in "-." else "-" for c in top).strip("-.")
     return f"{cleaned or 'app'}-system"
 

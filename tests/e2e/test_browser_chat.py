@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -268,10 +268,17 @@ def test_chat_approval_and_history_survive_restart(
 
 
 def run_scenario(server: Server, drv: webdriver.Chrome, tmp_path: Path) -> None:
-    # Without the server's token the page says how to get it, and stops trying.
+    # Without the server's token the page says how to get it, and stops trying; so it does
+    # with a token the server refuses.
     drv.get(server.url + "/")
     wait_status(drv, "unauthenticated")
     wait_for(drv, "the token hint", lambda d: "#token=" in " ".join(texts(d, "error")))
+    assert "no access token" in " ".join(texts(drv, "error"))
+    drv.get("about:blank")
+    drv.get(server.url + "/#token=not-the-token")
+    wait_status(drv, "unauthenticated")
+    wait_for(drv, "refused", lambda d: "did not accept" in " ".join(texts(d, "error")))
+    assert len(texts(drv, "error")) == 1, texts(drv, "error")
     # With it (the address `agentworker serve` prints), it connects; the token leaves the
     # address bar at once and stays with the page's origin.
     drv.get("about:blank")  # a new page load, not a fragment change
@@ -283,6 +290,10 @@ def run_scenario(server: Server, drv: webdriver.Chrome, tmp_path: Path) -> None:
     cid = cid_box.get_attribute("value") or ""
     assert cid.startswith("ws:web:"), cid
     wait_for(drv, "conversation id in the URL hash", lambda d: cid in d.current_url)
+    # The header names the app and its model; the empty conversation offers its prompts.
+    wait_for(drv, "the app's name", lambda d: texts(d, "app-name") == ["Support agent"])
+    assert texts(drv, "app-model") == ["offline model"]
+    assert "Close ticket 1" in wait_for(drv, "suggestions", lambda d: texts(d, "suggestion"))
 
     # A plain reply, sent with Enter; its chunks end up replaced by the final reply.
     type_message(drv, "hello")
@@ -316,6 +327,12 @@ def run_scenario(server: Server, drv: webdriver.Chrome, tmp_path: Path) -> None:
 
     # Reload: the conversation (kept in the URL hash) is rendered from history.
     drv.refresh()
+    wait_status(drv, "open")
+    assert drv.find_element(*by_testid("conversation-id")).get_attribute("value") == cid
+    # So it is from the address `serve` prints (no conversation in it): the page kept the
+    # last one.
+    drv.get("about:blank")
+    drv.get(server.url + f"/#token={DEV_TOKEN}")
     wait_status(drv, "open")
     assert drv.find_element(*by_testid("conversation-id")).get_attribute("value") == cid
     history = wait_reply(drv, "is closed")
@@ -435,4 +452,380 @@ def test_thumbs_under_a_reply_reach_its_trace_in_mlflow(
     except BaseException:
         drv.save_screenshot(str(tmp_path / "failure.png"))
         print(f"browser artifacts in {tmp_path}\nserver log:\n{srv.log_tail()}")
+        raise
+
+
+# --- replies, decisions and failures --------------------------------------------------------
+
+
+def set_message(drv: webdriver.Chrome, text: str) -> None:
+    """Put ``text`` (newlines and all) in the message box, as typing would, and send it."""
+    box = drv.find_element(*by_testid("message-input"))
+    drv.execute_script(
+        "arguments[0].value = arguments[1];"
+        " arguments[0].dispatchEvent(new Event('input', {bubbles: true}));",
+        box,
+        text,
+    )
+    clickable(drv, "send").click()
+    wait_for(drv, "input cleared", lambda d: box.get_attribute("value") == "")
+
+
+HOSTILE_MARKDOWN = "\n".join(
+    [
+        "**bold** <script>window.pwned=1</script>",
+        "",
+        "<img src=x onerror=window.pwned=2> [js](javascript:window.pwned=3)",
+        "[data](data:text/html,<script>x</script>) ![pixel](https://example.invalid/p.png)",
+        '<a href="https://example.com" onclick="window.pwned=5">raw link</a>',
+        "",
+        "- [docs](https://example.com/docs)",
+        "",
+        "| column | another |",
+        "|---|---|",
+        "| " + "wide " * 6 + "| cell |",
+        "",
+        "```",
+        "a_code_line_much_wider_than_a_phone_" + "x" * 50,
+        "```",
+        "",
+        "The end.",
+    ]
+)
+"""Under the offline model's 500 characters: it says all of it back."""
+
+
+def check_nothing_injected(drv: webdriver.Chrome) -> None:
+    """No script of the reply ran, nothing it tried to add is in the page, every link is
+    http(s) or mailto, and the page's own policy was never violated."""
+    found = drv.execute_script(
+        """
+        const replies = [...document.querySelectorAll('[data-testid="reply"]')];
+        const inside = (sel) => replies.flatMap((r) => [...r.querySelectorAll(sel)]).length;
+        const handlers = [...document.querySelectorAll('*')].flatMap(
+          (e) => [...e.attributes].map((a) => a.name).filter((n) => n.startsWith('on')));
+        return {
+          pwned: window.pwned === undefined ? null : window.pwned,
+          scripts: document.scripts.length,
+          injected: inside('script, img, iframe, object, embed, form, style, svg, input'),
+          handlers,
+          hrefs: replies.flatMap((r) => [...r.querySelectorAll('a[href]')].map((a) => a.href)),
+          violations: window.cspViolations || [],
+        };
+        """
+    )
+    assert found["pwned"] is None, found
+    assert found["scripts"] == 1 and found["injected"] == 0 and found["handlers"] == [], found
+    assert all(h.startswith(("https:", "http:", "mailto:")) for h in found["hrefs"]), found
+    assert found["violations"] == [], found
+
+
+def test_a_hostile_reply_renders_as_markdown_and_injects_nothing(
+    server: Server, driver: webdriver.Chrome, tmp_path: Path
+) -> None:
+    """The offline model says back what it was sent: a reply full of markup and script
+    shows as formatted text; nothing of it runs or loads."""
+    drv = driver
+    try:
+        drv.get(server.url + f"/#token={DEV_TOKEN}")
+        wait_status(drv, "open")
+        drv.execute_script(
+            "window.cspViolations = [];"
+            " document.addEventListener('securitypolicyviolation',"
+            " (e) => window.cspViolations.push(e.violatedDirective + ' ' + e.blockedURI));"
+        )
+        set_message(drv, HOSTILE_MARKDOWN)
+        wait_reply(drv, "The end.")
+        reply = drv.find_elements(*by_testid("reply"))[-1]
+        assert reply.find_element(By.TAG_NAME, "strong").text == "bold"
+        assert reply.find_element(By.TAG_NAME, "table").is_displayed()
+        assert "<script>window.pwned=1</script>" in reply.text  # shown, as text
+        links = {a.text: a.get_attribute("href") for a in reply.find_elements(By.TAG_NAME, "a")}
+        assert links["docs"] == "https://example.com/docs"
+        assert "raw link" not in links and '<a href="https://example.com"' in reply.text
+        assert set(links) == {"docs", "pixel"}  # an image is a link: it loads nothing
+        check_nothing_injected(drv)
+        # Token counts wait behind a toggle.
+        usage = drv.find_elements(*by_testid("usage"))[-1]
+        tokens = usage.find_element(*by_testid("usage-tokens"))
+        assert not tokens.is_displayed()
+        usage.find_element(By.TAG_NAME, "summary").click()
+        assert "tokens in" in tokens.text
+        # History renders the same way.
+        drv.refresh()
+        wait_status(drv, "open")
+        wait_reply(drv, "The end.")
+        check_nothing_injected(drv)
+        save_screenshot(drv, tmp_path, "chat-markdown.png")
+    except BaseException:
+        drv.save_screenshot(str(tmp_path / "failure.png"))
+        print(f"browser artifacts in {tmp_path}\nserver log:\n{server.log_tail()}")
+        raise
+
+
+def test_deny_with_a_reason_and_retry_a_failed_send(
+    server: Server, driver: webdriver.Chrome, tmp_path: Path
+) -> None:
+    """Deny takes a reason, which the agent is told and the history keeps. A send that
+    failed (an error answer, a socket that closed before the answer) goes again with the
+    same dedupe key, so it is answered once."""
+    drv = driver
+    try:
+        drv.get(server.url + f"/#token={DEV_TOKEN}")
+        wait_status(drv, "open")
+        type_message(drv, "please open a ticket about the projector")
+        wait_reply(drv, "Opened ticket")
+        type_message(drv, "close ticket 1")
+        clickable(drv, "deny").click()
+        reason = clickable(drv, "deny-reason")
+        reason.send_keys("not before Friday")
+        clickable(drv, "deny-confirm").click()
+        wait_reply(drv, "not before Friday")
+        assert texts(drv, "decision") == ["✗ Denied: not before Friday"]
+        drv.refresh()
+        wait_status(drv, "open")
+        wait_for(
+            drv,
+            "the reason from history",
+            lambda d: texts(d, "decision") == ["✗ Denied: not before Friday"],
+        )
+
+        # An error answer (the server busy): the message says so, and Retry sends the same
+        # frame again.
+        drv.execute_script(
+            """
+            window.sentFrames = [];
+            const send = WebSocket.prototype.send;
+            let failNext = true;
+            WebSocket.prototype.send = function (data) {
+              const frame = JSON.parse(data);
+              if (frame.action === "send") window.sentFrames.push(frame);
+              if (frame.action === "send" && failNext) {
+                failNext = false;  // answered as a busy server would, never sent
+                const error = {type: "error", error: {code: "unavailable", message: "busy"}};
+                setTimeout(() => this.onmessage({data: JSON.stringify(error)}), 0);
+                return;
+              }
+              return send.call(this, data);
+            };
+            """
+        )
+        type_message(drv, "hello there")
+        wait_for(drv, "the failure", lambda d: "busy" in " ".join(texts(d, "message-note")))
+        clickable(drv, "retry").click()
+        wait_reply(drv, "You said: hello there")
+        first, again = drv.execute_script("return window.sentFrames")
+        assert first == again and first["dedupe_key"].startswith("web:")
+        assert texts(drv, "user-message").count("hello there") == 1
+
+        # The socket closes right after the message left: the page cannot know it arrived,
+        # sends it again on reconnect with the same key, and the server answers it once.
+        drv.execute_script(
+            """
+            const send = WebSocket.prototype.send;
+            let closeNext = true;
+            WebSocket.prototype.send = function (data) {
+              const result = send.call(this, data);
+              if (JSON.parse(data).action === "send" && closeNext) {
+                closeNext = false;
+                this.close();
+              }
+              return result;
+            };
+            """
+        )
+        type_message(drv, "hello once")
+        wait_reply(drv, "You said: hello once")
+        sent = [
+            f for f in drv.execute_script("return window.sentFrames") if f["text"] == "hello once"
+        ]
+        assert len(sent) == 2 and sent[0] == sent[1], sent
+        time.sleep(1)  # an answer to a second copy would have come by now
+        assert sum("You said: hello once" in r for r in texts(drv, "reply")) == 1
+        assert texts(drv, "user-message").count("hello once") == 1
+        assert not texts(drv, "error")
+    except BaseException:
+        drv.save_screenshot(str(tmp_path / "failure.png"))
+        print(f"browser artifacts in {tmp_path}\nserver log:\n{server.log_tail()}")
+        raise
+
+
+# --- layout: a phone and a desktop ------------------------------------------------------------
+
+WIDTHS = (360, 1280)
+HEIGHT = 800
+ACCENT = (0x2F, 0x6F, 0xEB)
+"""The page's accent (light scheme): the send button and the user's bubbles."""
+PANEL = (0xFF, 0xFF, 0xFF)
+
+GEOMETRY_JS = """
+const vw = window.innerWidth;
+const box = (e) => {
+  if (!e) return null;
+  const r = e.getBoundingClientRect();
+  return {left: r.left, right: r.right, top: r.top, bottom: r.bottom, width: r.width,
+          height: r.height};
+};
+const one = (id) => box(document.querySelector(`[data-testid="${id}"]`));
+// Is ``e`` cut off by an ancestor that scrolls or clips sideways (a code block, a table, a
+// bubble)? Then its own overflow is that ancestor's business, not the page's. The page's
+// own scroller (main) does not count: what it hides is what a user could not see.
+const clipped = (e) => {
+  for (let a = e.parentElement; a && a !== document.body && a.id !== "scroller";
+       a = a.parentElement) {
+    const x = getComputedStyle(a).overflowX;
+    if (x !== "visible") return true;
+  }
+  return false;
+};
+const overflowing = [...document.querySelectorAll("body *")].filter((e) => {
+  const r = e.getBoundingClientRect();
+  if (!r.width || !r.height) return false;
+  return (r.right > vw + 1 || r.left < -1) && !clipped(e);
+}).map((e) => e.tagName + "." + e.className + "#" + (e.dataset.testid || ""));
+const list = box(document.getElementById("messages"));
+const rows = [...document.querySelectorAll("#messages > li.row")].map((li) => {
+  const kind = li.classList.contains("user") ? "user" : li.classList.contains("system")
+    ? "system" : "agent";
+  const b = box(li.querySelector(".bubble, .approval, .notice"));
+  const leftGap = b.left - list.left, rightGap = list.right - b.right;
+  const side = Math.abs(leftGap - rightGap) < 8 ? "center" : leftGap < rightGap ? "left" : "right";
+  return {kind, side, box: b};
+});
+const hit = (id) => {
+  const b = one(id);
+  const e = document.elementFromPoint(b.left + b.width / 2, b.top + b.height / 2);
+  return !!e && !!e.closest(`[data-testid="${id}"]`);
+};
+const modelEl = document.querySelector('[data-testid="app-model"]');
+return {
+  viewport: vw, dpr: window.devicePixelRatio,
+  scrollWidth: document.documentElement.scrollWidth, overflowing,
+  header: box(document.querySelector("header")), appName: one("app-name"),
+  appModel: one("app-model"), cid: one("conversation-id"), newChat: one("new-chat"),
+  status: one("status"), input: one("message-input"), send: one("send"),
+  inputUsable: hit("message-input"), sendUsable: hit("send"),
+  appNameText: document.querySelector('[data-testid="app-name"]').textContent,
+  appModelText: modelEl.textContent,
+  rows,
+};
+"""
+
+
+def set_viewport(drv: webdriver.Chrome, width: int) -> None:
+    """The page's width and height in CSS pixels, one device pixel each, light scheme."""
+    drv.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": HEIGHT, "deviceScaleFactor": 1, "mobile": False},
+    )
+    drv.execute_cdp_cmd(
+        "Emulation.setEmulatedMedia",
+        {
+            "features": [
+                {"name": "prefers-color-scheme", "value": "light"},
+                {"name": "prefers-reduced-motion", "value": "reduce"},
+            ]
+        },
+    )
+
+
+def near(color: object, expected: tuple[int, int, int], tolerance: int = 12) -> bool:
+    """Whether a pixel of an RGB image (``Image.getpixel``) is ``expected``, give or take
+    antialiasing and colour management."""
+    assert isinstance(color, tuple), color
+    return all(abs(c - e) <= tolerance for c, e in zip(color, expected, strict=True))
+
+
+def check_geometry(g: dict[str, Any], width: int) -> None:
+    """At ``width``: nothing overflows sideways, the header names the app and its model, the
+    conversation field, the message box and the send button are visible and usable."""
+    assert g["viewport"] == width
+    assert g["scrollWidth"] <= width, g["scrollWidth"]
+    assert g["overflowing"] == [], g["overflowing"]
+    assert g["appNameText"] == "Support agent" and g["appModelText"] == "offline model"
+    for part in ("appName", "appModel", "cid", "newChat", "status", "input", "send"):
+        b = g[part]
+        assert b["width"] > 0 and b["left"] >= 0 and b["right"] <= width, (part, b)
+        assert b["top"] >= 0 and b["bottom"] <= HEIGHT, (part, b)
+    assert g["appName"]["width"] >= 60 and g["appModel"]["width"] >= 30
+    assert g["cid"]["width"] >= min(200, width / 2), g["cid"]  # it collapsed at 400 px
+    assert g["input"]["width"] >= width * 0.5, g["input"]
+    assert g["send"]["width"] >= 44 and g["send"]["height"] >= 40, g["send"]
+    assert g["inputUsable"] and g["sendUsable"]
+    assert g["input"]["right"] <= g["send"]["left"]  # side by side, the button last
+    assert g["header"]["bottom"] <= g["input"]["top"]
+    for row in g["rows"]:
+        assert row["box"]["left"] >= 0 and row["box"]["right"] <= width, row
+
+
+def layout(g: dict[str, Any]) -> list[tuple[str, str]]:
+    """What the page looks like, independent of fonts and widths: each row's kind and
+    side, in order."""
+    return [(r["kind"], r["side"]) for r in g["rows"]]
+
+
+def test_the_page_works_at_360_and_1280_pixels(
+    server: Server, driver: webdriver.Chrome, tmp_path: Path
+) -> None:
+    """The same conversation on a phone and a desktop: geometry checked at both widths,
+    then the two screenshots compared where fonts cannot move things: the layout of the
+    rows, and the page's own colours at the places the geometry names (the send button,
+    the user's bubbles, the header)."""
+    from PIL import Image
+
+    drv = driver
+    try:
+        set_viewport(drv, WIDTHS[0])
+        drv.get(server.url + f"/#token={DEV_TOKEN}")
+        wait_status(drv, "open")
+        type_message(drv, "please open a ticket about my broken printer")
+        wait_reply(drv, "Opened ticket")
+        set_message(drv, HOSTILE_MARKDOWN)  # a wide table, a wide code block, long words
+        wait_reply(drv, "The end.")
+        type_message(drv, "close ticket 1")
+        wait_for(drv, "approval card", lambda d: d.find_elements(*by_testid("approval")) or None)
+        drv.find_element(*by_testid("message-input")).send_keys("a draft")  # Send enabled
+
+        shots: dict[int, tuple[dict[str, Any], Path]] = {}
+        for width in WIDTHS:
+            set_viewport(drv, width)
+            drv.execute_script("document.getElementById('scroller').scrollTop = 1e9;")
+            time.sleep(0.3)  # layout and the scroll settle
+            geometry: dict[str, Any] = drv.execute_script(GEOMETRY_JS)
+            check_geometry(geometry, width)
+            path = tmp_path / f"chat-{width}.png"
+            assert drv.save_screenshot(str(path))
+            shots[width] = (geometry, path)
+
+        small, large = shots[WIDTHS[0]][0], shots[WIDTHS[1]][0]
+        assert layout(small) == layout(large)
+        assert ("user", "right") in layout(small) and ("agent", "left") in layout(small)
+        for geometry, png in (shots[w] for w in WIDTHS):
+            with Image.open(png) as image:
+                rgb = image.convert("RGB")
+                assert rgb.size == (geometry["viewport"], HEIGHT)  # no sideways scroll
+                send = geometry["send"]
+                at_send = rgb.getpixel(
+                    (int(send["left"]) + 4, int(send["top"] + send["height"] / 2))
+                )
+                assert near(at_send, ACCENT), at_send
+                header = geometry["header"]
+                at_header = rgb.getpixel((2, int(header["top"]) + 2))
+                assert near(at_header, PANEL), at_header
+                shown = (header["bottom"], geometry["input"]["top"] - 12)  # the scroller
+                users = [
+                    r["box"]
+                    for r in geometry["rows"]
+                    if r["kind"] == "user"
+                    and shown[0] <= r["box"]["top"]
+                    and r["box"]["bottom"] <= shown[1]
+                ]
+                assert users, geometry["rows"]
+                for b in users:
+                    at_bubble = rgb.getpixel((int(b["left"]) + 5, int(b["top"] + b["height"] / 2)))
+                    assert near(at_bubble, ACCENT), (at_bubble, b)
+        save_screenshot(drv, tmp_path, "chat-1280-final.png")
+    except BaseException:
+        drv.save_screenshot(str(tmp_path / "failure.png"))
+        print(f"browser artifacts in {tmp_path}\nserver log:\n{server.log_tail()}")
         raise

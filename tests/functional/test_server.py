@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -18,6 +21,8 @@ import websockets
 
 from events.inbound import MAX_MESSAGE_BYTES
 from tests.functional.server_process import ServerProcess
+from tests.markup import unsafe_parts
+from workers.config import DEFAULT_SUGGESTED_PROMPTS
 
 
 @pytest.fixture(scope="module")
@@ -333,3 +338,61 @@ def test_cli_schema_prints_json_schemas() -> None:
     assert "conversation_id" in one["properties"]
     bad = schema("Nope")
     assert bad.returncode == 2 and "unknown model" in bad.stderr
+
+
+def test_the_app_says_its_name_model_and_prompts_to_a_signed_in_caller(
+    server: ServerProcess,
+) -> None:
+    refused = httpx.get(f"{server.url}/v1/app", timeout=10)
+    assert refused.status_code == 401
+    app = httpx.get(f"{server.url}/v1/app", headers=server.auth, timeout=10).json()
+    assert app == {
+        "name": "Support agent",
+        "model": "offline",
+        "suggested_prompts": list(DEFAULT_SUGGESTED_PROMPTS),
+    }
+
+
+def test_the_page_runs_only_its_own_script(server: ServerProcess) -> None:
+    """The page's Content-Security-Policy names its one inline script by hash: markup that
+    got into the page another way could run no script, load nothing, post no form."""
+    page = httpx.get(f"{server.url}/")
+    directives = page.headers["content-security-policy"].split(";")
+    policy = dict(part.strip().partition(" ")[::2] for part in directives)
+    [script] = re.findall(r"<script>(.*?)</script>", page.text, re.S)
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    assert policy["script-src"] == f"'sha256-{digest}'"
+    assert policy["default-src"] == "'none'" and policy["connect-src"] == "'self'"
+    assert policy["form-action"] == "'none'" and policy["base-uri"] == "'none'"
+    assert page.headers["x-content-type-options"] == "nosniff"
+
+
+def test_a_socket_that_asks_for_html_gets_replies_rendered_and_sanitized(
+    server: ServerProcess,
+) -> None:
+    """``/v1/ws?render=html`` (the chat page): every reply frame, and every reply of the
+    history, carries ``html`` beside its text; chunks and notices stay text; other sockets
+    get the frames as they are."""
+    cid = "ws:alice:markdown"
+    hostile = "**bold** <script>alert(1)</script> [x](javascript:alert(1)) <img src=x onerror=y>"
+
+    async def scenario() -> None:
+        url = server.ws_url
+        async with websockets.connect(url + "?render=html", additional_headers=server.auth) as ws:
+            await ws.send(json.dumps({"action": "send", "conversation_id": cid, "text": hostile}))
+            frames = await _recv_until(ws, lambda f: f["type"] == "reply")
+            reply = frames[-1]
+            assert "<strong>bold</strong>" in reply["html"]
+            assert unsafe_parts(reply["html"]) == []
+            assert "&lt;script&gt;" in reply["html"]  # shown as text, never run
+            assert all("html" not in f for f in frames[:-1])
+            await ws.send(json.dumps({"action": "subscribe", "conversation_id": cid}))
+            history = json.loads(await ws.recv())["conversation"]
+            assert [r["payload"] for r in history["replies"]] == [reply]
+        async with websockets.connect(url, additional_headers=server.auth) as ws:
+            await ws.send(json.dumps({"action": "subscribe", "conversation_id": cid}))
+            history = json.loads(await ws.recv())["conversation"]
+            [plain] = [r["payload"] for r in history["replies"]]
+            assert plain == {k: v for k, v in reply.items() if k != "html"}
+
+    asyncio.run(scenario())

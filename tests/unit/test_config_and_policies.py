@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from events.identity import ApprovalPolicy
 from events.inbound import ApprovalDecision, DoubleTextingPolicy, InboundMessage, ResumeAnswer
 from events.outbound import ApprovalRequest, InterruptRequest
-from workers.config import load_settings
+from workers.config import DEFAULT_SUGGESTED_PROMPTS, load_settings
 from workers.core.model import ConversationState, InboxEntry
 from workers.core.policies import (
     REJECTED_NOTICE,
@@ -20,6 +21,8 @@ from workers.core.policies import (
     plan_turn,
 )
 from workers.errors import ConfigError, LeaseLost, PermanentError, RetryableError
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def test_defaults() -> None:
@@ -52,6 +55,42 @@ def test_approval_tools_from_a_comma_list(monkeypatch: pytest.MonkeyPatch) -> No
     assert load_settings().approval_tools == ["update_ticket", "create_ticket"]
     monkeypatch.setenv("AGENTWORKER_APPROVAL_TOOLS", "")
     assert load_settings().approval_tools == []
+
+
+def test_suggested_prompts_one_or_a_json_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().prompts_to_suggest == list(DEFAULT_SUGGESTED_PROMPTS)  # support
+    assert load_settings(graph="mine.graph:build").prompts_to_suggest == []  # none of its own
+    monkeypatch.setenv("AGENTWORKER_SUGGESTED_PROMPTS", "Hello, who are you?")
+    assert load_settings(graph="mine.graph:build").prompts_to_suggest == ["Hello, who are you?"]
+    monkeypatch.setenv("AGENTWORKER_SUGGESTED_PROMPTS", '["a, b", "c"]')
+    assert load_settings().prompts_to_suggest == ["a, b", "c"]
+    monkeypatch.setenv("AGENTWORKER_SUGGESTED_PROMPTS", "")
+    assert load_settings().prompts_to_suggest == []  # the support example's, switched off
+    monkeypatch.setenv("AGENTWORKER_SUGGESTED_PROMPTS", json.dumps(["x"] * 9))
+    with pytest.raises(ConfigError, match="AGENTWORKER_SUGGESTED_PROMPTS"):
+        load_settings()
+
+
+def test_the_bundled_apps_suggest_their_own_prompts() -> None:
+    support = load_settings(config=EXAMPLES / "support" / "agentworker.toml")
+    assert support.suggested_prompts == list(DEFAULT_SUGGESTED_PROMPTS)  # served by default
+    triage = load_settings(config=EXAMPLES / "triage" / "agentworker.toml")
+    assert triage.prompts_to_suggest and not set(triage.prompts_to_suggest) & set(
+        DEFAULT_SUGGESTED_PROMPTS
+    )
+
+
+@pytest.mark.parametrize(
+    ("graph", "name"),
+    [
+        (None, "Support agent"),
+        ("triage_bot.graph:build", "Triage bot"),
+        ("greeter.graph:build", "Greeter"),
+        ("apps/my-bot.py:graph", "My bot"),
+    ],
+)
+def test_the_app_is_named_after_its_package(graph: str | None, name: str) -> None:
+    assert load_settings(graph=graph).app_name == name
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -16,11 +17,13 @@ from tests.fakes import (
     RecordingSink,
     RecordingStarter,
     ScriptedAgent,
+    SpanRecordingTracer,
 )
 from workers.core.model import ResumeRecord, TurnRequest
 from workers.core.policies import SUPERSEDED_REASON
 from workers.core.ports import NullTracer
 from workers.core.steps import (
+    PERMANENT_FAILURE_NOTICE,
     Deps,
     TurnSettings,
     accept_message,
@@ -34,6 +37,7 @@ from workers.core.steps import (
     finish_turn,
     graph_state,
     history,
+    retry_exhausted_text,
     run_step,
     sweep,
 )
@@ -206,34 +210,60 @@ def test_retryable_errors_are_retried_with_backoff_then_answered() -> None:
     assert len(w.clock.slept) == 2 and w.clock.slept[1] > w.clock.slept[0] * 0.9
 
 
-def test_exhausted_retries_tell_the_user_and_consume_the_message() -> None:
+def test_exhausted_retries_tell_the_user_and_consume_the_message(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The user reads plain words; the cause (a provider's class name) stays in the log and
+    on the failed message."""
     w = World(retry_attempts=2)
 
     def down(request: TurnRequest) -> None:
-        raise RetryableError("throttled")
+        raise RetryableError("model call failed (APIConnectionError): Connection error.")
 
     w.agent.hook = down
+    tracer = w.deps.tracer = SpanRecordingTracer()
     w.send("hi")
-    w.run_all()
+    with caplog.at_level(logging.WARNING, logger="workers.core.steps"):
+        w.run_all()
     [notice] = w.sink.sent
     assert isinstance(notice, Notice) and notice.level == "error"
-    assert "temporarily unavailable" in notice.text
+    assert notice.text == retry_exhausted_text(RetryableError("x"))
+    assert "unavailable right now" in notice.text and "Error" not in notice.text
     assert w.store.pending_inbox(CID) == []
+    history = w.store.history(CID)
+    assert history is not None
+    [failed] = history.inbox
+    assert failed.error is not None and "APIConnectionError" in failed.error
+    assert "APIConnectionError" in caplog.text
+    assert all("APIConnectionError" in str(t.error) for t in tracer.named("turn"))
 
 
-def test_a_permanent_error_tells_the_user_and_frees_the_conversation() -> None:
+def test_a_permanent_error_tells_the_user_and_frees_the_conversation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     w = World()
 
     def refuse(request: TurnRequest) -> None:
-        raise PermanentError("policy violation")
+        raise PermanentError("model call refused (ValidationException): input is too long")
 
     w.agent.hook = refuse
+    tracer = w.deps.tracer = SpanRecordingTracer()
     w.send("bad")
-    [summary] = w.run_all()
+    with caplog.at_level(logging.WARNING, logger="workers.core.steps"):
+        [summary] = w.run_all()
     assert summary.ended == "idle"
-    assert "policy violation" in w.texts()[0]
+    assert w.texts() == [PERMANENT_FAILURE_NOTICE]
     state = w.store.get_conversation(CID)
     assert state is not None and state.lease_token is None
+    history = w.store.history(CID)
+    assert history is not None
+    [failed] = history.inbox
+    assert failed.error == (
+        "PermanentError: model call refused (ValidationException): input is too long"
+    )
+    assert "ValidationException" in caplog.text
+    [turn] = tracer.named("turn")
+    assert "ValidationException" in str(turn.attributes["error"])
 
 
 def test_approval_ends_the_run_and_a_new_run_resumes() -> None:

@@ -24,12 +24,10 @@ from langgraph.graph import StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
 from workers.agent.sdk import BuildContext
-from workers.config import Settings
+from workers.config import DEFAULT_GRAPH, Settings
 from workers.errors import ConfigError
 
-DEFAULT_GRAPH = "support_agent.graph:build"
-"""The bundled support example (``examples/support``, installed with agentworker), served
-when ``graph`` is unset."""
+__all__ = ["DEFAULT_GRAPH", "check_graph", "graph_ref", "load_graph"]
 
 
 def graph_ref(settings: Settings) -> str:

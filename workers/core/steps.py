@@ -576,9 +576,12 @@ def _advance(
         )
         raise
     except PermanentError as exc:
-        span.set_attributes({"error": str(exc)})
-        text = f"Sorry, I could not process that: {exc}"
-        entries = fail_turn(deps, run, plan, text, error=describe_error(exc))
+        # The cause goes to the trace, the log and the failed messages; the user is told
+        # in plain words (a provider's error names classes and codes, not what to do).
+        cause = describe_error(exc)
+        span.set_attributes({"error": cause})
+        log.warning("turn %s of %s failed for good: %s", turn_id, cid, cause)
+        entries = fail_turn(deps, run, plan, PERMANENT_FAILURE_NOTICE, error=cause)
         return "replied", plan.status_if_unchanged, entries, interventions
     output, after = _guard_output(
         deps, plan, output, guard=guard, allowed=allowed, streamer=streamer
@@ -1227,14 +1230,14 @@ def _step_with_retry(deps: Deps, run: RunRef, execution_id: str | None) -> StepR
             if classify_error(exc) != "retry":
                 raise
             if attempt >= deps.settings.retry_attempts:
-                log.warning(
-                    "turn of %s failed after %d attempts",
-                    run.conversation_id,
-                    attempt,
-                    exc_info=not isinstance(exc, RetryableError),  # a bug: keep the traceback
-                )
                 tries = f"{attempt} attempt" + ("s" if attempt > 1 else "")
                 error = f"{describe_error(exc)} (after {tries})"
+                log.warning(
+                    "turn of %s failed: %s",
+                    run.conversation_id,
+                    error,
+                    exc_info=not isinstance(exc, RetryableError),  # a bug: keep the traceback
+                )
                 step = fail_pending_turn(deps, run, retry_exhausted_text(exc), error=error)
                 if step.outcome == "more_pending":  # no turn failed: the run's own step did
                     raise
@@ -1257,8 +1260,16 @@ def _back_off(
     deps.clock.sleep(delay)
 
 
+PERMANENT_FAILURE_NOTICE = "Sorry, I could not answer that message."
+"""What the user is told when a turn fails for good (the cause is in the log and trace)."""
+
+
 def retry_exhausted_text(exc: BaseException) -> str:
-    """What the user is told when a turn's retries are spent."""
+    """What the user is told when a turn's retries are spent: plain words, never the
+    error itself (class names, provider messages), which the log, the trace and the failed
+    message's ``error`` keep."""
+    if isinstance(exc, ModelThrottled):
+        return "Sorry, the assistant is busy right now. Please try again in a moment."
     if isinstance(exc, RetryableError):
-        return f"Sorry, the assistant is temporarily unavailable ({exc}). Please try again."
+        return "Sorry, the assistant is unavailable right now. Please try again in a moment."
     return "Sorry, something went wrong while answering; the team has been notified."

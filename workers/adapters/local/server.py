@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import functools
+import hashlib
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -31,10 +34,11 @@ from events.inbound import (
     new_id,
 )
 from events.json_input import parse_json
-from events.outbound import ErrorBody, ErrorView, FeedbackView, validation_problem
+from events.outbound import AppView, ErrorBody, ErrorView, FeedbackView, validation_problem
 from workers.adapters.http_errors import error_headers, error_view
 from workers.adapters.local.guard import Guard
 from workers.adapters.local.hub import FORGOTTEN
+from workers.adapters.local.markdown import render_markdown
 from workers.adapters.local.runtime import EmbeddedRuntime
 from workers.adapters.local.views import conversation_view
 from workers.adapters.tokens import bearer_token, ws_token
@@ -137,8 +141,19 @@ def create_app(
         return runtime
 
     @app.get("/", response_class=HTMLResponse)
-    async def index() -> str:
-        return resources.files("workers.adapters.local").joinpath("static/index.html").read_text()
+    async def index() -> HTMLResponse:
+        page = chat_page()
+        return HTMLResponse(page.html, headers=page.headers)
+
+    @app.get("/v1/app")
+    async def get_app(request: Request) -> JSONResponse:
+        await caller(request)
+        view = AppView(
+            name=settings.app_name,
+            model=settings.model,
+            suggested_prompts=settings.prompts_to_suggest,
+        )
+        return JSONResponse(view.model_dump(mode="json"))
 
     @app.get("/healthz")
     async def healthz(request: Request) -> dict[str, Any]:
@@ -231,13 +246,74 @@ def create_app(
             await ws.send_json(error_view(exc)[1].model_dump())
             await ws.close(code=WS_UNAUTHENTICATED, reason=getattr(exc, "reason", "unavailable"))
             return
-        await WebSocketSession(ws, rt(ws), settings.max_subscriptions, principal, subprotocol).run()
+        session = WebSocketSession(
+            ws, rt(ws), settings.max_subscriptions, principal, subprotocol, html=wants_html(ws)
+        )
+        await session.run()
 
     return app
 
 
 WS_UNAUTHENTICATED = 4401
 """Close code of a socket whose token was refused (the error frame before it says why)."""
+
+
+def wants_html(ws: WebSocket) -> bool:
+    """Whether the socket asked for replies as HTML too (``/v1/ws?render=html``, the chat
+    page): each reply frame then carries ``html``, its Markdown rendered and sanitized."""
+    return ws.query_params.get("render") == "html"
+
+
+class ChatPage:
+    """The chat page and the headers it is served with: a Content-Security-Policy that runs
+    only the page's own inline script (by its hash) and connects only to this server, so
+    that even markup that got past the sanitizer could run nothing and load nothing."""
+
+    def __init__(self, html: str) -> None:
+        self.html = html
+        scripts = re.findall(r"<script>(.*?)</script>", html, re.S)
+        hashes = " ".join(f"'sha256-{_sha256_b64(s)}'" for s in scripts)
+        policy = (
+            "default-src 'none'",
+            f"script-src {hashes}",
+            "style-src 'unsafe-inline'",
+            "img-src data:",
+            "connect-src 'self'",
+            "base-uri 'none'",
+            "form-action 'none'",
+            "frame-ancestors 'none'",
+        )
+        self.headers = {
+            "content-security-policy": "; ".join(policy),
+            "x-content-type-options": "nosniff",
+            "referrer-policy": "no-referrer",
+        }
+
+
+def _sha256_b64(text: str) -> str:
+    return base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii")
+
+
+@functools.cache
+def chat_page() -> ChatPage:
+    html = resources.files("workers.adapters.local").joinpath("static/index.html").read_text()
+    return ChatPage(html)
+
+
+def with_html(frame: dict[str, Any]) -> dict[str, Any]:
+    """``frame`` with ``html`` beside the text of each reply in it (a ``reply`` frame, the
+    history of a ``subscribed`` one); frames are shared between sockets: never changed in
+    place."""
+    if frame.get("type") == "reply" and isinstance(frame.get("text"), str):
+        return {**frame, "html": render_markdown(frame["text"])}
+    conversation = frame.get("conversation") if frame.get("type") == "subscribed" else None
+    if isinstance(conversation, dict):
+        replies = [
+            {**r, "payload": with_html(r["payload"])} if isinstance(r, dict) else r
+            for r in conversation.get("replies", [])
+        ]
+        return {**frame, "conversation": {**conversation, "replies": replies}}
+    return frame
 
 
 async def authenticate(auth: Authenticator, token: str | None) -> Principal:
@@ -342,8 +418,11 @@ class WebSocketSession:
         max_subscriptions: int,
         principal: Principal,
         subprotocol: str | None = None,
+        *,
+        html: bool = False,
     ) -> None:
         self.ws = ws
+        self.html = html
         self.runtime = runtime
         self.max_subscriptions = max_subscriptions
         self.principal = principal
@@ -380,7 +459,7 @@ class WebSocketSession:
         while True:
             item = await self.queue.get()
             frame = await item if isinstance(item, asyncio.Future) else item
-            await self.ws.send_json(frame)
+            await self.ws.send_json(with_html(frame) if self.html else frame)
 
     async def _handle(self, raw: str) -> dict[str, Any]:
         try:

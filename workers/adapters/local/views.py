@@ -24,6 +24,7 @@ def conversation_view(history: History) -> ConversationView:
                 status=e.status,
                 received_at=e.message.received_at,
                 approved=e.message.approval.approved if e.message.approval else None,
+                reason=(e.message.approval.reason or None) if e.message.approval else None,
                 value=e.message.resume.value if e.message.resume else None,
                 error=e.error,
             )
