@@ -249,7 +249,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from workers.adapters.local.guard import check_bind, listen, with_dev_token
     from workers.adapters.local.server import create_app
     from workers.bootstrap import prepare_embedded
-    from workers.observability import configure_logging
+    from workers.observability import configure_logging, quiet_socket_lines
 
     check_bind(settings)
     configure_logging(settings.log_level)
@@ -278,6 +278,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config = uvicorn.Config(
             app, log_level=settings.log_level.lower(), ws_max_size=2 * 1024 * 1024
         )
+        quiet_socket_lines()
         uvicorn.Server(config).run(sockets=[sock])
     return 0
 

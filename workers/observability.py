@@ -120,6 +120,24 @@ def configure_logging(level: str) -> None:
     )
 
 
+class _QuietSocketLines(logging.Filter):
+    """Drops uvicorn's "connection open" and "connection closed" at INFO: every WebSocket
+    already has its access line (``"WebSocket /v1/ws" [accepted]``); at DEBUG they stay."""
+
+    QUIET = frozenset({"connection open", "connection closed"})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno != logging.INFO or record.msg not in self.QUIET
+
+
+def quiet_socket_lines() -> None:
+    """Keep a WebSocket to its access line in the server's terminal (after uvicorn has
+    configured its loggers)."""
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _QuietSocketLines) for f in logger.filters):
+        logger.addFilter(_QuietSocketLines())
+
+
 def conversation_filter(conversation_id: str) -> str:
     """The MLflow trace filter for a conversation's turn traces (a quote in the id, which
     the filter language cannot escape, is dropped rather than let end the string)."""

@@ -5,6 +5,7 @@ taken port is one line and exit code 2, with nothing printed or written before; 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import stat
@@ -13,6 +14,8 @@ import sys
 from pathlib import Path
 
 import httpx
+from websockets.sync.client import connect
+from websockets.typing import Subprotocol
 
 from tests.functional.server_process import DEV_TOKEN, ServerProcess
 from tests.graphs import OUTAGE_FILE
@@ -55,6 +58,15 @@ def test_the_dev_token_survives_a_restart_until_it_is_rotated(tmp_path: Path) ->
     with without_a_set_token(state) as again:  # a restart: the page's token still works
         assert token_of(state) == first
         assert status_with(again, first) == 200
+        with connect(
+            again.ws_url, subprotocols=[Subprotocol("agentworker"), Subprotocol(f"bearer.{first}")]
+        ) as ws:
+            ws.send(json.dumps({"action": "ping"}))
+            assert json.loads(ws.recv(timeout=10)) == {"type": "pong"}
+    # a quiet terminal: the socket's access line, not "connection open" and "closed" too
+    log = again.log.read_text()
+    assert '"WebSocket /v1/ws" [accepted]' in log
+    assert "connection open" not in log and "connection closed" not in log
 
     with without_a_set_token(state, "--rotate-token") as rotated:
         fresh = token_of(state)
