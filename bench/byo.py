@@ -40,7 +40,7 @@ from workers.adapters.local.sqlite_database import SqliteDatabase
 from workers.adapters.local.sqlite_store import SqliteConversationStore
 from workers.adapters.local.sqlite_tickets import SqliteTicketStore
 from workers.agent.offline import OfflineChatModel
-from workers.agent.runner import GraphTurnAgent, has_async_nodes
+from workers.agent.runner import GraphTurnAgent, needs_event_loop
 from workers.agent.sdk import BuildContext
 from workers.bootstrap import build_tracer, turn_settings
 from workers.config import load_settings
@@ -134,7 +134,7 @@ def _plain(tmp: Path, name: str) -> Side:
     path = tmp / "plain-sqlitesaver.db"
     graph_def = factory(_context(tmp))
     config: Any = {"configurable": {"thread_id": f"byo-{name}"}}
-    if not has_async_nodes(graph_def):
+    if not needs_event_loop(graph_def):
         conn = sqlite3.connect(path, check_same_thread=False)
         saver = SqliteSaver(conn)
         saver.setup()

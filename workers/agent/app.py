@@ -27,14 +27,24 @@ from workers.agent.sdk import BuildContext
 from workers.config import DEFAULT_GRAPH, Settings
 from workers.errors import ConfigError
 
-__all__ = ["DEFAULT_GRAPH", "check_graph", "graph_ref", "load_graph"]
+__all__ = ["DEFAULT_GRAPH", "AppGraph", "builder_of", "check_graph", "graph_ref", "load_graph"]
 
 
 def graph_ref(settings: Settings) -> str:
     return settings.graph or DEFAULT_GRAPH
 
 
-def load_graph(settings: Settings, ctx: BuildContext) -> StateGraph[Any, Any, Any, Any]:
+AppGraph = StateGraph[Any, Any, Any, Any] | CompiledStateGraph[Any, Any, Any, Any]
+"""What an app gives: a graph to compile, or a compiled one whose compile options
+(``interrupt_before``/``interrupt_after``, ``store``, ``cache``, ``debug``, ``name``) are
+kept; its checkpointer is replaced by agentworker's."""
+
+
+def builder_of(graph: AppGraph) -> StateGraph[Any, Any, Any, Any]:
+    return graph.builder if isinstance(graph, CompiledStateGraph) else graph
+
+
+def load_graph(settings: Settings, ctx: BuildContext) -> AppGraph:
     """The app's graph, built and checked (``ConfigError`` naming the setting otherwise)."""
     ref = graph_ref(settings)
     where = f"graph {ref!r} ({settings.source('graph')})" if settings.graph else f"graph {ref!r}"
@@ -44,7 +54,7 @@ def load_graph(settings: Settings, ctx: BuildContext) -> StateGraph[Any, Any, An
 
     target = _import_target(ref, settings.import_dir, fail)
     graph = _as_graph(target, ctx, fail)
-    check_graph(graph, fail)
+    check_graph(builder_of(graph), fail)
     return graph
 
 
@@ -92,10 +102,8 @@ def _import_file(path: Path, fail: Any) -> Any:
     return module
 
 
-def _as_graph(target: Any, ctx: BuildContext, fail: Any) -> StateGraph[Any, Any, Any, Any]:
-    if isinstance(target, CompiledStateGraph):
-        return target.builder
-    if isinstance(target, StateGraph):
+def _as_graph(target: Any, ctx: BuildContext, fail: Any) -> AppGraph:
+    if isinstance(target, CompiledStateGraph | StateGraph):
         return target
     if not callable(target):
         raise fail(f"found {_kind(target)}, expected a StateGraph or a factory returning one")
@@ -103,9 +111,7 @@ def _as_graph(target: Any, ctx: BuildContext, fail: Any) -> StateGraph[Any, Any,
         built = target(ctx)
     except Exception as exc:
         raise fail(f"the factory raised {type(exc).__name__}: {exc}") from None
-    if isinstance(built, CompiledStateGraph):
-        return built.builder
-    if isinstance(built, StateGraph):
+    if isinstance(built, CompiledStateGraph | StateGraph):
         return built
     raise fail(f"the factory returned {_kind(built)}, expected a StateGraph")
 

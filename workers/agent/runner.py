@@ -52,18 +52,24 @@ class GraphTurnAgent:
 
     def __init__(
         self,
-        graph: StateGraph[Any, Any, Any, Any],
+        graph: StateGraph[Any, Any, Any, Any] | CompiledStateGraph[Any, Any, Any, Any],
         *,
         recursion_limit: int = RECURSION_LIMIT,
         prices: Mapping[str, ModelPrice] | None = None,
     ) -> None:
-        """``prices``: USD per 1M tokens by model id (default: the built-in table)."""
+        """``graph``: the app's graph, or its compiled graph (whose compile options are kept,
+        its checkpointer replaced by ours). ``prices``: USD per 1M tokens by model id
+        (default: the built-in table)."""
         self.prices = prices
         self.saver = StagedCheckpointSaver()
         self.serde = JsonPlusSerializer()
         self.recursion_limit = recursion_limit
-        self.graph: CompiledStateGraph[Any, Any, Any, Any] = graph.compile(checkpointer=self.saver)
-        self.is_async = has_async_nodes(graph)
+        self.graph: CompiledStateGraph[Any, Any, Any, Any] = (
+            graph.copy({"checkpointer": self.saver})
+            if isinstance(graph, CompiledStateGraph)
+            else graph.compile(checkpointer=self.saver)
+        )
+        self.is_async = needs_event_loop(self.graph.builder)
 
     def run_turn(
         self,
@@ -157,7 +163,10 @@ class GraphTurnAgent:
     ) -> TurnOutput:
         known = before | {m.id for m in history}
         fresh = [m for m in self.saver.messages(stage) if m.id not in known]
-        pending = self._pending(collector.interrupts, config) if collector.interrupts else None
+        if collector.interrupts:
+            pending: PendingInterrupt | None = self._pending(collector.interrupts, config)
+        else:
+            pending = self._breakpoint(stage) if collector.stopped else None
         logged = {str(m.id): m for m in (*history, *fresh) if m.id}
         return TurnOutput(
             checkpoint=self.saver.export(stage, logged),
@@ -187,6 +196,19 @@ class GraphTurnAgent:
         approval = approval_of(value)
         text = approval.text if approval is not None else interrupt_text(value)
         return PendingInterrupt(first.id, value, text, approval)
+
+    def _breakpoint(self, stage: str) -> PendingInterrupt | None:
+        """The static breakpoint the turn stopped at (``interrupt_before``/``after`` of the
+        compiled graph): the graph has nodes still to run and no ``interrupt()``. Any answer
+        continues it (LangGraph resumes a breakpoint on ``Command(resume=...)`` as on
+        ``None``). Its id is the checkpoint's: one per stop."""
+        snapshot = self._state(stage)
+        if not snapshot.next:
+            return None
+        checkpoint = snapshot.config.get("configurable", {}).get("checkpoint_id", "")
+        nodes = list(snapshot.next)
+        value = {"breakpoint": nodes, "question": f"Paused before {', '.join(nodes)}: continue?"}
+        return PendingInterrupt(f"breakpoint-{checkpoint}", value, str(value["question"]))
 
     def _interrupting_node(self, config: RunnableConfig, interrupt_id: str) -> str:
         snapshot = self._state(config["configurable"][STAGE_KEY])
@@ -298,6 +320,8 @@ class _Collector:
 
     def __init__(self, on_chunk: Callable[[str], None] | None) -> None:
         self.interrupts: list[Interrupt] = []
+        self.stopped = False
+        """The graph stopped before its end: an ``interrupt()`` or a static breakpoint."""
         self._on_chunk = on_chunk
         self._streamed: set[str | None] = set()
         self._last: str | None = None
@@ -306,10 +330,14 @@ class _Collector:
         namespace, mode, payload = part
         if mode == "messages":
             self._message(payload[0])
-        elif mode == "updates" and not namespace and isinstance(payload, dict):
-            found = payload.get(INTERRUPT)
-            if found:
-                self.interrupts.extend(found)
+        elif (
+            mode == "updates"
+            and not namespace
+            and isinstance(payload, dict)
+            and (INTERRUPT in payload)
+        ):
+            self.stopped = True
+            self.interrupts.extend(payload[INTERRUPT] or ())
 
     def _message(self, message: BaseMessage) -> None:
         if isinstance(message, AIMessageChunk):
@@ -327,9 +355,10 @@ class _Collector:
         self._on_chunk(text)
 
 
-def has_async_nodes(graph: StateGraph[Any, Any, Any, Any]) -> bool:
-    """Whether any node of ``graph`` or of its subgraphs is an ``async def`` (it then runs
-    only under ``astream``)."""
+def needs_event_loop(graph: StateGraph[Any, Any, Any, Any]) -> bool:
+    """Whether any node of ``graph`` or of its subgraphs runs only on an event loop: an
+    ``async def`` node, or a tool node with an ``async def`` tool (``ToolNode`` has a sync
+    path, which such a tool refuses). The graph is then driven with ``astream``."""
     builders = [graph]
     while builders:
         builder = builders.pop()
@@ -337,9 +366,22 @@ def has_async_nodes(graph: StateGraph[Any, Any, Any, Any]) -> bool:
             runnable = spec.runnable
             if isinstance(runnable, CompiledStateGraph):
                 builders.append(runnable.builder)
-            elif getattr(runnable, "func", True) is None and getattr(runnable, "afunc", None):
+            elif _async_only_node(runnable) or any(_async_only(t) for t in _tools_of(runnable)):
                 return True
     return False
+
+
+def _async_only_node(runnable: Any) -> bool:
+    return getattr(runnable, "func", True) is None and bool(getattr(runnable, "afunc", None))
+
+
+def _tools_of(runnable: Any) -> list[Any]:
+    tools = getattr(runnable, "tools_by_name", None)
+    return list(tools.values()) if isinstance(tools, dict) else []
+
+
+def _async_only(tool: Any) -> bool:
+    return getattr(tool, "func", True) is None and getattr(tool, "coroutine", None) is not None
 
 
 _LOCAL = threading.local()
