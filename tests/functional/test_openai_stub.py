@@ -671,3 +671,36 @@ def test_the_support_agent_opens_a_ticket_with_an_openai_model(
     assert result["role"] == "tool"
     assert result["tool_call_id"] == call["tool_calls"][0]["id"]
     assert "Opened ticket 1" in result["content"]
+
+
+def test_a_model_the_app_builds_itself_reports_the_servers_usage_in_a_turn(
+    stub: OpenAIStubServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As LangGraph's templates build theirs: ``init_chat_model`` in the node, nothing said
+    of stream usage, ``OPENAI_BASE_URL`` set (LangChain then leaves usage off)."""
+    from langchain.chat_models import init_chat_model
+    from langgraph.graph import START, MessagesState, StateGraph
+
+    from workers.agent.runner import GraphTurnAgent
+
+    monkeypatch.setenv("OPENAI_BASE_URL", stub.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+
+    def call_model(state: MessagesState) -> dict[str, Any]:
+        model = init_chat_model("openai:gpt-4o-mini", max_retries=0)
+        return {"messages": [model.invoke(state["messages"])]}
+
+    builder = StateGraph(MessagesState)
+    builder.add_node(call_model)
+    builder.add_edge(START, "call_model")
+    conv = Conversation(GraphTurnAgent(builder))
+    stub.script("Streamed, and counted.", usage=Usage(17, 6))
+    out = conv.turn("hi")
+    assert out.reply_text == "Streamed, and counted."
+    assert (out.usage.input_tokens, out.usage.output_tokens) == (17, 6)
+    [request] = stub.requests
+    assert request.streaming and request.include_usage
+    # outside a turn LangChain's default stands
+    stub.script("Not counted.")
+    collect(chat_model(stub), "hi")
+    assert stub.requests[-1].streaming and not stub.requests[-1].include_usage

@@ -15,7 +15,9 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -289,3 +291,48 @@ def _status_of(exc: BaseException) -> int | None:
     if status is None:
         status = getattr(getattr(exc, "response", None), "status_code", None)
     return status if isinstance(status, int) else None
+
+
+# token usage of OpenAI-compatible servers ------------------------------------------------------
+
+_ASK_STREAM_USAGE: ContextVar[bool] = ContextVar("agentworker_stream_usage", default=False)
+
+
+@contextmanager
+def stream_usage_asked(ask: bool = True) -> Iterator[None]:
+    """While a turn runs, every ``ChatOpenAI`` (also one the app builds itself) that was
+    not told either way asks for the token usage of its streams. LangChain leaves it off
+    for any base URL but OpenAI's (not every compatible server reports it), so a turn
+    through ``OPENAI_BASE_URL`` would cost zero tokens. A model built with
+    ``stream_usage=False`` keeps it off; outside turns LangChain's default is untouched."""
+    _install_stream_usage()
+    token = _ASK_STREAM_USAGE.set(ask)
+    try:
+        yield
+    finally:
+        _ASK_STREAM_USAGE.reset(token)
+
+
+def _install_stream_usage() -> None:
+    try:
+        from langchain_openai.chat_models import base
+    except ImportError:  # the openai extra is not installed: no such model
+        return
+    cls: Any = base.BaseChatOpenAI
+    original = cls._should_stream_usage
+    if getattr(original, "agentworker", False):
+        return
+
+    def should_stream_usage(self: Any, stream_usage: bool | None = None, **kwargs: Any) -> bool:
+        told = (
+            stream_usage,
+            kwargs.get("stream_options", {}).get("include_usage"),
+            (self.model_kwargs or {}).get("stream_options", {}).get("include_usage"),
+            self.stream_usage,
+        )
+        if _ASK_STREAM_USAGE.get() and not any(isinstance(t, bool) for t in told):
+            return True
+        return bool(original(self, stream_usage, **kwargs))
+
+    should_stream_usage.agentworker = True  # type: ignore[attr-defined]
+    cls._should_stream_usage = should_stream_usage

@@ -31,7 +31,7 @@ from pydantic_core import to_jsonable_python
 from events.outbound import GraphStateView, PendingInterruptView
 from workers.agent.callbacks import TurnCallbacks
 from workers.agent.guardrails import model_guardrails
-from workers.agent.models import map_model_error
+from workers.agent.models import map_model_error, stream_usage_asked
 from workers.agent.saver import INTERRUPT, STAGE_KEY, StagedCheckpointSaver
 from workers.agent.sdk import TurnInfo, approval_of, bound_turn
 from workers.core.model import LogEntry, PendingInterrupt, TurnOutput, TurnRequest
@@ -98,7 +98,7 @@ class GraphTurnAgent:
                 "callbacks": [callbacks],
             }
             collector = _Collector(on_chunk)
-            with bound_turn(info):
+            with bound_turn(info), stream_usage_asked():
                 self._drive(_graph_input(request), config, collector, stream=on_chunk is not None)
             return self._output(
                 stage,
