@@ -9,6 +9,7 @@ defaults. The app file sets only the app's own keys (:data:`APP_KEYS`).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import tomllib
@@ -25,6 +26,9 @@ from workers.core.pattern_cost import check_pattern
 from workers.core.redaction import url_without_credentials
 from workers.costs import ModelPrice
 from workers.errors import ConfigError
+from workers.langgraph_json import LangGraphProject
+
+log = logging.getLogger(__name__)
 
 ENV_PREFIX = "AGENTWORKER_"
 APP_FILE = "agentworker.toml"
@@ -75,6 +79,11 @@ class Settings(BaseSettings):
         None,
         description="Where the app's package is imported from (default: the app file's"
         " directory, else the working directory).",
+    )
+    python_path: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Directories put on sys.path before the graph is imported, separated by"
+        " ':' (a langgraph.json's local dependencies).",
     )
     model: str = Field(
         "offline", description="'offline', or '<provider>:<model>' through init_chat_model."
@@ -307,12 +316,18 @@ class Settings(BaseSettings):
 
     @property
     def app_package(self) -> str:
-        """The app's top-level package (or file stem) of its graph, e.g. ``support_agent``."""
+        """The app's top-level package of its graph, e.g. ``support_agent``: of a file, the
+        outermost package directory it is in (``src/agent/graph.py`` -> ``agent``), else the
+        file's stem."""
         ref = self.graph or DEFAULT_GRAPH
         module = ref.rpartition(":")[0] or ref
-        if module.endswith(".py") or "/" in module:
-            return Path(module).stem
-        return module.split(".")[0]
+        if not (module.endswith(".py") or "/" in module):
+            return module.split(".")[0]
+        path = self.import_dir / module
+        top, directory = path.stem, path.parent
+        while (directory / "__init__.py").is_file():
+            top, directory = directory.name, directory.parent
+        return top
 
     @property
     def app_name(self) -> str:
@@ -334,6 +349,13 @@ class Settings(BaseSettings):
         if self.app_dir is not None:
             return self.app_dir
         return self.config.resolve().parent if self.config is not None else Path.cwd()
+
+    @field_validator("python_path", mode="before")
+    @classmethod
+    def _path_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [v for v in value.split(os.pathsep) if v.strip()]
+        return value
 
     @field_validator("model")
     @classmethod
@@ -492,18 +514,71 @@ def _app_file(config: object) -> Path | None:
     return local if local.is_file() else None
 
 
+def _langgraph_project(given: dict[str, Any], app_file: Path | None) -> LangGraphProject | None:
+    """The ``langgraph.json`` to serve: the one ``--config`` names; else the working
+    directory's when nothing else names the graph, or names it by a name of its graphs
+    (``--graph agent``). Its ``env`` is loaded at once (it may set what the rest reads)."""
+    from workers.langgraph_json import find_project
+
+    graph = given.get("graph") or os.environ.get(ENV_PREFIX + "GRAPH")
+    if app_file is not None and app_file.name.endswith(".json"):
+        project = find_project(app_file)
+    elif _graph_named_elsewhere(graph, app_file):
+        return None
+    else:
+        project = find_project(None)
+    if project is not None:
+        project.load_env()
+    return project
+
+
+def _graph_named_elsewhere(graph: object, app_file: Path | None) -> bool:
+    """A module or file reference is given, or ``agentworker.toml`` names the graph."""
+    if graph is not None:
+        return ":" in str(graph)
+    return app_file is not None and "graph" in read_app_file(app_file)
+
+
+def _serve_project(
+    project: LangGraphProject, given: dict[str, Any], sources: dict[str, str]
+) -> None:
+    """Settings from ``project``: the graph (by ``graph`` as a name, or its only one), the
+    directory it is imported from, its local dependencies on ``sys.path``."""
+    name, ref = project.graph_ref(
+        str(given.get("graph") or os.environ.get(ENV_PREFIX + "GRAPH") or "") or None
+    )
+    given["graph"] = ref
+    sources["graph"] = f"graphs.{name} in {project.path}"
+    if "app_dir" not in given and ENV_PREFIX + "APP_DIR" not in os.environ:
+        given["app_dir"] = project.directory
+    given.setdefault("python_path", project.local_dependencies())
+    ignored = project.ignored()
+    if ignored:
+        log.warning(
+            "%s: %s not read (agentworker's own settings cover them)",
+            project.path,
+            ", ".join(ignored),
+        )
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read and validate settings (``overrides`` are the command line's); a bad value raises
     ``ConfigError`` naming the setting."""
     given = {k: v for k, v in overrides.items() if v is not None}
     sources = {k: f"--{k.replace('_', '-')}" for k in given}
     path = _app_file(given.get("config"))
+    project = _langgraph_project(given, path)
+    if project is not None:
+        path = None if path is not None and path.name.endswith(".json") else path
+        given.setdefault("config", project.path)
     if path is not None:
         given["config"] = path
         for key, value in read_app_file(path).items():
             if key not in given and ENV_PREFIX + key.upper() not in os.environ:
                 given[key] = value
                 sources[key] = f"{key} in {path}"
+    if project is not None:
+        _serve_project(project, given, sources)
     try:
         settings = Settings(**given)  # type: ignore[arg-type]
     except ValidationError as exc:

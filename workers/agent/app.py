@@ -52,6 +52,8 @@ def load_graph(settings: Settings, ctx: BuildContext) -> AppGraph:
     def fail(problem: str) -> ConfigError:
         return ConfigError(f"{where}: {problem}")
 
+    for directory in reversed(settings.python_path):
+        _on_path(directory)
     target = _import_target(ref, settings.import_dir, fail)
     graph = _as_graph(target, ctx, fail)
     check_graph(builder_of(graph), fail)
@@ -86,8 +88,20 @@ def _on_path(app_dir: Path) -> None:
 
 
 def _import_file(path: Path, fail: Any) -> Any:
+    """A file of a package (a ``src/agent/graph.py`` whose directories have
+    ``__init__.py``, as LangGraph's templates lay theirs out) is imported as its module,
+    ``agent.graph``, with the directory above the package on ``sys.path``: its imports of
+    its own package, absolute or relative, work. A lone file is loaded on its own."""
     if not path.is_file():
         raise fail(f"file {path} not found")
+    dotted = _module_of_package_file(path.resolve())
+    if dotted is not None:
+        root, module_name = dotted
+        _on_path(root)
+        try:
+            return importlib.import_module(module_name)
+        except Exception as exc:
+            raise fail(f"importing {path} raised {type(exc).__name__}: {exc}") from None
     name = f"agentworker_app_{abs(hash(str(path.resolve())))}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
@@ -100,6 +114,19 @@ def _import_file(path: Path, fail: Any) -> Any:
         del sys.modules[name]
         raise fail(f"importing {path} raised {type(exc).__name__}: {exc}") from None
     return module
+
+
+def _module_of_package_file(path: Path) -> tuple[Path, str] | None:
+    """(the directory above its top package, its dotted module name) for a file inside a
+    package; ``None`` for a file whose directory is no package."""
+    parts = [path.stem]
+    directory = path.parent
+    while (directory / "__init__.py").is_file() and directory.name.isidentifier():
+        parts.append(directory.name)
+        directory = directory.parent
+    if len(parts) == 1 or not path.stem.isidentifier():
+        return None
+    return directory, ".".join(reversed(parts))
 
 
 def _as_graph(target: Any, ctx: BuildContext, fail: Any) -> AppGraph:
