@@ -162,6 +162,33 @@ ResumeValue = Annotated[
 ]
 
 
+MAX_RUN_VALUES_BYTES = 16 * 1024
+"""Largest ``context`` or ``configurable`` a caller sends with a message, as JSON."""
+
+
+def check_run_values(values: dict[str, JsonValue]) -> dict[str, JsonValue]:
+    size = len(json.dumps(values, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+    if size > MAX_RUN_VALUES_BYTES:
+        raise PydanticCustomError(
+            "too_large",
+            "{size} bytes of JSON, over the {limit} byte limit",
+            {"size": size, "limit": MAX_RUN_VALUES_BYTES},
+        )
+    return values
+
+
+RunValues = Annotated[
+    dict[Annotated[str, Field(min_length=1, max_length=128)], ResumeValue],
+    AfterValidator(check_run_values),
+    Field(
+        max_length=64,
+        description="Values for the graph by name, at most 64 and 16 KB of JSON; only the "
+        "names the app allows callers to set (its context_from_callers or "
+        "configurable_from_callers).",
+    ),
+]
+
+
 class ResumeAnswer(BaseModel):
     """A human's answer to an :class:`~events.outbound.InterruptRequest`: the value the
     graph's ``interrupt()`` call returns when the turn resumes."""
@@ -234,6 +261,12 @@ class InboundMessage(BaseModel):
         default=None, description="Sets the conversation's double-texting policy."
     )
     metadata: Metadata = Field(default_factory=dict)
+    context: RunValues | None = Field(
+        default=None, description="Runtime context fields for this message's turn."
+    )
+    configurable: RunValues | None = Field(
+        default=None, description="config['configurable'] values for this message's turn."
+    )
     received_at: datetime = Field(default_factory=utcnow)
 
     @field_validator("text", mode="after")
@@ -292,6 +325,8 @@ class MessageRequest(BaseModel):
     dedupe_key: str | None = Field(default=None, min_length=1, max_length=512)
     policy: DoubleTextingPolicy | None = None
     metadata: Metadata = Field(default_factory=dict)
+    context: RunValues | None = None
+    configurable: RunValues | None = None
 
     @field_validator("text", mode="after")
     @classmethod
@@ -324,6 +359,8 @@ class MessageRequest(BaseModel):
             channel=channel,
             policy=self.policy,
             metadata=self.metadata,
+            context=self.context,
+            configurable=self.configurable,
         )
 
 
@@ -370,6 +407,9 @@ class WsSend(BaseModel):
     text: Annotated[MessageText, AfterValidator(require_text)]
     dedupe_key: str | None = Field(default=None, min_length=1, max_length=512)
     policy: DoubleTextingPolicy | None = None
+    metadata: Metadata = Field(default_factory=dict)
+    context: RunValues | None = None
+    configurable: RunValues | None = None
 
     def to_inbound(self) -> InboundMessage:
         return InboundMessage(
@@ -378,6 +418,9 @@ class WsSend(BaseModel):
             text=self.text,
             channel="websocket",
             policy=self.policy,
+            metadata=self.metadata,
+            context=self.context,
+            configurable=self.configurable,
         )
 
 
