@@ -171,9 +171,7 @@ class DynamoDBMemoryStore(BaseStore):
 
     def _list_namespaces(self, op: ListNamespacesOp) -> list[tuple[str, ...]]:
         conditions = op.match_conditions or ()
-        first = next(
-            (c.path[0] for c in conditions if c.match_type == "prefix" and c.path), "*"
-        )
+        first = next((c.path[0] for c in conditions if c.match_type == "prefix" and c.path), "*")
         if first == "*":
             raise UnscopedStoreOperation(
                 "store.list_namespaces needs a prefix with a first label on DynamoDB"

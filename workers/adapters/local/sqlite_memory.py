@@ -23,7 +23,13 @@ from workers.config import Settings
 from workers.errors import ConfigError, VectorSearchUnavailable
 from workers.statedir import private_dir, private_file
 
-__all__ = ["MEMORY_FILE", "SqliteMemoryStore", "open_local_store", "store_index"]
+__all__ = [
+    "MEMORY_FILE",
+    "SqliteMemoryStore",
+    "open_local_store",
+    "store_index",
+    "vector_search_available",
+]
 
 MEMORY_FILE = "memory.sqlite"
 """The store's file in the state directory."""
@@ -50,6 +56,12 @@ class SqliteMemoryStore(SqliteStore):
         return await run_in_executor(None, self.batch, list(ops))
 
 
+def vector_search_available() -> bool:
+    """Whether this Python's ``sqlite3`` can load extensions (sqlite-vec): some builds
+    leave ``enable_load_extension`` out."""
+    return hasattr(sqlite3.Connection, "enable_load_extension")
+
+
 def store_index(settings: Settings) -> SqliteIndexConfig | None:
     """The vector index the settings configure (``store_index_dims`` and
     ``store_index_embed``, both or neither: ``ConfigError`` otherwise), else ``None``."""
@@ -66,6 +78,12 @@ def open_local_store(state_dir: Path, index: SqliteIndexConfig | None = None) ->
     """The store on ``state_dir``/``memory.sqlite`` (created owner-only, migrated), with
     vector search when ``index`` is given (its embeddings are loaded now: a bad model name
     fails at start). Close it with ``store.conn.close()`` when the process is done with it."""
+    if index is not None and not vector_search_available():
+        raise ConfigError(
+            "store_index_dims/store_index_embed: vector search needs SQLite extensions"
+            " (sqlite-vec), and this Python's sqlite3 cannot load them; unset both settings"
+            " or run a Python built with loadable SQLite extensions"
+        )
     path = private_file(private_dir(state_dir) / MEMORY_FILE)
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     try:
