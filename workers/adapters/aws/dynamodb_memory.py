@@ -59,9 +59,10 @@ from workers.adapters.aws.calls import AwsCalls
 from workers.adapters.aws.calls import Item as Attributes
 from workers.adapters.aws.dynamodb_table import DynamoDBTable, key_part, number, string
 from workers.adapters.aws.tables import TABLE_PK, TABLE_SK, TTL_ATTRIBUTE
+from workers.config import Settings
 from workers.errors import ConditionFailed, UnscopedStoreOperation, VectorSearchUnavailable
 
-__all__ = ["ACTIONS", "MEMORY_PK_PREFIX", "DynamoDBMemoryStore"]
+__all__ = ["ACTIONS", "MEMORY_PK_PREFIX", "DynamoDBMemoryStore", "dynamodb_memory_store"]
 
 MEMORY_PK_PREFIX = "mem#"
 ACTIONS = frozenset(
@@ -232,6 +233,13 @@ class DynamoDBMemoryStore(BaseStore):
             )
         except ConditionFailed:
             return
+
+
+def dynamodb_memory_store(settings: Settings, dynamodb: Any) -> DynamoDBMemoryStore:
+    """The AWS runtime's memory store: on the stack's table (``settings.table_name``)
+    through ``dynamodb``, the boto3 client the composition root already built. Vector search
+    settings (``store_index_*``) do not apply here: ``search(query=...)`` says so."""
+    return DynamoDBMemoryStore(dynamodb=dynamodb, table_name=settings.table_name)
 
 
 def _pk(first: str) -> str:
