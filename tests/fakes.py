@@ -687,3 +687,15 @@ class ListSink:
     def forget(self, conversation_id: str, before: int) -> int | None:
         self.forgotten.append((conversation_id, before))
         return self._forgets
+
+
+class CountingMemories:
+    """A ``MemoryEraser``: memories counted by customer, erased on request."""
+
+    def __init__(self, counts: dict[str, int] | None = None) -> None:
+        self.counts: dict[str, int] = dict(counts or {})
+        self.erased: list[str] = []
+
+    def forget_customer(self, customer: str) -> int:
+        self.erased.append(customer)
+        return self.counts.pop(customer, 0)

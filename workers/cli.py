@@ -111,6 +111,12 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("forget", help="erase a conversation: its state, stored objects and traces")
     s.add_argument("-c", "--conversation", required=True)
+    s.add_argument(
+        "--memories",
+        action="store_true",
+        help="also erase the long-term memories (the store) of the conversation's owner,"
+        " which their other conversations share",
+    )
     s.add_argument("--url", default=os.environ.get("AGENTWORKER_URL", DEFAULT_URL))
     s.add_argument(
         "--target",
@@ -537,7 +543,8 @@ def cmd_forget(args: argparse.Namespace) -> int:
 
         try:
             with _http(args.url) as client:
-                resp = client.delete(f"/v1/conversations/{cid}")
+                params = {"memories": "true"} if args.memories else {}
+                resp = client.delete(f"/v1/conversations/{cid}", params=params)
         except httpx.ConnectError:
             print(f"agentworker: no server at {args.url}", file=sys.stderr)
             return 1
@@ -556,7 +563,9 @@ def cmd_forget(args: argparse.Namespace) -> int:
                 _point_at_sandbox(args)
             deps = bootstrap.aws_deps()
             try:
-                erasure = forget_conversation(deps, cid, backend("iam:agentworker-cli"))
+                erasure = forget_conversation(
+                    deps, cid, backend("iam:agentworker-cli"), memories=args.memories
+                )
                 removed, pending = erasure.removed, list(erasure.pending)
             except NotFound:
                 # Erased before, its traces left behind (the tracking server was down)?

@@ -44,6 +44,8 @@ APP_KEYS = (
     "guard_blocked_topics",
     "prices",
     "suggested_prompts",
+    "store_index_dims",
+    "store_index_embed",
 )
 """What ``agentworker.toml`` may set: the app, not the runtime around it."""
 
@@ -195,6 +197,24 @@ class Settings(BaseSettings):
         ge=1,
         description="Erase a conversation (state, messages, traces) this long after its last "
         "activity (unset: keep).",
+    )
+    retention_memories: bool = Field(
+        False,
+        description="With retention_days: also erase the owner's long-term memories (the"
+        " store) with each idle conversation erased.",
+    )
+    store_index_dims: int | None = Field(
+        None,
+        ge=1,
+        le=65_536,
+        description="Vector search in the store: the embeddings' dimensions (with"
+        " store_index_embed; unset: search(query=...) is refused).",
+    )
+    store_index_embed: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.-]+:\S+$",
+        description="Vector search in the store: the embeddings model, '<provider>:<model>'"
+        " through init_embeddings, e.g. 'openai:text-embedding-3-small'.",
     )
     redaction: bool = Field(
         True,

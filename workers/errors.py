@@ -125,6 +125,19 @@ class OutsideTurn(AgentWorkerError):
     turn."""
 
 
+class VectorSearchUnavailable(PermanentError):
+    """``store.search(query=...)`` on a store without a vector index (the settings
+    ``store_index_dims``/``store_index_embed`` unset, or a backend without vector search):
+    the message names what to set."""
+
+
+class UnscopedStoreOperation(PermanentError):
+    """A memory-store operation that would reach across every customer's partition (a
+    search or a listing without a first namespace label): the DynamoDB memory store only
+    works within one customer's label, as :class:`~workers.agent.store.TurnScopedStore`
+    always asks it to."""
+
+
 class TurnSuperseded(AgentWorkerError):
     """The inbox moved during an ``interrupt``-policy turn: discard it and re-claim."""
 

@@ -12,6 +12,7 @@ from events.inbound import ApprovalDecision, InboundMessage, ResumeAnswer
 from events.outbound import ApprovalRequest, InterruptRequest, Notice, Reply
 from events.workflow import RunRef
 from tests.fakes import (
+    CountingMemories,
     InMemoryConversationStore,
     ManualClock,
     RecordingSink,
@@ -35,6 +36,7 @@ from workers.core.steps import (
     expire,
     fail_pending_turn,
     finish_turn,
+    forget_conversation,
     graph_state,
     history,
     retry_exhausted_text,
@@ -42,6 +44,7 @@ from workers.core.steps import (
     sweep,
 )
 from workers.errors import (
+    BadInput,
     LeaseLost,
     NotAllowed,
     NotFound,
@@ -840,6 +843,48 @@ def test_the_retention_erases_idle_conversations_only() -> None:
     assert expire(w.deps) == ["ws:recent:1"]  # ws:pending:1 has work left: never expired
     assert w.store.get_conversation("ws:pending:1") is not None
     assert expire(World().deps) == []  # no retention: nothing is ever erased
+
+
+def test_the_retention_erases_the_owners_memories_only_when_asked() -> None:
+    local = LOCAL_USER.tenant + "/" + LOCAL_USER.id
+    for asked, erased in ((False, []), (True, [local])):
+        w = World(retention_seconds=3600.0, retention_memories=asked)
+        w.deps.memories = CountingMemories({local: 3})
+        w.send("old")
+        w.run_all()
+        w.clock.t += 4000
+        assert expire(w.deps) == [CID]
+        assert w.deps.memories.erased == erased
+
+
+# --- erasure ----------------------------------------------------------------------------------
+
+
+def test_forget_erases_the_owners_memories_when_asked_and_says_how_many() -> None:
+    w = World()
+    memories = w.deps.memories = CountingMemories({"local/local": 4, "acme/bob": 2})
+    w.send("hi")
+    w.run_all()
+    plain = forget_conversation(w.deps, CID, LOCAL_USER)
+    assert "memories" not in plain.removed and memories.erased == []
+    w.send("hi again")
+    w.run_all()
+    erasure = forget_conversation(w.deps, CID, LOCAL_USER, memories=True)
+    assert erasure.removed["memories"] == 4 and memories.erased == ["local/local"]
+    assert memories.counts == {"acme/bob": 2}
+    with pytest.raises(NotFound):  # someone else's conversation: nothing erased
+        w.send("mine")
+        forget_conversation(w.deps, CID, Principal(id="bob", tenant="acme"), memories=True)
+    assert memories.erased == ["local/local"]
+
+
+def test_forget_with_memories_where_no_store_keeps_any_is_refused_before_erasing() -> None:
+    w = World()
+    w.send("hi")
+    w.run_all()
+    with pytest.raises(BadInput, match="memories"):
+        forget_conversation(w.deps, CID, LOCAL_USER, memories=True)
+    assert w.store.get_conversation(CID) is not None
 
 
 # --- quotas -----------------------------------------------------------------------------------

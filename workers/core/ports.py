@@ -174,6 +174,16 @@ class ConversationStore(Protocol):
     def list_connections(self, conversation_id: str) -> list[str]: ...
 
 
+class MemoryEraser(Protocol):
+    """Erases what a customer keeps in the graphs' long-term memory (the LangGraph store a
+    graph sees as ``runtime.store``): ``forget`` and the retention call it when asked to
+    erase a conversation owner's memories too."""
+
+    def forget_customer(self, customer: str) -> int:
+        """Delete every memory of ``customer`` (:attr:`ConversationState.customer`); how
+        many were deleted."""
+
+
 class TicketStore(Protocol):
     """Support tickets the agent's tools read and write; writes are idempotent by key. Each
     ticket belongs to a customer; another customer's ticket does not exist for a caller

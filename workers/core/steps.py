@@ -73,6 +73,7 @@ from workers.core.policies import (
 from workers.core.ports import (
     Clock,
     ConversationStore,
+    MemoryEraser,
     NullTracer,
     PerSinkDelivery,
     ReplySink,
@@ -82,6 +83,7 @@ from workers.core.ports import (
     WorkflowStarter,
 )
 from workers.errors import (
+    BadInput,
     LeaseLost,
     ModelThrottled,
     NotFound,
@@ -126,6 +128,8 @@ class TurnSettings:
     quota_text_bytes_per_day: int | None = None
     retention_seconds: float | None = None
     """Erase conversations idle this long (``None``: keep them)."""
+    retention_memories: bool = False
+    """With the retention: erase the owner's memories too when it erases a conversation."""
     approval_policies: Mapping[str, ApprovalPolicy] = field(default_factory=dict)
     """Who may decide each tool's approvals (tools not named: anyone in the conversation)."""
     guard: GuardPolicy | None = None
@@ -146,6 +150,9 @@ class Deps:
     clock: Clock
     tracer: Tracer = field(default_factory=NullTracer)
     settings: TurnSettings = field(default_factory=TurnSettings)
+    memories: MemoryEraser | None = None
+    """The graphs' long-term memory, to erase a customer's (``None``: this process keeps
+    none, and an erasure asked to include them is refused)."""
 
 
 # 1. accept ----------------------------------------------------------------------------------
@@ -285,27 +292,47 @@ class Erasure:
     pending: tuple[str, ...] = ()
 
 
-def forget_conversation(deps: Deps, conversation_id: str, principal: Principal) -> Erasure:
+def forget_conversation(
+    deps: Deps, conversation_id: str, principal: Principal, *, memories: bool = False
+) -> Erasure:
     """Erase the conversation from the store (its objects too) and its traces, for a
-    principal who may use it (``NotFound`` otherwise).
+    principal who may use it (``NotFound`` otherwise); with ``memories``, also everything
+    its owner keeps in the graphs' long-term memory (``removed["memories"]``), which their
+    other conversations share (``BadInput`` when this process has no memory store).
 
     The rows go first, in one write: a run still going finds its lease gone at its next
     write (``LeaseLost``: its turn commits nothing), and the trace of that turn, which
-    started before the erasure, is dropped when it ends. Then the traces: deleted, or
-    ``pending`` when the tracking store cannot be reached (never a failure once the rows
-    are gone)."""
-    if visible(deps, deps.store.get_conversation(conversation_id), principal) is None:
+    started before the erasure, is dropped when it ends. Then the memories (a memory that a
+    turn of the owner writes after this may survive it: the store is outside the fenced
+    commit), then the traces: deleted, or ``pending`` when the tracking store cannot be
+    reached (never a failure once the rows are gone)."""
+    state = visible(deps, deps.store.get_conversation(conversation_id), principal)
+    if state is None:
         raise NotFound.conversation(conversation_id)
-    erasure = _erase(deps, conversation_id)
+    if memories and deps.memories is None:
+        raise BadInput(
+            "no_memory_store",
+            "memories: this runtime keeps no long-term memory to erase",
+            field="memories",
+        )
+    erasure = _erase(deps, conversation_id, customer=state.customer if memories else None)
     if erasure is None:  # forgotten meanwhile
         raise NotFound.conversation(conversation_id)
     return erasure
 
 
-def _erase(deps: Deps, conversation_id: str, *, idle_before: float | None = None) -> Erasure | None:
+def _erase(
+    deps: Deps,
+    conversation_id: str,
+    *,
+    idle_before: float | None = None,
+    customer: str | None = None,
+) -> Erasure | None:
     removed = deps.store.forget(conversation_id, idle_before=idle_before)
     if removed is None:
         return None
+    if customer is not None and deps.memories is not None:
+        removed["memories"] = deps.memories.forget_customer(customer)
     # After the rows: every turn of the erased conversation started before this call.
     traces = deps.tracer.forget(conversation_id)
     pending: tuple[str, ...] = ()
@@ -1052,18 +1079,30 @@ def sweep(deps: Deps, *, now: float | None = None) -> list[RunRef]:
 
 
 def expire(deps: Deps, *, now: float | None = None, limit: int = 100) -> list[str]:
-    """Erase the conversations idle past the retention (store and traces): the ones the
-    store lists as expired (stores with native expiry, DynamoDB's TTL, list none). One that
-    a message woke up since the listing is kept (the store checks again as it erases).
-    Returns the ones erased."""
+    """Erase the conversations idle past the retention (store and traces, and with
+    ``retention_memories`` their owners' memories): the ones the store lists as expired
+    (stores with native expiry, DynamoDB's TTL, list none). One that a message woke up since
+    the listing is kept (the store checks again as it erases). Returns the ones erased."""
     if deps.settings.retention_seconds is None:
         return []
     cutoff = (deps.clock.now() if now is None else now) - deps.settings.retention_seconds
     expired = deps.store.expired_conversations(before=cutoff, limit=limit)
-    erased = [cid for cid in expired if _erase(deps, cid, idle_before=cutoff) is not None]
+    erased = [
+        cid
+        for cid in expired
+        if _erase(deps, cid, idle_before=cutoff, customer=_owner(deps, cid)) is not None
+    ]
     if erased:
         log.info("retention: erased %d idle conversation(s)", len(erased))
     return erased
+
+
+def _owner(deps: Deps, conversation_id: str) -> str | None:
+    """The customer whose memories the retention erases with ``conversation_id``, if asked."""
+    if not deps.settings.retention_memories or deps.memories is None:
+        return None
+    state = deps.store.get_conversation(conversation_id)
+    return None if state is None else state.customer
 
 
 def run_step(

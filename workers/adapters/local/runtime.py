@@ -197,10 +197,13 @@ class EmbeddedRuntime:
     ) -> GraphStateView | None:
         return await asyncio.to_thread(graph_state, self.deps, conversation_id, principal)
 
-    async def forget(self, conversation_id: str, principal: Principal) -> Erasure:
-        """Erase the conversation (see :func:`~workers.core.steps.forget_conversation`),
-        in the erasure pool, with its id closed to new messages until the erasure is done
-        and the runs it had are gone; then end every socket's follow of it."""
+    async def forget(
+        self, conversation_id: str, principal: Principal, *, memories: bool = False
+    ) -> Erasure:
+        """Erase the conversation (see :func:`~workers.core.steps.forget_conversation`;
+        ``memories``: its owner's memories too), in the erasure pool, with its id closed to
+        new messages until the erasure is done and the runs it had are gone; then end every
+        socket's follow of it."""
         cid = conversation_id
         self._erasing[cid] += 1
         try:
@@ -208,7 +211,11 @@ class EmbeddedRuntime:
                 await asyncio.sleep(0.002)
             loop = asyncio.get_running_loop()
             erasure = await loop.run_in_executor(
-                self._erasers, forget_conversation, self.deps, cid, principal
+                self._erasers,
+                partial(forget_conversation, memories=memories),
+                self.deps,
+                cid,
+                principal,
             )
         finally:
             self._erasing[cid] -= 1

@@ -219,10 +219,13 @@ def create_app(
         return JSONResponse(state.model_dump(mode="json"))
 
     @app.delete("/v1/conversations/{conversation_id}")
-    async def delete_conversation(conversation_id: str, request: Request) -> JSONResponse:
+    async def delete_conversation(
+        conversation_id: str, request: Request, memories: bool = False
+    ) -> JSONResponse:
+        """``?memories=true``: erase the owner's long-term memories too."""
         principal = await caller(request)
         check_conversation_id(conversation_id)
-        erasure = await rt(request).forget(conversation_id, principal)
+        erasure = await rt(request).forget(conversation_id, principal, memories=memories)
         body = {
             "conversation_id": conversation_id,
             "removed": erasure.removed,
