@@ -278,11 +278,29 @@ def test_erase_customer_deletes_every_item_of_theirs_and_nothing_else(backend: B
 # vector search ------------------------------------------------------------------------------
 
 
-def test_a_search_by_query_without_an_index_is_a_clear_error(backend: Backend) -> None:
-    if backend.name == "memory":
-        pytest.skip("InMemoryStore answers it as a listing")
+def test_a_search_by_query_without_an_index_is_answered_as_langgraph_does(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Unranked, as ``InMemoryStore`` and ``SqliteStore`` answer it without an index (the
+    memory agent template searches so): the log says once what would rank it."""
+    from workers.agent import store as scoped
+
+    scoped._warned.clear()
     store = backend.store
-    with turn_of(ALICE), pytest.raises(VectorSearchUnavailable, match="store_index_dims"):
+    with turn_of(ALICE):
+        store.put(("memories",), "a", {"text": "likes dark mode"})
+        store.put(("memories",), "b", {"text": "lives in Oslo"})
+        found = store.search(("memories",), query="dark mode")
+    assert sorted(i.key for i in found) == ["a", "b"]
+    if backend.name != "memory":
+        assert "store_index_dims and store_index_embed rank it" in caplog.text
+
+
+def test_a_query_where_vector_search_was_asked_for_but_cannot_be_is_a_clear_error() -> None:
+    from workers.adapters.aws.dynamodb_memory import DynamoDBMemoryStore
+
+    store = TurnScopedStore(DynamoDBMemoryStore(dynamodb=None, table_name="t", index_wanted=True))
+    with turn_of(ALICE), pytest.raises(VectorSearchUnavailable, match="no vector search"):
         store.search(("memories",), query="dark mode")
 
 

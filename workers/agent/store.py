@@ -16,6 +16,8 @@ turn that is retried after a failure runs its nodes again (see ``docs/memory.md`
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Iterable
 from typing import TypeVar
 
@@ -37,7 +39,27 @@ from langgraph.store.base import (
 from workers.agent.sdk import current_turn
 from workers.errors import OutsideTurn
 
-__all__ = ["StoreMemories", "TurnScopedStore", "customer_label", "erase_customer"]
+__all__ = [
+    "StoreMemories",
+    "TurnScopedStore",
+    "customer_label",
+    "erase_customer",
+    "warn_unranked_once",
+]
+
+log = logging.getLogger(__name__)
+_warned = threading.Event()
+
+
+def warn_unranked_once() -> None:
+    """A ``search(query=...)`` without a vector index is answered as LangGraph's own stores
+    answer it, a listing in no order of meaning: the log says so once per process."""
+    if not _warned.is_set():
+        _warned.set()
+        log.warning(
+            "store.search(query=...) without a vector index: answered unranked, as"
+            " LangGraph's stores answer it; store_index_dims and store_index_embed rank it"
+        )
 
 LABEL_PREFIX = "customer:"
 """Every customer label starts so: a reader of the raw store sees whose items are whose."""

@@ -59,6 +59,7 @@ from workers.adapters.aws.calls import AwsCalls
 from workers.adapters.aws.calls import Item as Attributes
 from workers.adapters.aws.dynamodb_table import DynamoDBTable, key_part, number, string
 from workers.adapters.aws.tables import TABLE_PK, TABLE_SK, TTL_ATTRIBUTE
+from workers.agent.store import warn_unranked_once
 from workers.config import Settings
 from workers.errors import ConditionFailed, UnscopedStoreOperation, VectorSearchUnavailable
 
@@ -82,7 +83,18 @@ class DynamoDBMemoryStore(BaseStore):
 
     supports_ttl = True
 
-    def __init__(self, *, dynamodb: Any, table_name: str, ttl: TTLConfig | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        dynamodb: Any,
+        table_name: str,
+        ttl: TTLConfig | None = None,
+        index_wanted: bool = False,
+    ) -> None:
+        """``index_wanted``: the app configured vector search, which DynamoDB lacks: a
+        search by ``query`` is then refused; otherwise it is answered unranked, as
+        LangGraph's stores answer one without an index."""
+        self.index_wanted = index_wanted
         self.api_calls = AwsCalls()
         """API calls made so far, by ``service.operation``: round trips for benchmarks."""
         self._table = DynamoDBTable(dynamodb, table_name, self.api_calls)
@@ -145,7 +157,9 @@ class DynamoDBMemoryStore(BaseStore):
         self._table.update(pk, sk, update, values=values)
 
     def _search(self, op: SearchOp) -> list[SearchItem]:
-        if op.query:
+        if op.query and not self.index_wanted:
+            warn_unranked_once()
+        elif op.query:
             raise VectorSearchUnavailable(
                 "store.search(query=...): the DynamoDB memory store (AWS runtime) has no vector"
                 " search; search by namespace and filter, or run on the embedded runtime with"
@@ -238,8 +252,13 @@ class DynamoDBMemoryStore(BaseStore):
 def dynamodb_memory_store(settings: Settings, dynamodb: Any) -> DynamoDBMemoryStore:
     """The AWS runtime's memory store: on the stack's table (``settings.table_name``)
     through ``dynamodb``, the boto3 client the composition root already built. Vector search
-    settings (``store_index_*``) do not apply here: ``search(query=...)`` says so."""
-    return DynamoDBMemoryStore(dynamodb=dynamodb, table_name=settings.table_name)
+    settings (``store_index_*``) cannot apply here: with them, ``search(query=...)`` says
+    so; without, it is answered unranked as LangGraph's stores do."""
+    return DynamoDBMemoryStore(
+        dynamodb=dynamodb,
+        table_name=settings.table_name,
+        index_wanted=settings.store_index_dims is not None,
+    )
 
 
 def _pk(first: str) -> str:

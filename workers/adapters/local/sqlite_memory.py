@@ -19,8 +19,9 @@ from langgraph.store.base import Op, Result, SearchOp
 from langgraph.store.sqlite import SqliteStore
 from langgraph.store.sqlite.base import SqliteIndexConfig
 
+from workers.agent.store import warn_unranked_once
 from workers.config import Settings
-from workers.errors import ConfigError, VectorSearchUnavailable
+from workers.errors import ConfigError
 from workers.statedir import private_dir, private_file
 
 __all__ = [
@@ -40,16 +41,13 @@ _BUSY_TIMEOUT_MS = 5_000
 class SqliteMemoryStore(SqliteStore):
     """``SqliteStore`` with two differences: ``abatch`` runs the batch in a worker thread
     (``SqliteStore`` has no async path, and a graph driven with ``astream`` calls it), and a
-    search by ``query`` without a vector index is refused (``VectorSearchUnavailable``
-    naming the settings) instead of being answered as a plain listing."""
+    search by ``query`` without a vector index is answered as LangGraph's stores answer it
+    (a listing, unranked), with one warning in the log naming the settings that rank it."""
 
     def batch(self, ops: Iterable[Op]) -> list[Result]:
         ops = list(ops)
         if not self.index_config and any(isinstance(o, SearchOp) and o.query for o in ops):
-            raise VectorSearchUnavailable(
-                "store.search(query=...) needs a vector index: set store_index_dims and"
-                " store_index_embed (agentworker.toml or AGENTWORKER_STORE_INDEX_*)"
-            )
+            warn_unranked_once()
         return super().batch(ops)
 
     async def abatch(self, ops: Iterable[Op]) -> list[Result]:
