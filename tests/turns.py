@@ -17,7 +17,14 @@ from tests.fakes import InMemoryTicketStore, ManualClock
 from workers.agent.runner import GraphTurnAgent
 from workers.agent.sdk import BuildContext
 from workers.config import load_settings
-from workers.core.model import LogEntry, ResumeRecord, TurnInput, TurnOutput, TurnRequest
+from workers.core.model import (
+    CallerValues,
+    LogEntry,
+    ResumeRecord,
+    TurnInput,
+    TurnOutput,
+    TurnRequest,
+)
 from workers.core.ports import NullTracer, Tracer
 
 
@@ -56,8 +63,13 @@ class Conversation:
         window: int = 1000,
         conversation_id: str = "c1",
         tracer: Tracer | None = None,
+        customer: str = "",
     ) -> None:
         self.agent = agent
+        self.customer = customer
+        """Who the conversation serves (the store's scope)."""
+        self.caller = CallerValues()
+        """What the next turn's messages ask of the run (context, configurable, metadata)."""
         self.window = window
         self.cid = conversation_id
         self.tracer: Tracer = tracer or NullTracer()
@@ -84,7 +96,16 @@ class Conversation:
             consumed = [i.message_id for i in inputs]
         history = self.log[-self.window :] if self.window else []
         return TurnRequest(
-            self.cid, f"t{self.n}", "api", inputs, answer, self.checkpoint, history, consumed
+            self.cid,
+            f"t{self.n}",
+            "api",
+            inputs,
+            answer,
+            self.checkpoint,
+            history,
+            consumed,
+            customer=self.customer,
+            caller=self.caller,
         )
 
     def turn(

@@ -38,6 +38,9 @@ def turn_settings(settings: Settings, prompt: LoadedPrompt | None = None) -> Tur
         retention_seconds=None
         if settings.retention_days is None
         else settings.retention_days * 86_400.0,
+        retention_memories=settings.retention_memories,
+        context_from_callers=frozenset(settings.context_from_callers),
+        configurable_from_callers=frozenset(settings.configurable_from_callers),
         trace_tags={} if prompt is None else prompt.trace_tags(),
         guard=guard_policy(settings),
     )
@@ -140,12 +143,16 @@ def build_agent(
     clock: Clock,
     model: Any = None,
     prompt: LoadedPrompt | None = None,
+    *,
+    store: Any = None,
 ) -> Any:
     """The app's graph as the core's turn agent (imports LangGraph: only the ``turn`` side
     calls this), with ``prompt``'s text as its system prompt: the composition roots pass
     :func:`load_prompt`'s (the registry's, resolved once); without one, the bundled prompt
-    file alone. ``ConfigError`` names the setting when the model, the graph or the prompt
-    is unusable."""
+    file alone. ``store``: the runtime's long-term memory (a LangGraph ``BaseStore``), which
+    the graph sees scoped to each turn's customer (without one: an in-memory store, for
+    tests and tools that run turns without a runtime). ``ConfigError`` names the setting
+    when the model, the graph or the prompt is unusable."""
     from workers.agent.app import load_graph
     from workers.agent.models import ModelOptions, make_model
     from workers.agent.runner import GraphTurnAgent
@@ -177,6 +184,10 @@ def build_agent(
         load_graph(settings, ctx),
         recursion_limit=settings.recursion_limit,
         prices=merged_prices(settings.prices),
+        store=store,
+        context=settings.context,
+        context_from_callers=settings.context_from_callers,
+        configurable=settings.configurable,
     )
 
 
@@ -197,13 +208,17 @@ def prepare_embedded(
     in the conversation store's SQLite file."""
     from workers.adapters.clock import SystemClock
     from workers.adapters.local.runtime import take_state_lock
+    from workers.adapters.local.sqlite_memory import open_local_store, store_index
     from workers.adapters.local.sqlite_store import SqliteConversationStore
     from workers.adapters.local.sqlite_tickets import SqliteTicketStore
+    from workers.agent.store import StoreMemories
 
     clock = SystemClock()
     lock = take_state_lock(settings.state_dir)
     store = SqliteConversationStore(settings.db_path)
+    memory: Any = None
     try:
+        memory = open_local_store(settings.state_dir, store_index(settings))
         tickets = SqliteTicketStore(store.database)
         # the log redaction first: loading the prompt can log (a registry's error quotes it)
         if tracer is None:  # the default: redacted by the exporter process
@@ -211,9 +226,11 @@ def prepare_embedded(
         else:
             traces = redaction(settings, tracer)
         prompt = load_prompt(settings)
-        agent = build_agent(settings, tickets, clock, model, prompt)
+        agent = build_agent(settings, tickets, clock, model, prompt, store=memory)
         prompt.announce()
     except BaseException:
+        if memory is not None:
+            memory.conn.close()
         store.close()
         lock.close()
         raise
@@ -234,10 +251,12 @@ def prepare_embedded(
             clock=clock,
             tracer=traces,
             settings=turn_settings(settings, prompt),
+            memories=StoreMemories(memory),
         )
         return EmbeddedRuntime(
             settings=settings,
             store=store,
+            memory=memory,
             tickets=tickets,
             deps=deps,
             hub=hub,
@@ -406,9 +425,12 @@ def build_aws(settings: Settings, *, with_agent: bool, session: Any = None) -> D
             lambda: slack_credentials(settings, session=session).bot_token,
             api_url=settings.slack_api_url,
         )
+    from workers.adapters.aws.dynamodb_memory import dynamodb_memory_store
+    from workers.agent.store import StoreMemories
     from workers.handlers.observability import logger
 
     tracer = redaction(settings, lambda_tracer(settings), logger, spans=False)
+    memory = dynamodb_memory_store(settings, dynamodb)
     agent: TurnAgent = NoAgent()
     prompt: LoadedPrompt | None = None
     if with_agent:
@@ -416,7 +438,7 @@ def build_aws(settings: Settings, *, with_agent: bool, session: Any = None) -> D
 
         tickets = DynamoDBTicketStore(dynamodb=dynamodb, table_name=settings.table_name)
         prompt = load_prompt(settings)
-        agent = build_agent(settings, tickets, clock, prompt=prompt)
+        agent = build_agent(settings, tickets, clock, prompt=prompt, store=memory)
         prompt.announce()
     return Deps(
         store=store,
@@ -428,6 +450,7 @@ def build_aws(settings: Settings, *, with_agent: bool, session: Any = None) -> D
         clock=clock,
         tracer=tracer,
         settings=turn_settings(settings, prompt),
+        memories=StoreMemories(memory),
     )
 
 

@@ -16,7 +16,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator
+from pydantic import Field, JsonValue, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
@@ -44,6 +44,10 @@ APP_KEYS = (
     "guard_blocked_topics",
     "prices",
     "suggested_prompts",
+    "context",
+    "context_from_callers",
+    "configurable",
+    "configurable_from_callers",
     "store_index_dims",
     "store_index_embed",
 )
@@ -61,6 +65,8 @@ DEFAULT_SUGGESTED_PROMPTS = (
 """The support example's suggested prompts (its ``agentworker.toml`` lists the same), shown
 when ``graph`` is unset."""
 MAX_SUGGESTED_PROMPTS = 8
+RESERVED_CONFIGURABLE = frozenset({"thread_id", "checkpoint_ns", "checkpoint_id", "checkpoint_map"})
+"""``configurable`` keys LangGraph and agentworker set for every turn."""
 
 
 class Settings(BaseSettings):
@@ -281,6 +287,25 @@ class Settings(BaseSettings):
     )
     bedrock_region: str | None = Field(None, description="AWS region for Bedrock.")
     bedrock_endpoint_url: str | None = Field(None, description="Bedrock endpoint override.")
+    context: dict[str, JsonValue] = Field(
+        default_factory=dict,
+        description="The graph's runtime context (its context_schema's fields), as JSON;"
+        " usually the [context] table of agentworker.toml.",
+    )
+    context_from_callers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Context fields a caller may set with a message, comma-separated"
+        " (others are refused with 422).",
+    )
+    configurable: dict[str, JsonValue] = Field(
+        default_factory=dict,
+        description="config['configurable'] values for every turn, as JSON; usually the"
+        " [configurable] table of agentworker.toml.",
+    )
+    configurable_from_callers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="configurable keys a caller may set with a message, comma-separated.",
+    )
     prices: dict[str, ModelPrice] = Field(
         default_factory=dict,
         description="USD per 1M tokens by model id, over the built-in table: JSON"
@@ -446,8 +471,22 @@ class Settings(BaseSettings):
             return {tool: ApprovalPolicy.parse(policy) for tool, policy in value.items()}
         return value
 
+    @field_validator("configurable", "configurable_from_callers", mode="after")
+    @classmethod
+    def _no_reserved_key(cls, value: Any) -> Any:
+        reserved = sorted(k for k in value if k in RESERVED_CONFIGURABLE or k.startswith("__"))
+        if reserved:
+            raise ValueError(f"{reserved[0]!r} is LangGraph's own (agentworker sets it)")
+        return value
+
     @field_validator(
-        "approval_tools", "allowed_hosts", "allowed_origins", "auth_tenant_roles", mode="before"
+        "approval_tools",
+        "allowed_hosts",
+        "allowed_origins",
+        "auth_tenant_roles",
+        "context_from_callers",
+        "configurable_from_callers",
+        mode="before",
     )
     @classmethod
     def _comma_list(cls, value: object) -> object:

@@ -8,14 +8,20 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.store.base import BaseStore
+from langgraph.store.memory import InMemoryStore
 from langgraph.types import Command
 
-from tests.langgraph_apps import kitchen_sink
+from events.identity import identity_key
+from tests.langgraph_apps import kitchen_sink, memory_agent, react_context
 from tests.turns import Conversation, shape
 from workers.agent.runner import GraphTurnAgent, needs_event_loop
+from workers.core.model import CallerValues
+from workers.errors import ConfigError, PermanentError
 
 
 @dataclass
@@ -35,9 +41,11 @@ class Reference:
     graph: Any = None
     thread: dict[str, Any] = field(default_factory=lambda: {"configurable": {"thread_id": "t"}})
     n: int = 0
+    store: BaseStore | None = None
+    context: Any = None
 
     def __post_init__(self) -> None:
-        self.graph = self.app.copy({"checkpointer": InMemorySaver()})
+        self.graph = self.app.copy({"checkpointer": InMemorySaver(), "store": self.store})
 
     def turn(self, text: str = "", *, resume: Any = None) -> Turn:
         self.n += 1
@@ -51,7 +59,7 @@ class Reference:
 
         async def drive() -> None:
             async for message, _ in self.graph.astream(
-                graph_input, self.thread, stream_mode="messages"
+                graph_input, self.thread, stream_mode="messages", context=self.context
             ):
                 if isinstance(message, AIMessageChunk) and message.text:
                     streamed.append(message.text)
@@ -104,3 +112,117 @@ def test_an_async_only_tool_runs_next_to_sync_nodes() -> None:
     conv.turn("weather in Oslo")
     out = conv.turn(resume=True)
     assert out.reply_text == "scripted: It is sunny in Oslo."
+
+
+# runtime context -----------------------------------------------------------------------------
+
+
+def same_turns(ours: Conversation, theirs: Reference, *texts: str) -> None:
+    for text in texts:
+        assert ours_turn(ours, text) == theirs.turn(text), text
+    mine, reference = ours.values(), theirs.values()
+    assert shape(mine.pop("messages")) == shape(reference.pop("messages"))
+    assert mine == reference
+
+
+def test_the_react_template_reads_its_model_and_prompt_from_the_context() -> None:
+    app: dict[str, Any] = {"system_prompt": "Be terse.", "model": "scripted/alpha"}
+    agent = GraphTurnAgent(react_context.graph, context=app, context_from_callers=["model"])
+    ours = Conversation(agent)
+    theirs = Reference(react_context.graph, context=react_context.Context(**app))
+    same_turns(ours, theirs, "hi", "what is the weather in Rome?")
+    assert ours.last is not None and ours.last.reply_text == "alpha: It is sunny in Rome."
+    assert "".join(ours.chunks) == "alpha: It is sunny in Rome."
+
+    ours.caller = CallerValues(context={"model": "scripted/beta"})  # this message's choice
+    theirs.context = react_context.Context(system_prompt="Be terse.", model="scripted/beta")
+    same_turns(ours, theirs, "and now?")
+    assert ours.last is not None and ours.last.reply_text == "[Be terse.] beta heard: and now?"
+
+
+def test_the_context_defaults_and_the_environment_apply_as_under_langgraph(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SYSTEM_PROMPT", "From the environment.")
+    out = Conversation(GraphTurnAgent(react_context.graph)).turn("hello")
+    assert out.reply_text == "[From the environment.] alpha heard: hello"
+
+
+def test_a_required_field_nobody_sets_stops_the_start_with_one_line() -> None:
+    with pytest.raises(ConfigError) as exc:
+        GraphTurnAgent(react_context.strict_graph())
+    assert str(exc.value).startswith("context.user_id: Field required (the graph's")
+    assert "\n" not in str(exc.value)
+    # set by the app: fine; a wrong type from the app is refused at start too
+    assert (
+        Conversation(GraphTurnAgent(react_context.strict_graph(), context={"user_id": "u7"}))
+        .turn("x")
+        .reply_text
+        == "plain hello, u7"
+    )
+    with pytest.raises(ConfigError, match="^context.tone: Input should be a valid string"):
+        GraphTurnAgent(react_context.strict_graph(), context={"user_id": "u", "tone": 3})
+
+
+def test_a_field_only_callers_set_is_checked_when_their_turn_runs() -> None:
+    agent = GraphTurnAgent(react_context.strict_graph(), context_from_callers=["user_id"])
+    conv = Conversation(agent)
+    with pytest.raises(PermanentError, match="^context.user_id: Field required"):
+        conv.turn("no user")
+    conv.caller = CallerValues(context={"user_id": "ada"})
+    assert conv.turn("with one").reply_text == "plain hello, ada"
+
+
+def test_configurable_and_metadata_reach_the_graph() -> None:
+    from langchain_core.runnables import RunnableConfig
+    from langgraph.graph import START, MessagesState, StateGraph
+
+    seen: list[RunnableConfig] = []
+
+    def node(state: MessagesState, config: RunnableConfig) -> dict[str, Any]:
+        seen.append(config)
+        return {"messages": [("ai", str(config["configurable"].get("tone")))]}
+
+    builder = StateGraph(MessagesState)
+    builder.add_node(node)
+    builder.add_edge(START, "node")
+    agent = GraphTurnAgent(builder, configurable={"tone": "dry", "region": "eu"})
+    conv = Conversation(agent)
+    conv.caller = CallerValues(configurable={"tone": "warm"}, metadata={"ticket": "77"})
+    assert conv.turn("hi").reply_text == "warm"
+    [config] = seen
+    assert config["configurable"]["region"] == "eu"
+    assert config["configurable"]["thread_id"] == "c1"
+    assert config["metadata"]["ticket"] == "77"
+
+
+# the store -------------------------------------------------------------------------------------
+
+
+def test_the_memory_template_remembers_across_conversations_of_one_customer_only() -> None:
+    context = {"user_id": "u1"}
+    agent = GraphTurnAgent(memory_agent.graph, context=context)
+    alice = identity_key("acme", "alice")
+    reference_store = InMemoryStore()
+
+    first = Conversation(agent, conversation_id="c1", customer=alice)
+    theirs = Reference(
+        memory_agent.graph, store=reference_store, context=memory_agent.Context(**context)
+    )
+    same_turns(first, theirs, "remember: I like dark mode", "thanks")
+    assert first.last is not None
+
+    second = Conversation(agent, conversation_id="c2", customer=alice)
+    theirs_again = Reference(
+        memory_agent.graph,
+        store=reference_store,
+        context=memory_agent.Context(**context),
+        thread={"configurable": {"thread_id": "t2"}},
+    )
+    same_turns(second, theirs_again, "what do I like?")
+    assert second.last is not None and "I like dark mode" in (second.last.reply_text or "")
+
+    # another customer with the same user_id in its context: none of alice's memories
+    bob = Conversation(agent, conversation_id="c3", customer=identity_key("acme", "bob"))
+    reply = bob.turn("what do I like?").reply_text or ""
+    assert "dark mode" not in reply and reply.endswith("memo heard: what do I like?")

@@ -39,10 +39,11 @@ class ScriptedChatModel(OfflineChatModel):
             target = f"transfer_to_{handoff.group(1).lower()}_expert"
             if target in tools:
                 return self._call(target, {}, user, tokens)
-        if "remember" in user.lower() and "save_memory" in tools:
-            return self._call(
-                "save_memory", {"memory": user.split(":", 1)[-1].strip()}, user, tokens
-            )
+        if user.lower().startswith("remember:") and "upsert_memory" in tools:
+            content = user.split(":", 1)[1].strip()
+            memory_id = "mem-" + hashlib.sha1(content.encode()).hexdigest()[:8]
+            args = {"content": content, "context": "the user said so", "memory_id": memory_id}
+            return self._call("upsert_memory", args, user, tokens)
         prefix = f"[{system}] " if system else ""
         text = f"{prefix}{self.name} heard: {user}"
         return _ai(text, [], tokens, seed=text + str(len(messages)))

@@ -16,7 +16,7 @@ import asyncio
 import json
 import threading
 import uuid
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
 from typing import Any
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
@@ -25,15 +25,19 @@ from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.errors import GraphRecursionError
 from langgraph.graph import StateGraph
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.store.base import BaseStore
+from langgraph.store.memory import InMemoryStore
 from langgraph.types import Command, Interrupt, StateSnapshot, StreamMode
 from pydantic_core import to_jsonable_python
 
 from events.outbound import GraphStateView, PendingInterruptView
 from workers.agent.callbacks import TurnCallbacks
+from workers.agent.context import RuntimeContext
 from workers.agent.guardrails import model_guardrails
 from workers.agent.models import map_model_error, stream_usage_asked
 from workers.agent.saver import INTERRUPT, STAGE_KEY, StagedCheckpointSaver
 from workers.agent.sdk import TurnInfo, approval_of, bound_turn
+from workers.agent.store import TurnScopedStore
 from workers.core.model import LogEntry, PendingInterrupt, TurnOutput, TurnRequest
 from workers.core.ports import Tracer
 from workers.costs import ModelPrice
@@ -56,20 +60,36 @@ class GraphTurnAgent:
         *,
         recursion_limit: int = RECURSION_LIMIT,
         prices: Mapping[str, ModelPrice] | None = None,
+        store: BaseStore | None = None,
+        context: Mapping[str, Any] | None = None,
+        context_from_callers: Collection[str] = (),
+        configurable: Mapping[str, Any] | None = None,
     ) -> None:
         """``graph``: the app's graph, or its compiled graph (whose compile options are kept,
         its checkpointer replaced by ours). ``prices``: USD per 1M tokens by model id
-        (default: the built-in table)."""
+        (default: the built-in table). ``store``: the runtime's long-term memory; a store
+        the app compiled its graph with is used instead; without either, an in-memory one.
+        The graph sees it scoped to each turn's customer (:class:`TurnScopedStore`).
+        ``context``: the app's runtime context values, ``context_from_callers`` the fields
+        a turn's messages may add (:class:`RuntimeContext`; ``ConfigError`` for a field the
+        app must set and did not); ``configurable``: the app's ``config["configurable"]``
+        values, which a turn's messages may extend."""
         self.prices = prices
         self.saver = StagedCheckpointSaver()
         self.serde = JsonPlusSerializer()
         self.recursion_limit = recursion_limit
+        own = graph.store if isinstance(graph, CompiledStateGraph) else None
+        self.store = TurnScopedStore(own or store or InMemoryStore())
         self.graph: CompiledStateGraph[Any, Any, Any, Any] = (
-            graph.copy({"checkpointer": self.saver})
+            graph.copy({"checkpointer": self.saver, "store": self.store})
             if isinstance(graph, CompiledStateGraph)
-            else graph.compile(checkpointer=self.saver)
+            else graph.compile(checkpointer=self.saver, store=self.store)
         )
         self.is_async = needs_event_loop(self.graph.builder)
+        self.context = RuntimeContext(
+            self.graph.builder.context_schema, context or {}, from_callers=context_from_callers
+        )
+        self.configurable = dict(configurable or {})
 
     def run_turn(
         self,
@@ -92,14 +112,24 @@ class GraphTurnAgent:
                 customer=request.customer,
             )
             callbacks = TurnCallbacks(tracer, self.prices)
+            caller = request.caller
             config: RunnableConfig = {
-                "configurable": {"thread_id": request.conversation_id, STAGE_KEY: stage},
+                "configurable": {
+                    **self.configurable,
+                    **caller.configurable,
+                    "thread_id": request.conversation_id,
+                    STAGE_KEY: stage,
+                },
+                "metadata": dict(caller.metadata),
                 "recursion_limit": self.recursion_limit,
                 "callbacks": [callbacks],
             }
+            context = self.context.for_turn(caller.context)
             collector = _Collector(on_chunk)
             with bound_turn(info), stream_usage_asked():
-                self._drive(_graph_input(request), config, collector, stream=on_chunk is not None)
+                self._drive(
+                    _graph_input(request), config, context, collector, stream=on_chunk is not None
+                )
             return self._output(
                 stage,
                 config,
@@ -114,15 +144,26 @@ class GraphTurnAgent:
     # driving the graph -------------------------------------------------------------------
 
     def _drive(
-        self, graph_input: Any, config: RunnableConfig, collector: _Collector, *, stream: bool
+        self,
+        graph_input: Any,
+        config: RunnableConfig,
+        context: Any,
+        collector: _Collector,
+        *,
+        stream: bool,
     ) -> None:
         modes = _STREAM_MODES if stream else _NO_STREAM
         try:
             if self.is_async:
-                _run_on_thread_loop(self._adrive(graph_input, config, collector, modes))
+                _run_on_thread_loop(self._adrive(graph_input, config, context, collector, modes))
             else:
                 for part in self.graph.stream(
-                    graph_input, config, stream_mode=modes, subgraphs=True, durability="exit"
+                    graph_input,
+                    config,
+                    context=context,
+                    stream_mode=modes,
+                    subgraphs=True,
+                    durability="exit",
                 ):
                     collector.feed(part)
         except GraphRecursionError as exc:
@@ -141,11 +182,17 @@ class GraphTurnAgent:
         self,
         graph_input: Any,
         config: RunnableConfig,
+        context: Any,
         collector: _Collector,
         modes: list[StreamMode],
     ) -> None:
         async for part in self.graph.astream(
-            graph_input, config, stream_mode=modes, subgraphs=True, durability="exit"
+            graph_input,
+            config,
+            context=context,
+            stream_mode=modes,
+            subgraphs=True,
+            durability="exit",
         ):
             collector.feed(part)
 

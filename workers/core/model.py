@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -230,6 +230,17 @@ class TurnInput:
 
 
 @dataclass(frozen=True)
+class CallerValues:
+    """What the messages of a turn ask of the graph's run, merged in order (a later
+    message's value wins): runtime ``context`` fields and ``configurable`` keys the app lets
+    callers set, and the messages' ``metadata`` (the run's ``config["metadata"]``)."""
+
+    context: Mapping[str, object] = field(default_factory=dict)
+    configurable: Mapping[str, object] = field(default_factory=dict)
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ResumeRecord:
     """The answer a turn resumes an ``interrupt()`` with: for a tool approval the value is
     ``{"approved": bool, "reason": str}``, for any other interrupt the human's JSON value."""
@@ -254,6 +265,7 @@ class TurnRequest:
     customer: str = ""
     """Who the conversation serves (:attr:`ConversationState.customer`): tools scope what
     they read and write to it."""
+    caller: CallerValues = field(default_factory=CallerValues)
 
     @property
     def texts(self) -> list[str]:

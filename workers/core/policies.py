@@ -18,6 +18,7 @@ from events.inbound import (
 from events.outbound import ApprovalRequest, InterruptRequest
 from workers.core.model import (
     Access,
+    CallerValues,
     ConversationState,
     ConversationStatus,
     InboxEntry,
@@ -246,6 +247,18 @@ class TurnPlan:
     @property
     def texts(self) -> list[str]:
         return [i.text for i in self.inputs]
+
+    @property
+    def caller_values(self) -> CallerValues:
+        """The consumed messages' ``context``, ``configurable`` and ``metadata``, merged."""
+        context: dict[str, object] = {}
+        configurable: dict[str, object] = {}
+        metadata: dict[str, str] = {}
+        for entry in self.consumed:
+            context.update(entry.message.context or {})
+            configurable.update(entry.message.configurable or {})
+            metadata.update(entry.message.metadata)
+        return CallerValues(context, configurable, metadata)
 
     @property
     def requesters(self) -> list[str]:

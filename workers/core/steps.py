@@ -137,6 +137,10 @@ class TurnSettings:
     trace_tags: Mapping[str, str] = field(default_factory=dict)
     """Tags on every turn's trace from this process, e.g. the served prompt's
     ``prompt_name`` and ``prompt_version`` (the turn's own tags win on a clash)."""
+    context_from_callers: frozenset[str] = frozenset()
+    """Runtime context fields a caller may set with a message (others: ``BadInput``)."""
+    configurable_from_callers: frozenset[str] = frozenset()
+    """``configurable`` keys a caller may set with a message."""
 
 
 @dataclass
@@ -172,6 +176,7 @@ def accept_message(
     ``NotFound`` for an unknown conversation, ``NotWaiting`` otherwise."""
     msg = as_sent_by(msg, principal, owner=owner)
     access = append_access(principal, msg, deps.settings.tenant_roles)
+    check_caller_values(deps.settings, msg)
     check_quotas(deps, principal, msg)
     waiting: ConversationState | None = None
     if msg.answers is not None:
@@ -212,6 +217,24 @@ def accept_message(
         if state is not None and state.approval_task_token:
             deps.starter.resume(state.approval_task_token)
     return result
+
+
+def check_caller_values(settings: TurnSettings, msg: InboundMessage) -> None:
+    """``BadInput`` (``not_allowed_field``, naming it) for a ``context`` field or a
+    ``configurable`` key the app does not let callers set: what its graph runs with is the
+    app's to decide."""
+    for what, given, allowed in (
+        ("context", msg.context, settings.context_from_callers),
+        ("configurable", msg.configurable, settings.configurable_from_callers),
+    ):
+        refused = sorted(set(given or ()) - allowed)
+        if refused:
+            may = ", ".join(sorted(allowed)) or "none"
+            raise BadInput(
+                "not_allowed_field",
+                f"{what}.{refused[0]}: the app does not let callers set it (they may set: {may})",
+                field=f"{what}.{refused[0]}",
+            )
 
 
 def check_quotas(deps: Deps, principal: Principal, msg: InboundMessage) -> None:
@@ -588,6 +611,7 @@ def _advance(
         history=claim.work.history,
         message_ids=plan.message_ids,
         customer=claim.state.customer,
+        caller=plan.caller_values,
     )
     guards_pii = guard is not None and guard.output_pii != "allow"
     allowed = pii_values(texts) if guards_pii else frozenset()

@@ -25,7 +25,7 @@ from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from events.identity import LOCAL_USER, Principal
 from events.inbound import InboundMessage
@@ -53,6 +53,9 @@ from workers.core.steps import (
 )
 from workers.errors import ConfigError, ErasureInProgress
 from workers.statedir import private_dir, private_file
+
+if TYPE_CHECKING:
+    from workers.adapters.local.sqlite_memory import SqliteMemoryStore
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +118,12 @@ class EmbeddedRuntime:
         queue: asyncio.Queue[RunRef],
         starter: LocalWorkflowStarter,
         lock_file: IO[str] | None = None,
+        memory: SqliteMemoryStore | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
+        self.memory = memory
+        """The graphs' long-term memory (its own SQLite file); closed with the runtime."""
         self.tickets = tickets
         """The agent's ticket store, in ``store``'s database."""
         self.deps = deps
@@ -165,6 +171,8 @@ class EmbeddedRuntime:
         self._erasers.shutdown(wait=True, cancel_futures=True)
         await asyncio.to_thread(self.deps.tracer.close)
         self.store.close()
+        if self.memory is not None:
+            self.memory.conn.close()
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
@@ -299,6 +307,8 @@ class EmbeddedRuntime:
             try:
                 await asyncio.to_thread(sweep, self.deps)
                 await self.expire()
+                if self.memory is not None:  # SqliteStore leaves expired items to a sweep
+                    await asyncio.to_thread(self.memory.sweep_ttl)
             except Exception:
                 log.exception(
                     "sweep failed; trying again in %ss", self.settings.sweep_interval_seconds
