@@ -19,7 +19,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from pydantic import PrivateAttr
 
-from events.outbound import OutboxPayload, ReplyChunk
+from events.outbound import OutboxPayload, StreamChunk
 from events.workflow import RunRef
 from workers.agent.offline import OfflineChatModel
 from workers.core.ports import ConversationStore
@@ -122,7 +122,7 @@ class DiscardSink:
     def send(self, payload: OutboxPayload) -> None:
         self.sent += 1
 
-    def send_chunk(self, chunk: ReplyChunk) -> None:
+    def send_chunk(self, chunk: StreamChunk) -> None:
         self.chunks += 1
 
 

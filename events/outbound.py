@@ -64,6 +64,24 @@ class ReplyChunk(BaseModel):
     delta: str
 
 
+class CustomChunk(BaseModel):
+    """What the graph wrote to its custom stream (``get_stream_writer()``) during a turn: a
+    progress note, a partial result, anything JSON. Streamed to WebSocket clients in order
+    with the reply's chunks (one ``index`` sequence), never part of the reply."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["custom"] = "custom"
+    conversation_id: str
+    turn_id: str
+    index: int = Field(ge=0)
+    data: JsonValue
+
+
+StreamChunk = ReplyChunk | CustomChunk
+"""What a sink streams while a turn runs."""
+
+
 class ApprovalRequest(BaseModel):
     """A tool call waiting for a human's approve/deny before it runs."""
 

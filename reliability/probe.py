@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from events.inbound import InboundMessage
-from events.outbound import OutboxPayload, ReplyChunk
+from events.outbound import OutboxPayload, StreamChunk
 from workers.core.model import ConversationState, PendingWork, TurnCommit
 from workers.core.ports import ReplySink
 from workers.errors import RetryableError
@@ -214,7 +214,7 @@ class LedgerSink:
             self._inner.send(payload)
         self._ledger.deliver(self.name, payload)
 
-    def send_chunk(self, chunk: ReplyChunk) -> None:
+    def send_chunk(self, chunk: StreamChunk) -> None:
         if self._inner is not None:
             self._inner.send_chunk(chunk)
 

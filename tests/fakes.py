@@ -11,7 +11,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from events.inbound import DoubleTextingPolicy, InboundMessage
-from events.outbound import GraphStateView, Notice, OutboxPayload, ReplyChunk, TokenUsage
+from events.outbound import (
+    CustomChunk,
+    GraphStateView,
+    Notice,
+    OutboxPayload,
+    ReplyChunk,
+    StreamChunk,
+    TokenUsage,
+)
 from events.workflow import RunRef
 from workers.core.model import (
     AcceptResult,
@@ -502,6 +510,9 @@ class RecordingSink:
     def __init__(self) -> None:
         self.sent: list[OutboxPayload] = []
         self.chunks: list[ReplyChunk] = []
+        """The reply's streamed text."""
+        self.custom: list[CustomChunk] = []
+        """What the graph streamed of its own."""
         self.failing = False
         """While set, ``send`` raises ``RetryableError`` (a channel that is down)."""
 
@@ -510,8 +521,11 @@ class RecordingSink:
             raise RetryableError("the channel is down")
         self.sent.append(payload)
 
-    def send_chunk(self, chunk: ReplyChunk) -> None:
-        self.chunks.append(chunk)
+    def send_chunk(self, chunk: StreamChunk) -> None:
+        if isinstance(chunk, CustomChunk):
+            self.custom.append(chunk)
+        else:
+            self.chunks.append(chunk)
 
 
 class ScriptedAgent:

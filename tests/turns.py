@@ -19,8 +19,10 @@ from workers.agent.sdk import BuildContext
 from workers.config import load_settings
 from workers.core.model import (
     CallerValues,
+    CustomData,
     LogEntry,
     ResumeRecord,
+    StreamPart,
     TurnInput,
     TurnOutput,
     TurnRequest,
@@ -77,6 +79,9 @@ class Conversation:
         self.log: list[LogEntry] = []
         self.n = 0
         self.chunks: list[str] = []
+        """The streamed text of the turns so far."""
+        self.custom: list[object] = []
+        """What the graph wrote to its custom stream."""
         self.last: TurnOutput | None = None
 
     def request(
@@ -122,13 +127,19 @@ class Conversation:
 
     def run(self, request: TurnRequest, *, commit: bool = True, stream: bool = True) -> TurnOutput:
         out = self.agent.run_turn(
-            request, on_chunk=self.chunks.append if stream else None, tracer=self.tracer
+            request, on_chunk=self._streamed if stream else None, tracer=self.tracer
         )
         if commit:
             self.checkpoint = out.checkpoint
             self.log.extend(out.log)
             self.last = out
         return out
+
+    def _streamed(self, part: StreamPart) -> None:
+        if isinstance(part, CustomData):
+            self.custom.append(part.data)
+        else:
+            self.chunks.append(part)
 
     def outcome(self, out: TurnOutput) -> Outcome:
         """``out`` as the user saw it (``pending``: from the graph's state)."""

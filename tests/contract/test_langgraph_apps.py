@@ -17,7 +17,7 @@ from langgraph.store.memory import InMemoryStore
 from langgraph.types import Command
 
 from events.identity import identity_key
-from tests.langgraph_apps import kitchen_sink, memory_agent, react_context
+from tests.langgraph_apps import kitchen_sink, memory_agent, react_context, supervisor
 from tests.turns import Conversation, shape
 from workers.agent.runner import GraphTurnAgent, needs_event_loop
 from workers.core.model import CallerValues
@@ -226,3 +226,70 @@ def test_the_memory_template_remembers_across_conversations_of_one_customer_only
     bob = Conversation(agent, conversation_id="c3", customer=identity_key("acme", "bob"))
     reply = bob.turn("what do I like?").reply_text or ""
     assert "dark mode" not in reply and reply.endswith("memo heard: what do I like?")
+
+
+# what streams is what is committed -------------------------------------------------------------
+
+
+def reference_stream(app: Any, text: str) -> tuple[list[str], list[Any], list[Any]]:
+    """LangGraph's own stream of one turn: the AI texts by message, the custom data, the
+    messages in the state after it."""
+    graph = app.copy({"checkpointer": InMemorySaver()})
+    config = {"configurable": {"thread_id": "t"}}
+    texts: dict[str, str] = {}
+    custom: list[Any] = []
+
+    async def drive() -> None:
+        async for _, mode, payload in graph.astream(
+            {"messages": [HumanMessage(text, id="m1-0")]},
+            config,
+            stream_mode=["messages", "custom"],
+            subgraphs=True,
+        ):
+            if mode == "custom":
+                custom.append(payload)
+            elif isinstance(payload[0], AIMessage) and payload[0].text:
+                message = payload[0]
+                if message.response_metadata.get("__is_handoff_back"):
+                    continue
+                if isinstance(message, AIMessageChunk):
+                    texts[str(message.id)] = texts.get(str(message.id), "") + message.text
+                else:
+                    texts.setdefault(str(message.id), message.text)
+
+    asyncio.run(drive())
+    return list(texts.values()), custom, graph.get_state(config).values["messages"]
+
+
+def test_a_supervisor_turn_replies_what_streamed_and_no_handoff_bookkeeping() -> None:
+    question = "a math question: 2+2?"
+    conv = Conversation(GraphTurnAgent(supervisor.graph))
+    out = conv.turn(question)
+    texts, custom, messages = reference_stream(supervisor.graph, question)
+    assert texts == [
+        f"math heard: {question}",
+        "supervisor: Successfully transferred back to supervisor",
+    ]
+    streamed = "".join(conv.chunks)
+    assert streamed == "\n\n".join(texts) == out.reply_text
+    assert "Transferring back" not in streamed
+    # the state keeps every message, the handoff's bookkeeping included, as under LangGraph
+    assert shape(conv.messages()) == shape(messages)
+    assert (
+        conv.custom
+        == custom
+        == [
+            {"node": "supervisor"},
+            {"node": "math_expert"},
+            {"node": "supervisor"},
+        ]
+    )
+
+
+def test_the_reply_is_the_same_whether_or_not_a_client_streams() -> None:
+    conv = Conversation(GraphTurnAgent(supervisor.graph))
+    quiet = conv.turn("a history question: who?", stream=False)
+    assert conv.chunks == [] and conv.custom == []
+    loud = Conversation(GraphTurnAgent(supervisor.graph)).turn("a history question: who?")
+    assert quiet.reply_text == loud.reply_text
+    assert quiet.reply_text is not None and quiet.reply_text.startswith("history heard: ")

@@ -280,11 +280,13 @@ class _TalkativeModel(OfflineChatModel):
         return reply
 
 
-def test_every_model_call_streams_and_the_reply_is_the_last() -> None:
+def test_every_model_call_streams_and_the_reply_is_what_streamed() -> None:
     c, _ = support(_TalkativeModel())
     out = c.turn("open a ticket about the wifi")
-    assert out.reply_text == "Opened ticket 1: 'the wifi' (priority normal)."
-    assert "".join(c.chunks) == "Let me open that for you.\n\n" + out.reply_text
+    assert out.reply_text == (
+        "Let me open that for you.\n\nOpened ticket 1: 'the wifi' (priority normal)."
+    )
+    assert "".join(c.chunks) == out.reply_text
     assert out.model_calls == 2 and out.tool_calls == ["create_ticket"]
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from events.outbound import OutboxPayload, Reply, ReplyChunk
+from events.outbound import OutboxPayload, Reply, ReplyChunk, StreamChunk
 from tests.fakes import RecordingSink
 from workers.adapters.aws.sinks import FanOutReplySink
 from workers.errors import PartialDelivery, PermanentError, RetryableError
@@ -21,7 +21,7 @@ class Failing:
     def send(self, payload: OutboxPayload) -> None:
         raise self.exc
 
-    def send_chunk(self, chunk: ReplyChunk) -> None:
+    def send_chunk(self, chunk: StreamChunk) -> None:
         return None
 
 

@@ -141,9 +141,7 @@ def test_a_feedback_frame_on_the_default_route_says_where_it_belongs(deps: Deps)
     assert json.loads(answer["body"])["error"]["code"] == "wrong_route"
 
 
-def test_ratings_spend_the_quota_on_aws_and_are_refused_with_429(
-    deps: Deps, reply_id: str
-) -> None:
+def test_ratings_spend_the_quota_on_aws_and_are_refused_with_429(deps: Deps, reply_id: str) -> None:
     """Issue 17.13 on AWS: a rating spends the minute's messages quota like any write; past
     it, the HTTP route answers 429 with ``Retry-After`` and the WebSocket route ``throttled``."""
     from dataclasses import replace

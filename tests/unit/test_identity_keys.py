@@ -46,9 +46,7 @@ def state(tenant: str | None, owner: str | None, cid: str = "ws:1") -> Conversat
         (("conversation", "ticket:1"), ("", "ticket:1")),
     ],
 )
-def test_different_parts_never_make_the_same_key(
-    a: tuple[str, str], b: tuple[str, str]
-) -> None:
+def test_different_parts_never_make_the_same_key(a: tuple[str, str], b: tuple[str, str]) -> None:
     assert identity_key(*a) != identity_key(*b)
 
 

@@ -38,7 +38,14 @@ from workers.agent.models import map_model_error, stream_usage_asked
 from workers.agent.saver import INTERRUPT, STAGE_KEY, StagedCheckpointSaver
 from workers.agent.sdk import TurnInfo, approval_of, bound_turn
 from workers.agent.store import TurnScopedStore
-from workers.core.model import LogEntry, PendingInterrupt, TurnOutput, TurnRequest
+from workers.core.model import (
+    CustomData,
+    LogEntry,
+    PendingInterrupt,
+    StreamPart,
+    TurnOutput,
+    TurnRequest,
+)
 from workers.core.ports import Tracer
 from workers.costs import ModelPrice
 from workers.errors import AgentWorkerError, PermanentError
@@ -47,8 +54,11 @@ RECURSION_LIMIT = 25
 """Graph super-steps per turn (LangGraph's default): stops a tool loop running away."""
 REPLY_SEPARATOR = "\n\n"
 """Streamed between the texts of two model calls of one turn."""
-_STREAM_MODES: list[StreamMode] = ["updates", "messages"]
-_NO_STREAM: list[StreamMode] = ["updates"]
+_STREAM_MODES: list[StreamMode] = ["updates", "messages", "custom"]
+HANDOFF_MARK = "__is_handoff_back"
+"""``response_metadata`` of the messages a supervisor or swarm adds when control goes back
+(LangGraph's ``langgraph-supervisor``): bookkeeping no model wrote, neither streamed nor part
+of the reply."""
 
 
 class GraphTurnAgent:
@@ -95,7 +105,7 @@ class GraphTurnAgent:
         self,
         request: TurnRequest,
         *,
-        on_chunk: Callable[[str], None] | None,
+        on_chunk: Callable[[StreamPart], None] | None,
         tracer: Tracer,
     ) -> TurnOutput:
         stage = f"{request.conversation_id}#{request.turn_id}"
@@ -127,9 +137,7 @@ class GraphTurnAgent:
             context = self.context.for_turn(caller.context)
             collector = _Collector(on_chunk)
             with bound_turn(info), stream_usage_asked():
-                self._drive(
-                    _graph_input(request), config, context, collector, stream=on_chunk is not None
-                )
+                self._drive(_graph_input(request), config, context, collector)
             return self._output(
                 stage,
                 config,
@@ -149,10 +157,8 @@ class GraphTurnAgent:
         config: RunnableConfig,
         context: Any,
         collector: _Collector,
-        *,
-        stream: bool,
     ) -> None:
-        modes = _STREAM_MODES if stream else _NO_STREAM
+        modes = _STREAM_MODES
         try:
             if self.is_async:
                 _run_on_thread_loop(self._adrive(graph_input, config, context, collector, modes))
@@ -218,7 +224,7 @@ class GraphTurnAgent:
         return TurnOutput(
             checkpoint=self.saver.export(stage, logged),
             log=[self.encode(m) for m in fresh],
-            reply_text=None if pending else last_reply(fresh),
+            reply_text=None if pending else (collector.reply(fresh) or last_reply(fresh)),
             interrupt=pending,
             usage=callbacks.usage,
             model_calls=callbacks.model_calls,
@@ -362,21 +368,41 @@ def interrupt_text(value: Any) -> str:
 
 
 class _Collector:
-    """Reads the parts of ``stream(..., subgraphs=True)``: the interrupts (root ``updates``)
-    and the model's text (``messages``), forwarded to ``on_chunk`` as it comes."""
+    """Reads the parts of ``stream(..., subgraphs=True)``: the interrupts (root ``updates``),
+    the AI messages' text (``messages``, of every namespace, in the order they come: a
+    model's tokens, or the whole text of a message a node wrote) and the app's own stream
+    (``custom``, from ``get_stream_writer()``), forwarded to ``on_chunk`` as they come.
 
-    def __init__(self, on_chunk: Callable[[str], None] | None) -> None:
+    What streams is what the turn replies (:meth:`reply`): the AI messages' texts in the
+    order they streamed, joined by :data:`REPLY_SEPARATOR` (a supervisor's expert and the
+    supervisor both speak in it, as they streamed), whether or not a client is streamed to.
+    A handoff's bookkeeping message (:data:`HANDOFF_MARK`) is neither."""
+
+    def __init__(self, on_chunk: Callable[[StreamPart], None] | None) -> None:
         self.interrupts: list[Interrupt] = []
         self.stopped = False
         """The graph stopped before its end: an ``interrupt()`` or a static breakpoint."""
         self._on_chunk = on_chunk
-        self._streamed: set[str | None] = set()
-        self._last: str | None = None
+        self._order: list[str | None] = []
+        """The AI messages with text, in the order they streamed."""
+        self._texts: dict[str | None, str] = {}
+
+    def reply(self, committed: Sequence[BaseMessage]) -> str | None:
+        """The texts of the AI messages that streamed, in the order they did, joined: each
+        as the turn committed it when it is in the graph's state (a node may rewrite a
+        message after it streamed: the reply supersedes the chunks), else as it streamed
+        (a subgraph's message its parent does not keep). ``None``: none had text."""
+        final = {m.id: m.text for m in committed if isinstance(m, AIMessage)}
+        texts = [final.get(i, self._texts[i]) for i in self._order]
+        return REPLY_SEPARATOR.join(t for t in texts if t) or None
 
     def feed(self, part: Any) -> None:
         namespace, mode, payload = part
         if mode == "messages":
             self._message(payload[0])
+        elif mode == "custom":
+            if self._on_chunk is not None:
+                self._on_chunk(CustomData(to_jsonable_python(payload, fallback=str)))
         elif (
             mode == "updates"
             and not namespace
@@ -387,19 +413,24 @@ class _Collector:
             self.interrupts.extend(payload[INTERRUPT] or ())
 
     def _message(self, message: BaseMessage) -> None:
+        if message.response_metadata.get(HANDOFF_MARK):
+            return
         if isinstance(message, AIMessageChunk):
             self._emit(message.id, message.text)
-        elif isinstance(message, AIMessage) and message.id not in self._streamed:
+        elif isinstance(message, AIMessage) and message.id not in self._texts:
             self._emit(message.id, message.text)  # a node's AI message that did not stream
 
     def _emit(self, message_id: str | None, text: str) -> None:
-        if not text or self._on_chunk is None:
+        if not text:
             return
-        if self._streamed and message_id != self._last:
-            self._on_chunk(REPLY_SEPARATOR)
-        self._streamed.add(message_id)
-        self._last = message_id
-        self._on_chunk(text)
+        if message_id not in self._texts:
+            if self._order and self._on_chunk is not None:
+                self._on_chunk(REPLY_SEPARATOR)
+            self._order.append(message_id)
+            self._texts[message_id] = ""
+        self._texts[message_id] += text
+        if self._on_chunk is not None:
+            self._on_chunk(text)
 
 
 def needs_event_loop(graph: StateGraph[Any, Any, Any, Any]) -> bool:

@@ -61,6 +61,7 @@ def warn_unranked_once() -> None:
             " LangGraph's stores answer it; store_index_dims and store_index_embed rank it"
         )
 
+
 LABEL_PREFIX = "customer:"
 """Every customer label starts so: a reader of the raw store sees whose items are whose."""
 

@@ -31,7 +31,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Literal
+from typing import Final, Literal
 
 from workers.core.redaction import (
     AWS_KEY_ID,
@@ -372,6 +372,10 @@ def notice_text(stage: Stage, action: Action, category: Category | None, rules: 
 # streaming ------------------------------------------------------------------------------------
 
 
+BLOCKED: Final = object()
+"""What :meth:`StreamGuard.mask_value` returns for data the guard would block."""
+
+
 @dataclass
 class StreamGuard:
     """Applies the output guard to a reply while it streams: text is held back until no
@@ -414,6 +418,22 @@ class StreamGuard:
             return ""
         return self._emit(len(self._pending), find_pii(self._pending))
 
+    def mask_value(self, value: object) -> object:
+        """A custom stream's data, each string in it guarded as a reply would be (masked);
+        :data:`BLOCKED` when one would be blocked, or the reply's stream was stopped."""
+        if self.stopped:
+            return BLOCKED
+        if isinstance(value, str):
+            verdict = guard_output(value, self.policy, allowed=self.allowed)
+            return BLOCKED if verdict.action == "block" else verdict.texts[0]
+        if isinstance(value, dict):
+            items = {k: self.mask_value(v) for k, v in value.items()}
+            return BLOCKED if any(v is BLOCKED for v in items.values()) else items
+        if isinstance(value, list):
+            elements = [self.mask_value(v) for v in value]
+            return BLOCKED if any(v is BLOCKED for v in elements) else elements
+        return value
+
     def _blocks(self, text: str) -> bool:
         if check_topics(text, self.policy):
             return True
@@ -445,6 +465,7 @@ class StreamGuard:
 
 
 __all__ = [
+    "BLOCKED",
     "BLOCKED_REPLY",
     "INJECTION_RULES",
     "Finding",

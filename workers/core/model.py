@@ -230,6 +230,18 @@ class TurnInput:
 
 
 @dataclass(frozen=True)
+class CustomData:
+    """What a graph's node wrote to its custom stream (``get_stream_writer()``), as JSON:
+    streamed to the clients that stream (a ``custom`` frame), not part of the reply."""
+
+    data: object
+
+
+StreamPart = str | CustomData
+"""What a turn streams: a piece of the reply's text, or the app's custom data."""
+
+
+@dataclass(frozen=True)
 class CallerValues:
     """What the messages of a turn ask of the graph's run, merged in order (a later
     message's value wins): runtime ``context`` fields and ``configurable`` keys the app lets

@@ -14,7 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from events.identity import Principal
 from events.inbound import DoubleTextingPolicy, InboundMessage
-from events.outbound import GraphStateView, OutboxPayload, ReplyChunk
+from events.outbound import GraphStateView, OutboxPayload, StreamChunk
 from events.workflow import RunRef
 from workers.core.model import (
     AcceptResult,
@@ -26,6 +26,7 @@ from workers.core.model import (
     LogEntry,
     OutboxEntry,
     PendingWork,
+    StreamPart,
     Ticket,
     TurnCommit,
     TurnOutput,
@@ -240,7 +241,7 @@ class ReplySink(Protocol):
     def send(self, payload: OutboxPayload) -> None:
         """Deliver one payload; raise ``RetryableError`` to retry later."""
 
-    def send_chunk(self, chunk: ReplyChunk) -> None:
+    def send_chunk(self, chunk: StreamChunk) -> None:
         """Best-effort streaming of a reply in progress; never raises for a gone client."""
 
 
@@ -326,7 +327,7 @@ class TurnAgent(Protocol):
         self,
         request: TurnRequest,
         *,
-        on_chunk: Callable[[str], None] | None,
+        on_chunk: Callable[[StreamPart], None] | None,
         tracer: Tracer,
     ) -> TurnOutput: ...
 

@@ -20,12 +20,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Literal, TypeVar
+from typing import Literal, TypeVar, cast
+
+from pydantic import JsonValue
 
 from events.identity import ApprovalPolicy, Principal, identity_key
 from events.inbound import DoubleTextingPolicy, InboundMessage, new_id
 from events.outbound import (
     ApprovalRequest,
+    CustomChunk,
     GraphStateView,
     InterruptRequest,
     Notice,
@@ -37,6 +40,7 @@ from events.workflow import FinishResult, RunRef, StepResult, TurnOutcome
 from workers.core import figures
 from workers.core.figures import as_tag_attributes, turn_figures, usage_attribute
 from workers.core.guard import (
+    BLOCKED,
     GuardPolicy,
     StreamGuard,
     Verdict,
@@ -49,12 +53,14 @@ from workers.core.model import (
     AcceptResult,
     ConversationState,
     ConversationStatus,
+    CustomData,
     History,
     OutboxEntry,
     PendingInterrupt,
     PendingRequest,
     PendingWork,
     ResumeRecord,
+    StreamPart,
     TurnCommit,
     TurnInput,
     TurnOutput,
@@ -870,8 +876,11 @@ class _Streamer:
     guard: StreamGuard | None = None
     _counter: itertools.count[int] = field(default_factory=itertools.count)
 
-    def on_chunk(self, delta: str) -> None:
-        self._send(delta if self.guard is None else self.guard.feed(delta))
+    def on_chunk(self, part: StreamPart) -> None:
+        if isinstance(part, CustomData):
+            self._custom(part.data)
+        else:
+            self._send(part if self.guard is None else self.guard.feed(part))
 
     def flush(self) -> None:
         if self.guard is not None:
@@ -886,6 +895,23 @@ class _Streamer:
                 delta=delta,
             )
             self.deps.sink.send_chunk(chunk)
+
+    def _custom(self, data: object) -> None:
+        """The app's custom data, through the output guard's masking when replies are
+        guarded (each string in it, as a reply would be); dropped whole where a reply would
+        be blocked, or once the reply's stream was stopped."""
+        if self.guard is not None:
+            data = self.guard.mask_value(data)
+            if data is BLOCKED:
+                return
+        self.deps.sink.send_chunk(
+            CustomChunk(
+                conversation_id=self.conversation_id,
+                turn_id=self.turn_id,
+                index=next(self._counter),
+                data=cast(JsonValue, data),
+            )
+        )
 
 
 def _chunk_streamer(

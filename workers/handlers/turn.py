@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from events.outbound import GraphStateView
 from events.workflow import RunRef, StepResult
 from workers import bootstrap
-from workers.core.model import LogEntry, TurnOutput, TurnRequest
+from workers.core.model import LogEntry, StreamPart, TurnOutput, TurnRequest
 from workers.core.ports import Tracer, TurnAgent
 from workers.core.steps import (
     Deps,
@@ -89,7 +89,7 @@ class TurnRecorder:
         self.outputs: list[TurnOutput] = []
 
     def run_turn(
-        self, request: TurnRequest, *, on_chunk: Callable[[str], None] | None, tracer: Tracer
+        self, request: TurnRequest, *, on_chunk: Callable[[StreamPart], None] | None, tracer: Tracer
     ) -> TurnOutput:
         output = self.agent.run_turn(request, on_chunk=on_chunk, tracer=tracer)
         self.outputs.append(output)

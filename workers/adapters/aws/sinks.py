@@ -9,7 +9,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from events.outbound import OutboxPayload, ReplyChunk
+from events.outbound import OutboxPayload, StreamChunk
 from workers.adapters.aws.errors import error_code, map_aws_error
 from workers.core.ports import ConversationStore, ReplySink
 from workers.errors import AgentWorkerError, PartialDelivery, PermanentError, RetryableError
@@ -68,7 +68,7 @@ class SnsReplySink:
         except Exception as exc:
             raise map_aws_error(exc, "SNS Publish") from exc
 
-    def send_chunk(self, chunk: ReplyChunk) -> None:
+    def send_chunk(self, chunk: StreamChunk) -> None:
         return None
 
 
@@ -92,7 +92,7 @@ class WebSocketReplySink:
         connections = self._store.list_connections(payload.conversation_id)
         self._post(connections, payload.model_dump(mode="json"), best_effort=False)
 
-    def send_chunk(self, chunk: ReplyChunk) -> None:
+    def send_chunk(self, chunk: StreamChunk) -> None:
         with self._lock:
             connections = self._chunk_targets.get(chunk.turn_id)
             if connections is None:
@@ -160,6 +160,6 @@ class FanOutReplySink:
         if failures:
             raise failures[0]
 
-    def send_chunk(self, chunk: ReplyChunk) -> None:
+    def send_chunk(self, chunk: StreamChunk) -> None:
         for sink in self._sinks.values():
             sink.send_chunk(chunk)

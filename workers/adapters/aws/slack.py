@@ -33,7 +33,7 @@ from events.inbound import (
     slack_button_value,
     slack_thread_of,
 )
-from events.outbound import ApprovalRequest, Notice, OutboxPayload, ReplyChunk
+from events.outbound import ApprovalRequest, Notice, OutboxPayload, StreamChunk
 from workers.adapters.aws.errors import map_aws_error
 from workers.errors import ConfigError, InvalidSlackSignature, PermanentError, RetryableError
 
@@ -210,7 +210,7 @@ class SlackReplySink:
             return
         self.call("chat.postMessage", render_message(payload), token)
 
-    def send_chunk(self, chunk: ReplyChunk) -> None:
+    def send_chunk(self, chunk: StreamChunk) -> None:
         return None
 
     def call(self, method: str, body: dict[str, Any], token: SecretStr) -> dict[str, Any]:

@@ -54,6 +54,8 @@ def forgotten_key(conversation_id: str) -> tuple[str, str]:
     """The key of the tombstone an erasure of ``conversation_id`` leaves."""
     digest = hashlib.sha256(conversation_id.encode("utf-8", "surrogatepass")).hexdigest()
     return FORGOTTEN_PK_PREFIX + digest, FORGOTTEN_SK
+
+
 INBOX_PREFIX = "in#"
 OUTBOX_PREFIX = "out#"
 LOG_PREFIX = "log#"

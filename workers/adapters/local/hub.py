@@ -7,7 +7,7 @@ import threading
 from collections import defaultdict
 from typing import Any, Protocol
 
-from events.outbound import OutboxPayload, ReplyChunk
+from events.outbound import OutboxPayload, StreamChunk
 
 Frame = dict[str, Any]
 
@@ -74,5 +74,5 @@ class LocalReplySink:
     def send(self, payload: OutboxPayload) -> None:
         self._hub.publish(payload.conversation_id, payload.model_dump(mode="json"))
 
-    def send_chunk(self, chunk: ReplyChunk) -> None:
+    def send_chunk(self, chunk: StreamChunk) -> None:
         self._hub.publish(chunk.conversation_id, chunk.model_dump(mode="json"))
