@@ -14,7 +14,9 @@ reaches is dropped, so ``messages`` holds at most the last ``context_window`` lo
 the graph kept (starting at a user message when older ones were dropped). Every other channel
 is stored whole. The bytes written per turn therefore grow with the new messages only.
 
-Only the latest checkpoint is kept (no time travel): it is all a resume needs. Channels that
+Only the latest checkpoint is kept (no time travel): it is all a resume needs, and all that
+``list()`` selects from (the tests of LangGraph's conformance suite that need earlier
+checkpoints fail: ``tests/contract/test_saver_conformance.py`` names them). Channels that
 rebuild their value from ancestor checkpoints (LangGraph's ``DeltaChannel``) are refused when
 the app is loaded (``workers.agent.app``).
 """
@@ -216,21 +218,7 @@ class StagedCheckpointSaver(BaseCheckpointSaver[int]):
         wanted = get_checkpoint_id(config)
         if wanted and wanted != saved.checkpoint_id:
             return None
-        checkpoint: Checkpoint = self.serde.loads_typed(saved.checkpoint)
-        if saved.messages is not None:
-            checkpoint["channel_values"][MESSAGES] = list(saved.messages)
-        return CheckpointTuple(
-            config=self._config(conf, ns, saved.checkpoint_id),
-            checkpoint=checkpoint,
-            metadata=self.serde.loads_typed(saved.metadata),
-            parent_config=self._config(conf, ns, saved.parent_id) if saved.parent_id else None,
-            pending_writes=[
-                (task, chan, self.serde.loads_typed(val))
-                for (task, _), (_, chan, val, _) in sorted(
-                    saved.writes.items(), key=lambda kv: (kv[0][0], kv[0][1])
-                )
-            ],
-        )
+        return self._tuple(conf, ns, saved, self.serde.loads_typed(saved.metadata))
 
     def list(
         self,
@@ -240,11 +228,53 @@ class StagedCheckpointSaver(BaseCheckpointSaver[int]):
         before: RunnableConfig | None = None,
         limit: int | None = None,
     ) -> Iterator[CheckpointTuple]:
-        if config is None:
+        """The kept checkpoints that match, as LangGraph's ``InMemorySaver`` selects them but
+        from the latest checkpoint of each namespace only (the history is not kept): those
+        of ``config``'s thread, in its ``checkpoint_ns`` if given (else every namespace) and
+        with its ``checkpoint_id`` if given; whose metadata holds every key of ``filter``
+        with that value; whose id sorts below ``before``'s checkpoint id; at most ``limit``.
+        ``config=None`` lists nothing: the saver holds the turns staged in this process,
+        not every thread."""
+        if config is None or (limit is not None and limit <= 0):
             return
-        found = self.get_tuple(config)
-        if found is not None and limit != 0:
-            yield found
+        conf = config["configurable"]
+        wanted_ns = conf.get("checkpoint_ns")
+        wanted_id = get_checkpoint_id(config)
+        below = get_checkpoint_id(before) if before else None
+        found = 0
+        for ns, saved in tuple(self._ns(self._key(config)).items()):
+            if wanted_ns is not None and ns != wanted_ns:
+                continue
+            if (wanted_id and saved.checkpoint_id != wanted_id) or (
+                below and saved.checkpoint_id >= below
+            ):
+                continue
+            metadata: CheckpointMetadata = self.serde.loads_typed(saved.metadata)
+            if filter and not all(metadata.get(k) == v for k, v in filter.items()):
+                continue
+            yield self._tuple(conf, ns, saved, metadata)
+            found += 1
+            if limit is not None and found >= limit:
+                return
+
+    def _tuple(
+        self, conf: Mapping[str, Any], ns: str, saved: _Saved, metadata: CheckpointMetadata
+    ) -> CheckpointTuple:
+        checkpoint: Checkpoint = self.serde.loads_typed(saved.checkpoint)
+        if saved.messages is not None:
+            checkpoint["channel_values"][MESSAGES] = list(saved.messages)
+        return CheckpointTuple(
+            config=self._config(conf, ns, saved.checkpoint_id),
+            checkpoint=checkpoint,
+            metadata=metadata,
+            parent_config=self._config(conf, ns, saved.parent_id) if saved.parent_id else None,
+            pending_writes=[
+                (task, chan, self.serde.loads_typed(val))
+                for (task, _), (_, chan, val, _) in sorted(
+                    saved.writes.items(), key=lambda kv: (kv[0][0], kv[0][1])
+                )
+            ],
+        )
 
     def put(
         self,
