@@ -688,3 +688,38 @@ def test_a_reply_sent_again_after_its_step_died_unmarked_reaches_the_topic_once(
     assert aws.deduplication.dropped == 1  # the step's retry published it again
     state = bootstrap.aws_deps().store.get_conversation("ticket:43")
     assert state is not None and state.lease_token is None and state.undelivered_count == 0
+
+
+def test_the_memory_agent_keeps_its_customers_memories_in_dynamodb(
+    aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A LangGraph template's app on the AWS runtime: ``runtime.context`` from the queue
+    message (a field the app lets callers set), ``runtime.store`` on the stack's table,
+    shared by the conversations of one customer and no other's."""
+    monkeypatch.setenv("AGENTWORKER_GRAPH", "tests.langgraph_apps.memory_agent:graph")
+    monkeypatch.setenv("AGENTWORKER_CONTEXT_FROM_CALLERS", "user_id")
+    bootstrap.reset_aws_deps()
+    sqs = aws.session.client("sqs")
+
+    def say(cid: str, owner: str, text: str) -> dict[str, Any]:
+        body = {
+            "conversation_id": cid,
+            "text": text,
+            "tenant": "acme",
+            "owner": owner,
+            "context": {"user_id": "u1"},
+        }
+        sqs.send_message(
+            QueueUrl=aws.stack.queue_url,
+            MessageBody=json.dumps(body),
+            MessageGroupId=cid,
+            MessageDeduplicationId=f"{time.time_ns()}",
+        )
+        aws.pump()
+        [reply] = aws.replies()
+        return reply
+
+    saved = say("ticket:m1", "alice", "remember: I like dark mode")
+    assert saved["text"].startswith("memo: Stored memory mem-")
+    assert "I like dark mode" in say("ticket:m2", "alice", "what do I like?")["text"]
+    assert "dark mode" not in say("ticket:m3", "bob", "what do I like?")["text"]
