@@ -293,3 +293,15 @@ def test_the_reply_is_the_same_whether_or_not_a_client_streams() -> None:
     loud = Conversation(GraphTurnAgent(supervisor.graph)).turn("a history question: who?")
     assert quiet.reply_text == loud.reply_text
     assert quiet.reply_text is not None and quiet.reply_text.startswith("history heard: ")
+
+
+def test_a_checkpointer_that_keeps_state_elsewhere_is_refused_at_start(tmp_path: Any) -> None:
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    with SqliteSaver.from_conn_string(str(tmp_path / "cp.db")) as saver, pytest.raises(
+        ConfigError, match="^the graph is compiled with checkpointer=SqliteSaver"
+    ):
+        GraphTurnAgent(kitchen_sink.builder.compile(checkpointer=saver))
+    # an in-memory one (an app's own tests compile so) is replaced
+    agent = GraphTurnAgent(kitchen_sink.builder.compile(checkpointer=InMemorySaver()))
+    assert agent.graph.checkpointer is agent.saver

@@ -87,3 +87,12 @@ def test_the_memory_agent_remembers_for_its_customer_across_a_restart(tmp_path: 
         assert "I like dark mode" in recalled
         other = answer(again, BOB, "ws:acme:m3", "what do I like?", **me)  # same user_id
         assert "dark mode" not in other
+        erased = httpx.delete(
+            f"{again.url}/v1/conversations/ws:acme:m2?memories=true",
+            headers={"authorization": f"Bearer {ALICE}"},
+            timeout=30,
+        )
+        assert erased.status_code == 200, erased.text
+        assert erased.json()["removed"]["memories"] == 1
+        forgotten = answer(again, ALICE, "ws:acme:m4", "what do I like?", **me)
+        assert "dark mode" not in forgotten

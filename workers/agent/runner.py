@@ -21,6 +21,7 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.errors import GraphRecursionError
 from langgraph.graph import StateGraph
@@ -48,7 +49,7 @@ from workers.core.model import (
 )
 from workers.core.ports import Tracer
 from workers.costs import ModelPrice
-from workers.errors import AgentWorkerError, PermanentError
+from workers.errors import AgentWorkerError, ConfigError, PermanentError
 
 RECURSION_LIMIT = 25
 """Graph super-steps per turn (LangGraph's default): stops a tool loop running away."""
@@ -88,6 +89,8 @@ class GraphTurnAgent:
         self.saver = StagedCheckpointSaver()
         self.serde = JsonPlusSerializer()
         self.recursion_limit = recursion_limit
+        if isinstance(graph, CompiledStateGraph):
+            refuse_own_checkpointer(graph)
         own = graph.store if isinstance(graph, CompiledStateGraph) else None
         self.store = TurnScopedStore(own or store or InMemoryStore())
         self.graph: CompiledStateGraph[Any, Any, Any, Any] = (
@@ -431,6 +434,20 @@ class _Collector:
         self._texts[message_id] += text
         if self._on_chunk is not None:
             self._on_chunk(text)
+
+
+def refuse_own_checkpointer(graph: CompiledStateGraph[Any, Any, Any, Any]) -> None:
+    """A graph compiled with a checkpointer that keeps state elsewhere (a database saver)
+    cannot be honoured: agentworker keeps each conversation's state itself, committed with
+    the turn. LangGraph's in-memory savers (compiled for the app's own tests) are replaced."""
+    saver = graph.checkpointer
+    if saver is None or isinstance(saver, bool | InMemorySaver):
+        return
+    raise ConfigError(
+        f"the graph is compiled with checkpointer={type(saver).__name__}: agentworker keeps"
+        " each conversation's state itself (committed with its turn), so it cannot use"
+        " another; compile the graph without a checkpointer"
+    )
 
 
 def needs_event_loop(graph: StateGraph[Any, Any, Any, Any]) -> bool:
