@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     from workers.adapters.aws.slack import SlackCredentials
     from workers.adapters.local.runtime import EmbeddedRuntime
     from workers.prompts import LoadedPrompt
+
+log = logging.getLogger(__name__)
 
 
 def turn_settings(settings: Settings, prompt: LoadedPrompt | None = None) -> TurnSettings:
@@ -208,7 +211,6 @@ def prepare_embedded(
     in the conversation store's SQLite file."""
     from workers.adapters.clock import SystemClock
     from workers.adapters.local.runtime import take_state_lock
-    from workers.adapters.local.sqlite_memory import open_local_store, store_index
     from workers.adapters.local.sqlite_store import SqliteConversationStore
     from workers.adapters.local.sqlite_tickets import SqliteTicketStore
     from workers.agent.store import StoreMemories
@@ -218,7 +220,7 @@ def prepare_embedded(
     store = SqliteConversationStore(settings.db_path)
     memory: Any = None
     try:
-        memory = open_local_store(settings.state_dir, store_index(settings))
+        memory = embedded_memory(settings)
         tickets = SqliteTicketStore(store.database)
         # the log redaction first: loading the prompt can log (a registry's error quotes it)
         if tracer is None:  # the default: redacted by the exporter process
@@ -229,7 +231,7 @@ def prepare_embedded(
         agent = build_agent(settings, tickets, clock, model, prompt, store=memory)
         prompt.announce()
     except BaseException:
-        if memory is not None:
+        if hasattr(memory, "conn"):
             memory.conn.close()
         store.close()
         lock.close()
@@ -256,7 +258,7 @@ def prepare_embedded(
         return EmbeddedRuntime(
             settings=settings,
             store=store,
-            memory=memory,
+            memory=memory if hasattr(memory, "sweep_ttl") else None,
             tickets=tickets,
             deps=deps,
             hub=hub,
@@ -266,6 +268,29 @@ def prepare_embedded(
         )
 
     return assemble
+
+
+def embedded_memory(settings: Settings) -> Any:
+    """The embedded runtime's long-term memory: LangGraph's ``SqliteStore`` in the state
+    directory (the ``local`` extra). Without that extra (``pip install agentworker``, as an
+    app's own tests may run) an in-memory store, and the log says so; an app that asks for
+    vector search needs the extra (``ConfigError``)."""
+    try:
+        from workers.adapters.local.sqlite_memory import open_local_store, store_index
+    except ImportError:
+        if settings.store_index_dims is not None:
+            raise ConfigError(
+                "store_index_dims: vector search on the embedded runtime needs the SQLite"
+                " store: pip install 'agentworker[local]'"
+            ) from None
+        from langgraph.store.memory import InMemoryStore
+
+        log.warning(
+            "long-term memory (runtime.store) is kept in memory only, lost at exit:"
+            " pip install 'agentworker[local]' keeps it in the state directory"
+        )
+        return InMemoryStore()
+    return open_local_store(settings.state_dir, store_index(settings))
 
 
 def build_embedded(

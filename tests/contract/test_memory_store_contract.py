@@ -178,9 +178,10 @@ def test_async_operations(backend: Backend) -> None:
     assert [i.namespace for i in found] == [("memories",)]
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "dynamodb"], indirect=True)
 def test_an_item_past_its_ttl_is_not_read(backend: Backend) -> None:
-    if not backend.base.supports_ttl:
-        pytest.skip(f"{backend.name} has no TTL")
+    """The runtimes' stores (LangGraph's ``InMemoryStore``, the reference, keeps no TTL)."""
+    assert backend.base.supports_ttl
     store = backend.store
     with turn_of(ALICE):
         store.put(("memories",), "brief", {"v": 1}, ttl=1 / 600)  # 0.1 s

@@ -56,6 +56,7 @@ RECURSION_LIMIT = 25
 REPLY_SEPARATOR = "\n\n"
 """Streamed between the texts of two model calls of one turn."""
 _STREAM_MODES: list[StreamMode] = ["updates", "messages", "custom"]
+_NO_STREAM: list[StreamMode] = ["updates"]
 HANDOFF_MARK = "__is_handoff_back"
 """``response_metadata`` of the messages a supervisor or swarm adds when control goes back
 (LangGraph's ``langgraph-supervisor``): bookkeeping no model wrote, neither streamed nor part
@@ -140,7 +141,9 @@ class GraphTurnAgent:
             context = self.context.for_turn(caller.context)
             collector = _Collector(on_chunk)
             with bound_turn(info), stream_usage_asked():
-                self._drive(_graph_input(request), config, context, collector)
+                self._drive(
+                    _graph_input(request), config, context, collector, stream=on_chunk is not None
+                )
             return self._output(
                 stage,
                 config,
@@ -160,8 +163,12 @@ class GraphTurnAgent:
         config: RunnableConfig,
         context: Any,
         collector: _Collector,
+        *,
+        stream: bool,
     ) -> None:
-        modes = _STREAM_MODES
+        # Without a client to stream to, models are called without streaming (not every
+        # model or server streams); the reply is then read from the committed messages.
+        modes = _STREAM_MODES if stream else _NO_STREAM
         try:
             if self.is_async:
                 _run_on_thread_loop(self._adrive(graph_input, config, context, collector, modes))
@@ -227,7 +234,7 @@ class GraphTurnAgent:
         return TurnOutput(
             checkpoint=self.saver.export(stage, logged),
             log=[self.encode(m) for m in fresh],
-            reply_text=None if pending else (collector.reply(fresh) or last_reply(fresh)),
+            reply_text=None if pending else collector.reply(fresh),
             interrupt=pending,
             usage=callbacks.usage,
             model_calls=callbacks.model_calls,
@@ -350,14 +357,6 @@ def _graph_input(request: TurnRequest) -> Any:
     return {"messages": [HumanMessage(i.text, id=i.message_id) for i in request.inputs]}
 
 
-def last_reply(messages: Sequence[BaseMessage]) -> str | None:
-    """The turn's reply: the text of its last new AI message that has text."""
-    for m in reversed(messages):
-        if isinstance(m, AIMessage) and m.text:
-            return m.text
-    return None
-
-
 def interrupt_text(value: Any) -> str:
     """An interrupt's value as text, for channels that show only text: a string as is, else
     its ``question``, ``text``, ``prompt`` or ``message`` field, else the JSON."""
@@ -394,9 +393,14 @@ class _Collector:
         """The texts of the AI messages that streamed, in the order they did, joined: each
         as the turn committed it when it is in the graph's state (a node may rewrite a
         message after it streamed: the reply supersedes the chunks), else as it streamed
-        (a subgraph's message its parent does not keep). ``None``: none had text."""
-        final = {m.id: m.text for m in committed if isinstance(m, AIMessage)}
-        texts = [final.get(i, self._texts[i]) for i in self._order]
+        (a subgraph's message its parent does not keep). Nothing streamed (no client
+        streams, or no model did): the texts of the turn's new AI messages in the state, in
+        order. ``None``: none had text."""
+        final = {m.id: m.text for m in committed if isinstance(m, AIMessage) and not _handoff(m)}
+        if self._order:
+            texts = [final.get(i, self._texts[i]) for i in self._order]
+        else:
+            texts = list(final.values())
         return REPLY_SEPARATOR.join(t for t in texts if t) or None
 
     def feed(self, part: Any) -> None:
@@ -416,7 +420,7 @@ class _Collector:
             self.interrupts.extend(payload[INTERRUPT] or ())
 
     def _message(self, message: BaseMessage) -> None:
-        if message.response_metadata.get(HANDOFF_MARK):
+        if _handoff(message):
             return
         if isinstance(message, AIMessageChunk):
             self._emit(message.id, message.text)
@@ -434,6 +438,10 @@ class _Collector:
         self._texts[message_id] += text
         if self._on_chunk is not None:
             self._on_chunk(text)
+
+
+def _handoff(message: BaseMessage) -> bool:
+    return bool(message.response_metadata.get(HANDOFF_MARK))
 
 
 def refuse_own_checkpointer(graph: CompiledStateGraph[Any, Any, Any, Any]) -> None:
