@@ -91,13 +91,18 @@ def check_metadata_size(metadata: dict[str, str]) -> dict[str, str]:
         len(k.encode("utf-8", "surrogatepass")) + len(v.encode("utf-8", "surrogatepass"))
         for k, v in metadata.items()
     )
-    if size > MAX_METADATA_BYTES:
-        raise PydanticCustomError(
-            "too_large",
-            "metadata is {size} bytes, over the {limit} byte limit",
-            {"size": size, "limit": MAX_METADATA_BYTES},
-        )
+    _within(size, MAX_METADATA_BYTES, "metadata is {size} bytes, over the {limit} byte limit")
     return metadata
+
+
+def _within(size: int, limit: int, message: str) -> None:
+    """``too_large`` (``message`` with ``size`` and ``limit``) past ``limit`` bytes."""
+    if size > limit:
+        raise PydanticCustomError("too_large", message, {"size": size, "limit": limit})
+
+
+def _json_bytes(value: object) -> int:
+    return len(json.dumps(value, separators=(",", ":")).encode("utf-8", "surrogatepass"))
 
 
 Metadata = Annotated[
@@ -145,13 +150,11 @@ def check_resume_value(value: JsonValue) -> JsonValue:
         check_value(value, what="value")
     except BadInput as exc:
         raise PydanticCustomError(exc.code, str(exc).partition(": ")[2]) from None
-    size = len(json.dumps(value, separators=(",", ":")).encode("utf-8", "surrogatepass"))
-    if size > MAX_RESUME_BYTES:
-        raise PydanticCustomError(
-            "too_large",
-            "value is {size} bytes of JSON, over the {limit} byte limit",
-            {"size": size, "limit": MAX_RESUME_BYTES},
-        )
+    _within(
+        _json_bytes(value),
+        MAX_RESUME_BYTES,
+        "value is {size} bytes of JSON, over the {limit} byte limit",
+    )
     return value
 
 
@@ -167,13 +170,11 @@ MAX_RUN_VALUES_BYTES = 16 * 1024
 
 
 def check_run_values(values: dict[str, JsonValue]) -> dict[str, JsonValue]:
-    size = len(json.dumps(values, separators=(",", ":")).encode("utf-8", "surrogatepass"))
-    if size > MAX_RUN_VALUES_BYTES:
-        raise PydanticCustomError(
-            "too_large",
-            "{size} bytes of JSON, over the {limit} byte limit",
-            {"size": size, "limit": MAX_RUN_VALUES_BYTES},
-        )
+    _within(
+        _json_bytes(values),
+        MAX_RUN_VALUES_BYTES,
+        "{size} bytes of JSON, over the {limit} byte limit",
+    )
     return values
 
 

@@ -168,19 +168,17 @@ class GraphTurnAgent:
     ) -> None:
         # Without a client to stream to, models are called without streaming (not every
         # model or server streams); the reply is then read from the committed messages.
-        modes = _STREAM_MODES if stream else _NO_STREAM
+        options: dict[str, Any] = {
+            "context": context,
+            "stream_mode": _STREAM_MODES if stream else _NO_STREAM,
+            "subgraphs": True,
+            "durability": "exit",
+        }
         try:
             if self.is_async:
-                _run_on_thread_loop(self._adrive(graph_input, config, context, collector, modes))
+                _run_on_thread_loop(self._adrive(graph_input, config, options, collector))
             else:
-                for part in self.graph.stream(
-                    graph_input,
-                    config,
-                    context=context,
-                    stream_mode=modes,
-                    subgraphs=True,
-                    durability="exit",
-                ):
+                for part in self.graph.stream(graph_input, config, **options):
                     collector.feed(part)
         except GraphRecursionError as exc:
             raise PermanentError(
@@ -198,18 +196,10 @@ class GraphTurnAgent:
         self,
         graph_input: Any,
         config: RunnableConfig,
-        context: Any,
+        options: dict[str, Any],
         collector: _Collector,
-        modes: list[StreamMode],
     ) -> None:
-        async for part in self.graph.astream(
-            graph_input,
-            config,
-            context=context,
-            stream_mode=modes,
-            subgraphs=True,
-            durability="exit",
-        ):
+        async for part in self.graph.astream(graph_input, config, **options):
             collector.feed(part)
 
     # what the turn produced --------------------------------------------------------------
