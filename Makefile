@@ -11,6 +11,7 @@ STAGE ?= dev
 NPM_STAMP := node_modules/.installed-stamp
 TOOLS := .tools
 TOOLS_STAMP := $(TOOLS)/.installed-stamp
+OSLS := node_modules/.bin/osls
 
 .PHONY: run test lint bench demo reliability clean package validate deploy remove
 
@@ -61,10 +62,10 @@ validate: package
 	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(BIN)/python -m deploy.validate --stage $(STAGE)
 
 deploy: validate
-	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" npx --no-install osls deploy --stage $(STAGE) --package .serverless
+	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(OSLS) deploy --stage $(STAGE) --package .serverless
 
 remove: $(NPM_STAMP)
-	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" npx --no-install osls remove --stage $(STAGE)
+	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(OSLS) remove --stage $(STAGE)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) node_modules build .serverless .agentworker .mypy_cache .ruff_cache .pytest_cache
