@@ -13,7 +13,9 @@ TOOLS := .tools
 TOOLS_STAMP := $(TOOLS)/.installed-stamp
 OSLS := node_modules/.bin/osls
 
-.PHONY: run test lint bench demo reliability clean package validate deploy remove
+TEST_WORKERS ?= 3
+
+.PHONY: run test pytest lint bench demo reliability clean package validate deploy remove
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -26,8 +28,16 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/agentworker serve
 
-test: $(STAMP) lint validate
-	$(BIN)/python -m pytest
+# The parts of `make test` run at once (the installs too, on a fresh clone): lint, validate, and
+# pytest once the stack is packaged (a test reads the template), its tests spread over
+# TEST_WORKERS processes (pytest-xdist; conftest.py keeps a module's shared fixture in one
+# worker). -k: every part runs to its end and reports; any failure fails `make test`.
+# Each part's output is printed whole, when it ends.
+test:
+	@$(MAKE) --no-print-directory -j3 -k --output-sync=target lint validate pytest
+
+pytest: $(STAMP) package
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
