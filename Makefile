@@ -37,7 +37,7 @@ test:
 	@$(MAKE) --no-print-directory -j3 -k --output-sync=target lint validate pytest
 
 pytest: $(STAMP) package
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

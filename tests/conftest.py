@@ -1,34 +1,25 @@
 """Test-wide settings: nothing fetched from the network, no user env leaking in; under
-pytest-xdist, the tests that share a fixture wider than a test run in one worker."""
+pytest-xdist, the tests of a module that shares a fixture wider than a test run in one
+worker."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (--dist loadgroup)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """``make test`` spreads the tests over worker processes one by one, except that a test
-    using one of our module- or session-scoped fixtures (a server, a venv) joins its
-    module's group: the fixture then starts once, in the worker that runs the group."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") or not _shares_a_fixture(item):
-            continue
-        item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist (``make test`` runs -n)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """The tests one by one over the workers, but a module that shares a fixture wider than a
+    test in one worker (:mod:`tests.xdist_scheduling`); other ``--dist`` modes as asked."""
+    if config.getvalue("dist") != "load":
+        return None
+    from tests.xdist_scheduling import SharedFixtureScheduling
 
-
-def _shares_a_fixture(item: pytest.Item) -> bool:
-    info = getattr(item, "_fixtureinfo", None)
-    if info is None:
-        return False
-    return any(
-        definition.scope != "function" and definition.func.__module__.startswith("tests.")
-        for definitions in info.name2fixturedefs.values()
-        for definition in definitions
-    )
+    return SharedFixtureScheduling(config, log)
 
 
 @pytest.fixture(autouse=True)
