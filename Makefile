@@ -11,8 +11,11 @@ STAGE ?= dev
 NPM_STAMP := node_modules/.installed-stamp
 TOOLS := .tools
 TOOLS_STAMP := $(TOOLS)/.installed-stamp
+OSLS := node_modules/.bin/osls
 
-.PHONY: run test lint bench demo reliability clean package validate deploy remove
+TEST_WORKERS ?= 3
+
+.PHONY: run test pytest lint bench demo reliability clean package validate deploy remove
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -25,8 +28,16 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/agentworker serve
 
-test: $(STAMP) lint validate
-	$(BIN)/python -m pytest
+# The parts of `make test` run at once (the installs too, on a fresh clone): lint, validate, and
+# pytest once the stack is packaged (a test reads the template), its tests spread over
+# TEST_WORKERS processes (pytest-xdist; conftest.py keeps a module's shared fixture in one
+# worker). -k: every part runs to its end and reports; any failure fails `make test`.
+# Each part's output is printed whole, when it ends.
+test:
+	@$(MAKE) --no-print-directory -j3 -k --output-sync=target lint validate pytest
+
+pytest: $(STAMP) package
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -61,10 +72,10 @@ validate: package
 	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(BIN)/python -m deploy.validate --stage $(STAGE)
 
 deploy: validate
-	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" npx --no-install osls deploy --stage $(STAGE) --package .serverless
+	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(OSLS) deploy --stage $(STAGE) --package .serverless
 
 remove: $(NPM_STAMP)
-	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" npx --no-install osls remove --stage $(STAGE)
+	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(OSLS) remove --stage $(STAGE)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) node_modules build .serverless .agentworker .mypy_cache .ruff_cache .pytest_cache

@@ -1,11 +1,25 @@
-"""Test-wide settings: nothing fetched from the network, no user env leaking in."""
+"""Test-wide settings: nothing fetched from the network, no user env leaking in; under
+pytest-xdist, the tests of a module that shares a fixture wider than a test run in one
+worker."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist (``make test`` runs -n)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """The tests one by one over the workers, but a module that shares a fixture wider than a
+    test in one worker (:mod:`tests.xdist_scheduling`); other ``--dist`` modes as asked."""
+    if config.getvalue("dist") != "load":
+        return None
+    from tests.xdist_scheduling import SharedFixtureScheduling
+
+    return SharedFixtureScheduling(config, log)
 
 
 @pytest.fixture(autouse=True)

@@ -124,9 +124,12 @@ def bundle_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv with ``pip install .`` (no extras), then the ``turn`` bundle's exclusions
     uninstalled: every test here runs on what the trimmed bundle holds."""
     venv = tmp_path_factory.mktemp("lambda-venv")
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    # No pip of its own: this venv's pip installs into it (``pip --python``).
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120
+    )
     python = venv / "bin" / "python"
-    pip(python, "install", "-q", str(ROOT))
+    pip(python, "install", "-q", "--no-compile", str(ROOT))
     installed = set(json.loads(run(python, INSTALLED)))
     # A stale entry (the closure no longer has it) would make the exclusion a no-op.
     assert set(EXCLUDED) <= installed, f"not installed: {set(EXCLUDED) - installed}"
@@ -141,8 +144,13 @@ def mlflow_url(mlflow_server_url: str) -> str:
 
 
 def pip(python: Path, *args: str) -> None:
+    """``pip ARGS`` for the environment of ``python``, run by this venv's pip."""
     out = subprocess.run(
-        [str(python), "-m", "pip", *args], capture_output=True, text=True, timeout=600, check=False
+        [sys.executable, "-m", "pip", "--python", str(python), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert out.returncode == 0, out.stderr[-3000:]
 

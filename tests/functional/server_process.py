@@ -150,7 +150,13 @@ def mlflow_server_process(state_dir: Path, timeout: float = 120.0) -> Iterator[s
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+            # No job runner: its half a dozen consumer processes each import MLflow (seconds
+            # of CPU) for jobs (scorers, rollups) that no test starts.
+            env={
+                **os.environ,
+                "MLFLOW_DISABLE_TELEMETRY": "true",
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            },
         )  # fmt: skip
         try:
             deadline = time.monotonic() + timeout

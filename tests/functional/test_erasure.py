@@ -252,7 +252,9 @@ def test_an_erasure_cuts_off_the_running_turn_and_leaves_no_text_behind(tmp_path
     directory holds the conversation's text afterwards (the database's freed pages and its
     write-ahead log, the spool, MLflow's database)."""
     state = tmp_path / "state"
-    srv = ServerProcess(state, env={**TRACED, "AGENTWORKER_MODEL": "offline:2500"})
+    # Each model call takes 5 s: the erasure and the message after it must land while the
+    # cut-off turn is still in its call, on a machine busy with other tests too.
+    srv = ServerProcess(state, env={**TRACED, "AGENTWORKER_MODEL": "offline:5000"})
     srv.log = tmp_path / "server.log"
     srv.start()
     cid, kept = "ws:erin:cut-off", "ws:erin:after"
