@@ -22,7 +22,10 @@ $(STAMP): pyproject.toml
 		{ echo "agentworker needs Python 3.11+; try: make PYTHON=python3.12 ..." >&2; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[local,dev]'
+	@# setuptools tells every editable install of a multi-root layout (the examples ship as
+	@# packages) to mind same-named folders: information, not a problem here
+	PYTHONWARNINGS='ignore:::setuptools.command.editable_wheel' \
+		$(BIN)/python -m pip install -q -e '.[local,dev]'
 	@touch $(STAMP)
 
 run: $(STAMP)
