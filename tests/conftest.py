@@ -5,6 +5,7 @@ worker."""
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +21,27 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     from tests.xdist_scheduling import SharedFixtureScheduling
 
     return SharedFixtureScheduling(config, log)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _botocore_models_parsed_once() -> Iterator[None]:
+    """botocore parses a service's model files (large JSON, into ordered dicts) again for
+    every new session, and the AWS tests make a few sessions each (ours, moto's, the
+    stack's): a sixth of their time. Parse each file once per test process and hand out
+    copies (unpickled: a third of the parse's cost), since what gets it may change it."""
+    from botocore.loaders import JSONFileLoader
+
+    parse = JSONFileLoader.load_file
+    parsed: dict[str, bytes] = {}
+
+    def load_file(self: JSONFileLoader, file_path: str) -> Any:
+        if file_path not in parsed:
+            parsed[file_path] = pickle.dumps(parse(self, file_path), pickle.HIGHEST_PROTOCOL)
+        return pickle.loads(parsed[file_path])
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(JSONFileLoader, "load_file", load_file)
+        yield
 
 
 @pytest.fixture(autouse=True)
