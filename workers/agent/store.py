@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from langgraph.store.base import (
     BaseStore,
@@ -157,22 +157,16 @@ def _item(item: _ItemT, label: str) -> _ItemT | None:
     namespace = tuple(item.namespace)
     if namespace[:1] != (label,):
         return None
+    fields: dict[str, Any] = {
+        "namespace": namespace[1:],
+        "key": item.key,
+        "value": item.value,
+        "created_at": item.created_at,
+        "updated_at": item.updated_at,
+    }
     if isinstance(item, SearchItem):
-        return SearchItem(  # type: ignore[return-value]
-            namespace=namespace[1:],
-            key=item.key,
-            value=item.value,
-            created_at=item.created_at,
-            updated_at=item.updated_at,
-            score=item.score,
-        )
-    return Item(  # type: ignore[return-value]
-        namespace=namespace[1:],
-        key=item.key,
-        value=item.value,
-        created_at=item.created_at,
-        updated_at=item.updated_at,
-    )
+        return SearchItem(**fields, score=item.score)  # type: ignore[return-value]
+    return Item(**fields)  # type: ignore[return-value]
 
 
 def erase_customer(base: BaseStore, customer: str) -> int:
