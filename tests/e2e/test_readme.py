@@ -471,3 +471,21 @@ def test_the_readme_is_a_quickstart_then_the_reference() -> None:
     assert len(quickstart.strip().splitlines()) <= 50
     first_bare = text.index("\n$ agentworker ")
     assert text.index("$ . .venv/bin/activate") < first_bare  # the venv before the command
+
+
+def test_the_exit_codes_table_lists_every_code_the_cli_returns() -> None:
+    """Every ``return N`` / ``sys.exit(N)`` of the CLI's commands is in the table, and every
+    row of the table is a code the CLI returns."""
+    root = Path(__file__).parents[2]
+    sources = [
+        root / "workers" / "cli.py",
+        *(root / "workers").glob("*/command.py"),
+        *(root / "workers").glob("*/stub_command.py"),
+    ]
+    returned = {
+        int(code)
+        for source in sources
+        for code in re.findall(r"\b(?:return|sys\.exit\()\s*(\d+)\b", source.read_text())
+    }
+    listed = {int(m) for m in re.findall(r"^\| (\d+) \|", block("exit-codes"), re.M)}
+    assert returned == listed, (sorted(returned), sorted(listed))
