@@ -311,7 +311,9 @@ def _fail(resp: Any) -> int:
     except (ValueError, KeyError):
         print(f"agentworker: HTTP {resp.status_code}: {resp.text[:500]}", file=sys.stderr)
     if resp.status_code == 401 and not os.environ.get("AGENTWORKER_TOKEN"):
-        where = _state_dir_of_cli() / "dev-token"
+        from workers.adapters.local.guard import DEV_TOKEN_FILE
+
+        where = _state_dir_of_cli() / DEV_TOKEN_FILE
         print(
             f"agentworker: the token in {where} is not this server's: run the command from the"
             " folder where 'agentworker serve' runs, or set AGENTWORKER_STATE_DIR to its state"

@@ -214,7 +214,8 @@ class Settings(BaseSettings):
         ge=1,
         le=65_536,
         description="Vector search in the store: the embeddings' dimensions (with"
-        " store_index_embed; unset: search(query=...) is refused).",
+        " store_index_embed; unset: search(query=...) is answered unranked, as LangGraph's"
+        " stores answer it).",
     )
     store_index_embed: str | None = Field(
         None,
@@ -295,7 +296,7 @@ class Settings(BaseSettings):
     context_from_callers: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Context fields a caller may set with a message, comma-separated"
-        " (others are refused with 422).",
+        " (others are refused: 400 not_allowed_field).",
     )
     configurable: dict[str, JsonValue] = Field(
         default_factory=dict,
@@ -573,29 +574,22 @@ def _app_file(config: object) -> Path | None:
     return local if local.is_file() else None
 
 
-def _langgraph_project(given: dict[str, Any], app_file: Path | None) -> LangGraphProject | None:
-    """The ``langgraph.json`` to serve: the one ``--config`` names; else the working
-    directory's when nothing else names the graph, or names it by a name of its graphs
-    (``--graph agent``). Its ``env`` is loaded at once (it may set what the rest reads)."""
+def _langgraph_project(
+    given: dict[str, Any], named: Path | None, *, toml_names_graph: bool
+) -> LangGraphProject | None:
+    """The ``langgraph.json`` to serve: ``named`` (``--config`` names one); else the working
+    directory's when nothing else names the graph (a module or file reference, ``graph`` in
+    ``agentworker.toml``), or names it by a name of its graphs (``--graph agent``). Its
+    ``env`` is loaded at once (it may set what the rest reads)."""
     from workers.langgraph_json import find_project
 
     graph = given.get("graph") or os.environ.get(ENV_PREFIX + "GRAPH")
-    if app_file is not None and app_file.name.endswith(".json"):
-        project = find_project(app_file)
-    elif _graph_named_elsewhere(graph, app_file):
+    if named is None and (":" in str(graph) if graph is not None else toml_names_graph):
         return None
-    else:
-        project = find_project(None)
+    project = find_project(named)
     if project is not None:
         project.load_env()
     return project
-
-
-def _graph_named_elsewhere(graph: object, app_file: Path | None) -> bool:
-    """A module or file reference is given, or ``agentworker.toml`` names the graph."""
-    if graph is not None:
-        return ":" in str(graph)
-    return app_file is not None and "graph" in read_app_file(app_file)
 
 
 def _serve_project(
@@ -626,13 +620,14 @@ def load_settings(**overrides: object) -> Settings:
     given = {k: v for k, v in overrides.items() if v is not None}
     sources = {k: f"--{k.replace('_', '-')}" for k in given}
     path = _app_file(given.get("config"))
-    project = _langgraph_project(given, path)
+    named = path if path is not None and path.name.endswith(".json") else None
+    app_values = read_app_file(path) if path is not None and named is None else {}
+    project = _langgraph_project(given, named, toml_names_graph="graph" in app_values)
     if project is not None:
-        path = None if path is not None and path.name.endswith(".json") else path
         given.setdefault("config", project.path)
-    if path is not None:
+    if path is not None and named is None:
         given["config"] = path
-        for key, value in read_app_file(path).items():
+        for key, value in app_values.items():
             if key not in given and ENV_PREFIX + key.upper() not in os.environ:
                 given[key] = value
                 sources[key] = f"{key} in {path}"

@@ -90,15 +90,14 @@ class GraphTurnAgent:
         self.saver = StagedCheckpointSaver()
         self.serde = JsonPlusSerializer()
         self.recursion_limit = recursion_limit
+        self.graph: CompiledStateGraph[Any, Any, Any, Any]
         if isinstance(graph, CompiledStateGraph):
             refuse_own_checkpointer(graph)
-        own = graph.store if isinstance(graph, CompiledStateGraph) else None
-        self.store = TurnScopedStore(own or store or InMemoryStore())
-        self.graph: CompiledStateGraph[Any, Any, Any, Any] = (
-            graph.copy({"checkpointer": self.saver, "store": self.store})
-            if isinstance(graph, CompiledStateGraph)
-            else graph.compile(checkpointer=self.saver, store=self.store)
-        )
+            self.store = TurnScopedStore(graph.store or store or InMemoryStore())
+            self.graph = graph.copy({"checkpointer": self.saver, "store": self.store})
+        else:
+            self.store = TurnScopedStore(store or InMemoryStore())
+            self.graph = graph.compile(checkpointer=self.saver, store=self.store)
         self.is_async = needs_event_loop(self.graph.builder)
         self.context = RuntimeContext(
             self.graph.builder.context_schema, context or {}, from_callers=context_from_callers

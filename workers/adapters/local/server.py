@@ -303,6 +303,10 @@ def chat_page() -> ChatPage:
     return ChatPage(html)
 
 
+HTML_FRAMES = ("reply", "subscribed")
+"""The frames :func:`with_html` adds HTML to."""
+
+
 def with_html(frame: dict[str, Any]) -> dict[str, Any]:
     """``frame`` with ``html`` beside the text of each reply in it (a ``reply`` frame, the
     history of a ``subscribed`` one); frames are shared between sockets: never changed in
@@ -462,7 +466,11 @@ class WebSocketSession:
         while True:
             item = await self.queue.get()
             frame = await item if isinstance(item, asyncio.Future) else item
-            await self.ws.send_json(with_html(frame) if self.html else frame)
+            if self.html and frame.get("type") in HTML_FRAMES:
+                # Off the event loop: a long reply (or history) takes seconds to render,
+                # which every other socket and request would wait out.
+                frame = await asyncio.to_thread(with_html, frame)
+            await self.ws.send_json(frame)
 
     async def _handle(self, raw: str) -> dict[str, Any]:
         try:
