@@ -23,9 +23,11 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	@# setuptools tells every editable install of a multi-root layout (the examples ship as
-	@# packages) to mind same-named folders: information, not a problem here
+	@# packages) to mind same-named folders: information, not a problem here.
+	@# --no-compile: Python compiles a module when it is first imported; compiling every file
+	@# of every dependency up front was two thirds of the install (68 s against 22 s on a 2-core machine)
 	PYTHONWARNINGS='ignore:::setuptools.command.editable_wheel' \
-		$(BIN)/python -m pip install -q -e '.[local,dev]'
+		$(BIN)/python -m pip install -q --no-compile -e '.[local,dev]'
 	@touch $(STAMP)
 
 run: $(STAMP)
@@ -65,7 +67,7 @@ $(NPM_STAMP): package.json package-lock.json $(TOOLS_STAMP)
 
 $(TOOLS_STAMP): deploy/tools-requirements.txt
 	@test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
-	$(TOOLS)/bin/python -m pip install -q --disable-pip-version-check -r deploy/tools-requirements.txt
+	$(TOOLS)/bin/python -m pip install -q --no-compile --disable-pip-version-check -r deploy/tools-requirements.txt
 	@touch $@
 
 package: $(STAMP) $(NPM_STAMP)
