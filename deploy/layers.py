@@ -70,31 +70,34 @@ def requirements() -> dict[str, list[str]]:
 
 
 def build(out: Path) -> None:
-    """Install every layer into ``out/<layer>/python`` for the Lambda platform."""
+    """Install every layer into ``out/<layer>/python`` for the Lambda platform, the layers'
+    installs at once (each is one pip run that mostly waits on files)."""
+    runs: list[tuple[str, subprocess.Popen[bytes]]] = []
     for layer, pins in requirements().items():
         target = out / layer
         shutil.rmtree(target, ignore_errors=True)
         print(f"layer {layer}: {len(pins)} distributions", flush=True)
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--no-deps",
-                "--no-compile",
-                "--only-binary=:all:",
-                *PLATFORM,
-                "--python-version",
-                PYTHON_VERSION,
-                "--target",
-                str(target / "python"),
-                *pins,
-            ],
-            check=True,
-        )
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--no-compile",
+            "--only-binary=:all:",
+            *PLATFORM,
+            "--python-version",
+            PYTHON_VERSION,
+            "--target",
+            str(target / "python"),
+            *pins,
+        ]
+        runs.append((layer, subprocess.Popen(command)))
+    failed = [layer for layer, run in runs if run.wait() != 0]
+    if failed:
+        raise SystemExit(f"layers: pip could not install layer {', '.join(failed)}")
 
 
 def build_app(out: Path) -> None:
