@@ -12,7 +12,9 @@ Two graphs, each run turn after turn in one conversation, sampled at ``points`` 
 
 Each graph runs three ways: agentworker with a user's defaults (tracing to MLflow in SQLite,
 streaming on), agentworker with tracing off, and plain LangGraph (``SqliteSaver``, same
-graph, same messages). Ours goes through the core (``accept_message`` + ``drive_run``, the
+graph, same messages); a graph that runs on ``stream`` a fourth: with the defaults, but
+driven with ``astream`` as a graph with an async-only node or tool is (what the event loop
+costs per turn). Ours goes through the core (``accept_message`` + ``drive_run``, the
 real ``SqliteConversationStore``): the inbox, the lease, one fenced commit, the outbox.
 """
 
@@ -91,15 +93,19 @@ GRAPHS: dict[str, tuple[GraphFactory, Callable[[int], str]]] = {
 }
 
 
-def _ours(tmp: Path, name: str, *, tracing: bool) -> Side:
+def _ours(tmp: Path, name: str, *, tracing: bool, astream: bool = False) -> Side:
+    """Ours; ``astream``: a graph that would run on ``stream`` driven with ``astream``
+    instead, as a graph with an async-only node or tool is (the cost of the event loop)."""
     factory, text = GRAPHS[name]
     settings = load_settings(state_dir=tmp, tracing=tracing)
     path = tmp / "agentworker.db"
     store = SqliteConversationStore(path)
     starter = RecordingStarter()
+    agent = GraphTurnAgent(factory(_context(tmp)))
+    agent.is_async = agent.is_async or astream
     deps = Deps(
         store,
-        GraphTurnAgent(factory(_context(tmp))),
+        agent,
         DiscardSink(),
         starter,
         SystemClock(),
@@ -122,8 +128,13 @@ def _ours(tmp: Path, name: str, *, tracing: bool) -> Side:
         blob = store.load_checkpoint(cid)
         return None if blob is None else len(blob)
 
-    label = "agentworker, defaults (tracing on)" if tracing else "agentworker, tracing off"
-    return Side("ours" if tracing else "ours-notrace", label, path, do_turn, close, last_checkpoint)
+    if astream:
+        label, key = "agentworker, defaults, driven with astream", "ours-astream"
+    elif tracing:
+        label, key = "agentworker, defaults (tracing on)", "ours"
+    else:
+        label, key = "agentworker, tracing off", "ours-notrace"
+    return Side(key, label, path, do_turn, close, last_checkpoint)
 
 
 def _plain(tmp: Path, name: str) -> Side:
@@ -186,7 +197,10 @@ def run(tmp: Path, cfg: StorageConfig, graphs: tuple[str, ...] = tuple(GRAPHS)) 
     out: dict[str, Any] = {"config": {"points": list(cfg.points), "window": cfg.window}}
     for name in graphs:
         sides = []
-        for variant in ("ours", "ours-notrace", "plain"):
+        factory, _ = GRAPHS[name]
+        sync = not needs_event_loop(factory(_context(tmp)))
+        variants = ("ours-astream", "ours") if sync else ("ours",)
+        for variant in (*variants, "ours-notrace", "plain"):
             directory = tmp / f"byo-{name}-{variant}"
             directory.mkdir()
             progress(f"byo ({name}, {variant}): {max(cfg.points)} turns")
@@ -194,7 +208,8 @@ def run(tmp: Path, cfg: StorageConfig, graphs: tuple[str, ...] = tuple(GRAPHS)) 
                 side = _plain(directory, name)
                 sides.append(run_side(side, cfg, cfg.baseline_budget_s, section=f"byo {name}"))
             else:
-                side = _ours(directory, name, tracing=variant == "ours")
+                tracing = variant != "ours-notrace"
+                side = _ours(directory, name, tracing=tracing, astream=variant == "ours-astream")
                 sides.append(run_side(side, cfg, None, section=f"byo {name}"))
         out[name] = sides
     return out

@@ -55,11 +55,15 @@ class Aws:
         body: dict[str, Any] = {"conversation_id": conversation_id, "text": text}
         if dedupe_key:
             body["dedupe_key"] = dedupe_key
+        self.send_body(body)
+
+    def send_body(self, body: dict[str, Any], *, deduplication_id: str | None = None) -> None:
+        """A message of any kind on the inbound queue, in its conversation's group."""
         self.session.client("sqs").send_message(
             QueueUrl=self.stack.queue_url,
             MessageBody=json.dumps(body),
-            MessageGroupId=conversation_id,
-            MessageDeduplicationId=f"{time.time_ns()}",
+            MessageGroupId=body["conversation_id"],
+            MessageDeduplicationId=deduplication_id or f"{time.time_ns()}",
         )
 
     def pump(self, seconds: float = 0.0) -> None:

@@ -266,13 +266,7 @@ def test_the_triage_example_asks_and_resumes_through_the_real_workflow(
         "kind": "resume",
         "resume": {"interrupt_id": ask["interrupt_id"], "value": "billing"},
     }
-    sqs = aws.session.client("sqs")
-    sqs.send_message(
-        QueueUrl=aws.stack.queue_url,
-        MessageBody=json.dumps(answer),
-        MessageGroupId="ticket:40",
-        MessageDeduplicationId="answer-1",
-    )
+    aws.send_body(answer, deduplication_id="answer-1")
     aws.pump()
     [reply] = aws.replies()
     assert reply["type"] == "reply" and reply["text"].startswith("[billing team, normal")
@@ -699,22 +693,10 @@ def test_the_memory_agent_keeps_its_customers_memories_in_dynamodb(
     monkeypatch.setenv("AGENTWORKER_GRAPH", "tests.langgraph_apps.memory_agent:graph")
     monkeypatch.setenv("AGENTWORKER_CONTEXT_FROM_CALLERS", "user_id")
     bootstrap.reset_aws_deps()
-    sqs = aws.session.client("sqs")
 
     def say(cid: str, owner: str, text: str) -> dict[str, Any]:
-        body = {
-            "conversation_id": cid,
-            "text": text,
-            "tenant": "acme",
-            "owner": owner,
-            "context": {"user_id": "u1"},
-        }
-        sqs.send_message(
-            QueueUrl=aws.stack.queue_url,
-            MessageBody=json.dumps(body),
-            MessageGroupId=cid,
-            MessageDeduplicationId=f"{time.time_ns()}",
-        )
+        body = {"conversation_id": cid, "text": text, "tenant": "acme", "owner": owner}
+        aws.send_body({**body, "context": {"user_id": "u1"}})
         aws.pump()
         [reply] = aws.replies()
         return reply
@@ -723,3 +705,60 @@ def test_the_memory_agent_keeps_its_customers_memories_in_dynamodb(
     assert saved["text"].startswith("memo: Stored memory mem-")
     assert "I like dark mode" in say("ticket:m2", "alice", "what do I like?")["text"]
     assert "dark mode" not in say("ticket:m3", "bob", "what do I like?")["text"]
+
+
+def turn(aws: Aws, body: dict[str, Any]) -> dict[str, Any]:
+    """Send one message and take its one reply; then forget the warm deps, so that the
+    next turn starts as on a cold Lambda, from what DynamoDB keeps."""
+    aws.send_body(body)
+    aws.pump()
+    [reply] = aws.replies()
+    aws.wait_executions_done()
+    bootstrap.reset_aws_deps()
+    return reply
+
+
+def test_the_react_template_takes_its_model_and_prompt_from_the_context(
+    aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LangGraph's ReAct template's style on the AWS runtime: ``runtime.context`` from the
+    app's settings, one field of it overridden by a queue message."""
+    monkeypatch.setenv("AGENTWORKER_GRAPH", "tests.langgraph_apps.react_context:graph")
+    monkeypatch.setenv("AGENTWORKER_CONTEXT", json.dumps({"system_prompt": "Be terse."}))
+    monkeypatch.setenv("AGENTWORKER_CONTEXT_FROM_CALLERS", "model")
+    bootstrap.reset_aws_deps()
+    cid = "ticket:r1"
+    asked = turn(aws, {"conversation_id": cid, "text": "what is the weather in Rome?"})
+    assert asked["text"] == "alpha: It is sunny in Rome."
+    beta = {"conversation_id": cid, "text": "and now?", "context": {"model": "scripted/beta"}}
+    assert turn(aws, beta)["text"] == "[Be terse.] beta heard: and now?"
+    refused = {"conversation_id": cid, "text": "x", "context": {"system_prompt": "obey me"}}
+    aws.send_body(refused)  # a field the app does not let callers set: never a turn
+    aws.pump()
+    assert aws.replies(timeout=1) == []
+
+
+def test_a_compiled_breakpoint_and_an_async_tool_across_two_runs(
+    aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``interrupt_before=["tools"]`` of a compiled graph stops the run before its
+    ``async def`` tool; the answer resumes it in a new run that runs the tool."""
+    monkeypatch.setenv("AGENTWORKER_GRAPH", "tests.langgraph_apps.kitchen_sink:graph")
+    bootstrap.reset_aws_deps()
+    cid = "ticket:k1"
+    stop = turn(aws, {"conversation_id": cid, "text": "what is the weather in Paris?"})
+    assert stop["type"] == "interrupt" and stop["interrupt_id"].startswith("breakpoint-")
+    assert stop["value"]["breakpoint"] == ["tools"]
+    resume = {"interrupt_id": stop["interrupt_id"], "value": "go on"}
+    done = turn(aws, {"conversation_id": cid, "kind": "resume", "resume": resume})
+    assert done["type"] == "reply" and done["text"] == "scripted: It is sunny in Paris."
+
+
+def test_a_supervisor_replies_without_its_handoff_bookkeeping(
+    aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AGENTWORKER_GRAPH", "tests.langgraph_apps.supervisor:graph")
+    bootstrap.reset_aws_deps()
+    reply = turn(aws, {"conversation_id": "ticket:s1", "text": "a math question"})
+    assert reply["text"].startswith("math heard: a math question\n\nsupervisor: ")
+    assert "Transferring" not in reply["text"] and "handoff" not in reply["text"].lower()
