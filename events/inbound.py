@@ -101,7 +101,8 @@ def _within(size: int, limit: int, message: str) -> None:
         raise PydanticCustomError("too_large", message, {"size": size, "limit": limit})
 
 
-def _json_bytes(value: object) -> int:
+def json_bytes(value: object) -> int:
+    """The size of ``value`` as compact JSON, in UTF-8 bytes (lone surrogates counted)."""
     return len(json.dumps(value, separators=(",", ":")).encode("utf-8", "surrogatepass"))
 
 
@@ -151,7 +152,7 @@ def check_resume_value(value: JsonValue) -> JsonValue:
     except BadInput as exc:
         raise PydanticCustomError(exc.code, str(exc).partition(": ")[2]) from None
     _within(
-        _json_bytes(value),
+        json_bytes(value),
         MAX_RESUME_BYTES,
         "value is {size} bytes of JSON, over the {limit} byte limit",
     )
@@ -166,12 +167,13 @@ ResumeValue = Annotated[
 
 
 MAX_RUN_VALUES_BYTES = 16 * 1024
+MAX_RUN_VALUES_KEYS = 64
 """Largest ``context`` or ``configurable`` a caller sends with a message, as JSON."""
 
 
 def check_run_values(values: dict[str, JsonValue]) -> dict[str, JsonValue]:
     _within(
-        _json_bytes(values),
+        json_bytes(values),
         MAX_RUN_VALUES_BYTES,
         "{size} bytes of JSON, over the {limit} byte limit",
     )
@@ -182,7 +184,7 @@ RunValues = Annotated[
     dict[Annotated[str, Field(min_length=1, max_length=128)], ResumeValue],
     AfterValidator(check_run_values),
     Field(
-        max_length=64,
+        max_length=MAX_RUN_VALUES_KEYS,
         description="Values for the graph by name, at most 64 and 16 KB of JSON; only the "
         "names the app allows callers to set (its context_from_callers or "
         "configurable_from_callers).",
@@ -313,6 +315,27 @@ class InboundMessage(BaseModel):
         if self.answers is not None:
             return f"decision:{self.answers}"
         return self.message_id
+
+
+class ConversationValuesRequest(BaseModel):
+    """``PATCH /v1/conversations/{id}``: change the conversation's own values, which every
+    later turn runs with under its messages' own. Each key given is set; a key set to
+    ``null`` is removed; keys not given stay."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    context: RunValues = Field(
+        default_factory=dict,
+        description="Runtime context fields (only those the app lets callers set).",
+    )
+    configurable: RunValues = Field(
+        default_factory=dict,
+        description="config['configurable'] keys (only those the app lets callers set).",
+    )
+    metadata: RunValues = Field(
+        default_factory=dict,
+        description="The conversation's metadata (any JSON): config['metadata'] of its runs.",
+    )
 
 
 class MessageRequest(BaseModel):

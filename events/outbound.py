@@ -190,6 +190,18 @@ class ConversationView(BaseModel):
     the answer to an ``interrupt()``."""
     messages: list[MessageView]
     replies: list[OutboxView]
+    values: ConversationValuesView
+    """The conversation's own context, configurable values and metadata."""
+
+
+class ConversationValuesView(BaseModel):
+    """What a conversation's turns run with of their caller's choosing, under what each
+    message adds (``PATCH /v1/conversations/{id}`` changes it)."""
+
+    conversation_id: str
+    context: dict[str, JsonValue]
+    configurable: dict[str, JsonValue]
+    metadata: dict[str, JsonValue]
 
 
 class PendingInterruptView(BaseModel):

@@ -24,6 +24,7 @@ from events.workflow import RunRef
 from workers.core.model import (
     AcceptResult,
     Access,
+    CallerValues,
     ConversationState,
     History,
     InboxEntry,
@@ -240,6 +241,15 @@ class InMemoryConversationStore:
                 claimed_seq=None,
                 status=status,
             )
+            return True
+
+    def set_values(self, conversation_id: str, values: CallerValues, *, now: float) -> bool:
+        self.calls.append("set_values")
+        with self._lock:
+            conv = self._convs.get(conversation_id)
+            if conv is None:
+                return False
+            conv.state = replace(conv.state, values=values, updated_at=now)
             return True
 
     def get_conversation(self, conversation_id: str) -> ConversationState | None:

@@ -295,8 +295,8 @@ class Settings(BaseSettings):
     )
     context_from_callers: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Context fields a caller may set with a message, comma-separated"
-        " (others are refused: 400 not_allowed_field).",
+        description="Context fields a caller may set with a message or for a whole"
+        " conversation, comma-separated (others are refused: 400 not_allowed_field).",
     )
     configurable: dict[str, JsonValue] = Field(
         default_factory=dict,
@@ -305,7 +305,8 @@ class Settings(BaseSettings):
     )
     configurable_from_callers: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="configurable keys a caller may set with a message, comma-separated.",
+        description="configurable keys a caller may set with a message or for a whole"
+        " conversation, comma-separated.",
     )
     prices: dict[str, ModelPrice] = Field(
         default_factory=dict,

@@ -18,7 +18,7 @@ from tests.fakes import InMemoryConversationStore, InMemoryTicketStore
 from workers.adapters.local.sqlite_database import SqliteDatabase
 from workers.adapters.local.sqlite_store import SqliteConversationStore
 from workers.adapters.local.sqlite_tickets import SqliteTicketStore
-from workers.core.model import Access, LogEntry, PendingWork, Ticket, TurnCommit
+from workers.core.model import Access, CallerValues, LogEntry, PendingWork, Ticket, TurnCommit
 from workers.errors import LeaseLost, NotFound, TurnSuperseded
 
 T0 = 1_700_000_000.0
@@ -778,3 +778,20 @@ def test_an_entry_remembers_which_sinks_took_it(store: Any) -> None:
     store.mark_sinks(CID, 999, ["slack"])  # no such entry: nothing happens
     store.mark_delivered(CID, [entry.seq], now=T0)
     assert store.pending_outbox(CID) == []
+
+
+def test_a_conversations_own_values_are_kept_replaced_and_cleared(store: Any) -> None:
+    assert store.set_values(CID, CallerValues(context={"a": 1}), now=T0) is False  # none yet
+    store.append_inbox(msg(), now=T0, default_policy="enqueue")
+    assert store.get_conversation(CID).values == CallerValues()
+    values = CallerValues({"user_id": "u1"}, {"temperature": 0.2}, {"source": {"app": "web"}})
+    assert store.set_values(CID, values, now=T0 + 5) is True
+    state = store.get_conversation(CID)
+    assert state.values == values and state.updated_at == T0 + 5
+    assert store.history(CID).state.values == values
+    assert store.set_values(CID, CallerValues(metadata={"x": "y"}), now=T0 + 6)
+    assert store.get_conversation(CID).values == CallerValues(metadata={"x": "y"})
+    assert store.set_values(CID, CallerValues(), now=T0 + 7)
+    assert store.get_conversation(CID).values == CallerValues()
+    store.forget(CID)
+    assert store.set_values(CID, values, now=T0 + 8) is False

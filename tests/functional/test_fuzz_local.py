@@ -42,7 +42,7 @@ def cid_text(value: Any) -> str:
     return quote(value if isinstance(value, str) else json.dumps(value), safe="")
 
 
-def test_http_message_bodies(client: TestClient) -> None:
+def test_http_message_and_conversation_bodies(client: TestClient) -> None:
     body = shaped(
         {
             "text": text_field,
@@ -52,18 +52,24 @@ def test_http_message_bodies(client: TestClient) -> None:
             "policy": st.sampled_from(["enqueue", "merge", "bogus"]),
             "metadata": json_values,
             "sender": text_field,
+            "context": json_values | st.just({"k": None}),
+            "configurable": json_values,
         }
     )
     media = st.sampled_from(["application/json", "application/json; charset=utf-8", "text/plain"])
+    # a message, or a change of the conversation's own values (the same fields, mostly)
+    routes = st.sampled_from([("POST", "/messages"), ("POST", "/messages"), ("PATCH", "")])
     ran = [0]
 
     @FUZZ
-    @given(hostile(body), media, id_field)
-    def run(raw: str | bytes, content_type: str, cid: Any) -> None:
+    @given(hostile(body), media, id_field, routes)
+    def run(raw: str | bytes, content_type: str, cid: Any, route: tuple[str, str]) -> None:
         ran[0] += 1
         data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
-        resp = client.post(
-            f"/v1/conversations/{cid_text(cid)}/messages",
+        method, suffix = route
+        resp = client.request(
+            method,
+            f"/v1/conversations/{cid_text(cid)}{suffix}",
             content=data,
             headers={**AUTH, "content-type": content_type},
         )

@@ -51,6 +51,19 @@ def ask(srv: ServerProcess, token: str, cid: str, text: str, **extra: Any) -> ht
     )
 
 
+def patch(srv: ServerProcess, token: str, cid: str, body: dict[str, Any]) -> int:
+    """``PATCH`` the conversation's own values; the status."""
+    changed = httpx.patch(
+        f"{srv.url}/v1/conversations/{cid}",
+        json=body,
+        headers={"authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+    if changed.status_code == 200:
+        assert changed.json()["conversation_id"] == cid
+    return changed.status_code
+
+
 def answer(srv: ServerProcess, token: str, cid: str, text: str, **extra: Any) -> str:
     sent = ask(srv, token, cid, text, **extra)
     assert sent.status_code == 202, sent.text
@@ -87,6 +100,26 @@ def test_the_memory_agent_remembers_for_its_customer_across_a_restart(tmp_path: 
         assert "I like dark mode" in recalled
         other = answer(again, BOB, "ws:acme:m3", "what do I like?", **me)  # same user_id
         assert "dark mode" not in other
+        # the conversation's own context, under each message's (PATCH)
+        assert patch(again, ALICE, "ws:acme:nope", {"context": {"user_id": "u2"}}) == 404
+        assert patch(again, BOB, "ws:acme:m2", {"context": {"user_id": "u2"}}) == 404
+        assert patch(again, ALICE, "ws:acme:m2", {"context": {"system_prompt": "x"}}) == 400
+        assert patch(again, ALICE, "ws:acme:m2", {"context": "u2"}) == 422
+        assert patch(again, ALICE, "ws:acme:m2", {"context": {"user_id": "u2"}}) == 200
+        assert "dark mode" not in answer(again, ALICE, "ws:acme:m2", "what do I like?")
+        assert "dark mode" in answer(again, ALICE, "ws:acme:m2", "what do I like?", **me)
+        assert patch(again, ALICE, "ws:acme:m2", {"context": {"user_id": None}}) == 200
+        view = httpx.get(
+            f"{again.url}/v1/conversations/ws:acme:m2",
+            headers={"authorization": f"Bearer {ALICE}"},
+            timeout=10,
+        ).json()
+        assert view["values"] == {
+            "conversation_id": "ws:acme:m2",
+            "context": {},
+            "configurable": {},
+            "metadata": {},
+        }
         erased = httpx.delete(
             f"{again.url}/v1/conversations/ws:acme:m2?memories=true",
             headers={"authorization": f"Bearer {ALICE}"},

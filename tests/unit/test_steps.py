@@ -20,7 +20,7 @@ from tests.fakes import (
     ScriptedAgent,
     SpanRecordingTracer,
 )
-from workers.core.model import ResumeRecord, TurnRequest
+from workers.core.model import CallerValues, ResumeRecord, TurnRequest
 from workers.core.policies import SUPERSEDED_REASON
 from workers.core.ports import NullTracer
 from workers.core.steps import (
@@ -41,6 +41,7 @@ from workers.core.steps import (
     history,
     retry_exhausted_text,
     run_step,
+    set_conversation_values,
     sweep,
 )
 from workers.errors import (
@@ -1189,3 +1190,28 @@ def test_a_caller_sets_only_the_context_and_configurable_the_app_allows() -> Non
     w.run_all()
     [turn] = w.agent.requests  # one turn of both messages: the later one's value wins
     assert turn.caller.context == {"model": "slow"} and turn.caller.metadata == {"source": "crm"}
+
+
+def test_a_conversations_own_values_run_under_its_messages() -> None:
+    w = World(context_from_callers=frozenset({"model", "user_id"}))
+    mine = CallerValues(context={"user_id": "u1", "model": "fast"}, metadata={"plan": "pro"})
+    with pytest.raises(NotFound):  # no such conversation yet
+        set_conversation_values(w.deps, CID, LOCAL_USER, mine)
+    w.send("one")
+    w.run_all()
+    other = Principal(tenant="acme", id="mallory")
+    with pytest.raises(NotFound):  # someone else's: as if it did not exist
+        set_conversation_values(w.deps, CID, other, mine)
+    with pytest.raises(BadInput, match=r"^context.system_prompt: "):
+        set_conversation_values(w.deps, CID, LOCAL_USER, CallerValues({"system_prompt": "x"}))
+    assert set_conversation_values(w.deps, CID, LOCAL_USER, mine) == mine
+    w.send("two", context={"model": "slow"})
+    w.run_all()
+    turn = w.agent.requests[-1]  # the message's value over the conversation's
+    assert turn.caller.context == {"user_id": "u1", "model": "slow"}
+    assert turn.caller.metadata == {"plan": "pro"}
+    dropped = set_conversation_values(w.deps, CID, LOCAL_USER, CallerValues({"model": None}))
+    assert dropped.context == {"user_id": "u1"} and dropped.metadata == {"plan": "pro"}
+    huge = CallerValues(metadata={f"k{i}": i for i in range(65)})
+    with pytest.raises(BadInput, match=r"^metadata: the conversation would keep 66 keys"):
+        set_conversation_values(w.deps, CID, LOCAL_USER, huge)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -116,6 +117,59 @@ class LogEntry:
 
 
 @dataclass(frozen=True)
+class CallerValues:
+    """What callers ask of the graph's runs: runtime ``context`` fields and ``configurable``
+    keys the app lets callers set, and ``metadata`` (the run's ``config["metadata"]``).
+    A conversation keeps its own (``PATCH /v1/conversations/{id}``, a thread's metadata);
+    a turn's messages add theirs on top, a later message's value winning."""
+
+    context: Mapping[str, object] = field(default_factory=dict)
+    configurable: Mapping[str, object] = field(default_factory=dict)
+    metadata: Mapping[str, object] = field(default_factory=dict)
+
+    def over(self, base: CallerValues) -> CallerValues:
+        """These values on top of ``base``'s (a key here wins)."""
+        return CallerValues(
+            {**base.context, **self.context},
+            {**base.configurable, **self.configurable},
+            {**base.metadata, **self.metadata},
+        )
+
+    def changed(self, change: CallerValues) -> CallerValues:
+        """These values with ``change``'s keys set, and those it sets to ``None`` removed."""
+
+        def apply(old: Mapping[str, object], new: Mapping[str, object]) -> dict[str, object]:
+            merged = {**old, **new}
+            return {k: v for k, v in merged.items() if v is not None}
+
+        return CallerValues(
+            apply(self.context, change.context),
+            apply(self.configurable, change.configurable),
+            apply(self.metadata, change.metadata),
+        )
+
+    def to_json(self) -> str | None:
+        """As stored with the conversation (``None`` when empty)."""
+        if not (self.context or self.configurable or self.metadata):
+            return None
+        return json.dumps(
+            {
+                "context": dict(self.context),
+                "configurable": dict(self.configurable),
+                "metadata": dict(self.metadata),
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str | None) -> CallerValues:
+        if not text:
+            return cls()
+        data = json.loads(text)
+        return cls(data["context"], data["configurable"], data["metadata"])
+
+
+@dataclass(frozen=True)
 class ConversationState:
     conversation_id: str
     policy: DoubleTextingPolicy
@@ -146,6 +200,9 @@ class ConversationState:
     owner: str | None = None
     """Its owner within the tenant: the creating principal, or the group it acted for (a
     Slack channel)."""
+    values: CallerValues = field(default_factory=CallerValues)
+    """The conversation's own context, configurable values and metadata, under those of
+    each turn's messages."""
 
     @property
     def customer(self) -> str:
@@ -239,17 +296,6 @@ class CustomData:
 
 StreamPart = str | CustomData
 """What a turn streams: a piece of the reply's text, or the app's custom data."""
-
-
-@dataclass(frozen=True)
-class CallerValues:
-    """What the messages of a turn ask of the graph's run, merged in order (a later
-    message's value wins): runtime ``context`` fields and ``configurable`` keys the app lets
-    callers set, and the messages' ``metadata`` (the run's ``config["metadata"]``)."""
-
-    context: Mapping[str, object] = field(default_factory=dict)
-    configurable: Mapping[str, object] = field(default_factory=dict)
-    metadata: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

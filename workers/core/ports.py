@@ -19,6 +19,7 @@ from events.workflow import RunRef
 from workers.core.model import (
     AcceptResult,
     Access,
+    CallerValues,
     ConversationState,
     History,
     InboxEntry,
@@ -110,6 +111,10 @@ class ConversationStore(Protocol):
         ``LeaseLost`` if ``token`` no longer holds the lease."""
 
     def get_conversation(self, conversation_id: str) -> ConversationState | None: ...
+
+    def set_values(self, conversation_id: str, values: CallerValues, *, now: float) -> bool:
+        """Replace the conversation's own values (``ConversationState.values``); ``False``
+        if there is no such conversation."""
 
     def pending_inbox(self, conversation_id: str, *, limit: int = 100) -> list[InboxEntry]:
         """Pending inbox entries, oldest first."""

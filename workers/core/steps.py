@@ -25,7 +25,14 @@ from typing import Literal, TypeVar, cast
 from pydantic import JsonValue
 
 from events.identity import ApprovalPolicy, Principal, identity_key
-from events.inbound import DoubleTextingPolicy, InboundMessage, new_id
+from events.inbound import (
+    MAX_RUN_VALUES_BYTES,
+    MAX_RUN_VALUES_KEYS,
+    DoubleTextingPolicy,
+    InboundMessage,
+    json_bytes,
+    new_id,
+)
 from events.outbound import (
     ApprovalRequest,
     CustomChunk,
@@ -51,6 +58,7 @@ from workers.core.guard import (
 )
 from workers.core.model import (
     AcceptResult,
+    CallerValues,
     ConversationState,
     ConversationStatus,
     CustomData,
@@ -225,13 +233,20 @@ def accept_message(
     return result
 
 
-def check_caller_values(settings: TurnSettings, msg: InboundMessage) -> None:
+def check_caller_values(
+    settings: TurnSettings,
+    msg: InboundMessage | None = None,
+    *,
+    values: CallerValues | None = None,
+) -> None:
     """``BadInput`` (``not_allowed_field``, naming it) for a ``context`` field or a
-    ``configurable`` key the app does not let callers set: what its graph runs with is the
-    app's to decide."""
+    ``configurable`` key the app does not let callers set, in a message or in a
+    conversation's own ``values``: what its graph runs with is the app's to decide."""
+    context = values.context if values else msg.context if msg else None
+    configurable = values.configurable if values else msg.configurable if msg else None
     for what, given, allowed in (
-        ("context", msg.context, settings.context_from_callers),
-        ("configurable", msg.configurable, settings.configurable_from_callers),
+        ("context", context, settings.context_from_callers),
+        ("configurable", configurable, settings.configurable_from_callers),
     ):
         refused = sorted(set(given or ()) - allowed)
         if refused:
@@ -309,6 +324,39 @@ def history(deps: Deps, conversation_id: str, principal: Principal) -> History |
     if found is None or visible(deps, found.state, principal) is None:
         return None
     return found
+
+
+def set_conversation_values(
+    deps: Deps, conversation_id: str, principal: Principal, change: CallerValues
+) -> CallerValues:
+    """Change the conversation's own context, configurable values and metadata (each key
+    of ``change`` set, a ``None`` one removed), which every later turn runs with under its
+    messages' own; the values it has now. ``NotFound`` for a conversation that does not
+    exist or is not ``principal``'s; ``BadInput`` for a field the app does not let callers
+    set. A turn running meanwhile keeps the values it started with; of two changes at
+    once, the later write keeps its whole result."""
+    check_caller_values(deps.settings, values=change)
+    state = visible(deps, deps.store.get_conversation(conversation_id), principal)
+    if state is None:
+        raise NotFound.conversation(conversation_id)
+    values = state.values.changed(change)
+    for what, kept in (
+        ("context", values.context),
+        ("configurable", values.configurable),
+        ("metadata", values.metadata),
+    ):
+        size = json_bytes(kept)
+        if len(kept) > MAX_RUN_VALUES_KEYS or size > MAX_RUN_VALUES_BYTES:
+            raise BadInput(
+                "too_large",
+                f"{what}: the conversation would keep {len(kept)} keys, {size} bytes of JSON;"
+                f" at most {MAX_RUN_VALUES_KEYS} and {MAX_RUN_VALUES_BYTES} (remove some"
+                " with null)",
+                field=what,
+            )
+    if not deps.store.set_values(conversation_id, values, now=deps.clock.now()):
+        raise NotFound.conversation(conversation_id)  # erased meanwhile
+    return values
 
 
 @dataclass(frozen=True)
@@ -617,7 +665,7 @@ def _advance(
         history=claim.work.history,
         message_ids=plan.message_ids,
         customer=claim.state.customer,
-        caller=plan.caller_values,
+        caller=plan.caller_values.over(claim.state.values),
     )
     guards_pii = guard is not None and guard.output_pii != "allow"
     allowed = pii_values(texts) if guards_pii else frozenset()

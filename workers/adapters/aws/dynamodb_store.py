@@ -93,6 +93,7 @@ from workers.adapters.aws.tables import (
 from workers.core.model import (
     AcceptResult,
     Access,
+    CallerValues,
     ConversationState,
     ConversationStatus,
     History,
@@ -510,6 +511,24 @@ class DynamoDBConversationStore:
         """The conversation's state, or ``None`` if it never had a message."""
         meta = self._table.get(conversation_pk(conversation_id), META_SK)
         return None if meta is None else _state(meta)
+
+    def set_values(self, conversation_id: str, values: CallerValues, *, now: float) -> bool:
+        stored = values.to_json()
+        update = "SET #updated_at = :now" + (
+            ", #caller_values = :values" if stored else " REMOVE #caller_values"
+        )
+        extra = {":values": string(stored)} if stored else {}
+        try:
+            self._table.update(
+                conversation_pk(conversation_id),
+                META_SK,
+                update,
+                cond="attribute_exists(#pk)",
+                values={":now": number(now), **extra},
+            )
+        except ConditionFailed:
+            return False
+        return True
 
     def load_checkpoint(self, conversation_id: str) -> bytes | None:
         """The last committed checkpoint (following its S3 pointer), or ``None``."""
@@ -1055,6 +1074,7 @@ def _state(meta: Item) -> ConversationState:
         tenant=opt_str(meta, "tenant"),
         owner=opt_str(meta, "owner"),
         claimed_seq=opt_int(meta, "claimed_seq"),
+        values=CallerValues.from_json(opt_str(meta, "caller_values")),
     )
 
 

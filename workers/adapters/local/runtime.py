@@ -36,7 +36,7 @@ from workers.adapters.local.sqlite_store import SqliteConversationStore
 from workers.adapters.local.sqlite_tickets import SqliteTicketStore
 from workers.config import Settings
 from workers.core.feedback import give_feedback
-from workers.core.model import AcceptResult, History
+from workers.core.model import AcceptResult, CallerValues, History
 from workers.core.ports import Feedback
 from workers.core.steps import (
     Deps,
@@ -49,6 +49,7 @@ from workers.core.steps import (
     forget_conversation,
     graph_state,
     history,
+    set_conversation_values,
     sweep,
 )
 from workers.errors import ConfigError, ErasureInProgress
@@ -204,6 +205,15 @@ class EmbeddedRuntime:
         self, conversation_id: str, principal: Principal = LOCAL_USER
     ) -> GraphStateView | None:
         return await asyncio.to_thread(graph_state, self.deps, conversation_id, principal)
+
+    async def set_values(
+        self, conversation_id: str, principal: Principal, change: CallerValues
+    ) -> CallerValues:
+        """Change the conversation's own values (see
+        :func:`~workers.core.steps.set_conversation_values`)."""
+        return await asyncio.to_thread(
+            set_conversation_values, self.deps, conversation_id, principal, change
+        )
 
     async def forget(
         self, conversation_id: str, principal: Principal, *, memories: bool = False

@@ -22,6 +22,7 @@ from events.identity import WS_SUBPROTOCOL, Principal
 from events.inbound import (
     CONVERSATION_ID_PATTERN,
     WS_ACTIONS,
+    ConversationValuesRequest,
     FeedbackRequest,
     MessageRequest,
     WsDecide,
@@ -40,9 +41,10 @@ from workers.adapters.local.guard import Guard
 from workers.adapters.local.hub import FORGOTTEN
 from workers.adapters.local.markdown import render_markdown
 from workers.adapters.local.runtime import EmbeddedRuntime
-from workers.adapters.local.views import conversation_view
+from workers.adapters.local.views import conversation_view, values_view
 from workers.adapters.tokens import bearer_token, ws_token
 from workers.config import Settings
+from workers.core.model import CallerValues
 from workers.core.ports import Authenticator
 from workers.errors import (
     AgentWorkerError,
@@ -208,6 +210,20 @@ def create_app(
         if history is None:
             raise unknown_conversation(conversation_id)
         return JSONResponse(conversation_view(history).model_dump(mode="json"))
+
+    @app.patch("/v1/conversations/{conversation_id}")
+    async def patch_conversation(conversation_id: str, request: Request) -> JSONResponse:
+        """Change the conversation's own context, configurable values and metadata."""
+        principal = await caller(request)
+        check_conversation_id(conversation_id)
+        data = await _json_object(request)
+        try:
+            body = ConversationValuesRequest.model_validate(data)
+        except ValidationError as exc:
+            raise validation_error(exc) from None
+        change = CallerValues(body.context, body.configurable, body.metadata)
+        values = await rt(request).set_values(conversation_id, principal, change)
+        return JSONResponse(values_view(conversation_id, values).model_dump(mode="json"))
 
     @app.get("/v1/conversations/{conversation_id}/state")
     async def get_state(conversation_id: str, request: Request) -> JSONResponse:

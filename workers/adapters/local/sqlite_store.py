@@ -25,6 +25,7 @@ from workers.adapters.local.sqlite_database import SqliteDatabase
 from workers.core.model import (
     AcceptResult,
     Access,
+    CallerValues,
     ConversationState,
     History,
     InboxEntry,
@@ -55,6 +56,7 @@ CREATE TABLE IF NOT EXISTS conversations (
     claimed_seq INTEGER,
     tenant TEXT,
     owner TEXT,
+    caller_values TEXT,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
@@ -152,6 +154,8 @@ class SqliteConversationStore:
             # Conversations from before ownership were the local user's (no auth then).
             db.execute(f"ALTER TABLE conversations ADD COLUMN tenant TEXT DEFAULT '{LOCAL_TENANT}'")
             db.execute(f"ALTER TABLE conversations ADD COLUMN owner TEXT DEFAULT '{LOCAL_USER.id}'")
+        if "caller_values" not in columns:
+            db.execute("ALTER TABLE conversations ADD COLUMN caller_values TEXT")
         inbox = {row[1] for row in db.execute("PRAGMA table_info(inbox)")}
         if "error" not in inbox:
             # Messages failed before were marked consumed: they stay so.
@@ -401,8 +405,8 @@ class SqliteConversationStore:
             " lease_expires_at, lease_execution_id, pending_approval, created_at, updated_at,"
             " approval_task_token, (SELECT COUNT(*) FROM inbox i WHERE i.conversation_id = ?"
             " AND i.status = 'pending'), (SELECT COUNT(*) FROM outbox o"
-            " WHERE o.conversation_id = ? AND o.delivered_at IS NULL), tenant, owner, claimed_seq"
-            " FROM conversations WHERE conversation_id = ?",
+            " WHERE o.conversation_id = ? AND o.delivered_at IS NULL), tenant, owner, claimed_seq,"
+            " caller_values FROM conversations WHERE conversation_id = ?",
             (conversation_id, conversation_id, conversation_id),
         ).fetchone()
         if row is None:
@@ -426,7 +430,17 @@ class SqliteConversationStore:
             tenant=row[14],
             owner=row[15],
             claimed_seq=row[16],
+            values=CallerValues.from_json(row[17]),
         )
+
+    def set_values(self, conversation_id: str, values: CallerValues, *, now: float) -> bool:
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE conversations SET caller_values = ?, updated_at = ?"
+                " WHERE conversation_id = ?",
+                (values.to_json(), now, conversation_id),
+            )
+            return cur.rowcount == 1
 
     def load_checkpoint(self, conversation_id: str) -> bytes | None:
         row = (

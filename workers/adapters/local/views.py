@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
-from events.outbound import ConversationView, MessageView, OutboxView
-from workers.core.model import History
+from typing import Any
+
+from events.outbound import ConversationValuesView, ConversationView, MessageView, OutboxView
+from workers.core.model import CallerValues, History
+
+
+def values_view(conversation_id: str, values: CallerValues) -> ConversationValuesView:
+    data: Any = {
+        "context": dict(values.context),
+        "configurable": dict(values.configurable),
+        "metadata": dict(values.metadata),
+    }
+    return ConversationValuesView(conversation_id=conversation_id, **data)
 
 
 def conversation_view(history: History) -> ConversationView:
@@ -33,4 +44,5 @@ def conversation_view(history: History) -> ConversationView:
         replies=[
             OutboxView(seq=e.seq, delivered=e.delivered, payload=e.payload) for e in history.outbox
         ],
+        values=values_view(state.conversation_id, state.values),
     )
