@@ -26,6 +26,29 @@ class LocalHub:
         self._loop = loop
         self._subs: dict[str, set[Subscriber]] = defaultdict(set)
         self._lock = threading.Lock()
+        self._pieces: dict[str, tuple[str, list[Frame]]] = {}
+        """Each conversation's turn in progress and the pieces it streamed so far (no store
+        keeps them): what a stream that reconnects mid-turn missed. Dropped when the turn's
+        answer is published, or the next turn streams."""
+
+    def turn_pieces(self, conversation_id: str) -> list[Frame]:
+        """The pieces the conversation's turn in progress streamed so far, in order."""
+        with self._lock:
+            held = self._pieces.get(conversation_id)
+            return list(held[1]) if held else []
+
+    def _hold(self, conversation_id: str, frame: Frame) -> None:
+        turn = frame.get("turn_id")
+        if frame.get("type") in PIECES and isinstance(turn, str):
+            held = self._pieces.get(conversation_id)
+            if held is None or held[0] != turn:
+                held = self._pieces[conversation_id] = (turn, [])
+            if len(held[1]) < MAX_HELD_PIECES:
+                held[1].append(frame)
+        elif frame.get("type") == FORGOTTEN or (
+            turn is not None and self._pieces.get(conversation_id, ("",))[0] == turn
+        ):
+            self._pieces.pop(conversation_id, None)
 
     def subscribe(self, conversation_id: str, queue: Subscriber) -> None:
         with self._lock:
@@ -44,6 +67,7 @@ class LocalHub:
 
     def publish(self, conversation_id: str, frame: Frame) -> None:
         with self._lock:
+            self._hold(conversation_id, frame)
             queues = list(self._subs.get(conversation_id, ()))
         for queue in queues:
             self._loop.call_soon_threadsafe(queue.put_nowait, frame)
@@ -55,6 +79,12 @@ class LocalHub:
         creates that one."""
         self.publish(conversation_id, forgotten_frame(conversation_id))
 
+
+PIECES = frozenset({"chunk", "custom"})
+"""The frames that are pieces of a turn's stream."""
+
+MAX_HELD_PIECES = 10_000
+"""Most pieces of one turn held for streams that reconnect (the rest still go live)."""
 
 FORGOTTEN = "forgotten"
 """The ``type`` of the frame that ends the follows of an erased conversation."""

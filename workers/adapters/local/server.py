@@ -14,7 +14,7 @@ from importlib import resources
 from typing import Any
 
 from fastapi import FastAPI, Request, WebSocket
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -41,10 +41,17 @@ from workers.adapters.local.guard import Guard
 from workers.adapters.local.hub import FORGOTTEN
 from workers.adapters.local.markdown import render_markdown
 from workers.adapters.local.runtime import EmbeddedRuntime
+from workers.adapters.local.sse import (
+    EventStream,
+    answers,
+    follow,
+    parse_cursor,
+    wait_answer,
+)
 from workers.adapters.local.views import conversation_view, values_view
 from workers.adapters.tokens import bearer_token, ws_token
 from workers.config import Settings
-from workers.core.model import CallerValues
+from workers.core.model import AcceptResult, CallerValues
 from workers.core.ports import Authenticator
 from workers.errors import (
     AgentWorkerError,
@@ -169,17 +176,60 @@ def create_app(
 
     @app.post("/v1/conversations/{conversation_id}/messages", status_code=202)
     async def post_message(conversation_id: str, request: Request) -> JSONResponse:
+        """``?wait=SECONDS`` (at most ``MAX_WAIT_SECONDS``): the answer when it comes in
+        time (200 ``{"accepted": ..., "answer": ...}``), else 202 as without it."""
         principal = await caller(request)
         check_conversation_id(conversation_id)
+        wait = wait_seconds(request.query_params.get("wait"))
         data = await _json_object(request)
         try:
             body = MessageRequest.model_validate(data)
             msg = body.to_inbound(conversation_id)
         except ValidationError as exc:
             raise validation_error(exc) from None
-        result = await rt(request).accept(msg, principal)
-        view = result.view(conversation_id)
-        return JSONResponse(view.model_dump(mode="json"), status_code=202)
+        runtime = rt(request)
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        if wait:  # before the accept: the answer cannot come before the wait begins
+            runtime.hub.subscribe(conversation_id, queue)
+        try:
+            result = await runtime.accept(msg, principal)
+            view = result.view(conversation_id).model_dump(mode="json")
+            if not wait or result.rejected:
+                return JSONResponse(view, status_code=202)
+            answer = await answered_already(runtime, conversation_id, principal, result)
+            answer = answer or await wait_answer(queue, result.message_id, wait)
+        finally:
+            runtime.hub.unsubscribe(queue)
+        if answer is None:
+            return JSONResponse(view, status_code=202)
+        return JSONResponse({"accepted": view, "answer": answer}, status_code=200)
+
+    @app.get("/v1/conversations/{conversation_id}/stream")
+    async def stream_conversation(conversation_id: str, request: Request) -> StreamingResponse:
+        """Server-sent events of the conversation (see :mod:`workers.adapters.local.sse`):
+        live ones, or those after ``Last-Event-ID`` (or ``?after=``; ``start``: all)."""
+        principal = await caller(request)
+        check_conversation_id(conversation_id)
+        cursor = parse_cursor(
+            request.headers.get("last-event-id") or request.query_params.get("after")
+        )
+        runtime = rt(request)
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        runtime.hub.subscribe(conversation_id, queue)  # before the replay is read
+        try:
+            history = await runtime.history(conversation_id, principal)
+            if history is None:
+                raise unknown_conversation(conversation_id)
+            events = EventStream(conversation_id)
+            first = events.replay(history, cursor)
+        except BaseException:
+            runtime.hub.unsubscribe(queue)
+            raise
+        return StreamingResponse(
+            follow(events, runtime.hub, queue, first),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
 
     @app.post("/v1/conversations/{conversation_id}/feedback", status_code=202)
     async def post_feedback(conversation_id: str, request: Request) -> JSONResponse:
@@ -271,6 +321,40 @@ def create_app(
         await session.run()
 
     return app
+
+
+MAX_WAIT_SECONDS = 120
+"""The longest ``?wait=`` a message may ask for."""
+
+
+def wait_seconds(raw: str | None) -> float:
+    """``?wait=``: seconds to wait for the answer (0 without it); 422 when not a number of
+    seconds from 0 to :data:`MAX_WAIT_SECONDS`."""
+    if raw is None:
+        return 0.0
+    try:
+        seconds = float(raw) if len(raw) <= 12 else -1.0
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= MAX_WAIT_SECONDS:  # NaN too
+        raise ApiError(
+            422, "validation_error", f"wait: seconds from 0 to {MAX_WAIT_SECONDS}", "wait"
+        )
+    return seconds
+
+
+async def answered_already(
+    runtime: EmbeddedRuntime, conversation_id: str, principal: Principal, result: AcceptResult
+) -> dict[str, Any] | None:
+    """For a message sent again (a duplicate), the answer its first sending got, if any."""
+    if not result.duplicate:
+        return None
+    history = await runtime.history(conversation_id, principal)
+    for entry in history.outbox if history else []:
+        payload = entry.payload.model_dump(mode="json")
+        if answers(payload, result.message_id):
+            return payload
+    return None
 
 
 WS_UNAUTHENTICATED = 4401

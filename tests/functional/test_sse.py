@@ -1,0 +1,151 @@
+"""Server-sent events and waiting for an answer on a real ``agentworker serve``: a message
+answered in the request that sent it (``?wait=``), a stream that follows a conversation,
+and a client that drops mid-turn and reconnects with ``Last-Event-ID``: every event once,
+across a restart too; hostile ids and parameters are 4xx."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.functional.identity_env import HS_SECRET, claims, hs256
+from tests.functional.server_process import ServerProcess
+
+ALICE = hs256(claims("alice", tenant="acme"))
+BOB = hs256(claims("bob", tenant="acme"))
+ENV = {
+    "AGENTWORKER_GRAPH": "tests.langgraph_apps.slow_stream:graph",
+    "AGENTWORKER_AUTH_JWT_SECRET": HS_SECRET,
+}
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with ServerProcess(tmp_path_factory.mktemp("sse"), env=ENV) as server:
+        yield server
+
+
+def send(srv: ServerProcess, cid: str, text: str, *, wait: str | None = None) -> httpx.Response:
+    return httpx.post(
+        f"{srv.url}/v1/conversations/{cid}/messages",
+        params={} if wait is None else {"wait": wait},
+        json={"text": text},
+        headers=auth(ALICE),
+        timeout=30,
+    )
+
+
+def events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    """The events of an SSE body, each as ``{"id", "event", "data"}``; comments skipped."""
+    event: dict[str, Any] = {}
+    for line in lines:
+        if line == "":
+            if event:
+                yield event
+            event = {}
+        elif line.startswith(":"):
+            continue
+        else:
+            name, _, value = line.partition(": ")
+            event[name] = json.loads(value) if name == "data" else value
+
+
+def read(
+    srv: ServerProcess,
+    cid: str,
+    *,
+    until: str | None = None,
+    last_id: str | None = None,
+    count: int = 0,
+) -> list[dict[str, Any]]:
+    """Events of the conversation's stream until one of type ``until``, or ``count``."""
+    headers = auth(ALICE) | ({"last-event-id": last_id} if last_id else {})
+    got: list[dict[str, Any]] = []
+    with httpx.stream(
+        "GET", f"{srv.url}/v1/conversations/{cid}/stream", headers=headers, timeout=30
+    ) as resp:
+        assert resp.status_code == 200, resp.read()
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        for event in events(resp.iter_lines()):
+            got.append(event)
+            if event["event"] == until or len(got) == count:
+                break
+    return got
+
+
+def test_wait_answers_in_the_request_and_bad_waits_are_422(srv: ServerProcess) -> None:
+    answered = send(srv, "ws:acme:w1", "hello", wait="30")
+    assert answered.status_code == 200, answered.text
+    body = answered.json()
+    assert body["accepted"]["type"] == "accepted"
+    assert body["answer"]["type"] == "reply"
+    assert body["answer"]["text"] == "done after 6 steps: hello"
+    assert body["accepted"]["message_id"] in body["answer"]["in_reply_to"]
+    short = send(srv, "ws:acme:w2", "hello", wait="0.1")  # not in time: 202 as without it
+    assert short.status_code == 202 and short.json()["type"] == "accepted"
+    for bad in ("abc", "-1", "121", "nan", "1" * 400, "inf"):
+        refused = send(srv, "ws:acme:w3", "x", wait=bad)
+        assert refused.status_code == 422, (bad, refused.text)
+        assert refused.json()["error"]["field"] == "wait"
+
+
+def test_a_stream_dropped_mid_turn_resumes_with_every_event_once(srv: ServerProcess) -> None:
+    cid = "ws:acme:s1"
+    assert send(srv, cid, "first", wait="30").status_code == 200  # the conversation exists
+    with httpx.stream(
+        "GET", f"{srv.url}/v1/conversations/{cid}/stream", headers=auth(ALICE), timeout=30
+    ) as resp:
+        lines = resp.iter_lines()
+        assert send(srv, cid, "second").status_code == 202
+        stream = events(lines)
+        seen = [next(stream), next(stream)]
+    assert [e["event"] for e in seen] == ["custom", "custom"]  # then the client dropped
+    rest = read(srv, cid, until="reply", last_id=seen[-1]["id"])
+    steps = [e["data"]["data"]["step"] for e in seen + rest if e["event"] == "custom"]
+    assert steps == list(range(6))  # none lost, none twice
+    reply = rest[-1]
+    assert reply["event"] == "reply" and reply["data"]["text"] == "done after 6 steps: second"
+
+    # everything the store keeps, from the start; then after the first reply only
+    kept = read(srv, cid, count=2, last_id="start")
+    assert [e["data"]["text"] for e in kept] == [
+        "done after 6 steps: first",
+        "done after 6 steps: second",
+    ]
+    after = read(srv, cid, until="reply", last_id=kept[0]["id"])
+    assert [e["id"] for e in after] == [kept[1]["id"]]
+
+
+def test_a_stream_resumes_across_a_restart(tmp_path: Path) -> None:
+    with ServerProcess(tmp_path, env=ENV) as first:
+        assert send(first, "ws:acme:r1", "one", wait="30").status_code == 200
+        [one] = read(first, "ws:acme:r1", until="reply", last_id="start")
+    with ServerProcess(tmp_path, port=first.port, env=ENV) as again:
+        assert send(again, "ws:acme:r1", "two").status_code == 202
+        rest = read(again, "ws:acme:r1", until="reply", last_id=one["id"])
+    assert [e["data"]["text"] for e in rest if e["event"] == "reply"] == ["done after 6 steps: two"]
+
+
+def test_hostile_stream_requests_are_4xx(srv: ServerProcess) -> None:
+    url = f"{srv.url}/v1/conversations/ws:acme:h1/stream"
+    assert httpx.get(url, headers=auth(ALICE), timeout=10).status_code == 404  # none yet
+    assert send(srv, "ws:acme:h1", "hi", wait="30").status_code == 200
+    assert httpx.get(url, headers=auth(BOB), timeout=10).status_code == 404  # not his
+    assert httpx.get(url, timeout=10).status_code == 401
+    hostile = ("p.", "p.x.y", "c.-.t", "c.-.t.99999999999", "x" * 5000, "c.a.b.-1")
+    for bad in (*(h.encode() for h in hostile), "p.\u00e9".encode()):
+        headers = [(b"authorization", f"Bearer {ALICE}".encode()), (b"last-event-id", bad)]
+        resp = httpx.get(url, headers=headers, timeout=10)
+        assert resp.status_code == 400, (bad, resp.text)
+        assert resp.json()["error"]["code"] == "bad_event_id"
+    unknown = httpx.get(url, params={"after": "p." + "0" * 32}, headers=auth(ALICE), timeout=10)
+    assert unknown.status_code == 400

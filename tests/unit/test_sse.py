@@ -1,0 +1,84 @@
+"""The event stream's ids and bookkeeping (``workers/adapters/local/sse.py``): what a
+reconnecting client is sent again and what never twice."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from events.outbound import Reply
+from workers.adapters.local.hub import LocalHub
+from workers.adapters.local.sse import Cursor, EventStream, follow, parse_cursor
+from workers.core.model import ConversationState, History, OutboxEntry
+from workers.errors import ApiError
+
+CID = "ws:a:1"
+
+
+def piece(turn: str, index: int) -> dict[str, Any]:
+    return {"type": "chunk", "conversation_id": CID, "turn_id": turn, "index": index, "delta": "x"}
+
+
+def reply(turn: str, rid: str) -> Reply:
+    return Reply(reply_id=rid, conversation_id=CID, turn_id=turn, text=f"reply {rid}")
+
+
+def history(*payloads: Reply) -> History:
+    state = ConversationState(CID, "enqueue", "idle", 0, 0, None, None, None, None, 0.0, 0.0)
+    outbox = [OutboxEntry(seq=i + 1, payload=p, delivered=True) for i, p in enumerate(payloads)]
+    return History(state=state, inbox=[], outbox=outbox)
+
+
+def test_ids_parse_back_and_anything_else_is_a_400() -> None:
+    assert parse_cursor(None) is None and parse_cursor("") is None
+    assert parse_cursor("start") == Cursor(None)
+    assert parse_cursor("p.r1") == Cursor("r1")
+    assert parse_cursor("c.-.t1.3") == Cursor(None, "t1", 3)
+    assert parse_cursor("c.r1.t1.0") == Cursor("r1", "t1", 0)
+    for bad in ("p.", "p.a.b", "c.r.t", "c.r.t.-1", "c.r.t.1234567890", "q.r", "p." + "a" * 65):
+        with pytest.raises(ApiError) as exc:
+            parse_cursor(bad)
+        assert exc.value.status == 400 and exc.value.code == "bad_event_id"
+
+
+def test_a_resumed_stream_sends_what_followed_and_nothing_twice() -> None:
+    kept = history(reply("t1", "r1"), reply("t2", "r2"))
+    stream = EventStream(CID)
+    [again] = stream.replay(kept, Cursor("r1", "t2", 1))  # saw t2's pieces 0-1, not r2
+    assert again.startswith("id: p.r2\nevent: reply\n")
+    assert stream.frame(piece("t2", 2)) is None  # t2 has committed: its reply has the text
+    assert stream.frame(reply("t2", "r2").model_dump(mode="json")) is None  # sent already
+    first = stream.frame(piece("t3", 0))
+    assert first is not None and first.startswith("id: c.r2.t3.0\nevent: chunk\n")
+    assert stream.frame(piece("t3", 0)) is None  # live and held by the hub: once
+    with pytest.raises(ApiError):
+        EventStream(CID).replay(kept, Cursor("gone"))
+
+
+def test_a_live_stream_starts_after_what_is_kept() -> None:
+    stream = EventStream(CID)
+    assert stream.replay(history(reply("t1", "r1")), None) == []
+    event = stream.frame(piece("t2", 0))
+    assert event is not None and "id: c.r1.t2.0\n" in event
+
+
+def test_a_quiet_stream_keeps_alive_and_an_erasure_ends_it() -> None:
+    async def run() -> list[str]:
+        hub = LocalHub(asyncio.get_running_loop())
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        hub.subscribe(CID, queue)
+        hub.publish(CID, piece("t1", 0))  # held for streams that come later, and live
+        out = []
+        async for event in follow(EventStream(CID), hub, queue, [], keep_alive=0.01):
+            out.append(event)
+            if len(out) == 3:
+                hub.forgotten(CID)
+        assert hub.subscribers(CID) == 0 and hub.turn_pieces(CID) == []
+        return out
+
+    out = asyncio.run(run())
+    assert out[0].startswith("id: c.-.t1.0\n")  # from the hub's hold; the live copy skipped
+    assert ": keep-alive\n\n" in out
+    assert out[-1].startswith("event: forgotten\n")
