@@ -194,6 +194,25 @@ class ConversationView(BaseModel):
     """The conversation's own context, configurable values and metadata."""
 
 
+class ConversationSummaryView(BaseModel):
+    conversation_id: str
+    status: Literal["idle", "running", "awaiting_approval"]
+    created_at: datetime
+    updated_at: datetime
+    """The last activity: a message accepted, a turn committed, its values changed."""
+    metadata: dict[str, JsonValue]
+
+
+class ConversationListView(BaseModel):
+    """``GET /v1/conversations``: the caller's conversations, most recently active first."""
+
+    conversations: list[ConversationSummaryView]
+    limit: int
+    offset: int
+    next_offset: int | None
+    """Where the next page starts (``None``: this is the last one)."""
+
+
 class ConversationValuesView(BaseModel):
     """What a conversation's turns run with of their caller's choosing, under what each
     message adds (``PATCH /v1/conversations/{id}`` changes it)."""

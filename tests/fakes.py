@@ -26,6 +26,7 @@ from workers.core.model import (
     Access,
     CallerValues,
     ConversationState,
+    ConversationSummary,
     History,
     InboxEntry,
     Lease,
@@ -242,6 +243,22 @@ class InMemoryConversationStore:
                 status=status,
             )
             return True
+
+    def list_conversations(
+        self, tenant: str, owner: str, *, limit: int, offset: int = 0
+    ) -> list[ConversationSummary]:
+        self.calls.append("list_conversations")
+        with self._lock:
+            mine = [
+                c.state
+                for c in self._convs.values()
+                if (c.state.tenant, c.state.owner) == (tenant, owner)
+            ]
+        mine.sort(key=lambda s: (-s.updated_at, s.conversation_id))
+        return [
+            ConversationSummary(s.conversation_id, s.status, s.created_at, s.updated_at, s.values)
+            for s in mine[offset : offset + limit]
+        ]
 
     def set_values(self, conversation_id: str, values: CallerValues, *, now: float) -> bool:
         self.calls.append("set_values")

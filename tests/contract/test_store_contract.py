@@ -795,3 +795,32 @@ def test_a_conversations_own_values_are_kept_replaced_and_cleared(store: Any) ->
     assert store.get_conversation(CID).values == CallerValues()
     store.forget(CID)
     assert store.set_values(CID, values, now=T0 + 8) is False
+
+
+def test_an_owners_conversations_are_listed_most_recently_active_first(store: Any) -> None:
+    def say(cid: str, owner: str, at: float) -> None:
+        message = InboundMessage(conversation_id=cid, text="hi", tenant="acme", owner=owner)
+        store.append_inbox(message, now=at, default_policy="enqueue")
+
+    say("ws:acme:a1", "alice", T0)
+    say("ws:acme:a2", "alice", T0 + 1)
+    say("ws:acme:b1", "bob", T0 + 2)
+    say("ws:acme:a3", "alice", T0 + 3)
+    say("ws:acme:a1", "alice", T0 + 4)  # active again
+    store.set_values("ws:acme:a2", CallerValues(metadata={"topic": "billing"}), now=T0 + 5)
+    listed = store.list_conversations("acme", "alice", limit=10)
+    assert [c.conversation_id for c in listed] == ["ws:acme:a2", "ws:acme:a1", "ws:acme:a3"]
+    assert [c.updated_at for c in listed] == [T0 + 5, T0 + 4, T0 + 3]
+    assert listed[0].values.metadata == {"topic": "billing"} and listed[0].created_at == T0 + 1
+    assert {c.status for c in listed} == {"idle"}
+    page = store.list_conversations("acme", "alice", limit=2, offset=1)
+    assert [c.conversation_id for c in page] == ["ws:acme:a1", "ws:acme:a3"]
+    assert store.list_conversations("acme", "alice", limit=5, offset=3) == []
+    assert [c.conversation_id for c in store.list_conversations("acme", "bob", limit=5)] == [
+        "ws:acme:b1"
+    ]
+    assert store.list_conversations("evil", "alice", limit=5) == []
+    store.forget("ws:acme:a3")
+    assert "ws:acme:a3" not in [
+        c.conversation_id for c in store.list_conversations("acme", "alice", limit=5)
+    ]

@@ -170,6 +170,18 @@ class CallerValues:
 
 
 @dataclass(frozen=True)
+class ConversationSummary:
+    """A conversation as a list of them shows it (``GET /v1/conversations``)."""
+
+    conversation_id: str
+    status: ConversationStatus
+    created_at: float
+    updated_at: float
+    """Its last activity: a message accepted, a turn committed, its values changed."""
+    values: CallerValues = field(default_factory=CallerValues)
+
+
+@dataclass(frozen=True)
 class ConversationState:
     conversation_id: str
     policy: DoubleTextingPolicy

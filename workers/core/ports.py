@@ -21,6 +21,7 @@ from workers.core.model import (
     Access,
     CallerValues,
     ConversationState,
+    ConversationSummary,
     History,
     InboxEntry,
     Lease,
@@ -111,6 +112,12 @@ class ConversationStore(Protocol):
         ``LeaseLost`` if ``token`` no longer holds the lease."""
 
     def get_conversation(self, conversation_id: str) -> ConversationState | None: ...
+
+    def list_conversations(
+        self, tenant: str, owner: str, *, limit: int, offset: int = 0
+    ) -> list[ConversationSummary]:
+        """The conversations of ``owner`` in ``tenant`` (those it created), the most
+        recently active first: ``limit`` of them from ``offset``."""
 
     def set_values(self, conversation_id: str, values: CallerValues, *, now: float) -> bool:
         """Replace the conversation's own values (``ConversationState.values``); ``False``

@@ -61,6 +61,7 @@ from workers.core.model import (
     CallerValues,
     ConversationState,
     ConversationStatus,
+    ConversationSummary,
     CustomData,
     History,
     OutboxEntry,
@@ -357,6 +358,49 @@ def set_conversation_values(
     if not deps.store.set_values(conversation_id, values, now=deps.clock.now()):
         raise NotFound.conversation(conversation_id)  # erased meanwhile
     return values
+
+
+MAX_LIST_SCAN = 1000
+"""Most conversations one list reads to find those its filters match."""
+
+
+def list_conversations(
+    deps: Deps,
+    principal: Principal,
+    *,
+    limit: int,
+    offset: int = 0,
+    status: ConversationStatus | None = None,
+    metadata: Mapping[str, object] | None = None,
+) -> list[ConversationSummary]:
+    """``principal``'s conversations (those it owns in its tenant), the most recently
+    active first, with ``status`` and every key of ``metadata`` as given: ``limit`` of them
+    from ``offset``. Filtered ones are found among the first :data:`MAX_LIST_SCAN`."""
+    wanted = dict(metadata or {})
+
+    def matches(c: ConversationSummary) -> bool:
+        if status is not None and c.status != status:
+            return False
+        return all(c.values.metadata.get(k, _MISSING) == v for k, v in wanted.items())
+
+    if status is None and not wanted:
+        return deps.store.list_conversations(
+            principal.tenant, principal.id, limit=limit, offset=offset
+        )
+    found: list[ConversationSummary] = []
+    read = 0
+    while len(found) < offset + limit and read < MAX_LIST_SCAN:
+        batch = deps.store.list_conversations(
+            principal.tenant, principal.id, limit=min(100, MAX_LIST_SCAN - read), offset=read
+        )
+        read += len(batch)
+        found.extend(c for c in batch if matches(c))
+        if len(batch) < 100:
+            break
+    return found[offset : offset + limit]
+
+
+_MISSING = object()
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
+from events.identity import identity_key
 from events.inbound import DoubleTextingPolicy, InboundMessage
 from events.outbound import Notice, OutboxPayload, parse_pending_request
 from workers.adapters.aws.calls import AwsCalls, ConditionFailed, Item, TransactionCancelled
@@ -75,6 +76,9 @@ from workers.adapters.aws.tables import (
     LOG_PREFIX,
     META_SK,
     OUTBOX_PREFIX,
+    OWNER_INDEX,
+    OWNER_INDEX_PK,
+    OWNER_INDEX_SK,
     PENDING_COUNT,
     PENDING_INDEX,
     PENDING_INDEX_SK,
@@ -96,6 +100,7 @@ from workers.core.model import (
     CallerValues,
     ConversationState,
     ConversationStatus,
+    ConversationSummary,
     History,
     InboxEntry,
     InboxStatus,
@@ -511,6 +516,32 @@ class DynamoDBConversationStore:
         """The conversation's state, or ``None`` if it never had a message."""
         meta = self._table.get(conversation_pk(conversation_id), META_SK)
         return None if meta is None else _state(meta)
+
+    def list_conversations(
+        self, tenant: str, owner: str, *, limit: int, offset: int = 0
+    ) -> list[ConversationSummary]:
+        """One query of the owner index (eventually consistent: a conversation created or
+        active a moment ago may show a moment later), reading ``offset`` items past."""
+        items = self._table.query(
+            f"#{OWNER_INDEX_PK} = :owner",
+            {":owner": string(identity_key(tenant, owner))},
+            index=OWNER_INDEX,
+            limit=offset + limit,
+            forward=False,
+            consistent=False,
+        )
+        return [
+            ConversationSummary(
+                conversation_id=get_str(item, "conversation_id"),
+                status=_STATUS.validate_python(
+                    opt_str(item, "status_hold") or get_str(item, "status")
+                ),
+                created_at=get_float(item, "created_at"),
+                updated_at=get_float(item, OWNER_INDEX_SK),
+                values=CallerValues.from_json(opt_str(item, "caller_values")),
+            )
+            for item in items[offset:]
+        ]
 
     def set_values(self, conversation_id: str, values: CallerValues, *, now: float) -> bool:
         stored = values.to_json()
@@ -1110,9 +1141,13 @@ def _owner(meta: Item) -> tuple[str | None, str | None]:
 
 
 def _owner_fields(tenant: str | None, owner: str | None) -> Item:
-    """``meta``'s attributes for a tenant and an owner (absent when ``None``)."""
+    """``meta``'s attributes for a tenant and an owner (absent when ``None``), and the key
+    the owner index lists the conversation under."""
     fields = {"tenant": tenant, "owner": owner}
-    return {name: string(value) for name, value in fields.items() if value is not None}
+    item = {name: string(value) for name, value in fields.items() if value is not None}
+    if tenant is not None and owner is not None:
+        item[OWNER_INDEX_PK] = string(identity_key(tenant, owner))
+    return item
 
 
 def _duplicate(marker: Item) -> AcceptResult:

@@ -28,6 +28,8 @@ Two indexes keep the hot reads proportional to the work, not to the conversation
 - :data:`SWEEP_INDEX`, a sparse *global* index: ``meta`` carries :data:`SWEEP_INDEX_PK` (one of
   :data:`SWEEP_SHARDS` shard values) while messages may be pending, sorted by lease expiry, so
   the sweeper queries only conversations whose lease has expired.
+- :data:`OWNER_INDEX`, a *global* index of ``meta`` by its tenant and owner
+  (:data:`OWNER_INDEX_PK`), most recently active first: a caller's list of conversations.
 """
 
 from __future__ import annotations
@@ -81,6 +83,16 @@ SWEEP_SHARDS = 16
 index writes to it, and one index partition takes about 1,000 writes/s. Changing this number
 strands items in shards the sweeper no longer queries: migrate, do not just edit."""
 
+OWNER_INDEX = "by-owner"
+OWNER_INDEX_PK = "owner_key"
+"""On ``meta``: the conversation's tenant and owner as one key (set at creation; absent for a
+conversation a backend created without them, which no principal lists)."""
+OWNER_INDEX_SK = "updated_at"
+"""``meta``'s last activity: the owner's conversations, the most recently active first."""
+OWNER_INDEX_ATTRIBUTES = ("conversation_id", "status", "status_hold", "created_at")
+"""What the owner index projects besides its keys: what a list of conversations shows
+(and ``caller_values``, the metadata a search matches)."""
+
 PENDING_COUNT = "pending"
 """Number of pending inbox entries, on ``meta``; projected into the sweep index."""
 UNDELIVERED_COUNT = "undelivered"
@@ -108,7 +120,7 @@ class DynamoDBTableSpec:
     name: str
 
     def create_request(self) -> dict[str, Any]:
-        """The ``CreateTable`` parameters (on-demand billing, both indexes)."""
+        """The ``CreateTable`` parameters (on-demand billing, every index)."""
         return {
             "TableName": self.name,
             "BillingMode": "PAY_PER_REQUEST",
@@ -118,6 +130,8 @@ class DynamoDBTableSpec:
                 {"AttributeName": PENDING_INDEX_SK, "AttributeType": "S"},
                 {"AttributeName": SWEEP_INDEX_PK, "AttributeType": "S"},
                 {"AttributeName": SWEEP_INDEX_SK, "AttributeType": "N"},
+                {"AttributeName": OWNER_INDEX_PK, "AttributeType": "S"},
+                {"AttributeName": OWNER_INDEX_SK, "AttributeType": "N"},
             ],
             "KeySchema": [
                 {"AttributeName": TABLE_PK, "KeyType": "HASH"},
@@ -145,7 +159,19 @@ class DynamoDBTableSpec:
                         "ProjectionType": "INCLUDE",
                         "NonKeyAttributes": [PENDING_COUNT],
                     },
-                }
+                },
+                {
+                    "IndexName": OWNER_INDEX,
+                    "KeySchema": [
+                        {"AttributeName": OWNER_INDEX_PK, "KeyType": "HASH"},
+                        {"AttributeName": OWNER_INDEX_SK, "KeyType": "RANGE"},
+                    ],
+                    # not ALL: a lease renewal (which no list shows) writes no index item
+                    "Projection": {
+                        "ProjectionType": "INCLUDE",
+                        "NonKeyAttributes": [*OWNER_INDEX_ATTRIBUTES, "caller_values"],
+                    },
+                },
             ],
         }
 

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import logging
 import os
 import threading
 from collections import Counter, deque
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -36,7 +38,13 @@ from workers.adapters.local.sqlite_store import SqliteConversationStore
 from workers.adapters.local.sqlite_tickets import SqliteTicketStore
 from workers.config import Settings
 from workers.core.feedback import give_feedback
-from workers.core.model import AcceptResult, CallerValues, History
+from workers.core.model import (
+    AcceptResult,
+    CallerValues,
+    ConversationStatus,
+    ConversationSummary,
+    History,
+)
 from workers.core.ports import Feedback
 from workers.core.steps import (
     Deps,
@@ -49,6 +57,7 @@ from workers.core.steps import (
     forget_conversation,
     graph_state,
     history,
+    list_conversations,
     set_conversation_values,
     sweep,
 )
@@ -205,6 +214,28 @@ class EmbeddedRuntime:
         self, conversation_id: str, principal: Principal = LOCAL_USER
     ) -> GraphStateView | None:
         return await asyncio.to_thread(graph_state, self.deps, conversation_id, principal)
+
+    async def list_conversations(
+        self,
+        principal: Principal,
+        *,
+        limit: int,
+        offset: int = 0,
+        status: ConversationStatus | None = None,
+        metadata: Mapping[str, object] | None = None,
+    ) -> list[ConversationSummary]:
+        """``principal``'s conversations (see :func:`~workers.core.steps.list_conversations`)."""
+        return await asyncio.to_thread(
+            functools.partial(
+                list_conversations,
+                self.deps,
+                principal,
+                limit=limit,
+                offset=offset,
+                status=status,
+                metadata=metadata,
+            )
+        )
 
     async def set_values(
         self, conversation_id: str, principal: Principal, change: CallerValues

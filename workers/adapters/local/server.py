@@ -15,7 +15,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from events.identity import WS_SUBPROTOCOL, Principal
@@ -35,7 +35,14 @@ from events.inbound import (
     new_id,
 )
 from events.json_input import parse_json
-from events.outbound import AppView, ErrorBody, ErrorView, FeedbackView, validation_problem
+from events.outbound import (
+    AppView,
+    ConversationListView,
+    ErrorBody,
+    ErrorView,
+    FeedbackView,
+    validation_problem,
+)
 from workers.adapters.http_errors import error_headers, error_view
 from workers.adapters.local.guard import Guard
 from workers.adapters.local.hub import FORGOTTEN
@@ -48,10 +55,10 @@ from workers.adapters.local.sse import (
     parse_cursor,
     wait_answer,
 )
-from workers.adapters.local.views import conversation_view, values_view
+from workers.adapters.local.views import conversation_view, summary_view, values_view
 from workers.adapters.tokens import bearer_token, ws_token
 from workers.config import Settings
-from workers.core.model import AcceptResult, CallerValues
+from workers.core.model import AcceptResult, CallerValues, ConversationStatus
 from workers.core.ports import Authenticator
 from workers.errors import (
     AgentWorkerError,
@@ -261,6 +268,28 @@ def create_app(
             raise unknown_conversation(conversation_id)
         return JSONResponse(conversation_view(history).model_dump(mode="json"))
 
+    @app.get("/v1/conversations")
+    async def get_conversations(request: Request) -> JSONResponse:
+        """The caller's conversations, most recently active first: ``?limit=`` (1-100,
+        default 20), ``?offset=``, ``?status=``, ``?metadata=`` (a JSON object: each key
+        as given)."""
+        principal = await caller(request)
+        query = ListQuery.parse(request.query_params)
+        found = await rt(request).list_conversations(
+            principal,
+            limit=query.limit + 1,  # one more: whether a next page exists
+            offset=query.offset,
+            status=query.status,
+            metadata=query.metadata,
+        )
+        view = ConversationListView(
+            conversations=[summary_view(c) for c in found[: query.limit]],
+            limit=query.limit,
+            offset=query.offset,
+            next_offset=query.offset + query.limit if len(found) > query.limit else None,
+        )
+        return JSONResponse(view.model_dump(mode="json"))
+
     @app.patch("/v1/conversations/{conversation_id}")
     async def patch_conversation(conversation_id: str, request: Request) -> JSONResponse:
         """Change the conversation's own context, configurable values and metadata."""
@@ -321,6 +350,30 @@ def create_app(
         await session.run()
 
     return app
+
+
+class ListQuery(BaseModel):
+    """The query of ``GET /v1/conversations``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(20, ge=1, le=100)
+    offset: int = Field(0, ge=0, le=10_000)
+    status: ConversationStatus | None = None
+    metadata: dict[str, JsonValue] | None = None
+
+    @classmethod
+    def parse(cls, params: Any) -> ListQuery:
+        data: dict[str, Any] = dict(params)
+        raw = data.get("metadata")
+        if raw is not None:
+            if len(raw) > 4096:
+                raise ApiError(413, "too_large", "metadata: over 4096 bytes", "metadata")
+            data["metadata"] = parse_json(raw, what="metadata")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise validation_error(exc) from None
 
 
 MAX_WAIT_SECONDS = 120

@@ -27,6 +27,7 @@ from workers.core.model import (
     Access,
     CallerValues,
     ConversationState,
+    ConversationSummary,
     History,
     InboxEntry,
     Lease,
@@ -156,6 +157,10 @@ class SqliteConversationStore:
             db.execute(f"ALTER TABLE conversations ADD COLUMN owner TEXT DEFAULT '{LOCAL_USER.id}'")
         if "caller_values" not in columns:
             db.execute("ALTER TABLE conversations ADD COLUMN caller_values TEXT")
+        db.execute(  # after the owner's columns exist: a file from before has them now
+            "CREATE INDEX IF NOT EXISTS conversations_by_owner"
+            " ON conversations (tenant, owner, updated_at)"
+        )
         inbox = {row[1] for row in db.execute("PRAGMA table_info(inbox)")}
         if "error" not in inbox:
             # Messages failed before were marked consumed: they stay so.
@@ -432,6 +437,24 @@ class SqliteConversationStore:
             claimed_seq=row[16],
             values=CallerValues.from_json(row[17]),
         )
+
+    def list_conversations(
+        self, tenant: str, owner: str, *, limit: int, offset: int = 0
+    ) -> list[ConversationSummary]:
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT conversation_id, status, created_at, updated_at, caller_values"
+                " FROM conversations WHERE tenant = ? AND owner = ?"
+                " ORDER BY updated_at DESC, conversation_id LIMIT ? OFFSET ?",
+                (tenant, owner, limit, offset),
+            )
+            .fetchall()
+        )
+        return [
+            ConversationSummary(row[0], row[1], row[2], row[3], CallerValues.from_json(row[4]))
+            for row in rows
+        ]
 
     def set_values(self, conversation_id: str, values: CallerValues, *, now: float) -> bool:
         with self._tx() as db:

@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
-from events.outbound import ConversationValuesView, ConversationView, MessageView, OutboxView
-from workers.core.model import CallerValues, History
+from events.outbound import (
+    ConversationSummaryView,
+    ConversationValuesView,
+    ConversationView,
+    MessageView,
+    OutboxView,
+)
+from workers.core.model import CallerValues, ConversationSummary, History
+
+
+def summary_view(summary: ConversationSummary) -> ConversationSummaryView:
+    metadata: Any = dict(summary.values.metadata)
+    return ConversationSummaryView(
+        conversation_id=summary.conversation_id,
+        status=summary.status,
+        created_at=datetime.fromtimestamp(summary.created_at, UTC),
+        updated_at=datetime.fromtimestamp(summary.updated_at, UTC),
+        metadata=metadata,
+    )
 
 
 def values_view(conversation_id: str, values: CallerValues) -> ConversationValuesView:

@@ -1,7 +1,8 @@
-"""Server-sent events and waiting for an answer on a real ``agentworker serve``: a message
-answered in the request that sent it (``?wait=``), a stream that follows a conversation,
-and a client that drops mid-turn and reconnects with ``Last-Event-ID``: every event once,
-across a restart too; hostile ids and parameters are 4xx."""
+"""The conversation API's reads and waits on a real ``agentworker serve``: a message
+answered in the request that sent it (``?wait=``), server-sent events that follow a
+conversation, a client that drops mid-turn and reconnects with ``Last-Event-ID`` (every
+event once, across a restart too), the caller's list of conversations; hostile ids and
+parameters are 4xx."""
 
 from __future__ import annotations
 
@@ -149,3 +150,53 @@ def test_hostile_stream_requests_are_4xx(srv: ServerProcess) -> None:
         assert resp.json()["error"]["code"] == "bad_event_id"
     unknown = httpx.get(url, params={"after": "p." + "0" * 32}, headers=auth(ALICE), timeout=10)
     assert unknown.status_code == 400
+
+
+def test_the_callers_conversations_are_listed_and_filtered(srv: ServerProcess) -> None:
+    carol, dave = hs256(claims("carol", tenant="acme")), hs256(claims("dave", tenant="acme"))
+    for cid in ("ws:acme:l1", "ws:acme:l2", "ws:acme:l3"):
+        sent = httpx.post(
+            f"{srv.url}/v1/conversations/{cid}/messages",
+            params={"wait": "30"},
+            json={"text": "hi"},
+            headers=auth(carol),
+            timeout=30,
+        )
+        assert sent.status_code == 200, sent.text
+    tagged = httpx.patch(
+        f"{srv.url}/v1/conversations/ws:acme:l1",
+        json={"metadata": {"topic": "billing"}},
+        headers=auth(carol),
+        timeout=10,
+    )
+    assert tagged.status_code == 200
+
+    def listed(token: str, **params: str) -> httpx.Response:
+        return httpx.get(
+            f"{srv.url}/v1/conversations", params=params, headers=auth(token), timeout=10
+        )
+
+    page = listed(carol, limit="2").json()
+    assert [c["conversation_id"] for c in page["conversations"]] == ["ws:acme:l1", "ws:acme:l3"]
+    assert page["next_offset"] == 2 and page["conversations"][0]["status"] == "idle"
+    assert page["conversations"][0]["metadata"] == {"topic": "billing"}
+    last = listed(carol, limit="2", offset="2").json()
+    assert [c["conversation_id"] for c in last["conversations"]] == ["ws:acme:l2"]
+    assert last["next_offset"] is None
+    billing = listed(carol, metadata='{"topic": "billing"}').json()["conversations"]
+    assert [c["conversation_id"] for c in billing] == ["ws:acme:l1"]
+    assert listed(carol, status="awaiting_approval").json()["conversations"] == []
+    assert listed(dave).json()["conversations"] == []  # another caller's are not his
+    for bad in (
+        {"limit": "0"},
+        {"limit": "101"},
+        {"offset": "-1"},
+        {"status": "bogus"},
+        {"metadata": "[1]"},
+        {"metadata": "{"},
+        {"metadata": "1" * 5000},
+        {"nope": "1"},
+    ):
+        resp = listed(carol, **bad)
+        assert 400 <= resp.status_code < 500, (bad, resp.text)
+    assert httpx.get(f"{srv.url}/v1/conversations", timeout=10).status_code == 401
