@@ -504,11 +504,19 @@ class WsPing(BaseModel):
     action: Literal["ping"]
 
 
+class WsCancel(BaseModel):
+    """Stop the conversation's running turn (``POST /v1/conversations/{id}/cancel``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    action: Literal["cancel"]
+    conversation_id: ConversationId
+
+
 WsFrame = Annotated[
-    WsSubscribe | WsSend | WsDecide | WsResume | WsFeedback | WsPing,
+    WsSubscribe | WsSend | WsDecide | WsResume | WsFeedback | WsPing | WsCancel,
     Field(discriminator="action"),
 ]
-WS_ACTIONS = ("subscribe", "send", "approve", "deny", "resume", "feedback", "ping")
+WS_ACTIONS = ("subscribe", "send", "approve", "deny", "resume", "feedback", "ping", "cancel")
 
 
 # --- Queue and bus envelopes --------------------------------------------------------------

@@ -300,3 +300,9 @@ def validation_problem(exc: ValidationError, *, tagged: bool = False) -> ErrorBo
 class ErrorView(BaseModel):
     type: Literal["error"] = "error"
     error: ErrorBody
+
+
+def cancelled_frame(conversation_id: str) -> dict[str, str]:
+    """The answer to a cancel (HTTP and WebSocket): the running turn was stopped; its
+    sender gets a notice, like every follower of the conversation."""
+    return {"type": "cancelled", "conversation_id": conversation_id}

@@ -238,7 +238,7 @@ def prepare_embedded(
         raise
 
     def assemble() -> EmbeddedRuntime:
-        from workers.adapters.local.hub import LocalHub, LocalReplySink
+        from workers.adapters.local.hub import LocalCancellations, LocalHub, LocalReplySink
         from workers.adapters.local.runtime import EmbeddedRuntime, LocalWorkflowStarter
 
         loop = asyncio.get_running_loop()
@@ -254,6 +254,7 @@ def prepare_embedded(
             tracer=traces,
             settings=turn_settings(settings, prompt),
             memories=StoreMemories(memory),
+            cancellations=LocalCancellations(),
         )
         return EmbeddedRuntime(
             settings=settings,

@@ -41,6 +41,15 @@ class LeaseLost(AgentWorkerError):
     """A newer run owns the conversation (stale fencing token): stop quietly, write nothing."""
 
 
+class TurnCancelled(LeaseLost):
+    """The turn was cancelled (``POST .../cancel``): the canceller took the lease and failed
+    the turn's messages; the run stops where it is, writing nothing."""
+
+
+class NotRunning(PermanentError):
+    """A cancel for a conversation with no turn running: nothing was written (HTTP 409)."""
+
+
 class ConfigError(AgentWorkerError):
     """A setting is missing or malformed; the message names the setting."""
 
@@ -239,9 +248,10 @@ def http_error(exc: AgentWorkerError) -> tuple[int, str]:
     """The HTTP status and the machine code every transport answers ``exc`` with (the
     local server, the Lambda handlers, WebSocket error frames): an ``ApiError`` as it says;
     404 ``not_found`` for what does not exist (or is not the caller's), 409 ``not_waiting``
-    for an answer nobody waits for, 403 ``not_allowed``, 429 ``throttled``, 401
-    ``unauthenticated``, 422/400 for bad input (its own code), 400 ``bad_request`` for other
-    refusals, 503 ``unavailable`` for a transient fault, 500 ``internal_error`` otherwise."""
+    for an answer nobody waits for, 409 ``not_running`` for a cancel with no turn running,
+    403 ``not_allowed``, 429 ``throttled``, 401 ``unauthenticated``, 422/400 for bad input
+    (its own code), 400 ``bad_request`` for other refusals, 503 ``unavailable`` for a
+    transient fault, 500 ``internal_error`` otherwise."""
     if isinstance(exc, ApiError):
         return exc.status, exc.code
     if isinstance(exc, BadInput):
@@ -258,6 +268,7 @@ _HTTP_ERRORS: tuple[tuple[type[AgentWorkerError], int, str], ...] = (
     (NotAllowed, 403, "not_allowed"),
     (NotFound, 404, "not_found"),
     (NotWaiting, 409, "not_waiting"),
+    (NotRunning, 409, "not_running"),
     (InvalidSlackSignature, 401, "invalid_signature"),
     (PermanentError, 400, "bad_request"),
     (ErasureInProgress, 503, "erasure_in_progress"),

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.sync.client import connect
 
 from tests.functional.identity_env import HS_SECRET, claims, hs256
 from tests.functional.server_process import ServerProcess
@@ -200,3 +201,52 @@ def test_the_callers_conversations_are_listed_and_filtered(srv: ServerProcess) -
         resp = listed(carol, **bad)
         assert 400 <= resp.status_code < 500, (bad, resp.text)
     assert httpx.get(f"{srv.url}/v1/conversations", timeout=10).status_code == 401
+
+
+def test_a_running_turn_is_cancelled_over_http_and_the_websocket(srv: ServerProcess) -> None:
+    """Cancelled after its second progress note: the stream shows no further note and no
+    reply, the sender gets the notice, the message is failed; the next one is answered."""
+    cid = "ws:acme:c1"
+    cancel_url = f"{srv.url}/v1/conversations/{cid}/cancel"
+    assert httpx.post(cancel_url, headers=auth(ALICE), timeout=10).status_code == 404  # none
+    assert send(srv, cid, "first", wait="30").status_code == 200
+    idle = httpx.post(cancel_url, headers=auth(ALICE), timeout=10)
+    assert idle.status_code == 409 and idle.json()["error"]["code"] == "not_running"
+    with httpx.stream(
+        "GET", f"{srv.url}/v1/conversations/{cid}/stream", headers=auth(ALICE), timeout=30
+    ) as resp:
+        stream = events(resp.iter_lines())
+        assert send(srv, cid, "second").status_code == 202
+        assert [next(stream)["event"], next(stream)["event"]] == ["custom", "custom"]
+        foreign = httpx.post(cancel_url, headers=auth(BOB), timeout=10)
+        assert foreign.status_code == 404
+        done = httpx.post(cancel_url, headers=auth(ALICE), timeout=10)
+        assert done.status_code == 200 and done.json()["type"] == "cancelled"
+        after = []
+        for event in stream:
+            after.append(event)
+            if event["event"] in ("notice", "reply"):
+                break
+    notice = after[-1]
+    assert notice["event"] == "notice", after
+    assert notice["data"]["text"] == "Stopped: this answer was cancelled."
+    assert len([e for e in after if e["event"] == "custom"]) <= 1  # one already on its way
+    view = httpx.get(f"{srv.url}/v1/conversations/{cid}", headers=auth(ALICE), timeout=10)
+    second = [m for m in view.json()["messages"] if m["text"] == "second"]
+    assert second[0]["status"] == "failed"
+    assert all(
+        r["payload"].get("text") != "done after 6 steps: second" for r in view.json()["replies"]
+    )
+
+    with connect(srv.ws_url, additional_headers=auth(ALICE)) as ws:
+        ws.send(json.dumps({"action": "send", "conversation_id": cid, "text": "third"}))
+        assert json.loads(ws.recv(timeout=10))["type"] == "accepted"
+        while json.loads(ws.recv(timeout=10))["type"] != "custom":
+            pass
+        ws.send(json.dumps({"action": "cancel", "conversation_id": cid}))
+        frames = [json.loads(ws.recv(timeout=10))]
+        while frames[-1]["type"] not in ("notice", "reply"):
+            frames.append(json.loads(ws.recv(timeout=10)))
+        assert {"type": "cancelled", "conversation_id": cid} in frames
+        assert frames[-1]["type"] == "notice"
+    assert send(srv, cid, "fourth", wait="30").json()["answer"]["text"].endswith("fourth")

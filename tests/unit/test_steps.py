@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -20,15 +21,18 @@ from tests.fakes import (
     ScriptedAgent,
     SpanRecordingTracer,
 )
+from workers.adapters.local.hub import LocalCancellations
 from workers.core.model import CallerValues, ResumeRecord, TurnRequest
 from workers.core.policies import SUPERSEDED_REASON
 from workers.core.ports import NullTracer
 from workers.core.steps import (
+    CANCELLED_NOTICE,
     PERMANENT_FAILURE_NOTICE,
     Deps,
     TurnSettings,
     accept_message,
     advance_turn,
+    cancel_turn,
     check_follow,
     claim_inbox,
     deliver,
@@ -49,6 +53,7 @@ from workers.errors import (
     LeaseLost,
     NotAllowed,
     NotFound,
+    NotRunning,
     NotWaiting,
     PermanentError,
     RetryableError,
@@ -1215,3 +1220,50 @@ def test_a_conversations_own_values_run_under_its_messages() -> None:
     huge = CallerValues(metadata={f"k{i}": i for i in range(65)})
     with pytest.raises(BadInput, match=r"^metadata: the conversation would keep 66 keys"):
         set_conversation_values(w.deps, CID, LOCAL_USER, huge)
+
+
+# --- cancel -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("in_process", [True, False])
+def test_a_cancelled_turn_commits_nothing_and_its_sender_is_told(in_process: bool) -> None:
+    """Cancelled mid-turn (from the agent's hook, as another request would): the run stops
+    at its next streamed piece where its process knows of the cancel, else at its commit;
+    either way nothing of the turn is kept, its message is failed with a notice, and a
+    message that came during the turn gets a run of its own."""
+    w = World(stream=True)
+    if in_process:
+        w.deps = dataclasses.replace(w.deps, cancellations=LocalCancellations())
+    w.send("one")
+    cancelled: list[Any] = []
+
+    def mid_turn(request: TurnRequest) -> None:
+        if not cancelled:
+            w.send("two")  # during the turn: pending after the cancelled turn's claim
+            cancelled.append(cancel_turn(w.deps, CID, LOCAL_USER))
+
+    w.agent.hook = mid_turn
+    [summary] = w.run_all()[:1]
+    assert summary.ended == "lease_lost" and summary.turns == 0
+    assert [c.delta for c in w.sink.chunks] == ([] if in_process else ["one"])
+    [notice] = w.sink.sent
+    assert isinstance(notice, Notice) and notice.text == CANCELLED_NOTICE
+    assert w.store.load_checkpoint(CID) is None  # the graph state is as before the turn
+    [then] = cancelled
+    assert then is not None  # "two" goes on in a run of its own
+    w.starter.runs.append(then)
+    w.run_all()
+    assert w.texts()[-1] == "echo two"
+    history = w.store.history(CID)
+    assert history is not None
+    assert [(e.message.text, e.status) for e in history.inbox] == [
+        ("one", "failed"),
+        ("two", "consumed"),
+    ]
+    assert history.inbox[0].error == "cancelled by local"
+    with pytest.raises(NotRunning):  # nothing runs now
+        cancel_turn(w.deps, CID, LOCAL_USER)
+    with pytest.raises(NotFound):
+        cancel_turn(w.deps, CID, MALLORY)
+    with pytest.raises(NotFound):
+        cancel_turn(w.deps, "ws:nobody:1", LOCAL_USER)

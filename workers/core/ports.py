@@ -36,6 +36,17 @@ from workers.core.model import (
 )
 
 
+class Cancellations(Protocol):
+    """Where a cancel tells the run it cancelled to stop at once (in the process that runs
+    it); without one, the run stops at its next write (its lease is gone)."""
+
+    def cancel(self, conversation_id: str, token: int) -> None:
+        """The run of ``conversation_id`` holding ``token`` was cancelled."""
+
+    def cancelled(self, conversation_id: str, token: int) -> bool:
+        """Whether the run of ``conversation_id`` holding ``token`` was cancelled."""
+
+
 class ConversationStore(Protocol):
     """Inbox, lease, checkpoint, message log and outbox of every conversation."""
 

@@ -86,6 +86,7 @@ from workers.core.policies import (
     plan_turn,
 )
 from workers.core.ports import (
+    Cancellations,
     Clock,
     ConversationStore,
     MemoryEraser,
@@ -102,11 +103,13 @@ from workers.errors import (
     LeaseLost,
     ModelThrottled,
     NotFound,
+    NotRunning,
     NotWaiting,
     PartialDelivery,
     PermanentError,
     RetryableError,
     Throttled,
+    TurnCancelled,
     TurnSuperseded,
 )
 
@@ -172,6 +175,8 @@ class Deps:
     memories: MemoryEraser | None = None
     """The graphs' long-term memory, to erase a customer's (``None``: this process keeps
     none, and an erasure asked to include them is refused)."""
+    cancellations: Cancellations | None = None
+    """Tells a cancelled run of this process to stop at its next streamed piece."""
 
 
 # 1. accept ----------------------------------------------------------------------------------
@@ -358,6 +363,41 @@ def set_conversation_values(
     if not deps.store.set_values(conversation_id, values, now=deps.clock.now()):
         raise NotFound.conversation(conversation_id)  # erased meanwhile
     return values
+
+
+CANCELLED_NOTICE = "Stopped: this answer was cancelled."
+"""What the sender of a cancelled turn's messages is told."""
+
+
+def cancel_turn(deps: Deps, conversation_id: str, principal: Principal) -> RunRef | None:
+    """Stop the conversation's running turn: take its run's lease (the run can commit
+    nothing any more, and stops at its next streamed piece where this process runs it, else
+    at its next write), mark the messages that turn was handed ``failed`` ("cancelled"), tell
+    their senders (:data:`CANCELLED_NOTICE`), and go on with any message that came after
+    them in a run of its own. The conversation's graph state stays as before the turn.
+    ``NotFound`` for a conversation that does not exist or is not ``principal``'s;
+    ``NotRunning`` when no turn is running (idle, waiting for an answer, or just done).
+    Returns the run that goes on with later messages, for the caller to start (``None``:
+    none came, the lease is released)."""
+    state = visible(deps, deps.store.get_conversation(conversation_id), principal)
+    if state is None:
+        raise NotFound.conversation(conversation_id)
+    now = deps.clock.now()
+    token = state.lease_token
+    if token is None or not state.lease_live(now) or state.claimed_seq is None:
+        raise NotRunning(f"conversation {conversation_id!r} has no turn running")
+    try:
+        lease = deps.store.handover_lease(
+            conversation_id, token, now=now, ttl=deps.settings.lease_ttl
+        )
+    except LeaseLost:
+        raise NotRunning(f"conversation {conversation_id!r} has no turn running") from None
+    if deps.cancellations is not None:
+        deps.cancellations.cancel(conversation_id, token)
+    run = RunRef(conversation_id=conversation_id, token=lease.token)
+    log.info("turn of %s cancelled by %s (run %d)", conversation_id, principal.id, token)
+    step = fail_pending_turn(deps, run, CANCELLED_NOTICE, error=f"cancelled by {principal.id}")
+    return None if step.outcome == "released" else step.run
 
 
 MAX_LIST_SCAN = 1000
@@ -713,7 +753,7 @@ def _advance(
     )
     guards_pii = guard is not None and guard.output_pii != "allow"
     allowed = pii_values(texts) if guards_pii else frozenset()
-    streamer = _chunk_streamer(deps, cid, turn_id, guard, allowed)
+    streamer = _chunk_streamer(deps, run, turn_id, guard, allowed)
     try:
         output = deps.agent.run_turn(
             request, on_chunk=streamer.on_chunk if streamer else None, tracer=deps.tracer
@@ -966,9 +1006,14 @@ class _Streamer:
     conversation_id: str
     turn_id: str
     guard: StreamGuard | None = None
+    token: int | None = None
+    """The run's lease: a cancel of it stops the turn at its next piece."""
     _counter: itertools.count[int] = field(default_factory=itertools.count)
 
     def on_chunk(self, part: StreamPart) -> None:
+        cancels = self.deps.cancellations
+        if cancels and self.token and cancels.cancelled(self.conversation_id, self.token):
+            raise TurnCancelled(f"turn {self.turn_id} of {self.conversation_id} was cancelled")
         if isinstance(part, CustomData):
             self._custom(part.data)
         else:
@@ -1007,14 +1052,18 @@ class _Streamer:
 
 
 def _chunk_streamer(
-    deps: Deps, cid: str, turn_id: str, guard: GuardPolicy | None, allowed: frozenset[str]
+    deps: Deps,
+    run: RunRef,
+    turn_id: str,
+    guard: GuardPolicy | None,
+    allowed: frozenset[str],
 ) -> _Streamer | None:
     if not deps.settings.stream:
         return None
     stream_guard = (
         StreamGuard(guard, allowed) if guard is not None and guard.guards_output else None
     )
-    return _Streamer(deps, cid, turn_id, stream_guard)
+    return _Streamer(deps, run.conversation_id, turn_id, stream_guard, run.token)
 
 
 # 4. deliver ---------------------------------------------------------------------------------

@@ -25,16 +25,17 @@ from events.inbound import (
     EventBridgeEvent,
     InboundMessage,
     SqsRecord,
+    WsCancel,
     WsFeedback,
     WsFrame,
     WsPing,
     WsSubscribe,
 )
 from events.json_input import parse_json
-from events.outbound import ErrorBody, ErrorView, validation_problem
+from events.outbound import ErrorBody, ErrorView, cancelled_frame, validation_problem
 from workers import bootstrap
 from workers.core.model import AcceptResult
-from workers.core.steps import accept_message, check_follow
+from workers.core.steps import accept_message, cancel_turn, check_follow
 from workers.errors import (
     BadInput,
     NotAllowed,
@@ -141,6 +142,11 @@ def _websocket(event: dict[str, Any]) -> dict[str, Any]:
         return {"statusCode": 401, "body": body.model_dump_json()}
     cid = frame.conversation_id
     try:
+        if isinstance(frame, WsCancel):
+            run = cancel_turn(deps, cid, principal)
+            if run is not None:
+                deps.starter.start(run)
+            return {"statusCode": 200, "body": json.dumps(cancelled_frame(cid))}
         if isinstance(frame, WsSubscribe):
             # Followed only once it is known to be the caller's: one that does not exist
             # yet, or someone else's (answered alike: no existence oracle), is followed from

@@ -106,3 +106,20 @@ class LocalReplySink:
 
     def send_chunk(self, chunk: StreamChunk) -> None:
         self._hub.publish(chunk.conversation_id, chunk.model_dump(mode="json"))
+
+
+class LocalCancellations:
+    """The runs of this process that were cancelled, by conversation and lease token (a
+    token is a run's own: a cancelled one never holds the lease again)."""
+
+    def __init__(self) -> None:
+        self._cancelled: set[tuple[str, int]] = set()
+        self._lock = threading.Lock()
+
+    def cancel(self, conversation_id: str, token: int) -> None:
+        with self._lock:
+            self._cancelled.add((conversation_id, token))
+
+    def cancelled(self, conversation_id: str, token: int) -> bool:
+        with self._lock:
+            return (conversation_id, token) in self._cancelled

@@ -51,6 +51,7 @@ from workers.core.steps import (
     Erasure,
     RunSummary,
     accept_message,
+    cancel_turn,
     check_follow,
     drive_run,
     expire,
@@ -236,6 +237,13 @@ class EmbeddedRuntime:
                 metadata=metadata,
             )
         )
+
+    async def cancel(self, conversation_id: str, principal: Principal) -> None:
+        """Stop the conversation's running turn (see :func:`~workers.core.steps.cancel_turn`);
+        a run goes on with the messages that came after it."""
+        run = await asyncio.to_thread(cancel_turn, self.deps, conversation_id, principal)
+        if run is not None:
+            self._starter.start(run)
 
     async def set_values(
         self, conversation_id: str, principal: Principal, change: CallerValues

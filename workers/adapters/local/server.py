@@ -25,6 +25,7 @@ from events.inbound import (
     ConversationValuesRequest,
     FeedbackRequest,
     MessageRequest,
+    WsCancel,
     WsDecide,
     WsFeedback,
     WsFrame,
@@ -41,6 +42,7 @@ from events.outbound import (
     ErrorBody,
     ErrorView,
     FeedbackView,
+    cancelled_frame,
     validation_problem,
 )
 from workers.adapters.http_errors import error_headers, error_view
@@ -77,7 +79,7 @@ _FRAME = TypeAdapter[Any](WsFrame)
 _CONVERSATION_ID = re.compile(CONVERSATION_ID_PATTERN)
 
 
-Frame = WsSubscribe | WsSend | WsDecide | WsResume | WsFeedback | WsPing
+Frame = WsSubscribe | WsSend | WsDecide | WsResume | WsFeedback | WsPing | WsCancel
 
 
 def validation_error(exc: ValidationError, *, tagged: bool = False) -> ApiError:
@@ -303,6 +305,15 @@ def create_app(
         change = CallerValues(body.context, body.configurable, body.metadata)
         values = await rt(request).set_values(conversation_id, principal, change)
         return JSONResponse(values_view(conversation_id, values).model_dump(mode="json"))
+
+    @app.post("/v1/conversations/{conversation_id}/cancel")
+    async def cancel_conversation(conversation_id: str, request: Request) -> JSONResponse:
+        """Stop the running turn: nothing of it is committed, its sender gets a notice;
+        409 ``not_running`` when none runs."""
+        principal = await caller(request)
+        check_conversation_id(conversation_id)
+        await rt(request).cancel(conversation_id, principal)
+        return JSONResponse(cancelled_frame(conversation_id))
 
     @app.get("/v1/conversations/{conversation_id}/state")
     async def get_state(conversation_id: str, request: Request) -> JSONResponse:
@@ -633,6 +644,9 @@ class WebSocketSession:
             if isinstance(frame, WsFeedback):
                 return await self._feedback(frame)
             cid = frame.conversation_id
+            if isinstance(frame, WsCancel):
+                await self.runtime.cancel(cid, self.principal)
+                return cancelled_frame(cid)
             follow = await self._follow(cid)
             if isinstance(frame, WsSubscribe):
                 history = await self.runtime.history(cid, self.principal)
