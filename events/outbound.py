@@ -78,7 +78,23 @@ class CustomChunk(BaseModel):
     data: JsonValue
 
 
-StreamChunk = ReplyChunk | CustomChunk
+class StatusChunk(BaseModel):
+    """What the turn is doing, for a client to show while it waits: ``thinking`` when it
+    starts, ``tool`` when the graph is about to run tools (their names). Not kept: the
+    reply or notice that ends the turn ends its status."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["status"] = "status"
+    conversation_id: str
+    turn_id: str
+    index: int = Field(ge=0)
+    state: Literal["thinking", "tool"]
+    tools: list[str] = Field(default_factory=list)
+    text: str = Field(description="In plain words: 'thinking', 'running lookup_ticket'")
+
+
+StreamChunk = ReplyChunk | CustomChunk | StatusChunk
 """What a sink streams while a turn runs."""
 
 

@@ -17,6 +17,7 @@ from events.outbound import (
     Notice,
     OutboxPayload,
     ReplyChunk,
+    StatusChunk,
     StreamChunk,
     TokenUsage,
 )
@@ -540,6 +541,8 @@ class RecordingSink:
         """The reply's streamed text."""
         self.custom: list[CustomChunk] = []
         """What the graph streamed of its own."""
+        self.statuses: list[StatusChunk] = []
+        """What the turns said they were doing."""
         self.failing = False
         """While set, ``send`` raises ``RetryableError`` (a channel that is down)."""
 
@@ -551,6 +554,8 @@ class RecordingSink:
     def send_chunk(self, chunk: StreamChunk) -> None:
         if isinstance(chunk, CustomChunk):
             self.custom.append(chunk)
+        elif isinstance(chunk, StatusChunk):
+            self.statuses.append(chunk)
         else:
             self.chunks.append(chunk)
 

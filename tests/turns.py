@@ -23,6 +23,7 @@ from workers.core.model import (
     LogEntry,
     ResumeRecord,
     StreamPart,
+    ToolsStarting,
     TurnInput,
     TurnOutput,
     TurnRequest,
@@ -82,6 +83,8 @@ class Conversation:
         """The streamed text of the turns so far."""
         self.custom: list[object] = []
         """What the graph wrote to its custom stream."""
+        self.tools: list[tuple[str, ...]] = []
+        """The tools the turns said they were about to run, in order."""
         self.last: TurnOutput | None = None
 
     def request(
@@ -138,6 +141,8 @@ class Conversation:
     def _streamed(self, part: StreamPart) -> None:
         if isinstance(part, CustomData):
             self.custom.append(part.data)
+        elif isinstance(part, ToolsStarting):
+            self.tools.append(part.tools)
         else:
             self.chunks.append(part)
 

@@ -112,6 +112,17 @@ def test_an_async_only_tool_runs_next_to_sync_nodes() -> None:
     conv.turn("weather in Oslo")
     out = conv.turn(resume=True)
     assert out.reply_text == "scripted: It is sunny in Oslo."
+    assert conv.tools == [("get_weather",)]  # said before the breakpoint stopped it
+
+
+def test_the_tools_a_model_asks_for_are_announced_and_handoffs_are_not() -> None:
+    react = Conversation(GraphTurnAgent(react_context.graph))
+    react.turn("what is the weather in Rome?")
+    assert react.tools == [("get_weather",)]
+    handing_over = Conversation(GraphTurnAgent(supervisor.graph))
+    handing_over.turn("a math question")
+    assert ("transfer_to_math_expert",) in handing_over.tools  # the supervisor's own call
+    assert all("transfer_back_to_supervisor" not in t for t in handing_over.tools)
 
 
 # runtime context -----------------------------------------------------------------------------
@@ -298,8 +309,9 @@ def test_the_reply_is_the_same_whether_or_not_a_client_streams() -> None:
 def test_a_checkpointer_that_keeps_state_elsewhere_is_refused_at_start(tmp_path: Any) -> None:
     from langgraph.checkpoint.sqlite import SqliteSaver
 
-    with SqliteSaver.from_conn_string(str(tmp_path / "cp.db")) as saver, pytest.raises(
-        ConfigError, match="^the graph is compiled with checkpointer=SqliteSaver"
+    with (
+        SqliteSaver.from_conn_string(str(tmp_path / "cp.db")) as saver,
+        pytest.raises(ConfigError, match="^the graph is compiled with checkpointer=SqliteSaver"),
     ):
         GraphTurnAgent(kitchen_sink.builder.compile(checkpointer=saver))
     # an in-memory one (an app's own tests compile so) is replaced

@@ -184,6 +184,45 @@ def driver(browser_binaries: None, tmp_path: Path) -> Iterator[webdriver.Chrome]
 # --- page helpers --------------------------------------------------------------------------
 
 
+@pytest.fixture
+def slow_server(tmp_path: Path) -> Iterator[Server]:
+    """An app whose turns work a while (six progress notes, no text until the end)."""
+    env = {"AGENTWORKER_GRAPH": "tests.langgraph_apps.slow_stream:graph"}
+    srv = Server(tmp_path / "state", free_port(), tmp_path / "server.log", env)
+    try:
+        srv.start()
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_the_page_shows_what_a_turn_does_and_stops_it(
+    slow_server: Server, driver: webdriver.Chrome, tmp_path: Path
+) -> None:
+    """While a turn works the page says what it does, with a Stop button; Stop ends the
+    turn with a notice and no reply; the next message is answered."""
+    drv = driver
+    try:
+        drv.get(slow_server.url + f"/#token={DEV_TOKEN}")
+        wait_status(drv, "open")
+        type_message(drv, "take your time")
+        wait_for(drv, "the turn's status", lambda d: "Thinking…" in texts(d, "turn-status"))
+        clickable(drv, "stop").click()
+        wait_for(
+            drv,
+            "the cancel's notice",
+            lambda d: any("Stopped: this answer was cancelled." in t for t in texts(d, "notice")),
+        )
+        assert not texts(drv, "reply") and not texts(drv, "turn-status")
+        type_message(drv, "and now?")
+        wait_reply(drv, "done after 6 steps: and now?")
+        assert not texts(drv, "stop")
+    except BaseException:
+        drv.save_screenshot(str(tmp_path / "failure.png"))
+        print(f"browser artifacts in {tmp_path}\nserver log:\n{slow_server.log_tail()}")
+        raise
+
+
 def by_testid(testid: str) -> tuple[str, str]:
     return By.CSS_SELECTOR, f'[data-testid="{testid}"]'
 

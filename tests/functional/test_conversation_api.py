@@ -109,8 +109,9 @@ def test_a_stream_dropped_mid_turn_resumes_with_every_event_once(srv: ServerProc
         lines = resp.iter_lines()
         assert send(srv, cid, "second").status_code == 202
         stream = events(lines)
-        seen = [next(stream), next(stream)]
-    assert [e["event"] for e in seen] == ["custom", "custom"]  # then the client dropped
+        seen = [next(stream), next(stream), next(stream)]
+    assert [e["event"] for e in seen] == ["status", "custom", "custom"]  # then it dropped
+    assert seen[0]["data"]["text"] == "thinking"
     rest = read(srv, cid, until="reply", last_id=seen[-1]["id"])
     steps = [e["data"]["data"]["step"] for e in seen + rest if e["event"] == "custom"]
     assert steps == list(range(6))  # none lost, none twice
@@ -217,7 +218,7 @@ def test_a_running_turn_is_cancelled_over_http_and_the_websocket(srv: ServerProc
     ) as resp:
         stream = events(resp.iter_lines())
         assert send(srv, cid, "second").status_code == 202
-        assert [next(stream)["event"], next(stream)["event"]] == ["custom", "custom"]
+        assert [next(stream)["event"] for _ in range(3)] == ["status", "custom", "custom"]
         foreign = httpx.post(cancel_url, headers=auth(BOB), timeout=10)
         assert foreign.status_code == 404
         done = httpx.post(cancel_url, headers=auth(ALICE), timeout=10)

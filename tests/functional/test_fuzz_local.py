@@ -22,7 +22,7 @@ from workers.config import Settings
 
 TOKEN = "fuzz-dev-token-0123456789"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
-ANSWERED = frozenset({200, 202, 400, 401, 403, 404, 409, 413, 415, 422, 429})
+ANSWERED = frozenset({200, 202, 400, 401, 403, 404, 405, 409, 413, 415, 422, 429})
 
 
 @pytest.fixture(scope="module")

@@ -31,8 +31,10 @@ def test_the_supervisor_streams_its_custom_data_and_replies_what_streamed(tmp_pa
             frames.append(json.loads(ws.recv(timeout=30)))
     custom = [f["data"] for f in frames if f["type"] == "custom"]
     assert custom == [{"node": "supervisor"}, {"node": "math_expert"}, {"node": "supervisor"}]
-    streamed = [f for f in frames if f["type"] in ("chunk", "custom")]
+    streamed = [f for f in frames if f["type"] in ("chunk", "custom", "status")]
     assert [f["index"] for f in streamed] == list(range(len(streamed)))  # one sequence
+    statuses = [f["text"] for f in frames if f["type"] == "status"]
+    assert statuses[0] == "thinking" and "running transfer_to_math_expert" in statuses
     text = "".join(f["delta"] for f in frames if f["type"] == "chunk")
     assert text == frames[-1]["text"]
     assert text.startswith("math heard: a math question\n\nsupervisor: ")

@@ -1246,6 +1246,7 @@ def test_a_cancelled_turn_commits_nothing_and_its_sender_is_told(in_process: boo
     [summary] = w.run_all()[:1]
     assert summary.ended == "lease_lost" and summary.turns == 0
     assert [c.delta for c in w.sink.chunks] == ([] if in_process else ["one"])
+    assert [s.text for s in w.sink.statuses] == ["thinking"]  # before the model's first piece
     [notice] = w.sink.sent
     assert isinstance(notice, Notice) and notice.text == CANCELLED_NOTICE
     assert w.store.load_checkpoint(CID) is None  # the graph state is as before the turn

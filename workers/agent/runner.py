@@ -44,6 +44,7 @@ from workers.core.model import (
     LogEntry,
     PendingInterrupt,
     StreamPart,
+    ToolsStarting,
     TurnOutput,
     TurnRequest,
 )
@@ -358,6 +359,19 @@ def interrupt_text(value: Any) -> str:
     return json.dumps(value, default=str)[:2000]
 
 
+def _tools_asked(update: dict[str, Any]) -> tuple[str, ...]:
+    """The tools the AI messages of a step's update ask for (what the graph runs next)."""
+    names: list[str] = []
+    for written in update.values():
+        messages = written.get("messages") if isinstance(written, dict) else None
+        if isinstance(messages, BaseMessage):
+            messages = [messages]
+        for message in messages if isinstance(messages, list) else []:
+            if isinstance(message, AIMessage) and not _handoff(message):
+                names.extend(str(call["name"]) for call in message.tool_calls)
+    return tuple(dict.fromkeys(names))
+
+
 class _Collector:
     """Reads the parts of ``stream(..., subgraphs=True)``: the interrupts (root ``updates``),
     the AI messages' text (``messages``, of every namespace, in the order they come: a
@@ -399,14 +413,13 @@ class _Collector:
         elif mode == "custom":
             if self._on_chunk is not None:
                 self._on_chunk(CustomData(to_jsonable_python(payload, fallback=str)))
-        elif (
-            mode == "updates"
-            and not namespace
-            and isinstance(payload, dict)
-            and (INTERRUPT in payload)
-        ):
-            self.stopped = True
-            self.interrupts.extend(payload[INTERRUPT] or ())
+        elif mode == "updates" and isinstance(payload, dict):
+            if not namespace and INTERRUPT in payload:
+                self.stopped = True
+                self.interrupts.extend(payload[INTERRUPT] or ())
+            tools = _tools_asked(payload)
+            if tools and self._on_chunk is not None:
+                self._on_chunk(ToolsStarting(tools))
 
     def _message(self, message: BaseMessage) -> None:
         if _handoff(message):

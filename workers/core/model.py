@@ -306,8 +306,17 @@ class CustomData:
     data: object
 
 
-StreamPart = str | CustomData
-"""What a turn streams: a piece of the reply's text, or the app's custom data."""
+@dataclass(frozen=True)
+class ToolsStarting:
+    """The graph is about to run these tools (a model asked for them): what a client shows
+    while the turn works ("running lookup_ticket")."""
+
+    tools: tuple[str, ...]
+
+
+StreamPart = str | CustomData | ToolsStarting
+"""What a turn streams: a piece of the reply's text, the app's custom data, or the tools it
+is about to run."""
 
 
 @dataclass(frozen=True)

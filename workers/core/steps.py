@@ -42,6 +42,7 @@ from events.outbound import (
     OutboxPayload,
     Reply,
     ReplyChunk,
+    StatusChunk,
 )
 from events.workflow import FinishResult, RunRef, StepResult, TurnOutcome
 from workers.core import figures
@@ -70,6 +71,7 @@ from workers.core.model import (
     PendingWork,
     ResumeRecord,
     StreamPart,
+    ToolsStarting,
     TurnCommit,
     TurnInput,
     TurnOutput,
@@ -754,6 +756,8 @@ def _advance(
     guards_pii = guard is not None and guard.output_pii != "allow"
     allowed = pii_values(texts) if guards_pii else frozenset()
     streamer = _chunk_streamer(deps, run, turn_id, guard, allowed)
+    if streamer is not None:
+        streamer.status("thinking")
     try:
         output = deps.agent.run_turn(
             request, on_chunk=streamer.on_chunk if streamer else None, tracer=deps.tracer
@@ -1016,8 +1020,24 @@ class _Streamer:
             raise TurnCancelled(f"turn {self.turn_id} of {self.conversation_id} was cancelled")
         if isinstance(part, CustomData):
             self._custom(part.data)
+        elif isinstance(part, ToolsStarting):
+            self.status("tool", part.tools)
         else:
             self._send(part if self.guard is None else self.guard.feed(part))
+
+    def status(self, state: Literal["thinking", "tool"], tools: Sequence[str] = ()) -> None:
+        """Tell the clients what the turn is doing (a ``status`` frame)."""
+        text = f"running {', '.join(tools)}" if tools else "thinking"
+        self.deps.sink.send_chunk(
+            StatusChunk(
+                conversation_id=self.conversation_id,
+                turn_id=self.turn_id,
+                index=next(self._counter),
+                state=state,
+                tools=list(tools),
+                text=text,
+            )
+        )
 
     def flush(self) -> None:
         if self.guard is not None:

@@ -80,7 +80,7 @@ class LocalHub:
         self.publish(conversation_id, forgotten_frame(conversation_id))
 
 
-PIECES = frozenset({"chunk", "custom"})
+PIECES = frozenset({"chunk", "custom", "status"})
 """The frames that are pieces of a turn's stream."""
 
 MAX_HELD_PIECES = 10_000
