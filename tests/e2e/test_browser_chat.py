@@ -23,7 +23,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.functional.server_process import DEV_TOKEN
 
@@ -200,7 +200,8 @@ def test_the_page_shows_what_a_turn_does_and_stops_it(
     slow_server: Server, driver: webdriver.Chrome, tmp_path: Path
 ) -> None:
     """While a turn works the page says what it does, with a Stop button; Stop ends the
-    turn with a notice and no reply; the next message is answered."""
+    turn with a notice and no reply; the next message is answered. The caller's
+    conversations are listed, the most recently active first, and open from the list."""
     drv = driver
     try:
         drv.get(slow_server.url + f"/#token={DEV_TOKEN}")
@@ -217,6 +218,29 @@ def test_the_page_shows_what_a_turn_does_and_stops_it(
         type_message(drv, "and now?")
         wait_reply(drv, "done after 6 steps: and now?")
         assert not texts(drv, "stop")
+
+        # the caller's conversations: a second one, then back to the first from the list
+        first = drv.find_element(*by_testid("conversation-id")).get_attribute("value")
+        clickable(drv, "new-chat").click()
+        wait_for(
+            drv,
+            "a new conversation",
+            lambda d: d.find_element(*by_testid("conversation-id")).get_attribute("value")
+            != first,
+        )
+        type_message(drv, "second chat")
+        wait_reply(drv, "done after 6 steps: second chat")
+
+        def listed(d: webdriver.Chrome) -> list[str] | None:
+            options = d.find_elements(By.CSS_SELECTOR, '[data-testid="conversations"] option')
+            values = [o.get_attribute("value") or "" for o in options][1:]
+            return values if len(values) == 2 else None
+
+        recent = wait_for(drv, "both conversations listed", listed)
+        assert recent[1] == first  # the most recently active first
+        Select(drv.find_element(*by_testid("conversations"))).select_by_value(first)
+        wait_reply(drv, "done after 6 steps: and now?")
+        assert drv.find_element(*by_testid("conversation-id")).get_attribute("value") == first
     except BaseException:
         drv.save_screenshot(str(tmp_path / "failure.png"))
         print(f"browser artifacts in {tmp_path}\nserver log:\n{slow_server.log_tail()}")
