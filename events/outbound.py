@@ -95,6 +95,9 @@ class StatusChunk(BaseModel):
 
 
 StreamChunk = ReplyChunk | CustomChunk | StatusChunk
+
+STREAM_FRAME_TYPES = frozenset({"chunk", "custom", "status"})
+"""The ``type`` of every streamed piece of a turn (kept by no store): what is not a payload."""
 """What a sink streams while a turn runs."""
 
 

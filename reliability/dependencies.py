@@ -25,7 +25,7 @@ import pytest
 from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
-from events.outbound import OutboxPayload
+from events.outbound import STREAM_FRAME_TYPES, OutboxPayload
 from reliability.plan import Result
 from reliability.probe import PAYLOAD, Ledger, StoreProbe, check
 from reliability.workflow import (
@@ -224,7 +224,7 @@ def socket_of(conversation_id: str) -> str:
 
 def socket_frames(connection_id: str) -> list[OutboxPayload]:
     """The payloads moto's management API took for ``connection_id`` (it keeps a socket's
-    frames as one byte string; streamed chunks are left out)."""
+    frames as one byte string; streamed pieces are left out)."""
     from moto.apigatewaymanagementapi.models import apigatewaymanagementapi_backends
     from moto.core.models import DEFAULT_ACCOUNT_ID
 
@@ -235,7 +235,7 @@ def socket_frames(connection_id: str) -> list[OutboxPayload]:
     at = 0
     while at < len(text):
         frame, at = decoder.raw_decode(text, at)
-        if frame.get("type") != "chunk":
+        if frame.get("type") not in STREAM_FRAME_TYPES:
             frames.append(PAYLOAD.validate_python(frame))
     return frames
 

@@ -134,25 +134,24 @@ def browser_binaries() -> None:
     pytest.skip(f"!!! {message} !!!")
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    srv = Server(tmp_path / "state", free_port(), tmp_path / "server.log")
-    try:
-        srv.start()
-        yield srv
-    finally:
-        srv.stop()
-
-
-@pytest.fixture
-def triage_server(tmp_path: Path) -> Iterator[Server]:
-    env = {"AGENTWORKER_GRAPH": "triage_bot.graph:build"}
+def serving(tmp_path: Path, env: dict[str, str] | None = None) -> Iterator[Server]:
+    """A started server of its own (the fixtures' body): stopped when the test ends."""
     srv = Server(tmp_path / "state", free_port(), tmp_path / "server.log", env)
     try:
         srv.start()
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    yield from serving(tmp_path)
+
+
+@pytest.fixture
+def triage_server(tmp_path: Path) -> Iterator[Server]:
+    yield from serving(tmp_path, {"AGENTWORKER_GRAPH": "triage_bot.graph:build"})
 
 
 @pytest.fixture
@@ -187,13 +186,7 @@ def driver(browser_binaries: None, tmp_path: Path) -> Iterator[webdriver.Chrome]
 @pytest.fixture
 def slow_server(tmp_path: Path) -> Iterator[Server]:
     """An app whose turns work a while (six progress notes, no text until the end)."""
-    env = {"AGENTWORKER_GRAPH": "tests.langgraph_apps.slow_stream:graph"}
-    srv = Server(tmp_path / "state", free_port(), tmp_path / "server.log", env)
-    try:
-        srv.start()
-        yield srv
-    finally:
-        srv.stop()
+    yield from serving(tmp_path, {"AGENTWORKER_GRAPH": "tests.langgraph_apps.slow_stream:graph"})
 
 
 def test_the_page_shows_what_a_turn_does_and_stops_it(
@@ -225,8 +218,7 @@ def test_the_page_shows_what_a_turn_does_and_stops_it(
         wait_for(
             drv,
             "a new conversation",
-            lambda d: d.find_element(*by_testid("conversation-id")).get_attribute("value")
-            != first,
+            lambda d: d.find_element(*by_testid("conversation-id")).get_attribute("value") != first,
         )
         type_message(drv, "second chat")
         wait_reply(drv, "done after 6 steps: second chat")
@@ -459,13 +451,7 @@ def test_a_question_of_the_graph_is_answered_on_the_page(
 
 @pytest.fixture
 def traced_server(tmp_path: Path) -> Iterator[Server]:
-    env = {"AGENTWORKER_TRACING": "true", "MLFLOW_MODEL_CATALOG_URI": ""}
-    srv = Server(tmp_path / "state", free_port(), tmp_path / "server.log", env)
-    try:
-        srv.start()
-        yield srv
-    finally:
-        srv.stop()
+    yield from serving(tmp_path, {"AGENTWORKER_TRACING": "true", "MLFLOW_MODEL_CATALOG_URI": ""})
 
 
 def test_thumbs_under_a_reply_reach_its_trace_in_mlflow(

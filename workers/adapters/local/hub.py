@@ -7,7 +7,7 @@ import threading
 from collections import defaultdict
 from typing import Any, Protocol
 
-from events.outbound import OutboxPayload, StreamChunk
+from events.outbound import STREAM_FRAME_TYPES, OutboxPayload, StreamChunk
 
 Frame = dict[str, Any]
 
@@ -80,7 +80,7 @@ class LocalHub:
         self.publish(conversation_id, forgotten_frame(conversation_id))
 
 
-PIECES = frozenset({"chunk", "custom", "status"})
+PIECES = STREAM_FRAME_TYPES
 """The frames that are pieces of a turn's stream."""
 
 MAX_HELD_PIECES = 10_000

@@ -11,7 +11,7 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
@@ -244,11 +244,7 @@ def create_app(
     async def post_feedback(conversation_id: str, request: Request) -> JSONResponse:
         principal = await caller(request)
         check_conversation_id(conversation_id)
-        data = await _json_object(request)
-        try:
-            body = FeedbackRequest.model_validate(data)
-        except ValidationError as exc:
-            raise validation_error(exc) from None
+        body = await _json_body(request, FeedbackRequest)
         await rt(request).feedback(
             conversation_id,
             principal,
@@ -297,11 +293,7 @@ def create_app(
         """Change the conversation's own context, configurable values and metadata."""
         principal = await caller(request)
         check_conversation_id(conversation_id)
-        data = await _json_object(request)
-        try:
-            body = ConversationValuesRequest.model_validate(data)
-        except ValidationError as exc:
-            raise validation_error(exc) from None
+        body = await _json_body(request, ConversationValuesRequest)
         change = CallerValues(body.context, body.configurable, body.metadata)
         values = await rt(request).set_values(conversation_id, principal, change)
         return JSONResponse(values_view(conversation_id, values).model_dump(mode="json"))
@@ -492,6 +484,19 @@ async def authenticate(auth: Authenticator, token: str | None) -> Principal:
     if token is not None and getattr(auth, "fetches_keys", False):
         return await asyncio.to_thread(auth.authenticate, token)
     return auth.authenticate(token)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def _json_body(request: Request, model: type[M]) -> M:
+    """The request's JSON object body as ``model``: 422 naming the first bad field (and
+    what :func:`_json_object` refuses first)."""
+    data = await _json_object(request)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
 
 
 async def _json_object(request: Request) -> dict[str, Any]:
