@@ -245,6 +245,28 @@ class InMemoryConversationStore:
             )
             return True
 
+    def create_conversation(
+        self,
+        conversation_id: str,
+        *,
+        tenant: str,
+        owner: str,
+        policy: DoubleTextingPolicy,
+        values: CallerValues,
+        now: float,
+    ) -> bool:
+        self.calls.append("create_conversation")
+        with self._lock:
+            if conversation_id in self._convs:
+                return False
+            floor = self._erased_tokens.get(conversation_id, 0)
+            state = ConversationState(
+                conversation_id, policy, "idle", 0, floor, None, None, None, None, now, now
+            )
+            state = replace(state, tenant=tenant, owner=owner, values=values, pending_count=0)
+            self._convs[conversation_id] = _Conv(state)
+            return True
+
     def list_conversations(
         self, tenant: str, owner: str, *, limit: int, offset: int = 0
     ) -> list[ConversationSummary]:

@@ -824,3 +824,32 @@ def test_an_owners_conversations_are_listed_most_recently_active_first(store: An
     assert "ws:acme:a3" not in [
         c.conversation_id for c in store.list_conversations("acme", "alice", limit=5)
     ]
+
+
+def test_a_conversation_created_before_its_first_message_takes_it_as_any_other(
+    store: Any,
+) -> None:
+    values = CallerValues(metadata={"source": "sdk"})
+    args = {"tenant": "acme", "owner": "alice", "policy": "enqueue", "values": values}
+    assert store.create_conversation(CID, **args, now=T0) is True
+    assert store.create_conversation(CID, **args, now=T0 + 1) is False  # one per id
+    state = store.get_conversation(CID)
+    assert (state.status, state.inbox_seq, state.lease_token) == ("idle", 0, None)
+    assert (state.tenant, state.owner, state.values) == ("acme", "alice", values)
+    assert state.created_at == T0 and store.pending_inbox(CID) == []
+    assert [c.conversation_id for c in store.list_conversations("acme", "alice", limit=5)] == [CID]
+    assert store.conversations_to_sweep(now=T0 + 10) == []  # nothing to do for the sweeper
+    bob = Access(tenant="acme", owners=frozenset({"bob"}))
+    with pytest.raises(NotFound):  # someone else's already
+        store.append_inbox(msg("hi"), now=T0 + 2, default_policy="enqueue", access=bob)
+    alice = Access(tenant="acme", owners=frozenset({"alice"}))
+    accepted = store.append_inbox(msg("hi"), now=T0 + 2, default_policy="enqueue", access=alice)
+    assert accepted.seq == 1 and not accepted.duplicate
+    lease = store.try_acquire_lease(CID, now=T0 + 3, ttl=30)
+    assert lease is not None and lease.token == 1
+    store.release_lease(CID, lease.token, seen_inbox_seq=0, now=T0 + 4)
+
+    store.forget(CID)  # created again: its tokens go on above the erased one's
+    assert store.create_conversation(CID, **args, now=T0 + 5) is True
+    again = store.try_acquire_lease(CID, now=T0 + 6, ttl=30)
+    assert again is not None and again.token > lease.token

@@ -124,6 +124,21 @@ class ConversationStore(Protocol):
 
     def get_conversation(self, conversation_id: str) -> ConversationState | None: ...
 
+    def create_conversation(
+        self,
+        conversation_id: str,
+        *,
+        tenant: str,
+        owner: str,
+        policy: DoubleTextingPolicy,
+        values: CallerValues,
+        now: float,
+    ) -> bool:
+        """Create the conversation before its first message (a thread created before its
+        first run), idle, owned by ``owner`` of ``tenant``; its fencing tokens go on above
+        an erased one's of the same id. ``False`` (nothing written) if one exists under the
+        id, whoever's it is."""
+
     def list_conversations(
         self, tenant: str, owner: str, *, limit: int, offset: int = 0
     ) -> list[ConversationSummary]:

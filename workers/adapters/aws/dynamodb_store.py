@@ -517,6 +517,50 @@ class DynamoDBConversationStore:
         meta = self._table.get(conversation_pk(conversation_id), META_SK)
         return None if meta is None else _state(meta)
 
+    def create_conversation(
+        self,
+        conversation_id: str,
+        *,
+        tenant: str,
+        owner: str,
+        policy: DoubleTextingPolicy,
+        values: CallerValues,
+        now: float,
+    ) -> bool:
+        """``meta`` with no message and no lease (out of the sweep index), put only where
+        none is; its last token is the erased conversation's of the id, if any."""
+        erased = self._table.get(*forgotten_key(conversation_id))
+        floor = 0 if erased is None else get_int(erased, "last_token")
+        stored = values.to_json()
+        meta = (
+            {
+                **key(conversation_pk(conversation_id), META_SK),
+                "conversation_id": string(conversation_id),
+                "policy": string(policy),
+                "status": string("idle"),
+                "inbox_seq": number(0),
+                "outbox_seq": number(0),
+                "log_seq": number(0),
+                "last_token": number(floor),
+                SWEEP_INDEX_SK: number(0),
+                PENDING_COUNT: number(0),
+                UNDELIVERED_COUNT: number(0),
+                "created_at": number(now),
+                "updated_at": number(now),
+            }
+            | _owner_fields(tenant, owner)
+            | self._expiry()
+        )
+        if stored:
+            meta["caller_values"] = string(stored)
+        try:
+            self._table.transact([self._table.put(meta, cond="attribute_not_exists(#pk)")])
+        except TransactionCancelled as cancelled:
+            if cancelled.failed(0):
+                return False
+            raise
+        return True
+
     def list_conversations(
         self, tenant: str, owner: str, *, limit: int, offset: int = 0
     ) -> list[ConversationSummary]:

@@ -438,6 +438,25 @@ class SqliteConversationStore:
             values=CallerValues.from_json(row[17]),
         )
 
+    def create_conversation(
+        self,
+        conversation_id: str,
+        *,
+        tenant: str,
+        owner: str,
+        policy: DoubleTextingPolicy,
+        values: CallerValues,
+        now: float,
+    ) -> bool:
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO conversations (conversation_id, policy, tenant, owner,"
+                " caller_values, created_at, updated_at, last_token)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(floor), 0) FROM fencing))",
+                (conversation_id, policy, tenant, owner, values.to_json(), now, now),
+            )
+            return cur.rowcount == 1
+
     def list_conversations(
         self, tenant: str, owner: str, *, limit: int, offset: int = 0
     ) -> list[ConversationSummary]:
