@@ -258,6 +258,9 @@ class GraphStateView(BaseModel):
     messages: int
     next: list[str] = Field(description="Nodes the graph runs next (while interrupted)")
     interrupts: list[PendingInterruptView]
+    message_list: list[dict[str, JsonValue]] | None = Field(default=None, exclude=True)
+    """The messages themselves, as LangChain dumps them, when asked for (the Agent Server
+    API's thread state); never in this view's JSON."""
 
 
 class AcceptedView(BaseModel):

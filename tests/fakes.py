@@ -621,7 +621,12 @@ class ScriptedAgent:
         )
 
     def inspect(
-        self, conversation_id: str, checkpoint: bytes | None, history: Sequence[LogEntry]
+        self,
+        conversation_id: str,
+        checkpoint: bytes | None,
+        history: Sequence[LogEntry],
+        *,
+        with_messages: bool = False,
     ) -> GraphStateView:
         return GraphStateView(
             conversation_id=conversation_id,

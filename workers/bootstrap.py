@@ -313,7 +313,9 @@ class NoAgent:
     def run_turn(self, request: Any, *, on_chunk: Any, tracer: Tracer) -> Any:
         raise ConfigError("this function was built without the agent; only 'turn' runs turns")
 
-    def inspect(self, conversation_id: str, checkpoint: Any, history: Any) -> Any:
+    def inspect(
+        self, conversation_id: str, checkpoint: Any, history: Any, *, with_messages: bool = False
+    ) -> Any:
         raise ConfigError("this function was built without the agent; only 'turn' has it")
 
 

@@ -34,6 +34,7 @@ ENV_PREFIX = "AGENTWORKER_"
 APP_FILE = "agentworker.toml"
 APP_KEYS = (
     "graph",
+    "graph_id",
     "model",
     "prompt",
     "prompt_name",
@@ -79,6 +80,13 @@ class Settings(BaseSettings):
         None,
         description="The app's graph, 'package.module:attribute' (a StateGraph or a factory);"
         " default: the bundled support example.",
+    )
+    graph_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="The graph's id for LangGraph's clients (the Agent Server API's graph_id"
+        " and assistant); default: its name in langgraph.json, else the app's package.",
     )
     config: Path | None = Field(
         None, description="App file with the app's settings (default: ./agentworker.toml)."
@@ -377,6 +385,11 @@ class Settings(BaseSettings):
         return top
 
     @property
+    def served_graph_id(self) -> str:
+        """``graph_id``, else the app's package (``support_agent``)."""
+        return self.graph_id or self.app_package
+
+    @property
     def app_name(self) -> str:
         """The app's name as the chat page shows it: its package, words apart
         (``support_agent`` -> ``Support agent``)."""
@@ -603,6 +616,8 @@ def _serve_project(
     )
     given["graph"] = ref
     sources["graph"] = f"graphs.{name} in {project.path}"
+    if "graph_id" not in given and ENV_PREFIX + "GRAPH_ID" not in os.environ:
+        given["graph_id"] = name
     if "app_dir" not in given and ENV_PREFIX + "APP_DIR" not in os.environ:
         given["app_dir"] = project.directory
     given.setdefault("python_path", project.local_dependencies())

@@ -54,11 +54,31 @@ def test_http_message_and_conversation_bodies(client: TestClient) -> None:
             "sender": text_field,
             "context": json_values | st.just({"k": None}),
             "configurable": json_values,
+            "assistant_id": st.sampled_from(["support_agent", "nope"]) | text_field,
+            "input": json_values | st.just({"messages": [{"role": "user", "content": "hi"}]}),
+            "command": json_values | st.just({"resume": True}),
+            "thread_id": id_field,
+            "multitask_strategy": st.sampled_from(["reject", "enqueue", "rollback", "bogus"]),
+            "if_exists": st.sampled_from(["raise", "do_nothing", "bogus"]),
+            "limit": json_values,
         }
     )
     media = st.sampled_from(["application/json", "application/json; charset=utf-8", "text/plain"])
-    # a message, or a change of the conversation's own values (the same fields, mostly)
-    routes = st.sampled_from([("POST", "/messages"), ("POST", "/messages"), ("PATCH", "")])
+    # a message, a change of the conversation's own values (the same fields, mostly), and
+    # the Agent Server API's bodies (threads, runs, assistants)
+    routes = st.sampled_from(
+        [
+            ("POST", "/v1/conversations/{cid}/messages"),
+            ("POST", "/v1/conversations/{cid}/messages"),
+            ("PATCH", "/v1/conversations/{cid}"),
+            ("POST", "/threads/{cid}/runs/wait"),
+            ("POST", "/threads/{cid}/runs"),
+            ("PATCH", "/threads/{cid}"),
+            ("POST", "/threads"),
+            ("POST", "/threads/search"),
+            ("POST", "/assistants/search"),
+        ]
+    )
     ran = [0]
 
     @FUZZ
@@ -66,10 +86,10 @@ def test_http_message_and_conversation_bodies(client: TestClient) -> None:
     def run(raw: str | bytes, content_type: str, cid: Any, route: tuple[str, str]) -> None:
         ran[0] += 1
         data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
-        method, suffix = route
+        method, path = route
         resp = client.request(
             method,
-            f"/v1/conversations/{cid_text(cid)}{suffix}",
+            path.format(cid=cid_text(cid)),
             content=data,
             headers={**AUTH, "content-type": content_type},
         )

@@ -43,7 +43,9 @@ class ThrottledAgent:
     def run_turn(self, request: TurnRequest, *, on_chunk: Any, tracer: Tracer) -> TurnOutput:
         raise ModelThrottled("model call throttled (ThrottlingException): Rate exceeded")
 
-    def inspect(self, conversation_id: str, checkpoint: bytes | None, history: Any) -> Any:
+    def inspect(
+        self, conversation_id: str, checkpoint: bytes | None, history: Any, **_: Any
+    ) -> Any:
         raise NotImplementedError
 
 

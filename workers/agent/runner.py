@@ -290,7 +290,12 @@ class GraphTurnAgent:
             self.saver.drop(stage)
 
     def inspect(
-        self, conversation_id: str, checkpoint: bytes | None, history: Sequence[LogEntry]
+        self,
+        conversation_id: str,
+        checkpoint: bytes | None,
+        history: Sequence[LogEntry],
+        *,
+        with_messages: bool = False,
     ) -> GraphStateView:
         snapshot = self.snapshot(checkpoint, history)
         if snapshot is None:  # a conversation whose graph has not run yet
@@ -301,9 +306,15 @@ class GraphTurnAgent:
                 messages=0,
                 next=[],
                 interrupts=[],
+                message_list=[] if with_messages else None,
             )
         values = dict(snapshot.values)
         messages = values.pop("messages", [])
+        dumped = (
+            [to_jsonable_python(m.model_dump(), fallback=str) for m in messages]
+            if with_messages
+            else None
+        )
         return GraphStateView(
             conversation_id=conversation_id,
             checkpoint_id=snapshot.config.get("configurable", {}).get("checkpoint_id"),
@@ -316,6 +327,7 @@ class GraphTurnAgent:
                 )
                 for i in snapshot.interrupts
             ],
+            message_list=dumped,
         )
 
     def _state(self, stage: str) -> StateSnapshot:

@@ -370,9 +370,15 @@ class TurnAgent(Protocol):
     ) -> TurnOutput: ...
 
     def inspect(
-        self, conversation_id: str, checkpoint: bytes | None, history: Sequence[LogEntry]
+        self,
+        conversation_id: str,
+        checkpoint: bytes | None,
+        history: Sequence[LogEntry],
+        *,
+        with_messages: bool = False,
     ) -> GraphStateView:
-        """The graph state a turn would start from (``history``: the log window)."""
+        """The graph state a turn would start from (``history``: the log window); with
+        ``with_messages``, its messages as JSON too (``GraphStateView.message_list``)."""
 
 
 class Clock(Protocol):

@@ -348,20 +348,7 @@ def set_conversation_values(
     if state is None:
         raise NotFound.conversation(conversation_id)
     values = state.values.changed(change)
-    for what, kept in (
-        ("context", values.context),
-        ("configurable", values.configurable),
-        ("metadata", values.metadata),
-    ):
-        size = json_bytes(kept)
-        if len(kept) > MAX_RUN_VALUES_KEYS or size > MAX_RUN_VALUES_BYTES:
-            raise BadInput(
-                "too_large",
-                f"{what}: the conversation would keep {len(kept)} keys, {size} bytes of JSON;"
-                f" at most {MAX_RUN_VALUES_KEYS} and {MAX_RUN_VALUES_BYTES} (remove some"
-                " with null)",
-                field=what,
-            )
+    check_values_size(values)
     if not deps.store.set_values(conversation_id, values, now=deps.clock.now()):
         raise NotFound.conversation(conversation_id)  # erased meanwhile
     return values
@@ -400,6 +387,54 @@ def cancel_turn(deps: Deps, conversation_id: str, principal: Principal) -> RunRe
     log.info("turn of %s cancelled by %s (run %d)", conversation_id, principal.id, token)
     step = fail_pending_turn(deps, run, CANCELLED_NOTICE, error=f"cancelled by {principal.id}")
     return None if step.outcome == "released" else step.run
+
+
+def check_values_size(values: CallerValues) -> None:
+    """``BadInput`` (``too_large``) for conversation values past the bounds of a message's
+    (64 keys, 16 KB of JSON each)."""
+    for what, kept in (
+        ("context", values.context),
+        ("configurable", values.configurable),
+        ("metadata", values.metadata),
+    ):
+        size = json_bytes(kept)
+        if len(kept) > MAX_RUN_VALUES_KEYS or size > MAX_RUN_VALUES_BYTES:
+            raise BadInput(
+                "too_large",
+                f"{what}: the conversation would keep {len(kept)} keys, {size} bytes of JSON;"
+                f" at most {MAX_RUN_VALUES_KEYS} and {MAX_RUN_VALUES_BYTES} (remove some"
+                " with null)",
+                field=what,
+            )
+
+
+def create_conversation(
+    deps: Deps, conversation_id: str, principal: Principal, metadata: Mapping[str, object]
+) -> bool:
+    """Create ``principal``'s conversation before its first message (a thread created
+    before its first run), with its ``metadata``; ``False`` if one exists under the id."""
+    values = CallerValues(metadata=dict(metadata))
+    check_values_size(values)
+    return deps.store.create_conversation(
+        conversation_id,
+        tenant=principal.tenant,
+        owner=principal.id,
+        policy=deps.settings.default_policy,
+        values=values,
+        now=deps.clock.now(),
+    )
+
+
+def conversation_summary(
+    deps: Deps, conversation_id: str, principal: Principal
+) -> ConversationSummary | None:
+    """The conversation as a list shows it, if it is ``principal``'s."""
+    state = visible(deps, deps.store.get_conversation(conversation_id), principal)
+    if state is None:
+        return None
+    return ConversationSummary(
+        state.conversation_id, state.status, state.created_at, state.updated_at, state.values
+    )
 
 
 MAX_LIST_SCAN = 1000
@@ -1254,14 +1289,16 @@ def finish_run(deps: Deps, claim: Claim) -> FinishResult:
 # reads ---------------------------------------------------------------------------------------
 
 
-def graph_state(deps: Deps, conversation_id: str, principal: Principal) -> GraphStateView | None:
-    """The graph state the conversation's next turn starts from; ``None`` if unknown or not
-    ``principal``'s to see."""
+def graph_state(
+    deps: Deps, conversation_id: str, principal: Principal, *, with_messages: bool = False
+) -> GraphStateView | None:
+    """The graph state the conversation's next turn starts from (with its messages as
+    JSON, ``with_messages``); ``None`` if unknown or not ``principal``'s to see."""
     if visible(deps, deps.store.get_conversation(conversation_id), principal) is None:
         return None
     checkpoint = deps.store.load_checkpoint(conversation_id)
     log_window = deps.store.load_log(conversation_id, limit=deps.settings.context_window)
-    return deps.agent.inspect(conversation_id, checkpoint, log_window)
+    return deps.agent.inspect(conversation_id, checkpoint, log_window, with_messages=with_messages)
 
 
 # the sweeper --------------------------------------------------------------------------------

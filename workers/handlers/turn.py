@@ -96,9 +96,14 @@ class TurnRecorder:
         return output
 
     def inspect(
-        self, conversation_id: str, checkpoint: bytes | None, history: Sequence[LogEntry]
+        self,
+        conversation_id: str,
+        checkpoint: bytes | None,
+        history: Sequence[LogEntry],
+        *,
+        with_messages: bool = False,
     ) -> GraphStateView:
-        return self.agent.inspect(conversation_id, checkpoint, history)
+        return self.agent.inspect(conversation_id, checkpoint, history, with_messages=with_messages)
 
 
 def add_turn_metrics(outputs: Sequence[TurnOutput]) -> None:

@@ -41,6 +41,7 @@ from workers.core.feedback import give_feedback
 from workers.core.model import (
     AcceptResult,
     CallerValues,
+    ConversationState,
     ConversationStatus,
     ConversationSummary,
     History,
@@ -53,6 +54,8 @@ from workers.core.steps import (
     accept_message,
     cancel_turn,
     check_follow,
+    conversation_summary,
+    create_conversation,
     drive_run,
     expire,
     forget_conversation,
@@ -61,6 +64,7 @@ from workers.core.steps import (
     list_conversations,
     set_conversation_values,
     sweep,
+    visible,
 )
 from workers.errors import ConfigError, ErasureInProgress
 from workers.statedir import private_dir, private_file
@@ -212,9 +216,15 @@ class EmbeddedRuntime:
         return await asyncio.to_thread(history, self.deps, conversation_id, principal)
 
     async def graph_state(
-        self, conversation_id: str, principal: Principal = LOCAL_USER
+        self,
+        conversation_id: str,
+        principal: Principal = LOCAL_USER,
+        *,
+        with_messages: bool = False,
     ) -> GraphStateView | None:
-        return await asyncio.to_thread(graph_state, self.deps, conversation_id, principal)
+        return await asyncio.to_thread(
+            partial(graph_state, with_messages=with_messages), self.deps, conversation_id, principal
+        )
 
     async def list_conversations(
         self,
@@ -237,6 +247,61 @@ class EmbeddedRuntime:
                 metadata=metadata,
             )
         )
+
+    async def summary(
+        self, conversation_id: str, principal: Principal
+    ) -> ConversationSummary | None:
+        """The conversation as a list shows it, if it is ``principal``'s."""
+        return await asyncio.to_thread(conversation_summary, self.deps, conversation_id, principal)
+
+    async def conversation_state(
+        self, conversation_id: str, principal: Principal
+    ) -> ConversationState | None:
+        """The conversation's state, if it is ``principal``'s."""
+
+        def read() -> ConversationState | None:
+            return visible(self.deps, self.store.get_conversation(conversation_id), principal)
+
+        return await asyncio.to_thread(read)
+
+    async def create_thread(
+        self, conversation_id: str, principal: Principal, metadata: Mapping[str, object]
+    ) -> bool:
+        """Create ``principal``'s conversation before its first message (see
+        :func:`~workers.core.steps.create_conversation`); ``False`` if the id is taken, or
+        being erased."""
+        if self._erasing[conversation_id] or conversation_id in self._draining:
+            return False
+        return await asyncio.to_thread(
+            create_conversation, self.deps, conversation_id, principal, metadata
+        )
+
+    def graph_drawing(self) -> dict[str, object]:
+        """The served graph's nodes and edges, as LangGraph draws it (JSON)."""
+        graph = getattr(self.deps.agent, "graph", None)
+        if graph is None:
+            return {"nodes": [], "edges": []}
+        drawn: dict[str, object] = graph.get_graph().to_json()
+        return drawn
+
+    def graph_schemas(self) -> dict[str, object]:
+        """The served graph's input, output, state, config and context JSON schemas (``None``
+        for one LangGraph cannot give)."""
+        graph = getattr(self.deps.agent, "graph", None)
+        schemas: dict[str, object] = {}
+        for key, read in (
+            ("input_schema", "get_input_jsonschema"),
+            ("output_schema", "get_output_jsonschema"),
+            ("state_schema", "get_output_jsonschema"),
+            ("config_schema", "get_config_jsonschema"),
+            ("context_schema", "get_context_jsonschema"),
+        ):
+            try:
+                schemas[key] = getattr(graph, read)() if graph is not None else None
+            except Exception:  # a schema LangGraph cannot build: say none, serve the rest
+                log.debug("no %s for the graph", key, exc_info=True)
+                schemas[key] = None
+        return schemas
 
     async def cancel(self, conversation_id: str, principal: Principal) -> None:
         """Stop the conversation's running turn (see :func:`~workers.core.steps.cancel_turn`);

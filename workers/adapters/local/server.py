@@ -11,7 +11,7 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
@@ -20,7 +20,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from events.identity import WS_SUBPROTOCOL, Principal
 from events.inbound import (
-    CONVERSATION_ID_PATTERN,
     WS_ACTIONS,
     ConversationValuesRequest,
     FeedbackRequest,
@@ -43,9 +42,15 @@ from events.outbound import (
     ErrorView,
     FeedbackView,
     cancelled_frame,
-    validation_problem,
 )
 from workers.adapters.http_errors import error_headers, error_view
+from workers.adapters.local import agent_server
+from workers.adapters.local.bodies import (
+    check_conversation_id,
+    json_body,
+    json_object,
+    validation_error,
+)
 from workers.adapters.local.guard import Guard
 from workers.adapters.local.hub import FORGOTTEN
 from workers.adapters.local.markdown import render_markdown
@@ -72,32 +77,11 @@ from workers.errors import (
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 1024 * 1024
-"""Largest request body read at all; the message text itself is capped at 256 KB."""
 
 _FRAME = TypeAdapter[Any](WsFrame)
-_CONVERSATION_ID = re.compile(CONVERSATION_ID_PATTERN)
 
 
 Frame = WsSubscribe | WsSend | WsDecide | WsResume | WsFeedback | WsPing | WsCancel
-
-
-def validation_error(exc: ValidationError, *, tagged: bool = False) -> ApiError:
-    """Map a pydantic error to 413 (text too large) or 422, naming the first bad field."""
-    body = validation_problem(exc, tagged=tagged)
-    status = 413 if body.code == "too_large" else 422
-    return ApiError(status, body.code, body.message, body.field)
-
-
-def check_conversation_id(conversation_id: str) -> None:
-    if not _CONVERSATION_ID.match(conversation_id):
-        raise ApiError(
-            422,
-            "validation_error",
-            "conversation_id: letters, digits and ':._@-', 1-256 characters, "
-            "starting with a letter or digit",
-            "conversation_id",
-        )
 
 
 def unknown_conversation(conversation_id: str) -> ApiError:
@@ -152,7 +136,10 @@ def create_app(
         return JSONResponse(ErrorView(error=body).model_dump(), status_code=exc.status_code)
 
     async def caller(request: Request) -> Principal:
-        return await authenticate(auth, bearer_token(request.headers.get("authorization")))
+        """Who calls: the bearer token, or the same token as ``x-api-key`` (what LangGraph's
+        clients send for ``api_key=``)."""
+        token = bearer_token(request.headers.get("authorization"))
+        return await authenticate(auth, token or request.headers.get("x-api-key") or None)
 
     def rt(request: Request | WebSocket) -> EmbeddedRuntime:
         runtime: EmbeddedRuntime = request.app.state.runtime
@@ -190,7 +177,7 @@ def create_app(
         principal = await caller(request)
         check_conversation_id(conversation_id)
         wait = wait_seconds(request.query_params.get("wait"))
-        data = await _json_object(request)
+        data = await json_object(request)
         try:
             body = MessageRequest.model_validate(data)
             msg = body.to_inbound(conversation_id)
@@ -244,7 +231,7 @@ def create_app(
     async def post_feedback(conversation_id: str, request: Request) -> JSONResponse:
         principal = await caller(request)
         check_conversation_id(conversation_id)
-        body = await _json_body(request, FeedbackRequest)
+        body = await json_body(request, FeedbackRequest)
         await rt(request).feedback(
             conversation_id,
             principal,
@@ -293,7 +280,7 @@ def create_app(
         """Change the conversation's own context, configurable values and metadata."""
         principal = await caller(request)
         check_conversation_id(conversation_id)
-        body = await _json_body(request, ConversationValuesRequest)
+        body = await json_body(request, ConversationValuesRequest)
         change = CallerValues(body.context, body.configurable, body.metadata)
         values = await rt(request).set_values(conversation_id, principal, change)
         return JSONResponse(values_view(conversation_id, values).model_dump(mode="json"))
@@ -330,6 +317,8 @@ def create_app(
             "pending": list(erasure.pending),
         }
         return JSONResponse(body)
+
+    agent_server.mount(app, settings, caller, rt)
 
     @app.websocket("/v1/ws")
     async def websocket(ws: WebSocket) -> None:
@@ -484,49 +473,6 @@ async def authenticate(auth: Authenticator, token: str | None) -> Principal:
     if token is not None and getattr(auth, "fetches_keys", False):
         return await asyncio.to_thread(auth.authenticate, token)
     return auth.authenticate(token)
-
-
-M = TypeVar("M", bound=BaseModel)
-
-
-async def _json_body(request: Request, model: type[M]) -> M:
-    """The request's JSON object body as ``model``: 422 naming the first bad field (and
-    what :func:`_json_object` refuses first)."""
-    data = await _json_object(request)
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
-
-
-async def _json_object(request: Request) -> dict[str, Any]:
-    """The request's JSON object body: 415 for another media type, 413 over the size limit,
-    400 for what is not JSON, 422 for JSON that is not an object."""
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media != "application/json":
-        # A form or text/plain body is what a page of another site can post without asking
-        # first (no CORS preflight): only JSON is taken.
-        raise ApiError(415, "unsupported_media_type", "content-type: must be application/json")
-    data = parse_json(await _read_body(request))
-    if not isinstance(data, dict):
-        raise ApiError(422, "validation_error", "body: must be a JSON object", "body")
-    return data
-
-
-async def _read_body(request: Request) -> bytes:
-    declared = request.headers.get("content-length") or ""
-    # More digits than any length we take is too large as it is: never int() thousands of
-    # digits (past Python's int-string limit, a ValueError).
-    if declared.isdigit() and (len(declared) > 12 or int(declared) > MAX_BODY_BYTES):
-        raise ApiError(413, "too_large", f"body: over {MAX_BODY_BYTES} bytes", "body")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise ApiError(413, "too_large", f"body: over {MAX_BODY_BYTES} bytes", "body")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 class Follow:

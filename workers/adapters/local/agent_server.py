@@ -1,0 +1,699 @@
+"""LangGraph's Agent Server API on the embedded runtime: what the ``langgraph-sdk`` client
+calls (``get_client(url=...)``), mapped onto agentworker's turn contract.
+
+* The **assistant** is the served graph: one, whose ``graph_id`` is the app's
+  (``Settings.served_graph_id``) and whose ``assistant_id`` is derived from it as
+  ``langgraph dev`` derives its own (``uuid5`` of the graph id), so a client naming either
+  works against both.
+* A **thread** is a conversation, with the same owners: another caller's is a 404. Its
+  ``metadata`` is the conversation's own (``PATCH /v1/conversations/{id}``); its ``values``
+  are the graph state the next turn starts from (the messages of the log window: earlier
+  checkpoints are not kept, so a history has one state).
+* A **run** is the turn that answers one accepted message: its ``run_id`` is the message's
+  id (a UUID), its status the message's (pending, running, success when answered, error
+  when failed, interrupted when cancelled). A run's input is user messages, or a
+  ``Command(resume=...)`` answering what the thread waits for (an ``interrupt()`` or a tool
+  approval); ``multitask_strategy`` is the double-texting policy of the message.
+
+Errors keep agentworker's JSON shape (``{"error": {"code", "message", "field"}}``), which the
+client reads as it reads the reference server's. See ``docs/http-api.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from events.identity import Principal
+from events.inbound import CONVERSATION_ID_PATTERN, MessageRequest, new_id
+from events.outbound import ApprovalRequest, GraphStateView, InterruptRequest
+from workers.adapters.local.bodies import check_conversation_id, json_body, validated
+from workers.adapters.local.runtime import EmbeddedRuntime
+from workers.adapters.local.sse import answers, wait_answer
+from workers.config import Settings
+from workers.core.model import (
+    CallerValues,
+    ConversationStatus,
+    ConversationSummary,
+    History,
+    InboxEntry,
+)
+from workers.errors import ApiError, NotFound
+
+ASSISTANT_NAMESPACE = uuid.UUID("6ba7b821-9dad-11d1-80b4-00c04fd430c8")
+"""The namespace ``langgraph dev`` derives its graphs' assistant ids in."""
+
+WAIT_LIMIT_SECONDS = 600.0
+"""The longest a ``runs.wait`` or ``join`` waits for the run's answer."""
+KEEP_ALIVE_SECONDS = 5.0
+"""A newline this often while a ``wait`` waits (the client reads at most 300 s apart)."""
+
+THREAD_STATUS: dict[ConversationStatus, str] = {
+    "idle": "idle",
+    "running": "busy",
+    "awaiting_approval": "interrupted",
+}
+CONVERSATION_STATUS: dict[str, ConversationStatus] = {v: k for k, v in THREAD_STATUS.items()}
+
+MultitaskStrategy = Literal["reject", "interrupt", "rollback", "enqueue"]
+POLICY: dict[str, Literal["reject", "interrupt", "enqueue"]] = {
+    "reject": "reject",
+    "interrupt": "interrupt",
+    "rollback": "interrupt",  # the turn running is cut off and what it did is not kept
+    "enqueue": "enqueue",
+}
+
+Caller = Callable[[Request], Awaitable[Principal]]
+RuntimeOf = Callable[[Request], EmbeddedRuntime]
+
+
+def check_thread_id(thread_id: str) -> None:
+    """422 for a thread id no conversation could have."""
+    check_conversation_id(thread_id, "thread_id")
+
+
+def assistant_id_of(graph_id: str) -> str:
+    return str(uuid.uuid5(ASSISTANT_NAMESPACE, graph_id))
+
+
+def iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat()
+
+
+def run_id_of(message_id: str) -> str:
+    """A message id (hex) as the run id the client sees (a UUID); other ids as they are."""
+    try:
+        return str(uuid.UUID(hex=message_id))
+    except ValueError:
+        return message_id
+
+
+def message_id_of(run_id: str) -> str:
+    try:
+        return uuid.UUID(run_id).hex
+    except ValueError:
+        return run_id
+
+
+# --- bodies -----------------------------------------------------------------------------------
+
+
+class _Lenient(BaseModel):
+    """A request body: unknown keys are ignored, as the reference server does."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class ThreadCreate(_Lenient):
+    thread_id: str | None = Field(default=None, pattern=CONVERSATION_ID_PATTERN)
+    metadata: dict[str, JsonValue] = Field(default_factory=dict)
+    if_exists: Literal["raise", "do_nothing"] = "raise"
+
+
+class ThreadSearch(_Lenient):
+    metadata: dict[str, JsonValue] | None = None
+    status: Literal["idle", "busy", "interrupted", "error"] | None = None
+    limit: int = Field(10, ge=1, le=100)
+    offset: int = Field(0, ge=0, le=10_000)
+
+
+class ThreadUpdate(_Lenient):
+    metadata: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+class AssistantSearch(_Lenient):
+    graph_id: str | None = None
+    limit: int = Field(10, ge=1, le=1000)
+    offset: int = Field(0, ge=0)
+
+
+class RunCreate(_Lenient):
+    assistant_id: str = Field(min_length=1, max_length=256)
+    input: JsonValue = None
+    command: dict[str, JsonValue] | None = None
+    metadata: dict[str, JsonValue] | None = None
+    config: dict[str, JsonValue] | None = None
+    context: dict[str, JsonValue] | None = None
+    multitask_strategy: MultitaskStrategy = "enqueue"
+    if_not_exists: Literal["create", "reject"] = "reject"
+
+
+# --- views ------------------------------------------------------------------------------------
+
+
+def state_values(state: GraphStateView | None) -> dict[str, Any]:
+    if state is None:
+        return {}
+    values: dict[str, Any] = dict(state.values)
+    if state.message_list is not None:
+        values["messages"] = state.message_list
+    return values
+
+
+def interrupts_of(state: GraphStateView | None) -> list[dict[str, Any]]:
+    return [{"id": i.interrupt_id, "value": i.value} for i in (state.interrupts if state else [])]
+
+
+class Views:
+    """The JSON objects of the API, for the app served."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.graph_id = settings.served_graph_id
+        self.assistant_id = assistant_id_of(self.graph_id)
+        self.name = settings.app_name
+        self.started = datetime.now(UTC).isoformat()
+
+    def knows(self, assistant: str) -> bool:
+        return assistant in (self.graph_id, self.assistant_id)
+
+    def check_assistant(self, assistant: str) -> None:
+        if not self.knows(assistant):
+            raise ApiError(
+                404,
+                "not_found",
+                f"assistant_id: no assistant {assistant!r}; this server has"
+                f" {self.graph_id!r} ({self.assistant_id})",
+                "assistant_id",
+            )
+
+    def assistant(self) -> dict[str, Any]:
+        return {
+            "assistant_id": self.assistant_id,
+            "graph_id": self.graph_id,
+            "config": {},
+            "context": {},
+            "metadata": {"created_by": "system"},
+            "name": self.name,
+            "description": None,
+            "version": 1,
+            "created_at": self.started,
+            "updated_at": self.started,
+        }
+
+    def thread(
+        self,
+        summary: ConversationSummary,
+        state: GraphStateView | None = None,
+        *,
+        with_values: bool = False,
+    ) -> dict[str, Any]:
+        interrupts = interrupts_of(state)
+        values = state_values(state) if with_values and state and state.checkpoint_id else None
+        return {
+            "thread_id": summary.conversation_id,
+            "created_at": iso(summary.created_at),
+            "updated_at": iso(summary.updated_at),
+            "state_updated_at": iso(summary.updated_at),
+            "metadata": {
+                **dict(summary.values.metadata),
+                "graph_id": self.graph_id,
+                "assistant_id": self.assistant_id,
+            },
+            "status": THREAD_STATUS[summary.status],
+            "config": {"configurable": dict(summary.values.configurable)},
+            "values": values,
+            "interrupts": {i["id"]: [i] for i in interrupts},
+            "error": None,
+        }
+
+    def thread_state(self, thread_id: str, state: GraphStateView | None) -> dict[str, Any]:
+        checkpoint = state.checkpoint_id if state else None
+        interrupts = interrupts_of(state)
+        pointer = (
+            {"checkpoint_id": checkpoint, "thread_id": thread_id, "checkpoint_ns": ""}
+            if checkpoint
+            else None
+        )
+        return {
+            "values": state_values(state),
+            "next": list(state.next) if state else [],
+            "tasks": [
+                {
+                    "id": i["id"],
+                    "name": node,
+                    "path": ["__pregel_pull", node],
+                    "error": None,
+                    "interrupts": [i],
+                    "checkpoint": None,
+                    "state": None,
+                    "result": None,
+                }
+                for node in (state.next if state else [])
+                for i in interrupts[:1]
+            ],
+            "metadata": {"graph_id": self.graph_id} if checkpoint else None,
+            "created_at": None,
+            "checkpoint": pointer,
+            "parent_checkpoint": None,
+            "interrupts": interrupts,
+            "checkpoint_id": checkpoint,
+            "parent_checkpoint_id": None,
+        }
+
+    def run(self, thread_id: str, entry: InboxEntry, history: History) -> dict[str, Any]:
+        message = entry.message
+        received = message.received_at.isoformat()
+        return {
+            "run_id": run_id_of(message.message_id),
+            "thread_id": thread_id,
+            "assistant_id": self.assistant_id,
+            "metadata": dict(message.metadata),
+            "status": run_status(entry, history),
+            "multitask_strategy": message.policy or history.state.policy,
+            "created_at": received,
+            "updated_at": received,
+        }
+
+
+def run_status(entry: InboxEntry, history: History) -> str:
+    """pending (queued), running (its turn is under way), success (answered), error
+    (failed for good, or refused by the double-texting policy), interrupted (cancelled)."""
+    if entry.status == "pending":
+        claimed = history.state.claimed_seq
+        return "running" if claimed is not None and entry.seq <= claimed else "pending"
+    if entry.status == "consumed":
+        return "success"
+    if entry.status == "failed" and (entry.error or "").startswith("cancelled"):
+        return "interrupted"
+    return "error"
+
+
+# --- routes -----------------------------------------------------------------------------------
+
+
+def mount(app: FastAPI, settings: Settings, caller: Caller, rt: RuntimeOf) -> None:
+    """Add the Agent Server API's routes to ``app`` (the local server)."""
+    views = Views(settings)
+
+    async def thread_or_404(
+        request: Request, thread_id: str, principal: Principal, *, with_values: bool = False
+    ) -> tuple[ConversationSummary, GraphStateView | None]:
+        runtime = rt(request)
+        check_thread_id(thread_id)
+        summary = await runtime.summary(thread_id, principal)
+        if summary is None:
+            raise NotFound(f"thread_id: no thread {thread_id!r}", field="thread_id")
+        state = await runtime.graph_state(thread_id, principal, with_messages=with_values)
+        return summary, state
+
+    @app.get("/ok")
+    async def ok() -> dict[str, Any]:
+        return {"ok": True}
+
+    @app.get("/info")
+    async def info() -> dict[str, Any]:
+        return {
+            "version": "agentworker",
+            "flags": {"assistants": True, "crons": False, "langsmith": False},
+            "host": {"kind": "agentworker"},
+        }
+
+    # assistants
+
+    @app.post("/assistants/search")
+    async def search_assistants(request: Request) -> JSONResponse:
+        await caller(request)
+        query: AssistantSearch = await json_body(request, AssistantSearch, empty_ok=True)
+        found = [] if query.graph_id not in (None, views.graph_id) else [views.assistant()]
+        return JSONResponse(found[query.offset : query.offset + query.limit])
+
+    @app.get("/assistants/{assistant_id}")
+    async def get_assistant(assistant_id: str, request: Request) -> JSONResponse:
+        await caller(request)
+        views.check_assistant(assistant_id)
+        return JSONResponse(views.assistant())
+
+    @app.get("/assistants/{assistant_id}/graph")
+    async def get_graph(assistant_id: str, request: Request) -> JSONResponse:
+        await caller(request)
+        views.check_assistant(assistant_id)
+        return JSONResponse(await asyncio.to_thread(rt(request).graph_drawing))
+
+    @app.get("/assistants/{assistant_id}/schemas")
+    async def get_schemas(assistant_id: str, request: Request) -> JSONResponse:
+        await caller(request)
+        views.check_assistant(assistant_id)
+        schemas = await asyncio.to_thread(rt(request).graph_schemas)
+        return JSONResponse({"graph_id": views.graph_id, **schemas})
+
+    # threads
+
+    @app.post("/threads")
+    async def create_thread(request: Request) -> JSONResponse:
+        principal = await caller(request)
+        body: ThreadCreate = await json_body(request, ThreadCreate, empty_ok=True)
+        thread_id = body.thread_id or str(uuid.uuid4())
+        runtime = rt(request)
+        created = await runtime.create_thread(thread_id, principal, body.metadata)
+        if not created:
+            mine = await runtime.summary(thread_id, principal)
+            if mine is None or body.if_exists == "raise":
+                raise ApiError(
+                    409, "conflict", f"thread_id: a thread {thread_id!r} exists", "thread_id"
+                )
+        summary, state = await thread_or_404(request, thread_id, principal)
+        return JSONResponse(views.thread(summary, state))
+
+    @app.post("/threads/search")
+    async def search_threads(request: Request) -> JSONResponse:
+        principal = await caller(request)
+        query: ThreadSearch = await json_body(request, ThreadSearch, empty_ok=True)
+        if query.status == "error":
+            return JSONResponse([])
+        found = await rt(request).list_conversations(
+            principal,
+            limit=query.limit,
+            offset=query.offset,
+            status=CONVERSATION_STATUS[query.status] if query.status else None,
+            metadata=query.metadata,
+        )
+        return JSONResponse([views.thread(s) for s in found])
+
+    @app.get("/threads/{thread_id}")
+    async def get_thread(thread_id: str, request: Request) -> JSONResponse:
+        principal = await caller(request)
+        summary, state = await thread_or_404(request, thread_id, principal, with_values=True)
+        return JSONResponse(views.thread(summary, state, with_values=True))
+
+    @app.patch("/threads/{thread_id}")
+    async def update_thread(thread_id: str, request: Request) -> Response:
+        principal = await caller(request)
+        check_thread_id(thread_id)
+        body: ThreadUpdate = await json_body(request, ThreadUpdate, empty_ok=True)
+        runtime = rt(request)
+        if await runtime.summary(thread_id, principal) is None:
+            raise NotFound(f"thread_id: no thread {thread_id!r}", field="thread_id")
+        await runtime.set_values(thread_id, principal, CallerValues(metadata=body.metadata))
+        if request.headers.get("prefer") == "return=minimal":
+            return Response(status_code=204)
+        summary, state = await thread_or_404(request, thread_id, principal)
+        return JSONResponse(views.thread(summary, state))
+
+    @app.delete("/threads/{thread_id}")
+    async def delete_thread(thread_id: str, request: Request) -> Response:
+        principal = await caller(request)
+        check_thread_id(thread_id)
+        await rt(request).forget(thread_id, principal)
+        return Response(status_code=204)
+
+    @app.get("/threads/{thread_id}/state")
+    async def get_thread_state(thread_id: str, request: Request) -> JSONResponse:
+        principal = await caller(request)
+        _, state = await thread_or_404(request, thread_id, principal, with_values=True)
+        return JSONResponse(views.thread_state(thread_id, state))
+
+    @app.post("/threads/{thread_id}/history")
+    async def get_thread_history(thread_id: str, request: Request) -> JSONResponse:
+        """The states kept: the latest only (earlier checkpoints are not kept)."""
+        principal = await caller(request)
+        _, state = await thread_or_404(request, thread_id, principal, with_values=True)
+        kept = [views.thread_state(thread_id, state)] if state and state.checkpoint_id else []
+        return JSONResponse(kept)
+
+    @app.post("/threads/{thread_id}/state")
+    async def update_thread_state(thread_id: str, request: Request) -> JSONResponse:
+        principal = await caller(request)
+        await thread_or_404(request, thread_id, principal)
+        raise ApiError(
+            400,
+            "not_supported",
+            "update_state: a thread's state changes only by its turns here (each turn is"
+            " committed once, in order); send a message or a Command(resume=...) instead",
+        )
+
+    # runs
+
+    async def start_run(
+        request: Request, thread_id: str | None
+    ) -> tuple[str, str, Principal, EmbeddedRuntime]:
+        """Accept the run's message (creating the thread where asked): (thread, message id,
+        caller, runtime)."""
+        principal = await caller(request)
+        body: RunCreate = await json_body(request, RunCreate)
+        views.check_assistant(body.assistant_id)
+        runtime = rt(request)
+        if thread_id is not None:
+            check_thread_id(thread_id)
+        else:  # a stateless run: a thread of its own, kept
+            thread_id = str(uuid.uuid4())
+            await runtime.create_thread(thread_id, principal, {})
+        summary = await runtime.summary(thread_id, principal)
+        if summary is None:
+            if body.if_not_exists != "create":
+                raise NotFound(f"thread_id: no thread {thread_id!r}", field="thread_id")
+            if not await runtime.create_thread(thread_id, principal, {}):
+                raise NotFound(f"thread_id: no thread {thread_id!r}", field="thread_id")
+        state = await runtime.conversation_state(thread_id, principal)
+        request_body = message_body(body, state.pending_approval if state else None)
+        msg = validated(MessageRequest, request_body).to_inbound(thread_id)
+        result = await runtime.accept(msg, principal)
+        return thread_id, result.message_id, principal, runtime
+
+    def run_headers(thread_id: str, message_id: str) -> dict[str, str]:
+        path = f"/threads/{thread_id}/runs/{run_id_of(message_id)}"
+        return {"content-location": path, "location": path + "/join"}
+
+    async def answer_body(
+        runtime: EmbeddedRuntime, thread_id: str, message_id: str, principal: Principal
+    ) -> AsyncIterator[bytes]:
+        """Newlines while the run goes, then what it ended with (the reference server's
+        ``wait``): the state values, with ``__interrupt__`` when it stopped to ask, or
+        ``__error__`` when it failed."""
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        runtime.hub.subscribe(thread_id, queue)
+        try:
+            answer = await answered(runtime, thread_id, message_id, principal)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + WAIT_LIMIT_SECONDS
+            while answer is None and loop.time() < deadline:
+                answer = await wait_answer(queue, message_id, KEEP_ALIVE_SECONDS)
+                if answer is None:
+                    answer = await answered(runtime, thread_id, message_id, principal)
+                if answer is None:
+                    yield b"\n"
+        finally:
+            runtime.hub.unsubscribe(queue)
+        state = await runtime.graph_state(thread_id, principal, with_messages=True)
+        yield json.dumps(final_value(answer, state)).encode()
+
+    @app.post("/threads/{thread_id}/runs/wait")
+    async def wait_run(thread_id: str, request: Request) -> StreamingResponse:
+        thread_id, message_id, principal, runtime = await start_run(request, thread_id)
+        return StreamingResponse(
+            answer_body(runtime, thread_id, message_id, principal),
+            media_type="application/json",
+            headers=run_headers(thread_id, message_id),
+        )
+
+    @app.post("/runs/wait")
+    async def wait_stateless_run(request: Request) -> StreamingResponse:
+        thread_id, message_id, principal, runtime = await start_run(request, None)
+        return StreamingResponse(
+            answer_body(runtime, thread_id, message_id, principal),
+            media_type="application/json",
+            headers=run_headers(thread_id, message_id),
+        )
+
+    async def created(request: Request, thread_id: str | None) -> JSONResponse:
+        thread_id, message_id, principal, runtime = await start_run(request, thread_id)
+        run = await find_run(runtime, thread_id, message_id, principal)
+        location = run_headers(thread_id, message_id)["content-location"]
+        return JSONResponse(run, headers={"content-location": location})
+
+    @app.post("/threads/{thread_id}/runs")
+    async def create_run(thread_id: str, request: Request) -> JSONResponse:
+        return await created(request, thread_id)
+
+    @app.post("/runs")
+    async def create_stateless_run(request: Request) -> JSONResponse:
+        return await created(request, None)
+
+    async def find_run(
+        runtime: EmbeddedRuntime, thread_id: str, message_id: str, principal: Principal
+    ) -> dict[str, Any]:
+        check_thread_id(thread_id)
+        history = await runtime.history(thread_id, principal)
+        for entry in history.inbox if history else []:
+            if entry.message.message_id == message_id:
+                assert history is not None
+                return views.run(thread_id, entry, history)
+        raise NotFound(f"run_id: no run {run_id_of(message_id)!r}", field="run_id")
+
+    @app.get("/threads/{thread_id}/runs")
+    async def list_runs(
+        thread_id: str, request: Request, limit: int = 10, offset: int = 0
+    ) -> JSONResponse:
+        principal = await caller(request)
+        check_thread_id(thread_id)
+        history = await rt(request).history(thread_id, principal)
+        if history is None:
+            raise NotFound(f"thread_id: no thread {thread_id!r}", field="thread_id")
+        runs = [views.run(thread_id, e, history) for e in reversed(history.inbox)]
+        return JSONResponse(runs[max(offset, 0) : max(offset, 0) + min(max(limit, 1), 100)])
+
+    @app.get("/threads/{thread_id}/runs/{run_id}")
+    async def get_run(thread_id: str, run_id: str, request: Request) -> JSONResponse:
+        principal = await caller(request)
+        run = await find_run(rt(request), thread_id, message_id_of(run_id), principal)
+        return JSONResponse(run)
+
+    @app.get("/threads/{thread_id}/runs/{run_id}/join")
+    async def join_run(thread_id: str, run_id: str, request: Request) -> StreamingResponse:
+        principal = await caller(request)
+        runtime = rt(request)
+        message_id = message_id_of(run_id)
+        await find_run(runtime, thread_id, message_id, principal)
+        return StreamingResponse(
+            answer_body(runtime, thread_id, message_id, principal),
+            media_type="application/json",
+            headers=run_headers(thread_id, message_id),
+        )
+
+    @app.post("/threads/{thread_id}/runs/{run_id}/cancel")
+    async def cancel_run(thread_id: str, run_id: str, request: Request) -> Response:
+        principal = await caller(request)
+        runtime = rt(request)
+        run = await find_run(runtime, thread_id, message_id_of(run_id), principal)
+        if run["status"] not in ("pending", "running"):
+            raise NotFound(f"run_id: run {run_id!r} is not pending or running", field="run_id")
+        await runtime.cancel(thread_id, principal)
+        return Response(status_code=202)
+
+
+async def answered(
+    runtime: EmbeddedRuntime, thread_id: str, message_id: str, principal: Principal
+) -> dict[str, Any] | None:
+    """The payload that answered the message, if one did (the outbox keeps it)."""
+    history = await runtime.history(thread_id, principal)
+    if history is None:
+        return {"type": "notice", "level": "error", "text": "the thread was deleted"}
+    for entry in history.outbox:
+        payload = entry.payload.model_dump(mode="json")
+        if answers(payload, message_id):
+            return payload
+    return None
+
+
+def final_value(answer: dict[str, Any] | None, state: GraphStateView | None) -> dict[str, Any]:
+    if answer is None:
+        return {"__error__": {"error": "Timeout", "message": "no answer in time; join the run"}}
+    if answer.get("type") == "notice" and answer.get("level") == "error":
+        return {"__error__": {"error": "RunFailed", "message": str(answer.get("text"))}}
+    values = state_values(state)
+    if answer.get("type") in ("interrupt", "approval_request"):
+        # what the graph's interrupt() holds, as the thread's state shows it
+        values["__interrupt__"] = interrupts_of(state) or [
+            {"id": answer["interrupt_id"], "value": answer.get("value", answer.get("text"))}
+        ]
+    return values
+
+
+def message_body(body: RunCreate, waiting: Any) -> dict[str, Any]:
+    """The message a run sends (``MessageRequest``'s fields): its input's user messages,
+    or the answer its ``command`` resumes the thread with."""
+    out: dict[str, Any] = {"policy": POLICY[body.multitask_strategy], "dedupe_key": new_id()}
+    if body.metadata:
+        out["metadata"] = {
+            str(k): v if isinstance(v, str) else json.dumps(v) for k, v in body.metadata.items()
+        }
+    configurable = (body.config or {}).get("configurable")
+    if isinstance(configurable, dict) and configurable:
+        out["configurable"] = configurable
+    if body.context:
+        out["context"] = body.context
+    if body.command is not None:
+        if "resume" not in body.command:
+            raise ApiError(
+                400,
+                "not_supported",
+                "command: only 'resume' is taken here (a turn goes where the graph sends it)",
+                "command",
+            )
+        out.update(resume_fields(body.command["resume"], waiting))
+        return out
+    out["text"] = input_text(body.input)
+    return out
+
+
+def resume_fields(value: Any, waiting: Any) -> dict[str, Any]:
+    """The answer to what the thread waits for: an ``interrupt()`` takes any value; a tool
+    approval ``true``/``false`` or ``{"approved": bool, "reason"?: str}``. A value keyed by
+    the interrupt's id (``{"<id>": value}``) is that value."""
+    if waiting is None:
+        raise ApiError(
+            409, "not_waiting", "command.resume: the thread waits for nothing", "command"
+        )
+    if isinstance(value, dict) and list(value) == [waiting.interrupt_id]:
+        value = value[waiting.interrupt_id]
+    if isinstance(waiting, InterruptRequest):
+        return {"resume": {"interrupt_id": waiting.interrupt_id, "value": value}}
+    assert isinstance(waiting, ApprovalRequest)
+    if isinstance(value, bool):
+        return {"approval": {"interrupt_id": waiting.interrupt_id, "approved": value}}
+    if isinstance(value, dict) and isinstance(value.get("approved"), bool):
+        decision = {"interrupt_id": waiting.interrupt_id, "approved": value["approved"]}
+        if isinstance(value.get("reason"), str):
+            decision["reason"] = value["reason"]
+        return {"approval": decision}
+    raise ApiError(
+        422,
+        "validation_error",
+        'command.resume: a tool approval takes true, false or {"approved": bool, "reason"?}',
+        "command",
+    )
+
+
+def input_text(data: Any) -> str:
+    """The user messages of a run's input (``{"messages": [...]}``: dicts with a ``role``
+    or ``type`` of user/human and text ``content``, or strings), joined."""
+    if not isinstance(data, dict) or set(data) != {"messages"}:
+        raise ApiError(
+            422,
+            "validation_error",
+            'input: {"messages": [...]} (a run hands the graph its user messages; other'
+            " state keys are the graph's to set)",
+            "input",
+        )
+    messages = data["messages"]
+    if isinstance(messages, dict | str):
+        messages = [messages]
+    texts: list[str] = []
+    for message in messages if isinstance(messages, list) else []:
+        if isinstance(message, str):
+            texts.append(message)
+            continue
+        if not isinstance(message, dict):
+            continue
+        role = message.get("role", message.get("type"))
+        if role not in ("user", "human"):
+            raise ApiError(
+                422,
+                "validation_error",
+                f"input.messages: a {role!r} message; a run sends user messages only",
+                "input",
+            )
+        texts.append(content_text(message.get("content")))
+    text = "\n\n".join(t for t in texts if t)
+    if not text:
+        raise ApiError(422, "validation_error", "input.messages: no text", "input")
+    return text
+
+
+def content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            part if isinstance(part, str) else str(part.get("text", ""))
+            for part in content
+            if isinstance(part, str) or (isinstance(part, dict) and part.get("type") == "text")
+        )
+    return ""
