@@ -562,7 +562,15 @@ def mount(app: FastAPI, settings: Settings, caller: Caller, rt: RuntimeOf) -> No
         principal = await caller(request)
         runtime = rt(request)
         run = await find_run(runtime, thread_id, message_id_of(run_id), principal)
-        if run["status"] not in ("pending", "running"):
+        if run["status"] == "pending":  # queued behind another turn: not that turn's to stop
+            raise ApiError(
+                409,
+                "not_running",
+                f"run_id: run {run_id!r} is queued, not running; it can be cancelled once its"
+                " turn runs",
+                "run_id",
+            )
+        if run["status"] != "running":
             raise NotFound(f"run_id: run {run_id!r} is not pending or running", field="run_id")
         await runtime.cancel(thread_id, principal)
         return Response(status_code=202)
