@@ -62,6 +62,9 @@ class ReplyChunk(BaseModel):
     turn_id: str
     index: int = Field(ge=0)
     delta: str
+    message_id: str | None = Field(
+        default=None, description="The AI message the text is of (None: between two)"
+    )
 
 
 class CustomChunk(BaseModel):
@@ -91,6 +94,9 @@ class StatusChunk(BaseModel):
     index: int = Field(ge=0)
     state: Literal["thinking", "tool"]
     tools: list[str] = Field(default_factory=list)
+    in_reply_to: list[str] = Field(
+        default_factory=list, description="The messages the turn answers (when it starts)"
+    )
     text: str = Field(description="In plain words: 'thinking', 'running lookup_ticket'")
 
 

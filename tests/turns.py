@@ -21,6 +21,7 @@ from workers.core.model import (
     CallerValues,
     CustomData,
     LogEntry,
+    MessageStarts,
     ResumeRecord,
     StreamPart,
     ToolsStarting,
@@ -143,7 +144,7 @@ class Conversation:
             self.custom.append(part.data)
         elif isinstance(part, ToolsStarting):
             self.tools.append(part.tools)
-        else:
+        elif not isinstance(part, MessageStarts):
             self.chunks.append(part)
 
     def outcome(self, out: TurnOutput) -> Outcome:

@@ -155,3 +155,39 @@ def test_hostile_requests_to_the_agent_server_api_are_4xx(srv: ServerProcess) ->
         assert resp.json()["error"]["code"], name
     assert call("GET", f"/threads/{tid}/runs/not-a-run").status_code == 404
     assert call("POST", f"/threads/{tid}/state", json={"values": {}}).status_code == 400
+
+
+def test_a_streamed_run_sends_what_langgraphs_clients_read(srv: ServerProcess) -> None:
+    """``runs.stream`` with ``values``, ``messages-tuple``, ``updates``: the metadata first,
+    the state with the new message, the reply's text piece by piece under its message's id
+    (what the final state holds), an interrupt in ``updates`` and ``values``, a resume."""
+    sdk = client(srv, ALICE)
+    tid = sdk.threads.create()["thread_id"]
+    modes = ["values", "messages-tuple", "updates"]
+    parts = list(
+        sdk.runs.stream(
+            tid, GRAPH, input=user("please open a ticket about streams"), stream_mode=modes
+        )
+    )
+    assert parts[0].event == "metadata" and parts[0].data["run_id"]
+    first_values = next(p.data for p in parts if p.event == "values")
+    assert first_values["messages"][-1]["content"] == "please open a ticket about streams"
+    final = [p.data for p in parts if p.event == "values"][-1]
+    pieces = [p.data for p in parts if p.event == "messages"]
+    assert pieces and all(meta["thread_id"] == tid for _, meta in pieces)
+    reply = final["messages"][-1]
+    assert "".join(chunk["content"] for chunk, _ in pieces) == reply["content"]
+    assert {chunk["id"] for chunk, _ in pieces} == {reply["id"]}
+    assert sdk.runs.get(tid, parts[0].data["run_id"])["status"] == "success"
+    rejoined = list(sdk.runs.join_stream(tid, parts[0].data["run_id"]))  # after its end
+    assert rejoined[-1].event == "values" and rejoined[-1].data == final
+
+    asked = list(sdk.runs.stream(tid, GRAPH, input=user("close ticket 1"), stream_mode=modes))
+    [update] = [p.data for p in asked if p.event == "updates"]
+    assert update["__interrupt__"][0]["value"]["tool"] == "update_ticket"
+    assert [p.data for p in asked if p.event == "values"][-1]["__interrupt__"] == update[
+        "__interrupt__"
+    ]
+    resumed = list(sdk.runs.stream(tid, GRAPH, command={"resume": True}))
+    assert [p.event for p in resumed][0] == "metadata"
+    assert "closed" in last_text(resumed[-1].data).lower()

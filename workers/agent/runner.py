@@ -42,6 +42,7 @@ from workers.agent.store import TurnScopedStore
 from workers.core.model import (
     CustomData,
     LogEntry,
+    MessageStarts,
     PendingInterrupt,
     StreamPart,
     ToolsStarting,
@@ -445,8 +446,11 @@ class _Collector:
         if not text:
             return
         if message_id not in self._texts:
-            if self._order and self._on_chunk is not None:
-                self._on_chunk(REPLY_SEPARATOR)
+            if self._on_chunk is not None:
+                if self._order:
+                    self._on_chunk(MessageStarts(None))
+                    self._on_chunk(REPLY_SEPARATOR)
+                self._on_chunk(MessageStarts(message_id))
             self._order.append(message_id)
             self._texts[message_id] = ""
         self._texts[message_id] += text

@@ -314,7 +314,15 @@ class ToolsStarting:
     tools: tuple[str, ...]
 
 
-StreamPart = str | CustomData | ToolsStarting
+@dataclass(frozen=True)
+class MessageStarts:
+    """The reply's text that streams next is the AI message ``message_id``'s (``None``:
+    the separator between two messages)."""
+
+    message_id: str | None
+
+
+StreamPart = str | CustomData | ToolsStarting | MessageStarts
 """What a turn streams: a piece of the reply's text, the app's custom data, or the tools it
 is about to run."""
 

@@ -65,6 +65,7 @@ from workers.core.model import (
     ConversationSummary,
     CustomData,
     History,
+    MessageStarts,
     OutboxEntry,
     PendingInterrupt,
     PendingRequest,
@@ -792,7 +793,7 @@ def _advance(
     allowed = pii_values(texts) if guards_pii else frozenset()
     streamer = _chunk_streamer(deps, run, turn_id, guard, allowed)
     if streamer is not None:
-        streamer.status("thinking")
+        streamer.status("thinking", in_reply_to=plan.message_ids)
     try:
         output = deps.agent.run_turn(
             request, on_chunk=streamer.on_chunk if streamer else None, tracer=deps.tracer
@@ -1048,6 +1049,8 @@ class _Streamer:
     token: int | None = None
     """The run's lease: a cancel of it stops the turn at its next piece."""
     _counter: itertools.count[int] = field(default_factory=itertools.count)
+    _message_id: str | None = None
+    """The AI message whose text streams now."""
 
     def on_chunk(self, part: StreamPart) -> None:
         cancels = self.deps.cancellations
@@ -1057,10 +1060,17 @@ class _Streamer:
             self._custom(part.data)
         elif isinstance(part, ToolsStarting):
             self.status("tool", part.tools)
+        elif isinstance(part, MessageStarts):
+            self._message_id = part.message_id
         else:
             self._send(part if self.guard is None else self.guard.feed(part))
 
-    def status(self, state: Literal["thinking", "tool"], tools: Sequence[str] = ()) -> None:
+    def status(
+        self,
+        state: Literal["thinking", "tool"],
+        tools: Sequence[str] = (),
+        in_reply_to: Sequence[str] = (),
+    ) -> None:
         """Tell the clients what the turn is doing (a ``status`` frame)."""
         text = f"running {', '.join(tools)}" if tools else "thinking"
         self.deps.sink.send_chunk(
@@ -1070,6 +1080,7 @@ class _Streamer:
                 index=next(self._counter),
                 state=state,
                 tools=list(tools),
+                in_reply_to=list(in_reply_to),
                 text=text,
             )
         )
@@ -1085,6 +1096,7 @@ class _Streamer:
                 turn_id=self.turn_id,
                 index=next(self._counter),
                 delta=delta,
+                message_id=self._message_id,
             )
             self.deps.sink.send_chunk(chunk)
 

@@ -135,8 +135,24 @@ class AssistantSearch(_Lenient):
     offset: int = Field(0, ge=0)
 
 
+StreamMode = Literal[
+    "values",
+    "updates",
+    "messages",
+    "messages-tuple",
+    "custom",
+    "debug",
+    "events",
+    "tasks",
+    "checkpoints",
+    "tools",
+    "lifecycle",
+]
+
+
 class RunCreate(_Lenient):
     assistant_id: str = Field(min_length=1, max_length=256)
+    stream_mode: StreamMode | list[StreamMode] = "values"
     input: JsonValue = None
     command: dict[str, JsonValue] | None = None
     metadata: dict[str, JsonValue] | None = None
@@ -432,10 +448,14 @@ def mount(app: FastAPI, settings: Settings, caller: Caller, rt: RuntimeOf) -> No
     # runs
 
     async def start_run(
-        request: Request, thread_id: str | None
+        request: Request,
+        thread_id: str | None,
+        *,
+        subscribe: Callable[[str], None] | None = None,
+        body_out: dict[str, Any] | None = None,
     ) -> tuple[str, str, Principal, EmbeddedRuntime]:
         """Accept the run's message (creating the thread where asked): (thread, message id,
-        caller, runtime)."""
+        caller, runtime). ``subscribe`` is called with the thread before the accept."""
         principal = await caller(request)
         body: RunCreate = await json_body(request, RunCreate)
         views.check_assistant(body.assistant_id)
@@ -454,7 +474,19 @@ def mount(app: FastAPI, settings: Settings, caller: Caller, rt: RuntimeOf) -> No
         state = await runtime.conversation_state(thread_id, principal)
         request_body = message_body(body, state.pending_approval if state else None)
         msg = validated(MessageRequest, request_body).to_inbound(thread_id)
+        if subscribe is not None:
+            subscribe(thread_id)
         result = await runtime.accept(msg, principal)
+        if result.rejected:
+            raise ApiError(
+                409,
+                "conflict",
+                "thread_id: a run is going on the thread (multitask_strategy 'reject');"
+                " wait for it or choose another strategy",
+                "thread_id",
+            )
+        if body_out is not None:
+            body_out.update(body=body, text=msg.text)
         return thread_id, result.message_id, principal, runtime
 
     def run_headers(thread_id: str, message_id: str) -> dict[str, str]:
@@ -483,6 +515,57 @@ def mount(app: FastAPI, settings: Settings, caller: Caller, rt: RuntimeOf) -> No
             runtime.hub.unsubscribe(queue)
         state = await runtime.graph_state(thread_id, principal, with_messages=True)
         yield json.dumps(final_value(answer, state)).encode()
+
+    async def streamed(request: Request, thread_id: str | None) -> StreamingResponse:
+        principal = await caller(request)
+        runtime = rt(request)
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        # subscribed before the run's message is accepted: nothing of it can be missed
+        holder: dict[str, Any] = {}
+
+        async def accept() -> tuple[str, str]:
+            tid, message_id, _, _ = await start_run(
+                request,
+                thread_id,
+                subscribe=lambda t: runtime.hub.subscribe(t, queue),
+                body_out=holder,
+            )
+            return tid, message_id
+
+        try:
+            tid, message_id = await accept()
+        except BaseException:
+            runtime.hub.unsubscribe(queue)
+            raise
+        body: RunCreate = holder["body"]
+        asked = body.stream_mode if isinstance(body.stream_mode, list) else [body.stream_mode]
+        modes = {str(mode) for mode in asked} or {"values"}
+        headers = run_headers(tid, message_id)
+        headers = {
+            "location": headers["content-location"] + "/stream",
+            "content-location": headers["content-location"],
+            "cache-control": "no-store",
+            "x-accel-buffering": "no",
+        }
+        events = run_events(
+            views,
+            runtime,
+            queue=queue,
+            thread_id=tid,
+            message_id=message_id,
+            principal=principal,
+            modes=modes,
+            text=holder["text"],
+        )
+        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+
+    @app.post("/threads/{thread_id}/runs/stream")
+    async def stream_run(thread_id: str, request: Request) -> StreamingResponse:
+        return await streamed(request, thread_id)
+
+    @app.post("/runs/stream")
+    async def stream_stateless_run(request: Request) -> StreamingResponse:
+        return await streamed(request, None)
 
     @app.post("/threads/{thread_id}/runs/wait")
     async def wait_run(thread_id: str, request: Request) -> StreamingResponse:
@@ -557,6 +640,35 @@ def mount(app: FastAPI, settings: Settings, caller: Caller, rt: RuntimeOf) -> No
             headers=run_headers(thread_id, message_id),
         )
 
+    @app.get("/threads/{thread_id}/runs/{run_id}/stream")
+    async def join_run_stream(thread_id: str, run_id: str, request: Request) -> StreamingResponse:
+        """The run's events from now on (``Last-Event-ID`` is not replayed yet: a run that
+        has ended sends what it ended with)."""
+        principal = await caller(request)
+        runtime = rt(request)
+        message_id = message_id_of(run_id)
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        runtime.hub.subscribe(thread_id, queue)
+        try:
+            await find_run(runtime, thread_id, message_id, principal)
+        except BaseException:
+            runtime.hub.unsubscribe(queue)
+            raise
+        path = run_headers(thread_id, message_id)["content-location"]
+        events = run_events(
+            views,
+            runtime,
+            queue=queue,
+            thread_id=thread_id,
+            message_id=message_id,
+            principal=principal,
+            modes=join_modes(request.query_params.getlist("stream_mode")),
+            text="",
+            initial=False,
+        )
+        headers = {"location": path + "/stream", "content-location": path}
+        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+
     @app.post("/threads/{thread_id}/runs/{run_id}/cancel")
     async def cancel_run(thread_id: str, run_id: str, request: Request) -> Response:
         principal = await caller(request)
@@ -574,6 +686,131 @@ def mount(app: FastAPI, settings: Settings, caller: Caller, rt: RuntimeOf) -> No
             raise NotFound(f"run_id: run {run_id!r} is not pending or running", field="run_id")
         await runtime.cancel(thread_id, principal)
         return Response(status_code=202)
+
+
+ALL_MODES = frozenset({"values", "updates", "messages-tuple", "custom"})
+
+
+def join_modes(given: list[str]) -> set[str]:
+    """``join_stream``'s ``stream_mode``: empty (every mode), one, repeated, or a JSON array;
+    the modes this server streams of them."""
+    modes: set[str] = set()
+    for value in given:
+        if value.startswith("["):
+            try:
+                parsed = json.loads(value)
+            except ValueError:
+                parsed = []
+            modes.update(str(v) for v in parsed if isinstance(v, str))
+        elif value:
+            modes.add(value)
+    if "messages" in modes:
+        modes.add("messages-tuple")
+    return (modes & ALL_MODES) or set(ALL_MODES)
+
+
+def sse(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def human_message(text: str, message_id: str) -> dict[str, Any]:
+    """The user's message as the graph's state holds it (the inbox message's id)."""
+    return {
+        "content": text,
+        "additional_kwargs": {},
+        "response_metadata": {},
+        "type": "human",
+        "name": None,
+        "id": message_id,
+    }
+
+
+def message_chunk(delta: str, message_id: str | None) -> dict[str, Any]:
+    return {
+        "content": delta,
+        "additional_kwargs": {},
+        "response_metadata": {},
+        "type": "AIMessageChunk",
+        "name": None,
+        "id": message_id,
+        "tool_calls": [],
+        "invalid_tool_calls": [],
+        "tool_call_chunks": [],
+        "usage_metadata": None,
+    }
+
+
+async def run_events(
+    views: Views,
+    runtime: EmbeddedRuntime,
+    *,
+    queue: asyncio.Queue[dict[str, Any]],
+    thread_id: str,
+    message_id: str,
+    principal: Principal,
+    modes: set[str],
+    text: str,
+    initial: bool = True,
+) -> AsyncIterator[bytes]:
+    """A run's server-sent events as the reference server sends them: ``metadata`` first;
+    ``values`` (the state with the new message, then the state the run left, with
+    ``__interrupt__`` when it stopped to ask); ``updates`` (``__interrupt__`` only);
+    ``messages`` (``messages-tuple``: each piece of the reply's text with its metadata);
+    ``custom``; ``error`` when the run failed. The stream ends with the run (no ``end``
+    event, as the reference server sends none). Pieces are the run's own turn's: the one
+    whose status names the message."""
+    run_id = run_id_of(message_id)
+    meta = {
+        "run_id": run_id,
+        "thread_id": thread_id,
+        "graph_id": views.graph_id,
+        "assistant_id": views.assistant_id,
+    }
+    our_turn: str | None = None
+    try:
+        yield sse("metadata", {"run_id": run_id, "attempt": 1})
+        if "values" in modes and initial:
+            before = await runtime.graph_state(thread_id, principal, with_messages=True)
+            values = state_values(before)
+            if text:
+                values["messages"] = [*values.get("messages", []), human_message(text, message_id)]
+            yield sse("values", values)
+        answer = await answered(runtime, thread_id, message_id, principal)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAIT_LIMIT_SECONDS
+        while answer is None and loop.time() < deadline:
+            try:
+                frame = await asyncio.wait_for(queue.get(), KEEP_ALIVE_SECONDS)
+            except TimeoutError:
+                yield b": heartbeat\n\n"
+                continue
+            kind = frame.get("type")
+            if kind == "status" and message_id in frame.get("in_reply_to", []):
+                our_turn = frame.get("turn_id")
+            elif answers(frame, message_id):
+                answer = frame
+            elif kind == "forgotten":
+                answer = {"type": "notice", "level": "error", "text": "the thread was deleted"}
+            elif our_turn is None or frame.get("turn_id") != our_turn:
+                continue
+            elif kind == "custom" and "custom" in modes:
+                yield sse("custom", frame.get("data"))
+            elif kind == "chunk" and modes & {"messages-tuple", "messages"}:
+                if frame.get("message_id") is None:
+                    continue  # the separator between two messages of the reply
+                chunk = message_chunk(str(frame.get("delta", "")), frame.get("message_id"))
+                yield sse("messages", [chunk, meta])
+        after = await runtime.graph_state(thread_id, principal, with_messages=True)
+        final = final_value(answer, after)
+        if "__error__" in final:
+            yield sse("error", final["__error__"])
+            return
+        if "updates" in modes and "__interrupt__" in final:
+            yield sse("updates", {"__interrupt__": final["__interrupt__"]})
+        if "values" in modes:
+            yield sse("values", final)
+    finally:
+        runtime.hub.unsubscribe(queue)
 
 
 async def answered(

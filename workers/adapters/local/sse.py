@@ -182,6 +182,8 @@ async def follow(
 def answers(frame: dict[str, Any], message_id: str) -> bool:
     """Whether ``frame`` is the answer to the message ``message_id``: a payload the outbox
     keeps (a reply, an approval request, an interrupt, a notice) in reply to it."""
+    if frame.get("type") in PIECES:  # a turn's status names what it answers, too
+        return False
     in_reply_to = frame.get("in_reply_to")
     return isinstance(in_reply_to, list) and message_id in in_reply_to
 
