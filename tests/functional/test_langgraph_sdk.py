@@ -6,6 +6,7 @@ as a 404."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -191,3 +192,22 @@ def test_a_streamed_run_sends_what_langgraphs_clients_read(srv: ServerProcess) -
     resumed = list(sdk.runs.stream(tid, GRAPH, command={"resume": True}))
     assert [p.event for p in resumed][0] == "metadata"
     assert "closed" in last_text(resumed[-1].data).lower()
+
+
+def test_a_triage_conversation_answers_its_interrupt_with_a_command(tmp_path: Path) -> None:
+    """An app's own ``interrupt()`` (the triage example asks which team) is answered with
+    ``Command(resume=...)``, through ``wait`` and through ``stream``."""
+    env = {"AGENTWORKER_GRAPH": "triage_bot.graph:build"}
+    with ServerProcess(tmp_path, env=env) as triage:
+        sdk = get_sync_client(url=triage.url, api_key=triage.auth["authorization"][7:])
+        graph = sdk.assistants.search()[0]["graph_id"]
+        tid = sdk.threads.create()["thread_id"]
+        asked = sdk.runs.wait(tid, graph, input=user("Hello there"))
+        [question] = asked["__interrupt__"]
+        assert question["value"]["options"][0] == "billing"
+        assert sdk.threads.get(tid)["status"] == "interrupted"
+        done = sdk.runs.wait(tid, graph, command={"resume": {question["id"]: "billing"}})
+        assert last_text(done).startswith("[billing team, normal"), done
+        assert done["routing"] == ["billing:asked"]
+        again = list(sdk.runs.stream(tid, graph, input=user("This is urgent, the app is down")))
+        assert last_text(again[-1].data).startswith("[technical team, urgent priority]")
