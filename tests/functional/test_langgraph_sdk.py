@@ -199,7 +199,7 @@ def test_a_triage_conversation_answers_its_interrupt_with_a_command(tmp_path: Pa
     ``Command(resume=...)``, through ``wait`` and through ``stream``."""
     env = {"AGENTWORKER_GRAPH": "triage_bot.graph:build"}
     with ServerProcess(tmp_path, env=env) as triage:
-        sdk = get_sync_client(url=triage.url, api_key=triage.auth["authorization"][7:])
+        sdk: Any = get_sync_client(url=triage.url, api_key=triage.auth["authorization"][7:])
         graph = sdk.assistants.search()[0]["graph_id"]
         tid = sdk.threads.create()["thread_id"]
         asked = sdk.runs.wait(tid, graph, input=user("Hello there"))
