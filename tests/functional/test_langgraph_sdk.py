@@ -211,3 +211,38 @@ def test_a_triage_conversation_answers_its_interrupt_with_a_command(tmp_path: Pa
         assert done["routing"] == ["billing:asked"]
         again = list(sdk.runs.stream(tid, graph, input=user("This is urgent, the app is down")))
         assert last_text(again[-1].data).startswith("[technical team, urgent priority]")
+
+
+def test_a_run_stream_dropped_mid_run_is_joined_with_nothing_lost(tmp_path: Path) -> None:
+    """A client drops a streamed run after two progress notes; ``join_stream`` with the
+    last event's id gets the other four and the end, none twice."""
+    env = {"AGENTWORKER_GRAPH": "tests.langgraph_apps.slow_stream:graph"}
+    with ServerProcess(tmp_path, env=env) as slow:
+        sdk: Any = get_sync_client(url=slow.url, api_key=slow.auth["authorization"][7:])
+        graph = sdk.assistants.search()[0]["graph_id"]
+        tid = sdk.threads.create()["thread_id"]
+        modes = ["custom", "values"]
+        seen = []
+        stream = sdk.runs.stream(
+            tid, graph, input=user("go"), stream_mode=modes, stream_resumable=True
+        )
+        for part in stream:
+            seen.append(part)
+            if len([p for p in seen if p.event == "custom"]) == 2:
+                break
+        stream.close()  # the client goes away mid-run
+        assert all(p.id for p in seen)
+        run_id = seen[0].data["run_id"]
+        rest = list(sdk.runs.join_stream(tid, run_id, stream_mode=modes, last_event_id=seen[-1].id))
+        steps = [p.data["step"] for p in seen + rest if p.event == "custom"]
+        assert steps == list(range(6))  # none lost, none twice
+        assert rest[-1].event == "values"
+        assert rest[-1].data["messages"][-1]["content"] == "done after 6 steps: go"
+        ended = list(sdk.runs.join_stream(tid, run_id, stream_mode=["values"]))
+        assert [p.event for p in ended] == ["metadata", "values"]  # after the end
+        bad = httpx.get(
+            f"{slow.url}/threads/{tid}/runs/{run_id}/stream",
+            headers={**slow.auth, "last-event-id": "nonsense"},
+            timeout=30,
+        )
+        assert bad.status_code == 400

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -642,11 +643,12 @@ def mount(app: FastAPI, settings: Settings, caller: Caller, rt: RuntimeOf) -> No
 
     @app.get("/threads/{thread_id}/runs/{run_id}/stream")
     async def join_run_stream(thread_id: str, run_id: str, request: Request) -> StreamingResponse:
-        """The run's events from now on (``Last-Event-ID`` is not replayed yet: a run that
-        has ended sends what it ended with)."""
+        """The run's events from now on, or after ``Last-Event-ID`` (see
+        :func:`run_events`); a run that has ended sends what it ended with."""
         principal = await caller(request)
         runtime = rt(request)
         message_id = message_id_of(run_id)
+        seen = parse_event_id(request.headers.get("last-event-id"))
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         runtime.hub.subscribe(thread_id, queue)
         try:
@@ -665,6 +667,7 @@ def mount(app: FastAPI, settings: Settings, caller: Caller, rt: RuntimeOf) -> No
             modes=join_modes(request.query_params.getlist("stream_mode")),
             text="",
             initial=False,
+            seen=seen,
         )
         headers = {"location": path + "/stream", "content-location": path}
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
@@ -709,8 +712,9 @@ def join_modes(given: list[str]) -> set[str]:
     return (modes & ALL_MODES) or set(ALL_MODES)
 
 
-def sse(event: str, data: Any) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+def sse(event: str, data: Any, event_id: str) -> bytes:
+    body = json.dumps(data, separators=(",", ":"))
+    return f"id: {event_id}\nevent: {event}\ndata: {body}\n\n".encode()
 
 
 def human_message(text: str, message_id: str) -> dict[str, Any]:
@@ -740,6 +744,41 @@ def message_chunk(delta: str, message_id: str | None) -> dict[str, Any]:
     }
 
 
+RunEventRank = tuple[int, str, int]
+"""Where an event stands in its run: metadata (0), the state with the new message (1), a
+piece of the run's turn (2, turn, index), what the run ended with (9, "", k)."""
+
+_PIECE_EVENT_ID = re.compile(r"p\.([A-Za-z0-9_-]{1,64})\.(\d{1,9})")
+
+
+def event_id(rank: RunEventRank) -> str:
+    kind, turn, index = rank
+    return f"p.{turn}.{index}" if kind == 2 else f"{kind}.{index}"
+
+
+def parse_event_id(text: str | None) -> RunEventRank | None:
+    """A run event's id (``Last-Event-ID``) as its rank; ``None`` for none or "from the
+    start" (``-1``, ``-``, ``0``, what ``useStream`` sends); 400 ``bad_event_id`` else."""
+    if text is None or text in ("", "-1", "-", "0"):
+        return None
+    if match := _PIECE_EVENT_ID.fullmatch(text):
+        return (2, match.group(1), int(match.group(2)))
+    kind, _, index = text.partition(".")
+    if kind in ("0", "1", "9") and index.isdigit() and len(index) < 3:
+        return (int(kind), "", int(index))
+    raise ApiError(400, "bad_event_id", "Last-Event-ID: not an id of this run", "last_event_id")
+
+
+def after(rank: RunEventRank, seen: RunEventRank | None) -> bool:
+    """Whether the event at ``rank`` comes after ``seen`` (the pieces of one turn by
+    index; a piece of another turn than ``seen``'s: the stream has not shown it)."""
+    if seen is None:
+        return True
+    if rank[0] == 2 and seen[0] == 2:
+        return rank[1] != seen[1] or rank[2] > seen[2]
+    return rank > seen if rank[0] != seen[0] else rank[2] > seen[2]
+
+
 async def run_events(
     views: Views,
     runtime: EmbeddedRuntime,
@@ -751,6 +790,7 @@ async def run_events(
     modes: set[str],
     text: str,
     initial: bool = True,
+    seen: RunEventRank | None = None,
 ) -> AsyncIterator[bytes]:
     """A run's server-sent events as the reference server sends them: ``metadata`` first;
     ``values`` (the state with the new message, then the state the run left, with
@@ -758,7 +798,12 @@ async def run_events(
     ``messages`` (``messages-tuple``: each piece of the reply's text with its metadata);
     ``custom``; ``error`` when the run failed. The stream ends with the run (no ``end``
     event, as the reference server sends none). Pieces are the run's own turn's: the one
-    whose status names the message."""
+    whose status names the message.
+
+    Every event has an id (:func:`event_id`), so a client that reconnects with
+    ``Last-Event-ID`` (``seen``) gets only what followed: the pieces of the turn the hub
+    still holds, then live ones, then the end. The pieces of a turn that has ended are not
+    sent again (its final values hold the whole reply)."""
     run_id = run_id_of(message_id)
     meta = {
         "run_id": run_id,
@@ -767,15 +812,42 @@ async def run_events(
         "assistant_id": views.assistant_id,
     }
     our_turn: str | None = None
+
+    def event(name: str, data: Any, rank: RunEventRank) -> bytes | None:
+        return sse(name, data, event_id(rank)) if after(rank, seen) else None
+
+    def piece(frame: dict[str, Any]) -> bytes | None:
+        nonlocal our_turn
+        kind = frame.get("type")
+        if kind == "status" and message_id in frame.get("in_reply_to", []):
+            our_turn = frame.get("turn_id")
+            return None
+        if our_turn is None or frame.get("turn_id") != our_turn:
+            return None
+        rank: RunEventRank = (2, our_turn, int(frame.get("index", 0)))
+        if kind == "custom" and "custom" in modes:
+            return event("custom", frame.get("data"), rank)
+        if kind == "chunk" and modes & {"messages-tuple", "messages"}:
+            if frame.get("message_id") is None:
+                return None  # the separator between two messages of the reply
+            chunk = message_chunk(str(frame.get("delta", "")), frame.get("message_id"))
+            return event("messages", [chunk, meta], rank)
+        return None
+
     try:
-        yield sse("metadata", {"run_id": run_id, "attempt": 1})
+        if seen is None:
+            yield sse("metadata", {"run_id": run_id, "attempt": 1}, event_id((0, "", 0)))
         if "values" in modes and initial:
             before = await runtime.graph_state(thread_id, principal, with_messages=True)
             values = state_values(before)
             if text:
                 values["messages"] = [*values.get("messages", []), human_message(text, message_id)]
-            yield sse("values", values)
+            yield sse("values", values, event_id((1, "", 0)))
         answer = await answered(runtime, thread_id, message_id, principal)
+        if answer is None:  # what the turn streamed before this stream began, then live
+            for held in runtime.hub.turn_pieces(thread_id):
+                if (out := piece(held)) is not None:
+                    yield out
         loop = asyncio.get_running_loop()
         deadline = loop.time() + WAIT_LIMIT_SECONDS
         while answer is None and loop.time() < deadline:
@@ -784,31 +856,25 @@ async def run_events(
             except TimeoutError:
                 yield b": heartbeat\n\n"
                 continue
-            kind = frame.get("type")
-            if kind == "status" and message_id in frame.get("in_reply_to", []):
-                our_turn = frame.get("turn_id")
-            elif answers(frame, message_id):
+            if answers(frame, message_id):
                 answer = frame
-            elif kind == "forgotten":
+            elif frame.get("type") == "forgotten":
                 answer = {"type": "notice", "level": "error", "text": "the thread was deleted"}
-            elif our_turn is None or frame.get("turn_id") != our_turn:
-                continue
-            elif kind == "custom" and "custom" in modes:
-                yield sse("custom", frame.get("data"))
-            elif kind == "chunk" and modes & {"messages-tuple", "messages"}:
-                if frame.get("message_id") is None:
-                    continue  # the separator between two messages of the reply
-                chunk = message_chunk(str(frame.get("delta", "")), frame.get("message_id"))
-                yield sse("messages", [chunk, meta])
-        after = await runtime.graph_state(thread_id, principal, with_messages=True)
-        final = final_value(answer, after)
+            elif (out := piece(frame)) is not None:
+                yield out
+        state = await runtime.graph_state(thread_id, principal, with_messages=True)
+        final = final_value(answer, state)
+        ends: list[tuple[str, Any]] = []
         if "__error__" in final:
-            yield sse("error", final["__error__"])
-            return
-        if "updates" in modes and "__interrupt__" in final:
-            yield sse("updates", {"__interrupt__": final["__interrupt__"]})
-        if "values" in modes:
-            yield sse("values", final)
+            ends.append(("error", final["__error__"]))
+        else:
+            if "updates" in modes and "__interrupt__" in final:
+                ends.append(("updates", {"__interrupt__": final["__interrupt__"]}))
+            if "values" in modes:
+                ends.append(("values", final))
+        for k, (name, data) in enumerate(ends):
+            if (out := event(name, data, (9, "", k))) is not None:
+                yield out
     finally:
         runtime.hub.unsubscribe(queue)
 
