@@ -246,3 +246,37 @@ def test_a_run_stream_dropped_mid_run_is_joined_with_nothing_lost(tmp_path: Path
             timeout=30,
         )
         assert bad.status_code == 400
+        double_texts(sdk, graph)
+
+
+def double_texts(sdk: Any, graph: str) -> None:
+    """A second run while the first runs, under each ``multitask_strategy``: ``reject``
+    is refused, ``enqueue`` waits its turn, ``interrupt`` and ``rollback`` cut the first
+    off (nothing of it is kept)."""
+
+    def busy_thread() -> tuple[str, str]:
+        tid = sdk.threads.create()["thread_id"]
+        first = sdk.runs.create(tid, graph, input=user("first"))
+        for part in sdk.runs.join_stream(tid, first["run_id"], stream_mode=["custom"]):
+            if part.event == "custom":
+                break  # its turn runs
+        return tid, first["run_id"]
+
+    tid, first = busy_thread()
+    with pytest.raises(httpx.HTTPStatusError) as refused:
+        sdk.runs.wait(tid, graph, input=user("second"), multitask_strategy="reject")
+    assert refused.value.response.status_code == 409
+    assert last_text(sdk.runs.join(tid, first)) == "done after 6 steps: first"
+
+    tid, first = busy_thread()
+    queued = sdk.runs.wait(tid, graph, input=user("second"), multitask_strategy="enqueue")
+    assert last_text(queued) == "done after 6 steps: second"
+    assert sdk.runs.get(tid, first)["status"] == "success"
+
+    for strategy in ("interrupt", "rollback"):
+        tid, first = busy_thread()
+        cut = sdk.runs.wait(tid, graph, input=user("second"), multitask_strategy=strategy)
+        assert last_text(cut) == "done after 6 steps: second"
+        assert sdk.runs.get(tid, first)["status"] == "interrupted"
+        said = [m["content"] for m in cut["messages"] if m["type"] == "ai"]
+        assert said == ["done after 6 steps: second"]  # nothing of the first turn is kept

@@ -22,6 +22,7 @@ client reads as it reads the reference server's. See ``docs/http-api.md``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import uuid
@@ -47,7 +48,7 @@ from workers.core.model import (
     History,
     InboxEntry,
 )
-from workers.errors import ApiError, NotFound
+from workers.errors import ApiError, NotFound, NotRunning
 
 ASSISTANT_NAMESPACE = uuid.UUID("6ba7b821-9dad-11d1-80b4-00c04fd430c8")
 """The namespace ``langgraph dev`` derives its graphs' assistant ids in."""
@@ -65,12 +66,15 @@ THREAD_STATUS: dict[ConversationStatus, str] = {
 CONVERSATION_STATUS: dict[str, ConversationStatus] = {v: k for k, v in THREAD_STATUS.items()}
 
 MultitaskStrategy = Literal["reject", "interrupt", "rollback", "enqueue"]
-POLICY: dict[str, Literal["reject", "interrupt", "enqueue"]] = {
+POLICY: dict[str, Literal["reject", "enqueue"]] = {
     "reject": "reject",
-    "interrupt": "interrupt",
-    "rollback": "interrupt",  # the turn running is cut off and what it did is not kept
+    "interrupt": "enqueue",  # after the running turn is cancelled (see CUTS_OFF)
+    "rollback": "enqueue",
     "enqueue": "enqueue",
 }
+CUTS_OFF = frozenset({"interrupt", "rollback"})
+"""Strategies that cancel the thread's running turn first (it keeps nothing of what it did:
+both are LangGraph's ``rollback`` here)."""
 
 Caller = Callable[[Request], Awaitable[Principal]]
 RuntimeOf = Callable[[Request], EmbeddedRuntime]
@@ -475,6 +479,9 @@ def mount(app: FastAPI, settings: Settings, caller: Caller, rt: RuntimeOf) -> No
         state = await runtime.conversation_state(thread_id, principal)
         request_body = message_body(body, state.pending_approval if state else None)
         msg = validated(MessageRequest, request_body).to_inbound(thread_id)
+        if body.multitask_strategy in CUTS_OFF and state is not None and state.status == "running":
+            with contextlib.suppress(NotRunning):  # it ended meanwhile: nothing to cut off
+                await runtime.cancel(thread_id, principal)
         if subscribe is not None:
             subscribe(thread_id)
         result = await runtime.accept(msg, principal)
