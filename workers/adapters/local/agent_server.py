@@ -27,6 +27,7 @@ import json
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -39,7 +40,7 @@ from events.inbound import CONVERSATION_ID_PATTERN, MessageRequest, new_id
 from events.outbound import ApprovalRequest, GraphStateView, InterruptRequest
 from workers.adapters.local.bodies import check_conversation_id, json_body, validated
 from workers.adapters.local.runtime import EmbeddedRuntime
-from workers.adapters.local.sse import answers, wait_answer
+from workers.adapters.local.sse import answer_in, answers, wait_answer
 from workers.config import Settings
 from workers.core.model import (
     CallerValues,
@@ -165,6 +166,19 @@ class RunCreate(_Lenient):
     context: dict[str, JsonValue] | None = None
     multitask_strategy: MultitaskStrategy = "enqueue"
     if_not_exists: Literal["create", "reject"] = "reject"
+
+
+@dataclass(frozen=True)
+class StartedRun:
+    """A run whose message was accepted: where, by whom, asked how."""
+
+    thread_id: str
+    message_id: str
+    principal: Principal
+    runtime: EmbeddedRuntime
+    body: RunCreate
+    text: str
+    """The user's text it sent (empty for an answer)."""
 
 
 # --- views ------------------------------------------------------------------------------------
@@ -456,11 +470,10 @@ def mount(app: FastAPI, settings: Settings, caller: Caller, rt: RuntimeOf) -> No
         request: Request,
         thread_id: str | None,
         *,
-        subscribe: Callable[[str], None] | None = None,
-        body_out: dict[str, Any] | None = None,
-    ) -> tuple[str, str, Principal, EmbeddedRuntime]:
-        """Accept the run's message (creating the thread where asked): (thread, message id,
-        caller, runtime). ``subscribe`` is called with the thread before the accept."""
+        queue: asyncio.Queue[dict[str, Any]] | None = None,
+    ) -> StartedRun:
+        """Accept the run's message (creating the thread where asked). ``queue`` follows
+        the thread from before the accept (unfollowed again if the run does not start)."""
         principal = await caller(request)
         body: RunCreate = await json_body(request, RunCreate)
         views.check_assistant(body.assistant_id)
@@ -470,32 +483,34 @@ def mount(app: FastAPI, settings: Settings, caller: Caller, rt: RuntimeOf) -> No
         else:  # a stateless run: a thread of its own, kept
             thread_id = str(uuid.uuid4())
             await runtime.create_thread(thread_id, principal, {})
-        summary = await runtime.summary(thread_id, principal)
-        if summary is None:
-            if body.if_not_exists != "create":
-                raise NotFound(f"thread_id: no thread {thread_id!r}", field="thread_id")
-            if not await runtime.create_thread(thread_id, principal, {}):
-                raise NotFound(f"thread_id: no thread {thread_id!r}", field="thread_id")
         state = await runtime.conversation_state(thread_id, principal)
+        if state is None and (
+            body.if_not_exists != "create"
+            or not await runtime.create_thread(thread_id, principal, {})
+        ):
+            raise NotFound(f"thread_id: no thread {thread_id!r}", field="thread_id")
         request_body = message_body(body, state.pending_approval if state else None)
         msg = validated(MessageRequest, request_body).to_inbound(thread_id)
         if body.multitask_strategy in CUTS_OFF and state is not None and state.status == "running":
             with contextlib.suppress(NotRunning):  # it ended meanwhile: nothing to cut off
                 await runtime.cancel(thread_id, principal)
-        if subscribe is not None:
-            subscribe(thread_id)
-        result = await runtime.accept(msg, principal)
-        if result.rejected:
-            raise ApiError(
-                409,
-                "conflict",
-                "thread_id: a run is going on the thread (multitask_strategy 'reject');"
-                " wait for it or choose another strategy",
-                "thread_id",
-            )
-        if body_out is not None:
-            body_out.update(body=body, text=msg.text)
-        return thread_id, result.message_id, principal, runtime
+        if queue is not None:
+            runtime.hub.subscribe(thread_id, queue)
+        try:
+            result = await runtime.accept(msg, principal)
+            if result.rejected:
+                raise ApiError(
+                    409,
+                    "conflict",
+                    "thread_id: a run is going on the thread (multitask_strategy 'reject');"
+                    " wait for it or choose another strategy",
+                    "thread_id",
+                )
+        except BaseException:
+            if queue is not None:
+                runtime.hub.unsubscribe(queue)
+            raise
+        return StartedRun(thread_id, result.message_id, principal, runtime, body, msg.text)
 
     def run_headers(thread_id: str, message_id: str) -> dict[str, str]:
         path = f"/threads/{thread_id}/runs/{run_id_of(message_id)}"
@@ -525,45 +540,27 @@ def mount(app: FastAPI, settings: Settings, caller: Caller, rt: RuntimeOf) -> No
         yield json.dumps(final_value(answer, state)).encode()
 
     async def streamed(request: Request, thread_id: str | None) -> StreamingResponse:
-        principal = await caller(request)
-        runtime = rt(request)
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        # subscribed before the run's message is accepted: nothing of it can be missed
-        holder: dict[str, Any] = {}
-
-        async def accept() -> tuple[str, str]:
-            tid, message_id, _, _ = await start_run(
-                request,
-                thread_id,
-                subscribe=lambda t: runtime.hub.subscribe(t, queue),
-                body_out=holder,
-            )
-            return tid, message_id
-
-        try:
-            tid, message_id = await accept()
-        except BaseException:
-            runtime.hub.unsubscribe(queue)
-            raise
-        body: RunCreate = holder["body"]
-        asked = body.stream_mode if isinstance(body.stream_mode, list) else [body.stream_mode]
-        modes = {str(mode) for mode in asked} or {"values"}
-        headers = run_headers(tid, message_id)
+        # following the thread before the run's message is accepted: nothing is missed
+        run = await start_run(request, thread_id, queue=queue)
+        asked = run.body.stream_mode
+        modes = {str(mode) for mode in (asked if isinstance(asked, list) else [asked])}
+        path = run_headers(run.thread_id, run.message_id)["content-location"]
         headers = {
-            "location": headers["content-location"] + "/stream",
-            "content-location": headers["content-location"],
+            "location": path + "/stream",
+            "content-location": path,
             "cache-control": "no-store",
             "x-accel-buffering": "no",
         }
         events = run_events(
             views,
-            runtime,
+            run.runtime,
             queue=queue,
-            thread_id=tid,
-            message_id=message_id,
-            principal=principal,
-            modes=modes,
-            text=holder["text"],
+            thread_id=run.thread_id,
+            message_id=run.message_id,
+            principal=run.principal,
+            modes=modes or {"values"},
+            text=run.text,
         )
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
@@ -575,29 +572,27 @@ def mount(app: FastAPI, settings: Settings, caller: Caller, rt: RuntimeOf) -> No
     async def stream_stateless_run(request: Request) -> StreamingResponse:
         return await streamed(request, None)
 
+    async def waited(request: Request, thread_id: str | None) -> StreamingResponse:
+        run = await start_run(request, thread_id)
+        return StreamingResponse(
+            answer_body(run.runtime, run.thread_id, run.message_id, run.principal),
+            media_type="application/json",
+            headers=run_headers(run.thread_id, run.message_id),
+        )
+
     @app.post("/threads/{thread_id}/runs/wait")
     async def wait_run(thread_id: str, request: Request) -> StreamingResponse:
-        thread_id, message_id, principal, runtime = await start_run(request, thread_id)
-        return StreamingResponse(
-            answer_body(runtime, thread_id, message_id, principal),
-            media_type="application/json",
-            headers=run_headers(thread_id, message_id),
-        )
+        return await waited(request, thread_id)
 
     @app.post("/runs/wait")
     async def wait_stateless_run(request: Request) -> StreamingResponse:
-        thread_id, message_id, principal, runtime = await start_run(request, None)
-        return StreamingResponse(
-            answer_body(runtime, thread_id, message_id, principal),
-            media_type="application/json",
-            headers=run_headers(thread_id, message_id),
-        )
+        return await waited(request, None)
 
     async def created(request: Request, thread_id: str | None) -> JSONResponse:
-        thread_id, message_id, principal, runtime = await start_run(request, thread_id)
-        run = await find_run(runtime, thread_id, message_id, principal)
-        location = run_headers(thread_id, message_id)["content-location"]
-        return JSONResponse(run, headers={"content-location": location})
+        run = await start_run(request, thread_id)
+        view = await find_run(run.runtime, run.thread_id, run.message_id, run.principal)
+        location = run_headers(run.thread_id, run.message_id)["content-location"]
+        return JSONResponse(view, headers={"content-location": location})
 
     @app.post("/threads/{thread_id}/runs")
     async def create_run(thread_id: str, request: Request) -> JSONResponse:
@@ -893,11 +888,7 @@ async def answered(
     history = await runtime.history(thread_id, principal)
     if history is None:
         return {"type": "notice", "level": "error", "text": "the thread was deleted"}
-    for entry in history.outbox:
-        payload = entry.payload.model_dump(mode="json")
-        if answers(payload, message_id):
-            return payload
-    return None
+    return answer_in(history, message_id)
 
 
 def final_value(answer: dict[str, Any] | None, state: GraphStateView | None) -> dict[str, Any]:

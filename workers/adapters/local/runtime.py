@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import functools
 import logging
 import os
 import threading
@@ -237,7 +236,7 @@ class EmbeddedRuntime:
     ) -> list[ConversationSummary]:
         """``principal``'s conversations (see :func:`~workers.core.steps.list_conversations`)."""
         return await asyncio.to_thread(
-            functools.partial(
+            partial(
                 list_conversations,
                 self.deps,
                 principal,

@@ -57,7 +57,7 @@ from workers.adapters.local.markdown import render_markdown
 from workers.adapters.local.runtime import EmbeddedRuntime
 from workers.adapters.local.sse import (
     EventStream,
-    answers,
+    answer_in,
     follow,
     parse_cursor,
     wait_answer,
@@ -395,11 +395,7 @@ async def answered_already(
     if not result.duplicate:
         return None
     history = await runtime.history(conversation_id, principal)
-    for entry in history.outbox if history else []:
-        payload = entry.payload.model_dump(mode="json")
-        if answers(payload, result.message_id):
-            return payload
-    return None
+    return answer_in(history, result.message_id) if history else None
 
 
 WS_UNAUTHENTICATED = 4401

@@ -188,6 +188,15 @@ def answers(frame: dict[str, Any], message_id: str) -> bool:
     return isinstance(in_reply_to, list) and message_id in in_reply_to
 
 
+def answer_in(history: History, message_id: str) -> dict[str, Any] | None:
+    """The payload the conversation's outbox keeps in answer to ``message_id``, if any."""
+    for entry in history.outbox:
+        payload = entry.payload.model_dump(mode="json")
+        if answers(payload, message_id):
+            return payload
+    return None
+
+
 async def wait_answer(
     queue: asyncio.Queue[dict[str, Any]], message_id: str, seconds: float
 ) -> dict[str, Any] | None:
