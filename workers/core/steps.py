@@ -199,7 +199,7 @@ def accept_message(
     ``NotFound`` for an unknown conversation, ``NotWaiting`` otherwise."""
     msg = as_sent_by(msg, principal, owner=owner)
     access = append_access(principal, msg, deps.settings.tenant_roles)
-    check_caller_values(deps.settings, msg)
+    check_caller_values(deps.settings, msg.context, msg.configurable)
     check_quotas(deps, principal, msg)
     waiting: ConversationState | None = None
     if msg.answers is not None:
@@ -244,15 +244,12 @@ def accept_message(
 
 def check_caller_values(
     settings: TurnSettings,
-    msg: InboundMessage | None = None,
-    *,
-    values: CallerValues | None = None,
+    context: Mapping[str, object] | None,
+    configurable: Mapping[str, object] | None,
 ) -> None:
     """``BadInput`` (``not_allowed_field``, naming it) for a ``context`` field or a
-    ``configurable`` key the app does not let callers set, in a message or in a
-    conversation's own ``values``: what its graph runs with is the app's to decide."""
-    context = values.context if values else msg.context if msg else None
-    configurable = values.configurable if values else msg.configurable if msg else None
+    ``configurable`` key the app does not let callers set (a message's, or a
+    conversation's own): what its graph runs with is the app's to decide."""
     for what, given, allowed in (
         ("context", context, settings.context_from_callers),
         ("configurable", configurable, settings.configurable_from_callers),
@@ -344,7 +341,7 @@ def set_conversation_values(
     exist or is not ``principal``'s; ``BadInput`` for a field the app does not let callers
     set. A turn running meanwhile keeps the values it started with; of two changes at
     once, the later write keeps its whole result."""
-    check_caller_values(deps.settings, values=change)
+    check_caller_values(deps.settings, change.context, change.configurable)
     state = visible(deps, deps.store.get_conversation(conversation_id), principal)
     if state is None:
         raise NotFound.conversation(conversation_id)
