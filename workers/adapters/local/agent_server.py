@@ -40,7 +40,7 @@ from events.inbound import CONVERSATION_ID_PATTERN, MessageRequest, new_id
 from events.outbound import ApprovalRequest, GraphStateView, InterruptRequest
 from workers.adapters.local.bodies import check_conversation_id, json_body, validated
 from workers.adapters.local.runtime import EmbeddedRuntime
-from workers.adapters.local.sse import answer_in, answers, wait_answer
+from workers.adapters.local.sse import answer_in, answers, sse, wait_answer
 from workers.config import Settings
 from workers.core.model import (
     CallerValues,
@@ -714,11 +714,6 @@ def join_modes(given: list[str]) -> set[str]:
     return (modes & ALL_MODES) or set(ALL_MODES)
 
 
-def sse(event: str, data: Any, event_id: str) -> bytes:
-    body = json.dumps(data, separators=(",", ":"))
-    return f"id: {event_id}\nevent: {event}\ndata: {body}\n\n".encode()
-
-
 def human_message(text: str, message_id: str) -> dict[str, Any]:
     """The user's message as the graph's state holds it (the inbox message's id)."""
     return {
@@ -793,7 +788,7 @@ async def run_events(
     text: str,
     initial: bool = True,
     seen: RunEventRank | None = None,
-) -> AsyncIterator[bytes]:
+) -> AsyncIterator[str]:
     """A run's server-sent events as the reference server sends them: ``metadata`` first;
     ``values`` (the state with the new message, then the state the run left, with
     ``__interrupt__`` when it stopped to ask); ``updates`` (``__interrupt__`` only);
@@ -815,10 +810,10 @@ async def run_events(
     }
     our_turn: str | None = None
 
-    def event(name: str, data: Any, rank: RunEventRank) -> bytes | None:
+    def event(name: str, data: Any, rank: RunEventRank) -> str | None:
         return sse(name, data, event_id(rank)) if after(rank, seen) else None
 
-    def piece(frame: dict[str, Any]) -> bytes | None:
+    def piece(frame: dict[str, Any]) -> str | None:
         nonlocal our_turn
         kind = frame.get("type")
         if kind == "status" and message_id in frame.get("in_reply_to", []):
@@ -856,7 +851,7 @@ async def run_events(
             try:
                 frame = await asyncio.wait_for(queue.get(), KEEP_ALIVE_SECONDS)
             except TimeoutError:
-                yield b": heartbeat\n\n"
+                yield ": heartbeat\n\n"
                 continue
             if answers(frame, message_id):
                 answer = frame
