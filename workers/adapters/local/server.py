@@ -49,6 +49,7 @@ from workers.adapters.local.bodies import (
     check_conversation_id,
     json_body,
     json_object,
+    validated,
     validation_error,
 )
 from workers.adapters.local.guard import Guard
@@ -362,10 +363,7 @@ class ListQuery(BaseModel):
             if len(raw) > 4096:
                 raise ApiError(413, "too_large", "metadata: over 4096 bytes", "metadata")
             data["metadata"] = parse_json(raw, what="metadata")
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise validation_error(exc) from None
+        return validated(cls, data)
 
 
 MAX_WAIT_SECONDS = 120
