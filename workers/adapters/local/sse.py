@@ -6,7 +6,7 @@ client that reconnects with ``Last-Event-ID`` gets each event once, across a res
 
 * a reply, an approval request, an interrupt or a notice (what the outbox keeps):
   ``p.<reply_id>``; the events after it are the outbox entries after it;
-* a piece of a turn's stream (a ``chunk`` or ``custom`` frame, kept by no store):
+* a piece of a turn's stream (a ``chunk``, ``custom`` or ``status`` frame, kept by no store):
   ``c.<reply_id of the last payload before it, or ->.<turn_id>.<index>``; the events after
   it are the outbox entries after that payload, then the turn's pieces after ``index`` that
   the hub still holds (the turn in progress), then what comes live.
