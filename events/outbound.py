@@ -65,6 +65,7 @@ class ReplyChunk(BaseModel):
     message_id: str | None = Field(
         default=None, description="The AI message the text is of (None: between two)"
     )
+    node: str | None = Field(default=None, description="The graph's node that wrote it")
 
 
 class CustomChunk(BaseModel):
@@ -100,9 +101,28 @@ class StatusChunk(BaseModel):
     text: str = Field(description="In plain words: 'thinking', 'running lookup_ticket'")
 
 
-StreamChunk = ReplyChunk | CustomChunk | StatusChunk
+class UpdateChunk(BaseModel):
+    """What one node of the graph returned (LangGraph's ``updates``), for the Agent Server
+    API's run streams; our own WebSocket and event stream leave it out. An update larger
+    than :data:`MAX_UPDATE_BYTES` as JSON is sent without its data (``truncated``)."""
 
-STREAM_FRAME_TYPES = frozenset({"chunk", "custom", "status"})
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["update"] = "update"
+    conversation_id: str
+    turn_id: str
+    index: int = Field(ge=0)
+    node: str
+    data: JsonValue
+    truncated: bool = False
+
+
+MAX_UPDATE_BYTES = 256_000
+"""Largest node update streamed whole (as JSON)."""
+
+StreamChunk = ReplyChunk | CustomChunk | StatusChunk | UpdateChunk
+
+STREAM_FRAME_TYPES = frozenset({"chunk", "custom", "status", "update"})
 """The ``type`` of every streamed piece of a turn (kept by no store): what is not a payload."""
 """What a sink streams while a turn runs."""
 

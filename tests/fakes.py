@@ -20,6 +20,7 @@ from events.outbound import (
     StatusChunk,
     StreamChunk,
     TokenUsage,
+    UpdateChunk,
 )
 from events.workflow import RunRef
 from workers.core.model import (
@@ -564,6 +565,7 @@ class RecordingSink:
         self.custom: list[CustomChunk] = []
         """What the graph streamed of its own."""
         self.statuses: list[StatusChunk] = []
+        self.updates: list[UpdateChunk] = []
         """What the turns said they were doing."""
         self.failing = False
         """While set, ``send`` raises ``RetryableError`` (a channel that is down)."""
@@ -578,6 +580,8 @@ class RecordingSink:
             self.custom.append(chunk)
         elif isinstance(chunk, StatusChunk):
             self.statuses.append(chunk)
+        elif isinstance(chunk, UpdateChunk):
+            self.updates.append(chunk)
         else:
             self.chunks.append(chunk)
 

@@ -22,6 +22,7 @@ from workers.core.model import (
     CustomData,
     LogEntry,
     MessageStarts,
+    NodeUpdate,
     ResumeRecord,
     StreamPart,
     ToolsStarting,
@@ -85,6 +86,7 @@ class Conversation:
         self.custom: list[object] = []
         """What the graph wrote to its custom stream."""
         self.tools: list[tuple[str, ...]] = []
+        self.updates: list[tuple[str, object]] = []
         """The tools the turns said they were about to run, in order."""
         self.last: TurnOutput | None = None
 
@@ -144,6 +146,8 @@ class Conversation:
             self.custom.append(part.data)
         elif isinstance(part, ToolsStarting):
             self.tools.append(part.tools)
+        elif isinstance(part, NodeUpdate):
+            self.updates.append((part.node, part.data))
         elif not isinstance(part, MessageStarts):
             self.chunks.append(part)
 

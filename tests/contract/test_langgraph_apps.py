@@ -15,6 +15,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.store.base import BaseStore
 from langgraph.store.memory import InMemoryStore
 from langgraph.types import Command
+from pydantic_core import to_jsonable_python
 
 from events.identity import identity_key
 from tests.langgraph_apps import kitchen_sink, memory_agent, react_context, supervisor
@@ -26,11 +27,13 @@ from workers.errors import ConfigError, PermanentError
 
 @dataclass
 class Turn:
-    """What one turn showed: the reply, whether it stopped to ask, the streamed text."""
+    """What one turn showed: the reply, whether it stopped to ask, the streamed text, what
+    each node of the root graph returned (``updates``), in order."""
 
     reply: str | None
     stopped: bool
     streamed: str
+    updates: list[tuple[str, Any]]
 
 
 @dataclass
@@ -56,21 +59,31 @@ class Reference:
         )
         before = {m.id for m in self.values().get("messages", [])}
         streamed: list[str] = []
+        updates: list[tuple[str, Any]] = []
 
         async def drive() -> None:
-            async for message, _ in self.graph.astream(
-                graph_input, self.thread, stream_mode="messages", context=self.context
+            async for mode, part in self.graph.astream(
+                graph_input,
+                self.thread,
+                stream_mode=["messages", "updates"],
+                context=self.context,
             ):
-                if isinstance(message, AIMessageChunk) and message.text:
-                    streamed.append(message.text)
+                if mode == "updates":
+                    updates.extend(
+                        (node, without_ids(to_jsonable_python(update, fallback=str)))
+                        for node, update in part.items()
+                        if node != "__interrupt__"
+                    )
+                elif isinstance(part[0], AIMessageChunk) and part[0].text:
+                    streamed.append(part[0].text)
 
         asyncio.run(drive())
         snapshot = self.graph.get_state(self.thread)
         if snapshot.next:
-            return Turn(None, True, "".join(streamed))
+            return Turn(None, True, "".join(streamed), updates)
         fresh = [m for m in snapshot.values["messages"] if m.id not in before]
         texts = [m.text for m in fresh if isinstance(m, AIMessage) and m.text]
-        return Turn(texts[-1] if texts else None, False, "".join(streamed))
+        return Turn(texts[-1] if texts else None, False, "".join(streamed), updates)
 
     def values(self) -> dict[str, Any]:
         return dict(self.graph.get_state(self.thread).values)
@@ -78,8 +91,22 @@ class Reference:
 
 def ours_turn(conv: Conversation, text: str = "", *, resume: Any = None) -> Turn:
     conv.chunks.clear()
+    conv.updates.clear()
     out = conv.turn(text, resume=resume)
-    return Turn(out.reply_text, out.interrupt is not None, "".join(conv.chunks))
+    updates = [(node, without_ids(data)) for node, data in conv.updates]
+    return Turn(out.reply_text, out.interrupt is not None, "".join(conv.chunks), updates)
+
+
+RANDOM = frozenset({"id", "tool_call_id"})
+"""The keys of messages whose values differ run to run (ids of AI and tool messages)."""
+
+
+def without_ids(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: None if k in RANDOM else without_ids(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [without_ids(v) for v in data]
+    return data
 
 
 def test_compile_options_are_kept_a_breakpoint_stops_and_any_answer_continues() -> None:
@@ -99,6 +126,7 @@ def test_compile_options_are_kept_a_breakpoint_stops_and_any_answer_continues() 
 
     done = ours_turn(ours, resume="go on")
     assert done == theirs.turn(resume="go on")
+    assert [node for node, _ in done.updates] == ["tools", "call_model"]
     assert done.reply == "scripted: It is sunny in Paris."
     assert ours_turn(ours, "thanks") == theirs.turn("thanks")
     mine, reference = ours.values(), theirs.values()

@@ -161,7 +161,8 @@ def test_hostile_requests_to_the_agent_server_api_are_4xx(srv: ServerProcess) ->
 def test_a_streamed_run_sends_what_langgraphs_clients_read(srv: ServerProcess) -> None:
     """``runs.stream`` with ``values``, ``messages-tuple``, ``updates``: the metadata first,
     the state with the new message, the reply's text piece by piece under its message's id
-    (what the final state holds), an interrupt in ``updates`` and ``values``, a resume."""
+    and node (what the final state holds), each node's update as it returns, an interrupt in
+    ``updates`` and ``values``, ``debug``'s task results, a resume."""
     sdk = client(srv, ALICE)
     tid = sdk.threads.create()["thread_id"]
     modes = ["values", "messages-tuple", "updates"]
@@ -183,9 +184,19 @@ def test_a_streamed_run_sends_what_langgraphs_clients_read(srv: ServerProcess) -
     rejoined = list(sdk.runs.join_stream(tid, parts[0].data["run_id"]))  # after its end
     assert rejoined[-1].event == "values" and rejoined[-1].data == final
 
-    asked = list(sdk.runs.stream(tid, GRAPH, input=user("close ticket 1"), stream_mode=modes))
-    [update] = [p.data for p in asked if p.event == "updates"]
+    assert all(meta["langgraph_node"] for _, meta in pieces)
+    nodes = [p.data for p in parts if p.event == "updates"]  # each node's update, in order
+    assert [list(u) for u in nodes] == [["model"], ["tools"], ["model"]]
+    assert nodes[0]["model"]["messages"][0]["tool_calls"][0]["name"] == "create_ticket"
+    assert nodes[-1]["model"]["messages"][-1]["content"] == reply["content"]
+
+    asked = list(
+        sdk.runs.stream(tid, GRAPH, input=user("close ticket 1"), stream_mode=[*modes, "debug"])
+    )
+    update = [p.data for p in asked if p.event == "updates"][-1]
     assert update["__interrupt__"][0]["value"]["tool"] == "update_ticket"
+    [debug] = [p.data for p in asked if p.event == "debug"]  # the one node that ran
+    assert debug["type"] == "task_result" and debug["payload"]["name"] == "model"
     assert [p.data for p in asked if p.event == "values"][-1]["__interrupt__"] == update[
         "__interrupt__"
     ]

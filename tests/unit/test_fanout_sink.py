@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from events.outbound import OutboxPayload, Reply, ReplyChunk, StreamChunk
+from events.outbound import OutboxPayload, Reply, ReplyChunk, StreamChunk, UpdateChunk
 from tests.fakes import RecordingSink
 from workers.adapters.aws.sinks import FanOutReplySink
 from workers.errors import PartialDelivery, PermanentError, RetryableError
@@ -100,6 +100,10 @@ def test_a_turns_chunks_list_the_connections_once_and_drop_a_gone_one() -> None:
         sink.send_chunk(
             ReplyChunk(conversation_id=REPLY.conversation_id, turn_id="t", index=index, delta="x")
         )
+    update = UpdateChunk(
+        conversation_id=REPLY.conversation_id, turn_id="t", index=15, node="model", data={}
+    )
+    sink.send_chunk(update)  # node updates are the Agent Server API's, not the socket's
     assert len(listed) == 1  # one query for the turn's 15 chunks
     assert client.posts == ["c1"] * 15 and real(REPLY.conversation_id) == ["c1"]
     sink.send(REPLY)  # the final payload lists the connections again

@@ -43,6 +43,7 @@ from workers.core.model import (
     CustomData,
     LogEntry,
     MessageStarts,
+    NodeUpdate,
     PendingInterrupt,
     StreamPart,
     ToolsStarting,
@@ -422,7 +423,8 @@ class _Collector:
     def feed(self, part: Any) -> None:
         namespace, mode, payload = part
         if mode == "messages":
-            self._message(payload[0])
+            message, meta = payload
+            self._message(message, meta.get("langgraph_node") if isinstance(meta, dict) else None)
         elif mode == "custom":
             if self._on_chunk is not None:
                 self._on_chunk(CustomData(to_jsonable_python(payload, fallback=str)))
@@ -430,19 +432,24 @@ class _Collector:
             if not namespace and INTERRUPT in payload:
                 self.stopped = True
                 self.interrupts.extend(payload[INTERRUPT] or ())
-            tools = _tools_asked(payload)
-            if tools and self._on_chunk is not None:
+            if self._on_chunk is None:
+                return
+            if not namespace:  # the root graph's nodes (a subgraph's show in its node's)
+                for node, update in payload.items():
+                    if node != INTERRUPT:
+                        self._on_chunk(NodeUpdate(node, to_jsonable_python(update, fallback=str)))
+            if tools := _tools_asked(payload):
                 self._on_chunk(ToolsStarting(tools))
 
-    def _message(self, message: BaseMessage) -> None:
+    def _message(self, message: BaseMessage, node: str | None) -> None:
         if _handoff(message):
             return
         if isinstance(message, AIMessageChunk):
-            self._emit(message.id, message.text)
+            self._emit(message.id, message.text, node)
         elif isinstance(message, AIMessage) and message.id not in self._texts:
-            self._emit(message.id, message.text)  # a node's AI message that did not stream
+            self._emit(message.id, message.text, node)  # a node's message that did not stream
 
-    def _emit(self, message_id: str | None, text: str) -> None:
+    def _emit(self, message_id: str | None, text: str, node: str | None) -> None:
         if not text:
             return
         if message_id not in self._texts:
@@ -450,7 +457,7 @@ class _Collector:
                 if self._order:
                     self._on_chunk(MessageStarts(None))
                     self._on_chunk(REPLY_SEPARATOR)
-                self._on_chunk(MessageStarts(message_id))
+                self._on_chunk(MessageStarts(message_id, node))
             self._order.append(message_id)
             self._texts[message_id] = ""
         self._texts[message_id] += text

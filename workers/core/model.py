@@ -320,11 +320,22 @@ class MessageStarts:
     the separator between two messages)."""
 
     message_id: str | None
+    node: str | None = None
+    """The graph's node that wrote the message (LangGraph's ``langgraph_node``)."""
 
 
-StreamPart = str | CustomData | ToolsStarting | MessageStarts
-"""What a turn streams: a piece of the reply's text, the app's custom data, or the tools it
-is about to run."""
+@dataclass(frozen=True)
+class NodeUpdate:
+    """What one node of the graph returned (LangGraph's ``updates`` stream mode), as JSON:
+    streamed to the clients that ask for it (the Agent Server API's ``updates``)."""
+
+    node: str
+    data: object
+
+
+StreamPart = str | CustomData | ToolsStarting | MessageStarts | NodeUpdate
+"""What a turn streams: a piece of the reply's text, the app's custom data, the tools it
+is about to run, or what a node returned."""
 
 
 @dataclass(frozen=True)

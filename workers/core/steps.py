@@ -34,6 +34,7 @@ from events.inbound import (
     new_id,
 )
 from events.outbound import (
+    MAX_UPDATE_BYTES,
     ApprovalRequest,
     CustomChunk,
     GraphStateView,
@@ -43,6 +44,7 @@ from events.outbound import (
     Reply,
     ReplyChunk,
     StatusChunk,
+    UpdateChunk,
 )
 from events.workflow import FinishResult, RunRef, StepResult, TurnOutcome
 from workers.core import figures
@@ -66,6 +68,7 @@ from workers.core.model import (
     CustomData,
     History,
     MessageStarts,
+    NodeUpdate,
     OutboxEntry,
     PendingInterrupt,
     PendingRequest,
@@ -1048,6 +1051,8 @@ class _Streamer:
     _counter: itertools.count[int] = field(default_factory=itertools.count)
     _message_id: str | None = None
     """The AI message whose text streams now."""
+    _node: str | None = None
+    """The node that wrote it."""
 
     def on_chunk(self, part: StreamPart) -> None:
         cancels = self.deps.cancellations
@@ -1058,7 +1063,9 @@ class _Streamer:
         elif isinstance(part, ToolsStarting):
             self.status("tool", part.tools)
         elif isinstance(part, MessageStarts):
-            self._message_id = part.message_id
+            self._message_id, self._node = part.message_id, part.node
+        elif isinstance(part, NodeUpdate):
+            self._update(part)
         else:
             self._send(part if self.guard is None else self.guard.feed(part))
 
@@ -1094,8 +1101,27 @@ class _Streamer:
                 index=next(self._counter),
                 delta=delta,
                 message_id=self._message_id,
+                node=self._node,
             )
             self.deps.sink.send_chunk(chunk)
+
+    def _update(self, part: NodeUpdate) -> None:
+        """A node's update, masked as custom data is; without its data when it is larger
+        than :data:`MAX_UPDATE_BYTES` as JSON."""
+        data = part.data if self.guard is None else self.guard.mask_value(part.data)
+        if data is BLOCKED:
+            return
+        truncated = len(json.dumps(data, default=str)) > MAX_UPDATE_BYTES
+        self.deps.sink.send_chunk(
+            UpdateChunk(
+                conversation_id=self.conversation_id,
+                turn_id=self.turn_id,
+                index=next(self._counter),
+                node=part.node,
+                data=None if truncated else cast(JsonValue, data),
+                truncated=truncated,
+            )
+        )
 
     def _custom(self, data: object) -> None:
         """The app's custom data, through the output guard's masking when replies are

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from events.outbound import OutboxPayload, StreamChunk
+from events.outbound import OutboxPayload, StreamChunk, UpdateChunk
 from workers.adapters.aws.errors import error_code, map_aws_error
 from workers.core.ports import ConversationStore, ReplySink
 from workers.errors import AgentWorkerError, PartialDelivery, PermanentError, RetryableError
@@ -93,6 +93,8 @@ class WebSocketReplySink:
         self._post(connections, payload.model_dump(mode="json"), best_effort=False)
 
     def send_chunk(self, chunk: StreamChunk) -> None:
+        if isinstance(chunk, UpdateChunk):
+            return  # not part of the WebSocket protocol (a post per node would cost)
         with self._lock:
             connections = self._chunk_targets.get(chunk.turn_id)
             if connections is None:

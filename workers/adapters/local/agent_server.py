@@ -39,6 +39,7 @@ from events.identity import Principal
 from events.inbound import CONVERSATION_ID_PATTERN, MessageRequest, new_id
 from events.outbound import ApprovalRequest, GraphStateView, InterruptRequest
 from workers.adapters.local.bodies import check_conversation_id, json_body, validated
+from workers.adapters.local.hub import UPDATE
 from workers.adapters.local.runtime import EmbeddedRuntime
 from workers.adapters.local.sse import answer_in, answers, sse, wait_answer
 from workers.config import Settings
@@ -694,6 +695,7 @@ def mount(app: FastAPI, settings: Settings, caller: Caller, rt: RuntimeOf) -> No
 
 
 ALL_MODES = frozenset({"values", "updates", "messages-tuple", "custom"})
+"""What ``join_stream`` streams when it names no mode (``debug`` only when named)."""
 
 
 def join_modes(given: list[str]) -> set[str]:
@@ -711,7 +713,24 @@ def join_modes(given: list[str]) -> set[str]:
             modes.add(value)
     if "messages" in modes:
         modes.add("messages-tuple")
-    return (modes & ALL_MODES) or set(ALL_MODES)
+    return (modes & (ALL_MODES | {"debug"})) or set(ALL_MODES)
+
+
+def debug_task_result(frame: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """A node's update as LangGraph's ``debug`` mode tells a task's result."""
+    node, data = next(iter(update.items()))
+    return {
+        "type": "task_result",
+        "timestamp": datetime.now(UTC).isoformat(),
+        "step": int(frame.get("index", 0)),
+        "payload": {
+            "id": f"{frame.get('turn_id')}.{frame.get('index')}",
+            "name": node,
+            "error": None,
+            "result": list(data.items()) if isinstance(data, dict) else [],
+            "interrupts": [],
+        },
+    }
 
 
 def human_message(text: str, message_id: str) -> dict[str, Any]:
@@ -776,6 +795,29 @@ def after(rank: RunEventRank, seen: RunEventRank | None) -> bool:
     return rank > seen if rank[0] != seen[0] else rank[2] > seen[2]
 
 
+@dataclass
+class RunPieces:
+    """Which pieces of the hub's are a run's: those of the turn whose ``status`` names the
+    run's message, after it, each once (a piece the hub held when the stream began may come
+    live as well)."""
+
+    message_id: str
+    turn: str | None = None
+    last: int = -1
+
+    def rank(self, frame: dict[str, Any]) -> RunEventRank | None:
+        """``frame``'s rank in the run, or ``None`` when it is not the run's or was seen."""
+        turn, index = frame.get("turn_id"), int(frame.get("index", 0))
+        if frame.get("type") == "status" and self.message_id in frame.get("in_reply_to", []):
+            if self.turn != turn:
+                self.turn, self.last = str(turn), index
+            return None
+        if self.turn is None or turn != self.turn or index <= self.last:
+            return None
+        self.last = index
+        return (2, self.turn, index)
+
+
 async def run_events(
     views: Views,
     runtime: EmbeddedRuntime,
@@ -808,27 +850,29 @@ async def run_events(
         "graph_id": views.graph_id,
         "assistant_id": views.assistant_id,
     }
-    our_turn: str | None = None
+    ours = RunPieces(message_id)
 
     def event(name: str, data: Any, rank: RunEventRank) -> str | None:
         return sse(name, data, event_id(rank)) if after(rank, seen) else None
 
     def piece(frame: dict[str, Any]) -> str | None:
-        nonlocal our_turn
+        if (rank := ours.rank(frame)) is None:
+            return None
         kind = frame.get("type")
-        if kind == "status" and message_id in frame.get("in_reply_to", []):
-            our_turn = frame.get("turn_id")
-            return None
-        if our_turn is None or frame.get("turn_id") != our_turn:
-            return None
-        rank: RunEventRank = (2, our_turn, int(frame.get("index", 0)))
         if kind == "custom" and "custom" in modes:
             return event("custom", frame.get("data"), rank)
         if kind == "chunk" and modes & {"messages-tuple", "messages"}:
             if frame.get("message_id") is None:
                 return None  # the separator between two messages of the reply
             chunk = message_chunk(str(frame.get("delta", "")), frame.get("message_id"))
-            return event("messages", [chunk, meta], rank)
+            node = {"langgraph_node": frame["node"]} if frame.get("node") else {}
+            return event("messages", [chunk, {**meta, **node}], rank)
+        if kind == UPDATE:
+            update = {str(frame.get("node")): frame.get("data")}
+            events = [event("updates", update, rank)] if "updates" in modes else []
+            if "debug" in modes:  # the debug event of the task that returned it
+                events.append(event("debug", debug_task_result(frame, update), rank))
+            return "".join(e for e in events if e) or None
         return None
 
     try:

@@ -83,6 +83,10 @@ class LocalHub:
 PIECES = STREAM_FRAME_TYPES
 """The frames that are pieces of a turn's stream."""
 
+UPDATE = "update"
+"""The ``type`` of a node's update: a piece only the Agent Server API's run streams send
+(our own WebSocket and event stream leave it out)."""
+
 MAX_HELD_PIECES = 10_000
 """Most pieces of one turn held for streams that reconnect (the rest still go live)."""
 

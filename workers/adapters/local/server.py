@@ -53,7 +53,7 @@ from workers.adapters.local.bodies import (
     validation_error,
 )
 from workers.adapters.local.guard import Guard
-from workers.adapters.local.hub import FORGOTTEN
+from workers.adapters.local.hub import FORGOTTEN, UPDATE
 from workers.adapters.local.markdown import render_markdown
 from workers.adapters.local.runtime import EmbeddedRuntime
 from workers.adapters.local.sse import (
@@ -487,6 +487,8 @@ class Follow:
         self.open = open_
 
     def put_nowait(self, frame: Any) -> None:
+        if frame.get("type") == UPDATE:
+            return  # not part of the WebSocket protocol
         if frame.get("type") == FORGOTTEN:
             self._forgotten(frame)
         elif self.open:

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from workers.adapters.local.hub import FORGOTTEN, PIECES, LocalHub
+from workers.adapters.local.hub import FORGOTTEN, PIECES, UPDATE, LocalHub
 from workers.core.model import History
 from workers.errors import ApiError
 
@@ -129,6 +129,8 @@ class EventStream:
         """``frame`` (from the hub or the store) as an event, or ``None`` when it was sent
         already or its turn has committed since."""
         kind = str(frame.get("type"))
+        if kind == UPDATE:
+            return None
         if kind in PIECES:
             turn, index = str(frame.get("turn_id")), int(frame.get("index", -1))
             if turn in self.committed_turns or index <= self.last_piece.get(turn, -1):
