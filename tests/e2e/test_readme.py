@@ -291,6 +291,15 @@ def test_http_session_runs_as_written(tmp_path: Path) -> None:
     assert view["conversation_id"] == "api:me:2" and health["status"] == "ok"
 
 
+def test_the_langgraph_sdk_section_runs_as_written(tmp_path: Path) -> None:
+    """The reader saves the script where ``make run`` serves and runs it: LangGraph's own
+    client streams a reply, meets a tool approval as an interrupt and resumes it."""
+    with terminals(tmp_path, 2) as (first, second):
+        run_blocks([("quickstart-run", first)])
+        (second.cwd / "sdk_demo.py").write_text(block("sdk-script"))
+        run_blocks([("sdk-session", second)])
+
+
 def test_the_openai_stub_serves_an_app_as_written(tmp_path: Path) -> None:
     with terminals(tmp_path, 3) as (first, second, third):
         for terminal in (first, second, third):
@@ -466,7 +475,13 @@ def test_the_readme_is_a_quickstart_then_the_reference() -> None:
     """Its quickstart fits a screen; its sections are the user's, in the user's order."""
     text = README.read_text()
     sections = re.findall(r"^## (.+)$", text, re.M)
-    assert sections == ["Quickstart", "Bring your own agent", "Models", "Reference"]
+    assert sections == [
+        "Quickstart",
+        "Bring your own agent",
+        "Use the LangGraph SDK",
+        "Models",
+        "Reference",
+    ]
     quickstart = text.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
     assert len(quickstart.strip().splitlines()) <= 50
     first_bare = text.index("\n$ agentworker ")
