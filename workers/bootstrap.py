@@ -337,6 +337,7 @@ def aws_settings() -> Settings:
 def reset_aws_deps() -> None:
     """Forget the cached dependencies (the emulator rebuilds them against a new stack)."""
     _AWS_DEPS.clear()
+    _API_APP.clear()
     _SLACK_CREDENTIALS.clear()
     _AUTHENTICATOR.clear()
     _AWS_SETTINGS.clear()
@@ -372,6 +373,21 @@ def jwt_claims() -> ClaimMapping:
     """Where the identity provider's tokens keep the tenant and roles: for the claims API
     Gateway's JWT authorizer passes on."""
     return aws_settings().claim_mapping
+
+
+_API_APP: list[Any] = []
+
+
+def api_app() -> Any:
+    """The ``api`` function's ASGI app (the Agent Server API on the AWS runtime), built once
+    per process, with the agent (a thread's state is read through the app's graph)."""
+    if not _API_APP:
+        from workers.adapters.aws.api_app import build_api_app
+        from workers.adapters.aws.api_runtime import AwsApiRuntime
+
+        runtime = AwsApiRuntime(aws_deps(with_agent=True))
+        _API_APP.append(build_api_app(aws_settings(), runtime, jwt_claims))
+    return _API_APP[0]
 
 
 _SLACK_CREDENTIALS: list[SlackCredentials] = []

@@ -26,39 +26,40 @@ import contextlib
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from events.identity import Principal
-from events.inbound import CONVERSATION_ID_PATTERN, MessageRequest, new_id
+from events.inbound import CONVERSATION_ID_PATTERN, InboundMessage, MessageRequest, new_id
 from events.outbound import ApprovalRequest, GraphStateView, InterruptRequest
 from workers.adapters.local.bodies import check_conversation_id, json_body, validated
 from workers.adapters.local.hub import UPDATE
-from workers.adapters.local.runtime import EmbeddedRuntime
 from workers.adapters.local.sse import answer_in, answers, sse, wait_answer
 from workers.config import Settings
 from workers.core.model import (
+    AcceptResult,
     CallerValues,
+    ConversationState,
     ConversationStatus,
     ConversationSummary,
     History,
     InboxEntry,
 )
+from workers.core.steps import Erasure
 from workers.errors import ApiError, NotFound, NotRunning
 
 ASSISTANT_NAMESPACE = uuid.UUID("6ba7b821-9dad-11d1-80b4-00c04fd430c8")
 """The namespace ``langgraph dev`` derives its graphs' assistant ids in."""
 
-WAIT_LIMIT_SECONDS = 600.0
-"""The longest a ``runs.wait`` or ``join`` waits for the run's answer."""
 KEEP_ALIVE_SECONDS = 5.0
-"""A newline this often while a ``wait`` waits (the client reads at most 300 s apart)."""
+"""A newline (``wait``) or a heartbeat comment (streams) at least this often while a request
+waits for a run (the client reads at most 300 s apart)."""
 
 THREAD_STATUS: dict[ConversationStatus, str] = {
     "idle": "idle",
@@ -79,7 +80,66 @@ CUTS_OFF = frozenset({"interrupt", "rollback"})
 both are LangGraph's ``rollback`` here)."""
 
 Caller = Callable[[Request], Awaitable[Principal]]
-RuntimeOf = Callable[[Request], EmbeddedRuntime]
+
+
+class Pieces(Protocol):
+    """Where a runtime's turns' streamed pieces and payloads come live (the embedded
+    runtime's hub; none on AWS, where a request reads the store)."""
+
+    def subscribe(self, conversation_id: str, queue: Any) -> None: ...
+    def unsubscribe(self, queue: Any) -> None: ...
+    def turn_pieces(self, conversation_id: str) -> list[dict[str, Any]]: ...
+
+
+class ApiRuntime(Protocol):
+    """What the API asks of a runtime: the embedded one (``ApiRuntime``) or the AWS
+    one (``workers.adapters.aws.api_runtime.AwsApiRuntime``)."""
+
+    @property
+    def hub(self) -> Pieces: ...
+    @property
+    def poll_seconds(self) -> float:
+        """How often a request that waits for a run reads the store again."""
+
+    @property
+    def wait_limit_seconds(self) -> float:
+        """The longest a ``wait``, ``join`` or run stream waits for the run's answer."""
+
+    async def accept(self, msg: InboundMessage, principal: Principal) -> AcceptResult: ...
+    async def history(self, conversation_id: str, principal: Principal) -> History | None: ...
+    async def graph_state(
+        self, conversation_id: str, principal: Principal, *, with_messages: bool = False
+    ) -> GraphStateView | None: ...
+    async def list_conversations(
+        self,
+        principal: Principal,
+        *,
+        limit: int,
+        offset: int = 0,
+        status: ConversationStatus | None = None,
+        metadata: Mapping[str, object] | None = None,
+    ) -> list[ConversationSummary]: ...
+    async def summary(
+        self, conversation_id: str, principal: Principal
+    ) -> ConversationSummary | None: ...
+    async def conversation_state(
+        self, conversation_id: str, principal: Principal
+    ) -> ConversationState | None: ...
+    async def create_thread(
+        self, conversation_id: str, principal: Principal, metadata: Mapping[str, object]
+    ) -> bool: ...
+    async def cancel(self, conversation_id: str, principal: Principal) -> None: ...
+    async def set_values(
+        self, conversation_id: str, principal: Principal, change: CallerValues
+    ) -> CallerValues: ...
+    async def forget(
+        self, conversation_id: str, principal: Principal, *, memories: bool = False
+    ) -> Erasure: ...
+    def graph_drawing(self) -> dict[str, object]: ...
+    def graph_schemas(self) -> dict[str, object]: ...
+
+
+RuntimeOf = Callable[[Request], ApiRuntime]
 
 
 def check_thread_id(thread_id: str) -> None:
@@ -176,7 +236,7 @@ class StartedRun:
     thread_id: str
     message_id: str
     principal: Principal
-    runtime: EmbeddedRuntime
+    runtime: ApiRuntime
     body: RunCreate
     text: str
     """The user's text it sent (empty for an answer)."""
@@ -518,7 +578,7 @@ def mount(app: FastAPI, settings: Settings, caller: Caller, rt: RuntimeOf) -> No
         return {"content-location": path, "location": path + "/join"}
 
     async def answer_body(
-        runtime: EmbeddedRuntime, thread_id: str, message_id: str, principal: Principal
+        runtime: ApiRuntime, thread_id: str, message_id: str, principal: Principal
     ) -> AsyncIterator[bytes]:
         """Newlines while the run goes, then what it ended with (the reference server's
         ``wait``): the state values, with ``__interrupt__`` when it stopped to ask, or
@@ -528,12 +588,14 @@ def mount(app: FastAPI, settings: Settings, caller: Caller, rt: RuntimeOf) -> No
         try:
             answer = await answered(runtime, thread_id, message_id, principal)
             loop = asyncio.get_running_loop()
-            deadline = loop.time() + WAIT_LIMIT_SECONDS
+            deadline = loop.time() + runtime.wait_limit_seconds
+            quiet_since = loop.time()
             while answer is None and loop.time() < deadline:
-                answer = await wait_answer(queue, message_id, KEEP_ALIVE_SECONDS)
+                answer = await wait_answer(queue, message_id, runtime.poll_seconds)
                 if answer is None:
                     answer = await answered(runtime, thread_id, message_id, principal)
-                if answer is None:
+                if answer is None and loop.time() - quiet_since >= KEEP_ALIVE_SECONDS:
+                    quiet_since = loop.time()
                     yield b"\n"
         finally:
             runtime.hub.unsubscribe(queue)
@@ -604,7 +666,7 @@ def mount(app: FastAPI, settings: Settings, caller: Caller, rt: RuntimeOf) -> No
         return await created(request, None)
 
     async def find_run(
-        runtime: EmbeddedRuntime, thread_id: str, message_id: str, principal: Principal
+        runtime: ApiRuntime, thread_id: str, message_id: str, principal: Principal
     ) -> dict[str, Any]:
         check_thread_id(thread_id)
         history = await runtime.history(thread_id, principal)
@@ -820,7 +882,7 @@ class RunPieces:
 
 async def run_events(
     views: Views,
-    runtime: EmbeddedRuntime,
+    runtime: ApiRuntime,
     *,
     queue: asyncio.Queue[dict[str, Any]],
     thread_id: str,
@@ -890,12 +952,16 @@ async def run_events(
                 if (out := piece(held)) is not None:
                     yield out
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + WAIT_LIMIT_SECONDS
+        deadline = loop.time() + runtime.wait_limit_seconds
+        quiet_since = loop.time()
         while answer is None and loop.time() < deadline:
             try:
-                frame = await asyncio.wait_for(queue.get(), KEEP_ALIVE_SECONDS)
-            except TimeoutError:
-                yield ": heartbeat\n\n"
+                frame = await asyncio.wait_for(queue.get(), runtime.poll_seconds)
+            except TimeoutError:  # the store has it when no hub tells (or it was missed)
+                answer = await answered(runtime, thread_id, message_id, principal)
+                if answer is None and loop.time() - quiet_since >= KEEP_ALIVE_SECONDS:
+                    quiet_since = loop.time()
+                    yield ": heartbeat\n\n"
                 continue
             if answers(frame, message_id):
                 answer = frame
@@ -921,7 +987,7 @@ async def run_events(
 
 
 async def answered(
-    runtime: EmbeddedRuntime, thread_id: str, message_id: str, principal: Principal
+    runtime: ApiRuntime, thread_id: str, message_id: str, principal: Principal
 ) -> dict[str, Any] | None:
     """The payload that answered the message, if one did (the outbox keeps it)."""
     history = await runtime.history(thread_id, principal)

@@ -7,13 +7,16 @@ from __future__ import annotations
 import re
 from typing import Any, TypeVar
 
-from fastapi import Request
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from events.inbound import CONVERSATION_ID_PATTERN
 from events.json_input import parse_json
-from events.outbound import validation_problem
-from workers.errors import ApiError
+from events.outbound import ErrorBody, ErrorView, validation_problem
+from workers.adapters.http_errors import error_headers, error_view
+from workers.errors import AgentWorkerError, ApiError
 
 MAX_BODY_BYTES = 1024 * 1024
 """Largest request body read at all; the message text itself is capped at 256 KB."""
@@ -86,3 +89,19 @@ async def read_body(request: Request) -> bytes:
             raise ApiError(413, "too_large", f"body: over {MAX_BODY_BYTES} bytes", "body")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def json_errors(app: FastAPI) -> None:
+    """Answer ``app``'s errors in our JSON shape: a typed error with its status, code and
+    headers (``workers.adapters.http_errors``), no such route or method alike."""
+
+    @app.exception_handler(AgentWorkerError)
+    async def _error(request: Request, exc: AgentWorkerError) -> JSONResponse:
+        status, body = error_view(exc)
+        return JSONResponse(body.model_dump(), status_code=status, headers=error_headers(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _routing_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        body = ErrorBody(code=codes.get(exc.status_code, "http_error"), message=str(exc.detail))
+        return JSONResponse(ErrorView(error=body).model_dump(), status_code=exc.status_code)

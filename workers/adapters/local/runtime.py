@@ -30,8 +30,8 @@ from typing import IO, TYPE_CHECKING
 
 from events.identity import LOCAL_USER, Principal
 from events.inbound import InboundMessage
-from events.outbound import GraphStateView
 from events.workflow import RunRef
+from workers.adapters.core_calls import CoreCalls
 from workers.adapters.local.hub import LocalHub
 from workers.adapters.local.sqlite_store import SqliteConversationStore
 from workers.adapters.local.sqlite_tickets import SqliteTicketStore
@@ -39,11 +39,6 @@ from workers.config import Settings
 from workers.core.feedback import give_feedback
 from workers.core.model import (
     AcceptResult,
-    CallerValues,
-    ConversationState,
-    ConversationStatus,
-    ConversationSummary,
-    History,
 )
 from workers.core.ports import Feedback
 from workers.core.steps import (
@@ -53,17 +48,11 @@ from workers.core.steps import (
     accept_message,
     cancel_turn,
     check_follow,
-    conversation_summary,
     create_conversation,
     drive_run,
     expire,
     forget_conversation,
-    graph_state,
-    history,
-    list_conversations,
-    set_conversation_values,
     sweep,
-    visible,
 )
 from workers.errors import ConfigError, ErasureInProgress
 from workers.statedir import private_dir, private_file
@@ -117,9 +106,14 @@ class LocalWorkflowStarter:
             self.scheduled -= 1
 
 
-class EmbeddedRuntime:
+class EmbeddedRuntime(CoreCalls):
     """The runtime's stores, worker pool, sweeper and hub; ``stop`` closes the stores'
     database."""
+
+    poll_seconds = 5.0
+    """How often a request waiting for a run reads the store again (the hub tells sooner)."""
+    wait_limit_seconds = 600.0
+    """The longest a request waits for a run's answer."""
 
     def __init__(
         self,
@@ -209,60 +203,6 @@ class EmbeddedRuntime:
             if not self._accepting[cid]:
                 del self._accepting[cid]
 
-    async def history(
-        self, conversation_id: str, principal: Principal = LOCAL_USER
-    ) -> History | None:
-        return await asyncio.to_thread(history, self.deps, conversation_id, principal)
-
-    async def graph_state(
-        self,
-        conversation_id: str,
-        principal: Principal = LOCAL_USER,
-        *,
-        with_messages: bool = False,
-    ) -> GraphStateView | None:
-        return await asyncio.to_thread(
-            partial(graph_state, with_messages=with_messages), self.deps, conversation_id, principal
-        )
-
-    async def list_conversations(
-        self,
-        principal: Principal,
-        *,
-        limit: int,
-        offset: int = 0,
-        status: ConversationStatus | None = None,
-        metadata: Mapping[str, object] | None = None,
-    ) -> list[ConversationSummary]:
-        """``principal``'s conversations (see :func:`~workers.core.steps.list_conversations`)."""
-        return await asyncio.to_thread(
-            partial(
-                list_conversations,
-                self.deps,
-                principal,
-                limit=limit,
-                offset=offset,
-                status=status,
-                metadata=metadata,
-            )
-        )
-
-    async def summary(
-        self, conversation_id: str, principal: Principal
-    ) -> ConversationSummary | None:
-        """The conversation as a list shows it, if it is ``principal``'s."""
-        return await asyncio.to_thread(conversation_summary, self.deps, conversation_id, principal)
-
-    async def conversation_state(
-        self, conversation_id: str, principal: Principal
-    ) -> ConversationState | None:
-        """The conversation's state, if it is ``principal``'s."""
-
-        def read() -> ConversationState | None:
-            return visible(self.deps, self.store.get_conversation(conversation_id), principal)
-
-        return await asyncio.to_thread(read)
-
     async def create_thread(
         self, conversation_id: str, principal: Principal, metadata: Mapping[str, object]
     ) -> bool:
@@ -275,48 +215,12 @@ class EmbeddedRuntime:
             create_conversation, self.deps, conversation_id, principal, metadata
         )
 
-    def graph_drawing(self) -> dict[str, object]:
-        """The served graph's nodes and edges, as LangGraph draws it (JSON)."""
-        graph = getattr(self.deps.agent, "graph", None)
-        if graph is None:
-            return {"nodes": [], "edges": []}
-        drawn: dict[str, object] = graph.get_graph().to_json()
-        return drawn
-
-    def graph_schemas(self) -> dict[str, object]:
-        """The served graph's input, output, state, config and context JSON schemas (``None``
-        for one LangGraph cannot give)."""
-        graph = getattr(self.deps.agent, "graph", None)
-        schemas: dict[str, object] = {}
-        for key, read in (
-            ("input_schema", "get_input_jsonschema"),
-            ("output_schema", "get_output_jsonschema"),
-            ("state_schema", "get_output_jsonschema"),
-            ("config_schema", "get_config_jsonschema"),
-            ("context_schema", "get_context_jsonschema"),
-        ):
-            try:
-                schemas[key] = getattr(graph, read)() if graph is not None else None
-            except Exception:  # a schema LangGraph cannot build: say none, serve the rest
-                log.debug("no %s for the graph", key, exc_info=True)
-                schemas[key] = None
-        return schemas
-
     async def cancel(self, conversation_id: str, principal: Principal) -> None:
         """Stop the conversation's running turn (see :func:`~workers.core.steps.cancel_turn`);
         a run goes on with the messages that came after it."""
         run = await asyncio.to_thread(cancel_turn, self.deps, conversation_id, principal)
         if run is not None:
             self._starter.start(run)
-
-    async def set_values(
-        self, conversation_id: str, principal: Principal, change: CallerValues
-    ) -> CallerValues:
-        """Change the conversation's own values (see
-        :func:`~workers.core.steps.set_conversation_values`)."""
-        return await asyncio.to_thread(
-            set_conversation_values, self.deps, conversation_id, principal, change
-        )
 
     async def forget(
         self, conversation_id: str, principal: Principal, *, memories: bool = False

@@ -16,7 +16,6 @@ from typing import Any
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from events.identity import WS_SUBPROTOCOL, Principal
 from events.inbound import (
@@ -43,11 +42,12 @@ from events.outbound import (
     FeedbackView,
     cancelled_frame,
 )
-from workers.adapters.http_errors import error_headers, error_view
+from workers.adapters.http_errors import error_view
 from workers.adapters.local import agent_server
 from workers.adapters.local.bodies import (
     check_conversation_id,
     json_body,
+    json_errors,
     json_object,
     validated,
     validation_error,
@@ -124,17 +124,7 @@ def create_app(
             return JSONResponse(body.model_dump(), status_code=403)
         return await call_next(request)
 
-    @app.exception_handler(AgentWorkerError)
-    async def _error(request: Request, exc: AgentWorkerError) -> JSONResponse:
-        status, body = error_view(exc)
-        return JSONResponse(body.model_dump(), status_code=status, headers=error_headers(exc))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _routing_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        # No such route or method: the same JSON errors as everything else.
-        codes = {404: "not_found", 405: "method_not_allowed"}
-        body = ErrorBody(code=codes.get(exc.status_code, "http_error"), message=str(exc.detail))
-        return JSONResponse(ErrorView(error=body).model_dump(), status_code=exc.status_code)
+    json_errors(app)
 
     async def caller(request: Request) -> Principal:
         """Who calls: the bearer token, or the same token as ``x-api-key`` (what LangGraph's
