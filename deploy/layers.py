@@ -32,6 +32,7 @@ APP_LAYER = "app"
 LAYERS = (*LAYER_ROOTS, APP_LAYER)
 FUNCTION_LAYERS: dict[str, tuple[str, ...]] = dict.fromkeys(FUNCTIONS, ("light",)) | {
     "turn": ("light", "agent", APP_LAYER),
+    "api": ("light", "agent", APP_LAYER),
     "feedback": ("light", "agent"),
     "authorizer": ("light", "auth"),
 }

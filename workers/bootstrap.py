@@ -385,7 +385,13 @@ def api_app() -> Any:
         from workers.adapters.aws.api_app import build_api_app
         from workers.adapters.aws.api_runtime import AwsApiRuntime
 
-        runtime = AwsApiRuntime(aws_deps(with_agent=True))
+        runtimes: list[AwsApiRuntime] = []
+
+        def runtime() -> AwsApiRuntime:
+            if not runtimes:
+                runtimes.append(AwsApiRuntime(aws_deps(with_agent=True)))
+            return runtimes[0]
+
         _API_APP.append(build_api_app(aws_settings(), runtime, jwt_claims))
     return _API_APP[0]
 

@@ -29,6 +29,7 @@ FUNCTIONS = (
     "sweeper",
     "slack",
     "authorizer",
+    "api",
 )
 """The Lambda functions of the stack (``workers/handlers/<name>.py``, ``handler``)."""
 
@@ -136,7 +137,7 @@ _TURN_ENV: dict[str, Any] = {
     "max_run_seconds": str(EXPRESS_MAX_RUN_SECONDS),
     **_TRACING_ENV,
 }
-"""The agent's settings: only ``turn`` runs it."""
+"""The agent's settings: ``turn`` runs it, ``api`` reads threads' state through its graph."""
 
 _POWERTOOLS_ENV: dict[str, Any] = {
     "POWERTOOLS_SERVICE_NAME": "agentworker",
@@ -148,7 +149,7 @@ _POWERTOOLS_ENV: dict[str, Any] = {
 
 def environment(function: str) -> dict[str, Any]:
     """``function``'s environment variables beyond the provider's common ones."""
-    if function == "turn":
+    if function in ("turn", "api"):
         return _env(_TURN_ENV)
     return _env(_TRACING_ENV) if function == "feedback" else {}
 

@@ -173,7 +173,7 @@ def run(python: Path, code: str, *args: str, env: dict[str, str] | None = None) 
 def test_the_bundle_has_mlflow_tracing_not_mlflow(bundle_python: Path) -> None:
     found = set(json.loads(run(bundle_python, INSTALLED)))
     assert "mlflow-tracing" in found and "aws-lambda-powertools" in found
-    assert not {"mlflow", "mlflow-skinny", "fastapi", "uvicorn", "moto", "pytest"} & found
+    assert not {"mlflow", "mlflow-skinny", "uvicorn", "moto", "pytest"} & found
     assert not set(EXCLUDED) & found
 
 
@@ -190,7 +190,34 @@ def test_light_handlers_import_without_langgraph_langchain_or_mlflow(
             "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))",
         )
     )
-    assert not {"langgraph", "langchain_core", "langchain_aws", "mlflow"} & set(loaded)
+    assert not {"langgraph", "langchain_core", "langchain_aws", "mlflow", "fastapi"} & set(loaded)
+
+
+def test_the_api_handler_answers_on_the_bundle(bundle_python: Path) -> None:
+    """The ``api`` function's routes (FastAPI, the agent) import and answer from the bundle:
+    ``/ok``, and a call that reached it with no verified caller is a 401."""
+    answers = json.loads(
+        run(
+            bundle_python,
+            "import json, sys\n"
+            "from workers.handlers import api\n"
+            "class Context:\n"
+            "    function_name = 'api'\n"
+            "    function_version = '$LATEST'\n"
+            "    invoked_function_arn = 'arn:aws:lambda:us-east-1:1:function:api'\n"
+            "    memory_limit_in_mb = 1024\n"
+            "    aws_request_id = 'r-1'\n"
+            "ctx = Context()\n"
+            "def event(path):\n"
+            "    http = {'method': 'GET', 'path': path, 'sourceIp': '127.0.0.1'}\n"
+            "    return {'version': '2.0', 'rawPath': path, 'rawQueryString': '',\n"
+            "            'headers': {}, 'requestContext': {'http': http}}\n"
+            "ok = api.handler(event('/ok'), ctx)\n"
+            "nobody = api.handler(event('/threads/t-1'), ctx)\n"
+            "print(json.dumps([ok['statusCode'], json.loads(ok['body']), nobody['statusCode']]))",
+        )
+    )
+    assert answers == [200, {"ok": True}, 401]
 
 
 def test_a_traced_turn_runs_on_mlflow_tracing_alone(bundle_python: Path, mlflow_url: str) -> None:

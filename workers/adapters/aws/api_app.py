@@ -19,8 +19,12 @@ from workers.handlers.http import http_principal
 
 
 def build_api_app(
-    settings: Settings, runtime: AwsApiRuntime, claims: Callable[[], ClaimMapping]
+    settings: Settings,
+    runtime: Callable[[], AwsApiRuntime],
+    claims: Callable[[], ClaimMapping],
 ) -> FastAPI:
+    """``runtime`` is asked for once a caller is known (``/ok``, ``/info`` and refusals
+    build no AWS clients and no agent)."""
     app = FastAPI(title="agentworker", version="0.1.0", openapi_url=None, docs_url=None)
     json_errors(app)
 
@@ -28,5 +32,5 @@ def build_api_app(
         event: dict[str, Any] = request.scope.get(EVENT_KEY) or {}
         return http_principal(event, claims())
 
-    agent_server.mount(app, settings, caller, lambda _: runtime)
+    agent_server.mount(app, settings, caller, lambda _: runtime())
     return app
