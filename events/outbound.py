@@ -103,8 +103,9 @@ class StatusChunk(BaseModel):
 
 class UpdateChunk(BaseModel):
     """What one node of the graph returned (LangGraph's ``updates``), for the Agent Server
-    API's run streams; our own WebSocket and event stream leave it out. An update larger
-    than :data:`MAX_UPDATE_BYTES` as JSON is sent without its data (``truncated``)."""
+    API's run streams; our own WebSocket and event stream leave it out. Its ``index`` is of
+    the turn's updates (a sequence of its own). An update larger than
+    :data:`MAX_UPDATE_BYTES` as JSON is sent without its data (``truncated``)."""
 
     model_config = ConfigDict(extra="forbid")
 

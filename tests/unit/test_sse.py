@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from events.outbound import Reply
-from workers.adapters.local.agent_server import RunPieces
+from workers.adapters.local.agent_server import RunPieces, after, event_id, parse_event_id
 from workers.adapters.local.hub import LocalHub
 from workers.adapters.local.sse import Cursor, EventStream, follow, parse_cursor
 from workers.core.model import ConversationState, History, OutboxEntry
@@ -87,15 +87,21 @@ def test_a_quiet_stream_keeps_alive_and_an_erasure_ends_it() -> None:
 
 def test_a_run_takes_its_own_turns_pieces_once_and_our_stream_leaves_updates_out() -> None:
     """A run stream (Agent Server API) takes the pieces after the status naming its message,
-    each once, though a piece the hub held may come again live (status included); our own
-    event stream sends no node updates."""
+    each once, though a piece the hub held may come again live (status included); node
+    updates count in a sequence of their own, and an event is after another when it is
+    further in either; our own event stream sends no node updates."""
     status = {"type": "status", "turn_id": "t2", "index": 0, "in_reply_to": ["m2"]}
     other = {"type": "status", "turn_id": "t1", "index": 0, "in_reply_to": ["m1"]}
     run = RunPieces("m2")
     seen = [run.rank(f) for f in (piece("t1", 3), other, status, piece("t2", 1), piece("t2", 2))]
-    assert seen == [None, None, None, (2, "t2", 1), (2, "t2", 2)]
+    assert seen == [None, None, None, (2, "t2", 1, -1), (2, "t2", 2, -1)]
     again = [run.rank(f) for f in (status, piece("t2", 1), piece("t2", 2), piece("t2", 3))]
-    assert again == [None, None, None, (2, "t2", 3)]  # held, then live: once
-    assert run.rank(piece("t3", 4)) is None  # the next turn is another run's
-    update = {**piece("t2", 5), "type": "update", "node": "model", "data": {}}
+    assert again == [None, None, None, (2, "t2", 3, -1)]  # held, then live: once
+    update = {**piece("t2", 0), "type": "update", "node": "model", "data": {}}
+    assert run.rank(update) == (2, "t2", 3, 0)
+    assert run.rank(update) is None and run.rank(piece("t2", 4)) == (2, "t2", 4, 0)
+    assert run.rank(piece("t3", 5)) is None  # the next turn is another run's
+    assert parse_event_id(event_id((2, "t2", 3, 0))) == (2, "t2", 3, 0)
+    assert after((2, "t2", 3, 0), (2, "t2", 3, -1)) and after((2, "t2", 4, 0), (2, "t2", 3, 0))
+    assert not after((2, "t2", 3, 0), (2, "t2", 4, 0))
     assert EventStream(CID).frame(update) is None

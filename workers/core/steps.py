@@ -1049,6 +1049,8 @@ class _Streamer:
     token: int | None = None
     """The run's lease: a cancel of it stops the turn at its next piece."""
     _counter: itertools.count[int] = field(default_factory=itertools.count)
+    _updates: itertools.count[int] = field(default_factory=itertools.count)
+    """Node updates' own index sequence (our own streams leave them out: theirs stays whole)."""
     _message_id: str | None = None
     """The AI message whose text streams now."""
     _node: str | None = None
@@ -1116,7 +1118,7 @@ class _Streamer:
             UpdateChunk(
                 conversation_id=self.conversation_id,
                 turn_id=self.turn_id,
-                index=next(self._counter),
+                index=next(self._updates),
                 node=part.node,
                 data=None if truncated else cast(JsonValue, data),
                 truncated=truncated,

@@ -822,16 +822,17 @@ def message_chunk(delta: str, message_id: str | None) -> dict[str, Any]:
     }
 
 
-RunEventRank = tuple[int, str, int]
+RunEventRank = tuple[int, str, int, int]
 """Where an event stands in its run: metadata (0), the state with the new message (1), a
-piece of the run's turn (2, turn, index), what the run ended with (9, "", k)."""
+piece of the run's turn (2, turn, pieces, updates: the indexes of the last piece and of the
+last node update streamed so far, two sequences), what the run ended with (9, "", k, 0)."""
 
-_PIECE_EVENT_ID = re.compile(r"p\.([A-Za-z0-9_-]{1,64})\.(\d{1,9})")
+_PIECE_EVENT_ID = re.compile(r"p\.([A-Za-z0-9_-]{1,64})\.(\d{1,9})\.(-1|\d{1,9})")
 
 
 def event_id(rank: RunEventRank) -> str:
-    kind, turn, index = rank
-    return f"p.{turn}.{index}" if kind == 2 else f"{kind}.{index}"
+    kind, turn, index, updates = rank
+    return f"p.{turn}.{index}.{updates}" if kind == 2 else f"{kind}.{index}"
 
 
 def parse_event_id(text: str | None) -> RunEventRank | None:
@@ -840,20 +841,21 @@ def parse_event_id(text: str | None) -> RunEventRank | None:
     if text is None or text in ("", "-1", "-", "0"):
         return None
     if match := _PIECE_EVENT_ID.fullmatch(text):
-        return (2, match.group(1), int(match.group(2)))
+        return (2, match.group(1), int(match.group(2)), int(match.group(3)))
     kind, _, index = text.partition(".")
     if kind in ("0", "1", "9") and index.isdigit() and len(index) < 3:
-        return (int(kind), "", int(index))
+        return (int(kind), "", int(index), 0)
     raise ApiError(400, "bad_event_id", "Last-Event-ID: not an id of this run", "last_event_id")
 
 
 def after(rank: RunEventRank, seen: RunEventRank | None) -> bool:
-    """Whether the event at ``rank`` comes after ``seen`` (the pieces of one turn by
-    index; a piece of another turn than ``seen``'s: the stream has not shown it)."""
+    """Whether the event at ``rank`` comes after ``seen``: of one turn, when it is further
+    in either sequence (both only grow); a piece of another turn than ``seen``'s: the stream
+    has not shown it."""
     if seen is None:
         return True
     if rank[0] == 2 and seen[0] == 2:
-        return rank[1] != seen[1] or rank[2] > seen[2]
+        return rank[1] != seen[1] or rank[2] > seen[2] or rank[3] > seen[3]
     return rank > seen if rank[0] != seen[0] else rank[2] > seen[2]
 
 
@@ -861,23 +863,32 @@ def after(rank: RunEventRank, seen: RunEventRank | None) -> bool:
 class RunPieces:
     """Which pieces of the hub's are a run's: those of the turn whose ``status`` names the
     run's message, after it, each once (a piece the hub held when the stream began may come
-    live as well)."""
+    live as well). Node updates have an index sequence of their own (our own streams leave
+    them out, and keep theirs whole)."""
 
     message_id: str
     turn: str | None = None
     last: int = -1
+    last_update: int = -1
 
     def rank(self, frame: dict[str, Any]) -> RunEventRank | None:
         """``frame``'s rank in the run, or ``None`` when it is not the run's or was seen."""
         turn, index = frame.get("turn_id"), int(frame.get("index", 0))
         if frame.get("type") == "status" and self.message_id in frame.get("in_reply_to", []):
             if self.turn != turn:
-                self.turn, self.last = str(turn), index
+                self.turn, self.last, self.last_update = str(turn), index, -1
             return None
-        if self.turn is None or turn != self.turn or index <= self.last:
+        if self.turn is None or turn != self.turn:
             return None
-        self.last = index
-        return (2, self.turn, index)
+        if frame.get("type") == UPDATE:
+            if index <= self.last_update:
+                return None
+            self.last_update = index
+        elif index <= self.last:
+            return None
+        else:
+            self.last = index
+        return (2, self.turn, self.last, self.last_update)
 
 
 async def run_events(
@@ -939,13 +950,13 @@ async def run_events(
 
     try:
         if seen is None:
-            yield sse("metadata", {"run_id": run_id, "attempt": 1}, event_id((0, "", 0)))
+            yield sse("metadata", {"run_id": run_id, "attempt": 1}, event_id((0, "", 0, 0)))
         if "values" in modes and initial:
             before = await runtime.graph_state(thread_id, principal, with_messages=True)
             values = state_values(before)
             if text:
                 values["messages"] = [*values.get("messages", []), human_message(text, message_id)]
-            yield sse("values", values, event_id((1, "", 0)))
+            yield sse("values", values, event_id((1, "", 0, 0)))
         answer = await answered(runtime, thread_id, message_id, principal)
         if answer is None:  # what the turn streamed before this stream began, then live
             for held in runtime.hub.turn_pieces(thread_id):
@@ -980,7 +991,7 @@ async def run_events(
             if "values" in modes:
                 ends.append(("values", final))
         for k, (name, data) in enumerate(ends):
-            if (out := event(name, data, (9, "", k))) is not None:
+            if (out := event(name, data, (9, "", k, 0))) is not None:
                 yield out
     finally:
         runtime.hub.unsubscribe(queue)
