@@ -6,9 +6,11 @@ and runs whose turns go SQS-free through the real workflow (Step Functions execu
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import jwt
 import pytest
 from langgraph_sdk import get_sync_client
@@ -104,8 +106,6 @@ def test_the_sdk_drives_threads_and_runs_on_the_aws_runtime(gateway: HttpApiStan
 
 
 def test_the_api_function_answers_hostile_requests_with_4xx(gateway: HttpApiStandIn) -> None:
-    import httpx
-
     auth = {"authorization": f"Bearer {ALICE}"}
     with httpx.Client(base_url=gateway.url, timeout=30) as http:
         assert http.get("/threads/x").status_code == 401  # the authorizer's, before us
@@ -137,3 +137,50 @@ def test_the_api_function_answers_hostile_requests_with_4xx(gateway: HttpApiStan
     assert json.loads(answer["body"])["error"]["code"] == "unauthenticated"
     garbled = {**bare, "body": "%%%", "isBase64Encoded": True}
     assert api.handler(garbled, lambda_context())["statusCode"] == 400
+
+
+def test_a_cancel_stops_the_running_turn_and_its_standard_execution(
+    aws: Aws, gateway: HttpApiStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``runs.cancel`` while the model is answering: the run ends ``interrupted`` with
+    nothing kept, its Standard execution is asked to stop, and the thread takes the next
+    run. (moto takes the stop but lets the execution's running step finish, which then
+    fails on the lost lease; Step Functions marks it ``ABORTED`` at once.)"""
+    from workers import bootstrap
+    from workers.adapters.aws.workflow import StepFunctionsWorkflowStarter
+
+    stopped: list[str] = []
+    real_stop = StepFunctionsWorkflowStarter.stop
+
+    def stop(self: StepFunctionsWorkflowStarter, execution_arn: str, cause: str) -> None:
+        stopped.append(execution_arn)
+        real_stop(self, execution_arn, cause)
+
+    monkeypatch.setattr(StepFunctionsWorkflowStarter, "stop", stop)
+    standard = aws.stack.state_machine_arns["standard"]
+    monkeypatch.setenv("AGENTWORKER_STATE_MACHINE_ARN", standard)
+    bootstrap.reset_aws_deps()
+    sdk = client(gateway, ALICE)
+    graph = sdk.assistants.search()[0]["graph_id"]
+    tid = sdk.threads.create()["thread_id"]
+    aws.stub.latency_s = 3.0  # the model takes its time: the turn is running meanwhile
+    run = sdk.runs.create(tid, graph, input=user("please open a ticket about the printer"))
+    store = bootstrap.aws_deps().store
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        state = store.get_conversation(tid)
+        if state is not None and state.lease_execution_id:
+            break
+        time.sleep(0.05)
+    assert state is not None and state.lease_execution_id
+    assert sdk.runs.get(tid, run["run_id"])["status"] == "running"
+    sdk.runs.cancel(tid, run["run_id"])
+    assert stopped == [state.lease_execution_id]
+    assert sdk.runs.get(tid, run["run_id"])["status"] == "interrupted"
+    aws.stub.latency_s = 0.0
+    assert sdk.threads.get_state(tid)["values"] == {"messages": []}  # nothing of it was kept
+    with pytest.raises(httpx.HTTPStatusError) as refused:  # nothing runs now
+        sdk.runs.cancel(tid, run["run_id"])
+    assert refused.value.response.status_code == 404
+    again = sdk.runs.wait(tid, graph, input=user("please open a ticket about the printer"))
+    assert text(again["messages"][-1]).startswith("Opened ticket 1")

@@ -27,6 +27,7 @@ from workers.core.steps import (
     cancel_turn,
     create_conversation,
     forget_conversation,
+    visible,
 )
 
 API_WAIT_LIMIT_SECONDS = 25.0
@@ -73,12 +74,22 @@ class AwsApiRuntime(CoreCalls):
         )
 
     async def cancel(self, conversation_id: str, principal: Principal) -> None:
-        """Stop the running turn (its run's lease is taken: the ``turn`` function running it
-        commits nothing, and its execution ends at its next step); later messages go on in
-        a run of their own."""
-        run = await asyncio.to_thread(cancel_turn, self.deps, conversation_id, principal)
-        if run is not None:
-            await asyncio.to_thread(self.deps.starter.start, run)
+        """Stop the running turn: its run's lease is taken (the ``turn`` function running it
+        commits nothing), its Standard execution is stopped (an Express one, which Step
+        Functions cannot stop, ends at its next step); later messages go on in a run of
+        their own."""
+
+        def cancel() -> None:
+            state = visible(self.deps, self.deps.store.get_conversation(conversation_id), principal)
+            execution = state.lease_execution_id if state is not None else None
+            run = cancel_turn(self.deps, conversation_id, principal)
+            stop = getattr(self.deps.starter, "stop", None)
+            if execution and stop is not None:
+                stop(execution, f"run cancelled by {principal.id}")
+            if run is not None:
+                self.deps.starter.start(run)
+
+        await asyncio.to_thread(cancel)
 
     async def forget(
         self, conversation_id: str, principal: Principal, *, memories: bool = False

@@ -35,6 +35,19 @@ class StepFunctionsWorkflowStarter:
                 return
             raise map_aws_error(exc, "StartExecution") from exc
 
+    def stop(self, execution_arn: str, cause: str) -> None:
+        """Stop a Standard execution whose run was cancelled (its lease is already taken:
+        this only spares the rest of its steps). Step Functions cannot stop an Express
+        execution, and one that has ended needs no stop: both are left to end at their
+        next step, fenced by the lease."""
+        try:
+            self._client.stop_execution(executionArn=execution_arn, cause=cause[:256])
+        except Exception as exc:
+            if error_code(exc) in {"ExecutionDoesNotExist", "ValidationException"}:
+                log.info("execution %s not stopped: %s", execution_arn, error_code(exc))
+                return
+            raise map_aws_error(exc, "StopExecution") from exc
+
     def resume(self, task_token: str) -> None:
         """Wake a Standard run waiting on ``.waitForTaskToken``. A token that timed out or
         was used is not an error: that run moved on, and the approval is still in the inbox
