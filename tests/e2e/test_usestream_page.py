@@ -123,6 +123,21 @@ def api(tmp_path: Path, page_origin: str) -> Iterator[ServerProcess]:
         yield srv
 
 
+STOP_ONCE_SHOWN = """
+const [text, done] = arguments;
+const look = () => {
+  const shown = [...document.querySelectorAll('#messages .message[data-type="human"] .text')];
+  const stop = document.getElementById("stop");
+  if (shown.some((e) => e.textContent === text) && !stop.disabled) {
+    stop.click();
+    done(true);
+  } else {
+    setTimeout(look, 5);
+  }
+};
+look();
+"""
+
 # --- page helpers ------------------------------------------------------------------------------
 
 
@@ -178,6 +193,16 @@ class Page:
         self.drv.find_element(By.ID, "draft").send_keys(text)
         self.drv.find_element(By.ID, "send").click()
 
+    def stop_once_shown(self, text: str) -> None:
+        """Click Stop the moment the run's first state (from the server: its stream is under
+        way) shows the message ``text``: from inside the page, where a WebDriver round trip
+        per look could let a quick run end first."""
+        self.drv.set_script_timeout(WAIT)
+        try:
+            self.drv.execute_async_script(STOP_ONCE_SHOWN, text)
+        except WebDriverException as exc:
+            raise AssertionError(f"{text!r} never shown with Stop to click\n{self}") from exc
+
     def reply(self, fragment: str) -> tuple[str, str, str]:
         """Wait until the run has ended with an AI message containing ``fragment``."""
 
@@ -194,7 +219,7 @@ class Page:
 
 
 def test_a_usestream_page_chats_streams_answers_an_approval_stops_and_reloads(
-    api: ServerProcess, page_origin: str, driver: webdriver.Chrome
+    driver: webdriver.Chrome, api: ServerProcess, page_origin: str
 ) -> None:
     page = Page(driver, api)
     driver.get(f"{page_origin}/#api={api.url}&token={DEV_TOKEN}&assistant=support_agent")
@@ -227,10 +252,7 @@ def test_a_usestream_page_chats_streams_answers_an_approval_stops_and_reloads(
     # Stop: the run is cancelled on the server (useStream closes its stream; the run was
     # asked with on_disconnect="cancel"), nothing of it is kept, and the page goes on.
     page.send("what time is it")
-    page.wait(  # the run's first state, from the server: its stream is under way
-        "the run going", lambda d: ("human", "what time is it", "") in page.messages()
-    )
-    driver.find_element(By.ID, "stop").click()
+    page.stop_once_shown("what time is it")
     page.wait("the page idle after Stop", lambda d: page.status() == "idle")
 
     def last_run(d: webdriver.Chrome) -> str | None:
