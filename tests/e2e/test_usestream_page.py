@@ -250,7 +250,7 @@ def test_a_usestream_page_chats_streams_answers_an_approval_stops_and_reloads(
     assert not driver.find_elements(By.ID, "interrupt"), f"the question stayed\n{page}"
 
     # Stop: the run is cancelled on the server (useStream closes its stream; the run was
-    # asked with on_disconnect="cancel"), nothing of it is kept, and the page goes on.
+    # asked with on_disconnect="cancel"), and nothing of it is kept (seen after the reload).
     page.send("what time is it")
     page.stop_once_shown("what time is it")
     page.wait("the page idle after Stop", lambda d: page.status() == "idle")
@@ -270,7 +270,7 @@ def test_a_usestream_page_chats_streams_answers_an_approval_stops_and_reloads(
         return shown if page.status() == "idle" and len(shown) >= 4 else None
 
     history = page.wait("the thread's messages after a reload", reloaded)
-    texts = [(kind, text) for kind, text, _ in history if text]
+    texts = [(who, text) for who, text, _ in history if text]
     assert ("human", "please open a ticket about my broken printer") in texts, page
     assert any(k == "ai" and t.startswith("Opened ticket 1:") for k, t in texts), page
     assert ("human", "close ticket 1") in texts, page
