@@ -112,7 +112,8 @@ class Settings(BaseSettings):
     )
     allowed_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Browser origins allowed besides the server's own (e.g. http://localhost:3000).",
+        description="Browser origins allowed besides the server's own (e.g. http://localhost:5173),"
+        " answered with CORS headers naming them.",
     )
     max_subscriptions: int = Field(
         100, ge=1, le=10_000, description="Conversations one local WebSocket may subscribe to."

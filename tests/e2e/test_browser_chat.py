@@ -19,7 +19,6 @@ import httpx
 import pytest
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
@@ -31,8 +30,6 @@ pytestmark = pytest.mark.browser
 
 T = TypeVar("T")
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WAIT = 20.0
 """Seconds an explicit wait may take before the test fails."""
@@ -120,20 +117,6 @@ class Server:
         return "\n".join(text.splitlines()[-lines:])
 
 
-@pytest.fixture
-def browser_binaries() -> None:
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-    if not missing:
-        return
-    message = (
-        f"BROWSER TEST DID NOT RUN: {', '.join(missing)} not found. "
-        "Install with: apt-get install chromium chromium-driver"
-    )
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(f"!!! {message} !!!")
-
-
 def serving(tmp_path: Path, env: dict[str, str] | None = None) -> Iterator[Server]:
     """A started server of its own (the fixtures' body): stopped when the test ends."""
     srv = Server(tmp_path / "state", free_port(), tmp_path / "server.log", env)
@@ -152,32 +135,6 @@ def server(tmp_path: Path) -> Iterator[Server]:
 @pytest.fixture
 def triage_server(tmp_path: Path) -> Iterator[Server]:
     yield from serving(tmp_path, {"AGENTWORKER_GRAPH": "triage_bot.graph:build"})
-
-
-@pytest.fixture
-def driver(browser_binaries: None, tmp_path: Path) -> Iterator[webdriver.Chrome]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--disable-quic",
-        "--window-size=1100,900",
-        f"--user-data-dir={tmp_path / 'chrome-profile'}",
-    ):
-        options.add_argument(arg)
-    # An explicit driver path: selenium-manager never runs, nothing is downloaded.
-    service = Service(str(CHROMEDRIVER), log_output=str(tmp_path / "chromedriver.log"))
-    drv = webdriver.Chrome(service=service, options=options)
-    try:
-        yield drv
-    finally:
-        drv.quit()
 
 
 # --- page helpers --------------------------------------------------------------------------

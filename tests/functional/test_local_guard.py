@@ -21,10 +21,17 @@ from workers.adapters.local.guard import check_bind
 from workers.config import Settings
 from workers.errors import ConfigError
 
+APP_ORIGIN = "http://localhost:5173"
+"""A web app served from another origin than the API (a dev server's), in allowed_origins."""
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    env = {"AGENTWORKER_MAX_SUBSCRIPTIONS": "3", "AGENTWORKER_ALLOWED_HOSTS": "chat.internal"}
+    env = {
+        "AGENTWORKER_MAX_SUBSCRIPTIONS": "3",
+        "AGENTWORKER_ALLOWED_HOSTS": "chat.internal",
+        "AGENTWORKER_ALLOWED_ORIGINS": APP_ORIGIN,
+    }
     with ServerProcess(tmp_path_factory.mktemp("guard"), env=env) as srv:
         yield srv
 
@@ -69,6 +76,90 @@ def test_another_sites_page_cannot_post_or_read(server: ServerProcess) -> None:
     assert read.status_code == 403
     own = post(server, b'{"text": "hi"}', origin=f"http://127.0.0.1:{server.port}")
     assert own.status_code == 202
+
+
+def preflight(srv: ServerProcess, path: str, origin: str, **headers: str) -> httpx.Response:
+    """What a browser asks before a request its page may not send unasked (a JSON body, a
+    token header): no credentials."""
+    return httpx.request(
+        "OPTIONS",
+        f"{srv.url}{path}",
+        headers={
+            "origin": origin,
+            "access-control-request-method": "POST",
+            "access-control-request-headers": "authorization,content-type,last-event-id",
+            **headers,
+        },
+    )
+
+
+def test_a_page_on_an_allowed_origin_may_call_and_read_the_api(server: ServerProcess) -> None:
+    """CORS for an origin of allowed_origins: the preflight is answered before any token is
+    asked for, and every answer (a JSON one, an error, a run's event stream) names that
+    origin and the headers LangGraph's client reads."""
+    asked = preflight(server, "/threads/cors-1/runs/stream", APP_ORIGIN)
+    assert asked.status_code == 204, asked.text
+    assert asked.headers["access-control-allow-origin"] == APP_ORIGIN
+    assert "POST" in asked.headers["access-control-allow-methods"]
+    allowed = asked.headers["access-control-allow-headers"].split(", ")
+    for header in ("authorization", "x-api-key", "content-type", "last-event-id"):
+        assert header in allowed
+    assert int(asked.headers["access-control-max-age"]) > 0
+    assert asked.headers["vary"].lower() == "origin"
+
+    sent = post(server, b'{"text": "hi"}', origin=APP_ORIGIN)
+    assert sent.status_code == 202
+    assert sent.headers["access-control-allow-origin"] == APP_ORIGIN
+    assert "origin" in sent.headers["vary"].lower()
+    no_token = httpx.get(f"{server.url}/threads/cors-1", headers={"origin": APP_ORIGIN})
+    assert no_token.status_code == 401  # the page can read why
+    assert no_token.headers["access-control-allow-origin"] == APP_ORIGIN
+
+    run = {
+        "assistant_id": "support_agent",
+        "input": {"messages": [{"role": "user", "content": "hello"}]},
+        "if_not_exists": "create",
+    }
+    with httpx.stream(
+        "POST",
+        f"{server.url}/threads/cors-1/runs/stream",
+        json=run,
+        headers={"x-api-key": DEV_TOKEN, "origin": APP_ORIGIN},
+        timeout=30,
+    ) as streamed:
+        assert streamed.status_code == 200, streamed.read()
+        assert streamed.headers["access-control-allow-origin"] == APP_ORIGIN
+        exposed = streamed.headers["access-control-expose-headers"].split(", ")
+        assert {"content-location", "location"} <= set(exposed)
+        assert streamed.headers["content-location"].startswith("/threads/cors-1/runs/")
+        assert "event: metadata" in streamed.read().decode()
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "https://evil.example",
+        "null",  # a sandboxed frame's, or a file's
+        "http://localhost:5174",
+        "http://localhost:5173.evil.example",
+        "*",
+        "http://localhost:5173 http://evil.example",
+    ],
+)
+def test_another_origin_gets_no_cors_only_the_refusal(server: ServerProcess, origin: str) -> None:
+    asked = preflight(server, "/threads/cors-2/runs/stream", origin)
+    assert asked.status_code == 403
+    assert asked.json()["error"]["code"] == "origin_not_allowed"
+    assert not [h for h in asked.headers if h.startswith("access-control-")]
+    read = httpx.get(f"{server.url}/threads/cors-2", headers={**server.auth, "origin": origin})
+    assert read.status_code == 403 and "access-control-allow-origin" not in read.headers
+
+
+def test_an_allowed_origins_preflight_to_another_host_is_refused(server: ServerProcess) -> None:
+    """DNS rebinding stays refused for an allowed page too."""
+    asked = preflight(server, "/threads", APP_ORIGIN, host="evil.example")
+    assert asked.status_code == 403 and asked.json()["error"]["code"] == "host_not_allowed"
+    assert "access-control-allow-origin" not in asked.headers
 
 
 def test_another_sites_page_cannot_open_the_websocket(server: ServerProcess) -> None:

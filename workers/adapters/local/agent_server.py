@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
+import anyio
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
@@ -227,6 +228,9 @@ class RunCreate(_Lenient):
     context: dict[str, JsonValue] | None = None
     multitask_strategy: MultitaskStrategy = "enqueue"
     if_not_exists: Literal["create", "reject"] = "reject"
+    on_disconnect: Literal["cancel", "continue"] = "continue"
+    """A streamed run's, when its client leaves before it ends: ``cancel`` it (what
+    ``useStream`` asks, so that its ``stop()`` stops the run), or let it ``continue``."""
 
 
 @dataclass(frozen=True)
@@ -625,6 +629,8 @@ def mount(app: FastAPI, settings: Settings, caller: Caller, rt: RuntimeOf) -> No
             modes=modes or {"values"},
             text=run.text,
         )
+        if run.body.on_disconnect == "cancel":
+            events = cancelled_when_left(events, run, cancel_if_running)
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
     @app.post("/threads/{thread_id}/runs/stream")
@@ -736,6 +742,14 @@ def mount(app: FastAPI, settings: Settings, caller: Caller, rt: RuntimeOf) -> No
         )
         headers = {"location": path + "/stream", "content-location": path}
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+
+    async def cancel_if_running(run: StartedRun) -> None:
+        """Cancel the run's turn if it runs (a run still queued goes on: cancelling would stop
+        the turn before it, another run's)."""
+        with contextlib.suppress(NotFound, NotRunning):  # erased, or ended meanwhile
+            found = await find_run(run.runtime, run.thread_id, run.message_id, run.principal)
+            if found["status"] == "running":
+                await run.runtime.cancel(run.thread_id, run.principal)
 
     @app.post("/threads/{thread_id}/runs/{run_id}/cancel")
     async def cancel_run(thread_id: str, run_id: str, request: Request) -> Response:
@@ -995,6 +1009,24 @@ async def run_events(
                 yield out
     finally:
         runtime.hub.unsubscribe(queue)
+
+
+async def cancelled_when_left(
+    events: AsyncIterator[str],
+    run: StartedRun,
+    cancel: Callable[[StartedRun], Awaitable[None]],
+) -> AsyncIterator[str]:
+    """``events``; when the client leaves before they end (it closed the stream: the server
+    stops sending them), ``cancel(run)``, shielded from the cancellation that stops them."""
+    ended = False
+    try:
+        async for event in events:
+            yield event
+        ended = True
+    finally:
+        if not ended:
+            with anyio.CancelScope(shield=True):
+                await cancel(run)
 
 
 async def answered(

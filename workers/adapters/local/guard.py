@@ -8,6 +8,9 @@
   page that rebinds its own DNS name to 127.0.0.1 sends its own name, and is refused.
 - ``Origin``, when a browser sends one, must be the server's own page (or in
   ``allowed_origins``): another site's script is refused, over HTTP and the WebSocket.
+- A page on an allowed origin may read what it is answered (CORS, :meth:`Guard.cross_origin`
+  and :meth:`Guard.preflight`): the answer names that origin, never ``*``; a refused origin
+  gets no CORS header, only the refusal.
 """
 
 from __future__ import annotations
@@ -141,6 +144,19 @@ def read_dev_token(state_dir: Path) -> str | None:
         return None
 
 
+CORS_METHODS = "GET, POST, PATCH, DELETE"
+"""The methods of the API's routes, as a preflight allows them."""
+CORS_REQUEST_HEADERS = "authorization, x-api-key, content-type, last-event-id, accept, prefer"
+"""The request headers a page on an allowed origin may send: the token (bearer or LangGraph's
+``x-api-key``), a JSON body, a stream's resume point, ``Prefer: return=minimal``."""
+CORS_EXPOSED_HEADERS = "content-location, location, retry-after, www-authenticate"
+"""The response headers such a page may read besides the safelisted ones (``Content-Type``):
+where a run is and where its stream resumes (LangGraph's client reads both), and an
+error's."""
+CORS_MAX_AGE_SECONDS = 600
+"""How long a browser may keep a preflight's answer."""
+
+
 @dataclass(frozen=True)
 class Guard:
     """The ``Host`` and ``Origin`` values the server accepts."""
@@ -160,6 +176,33 @@ class Guard:
         origins = {f"http://{n}:{port}" for n in names}
         origins |= {o.rstrip("/").lower() for o in settings.allowed_origins}
         return cls(frozenset(hosts), frozenset(origins))
+
+    def cross_origin(self, origin: str | None) -> dict[str, str]:
+        """The CORS headers of an answer to a page on ``origin`` (an allowed one: the request
+        passed :meth:`refusal`): it may read the answer and the headers LangGraph's client
+        reads (``Content-Location``, ``Location``) or an error's (``Retry-After``,
+        ``WWW-Authenticate``). None without an ``Origin`` or for one not allowed."""
+        if origin is None or origin.rstrip("/").lower() not in self.origins:
+            return {}
+        return {
+            "access-control-allow-origin": origin,
+            "access-control-expose-headers": CORS_EXPOSED_HEADERS,
+        }
+
+    def preflight(self, origin: str | None) -> dict[str, str]:
+        """The headers of the answer to a browser's preflight (``OPTIONS`` with
+        ``Access-Control-Request-Method``) from ``origin``, before any authentication (a
+        browser sends no credentials with it): the methods and request headers the API and
+        LangGraph's clients use, cached for :data:`CORS_MAX_AGE_SECONDS`. None for an origin
+        not allowed."""
+        if not (allowed := self.cross_origin(origin)):
+            return {}
+        return {
+            **allowed,
+            "access-control-allow-methods": CORS_METHODS,
+            "access-control-allow-headers": CORS_REQUEST_HEADERS,
+            "access-control-max-age": str(CORS_MAX_AGE_SECONDS),
+        }
 
     def refusal(self, host: str | None, origin: str | None) -> tuple[str, str] | None:
         """Why a request with these headers is refused (code, message), or ``None``."""

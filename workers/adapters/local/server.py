@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
 
-from fastapi import FastAPI, Request, WebSocket
+from fastapi import FastAPI, Request, Response, WebSocket
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError
 
@@ -118,11 +118,22 @@ def create_app(
 
     @app.middleware("http")
     async def _guarded(request: Request, call_next: Any) -> Any:
-        refused = guard.refusal(request.headers.get("host"), request.headers.get("origin"))
+        origin = request.headers.get("origin")
+        refused = guard.refusal(request.headers.get("host"), origin)
         if refused is not None:
             body = ErrorView(error=ErrorBody(code=refused[0], message=refused[1]))
             return JSONResponse(body.model_dump(), status_code=403)
-        return await call_next(request)
+        if origin is None:
+            return await call_next(request)
+        # An allowed origin (a refused one got the 403 above): a page there may read the answer.
+        if request.method == "OPTIONS" and "access-control-request-method" in request.headers:
+            # A browser's preflight carries no credentials: answered here, before any route.
+            response: Response = Response(status_code=204, headers=guard.preflight(origin))
+        else:
+            response = await call_next(request)
+            response.headers.update(guard.cross_origin(origin))
+        response.headers.add_vary_header("origin")
+        return response
 
     json_errors(app)
 
