@@ -173,6 +173,20 @@ def test_a_streamed_run_sends_what_langgraphs_clients_read(served: ServedGraphs)
     assert last_text(resumed[-1].data) == "Done: deleted ada"
 
 
+def test_every_quick_streamed_run_sends_its_reply(served: ServedGraphs) -> None:
+    """A run over before its stream looked still streams its reply's pieces: agentworker's
+    stream skipped to the end then, in about one quick run of eight on this machine (this
+    test caught it in half its runs; 200 runs of bench/langgraph_dev.py's kind catch it
+    always)."""
+    sdk = served.sdk(APPROVAL)
+    for n in range(50):
+        tid = sdk.threads.create()["thread_id"]
+        modes = ["values", "messages-tuple"]
+        parts = list(sdk.runs.stream(tid, APPROVAL, input=user(f"hi {n}"), stream_mode=modes))
+        said = "".join(p.data[0]["content"] for p in parts if p.event == "messages")
+        assert said == f"You said: hi {n}", [p.event for p in parts]
+
+
 def test_a_run_stream_dropped_mid_run_is_joined_with_nothing_lost(served: ServedGraphs) -> None:
     """A client drops a resumable streamed run after two progress notes; ``join_stream``
     with the last event's id gets the other four and the end, none twice."""
