@@ -16,7 +16,12 @@ OSLS := node_modules/.bin/osls
 
 TEST_WORKERS ?= 3
 
-.PHONY: run test pytest lint bench demo reliability clean package validate deploy remove
+# LangGraph's own `langgraph dev`, in a venv of its own (its grpcio, protobuf and OpenTelemetry
+# pins are not the project's): what `make compare` and `make bench` measure agentworker against.
+LG_VENV := .venv-langgraph
+LG_STAMP := $(LG_VENV)/.installed-stamp
+
+.PHONY: run test pytest lint bench compare demo reliability clean package validate deploy remove
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -50,8 +55,18 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-bench: $(STAMP)
+$(LG_STAMP): bench/langgraph-dev-requirements.txt
+	@test -x $(LG_VENV)/bin/python || $(PYTHON) -m venv $(LG_VENV)
+	$(LG_VENV)/bin/python -m pip install -q --disable-pip-version-check -r bench/langgraph-dev-requirements.txt
+	@touch $@
+
+bench: $(STAMP) $(LG_STAMP)
 	$(BIN)/python -m bench
+
+# The Agent Server API tests that both servers pass, run against `langgraph dev` (make test
+# runs them, and agentworker's own, against `agentworker serve`).
+compare: $(STAMP) $(LG_STAMP)
+	$(BIN)/python -m pytest tests/functional/test_langgraph_sdk.py --sdk-server=langgraph-dev
 
 demo: $(STAMP)
 	$(BIN)/agentworker demo
@@ -90,4 +105,4 @@ remove: $(NPM_STAMP)
 	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(OSLS) remove --stage $(STAGE)
 
 clean:
-	rm -rf $(VENV) $(TOOLS) node_modules build .serverless .agentworker .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(LG_VENV) $(TOOLS) node_modules build .serverless .agentworker .mypy_cache .ruff_cache .pytest_cache

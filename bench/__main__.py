@@ -20,6 +20,7 @@ from bench import (
     bundle_size,
     byo,
     cold_import,
+    langgraph_dev,
     overhead,
     storage,
     throughput,
@@ -37,6 +38,7 @@ SECTIONS = (
     "tracing",
     "storage",
     "byo-graph",
+    "langgraph-dev",
     "aws-roundtrips",
     "cold-import",
     "bundle-size",
@@ -60,6 +62,11 @@ FULL: dict[str, Any] = {
     "baseline_budget_s": 180.0,
     "byo_points": "1,10,100,1000",
     "byo_window": 5,
+    "lg_wait_runs": 50,
+    "lg_stream_runs": 20,
+    "lg_threads": 50,
+    "lg_runs_per_thread": 10,
+    "lg_workers": 4,
     "aws_turns": 50,
     "aws_workflow_turns": 10,
     "aws_standard_turns": 3,
@@ -81,6 +88,11 @@ QUICK: dict[str, Any] = {
     "baseline_budget_s": 60.0,
     "byo_points": "1,50,200",
     "byo_window": 5,
+    "lg_wait_runs": 10,
+    "lg_stream_runs": 5,
+    "lg_threads": 10,
+    "lg_runs_per_thread": 3,
+    "lg_workers": 4,
     "aws_turns": 10,
     "aws_workflow_turns": 4,
     "aws_standard_turns": 2,
@@ -120,6 +132,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--baseline-budget-s", type=float, help="time cap of the baseline")
     parser.add_argument("--byo-points", help="byo-graph: conversation lengths, comma list")
     parser.add_argument("--byo-window", type=int, help="byo-graph: turns averaged per point")
+    parser.add_argument("--lg-wait-runs", type=int, help="langgraph-dev: runs.wait samples")
+    parser.add_argument("--lg-stream-runs", type=int, help="langgraph-dev: runs.stream samples")
+    parser.add_argument("--lg-threads", type=int, help="langgraph-dev: threads at once")
+    parser.add_argument("--lg-runs-per-thread", type=int, help="langgraph-dev: runs per thread")
+    parser.add_argument(
+        "--lg-workers", type=int, help="langgraph-dev: runs at once on every server"
+    )
     parser.add_argument("--aws-turns", type=int, help="turns per side of aws-roundtrips")
     parser.add_argument(
         "--aws-workflow-turns", type=int, help="turns driven through the Express ASL"
@@ -211,6 +230,17 @@ def main(argv: list[str] | None = None) -> int:
                     points=_ints(args.byo_points),
                     window=args.byo_window,
                     baseline_budget_s=args.baseline_budget_s,
+                ),
+            )
+        if "langgraph-dev" in sections:
+            results["langgraph_dev"] = langgraph_dev.run(
+                tmp,
+                langgraph_dev.LangGraphDevConfig(
+                    wait_runs=args.lg_wait_runs,
+                    stream_runs=args.lg_stream_runs,
+                    threads=args.lg_threads,
+                    runs_per_thread=args.lg_runs_per_thread,
+                    workers=args.lg_workers,
                 ),
             )
         with contextlib.ExitStack() as stack:

@@ -84,6 +84,10 @@ def render(results: dict[str, Any]) -> str:
         from bench import byo
 
         parts.append(byo.render(results["byo_graph"]))
+    if "langgraph_dev" in results:
+        from bench import langgraph_dev
+
+        parts.append(langgraph_dev.render(results["langgraph_dev"]))
     if any(k in results for k in ("aws_roundtrips", "cold_import", "bundle_size", "aws_cost")):
         from bench import aws_report
 

@@ -1,15 +1,72 @@
 """Test-wide settings: nothing fetched from the network, no user env leaking in; under
 pytest-xdist, the tests of a module that shares a fixture wider than a test run in one
-worker."""
+worker; ``--sdk-server`` picks the Agent Server the ``served`` fixture's tests run against."""
 
 from __future__ import annotations
 
 import os
 import pickle
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.functional.agent_servers import ServedGraphs
+
+
+SDK_SERVERS = ("agentworker", "langgraph-dev")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--sdk-server",
+        choices=SDK_SERVERS,
+        default="agentworker",
+        help="the Agent Server that the tests using the `served` fixture run against; with "
+        "langgraph-dev (`make compare`) only those tests are collected, less the ones marked "
+        "agentworker_only",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "agentworker_only: checks of agentworker's own (its error shapes, identities, apps),"
+        " not collected with --sdk-server=langgraph-dev",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Against ``langgraph dev``: the tests of the calls both servers serve, and no other."""
+    if config.getoption("sdk_server") == "agentworker":
+        return
+    shared = [
+        item
+        for item in items
+        if "served" in getattr(item, "fixturenames", ())
+        and item.get_closest_marker("agentworker_only") is None
+    ]
+    kept = {id(item) for item in shared}
+    others = [item for item in items if id(item) not in kept]
+    if others:
+        config.hook.pytest_deselected(items=others)
+        items[:] = shared
+
+
+@pytest.fixture(scope="module")
+def served(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServedGraphs]:
+    """The graphs of ``tests.functional.agent_servers.GRAPHS`` behind the server that
+    ``--sdk-server`` names (``agentworker serve`` unless told)."""
+    from tests.functional.agent_servers import ServedGraphs
+
+    graphs = ServedGraphs(request.config.getoption("sdk_server"), tmp_path_factory.mktemp("sdk"))
+    try:
+        yield graphs
+    finally:
+        graphs.close()
 
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist (``make test`` runs -n)

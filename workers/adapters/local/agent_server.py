@@ -976,6 +976,14 @@ async def run_events(
             for held in runtime.hub.turn_pieces(thread_id):
                 if (out := piece(held)) is not None:
                     yield out
+        else:  # it ended before this stream looked: what the queue caught of it (all of it
+            # when the queue was subscribed before the run was accepted, as ``stream`` does)
+            while not queue.empty():
+                frame = queue.get_nowait()
+                if answers(frame, message_id):
+                    break
+                if (out := piece(frame)) is not None:
+                    yield out
         loop = asyncio.get_running_loop()
         deadline = loop.time() + runtime.wait_limit_seconds
         quiet_since = loop.time()
