@@ -5,31 +5,62 @@ machine without them a browser test says so loudly: a skip in capitals, and a fa
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import WebDriverException
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.support.ui import WebDriverWait
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
 
-@pytest.fixture
-def browser_binaries() -> None:
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-    if not missing:
-        return
-    message = (
-        f"BROWSER TEST DID NOT RUN: {', '.join(missing)} not found. "
-        "Install with: apt-get install chromium chromium-driver"
-    )
+WAIT = 20.0
+"""Seconds a browser test waits for what a page should show."""
+
+T = TypeVar("T")
+
+
+def did_not_run(message: str) -> NoReturn:
+    """Say loudly that a browser test could not run: a failure under ``CI``, else a skip in
+    capitals."""
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(f"!!! {message} !!!")
+
+
+def wait_for(
+    drv: webdriver.Chrome,
+    what: str,
+    cond: Callable[[webdriver.Chrome], T | None],
+    *,
+    shown: Callable[[], str] = lambda: "",
+) -> T:
+    """Wait until ``cond`` returns something truthy; fail naming ``what`` (and what
+    ``shown`` says of the page) on timeout."""
+    waiter = WebDriverWait(
+        drv, WAIT, poll_frequency=0.05, ignored_exceptions=[StaleElementReferenceException]
+    )
+    try:
+        result = waiter.until(cond)
+    except WebDriverException as exc:
+        raise AssertionError(f"timed out after {WAIT}s waiting for {what}\n{shown()}") from exc
+    assert result is not None  # until() only returns a truthy value
+    return result
+
+
+@pytest.fixture
+def browser_binaries() -> None:
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    if missing:
+        did_not_run(
+            f"BROWSER TEST DID NOT RUN: {', '.join(missing)} not found. "
+            "Install with: apt-get install chromium chromium-driver"
+        )
 
 
 @pytest.fixture

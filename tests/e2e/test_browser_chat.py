@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,8 +22,9 @@ from selenium.common.exceptions import StaleElementReferenceException, WebDriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support.ui import Select, WebDriverWait
+from selenium.webdriver.support.ui import Select
 
+from tests.e2e.conftest import WAIT, wait_for
 from tests.functional.server_process import DEV_TOKEN
 
 pytestmark = pytest.mark.browser
@@ -31,8 +32,6 @@ pytestmark = pytest.mark.browser
 T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-WAIT = 20.0
-"""Seconds an explicit wait may take before the test fails."""
 SCREENSHOT_ENV = "E2E_SCREENSHOT"
 """If set, a mid-conversation screenshot is also written to this path."""
 
@@ -205,17 +204,6 @@ def texts(drv: webdriver.Chrome, testid: str) -> list[str]:
         return [e.text for e in drv.find_elements(*by_testid(testid))]
     except StaleElementReferenceException:
         return []
-
-
-def wait_for(drv: webdriver.Chrome, what: str, cond: Callable[[webdriver.Chrome], T | None]) -> T:
-    """Wait until ``cond`` returns something truthy; fail naming ``what`` on timeout."""
-    waiter = WebDriverWait(drv, WAIT, ignored_exceptions=[StaleElementReferenceException])
-    try:
-        result = waiter.until(cond)
-    except WebDriverException as exc:
-        raise AssertionError(f"timed out after {WAIT}s waiting for {what}") from exc
-    assert result is not None  # until() only returns a truthy value
-    return result
 
 
 def wait_reply(drv: webdriver.Chrome, fragment: str, count: int = 1) -> list[str]:

@@ -24,11 +24,10 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.e2e.conftest import console_log
+from tests.e2e.conftest import WAIT, console_log, did_not_run, wait_for
 from tests.functional.server_process import DEV_TOKEN, ServerProcess, free_port
 
 pytestmark = pytest.mark.browser
@@ -39,8 +38,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 APP = Path(__file__).parent / "usestream" / "app.jsx"
 ESBUILD = REPO_ROOT / "node_modules" / ".bin" / "esbuild"
 SDK = REPO_ROOT / "node_modules" / "@langchain" / "langgraph-sdk" / "package.json"
-WAIT = 20.0
-"""Seconds an explicit wait may take before the test fails."""
 MODEL_LATENCY_MS = 400
 """Each model call of the served agent takes this long, so that a run is still going when
 the page's Stop is clicked (and the rest of the test stays quick)."""
@@ -61,13 +58,10 @@ def page_dir(tmp_path: Path) -> Path:
     """The page bundled (the SDK, React and the app in one script) beside its index.html."""
     missing = [str(p) for p in (ESBUILD, SDK) if not p.exists()]
     if missing:
-        message = (
+        did_not_run(
             f"USESTREAM PAGE TEST DID NOT RUN: {', '.join(missing)} not found."
             " Install the pinned packages with: make package (npm ci)"
         )
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(f"!!! {message} !!!")
     out = tmp_path / "page"
     out.mkdir()
     (out / "index.html").write_text(INDEX_HTML)
@@ -150,15 +144,7 @@ class Page:
         self.api = api
 
     def wait(self, what: str, cond: Callable[[webdriver.Chrome], T | None]) -> T:
-        waiter = WebDriverWait(
-            self.drv, WAIT, poll_frequency=0.05, ignored_exceptions=[StaleElementReferenceException]
-        )
-        try:
-            result = waiter.until(cond)
-        except WebDriverException as exc:
-            raise AssertionError(f"timed out after {WAIT}s waiting for {what}\n{self}") from exc
-        assert result is not None  # until() only returns a truthy value
-        return result
+        return wait_for(self.drv, what, cond, shown=lambda: repr(self))
 
     def __repr__(self) -> str:
         try:

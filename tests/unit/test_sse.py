@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from events.outbound import Reply
+from workers.adapters.aws.api_runtime import NoPieces
 from workers.adapters.local.agent_server import RunPieces, after, event_id, parse_event_id
 from workers.adapters.local.hub import LocalHub
 from workers.adapters.local.sse import Cursor, EventStream, follow, parse_cursor
@@ -105,3 +106,53 @@ def test_a_run_takes_its_own_turns_pieces_once_and_our_stream_leaves_updates_out
     assert after((2, "t2", 3, 0), (2, "t2", 3, -1)) and after((2, "t2", 4, 0), (2, "t2", 3, 0))
     assert not after((2, "t2", 3, 0), (2, "t2", 4, 0))
     assert EventStream(CID).frame(update) is None
+
+
+class EndedRun:
+    """A runtime whose run has ended (its answer is in the outbox) before the stream looked;
+    what the turn streamed waits in the stream's queue, as ``stream`` subscribes it before
+    the run's message is accepted."""
+
+    hub = NoPieces()
+    poll_seconds = 0.01
+    wait_limit_seconds = 1.0
+
+    def __init__(self, answer: Reply) -> None:
+        self.answer = answer
+
+    async def history(self, conversation_id: str, principal: Any) -> History:
+        return history(self.answer)
+
+    async def graph_state(self, conversation_id: str, principal: Any, **_: Any) -> None:
+        return None
+
+
+def test_a_run_that_ended_before_its_stream_looked_still_streams_its_pieces() -> None:
+    from events.identity import LOCAL_USER
+    from workers.adapters.local.agent_server import Views, run_events
+    from workers.config import Settings
+
+    answer = reply("t1", "r1").model_copy(update={"in_reply_to": ["m1"], "text": "ab"})
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    status = {"type": "status", "turn_id": "t1", "index": 0, "in_reply_to": ["m1"]}
+    for frame in (status, {**piece("t1", 1), "message_id": "a1", "delta": "a"}):
+        queue.put_nowait(frame)
+    queue.put_nowait({**piece("t1", 2), "message_id": "a1", "delta": "b"})
+    queue.put_nowait(answer.model_dump(mode="json"))
+
+    async def events() -> list[str]:
+        stream = run_events(
+            Views(Settings()),
+            EndedRun(answer),  # type: ignore[arg-type]
+            queue=queue,
+            thread_id=CID,
+            message_id="m1",
+            principal=LOCAL_USER,
+            modes={"messages-tuple"},
+            text="hi",
+        )
+        return [e async for e in stream]
+
+    sent = asyncio.run(events())
+    said = [e for e in sent if "\nevent: messages\n" in e]
+    assert len(said) == 2 and '"content":"a"' in said[0] and '"content":"b"' in said[1]
