@@ -168,16 +168,81 @@ def http_event(raw: str | bytes, encoded: bool, cid: Any, caller: dict[str, Any]
     }
 
 
-def test_the_approve_route(deps: Deps) -> None:
+API_ROUTES = st.sampled_from(
+    [
+        ("POST", "/threads"),
+        ("POST", "/threads/search"),
+        ("GET", "/threads/{id}"),
+        ("PATCH", "/threads/{id}"),
+        ("DELETE", "/threads/{id}"),
+        ("GET", "/threads/{id}/state"),
+        ("POST", "/threads/{id}/history"),
+        ("POST", "/threads/{id}/runs"),
+        ("POST", "/threads/{id}/runs/wait"),
+        ("POST", "/threads/{id}/runs/stream"),
+        ("GET", "/threads/{id}/runs"),
+        ("GET", "/threads/{id}/runs/{id}"),
+        ("POST", "/threads/{id}/runs/{id}/cancel"),
+        ("GET", "/threads/{id}/runs/{id}/stream"),
+        ("POST", "/runs/wait"),
+        ("POST", "/assistants/search"),
+        ("GET", "/assistants/{id}/schemas"),
+    ]
+)
+"""The ``api`` function's routes, with a fuzzed id wherever one goes."""
+RUN_BODY = shaped(
+    {
+        "assistant_id": st.sampled_from(["agentworker", "x", ""]) | text_field,
+        "input": json_values,
+        "command": json_values,
+        "metadata": json_values,
+        "config": json_values,
+        "context": json_values,
+        "multitask_strategy": st.sampled_from(["reject", "enqueue", "interrupt"]) | text_field,
+        "stream_mode": json_values,
+        "thread_id": id_field,
+        "limit": json_values,
+    }
+)
+
+
+def api_event(
+    route: tuple[str, str], ident: Any, raw: str | bytes, encoded: bool, caller: dict[str, Any]
+) -> dict[str, Any]:
+    method, template = route
+    path = template.replace("{id}", str(ident).replace("/", "%2F").replace("?", "%3F"))
+    event = http_event(raw, encoded, ident, caller)
+    event["rawPath"] = path
+    event["requestContext"] = {**caller, "http": {"method": method, "path": path}}
+    event["headers"] = {"last-event-id": str(ident)} if "stream" in path else {}
+    return event
+
+
+def test_the_approve_route_and_the_api_function(
+    deps: Deps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ``approve`` route and the ``api`` function (the Agent Server API), one case each
+    in turn; a run waits for nothing here (no turn runs on these deps)."""
+    from workers.adapters.aws.api_runtime import AwsApiRuntime
+    from workers.handlers import api
+
+    monkeypatch.setattr(AwsApiRuntime, "wait_limit_seconds", 0.0)
     body = shaped({"interrupt_id": text_field, "approved": json_values, "reason": text_field})
+    cases = st.one_of(
+        st.tuples(hostile(body), st.booleans(), id_field, CALLERS),
+        st.tuples(API_ROUTES, id_field, hostile(RUN_BODY), st.booleans(), CALLERS),
+    )
 
-    def check(case: tuple[str | bytes, bool, Any, dict[str, Any]]) -> None:
-        answer = approve.handler(http_event(*case), context("approve"))
+    def check(case: tuple[Any, ...]) -> None:
+        if len(case) == 4:
+            answer = approve.handler(http_event(*case), context("approve"))
+        else:
+            answer = api.handler(api_event(*case), context("api"))
         assert answer["statusCode"] in ANSWERED, answer
-        if not case[3].get("authorizer"):
-            assert answer["statusCode"] == 401, answer  # no identity is nobody
+        if not case[-1].get("authorizer"):
+            assert answer["statusCode"] in (400, 401, 404, 405), answer  # nobody: no access
 
-    assert fuzz(st.tuples(hostile(body), st.booleans(), id_field, CALLERS), check) >= CASES
+    assert fuzz(cases, check) >= CASES
 
 
 def test_the_feedback_routes(deps: Deps) -> None:

@@ -25,7 +25,13 @@ def build_api_app(
 ) -> FastAPI:
     """``runtime`` is asked for once a caller is known (``/ok``, ``/info`` and refusals
     build no AWS clients and no agent)."""
-    app = FastAPI(title="agentworker", version="0.1.0", openapi_url=None, docs_url=None)
+    app = FastAPI(
+        title="agentworker",
+        version="0.1.0",
+        openapi_url=None,
+        docs_url=None,
+        redirect_slashes=False,  # (a redirect would name the function's host, not the API's)
+    )
     json_errors(app)
 
     async def caller(request: Request) -> Principal:
