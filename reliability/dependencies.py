@@ -195,7 +195,7 @@ class SlackFaults:
 
     def disarm(self, ledger: Ledger) -> int:
         """Record the posts in ``ledger`` as the ``slack`` sink's deliveries; the failures."""
-        from workers.adapters.aws.slack import render_message
+        from workers.adapters.slack import render_message
 
         # Payloads that render alike (two failure notices in one thread) are told apart by
         # count: the n-th post of a body is the n-th payload with it; one more is a repeat.

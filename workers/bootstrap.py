@@ -17,8 +17,8 @@ from workers.core.steps import Deps, TurnSettings
 from workers.errors import ConfigError
 
 if TYPE_CHECKING:
-    from workers.adapters.aws.slack import SlackCredentials
     from workers.adapters.local.runtime import EmbeddedRuntime
+    from workers.adapters.slack import SlackCredentials
     from workers.prompts import LoadedPrompt
 
 log = logging.getLogger(__name__)
@@ -404,7 +404,7 @@ def slack_credentials(settings: Settings | None = None, *, session: Any = None) 
     Manager secret ``AGENTWORKER_SLACK_SECRET_ARN`` when it is set, else from
     ``AGENTWORKER_SLACK_SIGNING_SECRET`` / ``AGENTWORKER_SLACK_BOT_TOKEN``."""
     if not _SLACK_CREDENTIALS:
-        from workers.adapters.aws.slack import SlackCredentials, read_slack_secret
+        from workers.adapters.slack import SlackCredentials, read_slack_secret
 
         settings = settings or aws_settings()
         if settings.slack_secret_arn:
@@ -468,7 +468,7 @@ def build_aws(settings: Settings, *, with_agent: bool, session: Any = None) -> D
         )
         sinks["websocket"] = WebSocketReplySink(management, store)
     if settings.slack_bot_token or settings.slack_secret_arn:
-        from workers.adapters.aws.slack import SlackReplySink
+        from workers.adapters.slack import SlackReplySink
 
         # Posts only Slack conversations' payloads; the token is read at the first post.
         sinks["slack"] = SlackReplySink(

@@ -19,6 +19,15 @@ class RetryableError(AgentWorkerError):
     """A transient fault (throttling, timeout, 5xx): retry the step with backoff and jitter."""
 
 
+class SlackRateLimited(RetryableError):
+    """Slack's Web API is rate limiting the app (HTTP 429 or ``ratelimited``):
+    ``retry_after`` seconds before the next call, as Slack's ``Retry-After`` says."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class ErasureInProgress(RetryableError):
     """The conversation id is being erased, or a run of the erased conversation is still
     stopping: nothing was written; try again in a moment (HTTP 503)."""

@@ -22,7 +22,7 @@ from tests.functional.slack_env import (
     slack_request,
 )
 from workers import bootstrap
-from workers.adapters.aws.slack import SlackReplySink
+from workers.adapters.slack import SlackReplySink
 from workers.errors import PermanentError, RetryableError
 from workers.handlers import slack
 
@@ -85,7 +85,8 @@ def test_other_conversations_and_streamed_chunks_are_not_posted(stub: SlackApiSt
 
 FAILURES: list[tuple[tuple[int, dict[str, Any], dict[str, str]], type[Exception], str]] = [
     ((429, {"ok": False, "error": "ratelimited"}, {"Retry-After": "3"}), RetryableError, "after 3"),
-    ((503, {"ok": False, "error": "x"}, {}), RetryableError, "HTTP 503"),
+    ((503, {"ok": False, "error": "x"}, {}), RetryableError, r"failed \(x\)"),
+    ((503, {"ok": False}, {}), RetryableError, "HTTP 503"),
     ((200, {"ok": False, "error": "ratelimited"}, {}), RetryableError, "ratelimited"),
     ((200, {"ok": False, "error": "invalid_auth"}, {}), PermanentError, "invalid_auth"),
     ((200, {"ok": False, "error": "channel_not_found"}, {}), PermanentError, "channel_not_found"),

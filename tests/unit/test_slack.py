@@ -25,13 +25,17 @@ from tests.fakes import (
     RecordingStarter,
     ScriptedAgent,
 )
-from tests.functional.slack_env import SIGNING_SECRET, slack_fixture, slack_request
+from tests.functional.slack_env import (
+    SIGNING_SECRET,
+    slack_fixture,
+    slack_request,
+    slack_signature,
+)
 from workers import bootstrap
-from workers.adapters.aws.slack import (
+from workers.adapters.slack import (
     SlackReplySink,
     read_slack_secret,
     render_message,
-    slack_signature,
     verify_slack_request,
 )
 from workers.core.steps import Deps, drive_run
@@ -68,7 +72,11 @@ def test_slacks_own_documented_example_signature() -> None:
         b"trigger_id=398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c"
     )
     expected = "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503"
-    assert slack_signature("8f742231b10e8888abcd99yyyzzz85a5", "1531420618", body) == expected
+    secret = "8f742231b10e8888abcd99yyyzzz85a5"
+    assert slack_signature(secret, "1531420618", body) == expected  # the tests' signer
+    verify_slack_request(
+        signing_secret=secret, timestamp="1531420618", signature=expected, body=body, now=1531420618
+    )
 
 
 def test_a_good_signature_passes() -> None:

@@ -38,7 +38,7 @@ from events.inbound import (
 from events.json_input import parse_json
 from events.outbound import validation_problem
 from workers import bootstrap
-from workers.adapters.aws.slack import verify_slack_request
+from workers.adapters.slack import verify_slack_request
 from workers.core.steps import accept_message
 from workers.errors import (
     BadInput,

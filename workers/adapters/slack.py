@@ -1,10 +1,10 @@
-"""Slack: request verification, the app's credentials, and the Web API reply sink.
+"""Slack: request verification, the app's credentials, and the Web API reply sink, through
+Slack's own SDK (``slack_sdk``: pure Python, no dependencies; about 60 ms to import).
 
-Standard library only (``urllib``, ``hmac``): no ``slack_sdk`` in the Lambda bundle.
-
-- :func:`verify_slack_request` checks ``X-Slack-Signature`` (``v0=`` + HMAC-SHA256 of
-  ``v0:{timestamp}:{raw body}`` with the signing secret) in constant time and refuses
-  timestamps more than 5 minutes away (a replayed request).
+- :func:`verify_slack_request` checks ``X-Slack-Signature`` with ``slack_sdk``'s
+  ``SignatureVerifier`` (``v0=`` + HMAC-SHA256 of ``v0:{timestamp}:{raw body}``, compared in
+  constant time) and refuses timestamps more than 5 minutes away (a replayed request); what
+  is wrong is named.
 - :func:`read_slack_secret` reads the Secrets Manager secret (JSON with ``signing_secret`` and
   ``bot_token``); the composition root calls it once per process.
 - :class:`SlackReplySink` posts outbox payloads to ``chat.postMessage`` in the conversation's
@@ -14,17 +14,15 @@ Standard library only (``urllib``, ``hmac``): no ``slack_sdk`` in the Lambda bun
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import http.client
 import json
 import logging
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.signature import Clock, SignatureVerifier
 
 from events.inbound import (
     SLACK_APPROVE_ACTION,
@@ -35,12 +33,17 @@ from events.inbound import (
 )
 from events.outbound import ApprovalRequest, Notice, OutboxPayload, StreamChunk
 from workers.adapters.aws.errors import map_aws_error
-from workers.errors import ConfigError, InvalidSlackSignature, PermanentError, RetryableError
+from workers.errors import (
+    ConfigError,
+    InvalidSlackSignature,
+    PermanentError,
+    RetryableError,
+    SlackRateLimited,
+)
 
 log = logging.getLogger(__name__)
 
 SLACK_API_URL = "https://slack.com/api"
-SIGNATURE_VERSION = "v0"
 MAX_REQUEST_AGE_SECONDS = 300
 """Slack's advice: refuse a request whose timestamp is over 5 minutes from now (replay)."""
 SECTION_TEXT_MAX = 3000
@@ -53,11 +56,14 @@ RETRYABLE_SLACK_ERRORS = frozenset(
 ``channel_not_found``, ``not_in_channel``, ``is_archived``, ...) is permanent."""
 
 
-def slack_signature(signing_secret: str, timestamp: str, body: bytes) -> str:
-    """``v0=`` + hex HMAC-SHA256 of ``v0:{timestamp}:{body}``: what Slack sends."""
-    base = f"{SIGNATURE_VERSION}:{timestamp}:".encode() + body
-    digest = hmac.new(signing_secret.encode(), base, hashlib.sha256).hexdigest()
-    return f"{SIGNATURE_VERSION}={digest}"
+class _At(Clock):
+    """``SignatureVerifier``'s clock, stopped at the time the request is judged."""
+
+    def __init__(self, now: float) -> None:
+        self._now = now
+
+    def now(self) -> float:
+        return self._now
 
 
 def verify_slack_request(
@@ -81,8 +87,8 @@ def verify_slack_request(
     sent_at = int(timestamp)
     if abs(now - sent_at) > MAX_REQUEST_AGE_SECONDS:
         raise InvalidSlackSignature("X-Slack-Request-Timestamp is over 5 minutes from now")
-    expected = slack_signature(signing_secret, timestamp, body)
-    if not hmac.compare_digest(expected.encode(), signature.encode()):
+    verifier = SignatureVerifier(signing_secret, clock=_At(now))
+    if not verifier.is_valid(body=body, timestamp=timestamp, signature=signature):
         raise InvalidSlackSignature("X-Slack-Signature does not match the request")
 
 
@@ -168,14 +174,6 @@ def render_message(payload: OutboxPayload) -> dict[str, Any]:
     return message
 
 
-def _json_object(text: bytes) -> dict[str, Any] | None:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
 class SlackReplySink:
     """Posts the outbox payloads of Slack conversations (``slack:T:C:thread_ts``) to their
     thread with ``chat.postMessage``; payloads of other conversations are not Slack's and
@@ -195,7 +193,7 @@ class SlackReplySink:
         bot_token: Callable[[], SecretStr | None],
         *,
         api_url: str = SLACK_API_URL,
-        timeout: float = 10.0,
+        timeout: int = 10,
     ) -> None:
         self._bot_token = bot_token
         self._api_url = api_url.rstrip("/")
@@ -215,33 +213,52 @@ class SlackReplySink:
 
     def call(self, method: str, body: dict[str, Any], token: SecretStr) -> dict[str, Any]:
         """One Web API call (JSON body); the answer, or a typed error."""
-        request = urllib.request.Request(
-            f"{self._api_url}/{method}",
-            data=json.dumps(body).encode(),
-            headers={
-                "Content-Type": "application/json; charset=utf-8",
-                "Authorization": f"Bearer {token.get_secret_value()}",
-            },
-            method="POST",
+        client = WebClient(
+            token=token.get_secret_value(), base_url=self._api_url + "/", timeout=self._timeout
         )
-        try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:
-                text = response.read()
-        except urllib.error.HTTPError as exc:
-            status = f"HTTP {exc.code}"
-            if exc.code == 429 or exc.code >= 500:
-                after = exc.headers.get("Retry-After")
-                hint = f", retry after {after} s" if after else ""
-                raise RetryableError(f"Slack {method} failed ({status}{hint})") from None
-            raise PermanentError(f"Slack {method} refused ({status})") from None
-        except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, resets
-            raise RetryableError(f"Slack {method} failed: {exc}") from None
-        answer = _json_object(text)
-        if answer is None:
-            raise RetryableError(f"Slack {method} answered with something other than JSON")
-        if not answer.get("ok"):
-            error = str(answer.get("error", "unknown_error"))
-            if error in RETRYABLE_SLACK_ERRORS:
-                raise RetryableError(f"Slack {method} failed ({error})")
-            raise PermanentError(f"Slack {method} refused ({error})")
-        return answer
+        return web_call(client, method, body)
+
+
+def web_call(client: WebClient, method: str, body: dict[str, Any]) -> dict[str, Any]:
+    """``method`` with a JSON ``body`` through ``client``: the answer, or a typed error.
+    HTTP 429 and ``ratelimited`` are :class:`SlackRateLimited` (with Slack's
+    ``Retry-After``); 5xx, network failures and the server-side error codes are
+    ``RetryableError``; any other refusal (``invalid_auth``, ``channel_not_found``, ...)
+    ``PermanentError``."""
+    try:
+        answer = client.api_call(method, json=body)
+    except SlackApiError as exc:
+        raise slack_error(method, exc) from None
+    except (SlackClientError, OSError) as exc:  # network failures, timeouts, resets
+        raise RetryableError(f"Slack {method} failed: {exc}") from None
+    data = answer.data
+    if not isinstance(data, dict):
+        raise RetryableError(f"Slack {method} answered with something other than JSON")
+    return data
+
+
+def slack_error(method: str, exc: SlackApiError) -> RetryableError | PermanentError:
+    """The typed error of a Web API refusal."""
+    response = exc.response
+    status = int(getattr(response, "status_code", 200) or 200)
+    data = response.data if isinstance(getattr(response, "data", None), dict) else {}
+    error = str(data.get("error") or f"HTTP {status}")
+    if status == 429 or error == "ratelimited":
+        headers = {str(k).lower(): v for k, v in (getattr(response, "headers", {}) or {}).items()}
+        after = _seconds(headers.get("retry-after"))
+        return SlackRateLimited(
+            f"Slack {method} rate limited ({error}), retry after {after:g} s", retry_after=after
+        )
+    if status >= 500 or error in RETRYABLE_SLACK_ERRORS:
+        return RetryableError(f"Slack {method} failed ({error})")
+    return PermanentError(f"Slack {method} refused ({error})")
+
+
+def _seconds(value: Any) -> float:
+    """A ``Retry-After`` header's seconds (1 when absent or not a number)."""
+    if isinstance(value, list):
+        value = value[0] if value else None
+    try:
+        return max(0.0, min(float(str(value)), 3600.0))
+    except ValueError:
+        return 1.0
