@@ -1,0 +1,190 @@
+"""What a request to the Slack app's Request URL means, for every way it arrives: the AWS
+``slack`` function (HTTP API), the local server's ``/slack/events``, and Socket Mode (whose
+envelopes carry the same payloads, already authenticated by the connection).
+
+- ``url_verification``: the challenge;
+- ``event_callback`` with a ``message`` or ``app_mention`` from a person: an inbox message of
+  the thread's conversation (``slack:<team>:<channel>:<thread ts>``), deduplicated by
+  ``channel+ts`` so Slack's retries (a new event id) and the ``message``/``app_mention`` pair
+  of one mention are one message; bot messages, edits and other subtypes are ignored;
+- interactivity ``block_actions``: a click on the approve/deny buttons the Slack sink
+  renders becomes an approval message; other actions are ignored.
+
+Ignored requests are acknowledged (Slack must not retry them). Nothing here waits for a
+turn: Slack wants an answer within 3 s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+from pydantic import ValidationError
+
+from events.identity import Principal
+from events.inbound import (
+    InboundMessage,
+    SlackBlockActions,
+    SlackEventEnvelope,
+    SlackUrlVerification,
+)
+from events.json_input import parse_json
+from events.outbound import ErrorBody, ErrorView, validation_problem
+from workers.adapters.slack import verify_slack_request
+from workers.core.model import AcceptResult
+from workers.errors import (
+    BadInput,
+    InvalidSlackSignature,
+    NotAllowed,
+    NotFound,
+    NotWaiting,
+    Throttled,
+)
+
+MESSAGE_EVENTS = frozenset({"message", "app_mention"})
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+
+SOFT_REFUSALS = (NotFound, NotWaiting, Throttled, NotAllowed)
+"""Refusals of a Slack message that are acknowledged, not errors: a click on a question
+answered or superseded (``NotFound``, ``NotWaiting``), a member over their quota (a Slack
+retry would not help), a member the tool's approval policy does not let decide."""
+
+
+@dataclass(frozen=True)
+class SlackAnswer:
+    """The answer to a request: its status and JSON body (``None``: an empty 200, what an
+    interaction's acknowledgement is), the metric it counts as, why it was ignored."""
+
+    status: int
+    body: dict[str, Any] | None
+    metric: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class SlackMessage:
+    """A message to accept from a member: the thread belongs to its channel (``owner``)."""
+
+    msg: InboundMessage
+    principal: Principal
+    metric: str
+    interaction: bool = False
+    """A click: acknowledged with an empty 200 (a body could be taken for a message)."""
+
+    @property
+    def owner(self) -> str:
+        (channel,) = self.principal.groups
+        return channel
+
+
+def ignored(
+    reason: str, *, interaction: bool = False, metric: str = "slack_ignored"
+) -> SlackAnswer:
+    """Acknowledged (Slack must not retry) and not acted on."""
+    body = None if interaction else {"type": "ignored", "reason": reason}
+    return SlackAnswer(200, body, metric, reason)
+
+
+def verified(
+    headers: Mapping[str, str], raw: bytes, signing_secret: str, now: float
+) -> SlackAnswer | None:
+    """``None`` when the request is Slack's (its signature), else the 401."""
+    try:
+        verify_slack_request(
+            signing_secret=signing_secret,
+            timestamp=headers.get("x-slack-request-timestamp"),
+            signature=headers.get("x-slack-signature"),
+            body=raw,
+            now=now,
+        )
+    except InvalidSlackSignature as exc:
+        return error(401, "invalid_signature", str(exc), metric="slack_bad_signature")
+    return None
+
+
+def read_request(headers: Mapping[str, str], raw: bytes) -> SlackMessage | SlackAnswer:
+    """A verified request's message, or its answer (a challenge, ignored, a 4xx)."""
+    interaction = headers.get("content-type", "").startswith(FORM_CONTENT_TYPE)
+    try:
+        if interaction:
+            fields = parse_qs(raw.decode(), strict_parsing=False)
+            if "payload" not in fields:
+                raise ValueError("payload: missing from the form")
+            return read_interaction(parse_json(fields["payload"][0], what="payload"))
+        return read_event(parse_json(raw))
+    except ValueError as exc:  # JSON, UTF-8, pydantic and our own parse errors
+        return bad_request(exc)
+
+
+def read_event(data: Any) -> SlackMessage | SlackAnswer:
+    """An Events API body (or a Socket Mode ``events_api`` payload)."""
+    if not isinstance(data, dict):
+        raise ValueError("body: expected a JSON object")
+    kind = data.get("type")
+    if kind == "url_verification":
+        challenge = SlackUrlVerification.model_validate(data).challenge
+        return SlackAnswer(200, {"challenge": challenge}, "slack_url_verifications")
+    if kind != "event_callback":
+        return ignored(f"request type {kind!r}")
+    event = data.get("event")
+    event_type = event.get("type") if isinstance(event, dict) else None
+    if not isinstance(event_type, str) or event_type not in MESSAGE_EVENTS:
+        return ignored(f"event type {event_type!r}")
+    envelope = SlackEventEnvelope.model_validate(data)
+    if envelope.is_from_bot():
+        return ignored("bot message")
+    if envelope.event.subtype is not None:
+        return ignored(f"message subtype {envelope.event.subtype!r}")
+    if not envelope.event.user:
+        # Nobody to act as: not a shared "unknown" member of the channel.
+        return ignored("message without a user")
+    if not envelope.event.text.strip():
+        return ignored("message without text")
+    return SlackMessage(envelope.to_inbound(), envelope.principal(), "slack_messages")
+
+
+def read_interaction(data: Any) -> SlackMessage | SlackAnswer:
+    """An interactivity payload (or a Socket Mode ``interactive`` one)."""
+    if not isinstance(data, dict) or data.get("type") != "block_actions":
+        kind = data.get("type") if isinstance(data, dict) else None
+        return ignored(f"interaction type {kind!r}", interaction=True)
+    actions = SlackBlockActions.model_validate(data)
+    decision = actions.decision()
+    if decision is None:
+        return ignored("not an approval button", interaction=True)
+    return SlackMessage(decision, actions.principal(), "decisions", interaction=True)
+
+
+def accepted(result: AcceptResult, message: SlackMessage) -> SlackAnswer:
+    view = result.view(message.msg.conversation_id).model_dump(mode="json")
+    metric = "duplicates" if result.duplicate else "accepted"
+    return SlackAnswer(200, None if message.interaction else view, metric)
+
+
+def refused(exc: Exception, message: SlackMessage) -> SlackAnswer:
+    """The acknowledgement of a soft refusal (:data:`SOFT_REFUSALS`)."""
+    quiet = message.interaction
+    if isinstance(exc, Throttled):
+        return ignored(f"throttled: {exc}", interaction=quiet, metric="throttled")
+    if isinstance(exc, NotAllowed):
+        return ignored(f"not allowed: {exc}", interaction=quiet, metric="approvals_refused")
+    return ignored(f"stale answer: {exc}", interaction=quiet)
+
+
+def bad_request(exc: ValueError) -> SlackAnswer:
+    if isinstance(exc, ValidationError):
+        problem = validation_problem(exc)
+        return error(422, "validation_error", problem.message, problem.field or "body")
+    if isinstance(exc, BadInput):
+        return error(400, exc.code, str(exc), exc.field)
+    return error(400, "bad_request", str(exc))
+
+
+def error(
+    status: int, code: str, message: str, field: str | None = None, *, metric: str = "bad_requests"
+) -> SlackAnswer:
+    """Our error body (``ErrorView``), as every transport answers errors."""
+    body = ErrorView(error=ErrorBody(code=code, message=message, field=field)).model_dump()
+    return SlackAnswer(status, body, metric, message)
