@@ -113,7 +113,7 @@ class World:
             return deps
 
     def _start(self) -> Deps:
-        from workers.adapters.aws.sinks import FanOutReplySink
+        from workers.adapters.fanout import FanOutReplySink
         from workers.adapters.local.sqlite_store import SqliteConversationStore
 
         if self._store is not None:

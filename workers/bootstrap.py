@@ -12,7 +12,15 @@ from events.identity import ClaimMapping
 from events.workflow import RunRef
 from workers.config import Settings, load_settings
 from workers.core.guard import GuardPolicy
-from workers.core.ports import Authenticator, Clock, NullTracer, TicketStore, Tracer, TurnAgent
+from workers.core.ports import (
+    Authenticator,
+    Clock,
+    NullTracer,
+    ReplySink,
+    TicketStore,
+    Tracer,
+    TurnAgent,
+)
 from workers.core.steps import Deps, TurnSettings
 from workers.errors import ConfigError
 
@@ -248,7 +256,7 @@ def prepare_embedded(
         deps = Deps(
             store=store,
             agent=agent,
-            sink=LocalReplySink(hub),
+            sink=embedded_sink(settings, LocalReplySink(hub)),
             starter=starter,
             clock=clock,
             tracer=traces,
@@ -269,6 +277,19 @@ def prepare_embedded(
         )
 
     return assemble
+
+
+def embedded_sink(settings: Settings, local: ReplySink) -> ReplySink:
+    """The embedded runtime's replies: to its hub (the page, the API, the CLI), and to Slack
+    threads when the app has a bot token."""
+    if settings.slack_bot_token is None:
+        return local
+    from workers.adapters.fanout import FanOutReplySink
+    from workers.adapters.slack import SlackReplySink
+
+    token = settings.slack_bot_token
+    slack = SlackReplySink(lambda: token, api_url=settings.slack_api_url)
+    return FanOutReplySink({"local": local, "slack": slack})
 
 
 def embedded_memory(settings: Settings) -> Any:
@@ -442,10 +463,10 @@ def build_aws(settings: Settings, *, with_agent: bool, session: Any = None) -> D
     import boto3
 
     from workers.adapters.aws.dynamodb_store import DynamoDBConversationStore
-    from workers.adapters.aws.sinks import FanOutReplySink, SnsReplySink, WebSocketReplySink
+    from workers.adapters.aws.sinks import SnsReplySink, WebSocketReplySink
     from workers.adapters.aws.workflow import StepFunctionsWorkflowStarter
     from workers.adapters.clock import SystemClock
-    from workers.core.ports import ReplySink
+    from workers.adapters.fanout import FanOutReplySink
 
     if settings.state_machine_arn is None:
         raise ConfigError("AGENTWORKER_STATE_MACHINE_ARN: not set; the AWS runtime needs it")

@@ -8,7 +8,7 @@ import pytest
 
 from events.outbound import OutboxPayload, Reply, ReplyChunk, StreamChunk, UpdateChunk
 from tests.fakes import RecordingSink
-from workers.adapters.aws.sinks import FanOutReplySink
+from workers.adapters.fanout import FanOutReplySink
 from workers.errors import PartialDelivery, PermanentError, RetryableError
 
 REPLY = Reply(conversation_id="slack:T1:C1:1.0", turn_id="t", text="hi")

@@ -972,7 +972,7 @@ def test_a_partial_delivery_is_retried_only_where_it_failed() -> None:
     the retry (the run's own, or ``deliver``) sends it to the WebSocket alone; every sink
     shows it once."""
     from tests.unit.test_fanout_sink import Flaky
-    from workers.adapters.aws.sinks import FanOutReplySink
+    from workers.adapters.fanout import FanOutReplySink
 
     w = World()
     slack, socket = RecordingSink(), Flaky(failures=1)

@@ -16,7 +16,7 @@ turn: Slack wants an answer within 3 s.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
@@ -161,6 +161,21 @@ def accepted(result: AcceptResult, message: SlackMessage) -> SlackAnswer:
     view = result.view(message.msg.conversation_id).model_dump(mode="json")
     metric = "duplicates" if result.duplicate else "accepted"
     return SlackAnswer(200, None if message.interaction else view, metric)
+
+
+Accept = Callable[[InboundMessage, Principal, str], Awaitable[AcceptResult]]
+"""The embedded runtime's accept: the message, its sender, the conversation's owner."""
+
+
+async def answer(parsed: SlackMessage | SlackAnswer, accept: Accept) -> SlackAnswer:
+    """The answer to a read request: a message accepted (or softly refused) by ``accept``."""
+    if isinstance(parsed, SlackAnswer):
+        return parsed
+    try:
+        result = await accept(parsed.msg, parsed.principal, parsed.owner)
+    except SOFT_REFUSALS as exc:
+        return refused(exc, parsed)
+    return accepted(result, parsed)
 
 
 def refused(exc: Exception, message: SlackMessage) -> SlackAnswer:

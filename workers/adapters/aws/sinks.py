@@ -6,13 +6,11 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Mapping
 from typing import Any
 
 from events.outbound import OutboxPayload, StreamChunk, UpdateChunk
 from workers.adapters.aws.errors import error_code, map_aws_error
-from workers.core.ports import ConversationStore, ReplySink
-from workers.errors import AgentWorkerError, PartialDelivery, PermanentError, RetryableError
+from workers.core.ports import ConversationStore
 
 log = logging.getLogger(__name__)
 
@@ -119,49 +117,3 @@ class WebSocketReplySink:
                                 targets.remove(connection_id)
                 elif not best_effort:
                     raise map_aws_error(exc, "PostToConnection") from exc
-
-
-class FanOutReplySink:
-    """Sends to several named sinks (e.g. ``sns`` for integrations, ``websocket`` for the
-    web chat, ``slack``).
-
-    Every sink is tried: one refusing for good does not keep the others from the payload.
-    A sink failing for now makes the send a ``PartialDelivery`` naming the ones that took
-    it, so the core records them and a retry sends only where it failed (Slack does not
-    show a reply twice); else the first permanent failure is raised."""
-
-    def __init__(self, sinks: Mapping[str, ReplySink]) -> None:
-        self._sinks = dict(sinks)
-
-    def send(self, payload: OutboxPayload) -> None:
-        self.send_missing(payload, frozenset())
-
-    def send_missing(self, payload: OutboxPayload, done: frozenset[str]) -> None:
-        failures: list[AgentWorkerError] = []
-        delivered = set(done)
-        waiting: list[str] = []
-        for name, sink in self._sinks.items():
-            if name in done:
-                continue
-            try:
-                sink.send(payload)
-            except RetryableError as exc:
-                failures.append(exc)
-                waiting.append(name)
-            except PermanentError as exc:
-                failures.append(exc)
-                delivered.add(name)  # refused for good: a retry would not help
-            else:
-                delivered.add(name)
-        if waiting:
-            raise PartialDelivery(
-                f"{', '.join(waiting)} failed for now ({failures[0]}); "
-                f"{', '.join(sorted(delivered - set(waiting))) or 'no sink'} took it",
-                delivered=frozenset(delivered),
-            )
-        if failures:
-            raise failures[0]
-
-    def send_chunk(self, chunk: StreamChunk) -> None:
-        for sink in self._sinks.values():
-            sink.send_chunk(chunk)

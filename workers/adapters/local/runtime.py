@@ -187,8 +187,11 @@ class EmbeddedRuntime(CoreCalls):
 
     # API used by the server, the CLI and tests ------------------------------------------
 
-    async def accept(self, msg: InboundMessage, principal: Principal = LOCAL_USER) -> AcceptResult:
-        """Accept ``msg`` from ``principal`` (in-process callers: the local user);
+    async def accept(
+        self, msg: InboundMessage, principal: Principal = LOCAL_USER, *, owner: str | None = None
+    ) -> AcceptResult:
+        """Accept ``msg`` from ``principal`` (in-process callers: the local user; ``owner``:
+        whose a conversation it creates is, see :func:`~workers.core.steps.accept_message`);
         ``ErasureInProgress`` while its conversation id is being erased."""
         cid = msg.conversation_id
         if self._erasing[cid] or cid in self._draining:
@@ -197,7 +200,9 @@ class EmbeddedRuntime(CoreCalls):
             )
         self._accepting[cid] += 1
         try:
-            return await asyncio.to_thread(accept_message, self.deps, msg, principal)
+            return await asyncio.to_thread(
+                partial(accept_message, owner=owner), self.deps, msg, principal
+            )
         finally:
             self._accepting[cid] -= 1
             if not self._accepting[cid]:

@@ -9,6 +9,7 @@ import functools
 import hashlib
 import logging
 import re
+import time
 from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
@@ -22,6 +23,7 @@ from events.inbound import (
     WS_ACTIONS,
     ConversationValuesRequest,
     FeedbackRequest,
+    InboundMessage,
     MessageRequest,
     WsCancel,
     WsDecide,
@@ -42,6 +44,7 @@ from events.outbound import (
     FeedbackView,
     cancelled_frame,
 )
+from workers.adapters import slack_events as slack
 from workers.adapters.http_errors import error_view
 from workers.adapters.local import agent_server
 from workers.adapters.local.bodies import (
@@ -49,6 +52,7 @@ from workers.adapters.local.bodies import (
     json_body,
     json_errors,
     json_object,
+    read_body,
     validated,
     validation_error,
 )
@@ -321,6 +325,29 @@ def create_app(
         return JSONResponse(body)
 
     agent_server.mount(app, settings, caller, rt)
+
+    @app.post("/slack/events")
+    async def slack_events(request: Request) -> Response:
+        """The Slack app's Request URL (Events API and interactivity), as the AWS ``slack``
+        function serves it: signed requests only; 404 without a signing secret."""
+        secret = settings.slack_signing_secret
+        if secret is None or not secret.get_secret_value().strip():
+            raise NotFound("slack: no Slack app here (AGENTWORKER_SLACK_SIGNING_SECRET)")
+        raw = await read_body(request)
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        answer = slack.verified(headers, raw, secret.get_secret_value(), time.time())
+        if answer is None:
+            runtime = rt(request)
+
+            async def accept(msg: InboundMessage, sender: Principal, owner: str) -> AcceptResult:
+                return await runtime.accept(msg, sender, owner=owner)
+
+            answer = await slack.answer(slack.read_request(headers, raw), accept)
+        if answer.reason is not None:
+            log.info("slack request not acted on: %s", answer.reason)
+        if answer.body is None:  # an interaction's acknowledgement
+            return Response(status_code=answer.status)
+        return JSONResponse(answer.body, status_code=answer.status)
 
     @app.websocket("/v1/ws")
     async def websocket(ws: WebSocket) -> None:
