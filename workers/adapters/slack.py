@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 SLACK_API_URL = "https://slack.com/api"
 MAX_REQUEST_AGE_SECONDS = 300
 """Slack's advice: refuse a request whose timestamp is over 5 minutes from now (replay)."""
+METHOD_SCOPES: dict[str, str] = {"chat.postMessage": "chat:write"}
+"""The Web API methods the app calls and the bot scope each needs (``slack/manifest.yml``)."""
 SECTION_TEXT_MAX = 3000
 """Slack's limit on a section block's text."""
 

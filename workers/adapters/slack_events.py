@@ -46,6 +46,17 @@ from workers.errors import (
 MESSAGE_EVENTS = frozenset({"message", "app_mention"})
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 
+EVENT_SCOPES: dict[str, str] = {
+    "app_mention": "app_mentions:read",
+    "message.channels": "channels:history",
+    "message.groups": "groups:history",
+    "message.im": "im:history",
+}
+"""The Events API subscriptions the app takes (``slack/manifest.yml``'s ``bot_events``) and
+the bot scope each needs."""
+INTERACTIVE = True
+"""The app takes interactivity (the approval buttons' clicks)."""
+
 SOFT_REFUSALS = (NotFound, NotWaiting, Throttled, NotAllowed)
 """Refusals of a Slack message that are acknowledged, not errors: a click on a question
 answered or superseded (``NotFound``, ``NotWaiting``), a member over their quota (a Slack
