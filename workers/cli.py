@@ -61,6 +61,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_serve)
 
+    s = sub.add_parser(
+        "slack",
+        help="serve as `serve` does, with the Slack app's events over Socket Mode (no public URL)",
+    )
+    s.add_argument(
+        "--socket-mode",
+        action="store_true",
+        required=True,
+        help="connect with the app-level token (AGENTWORKER_SLACK_APP_TOKEN, xapp-...)",
+    )
+    s.add_argument("--host", help="bind address (default 127.0.0.1)")
+    s.add_argument("--port", type=int, help="port (default 8765)")
+    s.add_argument("--state-dir", type=Path, help="state directory (default ./.agentworker)")
+    _app_arguments(s)
+    s.add_argument("--workers", type=int, help="concurrent runs (default 4)")
+    s.set_defaults(func=cmd_slack, rotate_token=False)
+
     s = sub.add_parser("send", help="send a message to a running server and print the reply")
     s.add_argument("text", nargs="?", default="", help="message text")
     s.add_argument("-c", "--conversation", required=True, help="conversation id")
@@ -246,7 +263,12 @@ def _settings(args: argparse.Namespace, **keys: str) -> Settings:
 # serve ------------------------------------------------------------------------------------
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def cmd_slack(args: argparse.Namespace) -> int:
+    """``serve``, with the Slack app's events and clicks over Socket Mode as well."""
+    return cmd_serve(args, slack_socket_mode=True)
+
+
+def cmd_serve(args: argparse.Namespace, *, slack_socket_mode: bool = False) -> int:
     settings = _settings(
         args, host="host", port="port", state_dir="state_dir", workers="workers", **APP_FLAGS
     )
@@ -258,6 +280,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from workers.observability import configure_logging, quiet_socket_lines
 
     check_bind(settings)
+    if slack_socket_mode:
+        check_slack_socket_mode(settings)
     configure_logging(settings.log_level)
     # The port first: a taken one stops here, before anything is printed or written.
     sock = listen(settings)
@@ -265,7 +289,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # The model and the graph are built now: a bad one stops here, before "serving".
         runtime = prepare_embedded(settings)
         settings = with_dev_token(settings, rotate=args.rotate_token)
-        app = create_app(settings, runtime_factory=lambda _: runtime())
+        app = create_app(
+            settings, runtime_factory=lambda _: runtime(), slack_socket_mode=slack_socket_mode
+        )
         base = f"http://{settings.host}:{settings.port}/"
         print(
             f"agentworker: serving on {base} (model {settings.model}, state {settings.state_dir})",
@@ -287,6 +313,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         quiet_socket_lines()
         uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+def check_slack_socket_mode(settings: Settings) -> None:
+    """``ConfigError`` unless the app-level and bot tokens are there (Socket Mode connects
+    with the one, replies are posted with the other)."""
+    app, bot = settings.slack_app_token, settings.slack_bot_token
+    if app is None or not app.get_secret_value().startswith("xapp-"):
+        raise ConfigError(
+            "AGENTWORKER_SLACK_APP_TOKEN: Socket Mode needs the app's app-level token (xapp-...,"
+            " scope connections:write: Basic Information > App-Level Tokens)"
+        )
+    if bot is None:
+        raise ConfigError(
+            "AGENTWORKER_SLACK_BOT_TOKEN: replies are posted with the bot token (xoxb-...)"
+        )
 
 
 # send / history ---------------------------------------------------------------------------

@@ -352,6 +352,11 @@ class Settings(BaseSettings):
     slack_secret_arn: str | None = Field(
         None, description="AWS: Secrets Manager secret with signing_secret and bot_token."
     )
+    slack_app_token: SecretStr | None = Field(
+        None,
+        description="Slack app-level token (xapp-, connections:write): `agentworker slack"
+        " --socket-mode` connects with it.",
+    )
     slack_api_url: str = Field(
         "https://slack.com/api", min_length=1, description="Slack Web API base URL."
     )

@@ -38,6 +38,7 @@ class ServerProcess:
         cwd: Path | None = None,
         command: list[str] | None = None,
         args: list[str] | None = None,
+        subcommand: tuple[str, ...] = ("serve",),
     ) -> None:
         self.state_dir = state_dir
         self.command = command or ["-m", "workers.cli"]
@@ -45,6 +46,8 @@ class ServerProcess:
         self.cwd = cwd
         self.args = list(args or [])
         """More arguments of ``serve``."""
+        self.subcommand = subcommand
+        """The command that serves (``serve``, or ``slack --socket-mode``)."""
         self.port = port or free_port()
         self.env = {
             "AGENTWORKER_TRACING": "false",
@@ -72,7 +75,7 @@ class ServerProcess:
         cmd = [
             sys.executable,
             *self.command,
-            "serve",
+            *self.subcommand,
             "--port",
             str(self.port),
             "--state-dir",

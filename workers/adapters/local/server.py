@@ -75,6 +75,7 @@ from workers.core.ports import Authenticator
 from workers.errors import (
     AgentWorkerError,
     ApiError,
+    ConfigError,
     NotFound,
     RetryableError,
     Unauthenticated,
@@ -96,11 +97,16 @@ def unknown_conversation(conversation_id: str) -> ApiError:
 
 
 def create_app(
-    settings: Settings, runtime_factory: Any = None, authenticator: Authenticator | None = None
+    settings: Settings,
+    runtime_factory: Any = None,
+    authenticator: Authenticator | None = None,
+    *,
+    slack_socket_mode: bool = False,
 ) -> FastAPI:
     """The ASGI app; the embedded runtime starts and stops with it. Every ``/v1`` request and
     WebSocket authenticates with ``authenticator`` (default: the one ``settings`` configure,
-    JWTs or the development token)."""
+    JWTs or the development token). ``slack_socket_mode``: the Slack app's events and clicks
+    come over Socket Mode too, while the app runs (``settings.slack_app_token``)."""
     from workers.bootstrap import build_authenticator
 
     auth = authenticator or build_authenticator(settings)
@@ -112,9 +118,14 @@ def create_app(
         runtime: EmbeddedRuntime = (runtime_factory or build_embedded)(settings)
         await runtime.start()
         app.state.runtime = runtime
+        socket = None
         try:
+            if slack_socket_mode:
+                socket = await slack_connect(settings, runtime)
             yield
         finally:
+            if socket is not None:
+                await asyncio.to_thread(socket.close)
             await runtime.stop()
 
     app = FastAPI(title="agentworker", version="0.1.0", lifespan=lifespan)
@@ -462,6 +473,24 @@ class ChatPage:
 
 def _sha256_b64(text: str) -> str:
     return base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii")
+
+
+async def slack_connect(settings: Settings, runtime: EmbeddedRuntime) -> Any:
+    """Connect the Slack app over Socket Mode (:mod:`workers.adapters.local.slack_socket`)."""
+    from workers.adapters.local.slack_socket import SlackSocketMode
+
+    if settings.slack_app_token is None:
+        raise ConfigError("AGENTWORKER_SLACK_APP_TOKEN: Socket Mode needs the app-level token")
+    socket = SlackSocketMode(
+        runtime,
+        asyncio.get_running_loop(),
+        app_token=settings.slack_app_token,
+        bot_token=settings.slack_bot_token,
+        api_url=settings.slack_api_url,
+    )
+    await asyncio.to_thread(socket.connect)
+    log.info("connected to Slack over Socket Mode")
+    return socket
 
 
 @functools.cache

@@ -1,0 +1,97 @@
+"""``agentworker slack --socket-mode``: the Slack app on the embedded runtime without a public
+URL. A real process connects through ``slack_sdk``'s Socket Mode client to a stand-in for
+Slack (``workers/sandbox/slack_stub.py``: ``apps.connections.open``, the WebSocket, the Web
+API), acknowledges each envelope within Slack's 3 s, and answers in the thread."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.functional.server_process import ServerProcess
+from tests.functional.slack_env import slack_fixture
+from workers.sandbox.slack_stub import (
+    APP_TOKEN,
+    BOT_TOKEN,
+    TEAM_ID,
+    SlackWebStub,
+    events_api_payload,
+    message_event,
+)
+
+CHANNEL = "D0STUBDM"
+
+
+@pytest.fixture
+def slack() -> Iterator[SlackWebStub]:
+    with SlackWebStub() as stub:
+        yield stub
+
+
+def env(stub: SlackWebStub) -> dict[str, str]:
+    return {
+        "AGENTWORKER_SLACK_APP_TOKEN": APP_TOKEN,
+        "AGENTWORKER_SLACK_BOT_TOKEN": BOT_TOKEN,
+        "AGENTWORKER_SLACK_API_URL": stub.url,
+    }
+
+
+def click(value: str, action_id: str = "approve") -> dict[str, Any]:
+    payload = slack_fixture("block_actions_with_message.json")
+    payload["team"]["id"] = TEAM_ID
+    payload["channel"]["id"] = payload["container"]["channel_id"] = CHANNEL
+    payload["actions"] = [{**payload["actions"][0], "action_id": action_id, "value": value}]
+    return payload
+
+
+def test_events_and_clicks_over_socket_mode_are_acked_and_answered(
+    slack: SlackWebStub, tmp_path: Path
+) -> None:
+    with ServerProcess(tmp_path, env=env(slack), subcommand=("slack", "--socket-mode")):
+        asked = message_event("please open a ticket about the printer", channel=CHANNEL)
+        envelope = slack.socket_mode.send_event(events_api_payload(asked))
+        assert slack.socket_mode.wait_ack(envelope).in_time  # within Slack's 3 s
+        [opened] = slack.wait_calls("chat.postMessage", 1, timeout=30)
+        assert opened.args["channel"] == CHANNEL and opened.args["thread_ts"] == asked["ts"]
+        assert str(opened.args["text"]).startswith("Opened ticket 1")
+
+        again = slack.socket_mode.send_event(events_api_payload(asked), retry_attempt=1)
+        assert slack.socket_mode.wait_ack(again).in_time  # Slack's redelivery: one message
+
+        close = message_event("close ticket 1", channel=CHANNEL, thread_ts=asked["ts"])
+        slack.socket_mode.send_event(events_api_payload(close))
+        ask = slack.wait_calls("chat.postMessage", 2, timeout=30)[-1]
+        [approve, _] = ask.args["blocks"][-1]["elements"]
+        decided = slack.socket_mode.send_event(click(approve["value"]), kind="interactive")
+        assert slack.socket_mode.wait_ack(decided).in_time
+        done = slack.wait_calls("chat.postMessage", 3, timeout=30)[-1]
+        assert "is closed" in str(done.args["text"])
+        assert len(slack.calls("chat.postMessage")) == 3  # the redelivery answered nothing
+
+
+def test_without_an_app_token_it_says_what_to_set(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "workers.cli",
+            "slack",
+            "--socket-mode",
+            "--state-dir",
+            str(tmp_path),
+        ],
+        env={k: v for k, v in os.environ.items() if not k.startswith("AGENTWORKER_")}
+        | {"MLFLOW_MODEL_CATALOG_URI": "", "AGENTWORKER_SLACK_BOT_TOKEN": BOT_TOKEN},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 2, run.stderr
+    assert "AGENTWORKER_SLACK_APP_TOKEN" in run.stderr and len(run.stderr.splitlines()) == 1
