@@ -26,7 +26,7 @@ from workers.errors import ConfigError
 
 if TYPE_CHECKING:
     from workers.adapters.local.runtime import EmbeddedRuntime
-    from workers.adapters.slack import SlackCredentials
+    from workers.adapters.slack import SlackCredentials, SlackWeb
     from workers.prompts import LoadedPrompt
 
 log = logging.getLogger(__name__)
@@ -287,9 +287,21 @@ def embedded_sink(settings: Settings, local: ReplySink) -> ReplySink:
     from workers.adapters.fanout import FanOutReplySink
     from workers.adapters.slack import SlackReplySink
 
+    return FanOutReplySink({"local": local, "slack": SlackReplySink(slack_web(settings))})
+
+
+def slack_web(settings: Settings, *, session: Any = None) -> SlackWeb:
+    """The Slack app's Web API client: its bot token from the settings, or on AWS from the
+    secret (read at the first call)."""
+    from workers.adapters.slack import SlackWeb
+
+    if settings.slack_secret_arn:
+        return SlackWeb(
+            lambda: slack_credentials(settings, session=session).bot_token,
+            api_url=settings.slack_api_url,
+        )
     token = settings.slack_bot_token
-    slack = SlackReplySink(lambda: token, api_url=settings.slack_api_url)
-    return FanOutReplySink({"local": local, "slack": slack})
+    return SlackWeb(lambda: token, api_url=settings.slack_api_url)
 
 
 def embedded_memory(settings: Settings) -> Any:
@@ -492,10 +504,7 @@ def build_aws(settings: Settings, *, with_agent: bool, session: Any = None) -> D
         from workers.adapters.slack import SlackReplySink
 
         # Posts only Slack conversations' payloads; the token is read at the first post.
-        sinks["slack"] = SlackReplySink(
-            lambda: slack_credentials(settings, session=session).bot_token,
-            api_url=settings.slack_api_url,
-        )
+        sinks["slack"] = SlackReplySink(slack_web(settings, session=session))
     from workers.adapters.aws.dynamodb_memory import dynamodb_memory_store
     from workers.agent.store import StoreMemories
     from workers.handlers.observability import logger

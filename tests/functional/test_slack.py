@@ -22,7 +22,7 @@ from tests.functional.slack_env import (
     slack_request,
 )
 from workers import bootstrap
-from workers.adapters.slack import SlackReplySink
+from workers.adapters.slack import SlackReplySink, SlackWeb
 from workers.errors import PermanentError, RetryableError
 from workers.handlers import slack
 
@@ -38,7 +38,8 @@ def stub() -> Iterator[SlackApiStub]:
 
 
 def _sink(stub: SlackApiStub, token: str | None = BOT_TOKEN) -> SlackReplySink:
-    return SlackReplySink(lambda: SecretStr(token) if token else None, api_url=stub.url, timeout=5)
+    web = SlackWeb(lambda: SecretStr(token) if token else None, api_url=stub.url, timeout=5)
+    return SlackReplySink(web)
 
 
 def test_a_reply_is_posted_to_its_thread(stub: SlackApiStub) -> None:
@@ -112,7 +113,7 @@ def test_web_api_failures_are_typed(
 def test_an_unreachable_web_api_is_retryable() -> None:
     with slack_api_stub() as gone:
         url = gone.url
-    sink = SlackReplySink(lambda: SecretStr(BOT_TOKEN), api_url=url, timeout=2)
+    sink = SlackReplySink(SlackWeb(lambda: SecretStr(BOT_TOKEN), api_url=url, timeout=2))
     with pytest.raises(RetryableError, match="chat.postMessage failed"):
         sink.send(Reply(conversation_id=CID, turn_id="t", text="hi"))
 
@@ -174,6 +175,10 @@ def test_a_slack_thread_end_to_end_with_an_approval_button(
     click["actions"] = [{**click["actions"][0], "action_id": "approve", "value": approve["value"]}]
     answer = slack.handler(slack_request(click, form=True), lambda_context())
     assert answer["statusCode"] == 200
+    [decided] = [c.body for c in stub.calls if c.path == "/api/chat.update"]
+    assert decided["ts"] == click["message"]["ts"]  # the clicked message: no buttons left
+    assert [b["type"] for b in decided["blocks"]] == ["section", "context"]
+    assert "Approved by <@" in decided["blocks"][-1]["elements"][0]["text"]
     done = stub.posted(3)[-1]
     assert "is closed" in done.body["text"] and done.body["thread_ts"] == "1726133698.626339"
     aws.wait_executions_done()

@@ -60,6 +60,9 @@ def test_events_and_clicks_over_socket_mode_are_acked_and_answered(
         [opened] = slack.wait_calls("chat.postMessage", 1, timeout=30)
         assert opened.args["channel"] == CHANNEL and opened.args["thread_ts"] == asked["ts"]
         assert str(opened.args["text"]).startswith("Opened ticket 1")
+        thread = slack.assistant_thread(CHANNEL, asked["ts"])  # a direct message: assistant
+        assert thread.statuses[:2] == ["is thinking...", "is running create_ticket..."]
+        assert thread.status == ""  # cleared by the reply
 
         again = slack.socket_mode.send_event(events_api_payload(asked), retry_attempt=1)
         assert slack.socket_mode.wait_ack(again).in_time  # Slack's redelivery: one message
@@ -68,10 +71,16 @@ def test_events_and_clicks_over_socket_mode_are_acked_and_answered(
         slack.socket_mode.send_event(events_api_payload(close))
         ask = slack.wait_calls("chat.postMessage", 2, timeout=30)[-1]
         [approve, _] = ask.args["blocks"][-1]["elements"]
-        decided = slack.socket_mode.send_event(click(approve["value"]), kind="interactive")
+        clicked = click(approve["value"])
+        clicked["message"] = {**ask.response["message"], "ts": ask.response["ts"]}
+        decided = slack.socket_mode.send_event(clicked, kind="interactive")
         assert slack.socket_mode.wait_ack(decided).in_time
         done = slack.wait_calls("chat.postMessage", 3, timeout=30)[-1]
         assert "is closed" in str(done.args["text"])
+        [update] = slack.wait_calls("chat.update", 1)  # the buttons are gone, the decision shown
+        shown = slack.message(str(ask.response["ts"]))
+        assert all(b["type"] != "actions" for b in shown.blocks)
+        assert f"Approved by <@{clicked['user']['id']}>" in shown.text
         assert len(slack.calls("chat.postMessage")) == 3  # the redelivery answered nothing
 
 

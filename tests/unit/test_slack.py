@@ -34,6 +34,7 @@ from tests.functional.slack_env import (
 from workers import bootstrap
 from workers.adapters.slack import (
     SlackReplySink,
+    SlackWeb,
     read_slack_secret,
     render_message,
     verify_slack_request,
@@ -465,7 +466,7 @@ def test_the_slack_sink_leaves_other_conversations_alone() -> None:
     def token() -> None:
         asked.append("token")
 
-    sink = SlackReplySink(token, api_url="http://127.0.0.1:9/never")
+    sink = SlackReplySink(SlackWeb(token, api_url="http://127.0.0.1:9/never"))
     sink.send(Reply(conversation_id="ticket:1", turn_id="t", text="hi"))
     sink.send(Reply(conversation_id="ws:alice:1", turn_id="t", text="hi"))
     assert asked == []

@@ -17,7 +17,7 @@ from workers.adapters.slack_events import EVENT_SCOPES, INTERACTIVE
 ROOT = Path(__file__).parents[2]
 MANIFEST: dict[str, Any] = yaml.safe_load((ROOT / "slack" / "manifest.yml").read_text())
 SLACK_METHOD = re.compile(r"^[a-z]+(\.[a-zA-Z]+)+$")
-CALLERS = frozenset({"call", "web_call", "api_call"})
+CALLERS = frozenset({"call", "try_call", "web_call", "api_call"})
 
 
 def methods_called() -> set[str]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
@@ -31,7 +31,7 @@ from events.inbound import (
     slack_button_value,
     slack_thread_of,
 )
-from events.outbound import ApprovalRequest, Notice, OutboxPayload, StreamChunk
+from events.outbound import ApprovalRequest, Notice, OutboxPayload, StatusChunk, StreamChunk
 from workers.adapters.aws.errors import map_aws_error
 from workers.errors import (
     ConfigError,
@@ -46,8 +46,14 @@ log = logging.getLogger(__name__)
 SLACK_API_URL = "https://slack.com/api"
 MAX_REQUEST_AGE_SECONDS = 300
 """Slack's advice: refuse a request whose timestamp is over 5 minutes from now (replay)."""
-METHOD_SCOPES: dict[str, str] = {"chat.postMessage": "chat:write"}
+METHOD_SCOPES: dict[str, str] = {
+    "chat.postMessage": "chat:write",
+    "chat.update": "chat:write",
+    "assistant.threads.setStatus": "assistant:write",
+}
 """The Web API methods the app calls and the bot scope each needs (``slack/manifest.yml``)."""
+DIRECT_MESSAGE = "D"
+"""How a direct message's channel id starts (where assistant threads are)."""
 SECTION_TEXT_MAX = 3000
 """Slack's limit on a section block's text."""
 
@@ -176,19 +182,27 @@ def render_message(payload: OutboxPayload) -> dict[str, Any]:
     return message
 
 
-class SlackReplySink:
-    """Posts the outbox payloads of Slack conversations (``slack:T:C:thread_ts``) to their
-    thread with ``chat.postMessage``; payloads of other conversations are not Slack's and
-    are skipped, as the WebSocket sink skips conversations without connections.
+def decided_message(clicked: Mapping[str, Any], approved: bool) -> dict[str, Any] | None:
+    """The ``chat.update`` body that shows the approval message a click answered as decided,
+    and by whom, with no buttons left to click; ``None`` when the click does not say which
+    message it was on."""
+    message = clicked.get("message")
+    channel = (clicked.get("channel") or {}).get("id")
+    user = (clicked.get("user") or {}).get("id")
+    if not isinstance(message, dict) or not isinstance(message.get("ts"), str) or not channel:
+        return None
+    verdict = f"{':white_check_mark: Approved' if approved else ':no_entry: Denied'} by <@{user}>"
+    kept = [
+        b for b in message.get("blocks") or [] if isinstance(b, dict) and b.get("type") != "actions"
+    ]
+    decided = {"type": "context", "elements": [{"type": "mrkdwn", "text": verdict}]}
+    text = f"{message.get('text') or ''} ({verdict})".strip()
+    return {"channel": channel, "ts": message["ts"], "text": text, "blocks": [*kept, decided]}
 
-    Streamed chunks are not sent: ``chat.update`` is rate limited to about one call per
-    second per channel, and the final reply follows within the same turn anyway.
 
-    ``bot_token`` is called at the first send (so functions that never deliver never fetch
-    the secret); when it returns ``None`` the app has no bot token and nothing is posted.
-    HTTP 429/5xx, network failures and ``ratelimited`` are ``RetryableError``; any other
-    Web API error (``invalid_auth``, ``channel_not_found``, ...) is ``PermanentError``.
-    """
+class SlackWeb:
+    """The app's Web API client: ``bot_token`` is asked at the first call (so functions that
+    never call never fetch the secret); ``None`` when the app has no bot token."""
 
     def __init__(
         self,
@@ -200,25 +214,67 @@ class SlackReplySink:
         self._bot_token = bot_token
         self._api_url = api_url.rstrip("/")
         self._timeout = timeout
+        self._client: WebClient | None = None
+
+    def client(self) -> WebClient | None:
+        if self._client is None:
+            token = self._bot_token()
+            if token is None:
+                return None
+            self._client = WebClient(
+                token=token.get_secret_value(), base_url=self._api_url + "/", timeout=self._timeout
+            )
+        return self._client
+
+    def call(self, method: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """One Web API call (JSON body): the answer, a typed error, or ``None`` without a
+        bot token (nothing is called)."""
+        client = self.client()
+        if client is None:
+            log.warning("no Slack bot token configured; not calling %s", method)
+            return None
+        return web_call(client, method, body)
+
+    def try_call(self, method: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """:meth:`call` for what may fail without harm (a status line, a button's update):
+        a failure is logged, never raised."""
+        try:
+            return self.call(method, body)
+        except (RetryableError, PermanentError) as exc:
+            log.info("slack %s not done: %s", method, exc)
+            return None
+
+
+class SlackReplySink:
+    """Posts the outbox payloads of Slack conversations (``slack:T:C:thread_ts``) to their
+    thread with ``chat.postMessage``; payloads of other conversations are not Slack's and
+    are skipped, as the WebSocket sink skips conversations without connections.
+
+    While a turn runs, its status (``thinking``, ``running lookup_ticket``) is shown in
+    assistant threads (direct messages) with ``assistant.threads.setStatus``; Slack clears
+    it when the reply is posted. A failed status call costs the turn nothing.
+
+    HTTP 429/5xx, network failures and ``ratelimited`` are ``RetryableError``; any other
+    Web API error (``invalid_auth``, ``channel_not_found``, ...) is ``PermanentError``.
+    """
+
+    def __init__(self, web: SlackWeb) -> None:
+        self.web = web
 
     def send(self, payload: OutboxPayload) -> None:
-        if not is_slack_conversation(payload.conversation_id):
-            return
-        token = self._bot_token()
-        if token is None:
-            log.warning("no Slack bot token configured; not posting to Slack")
-            return
-        self.call("chat.postMessage", render_message(payload), token)
+        if is_slack_conversation(payload.conversation_id):
+            self.web.call("chat.postMessage", render_message(payload))
 
     def send_chunk(self, chunk: StreamChunk) -> None:
-        return None
-
-    def call(self, method: str, body: dict[str, Any], token: SecretStr) -> dict[str, Any]:
-        """One Web API call (JSON body); the answer, or a typed error."""
-        client = WebClient(
-            token=token.get_secret_value(), base_url=self._api_url + "/", timeout=self._timeout
-        )
-        return web_call(client, method, body)
+        if isinstance(chunk, StatusChunk) and is_slack_conversation(chunk.conversation_id):
+            _, channel, thread_ts = slack_thread_of(chunk.conversation_id)
+            if channel.startswith(DIRECT_MESSAGE):  # assistant threads are direct messages
+                status = {
+                    "channel_id": channel,
+                    "thread_ts": thread_ts,
+                    "status": f"is {chunk.text}...",
+                }
+                self.web.try_call("assistant.threads.setStatus", status)
 
 
 def web_call(client: WebClient, method: str, body: dict[str, Any]) -> dict[str, Any]:

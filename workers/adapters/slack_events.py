@@ -16,6 +16,7 @@ turn: Slack wants an answer within 3 s.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +33,7 @@ from events.inbound import (
 )
 from events.json_input import parse_json
 from events.outbound import ErrorBody, ErrorView, validation_problem
-from workers.adapters.slack import verify_slack_request
+from workers.adapters.slack import SlackWeb, decided_message, verify_slack_request
 from workers.core.model import AcceptResult
 from workers.errors import (
     BadInput,
@@ -83,6 +84,8 @@ class SlackMessage:
     metric: str
     interaction: bool = False
     """A click: acknowledged with an empty 200 (a body could be taken for a message)."""
+    update: dict[str, Any] | None = None
+    """The ``chat.update`` that shows the clicked message as decided, once accepted."""
 
     @property
     def owner(self) -> str:
@@ -165,7 +168,9 @@ def read_interaction(data: Any) -> SlackMessage | SlackAnswer:
     decision = actions.decision()
     if decision is None:
         return ignored("not an approval button", interaction=True)
-    return SlackMessage(decision, actions.principal(), "decisions", interaction=True)
+    approved = bool(decision.approval and decision.approval.approved)
+    update = decided_message(data, approved)
+    return SlackMessage(decision, actions.principal(), "decisions", interaction=True, update=update)
 
 
 def accepted(result: AcceptResult, message: SlackMessage) -> SlackAnswer:
@@ -178,15 +183,25 @@ Accept = Callable[[InboundMessage, Principal, str], Awaitable[AcceptResult]]
 """The embedded runtime's accept: the message, its sender, the conversation's owner."""
 
 
-async def answer(parsed: SlackMessage | SlackAnswer, accept: Accept) -> SlackAnswer:
-    """The answer to a read request: a message accepted (or softly refused) by ``accept``."""
+async def answer(
+    parsed: SlackMessage | SlackAnswer, accept: Accept, web: SlackWeb | None
+) -> SlackAnswer:
+    """The answer to a read request: a message accepted (or softly refused) by ``accept``;
+    a decided click's message updated through ``web`` (off the event loop)."""
     if isinstance(parsed, SlackAnswer):
         return parsed
     try:
         result = await accept(parsed.msg, parsed.principal, parsed.owner)
     except SOFT_REFUSALS as exc:
         return refused(exc, parsed)
+    await asyncio.to_thread(after_accept, parsed, web)
     return accepted(result, parsed)
+
+
+def after_accept(message: SlackMessage, web: SlackWeb | None) -> None:
+    """What follows an accepted message: a decided click's message loses its buttons."""
+    if web is not None and message.update is not None:
+        web.try_call("chat.update", message.update)
 
 
 def refused(exc: Exception, message: SlackMessage) -> SlackAnswer:

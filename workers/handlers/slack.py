@@ -20,6 +20,7 @@ from workers.adapters.slack_events import (
     SlackAnswer,
     SlackMessage,
     accepted,
+    after_accept,
     read_request,
     refused,
     verified,
@@ -38,6 +39,7 @@ def _accept(message: SlackMessage) -> SlackAnswer:
         result = accept_message(deps, message.msg, message.principal, owner=message.owner)
     except SOFT_REFUSALS as exc:
         return refused(exc, message)
+    after_accept(message, bootstrap.slack_web(bootstrap.aws_settings()))
     return accepted(result, message)
 
 

@@ -353,7 +353,10 @@ def create_app(
             async def accept(msg: InboundMessage, sender: Principal, owner: str) -> AcceptResult:
                 return await runtime.accept(msg, sender, owner=owner)
 
-            answer = await slack.answer(slack.read_request(headers, raw), accept)
+            from workers.bootstrap import slack_web
+
+            web = slack_web(settings) if settings.slack_bot_token else None
+            answer = await slack.answer(slack.read_request(headers, raw), accept, web)
         if answer.reason is not None:
             log.info("slack request not acted on: %s", answer.reason)
         if answer.body is None:  # an interaction's acknowledgement

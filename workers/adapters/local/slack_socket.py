@@ -23,6 +23,7 @@ from events.inbound import InboundMessage
 from workers.adapters import slack_events as slack
 from workers.adapters.http_errors import error_view
 from workers.adapters.local.runtime import EmbeddedRuntime
+from workers.adapters.slack import SlackWeb
 from workers.core.model import AcceptResult
 from workers.errors import AgentWorkerError
 
@@ -46,11 +47,11 @@ class SlackSocketMode:
     ) -> None:
         self.runtime = runtime
         self.loop = loop
-        web = WebClient(
-            token=bot_token.get_secret_value() if bot_token else None,
-            base_url=api_url.rstrip("/") + "/",
+        self.web = SlackWeb(lambda: bot_token, api_url=api_url)
+        base_url = api_url.rstrip("/") + "/"  # apps.connections.open takes the app token
+        self.client = SocketModeClient(
+            app_token=app_token.get_secret_value(), web_client=WebClient(base_url=base_url)
         )
-        self.client = SocketModeClient(app_token=app_token.get_secret_value(), web_client=web)
         self.client.socket_mode_request_listeners.append(self._on_request)
         self.answered: list[slack.SlackAnswer] = []
         """What each envelope came to, in order (the last 1,000)."""
@@ -80,7 +81,8 @@ class SlackSocketMode:
                 parsed = slack.ignored(f"envelope type {kind!r}")
         except ValueError as exc:  # JSON shapes, pydantic: as the Request URL's 4xx
             return slack.bad_request(exc)
-        future = asyncio.run_coroutine_threadsafe(slack.answer(parsed, self._accept), self.loop)
+        work = slack.answer(parsed, self._accept, self.web)
+        future = asyncio.run_coroutine_threadsafe(work, self.loop)
         try:
             return future.result(timeout=ACCEPT_TIMEOUT_SECONDS)
         except FutureTimeout:
