@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.params import approval_policies
+from deploy.params import approval_policies, slack_roles
 from workers.agent.app import graph_ref
 from workers.config import APP_KEYS, Settings, load_settings
 from workers.stack import APP_FILE_ON_LAMBDA, LAYER_DIR_ON_LAMBDA
@@ -105,6 +105,15 @@ def check_stack_params(settings: Settings, stage_params: Mapping[str, object]) -
                 f" approvalPolicies is {stage_params.get('approvalPolicies', '{}')!r}: set"
                 " params.<stage>.approvalPolicies in serverless.yml (decisions are accepted"
                 " by ingest, approve and slack, which do not load the app)"
+            )
+    if " in " in sources["slack_roles"]:
+        wanted_roles = slack_roles(str(stage_params.get("slackRoles", "{}")))
+        if wanted_roles != settings.slack_roles:
+            problems.append(
+                f"package: {sources['slack_roles']} says {settings.slack_roles} but the stack's"
+                f" slackRoles is {stage_params.get('slackRoles', '{}')!r}: set"
+                " params.<stage>.slackRoles in serverless.yml (Slack clicks are decided by the"
+                " slack function, which does not load the app)"
             )
     if " in " in sources["model"] and not settings.model.startswith(("bedrock", "offline")):
         problems.append(

@@ -13,12 +13,14 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
 )
 
 from events.identity import ApprovalPolicy
+from workers.config import SlackRolesMap
 
 STAGE_NAME = re.compile(r"^[a-z][a-z0-9-]{1,15}$")
 REGION = r"^[a-z]{2}(-gov)?-[a-z]+-\d$"
@@ -42,6 +44,7 @@ class StageParams(BaseModel):
     leaseTtlSeconds: int = Field(ge=1)  # noqa: N815
     doubleTexting: Literal["enqueue", "merge", "interrupt", "reject"]  # noqa: N815
     approvalPolicies: str = "{}"  # noqa: N815
+    slackRoles: str = "{}"  # noqa: N815
     retentionDays: int = Field(default=365, ge=1, le=3650)  # noqa: N815
     quotaMessagesPerMinute: int = Field(default=30, ge=1)  # noqa: N815
     quotaTextBytesPerDay: int = Field(default=2_000_000, ge=1)  # noqa: N815
@@ -63,6 +66,12 @@ class StageParams(BaseModel):
     @classmethod
     def _policies(cls, value: str) -> str:
         approval_policies(value)  # a ValueError names what is wrong
+        return value
+
+    @field_validator("slackRoles")
+    @classmethod
+    def _slack_roles(cls, value: str) -> str:
+        slack_roles(value)  # a ValueError names what is wrong
         return value
 
     @model_validator(mode="after")
@@ -87,6 +96,15 @@ def approval_policies(value: str) -> dict[str, ApprovalPolicy]:
     if not isinstance(data, dict):
         raise ValueError("approvalPolicies: a JSON object, tool -> policy")
     return {str(tool): ApprovalPolicy.parse(policy) for tool, policy in data.items()}
+
+
+def slack_roles(value: str) -> dict[str, list[str]]:
+    """The ``slackRoles`` parameter: JSON, a Slack user or user group id -> roles, as the
+    ``slack_roles`` setting takes it (``ValueError`` if not)."""
+    try:
+        return TypeAdapter(SlackRolesMap).validate_json(value)
+    except ValidationError as exc:
+        raise ValueError(f"slackRoles: {exc.errors()[0]['msg']}") from None
 
 
 def load(path: Path) -> dict[str, Any]:

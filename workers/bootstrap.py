@@ -27,6 +27,7 @@ from workers.errors import ConfigError
 if TYPE_CHECKING:
     from workers.adapters.local.runtime import EmbeddedRuntime
     from workers.adapters.slack import SlackCredentials, SlackWeb
+    from workers.adapters.slack_events import SlackRoles
     from workers.prompts import LoadedPrompt
 
 log = logging.getLogger(__name__)
@@ -290,6 +291,20 @@ def embedded_sink(settings: Settings, local: ReplySink) -> ReplySink:
     return FanOutReplySink({"local": local, "slack": SlackReplySink(slack_web(settings))})
 
 
+_SLACK_ROLES: list[SlackRoles] = []
+
+
+def slack_roles() -> SlackRoles:
+    """The AWS ``slack`` function's roles of Slack members (``slack_roles``), kept per process
+    (user groups' members are cached)."""
+    if not _SLACK_ROLES:
+        from workers.adapters.slack_events import SlackRoles
+
+        settings = aws_settings()
+        _SLACK_ROLES.append(SlackRoles(settings.slack_roles, slack_web(settings)))
+    return _SLACK_ROLES[0]
+
+
 def slack_web(settings: Settings, *, session: Any = None) -> SlackWeb:
     """The Slack app's Web API client: its bot token from the settings, or on AWS from the
     secret (read at the first call)."""
@@ -371,6 +386,7 @@ def reset_aws_deps() -> None:
     """Forget the cached dependencies (the emulator rebuilds them against a new stack)."""
     _AWS_DEPS.clear()
     _API_APP.clear()
+    _SLACK_ROLES.clear()
     _SLACK_CREDENTIALS.clear()
     _AUTHENTICATOR.clear()
     _AWS_SETTINGS.clear()

@@ -31,6 +31,13 @@ from workers.langgraph_json import LangGraphProject
 log = logging.getLogger(__name__)
 
 ENV_PREFIX = "AGENTWORKER_"
+SLACK_MEMBER_OR_GROUP = r"^[UWS][A-Z0-9]{2,30}$"
+"""A Slack user id (``U``/``W``) or user group id (``S``), as ``slack_roles`` keys name them."""
+SlackRolesMap = dict[
+    Annotated[str, Field(pattern=SLACK_MEMBER_OR_GROUP)],
+    list[Annotated[str, Field(min_length=1, max_length=64)]],
+]
+"""``slack_roles``: a Slack user or user group id -> role names."""
 APP_FILE = "agentworker.toml"
 APP_KEYS = (
     "graph",
@@ -40,6 +47,7 @@ APP_KEYS = (
     "prompt_name",
     "approval_tools",
     "approval_policies",
+    "slack_roles",
     "double_texting",
     "context_window",
     "guard_blocked_topics",
@@ -171,6 +179,11 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="Who may decide each tool's approvals: 'anyone' (default), "
         "'not_requester', or {roles = [...], not_requester = true}.",
+    )
+    slack_roles: SlackRolesMap = Field(
+        default_factory=dict,
+        description="Roles of Slack members, for approval policies: a user id (U.../W...) or"
+        " a user group id (S...) -> role names.",
     )
     prompt: Path | None = Field(
         None, description="A file with the system prompt (default: the app's own)."
@@ -481,6 +494,13 @@ class Settings(BaseSettings):
                 value = json.loads(value) if value.strip() else {}
             except ValueError as exc:
                 raise ValueError(f"not JSON: {exc}") from None
+        return value
+
+    @field_validator("slack_roles", mode="before")
+    @classmethod
+    def _slack_roles(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = json.loads(value) if value.strip() else {}
         return value
 
     @field_validator("approval_policies", mode="before")

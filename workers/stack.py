@@ -99,6 +99,7 @@ _COMMON_ENV: dict[str, Any] = {
     "lease_ttl_seconds": "${param:leaseTtlSeconds}",
     "double_texting": "${param:doubleTexting}",
     "approval_policies": "${param:approvalPolicies}",
+    "slack_roles": "${param:slackRoles}",
     "retention_days": "${param:retentionDays}",
     "quota_messages_per_minute": "${param:quotaMessagesPerMinute}",
     "quota_text_bytes_per_day": "${param:quotaTextBytesPerDay}",

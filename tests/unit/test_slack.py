@@ -524,3 +524,66 @@ def test_the_slack_handler_imports_without_langgraph_langchain_or_mlflow() -> No
     loaded = set(json.loads(out.stdout))
     assert "workers" in loaded
     assert not {"langgraph", "langchain_core", "langchain_aws", "mlflow", "boto3"} & loaded
+
+
+# --- roles of Slack members ---------------------------------------------------------------------
+
+
+class Groups:
+    """A Web API that lists user groups' members (``usergroups.users.list``), counting calls."""
+
+    def __init__(self, members: dict[str, list[str]]) -> None:
+        self.members = members
+        self.asked: list[str] = []
+
+    def try_call(self, method: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        assert method == "usergroups.users.list"
+        self.asked.append(body["usergroup"])
+        users = self.members.get(body["usergroup"])
+        return None if users is None else {"ok": True, "users": users}
+
+
+def test_a_members_roles_are_their_own_and_their_groups_kept_a_while() -> None:
+    from workers.adapters.slack_events import GROUP_CACHE_SECONDS, SlackRoles
+
+    now = [0.0]
+    groups = Groups({"S0OPS": ["U222", "U333"]})
+    roles = SlackRoles(
+        {"U111": ["approver"], "S0OPS": ["ops"], "S0GONE": ["admin"]},
+        groups,  # type: ignore[arg-type]
+        clock=lambda: now[0],
+    )
+    assert roles.of("U111") == {"approver"}
+    assert roles.of("U222") == {"ops"}  # by its group; a group Slack cannot list gives nothing
+    assert roles.of("U444") == frozenset()
+    assert sorted(set(groups.asked)) == ["S0GONE", "S0OPS"]
+    asked = len(groups.asked)
+    roles.of("U333")
+    assert len(groups.asked) == asked  # kept
+    now[0] = GROUP_CACHE_SECONDS + 1
+    roles.of("U333")
+    assert len(groups.asked) == asked + 2  # both groups asked again once stale
+
+
+def test_a_roles_policy_lets_a_member_with_the_role_decide_in_slack(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``update_ticket`` needs the ``approver`` role: a member without it clicks and nothing
+    happens; the member ``slack_roles`` names decides."""
+    world.deps.settings = replace(
+        world.deps.settings,
+        approval_policies={"update_ticket": ApprovalPolicy(roles=frozenset({"approver"}))},
+    )
+    monkeypatch.setenv("AGENTWORKER_SLACK_ROLES", json.dumps({"U111": ["approver"]}))
+    bootstrap.reset_aws_deps()
+    monkeypatch.setattr(bootstrap, "aws_deps", lambda **_: world.deps)
+    ask = _waiting(world)
+    value = slack_button_value(THREAD_CID, ask.interrupt_id)
+    other = _click("approve", value)
+    other["user"]["id"] = "U333"
+    calls = len(world.store.calls)
+    assert world.call(slack_request(other, form=True))[0] == 200
+    assert "append_inbox" not in world.store.calls[calls:]  # no role: nothing recorded
+    assert world.call(slack_request(_click("approve", value), form=True))[0] == 200  # U111
+    [decision] = world.inbox(THREAD_CID)
+    assert decision.message.sender == "slack:T111:U111"

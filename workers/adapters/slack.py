@@ -50,6 +50,7 @@ METHOD_SCOPES: dict[str, str] = {
     "chat.postMessage": "chat:write",
     "chat.update": "chat:write",
     "assistant.threads.setStatus": "assistant:write",
+    "usergroups.users.list": "usergroups:read",
 }
 """The Web API methods the app calls and the bot scope each needs (``slack/manifest.yml``)."""
 DIRECT_MESSAGE = "D"

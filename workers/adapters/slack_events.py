@@ -17,8 +17,10 @@ turn: Slack wants an answer within 3 s.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -91,6 +93,67 @@ class SlackMessage:
     def owner(self) -> str:
         (channel,) = self.principal.groups
         return channel
+
+
+GROUP_CACHE_SECONDS = 300.0
+"""How long a user group's members are kept before Slack is asked again."""
+
+
+class SlackRoles:
+    """Roles of Slack members (the ``slack_roles`` setting): those named for the member's own
+    id, and those of every user group (``S...``) the member is in, whose members Slack
+    lists (``usergroups.users.list``, kept :data:`GROUP_CACHE_SECONDS`). A group Slack
+    cannot list gives no roles (logged): a roles policy then refuses, it never lets in."""
+
+    def __init__(
+        self,
+        mapping: Mapping[str, Sequence[str]],
+        web: SlackWeb | None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.mapping = {k: frozenset(v) for k, v in mapping.items()}
+        self.web = web
+        self.clock = clock
+        self._members: dict[str, tuple[float, frozenset[str]]] = {}
+        self._lock = threading.Lock()
+
+    def of(self, user: str) -> frozenset[str]:
+        roles = set(self.mapping.get(user, ()))
+        for group, named in self.mapping.items():
+            if group.startswith("S") and user in self.members(group):
+                roles |= named
+        return frozenset(roles)
+
+    def members(self, group: str) -> frozenset[str]:
+        now = self.clock()
+        with self._lock:
+            kept = self._members.get(group)
+        if kept is not None and now - kept[0] < GROUP_CACHE_SECONDS:
+            return kept[1]
+        answer = (
+            self.web.try_call("usergroups.users.list", {"usergroup": group}) if self.web else None
+        )
+        users = answer.get("users") if answer else None
+        members = (
+            frozenset(u for u in users if isinstance(u, str))
+            if isinstance(users, list)
+            else frozenset()
+        )
+        with self._lock:
+            self._members[group] = (now, members)
+        return members
+
+    def grant(self, message: SlackMessage) -> SlackMessage:
+        """``message`` with its sender's roles."""
+        if not self.mapping:
+            return message
+        user = message.principal.id.rsplit(":", 1)[-1]
+        roles = self.of(user)
+        if not roles:
+            return message
+        principal = message.principal.model_copy(update={"roles": message.principal.roles | roles})
+        return replace(message, principal=principal)
 
 
 def ignored(
@@ -184,12 +247,18 @@ Accept = Callable[[InboundMessage, Principal, str], Awaitable[AcceptResult]]
 
 
 async def answer(
-    parsed: SlackMessage | SlackAnswer, accept: Accept, web: SlackWeb | None
+    parsed: SlackMessage | SlackAnswer,
+    accept: Accept,
+    web: SlackWeb | None,
+    roles: SlackRoles | None = None,
 ) -> SlackAnswer:
-    """The answer to a read request: a message accepted (or softly refused) by ``accept``;
-    a decided click's message updated through ``web`` (off the event loop)."""
+    """The answer to a read request: a message from a member with their ``roles``, accepted
+    (or softly refused) by ``accept``; a decided click's message updated through ``web``
+    (the Web API off the event loop)."""
     if isinstance(parsed, SlackAnswer):
         return parsed
+    if roles is not None:
+        parsed = await asyncio.to_thread(roles.grant, parsed)
     try:
         result = await accept(parsed.msg, parsed.principal, parsed.owner)
     except SOFT_REFUSALS as exc:

@@ -34,6 +34,7 @@ from workers.handlers.observability import logger, metrics
 def _accept(message: SlackMessage) -> SlackAnswer:
     logger.append_keys(conversation_id=message.msg.conversation_id)
     metrics.add_metric(name=message.metric, unit=MetricUnit.Count, value=1)
+    message = bootstrap.slack_roles().grant(message)
     deps = bootstrap.aws_deps()
     try:
         result = accept_message(deps, message.msg, message.principal, owner=message.owner)

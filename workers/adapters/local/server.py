@@ -356,7 +356,8 @@ def create_app(
             from workers.bootstrap import slack_web
 
             web = slack_web(settings) if settings.slack_bot_token else None
-            answer = await slack.answer(slack.read_request(headers, raw), accept, web)
+            roles = slack.SlackRoles(settings.slack_roles, web)
+            answer = await slack.answer(slack.read_request(headers, raw), accept, web, roles)
         if answer.reason is not None:
             log.info("slack request not acted on: %s", answer.reason)
         if answer.body is None:  # an interaction's acknowledgement
@@ -490,6 +491,7 @@ async def slack_connect(settings: Settings, runtime: EmbeddedRuntime) -> Any:
         app_token=settings.slack_app_token,
         bot_token=settings.slack_bot_token,
         api_url=settings.slack_api_url,
+        roles=settings.slack_roles,
     )
     await asyncio.to_thread(socket.connect)
     log.info("connected to Slack over Socket Mode")

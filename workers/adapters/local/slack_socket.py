@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 
 from pydantic import SecretStr
@@ -44,10 +45,12 @@ class SlackSocketMode:
         app_token: SecretStr,
         bot_token: SecretStr | None,
         api_url: str,
+        roles: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.runtime = runtime
         self.loop = loop
         self.web = SlackWeb(lambda: bot_token, api_url=api_url)
+        self.roles = slack.SlackRoles(roles or {}, self.web)
         base_url = api_url.rstrip("/") + "/"  # apps.connections.open takes the app token
         self.client = SocketModeClient(
             app_token=app_token.get_secret_value(), web_client=WebClient(base_url=base_url)
@@ -81,7 +84,7 @@ class SlackSocketMode:
                 parsed = slack.ignored(f"envelope type {kind!r}")
         except ValueError as exc:  # JSON shapes, pydantic: as the Request URL's 4xx
             return slack.bad_request(exc)
-        work = slack.answer(parsed, self._accept, self.web)
+        work = slack.answer(parsed, self._accept, self.web, self.roles)
         future = asyncio.run_coroutine_threadsafe(work, self.loop)
         try:
             return future.result(timeout=ACCEPT_TIMEOUT_SECONDS)
