@@ -146,6 +146,7 @@ def _an(cls: type[errors.AgentWorkerError]) -> errors.AgentWorkerError:
         errors.BadInput: lambda: errors.BadInput("bad_json", "not JSON"),
         errors.Unauthenticated: lambda: errors.Unauthenticated("expired", "expired"),
         errors.Throttled: lambda: errors.Throttled("quota", retry_after=1.0),
+        errors.SlackRateLimited: lambda: errors.SlackRateLimited("slow", retry_after=1.0),
         errors.ApiError: lambda: errors.ApiError(503, "unavailable", "down"),
         errors.AuthorizerRefusal: errors.AuthorizerRefusal,
         errors.ConditionFailed: lambda: errors.ConditionFailed(None),
