@@ -57,9 +57,10 @@ def test_events_and_clicks_over_socket_mode_are_acked_and_answered(
         asked = message_event("please open a ticket about the printer", channel=CHANNEL)
         envelope = slack.socket_mode.send_event(events_api_payload(asked))
         assert slack.socket_mode.wait_ack(envelope).in_time  # within Slack's 3 s
-        [opened] = slack.wait_calls("chat.postMessage", 1, timeout=30)
-        assert opened.args["channel"] == CHANNEL and opened.args["thread_ts"] == asked["ts"]
-        assert str(opened.args["text"]).startswith("Opened ticket 1")
+        [opened] = slack.wait_calls("chat.stopStream", 1, timeout=30)  # a DM: streamed
+        [reply] = slack.thread_messages(CHANNEL, asked["ts"])
+        assert reply.text.startswith("Opened ticket 1") and reply.stream_state == "stopped"
+        assert slack.calls("chat.postMessage") == []
         thread = slack.assistant_thread(CHANNEL, asked["ts"])  # a direct message: assistant
         assert thread.statuses[:2] == ["is thinking...", "is running create_ticket..."]
         assert thread.status == ""  # cleared by the reply
@@ -69,19 +70,21 @@ def test_events_and_clicks_over_socket_mode_are_acked_and_answered(
 
         close = message_event("close ticket 1", channel=CHANNEL, thread_ts=asked["ts"])
         slack.socket_mode.send_event(events_api_payload(close))
-        ask = slack.wait_calls("chat.postMessage", 2, timeout=30)[-1]
+        ask = slack.wait_calls("chat.postMessage", 1, timeout=30)[-1]  # the buttons
         [approve, _] = ask.args["blocks"][-1]["elements"]
         clicked = click(approve["value"])
         clicked["message"] = {**ask.response["message"], "ts": ask.response["ts"]}
         decided = slack.socket_mode.send_event(clicked, kind="interactive")
         assert slack.socket_mode.wait_ack(decided).in_time
-        done = slack.wait_calls("chat.postMessage", 3, timeout=30)[-1]
-        assert "is closed" in str(done.args["text"])
+        slack.wait_calls("chat.stopStream", 2, timeout=30)
+        done = slack.thread_messages(CHANNEL, asked["ts"])[-1]
+        assert "is closed" in done.text
         [update] = slack.wait_calls("chat.update", 1)  # the buttons are gone, the decision shown
         shown = slack.message(str(ask.response["ts"]))
         assert all(b["type"] != "actions" for b in shown.blocks)
         assert f"Approved by <@{clicked['user']['id']}>" in shown.text
-        assert len(slack.calls("chat.postMessage")) == 3  # the redelivery answered nothing
+        assert len(slack.calls("chat.startStream")) == 2  # the redelivery answered nothing
+        assert len(slack.thread_messages(CHANNEL, asked["ts"])) == 3
 
 
 def test_without_an_app_token_it_says_what_to_set(tmp_path: Path) -> None:

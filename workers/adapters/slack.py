@@ -31,8 +31,16 @@ from events.inbound import (
     slack_button_value,
     slack_thread_of,
 )
-from events.outbound import ApprovalRequest, Notice, OutboxPayload, StatusChunk, StreamChunk
+from events.outbound import (
+    ApprovalRequest,
+    Notice,
+    OutboxPayload,
+    ReplyChunk,
+    StatusChunk,
+    StreamChunk,
+)
 from workers.adapters.aws.errors import map_aws_error
+from workers.adapters.slack_stream import SlackStreams, escape
 from workers.errors import (
     ConfigError,
     InvalidSlackSignature,
@@ -49,6 +57,10 @@ MAX_REQUEST_AGE_SECONDS = 300
 METHOD_SCOPES: dict[str, str] = {
     "chat.postMessage": "chat:write",
     "chat.update": "chat:write",
+    "chat.delete": "chat:write",
+    "chat.startStream": "chat:write",
+    "chat.appendStream": "chat:write",
+    "chat.stopStream": "chat:write",
     "assistant.threads.setStatus": "assistant:write",
     "usergroups.users.list": "usergroups:read",
 }
@@ -127,11 +139,6 @@ def read_slack_secret(client: Any, secret_arn: str) -> SlackCredentials:
         ) from None
 
 
-def _escape(text: str) -> str:
-    """Slack's three control characters in message text."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -153,18 +160,18 @@ def render_message(payload: OutboxPayload) -> dict[str, Any]:
     if isinstance(payload, ApprovalRequest):
         value = slack_button_value(payload.conversation_id, payload.interrupt_id)
         args = json.dumps(payload.args, ensure_ascii=False, sort_keys=True)
-        message["text"] = _escape(payload.text)  # the notification's fallback
+        message["text"] = escape(payload.text)  # the notification's fallback
         message["blocks"] = [
             {
                 "type": "section",
-                "text": {"type": "mrkdwn", "text": _clip(_escape(payload.text), SECTION_TEXT_MAX)},
+                "text": {"type": "mrkdwn", "text": _clip(escape(payload.text), SECTION_TEXT_MAX)},
             },
             {
                 "type": "context",
                 "elements": [
                     {
                         "type": "mrkdwn",
-                        "text": _clip(_escape(f"{payload.tool} {args}"), SECTION_TEXT_MAX),
+                        "text": _clip(escape(f"{payload.tool} {args}"), SECTION_TEXT_MAX),
                     }
                 ],
             },
@@ -177,9 +184,9 @@ def render_message(payload: OutboxPayload) -> dict[str, Any]:
             },
         ]
     elif isinstance(payload, Notice) and payload.level == "error":
-        message["text"] = ":warning: " + _escape(payload.text)
+        message["text"] = ":warning: " + escape(payload.text)
     else:
-        message["text"] = _escape(payload.text)
+        message["text"] = escape(payload.text)
     return message
 
 
@@ -251,9 +258,11 @@ class SlackReplySink:
     thread with ``chat.postMessage``; payloads of other conversations are not Slack's and
     are skipped, as the WebSocket sink skips conversations without connections.
 
-    While a turn runs, its status (``thinking``, ``running lookup_ticket``) is shown in
-    assistant threads (direct messages) with ``assistant.threads.setStatus``; Slack clears
-    it when the reply is posted. A failed status call costs the turn nothing.
+    While a turn runs, its reply streams into the thread (:mod:`workers.adapters.slack_stream`:
+    a streamed message in direct messages, a posted message kept up to date elsewhere), and
+    its status (``thinking``, ``running lookup_ticket``) is shown in assistant threads
+    (direct messages) with ``assistant.threads.setStatus``; Slack clears it when the reply
+    is posted. A failed status call costs the turn nothing.
 
     HTTP 429/5xx, network failures and ``ratelimited`` are ``RetryableError``; any other
     Web API error (``invalid_auth``, ``channel_not_found``, ...) is ``PermanentError``.
@@ -261,13 +270,20 @@ class SlackReplySink:
 
     def __init__(self, web: SlackWeb) -> None:
         self.web = web
+        self.streams = SlackStreams(web.call)
 
     def send(self, payload: OutboxPayload) -> None:
-        if is_slack_conversation(payload.conversation_id):
+        if not is_slack_conversation(payload.conversation_id):
+            return
+        if not self.streams.finish(payload):
             self.web.call("chat.postMessage", render_message(payload))
 
     def send_chunk(self, chunk: StreamChunk) -> None:
-        if isinstance(chunk, StatusChunk) and is_slack_conversation(chunk.conversation_id):
+        if not is_slack_conversation(chunk.conversation_id):
+            return
+        if isinstance(chunk, ReplyChunk):
+            self.streams.piece(chunk)
+        elif isinstance(chunk, StatusChunk):
             _, channel, thread_ts = slack_thread_of(chunk.conversation_id)
             if channel.startswith(DIRECT_MESSAGE):  # assistant threads are direct messages
                 status = {

@@ -1,0 +1,157 @@
+"""A turn's reply streamed into its Slack thread (``workers/adapters/slack_stream.py``),
+against a recording Web API and a hand-moved clock: the calls made, their pace, and the
+final text, which is always the committed reply."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from events.outbound import Notice, Reply, ReplyChunk
+from workers.adapters.slack_stream import FLUSH_SECONDS, PART_CHARS, SlackStreams
+from workers.errors import PermanentError, SlackRateLimited
+
+DM = "slack:T1:D1:100.1"
+CHANNEL = "slack:T1:C1:100.1"
+
+
+class Web:
+    """Slack as far as the streams see it: what each message shows, every call made."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.shown: dict[str, str] = {}
+        self.faults: dict[str, list[Exception]] = {}
+        self.n = 0
+
+    def __call__(self, method: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        self.calls.append((method, body))
+        if self.faults.get(method):
+            raise self.faults[method].pop(0)
+        if method in ("chat.startStream", "chat.postMessage"):
+            self.n += 1
+            ts = f"200.{self.n}"
+            self.shown[ts] = body.get("markdown_text", body.get("text", ""))
+            return {"ok": True, "ts": ts}
+        if method in ("chat.appendStream", "chat.stopStream"):
+            self.shown[body["ts"]] += body.get("markdown_text", "")
+        elif method == "chat.update":
+            self.shown[body["ts"]] = body["text"]
+        elif method == "chat.delete":
+            del self.shown[body["ts"]]
+        return {"ok": True}
+
+    def methods(self) -> list[str]:
+        return [m for m, _ in self.calls]
+
+    def text(self) -> str:
+        return "".join(self.shown.values())
+
+
+@pytest.fixture
+def web() -> Web:
+    return Web()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def piece(text: str, cid: str = DM, turn: str = "t1") -> ReplyChunk:
+    return ReplyChunk(conversation_id=cid, turn_id=turn, index=0, delta=text, message_id="m")
+
+
+def reply(text: str, cid: str = DM, turn: str = "t1") -> Reply:
+    return Reply(conversation_id=cid, turn_id=turn, text=text, reply_id=f"r-{turn}")
+
+
+def test_a_direct_message_streams_at_a_bounded_pace_and_ends_as_the_reply(web: Web) -> None:
+    clock = Clock()
+    streams = SlackStreams(web, clock=clock)
+    streams.piece(piece("Hel"))  # the first piece goes at once
+    streams.piece(piece("lo "))
+    clock.now += FLUSH_SECONDS
+    streams.piece(piece("there"))
+    streams.piece(piece(", "))  # within the second: held
+    assert web.methods() == ["chat.startStream", "chat.appendStream"]
+    assert streams.finish(reply("Hello there, friend."))
+    assert web.methods()[-1] == "chat.stopStream"
+    assert web.calls[-1][1]["markdown_text"] == ", friend."  # what was held, then the rest
+    assert web.text() == "Hello there, friend."
+    assert streams.finish(reply("Hello there, friend."))  # a retried delivery: nothing again
+    assert len(web.calls) == 3
+
+
+def test_a_throttled_append_is_sent_later_with_nothing_lost(web: Web) -> None:
+    clock = Clock()
+    streams = SlackStreams(web, clock=clock)
+    streams.piece(piece("one "))
+    web.faults["chat.appendStream"] = [SlackRateLimited("429", retry_after=3)]
+    clock.now += FLUSH_SECONDS
+    streams.piece(piece("two "))  # 429: held for Retry-After
+    clock.now += FLUSH_SECONDS
+    streams.piece(piece("three "))  # still within Retry-After: no call
+    assert web.methods() == ["chat.startStream", "chat.appendStream"]
+    clock.now += 3
+    streams.piece(piece("four"))
+    sent = {"channel": "D1", "ts": "200.1", "markdown_text": "two three four"}
+    assert web.calls[-1] == ("chat.appendStream", sent)
+    streams.finish(reply("one two three four"))
+    assert web.text() == "one two three four"
+
+
+def test_a_stream_slack_ended_or_too_long_goes_on_in_a_new_message(web: Web) -> None:
+    clock = Clock()
+    streams = SlackStreams(web, clock=clock)
+    streams.piece(piece("a" * 10))
+    ended = PermanentError("Slack chat.appendStream refused (message_not_in_streaming_state)")
+    web.faults["chat.appendStream"] = [ended]
+    clock.now += FLUSH_SECONDS
+    streams.piece(piece("b" * 10))
+    assert web.methods() == ["chat.startStream", "chat.appendStream", "chat.startStream"]
+    clock.now += FLUSH_SECONDS
+    streams.piece(piece("c" * PART_CHARS))  # past a message's size: closed, continued
+    assert web.methods()[-2:] == ["chat.stopStream", "chat.startStream"]
+    text = "a" * 10 + "b" * 10 + "c" * PART_CHARS + "d"
+    streams.finish(reply(text))
+    assert web.text() == text and len(web.shown) == 3
+
+
+def test_a_reply_that_differs_from_what_streamed_replaces_it(web: Web) -> None:
+    """The output guard masked the reply, or a node rewrote it: the reply is what stays."""
+    streams = SlackStreams(web, clock=Clock())
+    streams.piece(piece("call me at 555-0100"))
+    streams.finish(reply("call me at [phone]"))
+    assert web.methods() == ["chat.startStream", "chat.stopStream", "chat.update"]
+    assert web.text() == "call me at [phone]"
+
+
+def test_where_streaming_is_refused_or_a_channel_it_posts_and_updates(web: Web) -> None:
+    clock = Clock()
+    streams = SlackStreams(web, clock=clock)
+    web.faults["chat.startStream"] = [PermanentError("Slack refused (not_allowed_token_type)")]
+    streams.piece(piece("Hel"))
+    clock.now += 0.5
+    streams.piece(piece("lo"))  # within the second: held (chat.update: one a second)
+    clock.now += 0.5
+    streams.piece(piece(" you"))
+    assert web.methods() == ["chat.startStream", "chat.postMessage", "chat.update"]
+    streams.finish(reply("Hello you & me"))
+    assert web.text() == "Hello you &amp; me"  # a text field: Slack's escapes
+    in_channel = SlackStreams(web, clock=clock)
+    in_channel.piece(piece("Hi", cid=CHANNEL, turn="t2"))
+    assert web.methods()[-1] == "chat.postMessage"  # a channel's stream needs recipients
+
+
+def test_a_question_or_a_notice_stops_the_stream_where_it_is(web: Web) -> None:
+    streams = SlackStreams(web, clock=Clock())
+    streams.piece(piece("Let me check"))
+    cancelled = Notice(conversation_id=DM, level="error", text="cancelled")
+    assert streams.finish(cancelled) is False  # the notice is posted as it is
+    assert web.methods() == ["chat.startStream", "chat.stopStream"]
+    assert streams.finish(reply("anything", turn="t9")) is False  # no stream for that turn

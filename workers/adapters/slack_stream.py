@@ -1,0 +1,275 @@
+"""A turn's reply streamed into its Slack thread while the turn runs.
+
+In a direct message (an assistant thread) the text goes out as a streamed message:
+``chat.startStream``, then ``chat.appendStream`` with what came since, at most once per
+:data:`FLUSH_SECONDS` (``appendStream`` is rate limited per workspace; a 429 holds the text
+back for Slack's ``Retry-After`` and sends it with the next flush, nothing lost); the final
+payload stops the stream. Elsewhere (a channel, where a stream needs the recipient's ids, or
+a workspace that refuses streaming): ``chat.postMessage`` with the first text, then
+``chat.update`` at most once per :data:`FLUSH_SECONDS` (Slack's one message per second per
+channel).
+
+A streamed message nearing Slack's limits is closed and continued in a new message: over
+:data:`PART_CHARS` characters, or older than :data:`PART_SECONDS` (Slack ends a stream about
+five minutes after it started), or when Slack says it is no longer streaming.
+
+**The final text is the committed reply.** When the reply is delivered, what was streamed is
+compared with the reply's text: what is missing is appended as the stream stops; a reply that
+differs from what streamed (the output guard masked it, a node rewrote it) replaces it
+(``chat.update`` of the first message, the others deleted).
+
+**How a stream is keyed:** by the turn's id, in the process that runs the turn (its pieces
+and its final payload are sent by the same process: the ``turn`` function's step, or the
+local worker). A payload delivered for a turn with no stream here is posted as a new message
+(``chat.postMessage``). A reply already finalized here (its ``reply_id``) is not sent again
+by a retried delivery in this process. Not covered: a delivery retried in another process
+after the stream's end failed there (the AWS ``deliver`` function) posts the reply again.
+Slack errors while streaming never fail the turn: the text falls back to the final payload.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from events.inbound import slack_thread_of
+from events.outbound import OutboxPayload, Reply, ReplyChunk
+from workers.errors import AgentWorkerError, PermanentError, RetryableError, SlackRateLimited
+
+log = logging.getLogger(__name__)
+
+FLUSH_SECONDS = 1.0
+"""At most one Slack call per stream this often (after the first, which goes at once)."""
+PART_CHARS = 10_000
+"""A streamed message is closed and continued past this many characters (Slack takes
+12,000 per call and documents no total)."""
+PART_SECONDS = 240.0
+"""A streamed message is closed and continued this long after it started (Slack ends a
+stream about five minutes after it started)."""
+NOT_STREAMING = frozenset({"message_not_in_streaming_state", "msg_too_long"})
+"""What Slack answers an append it will not take into this message: continue in a new one."""
+MAX_STREAMS = 256
+"""Streams kept per process (the oldest is forgotten past it)."""
+
+
+def escape(text: str) -> str:
+    """Slack's three control characters in message text (``text`` fields, not markdown)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+@dataclass
+class _Part:
+    ts: str
+    text: str
+    started: float
+
+
+@dataclass
+class _Stream:
+    conversation_id: str
+    channel: str
+    thread_ts: str
+    streaming: bool
+    """A streamed message (``chat.*Stream``), else a posted one kept up to date."""
+    parts: list[_Part] = field(default_factory=list)
+    pending: str = ""
+    last_call: float = float("-inf")
+    blocked_until: float = 0.0
+    open: bool = True
+    """The last part is still a live stream."""
+
+    @property
+    def shown(self) -> str:
+        return "".join(p.text for p in self.parts)
+
+
+Call = Callable[[str, dict[str, Any]], dict[str, Any] | None]
+"""A Web API call (method, JSON body): the answer, a typed error, ``None`` without a token."""
+
+
+class SlackStreams:
+    """The turns streaming into Slack threads in this process."""
+
+    def __init__(self, call: Call, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.call = call
+        self.clock = clock
+        self._streams: OrderedDict[str, _Stream] = OrderedDict()
+        self._finalized: deque[str] = deque(maxlen=1024)
+        self._lock = threading.Lock()
+
+    # a turn's pieces --------------------------------------------------------------------
+
+    def piece(self, chunk: ReplyChunk) -> None:
+        """Add a piece of the reply; send what waits when a call is due."""
+        with self._lock:
+            stream = self._streams.get(chunk.turn_id)
+            if stream is None:
+                _, channel, thread_ts = slack_thread_of(chunk.conversation_id)
+                streaming = channel.startswith("D")
+                stream = _Stream(chunk.conversation_id, channel, thread_ts, streaming=streaming)
+                self._streams[chunk.turn_id] = stream
+                while len(self._streams) > MAX_STREAMS:
+                    self._streams.popitem(last=False)
+            stream.pending += chunk.delta
+            try:
+                self._flush(stream, final=False)
+            except AgentWorkerError as exc:  # the final payload will carry the text
+                log.info("slack stream of turn %s held back: %s", chunk.turn_id, exc)
+
+    def _flush(self, stream: _Stream, *, final: bool) -> None:
+        now = self.clock()
+        due = now - stream.last_call >= FLUSH_SECONDS and now >= stream.blocked_until
+        if not stream.pending or not (due or final):
+            return
+        try:
+            if stream.streaming:
+                self._stream_text(stream, now)
+            else:
+                self._update_text(stream)
+        except SlackRateLimited as exc:
+            stream.blocked_until = now + exc.retry_after
+            if final:
+                raise
+        finally:
+            stream.last_call = now
+
+    def _stream_text(self, stream: _Stream, now: float) -> None:
+        part = stream.parts[-1] if stream.parts and stream.open else None
+        if part is not None and (
+            len(part.text) + len(stream.pending) > PART_CHARS or now - part.started > PART_SECONDS
+        ):
+            self._close(stream)
+            part = None
+        text = stream.pending
+        if part is None:
+            try:
+                answer = self.call(
+                    "chat.startStream",
+                    {
+                        "channel": stream.channel,
+                        "thread_ts": stream.thread_ts,
+                        "markdown_text": text,
+                    },
+                )
+            except PermanentError as exc:  # streaming refused here: post and update instead
+                log.info("slack streaming refused (%s): posting and updating", exc)
+                stream.streaming = False
+                self._update_text(stream)
+                return
+            if answer is None:
+                return
+            stream.parts.append(_Part(str(answer["ts"]), text, now))
+            stream.open = True
+        else:
+            try:
+                self.call(
+                    "chat.appendStream",
+                    {"channel": stream.channel, "ts": part.ts, "markdown_text": text},
+                )
+            except PermanentError as exc:
+                if not any(code in str(exc) for code in NOT_STREAMING):
+                    raise
+                stream.open = False  # Slack ended this message: continue in a new one
+                self._stream_text(stream, now)
+                return
+            part.text += text
+        stream.pending = ""
+
+    def _close(self, stream: _Stream, text: str = "") -> None:
+        """Stop the live streamed message (with ``text``, the reply's last words)."""
+        if not (stream.parts and stream.open):
+            return
+        part = stream.parts[-1]
+        body: dict[str, Any] = {"channel": stream.channel, "ts": part.ts}
+        if text:
+            body["markdown_text"] = text
+        stream.open = False
+        try:
+            self.call("chat.stopStream", body)
+        except PermanentError as exc:
+            if not any(code in str(exc) for code in NOT_STREAMING) or text:
+                raise
+            return  # Slack had ended it already
+        part.text += text
+
+    def _update_text(self, stream: _Stream) -> None:
+        text = stream.shown + stream.pending
+        if not stream.parts:
+            answer = self.call(
+                "chat.postMessage",
+                {"channel": stream.channel, "thread_ts": stream.thread_ts, "text": escape(text)},
+            )
+            if answer is None:
+                return
+            stream.parts.append(_Part(str(answer["ts"]), text, self.clock()))
+        else:
+            self.call(
+                "chat.update", {"channel": stream.channel, "ts": stream.parts[0].ts, "text": text}
+            )
+            stream.parts[0].text = text
+        stream.open = False
+        stream.pending = ""
+
+    # the turn's end -----------------------------------------------------------------------
+
+    def finish(self, payload: OutboxPayload) -> bool:
+        """End the streams of ``payload``'s turn in this process: a reply becomes their final
+        text (``True``: delivered, nothing else to post); anything else (a question, a
+        notice, which names no turn: every stream of its conversation) stops them where
+        they are (``False``: post the payload)."""
+        if isinstance(payload, Reply) and payload.reply_id in self._finalized:
+            return True
+        turn = getattr(payload, "turn_id", None)
+        with self._lock:
+            ended = [
+                t
+                for t, s in self._streams.items()
+                if t == turn or (turn is None and s.conversation_id == payload.conversation_id)
+            ]
+            if not ended:
+                return False
+            if isinstance(payload, Reply):
+                self._final(self._streams[ended[0]], payload.text)
+                del self._streams[ended[0]]
+                self._finalized.append(payload.reply_id)
+                return True
+            for t in ended:
+                stream = self._streams.pop(t)
+                stream.pending = ""
+                self._close(stream)
+            return False
+
+    def _final(self, stream: _Stream, reply: str) -> None:
+        stream.pending = ""
+        shown = stream.shown
+        if stream.streaming and reply.startswith(shown):
+            rest = reply[len(shown) :]
+            if stream.parts and stream.open and len(rest) <= PART_CHARS:
+                self._close(stream, rest)  # the last words as the stream stops
+                return
+            for start in range(0, len(rest), PART_CHARS):
+                stream.pending = rest[start : start + PART_CHARS]
+                self._stream_text(stream, self.clock())
+            if stream.streaming:  # (a refusal on the way posted it instead)
+                self._close(stream)
+                return
+            shown = stream.shown
+        if not stream.parts:
+            stream.pending = reply  # nothing reached Slack yet: the reply is its first text
+            self._update_text(stream)
+            return
+        self._close(stream)  # what Slack shows differs from the reply: the reply replaces it
+        first, *others = stream.parts
+        if shown != reply:
+            where = {"channel": stream.channel, "ts": first.ts}
+            self.call("chat.update", {**where, "text": escape(reply)})
+        for part in others:
+            try:
+                self.call("chat.delete", {"channel": stream.channel, "ts": part.ts})
+            except RetryableError as exc:
+                log.info("slack: a streamed part not deleted: %s", exc)
