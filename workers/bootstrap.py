@@ -27,7 +27,7 @@ from workers.errors import ConfigError
 if TYPE_CHECKING:
     from workers.adapters.local.runtime import EmbeddedRuntime
     from workers.adapters.slack import SlackCredentials, SlackWeb
-    from workers.adapters.slack_events import SlackRoles
+    from workers.adapters.slack_events import SlackApp
     from workers.prompts import LoadedPrompt
 
 log = logging.getLogger(__name__)
@@ -291,18 +291,20 @@ def embedded_sink(settings: Settings, local: ReplySink) -> ReplySink:
     return FanOutReplySink({"local": local, "slack": SlackReplySink(slack_web(settings))})
 
 
-_SLACK_ROLES: list[SlackRoles] = []
+_SLACK_APP: list[SlackApp] = []
 
 
-def slack_roles() -> SlackRoles:
-    """The AWS ``slack`` function's roles of Slack members (``slack_roles``), kept per process
-    (user groups' members are cached)."""
-    if not _SLACK_ROLES:
-        from workers.adapters.slack_events import SlackRoles
+def slack_app() -> SlackApp:
+    """The AWS ``slack`` function's Slack app: its Web API client, the roles of its members
+    (``slack_roles``; user groups' members cached), its suggested prompts; kept per process."""
+    if not _SLACK_APP:
+        from workers.adapters.slack_events import SlackApp, SlackRoles
 
         settings = aws_settings()
-        _SLACK_ROLES.append(SlackRoles(settings.slack_roles, slack_web(settings)))
-    return _SLACK_ROLES[0]
+        web = slack_web(settings)
+        roles = SlackRoles(settings.slack_roles, web)
+        _SLACK_APP.append(SlackApp(web, roles, tuple(settings.prompts_to_suggest)))
+    return _SLACK_APP[0]
 
 
 def slack_web(settings: Settings, *, session: Any = None) -> SlackWeb:
@@ -386,7 +388,7 @@ def reset_aws_deps() -> None:
     """Forget the cached dependencies (the emulator rebuilds them against a new stack)."""
     _AWS_DEPS.clear()
     _API_APP.clear()
-    _SLACK_ROLES.clear()
+    _SLACK_APP.clear()
     _SLACK_CREDENTIALS.clear()
     _AUTHENTICATOR.clear()
     _AWS_SETTINGS.clear()

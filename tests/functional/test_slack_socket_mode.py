@@ -54,6 +54,16 @@ def test_events_and_clicks_over_socket_mode_are_acked_and_answered(
     slack: SlackWebStub, tmp_path: Path
 ) -> None:
     with ServerProcess(tmp_path, env=env(slack), subcommand=("slack", "--socket-mode")):
+        opened_thread = {
+            "type": "assistant_thread_started",
+            "assistant_thread": {"user_id": "U1", "channel_id": CHANNEL, "thread_ts": "90.1"},
+        }
+        started = slack.socket_mode.send_event(events_api_payload(opened_thread))
+        assert slack.socket_mode.wait_ack(started).in_time
+        slack.wait_calls("assistant.threads.setSuggestedPrompts", 1)
+        prompts = slack.assistant_thread(CHANNEL, "90.1").prompts
+        assert prompts and all(p["message"] for p in prompts)  # the app's suggested prompts
+
         asked = message_event("please open a ticket about the printer", channel=CHANNEL)
         envelope = slack.socket_mode.send_event(events_api_payload(asked))
         assert slack.socket_mode.wait_ack(envelope).in_time  # within Slack's 3 s
@@ -61,7 +71,9 @@ def test_events_and_clicks_over_socket_mode_are_acked_and_answered(
         [reply] = slack.thread_messages(CHANNEL, asked["ts"])
         assert reply.text.startswith("Opened ticket 1") and reply.stream_state == "stopped"
         assert slack.calls("chat.postMessage") == []
+        slack.wait_calls("assistant.threads.setTitle", 1)  # from its first message
         thread = slack.assistant_thread(CHANNEL, asked["ts"])  # a direct message: assistant
+        assert thread.title == "please open a ticket about the printer"
         assert thread.statuses[:2] == ["is thinking...", "is running create_ticket..."]
         assert thread.status == ""  # cleared by the reply
 

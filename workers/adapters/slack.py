@@ -62,6 +62,8 @@ METHOD_SCOPES: dict[str, str] = {
     "chat.appendStream": "chat:write",
     "chat.stopStream": "chat:write",
     "assistant.threads.setStatus": "assistant:write",
+    "assistant.threads.setSuggestedPrompts": "assistant:write",
+    "assistant.threads.setTitle": "assistant:write",
     "usergroups.users.list": "usergroups:read",
 }
 """The Web API methods the app calls and the bot scope each needs (``slack/manifest.yml``)."""

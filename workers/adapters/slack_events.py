@@ -32,6 +32,7 @@ from events.inbound import (
     SlackBlockActions,
     SlackEventEnvelope,
     SlackUrlVerification,
+    slack_thread_of,
 )
 from events.json_input import parse_json
 from events.outbound import ErrorBody, ErrorView, validation_problem
@@ -50,6 +51,8 @@ MESSAGE_EVENTS = frozenset({"message", "app_mention"})
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 
 EVENT_SCOPES: dict[str, str] = {
+    "assistant_thread_started": "assistant:write",
+    "assistant_thread_context_changed": "assistant:write",
     "app_mention": "app_mentions:read",
     "message.channels": "channels:history",
     "message.groups": "groups:history",
@@ -75,6 +78,8 @@ class SlackAnswer:
     body: dict[str, Any] | None
     metric: str
     reason: str | None = None
+    started: tuple[str, str] | None = None
+    """An assistant thread a member opened (channel, thread ts): where to suggest prompts."""
 
 
 @dataclass(frozen=True)
@@ -207,7 +212,11 @@ def read_event(data: Any) -> SlackMessage | SlackAnswer:
         return ignored(f"request type {kind!r}")
     event = data.get("event")
     event_type = event.get("type") if isinstance(event, dict) else None
-    if not isinstance(event_type, str) or event_type not in MESSAGE_EVENTS:
+    if not isinstance(event_type, str) or not isinstance(event, dict):
+        return ignored(f"event type {event_type!r}")
+    if event_type in ASSISTANT_EVENTS:
+        return assistant_thread(event_type, event)
+    if event_type not in MESSAGE_EVENTS:
         return ignored(f"event type {event_type!r}")
     envelope = SlackEventEnvelope.model_validate(data)
     if envelope.is_from_bot():
@@ -220,6 +229,37 @@ def read_event(data: Any) -> SlackMessage | SlackAnswer:
     if not envelope.event.text.strip():
         return ignored("message without text")
     return SlackMessage(envelope.to_inbound(), envelope.principal(), "slack_messages")
+
+
+ASSISTANT_EVENTS = frozenset({"assistant_thread_started", "assistant_thread_context_changed"})
+TITLE_CHARS = 60
+"""An assistant thread's title: the start of its first message."""
+
+
+def assistant_thread(kind: str, event: dict[str, Any]) -> SlackAnswer:
+    """A member opened an assistant thread (the app suggests prompts there), or moved
+    elsewhere in Slack with it open (nothing to do: the app keeps no thread context)."""
+    thread = event.get("assistant_thread")
+    channel = thread.get("channel_id") if isinstance(thread, dict) else None
+    thread_ts = thread.get("thread_ts") if isinstance(thread, dict) else None
+    if kind != "assistant_thread_started" or not isinstance(channel, str):
+        return ignored(f"event type {kind!r}")
+    if not isinstance(thread_ts, str):
+        raise ValueError("event.assistant_thread.thread_ts: missing")
+    answer = SlackAnswer(
+        200, {"type": "ok"}, "slack_assistant_threads", started=(channel, thread_ts)
+    )
+    return answer
+
+
+def suggest(answer: SlackAnswer, web: SlackWeb | None, prompts: Sequence[str]) -> None:
+    """An opened assistant thread's suggested prompts (the app's ``suggested_prompts``)."""
+    if web is None or answer.started is None or not prompts:
+        return
+    channel, thread_ts = answer.started
+    suggested = [{"title": p[:75], "message": p} for p in prompts[:4]]
+    body = {"channel_id": channel, "thread_ts": thread_ts, "prompts": suggested}
+    web.try_call("assistant.threads.setSuggestedPrompts", body)
 
 
 def read_interaction(data: Any) -> SlackMessage | SlackAnswer:
@@ -246,31 +286,52 @@ Accept = Callable[[InboundMessage, Principal, str], Awaitable[AcceptResult]]
 """The embedded runtime's accept: the message, its sender, the conversation's owner."""
 
 
-async def answer(
-    parsed: SlackMessage | SlackAnswer,
-    accept: Accept,
-    web: SlackWeb | None,
-    roles: SlackRoles | None = None,
-) -> SlackAnswer:
-    """The answer to a read request: a message from a member with their ``roles``, accepted
-    (or softly refused) by ``accept``; a decided click's message updated through ``web``
-    (the Web API off the event loop)."""
+@dataclass(frozen=True)
+class SlackApp:
+    """What answering needs beyond the request: the Web API (``None`` without a bot
+    token), the members' roles, the prompts to suggest in a new assistant thread."""
+
+    web: SlackWeb | None
+    roles: SlackRoles | None = None
+    prompts: tuple[str, ...] = ()
+
+    def grant(self, message: SlackMessage) -> SlackMessage:
+        return self.roles.grant(message) if self.roles is not None else message
+
+    def opened(self, answer: SlackAnswer) -> None:
+        """A new assistant thread gets the app's suggested prompts."""
+        suggest(answer, self.web, self.prompts)
+
+
+async def answer(parsed: SlackMessage | SlackAnswer, accept: Accept, app: SlackApp) -> SlackAnswer:
+    """The answer to a read request: a message from a member with their roles, accepted
+    (or softly refused) by ``accept``, then what follows it (:func:`after_accept`); the Web
+    API off the event loop."""
     if isinstance(parsed, SlackAnswer):
+        await asyncio.to_thread(app.opened, parsed)
         return parsed
-    if roles is not None:
-        parsed = await asyncio.to_thread(roles.grant, parsed)
+    parsed = await asyncio.to_thread(app.grant, parsed)
     try:
         result = await accept(parsed.msg, parsed.principal, parsed.owner)
     except SOFT_REFUSALS as exc:
         return refused(exc, parsed)
-    await asyncio.to_thread(after_accept, parsed, web)
+    await asyncio.to_thread(after_accept, parsed, result, app.web)
     return accepted(result, parsed)
 
 
-def after_accept(message: SlackMessage, web: SlackWeb | None) -> None:
-    """What follows an accepted message: a decided click's message loses its buttons."""
-    if web is not None and message.update is not None:
+def after_accept(message: SlackMessage, result: AcceptResult, web: SlackWeb | None) -> None:
+    """What follows an accepted message: a decided click's message loses its buttons; the
+    first message of an assistant thread (a direct message) gives the thread its title."""
+    if web is None:
+        return
+    if message.update is not None:
         web.try_call("chat.update", message.update)
+    _, channel, thread_ts = slack_thread_of(message.msg.conversation_id)
+    first = result.seq == 1 and not result.duplicate and message.msg.kind == "user"
+    if first and channel.startswith("D") and message.msg.text:
+        title = " ".join(message.msg.text.split())[:TITLE_CHARS]
+        body = {"channel_id": channel, "thread_ts": thread_ts, "title": title}
+        web.try_call("assistant.threads.setTitle", body)
 
 
 def refused(exc: Exception, message: SlackMessage) -> SlackAnswer:

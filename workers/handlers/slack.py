@@ -34,13 +34,14 @@ from workers.handlers.observability import logger, metrics
 def _accept(message: SlackMessage) -> SlackAnswer:
     logger.append_keys(conversation_id=message.msg.conversation_id)
     metrics.add_metric(name=message.metric, unit=MetricUnit.Count, value=1)
-    message = bootstrap.slack_roles().grant(message)
+    app = bootstrap.slack_app()
+    message = app.grant(message)
     deps = bootstrap.aws_deps()
     try:
         result = accept_message(deps, message.msg, message.principal, owner=message.owner)
     except SOFT_REFUSALS as exc:
         return refused(exc, message)
-    after_accept(message, bootstrap.slack_web(bootstrap.aws_settings()))
+    after_accept(message, result, app.web)
     return accepted(result, message)
 
 
@@ -62,7 +63,11 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
                 slack_retry_num=retry, slack_retry_reason=headers.get("x-slack-retry-reason")
             )
         parsed = read_request(headers, raw)
-        answer = _accept(parsed) if isinstance(parsed, SlackMessage) else parsed
+        if isinstance(parsed, SlackMessage):
+            answer = _accept(parsed)
+        else:
+            answer = parsed
+            bootstrap.slack_app().opened(answer)
     metrics.add_metric(name=answer.metric, unit=MetricUnit.Count, value=1)
     if answer.reason is not None:
         logger.info("slack request not acted on", extra={"reason": answer.reason})

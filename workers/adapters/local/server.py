@@ -356,8 +356,10 @@ def create_app(
             from workers.bootstrap import slack_web
 
             web = slack_web(settings) if settings.slack_bot_token else None
-            roles = slack.SlackRoles(settings.slack_roles, web)
-            answer = await slack.answer(slack.read_request(headers, raw), accept, web, roles)
+            app = slack.SlackApp(
+                web, slack.SlackRoles(settings.slack_roles, web), tuple(settings.prompts_to_suggest)
+            )
+            answer = await slack.answer(slack.read_request(headers, raw), accept, app)
         if answer.reason is not None:
             log.info("slack request not acted on: %s", answer.reason)
         if answer.body is None:  # an interaction's acknowledgement
@@ -492,6 +494,7 @@ async def slack_connect(settings: Settings, runtime: EmbeddedRuntime) -> Any:
         bot_token=settings.slack_bot_token,
         api_url=settings.slack_api_url,
         roles=settings.slack_roles,
+        prompts=settings.prompts_to_suggest,
     )
     await asyncio.to_thread(socket.connect)
     log.info("connected to Slack over Socket Mode")

@@ -46,11 +46,12 @@ class SlackSocketMode:
         bot_token: SecretStr | None,
         api_url: str,
         roles: Mapping[str, Sequence[str]] | None = None,
+        prompts: Sequence[str] = (),
     ) -> None:
         self.runtime = runtime
         self.loop = loop
         self.web = SlackWeb(lambda: bot_token, api_url=api_url)
-        self.roles = slack.SlackRoles(roles or {}, self.web)
+        self.app = slack.SlackApp(self.web, slack.SlackRoles(roles or {}, self.web), tuple(prompts))
         base_url = api_url.rstrip("/") + "/"  # apps.connections.open takes the app token
         self.client = SocketModeClient(
             app_token=app_token.get_secret_value(), web_client=WebClient(base_url=base_url)
@@ -84,7 +85,7 @@ class SlackSocketMode:
                 parsed = slack.ignored(f"envelope type {kind!r}")
         except ValueError as exc:  # JSON shapes, pydantic: as the Request URL's 4xx
             return slack.bad_request(exc)
-        work = slack.answer(parsed, self._accept, self.web, self.roles)
+        work = slack.answer(parsed, self._accept, self.app)
         future = asyncio.run_coroutine_threadsafe(work, self.loop)
         try:
             return future.result(timeout=ACCEPT_TIMEOUT_SECONDS)
