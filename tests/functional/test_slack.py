@@ -191,3 +191,33 @@ def test_a_slack_thread_end_to_end_with_an_approval_button(
     assert "is closed" in done.body["text"] and done.body["thread_ts"] == "1726133698.626339"
     aws.wait_executions_done()
     assert len(stub.posted(3)) == 3
+
+
+def test_a_direct_message_streams_its_reply_with_its_status_on_aws(
+    aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The AWS runtime, a direct message (an assistant thread): the ``turn`` function sets
+    the thread's status, streams the reply (``chat.startStream`` ... ``stopStream``) and the
+    streamed message ends as the committed reply; Slack's retry of the event is one message."""
+    from workers.sandbox.slack_stub import BOT_TOKEN as STUB_BOT
+    from workers.sandbox.slack_stub import TEAM_ID, SlackWebStub, events_api_payload, message_event
+
+    with SlackWebStub(bot_token=STUB_BOT) as web:
+        monkeypatch.setenv("AGENTWORKER_SLACK_SIGNING_SECRET", SIGNING_SECRET)
+        monkeypatch.setenv("AGENTWORKER_SLACK_BOT_TOKEN", STUB_BOT)
+        monkeypatch.setenv("AGENTWORKER_SLACK_API_URL", web.url)
+        bootstrap.reset_aws_deps()
+        aws.stub.script(reply_text="Hello from Bedrock, streamed into the thread.")
+        event = message_event("hi there", channel="D0AWS")
+        body = events_api_payload(event)
+        for retry in ({}, {"x-slack-retry-num": "1", "x-slack-retry-reason": "http_timeout"}):
+            answer = slack.handler(slack_request(body, headers=retry), lambda_context())
+            assert answer["statusCode"] == 200
+        web.wait_calls("chat.stopStream", 1, timeout=30)
+        aws.wait_executions_done()
+        [shown] = web.thread_messages("D0AWS", event["ts"])
+        assert shown.text == "Hello from Bedrock, streamed into the thread."
+        assert web.assistant_thread("D0AWS", event["ts"]).statuses[0] == "is thinking..."
+        assert len(web.calls("chat.startStream")) == 1 and web.calls("chat.postMessage") == []
+        thread = bootstrap.aws_deps().store.history(f"slack:{TEAM_ID}:D0AWS:{event['ts']}")
+        assert thread is not None and len(thread.inbox) == 1  # the retry was the same message
