@@ -9,14 +9,11 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-import httpx
-
-from tests.functional.server_process import DEV_TOKEN, ServerProcess, free_port
+from tests.functional.server_process import DEV_TOKEN, ServerProcess, free_port, wait_up
 
 APPS = Path(__file__).resolve().parents[1] / "langgraph_apps"
 GRAPHS = {
@@ -106,18 +103,9 @@ class LangGraphDevProcess:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"langgraph dev exited:\n{self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/ok", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"langgraph dev did not start:\n{self.log.read_text()[-3000:]}")
+        url = f"{self.url}/ok"
+        wait_up(self.proc, self.log, url, what="langgraph dev", timeout=timeout, stop=self.stop)
+        return self
 
     def stop(self) -> None:
         if self.proc is None:

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -26,6 +26,31 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def wait_up(
+    proc: subprocess.Popen[bytes],
+    log: Path,
+    url: str,
+    *,
+    what: str,
+    timeout: float,
+    stop: Callable[[], None],
+) -> None:
+    """Wait until ``url`` answers 200; ``RuntimeError`` with the end of ``log`` when the
+    process exits first, or when ``timeout`` passes (then ``stop``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited early:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    stop()
+    raise RuntimeError(f"{what} did not start:\n{log.read_text()[-3000:]}")
 
 
 class ServerProcess:
@@ -93,18 +118,15 @@ class ServerProcess:
             self.proc = subprocess.Popen(
                 cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=self.cwd
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"server did not start:\n{self.log.read_text()[-3000:]}")
+        wait_up(
+            self.proc,
+            self.log,
+            f"{self.url}/healthz",
+            what="server",
+            timeout=timeout,
+            stop=self.stop,
+        )
+        return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is None:

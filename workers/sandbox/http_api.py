@@ -10,18 +10,18 @@ import threading
 import time
 from collections.abc import Callable, Collection
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
 
 from workers.sandbox.emulator import LambdaContextStub
+from workers.sandbox.stub_http import Lifecycle
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 Authorize = Callable[[str], dict[str, Any] | None]
 """A bearer token's verified claims, or ``None`` (refused)."""
 
 
-class HttpApiStandIn:
+class HttpApiStandIn(Lifecycle):
     """Serves ``handler`` at ``url`` until closed."""
 
     def __init__(
@@ -46,16 +46,11 @@ class HttpApiStandIn:
     def url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def __enter__(self) -> Self:
+    def start(self) -> Self:
         self._thread.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
 

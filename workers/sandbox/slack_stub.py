@@ -83,7 +83,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
-from types import TracebackType
 from typing import Any, Literal, Self
 from urllib.parse import parse_qs, urlsplit
 
@@ -91,7 +90,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.sync.server import Server, ServerConnection, serve
 
-from workers.sandbox.stub_http import StubHandler, StubServer
+from workers.sandbox.stub_http import Lifecycle, StubHandler, StubServer
 
 logger = logging.getLogger(__name__)
 
@@ -816,7 +815,7 @@ class _Link:
     opened_at: float
 
 
-class SocketModeStub:
+class SocketModeStub(Lifecycle):
     """Slack's Socket Mode server on ``ws://127.0.0.1:<port>/link/``: accepts connections
     whose ``ticket`` came from :meth:`issue_url` (``apps.connections.open``), greets each with
     ``hello``, sends envelopes to the newest connection and records acks. A context manager,
@@ -878,17 +877,6 @@ class SocketModeStub:
         self.drop_connections()
         if thread is not None:
             thread.join(timeout=5)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def issue_url(self) -> str:
         """A new connection URL, as ``apps.connections.open`` answers it."""

@@ -121,7 +121,28 @@ class StubHandler(BaseHTTPRequestHandler, Generic[Stub]):
         self.wfile.flush()
 
 
-class StubServer(Generic[Scripted, Recorded]):
+class Lifecycle:
+    """A loopback server used as a context manager: ``start()`` on entry, ``stop()`` on exit."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class StubServer(Lifecycle, Generic[Scripted, Recorded]):
     """A scripted model endpoint on ``host`` (a free port by default), served by a daemon
     thread: use as a context manager, or ``start()``/``stop()``. Scripted outcomes are kept
     first in, first out; every request is recorded. Subclasses say which request handler
@@ -182,17 +203,6 @@ class StubServer(Generic[Scripted, Recorded]):
         httpd.server_close()
         if thread is not None:
             thread.join(timeout=5)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def endpoint_url(self) -> str:
