@@ -131,7 +131,7 @@ def test_a_reply_that_differs_from_what_streamed_replaces_it(web: Web) -> None:
     assert web.text() == "call me at [phone]"
 
 
-def test_where_streaming_is_refused_or_a_channel_it_posts_and_updates(web: Web) -> None:
+def test_where_streaming_is_refused_it_posts_and_updates_and_a_channel_waits(web: Web) -> None:
     clock = Clock()
     streams = SlackStreams(web, clock=clock)
     web.faults["chat.startStream"] = [PermanentError("Slack refused (not_allowed_token_type)")]
@@ -143,15 +143,35 @@ def test_where_streaming_is_refused_or_a_channel_it_posts_and_updates(web: Web) 
     assert web.methods() == ["chat.startStream", "chat.postMessage", "chat.update"]
     streams.finish(reply("Hello you & me"))
     assert web.text() == "Hello you &amp; me"  # a text field: Slack's escapes
+    calls = len(web.calls)
     in_channel = SlackStreams(web, clock=clock)
-    in_channel.piece(piece("Hi", cid=CHANNEL, turn="t2"))
-    assert web.methods()[-1] == "chat.postMessage"  # a channel's stream needs recipients
+    in_channel.piece(piece("Hi", cid=CHANNEL, turn="t2"))  # a channel's stream needs recipients
+    assert len(web.calls) == calls and in_channel.finish(reply("Hi", CHANNEL, "t2")) is False
 
 
-def test_a_question_or_a_notice_stops_the_stream_where_it_is(web: Web) -> None:
+def test_a_question_keeps_what_streamed_and_a_cut_off_turn_leaves_nothing(web: Web) -> None:
+    """A turn that stops to ask keeps its text before the question; a turn that failed or
+    was cancelled (its notice), or that runs again after a retry (a new turn's first
+    piece), kept nothing: what it showed is removed."""
+    from events.outbound import ApprovalRequest
+
     streams = SlackStreams(web, clock=Clock())
-    streams.piece(piece("Let me check"))
-    cancelled = Notice(conversation_id=DM, level="error", text="cancelled")
-    assert streams.finish(cancelled) is False  # the notice is posted as it is
+    streams.piece(piece("Let me close it."))
+    asks = ApprovalRequest(
+        conversation_id=DM, turn_id="t1", interrupt_id="i", tool="t", args={}, text="May I?"
+    )
+    assert streams.finish(asks) is False  # the question is posted as it is
     assert web.methods() == ["chat.startStream", "chat.stopStream"]
+    assert web.text() == "Let me close it."
+
+    streams.piece(piece("Opened tick", turn="t2"))
+    cancelled = Notice(conversation_id=DM, level="error", text="cancelled")
+    assert streams.finish(cancelled) is False
+    assert web.methods()[-2:] == ["chat.stopStream", "chat.delete"]
+    assert web.text() == "Let me close it."
+
+    streams.piece(piece("Opened tick", turn="t3"))  # the turn failed for now ...
+    streams.piece(piece("Opened ticket 1.", turn="t4"))  # ... and its retry streams anew
+    assert streams.finish(reply("Opened ticket 1.", turn="t4"))
+    assert web.text() == "Let me close it.Opened ticket 1."  # the cut-off one removed
     assert streams.finish(reply("anything", turn="t9")) is False  # no stream for that turn

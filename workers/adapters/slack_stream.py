@@ -1,13 +1,13 @@
 """A turn's reply streamed into its Slack thread while the turn runs.
 
-In a direct message (an assistant thread) the text goes out as a streamed message:
+Only direct messages (assistant threads) stream: a channel's stream needs the recipient's ids;
+there the final payload is posted as it is. The text goes out as a streamed message:
 ``chat.startStream``, then ``chat.appendStream`` with what came since, at most once per
 :data:`FLUSH_SECONDS` (``appendStream`` is rate limited per workspace; a 429 holds the text
 back for Slack's ``Retry-After`` and sends it with the next flush, nothing lost); the final
-payload stops the stream. Elsewhere (a channel, where a stream needs the recipient's ids, or
-a workspace that refuses streaming): ``chat.postMessage`` with the first text, then
-``chat.update`` at most once per :data:`FLUSH_SECONDS` (Slack's one message per second per
-channel).
+payload stops the stream. Where a workspace refuses streaming: ``chat.postMessage`` with the
+first text, then ``chat.update`` at most once per :data:`FLUSH_SECONDS` (Slack's one message
+per second per channel).
 
 A streamed message nearing Slack's limits is closed and continued in a new message: over
 :data:`PART_CHARS` characters, or older than :data:`PART_SECONDS` (Slack ends a stream about
@@ -24,7 +24,10 @@ local worker). A payload delivered for a turn with no stream here is posted as a
 (``chat.postMessage``). A reply already finalized here (its ``reply_id``) is not sent again
 by a retried delivery in this process. Not covered: a delivery retried in another process
 after the stream's end failed there (the AWS ``deliver`` function) posts the reply again.
-Slack errors while streaming never fail the turn: the text falls back to the final payload.
+A turn cut off after it streamed (it failed, was cancelled, or runs again after a retry)
+kept nothing, and neither does the thread: its notice, or the next turn's first piece,
+removes what it showed (``chat.delete``). Slack errors while streaming never fail the turn:
+the text falls back to the final payload.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from events.inbound import slack_thread_of
-from events.outbound import OutboxPayload, Reply, ReplyChunk
+from events.outbound import Notice, OutboxPayload, Reply, ReplyChunk
 from workers.errors import AgentWorkerError, PermanentError, RetryableError, SlackRateLimited
 
 log = logging.getLogger(__name__)
@@ -105,13 +108,17 @@ class SlackStreams:
     # a turn's pieces --------------------------------------------------------------------
 
     def piece(self, chunk: ReplyChunk) -> None:
-        """Add a piece of the reply; send what waits when a call is due."""
+        """Add a piece of the reply; send what waits when a call is due. Only direct
+        messages stream (a channel's stream needs the recipient's ids): elsewhere the final
+        payload is posted as it is."""
+        _, channel, thread_ts = slack_thread_of(chunk.conversation_id)
+        if not channel.startswith("D"):
+            return
         with self._lock:
             stream = self._streams.get(chunk.turn_id)
             if stream is None:
-                _, channel, thread_ts = slack_thread_of(chunk.conversation_id)
-                streaming = channel.startswith("D")
-                stream = _Stream(chunk.conversation_id, channel, thread_ts, streaming=streaming)
+                self._discard(chunk.conversation_id)  # an earlier turn's, cut off: gone
+                stream = _Stream(chunk.conversation_id, channel, thread_ts, streaming=True)
                 self._streams[chunk.turn_id] = stream
                 while len(self._streams) > MAX_STREAMS:
                     self._streams.popitem(last=False)
@@ -120,6 +127,19 @@ class SlackStreams:
                 self._flush(stream, final=False)
             except AgentWorkerError as exc:  # the final payload will carry the text
                 log.info("slack stream of turn %s held back: %s", chunk.turn_id, exc)
+
+    def _discard(self, conversation_id: str) -> None:
+        """Remove what the conversation's unfinished streams showed: their turn was cut off
+        (it failed, was cancelled, or a retry runs it again), and kept nothing."""
+        for turn in [t for t, s in self._streams.items() if s.conversation_id == conversation_id]:
+            stream = self._streams.pop(turn)
+            try:
+                stream.pending = ""
+                self._close(stream)
+                for part in stream.parts:
+                    self.call("chat.delete", {"channel": stream.channel, "ts": part.ts})
+            except AgentWorkerError as exc:
+                log.info("slack: a cut-off stream of %s not removed: %s", conversation_id, exc)
 
     def _flush(self, stream: _Stream, *, final: bool) -> None:
         now = self.clock()
@@ -238,7 +258,10 @@ class SlackStreams:
                 del self._streams[ended[0]]
                 self._finalized.append(payload.reply_id)
                 return True
-            for t in ended:
+            if isinstance(payload, Notice):  # the turn failed or was cancelled: kept nothing
+                self._discard(payload.conversation_id)
+                return False
+            for t in ended:  # a question: what streamed before it stays
                 stream = self._streams.pop(t)
                 stream.pending = ""
                 self._close(stream)
