@@ -337,6 +337,15 @@ def create_app(
 
     agent_server.mount(app, settings, caller, rt)
 
+    @functools.cache
+    def slack_app() -> slack.SlackApp:
+        """The Slack app of this server (one, so user groups' members stay cached)."""
+        from workers.bootstrap import slack_web
+
+        web = slack_web(settings) if settings.slack_bot_token else None
+        roles = slack.SlackRoles(settings.slack_roles, web)
+        return slack.SlackApp(web, roles, tuple(settings.prompts_to_suggest))
+
     @app.post("/slack/events")
     async def slack_events(request: Request) -> Response:
         """The Slack app's Request URL (Events API and interactivity), as the AWS ``slack``
@@ -353,13 +362,7 @@ def create_app(
             async def accept(msg: InboundMessage, sender: Principal, owner: str) -> AcceptResult:
                 return await runtime.accept(msg, sender, owner=owner)
 
-            from workers.bootstrap import slack_web
-
-            web = slack_web(settings) if settings.slack_bot_token else None
-            app = slack.SlackApp(
-                web, slack.SlackRoles(settings.slack_roles, web), tuple(settings.prompts_to_suggest)
-            )
-            answer = await slack.answer(slack.read_request(headers, raw), accept, app)
+            answer = await slack.answer(slack.read_request(headers, raw), accept, slack_app())
         if answer.reason is not None:
             log.info("slack request not acted on: %s", answer.reason)
         if answer.body is None:  # an interaction's acknowledgement
