@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from events.outbound import ApprovalRequest, Reply
+from events.outbound import ApprovalRequest, Reply, ReplyChunk
 from tests.functional.aws_env import Aws, aws, lambda_context
 from tests.functional.slack_env import (
     BOT_TOKEN,
@@ -218,3 +218,37 @@ def test_a_direct_message_streams_its_reply_with_its_status_on_aws(
         assert len(web.calls("chat.startStream")) == 1 and web.calls("chat.postMessage") == []
         thread = bootstrap.aws_deps().store.history(f"slack:{TEAM_ID}:D0AWS:{event['ts']}")
         assert thread is not None and len(thread.inbox) == 1  # the retry was the same message
+
+
+def test_a_stream_against_slacks_limits_rotates_and_loses_nothing_under_429s() -> None:
+    """The reply sink against the Slack stand-in's real limits (its error codes, its
+    ``Retry-After``): a throttled append is sent later, a stream past Slack's size and past
+    its lifetime goes on in a new message, and the thread ends showing the reply."""
+    from workers.adapters.slack_stream import FLUSH_SECONDS, SlackStreams
+    from workers.sandbox.slack_stub import BOT_TOKEN as STUB_BOT
+    from workers.sandbox.slack_stub import SlackWebStub
+
+    now = [0.0]
+
+    def clock() -> float:
+        return now[0]
+
+    with SlackWebStub(bot_token=STUB_BOT, max_stream_chars=40, stream_ttl_s=30, clock=clock) as web:
+        sink = SlackReplySink(SlackWeb(lambda: SecretStr(STUB_BOT), api_url=web.url))
+        sink.streams = SlackStreams(sink.web.call, clock=clock)
+        cid = "slack:T1:D0LIMITS:100.000001"
+        words = [f"word{n:02d} " for n in range(12)]  # 84 characters
+        web.fail("chat.appendStream", retry_after=2)
+        for n, word in enumerate(words):
+            if n == 8:
+                now[0] += 31  # past the stream's lifetime: Slack ends it
+            sink.send_chunk(ReplyChunk(conversation_id=cid, turn_id="t", index=n, delta=word))
+            now[0] += FLUSH_SECONDS
+        text = "".join(words) + "done."
+        sink.send(Reply(conversation_id=cid, turn_id="t", text=text))
+        shown = web.thread_messages("D0LIMITS", "100.000001")
+        assert "".join(m.text for m in shown) == text  # nothing lost, nothing twice
+        assert len(shown) == 3  # rotated on size and on Slack ending the stream
+        assert all(m.stream_state == "stopped" for m in shown)  # none left streaming
+        throttled = [c for c in web.calls("chat.appendStream") if c.status == 429]
+        assert len(throttled) == 1

@@ -113,7 +113,8 @@ def test_a_stream_slack_ended_or_too_long_goes_on_in_a_new_message(web: Web) -> 
     web.faults["chat.appendStream"] = [ended]
     clock.now += FLUSH_SECONDS
     streams.piece(piece("b" * 10))
-    assert web.methods() == ["chat.startStream", "chat.appendStream", "chat.startStream"]
+    ended_then = ["chat.startStream", "chat.appendStream", "chat.stopStream", "chat.startStream"]
+    assert web.methods() == ended_then  # stopped (Slack may say it already was), continued
     clock.now += FLUSH_SECONDS
     streams.piece(piece("c" * PART_CHARS))  # past a message's size: closed, continued
     assert web.methods()[-2:] == ["chat.stopStream", "chat.startStream"]

@@ -194,7 +194,7 @@ class SlackStreams:
             except PermanentError as exc:
                 if not any(code in str(exc) for code in NOT_STREAMING):
                     raise
-                stream.open = False  # Slack ended this message: continue in a new one
+                self._close(stream)  # Slack will not take more here: continue in a new one
                 self._stream_text(stream, now)
                 return
             part.text += text
