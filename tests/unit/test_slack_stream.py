@@ -176,3 +176,26 @@ def test_a_question_keeps_what_streamed_and_a_cut_off_turn_leaves_nothing(web: W
     assert streams.finish(reply("Opened ticket 1.", turn="t4"))
     assert web.text() == "Let me close it.Opened ticket 1."  # the cut-off one removed
     assert streams.finish(reply("anything", turn="t9")) is False  # no stream for that turn
+
+
+def test_a_stream_waits_only_for_its_own_slack_calls(web: Web) -> None:
+    """One thread's slow Slack call does not hold up another turn's stream."""
+    import threading
+
+    entered, gate = threading.Event(), threading.Event()
+
+    def slow(method: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        if body.get("channel") == "D1":
+            entered.set()
+            gate.wait(5)
+        return web(method, body)
+
+    streams = SlackStreams(slow, clock=Clock())
+    first = threading.Thread(target=streams.piece, args=(piece("slow"),))
+    first.start()
+    assert entered.wait(5)
+    streams.piece(piece("quick", cid="slack:T1:D2:100.1", turn="t2"))  # not behind D1's call
+    assert [b["channel"] for _, b in web.calls] == ["D2"]
+    gate.set()
+    first.join(5)
+    assert sorted(b["channel"] for _, b in web.calls) == ["D1", "D2"]

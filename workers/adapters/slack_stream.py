@@ -85,6 +85,8 @@ class _Stream:
     blocked_until: float = 0.0
     open: bool = True
     """The last part is still a live stream."""
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    """Held while the stream's text goes to Slack (one call at a time per stream)."""
 
     @property
     def shown(self) -> str:
@@ -104,42 +106,53 @@ class SlackStreams:
         self._streams: OrderedDict[str, _Stream] = OrderedDict()
         self._finalized: deque[str] = deque(maxlen=1024)
         self._lock = threading.Lock()
+        """Held while the streams are looked up, added or taken (never during a call)."""
 
     # a turn's pieces --------------------------------------------------------------------
 
     def piece(self, chunk: ReplyChunk) -> None:
         """Add a piece of the reply; send what waits when a call is due. Only direct
         messages stream (a channel's stream needs the recipient's ids): elsewhere the final
-        payload is posted as it is."""
+        payload is posted as it is. Streams wait only for their own Slack calls."""
         _, channel, thread_ts = slack_thread_of(chunk.conversation_id)
         if not channel.startswith("D"):
             return
+        cut_off: list[_Stream] = []
         with self._lock:
             stream = self._streams.get(chunk.turn_id)
             if stream is None:
-                self._discard(chunk.conversation_id)  # an earlier turn's, cut off: gone
+                cut_off = self._take(lambda s: s.conversation_id == chunk.conversation_id)
                 stream = _Stream(chunk.conversation_id, channel, thread_ts, streaming=True)
                 self._streams[chunk.turn_id] = stream
                 while len(self._streams) > MAX_STREAMS:
                     self._streams.popitem(last=False)
+        for old in cut_off:  # an earlier turn's, cut off: gone
+            self._discard(old)
+        with stream.lock:
             stream.pending += chunk.delta
             try:
                 self._flush(stream, final=False)
             except AgentWorkerError as exc:  # the final payload will carry the text
                 log.info("slack stream of turn %s held back: %s", chunk.turn_id, exc)
 
-    def _discard(self, conversation_id: str) -> None:
-        """Remove what the conversation's unfinished streams showed: their turn was cut off
-        (it failed, was cancelled, or a retry runs it again), and kept nothing."""
-        for turn in [t for t, s in self._streams.items() if s.conversation_id == conversation_id]:
-            stream = self._streams.pop(turn)
+    def _take(self, which: Callable[[_Stream], bool]) -> list[_Stream]:
+        """Remove the streams ``which`` names from this process's (under ``_lock``)."""
+        turns = [t for t, s in self._streams.items() if which(s)]
+        return [self._streams.pop(t) for t in turns]
+
+    def _discard(self, stream: _Stream) -> None:
+        """Remove what an unfinished stream showed: its turn was cut off (it failed, was
+        cancelled, or a retry runs it again), and kept nothing."""
+        with stream.lock:
             try:
                 stream.pending = ""
                 self._close(stream)
                 for part in stream.parts:
                     self.call("chat.delete", {"channel": stream.channel, "ts": part.ts})
             except AgentWorkerError as exc:
-                log.info("slack: a cut-off stream of %s not removed: %s", conversation_id, exc)
+                log.info(
+                    "slack: a cut-off stream of %s not removed: %s", stream.conversation_id, exc
+                )
 
     def _flush(self, stream: _Stream, *, final: bool) -> None:
         now = self.clock()
@@ -246,26 +259,31 @@ class SlackStreams:
             return True
         turn = getattr(payload, "turn_id", None)
         with self._lock:
-            ended = [
-                t
-                for t, s in self._streams.items()
-                if t == turn or (turn is None and s.conversation_id == payload.conversation_id)
-            ]
-            if not ended:
-                return False
-            if isinstance(payload, Reply):
-                self._final(self._streams[ended[0]], payload.text)
-                del self._streams[ended[0]]
-                self._finalized.append(payload.reply_id)
-                return True
-            if isinstance(payload, Notice):  # the turn failed or was cancelled: kept nothing
-                self._discard(payload.conversation_id)
-                return False
-            for t in ended:  # a question: what streamed before it stays
-                stream = self._streams.pop(t)
-                stream.pending = ""
-                self._close(stream)
+            if isinstance(turn, str):
+                ended = [self._streams.pop(turn)] if turn in self._streams else []
+            else:
+                ended = self._take(lambda s: s.conversation_id == payload.conversation_id)
+        if not ended:
             return False
+        if isinstance(payload, Reply):
+            [stream] = ended
+            try:
+                with stream.lock:
+                    self._final(stream, payload.text)
+            except BaseException:
+                with self._lock:  # kept for the retried delivery
+                    self._streams.setdefault(payload.turn_id, stream)
+                raise
+            self._finalized.append(payload.reply_id)
+            return True
+        for stream in ended:
+            if isinstance(payload, Notice):  # the turn failed or was cancelled: kept nothing
+                self._discard(stream)
+            else:  # a question: what streamed before it stays
+                with stream.lock:
+                    stream.pending = ""
+                    self._close(stream)
+        return False
 
     def _final(self, stream: _Stream, reply: str) -> None:
         stream.pending = ""
