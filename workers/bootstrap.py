@@ -298,12 +298,10 @@ def slack_app() -> SlackApp:
     """The AWS ``slack`` function's Slack app: its Web API client, the roles of its members
     (``slack_roles``; user groups' members cached), its suggested prompts; kept per process."""
     if not _SLACK_APP:
-        from workers.adapters.slack_events import SlackApp, SlackRoles
+        from workers.adapters.slack_events import SlackApp
 
         settings = aws_settings()
-        web = slack_web(settings)
-        roles = SlackRoles(settings.slack_roles, web)
-        _SLACK_APP.append(SlackApp(web, roles, tuple(settings.prompts_to_suggest)))
+        _SLACK_APP.append(SlackApp.of(settings, slack_web(settings)))
     return _SLACK_APP[0]
 
 

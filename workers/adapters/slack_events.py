@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 from pydantic import ValidationError
@@ -37,6 +37,7 @@ from events.inbound import (
 from events.json_input import parse_json
 from events.outbound import ErrorBody, ErrorView, validation_problem
 from workers.adapters.slack import SlackWeb, decided_message, verify_slack_request
+from workers.config import Settings
 from workers.core.model import AcceptResult
 from workers.errors import (
     BadInput,
@@ -282,8 +283,13 @@ def accepted(result: AcceptResult, message: SlackMessage) -> SlackAnswer:
     return SlackAnswer(200, None if message.interaction else view, metric)
 
 
-Accept = Callable[[InboundMessage, Principal, str], Awaitable[AcceptResult]]
-"""The embedded runtime's accept: the message, its sender, the conversation's owner."""
+class Accept(Protocol):
+    """A runtime's accept (``EmbeddedRuntime.accept``): the message, its sender, the owner of
+    a conversation it creates."""
+
+    def __call__(
+        self, msg: InboundMessage, principal: Principal, *, owner: str | None = None
+    ) -> Awaitable[AcceptResult]: ...
 
 
 @dataclass(frozen=True)
@@ -294,6 +300,11 @@ class SlackApp:
     web: SlackWeb | None
     roles: SlackRoles | None = None
     prompts: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, settings: Settings, web: SlackWeb | None) -> SlackApp:
+        """The app ``settings`` describe (``slack_roles``, ``suggested_prompts``) on ``web``."""
+        return cls(web, SlackRoles(settings.slack_roles, web), tuple(settings.prompts_to_suggest))
 
     def grant(self, message: SlackMessage) -> SlackMessage:
         return self.roles.grant(message) if self.roles is not None else message
@@ -312,7 +323,7 @@ async def answer(parsed: SlackMessage | SlackAnswer, accept: Accept, app: SlackA
         return parsed
     parsed = await asyncio.to_thread(app.grant, parsed)
     try:
-        result = await accept(parsed.msg, parsed.principal, parsed.owner)
+        result = await accept(parsed.msg, parsed.principal, owner=parsed.owner)
     except SOFT_REFUSALS as exc:
         return refused(exc, parsed)
     await asyncio.to_thread(after_accept, parsed, result, app.web)

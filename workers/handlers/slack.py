@@ -8,41 +8,30 @@ turn runs in the workflow.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from functools import partial
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from events.identity import Principal
+from events.inbound import InboundMessage
 from workers import bootstrap
-from workers.adapters.slack_events import (
-    SOFT_REFUSALS,
-    SlackAnswer,
-    SlackMessage,
-    accepted,
-    after_accept,
-    read_request,
-    refused,
-    verified,
-)
+from workers.adapters import slack_events as slack
+from workers.core.model import AcceptResult
 from workers.core.steps import accept_message
 from workers.errors import BadInput
 from workers.handlers.http import error_response, json_response, raw_body
 from workers.handlers.observability import logger, metrics
 
 
-def _accept(message: SlackMessage) -> SlackAnswer:
-    logger.append_keys(conversation_id=message.msg.conversation_id)
-    metrics.add_metric(name=message.metric, unit=MetricUnit.Count, value=1)
-    app = bootstrap.slack_app()
-    message = app.grant(message)
+async def _accept(
+    msg: InboundMessage, principal: Principal, *, owner: str | None = None
+) -> AcceptResult:
     deps = bootstrap.aws_deps()
-    try:
-        result = accept_message(deps, message.msg, message.principal, owner=message.owner)
-    except SOFT_REFUSALS as exc:
-        return refused(exc, message)
-    after_accept(message, result, app.web)
-    return accepted(result, message)
+    return await asyncio.to_thread(partial(accept_message, owner=owner), deps, msg, principal)
 
 
 @metrics.log_metrics
@@ -53,7 +42,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         raw = raw_body(event)
     except BadInput as exc:
         return error_response(400, exc.code, str(exc), exc.field)
-    answer = verified(headers, raw, bootstrap.slack_signing_secret(), time.time())
+    answer = slack.verified(headers, raw, bootstrap.slack_signing_secret(), time.time())
     if answer is None:
         retry = headers.get("x-slack-retry-num")
         if retry is not None:
@@ -62,12 +51,11 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
             logger.append_keys(
                 slack_retry_num=retry, slack_retry_reason=headers.get("x-slack-retry-reason")
             )
-        parsed = read_request(headers, raw)
-        if isinstance(parsed, SlackMessage):
-            answer = _accept(parsed)
-        else:
-            answer = parsed
-            bootstrap.slack_app().opened(answer)
+        parsed = slack.read_request(headers, raw)
+        if isinstance(parsed, slack.SlackMessage):
+            logger.append_keys(conversation_id=parsed.msg.conversation_id)
+            metrics.add_metric(name=parsed.metric, unit=MetricUnit.Count, value=1)
+        answer = asyncio.run(slack.answer(parsed, _accept, bootstrap.slack_app()))
     metrics.add_metric(name=answer.metric, unit=MetricUnit.Count, value=1)
     if answer.reason is not None:
         logger.info("slack request not acted on", extra={"reason": answer.reason})

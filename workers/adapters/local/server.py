@@ -23,7 +23,6 @@ from events.inbound import (
     WS_ACTIONS,
     ConversationValuesRequest,
     FeedbackRequest,
-    InboundMessage,
     MessageRequest,
     WsCancel,
     WsDecide,
@@ -121,7 +120,7 @@ def create_app(
         socket = None
         try:
             if slack_socket_mode:
-                socket = await slack_connect(settings, runtime)
+                socket = await slack_connect(settings, runtime, slack_app())
             yield
         finally:
             if socket is not None:
@@ -342,9 +341,9 @@ def create_app(
         """The Slack app of this server (one, so user groups' members stay cached)."""
         from workers.bootstrap import slack_web
 
-        web = slack_web(settings) if settings.slack_bot_token else None
-        roles = slack.SlackRoles(settings.slack_roles, web)
-        return slack.SlackApp(web, roles, tuple(settings.prompts_to_suggest))
+        return slack.SlackApp.of(
+            settings, slack_web(settings) if settings.slack_bot_token else None
+        )
 
     @app.post("/slack/events")
     async def slack_events(request: Request) -> Response:
@@ -357,12 +356,8 @@ def create_app(
         headers = {k.lower(): v for k, v in request.headers.items()}
         answer = slack.verified(headers, raw, secret.get_secret_value(), time.time())
         if answer is None:
-            runtime = rt(request)
-
-            async def accept(msg: InboundMessage, sender: Principal, owner: str) -> AcceptResult:
-                return await runtime.accept(msg, sender, owner=owner)
-
-            answer = await slack.answer(slack.read_request(headers, raw), accept, slack_app())
+            parsed = slack.read_request(headers, raw)
+            answer = await slack.answer(parsed, rt(request).accept, slack_app())
         if answer.reason is not None:
             log.info("slack request not acted on: %s", answer.reason)
         if answer.body is None:  # an interaction's acknowledgement
@@ -484,7 +479,7 @@ def _sha256_b64(text: str) -> str:
     return base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii")
 
 
-async def slack_connect(settings: Settings, runtime: EmbeddedRuntime) -> Any:
+async def slack_connect(settings: Settings, runtime: EmbeddedRuntime, app: Any) -> Any:
     """Connect the Slack app over Socket Mode (:mod:`workers.adapters.local.slack_socket`)."""
     from workers.adapters.local.slack_socket import SlackSocketMode
 
@@ -494,10 +489,8 @@ async def slack_connect(settings: Settings, runtime: EmbeddedRuntime) -> Any:
         runtime,
         asyncio.get_running_loop(),
         app_token=settings.slack_app_token,
-        bot_token=settings.slack_bot_token,
         api_url=settings.slack_api_url,
-        roles=settings.slack_roles,
-        prompts=settings.prompts_to_suggest,
+        app=app,
     )
     await asyncio.to_thread(socket.connect)
     log.info("connected to Slack over Socket Mode")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 
 from pydantic import SecretStr
@@ -19,13 +18,9 @@ from slack_sdk.socket_mode.client import BaseSocketModeClient
 from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 
-from events.identity import Principal
-from events.inbound import InboundMessage
 from workers.adapters import slack_events as slack
 from workers.adapters.http_errors import error_view
 from workers.adapters.local.runtime import EmbeddedRuntime
-from workers.adapters.slack import SlackWeb
-from workers.core.model import AcceptResult
 from workers.errors import AgentWorkerError
 
 log = logging.getLogger(__name__)
@@ -43,15 +38,14 @@ class SlackSocketMode:
         loop: asyncio.AbstractEventLoop,
         *,
         app_token: SecretStr,
-        bot_token: SecretStr | None,
         api_url: str,
-        roles: Mapping[str, Sequence[str]] | None = None,
-        prompts: Sequence[str] = (),
+        app: slack.SlackApp,
     ) -> None:
+        """``app``: the Slack app its envelopes are answered as (its Web API posts with the
+        bot token; ``api_url`` only opens the connection, with the app-level token)."""
         self.runtime = runtime
         self.loop = loop
-        self.web = SlackWeb(lambda: bot_token, api_url=api_url)
-        self.app = slack.SlackApp(self.web, slack.SlackRoles(roles or {}, self.web), tuple(prompts))
+        self.app = app
         base_url = api_url.rstrip("/") + "/"  # apps.connections.open takes the app token
         self.client = SocketModeClient(
             app_token=app_token.get_secret_value(), web_client=WebClient(base_url=base_url)
@@ -85,7 +79,7 @@ class SlackSocketMode:
                 parsed = slack.ignored(f"envelope type {kind!r}")
         except ValueError as exc:  # JSON shapes, pydantic: as the Request URL's 4xx
             return slack.bad_request(exc)
-        work = slack.answer(parsed, self._accept, self.app)
+        work = slack.answer(parsed, self.runtime.accept, self.app)
         future = asyncio.run_coroutine_threadsafe(work, self.loop)
         try:
             return future.result(timeout=ACCEPT_TIMEOUT_SECONDS)
@@ -96,6 +90,3 @@ class SlackSocketMode:
             status, view = error_view(exc)
             log.warning("slack %s refused: %s", kind, exc)
             return slack.error(status, view.error.code, view.error.message)
-
-    async def _accept(self, msg: InboundMessage, sender: Principal, owner: str) -> AcceptResult:
-        return await self.runtime.accept(msg, sender, owner=owner)
