@@ -156,3 +156,38 @@ def test_a_run_that_ended_before_its_stream_looked_still_streams_its_pieces() ->
     sent = asyncio.run(events())
     said = [e for e in sent if "\nevent: messages\n" in e]
     assert len(said) == 2 and '"content":"a"' in said[0] and '"content":"b"' in said[1]
+
+
+def test_a_run_is_over_once_its_turn_lets_the_thread_go() -> None:
+    """``wait``/``join`` answer once the run that answered has let the thread go (its answer
+    is sent before its lease is), not while it still holds it; a later run's claim, or an
+    idle thread, ends the wait at once."""
+    from dataclasses import replace
+
+    from events.identity import LOCAL_USER
+    from events.inbound import InboundMessage
+    from workers.adapters.local.agent_server import settled
+    from workers.core.model import InboxEntry
+
+    message = InboundMessage(conversation_id=CID, text="hi", message_id="m1")
+    base = history()
+    running = replace(base.state, status="running", claimed_seq=1)
+
+    class Releasing:
+        poll_seconds = 0.01
+
+        def __init__(self, states: list[ConversationState]) -> None:
+            self.states = states
+            self.reads = 0
+
+        async def history(self, conversation_id: str, principal: Any) -> History:
+            self.reads += 1
+            state = self.states[min(self.reads - 1, len(self.states) - 1)]
+            return replace(base, state=state, inbox=[InboxEntry(1, message, "consumed")])
+
+    releasing = Releasing([running, running, base.state])
+    asyncio.run(settled(releasing, CID, "m1", LOCAL_USER))  # type: ignore[arg-type]
+    assert releasing.reads == 3  # waited while the run held the thread
+    later = Releasing([replace(running, claimed_seq=2)])
+    asyncio.run(settled(later, CID, "m1", LOCAL_USER))  # type: ignore[arg-type]
+    assert later.reads == 1  # a later run's: this one is over

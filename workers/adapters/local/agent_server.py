@@ -603,6 +603,8 @@ def mount(app: FastAPI, settings: Settings, caller: Caller, rt: RuntimeOf) -> No
                     yield b"\n"
         finally:
             runtime.hub.unsubscribe(queue)
+        if answer is not None:
+            await settled(runtime, thread_id, message_id, principal)
         state = await runtime.graph_state(thread_id, principal, with_messages=True)
         yield json.dumps(final_value(answer, state)).encode()
 
@@ -1002,6 +1004,8 @@ async def run_events(
                 answer = {"type": "notice", "level": "error", "text": "the thread was deleted"}
             elif (out := piece(frame)) is not None:
                 yield out
+        if answer is not None:
+            await settled(runtime, thread_id, message_id, principal)
         state = await runtime.graph_state(thread_id, principal, with_messages=True)
         final = final_value(answer, state)
         ends: list[tuple[str, Any]] = []
@@ -1035,6 +1039,31 @@ async def cancelled_when_left(
         if not ended:
             with anyio.CancelScope(shield=True):
                 await cancel(run)
+
+
+SETTLE_SECONDS = 2.0
+"""The longest a request waits, after a run's answer, for the run to let the thread go."""
+
+
+async def settled(
+    runtime: ApiRuntime, thread_id: str, message_id: str, principal: Principal
+) -> None:
+    """Wait (at most :data:`SETTLE_SECONDS`) until the run that answered ``message_id`` has
+    ended: its answer is delivered before its turn lets the thread's lease go, and a client
+    that reads the thread right after ``wait``, ``join`` or a stream expects it idle (or
+    busy with a later run)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SETTLE_SECONDS
+    pause = min(0.05, runtime.poll_seconds)
+    while loop.time() < deadline:
+        history = await runtime.history(thread_id, principal)
+        if history is None or history.state.status != "running":
+            return
+        seq = next((e.seq for e in history.inbox if e.message.message_id == message_id), None)
+        claimed = history.state.claimed_seq
+        if seq is None or claimed is None or claimed > seq:
+            return
+        await asyncio.sleep(pause)
 
 
 async def answered(
