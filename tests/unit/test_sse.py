@@ -185,7 +185,8 @@ def test_a_run_is_over_once_its_turn_lets_the_thread_go() -> None:
             state = self.states[min(self.reads - 1, len(self.states) - 1)]
             return replace(base, state=state, inbox=[InboxEntry(1, message, "consumed")])
 
-    releasing = Releasing([running, running, base.state])
+    between = replace(running, claimed_seq=None)  # committed, the lease not yet let go
+    releasing = Releasing([running, between, base.state])
     asyncio.run(settled(releasing, CID, "m1", LOCAL_USER))  # type: ignore[arg-type]
     assert releasing.reads == 3  # waited while the run held the thread
     later = Releasing([replace(running, claimed_seq=2)])

@@ -1061,8 +1061,8 @@ async def settled(
             return
         seq = next((e.seq for e in history.inbox if e.message.message_id == message_id), None)
         claimed = history.state.claimed_seq
-        if seq is None or claimed is None or claimed > seq:
-            return
+        if seq is None or (claimed is not None and claimed > seq):
+            return  # (running with nothing claimed: the run still holds it, letting go)
         await asyncio.sleep(pause)
 
 
