@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.params import approval_policies, slack_roles
+from deploy.params import approval_policies, slack_roles, suggested_prompts
 from workers.agent.app import graph_ref
 from workers.config import APP_KEYS, Settings, load_settings
 from workers.stack import APP_FILE_ON_LAMBDA, LAYER_DIR_ON_LAMBDA
@@ -115,6 +115,14 @@ def check_stack_params(settings: Settings, stage_params: Mapping[str, object]) -
                 " params.<stage>.slackRoles in serverless.yml (Slack clicks are decided by the"
                 " slack function, which does not load the app)"
             )
+    wanted_prompts = suggested_prompts(str(stage_params.get("suggestedPrompts", "[]")))
+    if " in " in sources["suggested_prompts"] and wanted_prompts != settings.suggested_prompts:
+        problems.append(
+            f"package: {sources['suggested_prompts']} says {settings.suggested_prompts} but"
+            f" the stack's suggestedPrompts is {stage_params.get('suggestedPrompts', '[]')!r}:"
+            " set params.<stage>.suggestedPrompts in serverless.yml (Slack's assistant threads"
+            " are opened by the slack function, which does not load the app)"
+        )
     if " in " in sources["model"] and not settings.model.startswith(("bedrock", "offline")):
         problems.append(
             f"package: {sources['model']} says {settings.model!r}; the stack runs Bedrock"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -20,7 +20,7 @@ from pydantic import (
 )
 
 from events.identity import ApprovalPolicy
-from workers.config import SlackRolesMap
+from workers.config import MAX_SUGGESTED_PROMPTS, SlackRolesMap
 
 STAGE_NAME = re.compile(r"^[a-z][a-z0-9-]{1,15}$")
 REGION = r"^[a-z]{2}(-gov)?-[a-z]+-\d$"
@@ -45,6 +45,7 @@ class StageParams(BaseModel):
     doubleTexting: Literal["enqueue", "merge", "interrupt", "reject"]  # noqa: N815
     approvalPolicies: str = "{}"  # noqa: N815
     slackRoles: str = "{}"  # noqa: N815
+    suggestedPrompts: str = "[]"  # noqa: N815
     retentionDays: int = Field(default=365, ge=1, le=3650)  # noqa: N815
     quotaMessagesPerMinute: int = Field(default=30, ge=1)  # noqa: N815
     quotaTextBytesPerDay: int = Field(default=2_000_000, ge=1)  # noqa: N815
@@ -72,6 +73,12 @@ class StageParams(BaseModel):
     @classmethod
     def _slack_roles(cls, value: str) -> str:
         slack_roles(value)  # a ValueError names what is wrong
+        return value
+
+    @field_validator("suggestedPrompts")
+    @classmethod
+    def _suggested_prompts(cls, value: str) -> str:
+        suggested_prompts(value)  # a ValueError names what is wrong
         return value
 
     @model_validator(mode="after")
@@ -105,6 +112,23 @@ def slack_roles(value: str) -> dict[str, list[str]]:
         return TypeAdapter(SlackRolesMap).validate_json(value)
     except ValidationError as exc:
         raise ValueError(f"slackRoles: {exc.errors()[0]['msg']}") from None
+
+
+_PROMPTS = TypeAdapter(
+    list[Annotated[str, Field(min_length=1, max_length=200)]],
+)
+
+
+def suggested_prompts(value: str) -> list[str]:
+    """The ``suggestedPrompts`` parameter: a JSON list of prompts, as the
+    ``suggested_prompts`` setting takes it (``ValueError`` if not)."""
+    try:
+        prompts = _PROMPTS.validate_json(value)
+    except ValidationError as exc:
+        raise ValueError(f"suggestedPrompts: {exc.errors()[0]['msg']}") from None
+    if len(prompts) > MAX_SUGGESTED_PROMPTS:
+        raise ValueError(f"suggestedPrompts: at most {MAX_SUGGESTED_PROMPTS} prompts")
+    return prompts
 
 
 def load(path: Path) -> dict[str, Any]:

@@ -415,6 +415,21 @@ class FeedbackRequest(BaseModel):
     comment: FeedbackComment | None = None
 
 
+class SlackRating(BaseModel):
+    """A Slack member's thumb on one of the app's replies, or its withdrawal (the reaction
+    removed): what the AWS ``slack`` function hands the ``feedback`` function, in an
+    asynchronous invocation ``{"slack_rating": ...}`` only the slack function's role may
+    make. Recorded as ``POST .../feedback`` records a rating."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    principal: Principal
+    conversation_id: ConversationId
+    reply_id: ReplyId
+    score: FeedbackScore
+    withdrawn: bool = False
+
+
 # --- WebSocket frames (embedded server and API Gateway WebSocket `$default`) ---------------
 
 

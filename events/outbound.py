@@ -98,6 +98,11 @@ class StatusChunk(BaseModel):
     in_reply_to: list[str] = Field(
         default_factory=list, description="The messages the turn answers (when it starts)"
     )
+    requested_by: list[str] = Field(
+        default_factory=list,
+        description="Who asked for the turn (when it starts): whom a Slack channel's"
+        " streamed reply is addressed to",
+    )
     text: str = Field(description="In plain words: 'thinking', 'running lookup_ticket'")
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from events.identity import ClaimMapping
+from events.identity import ClaimMapping, Principal
 from events.workflow import RunRef
 from workers.config import Settings, load_settings
 from workers.core.guard import GuardPolicy
@@ -27,7 +28,7 @@ from workers.errors import ConfigError
 if TYPE_CHECKING:
     from workers.adapters.local.runtime import EmbeddedRuntime
     from workers.adapters.slack import SlackCredentials, SlackWeb
-    from workers.adapters.slack_events import SlackApp
+    from workers.adapters.slack_events import Rate, SlackApp
     from workers.prompts import LoadedPrompt
 
 log = logging.getLogger(__name__)
@@ -303,6 +304,44 @@ def slack_app() -> SlackApp:
         settings = aws_settings()
         _SLACK_APP.append(SlackApp.of(settings, slack_web(settings)))
     return _SLACK_APP[0]
+
+
+def slack_rate() -> Rate | None:
+    """How the AWS ``slack`` function records a member's thumb on a reply: handed to the
+    ``feedback`` function (``feedback_function``) in an asynchronous invocation, which
+    records it on the trace as ``POST .../feedback`` would (the slack function keeps no
+    tracer: its cold start stays light). ``None`` when no function is named: reactions
+    are then ignored."""
+    settings = aws_settings()
+    function = settings.feedback_function
+    if not function:
+        return None
+    import boto3
+
+    from events.inbound import SlackRating
+    from workers.adapters.aws.errors import map_aws_error
+
+    client = boto3.session.Session().client("lambda")
+
+    async def rate(
+        conversation_id: str, principal: Principal, *, reply_id: str, score: int, withdrawn: bool
+    ) -> None:
+        rating = SlackRating(
+            principal=principal,
+            conversation_id=conversation_id,
+            reply_id=reply_id,
+            score=score,
+            withdrawn=withdrawn,
+        )
+        payload = json.dumps({"slack_rating": rating.model_dump(mode="json")}).encode()
+        try:
+            await asyncio.to_thread(
+                client.invoke, FunctionName=function, InvocationType="Event", Payload=payload
+            )
+        except Exception as exc:
+            raise map_aws_error(exc, "Lambda Invoke (feedback)") from exc
+
+    return rate
 
 
 def slack_web(settings: Settings, *, session: Any = None) -> SlackWeb:

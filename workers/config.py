@@ -365,6 +365,11 @@ class Settings(BaseSettings):
     slack_secret_arn: str | None = Field(
         None, description="AWS: Secrets Manager secret with signing_secret and bot_token."
     )
+    feedback_function: str | None = Field(
+        None,
+        description="AWS: the feedback function (name or ARN) the slack function hands"
+        " members' reactions to, as ratings (unset: reactions are ignored).",
+    )
     slack_app_token: SecretStr | None = Field(
         None,
         description="Slack app-level token (xapp-, connections:write): `agentworker slack"

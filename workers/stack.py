@@ -148,10 +148,20 @@ _POWERTOOLS_ENV: dict[str, Any] = {
 """Powertools' own settings (Logger, Metrics): the only variables not read by Settings."""
 
 
+_SLACK_ENV: dict[str, Any] = {
+    "feedback_function": {"Ref": "FeedbackLambdaFunction"},
+    "suggested_prompts": "${param:suggestedPrompts}",
+}
+"""Where ``slack`` hands members' reactions (ratings of replies); what it suggests in a new
+assistant thread (the app's prompts: ``make package`` checks the two agree)."""
+
+
 def environment(function: str) -> dict[str, Any]:
     """``function``'s environment variables beyond the provider's common ones."""
     if function in ("turn", "api"):
         return _env(_TURN_ENV)
+    if function == "slack":
+        return _env(_SLACK_ENV)
     return _env(_TRACING_ENV) if function == "feedback" else {}
 
 

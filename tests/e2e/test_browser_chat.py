@@ -404,7 +404,7 @@ def test_thumbs_under_a_reply_reach_its_trace_in_mlflow(
 ) -> None:
     """A thumbs down asks what went wrong; the rating (then a thumbs up instead) is sent
     over the WebSocket and lands on the reply's turn trace as ``user_feedback``."""
-    from tests.functional.test_feedback import assessments
+    from tests.functional.server_process import assessments
 
     drv, srv = driver, traced_server
     try:
@@ -440,7 +440,7 @@ def test_thumbs_under_a_reply_reach_its_trace_in_mlflow(
         row = drv.find_element(By.CSS_SELECTOR, "li[data-reply-id]")
         assert row.get_attribute("data-reply-id") == reply["reply_id"]
         srv.stop()
-        found = assessments(srv.state_dir, reply["turn_id"])
+        found = assessments(srv.state_dir, f"tags.turn_id = '{reply['turn_id']}'")
         assert sorted((a.value, a.rationale) for a in found) == [(-1, "too short"), (1, None)]
         assert {a.source.source_id for a in found} == {view["messages"][0]["sender"]}
     except BaseException:

@@ -230,3 +230,28 @@ def wait_traces_exported(state_dir: Path, timeout: float = 60.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"traces not exported after {timeout}s: {list(spool.iterdir())}")
         time.sleep(0.05)
+
+
+def assessments(
+    state_dir: Path,
+    where: str,
+    *,
+    until: Callable[[list[Any]], bool] = bool,
+    timeout: float = 20,
+) -> list[Any]:
+    """The ``user_feedback`` assessments of the one trace ``where`` finds (an MLflow trace
+    filter: ``tags.turn_id = '...'``) in the server's MLflow store, once ``until`` holds of
+    them (by default: there are some; tracing records feedback after the answer)."""
+    import mlflow
+
+    wait_traces_exported(state_dir)
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{state_dir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("agentworker")
+    assert experiment is not None
+    deadline = time.monotonic() + timeout
+    while True:
+        [trace] = client.search_traces(locations=[experiment.experiment_id], filter_string=where)
+        found = [a for a in trace.info.assessments if a.name == "user_feedback"]
+        if until(found) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)

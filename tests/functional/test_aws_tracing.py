@@ -4,6 +4,9 @@ conversation."""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 
 from tests.functional.aws_env import Aws, aws
@@ -76,3 +79,67 @@ def test_forget_with_the_tracking_server_down_says_the_traces_remain_and_how_to_
     assert main(["forget", "-c", cid, "--target", "aws"]) == 0
     assert f"forgot {cid}: 1 traces" in capsys.readouterr().out
     assert traces_of(mlflow_server, cid) == []
+
+
+def test_a_thumb_on_a_reply_in_slack_reaches_its_trace_and_taking_it_back_withdraws_it(
+    aws: Aws, mlflow_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The AWS runtime: the ``slack`` function reads which reply a reacted-to message shows
+    (its metadata) and hands the rating to the ``feedback`` function (an asynchronous
+    invocation), which records it on the turn's trace as ``POST .../feedback`` would; the
+    reaction removed, the rating is withdrawn."""
+    import time
+
+    from tests.functional.slack_env import SIGNING_SECRET, slack_request
+    from workers.handlers import slack
+    from workers.sandbox.emulator import LambdaContextStub
+    from workers.sandbox.slack_stub import (
+        BOT_TOKEN,
+        TEAM_ID,
+        USER_ID,
+        SlackWebStub,
+        message_event,
+        reaction_event,
+    )
+    from workers.sandbox.slack_stub import events_api_payload as payload
+
+    def user_feedback(cid: str) -> list[Any]:
+        [trace] = traces_of(mlflow_server, cid)
+        return [a for a in trace.info.assessments if a.name == "user_feedback"]
+
+    with SlackWebStub(bot_token=BOT_TOKEN) as web:
+        monkeypatch.setenv("AGENTWORKER_SLACK_SIGNING_SECRET", SIGNING_SECRET)
+        monkeypatch.setenv("AGENTWORKER_SLACK_BOT_TOKEN", BOT_TOKEN)
+        monkeypatch.setenv("AGENTWORKER_SLACK_API_URL", web.url)
+        monkeypatch.setenv("AGENTWORKER_TRACING", "true")
+        monkeypatch.setenv("AGENTWORKER_MLFLOW_TRACKING_URI", mlflow_server)
+        bootstrap.reset_aws_deps()
+        context = LambdaContextStub("slack", "arn:aws:lambda:us-east-1:123456789012:function:slack")
+
+        def send(event: dict[str, Any]) -> dict[str, Any]:
+            answer: dict[str, Any] = slack.handler(slack_request(payload(event)), context)
+            assert answer["statusCode"] == 200, answer
+            return answer
+
+        asked = message_event("hello there", channel="D0RATED")
+        send(asked)
+        web.wait_calls("chat.stopStream", 1, timeout=30)
+        aws.wait_executions_done()
+        [shown] = web.thread_messages("D0RATED", asked["ts"])
+        cid = f"slack:{TEAM_ID}:D0RATED:{asked['ts']}"
+        assert user_feedback(cid) == []
+
+        send(reaction_event("reaction_added", reaction="-1", channel="D0RATED", ts=shown.ts))
+        [down] = user_feedback(cid)  # recorded before the handler returned (moto invokes inline)
+        assert down.value == -1 and down.source.source_id == f"slack:{TEAM_ID}:{USER_ID}"
+        assert down.metadata["reply_id"] == shown.metadata["event_payload"]["reply_id"]  # type: ignore[index]
+        other = send(
+            reaction_event("reaction_added", reaction="-1", channel="D0RATED", ts=asked["ts"])
+        )
+        assert json.loads(other["body"])["type"] == "ignored"  # the member's own message
+
+        send(reaction_event("reaction_removed", reaction="-1", channel="D0RATED", ts=shown.ts))
+        deadline = time.monotonic() + 10
+        while user_feedback(cid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert user_feedback(cid) == []

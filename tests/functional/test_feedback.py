@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,7 +13,7 @@ import pytest
 import websockets
 
 from events.inbound import MAX_FEEDBACK_COMMENT
-from tests.functional.server_process import ServerProcess, wait_traces_exported
+from tests.functional.server_process import ServerProcess, assessments
 from tests.functional.test_recovery import answers, send, view, wait_answered
 
 
@@ -40,26 +38,6 @@ def reply_to(srv: ServerProcess, cid: str, text: str) -> dict[str, Any]:
     wait_answered(srv, cid, [message_id])
     [reply] = answers(srv, cid, message_id)
     return reply
-
-
-def assessments(state_dir: Path, turn_id: str, timeout: float = 20) -> list[Any]:
-    """The ``user_feedback`` assessments of the turn's trace in the server's MLflow store
-    (waited for: tracing may record feedback after the answer)."""
-    import mlflow
-
-    wait_traces_exported(state_dir)
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{state_dir / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("agentworker")
-    assert experiment is not None
-    deadline = time.monotonic() + timeout
-    while True:
-        [trace] = client.search_traces(
-            locations=[experiment.experiment_id], filter_string=f"tags.turn_id = '{turn_id}'"
-        )
-        found = [a for a in trace.info.assessments if a.name == "user_feedback"]
-        if found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.2)
 
 
 def test_a_thumb_down_over_http_and_up_over_the_websocket_reach_the_turns_trace(
@@ -101,13 +79,13 @@ def test_a_thumb_down_over_http_and_up_over_the_websocket_reach_the_turns_trace(
     assert ack["type"] == "feedback" and ack["reply_id"] == second["reply_id"]
 
     sender = view(server, cid)["messages"][0]["sender"]
-    [down] = assessments(server.state_dir, first["turn_id"])
+    [down] = assessments(server.state_dir, f"tags.turn_id = '{first['turn_id']}'")
     assert down.value == -1 and down.source.source_type == "HUMAN"
     assert down.source.source_id == sender
     assert down.rationale is not None and "wrong answer" in down.rationale
     assert "jane.doe@example.com" not in down.rationale  # the redaction hook ran
     assert down.metadata == {"reply_id": first["reply_id"]}
-    [up] = assessments(server.state_dir, second["turn_id"])
+    [up] = assessments(server.state_dir, f"tags.turn_id = '{second['turn_id']}'")
     assert up.value == 1 and up.source.source_id == sender
 
 

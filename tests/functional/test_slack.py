@@ -43,7 +43,10 @@ def _sink(stub: SlackApiStub, token: str | None = BOT_TOKEN) -> SlackReplySink:
 
 
 def test_a_reply_is_posted_to_its_thread(stub: SlackApiStub) -> None:
-    _sink(stub).send(Reply(conversation_id=CID, turn_id="t", text="Hello, thread."))
+    from workers.adapters.slack_stream import reply_metadata
+
+    reply = Reply(conversation_id=CID, turn_id="t", text="Hello, thread.")
+    _sink(stub).send(reply)
     [call] = stub.posted()
     assert call.headers["authorization"] == f"Bearer {BOT_TOKEN}"
     assert call.headers["content-type"].startswith("application/json")
@@ -51,6 +54,7 @@ def test_a_reply_is_posted_to_its_thread(stub: SlackApiStub) -> None:
         "channel": "C111",
         "thread_ts": "1726133698.626339",
         "text": "Hello, thread.",
+        "metadata": reply_metadata(CID, reply.reply_id),
     }
 
 
@@ -75,8 +79,8 @@ def test_an_approval_request_is_posted_with_approve_and_deny_buttons(stub: Slack
 
 
 def test_other_conversations_and_a_channels_pieces_are_not_posted(stub: SlackApiStub) -> None:
-    """Only direct messages stream (a channel's stream needs the recipient's ids): a
-    channel's reply is posted once, as it is."""
+    """A channel's stream needs its recipient, which the turn's first status names: a
+    turn that named nobody posts its reply once, as it is."""
     from events.outbound import ReplyChunk
 
     sink = _sink(stub)
@@ -126,68 +130,93 @@ def test_an_unreachable_web_api_is_retryable() -> None:
 # --- end to end on the AWS runtime ------------------------------------------------------------
 
 
-def _say(text: str, ts: str) -> dict[str, Any]:
-    """A signed Events API request: ``text`` posted at ``ts`` in the fixture's thread."""
-    body = slack_fixture("message_thread.json")
-    body["event"].update(text=text, ts=ts, event_ts=ts)
-    body["event_id"] = f"Ev{ts.replace('.', '')}"
-    answer: dict[str, Any] = slack.handler(slack_request(body), lambda_context())
-    assert answer["statusCode"] == 200, answer
-    return answer
-
-
-def test_a_slack_thread_end_to_end_with_an_approval_button(
-    aws: Aws, stub: SlackApiStub, monkeypatch: pytest.MonkeyPatch
+def test_a_mention_in_a_channel_streams_into_its_thread_and_a_click_decides_on_aws(
+    aws: Aws, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    secret = {"signing_secret": SIGNING_SECRET, "bot_token": BOT_TOKEN}
-    arn = aws.session.client("secretsmanager").create_secret(
-        Name="agentworker/slack", SecretString=json.dumps(secret)
-    )["ARN"]
-    monkeypatch.setenv("AGENTWORKER_SLACK_SECRET_ARN", arn)
-    monkeypatch.setenv("AGENTWORKER_SLACK_API_URL", stub.url)
-    bootstrap.reset_aws_deps()
+    """The AWS runtime, a mention in a channel (credentials from Secrets Manager): the
+    ``turn`` function sets the thread's status and streams the reply into the thread,
+    addressed to the member who asked; Slack's retry (a new event id) is one message; the
+    approval's buttons are clicked, the message shows the decision and loses them."""
+    from workers.sandbox.slack_stub import BOT_TOKEN as STUB_BOT
+    from workers.sandbox.slack_stub import TEAM_ID, USER_ID, SlackWebStub
+    from workers.sandbox.slack_stub import events_api_payload as payload
+    from workers.sandbox.slack_stub import message_event as said
 
-    # A conversation that is not Slack's is answered on SNS and never posted to Slack.
-    aws.send_sqs("ticket:20", "hello")
-    aws.pump()
-    [reply] = aws.replies()
-    assert reply["conversation_id"] == "ticket:20"
-    aws.wait_executions_done()
-    assert stub.calls == []
+    with SlackWebStub(bot_token=STUB_BOT) as web:
+        secret = {"signing_secret": SIGNING_SECRET, "bot_token": STUB_BOT}
+        arn = aws.session.client("secretsmanager").create_secret(
+            Name="agentworker/slack", SecretString=json.dumps(secret)
+        )["ARN"]
+        monkeypatch.setenv("AGENTWORKER_SLACK_SECRET_ARN", arn)
+        monkeypatch.setenv("AGENTWORKER_SLACK_API_URL", web.url)
+        bootstrap.reset_aws_deps()
 
-    _say("please open a ticket about the printer", "1726133700.000001")
-    [opened] = stub.posted(1)
-    assert opened.headers["authorization"] == f"Bearer {BOT_TOKEN}"
-    assert opened.body["channel"] == "C111" and opened.body["thread_ts"] == "1726133698.626339"
-    assert opened.body["text"].startswith("Opened ticket 1")
+        # A conversation that is not Slack's is answered on SNS and never posted to Slack.
+        aws.send_sqs("ticket:20", "hello")
+        aws.pump()
+        [reply] = aws.replies()
+        assert reply["conversation_id"] == "ticket:20"
+        aws.wait_executions_done()
+        assert web.calls() == []
 
-    # Slack retries the next message (new event id, same channel+ts): still one turn.
-    _say("close ticket 1", "1726133700.000002")
-    retried = slack_fixture("message_thread.json")
-    retried["event"].update(text="close ticket 1", ts="1726133700.000002")
-    retry_headers = {"x-slack-retry-num": "1", "x-slack-retry-reason": "http_timeout"}
-    again = slack.handler(slack_request(retried, headers=retry_headers), lambda_context())
-    assert again["statusCode"] == 200 and json.loads(again["body"])["duplicate"] is True
-    ask = stub.posted(2)[-1]
-    [actions] = [b for b in ask.body["blocks"] if b["type"] == "actions"]
-    approve = next(b for b in actions["elements"] if b["action_id"] == "approve")
-    aws.wait_executions_done()
-    state = bootstrap.aws_deps().store.get_conversation(CID)
-    assert state is not None and state.status == "awaiting_approval"
+        def send(event: dict[str, Any], **headers: str) -> dict[str, Any]:
+            answer: dict[str, Any] = slack.handler(
+                slack_request(payload(event), headers=headers), lambda_context()
+            )
+            assert answer["statusCode"] == 200, answer
+            return answer
 
-    click = slack_fixture("block_actions_with_message.json")
-    click["team"]["id"] = "T111"  # the thread's workspace
-    click["actions"] = [{**click["actions"][0], "action_id": "approve", "value": approve["value"]}]
-    answer = slack.handler(slack_request(click, form=True), lambda_context())
-    assert answer["statusCode"] == 200
-    [decided] = [c.body for c in stub.calls if c.path == "/api/chat.update"]
-    assert decided["ts"] == click["message"]["ts"]  # the clicked message: no buttons left
-    assert [b["type"] for b in decided["blocks"]] == ["section", "context"]
-    assert "Approved by <@" in decided["blocks"][-1]["elements"][0]["text"]
-    done = stub.posted(3)[-1]
-    assert "is closed" in done.body["text"] and done.body["thread_ts"] == "1726133698.626339"
-    aws.wait_executions_done()
-    assert len(stub.posted(3)) == 3
+        channel = "C0AWSCHAN"
+        mention = said(
+            "<@U0STUBBOT> please open a ticket about the printer",
+            channel=channel,
+            event_type="app_mention",
+        )
+        send(mention)
+        web.wait_calls("chat.stopStream", 1, timeout=30)
+        aws.wait_executions_done()
+        [start] = web.calls("chat.startStream")
+        assert (start.args["channel"], start.args["thread_ts"]) == (channel, mention["ts"])
+        assert (start.args["recipient_team_id"], start.args["recipient_user_id"]) == (
+            TEAM_ID,
+            USER_ID,
+        )
+        assert start.token == STUB_BOT  # the bot token from the secret
+        [opened] = web.thread_messages(channel, mention["ts"])
+        assert opened.text.startswith("Opened ticket 1") and opened.stream_state == "stopped"
+        status = web.assistant_thread(channel, mention["ts"])
+        assert status.statuses[0] == "is thinking..." and status.status == ""
+
+        # Slack retries the next message (a new event id, the same channel+ts): one turn.
+        close = said("close ticket 1", channel=channel, thread_ts=mention["ts"])
+        send(close)
+        again = send(close, **{"x-slack-retry-num": "1", "x-slack-retry-reason": "http_timeout"})
+        assert json.loads(again["body"])["duplicate"] is True
+        [ask] = web.wait_calls("chat.postMessage", 1, timeout=30)  # the buttons
+        aws.wait_executions_done()
+        state = bootstrap.aws_deps().store.get_conversation(
+            f"slack:{TEAM_ID}:{channel}:{mention['ts']}"
+        )
+        assert state is not None and state.status == "awaiting_approval"
+
+        [approve, _] = ask.args["blocks"][-1]["elements"]
+        click = slack_fixture("block_actions_with_message.json")
+        click["team"]["id"] = TEAM_ID
+        click["channel"]["id"] = click["container"]["channel_id"] = channel
+        click["actions"] = [
+            {**click["actions"][0], "action_id": "approve", "value": approve["value"]}
+        ]
+        click["message"] = {**ask.response["message"], "ts": ask.response["ts"]}
+        clicked = slack.handler(slack_request(click, form=True), lambda_context())
+        assert clicked["statusCode"] == 200 and "body" not in clicked
+        web.wait_calls("chat.stopStream", 2, timeout=30)
+        aws.wait_executions_done()
+        decided = web.message(str(ask.response["ts"]))  # the buttons are gone, who decided shown
+        assert all(b["type"] != "actions" for b in decided.blocks)
+        assert f"Approved by <@{click['user']['id']}>" in decided.text
+        done = web.thread_messages(channel, mention["ts"])[-1]
+        assert "is closed" in done.text
+        assert len(web.thread_messages(channel, mention["ts"])) == 3  # nothing twice
 
 
 def test_a_direct_message_streams_its_reply_with_its_status_on_aws(

@@ -12,27 +12,21 @@ import httpx
 import pytest
 
 from tests.functional.server_process import ServerProcess
-from tests.functional.slack_env import (
-    BOT_TOKEN,
-    SIGNING_SECRET,
-    SlackApiStub,
-    slack_api_stub,
-    slack_fixture,
-    slack_request,
-)
+from tests.functional.slack_env import SIGNING_SECRET, slack_fixture, slack_request
+from workers.sandbox.slack_stub import BOT_TOKEN, SlackWebStub
 
 THREAD = ("C111", "1726133698.626339")
 
 
 @pytest.fixture(scope="module")
-def slack_web() -> Iterator[SlackApiStub]:
-    with slack_api_stub() as stub:
+def slack_web() -> Iterator[SlackWebStub]:
+    with SlackWebStub() as stub:
         yield stub
 
 
 @pytest.fixture(scope="module")
 def served(
-    tmp_path_factory: pytest.TempPathFactory, slack_web: SlackApiStub
+    tmp_path_factory: pytest.TempPathFactory, slack_web: SlackWebStub
 ) -> Iterator[ServerProcess]:
     env = {
         "AGENTWORKER_SLACK_SIGNING_SECRET": SIGNING_SECRET,
@@ -60,7 +54,7 @@ def message(text: str, ts: str) -> dict[str, object]:
 
 
 def test_a_thread_is_answered_in_its_thread_once_and_a_click_decides(
-    served: ServerProcess, slack_web: SlackApiStub
+    served: ServerProcess, slack_web: SlackWebStub
 ) -> None:
     challenge = post(served, slack_request(slack_fixture("url_verification.json")))
     assert challenge.status_code == 200 and "challenge" in challenge.json()
@@ -72,23 +66,30 @@ def test_a_thread_is_answered_in_its_thread_once_and_a_click_decides(
         headers={"x-slack-retry-num": "1", "x-slack-retry-reason": "http_timeout"},
     )
     assert post(served, retried).json()["duplicate"] is True  # Slack's retry: one message
-    [opened] = slack_web.posted(1)
-    assert (opened.body["channel"], opened.body["thread_ts"]) == THREAD
-    assert opened.body["text"].startswith("Opened ticket 1")
-    assert opened.headers["authorization"] == f"Bearer {BOT_TOKEN}"
+    [stopped] = slack_web.wait_calls("chat.stopStream", 1, timeout=30)
+    [start] = slack_web.calls("chat.startStream")  # streamed to who asked (the fixture's W222)
+    assert (start.args["channel"], start.args["thread_ts"]) == THREAD
+    assert (start.args["recipient_team_id"], start.args["recipient_user_id"]) == ("T111", "W222")
+    assert start.token == BOT_TOKEN
+    [opened] = slack_web.thread_messages(*THREAD)
+    assert opened.text.startswith("Opened ticket 1") and opened.stream_state == "stopped"
 
     post(served, slack_request(message("close ticket 1", "1.2")))
-    ask = slack_web.posted(2)[-1].body
-    [approve, _] = ask["blocks"][-1]["elements"]
+    [ask] = slack_web.wait_calls("chat.postMessage", 1, timeout=30)
+    [approve, _] = ask.args["blocks"][-1]["elements"]
     click = slack_fixture("block_actions_with_message.json")
     click["channel"]["id"] = click["container"]["channel_id"] = THREAD[0]
     click["team"]["id"] = "T111"
     click["actions"] = [{**click["actions"][0], "action_id": "approve", "value": approve["value"]}]
+    click["message"] = {**ask.response["message"], "ts": ask.response["ts"]}
     clicked = post(served, slack_request(click, form=True))
     assert clicked.status_code == 200, clicked.text
     assert clicked.content == b""  # an interaction's acknowledgement is empty
-    done = slack_web.posted(3)[-1].body
-    assert "is closed" in done["text"] and done["thread_ts"] == THREAD[1]
+    slack_web.wait_calls("chat.stopStream", 2, timeout=30)
+    done = slack_web.thread_messages(*THREAD)[-1]
+    assert "is closed" in done.text and done.thread_ts == THREAD[1]
+    decided = slack_web.message(str(ask.response["ts"]))
+    assert all(b["type"] != "actions" for b in decided.blocks)  # the decision, no buttons
 
 
 def test_unsigned_stale_or_malformed_requests_are_refused(served: ServerProcess) -> None:

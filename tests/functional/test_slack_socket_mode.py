@@ -14,18 +14,21 @@ from typing import Any
 
 import pytest
 
-from tests.functional.server_process import ServerProcess
+from tests.functional.server_process import ServerProcess, assessments
 from tests.functional.slack_env import slack_fixture
 from workers.sandbox.slack_stub import (
     APP_TOKEN,
     BOT_TOKEN,
     TEAM_ID,
+    USER_ID,
     SlackWebStub,
     events_api_payload,
     message_event,
+    reaction_event,
 )
 
 CHANNEL = "D0STUBDM"
+PUBLIC = "C0STUBCHAN"
 
 
 @pytest.fixture
@@ -53,7 +56,8 @@ def click(value: str, action_id: str = "approve") -> dict[str, Any]:
 def test_events_and_clicks_over_socket_mode_are_acked_and_answered(
     slack: SlackWebStub, tmp_path: Path
 ) -> None:
-    with ServerProcess(tmp_path, env=env(slack), subcommand=("slack", "--socket-mode")):
+    traced = {**env(slack), "AGENTWORKER_TRACING": "true"}
+    with ServerProcess(tmp_path, env=traced, subcommand=("slack", "--socket-mode")):
         opened_thread = {
             "type": "assistant_thread_started",
             "assistant_thread": {"user_id": "U1", "channel_id": CHANNEL, "thread_ts": "90.1"},
@@ -97,6 +101,44 @@ def test_events_and_clicks_over_socket_mode_are_acked_and_answered(
         assert f"Approved by <@{clicked['user']['id']}>" in shown.text
         assert len(slack.calls("chat.startStream")) == 2  # the redelivery answered nothing
         assert len(slack.thread_messages(CHANNEL, asked["ts"])) == 3
+
+        # A mention in a channel (Slack sends it as a mention and as a message): one turn,
+        # streamed into its thread, addressed to the member who asked, the thread's status
+        # set while it works and cleared by the reply.
+        mention = message_event(
+            "<@U0STUBBOT> please open a ticket about the fax",
+            channel=PUBLIC,
+            event_type="app_mention",
+        )
+        for event in (mention, {**mention, "type": "message", "channel_type": "channel"}):
+            sent = slack.socket_mode.send_event(events_api_payload(event))
+            assert slack.socket_mode.wait_ack(sent).in_time
+        slack.wait_calls("chat.stopStream", 3, timeout=30)
+        start = slack.calls("chat.startStream")[-1].args
+        assert (start["channel"], start["thread_ts"]) == (PUBLIC, mention["ts"])
+        assert (start["recipient_team_id"], start["recipient_user_id"]) == (TEAM_ID, USER_ID)
+        [shown] = slack.thread_messages(PUBLIC, mention["ts"])
+        assert shown.text.startswith("Opened ticket") and shown.stream_state == "stopped"
+        status = slack.assistant_thread(PUBLIC, mention["ts"])
+        assert status.statuses[:2] == ["is thinking...", "is running create_ticket..."]
+        assert status.status == ""
+        assert len(slack.calls("chat.startStream")) == 3  # the pair was one message
+
+        # A thumb on the reply reaches its turn's trace, as POST .../feedback would put it;
+        # taking the reaction back withdraws it; other reactions mean nothing.
+        cid = f"slack:{TEAM_ID}:{PUBLIC}:{mention['ts']}"
+        where = f"tags.conversation_id = '{cid}'"
+        for kind, name in (("reaction_added", "tada"), ("reaction_added", "+1")):
+            thumb = reaction_event(kind, reaction=name, channel=PUBLIC, ts=shown.ts)  # type: ignore[arg-type]
+            assert slack.socket_mode.wait_ack(
+                slack.socket_mode.send_event(events_api_payload(thumb))
+            ).in_time
+        [up] = assessments(tmp_path, where)
+        assert up.value == 1 and up.source.source_id == f"slack:{TEAM_ID}:{USER_ID}"
+        assert up.source.source_type == "HUMAN" and up.metadata["reply_id"]
+        removed = reaction_event("reaction_removed", reaction="+1", channel=PUBLIC, ts=shown.ts)
+        slack.socket_mode.send_event(events_api_payload(removed))
+        assert assessments(tmp_path, where, until=lambda found: not found) == []
 
 
 def test_without_an_app_token_it_says_what_to_set(tmp_path: Path) -> None:

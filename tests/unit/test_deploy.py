@@ -114,3 +114,24 @@ def test_an_app_file_must_agree_with_the_stack_on_approval_policies(
     assert check_stack_params(settings, base | {"approvalPolicies": agreeing}) == []
     with pytest.raises(ValueError, match="not JSON"):
         check_stack_params(settings, base | {"approvalPolicies": "{oops"})
+
+
+def test_an_app_file_must_agree_with_the_stack_on_suggested_prompts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new assistant thread is opened in the slack function, which does not load the app:
+    the stage parameter must say what the app file suggests."""
+    from deploy.app import check_stack_params
+    from workers.config import load_settings
+
+    app = tmp_path / "agentworker.toml"
+    app.write_text('suggested_prompts = ["Where is my order?", "Cancel it"]\n')
+    monkeypatch.delenv("AGENTWORKER_SUGGESTED_PROMPTS", raising=False)
+    settings = load_settings(config=app)
+    base = {"doubleTexting": "enqueue"}
+    [problem] = check_stack_params(settings, base)
+    assert "suggestedPrompts" in problem and "Where is my order?" in problem
+    agreeing = '["Where is my order?", "Cancel it"]'
+    assert check_stack_params(settings, base | {"suggestedPrompts": agreeing}) == []
+    with pytest.raises(ValueError, match="suggestedPrompts"):
+        check_stack_params(settings, base | {"suggestedPrompts": '["ok", ""]'})

@@ -432,9 +432,14 @@ def test_rendered_messages_go_to_the_thread_escaped() -> None:
         "channel": "C111",
         "thread_ts": "1726133698.626339",
         "text": "a &lt;b&gt; &amp; c",
+        "metadata": {  # which reply it is: a reaction on it rates it
+            "event_type": "agentworker_reply",
+            "event_payload": {"conversation_id": THREAD_CID, "reply_id": reply.reply_id},
+        },
     }
     notice = Notice(conversation_id=THREAD_CID, level="error", text="failed")
     assert render_message(notice)["text"] == ":warning: failed"
+    assert "metadata" not in render_message(notice)  # no turn: nothing to rate
     ask = ApprovalRequest(
         conversation_id=THREAD_CID,
         turn_id="t",

@@ -82,6 +82,7 @@ def test_a_direct_message_streams_at_a_bounded_pace_and_ends_as_the_reply(web: W
     assert streams.finish(reply("Hello there, friend."))
     assert web.methods()[-1] == "chat.stopStream"
     assert web.calls[-1][1]["markdown_text"] == ", friend."  # what was held, then the rest
+    assert web.calls[-1][1]["metadata"]["event_payload"]["reply_id"] == "r-t1"  # which reply
     assert web.text() == "Hello there, friend."
     assert streams.finish(reply("Hello there, friend."))  # a retried delivery: nothing again
     assert len(web.calls) == 3
@@ -199,3 +200,59 @@ def test_a_stream_waits_only_for_its_own_slack_calls(web: Web) -> None:
     gate.set()
     first.join(5)
     assert sorted(b["channel"] for _, b in web.calls) == ["D1", "D2"]
+
+
+def test_a_channel_streams_to_the_member_who_asked_and_its_end_names_the_reply(
+    web: Web,
+) -> None:
+    """In a channel the turn's first status says who asked: the stream is addressed to them
+    (Slack needs the recipient there); the message that ends a reply carries its metadata
+    (a reaction on it is read back as a rating of that reply)."""
+    from events.outbound import StatusChunk
+    from workers.adapters.slack import SlackReplySink
+    from workers.adapters.slack_stream import reply_metadata
+
+    class FakeWeb:
+        def call(self, method: str, body: dict[str, Any]) -> dict[str, Any] | None:
+            return web(method, body)
+
+        try_call = call
+
+    sink = SlackReplySink(FakeWeb())  # type: ignore[arg-type]
+    sink.streams = SlackStreams(web, clock=Clock())
+    other = StatusChunk(
+        conversation_id=CHANNEL,
+        turn_id="t3",
+        index=0,
+        state="thinking",
+        requested_by=["slack:T2:U1", "alice", "slack:T1:U7"],  # the first of this workspace
+        text="thinking",
+    )
+    sink.send_chunk(other)
+    sink.send_chunk(piece("Hi", cid=CHANNEL, turn="t3"))
+    sink.send(reply("Hi there", CHANNEL, "t3"))
+    status = ("assistant.threads.setStatus", {"channel_id": "C1", "thread_ts": "100.1"})
+    assert web.calls[0] == (status[0], {**status[1], "status": "is thinking..."})
+    assert web.calls[1] == (
+        "chat.startStream",
+        {
+            "channel": "C1",
+            "thread_ts": "100.1",
+            "recipient_team_id": "T1",
+            "recipient_user_id": "U7",
+            "markdown_text": "Hi",
+        },
+    )
+    stop = {"channel": "C1", "ts": "200.1", "markdown_text": " there"}
+    assert web.calls[2] == (
+        "chat.stopStream",
+        {**stop, "metadata": reply_metadata(CHANNEL, "r-t3")},
+    )
+    assert web.text() == "Hi there"
+
+    unaddressed = len(web.calls)  # a turn whose status named nobody here: posted whole
+    sink.send_chunk(piece("Yo", cid=CHANNEL, turn="t4"))
+    assert len(web.calls) == unaddressed
+    sink.send(reply("Yo", CHANNEL, "t4"))
+    method, body = web.calls[-1]
+    assert method == "chat.postMessage" and body["metadata"] == reply_metadata(CHANNEL, "r-t4")

@@ -140,6 +140,7 @@ def test_feedback_goes_to_the_trace_of_the_turn() -> None:
             "source_id": "alice",
             "rationale": "wrong",
             "reply_id": "r-1",
+            "withdrawn": False,
         }
     ]
 

@@ -40,7 +40,7 @@ from events.outbound import (
     StreamChunk,
 )
 from workers.adapters.aws.errors import map_aws_error
-from workers.adapters.slack_stream import SlackStreams, escape
+from workers.adapters.slack_stream import SlackStreams, escape, recipient_of, reply_metadata
 from workers.errors import (
     ConfigError,
     InvalidSlackSignature,
@@ -61,10 +61,12 @@ METHOD_SCOPES: dict[str, str] = {
     "chat.startStream": "chat:write",
     "chat.appendStream": "chat:write",
     "chat.stopStream": "chat:write",
-    "assistant.threads.setStatus": "assistant:write",
+    "assistant.threads.setStatus": "chat:write",  # (assistant:write until Slack drops it)
     "assistant.threads.setSuggestedPrompts": "assistant:write",
     "assistant.threads.setTitle": "assistant:write",
     "usergroups.users.list": "usergroups:read",
+    # a reacted-to message's metadata (the history scopes of its kind of conversation)
+    "conversations.replies": "channels:history",
 }
 """The Web API methods the app calls and the bot scope each needs (``slack/manifest.yml``)."""
 DIRECT_MESSAGE = "D"
@@ -159,6 +161,8 @@ def render_message(payload: OutboxPayload) -> dict[str, Any]:
     """The ``chat.postMessage`` body of ``payload``, in its Slack conversation's thread."""
     _, channel, thread_ts = slack_thread_of(payload.conversation_id)
     message: dict[str, Any] = {"channel": channel, "thread_ts": thread_ts}
+    if getattr(payload, "turn_id", None):  # a turn's reply or question: it can be rated
+        message["metadata"] = reply_metadata(payload.conversation_id, payload.reply_id)
     if isinstance(payload, ApprovalRequest):
         value = slack_button_value(payload.conversation_id, payload.interrupt_id)
         args = json.dumps(payload.args, ensure_ascii=False, sort_keys=True)
@@ -261,10 +265,10 @@ class SlackReplySink:
     are skipped, as the WebSocket sink skips conversations without connections.
 
     While a turn runs, its reply streams into the thread (:mod:`workers.adapters.slack_stream`:
-    a streamed message in direct messages, a posted message kept up to date elsewhere), and
-    its status (``thinking``, ``running lookup_ticket``) is shown in assistant threads
-    (direct messages) with ``assistant.threads.setStatus``; Slack clears it when the reply
-    is posted. A failed status call costs the turn nothing.
+    a streamed message, addressed in a channel to the member who asked), and its status
+    (``thinking``, ``running lookup_ticket``) is shown under the thread with
+    ``assistant.threads.setStatus``; Slack clears it when the reply is posted. A failed
+    status call costs the turn nothing.
 
     HTTP 429/5xx, network failures and ``ratelimited`` are ``RetryableError``; any other
     Web API error (``invalid_auth``, ``channel_not_found``, ...) is ``PermanentError``.
@@ -286,14 +290,13 @@ class SlackReplySink:
         if isinstance(chunk, ReplyChunk):
             self.streams.piece(chunk)
         elif isinstance(chunk, StatusChunk):
-            _, channel, thread_ts = slack_thread_of(chunk.conversation_id)
-            if channel.startswith(DIRECT_MESSAGE):  # assistant threads are direct messages
-                status = {
-                    "channel_id": channel,
-                    "thread_ts": thread_ts,
-                    "status": f"is {chunk.text}...",
-                }
-                self.web.try_call("assistant.threads.setStatus", status)
+            team, channel, thread_ts = slack_thread_of(chunk.conversation_id)
+            recipient = recipient_of(team, chunk.requested_by)
+            if recipient is not None and not channel.startswith(DIRECT_MESSAGE):
+                self.streams.address(chunk.turn_id, recipient)
+            status = f"is {chunk.text}..."
+            where = {"channel_id": channel, "thread_ts": thread_ts}
+            self.web.try_call("assistant.threads.setStatus", {**where, "status": status})
 
 
 def web_call(client: WebClient, method: str, body: dict[str, Any]) -> dict[str, Any]:

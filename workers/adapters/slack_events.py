@@ -8,7 +8,11 @@ envelopes carry the same payloads, already authenticated by the connection).
   ``channel+ts`` so Slack's retries (a new event id) and the ``message``/``app_mention`` pair
   of one mention are one message; bot messages, edits and other subtypes are ignored;
 - interactivity ``block_actions``: a click on the approve/deny buttons the Slack sink
-  renders becomes an approval message; other actions are ignored.
+  renders becomes an approval message; other actions are ignored;
+- ``reaction_added`` / ``reaction_removed`` of :+1: or :-1: on a message showing one of the
+  app's replies (its metadata names the reply: ``slack_stream.reply_metadata``): the
+  member's rating of that reply, or its withdrawal, as ``POST .../feedback`` records it;
+  other reactions, and reactions on other messages, are ignored.
 
 Ignored requests are acknowledged (Slack must not retry them). Nothing here waits for a
 turn: Slack wants an answer within 3 s.
@@ -32,11 +36,14 @@ from events.inbound import (
     SlackBlockActions,
     SlackEventEnvelope,
     SlackUrlVerification,
+    is_slack_conversation,
+    slack_principal,
     slack_thread_of,
 )
 from events.json_input import parse_json
 from events.outbound import ErrorBody, ErrorView, validation_problem
 from workers.adapters.slack import SlackWeb, decided_message, verify_slack_request
+from workers.adapters.slack_stream import REPLY_EVENT
 from workers.config import Settings
 from workers.core.model import AcceptResult
 from workers.errors import (
@@ -58,6 +65,8 @@ EVENT_SCOPES: dict[str, str] = {
     "message.channels": "channels:history",
     "message.groups": "groups:history",
     "message.im": "im:history",
+    "reaction_added": "reactions:read",
+    "reaction_removed": "reactions:read",
 }
 """The Events API subscriptions the app takes (``slack/manifest.yml``'s ``bot_events``) and
 the bot scope each needs."""
@@ -99,6 +108,43 @@ class SlackMessage:
     def owner(self) -> str:
         (channel,) = self.principal.groups
         return channel
+
+
+@dataclass(frozen=True)
+class SlackReaction:
+    """A member's :+1: (``score`` 1) or :-1: (-1) on message ``ts`` of ``channel``, or its
+    removal (``withdrawn``)."""
+
+    principal: Principal
+    team: str
+    channel: str
+    ts: str
+    score: int
+    withdrawn: bool
+
+    @property
+    def metric(self) -> str:
+        return "slack_reactions_removed" if self.withdrawn else "slack_reactions"
+
+
+REACTION_EVENTS = frozenset({"reaction_added", "reaction_removed"})
+THUMBS: dict[str, int] = {"+1": 1, "thumbsup": 1, "-1": -1, "thumbsdown": -1}
+"""The reactions that rate a reply (with any skin tone: ``+1::skin-tone-2``)."""
+
+
+class Rate(Protocol):
+    """A runtime's feedback (``EmbeddedRuntime.feedback``): a member's rating of a reply, or
+    its withdrawal."""
+
+    def __call__(
+        self,
+        conversation_id: str,
+        principal: Principal,
+        *,
+        reply_id: str,
+        score: int,
+        withdrawn: bool,
+    ) -> Awaitable[object]: ...
 
 
 GROUP_CACHE_SECONDS = 300.0
@@ -187,7 +233,11 @@ def verified(
     return None
 
 
-def read_request(headers: Mapping[str, str], raw: bytes) -> SlackMessage | SlackAnswer:
+Parsed = SlackMessage | SlackReaction | SlackAnswer
+"""What a request is: a message to accept, a reaction to rate with, or its answer already."""
+
+
+def read_request(headers: Mapping[str, str], raw: bytes) -> Parsed:
     """A verified request's message, or its answer (a challenge, ignored, a 4xx)."""
     interaction = headers.get("content-type", "").startswith(FORM_CONTENT_TYPE)
     try:
@@ -201,7 +251,7 @@ def read_request(headers: Mapping[str, str], raw: bytes) -> SlackMessage | Slack
         return bad_request(exc)
 
 
-def read_event(data: Any) -> SlackMessage | SlackAnswer:
+def read_event(data: Any) -> Parsed:
     """An Events API body (or a Socket Mode ``events_api`` payload)."""
     if not isinstance(data, dict):
         raise ValueError("body: expected a JSON object")
@@ -217,6 +267,8 @@ def read_event(data: Any) -> SlackMessage | SlackAnswer:
         return ignored(f"event type {event_type!r}")
     if event_type in ASSISTANT_EVENTS:
         return assistant_thread(event_type, event)
+    if event_type in REACTION_EVENTS:
+        return reaction(data, event)
     if event_type not in MESSAGE_EVENTS:
         return ignored(f"event type {event_type!r}")
     envelope = SlackEventEnvelope.model_validate(data)
@@ -251,6 +303,85 @@ def assistant_thread(kind: str, event: dict[str, Any]) -> SlackAnswer:
         200, {"type": "ok"}, "slack_assistant_threads", started=(channel, thread_ts)
     )
     return answer
+
+
+def reaction(data: dict[str, Any], event: dict[str, Any]) -> SlackReaction | SlackAnswer:
+    """A reaction added or removed: a rating when it is a thumb on a message."""
+    name = event.get("reaction")
+    score = THUMBS.get(name.split("::", 1)[0]) if isinstance(name, str) else None
+    item = event.get("item")
+    if score is None or not isinstance(item, dict) or item.get("type") != "message":
+        return ignored(f"reaction {name!r}")
+    team = _text(data, "team_id", "team_id")
+    user = _text(event, "user", "event.user")
+    channel = _text(item, "channel", "event.item.channel")
+    ts = _text(item, "ts", "event.item.ts")
+    principal = slack_principal(team, user, channel)
+    withdrawn = event.get("type") == "reaction_removed"
+    return SlackReaction(principal, team, channel, ts, score, withdrawn)
+
+
+def _text(data: Mapping[str, Any], key: str, where: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value or len(value) > 256:
+        raise BadInput("validation_error", f"{where}: a string of 1-256 characters", field=where)
+    return value
+
+
+def rated_reply(reaction: SlackReaction, web: SlackWeb | None) -> tuple[str, str] | None:
+    """The (conversation, reply) the reacted-to message shows, from its metadata (read with
+    ``conversations.replies``); ``None`` for a message that is not one of the app's
+    replies in a thread of that channel."""
+    if web is None:
+        return None
+    query = {
+        "channel": reaction.channel,
+        "ts": reaction.ts,
+        "oldest": reaction.ts,
+        "latest": reaction.ts,
+        "inclusive": True,
+        "include_all_metadata": True,
+    }
+    answer = web.try_call("conversations.replies", query)
+    messages = answer.get("messages") if answer else None
+    for message in messages if isinstance(messages, list) else []:
+        if not isinstance(message, dict) or message.get("ts") != reaction.ts:
+            continue
+        metadata = message.get("metadata")
+        if not isinstance(metadata, dict) or metadata.get("event_type") != REPLY_EVENT:
+            return None
+        payload = metadata.get("event_payload")
+        if not isinstance(payload, dict):
+            return None
+        conversation_id, reply_id = payload.get("conversation_id"), payload.get("reply_id")
+        if not isinstance(conversation_id, str) or not isinstance(reply_id, str):
+            return None
+        if not is_slack_conversation(conversation_id):
+            return None
+        team, channel, _ = slack_thread_of(conversation_id)
+        if (team, channel) != (reaction.team, reaction.channel):
+            return None  # (metadata naming another thread than its own: not ours to rate)
+        return conversation_id, reply_id
+    return None
+
+
+async def rate(reaction: SlackReaction, rate: Rate, web: SlackWeb | None) -> SlackAnswer:
+    """A thumb on one of the app's replies, recorded (or withdrawn) by ``rate``."""
+    found = await asyncio.to_thread(rated_reply, reaction, web)
+    if found is None:
+        return ignored("a reaction on a message that is not one of the app's replies")
+    conversation_id, reply_id = found
+    try:
+        await rate(
+            conversation_id,
+            reaction.principal,
+            reply_id=reply_id,
+            score=reaction.score,
+            withdrawn=reaction.withdrawn,
+        )
+    except (NotFound, Throttled) as exc:
+        return ignored(f"rating not recorded: {exc}", metric="feedback_refused")
+    return SlackAnswer(200, {"type": "ok"}, "feedback")
 
 
 def suggest(answer: SlackAnswer, web: SlackWeb | None, prompts: Sequence[str]) -> None:
@@ -314,13 +445,20 @@ class SlackApp:
         suggest(answer, self.web, self.prompts)
 
 
-async def answer(parsed: SlackMessage | SlackAnswer, accept: Accept, app: SlackApp) -> SlackAnswer:
+async def answer(
+    parsed: Parsed, accept: Accept, app: SlackApp, rate_with: Rate | None = None
+) -> SlackAnswer:
     """The answer to a read request: a message from a member with their roles, accepted
-    (or softly refused) by ``accept``, then what follows it (:func:`after_accept`); the Web
-    API off the event loop."""
+    (or softly refused) by the runtime's ``accept``, then what follows it
+    (:func:`after_accept`); a thumb on a reply, recorded by the runtime's ``rate_with``
+    (:func:`rate`; ignored without one); the Web API off the event loop."""
     if isinstance(parsed, SlackAnswer):
         await asyncio.to_thread(app.opened, parsed)
         return parsed
+    if isinstance(parsed, SlackReaction):
+        if rate_with is None:
+            return ignored("reactions are not rated here")
+        return await rate(parsed, rate_with, app.web)
     parsed = await asyncio.to_thread(app.grant, parsed)
     try:
         result = await accept(parsed.msg, parsed.principal, owner=parsed.owner)

@@ -1,17 +1,23 @@
 """A turn's reply streamed into its Slack thread while the turn runs.
 
-Only direct messages (assistant threads) stream: a channel's stream needs the recipient's ids;
-there the final payload is posted as it is. The text goes out as a streamed message:
-``chat.startStream``, then ``chat.appendStream`` with what came since, at most once per
-:data:`FLUSH_SECONDS` (``appendStream`` is rate limited per workspace; a 429 holds the text
-back for Slack's ``Retry-After`` and sends it with the next flush, nothing lost); the final
-payload stops the stream. Where a workspace refuses streaming: ``chat.postMessage`` with the
-first text, then ``chat.update`` at most once per :data:`FLUSH_SECONDS` (Slack's one message
-per second per channel).
+Direct messages (assistant threads) stream, and so do channel threads once the turn's status
+said who asked (a channel's stream is addressed to that member: ``recipient_user_id`` and
+``recipient_team_id``); a turn that did not say is posted whole. The text goes out as a
+streamed message: ``chat.startStream``, then ``chat.appendStream`` with what came since, at
+most once per :data:`FLUSH_SECONDS` (``appendStream`` is rate limited per workspace; a 429
+holds the text back for Slack's ``Retry-After`` and sends it with the next flush, nothing
+lost); the final payload stops the stream. Where a workspace refuses streaming:
+``chat.postMessage`` with the first text, then ``chat.update`` at most once per
+:data:`FLUSH_SECONDS` (Slack's one message per second per channel).
 
 A streamed message nearing Slack's limits is closed and continued in a new message: over
 :data:`PART_CHARS` characters, or older than :data:`PART_SECONDS` (Slack ends a stream about
 five minutes after it started), or when Slack says it is no longer streaming.
+
+**Which reply a message is:** the message that ends a reply (the stream's last part, or the
+posted message) carries Slack message metadata ``{"event_type": "agentworker_reply",
+"event_payload": {"conversation_id", "reply_id"}}`` (:func:`reply_metadata`): a reaction on it
+is read back as feedback on that reply (:mod:`workers.adapters.slack_events`).
 
 **The final text is the committed reply.** When the reply is delivered, what was streamed is
 compared with the reply's text: what is missing is appended as the stream stops; a reply that
@@ -58,6 +64,25 @@ NOT_STREAMING = frozenset({"message_not_in_streaming_state", "msg_too_long"})
 """What Slack answers an append it will not take into this message: continue in a new one."""
 MAX_STREAMS = 256
 """Streams kept per process (the oldest is forgotten past it)."""
+REPLY_EVENT = "agentworker_reply"
+"""The ``event_type`` of the metadata on the messages that show a reply."""
+
+
+def reply_metadata(conversation_id: str, reply_id: str) -> dict[str, Any]:
+    """The Slack message metadata of a message that shows the reply ``reply_id``."""
+    payload = {"conversation_id": conversation_id, "reply_id": reply_id}
+    return {"event_type": REPLY_EVENT, "event_payload": payload}
+
+
+def recipient_of(team: str, requested_by: list[str]) -> tuple[str, str] | None:
+    """The member of workspace ``team`` a channel's stream is addressed to: the first of
+    the turn's requesters that is one of its members (``slack:<team>:<user>``)."""
+    prefix = f"slack:{team}:"
+    for who in requested_by:
+        user = who.removeprefix(prefix)
+        if who.startswith(prefix) and user and ":" not in user:
+            return team, user
+    return None
 
 
 def escape(text: str) -> str:
@@ -79,6 +104,8 @@ class _Stream:
     thread_ts: str
     streaming: bool
     """A streamed message (``chat.*Stream``), else a posted one kept up to date."""
+    recipient: tuple[str, str] | None = None
+    """(team, user) a channel's stream is addressed to."""
     parts: list[_Part] = field(default_factory=list)
     pending: str = ""
     last_call: float = float("-inf")
@@ -104,25 +131,36 @@ class SlackStreams:
         self.call = call
         self.clock = clock
         self._streams: OrderedDict[str, _Stream] = OrderedDict()
+        self._recipients: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._finalized: deque[str] = deque(maxlen=1024)
         self._lock = threading.Lock()
         """Held while the streams are looked up, added or taken (never during a call)."""
 
     # a turn's pieces --------------------------------------------------------------------
 
+    def address(self, turn_id: str, recipient: tuple[str, str]) -> None:
+        """Whom the turn's stream in a channel is addressed to (team, user)."""
+        with self._lock:
+            self._recipients[turn_id] = recipient
+            while len(self._recipients) > MAX_STREAMS:
+                self._recipients.popitem(last=False)
+
     def piece(self, chunk: ReplyChunk) -> None:
-        """Add a piece of the reply; send what waits when a call is due. Only direct
-        messages stream (a channel's stream needs the recipient's ids): elsewhere the final
-        payload is posted as it is. Streams wait only for their own Slack calls."""
+        """Add a piece of the reply; send what waits when a call is due. A channel's turn
+        streams once it is addressed (:meth:`address`); otherwise its final payload is
+        posted as it is. Streams wait only for their own Slack calls."""
         _, channel, thread_ts = slack_thread_of(chunk.conversation_id)
-        if not channel.startswith("D"):
-            return
         cut_off: list[_Stream] = []
         with self._lock:
+            recipient = self._recipients.get(chunk.turn_id)
+            if not channel.startswith("D") and recipient is None:
+                return
             stream = self._streams.get(chunk.turn_id)
             if stream is None:
                 cut_off = self._take(lambda s: s.conversation_id == chunk.conversation_id)
-                stream = _Stream(chunk.conversation_id, channel, thread_ts, streaming=True)
+                stream = _Stream(
+                    chunk.conversation_id, channel, thread_ts, streaming=True, recipient=recipient
+                )
                 self._streams[chunk.turn_id] = stream
                 while len(self._streams) > MAX_STREAMS:
                     self._streams.popitem(last=False)
@@ -181,14 +219,11 @@ class SlackStreams:
         text = stream.pending
         if part is None:
             try:
-                answer = self.call(
-                    "chat.startStream",
-                    {
-                        "channel": stream.channel,
-                        "thread_ts": stream.thread_ts,
-                        "markdown_text": text,
-                    },
-                )
+                start = {"channel": stream.channel, "thread_ts": stream.thread_ts}
+                if stream.recipient is not None:
+                    team, user = stream.recipient
+                    start |= {"recipient_team_id": team, "recipient_user_id": user}
+                answer = self.call("chat.startStream", {**start, "markdown_text": text})
             except PermanentError as exc:  # streaming refused here: post and update instead
                 log.info("slack streaming refused (%s): posting and updating", exc)
                 stream.streaming = False
@@ -213,14 +248,19 @@ class SlackStreams:
             part.text += text
         stream.pending = ""
 
-    def _close(self, stream: _Stream, text: str = "") -> None:
-        """Stop the live streamed message (with ``text``, the reply's last words)."""
+    def _close(
+        self, stream: _Stream, text: str = "", metadata: dict[str, Any] | None = None
+    ) -> None:
+        """Stop the live streamed message (with ``text``, the reply's last words; with
+        ``metadata``, the reply it ends)."""
         if not (stream.parts and stream.open):
             return
         part = stream.parts[-1]
         body: dict[str, Any] = {"channel": stream.channel, "ts": part.ts}
         if text:
             body["markdown_text"] = text
+        if metadata is not None:
+            body["metadata"] = metadata
         stream.open = False
         try:
             self.call("chat.stopStream", body)
@@ -230,20 +270,25 @@ class SlackStreams:
             return  # Slack had ended it already
         part.text += text
 
-    def _update_text(self, stream: _Stream) -> None:
+    def _update_text(self, stream: _Stream, metadata: dict[str, Any] | None = None) -> None:
         text = stream.shown + stream.pending
+        extra = {} if metadata is None else {"metadata": metadata}
         if not stream.parts:
             answer = self.call(
                 "chat.postMessage",
-                {"channel": stream.channel, "thread_ts": stream.thread_ts, "text": escape(text)},
+                {
+                    "channel": stream.channel,
+                    "thread_ts": stream.thread_ts,
+                    "text": escape(text),
+                    **extra,
+                },
             )
             if answer is None:
                 return
             stream.parts.append(_Part(str(answer["ts"]), text, self.clock()))
         else:
-            self.call(
-                "chat.update", {"channel": stream.channel, "ts": stream.parts[0].ts, "text": text}
-            )
+            where = {"channel": stream.channel, "ts": stream.parts[0].ts}
+            self.call("chat.update", {**where, "text": escape(text), **extra})
             stream.parts[0].text = text
         stream.open = False
         stream.pending = ""
@@ -259,6 +304,8 @@ class SlackStreams:
             return True
         turn = getattr(payload, "turn_id", None)
         with self._lock:
+            if isinstance(turn, str) and isinstance(payload, Reply):
+                self._recipients.pop(turn, None)
             if isinstance(turn, str):
                 ended = [self._streams.pop(turn)] if turn in self._streams else []
             else:
@@ -269,7 +316,7 @@ class SlackStreams:
             [stream] = ended
             try:
                 with stream.lock:
-                    self._final(stream, payload.text)
+                    self._final(stream, payload)
             except BaseException:
                 with self._lock:  # kept for the retried delivery
                     self._streams.setdefault(payload.turn_id, stream)
@@ -285,30 +332,32 @@ class SlackStreams:
                     self._close(stream)
         return False
 
-    def _final(self, stream: _Stream, reply: str) -> None:
+    def _final(self, stream: _Stream, payload: Reply) -> None:
+        reply = payload.text
+        metadata = reply_metadata(payload.conversation_id, payload.reply_id)
         stream.pending = ""
         shown = stream.shown
         if stream.streaming and reply.startswith(shown):
             rest = reply[len(shown) :]
             if stream.parts and stream.open and len(rest) <= PART_CHARS:
-                self._close(stream, rest)  # the last words as the stream stops
+                self._close(stream, rest, metadata)  # the last words as the stream stops
                 return
             for start in range(0, len(rest), PART_CHARS):
                 stream.pending = rest[start : start + PART_CHARS]
                 self._stream_text(stream, self.clock())
             if stream.streaming:  # (a refusal on the way posted it instead)
-                self._close(stream)
+                self._close(stream, metadata=metadata)
                 return
             shown = stream.shown
         if not stream.parts:
             stream.pending = reply  # nothing reached Slack yet: the reply is its first text
-            self._update_text(stream)
+            self._update_text(stream, metadata)
             return
         self._close(stream)  # what Slack shows differs from the reply: the reply replaces it
         first, *others = stream.parts
-        if shown != reply:
+        if shown != reply or not stream.streaming:  # (a posted message: its metadata too)
             where = {"channel": stream.channel, "ts": first.ts}
-            self.call("chat.update", {**where, "text": escape(reply)})
+            self.call("chat.update", {**where, "text": escape(reply), "metadata": metadata})
         for part in others:
             try:
                 self.call("chat.delete", {"channel": stream.channel, "ts": part.ts})

@@ -31,6 +31,7 @@ def give_feedback(
     reply_id: str,
     score: int,
     comment: str | None = None,
+    withdrawn: bool = False,
 ) -> Feedback:
     """Record ``principal``'s rating (``score`` 1 or -1, an optional ``comment``) of the
     reply ``reply_id`` of the conversation: as the assessment ``user_feedback`` on the trace
@@ -45,7 +46,9 @@ def give_feedback(
     (``validation_error``) for a score or comment out of bounds. The reply is looked up in
     the conversation's history (one read of its inbox and outbox: fine at the rate people
     click, linear in the conversation's length). Several ratings of one reply are several
-    assessments: the latest is the user's current opinion."""
+    assessments: the latest is the user's current opinion. ``withdrawn``: the principal
+    takes back their rating ``score`` of the reply (a Slack reaction removed): its
+    assessments are deleted from the trace, checked and counted like a rating."""
     if type(score) is not int or score not in SCORES:
         raise BadInput("validation_error", "score: must be 1 or -1", field="score")
     if comment is not None and len(comment) > MAX_COMMENT_CHARS:
@@ -73,9 +76,13 @@ def give_feedback(
         rationale=comment or None,
         reply_id=reply_id,
         conversation_id=conversation_id,
+        withdrawn=withdrawn,
     )
     deps.tracer.feedback(turn_id, feedback)
-    log.info("feedback %+d on reply %s (turn %s) of %s", score, reply_id, turn_id, conversation_id)
+    what = "withdrawn" if withdrawn else "on"
+    log.info(
+        "feedback %+d %s reply %s (turn %s) of %s", score, what, reply_id, turn_id, conversation_id
+    )
     return feedback
 
 

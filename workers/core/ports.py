@@ -306,6 +306,9 @@ class Feedback:
     reply_id: str | None = None
     conversation_id: str | None = None
     """The rated reply's conversation: its erasure drops feedback not exported yet."""
+    withdrawn: bool = False
+    """The source takes this rating back (a Slack reaction removed): the trace's matching
+    assessments (same name, value, source and reply) are deleted."""
 
 
 class SpanHandle(Protocol):

@@ -793,7 +793,7 @@ def _advance(
     allowed = pii_values(texts) if guards_pii else frozenset()
     streamer = _chunk_streamer(deps, run, turn_id, guard, allowed)
     if streamer is not None:
-        streamer.status("thinking", in_reply_to=plan.message_ids)
+        streamer.status("thinking", in_reply_to=plan.message_ids, requested_by=plan.requesters)
     try:
         output = deps.agent.run_turn(
             request, on_chunk=streamer.on_chunk if streamer else None, tracer=deps.tracer
@@ -1076,6 +1076,7 @@ class _Streamer:
         state: Literal["thinking", "tool"],
         tools: Sequence[str] = (),
         in_reply_to: Sequence[str] = (),
+        requested_by: Sequence[str] = (),
     ) -> None:
         """Tell the clients what the turn is doing (a ``status`` frame)."""
         text = f"running {', '.join(tools)}" if tools else "thinking"
@@ -1087,6 +1088,7 @@ class _Streamer:
                 state=state,
                 tools=list(tools),
                 in_reply_to=list(in_reply_to),
+                requested_by=list(requested_by),
                 text=text,
             )
         )

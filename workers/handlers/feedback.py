@@ -3,7 +3,9 @@
 HTTP API ``POST /v1/conversations/{conversation_id}/feedback`` (the API's JWT authorizer: the
 rater is the token's principal) with body ``{"reply_id", "score": 1 | -1, "comment"?}``, and
 the WebSocket route ``feedback`` (frames ``{"action": "feedback", "conversation_id", ...}``
-from a connection the ``$connect`` authorizer admitted). Both parse, call
+from a connection the ``$connect`` authorizer admitted), and a Slack member's thumb on a reply
+handed over by the ``slack`` function (``{"slack_rating": ...}``, an asynchronous invocation
+only its role may make; a removed reaction withdraws the rating). All parse, call
 :func:`~workers.core.feedback.give_feedback` and flush the traces before returning (a frozen
 process loses nothing). Its own function because it logs to MLflow (``mlflow-tracing``, the
 agent layer), which the light functions never import.
@@ -19,7 +21,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
 from events.identity import Principal
-from events.inbound import CONVERSATION_ID_PATTERN, FeedbackRequest, WsFeedback
+from events.inbound import CONVERSATION_ID_PATTERN, FeedbackRequest, SlackRating, WsFeedback
 from events.json_input import parse_json
 from events.outbound import ErrorBody, ErrorView, FeedbackView, validation_problem
 from workers import bootstrap
@@ -39,7 +41,9 @@ from workers.handlers.observability import logger, metrics
 _CONVERSATION_ID = re.compile(CONVERSATION_ID_PATTERN)
 
 
-def _record(principal: Principal, conversation_id: str, body: FeedbackRequest) -> FeedbackView:
+def _record(
+    principal: Principal, conversation_id: str, body: FeedbackRequest, *, withdrawn: bool = False
+) -> FeedbackView:
     deps = bootstrap.aws_deps()
     try:
         give_feedback(
@@ -49,6 +53,7 @@ def _record(principal: Principal, conversation_id: str, body: FeedbackRequest) -
             reply_id=body.reply_id,
             score=body.score,
             comment=body.comment,
+            withdrawn=withdrawn,
         )
     finally:
         bootstrap.flush_traces(deps)
@@ -110,9 +115,26 @@ def _websocket(event: dict[str, Any]) -> dict[str, Any]:
     return {"statusCode": 200, "body": view.model_dump_json()}
 
 
+def _slack(event: dict[str, Any]) -> dict[str, Any]:
+    """A Slack member's thumb, handed over by the ``slack`` function (an asynchronous
+    invocation: a refusal is logged and ends here; a retryable error raises, and Lambda
+    invokes again)."""
+    rating = SlackRating.model_validate(event["slack_rating"])
+    body = FeedbackRequest(reply_id=rating.reply_id, score=rating.score)
+    try:
+        _record(rating.principal, rating.conversation_id, body, withdrawn=rating.withdrawn)
+    except PermanentError as exc:
+        _refusal(exc)
+        logger.info("slack rating not recorded", extra={"reason": str(exc)})
+        return {"recorded": False, "reason": str(exc)}
+    return {"recorded": True}
+
+
 @metrics.log_metrics
 @logger.inject_lambda_context(clear_state=True)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    if "slack_rating" in event:  # from the slack function (API Gateway's events never are)
+        return _slack(event)
     if "connectionId" in (event.get("requestContext") or {}):
         return _websocket(event)
     return _http(event)

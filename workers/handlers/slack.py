@@ -3,7 +3,8 @@
 :mod:`workers.adapters.slack_events`'s (the local server and Socket Mode share it); this
 checks the signature first (401 otherwise), accepts the message it carries, and counts and
 logs the outcome. Slack wants an answer within 3 s: only the message is accepted here; the
-turn runs in the workflow.
+turn runs in the workflow. A thumb on a reply is handed to the ``feedback`` function
+(``bootstrap.slack_rate``), which records it on the reply's trace.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         if isinstance(parsed, slack.SlackMessage):
             logger.append_keys(conversation_id=parsed.msg.conversation_id)
             metrics.add_metric(name=parsed.metric, unit=MetricUnit.Count, value=1)
-        answer = asyncio.run(slack.answer(parsed, _accept, bootstrap.slack_app()))
+        work = slack.answer(parsed, _accept, bootstrap.slack_app(), bootstrap.slack_rate())
+        answer = asyncio.run(work)
     metrics.add_metric(name=answer.metric, unit=MetricUnit.Count, value=1)
     if answer.reason is not None:
         logger.info("slack request not acted on", extra={"reason": answer.reason})

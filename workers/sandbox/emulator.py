@@ -147,6 +147,7 @@ class Stack:
             "AGENTWORKER_STATE_MACHINE_ARN": self.state_machine_arns[variant],
             "AGENTWORKER_REPLY_TOPIC_ARN": self.topic_arn,
             "AGENTWORKER_MAX_RUN_SECONDS": "240",
+            "AGENTWORKER_FEEDBACK_FUNCTION": self.function_arns.get("feedback", ""),
         }
 
 

@@ -172,14 +172,20 @@ class SlackMessage:
     started_at: float = 0.0
     updates: int = 0
     """How many ``chat.update`` calls changed it."""
+    metadata: dict[str, Any] | None = None
+    """Its message metadata (``event_type``, ``event_payload``), as the app last set it."""
 
     @property
     def from_bot(self) -> bool:
         return self.user == BOT_USER_ID
 
-    def to_json(self) -> dict[str, Any]:
-        """The message object of Slack's answers (``message`` of ``chat.postMessage``)."""
+    def to_json(self, *, with_metadata: bool = False) -> dict[str, Any]:
+        """The message object of Slack's answers (``message`` of ``chat.postMessage``);
+        its metadata only ``with_metadata`` (``include_all_metadata`` of the history
+        methods)."""
         data: dict[str, Any] = {"type": "message", "text": self.text, "user": self.user}
+        if with_metadata and self.metadata is not None:
+            data["metadata"] = self.metadata
         data |= {"ts": self.ts}
         if self.from_bot:
             data |= {"bot_id": BOT_ID, "app_id": APP_ID, "team": TEAM_ID}
@@ -535,6 +541,7 @@ class SlackWebStub(StubServer[_Fault, SlackCall]):
         message = SlackMessage(
             channel, self._next_ts(), str(text), thread_ts=thread_ts, blocks=_list(args, "blocks")
         )
+        message.metadata = _metadata(args, None)
         self._messages[message.ts] = message
         self._clear_status(channel, thread_ts)
         return _ok(channel=channel, ts=message.ts, message=message.to_json())
@@ -555,6 +562,7 @@ class SlackWebStub(StubServer[_Fault, SlackCall]):
             message.text = str(text)
         if "blocks" in args:
             message.blocks = _list(args, "blocks")
+        message.metadata = _metadata(args, message.metadata)
         message.updates += 1
         return _ok(channel=channel, ts=message.ts, text=message.text, message=message.to_json())
 
@@ -614,6 +622,7 @@ class SlackWebStub(StubServer[_Fault, SlackCall]):
         _append(message, args)
         if "blocks" in args:
             message.blocks = _list(args, "blocks")
+        message.metadata = _metadata(args, message.metadata)
         message.stream_state = "stopped"
         return _ok(channel=message.channel, ts=message.ts, message=message.to_json())
 
@@ -678,17 +687,43 @@ class SlackWebStub(StubServer[_Fault, SlackCall]):
         return _ok()
 
     def _replies(self, args: dict[str, Any], now: float) -> _Answer:
+        """A thread (``ts``: its parent or any message in it; the parent first, as Slack
+        answers), narrowed by ``oldest``/``latest``/``inclusive``; metadata only with
+        ``include_all_metadata``."""
         channel, ts = args.get("channel"), args.get("ts")
-        thread = [
-            m for m in self._messages.values() if m.channel == channel and ts in (m.ts, m.thread_ts)
-        ]
-        if not thread:
+        named = self._messages.get(str(ts))
+        if named is None or named.channel != channel:
             return _fail("thread_not_found")
-        thread.sort(key=lambda m: float(m.ts))
-        return _ok(messages=[m.to_json() for m in thread], has_more=False)
+        root = named.thread_ts or named.ts
+        thread = sorted(
+            (
+                m
+                for m in self._messages.values()
+                if m.channel == channel and root in (m.ts, m.thread_ts)
+            ),
+            key=lambda m: float(m.ts),
+        )
+        inclusive = args.get("inclusive") in (True, "true", "1", 1)
+        oldest, latest = float(args.get("oldest") or 0), float(args.get("latest") or "inf")
+
+        def kept(m: SlackMessage) -> bool:
+            at = float(m.ts)
+            if inclusive:
+                return oldest <= at <= latest
+            return oldest < at < latest
+
+        shown = [thread[0], *(m for m in thread[1:] if kept(m))]
+        metadata = args.get("include_all_metadata") in (True, "true", "1", 1)
+        return _ok(messages=[m.to_json(with_metadata=metadata) for m in shown], has_more=False)
 
     def _connections_open(self, args: dict[str, Any], now: float) -> _Answer:
         return _ok(url=self.socket_mode.issue_url())
+
+
+def _metadata(args: Mapping[str, Any], kept: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The message metadata a call sets (``kept`` when it sets none)."""
+    value = args.get("metadata")
+    return value if isinstance(value, dict) else kept
 
 
 def _list(args: Mapping[str, Any], name: str) -> list[Any]:

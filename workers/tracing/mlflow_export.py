@@ -205,9 +205,12 @@ class MlflowExport:
             raise
 
     def feedback(self, record: dict[str, Any]) -> bool:
-        """Log a user's feedback on its trace (False: no such trace, dropped and counted)."""
+        """Log a user's feedback on its trace (False: no such trace, dropped and counted);
+        a withdrawn one deletes the matching assessments instead."""
         from mlflow.entities import AssessmentSource
 
+        if record.get("withdrawn"):
+            return self._withdraw(record)
         record = self._redacted(record)
         metadata = {"reply_id": record["reply_id"]} if record.get("reply_id") else None
         try:
@@ -224,6 +227,33 @@ class MlflowExport:
                 raise StoreUnavailable(str(exc)) from exc
             self.dropped += 1
             log.warning("feedback on %s dropped: %s", record.get("trace_id"), exc)
+            return False
+        return True
+
+    def _withdraw(self, record: dict[str, Any]) -> bool:
+        """Delete the assessments a withdrawn rating takes back: the trace's of the same
+        name, value and source, on the same reply."""
+        trace_id = record["trace_id"]
+        try:
+            trace = self._mlflow.get_trace(trace_id)
+            found = [] if trace is None else list(trace.info.assessments or [])
+            for assessment in found:
+                source = assessment.source
+                metadata = assessment.metadata or {}
+                value = getattr(assessment, "value", None)
+                if (
+                    assessment.name == record["name"]
+                    and value == record["value"]
+                    and source is not None
+                    and source.source_id == record["source_id"]
+                    and metadata.get("reply_id") == record.get("reply_id")
+                ):
+                    self._mlflow.delete_assessment(trace_id, assessment.assessment_id)
+        except Exception as exc:
+            if transient(exc):
+                raise StoreUnavailable(str(exc)) from exc
+            self.dropped += 1
+            log.warning("withdrawn feedback on %s dropped: %s", trace_id, exc)
             return False
         return True
 

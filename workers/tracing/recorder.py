@@ -266,6 +266,7 @@ class SpanRecorder:
                 "source_id": feedback.source_id,
                 "rationale": feedback.rationale,
                 "reply_id": feedback.reply_id,
+                "withdrawn": feedback.withdrawn,
             }
         )
 

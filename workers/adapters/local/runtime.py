@@ -278,11 +278,15 @@ class EmbeddedRuntime(CoreCalls):
         reply_id: str,
         score: int,
         comment: str | None = None,
+        withdrawn: bool = False,
     ) -> Feedback:
         """See :func:`~workers.core.feedback.give_feedback` (in a thread: the tracer may
         wait on its exporter)."""
+        rate = partial(
+            give_feedback, reply_id=reply_id, score=score, comment=comment, withdrawn=withdrawn
+        )
         return await asyncio.to_thread(
-            partial(give_feedback, reply_id=reply_id, score=score, comment=comment),
+            rate,
             self.deps,
             principal,
             conversation_id,

@@ -357,7 +357,8 @@ def create_app(
         answer = slack.verified(headers, raw, secret.get_secret_value(), time.time())
         if answer is None:
             parsed = slack.read_request(headers, raw)
-            answer = await slack.answer(parsed, rt(request).accept, slack_app())
+            runtime = rt(request)
+            answer = await slack.answer(parsed, runtime.accept, slack_app(), runtime.feedback)
         if answer.reason is not None:
             log.info("slack request not acted on: %s", answer.reason)
         if answer.body is None:  # an interaction's acknowledgement

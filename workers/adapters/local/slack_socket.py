@@ -79,7 +79,7 @@ class SlackSocketMode:
                 parsed = slack.ignored(f"envelope type {kind!r}")
         except ValueError as exc:  # JSON shapes, pydantic: as the Request URL's 4xx
             return slack.bad_request(exc)
-        work = slack.answer(parsed, self.runtime.accept, self.app)
+        work = slack.answer(parsed, self.runtime.accept, self.app, self.runtime.feedback)
         future = asyncio.run_coroutine_threadsafe(work, self.loop)
         try:
             return future.result(timeout=ACCEPT_TIMEOUT_SECONDS)
