@@ -268,13 +268,25 @@ def test_the_feedback_routes(deps: Deps) -> None:
 
 
 def test_slack_events(deps: Deps) -> None:
+    kinds = ["message", "app_mention", "reaction_added", "reaction_removed", "other"]
+    item = st.fixed_dictionaries(
+        {"type": st.sampled_from(["message", "file"]) | json_values, "channel": id_field},
+        optional={"ts": text_field},
+    )
     event = st.fixed_dictionaries(
         {
-            "type": st.sampled_from(["message", "app_mention", "other"]) | json_values,
+            "type": st.sampled_from([*kinds, "assistant_thread_started"]) | json_values,
             "channel": id_field,
             "ts": text_field,
         },
-        optional={"text": text_field, "user": text_field, "thread_ts": text_field},
+        optional={
+            "text": text_field,
+            "user": text_field,
+            "thread_ts": text_field,
+            "reaction": st.sampled_from(["+1", "-1::skin-tone-2", "tada"]) | json_values,
+            "item": item | json_values,
+            "assistant_thread": json_values,
+        },
     )
     body = shaped(
         {
