@@ -281,3 +281,50 @@ def test_a_stream_against_slacks_limits_rotates_and_loses_nothing_under_429s() -
         assert all(m.stream_state == "stopped" for m in shown)  # none left streaming
         throttled = [c for c in web.calls("chat.appendStream") if c.status == 429]
         assert len(throttled) == 1
+
+
+def test_a_delivery_tried_again_in_another_process_shows_each_reply_once() -> None:
+    """The ``turn`` function streamed the reply (or posted the question) and then failed
+    before the delivery was marked; the ``deliver`` function (another process: no stream
+    of that turn there) tries again. It finds the payload in the thread by its metadata
+    and sends nothing; what Slack does not show yet is sent."""
+    from events.outbound import ApprovalRequest as Ask
+    from workers.core.ports import REDELIVERY
+    from workers.sandbox.slack_stub import BOT_TOKEN as STUB_BOT
+    from workers.sandbox.slack_stub import SlackWebStub
+
+    with SlackWebStub(bot_token=STUB_BOT) as web:
+
+        def sink() -> SlackReplySink:  # a process of its own: nothing kept from the others
+            return SlackReplySink(SlackWeb(lambda: SecretStr(STUB_BOT), api_url=web.url))
+
+        root = web.seed_message("D0AGAIN", "hello")
+        cid = f"slack:T1:D0AGAIN:{root}"
+        streamed = Reply(conversation_id=cid, turn_id="t1", text="Hello, streamed.")
+        turn = sink()
+        turn.send_chunk(ReplyChunk(conversation_id=cid, turn_id="t1", index=0, delta="Hello"))
+        turn.send(streamed)
+        asked = Ask(
+            conversation_id=cid,
+            turn_id="t2",
+            interrupt_id="i-2",
+            tool="update_ticket",
+            args={"ticket_id": 1},
+            text="Close ticket 1?",
+        )
+        turn.send(asked)
+        assert len(web.thread_messages("D0AGAIN", root)) == 2
+
+        retried = REDELIVERY.set(True)
+        try:
+            for payload in (streamed, asked):
+                sink().send(payload)
+            later = Reply(conversation_id=cid, turn_id="t3", text="Not shown yet.")
+            sink().send(later)
+        finally:
+            REDELIVERY.reset(retried)
+        shown = [m.text for m in web.thread_messages("D0AGAIN", root)]
+        assert shown == ["Hello, streamed.", "Close ticket 1?", "Not shown yet."]
+        assert len(web.calls("conversations.replies")) == 3
+        sink().send(later)  # a first attempt does not look: it is the turn's own delivery
+        assert len(web.calls("conversations.replies")) == 3

@@ -41,6 +41,7 @@ from events.outbound import (
 )
 from workers.adapters.aws.errors import map_aws_error
 from workers.adapters.slack_stream import SlackStreams, escape, recipient_of, reply_metadata
+from workers.core.ports import REDELIVERY
 from workers.errors import (
     ConfigError,
     InvalidSlackSignature,
@@ -72,6 +73,11 @@ METHOD_SCOPES: dict[str, str] = {
 DIRECT_MESSAGE = "D"
 """How a direct message's channel id starts (where assistant threads are)."""
 SECTION_TEXT_MAX = 3000
+SHOWN_WINDOW_SECONDS = 900.0
+"""How far back before a payload was made a redelivery looks for it in the thread (its
+stream started when the turn did: at most a turn's run time earlier)."""
+SHOWN_PAGES = 5
+"""Pages of 200 messages a redelivery reads at most (then it sends)."""
 """Slack's limit on a section block's text."""
 
 RETRYABLE_SLACK_ERRORS = frozenset(
@@ -270,6 +276,11 @@ class SlackReplySink:
     ``assistant.threads.setStatus``; Slack clears it when the reply is posted. A failed
     status call costs the turn nothing.
 
+    A delivery tried again (the core's ``deliver``: an earlier attempt failed, maybe after
+    Slack showed the message, maybe in another process) first looks in the thread for the
+    payload (:meth:`shown`, by the reply metadata every reply and question carries) and
+    sends nothing when it is there: Slack shows each reply once across processes.
+
     HTTP 429/5xx, network failures and ``ratelimited`` are ``RetryableError``; any other
     Web API error (``invalid_auth``, ``channel_not_found``, ...) is ``PermanentError``.
     """
@@ -281,8 +292,48 @@ class SlackReplySink:
     def send(self, payload: OutboxPayload) -> None:
         if not is_slack_conversation(payload.conversation_id):
             return
-        if not self.streams.finish(payload):
-            self.web.call("chat.postMessage", render_message(payload))
+        if self.streams.finish(payload):
+            return
+        if REDELIVERY.get() and self.shown(payload):
+            log.info("slack: %s already in its thread: not sent again", payload.reply_id)
+            return
+        self.web.call("chat.postMessage", render_message(payload))
+
+    def shown(self, payload: OutboxPayload) -> bool:
+        """Whether the thread already shows ``payload`` (a turn's reply or question: a
+        message whose metadata names its ``reply_id``), as an earlier attempt may have left
+        it, in this process or another (its stream stopped, or its post answered, and then
+        the delivery failed before it was marked). Looked for among the thread's messages
+        since :data:`SHOWN_WINDOW_SECONDS` before the payload was made."""
+        if not getattr(payload, "turn_id", None):
+            return False  # a notice carries no metadata: nothing to recognise it by
+        _, channel, thread_ts = slack_thread_of(payload.conversation_id)
+        oldest = payload.created_at.timestamp() - SHOWN_WINDOW_SECONDS
+        query: dict[str, Any] = {
+            "channel": channel,
+            "ts": thread_ts,
+            "oldest": f"{max(oldest, 0):.6f}",
+            "inclusive": True,
+            "include_all_metadata": True,
+            "limit": 200,
+        }
+        for _ in range(SHOWN_PAGES):
+            try:
+                answer = self.web.call("conversations.replies", query)
+            except PermanentError as exc:  # (the thread is gone, a scope is missing): send
+                log.info("slack: the thread of %s not read: %s", payload.reply_id, exc)
+                return False
+            messages = answer.get("messages") if answer else None
+            for message in messages if isinstance(messages, list) else []:
+                metadata = message.get("metadata") if isinstance(message, dict) else None
+                said = metadata.get("event_payload") if isinstance(metadata, dict) else None
+                if isinstance(said, dict) and said.get("reply_id") == payload.reply_id:
+                    return True
+            cursor = ((answer or {}).get("response_metadata") or {}).get("next_cursor")
+            if not cursor:
+                return False
+            query["cursor"] = cursor
+        return False
 
     def send_chunk(self, chunk: StreamChunk) -> None:
         if not is_slack_conversation(chunk.conversation_id):

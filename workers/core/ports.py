@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -271,6 +272,12 @@ class WorkflowStarter(Protocol):
 
     def resume(self, task_token: str) -> None:
         """Wake a run waiting inside its execution (Standard workflows) for an approval."""
+
+
+REDELIVERY: ContextVar[bool] = ContextVar("agentworker_redelivery", default=False)
+"""True while the core's ``deliver`` sends outbox entries (an earlier attempt, maybe in
+another process, may have shown them already before it failed): a sink that can see what
+its channel shows checks it first (the Slack sink: the thread's reply metadata)."""
 
 
 class ReplySink(Protocol):

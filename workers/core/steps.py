@@ -92,6 +92,7 @@ from workers.core.policies import (
     plan_turn,
 )
 from workers.core.ports import (
+    REDELIVERY,
     Cancellations,
     Clock,
     ConversationStore,
@@ -1167,15 +1168,20 @@ def deliver(deps: Deps, conversation_id: str) -> int:
     """Send undelivered outbox entries in order and mark each delivered; returns the count.
     Re-delivering an already-delivered entry never happens: marks are checked first."""
     sent = 0
-    for entry in deps.store.pending_outbox(conversation_id):
-        with deps.tracer.span("deliver", kind="UNKNOWN", inputs={"type": entry.payload.type}):
-            try:
-                _send_entry(deps, entry)
-            except PermanentError as exc:
-                _undeliverable(entry, exc)
-            now = deps.clock.now()
-            _mark(deps, partial(deps.store.mark_delivered, conversation_id, [entry.seq], now=now))
-        sent += 1
+    again = REDELIVERY.set(True)
+    try:
+        for entry in deps.store.pending_outbox(conversation_id):
+            with deps.tracer.span("deliver", kind="UNKNOWN", inputs={"type": entry.payload.type}):
+                try:
+                    _send_entry(deps, entry)
+                except PermanentError as exc:
+                    _undeliverable(entry, exc)
+                now = deps.clock.now()
+                mark = partial(deps.store.mark_delivered, conversation_id, [entry.seq], now=now)
+                _mark(deps, mark)
+            sent += 1
+    finally:
+        REDELIVERY.reset(again)
     return sent
 
 
