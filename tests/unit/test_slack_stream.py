@@ -256,3 +256,18 @@ def test_a_channel_streams_to_the_member_who_asked_and_its_end_names_the_reply(
     sink.send(reply("Yo", CHANNEL, "t4"))
     method, body = web.calls[-1]
     assert method == "chat.postMessage" and body["metadata"] == reply_metadata(CHANNEL, "r-t4")
+
+
+def test_last_words_slack_will_not_take_into_the_message_go_on_in_a_new_one(web: Web) -> None:
+    """The stream stops with the reply's last words, and Slack refuses them there (too long,
+    or it ended the stream): the message ends where it is, the words follow in a new one,
+    which carries the reply's metadata."""
+    for refusal in ("msg_too_long", "message_not_in_streaming_state"):
+        web = Web()
+        streams = SlackStreams(web, clock=Clock())
+        streams.piece(piece("Hello "))
+        web.faults["chat.stopStream"] = [PermanentError(f"Slack refused ({refusal})")]
+        assert streams.finish(reply("Hello there."))
+        assert web.text() == "Hello there." and len(web.shown) == 2
+        *_, (method, last) = web.calls
+        assert method == "chat.stopStream" and last["metadata"]["event_payload"]["reply_id"]

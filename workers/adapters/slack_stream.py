@@ -340,8 +340,16 @@ class SlackStreams:
         if stream.streaming and reply.startswith(shown):
             rest = reply[len(shown) :]
             if stream.parts and stream.open and len(rest) <= PART_CHARS:
-                self._close(stream, rest, metadata)  # the last words as the stream stops
-                return
+                try:
+                    self._close(stream, rest, metadata)  # the last words as the stream stops
+                    return
+                except PermanentError as exc:
+                    if not any(code in str(exc) for code in NOT_STREAMING):
+                        raise
+                    # Slack will not take them into this message: it ends where it is and
+                    # the last words go on in a new one.
+                    stream.open = True
+                    self._close(stream)
             for start in range(0, len(rest), PART_CHARS):
                 stream.pending = rest[start : start + PART_CHARS]
                 self._stream_text(stream, self.clock())
