@@ -264,7 +264,11 @@ def test_a_stream_against_slacks_limits_rotates_and_loses_nothing_under_429s() -
 
     with SlackWebStub(bot_token=STUB_BOT, max_stream_chars=40, stream_ttl_s=30, clock=clock) as web:
         sink = SlackReplySink(SlackWeb(lambda: SecretStr(STUB_BOT), api_url=web.url))
-        sink.streams = SlackStreams(sink.web.call, clock=clock)
+
+        def sleep(seconds: float) -> None:
+            now[0] += seconds
+
+        sink.streams = SlackStreams(sink.web.call, clock=clock, sleep=sleep)
         cid = "slack:T1:D0LIMITS:100.000001"
         words = [f"word{n:02d} " for n in range(12)]  # 84 characters
         web.fail("chat.appendStream", retry_after=2)

@@ -57,9 +57,14 @@ def web() -> Web:
 class Clock:
     def __init__(self) -> None:
         self.now = 0.0
+        self.slept: list[float] = []
 
     def __call__(self) -> float:
         return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
 
 
 def piece(text: str, cid: str = DM, turn: str = "t1") -> ReplyChunk:
@@ -126,7 +131,8 @@ def test_a_stream_slack_ended_or_too_long_goes_on_in_a_new_message(web: Web) -> 
 
 def test_a_reply_that_differs_from_what_streamed_replaces_it(web: Web) -> None:
     """The output guard masked the reply, or a node rewrote it: the reply is what stays."""
-    streams = SlackStreams(web, clock=Clock())
+    clock = Clock()
+    streams = SlackStreams(web, clock=clock, sleep=clock.sleep)
     streams.piece(piece("call me at 555-0100"))
     streams.finish(reply("call me at [phone]"))
     assert web.methods() == ["chat.startStream", "chat.stopStream", "chat.update"]
@@ -135,7 +141,7 @@ def test_a_reply_that_differs_from_what_streamed_replaces_it(web: Web) -> None:
 
 def test_where_streaming_is_refused_it_posts_and_updates_and_a_channel_waits(web: Web) -> None:
     clock = Clock()
-    streams = SlackStreams(web, clock=clock)
+    streams = SlackStreams(web, clock=clock, sleep=clock.sleep)
     web.faults["chat.startStream"] = [PermanentError("Slack refused (not_allowed_token_type)")]
     streams.piece(piece("Hel"))
     clock.now += 0.5
@@ -145,6 +151,7 @@ def test_where_streaming_is_refused_it_posts_and_updates_and_a_channel_waits(web
     assert web.methods() == ["chat.startStream", "chat.postMessage", "chat.update"]
     streams.finish(reply("Hello you & me"))
     assert web.text() == "Hello you &amp; me"  # a text field: Slack's escapes
+    assert clock.slept == [1.0]  # the last update waited for Slack's one a second
     calls = len(web.calls)
     in_channel = SlackStreams(web, clock=clock)
     in_channel.piece(piece("Hi", cid=CHANNEL, turn="t2"))  # a channel's stream needs recipients
@@ -271,3 +278,20 @@ def test_last_words_slack_will_not_take_into_the_message_go_on_in_a_new_one(web:
         assert web.text() == "Hello there." and len(web.shown) == 2
         *_, (method, last) = web.calls
         assert method == "chat.stopStream" and last["metadata"]["event_payload"]["reply_id"]
+
+
+def test_a_start_slack_finds_too_long_is_sent_in_halves_between_words(web: Web) -> None:
+    """Text held back (a 429's wait) can outgrow what Slack takes in one message: the
+    start is halved, at a space, until Slack takes it; the rest follows."""
+    streams = SlackStreams(web, clock=Clock())
+    too_long = PermanentError("Slack chat.startStream refused (msg_too_long)")
+    web.faults["chat.startStream"] = [too_long, too_long]
+    streams.piece(piece("one two three four five six seven eight "))
+    starts = [b["markdown_text"] for m, b in web.calls if m == "chat.startStream"]
+    assert starts == [
+        "one two three four five six seven eight ",
+        "one two three four ",
+        "one two ",
+    ]
+    assert streams.finish(reply("one two three four five six seven eight nine."))
+    assert web.text() == "one two three four five six seven eight nine."

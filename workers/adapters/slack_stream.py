@@ -62,6 +62,9 @@ PART_SECONDS = 240.0
 stream about five minutes after it started)."""
 NOT_STREAMING = frozenset({"message_not_in_streaming_state", "msg_too_long"})
 """What Slack answers an append it will not take into this message: continue in a new one."""
+FINAL_WAIT_SECONDS = 3.0
+"""How long the reply's last update may wait for the stream's pace (one call a second, a
+429's ``Retry-After``) rather than be refused and sent again later."""
 MAX_STREAMS = 256
 """Streams kept per process (the oldest is forgotten past it)."""
 REPLY_EVENT = "agentworker_reply"
@@ -88,6 +91,13 @@ def recipient_of(team: str, requested_by: list[str]) -> tuple[str, str] | None:
 def escape(text: str) -> str:
     """Slack's three control characters in message text (``text`` fields, not markdown)."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _first_half(text: str) -> str:
+    """About the first half of ``text``, ending after a space where there is one."""
+    half = len(text) // 2
+    cut = text.rfind(" ", 0, half + 1) + 1
+    return text[: cut or half]
 
 
 @dataclass
@@ -127,9 +137,16 @@ Call = Callable[[str, dict[str, Any]], dict[str, Any] | None]
 class SlackStreams:
     """The turns streaming into Slack threads in this process."""
 
-    def __init__(self, call: Call, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        call: Call,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.call = call
         self.clock = clock
+        self.sleep = sleep
         self._streams: OrderedDict[str, _Stream] = OrderedDict()
         self._recipients: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._finalized: deque[str] = deque(maxlen=1024)
@@ -218,21 +235,28 @@ class SlackStreams:
             part = None
         text = stream.pending
         if part is None:
-            try:
-                start = {"channel": stream.channel, "thread_ts": stream.thread_ts}
-                if stream.recipient is not None:
-                    team, user = stream.recipient
-                    start |= {"recipient_team_id": team, "recipient_user_id": user}
-                answer = self.call("chat.startStream", {**start, "markdown_text": text})
-            except PermanentError as exc:  # streaming refused here: post and update instead
-                log.info("slack streaming refused (%s): posting and updating", exc)
-                stream.streaming = False
-                self._update_text(stream)
-                return
+            start = {"channel": stream.channel, "thread_ts": stream.thread_ts}
+            if stream.recipient is not None:
+                team, user = stream.recipient
+                start |= {"recipient_team_id": team, "recipient_user_id": user}
+            while True:
+                try:
+                    answer = self.call("chat.startStream", {**start, "markdown_text": text})
+                    break
+                except PermanentError as exc:
+                    if "msg_too_long" in str(exc) and len(text) > 1:
+                        text = _first_half(text)  # (the rest waits for the next call)
+                        continue
+                    log.info("slack streaming refused (%s): posting and updating", exc)
+                    stream.streaming = False  # refused here: post and update instead
+                    self._update_text(stream)
+                    return
             if answer is None:
                 return
             stream.parts.append(_Part(str(answer["ts"]), text, now))
             stream.open = True
+            stream.pending = stream.pending[len(text) :]
+            return
         else:
             try:
                 self.call(
@@ -332,6 +356,13 @@ class SlackStreams:
                     self._close(stream)
         return False
 
+    def _paced(self, stream: _Stream) -> None:
+        """Wait for the stream's pace before the reply's last update (Slack takes one
+        ``chat.update`` a second in a channel), at most :data:`FINAL_WAIT_SECONDS`."""
+        wait = max(stream.last_call + FLUSH_SECONDS, stream.blocked_until) - self.clock()
+        if wait > 0:
+            self.sleep(min(wait, FINAL_WAIT_SECONDS))
+
     def _final(self, stream: _Stream, payload: Reply) -> None:
         reply = payload.text
         metadata = reply_metadata(payload.conversation_id, payload.reply_id)
@@ -350,8 +381,8 @@ class SlackStreams:
                     # the last words go on in a new one.
                     stream.open = True
                     self._close(stream)
-            for start in range(0, len(rest), PART_CHARS):
-                stream.pending = rest[start : start + PART_CHARS]
+            stream.pending = rest
+            while stream.pending and stream.streaming:
                 self._stream_text(stream, self.clock())
             if stream.streaming:  # (a refusal on the way posted it instead)
                 self._close(stream, metadata=metadata)
@@ -362,6 +393,7 @@ class SlackStreams:
             self._update_text(stream, metadata)
             return
         self._close(stream)  # what Slack shows differs from the reply: the reply replaces it
+        self._paced(stream)
         first, *others = stream.parts
         if shown != reply or not stream.streaming:  # (a posted message: its metadata too)
             where = {"channel": stream.channel, "ts": first.ts}
