@@ -479,6 +479,7 @@ def test_the_readme_is_a_quickstart_then_the_reference() -> None:
         "Quickstart",
         "Bring your own agent",
         "Use the LangGraph SDK",
+        "Put it in Slack",
         "Models",
         "Reference",
     ]
