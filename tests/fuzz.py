@@ -26,6 +26,15 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 
+BATCH = 10
+"""Cases drawn per Hypothesis example by the fuzzers that batch them (:data:`BATCHED`):
+Hypothesis's own work per example, not the drawing, was most of a fuzzer's time."""
+BATCHED = settings(
+    FUZZ,
+    max_examples=max(1, CASES // BATCH),
+    suppress_health_check=[*FUZZ.suppress_health_check, HealthCheck.data_too_large],
+)
+
 _leaf = (
     st.none()
     | st.booleans()

@@ -16,7 +16,17 @@ from fastapi.testclient import TestClient
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.fuzz import CASES, FUZZ, hostile, id_field, json_values, shaped, text_field, ws_frames
+from tests.fuzz import (
+    BATCH,
+    BATCHED,
+    CASES,
+    hostile,
+    id_field,
+    json_values,
+    shaped,
+    text_field,
+    ws_frames,
+)
 from workers.adapters.local.server import create_app
 from workers.config import Settings
 
@@ -81,21 +91,23 @@ def test_http_message_and_conversation_bodies(client: TestClient) -> None:
     )
     ran = [0]
 
-    @FUZZ
-    @given(hostile(body), media, id_field, routes)
-    def run(raw: str | bytes, content_type: str, cid: Any, route: tuple[str, str]) -> None:
-        ran[0] += 1
-        data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
-        method, path = route
-        resp = client.request(
-            method,
-            path.format(cid=cid_text(cid)),
-            content=data,
-            headers={**AUTH, "content-type": content_type},
-        )
-        assert resp.status_code in ANSWERED, resp.text
-        if resp.status_code >= 400:
-            assert resp.json()["error"]["code"]
+    case = st.tuples(hostile(body), media, id_field, routes)
+
+    @BATCHED
+    @given(st.lists(case, min_size=BATCH, max_size=BATCH))
+    def run(cases: list[tuple[str | bytes, str, Any, tuple[str, str]]]) -> None:
+        for raw, content_type, cid, (method, path) in cases:
+            ran[0] += 1
+            data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+            resp = client.request(
+                method,
+                path.format(cid=cid_text(cid)),
+                content=data,
+                headers={**AUTH, "content-type": content_type},
+            )
+            assert resp.status_code in ANSWERED, resp.text
+            if resp.status_code >= 400:
+                assert resp.json()["error"]["code"]
 
     run()
     assert ran[0] >= CASES
@@ -106,20 +118,21 @@ def test_websocket_frames(client: TestClient) -> None:
     ran = [0]
     with client.websocket_connect("/v1/ws", headers=AUTH) as ws:
 
-        @FUZZ
-        @given(hostile(ws_frames))
-        def run(raw: str | bytes) -> None:
-            ran[0] += 1
-            if isinstance(raw, bytes):
-                ws.send_bytes(raw)  # a binary frame
-            else:
-                ws.send_text(raw)
-            while True:  # replies of earlier frames may come in between
-                answer = ws.receive_json()
-                if answer.get("type") in ("accepted", "subscribed", "pong", "error"):
-                    break
-            if answer["type"] == "error":
-                assert answer["error"]["code"] != "internal_error", answer
+        @BATCHED
+        @given(st.lists(hostile(ws_frames), min_size=BATCH, max_size=BATCH))
+        def run(frames: list[str | bytes]) -> None:
+            for raw in frames:
+                ran[0] += 1
+                if isinstance(raw, bytes):
+                    ws.send_bytes(raw)  # a binary frame
+                else:
+                    ws.send_text(raw)
+                while True:  # replies of earlier frames may come in between
+                    answer = ws.receive_json()
+                    if answer.get("type") in ("accepted", "subscribed", "pong", "error"):
+                        break
+                if answer["type"] == "error":
+                    assert answer["error"]["code"] != "internal_error", answer
 
         run()
         ws.send_text(json.dumps({"action": "ping"}))

@@ -17,7 +17,17 @@ from pydantic import ValidationError
 
 from tests.fakes import in_memory_aws
 from tests.functional.slack_env import SIGNING_SECRET, slack_request
-from tests.fuzz import CASES, FUZZ, hostile, id_field, json_values, shaped, text_field, ws_frames
+from tests.fuzz import (
+    BATCH,
+    BATCHED,
+    CASES,
+    hostile,
+    id_field,
+    json_values,
+    shaped,
+    text_field,
+    ws_frames,
+)
 from workers import bootstrap
 from workers.core.steps import Deps
 from workers.errors import PermanentError
@@ -41,11 +51,12 @@ def fuzz(strategy: st.SearchStrategy[Any], check: Callable[[Any], None]) -> int:
     """Run ``check`` on ``CASES`` examples of ``strategy``; the number run."""
     ran = [0]
 
-    @FUZZ
-    @given(strategy)
-    def run(case: Any) -> None:
-        ran[0] += 1
-        check(case)
+    @BATCHED
+    @given(st.lists(strategy, min_size=BATCH, max_size=BATCH))
+    def run(cases: list[Any]) -> None:
+        for case in cases:
+            ran[0] += 1
+            check(case)
 
     run()
     return ran[0]
