@@ -229,6 +229,24 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8800, help="port (default 8800; 0: a free one)")
     s.set_defaults(func=cmd_stub)
 
+    s = sub.add_parser("tickets", help="import a helpdesk's tickets: one conversation each")
+    s.set_defaults(func=lambda _args, tickets=s: _usage(tickets))
+    actions = s.add_subparsers(metavar="ACTION")
+    imports = actions.add_parser(
+        "import", help="answer the tickets of a JSON Lines or CSV file (again: goes on)"
+    )
+    imports.add_argument("file", type=Path, help="a helpdesk export: .jsonl, or .csv")
+    imports.add_argument(
+        "--concurrency", type=int, default=4, help="tickets in flight at once (default 4)"
+    )
+    imports.add_argument("--url", default=os.environ.get("AGENTWORKER_URL", DEFAULT_URL))
+    imports.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds to wait for one ticket's answer"
+    )
+    imports.add_argument("--json", action="store_true", help="the summary as JSON")
+    imports.add_argument("--config", type=Path, help="app file (default: ./agentworker.toml)")
+    imports.set_defaults(func=cmd_tickets_import)
+
     s = sub.add_parser(
         "stack-spec", help="print the deployable stack's spec (serverless.yml reads it)"
     )
@@ -1073,6 +1091,31 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 # stack-spec -------------------------------------------------------------------------------
+
+
+def cmd_tickets_import(args: argparse.Namespace) -> int:
+    """``tickets import FILE``: see :mod:`workers.tickets`."""
+    from workers.adapters.local.guard import read_dev_token
+    from workers.costs import cost_of, merged_prices, price_for
+    from workers.tickets import run
+
+    settings = _settings(args, config="config")
+    token = os.environ.get("AGENTWORKER_TOKEN") or read_dev_token(_state_dir_of_cli())
+    price = price_for(settings.model.split(":", 1)[-1], merged_prices(settings.prices))
+
+    def priced(usage: Any) -> float | None:
+        return None if price is None else cost_of(usage, price).total_cost
+
+    return run(
+        args.file,
+        url=args.url,
+        token=token,
+        concurrency=args.concurrency,
+        timeout=args.timeout,
+        columns={str(k): v for k, v in settings.ticket_columns.items()},
+        price=priced,
+        as_json=args.json,
+    )
 
 
 def cmd_stack_spec(args: argparse.Namespace) -> int:

@@ -59,6 +59,7 @@ APP_KEYS = (
     "configurable_from_callers",
     "store_index_dims",
     "store_index_embed",
+    "ticket_columns",
 )
 """What ``agentworker.toml`` may set: the app, not the runtime around it."""
 
@@ -337,6 +338,15 @@ class Settings(BaseSettings):
     )
     prompt_caching: bool = Field(
         True, description="Bedrock prompt caching (cachePoint blocks) where the model has it."
+    )
+    ticket_columns: dict[
+        Literal["id", "subject", "description", "requester", "priority", "tags"],
+        Annotated[str, Field(min_length=1, max_length=200)],
+    ] = Field(
+        default_factory=dict,
+        description="`agentworker tickets import`: which column of the file holds each field,"
+        ' JSON {"id": "Case Number", ...} (unset fields: the usual names of helpdesk'
+        " exports).",
     )
     retry_attempts: int = Field(
         3, ge=1, le=20, description="Attempts per turn on retryable errors."

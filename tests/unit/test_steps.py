@@ -657,6 +657,14 @@ def test_ids_of_the_backends_and_of_slack_cannot_be_squatted_by_users() -> None:
     accept_message(w.deps, mine, backend("helpdesk"))
     accept_message(w.deps, InboundMessage(conversation_id="ticket:78", text="and?"), alice)
     assert [e.message.sender for e in w.store.pending_inbox("ticket:78")][-1] == "alice"
+    # A person who brings the helpdesk's tickets in (agentworker tickets import) has the
+    # helpdesk role: the ticket conversations they create are theirs, nobody else's.
+    lead = Principal(id="lead", tenant="acme", roles=frozenset({"helpdesk"}))
+    accept_message(w.deps, InboundMessage(conversation_id="ticket:HD-9", text="jam"), lead)
+    with pytest.raises(NotFound):
+        accept_message(w.deps, InboundMessage(conversation_id="ticket:HD-9", text="x"), alice)
+    with pytest.raises(NotFound):  # the backend's ticket: not the lead's to take
+        accept_message(w.deps, InboundMessage(conversation_id="ticket:77", text="x"), lead)
     # Everything else is the users' namespace: first come.
     accept_message(w.deps, InboundMessage(conversation_id="ws:acme:1", text="hi"), alice)
     accept_message(w.deps, InboundMessage(conversation_id="6f1c2d", text="hi"), alice)

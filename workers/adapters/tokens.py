@@ -18,6 +18,7 @@ import jwt
 
 from events.identity import LOCAL_USER, WS_SUBPROTOCOL_TOKEN, ClaimMapping, Principal
 from workers.config import Settings
+from workers.core.policies import HELPDESK_ROLE
 from workers.errors import ConfigError, RetryableError, Unauthenticated
 
 log = logging.getLogger(__name__)
@@ -185,7 +186,12 @@ class DevTokenAuthenticator:
             raise Unauthenticated("missing", "a bearer token is required (the dev token)")
         if not hmac.compare_digest(token.encode(), self.token.encode()):
             raise Unauthenticated("bad_token", "not this server's dev token")
-        return LOCAL_USER
+        return LOCAL_OPERATOR
+
+
+LOCAL_OPERATOR = LOCAL_USER.model_copy(update={"roles": frozenset({HELPDESK_ROLE})})
+"""Who holds the development token: the local user, who runs the server and so may bring a
+helpdesk's tickets in (``ticket:<id>`` conversations, :data:`HELPDESK_ROLE`)."""
 
 
 def ws_token(authorization: str | None, subprotocols: Iterable[str]) -> str | None:

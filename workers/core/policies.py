@@ -90,14 +90,20 @@ SLACK_NAMESPACE = "slack:"
 by Slack's own entry points, for a member of that channel."""
 BACKEND_NAMESPACES = ("ticket:",)
 """Conversation ids that trusted backends create (a helpdesk's ``ticket:<id>``): a user may
-use one that was created for them, never create one (nor block it for its real owner)."""
+use one that was created for them, never create one (nor block it for its real owner),
+unless the user has the :data:`HELPDESK_ROLE`."""
+HELPDESK_ROLE = "helpdesk"
+"""The role of a person who brings a helpdesk's tickets in (``agentworker tickets import``):
+they may create ``ticket:<id>`` conversations, theirs. The local server's development token
+has it (its holder runs the server); with JWTs, the token's roles claim gives it."""
 
 
 def may_create(principal: Principal, conversation_id: str) -> bool:
     """Whether ``principal`` may create the conversation ``conversation_id``: anyone in the
     users' namespace (every id but the ones below, first come); a Slack thread's id only a
     member of its workspace and channel (a Slack principal); a backend's namespace only a
-    trusted backend. Predictable ids can so be neither squatted nor blocked in advance."""
+    trusted backend, or a person with the :data:`HELPDESK_ROLE`. Predictable ids can so be
+    neither squatted nor blocked in advance by anyone else."""
     if principal.service:
         return True
     if conversation_id.startswith(SLACK_NAMESPACE):
@@ -106,7 +112,9 @@ def may_create(principal: Principal, conversation_id: str) -> bool:
         team, channel, _ = slack_thread_of(conversation_id)
         in_channel = slack_channel_owner(team, channel) in principal.owners
         return principal.tenant == slack_tenant(team) and in_channel
-    return not conversation_id.startswith(BACKEND_NAMESPACES)
+    if conversation_id.startswith(BACKEND_NAMESPACES):
+        return HELPDESK_ROLE in principal.roles
+    return True
 
 
 def may_access(
