@@ -245,6 +245,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     imports.add_argument("--json", action="store_true", help="the summary as JSON")
     imports.add_argument("--config", type=Path, help="app file (default: ./agentworker.toml)")
+    imports.add_argument(
+        "--target",
+        choices=("local", "aws", "sandbox"),
+        default="local",
+        help="'local' (default): the server at --url, each ticket's outcome awaited; 'aws':"
+        " the inbound queue of the stack the AGENTWORKER_* settings name (SendMessageBatch);"
+        " 'sandbox': the running sandbox's",
+    )
+    imports.add_argument("--state-dir", type=Path, help="where the sandbox's sandbox.json is")
     imports.set_defaults(func=cmd_tickets_import)
 
     s = sub.add_parser(
@@ -791,19 +800,25 @@ def _redrive_sqs(args: argparse.Namespace) -> int:
 
 def _sqs_dead_letters(args: argparse.Namespace) -> SqsDeadLetters:
     """The dead letters of the inbound queue of the stack (``aws``) or the sandbox."""
-    from workers.adapters.aws.dead_letters import SqsDeadLetters, inbound_queue_url
+    from workers.adapters.aws.dead_letters import SqsDeadLetters
 
-    settings = _settings(args, state_dir="state_dir")
-    if args.target == "sandbox":
+    sqs, queue_url = _inbound_queue(args.target, _settings(args, state_dir="state_dir"))
+    return SqsDeadLetters.of_queue(sqs, queue_url)
+
+
+def _inbound_queue(target: str, settings: Settings) -> tuple[Any, str]:
+    """An SQS client and the inbound queue's URL of the sandbox, or of the stack (``aws``)."""
+    from workers.adapters.aws.dead_letters import inbound_queue_url
+
+    if target == "sandbox":
         from workers.sandbox.server import client_factory, read_state
 
         state = read_state(settings.state_dir)
-        sqs = client_factory(state.endpoint_url, state.region)("sqs")
-        return SqsDeadLetters.of_queue(sqs, state.queue_url)
+        return client_factory(state.endpoint_url, state.region)("sqs"), state.queue_url
     import boto3
 
     sqs = boto3.session.Session().client("sqs")
-    return SqsDeadLetters.of_queue(sqs, inbound_queue_url(sqs, settings))
+    return sqs, inbound_queue_url(sqs, settings)
 
 
 def cmd_new(args: argparse.Namespace) -> int:
@@ -1099,7 +1114,18 @@ def cmd_tickets_import(args: argparse.Namespace) -> int:
     from workers.costs import cost_of, merged_prices, price_for
     from workers.tickets import run
 
-    settings = _settings(args, config="config")
+    settings = _settings(args, config="config", state_dir="state_dir")
+    columns = {str(k): v for k, v in settings.ticket_columns.items()}
+    if args.target != "local":
+        from workers.errors import AgentWorkerError
+        from workers.tickets import run_to_queue
+
+        try:
+            sqs, queue_url = _inbound_queue(args.target, settings)
+        except AgentWorkerError as exc:
+            print(f"agentworker: tickets import: {exc}", file=sys.stderr)
+            return 2
+        return run_to_queue(args.file, sqs, queue_url, columns=columns, as_json=args.json)
     token = os.environ.get("AGENTWORKER_TOKEN") or read_dev_token(_state_dir_of_cli())
     price = price_for(settings.model.split(":", 1)[-1], merged_prices(settings.prices))
 
@@ -1112,7 +1138,7 @@ def cmd_tickets_import(args: argparse.Namespace) -> int:
         token=token,
         concurrency=args.concurrency,
         timeout=args.timeout,
-        columns={str(k): v for k, v in settings.ticket_columns.items()},
+        columns=columns,
         price=priced,
         as_json=args.json,
     )

@@ -54,8 +54,10 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "tags": ("tags", "labels"),
 }
 """The columns of a ticket and the names helpdesk exports give them (compared in any case)."""
-Outcome = Literal["answered", "escalated", "waiting for approval", "failed"]
+Outcome = Literal["answered", "escalated", "waiting for approval", "failed", "queued"]
 OUTCOMES: tuple[Outcome, ...] = ("answered", "escalated", "waiting for approval", "failed")
+"""What becomes of a ticket the server answers (``queued``: sent to the AWS runtime's queue,
+which answers it in the workflow)."""
 DEDUPE_PREFIX = "ticket-import:"
 POLL_SECONDS = 0.2
 
@@ -216,7 +218,7 @@ class Summary:
         usage = self.usage()
         return {
             "tickets": len(self.results),
-            **{o.replace(" ", "_"): counts.get(o, 0) for o in OUTCOMES},
+            **{o.replace(" ", "_"): counts.get(o, 0) for o in (*OUTCOMES, "queued")},
             "resumed": sum(r.duplicate for r in self.results),
             "input_tokens": usage.input_tokens,
             "output_tokens": usage.output_tokens,
@@ -360,40 +362,14 @@ def run(
     answered, escalated or waits for approval; 1 when some failed; 2 for a file that cannot
     be read; 3 when the server went away (run it again to go on)."""
     import httpx
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
-    err = Console(stderr=True)
     try:
         rows = read_tickets(path, columns)
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         print(f"agentworker: tickets import: {exc}", file=sys.stderr)
         return 2
     started = time.monotonic()
-    seen: Counter[str] = Counter()
-    progress = Progress(
-        TextColumn("[bold]tickets[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=False,
-    )
-    task = progress.add_task("", total=len(rows))
-
-    def done(result: Result) -> None:
-        seen[result.outcome] += 1
-        said = " · ".join(f"{o} {seen[o]}" for o in OUTCOMES if seen[o])
-        progress.update(task, advance=1, description=said)
+    progress, done = _progress(len(rows))
 
     headers = {"authorization": f"Bearer {token}"} if token else {}
     limits = httpx.Limits(max_connections=concurrency * 2 + 2)
@@ -418,6 +394,69 @@ def run(
         return 3
     summary = Summary(results, time.monotonic() - started)
     summary.cost_usd = price(summary.usage())
+    return _summarized(summary, as_json)
+
+
+def run_to_queue(
+    path: Path, sqs: Any, queue_url: str, *, columns: Mapping[str, str], as_json: bool
+) -> int:
+    """The command with ``--target aws|sandbox``: the tickets queued on the AWS runtime's
+    inbound queue (``queue_url``), with a progress bar and the summary (queued, failed).
+    Exit codes as :func:`run`'s."""
+    try:
+        rows = read_tickets(path, columns)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        print(f"agentworker: tickets import: {exc}", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    progress, done = _progress(len(rows))
+    results: list[Result] = []
+    with progress:
+        for row in rows:
+            if isinstance(row, BadRow):
+                results.append(Result(f"line {row.line}", "failed", row.reason))
+                done(results[-1])
+        tickets = [r for r in rows if isinstance(r, Ticket)]
+        results += send_batches(sqs, queue_url, tickets, done)
+    return _summarized(Summary(results, time.monotonic() - started), as_json)
+
+
+def _progress(total: int) -> tuple[Any, Callable[[Result], None]]:
+    """A progress bar on stderr over ``total`` tickets, and what advances it."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    progress = Progress(
+        TextColumn("[bold]tickets[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    )
+    task = progress.add_task("", total=total)
+    seen: Counter[str] = Counter()
+
+    def done(result: Result) -> None:
+        seen[result.outcome] += 1
+        said = " · ".join(f"{o} {seen[o]}" for o in (*OUTCOMES, "queued") if seen[o])
+        progress.update(task, advance=1, description=said)
+
+    return progress, done
+
+
+def _summarized(summary: Summary, as_json: bool) -> int:
+    from rich.console import Console
+
     if as_json:
         print(json.dumps(summary.to_json(), indent=2))
     else:
@@ -433,7 +472,8 @@ def print_summary(summary: Summary, console: Any) -> None:
     table = Table(title=f"{len(summary.results)} tickets")  # (the time: on the progress bar)
     table.add_column("outcome")
     table.add_column("tickets", justify="right")
-    for outcome in OUTCOMES:
+    queued = "queued" in counts
+    for outcome in ("queued", "failed") if queued else OUTCOMES:
         table.add_row(outcome, str(counts.get(outcome, 0)))
     table.add_section()
     table.add_row("input tokens", f"{usage.input_tokens:,}")
@@ -447,3 +487,86 @@ def print_summary(summary: Summary, console: Any) -> None:
     for r in summary.results:
         if r.outcome == "failed":
             console.print(f"failed: {r.ticket}: {r.reason}", markup=False, highlight=False)
+
+
+# --- to a queue (--target aws | sandbox) ---------------------------------------------------
+
+BATCH_SIZE = 10
+"""SQS ``SendMessageBatch``'s limit."""
+SEND_ATTEMPTS = 5
+"""Tries of an entry SQS did not take (throttled, an internal error) before it is failed."""
+
+
+def queue_body(ticket: Ticket) -> str:
+    """The inbound queue's message of ``ticket`` (``ingest`` reads it as a backend's)."""
+    from events.inbound import InboundMessage
+
+    body = ticket.message()
+    message = InboundMessage(
+        conversation_id=ticket.conversation_id,
+        dedupe_key=body["dedupe_key"],
+        text=body["text"],
+        channel="ticket",
+        sender=ticket.requester or "customer",
+        metadata=body["metadata"],
+    )
+    return message.model_dump_json(exclude_none=True)
+
+
+def send_batches(
+    sqs: Any,
+    queue_url: str,
+    tickets: list[Ticket],
+    done: Callable[[Result], None],
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[Result]:
+    """Queue ``tickets`` with ``SendMessageBatch`` (ten at a time; the conversation is the
+    message group, a hash of the ticket's dedupe key the deduplication id, so a file sent
+    again within SQS's five minutes is dropped by SQS and later by the dedupe key). Entries
+    SQS did not take are sent again with backoff (:data:`SEND_ATTEMPTS`), unless SQS says
+    the fault is the sender's; a ticket is ``queued`` once SQS took it (its turn runs in the
+    workflow)."""
+    import hashlib
+
+    results: list[Result] = []
+    waiting = list(tickets)
+    while waiting:
+        batch, waiting = waiting[:BATCH_SIZE], waiting[BATCH_SIZE:]
+        pending = {str(i): t for i, t in enumerate(batch)}
+        for attempt in range(1, SEND_ATTEMPTS + 1):
+            entries = [
+                {
+                    "Id": key,
+                    "MessageBody": queue_body(t),
+                    "MessageGroupId": t.conversation_id,
+                    "MessageDeduplicationId": hashlib.sha256(
+                        t.message()["dedupe_key"].encode()
+                    ).hexdigest(),
+                }
+                for key, t in pending.items()
+            ]
+            try:
+                answer = sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
+            except Exception as exc:  # throttled, unreachable: the whole batch again
+                failed = {k: (False, f"{type(exc).__name__}: {exc}") for k in pending}
+            else:
+                failed = {
+                    f["Id"]: (bool(f.get("SenderFault")), f"{f.get('Code')}: {f.get('Message')}")
+                    for f in answer.get("Failed", [])
+                }
+            for key, ticket in list(pending.items()):
+                if key not in failed:
+                    result = Result(ticket.id, "queued")
+                    results.append(result)
+                    done(result)
+                    del pending[key]
+                elif failed[key][0] or attempt == SEND_ATTEMPTS:
+                    result = Result(ticket.id, "failed", f"not queued: {failed[key][1]}")
+                    results.append(result)
+                    done(result)
+                    del pending[key]
+            if not pending:
+                break
+            sleep(min(0.2 * 2**attempt, 5.0))
+    return results

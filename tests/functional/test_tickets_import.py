@@ -15,8 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
+from tests.functional.aws_env import Aws, aws
 from tests.functional.server_process import DEV_TOKEN, ServerProcess
+from workers import bootstrap
+
+__all__ = ["aws"]  # the fixture
 
 TICKETS = 200
 
@@ -132,3 +137,33 @@ def test_a_file_it_cannot_read_or_no_server_is_said_in_one_line(tmp_path: Path) 
         check=False,
     )
     assert gone.returncode == 3 and "run the same command again" in gone.stderr
+
+
+def test_tickets_queued_on_the_aws_runtime_are_answered_once_even_sent_twice(
+    aws: Aws, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--target aws``: the tickets go to the inbound queue in batches of ten
+    (``SendMessageBatch``); the workflow answers each; the file sent again (a rerun after a
+    crash) answers nothing twice (SQS's deduplication, then the dedupe key)."""
+    from workers.tickets import run_to_queue
+
+    file = tmp_path / "backlog.jsonl"
+    rows = [{"id": f"Q{n}", "subject": f"Printer {n} jams", "requester": "ana"} for n in range(12)]
+    file.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    sqs = aws.session.client("sqs")
+    for _ in range(2):
+        assert run_to_queue(file, sqs, aws.stack.queue_url, columns={}, as_json=True) == 0
+        out = capsys.readouterr().out  # (the handlers' metrics print there too)
+        summary = json.loads(out[out.index('{\n  "tickets"') :])
+        assert (summary["queued"], summary["failed"]) == (12, 0)
+        aws.pump()
+    replies = aws.replies(want=12)
+    aws.wait_executions_done()
+    assert sorted(r["conversation_id"] for r in replies) == sorted(
+        f"ticket:Q{n}" for n in range(12)
+    )
+    store = bootstrap.aws_deps().store
+    for n in (0, 11):
+        found = store.history(f"ticket:Q{n}")
+        assert found is not None and len(found.inbox) == 1
+        assert found.inbox[0].message.metadata["ticket_requester"] == "ana"

@@ -93,3 +93,50 @@ def test_an_outcome_is_read_from_the_conversation() -> None:
     told = _settled("42", "m1", _view("idle", [notice]))
     assert told is not None and told.outcome == "failed"
     assert _settled("42", "m1", _view("running", [], message_status="pending")) is None
+
+
+class FlakyQueue:
+    """``SendMessageBatch`` that does not take some entries the first time (SQS's own
+    fault, then fine), refuses one for good (the sender's), and fails one whole call."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[dict[str, Any]]] = []
+        self.queued: list[dict[str, Any]] = []
+
+    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> Any:  # noqa: N803
+        self.calls.append(Entries)
+        if len(self.calls) == 2:
+            raise ConnectionError("reset by peer")
+        failed = []
+        for entry in Entries:
+            body = json.loads(entry["MessageBody"])
+            first_time = len(self.calls) == 1 and body["conversation_id"] in (
+                "ticket:2",
+                "ticket:3",
+            )
+            if body["conversation_id"] == "ticket:5":
+                failed.append({"Id": entry["Id"], "SenderFault": True, "Code": "Invalid"})
+            elif first_time:
+                failed.append({"Id": entry["Id"], "SenderFault": False, "Code": "InternalError"})
+            else:
+                self.queued.append(entry)
+        return {"Failed": failed}
+
+
+def test_tickets_are_queued_in_batches_and_what_sqs_did_not_take_is_sent_again() -> None:
+    from workers.tickets import send_batches
+
+    tickets = [Ticket(id=str(n), subject=f"Printer {n}") for n in range(1, 13)]
+    sqs, naps = FlakyQueue(), list[float]()
+    results = send_batches(sqs, "https://queue", tickets, lambda r: None, sleep=naps.append)
+    outcomes = {r.ticket: r.outcome for r in results}
+    assert outcomes == {str(n): "failed" if n == 5 else "queued" for n in range(1, 13)}
+    assert [len(c) for c in sqs.calls] == [10, 2, 2, 2]  # a batch, its retries, the last two
+    assert sorted(json.loads(e["MessageBody"])["conversation_id"] for e in sqs.queued) == sorted(
+        f"ticket:{n}" for n in range(1, 13) if n != 5
+    )
+    entry = sqs.queued[0]
+    body = json.loads(entry["MessageBody"])
+    assert entry["MessageGroupId"] == body["conversation_id"] == "ticket:1"
+    assert body["dedupe_key"] == "ticket-import:1" and body["channel"] == "ticket"
+    assert len(naps) == 2 and naps[0] < naps[1]  # backoff between the tries
