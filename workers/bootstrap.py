@@ -27,6 +27,7 @@ from workers.errors import ConfigError
 
 if TYPE_CHECKING:
     from workers.adapters.local.runtime import EmbeddedRuntime
+    from workers.adapters.local.webhooks import WebhookSender
     from workers.adapters.slack import SlackCredentials, SlackWeb
     from workers.adapters.slack_events import Rate, SlackApp
     from workers.prompts import LoadedPrompt
@@ -255,10 +256,11 @@ def prepare_embedded(
         hub = LocalHub(loop)
         queue: asyncio.Queue[RunRef] = asyncio.Queue()
         starter = LocalWorkflowStarter(loop, queue)
+        sender, webhooks = embedded_webhooks(settings)
         deps = Deps(
             store=store,
             agent=agent,
-            sink=embedded_sink(settings, LocalReplySink(hub)),
+            sink=embedded_sink(settings, LocalReplySink(hub), webhooks),
             starter=starter,
             clock=clock,
             tracer=traces,
@@ -276,20 +278,55 @@ def prepare_embedded(
             queue=queue,
             starter=starter,
             lock_file=lock,
+            webhooks=sender,
         )
 
     return assemble
 
 
-def embedded_sink(settings: Settings, local: ReplySink) -> ReplySink:
-    """The embedded runtime's replies: to its hub (the page, the API, the CLI), and to Slack
-    threads when the app has a bot token."""
-    if settings.slack_bot_token is None:
+def embedded_webhooks(settings: Settings) -> tuple[WebhookSender | None, ReplySink | None]:
+    """The embedded runtime's webhooks (``settings.webhooks``): the sender the runtime runs,
+    and the sink that queues for it; ``(None, None)`` without subscriptions. A subscription
+    whose secret is not set is a ``ConfigError`` here, before anything is served."""
+    if not settings.webhooks:
+        return None, None
+    from workers.adapters.local.webhooks import (
+        WEBHOOKS_DB,
+        WebhookQueue,
+        WebhookSender,
+        WebhookSink,
+    )
+
+    for subscription in settings.webhooks:
+        subscription.secret()
+    queue = WebhookQueue(settings.state_dir / WEBHOOKS_DB)
+    sender = WebhookSender(
+        queue,
+        settings.webhooks,
+        attempts=settings.webhook_attempts,
+        base_delay=settings.webhook_retry_base_seconds,
+        timeout=settings.webhook_timeout_seconds,
+    )
+    return sender, WebhookSink(queue, settings.webhooks, wake=sender.wake)
+
+
+def embedded_sink(
+    settings: Settings, local: ReplySink, webhooks: ReplySink | None = None
+) -> ReplySink:
+    """The embedded runtime's replies: to its hub (the page, the API, the CLI), to Slack
+    threads when the app has a bot token, and to the webhooks' queue when it has any."""
+    sinks: dict[str, ReplySink] = {"local": local}
+    if settings.slack_bot_token is not None:
+        from workers.adapters.slack import SlackReplySink
+
+        sinks["slack"] = SlackReplySink(slack_web(settings))
+    if webhooks is not None:
+        sinks["webhooks"] = webhooks
+    if len(sinks) == 1:
         return local
     from workers.adapters.fanout import FanOutReplySink
-    from workers.adapters.slack import SlackReplySink
 
-    return FanOutReplySink({"local": local, "slack": SlackReplySink(slack_web(settings))})
+    return FanOutReplySink(sinks)
 
 
 _SLACK_APP: list[SlackApp] = []

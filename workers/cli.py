@@ -161,6 +161,11 @@ def _parser() -> argparse.ArgumentParser:
         )
         a.add_argument("--state-dir", type=Path, help="state directory (default ./.agentworker)")
         a.add_argument("-c", "--conversation", help="only this conversation's")
+        a.add_argument(
+            "--webhooks",
+            action="store_true",
+            help="the webhook deliveries that failed for good (local: <state-dir>/webhooks.db)",
+        )
     which = redrive.add_mutually_exclusive_group(required=True)
     which.add_argument(
         "--id", dest="ids", action="append", metavar="ID", help="this message (repeatable)"
@@ -693,6 +698,8 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
     from workers.tables import age, preview, text_table
 
     now = time.time()
+    if args.webhooks:
+        return _dead_webhooks(args, now)
     if args.target == "local":
         from workers.adapters.local.dead_letters import opened
 
@@ -746,6 +753,8 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
 def cmd_dlq_redrive(args: argparse.Namespace) -> int:
     from workers.errors import BadInput, NotFound
 
+    if args.webhooks:
+        return _redrive_webhooks(args)
     try:
         if args.target == "local":
             return _redrive_local(args)
@@ -753,6 +762,73 @@ def cmd_dlq_redrive(args: argparse.Namespace) -> int:
     except (NotFound, BadInput) as exc:
         print(f"agentworker: {exc}", file=sys.stderr)
         return 2
+
+
+def _webhook_queue(args: argparse.Namespace) -> Any:
+    """The local webhook queue of the state directory (``None`` when there is none)."""
+    from workers.adapters.local.webhooks import WEBHOOKS_DB, WebhookQueue
+
+    if args.target != "local":
+        print("agentworker: --webhooks: the local state directory's only", file=sys.stderr)
+        return None
+    path = _settings(args, state_dir="state_dir").state_dir / WEBHOOKS_DB
+    if not path.exists():
+        print(f"no webhook deliveries in {path}")
+        return None
+    return WebhookQueue(path)
+
+
+def _dead_webhooks(args: argparse.Namespace, now: float) -> int:
+    """``dlq list --webhooks``: the deliveries that failed for good."""
+    from workers.tables import age, preview, text_table
+
+    queue = _webhook_queue(args)
+    if queue is None:
+        return 0 if args.target == "local" else 2
+    try:
+        dead = queue.dead(args.conversation)
+    finally:
+        queue.close()
+    if not dead:
+        print(f"no dead webhook deliveries in {queue.path}")
+        return 0
+    header = ["id", "webhook", "conversation", "event", "attempts", "age", "error"]
+    rows = [
+        [
+            str(d.id),
+            d.subscription,
+            d.conversation_id,
+            d.event,
+            str(d.attempts),
+            age(now - d.created_at),
+            preview(d.last_error or "", 60),
+        ]
+        for d in dead
+    ]
+    print(text_table(header, rows))
+    print(f"{len(dead)} dead webhook deliveries; agentworker dlq redrive --webhooks --id ID")
+    return 0
+
+
+def _redrive_webhooks(args: argparse.Namespace) -> int:
+    """``dlq redrive --webhooks``: dead deliveries queued again (the server sends them)."""
+    queue = _webhook_queue(args)
+    if queue is None:
+        return 0 if args.target == "local" else 2
+    try:
+        ids = None if args.all else [int(i) for i in args.ids if i.isdigit()]
+        if ids is not None and len(ids) != len(args.ids):
+            print("agentworker: --id: a webhook delivery's id is a number", file=sys.stderr)
+            return 2
+        missing = sorted(set(ids or []) - {d.id for d in queue.dead(args.conversation)})
+        if missing:  # nothing moves
+            print(f"agentworker: no dead webhook delivery {missing}", file=sys.stderr)
+            return 2
+        done = queue.redrive(ids, args.conversation)
+    finally:
+        queue.close()
+    print(f"{len(done)} webhook deliveries queued again")
+    return 0
 
 
 def _redrive_local(args: argparse.Namespace) -> int:

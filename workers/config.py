@@ -22,6 +22,7 @@ from pydantic_settings.exceptions import SettingsError
 
 from events.identity import ApprovalPolicy, ClaimMapping
 from events.inbound import DoubleTextingPolicy
+from workers.adapters.webhooks import WebhookSubscription
 from workers.core.pattern_cost import check_pattern
 from workers.core.redaction import url_without_credentials
 from workers.costs import ModelPrice
@@ -60,6 +61,7 @@ APP_KEYS = (
     "store_index_dims",
     "store_index_embed",
     "ticket_columns",
+    "webhooks",
 )
 """What ``agentworker.toml`` may set: the app, not the runtime around it."""
 
@@ -339,6 +341,24 @@ class Settings(BaseSettings):
     prompt_caching: bool = Field(
         True, description="Bedrock prompt caching (cachePoint blocks) where the model has it."
     )
+    webhooks: list[WebhookSubscription] = Field(
+        default_factory=list,
+        description="Outbound webhooks: [[webhooks]] tables of agentworker.toml (name, url,"
+        " events, secret_env, conversations), or the same as a JSON list.",
+    )
+    webhook_attempts: int = Field(
+        8, ge=1, le=50, description="Attempts of a webhook delivery before it is dead."
+    )
+    webhook_retry_base_seconds: float = Field(
+        2.0,
+        gt=0,
+        le=3600,
+        description="The first wait before a webhook delivery is tried again (doubled each"
+        " time, with jitter; at most an hour).",
+    )
+    webhook_timeout_seconds: float = Field(
+        10.0, gt=0, le=120, description="How long a webhook receiver may take to answer."
+    )
     ticket_columns: dict[
         Literal["id", "subject", "description", "requester", "priority", "tags"],
         Annotated[str, Field(min_length=1, max_length=200)],
@@ -468,6 +488,14 @@ class Settings(BaseSettings):
             if not value.strip():
                 return []
             value = json.loads(value) if value.strip().startswith("[") else [value]
+        return value
+
+    @field_validator("webhooks", mode="after")
+    @classmethod
+    def _webhook_names(cls, value: list[WebhookSubscription]) -> list[WebhookSubscription]:
+        names = [s.name for s in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"webhooks: each needs a name of its own (got {names})")
         return value
 
     @field_validator("redact_patterns", mode="after")

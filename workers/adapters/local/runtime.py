@@ -59,6 +59,7 @@ from workers.statedir import private_dir, private_file
 
 if TYPE_CHECKING:
     from workers.adapters.local.sqlite_memory import SqliteMemoryStore
+    from workers.adapters.local.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,7 @@ class EmbeddedRuntime(CoreCalls):
         starter: LocalWorkflowStarter,
         lock_file: IO[str] | None = None,
         memory: SqliteMemoryStore | None = None,
+        webhooks: WebhookSender | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -134,6 +136,8 @@ class EmbeddedRuntime(CoreCalls):
         """The graphs' long-term memory (its own SQLite file); closed with the runtime."""
         self.tickets = tickets
         """The agent's ticket store, in ``store``'s database."""
+        self.webhooks = webhooks
+        """The webhooks' sender (its queue: ``webhooks.db``), run while the runtime runs."""
         self.deps = deps
         self.hub = hub
         self._queue = queue
@@ -168,6 +172,10 @@ class EmbeddedRuntime(CoreCalls):
             for i in range(self.settings.workers)
         ]
         self._tasks.append(asyncio.create_task(self._sweeper(), name="agentworker-sweeper"))
+        if self.webhooks is not None:
+            self._tasks.append(
+                asyncio.create_task(self.webhooks.run(), name="agentworker-webhooks")
+            )
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -179,6 +187,8 @@ class EmbeddedRuntime(CoreCalls):
         self._erasers.shutdown(wait=True, cancel_futures=True)
         await asyncio.to_thread(self.deps.tracer.close)
         self.store.close()
+        if self.webhooks is not None:
+            self.webhooks.queue.close()
         if self.memory is not None:
             self.memory.conn.close()
         if self._lock_file is not None:
@@ -247,6 +257,8 @@ class EmbeddedRuntime(CoreCalls):
                 cid,
                 principal,
             )
+            if self.webhooks is not None:  # its deliveries not sent yet hold its text
+                await asyncio.to_thread(self.webhooks.queue.forget, cid)
         finally:
             self._erasing[cid] -= 1
             if not self._erasing[cid]:

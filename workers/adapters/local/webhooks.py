@@ -1,0 +1,288 @@
+"""The embedded runtime's outbound webhooks: a durable queue in the state directory
+(``webhooks.db``, owner-only) and a sender that drains it.
+
+- :class:`WebhookSink` is one of the runtime's reply sinks: a payload a subscription takes is
+  written to the queue (one SQLite insert, idempotent on the subscription and the
+  ``webhook-id``); it never calls a receiver, so a slow or failing receiver costs a turn
+  nothing.
+- :class:`WebhookSender` posts what is due, signed (:mod:`workers.adapters.webhooks`), in
+  order per subscription and conversation (the next one waits for the one before it), many
+  conversations at once. A failure (no answer, a timeout, anything but 2xx) is tried again
+  after an exponential backoff with jitter; after ``webhook_attempts`` it is dead: listed by
+  ``agentworker dlq list --webhooks``, sent again by ``agentworker dlq redrive --webhooks``,
+  and the conversation's next deliveries go on. The queue survives a crash or a restart.
+- An erased conversation's deliveries are deleted with it; delivered ones keep no body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from events.outbound import OutboxPayload, StreamChunk
+from workers.adapters.webhooks import WebhookSubscription, body_of, next_delay, signed_headers
+from workers.errors import RetryableError
+from workers.statedir import private_file
+
+log = logging.getLogger(__name__)
+
+WEBHOOKS_DB = "webhooks.db"
+CONCURRENCY = 8
+"""Conversations whose deliveries are sent at once."""
+IDLE_POLL_SECONDS = 1.0
+KEEP_DELIVERED_SECONDS = 7 * 24 * 3600.0
+"""How long a delivered delivery's row (no body) is kept: a repeat of its payload within it
+is recognised and not sent again."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    subscription TEXT NOT NULL,
+    webhook_id TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    body BLOB NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL,
+    last_error TEXT,
+    created_at REAL NOT NULL,
+    UNIQUE (subscription, webhook_id)
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_at);
+CREATE INDEX IF NOT EXISTS deliveries_order ON deliveries (subscription, conversation_id, id);
+"""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: int
+    subscription: str
+    webhook_id: str
+    conversation_id: str
+    event: str
+    body: bytes
+    status: str
+    attempts: int
+    next_at: float
+    last_error: str | None
+    created_at: float
+
+
+class WebhookQueue:
+    """The deliveries, in ``<state_dir>/webhooks.db``; safe to use from several threads."""
+
+    def __init__(self, path: Path) -> None:
+        private_file(path)
+        self.path = path
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA busy_timeout=5000")
+        self._conn.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def add(
+        self, subscription: str, webhook_id: str, conversation_id: str, event: str, body: bytes
+    ) -> bool:
+        """Queue a delivery; ``False`` if this subscription has it already."""
+        now = time.time()
+        with self._lock:
+            cur = self._conn.execute(
+                "INSERT OR IGNORE INTO deliveries (subscription, webhook_id, conversation_id,"
+                " event, body, next_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (subscription, webhook_id, conversation_id, event, body, now, now),
+            )
+            return cur.rowcount == 1
+
+    def due(self, now: float, limit: int) -> list[Delivery]:
+        """The next delivery of each subscription and conversation, when it is due."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT * FROM deliveries d WHERE d.status = 'pending' AND d.next_at <= ?"
+                " AND d.id = (SELECT MIN(e.id) FROM deliveries e WHERE e.status = 'pending'"
+                " AND e.subscription = d.subscription AND e.conversation_id = d.conversation_id)"
+                " ORDER BY d.next_at, d.id LIMIT ?",
+                (now, limit),
+            ).fetchall()
+        return [Delivery(*row) for row in rows]
+
+    def delivered(self, delivery_id: int) -> None:
+        with self._lock:
+            self._conn.execute(
+                "UPDATE deliveries SET status = 'delivered', body = x'', attempts = attempts + 1,"
+                " last_error = NULL WHERE id = ?",
+                (delivery_id,),
+            )
+
+    def failed(self, delivery_id: int, error: str, *, retry_at: float | None) -> None:
+        """An attempt failed: tried again at ``retry_at``, or dead (``None``)."""
+        status = "dead" if retry_at is None else "pending"
+        with self._lock:
+            self._conn.execute(
+                "UPDATE deliveries SET status = ?, attempts = attempts + 1, last_error = ?,"
+                " next_at = ? WHERE id = ?",
+                (status, error[:500], retry_at or time.time(), delivery_id),
+            )
+
+    def dead(self, conversation_id: str | None = None) -> list[Delivery]:
+        where, args = (
+            ("AND conversation_id = ?", (conversation_id,)) if conversation_id else ("", ())
+        )
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT * FROM deliveries WHERE status = 'dead' {where} ORDER BY id", args
+            ).fetchall()
+        return [Delivery(*row) for row in rows]
+
+    def redrive(self, ids: Sequence[int] | None, conversation_id: str | None = None) -> list[int]:
+        """Dead deliveries pending again (``None``: every one, of ``conversation_id``)."""
+        chosen = [d.id for d in self.dead(conversation_id) if ids is None or d.id in ids]
+        with self._lock:
+            self._conn.executemany(
+                "UPDATE deliveries SET status = 'pending', attempts = 0, next_at = ?"
+                " WHERE id = ? AND status = 'dead'",
+                [(time.time(), i) for i in chosen],
+            )
+        return chosen
+
+    def forget(self, conversation_id: str) -> int:
+        """Delete the conversation's deliveries (its erasure); how many."""
+        with self._lock:
+            cur = self._conn.execute(
+                "DELETE FROM deliveries WHERE conversation_id = ?", (conversation_id,)
+            )
+            return cur.rowcount
+
+    def prune(self, before: float) -> None:
+        with self._lock:
+            self._conn.execute(
+                "DELETE FROM deliveries WHERE status = 'delivered' AND created_at < ?", (before,)
+            )
+
+
+class WebhookSink:
+    """A reply sink: each payload a subscription takes, queued for it (never sent here)."""
+
+    def __init__(
+        self,
+        queue: WebhookQueue,
+        subscriptions: Sequence[WebhookSubscription],
+        wake: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.queue = queue
+        self.subscriptions = tuple(subscriptions)
+        self.wake = wake
+
+    def send(self, payload: OutboxPayload) -> None:
+        """Queue ``payload`` for each subscription that takes it; ``RetryableError`` when
+        the queue cannot be written (the delivery is tried again, the turn is done)."""
+        added = False
+        for sub in self.subscriptions:
+            event = sub.takes(payload)
+            if event is None:
+                continue
+            body = body_of(event, payload.model_dump(mode="json"), datetime.now(UTC))
+            webhook_id = f"msg_{payload.reply_id}"
+            try:
+                added |= self.queue.add(sub.name, webhook_id, payload.conversation_id, event, body)
+            except sqlite3.Error as exc:
+                raise RetryableError(f"webhooks: the queue was not written: {exc}") from exc
+        if added:
+            self.wake()
+
+    def send_chunk(self, chunk: StreamChunk) -> None:
+        return None  # webhooks take whole payloads, not a turn's pieces
+
+
+class WebhookSender:
+    """Posts the queue's due deliveries while the runtime runs (:meth:`run`, a task)."""
+
+    def __init__(
+        self,
+        queue: WebhookQueue,
+        subscriptions: Sequence[WebhookSubscription],
+        *,
+        attempts: int,
+        base_delay: float,
+        timeout: float,
+        client: Any = None,
+    ) -> None:
+        self.queue = queue
+        self.by_name = {s.name: s for s in subscriptions}
+        self.attempts = attempts
+        self.base_delay = base_delay
+        self.timeout = timeout
+        self._client = client
+        self._event: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def wake(self) -> None:
+        """Something was queued (from any thread): look now rather than at the next poll."""
+        loop, event = self._loop, self._event
+        if loop is not None and event is not None:
+            loop.call_soon_threadsafe(event.set)
+
+    async def run(self) -> None:
+        import httpx
+
+        self._loop, self._event = asyncio.get_running_loop(), asyncio.Event()
+        client = self._client or httpx.AsyncClient(timeout=self.timeout)
+        pruned = 0.0
+        try:
+            while True:
+                now = time.time()
+                if now - pruned > 3600:
+                    await asyncio.to_thread(self.queue.prune, now - KEEP_DELIVERED_SECONDS)
+                    pruned = now
+                due = await asyncio.to_thread(self.queue.due, now, CONCURRENCY)
+                if due:
+                    await asyncio.gather(*(self._attempt(client, d) for d in due))
+                    continue
+                self._event.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._event.wait(), IDLE_POLL_SECONDS)
+        finally:
+            if self._client is None:
+                await client.aclose()
+
+    async def _attempt(self, client: Any, delivery: Delivery) -> None:
+        sub = self.by_name.get(delivery.subscription)
+        try:
+            if sub is None:
+                raise LookupError(f"no subscription {delivery.subscription!r} any more")
+            at = datetime.now(UTC)
+            headers = signed_headers(sub.secret(), delivery.webhook_id, delivery.body, at)
+            resp = await client.post(str(sub.url), content=delivery.body, headers=headers)
+            if 200 <= resp.status_code < 300:
+                await asyncio.to_thread(self.queue.delivered, delivery.id)
+                return
+            error = f"HTTP {resp.status_code}"
+        except Exception as exc:  # no answer, a timeout, a bad secret: tried again or dead
+            error = f"{type(exc).__name__}: {exc}"
+        attempt = delivery.attempts + 1
+        retry = None
+        if attempt < self.attempts:
+            retry = time.time() + next_delay(attempt, self.base_delay)
+        else:
+            log.warning(
+                "webhook %s of %s to %s: dead after %d attempts (%s)",
+                delivery.webhook_id,
+                delivery.conversation_id,
+                delivery.subscription,
+                attempt,
+                error,
+            )
+        await asyncio.to_thread(self.queue.failed, delivery.id, error, retry_at=retry)

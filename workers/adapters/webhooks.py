@@ -1,0 +1,103 @@
+"""Outbound webhooks: what the agent sends (replies, approval requests, interrupts, notices)
+posted to a subscriber's URL, signed as the Standard Webhooks specification says, with the
+``standardwebhooks`` package (``webhook-id``, ``webhook-timestamp``, ``webhook-signature``:
+``v1,`` + base64 HMAC-SHA256 of ``id.timestamp.body`` with the subscription's secret).
+
+A delivery's body is ``{"type": <event>, "timestamp": <ISO 8601>, "data": <the payload>}``;
+its ``webhook-id`` is ``msg_<reply id>`` (the same for every attempt: a receiver drops a
+repeat by it). Events: ``reply``, ``approval_request``, ``interrupt``, ``notice``.
+
+What is runtime-neutral lives here (which payload is which event, the signed request, the
+retry schedule); the embedded runtime's durable queue and sender are in
+:mod:`workers.adapters.local.webhooks`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+
+from events.outbound import OutboxPayload
+from workers.errors import ConfigError
+
+WebhookEvent = Literal["reply", "approval_request", "interrupt", "notice"]
+WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("reply", "approval_request", "interrupt", "notice")
+MAX_DELAY_SECONDS = 3600.0
+"""The longest wait between two attempts of a delivery."""
+
+
+class WebhookSubscription(BaseModel):
+    """One receiver (``[[webhooks]]`` of ``agentworker.toml``): its URL, the events it takes,
+    and the environment variable that holds its secret (``whsec_`` + base64, as Standard
+    Webhooks writes them; secrets are never read from the app file)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    url: HttpUrl
+    events: tuple[WebhookEvent, ...] = WEBHOOK_EVENTS
+    secret_env: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    conversations: str = Field(
+        default="",
+        max_length=256,
+        description="Only conversations whose id starts with this (e.g. 'ticket:'); all: ''.",
+    )
+
+    def secret(self) -> str:
+        """The subscription's secret (``ConfigError`` naming the variable when unset)."""
+        value = os.environ.get(self.secret_env, "").strip()
+        if not value:
+            raise ConfigError(
+                f"webhooks {self.name!r}: the environment variable {self.secret_env} (its"
+                " secret, whsec_...) is not set"
+            )
+        return value
+
+    def takes(self, payload: OutboxPayload) -> WebhookEvent | None:
+        """The event ``payload`` is for this subscription, or ``None`` (not one it takes)."""
+        event = event_of(payload)
+        if event is None or event not in self.events:
+            return None
+        return event if payload.conversation_id.startswith(self.conversations) else None
+
+
+def event_of(payload: OutboxPayload) -> WebhookEvent | None:
+    kind = payload.type
+    return kind if kind in WEBHOOK_EVENTS else None
+
+
+def body_of(event: WebhookEvent, payload: Mapping[str, Any], at: datetime) -> bytes:
+    """A delivery's body: Standard Webhooks' ``{type, timestamp, data}``."""
+    data = {"type": event, "timestamp": at.astimezone(UTC).isoformat(), "data": dict(payload)}
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def signed_headers(secret: str, webhook_id: str, body: bytes, at: datetime) -> dict[str, str]:
+    """The Standard Webhooks headers of ``body`` (``ConfigError`` for a malformed secret)."""
+    from standardwebhooks.webhooks import Webhook
+
+    try:
+        signer = Webhook(secret)
+    except Exception as exc:  # not base64, empty
+        raise ConfigError(f"a webhook secret is not whsec_ + base64: {exc}") from None
+    return {
+        "webhook-id": webhook_id,
+        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-signature": signer.sign(webhook_id, at, body),
+        "content-type": "application/json",
+        "user-agent": "agentworker-webhooks",
+    }
+
+
+def next_delay(attempt: int, base: float, rng: random.Random | None = None) -> float:
+    """Seconds before attempt ``attempt + 1``: exponential (``base * 2**(attempt-1)``), with
+    full jitter between half and all of it, at most :data:`MAX_DELAY_SECONDS`."""
+    ceiling = min(base * 2.0 ** max(attempt - 1, 0), MAX_DELAY_SECONDS)
+    draw: float = (rng or random).random()
+    return ceiling * (0.5 + 0.5 * draw)
