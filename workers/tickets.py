@@ -363,10 +363,8 @@ def run(
     be read; 3 when the server went away (run it again to go on)."""
     import httpx
 
-    try:
-        rows = read_tickets(path, columns)
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        print(f"agentworker: tickets import: {exc}", file=sys.stderr)
+    rows = _readable(path, columns)
+    if rows is None:
         return 2
     started = time.monotonic()
     progress, done = _progress(len(rows))
@@ -403,10 +401,8 @@ def run_to_queue(
     """The command with ``--target aws|sandbox``: the tickets queued on the AWS runtime's
     inbound queue (``queue_url``), with a progress bar and the summary (queued, failed).
     Exit codes as :func:`run`'s."""
-    try:
-        rows = read_tickets(path, columns)
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        print(f"agentworker: tickets import: {exc}", file=sys.stderr)
+    rows = _readable(path, columns)
+    if rows is None:
         return 2
     started = time.monotonic()
     progress, done = _progress(len(rows))
@@ -419,6 +415,15 @@ def run_to_queue(
         tickets = [r for r in rows if isinstance(r, Ticket)]
         results += send_batches(sqs, queue_url, tickets, done)
     return _summarized(Summary(results, time.monotonic() - started), as_json)
+
+
+def _readable(path: Path, columns: Mapping[str, str]) -> list[Ticket | BadRow] | None:
+    """The rows of ``path``; ``None`` (said on stderr) for a file that cannot be read."""
+    try:
+        return read_tickets(path, columns)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        print(f"agentworker: tickets import: {exc}", file=sys.stderr)
+        return None
 
 
 def _progress(total: int) -> tuple[Any, Callable[[Result], None]]:
