@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+COMPILED := $(VENV)/.compiled-stamp
 export MLFLOW_MODEL_CATALOG_URI ?=
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
@@ -30,23 +31,30 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	@# setuptools tells every editable install of a multi-root layout (the examples ship as
 	@# packages) to mind same-named folders: information, not a problem here.
-	@# Byte-compiled on all cores after the install (pip compiles one file at a time, which was
-	@# two thirds of a fresh install); files pip would not compile either are left to import.
+	@# pip compiles one file at a time (two thirds of a fresh install): it does not; the
+	@# dependencies are byte-compiled on all cores by $(COMPILED), which `make test` runs
+	@# beside the packaging (mostly one core) instead of before it.
 	PYTHONWARNINGS='ignore:::setuptools.command.editable_wheel' \
 		$(BIN)/python -m pip install -q --no-compile -e '.[local,dev]'
-	@$(BIN)/python -m compileall -q -j 0 $$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))') >/dev/null || true
 	@touch $(STAMP)
 
-run: $(STAMP)
+# Files pip would not compile either are left to import. Needed where PYTHONDONTWRITEBYTECODE
+# is set: every process would compile every import again.
+$(COMPILED): $(STAMP)
+	@$(BIN)/python -m compileall -q -j 0 $$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))') >/dev/null || true
+	@touch $@
+
+run: $(COMPILED)
 	$(BIN)/agentworker serve
 
-# The parts of `make test` run at once (the installs too, on a fresh clone): lint, validate, and
-# pytest once the stack is packaged (a test reads the template), its tests spread over
+# The parts of `make test` run at once (the installs too, on a fresh clone): lint, validate, the
+# dependencies' byte-compiling, and pytest once the stack is packaged (a test reads the
+# template), its tests spread over
 # TEST_WORKERS processes (pytest-xdist; conftest.py keeps a module's shared fixture in one
 # worker). -k: every part runs to its end and reports; any failure fails `make test`.
 # Each part's output is printed whole, when it ends.
 test:
-	@$(MAKE) --no-print-directory -j3 -k --output-sync=target lint validate pytest
+	@$(MAKE) --no-print-directory -j4 -k --output-sync=target lint validate pytest $(COMPILED)
 
 # PYTHONDONTWRITEBYTECODE (set on some machines) would make every process the tests start (servers,
 # CLI calls, xdist workers) compile our modules again, and pytest rewrite every test module
@@ -63,7 +71,7 @@ $(LG_STAMP): bench/langgraph-dev-requirements.txt
 	$(LG_VENV)/bin/python -m pip install -q --disable-pip-version-check -r bench/langgraph-dev-requirements.txt
 	@touch $@
 
-bench: $(STAMP) $(LG_STAMP)
+bench: $(COMPILED) $(LG_STAMP)
 	$(BIN)/python -m bench
 
 # The Agent Server API tests that both servers pass, run against `langgraph dev` (make test
@@ -71,11 +79,11 @@ bench: $(STAMP) $(LG_STAMP)
 compare: $(STAMP) $(LG_STAMP)
 	$(BIN)/python -m pytest tests/functional/test_langgraph_sdk.py --sdk-server=langgraph-dev
 
-demo: $(STAMP)
+demo: $(COMPILED)
 	$(BIN)/agentworker demo
 
 # The reliability suite at full size (make test runs it reduced): writes docs/RELIABILITY.md.
-reliability: $(STAMP)
+reliability: $(COMPILED)
 	$(BIN)/python -m reliability --size full --out docs/RELIABILITY.md
 
 # Deployment: the Serverless CLI (osls) and asl-validator pinned in package-lock.json, run by
