@@ -179,7 +179,8 @@ def test_each_payload_once_in_order_and_a_failing_receiver_costs_the_turns_nothi
 
 def test_the_example_receiver_takes_what_the_server_sends(tmp_path: Path) -> None:
     """``examples/webhook_receiver.py``, run as its docstring says, verifies and prints
-    what the server sends it; a request that is not signed with its secret gets 400."""
+    what the server sends it, a ticket's write-back (``ticket.reply``, ``ticket.status``)
+    included; a request that is not signed with its secret gets 400."""
     from tests.functional.server_process import free_port
 
     port = free_port()
@@ -197,9 +198,15 @@ def test_the_example_receiver_takes_what_the_server_sends(tmp_path: Path) -> Non
         server_env = {"AGENTWORKER_WEBHOOKS": json.dumps(hook), "HELPDESK_WEBHOOK_SECRET": SECRET}
         with ServerProcess(tmp_path / "state", env=server_env) as server:
             ask(server, "ws:me:example", "hello")
+            ask(server, "ticket:HD-9", "my printer jams")  # a ticket: written back too
             assert receiver.stdout is not None
-            line = receiver.stdout.readline()
-        assert json.loads(line) == {"type": "reply", "conversation": "ws:me:example"}
+            lines = [json.loads(receiver.stdout.readline()) for _ in range(4)]
+        assert lines == [
+            {"type": "reply", "conversation": "ws:me:example"},
+            {"type": "reply", "conversation": "ticket:HD-9"},
+            {"type": "ticket.reply", "conversation": "ticket:HD-9"},
+            {"type": "ticket.status", "conversation": "ticket:HD-9"},
+        ]
     finally:
         receiver.kill()
         receiver.wait()

@@ -31,9 +31,44 @@ def test_a_subscription_takes_its_events_of_its_conversations() -> None:
         events=("reply",),
         conversations="ticket:",
     )
-    assert sub.takes(Reply(conversation_id="ticket:7", turn_id="t", text="hi")) == "reply"
-    assert sub.takes(Reply(conversation_id="ws:me:1", turn_id="t", text="hi")) is None
-    assert sub.takes(Notice(conversation_id="ticket:7", text="x")) is None  # not its event
+    reply = Reply(conversation_id="ticket:7", turn_id="t", text="hi")
+    [(webhook_id, event, data)] = sub.takes(reply)
+    assert (webhook_id, event, data["text"]) == (f"msg_{reply.reply_id}", "reply", "hi")
+    assert sub.takes(Reply(conversation_id="ws:me:1", turn_id="t", text="hi")) == []
+    assert sub.takes(Notice(conversation_id="ticket:7", text="x")) == []  # not its event
+
+
+def test_a_tickets_payloads_write_back_its_reply_and_status() -> None:
+    from events.outbound import ApprovalRequest, InterruptRequest
+    from workers.adapters.webhooks import events_of
+
+    reply = Reply(conversation_id="ticket:HD-7", turn_id="t", text="Reset the printer.")
+    (_, kind, _), (reply_id, ticket_reply, said), (status_id, _, status) = events_of(reply)
+    assert (kind, ticket_reply, reply_id) == (
+        "reply",
+        "ticket.reply",
+        f"msg_{reply.reply_id}.ticket.reply",
+    )
+    assert said == {
+        "ticket_id": "HD-7",
+        "conversation_id": "ticket:HD-7",
+        "reply_id": reply.reply_id,
+        "text": "Reset the printer.",
+        "created_at": reply.model_dump(mode="json")["created_at"],
+    }
+    assert status_id == f"msg_{reply.reply_id}.ticket.status" and status["status"] == "answered"
+    ask = ApprovalRequest(
+        conversation_id="ticket:HD-7", turn_id="t", interrupt_id="i", tool="x", args={}, text="?"
+    )
+    question = InterruptRequest(
+        conversation_id="ticket:HD-7", turn_id="t", interrupt_id="i", value="?", text="?"
+    )
+    failed = Notice(conversation_id="ticket:HD-7", level="error", text="the model is down")
+    statuses = [events_of(p)[-1][2]["status"] for p in (ask, question, failed)]
+    assert statuses == ["waiting_for_approval", "escalated", "failed"]
+    assert [e[1] for e in events_of(Reply(conversation_id="ws:me:1", turn_id="t", text="x"))] == [
+        "reply"
+    ]
 
 
 def test_a_missing_secret_is_named() -> None:

@@ -4,8 +4,14 @@ posted to a subscriber's URL, signed as the Standard Webhooks specification says
 ``v1,`` + base64 HMAC-SHA256 of ``id.timestamp.body`` with the subscription's secret).
 
 A delivery's body is ``{"type": <event>, "timestamp": <ISO 8601>, "data": <the payload>}``;
-its ``webhook-id`` is ``msg_<reply id>`` (the same for every attempt: a receiver drops a
-repeat by it). Events: ``reply``, ``approval_request``, ``interrupt``, ``notice``.
+its ``webhook-id`` is ``msg_<reply id>`` (``msg_<reply id>.<event>`` for a ticket's events;
+the same for every attempt: a receiver drops a repeat by it). Events: ``reply``,
+``approval_request``, ``interrupt``, ``notice`` (the payload as the HTTP API shows it), and
+for a ticket's conversation (``ticket:<id>``) the write-back to the helpdesk:
+``ticket.reply`` (``{ticket_id, conversation_id, reply_id, text, created_at}``) and
+``ticket.status`` (``{ticket_id, conversation_id, reply_id, status}``, status ``answered``
+with a reply, ``waiting_for_approval`` with an approval request, ``escalated`` with an
+``interrupt()`` question, ``failed`` with an error notice).
 
 What is runtime-neutral lives here (which payload is which event, the signed request, the
 retry schedule); the embedded runtime's durable queue and sender are in
@@ -26,8 +32,24 @@ from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 from events.outbound import OutboxPayload
 from workers.errors import ConfigError
 
-WebhookEvent = Literal["reply", "approval_request", "interrupt", "notice"]
-WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("reply", "approval_request", "interrupt", "notice")
+WebhookEvent = Literal[
+    "reply", "approval_request", "interrupt", "notice", "ticket.reply", "ticket.status"
+]
+WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = (
+    "reply",
+    "approval_request",
+    "interrupt",
+    "notice",
+    "ticket.reply",
+    "ticket.status",
+)
+TICKET_PREFIX = "ticket:"
+TICKET_STATUS: dict[str, str] = {
+    "reply": "answered",
+    "approval_request": "waiting_for_approval",
+    "interrupt": "escalated",
+}
+"""A ticket's status after the agent sent a payload of this type (an error notice: failed)."""
 MAX_DELAY_SECONDS = 3600.0
 """The longest wait between two attempts of a delivery."""
 
@@ -59,17 +81,40 @@ class WebhookSubscription(BaseModel):
             )
         return value
 
-    def takes(self, payload: OutboxPayload) -> WebhookEvent | None:
-        """The event ``payload`` is for this subscription, or ``None`` (not one it takes)."""
-        event = event_of(payload)
-        if event is None or event not in self.events:
-            return None
-        return event if payload.conversation_id.startswith(self.conversations) else None
+    def takes(self, payload: OutboxPayload) -> list[tuple[str, WebhookEvent, dict[str, Any]]]:
+        """The deliveries ``payload`` makes for this subscription: (``webhook-id``, event,
+        data) of each event it takes."""
+        if not payload.conversation_id.startswith(self.conversations):
+            return []
+        return [e for e in events_of(payload) if e[1] in self.events]
 
 
-def event_of(payload: OutboxPayload) -> WebhookEvent | None:
+def events_of(payload: OutboxPayload) -> list[tuple[str, WebhookEvent, dict[str, Any]]]:
+    """The webhook events of ``payload``: its own type's, and a ticket's write-back."""
+    data = payload.model_dump(mode="json")
+    found: list[tuple[str, WebhookEvent, dict[str, Any]]] = []
     kind = payload.type
-    return kind if kind in WEBHOOK_EVENTS else None
+    if kind in ("reply", "approval_request", "interrupt", "notice"):
+        found.append((f"msg_{payload.reply_id}", kind, data))
+    cid = payload.conversation_id
+    if not cid.startswith(TICKET_PREFIX):
+        return found
+    ticket = {"ticket_id": cid.removeprefix(TICKET_PREFIX), "conversation_id": cid}
+    if kind == "reply":
+        reply = {"reply_id": payload.reply_id, "text": data["text"]}
+        found.append(
+            (
+                f"msg_{payload.reply_id}.ticket.reply",
+                "ticket.reply",
+                {**ticket, **reply, "created_at": data["created_at"]},
+            )
+        )
+    failed = kind == "notice" and data.get("level") == "error"
+    status = "failed" if failed else TICKET_STATUS.get(kind)
+    if status is not None:
+        said = {**ticket, "reply_id": payload.reply_id, "status": status}
+        found.append((f"msg_{payload.reply_id}.ticket.status", "ticket.status", said))
+    return found
 
 
 def body_of(event: WebhookEvent, payload: Mapping[str, Any], at: datetime) -> bytes:

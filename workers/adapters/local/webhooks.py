@@ -190,16 +190,15 @@ class WebhookSink:
         """Queue ``payload`` for each subscription that takes it; ``RetryableError`` when
         the queue cannot be written (the delivery is tried again, the turn is done)."""
         added = False
+        at = datetime.now(UTC)
         for sub in self.subscriptions:
-            event = sub.takes(payload)
-            if event is None:
-                continue
-            body = body_of(event, payload.model_dump(mode="json"), datetime.now(UTC))
-            webhook_id = f"msg_{payload.reply_id}"
-            try:
-                added |= self.queue.add(sub.name, webhook_id, payload.conversation_id, event, body)
-            except sqlite3.Error as exc:
-                raise RetryableError(f"webhooks: the queue was not written: {exc}") from exc
+            for webhook_id, event, data in sub.takes(payload):
+                body = body_of(event, data, at)
+                cid = payload.conversation_id
+                try:
+                    added |= self.queue.add(sub.name, webhook_id, cid, event, body)
+                except sqlite3.Error as exc:
+                    raise RetryableError(f"webhooks: the queue was not written: {exc}") from exc
         if added:
             self.wake()
 
