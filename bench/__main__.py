@@ -39,6 +39,7 @@ SECTIONS = (
     "storage",
     "byo-graph",
     "langgraph-dev",
+    "webhooks",
     "aws-roundtrips",
     "cold-import",
     "bundle-size",
@@ -231,6 +232,12 @@ def main(argv: list[str] | None = None) -> int:
                     window=args.byo_window,
                     baseline_budget_s=args.baseline_budget_s,
                 ),
+            )
+        if "webhooks" in sections:
+            from bench import webhooks
+
+            results["webhooks"] = webhooks.run(
+                tmp, webhooks.WebhooksConfig(turns=50 if args.quick else 200)
             )
         if "langgraph-dev" in sections:
             results["langgraph_dev"] = langgraph_dev.run(

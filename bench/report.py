@@ -88,6 +88,10 @@ def render(results: dict[str, Any]) -> str:
         from bench import langgraph_dev
 
         parts.append(langgraph_dev.render(results["langgraph_dev"]))
+    if "webhooks" in results:
+        from bench import webhooks
+
+        parts.append(webhooks.table(results["webhooks"]))
     if any(k in results for k in ("aws_roundtrips", "cold_import", "bundle_size", "aws_cost")):
         from bench import aws_report
 
