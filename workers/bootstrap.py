@@ -240,6 +240,8 @@ def prepare_embedded(
             traces = redaction(settings, tracer)
         prompt = load_prompt(settings)
         agent = build_agent(settings, tickets, clock, model, prompt, store=memory)
+        for subscription in settings.webhooks:  # an unset secret: said before serving
+            subscription.secret()
         prompt.announce()
     except BaseException:
         if hasattr(memory, "conn"):
@@ -286,8 +288,8 @@ def prepare_embedded(
 
 def embedded_webhooks(settings: Settings) -> tuple[WebhookSender | None, ReplySink | None]:
     """The embedded runtime's webhooks (``settings.webhooks``): the sender the runtime runs,
-    and the sink that queues for it; ``(None, None)`` without subscriptions. A subscription
-    whose secret is not set is a ``ConfigError`` here, before anything is served."""
+    and the sink that queues for it; ``(None, None)`` without subscriptions (their secrets
+    were checked by :func:`prepare_embedded`)."""
     if not settings.webhooks:
         return None, None
     from workers.adapters.local.webhooks import (
@@ -297,8 +299,6 @@ def embedded_webhooks(settings: Settings) -> tuple[WebhookSender | None, ReplySi
         WebhookSink,
     )
 
-    for subscription in settings.webhooks:
-        subscription.secret()
     queue = WebhookQueue(settings.state_dir / WEBHOOKS_DB)
     sender = WebhookSender(
         queue,
@@ -343,22 +343,35 @@ def slack_app() -> SlackApp:
     return _SLACK_APP[0]
 
 
+_SLACK_RATE: list[Rate | None] = []
+
+
 def slack_rate() -> Rate | None:
     """How the AWS ``slack`` function records a member's thumb on a reply: handed to the
     ``feedback`` function (``feedback_function``) in an asynchronous invocation, which
     records it on the trace as ``POST .../feedback`` would (the slack function keeps no
     tracer: its cold start stays light). ``None`` when no function is named: reactions
-    are then ignored."""
-    settings = aws_settings()
-    function = settings.feedback_function
+    are then ignored. Kept per process; its Lambda client is made at the first rating (a
+    message never pays for it)."""
+    if not _SLACK_RATE:
+        _SLACK_RATE.append(_slack_rate(aws_settings().feedback_function))
+    return _SLACK_RATE[0]
+
+
+def _slack_rate(function: str | None) -> Rate | None:
     if not function:
         return None
-    import boto3
-
     from events.inbound import SlackRating
     from workers.adapters.aws.errors import map_aws_error
 
-    client = boto3.session.Session().client("lambda")
+    clients: list[Any] = []
+
+    def invoke(payload: bytes) -> None:
+        if not clients:
+            import boto3
+
+            clients.append(boto3.session.Session().client("lambda"))
+        clients[0].invoke(FunctionName=function, InvocationType="Event", Payload=payload)
 
     async def rate(
         conversation_id: str, principal: Principal, *, reply_id: str, score: int, withdrawn: bool
@@ -372,9 +385,7 @@ def slack_rate() -> Rate | None:
         )
         payload = json.dumps({"slack_rating": rating.model_dump(mode="json")}).encode()
         try:
-            await asyncio.to_thread(
-                client.invoke, FunctionName=function, InvocationType="Event", Payload=payload
-            )
+            await asyncio.to_thread(invoke, payload)
         except Exception as exc:
             raise map_aws_error(exc, "Lambda Invoke (feedback)") from exc
 
@@ -463,6 +474,7 @@ def reset_aws_deps() -> None:
     _AWS_DEPS.clear()
     _API_APP.clear()
     _SLACK_APP.clear()
+    _SLACK_RATE.clear()
     _SLACK_CREDENTIALS.clear()
     _AUTHENTICATOR.clear()
     _AWS_SETTINGS.clear()

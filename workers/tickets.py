@@ -203,15 +203,7 @@ class Summary:
         return Counter(r.outcome for r in self.results)
 
     def usage(self) -> TokenUsage:
-        total = TokenUsage()
-        for r in self.results:
-            total = TokenUsage(
-                input_tokens=total.input_tokens + r.usage.input_tokens,
-                output_tokens=total.output_tokens + r.usage.output_tokens,
-                cache_read_tokens=total.cache_read_tokens + r.usage.cache_read_tokens,
-                cache_write_tokens=total.cache_write_tokens + r.usage.cache_write_tokens,
-            )
-        return total
+        return sum((r.usage for r in self.results), TokenUsage())
 
     def to_json(self) -> dict[str, Any]:
         counts = self.counts()

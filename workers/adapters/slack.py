@@ -40,7 +40,14 @@ from events.outbound import (
     StreamChunk,
 )
 from workers.adapters.aws.errors import map_aws_error
-from workers.adapters.slack_stream import SlackStreams, escape, recipient_of, reply_metadata
+from workers.adapters.slack_stream import (
+    DIRECT_MESSAGE,
+    SlackStreams,
+    escape,
+    recipient_of,
+    reply_metadata,
+    reply_of,
+)
 from workers.core.ports import REDELIVERY
 from workers.errors import (
     ConfigError,
@@ -70,15 +77,13 @@ METHOD_SCOPES: dict[str, str] = {
     "conversations.replies": "channels:history",
 }
 """The Web API methods the app calls and the bot scope each needs (``slack/manifest.yml``)."""
-DIRECT_MESSAGE = "D"
-"""How a direct message's channel id starts (where assistant threads are)."""
 SECTION_TEXT_MAX = 3000
+"""Slack's limit on a section block's text."""
 SHOWN_WINDOW_SECONDS = 900.0
 """How far back before a payload was made a redelivery looks for it in the thread (its
 stream started when the turn did: at most a turn's run time earlier)."""
 SHOWN_PAGES = 5
 """Pages of 200 messages a redelivery reads at most (then it sends)."""
-"""Slack's limit on a section block's text."""
 
 RETRYABLE_SLACK_ERRORS = frozenset(
     {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
@@ -325,9 +330,8 @@ class SlackReplySink:
                 return False
             messages = answer.get("messages") if answer else None
             for message in messages if isinstance(messages, list) else []:
-                metadata = message.get("metadata") if isinstance(message, dict) else None
-                said = metadata.get("event_payload") if isinstance(metadata, dict) else None
-                if isinstance(said, dict) and said.get("reply_id") == payload.reply_id:
+                shows = reply_of(message)
+                if shows is not None and shows[1] == payload.reply_id:
                     return True
             cursor = ((answer or {}).get("response_metadata") or {}).get("next_cursor")
             if not cursor:

@@ -43,7 +43,7 @@ from events.inbound import (
 from events.json_input import parse_json
 from events.outbound import ErrorBody, ErrorView, validation_problem
 from workers.adapters.slack import SlackWeb, decided_message, verify_slack_request
-from workers.adapters.slack_stream import REPLY_EVENT
+from workers.adapters.slack_stream import DIRECT_MESSAGE, reply_of
 from workers.config import Settings
 from workers.core.model import AcceptResult
 from workers.errors import (
@@ -347,15 +347,10 @@ def rated_reply(reaction: SlackReaction, web: SlackWeb | None) -> tuple[str, str
     for message in messages if isinstance(messages, list) else []:
         if not isinstance(message, dict) or message.get("ts") != reaction.ts:
             continue
-        metadata = message.get("metadata")
-        if not isinstance(metadata, dict) or metadata.get("event_type") != REPLY_EVENT:
+        shows = reply_of(message)
+        if shows is None:
             return None
-        payload = metadata.get("event_payload")
-        if not isinstance(payload, dict):
-            return None
-        conversation_id, reply_id = payload.get("conversation_id"), payload.get("reply_id")
-        if not isinstance(conversation_id, str) or not isinstance(reply_id, str):
-            return None
+        conversation_id, reply_id = shows
         if not is_slack_conversation(conversation_id):
             return None
         team, channel, _ = slack_thread_of(conversation_id)
@@ -477,7 +472,7 @@ def after_accept(message: SlackMessage, result: AcceptResult, web: SlackWeb | No
         web.try_call("chat.update", message.update)
     _, channel, thread_ts = slack_thread_of(message.msg.conversation_id)
     first = result.seq == 1 and not result.duplicate and message.msg.kind == "user"
-    if first and channel.startswith("D") and message.msg.text:
+    if first and channel.startswith(DIRECT_MESSAGE) and message.msg.text:
         title = " ".join(message.msg.text.split())[:TITLE_CHARS]
         body = {"channel_id": channel, "thread_ts": thread_ts, "title": title}
         web.try_call("assistant.threads.setTitle", body)

@@ -28,12 +28,12 @@ differs from what streamed (the output guard masked it, a node rewrote it) repla
 and its final payload are sent by the same process: the ``turn`` function's step, or the
 local worker). A payload delivered for a turn with no stream here is posted as a new message
 (``chat.postMessage``). A reply already finalized here (its ``reply_id``) is not sent again
-by a retried delivery in this process. Not covered: a delivery retried in another process
-after the stream's end failed there (the AWS ``deliver`` function) posts the reply again.
-A turn cut off after it streamed (it failed, was cancelled, or runs again after a retry)
-kept nothing, and neither does the thread: its notice, or the next turn's first piece,
-removes what it showed (``chat.delete``). Slack errors while streaming never fail the turn:
-the text falls back to the final payload.
+by a retried delivery in this process; one retried in another process (the AWS ``deliver``
+function) finds it in the thread by its metadata (``SlackReplySink.shown``). A turn cut off
+after it streamed (it failed, was cancelled, or runs again after a retry) kept nothing, and
+neither does the thread: its notice, or the next turn's first piece, removes what it showed
+(``chat.delete``). Slack errors while streaming never fail the turn: the text falls back to
+the final payload.
 """
 
 from __future__ import annotations
@@ -69,12 +69,29 @@ MAX_STREAMS = 256
 """Streams kept per process (the oldest is forgotten past it)."""
 REPLY_EVENT = "agentworker_reply"
 """The ``event_type`` of the metadata on the messages that show a reply."""
+DIRECT_MESSAGE = "D"
+"""How a direct message's channel id starts (where assistant threads are)."""
 
 
 def reply_metadata(conversation_id: str, reply_id: str) -> dict[str, Any]:
     """The Slack message metadata of a message that shows the reply ``reply_id``."""
     payload = {"conversation_id": conversation_id, "reply_id": reply_id}
     return {"event_type": REPLY_EVENT, "event_payload": payload}
+
+
+def reply_of(message: Any) -> tuple[str, str] | None:
+    """The (conversation, reply) a Web API message object shows, read from its metadata
+    (:func:`reply_metadata`); ``None`` for any other message."""
+    metadata = message.get("metadata") if isinstance(message, dict) else None
+    if not isinstance(metadata, dict) or metadata.get("event_type") != REPLY_EVENT:
+        return None
+    payload = metadata.get("event_payload")
+    if not isinstance(payload, dict):
+        return None
+    conversation_id, reply_id = payload.get("conversation_id"), payload.get("reply_id")
+    if not isinstance(conversation_id, str) or not isinstance(reply_id, str):
+        return None
+    return conversation_id, reply_id
 
 
 def recipient_of(team: str, requested_by: list[str]) -> tuple[str, str] | None:
@@ -170,7 +187,7 @@ class SlackStreams:
         cut_off: list[_Stream] = []
         with self._lock:
             recipient = self._recipients.get(chunk.turn_id)
-            if not channel.startswith("D") and recipient is None:
+            if not channel.startswith(DIRECT_MESSAGE) and recipient is None:
                 return
             stream = self._streams.get(chunk.turn_id)
             if stream is None:
