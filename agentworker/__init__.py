@@ -1,6 +1,7 @@
 """agentworker's API for apps: what a graph (and its factory, nodes and tools) may use.
 
     from agentworker import BuildContext, idempotency_key, request_approval, tool_node
+    from agentworker import schedule_followup  # a tool: the agent plans its own follow-up
 
 See the README's "Bring your own agent".
 """
@@ -12,6 +13,7 @@ from workers.agent.sdk import (
     current_turn,
     idempotency_key,
     request_approval,
+    schedule_followup,
     tool_node,
 )
 from workers.core.model import Ticket
@@ -30,5 +32,6 @@ __all__ = [
     "current_turn",
     "idempotency_key",
     "request_approval",
+    "schedule_followup",
     "tool_node",
 ]

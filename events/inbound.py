@@ -33,7 +33,7 @@ MAX_MESSAGE_BYTES = 256 * 1024
 
 CONVERSATION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9:._@\-]{0,255}$"
 
-Channel = Literal["api", "websocket", "cli", "sqs", "eventbridge", "slack", "ticket"]
+Channel = Literal["api", "websocket", "cli", "sqs", "eventbridge", "slack", "ticket", "schedule"]
 DoubleTextingPolicy = Literal["enqueue", "merge", "interrupt", "reject"]
 ConversationId = Annotated[
     str,

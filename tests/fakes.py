@@ -36,6 +36,7 @@ from workers.core.model import (
     OutboxEntry,
     PendingInterrupt,
     PendingWork,
+    Schedule,
     Ticket,
     ToolApproval,
     TurnCommit,
@@ -46,7 +47,7 @@ from workers.core.model import (
 from workers.core.policies import accept_decision, window_start
 from workers.core.ports import Tracer
 from workers.core.steps import Deps
-from workers.errors import LeaseLost, NotFound, RetryableError, TurnSuperseded
+from workers.errors import BadInput, LeaseLost, NotFound, RetryableError, TurnSuperseded
 
 
 @dataclass
@@ -776,3 +777,66 @@ class CountingMemories:
     def forget_customer(self, customer: str) -> int:
         self.erased.append(customer)
         return self.counts.pop(customer, 0)
+
+
+class InMemoryScheduler:
+    """``Scheduler`` in dicts; ``due`` as the embedded runtime's timer asks it."""
+
+    def __init__(self) -> None:
+        self.kept: dict[str, Schedule] = {}
+        self.fail_fired = 0
+        """While above zero, ``fired`` raises (a crash after the firing's accept) and counts
+        down."""
+
+    def add(self, schedule: Schedule, *, limit: int) -> Schedule:
+        kept = self.kept.get(schedule.schedule_id)
+        if kept is not None:
+            return kept
+        if len(self.for_conversation(schedule.conversation_id)) >= limit:
+            raise BadInput("too_many_schedules", "too many", field="conversation_id")
+        self.kept[schedule.schedule_id] = schedule
+        return schedule
+
+    def get(self, conversation_id: str, schedule_id: str) -> Schedule | None:
+        kept = self.kept.get(schedule_id)
+        return kept if kept is not None and kept.conversation_id == conversation_id else None
+
+    def for_conversation(self, conversation_id: str) -> list[Schedule]:
+        found = [s for s in self.kept.values() if s.conversation_id == conversation_id]
+        return sorted(found, key=lambda s: (s.next_fire or 0.0, s.schedule_id))
+
+    def remove(self, conversation_id: str, schedule_id: str) -> bool:
+        if self.get(conversation_id, schedule_id) is None:
+            return False
+        del self.kept[schedule_id]
+        return True
+
+    def fired(
+        self, schedule: Schedule, *, next_fire: float | None, outcome: str, now: float
+    ) -> None:
+        if self.fail_fired:
+            self.fail_fired -= 1
+            raise RetryableError("crashed before the firing was recorded")
+        if next_fire is None:
+            self.kept.pop(schedule.schedule_id, None)
+            return
+        kept = self.kept.get(schedule.schedule_id)
+        if kept is not None:
+            self.kept[schedule.schedule_id] = replace(
+                kept,
+                next_fire=next_fire,
+                fired=kept.fired + 1,
+                last_fired_at=now,
+                last_outcome=outcome,
+            )
+
+    def forget(self, conversation_id: str) -> int:
+        gone = [s.schedule_id for s in self.for_conversation(conversation_id)]
+        for schedule_id in gone:
+            del self.kept[schedule_id]
+        return len(gone)
+
+    def due(self, now: float) -> list[tuple[str, str, float]]:
+        found = [s for s in self.kept.values() if s.next_fire is not None and s.next_fire <= now]
+        found.sort(key=lambda s: s.next_fire or 0.0)
+        return [(s.conversation_id, s.schedule_id, s.next_fire or 0.0) for s in found]

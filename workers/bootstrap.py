@@ -55,6 +55,7 @@ def turn_settings(settings: Settings, prompt: LoadedPrompt | None = None) -> Tur
         retention_memories=settings.retention_memories,
         context_from_callers=frozenset(settings.context_from_callers),
         configurable_from_callers=frozenset(settings.configurable_from_callers),
+        schedules_per_conversation=settings.schedules_per_conversation,
         trace_tags={} if prompt is None else prompt.trace_tags(),
         guard=guard_policy(settings),
     )
@@ -159,14 +160,16 @@ def build_agent(
     prompt: LoadedPrompt | None = None,
     *,
     store: Any = None,
+    followups: Any = None,
 ) -> Any:
     """The app's graph as the core's turn agent (imports LangGraph: only the ``turn`` side
     calls this), with ``prompt``'s text as its system prompt: the composition roots pass
     :func:`load_prompt`'s (the registry's, resolved once); without one, the bundled prompt
     file alone. ``store``: the runtime's long-term memory (a LangGraph ``BaseStore``), which
     the graph sees scoped to each turn's customer (without one: an in-memory store, for
-    tests and tools that run turns without a runtime). ``ConfigError`` names the setting
-    when the model, the graph or the prompt is unusable."""
+    tests and tools that run turns without a runtime). ``followups``: where the SDK's
+    ``schedule_followup`` plans (a :class:`~workers.core.schedules.FollowUps`).
+    ``ConfigError`` names the setting when the model, the graph or the prompt is unusable."""
     from workers.agent.app import load_graph
     from workers.agent.models import ModelOptions, make_model
     from workers.agent.runner import GraphTurnAgent
@@ -202,6 +205,7 @@ def build_agent(
         context=settings.context,
         context_from_callers=settings.context_from_callers,
         configurable=settings.configurable,
+        followups=followups,
     )
 
 
@@ -222,9 +226,11 @@ def prepare_embedded(
     in the conversation store's SQLite file."""
     from workers.adapters.clock import SystemClock
     from workers.adapters.local.runtime import take_state_lock
+    from workers.adapters.local.sqlite_schedules import SqliteScheduler
     from workers.adapters.local.sqlite_store import SqliteConversationStore
     from workers.adapters.local.sqlite_tickets import SqliteTicketStore
     from workers.agent.store import StoreMemories
+    from workers.core.schedules import FollowUps
 
     clock = SystemClock()
     lock = take_state_lock(settings.state_dir)
@@ -233,13 +239,17 @@ def prepare_embedded(
     try:
         memory = embedded_memory(settings)
         tickets = SqliteTicketStore(store.database)
+        scheduler = SqliteScheduler(store.database)
+        followups = FollowUps(scheduler, store, clock, settings.schedules_per_conversation)
         # the log redaction first: loading the prompt can log (a registry's error quotes it)
         if tracer is None:  # the default: redacted by the exporter process
             traces = redaction(settings, build_tracer(settings), spans=False)
         else:
             traces = redaction(settings, tracer)
         prompt = load_prompt(settings)
-        agent = build_agent(settings, tickets, clock, model, prompt, store=memory)
+        agent = build_agent(
+            settings, tickets, clock, model, prompt, store=memory, followups=followups
+        )
         for subscription in settings.webhooks:  # an unset secret: said before serving
             subscription.secret()
         prompt.announce()
@@ -269,6 +279,7 @@ def prepare_embedded(
             settings=turn_settings(settings, prompt),
             memories=StoreMemories(memory),
             cancellations=LocalCancellations(),
+            scheduler=scheduler,
         )
         return EmbeddedRuntime(
             settings=settings,
@@ -281,6 +292,7 @@ def prepare_embedded(
             starter=starter,
             lock_file=lock,
             webhooks=sender,
+            scheduler=scheduler,
         )
 
     return assemble

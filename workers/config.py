@@ -346,6 +346,12 @@ class Settings(BaseSettings):
         description="Outbound webhooks: [[webhooks]] tables of agentworker.toml (name, url,"
         " events, secret_env, conversations), or the same as a JSON list.",
     )
+    schedules_per_conversation: int = Field(
+        20,
+        ge=1,
+        le=1000,
+        description="Most schedules one conversation keeps (its owner's and its agent's).",
+    )
     webhook_attempts: int = Field(
         8, ge=1, le=50, description="Attempts of a webhook delivery before it is dead."
     )

@@ -76,6 +76,10 @@ class NotFound(PermanentError):
         return cls(f"ticket {ticket_id} does not exist", field="ticket_id")
 
     @classmethod
+    def schedule(cls, schedule_id: str) -> NotFound:
+        return cls(f"schedule_id: no schedule {schedule_id!r}", field="schedule_id")
+
+    @classmethod
     def dead_letters(cls, ids: Sequence[str], *, kind: str, where: str) -> NotFound:
         """Message ids a redrive names that are no ``kind`` ``where`` (nothing was moved)."""
         listed = ", ".join(repr(i) for i in ids)

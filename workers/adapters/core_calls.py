@@ -12,13 +12,16 @@ from typing import Any
 
 from events.identity import LOCAL_USER, Principal
 from events.outbound import GraphStateView
+from events.schedules import ScheduleRequest
 from workers.core.model import (
     CallerValues,
     ConversationState,
     ConversationStatus,
     ConversationSummary,
     History,
+    Schedule,
 )
+from workers.core.schedules import create_schedule, delete_schedule, list_schedules
 from workers.core.steps import (
     Deps,
     conversation_summary,
@@ -103,6 +106,24 @@ class CoreCalls:
         return await asyncio.to_thread(
             set_conversation_values, self.deps, conversation_id, principal, change
         )
+
+    async def create_schedule(
+        self, conversation_id: str, principal: Principal, request: ScheduleRequest
+    ) -> Schedule:
+        """See :func:`~workers.core.schedules.create_schedule`."""
+        return await asyncio.to_thread(
+            create_schedule, self.deps, conversation_id, principal, request
+        )
+
+    async def list_schedules(self, conversation_id: str, principal: Principal) -> list[Schedule]:
+        """See :func:`~workers.core.schedules.list_schedules`."""
+        return await asyncio.to_thread(list_schedules, self.deps, conversation_id, principal)
+
+    async def delete_schedule(
+        self, conversation_id: str, schedule_id: str, principal: Principal
+    ) -> None:
+        """See :func:`~workers.core.schedules.delete_schedule`."""
+        await asyncio.to_thread(delete_schedule, self.deps, conversation_id, schedule_id, principal)
 
     def graph_drawing(self) -> dict[str, object]:
         """The served graph's nodes and edges, as LangGraph draws it (JSON)."""

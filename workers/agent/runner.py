@@ -37,7 +37,7 @@ from workers.agent.context import RuntimeContext
 from workers.agent.guardrails import model_guardrails
 from workers.agent.models import map_model_error, stream_usage_asked
 from workers.agent.saver import INTERRUPT, STAGE_KEY, StagedCheckpointSaver
-from workers.agent.sdk import TurnInfo, approval_of, bound_turn
+from workers.agent.sdk import FollowUpPlanner, TurnInfo, approval_of, bound_turn
 from workers.agent.store import TurnScopedStore
 from workers.core.model import (
     CustomData,
@@ -79,6 +79,7 @@ class GraphTurnAgent:
         context: Mapping[str, Any] | None = None,
         context_from_callers: Collection[str] = (),
         configurable: Mapping[str, Any] | None = None,
+        followups: FollowUpPlanner | None = None,
     ) -> None:
         """``graph``: the app's graph, or its compiled graph (whose compile options are kept,
         its checkpointer replaced by ours). ``prices``: USD per 1M tokens by model id
@@ -88,8 +89,10 @@ class GraphTurnAgent:
         ``context``: the app's runtime context values, ``context_from_callers`` the fields
         a turn's messages may add (:class:`RuntimeContext`; ``ConfigError`` for a field the
         app must set and did not); ``configurable``: the app's ``config["configurable"]``
-        values, which a turn's messages may extend."""
+        values, which a turn's messages may extend. ``followups``: where the SDK's
+        ``schedule_followup`` plans (without: the tool says it cannot)."""
         self.prices = prices
+        self.followups = followups
         self.saver = StagedCheckpointSaver()
         self.serde = JsonPlusSerializer()
         self.recursion_limit = recursion_limit
@@ -126,6 +129,7 @@ class GraphTurnAgent:
                 message_ids=tuple(request.message_ids),
                 base_checkpoint=self.saver.checkpoint_id(stage) or "root",
                 customer=request.customer,
+                followups=self.followups,
             )
             callbacks = TurnCallbacks(tracer, self.prices)
             caller = request.caller

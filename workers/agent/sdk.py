@@ -6,6 +6,8 @@
 - :func:`request_approval`: pause the turn until a human approves or denies a tool call.
 - :func:`tool_node`: a graph node that runs the last AI message's tool calls, asking approval
   first for the tools that need it.
+- :data:`schedule_followup`: a tool the agent plans its own follow-up with (a message posted
+  into the conversation later, which runs it again).
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.runnables import RunnableConfig
-from langchain_core.tools import BaseTool, ToolException
+from langchain_core.tools import BaseTool, ToolException, tool
 from langgraph.types import interrupt
 from pydantic import BaseModel, ValidationError
 
-from workers.core.model import ToolApproval
+from events.schedules import as_datetime, parse_when
+from workers.core.model import Schedule, ToolApproval
 from workers.errors import OutsideTurn, PermanentError
 
 if TYPE_CHECKING:
@@ -43,6 +46,7 @@ __all__ = [
     "current_turn",
     "idempotency_key",
     "request_approval",
+    "schedule_followup",
     "tool_node",
 ]
 
@@ -68,6 +72,15 @@ class BuildContext:
     """The app's directory (where ``agentworker.toml`` is, else the working directory)."""
 
 
+class FollowUpPlanner(Protocol):
+    """Where :data:`schedule_followup` plans (the runtime's schedules)."""
+
+    def plan(self, conversation_id: str, *, key: str, when: float, text: str) -> Schedule: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+
 @dataclass
 class TurnInfo:
     """The turn being run: readable from any node or tool through :func:`current_turn`."""
@@ -82,6 +95,8 @@ class TurnInfo:
     customer: str = ""
     """Who the conversation serves (its tenant and owner): what a tool keeps for them
     (tickets) belongs to them, and another customer's does not exist for it."""
+    followups: FollowUpPlanner | None = None
+    """Where the agent plans follow-ups (``None``: not served by agentworker)."""
     _occurrences: Counter[str] = field(default_factory=Counter, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -304,3 +319,29 @@ def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"]) or "arguments"
     return f"{where}: {err['msg']}"
+
+
+@tool
+def schedule_followup(when: str, text: str) -> str:
+    """Plan a follow-up in this conversation: at `when`, `text` arrives as a new message and
+    you are run again (to check on something later, or remind the user).
+
+    `when`: a relative time ('2h', 'in 30 minutes', '1 day', 'PT2H') or an ISO 8601 time
+    with its offset ('2026-12-07T09:00:00+01:00'; without one it is UTC).
+    `text`: the message you will get then; say what to check and why.
+    """
+    turn = current_turn()
+    if turn.followups is None:
+        raise ToolException("follow-ups can only be planned when agentworker runs this agent")
+    if not text.strip():
+        raise ToolException("text: say what the follow-up is for")
+    now = turn.followups.clock.now()
+    try:
+        at = parse_when(when, now=now)
+    except ValueError as exc:
+        raise ToolException(str(exc)) from None
+    key = turn.idempotency_key("schedule_followup", {"when": when, "text": text})
+    schedule = turn.followups.plan(turn.conversation_id, key=key, when=at, text=text)
+    fires = as_datetime(schedule.next_fire)
+    shown = fires.isoformat(timespec="seconds") if fires is not None else "now"
+    return f"Follow-up {schedule.schedule_id} planned for {shown} (it is now {as_datetime(now)})."

@@ -420,3 +420,44 @@ class TurnOutput:
     """From the start of the turn to its first streamed token (``None``: nothing streamed)."""
     model_throttles: int = 0
     """Model calls the provider throttled (each one failed the call)."""
+
+
+ScheduleSource = Literal["api", "agent"]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A message to post into a conversation later: once (``cron`` is ``None``) or on a cron
+    expression in ``timezone``. It belongs to the conversation (its owner): whoever may use
+    the conversation may list and delete it; erasing the conversation erases it."""
+
+    schedule_id: str
+    conversation_id: str
+    text: str
+    next_fire: float | None
+    """When it fires next (epoch seconds); ``None``: a one-off that fired."""
+    created_at: float
+    created_by: str
+    """The principal who made it (the sender of what it posts; the agent's: ``agent``)."""
+    creator_tenant: str
+    tenant: str | None = None
+    owner: str | None = None
+    """The conversation's tenant and owner when it was made: it fires only into that
+    conversation (one erased and made again by someone else under the id is not it)."""
+    creator_roles: tuple[str, ...] = ()
+    creator_service: bool = False
+    """Made by a trusted backend or by the agent: no user's quota is spent when it fires."""
+    cron: str | None = None
+    timezone: str = "UTC"
+    source: ScheduleSource = "api"
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    fired: int = 0
+    last_fired_at: float | None = None
+    last_outcome: str | None = None
+    """What its last firing did: ``accepted``, ``duplicate`` (fired before, e.g. by a process
+    that crashed before recording it), ``throttled: ...``, ``refused: ...``."""
+
+    def dedupe_key(self, occurrence: float) -> str:
+        """The inbox dedupe key of its firing at ``occurrence``: a firing repeated (a crash
+        before it was recorded, a redelivered EventBridge Scheduler invocation) is dropped."""
+        return f"schedule:{self.schedule_id}:{int(occurrence)}"

@@ -29,6 +29,7 @@ from workers.core.model import (
     LogEntry,
     OutboxEntry,
     PendingWork,
+    Schedule,
     StreamPart,
     Ticket,
     TurnCommit,
@@ -255,6 +256,34 @@ class TicketStore(Protocol):
         comment: str | None,
         now: float,
     ) -> Ticket: ...
+
+
+class Scheduler(Protocol):
+    """The conversations' schedules and what fires them: a table and a timer (embedded),
+    DynamoDB items and EventBridge Scheduler (AWS). Whatever fires one calls the core's
+    :func:`~workers.core.schedules.fire_schedule`; a firing becomes an inbox message."""
+
+    def add(self, schedule: Schedule, *, limit: int) -> Schedule:
+        """Keep ``schedule`` and arm it; the one kept under its id if there is one (an
+        agent's follow-up planned again by a retried turn). ``BadInput``
+        (``too_many_schedules``) when its conversation has ``limit`` already."""
+
+    def get(self, conversation_id: str, schedule_id: str) -> Schedule | None: ...
+
+    def for_conversation(self, conversation_id: str) -> list[Schedule]:
+        """The conversation's schedules, the next to fire first."""
+
+    def remove(self, conversation_id: str, schedule_id: str) -> bool:
+        """Disarm and delete it; ``False`` if there is no such schedule."""
+
+    def fired(
+        self, schedule: Schedule, *, next_fire: float | None, outcome: str, now: float
+    ) -> None:
+        """Record a firing: a one-off (``next_fire`` is ``None``) is deleted, a recurring one
+        fires next at ``next_fire``."""
+
+    def forget(self, conversation_id: str) -> int:
+        """Disarm and delete every schedule of the conversation (its erasure); how many."""
 
 
 class Authenticator(Protocol):

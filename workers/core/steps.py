@@ -100,6 +100,7 @@ from workers.core.ports import (
     NullTracer,
     PerSinkDelivery,
     ReplySink,
+    Scheduler,
     SpanHandle,
     Tracer,
     TurnAgent,
@@ -166,6 +167,8 @@ class TurnSettings:
     """Runtime context fields a caller may set with a message (others: ``BadInput``)."""
     configurable_from_callers: frozenset[str] = frozenset()
     """``configurable`` keys a caller may set with a message."""
+    schedules_per_conversation: int = 20
+    """Most schedules a conversation keeps (its owner's and its agent's together)."""
 
 
 @dataclass
@@ -184,6 +187,8 @@ class Deps:
     none, and an erasure asked to include them is refused)."""
     cancellations: Cancellations | None = None
     """Tells a cancelled run of this process to stop at its next streamed piece."""
+    scheduler: Scheduler | None = None
+    """The conversations' schedules (``None``: this process keeps none)."""
 
 
 # 1. accept ----------------------------------------------------------------------------------
@@ -531,6 +536,8 @@ def _erase(
     removed = deps.store.forget(conversation_id, idle_before=idle_before)
     if removed is None:
         return None
+    if deps.scheduler is not None:
+        removed["schedules"] = deps.scheduler.forget(conversation_id)
     if customer is not None and deps.memories is not None:
         removed["memories"] = deps.memories.forget_customer(customer)
     # After the rows: every turn of the erased conversation started before this call.

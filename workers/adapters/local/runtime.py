@@ -7,6 +7,9 @@ conversations run concurrently. A lock file makes this process the state directo
 owner, so at start it takes over every lease left by a crashed process and the sweeper
 restarts conversations with pending messages: nothing accepted is lost.
 
+A timer fires the schedules that are due (once a second; those that came due while the server
+was down at its start), each through the core's ``fire_schedule``.
+
 Erasure (``forget``, the retention) runs in its own small thread pool, so that however many
 erasures wait, the other requests do not. While a conversation is being erased, and until
 the runs it had are gone (a run cut off mid-turn may still be in its model call), no message
@@ -41,6 +44,7 @@ from workers.core.model import (
     AcceptResult,
 )
 from workers.core.ports import Feedback
+from workers.core.schedules import fire_schedule
 from workers.core.steps import (
     Deps,
     Erasure,
@@ -59,6 +63,7 @@ from workers.statedir import private_dir, private_file
 
 if TYPE_CHECKING:
     from workers.adapters.local.sqlite_memory import SqliteMemoryStore
+    from workers.adapters.local.sqlite_schedules import SqliteScheduler
     from workers.adapters.local.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
@@ -115,6 +120,8 @@ class EmbeddedRuntime(CoreCalls):
     """How often a request waiting for a run reads the store again (the hub tells sooner)."""
     wait_limit_seconds = 600.0
     """The longest a request waits for a run's answer."""
+    timer_seconds = 1.0
+    """How often the timer looks for schedules that are due."""
 
     def __init__(
         self,
@@ -129,6 +136,7 @@ class EmbeddedRuntime(CoreCalls):
         lock_file: IO[str] | None = None,
         memory: SqliteMemoryStore | None = None,
         webhooks: WebhookSender | None = None,
+        scheduler: SqliteScheduler | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -138,6 +146,8 @@ class EmbeddedRuntime(CoreCalls):
         """The agent's ticket store, in ``store``'s database."""
         self.webhooks = webhooks
         """The webhooks' sender (its queue: ``webhooks.db``), run while the runtime runs."""
+        self.scheduler = scheduler
+        """The schedules (in ``store``'s database), fired by the timer while it runs."""
         self.deps = deps
         self.hub = hub
         self._queue = queue
@@ -176,6 +186,8 @@ class EmbeddedRuntime(CoreCalls):
             self._tasks.append(
                 asyncio.create_task(self.webhooks.run(), name="agentworker-webhooks")
             )
+        if self.scheduler is not None:
+            self._tasks.append(asyncio.create_task(self._timer(), name="agentworker-timer"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -338,6 +350,37 @@ class EmbeddedRuntime(CoreCalls):
                 if not self._starter.live(run.conversation_id):
                     self._draining.discard(run.conversation_id)
                 self._queue.task_done()
+
+    async def _timer(self) -> None:
+        while True:
+            try:
+                await self.fire_due()
+            except Exception:
+                log.exception("firing schedules failed; trying again in %ss", self.timer_seconds)
+            await asyncio.sleep(self.timer_seconds)
+
+    async def fire_due(self) -> list[str]:
+        """Fire the schedules due now (see :func:`~workers.core.schedules.fire_schedule`),
+        the earliest first; what each firing did. One whose conversation is being erased
+        waits for the erasure (which deletes it)."""
+        if self.scheduler is None:
+            return []
+        due = await asyncio.to_thread(self.scheduler.due, self.deps.clock.now())
+        outcomes: list[str] = []
+        for conversation_id, schedule_id, at in due:
+            cid = conversation_id
+            if self._erasing[cid] or cid in self._draining:
+                continue
+            self._accepting[cid] += 1  # an erasure starting now waits for this accept
+            try:
+                outcomes.append(
+                    await asyncio.to_thread(fire_schedule, self.deps, cid, schedule_id, at)
+                )
+            finally:
+                self._accepting[cid] -= 1
+                if not self._accepting[cid]:
+                    del self._accepting[cid]
+        return outcomes
 
     async def _sweeper(self) -> None:
         while True:

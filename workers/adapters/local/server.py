@@ -43,6 +43,7 @@ from events.outbound import (
     FeedbackView,
     cancelled_frame,
 )
+from workers.adapters import schedule_routes
 from workers.adapters import slack_events as slack
 from workers.adapters.http_errors import error_view
 from workers.adapters.local import agent_server
@@ -335,6 +336,7 @@ def create_app(
         return JSONResponse(body)
 
     agent_server.mount(app, settings, caller, rt)
+    schedule_routes.mount(app, caller, rt)
 
     @functools.cache
     def slack_app() -> slack.SlackApp:
