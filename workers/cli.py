@@ -234,6 +234,27 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8800, help="port (default 8800; 0: a free one)")
     s.set_defaults(func=cmd_stub)
 
+    s = sub.add_parser("schedule", help="post a message into a conversation later, or on a cron")
+    s.set_defaults(func=lambda _args, schedule=s: _usage(schedule))
+    actions = s.add_subparsers(metavar="ACTION")
+    add = actions.add_parser("add", help="schedule a message: --in, --at or --cron")
+    add.add_argument("text", help="the message to post then")
+    when = add.add_mutually_exclusive_group(required=True)
+    when.add_argument("--in", dest="in_", metavar="WHEN", help="from now: 2h, 30m, 1d, PT2H")
+    when.add_argument("--at", help="an ISO 8601 time (2026-12-07T09:00, read in --tz)")
+    when.add_argument("--cron", help="five fields: minute hour day month weekday ('0 9 * * 1-5')")
+    add.add_argument("--tz", default="UTC", help="the time zone of --at and --cron (default UTC)")
+    listing = actions.add_parser("list", help="the conversation's schedules, the next first")
+    delete = actions.add_parser("delete", help="delete one of the conversation's schedules")
+    delete.add_argument("schedule_id")
+    for action in (add, listing, delete):
+        action.add_argument("-c", "--conversation", required=True)
+        action.add_argument("--url", default=os.environ.get("AGENTWORKER_URL", DEFAULT_URL))
+        action.add_argument("--json", action="store_true", help="raw JSON")
+    add.set_defaults(func=cmd_schedule_add)
+    listing.set_defaults(func=cmd_schedule_list)
+    delete.set_defaults(func=cmd_schedule_delete)
+
     s = sub.add_parser("tickets", help="import a helpdesk's tickets: one conversation each")
     s.set_defaults(func=lambda _args, tickets=s: _usage(tickets))
     actions = s.add_subparsers(metavar="ACTION")
@@ -541,17 +562,75 @@ def _render(payload: dict[str, Any]) -> str:
 def _get(url: str, path: str) -> Any:
     """``GET path`` of the server at ``url``: the JSON body, or the exit code of a failure
     (the reason printed)."""
+    return _call(url, "GET", path)
+
+
+def _call(url: str, method: str, path: str, *, body: Any = None, ok: int = 200) -> Any:
+    """``method path`` of the server at ``url``: the JSON body, or the exit code of a failure
+    (the reason printed)."""
     import httpx
 
     try:
         with _http(url) as client:
-            resp = client.get(path)
+            resp = client.request(method, path, json=body)
     except httpx.ConnectError:
         print(f"agentworker: no server at {url}", file=sys.stderr)
         return 1
-    if resp.status_code != 200:
+    if resp.status_code != ok:
         return _fail(resp)
     return resp.json()
+
+
+def cmd_schedule_add(args: argparse.Namespace) -> int:
+    from events.schedules import parse_when
+
+    body: dict[str, Any] = {"text": args.text, "timezone": args.tz}
+    if args.in_ is not None:
+        try:
+            body["in_seconds"] = parse_when(args.in_, now=0.0)
+        except ValueError as exc:
+            print(f"agentworker: --in: {exc}", file=sys.stderr)
+            return 2
+    elif args.at is not None:
+        body["at"] = args.at
+    else:
+        body["cron"] = args.cron
+    path = f"/v1/conversations/{args.conversation}/schedules"
+    view = _call(args.url, "POST", path, body=body, ok=201)
+    if isinstance(view, int):
+        return view
+    print(json.dumps(view, indent=2) if args.json else _schedule_line(view))
+    return 0
+
+
+def cmd_schedule_list(args: argparse.Namespace) -> int:
+    view = _get(args.url, f"/v1/conversations/{args.conversation}/schedules")
+    if isinstance(view, int):
+        return view
+    if args.json:
+        print(json.dumps(view, indent=2))
+    elif not view["schedules"]:
+        print(f"{args.conversation} has no schedules")
+    for schedule in [] if args.json else view["schedules"]:
+        print(_schedule_line(schedule))
+    return 0
+
+
+def cmd_schedule_delete(args: argparse.Namespace) -> int:
+    path = f"/v1/conversations/{args.conversation}/schedules/{args.schedule_id}"
+    view = _call(args.url, "DELETE", path)
+    if isinstance(view, int):
+        return view
+    print(json.dumps(view, indent=2) if args.json else f"deleted {args.schedule_id}")
+    return 0
+
+
+def _schedule_line(view: dict[str, Any]) -> str:
+    """``sch_...  next 2026-12-07T08:00:00+00:00  cron '0 9 * * 1-5' Europe/Paris  text``."""
+    when = f"cron {view['cron']!r} {view['timezone']}" if view["cron"] else "once"
+    nxt = view["next_fire_at"] or "-"
+    by = "" if view["source"] == "api" else f"  (by the {view['source']})"
+    return f"{view['schedule_id']}  next {nxt}  {when}  {view['text'][:80]}{by}"
 
 
 def cmd_history(args: argparse.Namespace) -> int:

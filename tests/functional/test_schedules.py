@@ -5,6 +5,9 @@ itself with the SDK's ``schedule_followup``; erased with their conversation."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -164,3 +167,28 @@ def test_a_schedule_due_while_the_server_was_down_fires_once_after_the_restart(
         assert len(replies(server, cid, 2)) == 2
     finally:
         server.stop()
+
+
+def test_the_cli_adds_lists_and_deletes_schedules(srv: ServerProcess) -> None:
+    cid = "ws:alice:cli"
+    say(srv, cid, "hello")
+    token = ALICE["authorization"].removeprefix("Bearer ")
+    env = {**os.environ, "AGENTWORKER_TOKEN": token, "AGENTWORKER_URL": srv.url}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "workers.cli", "schedule", *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+
+    added = cli("add", "-c", cid, "--cron", "30 8 * * 1-5", "--tz", "Europe/Paris", "stand-up")
+    assert added.returncode == 0, added.stderr
+    sid = added.stdout.split()[0]
+    assert sid.startswith("sch_") and "cron '30 8 * * 1-5' Europe/Paris  stand-up" in added.stdout
+    assert cli("add", "-c", cid, "--in", "2h", "--json", "later").returncode == 0
+    listed = cli("list", "-c", cid)
+    assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 2, listed.stdout
+    bad = cli("add", "-c", cid, "--in", "soonish", "x")
+    assert bad.returncode == 2 and "--in: when: 'soonish' is not a time" in bad.stderr
+    foreign = cli("list", "-c", "ws:bob:elsewhere")
+    assert foreign.returncode == 1 and "404 not_found" in foreign.stderr
+    assert cli("delete", "-c", cid, sid).stdout.strip() == f"deleted {sid}"
+    assert len(cli("list", "-c", cid).stdout.splitlines()) == 1
