@@ -1,7 +1,8 @@
 """The stack's Lambda layers, built for the Lambda platform (python3.12, arm64) from the
 versions installed in this venv, and the unzipped size of every function with its layers.
 
-``light`` (pydantic, pydantic-settings, Powertools, slack_sdk) serves every function; ``agent``
+``light`` (pydantic, pydantic-settings, Powertools, slack_sdk, croniter and tzdata for the
+schedules) serves every function; ``agent``
 (LangGraph, langchain-aws, mlflow-tracing and their closure) only ``turn`` and ``feedback``
 (which logs ratings to MLflow), without what ``workers/packaging.py`` excludes; ``app`` (the
 package of the app's graph and its settings, ``deploy/app.py``) only ``turn``. boto3 and its
@@ -24,7 +25,7 @@ from workers.stack import FUNCTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYER_ROOTS: dict[str, tuple[str, ...]] = {
-    "light": ("aws-lambda-powertools", "pydantic-settings", "slack-sdk"),
+    "light": ("aws-lambda-powertools", "pydantic-settings", "slack-sdk", "croniter", "tzdata"),
     "agent": ("agentworker",),
     "auth": ("pyjwt", "cryptography"),
 }

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from events.inbound import MessageText, Metadata, require_text
+from events.inbound import ConversationId, MessageText, Metadata, require_text
 
 MAX_SCHEDULE_SECONDS = 366 * 86_400
 """Furthest ahead a one-off schedule may be (a year and a day)."""
@@ -93,6 +93,22 @@ class ScheduleRequest(BaseModel):
         if at.tzinfo is None:
             at = at.replace(tzinfo=ZoneInfo(self.timezone))
         return at.timestamp()
+
+
+class ScheduleTarget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    conversation_id: ConversationId
+    schedule_id: str = Field(min_length=1, max_length=64)
+
+
+class ScheduleFiring(BaseModel):
+    """What EventBridge Scheduler hands ``ingest`` when a schedule fires (AWS)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agentworker_schedule: ScheduleTarget
+    scheduled_time: str = Field(max_length=64)
 
 
 class ScheduleView(BaseModel):

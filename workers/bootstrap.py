@@ -18,6 +18,7 @@ from workers.core.ports import (
     Clock,
     NullTracer,
     ReplySink,
+    Scheduler,
     TicketStore,
     Tracer,
     TurnAgent,
@@ -627,14 +628,21 @@ def build_aws(settings: Settings, *, with_agent: bool, session: Any = None) -> D
 
     tracer = redaction(settings, lambda_tracer(settings), logger, spans=False)
     memory = dynamodb_memory_store(settings, dynamodb)
+    scheduler = aws_scheduler(settings, session, dynamodb)
     agent: TurnAgent = NoAgent()
     prompt: LoadedPrompt | None = None
     if with_agent:
         from workers.adapters.aws.dynamodb_tickets import DynamoDBTicketStore
+        from workers.core.schedules import FollowUps
 
         tickets = DynamoDBTicketStore(dynamodb=dynamodb, table_name=settings.table_name)
         prompt = load_prompt(settings)
-        agent = build_agent(settings, tickets, clock, prompt=prompt, store=memory)
+        followups = None
+        if scheduler is not None:
+            followups = FollowUps(scheduler, store, clock, settings.schedules_per_conversation)
+        agent = build_agent(
+            settings, tickets, clock, prompt=prompt, store=memory, followups=followups
+        )
         prompt.announce()
     return Deps(
         store=store,
@@ -647,6 +655,29 @@ def build_aws(settings: Settings, *, with_agent: bool, session: Any = None) -> D
         tracer=tracer,
         settings=turn_settings(settings, prompt),
         memories=StoreMemories(memory),
+        scheduler=scheduler,
+    )
+
+
+def aws_scheduler(settings: Settings, session: Any, dynamodb: Any) -> Scheduler | None:
+    """The stack's schedules (``None`` when ``schedule_group`` is unset); ``ConfigError``
+    for a group without its target or role."""
+    if settings.schedule_group is None:
+        return None
+    if not (settings.schedule_target_arn and settings.schedule_role_arn):
+        raise ConfigError(
+            "AGENTWORKER_SCHEDULE_TARGET_ARN, AGENTWORKER_SCHEDULE_ROLE_ARN: a schedule group"
+            " needs the function its schedules invoke and the role they invoke it as"
+        )
+    from workers.adapters.aws.eventbridge_scheduler import AwsScheduler
+
+    return AwsScheduler(
+        dynamodb=dynamodb,
+        table_name=settings.table_name,
+        scheduler=lambda: session.client("scheduler"),
+        group=settings.schedule_group,
+        target_arn=settings.schedule_target_arn,
+        role_arn=settings.schedule_role_arn,
     )
 
 

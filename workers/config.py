@@ -406,6 +406,17 @@ class Settings(BaseSettings):
         description="AWS: the feedback function (name or ARN) the slack function hands"
         " members' reactions to, as ratings (unset: reactions are ignored).",
     )
+    schedule_group: str | None = Field(
+        None,
+        description="AWS: the EventBridge Scheduler group the conversations' schedules are"
+        " made in (unset: this stack keeps no schedules).",
+    )
+    schedule_target_arn: str | None = Field(
+        None, description="AWS: the function a schedule invokes when it fires (ingest)."
+    )
+    schedule_role_arn: str | None = Field(
+        None, description="AWS: the role EventBridge Scheduler invokes that function as."
+    )
     slack_app_token: SecretStr | None = Field(
         None,
         description="Slack app-level token (xapp-, connections:write): `agentworker slack"

@@ -76,6 +76,11 @@ class StackNames:
     def event_bus(self) -> str:
         return f"{self.prefix}-events"
 
+    @property
+    def schedule_group(self) -> str:
+        """The EventBridge Scheduler group of the conversations' schedules."""
+        return f"{self.prefix}-schedules"
+
     def state_machine(self, variant: str) -> str:
         return f"{self.prefix}-conversation" + ("" if variant == "express" else f"-{variant}")
 
@@ -156,13 +161,33 @@ _SLACK_ENV: dict[str, Any] = {
 assistant thread (the app's prompts: ``make package`` checks the two agree)."""
 
 
+_SCHEDULE_ENV: dict[str, Any] = {
+    "schedule_group": "${self:custom.prefix}${self:custom.spec.suffixes.scheduleGroup}",
+    # Built from names, not Ref/GetAtt: ingest's own environment names ingest, and the
+    # scheduler's role names ingest (a reference would be a circular dependency).
+    "schedule_target_arn": {
+        "Fn::Sub": "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}:function:"
+        "${self:custom.prefix}-ingest"
+    },
+    "schedule_role_arn": {
+        "Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:role/"
+        "${self:custom.prefix}-scheduler"
+    },
+}
+"""Where schedules are armed: ``api`` and ``turn`` (the agent's follow-ups) make them,
+``ingest`` takes their firings (and arms a throttled one again), ``sweeper`` erases them with
+expired conversations."""
+SCHEDULE_FUNCTIONS = ("ingest", "turn", "api", "sweeper")
+
+
 def environment(function: str) -> dict[str, Any]:
     """``function``'s environment variables beyond the provider's common ones."""
+    schedules = _env(_SCHEDULE_ENV) if function in SCHEDULE_FUNCTIONS else {}
     if function in ("turn", "api"):
-        return _env(_TURN_ENV)
+        return _env(_TURN_ENV) | schedules
     if function == "slack":
         return _env(_SLACK_ENV)
-    return _env(_TRACING_ENV) if function == "feedback" else {}
+    return _env(_TRACING_ENV) if function == "feedback" else schedules
 
 
 def _env(settings: dict[str, Any]) -> dict[str, Any]:
@@ -183,6 +208,7 @@ def export() -> dict[str, Any]:
             "dlq": names.dlq,
             "topic": names.topic,
             "eventBus": names.event_bus,
+            "scheduleGroup": names.schedule_group,
             "stateMachine": names.state_machine("express"),
         },
         "table": {

@@ -32,6 +32,7 @@ SKIPPED_BY_MOTO = {
     "AWS::ApiGatewayV2::Stage",
     "AWS::CloudWatch::Alarm",
     "AWS::S3::BucketPolicy",
+    "AWS::Scheduler::ScheduleGroup",
 }
 """Types moto's CloudFormation has no model for: it marks them complete and creates nothing."""
 

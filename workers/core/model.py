@@ -457,6 +457,19 @@ class Schedule:
     """What its last firing did: ``accepted``, ``duplicate`` (fired before, e.g. by a process
     that crashed before recording it), ``throttled: ...``, ``refused: ...``."""
 
+    def to_json(self) -> str:
+        """The schedule as JSON (how both runtimes store it)."""
+        fields = dict(vars(self))
+        fields["creator_roles"] = list(self.creator_roles)
+        fields["metadata"] = dict(self.metadata)
+        return json.dumps(fields, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> Schedule:
+        fields = json.loads(text)
+        fields["creator_roles"] = tuple(fields.get("creator_roles") or ())
+        return cls(**fields)
+
     def dedupe_key(self, occurrence: float) -> str:
         """The inbox dedupe key of its firing at ``occurrence``: a firing repeated (a crash
         before it was recorded, a redelivered EventBridge Scheduler invocation) is dropped."""

@@ -171,6 +171,9 @@ def fire_schedule(deps: Deps, conversation_id: str, schedule_id: str, occurrence
         outcome = f"refused: {exc}"
     else:
         outcome = "duplicate" if result.duplicate else "rejected" if result.rejected else "accepted"
+        recorded = schedule.next_fire is not None and schedule.next_fire > occurrence
+        if result.duplicate and recorded:  # an invocation repeated after its record
+            return outcome
     scheduler.fired(schedule, next_fire=next_fire, outcome=outcome, now=now)
     log.info("schedule %s of %s fired: %s", schedule_id, conversation_id, outcome)
     return outcome

@@ -1,6 +1,7 @@
 """``ingest``: SQS FIFO batches (partial batch failures), EventBridge events of detail-type
-``agentworker.message``, and API Gateway WebSocket ``$connect``/``$disconnect``/``$default``.
-Each becomes an ``InboundMessage`` accepted by the core."""
+``agentworker.message``, API Gateway WebSocket ``$connect``/``$disconnect``/``$default``,
+and EventBridge Scheduler's firings of the conversations' schedules. Each becomes an
+``InboundMessage`` accepted by the core."""
 
 from __future__ import annotations
 
@@ -33,8 +34,10 @@ from events.inbound import (
 )
 from events.json_input import parse_json
 from events.outbound import ErrorBody, ErrorView, cancelled_frame, validation_problem
+from events.schedules import ScheduleFiring
 from workers import bootstrap
 from workers.core.model import AcceptResult
+from workers.core.schedules import fire_schedule
 from workers.core.steps import accept_message, cancel_turn, check_follow
 from workers.errors import (
     BadInput,
@@ -193,13 +196,33 @@ def _ws_error(exc: Exception) -> dict[str, Any]:
     return {"statusCode": 400, "body": body.model_dump_json()}
 
 
+def _schedule(event: dict[str, Any]) -> dict[str, Any]:
+    """A schedule's firing: its message accepted once per occurrence (a repeat is a
+    duplicate); a store fault raises, and EventBridge Scheduler invokes again."""
+    from workers.adapters.aws.eventbridge_scheduler import firing_time
+
+    firing = ScheduleFiring.model_validate(event)
+    occurrence = firing_time(firing.scheduled_time)
+    target = firing.agentworker_schedule
+    outcome = fire_schedule(
+        bootstrap.aws_deps(), target.conversation_id, target.schedule_id, occurrence
+    )
+    metrics.add_metric(name="schedule_firings", unit=MetricUnit.Count, value=1)
+    logger.info("schedule fired", extra={"schedule_id": target.schedule_id, "outcome": outcome})
+    return {"schedule_id": target.schedule_id, "outcome": outcome}
+
+
 @metrics.log_metrics
 @logger.inject_lambda_context(clear_state=True)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    if "agentworker_schedule" in event:
+        return _schedule(event)
     if "Records" in event:
         return _sqs(event, context)
     if "detail-type" in event:
         return _eventbridge(event)
     if "requestContext" in event and "connectionId" in event["requestContext"]:
         return _websocket(event)
-    raise PermanentError("unrecognised event: expected SQS, EventBridge or a WebSocket route")
+    raise PermanentError(
+        "unrecognised event: expected SQS, EventBridge, a WebSocket route or a schedule's firing"
+    )

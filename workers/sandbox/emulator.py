@@ -138,6 +138,10 @@ class Stack:
     an :class:`EventsPoller` hands the events to ``ingest`` as EventBridge would)."""
     function_arns: dict[str, str] = field(default_factory=dict)
     state_machine_arns: dict[str, str] = field(default_factory=dict)
+    schedule_group: str = ""
+    """The EventBridge Scheduler group of the conversations' schedules (moto keeps them; a
+    :class:`SchedulerFirer` fires them)."""
+    schedule_role_arn: str = ""
 
     def environment(self, variant: str = "express") -> dict[str, str]:
         """The ``AGENTWORKER_*`` settings of a Lambda function in this stack."""
@@ -148,6 +152,9 @@ class Stack:
             "AGENTWORKER_REPLY_TOPIC_ARN": self.topic_arn,
             "AGENTWORKER_MAX_RUN_SECONDS": "240",
             "AGENTWORKER_FEEDBACK_FUNCTION": self.function_arns.get("feedback", ""),
+            "AGENTWORKER_SCHEDULE_GROUP": self.schedule_group,
+            "AGENTWORKER_SCHEDULE_TARGET_ARN": self.function_arns.get("ingest", ""),
+            "AGENTWORKER_SCHEDULE_ROLE_ARN": self.schedule_role_arn,
         }
 
 
@@ -215,6 +222,11 @@ def create_stack(
             Code={"ZipFile": _zip()},
         )
         stack.function_arns[function] = created["FunctionArn"]
+    stack.schedule_group = names.schedule_group
+    clients("scheduler").create_schedule_group(Name=names.schedule_group)
+    stack.schedule_role_arn = clients("iam").create_role(
+        RoleName=f"{names.prefix}-scheduler", AssumeRolePolicyDocument="{}"
+    )["Role"]["Arn"]
     sfn = clients("stepfunctions")
     for variant, kind in (("express", "EXPRESS"), ("standard", "STANDARD")):
         definition = load_definition(variant, stack.function_arns)
@@ -559,3 +571,132 @@ class ScheduledInvoker:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+
+
+class SchedulerFirer:
+    """Fires the EventBridge Scheduler schedules of ``group`` as EventBridge Scheduler would
+    (moto keeps schedules and fires none): at each occurrence of a schedule's expression
+    (``at(...)``, ``cron(...)`` in its time zone), the handler of its target function gets its
+    ``Input`` with ``<aws.scheduler.scheduled-time>`` filled in; a one-off with
+    ``ActionAfterCompletion: DELETE`` is deleted after it ran; an invocation that raised is
+    tried again at the next look (its ``RetryPolicy``). ``repeat`` invokes each occurrence that
+    many times: EventBridge Scheduler delivers at least once."""
+
+    def __init__(
+        self,
+        scheduler: Any,
+        group: str,
+        handlers: Mapping[str, tuple[str, Handler]],
+        *,
+        repeat: int = 1,
+        interval: float = 0.5,
+    ) -> None:
+        self._scheduler = scheduler
+        self._group = group
+        self._handlers = handlers
+        """By function ARN: (name, handler)."""
+        self.repeat = repeat
+        self._interval = interval
+        self._next: dict[str, float] = {}
+        self.fired: list[tuple[str, str]] = []
+        """(schedule name, scheduled time) of every occurrence that ran."""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def fire_due(self, now: float | None = None) -> int:
+        """Run the occurrences due at ``now``; how many ran."""
+        now = time.time() if now is None else now
+        ran = 0
+        pages = self._scheduler.get_paginator("list_schedules")
+        names = [
+            summary["Name"]
+            for page in pages.paginate(GroupName=self._group)
+            for summary in page["Schedules"]
+        ]
+        for name in set(self._next) - set(names):
+            del self._next[name]
+        for name in names:
+            try:
+                schedule = self._scheduler.get_schedule(Name=name, GroupName=self._group)
+            except self._scheduler.exceptions.ResourceNotFoundException:
+                continue  # deleted meanwhile
+            due = self._next.get(name)
+            if due is None:
+                due = self._next[name] = _first_occurrence(schedule)
+            if due > now:
+                continue
+            if not self._invoke(schedule, due):
+                continue  # tried again at the next look
+            ran += 1
+            self.fired.append((name, _iso(due)))
+            if schedule["ScheduleExpression"].startswith("at("):
+                self._next.pop(name, None)
+                if schedule.get("ActionAfterCompletion") == "DELETE":
+                    self._scheduler.delete_schedule(Name=name, GroupName=self._group)
+            else:
+                self._next[name] = _next_cron(schedule, due)
+        return ran
+
+    def _invoke(self, schedule: Mapping[str, Any], due: float) -> bool:
+        target = schedule["Target"]
+        name, handler = self._handlers[target["Arn"]]
+        body = str(target.get("Input", "{}")).replace("<aws.scheduler.scheduled-time>", _iso(due))
+        for _ in range(self.repeat):
+            data, failed = invoke_handler(handler, name, target["Arn"], body)
+            if failed:
+                log.warning("schedule %s: %s failed: %s", schedule["Name"], name, data.decode())
+                return False
+        return True
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="scheduler-firer", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.fire_due()
+            except Exception:  # moto gone mid-call at shutdown, or a bad expression
+                log.exception("firing schedules failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+
+def _iso(seconds: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _first_occurrence(schedule: Mapping[str, Any]) -> float:
+    expression = str(schedule["ScheduleExpression"])
+    if expression.startswith("at(") and expression.endswith(")"):
+        from datetime import datetime
+        from zoneinfo import ZoneInfo
+
+        zone = ZoneInfo(schedule.get("ScheduleExpressionTimezone") or "UTC")
+        at = datetime.strptime(expression[3:-1], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=zone)
+        return at.timestamp()
+    created = schedule.get("LastModificationDate") or schedule.get("CreationDate")
+    start = float(created.timestamp()) if created is not None else time.time()
+    return _next_cron(schedule, start)
+
+
+def _next_cron(schedule: Mapping[str, Any], after: float) -> float:
+    """The next time of an EventBridge Scheduler ``cron(m h dom mon dow year)`` after
+    ``after``: exactly one of the days ``?``, the year ``*`` (what this runtime makes)."""
+    expression = str(schedule["ScheduleExpression"])
+    fields = expression.removeprefix("cron(").removesuffix(")").split(" ")
+    if len(fields) != 6 or fields[5] != "*" or [fields[2], fields[4]].count("?") != 1:
+        raise ValueError(f"not an EventBridge Scheduler cron expression: {expression}")
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from croniter import croniter
+
+    zone = ZoneInfo(schedule.get("ScheduleExpressionTimezone") or "UTC")
+    cron = " ".join("*" if f == "?" else f for f in fields[:5])
+    return float(croniter(cron, datetime.fromtimestamp(after, zone)).get_next(float))

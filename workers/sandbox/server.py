@@ -161,7 +161,7 @@ def _start_runtime(
     _check_app(settings)
     handlers = emulator.default_handlers()
     resources.enter_context(emulator.route_lambda_to_handlers(handlers))
-    _start_event_sources(resources, clients("sqs"), stack, handlers)
+    _start_event_sources(resources, clients("sqs"), clients("scheduler"), stack, handlers)
     return SandboxState(
         endpoint_url=endpoint_url,
         region=stack.region,
@@ -177,12 +177,23 @@ def _start_runtime(
 
 
 def _start_event_sources(
-    resources: ExitStack, sqs: Any, stack: Stack, handlers: Mapping[str, Handler]
+    resources: ExitStack,
+    sqs: Any,
+    scheduler: Any,
+    stack: Stack,
+    handlers: Mapping[str, Handler],
 ) -> None:
     """What invokes Lambda on AWS besides the workflow: the inbound queue's event source
-    mapping and the event bus's rules (``ingest``), and the every-minute schedule
-    (``sweeper``)."""
-    from workers.sandbox.emulator import EventsPoller, ScheduledInvoker, SqsPoller, queue_arn
+    mapping and the event bus's rules (``ingest``), the every-minute schedule
+    (``sweeper``), and EventBridge Scheduler firing the conversations' schedules
+    (``ingest``)."""
+    from workers.sandbox.emulator import (
+        EventsPoller,
+        ScheduledInvoker,
+        SchedulerFirer,
+        SqsPoller,
+        queue_arn,
+    )
 
     for kind, url in ((SqsPoller, stack.queue_url), (EventsPoller, stack.events_queue_url)):
         poller = kind(sqs, url, queue_arn(sqs, url), handlers["ingest"])
@@ -193,6 +204,12 @@ def _start_event_sources(
     )
     sweeper.start()
     resources.callback(sweeper.stop)
+    ingest = stack.function_arns["ingest"]
+    firer = SchedulerFirer(
+        scheduler, stack.schedule_group, {ingest: ("ingest", handlers["ingest"])}
+    )
+    firer.start()
+    resources.callback(firer.stop)
 
 
 def _export_app(settings: Settings) -> None:

@@ -1,5 +1,6 @@
 """The ``api`` function's app: LangGraph's Agent Server API (the same routes as the embedded
-server's, ``workers/adapters/local/agent_server.py``) on the AWS runtime. The caller is who
+server's, ``workers/adapters/local/agent_server.py``) and the conversations' schedules
+(``workers/adapters/schedule_routes.py``) on the AWS runtime. The caller is who
 the HTTP API's JWT authorizer admitted (its verified claims, in the event)."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 
 from events.identity import ClaimMapping, Principal
+from workers.adapters import schedule_routes
 from workers.adapters.aws.api_runtime import AwsApiRuntime
 from workers.adapters.aws.asgi import EVENT_KEY
 from workers.adapters.local import agent_server
@@ -39,4 +41,5 @@ def build_api_app(
         return http_principal(event, claims())
 
     agent_server.mount(app, settings, caller, lambda _: runtime())
+    schedule_routes.mount(app, caller, lambda _: runtime())
     return app

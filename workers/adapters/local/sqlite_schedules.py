@@ -6,7 +6,6 @@ key drops the repeat."""
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from dataclasses import replace
 
@@ -26,20 +25,6 @@ CREATE INDEX IF NOT EXISTS schedules_by_time ON schedules (next_fire);
 """
 
 
-def schedule_json(schedule: Schedule) -> str:
-    """A schedule as JSON (both runtimes store them so)."""
-    fields = dict(vars(schedule))
-    fields["creator_roles"] = list(schedule.creator_roles)
-    fields["metadata"] = dict(schedule.metadata)
-    return json.dumps(fields, separators=(",", ":"))
-
-
-def schedule_from_json(text: str) -> Schedule:
-    fields = json.loads(text)
-    fields["creator_roles"] = tuple(fields.get("creator_roles") or ())
-    return Schedule(**fields)
-
-
 class SqliteScheduler:
     """``Scheduler`` on ``database`` (it creates its table there)."""
 
@@ -56,7 +41,7 @@ class SqliteScheduler:
                 "SELECT body FROM schedules WHERE schedule_id = ?", (schedule.schedule_id,)
             ).fetchone()
             if row is not None:
-                kept = schedule_from_json(row[0])
+                kept = Schedule.from_json(row[0])
                 if kept.conversation_id == schedule.conversation_id:
                     return kept
                 raise BadInput("schedule_exists", "schedule_id: taken", field="schedule_id")
@@ -78,7 +63,7 @@ class SqliteScheduler:
                     schedule.schedule_id,
                     schedule.conversation_id,
                     schedule.next_fire,
-                    schedule_json(schedule),
+                    schedule.to_json(),
                 ),
             )
         return schedule
@@ -92,14 +77,14 @@ class SqliteScheduler:
             )
             .fetchone()
         )
-        return None if row is None else schedule_from_json(row[0])
+        return None if row is None else Schedule.from_json(row[0])
 
     def for_conversation(self, conversation_id: str) -> list[Schedule]:
         rows = self._db().execute(
             "SELECT body FROM schedules WHERE conversation_id = ? ORDER BY next_fire, schedule_id",
             (conversation_id,),
         )
-        return [schedule_from_json(body) for (body,) in rows]
+        return [Schedule.from_json(body) for (body,) in rows]
 
     def remove(self, conversation_id: str, schedule_id: str) -> bool:
         with self._database.transaction() as tx:
@@ -121,7 +106,7 @@ class SqliteScheduler:
             ).fetchone()
             if row is None:  # deleted while it fired
                 return
-            kept = schedule_from_json(row[0])
+            kept = Schedule.from_json(row[0])
             done = replace(
                 kept,
                 next_fire=next_fire,
@@ -131,7 +116,7 @@ class SqliteScheduler:
             )
             tx.execute(
                 "UPDATE schedules SET next_fire = ?, body = ? WHERE schedule_id = ?",
-                (next_fire, schedule_json(done), schedule.schedule_id),
+                (next_fire, done.to_json(), schedule.schedule_id),
             )
 
     def forget(self, conversation_id: str) -> int:
