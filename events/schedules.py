@@ -71,6 +71,13 @@ class ScheduleRequest(BaseModel):
     cron: CronExpression | None = None
     timezone: TimeZoneName = "UTC"
     metadata: Metadata = Field(default_factory=dict)
+    dedupe_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=512,
+        description="The caller's key: the same key from the same caller in the same"
+        " conversation makes no second schedule (a retried request after a lost answer).",
+    )
 
     @model_validator(mode="after")
     def _one_time(self) -> ScheduleRequest:

@@ -13,7 +13,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from reliability import concurrency, dependencies, inprocess, killnine, window, workflow
+from reliability import (
+    concurrency,
+    dependencies,
+    inprocess,
+    killnine,
+    schedules,
+    window,
+    workflow,
+)
 from reliability.report import Fuzz, Run, render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     def concurrent_senders() -> None:
         run.concurrency.extend(concurrency.run(size, progress=progress))
 
+    def timers() -> None:
+        run.outbound.append(schedules.run(every=every, progress=progress))
+        run.outbound.append(schedules.run_aws(every=every, progress=progress))
+
     def fuzzers() -> None:
         run.fuzz = fuzz(FUZZ_CASES[args.size])
 
@@ -98,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         ("the fencing window on AWS (production timeouts)", fencing_window),
         ("dependency faults", dependency_faults),
         ("concurrency", concurrent_senders),
+        ("schedules", timers),
     ]
     if not args.no_fuzz:
         stages.append(("fuzzers", fuzzers))

@@ -26,6 +26,9 @@ COMMITS = "commits.jsonl"
 DELIVERIES = "deliveries.jsonl"
 WRITES = "writes.jsonl"
 SINK = "hub"
+SCHEDULE_ADD = "schedule.add"
+SCHEDULE_FIRED = "schedule.fired"
+"""The schedules' writes, as the ledger names them."""
 
 
 def append_line(path: Path, record: dict[str, Any]) -> None:
@@ -93,8 +96,32 @@ def main(argv: Sequence[str]) -> int:
         real_send(self, payload)
         ledger.deliver(SINK, payload)
 
+    from workers.adapters.local import sqlite_schedules
+    from workers.core.model import Schedule
+
+    def after(conversation_id: str, method: str) -> None:
+        ledger.wrote(conversation_id, method)
+        fault = book.count(conversation_id, method)
+        if fault is not None:
+            die(fault)
+
+    class ProbedScheduler(sqlite_schedules.SqliteScheduler):
+        """The schedules' writes count as the store's do: a fault may follow each."""
+
+        def add(self, schedule: Schedule, *, limit: int) -> Schedule:
+            kept = super().add(schedule, limit=limit)
+            after(schedule.conversation_id, SCHEDULE_ADD)
+            return kept
+
+        def fired(
+            self, schedule: Schedule, *, next_fire: float | None, outcome: str, now: float
+        ) -> None:
+            super().fired(schedule, next_fire=next_fire, outcome=outcome, now=now)
+            after(schedule.conversation_id, SCHEDULE_FIRED)
+
     # bootstrap imports the store class when it builds the runtime: it gets the probe
     sqlite_store.SqliteConversationStore = probed_store  # type: ignore[misc, assignment]
+    sqlite_schedules.SqliteScheduler = ProbedScheduler  # type: ignore[misc]
     hub.LocalReplySink.send = recorded_send  # type: ignore[method-assign]
     from workers.cli import main as cli
 

@@ -40,13 +40,15 @@ class Run:
     dependencies: list[Result] = field(default_factory=list)
     concurrency: list[Series] = field(default_factory=list)
     concurrency_size: Size = field(default_factory=Size)
+    outbound: list[Result] = field(default_factory=list)
+    """Schedules and webhooks: what leaves and comes back on its own."""
     fuzz: Fuzz | None = None
     seconds: float = 0.0
 
     @property
     def findings(self) -> Findings:
         total = Findings()
-        for result in [*self.faults, *self.window, *self.dependencies]:
+        for result in [*self.faults, *self.window, *self.dependencies, *self.outbound]:
             total.add(result.findings)
         for series in self.concurrency:
             total.add(series.findings)
@@ -59,7 +61,7 @@ class Run:
     @property
     def ok(self) -> bool:
         fuzz_ok = self.fuzz is None or self.fuzz.passed
-        uncovered = any(r.uncovered for r in self.faults)
+        uncovered = any(r.uncovered for r in [*self.faults, *self.outbound])
         return self.findings.ok and not self.order_violations and fuzz_ok and not uncovered
 
 
@@ -109,7 +111,7 @@ def render(run: Run) -> str:
         "",
     ]
     rows: list[list[object]] = []
-    for result in [*run.faults, *run.window, *run.dependencies]:
+    for result in [*run.faults, *run.window, *run.dependencies, *run.outbound]:
         rows.append([result.runtime, *_violations(result.findings)])
     for series in run.concurrency:
         rows.append([f"concurrency: {series.name}", *_violations(series.findings)])
@@ -120,6 +122,7 @@ def render(run: Run) -> str:
     out += _window(run)
     out += _dependencies(run)
     out += _concurrency(run)
+    out += _outbound(run)
     out += _fuzz(run)
     details = total.details[:50]
     if details:
@@ -199,6 +202,31 @@ def _window(run: Run) -> list[str]:
         out.append(
             f"- {result.runtime} ({result.seconds:.1f} s; {ran}): {kinds}; {notes}; "
             f"duplicate deliveries: {dups}."
+        )
+    return [*out, ""]
+
+
+def _outbound(run: Run) -> list[str]:
+    if not run.outbound:
+        return []
+    out = [
+        "## Schedules and webhooks",
+        "",
+        "What fires or leaves on its own, checked like the messages above (a scheduled "
+        "message is an accepted message: lost when it never posted or was never answered, "
+        "answered twice when it posted twice or got two answers; a schedule still armed "
+        "after it fired counts as stranded):",
+        "",
+    ]
+    for result in run.outbound:
+        ran = ", ".join(f"{k} {v}" for k, v in result.settings.items())
+        faults = ", ".join(f"`{m}` {n}" for m, n in sorted(result.faults_by_write.items()))
+        notes = "; ".join(f"{k}: {n}" for k, n in result.notes.items())
+        said = "; ".join(x for x in (faults and f"kill -9 after {faults}", notes) if x)
+        out.append(
+            f"- {result.runtime} ({result.seconds:.1f} s; {ran}): {said}; "
+            f"{result.findings.messages} occurrences, lost {result.findings.lost}, "
+            f"twice {result.findings.answered_twice}."
         )
     return [*out, ""]
 

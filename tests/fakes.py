@@ -802,11 +802,16 @@ class InMemoryScheduler:
         return kept if kept is not None and kept.conversation_id == conversation_id else None
 
     def for_conversation(self, conversation_id: str) -> list[Schedule]:
-        found = [s for s in self.kept.values() if s.conversation_id == conversation_id]
+        found = [
+            s
+            for s in self.kept.values()
+            if s.conversation_id == conversation_id and s.next_fire is not None
+        ]
         return sorted(found, key=lambda s: (s.next_fire or 0.0, s.schedule_id))
 
     def remove(self, conversation_id: str, schedule_id: str) -> bool:
-        if self.get(conversation_id, schedule_id) is None:
+        kept = self.get(conversation_id, schedule_id)
+        if kept is None or kept.next_fire is None:
             return False
         del self.kept[schedule_id]
         return True
@@ -817,21 +822,12 @@ class InMemoryScheduler:
         if self.fail_fired:
             self.fail_fired -= 1
             raise RetryableError("crashed before the firing was recorded")
-        if next_fire is None:
-            self.kept.pop(schedule.schedule_id, None)
-            return
         kept = self.kept.get(schedule.schedule_id)
         if kept is not None:
-            self.kept[schedule.schedule_id] = replace(
-                kept,
-                next_fire=next_fire,
-                fired=kept.fired + 1,
-                last_fired_at=now,
-                last_outcome=outcome,
-            )
+            self.kept[schedule.schedule_id] = kept.after_firing(next_fire, outcome, now)
 
     def forget(self, conversation_id: str) -> int:
-        gone = [s.schedule_id for s in self.for_conversation(conversation_id)]
+        gone = [s.schedule_id for s in self.kept.values() if s.conversation_id == conversation_id]
         for schedule_id in gone:
             del self.kept[schedule_id]
         return len(gone)

@@ -244,6 +244,7 @@ def _parser() -> argparse.ArgumentParser:
     when.add_argument("--at", help="an ISO 8601 time (2026-12-07T09:00, read in --tz)")
     when.add_argument("--cron", help="five fields: minute hour day month weekday ('0 9 * * 1-5')")
     add.add_argument("--tz", default="UTC", help="the time zone of --at and --cron (default UTC)")
+    add.add_argument("--dedupe-key", help="run again with the same key: no second schedule")
     listing = actions.add_parser("list", help="the conversation's schedules, the next first")
     delete = actions.add_parser("delete", help="delete one of the conversation's schedules")
     delete.add_argument("schedule_id")
@@ -585,6 +586,8 @@ def cmd_schedule_add(args: argparse.Namespace) -> int:
     from events.schedules import parse_when
 
     body: dict[str, Any] = {"text": args.text, "timezone": args.tz}
+    if args.dedupe_key:
+        body["dedupe_key"] = args.dedupe_key
     if args.in_ is not None:
         try:
             body["in_seconds"] = parse_when(args.in_, now=0.0)

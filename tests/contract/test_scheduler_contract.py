@@ -154,7 +154,11 @@ def test_a_one_off_that_fired_is_gone_and_a_recurring_one_goes_on(backend: Backe
     s.add(once, limit=5)
     s.add(daily, limit=5)
     s.fired(once, next_fire=None, outcome="accepted", now=T0 + 61)
-    assert s.get(CID, "sch_once") is None
+    done = s.get(CID, "sch_once")  # kept a while, done: made again, it is found, not made
+    assert done is not None and done.next_fire is None and done.fired == 1
+    assert s.add(once, limit=5) == done
+    assert [x.schedule_id for x in s.for_conversation(CID)] == ["sch_daily"]
+    assert s.remove(CID, "sch_once") is False
     s.fired(daily, next_fire=T0 + 86_400, outcome="duplicate", now=T0 + 61)
     kept = s.get(CID, "sch_daily")
     assert kept is not None and kept.next_fire == T0 + 86_400

@@ -7,7 +7,15 @@ from __future__ import annotations
 
 import pytest
 
-from reliability import concurrency, dependencies, inprocess, killnine, window, workflow
+from reliability import (
+    concurrency,
+    dependencies,
+    inprocess,
+    killnine,
+    schedules,
+    window,
+    workflow,
+)
 from reliability.plan import Result
 
 
@@ -80,3 +88,13 @@ def test_concurrent_senders_keep_each_policys_order(series: list[concurrency.Ser
     assert len(names) == len(concurrency.POLICIES) + 2
     many = next(case for case in series if case.conversations > 1)
     assert many.findings.messages == 2 * concurrency.SMALL.conversations
+
+
+def test_schedules_fire_once_through_kill_nine_and_repeated_invocations() -> None:
+    result = schedules.run(every=False)
+    assert_held(result)
+    assert result.restarts >= result.faults  # and one more killed while its schedule was due
+    on_aws = schedules.run_aws(every=False)
+    found = on_aws.findings
+    assert found.ok and found.messages == 3, found.details
+    assert on_aws.notes["responses lost"] >= 3

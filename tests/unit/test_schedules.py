@@ -262,3 +262,12 @@ def test_local_user_can_schedule_into_its_own_conversation() -> None:
     accept_message(w.deps, InboundMessage(conversation_id="ws:local:1", text="hi"), LOCAL_USER)
     body = ScheduleRequest(text="later", in_seconds=10)
     assert create_schedule(w.deps, "ws:local:1", LOCAL_USER, body).created_by == "local"
+
+
+def test_a_request_sent_again_with_its_dedupe_key_makes_one_schedule() -> None:
+    w = World()
+    first = w.schedule(in_seconds=60, dedupe_key="reminder-1")
+    again = w.schedule(in_seconds=90, dedupe_key="reminder-1")
+    other = w.schedule(in_seconds=60, dedupe_key="reminder-2")
+    assert again == first and other.schedule_id != first.schedule_id
+    assert len(list_schedules(w.deps, CID, ALICE)) == 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from events.identity import identity_key
@@ -423,6 +423,9 @@ class TurnOutput:
 
 
 ScheduleSource = Literal["api", "agent"]
+DONE_KEPT_SECONDS = 7 * 86_400
+"""How long a one-off that fired is kept (not listed, not armed): the request that made it,
+sent again with its dedupe key, finds it and makes no second one."""
 
 
 @dataclass(frozen=True)
@@ -456,6 +459,16 @@ class Schedule:
     last_outcome: str | None = None
     """What its last firing did: ``accepted``, ``duplicate`` (fired before, e.g. by a process
     that crashed before recording it), ``throttled: ...``, ``refused: ...``."""
+
+    def after_firing(self, next_fire: float | None, outcome: str, now: float) -> Schedule:
+        """This schedule once it fired: due next at ``next_fire`` (``None``: done)."""
+        return replace(
+            self,
+            next_fire=next_fire,
+            fired=self.fired + 1,
+            last_fired_at=now,
+            last_outcome=outcome[:500],
+        )
 
     def to_json(self) -> str:
         """The schedule as JSON (how both runtimes store it)."""

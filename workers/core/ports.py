@@ -264,23 +264,26 @@ class Scheduler(Protocol):
     :func:`~workers.core.schedules.fire_schedule`; a firing becomes an inbox message."""
 
     def add(self, schedule: Schedule, *, limit: int) -> Schedule:
-        """Keep ``schedule`` and arm it; the one kept under its id if there is one (an
-        agent's follow-up planned again by a retried turn). ``BadInput``
-        (``too_many_schedules``) when its conversation has ``limit`` already."""
+        """Keep ``schedule`` and arm it; the one kept under its id if there is one, armed
+        or done (an agent's follow-up planned again by a retried turn, a request sent
+        again). ``BadInput`` (``too_many_schedules``) when its conversation has ``limit``
+        armed already."""
 
-    def get(self, conversation_id: str, schedule_id: str) -> Schedule | None: ...
+    def get(self, conversation_id: str, schedule_id: str) -> Schedule | None:
+        """The schedule, armed or done (``next_fire`` ``None``)."""
 
     def for_conversation(self, conversation_id: str) -> list[Schedule]:
-        """The conversation's schedules, the next to fire first."""
+        """The conversation's armed schedules, the next to fire first."""
 
     def remove(self, conversation_id: str, schedule_id: str) -> bool:
-        """Disarm and delete it; ``False`` if there is no such schedule."""
+        """Disarm and delete it; ``False`` if there is no such armed schedule."""
 
     def fired(
         self, schedule: Schedule, *, next_fire: float | None, outcome: str, now: float
     ) -> None:
-        """Record a firing: a one-off (``next_fire`` is ``None``) is deleted, a recurring one
-        fires next at ``next_fire``."""
+        """Record a firing: a one-off (``next_fire`` is ``None``) is done (kept a while,
+        :data:`~workers.core.model.DONE_KEPT_SECONDS`, neither listed nor armed), a
+        recurring one fires next at ``next_fire``."""
 
     def forget(self, conversation_id: str) -> int:
         """Disarm and delete every schedule of the conversation (its erasure); how many."""

@@ -12,6 +12,8 @@ down) fires once for them, then goes on from now.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import uuid
 from dataclasses import dataclass
@@ -79,7 +81,7 @@ def create_schedule(
     size = len(request.text.encode("utf-8", "surrogatepass"))
     spend_quotas(deps, principal, messages=1, size=size)
     schedule = Schedule(
-        schedule_id=f"sch_{uuid.uuid4().hex[:24]}",
+        schedule_id=_schedule_id(conversation_id, principal, request.dedupe_key),
         conversation_id=conversation_id,
         text=request.text,
         next_fire=next_fire,
@@ -96,6 +98,15 @@ def create_schedule(
         metadata=dict(request.metadata),
     )
     return scheduler.add(schedule, limit=deps.settings.schedules_per_conversation)
+
+
+def _schedule_id(conversation_id: str, principal: Principal, dedupe_key: str | None) -> str:
+    """A new id, or with a dedupe key one derived from it, the caller and the conversation:
+    the same request sent again finds the schedule the first one made."""
+    if dedupe_key is None:
+        return f"sch_{uuid.uuid4().hex[:24]}"
+    material = json.dumps([principal.tenant, principal.id, conversation_id, dedupe_key])
+    return f"sch_{hashlib.sha256(material.encode()).hexdigest()[:24]}"
 
 
 def list_schedules(deps: Deps, conversation_id: str, principal: Principal) -> list[Schedule]:
@@ -128,7 +139,7 @@ def fire_schedule(deps: Deps, conversation_id: str, schedule_id: str, occurrence
     raises, and whatever fires it tries again."""
     scheduler = _scheduler(deps)
     schedule = scheduler.get(conversation_id, schedule_id)
-    if schedule is None:
+    if schedule is None or schedule.next_fire is None:  # deleted, erased, or done
         return "gone"
     now = deps.clock.now()
     next_fire = None

@@ -4,8 +4,11 @@ reads) and an EventBridge Scheduler schedule ``aw-<schedule id>`` in the stack's
 which invokes the ``ingest`` function at its times with
 ``{"agentworker_schedule": {...}, "scheduled_time": <aws.scheduler.scheduled-time>}``.
 
-The item is the truth: a firing whose item is gone does nothing (a schedule deleted, or
-erased with its conversation, while EventBridge still held it). A one-off is ``at(...)`` in
+The item is the truth: a firing whose item is gone or done does nothing (a schedule deleted,
+or erased with its conversation, while EventBridge still held it). A one-off that ran stays a
+while as a done item (DynamoDB's TTL removes it after
+:data:`~workers.core.model.DONE_KEPT_SECONDS`): the request that made it, sent again, finds
+it. A one-off is ``at(...)`` in
 UTC and deletes itself after it ran (``ActionAfterCompletion``); a recurring one is the same
 cron in the same time zone (:func:`eventbridge_expression`). EventBridge Scheduler retries an
 invocation that failed (up to a day) and may invoke twice: the inbox's dedupe key of the
@@ -16,14 +19,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from workers.adapters.aws.calls import AwsCalls, ConditionFailed
-from workers.adapters.aws.dynamodb_table import DynamoDBTable, get_str, key, string
+from workers.adapters.aws.dynamodb_table import DynamoDBTable, get_str, key, number, string
+from workers.adapters.aws.tables import TTL_ATTRIBUTE
 from workers.adapters.aws.errors import error_code
-from workers.core.model import Schedule
+from workers.core.model import DONE_KEPT_SECONDS, Schedule
 from workers.errors import BadInput, PermanentError
 
 SCHEDULES = "schedules#"
@@ -93,11 +96,14 @@ class AwsScheduler:
 
     # the table -------------------------------------------------------------------------
 
-    def _item(self, schedule: Schedule) -> dict[str, Any]:
-        return {
+    def _item(self, schedule: Schedule, *, done_at: float | None = None) -> dict[str, Any]:
+        item = {
             **key(SCHEDULES + schedule.conversation_id, schedule.schedule_id),
             "body": string(schedule.to_json()),
         }
+        if done_at is not None:  # DynamoDB's TTL deletes it a while after
+            item[TTL_ATTRIBUTE] = number(int(done_at + DONE_KEPT_SECONDS))
+        return item
 
     def get(self, conversation_id: str, schedule_id: str) -> Schedule | None:
         item = self._table.get(SCHEDULES + conversation_id, schedule_id)
@@ -106,13 +112,14 @@ class AwsScheduler:
     def for_conversation(self, conversation_id: str) -> list[Schedule]:
         items = self._table.query("pk = :pk", {":pk": string(SCHEDULES + conversation_id)})
         found = [Schedule.from_json(get_str(item, "body")) for item in items]
-        return sorted(found, key=lambda s: (s.next_fire or 0.0, s.schedule_id))
+        armed = [s for s in found if s.next_fire is not None]
+        return sorted(armed, key=lambda s: (s.next_fire or 0.0, s.schedule_id))
 
     def add(self, schedule: Schedule, *, limit: int) -> Schedule:
         kept = self.get(schedule.conversation_id, schedule.schedule_id)
         if kept is not None:
             return kept
-        count = len(self.for_conversation(schedule.conversation_id))
+        count = len(self.for_conversation(schedule.conversation_id))  # the armed ones
         if count >= limit:
             raise BadInput(
                 "too_many_schedules",
@@ -142,35 +149,32 @@ class AwsScheduler:
         return bool(gone.get("Attributes"))
 
     def remove(self, conversation_id: str, schedule_id: str) -> bool:
-        if not self._delete_item(conversation_id, schedule_id):
+        kept = self.get(conversation_id, schedule_id)
+        if kept is None or kept.next_fire is None:  # none, or done: kept for its dedupe
             return False
+        self._delete_item(conversation_id, schedule_id)
         self._disarm(schedule_id)
         return True
 
     def fired(
         self, schedule: Schedule, *, next_fire: float | None, outcome: str, now: float
     ) -> None:
-        if next_fire is None:  # a one-off: EventBridge deletes its own after it ran
-            self._delete_item(schedule.conversation_id, schedule.schedule_id)
-            return
         kept = self.get(schedule.conversation_id, schedule.schedule_id)
         if kept is None:  # deleted while it fired
             return
-        done = replace(
-            kept,
-            next_fire=next_fire,
-            fired=kept.fired + 1,
-            last_fired_at=now,
-            last_outcome=outcome[:500],
-        )
-        self._table.call("put_item", TableName=self._table.name, Item=self._item(done))
-        if kept.cron is None:  # a one-off tried again later (its maker's quota): armed again
-            self._arm(done, create=False)
+        done = kept.after_firing(next_fire, outcome, now)
+        item = self._item(done, done_at=now if next_fire is None else None)
+        # (a one-off that ran: EventBridge Scheduler deletes its own schedule)
+        self._table.call("put_item", TableName=self._table.name, Item=item)
+        if kept.cron is None and next_fire is not None:
+            self._arm(done, create=False)  # tried again later (its maker's quota)
 
     def forget(self, conversation_id: str) -> int:
-        found = self.for_conversation(conversation_id)
+        items = self._table.query("pk = :pk", {":pk": string(SCHEDULES + conversation_id)})
+        found = [Schedule.from_json(get_str(item, "body")) for item in items]
         for schedule in found:
-            self._disarm(schedule.schedule_id)
+            if schedule.next_fire is not None:
+                self._disarm(schedule.schedule_id)
             self._delete_item(conversation_id, schedule.schedule_id)
         return len(found)
 

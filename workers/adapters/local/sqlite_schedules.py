@@ -2,7 +2,9 @@
 file; the runtime's timer asks it which are :meth:`~SqliteScheduler.due` and fires them
 (:func:`~workers.core.schedules.fire_schedule`). A firing is recorded after its message is
 accepted: a crash between the two fires it again at the next start, and the inbox's dedupe
-key drops the repeat."""
+key drops the repeat. A one-off that fired stays as a done row (``next_fire`` null) for
+:data:`~workers.core.model.DONE_KEPT_SECONDS`, so the request that made it, sent again, finds
+it instead of making another."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import sqlite3
 from dataclasses import replace
 
 from workers.adapters.local.sqlite_database import SqliteDatabase
-from workers.core.model import Schedule
+from workers.core.model import DONE_KEPT_SECONDS, Schedule
 from workers.errors import BadInput
 
 _SCHEMA = """
@@ -18,11 +20,20 @@ CREATE TABLE IF NOT EXISTS schedules (
     schedule_id TEXT PRIMARY KEY,
     conversation_id TEXT NOT NULL,
     next_fire REAL,
+    done_at REAL,
     body TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS schedules_by_conversation ON schedules (conversation_id);
 CREATE INDEX IF NOT EXISTS schedules_by_time ON schedules (next_fire);
 """
+
+
+def too_many(count: int) -> BadInput:
+    return BadInput(
+        "too_many_schedules",
+        f"conversation_id: it has {count} schedules, the most it may keep; delete one first",
+        field="conversation_id",
+    )
 
 
 class SqliteScheduler:
@@ -37,6 +48,10 @@ class SqliteScheduler:
 
     def add(self, schedule: Schedule, *, limit: int) -> Schedule:
         with self._database.transaction() as tx:
+            tx.execute(
+                "DELETE FROM schedules WHERE conversation_id = ? AND done_at < ?",
+                (schedule.conversation_id, schedule.created_at - DONE_KEPT_SECONDS),
+            )
             row = tx.execute(
                 "SELECT body FROM schedules WHERE schedule_id = ?", (schedule.schedule_id,)
             ).fetchone()
@@ -46,16 +61,12 @@ class SqliteScheduler:
                     return kept
                 raise BadInput("schedule_exists", "schedule_id: taken", field="schedule_id")
             (count,) = tx.execute(
-                "SELECT count(*) FROM schedules WHERE conversation_id = ?",
+                "SELECT count(*) FROM schedules WHERE conversation_id = ?"
+                " AND next_fire IS NOT NULL",
                 (schedule.conversation_id,),
             ).fetchone()
             if count >= limit:
-                raise BadInput(
-                    "too_many_schedules",
-                    f"conversation_id: it has {count} schedules, the most it may keep;"
-                    " delete one first",
-                    field="conversation_id",
-                )
+                raise too_many(count)
             tx.execute(
                 "INSERT INTO schedules (schedule_id, conversation_id, next_fire, body)"
                 " VALUES (?, ?, ?, ?)",
@@ -69,19 +80,16 @@ class SqliteScheduler:
         return schedule
 
     def get(self, conversation_id: str, schedule_id: str) -> Schedule | None:
-        row = (
-            self._db()
-            .execute(
-                "SELECT body FROM schedules WHERE schedule_id = ? AND conversation_id = ?",
-                (schedule_id, conversation_id),
-            )
-            .fetchone()
-        )
+        row = self._db().execute(
+            "SELECT body FROM schedules WHERE schedule_id = ? AND conversation_id = ?",
+            (schedule_id, conversation_id),
+        ).fetchone()
         return None if row is None else Schedule.from_json(row[0])
 
     def for_conversation(self, conversation_id: str) -> list[Schedule]:
         rows = self._db().execute(
-            "SELECT body FROM schedules WHERE conversation_id = ? ORDER BY next_fire, schedule_id",
+            "SELECT body FROM schedules WHERE conversation_id = ? AND next_fire IS NOT NULL"
+            " ORDER BY next_fire, schedule_id",
             (conversation_id,),
         )
         return [Schedule.from_json(body) for (body,) in rows]
@@ -89,7 +97,8 @@ class SqliteScheduler:
     def remove(self, conversation_id: str, schedule_id: str) -> bool:
         with self._database.transaction() as tx:
             gone = tx.execute(
-                "DELETE FROM schedules WHERE schedule_id = ? AND conversation_id = ?",
+                "DELETE FROM schedules WHERE schedule_id = ? AND conversation_id = ?"
+                " AND next_fire IS NOT NULL",
                 (schedule_id, conversation_id),
             )
         return gone.rowcount > 0
@@ -98,30 +107,22 @@ class SqliteScheduler:
         self, schedule: Schedule, *, next_fire: float | None, outcome: str, now: float
     ) -> None:
         with self._database.transaction() as tx:
-            if next_fire is None:
-                tx.execute("DELETE FROM schedules WHERE schedule_id = ?", (schedule.schedule_id,))
-                return
             row = tx.execute(
                 "SELECT body FROM schedules WHERE schedule_id = ?", (schedule.schedule_id,)
             ).fetchone()
             if row is None:  # deleted while it fired
                 return
-            kept = Schedule.from_json(row[0])
-            done = replace(
-                kept,
-                next_fire=next_fire,
-                fired=kept.fired + 1,
-                last_fired_at=now,
-                last_outcome=outcome[:500],
-            )
+            done = Schedule.from_json(row[0]).after_firing(next_fire, outcome, now)
             tx.execute(
-                "UPDATE schedules SET next_fire = ?, body = ? WHERE schedule_id = ?",
-                (next_fire, done.to_json(), schedule.schedule_id),
+                "UPDATE schedules SET next_fire = ?, done_at = ?, body = ? WHERE schedule_id = ?",
+                (next_fire, now if next_fire is None else None, done.to_json(), done.schedule_id),
             )
 
     def forget(self, conversation_id: str) -> int:
         with self._database.transaction() as tx:
-            gone = tx.execute("DELETE FROM schedules WHERE conversation_id = ?", (conversation_id,))
+            gone = tx.execute(
+                "DELETE FROM schedules WHERE conversation_id = ?", (conversation_id,)
+            )
         return gone.rowcount
 
     def due(self, now: float, *, limit: int = 100) -> list[tuple[str, str, float]]:
@@ -133,8 +134,3 @@ class SqliteScheduler:
             (now, limit),
         )
         return [(str(c), str(s), float(t)) for c, s, t in rows]
-
-    def next_due(self) -> float | None:
-        """When the next schedule is due (``None``: none is armed)."""
-        (first,) = self._db().execute("SELECT min(next_fire) FROM schedules").fetchone()
-        return None if first is None else float(first)
