@@ -19,6 +19,7 @@ from reliability import (
     inprocess,
     killnine,
     schedules,
+    webhooks,
     window,
     workflow,
 )
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     def timers() -> None:
         run.outbound.append(schedules.run(every=every, progress=progress))
         run.outbound.append(schedules.run_aws(every=every, progress=progress))
+        run.outbound.append(webhooks.run(every=every, progress=progress))
 
     def fuzzers() -> None:
         run.fuzz = fuzz(FUZZ_CASES[args.size])
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         ("the fencing window on AWS (production timeouts)", fencing_window),
         ("dependency faults", dependency_faults),
         ("concurrency", concurrent_senders),
-        ("schedules", timers),
+        ("schedules and webhooks", timers),
     ]
     if not args.no_fuzz:
         stages.append(("fuzzers", fuzzers))

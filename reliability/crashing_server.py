@@ -29,6 +29,11 @@ SINK = "hub"
 SCHEDULE_ADD = "schedule.add"
 SCHEDULE_FIRED = "schedule.fired"
 """The schedules' writes, as the ledger names them."""
+WEBHOOK_ADD = "webhook.add"
+WEBHOOK_SENT = "webhook.sent"
+WEBHOOK_DELIVERED = "webhook.delivered"
+"""The webhook queue's writes: a delivery queued (by the reply sink), one marked sent; and
+the moment between (the receiver answered 2xx, the mark not written yet)."""
 
 
 def append_line(path: Path, record: dict[str, Any]) -> None:
@@ -119,9 +124,32 @@ def main(argv: Sequence[str]) -> int:
             super().fired(schedule, next_fire=next_fire, outcome=outcome, now=now)
             after(schedule.conversation_id, SCHEDULE_FIRED)
 
+    from workers.adapters.local import webhooks
+
+    class ProbedWebhookQueue(webhooks.WebhookQueue):
+        """The webhook queue's writes count too (by the delivery's conversation)."""
+
+        def add(
+            self, subscription: str, webhook_id: str, conversation_id: str, event: str, body: bytes
+        ) -> bool:
+            added = super().add(subscription, webhook_id, conversation_id, event, body)
+            if added:
+                after(conversation_id, WEBHOOK_ADD)
+            return added
+
+        def delivered(self, delivery_id: int) -> None:
+            with self._lock:
+                row = self._conn.execute(
+                    "SELECT conversation_id FROM deliveries WHERE id = ?", (delivery_id,)
+                ).fetchone()
+            after(str(row[0]), WEBHOOK_SENT)  # the receiver took it; not marked yet
+            super().delivered(delivery_id)
+            after(str(row[0]), WEBHOOK_DELIVERED)
+
     # bootstrap imports the store class when it builds the runtime: it gets the probe
     sqlite_store.SqliteConversationStore = probed_store  # type: ignore[misc, assignment]
     sqlite_schedules.SqliteScheduler = ProbedScheduler  # type: ignore[misc]
+    webhooks.WebhookQueue = ProbedWebhookQueue  # type: ignore[misc]
     hub.LocalReplySink.send = recorded_send  # type: ignore[method-assign]
     from workers.cli import main as cli
 

@@ -212,10 +212,15 @@ def _outbound(run: Run) -> list[str]:
     out = [
         "## Schedules and webhooks",
         "",
-        "What fires or leaves on its own, checked like the messages above (a scheduled "
+        "What fires or leaves on its own, checked like the messages above. A scheduled "
         "message is an accepted message: lost when it never posted or was never answered, "
         "answered twice when it posted twice or got two answers; a schedule still armed "
-        "after it fired counts as stranded):",
+        "after it fired counts as stranded. A webhook payload (every reply, request and "
+        "notice) is lost when the receiver never took it, answered twice when it came "
+        "under two `webhook-id`s; delivery is at least once, so a server killed between "
+        "the receiver's 2xx and its mark sends that one again under the same "
+        "`webhook-id` (counted below as *taken again*; a receiver drops it by that id, "
+        "as Standard Webhooks asks):",
         "",
     ]
     for result in run.outbound:

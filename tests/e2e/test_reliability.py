@@ -13,6 +13,7 @@ from reliability import (
     inprocess,
     killnine,
     schedules,
+    webhooks,
     window,
     workflow,
 )
@@ -98,3 +99,10 @@ def test_schedules_fire_once_through_kill_nine_and_repeated_invocations() -> Non
     found = on_aws.findings
     assert found.ok and found.messages == 3, found.details
     assert on_aws.notes["responses lost"] >= 3
+
+
+def test_webhooks_reach_a_failing_receiver_once_each_in_order_through_kill_nine() -> None:
+    result = webhooks.run(every=False)
+    assert_held(result)
+    assert result.notes["out of order"] == 0 and result.notes["bad signatures"] == 0
+    assert result.notes["refused by the receiver"] > 0  # the receiver did fail
