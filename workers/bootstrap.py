@@ -28,7 +28,7 @@ from workers.errors import ConfigError
 
 if TYPE_CHECKING:
     from workers.adapters.local.runtime import EmbeddedRuntime
-    from workers.adapters.local.webhooks import WebhookSender
+    from workers.adapters.local.webhooks import WebhookSender, WebhookSink
     from workers.adapters.slack import SlackCredentials, SlackWeb
     from workers.adapters.slack_events import Rate, SlackApp
     from workers.prompts import LoadedPrompt
@@ -57,6 +57,7 @@ def turn_settings(settings: Settings, prompt: LoadedPrompt | None = None) -> Tur
         context_from_callers=frozenset(settings.context_from_callers),
         configurable_from_callers=frozenset(settings.configurable_from_callers),
         schedules_per_conversation=settings.schedules_per_conversation,
+        webhook_private_urls=settings.webhook_private_urls,
         trace_tags={} if prompt is None else prompt.trace_tags(),
         guard=guard_policy(settings),
     )
@@ -281,6 +282,7 @@ def prepare_embedded(
             memories=StoreMemories(memory),
             cancellations=LocalCancellations(),
             scheduler=scheduler,
+            webhooks=webhooks.queue,
         )
         return EmbeddedRuntime(
             settings=settings,
@@ -299,12 +301,11 @@ def prepare_embedded(
     return assemble
 
 
-def embedded_webhooks(settings: Settings) -> tuple[WebhookSender | None, ReplySink | None]:
-    """The embedded runtime's webhooks (``settings.webhooks``): the sender the runtime runs,
-    and the sink that queues for it; ``(None, None)`` without subscriptions (their secrets
-    were checked by :func:`prepare_embedded`)."""
-    if not settings.webhooks:
-        return None, None
+def embedded_webhooks(settings: Settings) -> tuple[WebhookSender, WebhookSink]:
+    """The embedded runtime's webhooks: the sender the runtime runs and the sink that queues
+    for it, for the app file's subscriptions (``settings.webhooks``; their secrets were
+    checked by :func:`prepare_embedded`) and the conversations' own (made over the API,
+    kept in the same queue's file)."""
     from workers.adapters.local.webhooks import (
         WEBHOOKS_DB,
         WebhookQueue,
@@ -319,6 +320,7 @@ def embedded_webhooks(settings: Settings) -> tuple[WebhookSender | None, ReplySi
         attempts=settings.webhook_attempts,
         base_delay=settings.webhook_retry_base_seconds,
         timeout=settings.webhook_timeout_seconds,
+        private_urls=settings.webhook_private_urls,
     )
     return sender, WebhookSink(queue, settings.webhooks, wake=sender.wake)
 

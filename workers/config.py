@@ -352,6 +352,11 @@ class Settings(BaseSettings):
         le=1000,
         description="Most schedules one conversation keeps (its owner's and its agent's).",
     )
+    webhook_private_urls: bool = Field(
+        False,
+        description="Let the conversations' own webhooks (made over the API) post to"
+        " loopback, private and link-local addresses and over plain http: development only.",
+    )
     webhook_attempts: int = Field(
         8, ge=1, le=50, description="Attempts of a webhook delivery before it is dead."
     )

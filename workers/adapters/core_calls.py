@@ -13,11 +13,13 @@ from typing import Any
 from events.identity import LOCAL_USER, Principal
 from events.outbound import GraphStateView
 from events.schedules import ScheduleRequest
+from events.webhooks import WebhookRequest
 from workers.core.model import (
     CallerValues,
     ConversationState,
     ConversationStatus,
     ConversationSummary,
+    ConversationWebhook,
     History,
     Schedule,
 )
@@ -31,6 +33,7 @@ from workers.core.steps import (
     set_conversation_values,
     visible,
 )
+from workers.core.webhooks import create_webhook, delete_webhook, list_webhooks
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +127,24 @@ class CoreCalls:
     ) -> None:
         """See :func:`~workers.core.schedules.delete_schedule`."""
         await asyncio.to_thread(delete_schedule, self.deps, conversation_id, schedule_id, principal)
+
+    async def create_webhook(
+        self, conversation_id: str, principal: Principal, request: WebhookRequest
+    ) -> ConversationWebhook:
+        """See :func:`~workers.core.webhooks.create_webhook`."""
+        return await asyncio.to_thread(
+            create_webhook, self.deps, conversation_id, principal, request
+        )
+
+    async def list_webhooks(
+        self, conversation_id: str, principal: Principal
+    ) -> list[ConversationWebhook]:
+        return await asyncio.to_thread(list_webhooks, self.deps, conversation_id, principal)
+
+    async def delete_webhook(
+        self, conversation_id: str, webhook_id: str, principal: Principal
+    ) -> None:
+        await asyncio.to_thread(delete_webhook, self.deps, conversation_id, webhook_id, principal)
 
     def graph_drawing(self) -> dict[str, object]:
         """The served graph's nodes and edges, as LangGraph draws it (JSON)."""

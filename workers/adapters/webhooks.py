@@ -24,25 +24,17 @@ import json
 import os
 import random
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
 from events.outbound import OutboxPayload
+from events.webhooks import WEBHOOK_EVENTS, WebhookEvent
+from workers.core.model import ConversationWebhook
 from workers.errors import ConfigError
 
-WebhookEvent = Literal[
-    "reply", "approval_request", "interrupt", "notice", "ticket.reply", "ticket.status"
-]
-WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = (
-    "reply",
-    "approval_request",
-    "interrupt",
-    "notice",
-    "ticket.reply",
-    "ticket.status",
-)
 TICKET_PREFIX = "ticket:"
 TICKET_STATUS: dict[str, str] = {
     "reply": "answered",
@@ -61,6 +53,8 @@ class WebhookSubscription(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    guarded: ClassVar[bool] = False
+    """The operator's own receiver: posted to wherever it is (an internal helpdesk too)."""
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     url: HttpUrl
     events: tuple[WebhookEvent, ...] = WEBHOOK_EVENTS
@@ -70,6 +64,10 @@ class WebhookSubscription(BaseModel):
         max_length=256,
         description="Only conversations whose id starts with this (e.g. 'ticket:'); all: ''.",
     )
+
+    @property
+    def target(self) -> str:
+        return str(self.url)
 
     def secret(self) -> str:
         """The subscription's secret (``ConfigError`` naming the variable when unset)."""
@@ -87,6 +85,111 @@ class WebhookSubscription(BaseModel):
         if not payload.conversation_id.startswith(self.conversations):
             return []
         return [e for e in events_of(payload) if e[1] in self.events]
+
+
+class Receiver(Protocol):
+    """Where deliveries go: a subscription of the app file, or a conversation's own."""
+
+    guarded: ClassVar[bool]
+    """A caller's URL: posted to public addresses only (:func:`public_only_transport`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def target(self) -> str:
+        """The URL posted to."""
+
+    def secret(self) -> str: ...
+
+    def takes(self, payload: OutboxPayload) -> list[tuple[str, WebhookEvent, dict[str, Any]]]: ...
+
+
+@dataclass(frozen=True)
+class HookReceiver:
+    """A conversation's own webhook (:class:`~workers.core.model.ConversationWebhook`) as
+    the sink and the sender use it: that conversation's events only, to a public address."""
+
+    hook: ConversationWebhook
+    guarded: ClassVar[bool] = True
+
+    @property
+    def name(self) -> str:
+        return self.hook.webhook_id
+
+    @property
+    def target(self) -> str:
+        return self.hook.url
+
+    def secret(self) -> str:
+        return self.hook.secret
+
+    def takes(self, payload: OutboxPayload) -> list[tuple[str, WebhookEvent, dict[str, Any]]]:
+        if payload.conversation_id != self.hook.conversation_id:
+            return []
+        return [e for e in events_of(payload) if e[1] in self.hook.events]
+
+
+def public_only_transport(**options: Any) -> Any:
+    """An httpx transport that connects only to public addresses: it resolves each host
+    itself and refuses (``httpx.ConnectError``) one that resolves to a loopback, private,
+    link-local or otherwise non-global address, then connects to the address it checked
+    (no second lookup a DNS rebinding could answer differently); TLS still verifies the
+    host's name."""
+    import asyncio
+    import ipaddress
+    import socket
+
+    import httpcore
+    import httpx
+
+    class PublicOnly(httpcore.AsyncNetworkBackend):
+        def __init__(self) -> None:
+            self._inner = httpcore.AnyIOBackend()
+
+        async def connect_tcp(
+            self,
+            host: str,
+            port: int,
+            timeout: float | None = None,
+            local_address: str | None = None,
+            socket_options: Any = None,
+        ) -> httpcore.AsyncNetworkStream:
+            loop = asyncio.get_running_loop()
+            try:
+                found = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except OSError as exc:
+                raise httpcore.ConnectError(f"{host}: {exc}") from exc
+            addresses = [str(info[4][0]) for info in found]
+            inside = [a for a in addresses if not ipaddress.ip_address(a).is_global]
+            if not addresses or inside:
+                raise httpcore.ConnectError(
+                    f"{host} resolves to {inside[0] if inside else 'nothing'}, not a public"
+                    " address: a conversation's webhook is posted to public addresses only"
+                )
+            return await self._inner.connect_tcp(
+                addresses[0],
+                port,
+                timeout=timeout,
+                local_address=local_address,
+                socket_options=socket_options,
+            )
+
+        async def connect_unix_socket(
+            self, path: str, timeout: float | None = None, socket_options: Any = None
+        ) -> httpcore.AsyncNetworkStream:
+            raise httpcore.ConnectError("no unix sockets for a conversation's webhook")
+
+        async def sleep(self, seconds: float) -> None:
+            await self._inner.sleep(seconds)
+
+    transport = httpx.AsyncHTTPTransport(**options)
+    # httpx builds its connection pool without a network backend of our choosing: the same
+    # pool, connecting through the check.
+    transport._pool = httpcore.AsyncConnectionPool(  # noqa: SLF001
+        ssl_context=httpx.create_ssl_context(), network_backend=PublicOnly()
+    )
+    return transport
 
 
 def events_of(payload: OutboxPayload) -> list[tuple[str, WebhookEvent, dict[str, Any]]]:

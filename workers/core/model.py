@@ -487,3 +487,18 @@ class Schedule:
         """The inbox dedupe key of its firing at ``occurrence``: a firing repeated (a crash
         before it was recorded, a redelivered EventBridge Scheduler invocation) is dropped."""
         return f"schedule:{self.schedule_id}:{int(occurrence)}"
+
+
+@dataclass(frozen=True)
+class ConversationWebhook:
+    """A receiver of one conversation's events, made by a caller who may use it: erased
+    with the conversation. Its URL is the caller's, so it is only ever posted to a public
+    address (unless the runtime is told otherwise, for development)."""
+
+    webhook_id: str
+    conversation_id: str
+    url: str
+    events: tuple[str, ...]
+    secret: str
+    created_by: str
+    created_at: float

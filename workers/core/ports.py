@@ -23,6 +23,7 @@ from workers.core.model import (
     CallerValues,
     ConversationState,
     ConversationSummary,
+    ConversationWebhook,
     History,
     InboxEntry,
     Lease,
@@ -287,6 +288,23 @@ class Scheduler(Protocol):
 
     def forget(self, conversation_id: str) -> int:
         """Disarm and delete every schedule of the conversation (its erasure); how many."""
+
+
+class ConversationWebhooks(Protocol):
+    """The conversations' own webhook subscriptions (the runtime's webhook queue keeps
+    them; its sender posts their deliveries)."""
+
+    def add_webhook(self, hook: ConversationWebhook, *, limit: int) -> ConversationWebhook:
+        """Keep ``hook``; ``BadInput`` (``too_many_webhooks``) when its conversation has
+        ``limit`` already."""
+
+    def webhooks_of(self, conversation_id: str) -> list[ConversationWebhook]: ...
+
+    def remove_webhook(self, conversation_id: str, webhook_id: str) -> bool:
+        """Delete it, and its deliveries not sent yet; ``False`` if there is none."""
+
+    def forget_webhooks(self, conversation_id: str) -> int:
+        """Delete the conversation's subscriptions (its erasure); how many."""
 
 
 class Authenticator(Protocol):

@@ -96,6 +96,7 @@ from workers.core.ports import (
     Cancellations,
     Clock,
     ConversationStore,
+    ConversationWebhooks,
     MemoryEraser,
     NullTracer,
     PerSinkDelivery,
@@ -169,6 +170,9 @@ class TurnSettings:
     """``configurable`` keys a caller may set with a message."""
     schedules_per_conversation: int = 20
     """Most schedules a conversation keeps (its owner's and its agent's together)."""
+    webhook_private_urls: bool = False
+    """Let a conversation's webhooks post to loopback, private and link-local addresses and
+    over plain http (development only: a caller's URL must not reach inside)."""
 
 
 @dataclass
@@ -189,6 +193,8 @@ class Deps:
     """Tells a cancelled run of this process to stop at its next streamed piece."""
     scheduler: Scheduler | None = None
     """The conversations' schedules (``None``: this process keeps none)."""
+    webhooks: ConversationWebhooks | None = None
+    """The conversations' own webhook subscriptions (``None``: this runtime has none)."""
 
 
 # 1. accept ----------------------------------------------------------------------------------
@@ -538,6 +544,8 @@ def _erase(
         return None
     if deps.scheduler is not None:
         removed["schedules"] = deps.scheduler.forget(conversation_id)
+    if deps.webhooks is not None:
+        removed["webhooks"] = deps.webhooks.forget_webhooks(conversation_id)
     if customer is not None and deps.memories is not None:
         removed["memories"] = deps.memories.forget_customer(customer)
     # After the rows: every turn of the erased conversation started before this call.

@@ -24,8 +24,8 @@ from typing import Any
 
 from workers.adapters.aws.calls import AwsCalls, ConditionFailed
 from workers.adapters.aws.dynamodb_table import DynamoDBTable, get_str, key, number, string
-from workers.adapters.aws.tables import TTL_ATTRIBUTE
 from workers.adapters.aws.errors import error_code
+from workers.adapters.aws.tables import TTL_ATTRIBUTE
 from workers.core.model import DONE_KEPT_SECONDS, Schedule
 from workers.errors import BadInput, PermanentError
 

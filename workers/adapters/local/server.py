@@ -337,6 +337,7 @@ def create_app(
 
     agent_server.mount(app, settings, caller, rt)
     schedule_routes.mount(app, caller, rt)
+    schedule_routes.mount_webhooks(app, caller, rt)
 
     @functools.cache
     def slack_app() -> slack.SlackApp:

@@ -9,7 +9,6 @@ it instead of making another."""
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import replace
 
 from workers.adapters.local.sqlite_database import SqliteDatabase
 from workers.core.model import DONE_KEPT_SECONDS, Schedule
@@ -80,10 +79,14 @@ class SqliteScheduler:
         return schedule
 
     def get(self, conversation_id: str, schedule_id: str) -> Schedule | None:
-        row = self._db().execute(
-            "SELECT body FROM schedules WHERE schedule_id = ? AND conversation_id = ?",
-            (schedule_id, conversation_id),
-        ).fetchone()
+        row = (
+            self._db()
+            .execute(
+                "SELECT body FROM schedules WHERE schedule_id = ? AND conversation_id = ?",
+                (schedule_id, conversation_id),
+            )
+            .fetchone()
+        )
         return None if row is None else Schedule.from_json(row[0])
 
     def for_conversation(self, conversation_id: str) -> list[Schedule]:
@@ -120,9 +123,7 @@ class SqliteScheduler:
 
     def forget(self, conversation_id: str) -> int:
         with self._database.transaction() as tx:
-            gone = tx.execute(
-                "DELETE FROM schedules WHERE conversation_id = ?", (conversation_id,)
-            )
+            gone = tx.execute("DELETE FROM schedules WHERE conversation_id = ?", (conversation_id,))
         return gone.rowcount
 
     def due(self, now: float, *, limit: int = 100) -> list[tuple[str, str, float]]:

@@ -29,8 +29,17 @@ from pathlib import Path
 from typing import Any
 
 from events.outbound import OutboxPayload, StreamChunk
-from workers.adapters.webhooks import WebhookSubscription, body_of, next_delay, signed_headers
-from workers.errors import RetryableError
+from workers.adapters.webhooks import (
+    HookReceiver,
+    Receiver,
+    WebhookSubscription,
+    body_of,
+    next_delay,
+    public_only_transport,
+    signed_headers,
+)
+from workers.core.model import ConversationWebhook
+from workers.errors import BadInput, RetryableError
 from workers.statedir import private_file
 
 log = logging.getLogger(__name__)
@@ -60,6 +69,16 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_at);
 CREATE INDEX IF NOT EXISTS deliveries_order ON deliveries (subscription, conversation_id, id);
+CREATE TABLE IF NOT EXISTS hooks (
+    webhook_id TEXT PRIMARY KEY,
+    conversation_id TEXT NOT NULL,
+    url TEXT NOT NULL,
+    events TEXT NOT NULL,
+    secret TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS hooks_by_conversation ON hooks (conversation_id);
 """
 
 
@@ -158,6 +177,68 @@ class WebhookQueue:
             )
         return chosen
 
+    # a conversation's own webhooks (the core's ConversationWebhooks) -------------------
+
+    def add_webhook(self, hook: ConversationWebhook, *, limit: int) -> ConversationWebhook:
+        with self._lock:
+            (count,) = self._conn.execute(
+                "SELECT count(*) FROM hooks WHERE conversation_id = ?", (hook.conversation_id,)
+            ).fetchone()
+            if count >= limit:
+                raise BadInput(
+                    "too_many_webhooks",
+                    f"conversation_id: it has {count} webhooks, the most it may keep",
+                    field="conversation_id",
+                )
+            self._conn.execute(
+                "INSERT INTO hooks (webhook_id, conversation_id, url, events, secret,"
+                " created_by, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    hook.webhook_id,
+                    hook.conversation_id,
+                    hook.url,
+                    ",".join(hook.events),
+                    hook.secret,
+                    hook.created_by,
+                    hook.created_at,
+                ),
+            )
+        return hook
+
+    def webhooks_of(self, conversation_id: str) -> list[ConversationWebhook]:
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {_HOOK} FROM hooks WHERE conversation_id = ? ORDER BY created_at",
+                (conversation_id,),
+            ).fetchall()
+        return [_hook(row) for row in rows]
+
+    def webhook(self, webhook_id: str) -> ConversationWebhook | None:
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {_HOOK} FROM hooks WHERE webhook_id = ?", (webhook_id,)
+            ).fetchone()
+        return None if row is None else _hook(row)
+
+    def remove_webhook(self, conversation_id: str, webhook_id: str) -> bool:
+        with self._lock:
+            gone = self._conn.execute(
+                "DELETE FROM hooks WHERE webhook_id = ? AND conversation_id = ?",
+                (webhook_id, conversation_id),
+            ).rowcount
+            if gone:
+                self._conn.execute(
+                    "DELETE FROM deliveries WHERE subscription = ? AND status != 'delivered'",
+                    (webhook_id,),
+                )
+        return gone > 0
+
+    def forget_webhooks(self, conversation_id: str) -> int:
+        with self._lock:
+            return self._conn.execute(
+                "DELETE FROM hooks WHERE conversation_id = ?", (conversation_id,)
+            ).rowcount
+
     def forget(self, conversation_id: str) -> int:
         """Delete the conversation's deliveries (its erasure); how many."""
         with self._lock:
@@ -171,6 +252,16 @@ class WebhookQueue:
             self._conn.execute(
                 "DELETE FROM deliveries WHERE status = 'delivered' AND created_at < ?", (before,)
             )
+
+
+_HOOK = "webhook_id, conversation_id, url, events, secret, created_by, created_at"
+
+
+def _hook(row: Sequence[Any]) -> ConversationWebhook:
+    webhook_id, cid, url, events, secret, created_by, created_at = row
+    return ConversationWebhook(
+        webhook_id, cid, url, tuple(str(events).split(",")), secret, created_by, created_at
+    )
 
 
 class WebhookSink:
@@ -191,7 +282,12 @@ class WebhookSink:
         the queue cannot be written (the delivery is tried again, the turn is done)."""
         added = False
         at = datetime.now(UTC)
-        for sub in self.subscriptions:
+        try:
+            own = [HookReceiver(h) for h in self.queue.webhooks_of(payload.conversation_id)]
+        except sqlite3.Error as exc:
+            raise RetryableError(f"webhooks: the queue was not read: {exc}") from exc
+        receivers: list[Receiver] = [*self.subscriptions, *own]
+        for sub in receivers:
             for webhook_id, event, data in sub.takes(payload):
                 body = body_of(event, data, at)
                 cid = payload.conversation_id
@@ -218,6 +314,7 @@ class WebhookSender:
         base_delay: float,
         timeout: float,
         client: Any = None,
+        private_urls: bool = False,
     ) -> None:
         self.queue = queue
         self.by_name = {s.name: s for s in subscriptions}
@@ -225,6 +322,9 @@ class WebhookSender:
         self.base_delay = base_delay
         self.timeout = timeout
         self._client = client
+        self._guarded: Any = None
+        """The client of the conversations' own webhooks (public addresses only)."""
+        self.private_urls = private_urls
         self._event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -239,6 +339,9 @@ class WebhookSender:
 
         self._loop, self._event = asyncio.get_running_loop(), asyncio.Event()
         client = self._client or httpx.AsyncClient(timeout=self.timeout)
+        if not self.private_urls:
+            transport = public_only_transport()
+            self._guarded = httpx.AsyncClient(timeout=self.timeout, transport=transport)
         pruned = 0.0
         try:
             while True:
@@ -256,15 +359,25 @@ class WebhookSender:
         finally:
             if self._client is None:
                 await client.aclose()
+            if self._guarded is not None:
+                await self._guarded.aclose()
+
+    def _receiver(self, name: str) -> Receiver | None:
+        sub = self.by_name.get(name)
+        if sub is not None:
+            return sub
+        hook = self.queue.webhook(name)
+        return None if hook is None else HookReceiver(hook)
 
     async def _attempt(self, client: Any, delivery: Delivery) -> None:
-        sub = self.by_name.get(delivery.subscription)
         try:
+            sub = await asyncio.to_thread(self._receiver, delivery.subscription)
             if sub is None:
                 raise LookupError(f"no subscription {delivery.subscription!r} any more")
             at = datetime.now(UTC)
             headers = signed_headers(sub.secret(), delivery.webhook_id, delivery.body, at)
-            resp = await client.post(str(sub.url), content=delivery.body, headers=headers)
+            post = (self._guarded or client).post if sub.guarded else client.post
+            resp = await post(sub.target, content=delivery.body, headers=headers)
             if 200 <= resp.status_code < 300:
                 await asyncio.to_thread(self.queue.delivered, delivery.id)
                 return
