@@ -14,6 +14,7 @@ from workers.agent.sdk import (
     idempotency_key,
     request_approval,
     schedule_followup,
+    set_status,
     tool_node,
 )
 from workers.core.model import Ticket
@@ -33,5 +34,6 @@ __all__ = [
     "idempotency_key",
     "request_approval",
     "schedule_followup",
+    "set_status",
     "tool_node",
 ]

@@ -50,6 +50,11 @@ class Reply(BaseModel):
     text: str
     usage: TokenUsage = Field(default_factory=TokenUsage)
     created_at: datetime = Field(default_factory=utcnow)
+    status: str | None = Field(
+        default=None,
+        description="What the agent said of the matter with this reply (the SDK's"
+        " set_status), e.g. 'solved': a ticket's write-back reports it.",
+    )
 
 
 class ReplyChunk(BaseModel):

@@ -118,3 +118,29 @@ def test_a_firing_for_a_schedule_that_is_gone_does_nothing(aws: Aws) -> None:
     with pytest.raises(Exception, match="not a time"):
         aws.handlers["ingest"](unfilled, lambda_context())
     assert json.dumps(event)  # the shape the stack's schedules send
+
+
+def test_the_agent_plans_its_follow_up_on_the_aws_runtime(
+    aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK's ``schedule_followup`` in the ``turn`` function: an EventBridge schedule,
+    fired into ``ingest``, answered by the agent."""
+    from workers import bootstrap
+
+    monkeypatch.setenv("AGENTWORKER_GRAPH", "tests.langgraph_apps.followup_agent:graph")
+    bootstrap.reset_aws_deps()
+    for name, value in aws.stack.environment().items():
+        monkeypatch.setenv(name, value)
+    cid = "ws:alice:follow"
+    aws.send_sqs(cid, "check on ticket 4 in 1s")
+    aws.pump()
+    aws.wait_executions_done()
+    [planned] = aws.replies(want=1)
+    assert planned["text"].startswith("Planned. Follow-up sch_"), planned
+    [kept] = bootstrap.aws_deps().scheduler.for_conversation(cid)  # type: ignore[union-attr]
+    assert kept.source == "agent" and armed(aws, kept.schedule_id) is not None
+    assert firer(aws).fire_due(time.time() + 5) == 1
+    aws.pump()
+    aws.wait_executions_done()
+    [checked] = aws.replies(want=1)
+    assert checked["text"] == "Checked: Follow up on ticket 4"

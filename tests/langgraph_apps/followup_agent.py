@@ -1,7 +1,8 @@
 """A support agent that promises to come back, as an app would plan it with agentworker's
 SDK: asked "check on <what> in <when>", its model (a scripted stand-in) calls the
 ``schedule_followup`` tool, which the SDK's ``tool_node`` runs; when the follow-up arrives
-as a message, the agent answers it ("Checked: ...")."""
+as a message, the agent answers it ("Checked: ..."). Told "thanks, it works", it says the
+matter is solved (``set_status``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 from langchain_core.messages import AIMessage, ToolMessage
 from langgraph.graph import END, START, MessagesState, StateGraph
 
-from agentworker import schedule_followup, tool_node
+from agentworker import schedule_followup, set_status, tool_node
 
 ASK = re.compile(r"^check on (.+) in (\S+)$")
 
@@ -20,6 +21,9 @@ def model(state: MessagesState) -> dict[str, Any]:
     last = state["messages"][-1]
     if isinstance(last, ToolMessage):
         return {"messages": [AIMessage(f"Planned. {last.text}")]}
+    if last.text.startswith("thanks"):
+        set_status("solved")
+        return {"messages": [AIMessage("Glad it works.")]}
     asked = ASK.match(last.text)
     if asked is None:
         return {"messages": [AIMessage(f"Checked: {last.text}")]}

@@ -66,6 +66,8 @@ def test_a_tickets_payloads_write_back_its_reply_and_status() -> None:
     failed = Notice(conversation_id="ticket:HD-7", level="error", text="the model is down")
     statuses = [events_of(p)[-1][2]["status"] for p in (ask, question, failed)]
     assert statuses == ["waiting_for_approval", "escalated", "failed"]
+    solved = Reply(conversation_id="ticket:HD-7", turn_id="t", text="Done.", status="solved")
+    assert events_of(solved)[-1][2]["status"] == "solved"  # what the graph said
     assert [e[1] for e in events_of(Reply(conversation_id="ws:me:1", turn_id="t", text="x"))] == [
         "reply"
     ]

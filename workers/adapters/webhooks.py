@@ -10,8 +10,9 @@ the same for every attempt: a receiver drops a repeat by it). Events: ``reply``,
 for a ticket's conversation (``ticket:<id>``) the write-back to the helpdesk:
 ``ticket.reply`` (``{ticket_id, conversation_id, reply_id, text, created_at}``) and
 ``ticket.status`` (``{ticket_id, conversation_id, reply_id, status}``, status ``answered``
-with a reply, ``waiting_for_approval`` with an approval request, ``escalated`` with an
-``interrupt()`` question, ``failed`` with an error notice).
+with a reply (or what the graph said with ``set_status``, e.g. ``solved``),
+``waiting_for_approval`` with an approval request, ``escalated`` with an ``interrupt()``
+question, ``failed`` with an error notice).
 
 What is runtime-neutral lives here (which payload is which event, the signed request, the
 retry schedule); the embedded runtime's durable queue and sender are in
@@ -213,7 +214,8 @@ def events_of(payload: OutboxPayload) -> list[tuple[str, WebhookEvent, dict[str,
             )
         )
     failed = kind == "notice" and data.get("level") == "error"
-    status = "failed" if failed else TICKET_STATUS.get(kind)
+    told = data.get("status") if kind == "reply" else None  # the graph's set_status
+    status = "failed" if failed else told or TICKET_STATUS.get(kind)
     if status is not None:
         said = {**ticket, "reply_id": payload.reply_id, "status": status}
         found.append((f"msg_{payload.reply_id}.ticket.status", "ticket.status", said))

@@ -17,6 +17,7 @@ import json
 import threading
 import uuid
 from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
@@ -150,7 +151,7 @@ class GraphTurnAgent:
                 self._drive(
                     _graph_input(request), config, context, collector, stream=on_chunk is not None
                 )
-            return self._output(
+            output = self._output(
                 stage,
                 config,
                 before=before,
@@ -158,6 +159,7 @@ class GraphTurnAgent:
                 collector=collector,
                 callbacks=callbacks,
             )
+            return replace(output, status=info.status)
         finally:
             self.saver.drop(stage)
 

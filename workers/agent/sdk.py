@@ -8,12 +8,15 @@
   first for the tools that need it.
 - :data:`schedule_followup`: a tool the agent plans its own follow-up with (a message posted
   into the conversation later, which runs it again).
+- :func:`set_status`: say what this turn's reply means for the matter (``solved``), which a
+  ticket's write-back to the helpdesk reports.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -47,6 +50,7 @@ __all__ = [
     "idempotency_key",
     "request_approval",
     "schedule_followup",
+    "set_status",
     "tool_node",
 ]
 
@@ -97,6 +101,8 @@ class TurnInfo:
     (tickets) belongs to them, and another customer's does not exist for it."""
     followups: FollowUpPlanner | None = None
     """Where the agent plans follow-ups (``None``: not served by agentworker)."""
+    status: str | None = None
+    """What the graph said of the matter this turn (:func:`set_status`)."""
     _occurrences: Counter[str] = field(default_factory=Counter, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -345,3 +351,16 @@ def schedule_followup(when: str, text: str) -> str:
     fires = as_datetime(schedule.next_fire)
     shown = fires.isoformat(timespec="seconds") if fires is not None else "now"
     return f"Follow-up {schedule.schedule_id} planned for {shown} (it is now {as_datetime(now)})."
+
+
+STATUS = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+
+def set_status(status: str) -> None:
+    """Say what this turn's reply means for the matter it answers, e.g. ``"solved"`` (a few
+    lowercase letters, digits or ``_``): the reply carries it as ``status``, and a ticket's
+    conversation (``ticket:<id>``) reports it to the helpdesk as its ``ticket.status``
+    instead of ``answered``. The last call of a turn wins. ``ValueError`` for another form."""
+    if not STATUS.match(status):
+        raise ValueError(f"status: {status[:40]!r} is not a few lowercase letters, digits or _")
+    current_turn().status = status

@@ -420,6 +420,8 @@ class TurnOutput:
     """From the start of the turn to its first streamed token (``None``: nothing streamed)."""
     model_throttles: int = 0
     """Model calls the provider throttled (each one failed the call)."""
+    status: str | None = None
+    """What the graph said of the matter (``set_status``), carried by the turn's reply."""
 
 
 ScheduleSource = Literal["api", "agent"]

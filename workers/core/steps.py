@@ -1003,6 +1003,7 @@ def _turn_commit(
                 in_reply_to=plan.message_ids,
                 text=output.reply_text,
                 usage=output.usage,
+                status=output.status,
             )
         )
     outbox.extend(after)
