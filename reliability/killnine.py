@@ -30,7 +30,7 @@ from reliability.crashing_server import (
     write_plan,
 )
 from reliability.plan import WORKLOAD, Result, fault_points
-from reliability.probe import PAYLOAD, Commit, Fault, Ledger, check
+from reliability.probe import PAYLOAD, Commit, Fault, Findings, Ledger, check
 from tests.functional.server_process import ServerProcess
 
 
@@ -102,8 +102,6 @@ def run(*, every: bool, progress: Callable[[str], None] = lambda _: None) -> Res
     """A clean conversation to learn the writes the server makes, then one conversation per
     fault point (:func:`~reliability.inprocess.fault_points`), then, for writes only a
     restart makes (the sweeper's lease takeover), a conversation that dies twice."""
-    from workers.adapters.local.sqlite_store import SqliteConversationStore
-
     result = Result(runtime="embedded server, kill -9")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="agentworker-kill9-") as tmp:
@@ -127,24 +125,45 @@ def run(*, every: bool, progress: Callable[[str], None] = lambda _: None) -> Res
                     progress(f"{stage}: {i + 1}/{len(faults)} {fault.label}")
         finally:
             sup.server.stop()
-        fired = [Fault(**r) for r in read_lines(root / FIRED)]
-        for record in read_lines(root / WRITES):
-            ledger.wrote(record["conversation_id"], record["method"], record["token"])
-        for record in read_lines(root / COMMITS):
-            ledger.commit(Commit(**record))
-        for record in read_lines(root / DELIVERIES):
-            ledger.deliver(record.pop("sink"), PAYLOAD.validate_python(record))
-        store = SqliteConversationStore(root / "state" / "agentworker.db")
-        try:
-            found = check(ledger, store.get_conversation, sinks=[SINK])
-        finally:
-            store.close()
-        found.unfired(planned, fired)
-        result.findings = found
-        result.count(fired)
-        result.restarts = sup.starts - 1
+        settle(root, ledger, planned, result, starts=sup.starts)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def settle(
+    root: Path,
+    ledger: Ledger,
+    planned: Sequence[Fault],
+    result: Result,
+    *,
+    starts: int,
+    extra: Findings | None = None,
+) -> None:
+    """Once the last server stopped cleanly: the invariants over what the servers' files
+    recorded (writes, commits, sink deliveries) and the store's final state, with
+    ``extra`` findings of the case's own (its messages are the ledger's already), the
+    faults that fired and the restarts, into ``result``."""
+    from workers.adapters.local.sqlite_store import SqliteConversationStore
+
+    fired = [Fault(**r) for r in read_lines(root / FIRED)]
+    for record in read_lines(root / WRITES):
+        ledger.wrote(record["conversation_id"], record["method"], record["token"])
+    for record in read_lines(root / COMMITS):
+        ledger.commit(Commit(**record))
+    for record in read_lines(root / DELIVERIES):
+        ledger.deliver(record.pop("sink"), PAYLOAD.validate_python(record))
+    store = SqliteConversationStore(root / "state" / "agentworker.db")
+    try:
+        found = check(ledger, store.get_conversation, sinks=[SINK])
+    finally:
+        store.close()
+    if extra is not None:
+        found.add(extra)
+        found.messages -= extra.messages
+    found.unfired(planned, fired)
+    result.findings = found
+    result.count(fired)
+    result.restarts = starts - 1
 
 
 def writes_of(root: Path, conversation_id: str) -> dict[str, int]:

@@ -22,17 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from reliability.crashing_server import (
-    DELIVERIES,
-    FIRED,
     SCHEDULE_ADD,
     SCHEDULE_FIRED,
-    SINK,
-    read_lines,
     write_plan,
 )
-from reliability.killnine import Supervisor, converse, wait_answered, writes_of
+from reliability.killnine import Supervisor, converse, settle, wait_answered, writes_of
 from reliability.plan import Result, fault_points
-from reliability.probe import PAYLOAD, Fault, Findings, Ledger, check
+from reliability.probe import Findings, Ledger
 
 DUE_SECONDS = 0.5
 SCHEDULE_WRITES = {SCHEDULE_ADD: 1, "append_inbox": 2, SCHEDULE_FIRED: 1}
@@ -82,8 +78,6 @@ def audit(sup: Supervisor, cids: list[str]) -> Findings:
 
 
 def run(*, every: bool, progress: Callable[[str], None] = lambda _: None) -> Result:
-    from workers.adapters.local.sqlite_store import SqliteConversationStore
-
     result = Result(runtime="schedules: embedded server, kill -9")
     result.settings = {"due after": f"{DUE_SECONDS} s", "timer": "every 1 s"}
     started = time.perf_counter()
@@ -124,20 +118,7 @@ def run(*, every: bool, progress: Callable[[str], None] = lambda _: None) -> Res
             extra = audit(sup, cids)
         finally:
             sup.server.stop()
-        fired = [Fault(**r) for r in read_lines(root / FIRED)]
-        for record in read_lines(root / DELIVERIES):
-            ledger.deliver(record.pop("sink"), PAYLOAD.validate_python(record))
-        store = SqliteConversationStore(root / "state" / "agentworker.db")
-        try:
-            found = check(ledger, store.get_conversation, sinks=[SINK])
-        finally:
-            store.close()
-        found.add(extra)
-        found.messages -= extra.messages
-        found.unfired(planned, fired)
-        result.findings = found
-        result.count(fired)
-        result.restarts = sup.starts - 1
+        settle(root, ledger, planned, result, starts=sup.starts, extra=extra)
     result.seconds = time.perf_counter() - started
     return result
 

@@ -95,6 +95,22 @@ class ServerProcess:
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/v1/ws"
 
+    def ask(
+        self, cid: str, text: str, headers: dict[str, str] | None = None, wait: float = 10.0
+    ) -> dict[str, Any]:
+        """Send ``text`` into the conversation and return the answer that came within
+        ``wait`` seconds (``AssertionError`` when none did)."""
+        sent = httpx.post(
+            f"{self.url}/v1/conversations/{cid}/messages",
+            params={"wait": str(wait)},
+            json={"text": text},
+            headers=headers or self.auth,
+            timeout=wait + 5,
+        )
+        assert sent.status_code == 200, sent.text
+        answer: dict[str, Any] = sent.json()["answer"]
+        return answer
+
     def start(self, timeout: float = 60.0) -> ServerProcess:
         env = {**os.environ, "MLFLOW_MODEL_CATALOG_URI": "", **self.env}
         cmd = [

@@ -24,14 +24,7 @@ ENV = {"AGENTWORKER_AUTH_JWT_SECRET": HS_SECRET}
 
 
 def say(srv: ServerProcess, cid: str, text: str) -> None:
-    sent = httpx.post(
-        f"{srv.url}/v1/conversations/{cid}/messages",
-        params={"wait": "10"},
-        json={"text": text},
-        headers=ALICE,
-        timeout=15,
-    )
-    assert sent.status_code == 200, sent.text
+    srv.ask(cid, text, ALICE)
 
 
 def hooks(srv: ServerProcess, cid: str) -> str:

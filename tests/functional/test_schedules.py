@@ -35,16 +35,7 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 
 def say(srv: ServerProcess, cid: str, text: str) -> dict[str, Any]:
-    sent = httpx.post(
-        f"{srv.url}/v1/conversations/{cid}/messages",
-        params={"wait": "10"},
-        json={"text": text},
-        headers=ALICE,
-        timeout=15,
-    )
-    assert sent.status_code == 200, sent.text
-    answer: dict[str, Any] = sent.json()["answer"]
-    return answer
+    return srv.ask(cid, text, ALICE)
 
 
 def schedules(srv: ServerProcess, cid: str, headers: dict[str, str] = ALICE) -> httpx.Response:
