@@ -230,10 +230,15 @@ def _outbound(run: Run) -> list[str]:
         said = "; ".join(x for x in (faults and f"kill -9 after {faults}", notes) if x)
         out.append(
             f"- {result.runtime} ({result.seconds:.1f} s; {ran}): {said}; "
-            f"{result.findings.messages} occurrences, lost {result.findings.lost}, "
+            f"{result.findings.messages} {_unit(result)}, lost {result.findings.lost}, "
             f"twice {result.findings.answered_twice}."
         )
     return [*out, ""]
+
+
+def _unit(result: Result) -> str:
+    """What a schedules-and-webhooks case counts: payloads sent out, or occurrences."""
+    return "payloads" if result.runtime.startswith("webhooks") else "occurrences"
 
 
 def _dependencies(run: Run) -> list[str]:
