@@ -17,7 +17,6 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +26,8 @@ from reliability.crashing_server import (
     write_plan,
 )
 from reliability.killnine import Supervisor, converse, settle, wait_answered, writes_of
-from reliability.plan import Result, fault_points
-from reliability.probe import Findings, Ledger
+from reliability.plan import Result
+from reliability.probe import Fault, Findings, Ledger
 
 DUE_SECONDS = 0.5
 SCHEDULE_WRITES = {SCHEDULE_ADD: 1, "append_inbox": 2, SCHEDULE_FIRED: 1}
@@ -94,15 +93,11 @@ def run(*, every: bool, progress: Callable[[str], None] = lambda _: None) -> Res
             cids.append("ws:sched-clean")
             clean = writes_of(root, "ws:sched-clean")
             result.written = {m for m in SCHEDULE_WRITES if clean.get(m)}
-            points = fault_points(
-                {m: clean.get(m, 0) for m in SCHEDULE_WRITES}, "", every=every, kind="kill -9"
-            )
-            # the schedule's own writes only (the turn that answers it is the kill -9
-            # suite's): the firing is the conversation's second inbox append
+            # the schedule's own writes, each made once (the turn that answers it is the
+            # kill -9 suite's): the firing is the conversation's second inbox append
             planned = [
-                replace(f, conversation_id=f"ws:sched-{i}")
-                for i, f in enumerate(points)
-                if f.method != "append_inbox" or f.occurrence == SCHEDULE_WRITES["append_inbox"]
+                Fault(method, occurrence, f"ws:sched-{i}", "kill -9")
+                for i, (method, occurrence) in enumerate(sorted(SCHEDULE_WRITES.items()))
             ]
             write_plan(plan, planned)
             sup.server.stop()  # the next start reads the plan

@@ -176,12 +176,10 @@ def run(*, every: bool, progress: Callable[[str], None] = lambda _: None) -> Res
             cids.append("ws:hook-clean")
             clean = writes_of(root, "ws:hook-clean")
             result.written = {m for m in WEBHOOK_WRITES if clean.get(m)}
-            points = fault_points(
-                {m: clean[m] for m in WEBHOOK_WRITES if clean.get(m)}, "", every=every,
-                kind="kill -9",
-            )  # fmt: skip
-            # reduced size: right after the first of each (the full size: the last too)
-            points = [p for p in points if every or p.occurrence == 1]
+            # full size: after every occurrence; reduced: after the first of each (one
+            # message per conversation below)
+            counts = {m: clean[m] if every else 1 for m in WEBHOOK_WRITES if clean.get(m)}
+            points = fault_points(counts, "", every=True, kind="kill -9")
             planned = [replace(f, conversation_id=f"ws:hook-{i}") for i, f in enumerate(points)]
             write_plan(plan, planned)
             sup.server.stop()  # the next start reads the plan
