@@ -266,8 +266,11 @@ def assessments(
     assert experiment is not None
     deadline = time.monotonic() + timeout
     while True:
-        [trace] = client.search_traces(locations=[experiment.experiment_id], filter_string=where)
-        found = [a for a in trace.info.assessments if a.name == "user_feedback"]
-        if until(found) or time.monotonic() > deadline:
+        # the trace itself may land a moment after the spool says exported (a loaded run)
+        traces = client.search_traces(locations=[experiment.experiment_id], filter_string=where)
+        assert len(traces) <= 1, f"{len(traces)} traces match {where}"
+        found = [a for t in traces for a in t.info.assessments if a.name == "user_feedback"]
+        if (traces and until(found)) or time.monotonic() > deadline:
+            assert traces, f"no trace matches {where} after {timeout} s"
             return found
         time.sleep(0.2)

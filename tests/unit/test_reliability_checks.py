@@ -104,11 +104,12 @@ def test_a_fault_fires_once_after_the_named_write() -> None:
 
 
 def test_fault_points_and_second_order() -> None:
-    points = fault_points({"commit_turn": 3, "append_inbox": 1}, "c", every=False)
+    counts = {"commit_turn": 3, "append_inbox": 1, "release_lease": 2}
+    points = fault_points(counts, "c", every=False)  # first and last take turns, by name
     assert [(f.method, f.occurrence) for f in points] == [
         ("append_inbox", 1),
-        ("commit_turn", 1),
         ("commit_turn", 3),
+        ("release_lease", 1),
     ]
     assert len(fault_points({"commit_turn": 3}, "c", every=True)) == 3
     seen = {"0": {"commit_turn": 1, "try_acquire_lease": 1}, "1": {"commit_turn": 2}}
