@@ -22,7 +22,7 @@ TEST_WORKERS ?= 3
 LG_VENV := .venv-langgraph
 LG_STAMP := $(LG_VENV)/.installed-stamp
 
-.PHONY: run test pytest pytest-beside lint bench compare demo reliability clean package validate deploy remove
+.PHONY: run test pytest lint bench compare demo reliability clean package validate deploy remove
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -53,19 +53,14 @@ run: $(COMPILED)
 # TEST_WORKERS processes (pytest-xdist; conftest.py keeps a module's shared fixture in one
 # worker). -k: every part runs to its end and reports; any failure fails `make test`.
 # Each part's output is printed whole, when it ends.
-# The tests start beside the packaging (`validate` packages the stack first): the one module
-# that reads the package (tests/functional/test_stack_template.py) waits for it.
 test:
-	@$(MAKE) --no-print-directory -j4 -k --output-sync=target lint validate pytest-beside $(COMPILED)
+	@$(MAKE) --no-print-directory -j4 -k --output-sync=target lint validate pytest $(COMPILED)
 
 # PYTHONDONTWRITEBYTECODE (set on some machines) would make every process the tests start (servers,
 # CLI calls, xdist workers) compile our modules again, and pytest rewrite every test module
 # again: measured here, about a tenth of the tests' CPU. Cleared for the tests only.
 pytest: $(STAMP) package
 	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -n $(TEST_WORKERS)
-
-pytest-beside: $(STAMP)
-	AGENTWORKER_WAIT_FOR_PACKAGE=1 PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -22,9 +22,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SERVERLESS_YML = ROOT / "serverless.yml"
 OUT = ROOT / ".serverless"
 TEMPLATE = OUT / "cloudformation-template-update-stack.json"
-PACKAGED = OUT / ".packaged"
-"""Written once a packaging finished (removed when one starts): ``make test`` runs the tests
-beside the packaging, and the module that reads the package waits for this file."""
 NODE_BIN = ROOT / "node_modules" / ".bin"
 """The pinned Node.js tools (package-lock.json), run directly: through ``npx`` they would
 start npm, which reads the user's npm configuration and warns about its keys."""
@@ -77,7 +74,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.package", description=__doc__)
     parser.add_argument("--stage", default="dev")
     args = parser.parse_args(argv)
-    PACKAGED.unlink(missing_ok=True)
     problems = params.check(SERVERLESS_YML, args.stage)
     if not problems:
         settings = app.main_settings()
@@ -89,7 +85,6 @@ def main(argv: list[str] | None = None) -> int:
     if code:
         return code
     run_osls(args.stage)
-    PACKAGED.write_text(args.stage + "\n")
     print(f"package: {TEMPLATE.relative_to(ROOT)} and the artifacts in .serverless/")
     return 0
 

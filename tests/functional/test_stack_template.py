@@ -4,9 +4,7 @@ CloudFormation creates it, and its names, keys and settings are the code's."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ import pytest
 from moto import mock_aws
 
 from deploy import moto_stack
-from deploy.package import OUT, PACKAGED, TEMPLATE
+from deploy.package import OUT, TEMPLATE
 from workers.adapters.aws.tables import TTL_ATTRIBUTE, DynamoDBTableSpec
 from workers.config import ENV_PREFIX, Settings
 from workers.stack import FUNCTIONS, QUEUE_MAX_RECEIVES, StackNames
@@ -39,21 +37,8 @@ SKIPPED_BY_MOTO = {
 """Types moto's CloudFormation has no model for: it marks them complete and creates nothing."""
 
 
-PACKAGE_WAIT_SECONDS = 900.0
-
-
 @pytest.fixture(scope="module")
 def template() -> dict[str, Any]:
-    if os.environ.get("AGENTWORKER_WAIT_FOR_PACKAGE"):
-        # `make test` packages the stack beside the tests: wait for this run's package
-        deadline = time.monotonic() + PACKAGE_WAIT_SECONDS
-        while not PACKAGED.is_file():
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"{PACKAGED} not written in {PACKAGE_WAIT_SECONDS:.0f} s: the packaging"
-                    " failed (see make package)"
-                )
-            time.sleep(1.0)
     if not TEMPLATE.is_file():
         pytest.fail(f"{TEMPLATE} is missing: `make test` packages the stack first (make package)")
     data: dict[str, Any] = json.loads(TEMPLATE.read_text())
