@@ -624,6 +624,13 @@ def build_aws(settings: Settings, *, with_agent: bool, session: Any = None) -> D
 
         # Posts only Slack conversations' payloads; the token is read at the first post.
         sinks["slack"] = SlackReplySink(slack_web(settings, session=session))
+    if settings.event_bus_name:
+        from workers.adapters.aws.sinks import TicketWriteBack
+
+        # A ticket conversation's replies and status to the helpdesk, through the bus.
+        sinks["eventbridge"] = TicketWriteBack(
+            lambda: session.client("events"), settings.event_bus_name
+        )
     from workers.adapters.aws.dynamodb_memory import dynamodb_memory_store
     from workers.agent.store import StoreMemories
     from workers.handlers.observability import logger

@@ -411,6 +411,11 @@ class Settings(BaseSettings):
         description="AWS: the feedback function (name or ARN) the slack function hands"
         " members' reactions to, as ratings (unset: reactions are ignored).",
     )
+    event_bus_name: str | None = Field(
+        None,
+        description="AWS: the event bus a ticket's write-back goes to (agentworker.ticket.reply,"
+        " agentworker.ticket.status); unset: none.",
+    )
     schedule_group: str | None = Field(
         None,
         description="AWS: the EventBridge Scheduler group the conversations' schedules are"

@@ -98,6 +98,7 @@ _COMMON_ENV: dict[str, Any] = {
     "bucket_name": {"Ref": "StateBucket"},
     "state_machine_arn": "${self:custom.stateMachineArn}",
     "reply_topic_arn": {"Ref": "ReplyTopic"},
+    "event_bus_name": {"Ref": "EventBus"},
     "websocket_endpoint": {
         "Fn::Sub": "https://${WebsocketsApi}.execute-api.${AWS::Region}.amazonaws.com/${sls:stage}"
     },

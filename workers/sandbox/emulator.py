@@ -152,6 +152,7 @@ class Stack:
             "AGENTWORKER_REPLY_TOPIC_ARN": self.topic_arn,
             "AGENTWORKER_MAX_RUN_SECONDS": "240",
             "AGENTWORKER_FEEDBACK_FUNCTION": self.function_arns.get("feedback", ""),
+            "AGENTWORKER_EVENT_BUS_NAME": self.event_bus,
             "AGENTWORKER_SCHEDULE_GROUP": self.schedule_group,
             "AGENTWORKER_SCHEDULE_TARGET_ARN": self.function_arns.get("ingest", ""),
             "AGENTWORKER_SCHEDULE_ROLE_ARN": self.schedule_role_arn,

@@ -117,3 +117,57 @@ class WebSocketReplySink:
                                 targets.remove(connection_id)
                 elif not best_effort:
                     raise map_aws_error(exc, "PostToConnection") from exc
+
+
+WRITE_BACK_SOURCE = "agentworker"
+"""``source`` of a ticket's write-back on the stack's event bus."""
+WRITE_BACK_PREFIX = "agentworker."
+"""Its ``detail-type`` is ``agentworker.ticket.reply`` / ``agentworker.ticket.status``: not the
+``ticket.`` the bus's rule hands ``ingest`` as inbound tickets (no loop)."""
+
+
+class TicketWriteBack:
+    """A ticket's write-back to the helpdesk on AWS: for a ``ticket:<id>`` conversation's
+    payloads, the same ``ticket.reply`` and ``ticket.status`` events the embedded runtime's
+    webhooks send (:func:`~workers.adapters.webhooks.events_of`), put on the stack's event
+    bus (``source`` ``agentworker``, ``detail-type`` ``agentworker.ticket.reply|status``,
+    ``detail`` the event's data with its ``id``, the ``webhook-id`` a webhook would carry:
+    EventBridge delivers at least once, a consumer drops a repeat by it). Other payloads
+    are not its business. ``events`` makes the EventBridge client at the first event."""
+
+    def __init__(self, events: Any, bus_name: str) -> None:
+        self._make_client = events
+        self._client: Any = None
+        self._bus = bus_name
+
+    def send(self, payload: OutboxPayload) -> None:
+        from workers.adapters.webhooks import TICKET_PREFIX, events_of
+
+        if not payload.conversation_id.startswith(TICKET_PREFIX):
+            return
+        entries = [
+            {
+                "Source": WRITE_BACK_SOURCE,
+                "DetailType": WRITE_BACK_PREFIX + event,
+                "Detail": json.dumps({"id": webhook_id, **data}, separators=(",", ":")),
+                "EventBusName": self._bus,
+            }
+            for webhook_id, event, data in events_of(payload)
+            if event.startswith("ticket.")
+        ]
+        if not entries:
+            return
+        if self._client is None:
+            self._client = self._make_client()
+        try:
+            answer = self._client.put_events(Entries=entries)
+        except Exception as exc:
+            raise map_aws_error(exc, "events.put_events") from exc
+        if answer.get("FailedEntryCount"):
+            from workers.errors import RetryableError
+
+            failed = [e.get("ErrorCode") for e in answer.get("Entries", []) if e.get("ErrorCode")]
+            raise RetryableError(f"events.put_events: {len(failed)} not taken ({failed[:3]})")
+
+    def send_chunk(self, chunk: StreamChunk) -> None:
+        return None  # the helpdesk takes whole replies
