@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.params import approval_policies, slack_roles, suggested_prompts
+from deploy.params import approval_policies, slack_roles, suggested_prompts, webhook_subscriptions
 from workers.agent.app import graph_ref
 from workers.config import APP_KEYS, Settings, load_settings
 from workers.stack import APP_FILE_ON_LAMBDA, LAYER_DIR_ON_LAMBDA
@@ -115,6 +115,17 @@ def check_stack_params(settings: Settings, stage_params: Mapping[str, object]) -
                 " params.<stage>.slackRoles in serverless.yml (Slack clicks are decided by the"
                 " slack function, which does not load the app)"
             )
+    hooks = webhook_subscriptions(str(stage_params.get("webhooks", "[]")))
+    if [h.model_dump(mode="json") for h in hooks] != [
+        h.model_dump(mode="json") for h in settings.webhooks
+    ]:
+        names = [h.name for h in settings.webhooks]
+        problems.append(
+            f"package: the app's webhooks are {names} but the stack's webhooks parameter says"
+            f" {[h.name for h in hooks]}: set params.<stage>.webhooks in serverless.yml to the"
+            " [[webhooks]] of agentworker.toml as a JSON list (every function queues their"
+            " deliveries, and only turn loads the app)"
+        )
     wanted_prompts = suggested_prompts(str(stage_params.get("suggestedPrompts", "[]")))
     if " in " in sources["suggested_prompts"] and wanted_prompts != settings.suggested_prompts:
         problems.append(

@@ -2,7 +2,7 @@
 versions installed in this venv, and the unzipped size of every function with its layers.
 
 ``light`` (pydantic, pydantic-settings, Powertools, slack_sdk, croniter and tzdata for the
-schedules) serves every function; ``agent``
+schedules, standardwebhooks for the webhooks) serves every function; ``agent``
 (LangGraph, langchain-aws, mlflow-tracing and their closure) only ``turn`` and ``feedback``
 (which logs ratings to MLflow), without what ``workers/packaging.py`` excludes; ``app`` (the
 package of the app's graph and its settings, ``deploy/app.py``) only ``turn``. boto3 and its
@@ -25,7 +25,14 @@ from workers.stack import FUNCTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYER_ROOTS: dict[str, tuple[str, ...]] = {
-    "light": ("aws-lambda-powertools", "pydantic-settings", "slack-sdk", "croniter", "tzdata"),
+    "light": (
+        "aws-lambda-powertools",
+        "pydantic-settings",
+        "slack-sdk",
+        "croniter",
+        "tzdata",
+        "standardwebhooks",
+    ),
     "agent": ("agentworker",),
     "auth": ("pyjwt", "cryptography"),
 }

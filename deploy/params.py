@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from events.identity import ApprovalPolicy
+from workers.adapters.webhooks import WebhookSubscription
 from workers.config import MAX_SUGGESTED_PROMPTS, SlackRolesMap
 
 STAGE_NAME = re.compile(r"^[a-z][a-z0-9-]{1,15}$")
@@ -46,6 +47,8 @@ class StageParams(BaseModel):
     approvalPolicies: str = "{}"  # noqa: N815
     slackRoles: str = "{}"  # noqa: N815
     suggestedPrompts: str = "[]"  # noqa: N815
+    webhooks: str = "[]"
+    webhookSecretArn: str = Field(pattern=r"^arn:aws[\w-]*:secretsmanager:")  # noqa: N815
     retentionDays: int = Field(default=365, ge=1, le=3650)  # noqa: N815
     quotaMessagesPerMinute: int = Field(default=30, ge=1)  # noqa: N815
     quotaTextBytesPerDay: int = Field(default=2_000_000, ge=1)  # noqa: N815
@@ -79,6 +82,12 @@ class StageParams(BaseModel):
     @classmethod
     def _suggested_prompts(cls, value: str) -> str:
         suggested_prompts(value)  # a ValueError names what is wrong
+        return value
+
+    @field_validator("webhooks")
+    @classmethod
+    def _webhooks(cls, value: str) -> str:
+        webhook_subscriptions(value)  # a ValueError names what is wrong
         return value
 
     @model_validator(mode="after")
@@ -129,6 +138,15 @@ def suggested_prompts(value: str) -> list[str]:
     if len(prompts) > MAX_SUGGESTED_PROMPTS:
         raise ValueError(f"suggestedPrompts: at most {MAX_SUGGESTED_PROMPTS} prompts")
     return prompts
+
+
+def webhook_subscriptions(value: str) -> list[WebhookSubscription]:
+    """The ``webhooks`` parameter: a JSON list of subscriptions, as the ``webhooks`` setting
+    takes it (``ValueError`` if not)."""
+    try:
+        return TypeAdapter(list[WebhookSubscription]).validate_json(value)
+    except ValidationError as exc:
+        raise ValueError(f"webhooks: {exc.errors()[0]['msg']}") from None
 
 
 def load(path: Path) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -493,6 +494,7 @@ def reset_aws_deps() -> None:
     _SLACK_CREDENTIALS.clear()
     _AUTHENTICATOR.clear()
     _AWS_SETTINGS.clear()
+    _COURIER.clear()
 
 
 _AWS_SETTINGS: list[Settings] = []
@@ -624,6 +626,13 @@ def build_aws(settings: Settings, *, with_agent: bool, session: Any = None) -> D
 
         # Posts only Slack conversations' payloads; the token is read at the first post.
         sinks["slack"] = SlackReplySink(slack_web(settings, session=session))
+    if settings.webhooks and settings.webhooks_queue_url:
+        from workers.adapters.aws.webhooks import SqsWebhookSink
+
+        # The app file's webhooks: queued for the webhooks function, never sent here.
+        sinks["webhooks"] = SqsWebhookSink(
+            lambda: session.client("sqs"), settings.webhooks_queue_url, settings.webhooks
+        )
     if settings.event_bus_name:
         from workers.adapters.aws.sinks import TicketWriteBack
 
@@ -666,6 +675,41 @@ def build_aws(settings: Settings, *, with_agent: bool, session: Any = None) -> D
         memories=StoreMemories(memory),
         scheduler=scheduler,
     )
+
+
+_COURIER: list[Any] = []
+
+
+def webhook_courier() -> Any:
+    """The ``webhooks`` function's courier (once per process): the stack's subscriptions,
+    their secrets read from ``webhook_secret_arn`` (Secrets Manager) into the variables
+    each subscription names, and the webhooks queue."""
+    if not _COURIER:
+        import boto3
+
+        from workers.adapters.aws.webhooks import WebhookCourier, load_secrets
+
+        settings = aws_settings()
+        if not settings.webhooks_queue_url:
+            raise ConfigError("AGENTWORKER_WEBHOOKS_QUEUE_URL: not set; the stack sets it")
+        session = boto3.session.Session()
+        if settings.webhook_secret_arn:
+            answer = session.client("secretsmanager").get_secret_value(
+                SecretId=settings.webhook_secret_arn
+            )
+            secrets = load_secrets(str(answer.get("SecretString") or "{}"), settings.webhooks)
+            for name, value in secrets.items():
+                os.environ.setdefault(name, value)
+        _COURIER.append(
+            WebhookCourier(
+                session.client("sqs"),
+                settings.webhooks_queue_url,
+                settings.webhooks,
+                timeout=settings.webhook_timeout_seconds,
+                base_delay=settings.webhook_retry_base_seconds,
+            )
+        )
+    return _COURIER[0]
 
 
 def aws_scheduler(settings: Settings, session: Any, dynamodb: Any) -> Scheduler | None:

@@ -411,6 +411,16 @@ class Settings(BaseSettings):
         description="AWS: the feedback function (name or ARN) the slack function hands"
         " members' reactions to, as ratings (unset: reactions are ignored).",
     )
+    webhooks_queue_url: str | None = Field(
+        None,
+        description="AWS: the webhooks queue (SQS FIFO) every function queues deliveries on"
+        " and the webhooks function sends from.",
+    )
+    webhook_secret_arn: str | None = Field(
+        None,
+        description="AWS: Secrets Manager secret holding the webhooks' secrets, a JSON object"
+        " from each subscription's secret_env name to its whsec_ secret.",
+    )
     event_bus_name: str | None = Field(
         None,
         description="AWS: the event bus a ticket's write-back goes to (agentworker.ticket.reply,"

@@ -30,6 +30,7 @@ FUNCTIONS = (
     "slack",
     "authorizer",
     "api",
+    "webhooks",
 )
 """The Lambda functions of the stack (``workers/handlers/<name>.py``, ``handler``)."""
 
@@ -77,6 +78,15 @@ class StackNames:
         return f"{self.prefix}-events"
 
     @property
+    def webhooks_queue(self) -> str:
+        """A FIFO queue: a receiver's deliveries of one conversation stay in order."""
+        return f"{self.prefix}-webhooks.fifo"
+
+    @property
+    def webhooks_dlq(self) -> str:
+        return f"{self.prefix}-webhooks-dlq.fifo"
+
+    @property
     def schedule_group(self) -> str:
         """The EventBridge Scheduler group of the conversations' schedules."""
         return f"{self.prefix}-schedules"
@@ -99,6 +109,8 @@ _COMMON_ENV: dict[str, Any] = {
     "state_machine_arn": "${self:custom.stateMachineArn}",
     "reply_topic_arn": {"Ref": "ReplyTopic"},
     "event_bus_name": {"Ref": "EventBus"},
+    "webhooks": "${param:webhooks}",
+    "webhooks_queue_url": {"Ref": "WebhooksQueue"},
     "websocket_endpoint": {
         "Fn::Sub": "https://${WebsocketsApi}.execute-api.${AWS::Region}.amazonaws.com/${sls:stage}"
     },
@@ -188,6 +200,8 @@ def environment(function: str) -> dict[str, Any]:
         return _env(_TURN_ENV) | schedules
     if function == "slack":
         return _env(_SLACK_ENV)
+    if function == "webhooks":
+        return _env({"webhook_secret_arn": "${param:webhookSecretArn}"})
     return _env(_TRACING_ENV) if function == "feedback" else schedules
 
 
@@ -210,6 +224,8 @@ def export() -> dict[str, Any]:
             "topic": names.topic,
             "eventBus": names.event_bus,
             "scheduleGroup": names.schedule_group,
+            "webhooksQueue": names.webhooks_queue,
+            "webhooksDlq": names.webhooks_dlq,
             "stateMachine": names.state_machine("express"),
         },
         "table": {
@@ -221,6 +237,7 @@ def export() -> dict[str, Any]:
             "visibilityTimeout": QUEUE_VISIBILITY_SECONDS,
         },
         "ingestTimeout": INGEST_TIMEOUT_SECONDS,
+        "webhookAttempts": Settings.model_fields["webhook_attempts"].default,
         "events": EVENT_DETAIL_TYPES,
         "environment": {
             "common": {**_env(_COMMON_ENV), **_POWERTOOLS_ENV},

@@ -419,7 +419,7 @@ def test_the_toml_keys_are_the_keys_the_app_file_may_set(tmp_path: Path) -> None
 
 
 def _number(word: str) -> int:
-    words = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+    words = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
     return int(word) if word.isdigit() else words.index(word)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
@@ -103,3 +104,43 @@ def test_retries_back_off_exponentially_with_jitter_up_to_an_hour() -> None:
     for n, wait in enumerate(waits, start=1):
         assert 2.0 * 2 ** (n - 1) / 2 <= wait <= 2.0 * 2 ** (n - 1)
     assert next_delay(40, 2.0, rng) <= MAX_DELAY_SECONDS
+
+
+def test_the_aws_sink_queues_one_message_per_delivery_and_retries_what_sqs_refused() -> None:
+    import json as _json
+
+    from workers.adapters.aws.webhooks import QueuedDelivery, SqsWebhookSink
+    from workers.errors import RetryableError
+
+    class Sqs:
+        def __init__(self) -> None:
+            self.batches: list[list[dict[str, str]]] = []
+            self.refuse = False
+
+        def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, str]]) -> Any:  # noqa: N803
+            self.batches.append(Entries)
+            failed = (
+                [{"Id": e["Id"], "Code": "InternalError"} for e in Entries] if self.refuse else []
+            )
+            return {"Failed": failed}
+
+    sqs = Sqs()
+    subs = [
+        WebhookSubscription(name="a", url="https://a.example.com", secret_env="X"),
+        WebhookSubscription(
+            name="b", url="https://b.example.com", secret_env="X", events=("notice",)
+        ),
+    ]
+    sink = SqsWebhookSink(lambda: sqs, "https://queue", subs)
+    reply = Reply(conversation_id="ticket:7", turn_id="t", text="hi")
+    sink.send(reply)
+    [entries] = sqs.batches  # a: reply, ticket.reply, ticket.status; b takes none of them
+    assert len(entries) == 3
+    first = QueuedDelivery.model_validate_json(entries[0]["MessageBody"])
+    assert (first.subscription, first.webhook_id) == ("a", f"msg_{reply.reply_id}")
+    assert _json.loads(first.body)["type"] == "reply"
+    assert len({e["MessageGroupId"] for e in entries}) == 1  # one receiver, one conversation
+    assert len({e["MessageDeduplicationId"] for e in entries}) == 3
+    sqs.refuse = True
+    with pytest.raises(RetryableError, match="not queued"):
+        sink.send(reply)

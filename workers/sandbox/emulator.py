@@ -29,6 +29,9 @@ from workers.stack import EVENT_DETAIL_TYPES, FUNCTIONS, QUEUE_MAX_RECEIVES, Sta
 
 log = logging.getLogger(__name__)
 
+WEBHOOK_ATTEMPTS = 4
+"""The webhooks queue's ``maxReceiveCount`` here (the deployed stack's: the setting's 8)."""
+
 MOTO_CONFIG: dict[str, Any] = {
     "stepfunctions": {"execute_state_machine": True},
     "lambda": {"use_docker": False},
@@ -65,6 +68,7 @@ def default_handlers() -> dict[str, Handler]:
         slack,
         sweeper,
         turn,
+        webhooks,
     )
 
     return {
@@ -76,6 +80,7 @@ def default_handlers() -> dict[str, Handler]:
         "feedback": feedback.handler,
         "sweeper": sweeper.handler,
         "slack": slack.handler,
+        "webhooks": webhooks.handler,
     }
 
 
@@ -138,6 +143,8 @@ class Stack:
     an :class:`EventsPoller` hands the events to ``ingest`` as EventBridge would)."""
     function_arns: dict[str, str] = field(default_factory=dict)
     state_machine_arns: dict[str, str] = field(default_factory=dict)
+    webhooks_queue_url: str = ""
+    webhooks_dlq_url: str = ""
     schedule_group: str = ""
     """The EventBridge Scheduler group of the conversations' schedules (moto keeps them; a
     :class:`SchedulerFirer` fires them)."""
@@ -153,6 +160,7 @@ class Stack:
             "AGENTWORKER_MAX_RUN_SECONDS": "240",
             "AGENTWORKER_FEEDBACK_FUNCTION": self.function_arns.get("feedback", ""),
             "AGENTWORKER_EVENT_BUS_NAME": self.event_bus,
+            "AGENTWORKER_WEBHOOKS_QUEUE_URL": self.webhooks_queue_url,
             "AGENTWORKER_SCHEDULE_GROUP": self.schedule_group,
             "AGENTWORKER_SCHEDULE_TARGET_ARN": self.function_arns.get("ingest", ""),
             "AGENTWORKER_SCHEDULE_ROLE_ARN": self.schedule_role_arn,
@@ -203,6 +211,22 @@ def create_stack(
             "VisibilityTimeout": "2",
             "RedrivePolicy": json.dumps(
                 {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(QUEUE_MAX_RECEIVES)}
+            ),
+        },
+    )["QueueUrl"]
+    stack.webhooks_dlq_url = sqs.create_queue(
+        QueueName=names.webhooks_dlq, Attributes={"FifoQueue": "true"}
+    )["QueueUrl"]
+    stack.webhooks_queue_url = sqs.create_queue(
+        QueueName=names.webhooks_queue,
+        Attributes={
+            "FifoQueue": "true",
+            "VisibilityTimeout": "2",
+            "RedrivePolicy": json.dumps(
+                {
+                    "deadLetterTargetArn": queue_arn(sqs, stack.webhooks_dlq_url),
+                    "maxReceiveCount": str(WEBHOOK_ATTEMPTS),
+                }
             ),
         },
     )["QueueUrl"]

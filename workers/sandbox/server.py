@@ -184,9 +184,9 @@ def _start_event_sources(
     handlers: Mapping[str, Handler],
 ) -> None:
     """What invokes Lambda on AWS besides the workflow: the inbound queue's event source
-    mapping and the event bus's rules (``ingest``), the every-minute schedule
-    (``sweeper``), and EventBridge Scheduler firing the conversations' schedules
-    (``ingest``)."""
+    mapping and the event bus's rules (``ingest``), the webhooks queue's (``webhooks``), the
+    every-minute schedule (``sweeper``), and EventBridge Scheduler firing the conversations'
+    schedules (``ingest``)."""
     from workers.sandbox.emulator import (
         EventsPoller,
         ScheduledInvoker,
@@ -199,6 +199,10 @@ def _start_event_sources(
         poller = kind(sqs, url, queue_arn(sqs, url), handlers["ingest"])
         poller.start()
         resources.callback(poller.stop)
+    url = stack.webhooks_queue_url  # the webhooks function's event source mapping
+    courier = SqsPoller(sqs, url, queue_arn(sqs, url), handlers["webhooks"])
+    courier.start()
+    resources.callback(courier.stop)
     sweeper = ScheduledInvoker(
         handlers["sweeper"], "sweeper", stack.function_arns["sweeper"], SWEEP_INTERVAL_SECONDS
     )

@@ -1,0 +1,226 @@
+"""Outbound webhooks on AWS: a reply sink that queues each delivery on the stack's webhooks
+queue (SQS FIFO), and what the ``webhooks`` function does with one.
+
+- :class:`SqsWebhookSink`: for each subscription that takes a payload (the app file's
+  ``[[webhooks]]``, as the stack's ``webhooks`` parameter gives every function), one message:
+  its group is the subscription and the conversation (FIFO keeps a conversation's deliveries
+  to a receiver in order, and one held back holds back only its own), its deduplication id
+  the subscription and the ``webhook-id`` (a payload queued again within five minutes is
+  dropped; later, the receiver drops it by its ``webhook-id``). Never calls a receiver: a
+  slow or dead one costs a turn nothing.
+- :func:`post_delivery`: the ``webhooks`` function signs a delivery as Standard Webhooks says
+  and posts it; anything but a 2xx in time raises, and the function leaves the message on
+  the queue with its visibility stretched to the next backoff (exponential, jitter), until
+  the queue's ``maxReceiveCount`` moves it to the webhooks' dead-letter queue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from events.outbound import OutboxPayload, StreamChunk
+from workers.adapters.aws.errors import map_aws_error
+from workers.adapters.webhooks import WebhookSubscription, body_of, signed_headers
+from workers.errors import PermanentError, RetryableError
+
+log = logging.getLogger(__name__)
+
+BATCH = 10
+"""Entries of one ``SendMessageBatch``."""
+
+
+class QueuedDelivery(BaseModel):
+    """A webhooks queue message: one delivery to one subscription."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    subscription: str = Field(min_length=1, max_length=64)
+    webhook_id: str = Field(min_length=1, max_length=300)
+    conversation_id: str = Field(min_length=1, max_length=256)
+    event: str = Field(min_length=1, max_length=64)
+    body: str
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+class SqsWebhookSink:
+    """A reply sink: each payload a subscription takes, queued for the ``webhooks``
+    function. ``sqs`` makes the SQS client at the first delivery."""
+
+    def __init__(
+        self, sqs: Callable[[], Any], queue_url: str, subscriptions: Sequence[WebhookSubscription]
+    ) -> None:
+        self._make_client = sqs
+        self._client: Any = None
+        self._url = queue_url
+        self.subscriptions = tuple(subscriptions)
+
+    def send(self, payload: OutboxPayload) -> None:
+        at = datetime.now(UTC)
+        entries: list[dict[str, str]] = []
+        for sub in self.subscriptions:
+            for webhook_id, event, data in sub.takes(payload):
+                delivery = QueuedDelivery(
+                    subscription=sub.name,
+                    webhook_id=webhook_id,
+                    conversation_id=payload.conversation_id,
+                    event=event,
+                    body=body_of(event, data, at).decode(),
+                )
+                entries.append(
+                    {
+                        "Id": str(len(entries)),
+                        "MessageBody": delivery.model_dump_json(),
+                        "MessageGroupId": _digest(sub.name, payload.conversation_id)[:64],
+                        "MessageDeduplicationId": _digest(sub.name, webhook_id),
+                    }
+                )
+        if not entries:
+            return
+        if self._client is None:
+            self._client = self._make_client()
+        for start in range(0, len(entries), BATCH):
+            chunk = entries[start : start + BATCH]
+            try:
+                answer = self._client.send_message_batch(QueueUrl=self._url, Entries=chunk)
+            except Exception as exc:
+                raise map_aws_error(exc, "sqs.send_message_batch") from exc
+            failed = answer.get("Failed") or []
+            if failed:  # the whole payload is sent again; the queue drops what it took
+                codes = [f.get("Code") for f in failed]
+                raise RetryableError(f"webhooks: {len(failed)} not queued ({codes[:3]})")
+
+    def send_chunk(self, chunk: StreamChunk) -> None:
+        return None  # webhooks take whole payloads, not a turn's pieces
+
+
+def post_delivery(
+    delivery: QueuedDelivery, subscriptions: Sequence[WebhookSubscription], *, timeout: float
+) -> None:
+    """Sign and post one delivery; ``RetryableError`` for anything but a 2xx in time,
+    ``PermanentError`` for a subscription the stack no longer has (it goes to the
+    dead-letter queue after its receives)."""
+    sub = next((s for s in subscriptions if s.name == delivery.subscription), None)
+    if sub is None:
+        raise PermanentError(f"webhooks: no subscription {delivery.subscription!r} any more")
+    body = delivery.body.encode()
+    headers = signed_headers(sub.secret(), delivery.webhook_id, body, datetime.now(UTC))
+    request = urllib.request.Request(sub.target, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:  # noqa: S310 - https/http of the app file
+            status = int(answer.status)
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (OSError, ValueError) as exc:  # refused, reset, timed out, a bad URL
+        raise RetryableError(f"webhooks: {sub.name}: {exc}") from exc
+    if not 200 <= status < 300:
+        raise RetryableError(f"webhooks: {sub.name} answered HTTP {status}")
+
+
+def load_secrets(secret_json: str, subscriptions: Sequence[WebhookSubscription]) -> dict[str, str]:
+    """The subscriptions' secrets from the stack's webhook secret (JSON: variable name ->
+    ``whsec_...``), by the variable each subscription names."""
+    try:
+        values = json.loads(secret_json)
+    except json.JSONDecodeError as exc:
+        raise PermanentError(f"webhooks: the webhook secret is not JSON: {exc}") from None
+    if not isinstance(values, dict):
+        raise PermanentError("webhooks: the webhook secret is not a JSON object")
+    return {
+        s.secret_env: str(values[s.secret_env]) for s in subscriptions if s.secret_env in values
+    }
+
+
+MAX_VISIBILITY_SECONDS = 12 * 3600
+"""SQS's longest visibility timeout."""
+
+
+class WebhookCourier:
+    """What the ``webhooks`` function does with each queued delivery: post it (see
+    :func:`post_delivery`); when that fails, make its message visible again after the next
+    backoff (exponential with jitter, from ``base_delay``) and raise, so the function reports
+    it failed and the queue keeps it (its ``maxReceiveCount``-th failure moves it to the
+    dead-letter queue)."""
+
+    def __init__(
+        self,
+        sqs: Any,
+        queue_url: str,
+        subscriptions: Sequence[WebhookSubscription],
+        *,
+        timeout: float,
+        base_delay: float,
+    ) -> None:
+        self._sqs = sqs
+        self._url = queue_url
+        self.subscriptions = tuple(subscriptions)
+        self.timeout = timeout
+        self.base_delay = base_delay
+
+    def deliver(self, body: str, *, receives: int, receipt_handle: str) -> None:
+        """Post one delivery; on failure, retry it after the next backoff and raise."""
+        from workers.adapters.webhooks import next_delay
+
+        try:
+            delivery = QueuedDelivery.model_validate_json(body)
+            post_delivery(delivery, self.subscriptions, timeout=self.timeout)
+        except Exception:
+            wait = min(MAX_VISIBILITY_SECONDS, math.ceil(next_delay(receives, self.base_delay)))
+            self._visible_in(receipt_handle, wait)
+            raise
+
+    def deliver_batch(self, records: Sequence[QueueRecord]) -> list[str]:
+        """A batch from the queue, in order: the message ids that failed. A record after a
+        failed one of its group (the same subscription and conversation) is not tried: it
+        goes back at once, still behind the failed one (SQS FIFO returns none of a group
+        while one of it is in flight), so the receiver gets a conversation in order."""
+        failed: list[str] = []
+        held: set[str] = set()
+        for record in records:
+            if record.group in held:
+                self._visible_in(record.receipt_handle, 0)
+                failed.append(record.message_id)
+                continue
+            try:
+                self.deliver(
+                    record.body, receives=record.receives, receipt_handle=record.receipt_handle
+                )
+            except Exception as exc:
+                log.warning(
+                    "webhooks: %s failed (receive %d): %s", record.message_id, record.receives, exc
+                )
+                held.add(record.group)
+                failed.append(record.message_id)
+        return failed
+
+    def _visible_in(self, receipt_handle: str, seconds: int) -> None:
+        try:
+            self._sqs.change_message_visibility(
+                QueueUrl=self._url, ReceiptHandle=receipt_handle, VisibilityTimeout=seconds
+            )
+        except Exception as exc:  # the queue's own visibility timeout applies instead
+            log.warning("webhooks: visibility not changed: %s", map_aws_error(exc, "sqs"))
+
+
+@dataclass(frozen=True)
+class QueueRecord:
+    """What the courier needs of one SQS record."""
+
+    message_id: str
+    body: str
+    receives: int
+    receipt_handle: str
+    group: str
