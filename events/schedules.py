@@ -55,6 +55,25 @@ def check_cron(expression: str) -> str:
     return expression
 
 
+SCHEDULE_METADATA_KEYS = 32
+SCHEDULE_METADATA_BYTES = 8 * 1024
+
+
+def check_schedule_metadata(metadata: dict[str, str]) -> dict[str, str]:
+    """At most 32 keys and 8 KB: a firing's message adds ``schedule_id`` and
+    ``scheduled_for`` and must still be a message (64 keys, 16 KB)."""
+    size = sum(
+        len(k.encode()) + len(v.encode("utf-8", "surrogatepass")) for k, v in metadata.items()
+    )
+    if len(metadata) > SCHEDULE_METADATA_KEYS or size > SCHEDULE_METADATA_BYTES:
+        raise PydanticCustomError(
+            "too_large",
+            "a schedule's metadata is at most {keys} keys and {size} bytes",
+            {"keys": SCHEDULE_METADATA_KEYS, "size": SCHEDULE_METADATA_BYTES},
+        )
+    return metadata
+
+
 CronExpression = Annotated[str, Field(max_length=120), AfterValidator(check_cron)]
 TimeZoneName = Annotated[str, Field(max_length=64), AfterValidator(check_timezone)]
 
@@ -70,7 +89,9 @@ class ScheduleRequest(BaseModel):
     in_seconds: float | None = Field(default=None, gt=0, le=MAX_SCHEDULE_SECONDS)
     cron: CronExpression | None = None
     timezone: TimeZoneName = "UTC"
-    metadata: Metadata = Field(default_factory=dict)
+    metadata: Annotated[Metadata, AfterValidator(check_schedule_metadata)] = Field(
+        default_factory=dict
+    )
     dedupe_key: str | None = Field(
         default=None,
         min_length=1,

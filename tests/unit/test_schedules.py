@@ -271,3 +271,16 @@ def test_a_request_sent_again_with_its_dedupe_key_makes_one_schedule() -> None:
     other = w.schedule(in_seconds=60, dedupe_key="reminder-2")
     assert again == first and other.schedule_id != first.schedule_id
     assert len(list_schedules(w.deps, CID, ALICE)) == 2
+
+
+def test_a_schedules_metadata_leaves_room_for_the_firings_own_keys() -> None:
+    w = World()
+    many = {f"k{i}": "v" for i in range(33)}
+    with pytest.raises(ValidationError) as refused:
+        w.schedule(in_seconds=60, metadata=many)
+    assert refused.value.errors()[0]["type"] == "too_large"
+    made = w.schedule(in_seconds=60, metadata={f"k{i}": "v" for i in range(32)})
+    w.clock.t += 61
+    assert w.fire_due() == ["accepted"]
+    entry = w.store.history(CID).inbox[-1].message  # type: ignore[union-attr]
+    assert len(entry.metadata) == 34 and entry.metadata["schedule_id"] == made.schedule_id

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
+from pydantic import ValidationError
+
 from events.identity import Principal, backend
 from events.inbound import InboundMessage
 from events.schedules import MAX_SCHEDULE_SECONDS, ScheduleRequest
@@ -145,21 +147,11 @@ def fire_schedule(deps: Deps, conversation_id: str, schedule_id: str, occurrence
     next_fire = None
     if schedule.cron is not None:
         next_fire = next_cron(schedule.cron, schedule.timezone, max(now, occurrence))
-    msg = InboundMessage(
-        conversation_id=conversation_id,
-        dedupe_key=schedule.dedupe_key(occurrence),
-        text=schedule.text,
-        channel="schedule",
-        sender=schedule.created_by,
-        sender_roles=list(schedule.creator_roles),
-        tenant=schedule.tenant,
-        owner=schedule.owner,
-        metadata={
-            **schedule.metadata,
-            "schedule_id": schedule_id,
-            "scheduled_for": datetime.fromtimestamp(occurrence, UTC).isoformat(),
-        },
-    )
+    try:
+        msg = _firing_message(schedule, occurrence)
+    except ValidationError as exc:  # kept from before a limit; never a poison firing
+        scheduler.fired(schedule, next_fire=next_fire, outcome=f"refused: {exc}", now=now)
+        return "refused"
     try:
         if deps.store.get_conversation(conversation_id) is None:
             raise NotFound.conversation(conversation_id)
@@ -188,6 +180,25 @@ def fire_schedule(deps: Deps, conversation_id: str, schedule_id: str, occurrence
     scheduler.fired(schedule, next_fire=next_fire, outcome=outcome, now=now)
     log.info("schedule %s of %s fired: %s", schedule_id, conversation_id, outcome)
     return outcome
+
+
+def _firing_message(schedule: Schedule, occurrence: float) -> InboundMessage:
+    """The inbox message of ``schedule``'s firing at ``occurrence``."""
+    return InboundMessage(
+        conversation_id=schedule.conversation_id,
+        dedupe_key=schedule.dedupe_key(occurrence),
+        text=schedule.text,
+        channel="schedule",
+        sender=schedule.created_by,
+        sender_roles=list(schedule.creator_roles),
+        tenant=schedule.tenant,
+        owner=schedule.owner,
+        metadata={
+            **schedule.metadata,
+            "schedule_id": schedule.schedule_id,
+            "scheduled_for": datetime.fromtimestamp(occurrence, UTC).isoformat(),
+        },
+    )
 
 
 @dataclass(frozen=True)
