@@ -27,7 +27,7 @@ from events.inbound import InboundMessage
 from events.schedules import MAX_SCHEDULE_SECONDS, ScheduleRequest
 from workers.core.model import Schedule
 from workers.core.ports import Clock, ConversationStore, Scheduler
-from workers.core.steps import Deps, accept_message, message_bytes, spend_quotas, visible
+from workers.core.steps import Deps, accept_message, message_bytes, spend_quotas, usable
 from workers.errors import BadInput, NotFound, PermanentError, Throttled
 
 log = logging.getLogger(__name__)
@@ -70,9 +70,7 @@ def create_schedule(
     (``NotFound`` otherwise, as for an unknown one). Making one spends a message of the
     principal's quota; each firing spends one more, when it fires."""
     scheduler = _scheduler(deps)
-    state = visible(deps, deps.store.get_conversation(conversation_id), principal)
-    if state is None:
-        raise NotFound.conversation(conversation_id)
+    state = usable(deps, conversation_id, principal)
     now = deps.clock.now()
     first = request.first_time(now)
     if first is not None:
@@ -115,8 +113,7 @@ def list_schedules(deps: Deps, conversation_id: str, principal: Principal) -> li
     """The conversation's schedules, for a principal who may use it (``NotFound``
     otherwise)."""
     scheduler = _scheduler(deps)
-    if visible(deps, deps.store.get_conversation(conversation_id), principal) is None:
-        raise NotFound.conversation(conversation_id)
+    usable(deps, conversation_id, principal)
     return scheduler.for_conversation(conversation_id)
 
 
@@ -126,8 +123,7 @@ def delete_schedule(
     """Delete one of the conversation's schedules (``NotFound`` for a conversation the
     principal may not use, or no such schedule in it)."""
     scheduler = _scheduler(deps)
-    if visible(deps, deps.store.get_conversation(conversation_id), principal) is None:
-        raise NotFound.conversation(conversation_id)
+    usable(deps, conversation_id, principal)
     if not scheduler.remove(conversation_id, schedule_id):
         raise NotFound.schedule(schedule_id)
 

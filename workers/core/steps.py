@@ -339,6 +339,15 @@ def visible(
     return state
 
 
+def usable(deps: Deps, conversation_id: str, principal: Principal) -> ConversationState:
+    """The conversation's state if ``principal`` may use it; ``NotFound`` otherwise, as for
+    an id that does not exist."""
+    state = visible(deps, deps.store.get_conversation(conversation_id), principal)
+    if state is None:
+        raise NotFound.conversation(conversation_id)
+    return state
+
+
 def history(deps: Deps, conversation_id: str, principal: Principal) -> History | None:
     """The conversation's inbox and outbox, or ``None`` if ``principal`` may not see it."""
     found = deps.store.history(conversation_id)
@@ -357,9 +366,7 @@ def set_conversation_values(
     set. A turn running meanwhile keeps the values it started with; of two changes at
     once, the later write keeps its whole result."""
     check_caller_values(deps.settings, change.context, change.configurable)
-    state = visible(deps, deps.store.get_conversation(conversation_id), principal)
-    if state is None:
-        raise NotFound.conversation(conversation_id)
+    state = usable(deps, conversation_id, principal)
     values = state.values.changed(change)
     check_values_size(values)
     if not deps.store.set_values(conversation_id, values, now=deps.clock.now()):
@@ -381,9 +388,7 @@ def cancel_turn(deps: Deps, conversation_id: str, principal: Principal) -> RunRe
     ``NotRunning`` when no turn is running (idle, waiting for an answer, or just done).
     Returns the run that goes on with later messages, for the caller to start (``None``:
     none came, the lease is released)."""
-    state = visible(deps, deps.store.get_conversation(conversation_id), principal)
-    if state is None:
-        raise NotFound.conversation(conversation_id)
+    state = usable(deps, conversation_id, principal)
     now = deps.clock.now()
     token = state.lease_token
     if token is None or not state.lease_live(now) or state.claimed_seq is None:
@@ -517,9 +522,7 @@ def forget_conversation(
     turn of the owner writes after this may survive it: the store is outside the fenced
     commit), then the traces: deleted, or ``pending`` when the tracking store cannot be
     reached (never a failure once the rows are gone)."""
-    state = visible(deps, deps.store.get_conversation(conversation_id), principal)
-    if state is None:
-        raise NotFound.conversation(conversation_id)
+    state = usable(deps, conversation_id, principal)
     if memories and deps.memories is None:
         raise BadInput(
             "no_memory_store",

@@ -16,7 +16,7 @@ from events.identity import Principal
 from events.webhooks import WebhookRequest
 from workers.core.model import ConversationWebhook
 from workers.core.ports import ConversationWebhooks
-from workers.core.steps import Deps, spend_quotas, visible
+from workers.core.steps import Deps, spend_quotas, usable
 from workers.errors import BadInput, NotFound
 
 WEBHOOKS_PER_CONVERSATION = 5
@@ -59,18 +59,13 @@ def _hooks(deps: Deps) -> ConversationWebhooks:
     return deps.webhooks
 
 
-def _check_visible(deps: Deps, conversation_id: str, principal: Principal) -> None:
-    if visible(deps, deps.store.get_conversation(conversation_id), principal) is None:
-        raise NotFound.conversation(conversation_id)
-
-
 def create_webhook(
     deps: Deps, conversation_id: str, principal: Principal, request: WebhookRequest
 ) -> ConversationWebhook:
     """Subscribe ``request``'s receiver to the conversation's events, for a principal who
     may use it (``NotFound`` otherwise); spends a message of its quota."""
     hooks = _hooks(deps)
-    _check_visible(deps, conversation_id, principal)
+    usable(deps, conversation_id, principal)
     url = str(request.url)
     check_url(url, private_ok=deps.settings.webhook_private_urls)
     spend_quotas(deps, principal, messages=1, size=len(url))
@@ -90,12 +85,12 @@ def list_webhooks(
     deps: Deps, conversation_id: str, principal: Principal
 ) -> list[ConversationWebhook]:
     hooks = _hooks(deps)
-    _check_visible(deps, conversation_id, principal)
+    usable(deps, conversation_id, principal)
     return hooks.webhooks_of(conversation_id)
 
 
 def delete_webhook(deps: Deps, conversation_id: str, webhook_id: str, principal: Principal) -> None:
     hooks = _hooks(deps)
-    _check_visible(deps, conversation_id, principal)
+    usable(deps, conversation_id, principal)
     if not hooks.remove_webhook(conversation_id, webhook_id):
         raise NotFound(f"webhook_id: no webhook {webhook_id!r}", field="webhook_id")
