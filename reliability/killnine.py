@@ -13,7 +13,8 @@ from __future__ import annotations
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -98,17 +99,24 @@ def wait_answered(sup: Supervisor, cid: str, ids: list[str], timeout: float = 60
     raise AssertionError(f"{cid}: {ids} unanswered after {timeout}s")
 
 
+@contextmanager
+def crashing(prefix: str) -> Iterator[tuple[Path, Path, Supervisor]]:
+    """A kill -9 case's folder (removed after), its fault plan (empty so far) and the
+    supervisor of its crashing server."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        root = Path(tmp)
+        plan = root / "plan.json"
+        write_plan(plan, [])
+        yield root, plan, Supervisor(root / "state", plan)
+
+
 def run(*, every: bool, progress: Callable[[str], None] = lambda _: None) -> Result:
     """A clean conversation to learn the writes the server makes, then one conversation per
     fault point (:func:`~reliability.inprocess.fault_points`), then, for writes only a
     restart makes (the sweeper's lease takeover), a conversation that dies twice."""
     result = Result(runtime="embedded server, kill -9")
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="agentworker-kill9-") as tmp:
-        root = Path(tmp)
-        plan = root / "plan.json"
-        write_plan(plan, [])
-        sup = Supervisor(root / "state", plan)
+    with crashing("agentworker-kill9-") as (root, plan, sup):
         ledger = Ledger()
         planned: list[Fault] = []
         try:

@@ -14,10 +14,8 @@ never posted as lost, and one left armed after it fired as stranded.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from reliability.crashing_server import (
@@ -25,7 +23,14 @@ from reliability.crashing_server import (
     SCHEDULE_FIRED,
     write_plan,
 )
-from reliability.killnine import Supervisor, converse, settle, wait_answered, writes_of
+from reliability.killnine import (
+    Supervisor,
+    converse,
+    crashing,
+    settle,
+    wait_answered,
+    writes_of,
+)
 from reliability.plan import Result
 from reliability.probe import Fault, Findings, Ledger
 
@@ -80,11 +85,7 @@ def run(*, every: bool, progress: Callable[[str], None] = lambda _: None) -> Res
     result = Result(runtime="schedules: embedded server, kill -9")
     result.settings = {"due after": f"{DUE_SECONDS} s", "timer": "every 1 s"}
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="agentworker-schedules-") as tmp:
-        root = Path(tmp)
-        plan = root / "plan.json"
-        write_plan(plan, [])
-        sup = Supervisor(root / "state", plan)
+    with crashing("agentworker-schedules-") as (root, plan, sup):
         ledger = Ledger()
         cids: list[str] = []
         try:

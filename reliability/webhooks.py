@@ -19,14 +19,12 @@ from __future__ import annotations
 import base64
 import json
 import random
-import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 from reliability.crashing_server import (
@@ -37,7 +35,7 @@ from reliability.crashing_server import (
     read_lines,
     write_plan,
 )
-from reliability.killnine import Supervisor, converse, writes_of
+from reliability.killnine import Supervisor, converse, crashing, writes_of
 from reliability.plan import WORKLOAD, Result, fault_points
 from reliability.probe import Fault, Findings, Ledger
 
@@ -153,11 +151,7 @@ def run(*, every: bool, progress: Callable[[str], None] = lambda _: None) -> Res
     result.settings = {"receiver failing": "1 in 3 (503)", "retry base": "0.05 s"}
     started = time.perf_counter()
     receiver = FlakyReceiver()
-    with tempfile.TemporaryDirectory(prefix="agentworker-webhooks-") as tmp:
-        root = Path(tmp)
-        plan = root / "plan.json"
-        write_plan(plan, [])
-        sup = Supervisor(root / "state", plan)
+    with crashing("agentworker-webhooks-") as (root, plan, sup):
         sup.server.env.update(
             {
                 "AGENTWORKER_WEBHOOKS": json.dumps(

@@ -200,36 +200,10 @@ def create_stack(
     DynamoDBTableSpec(names.table).create(clients("dynamodb"))
     clients("s3").create_bucket(Bucket=names.bucket)
     sqs = clients("sqs")
-    stack.dlq_url = sqs.create_queue(QueueName=names.dlq, Attributes={"FifoQueue": "true"})[
-        "QueueUrl"
-    ]
-    dlq_arn = queue_arn(sqs, stack.dlq_url)
-    stack.queue_url = sqs.create_queue(
-        QueueName=names.queue,
-        Attributes={
-            "FifoQueue": "true",
-            "VisibilityTimeout": "2",
-            "RedrivePolicy": json.dumps(
-                {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(QUEUE_MAX_RECEIVES)}
-            ),
-        },
-    )["QueueUrl"]
-    stack.webhooks_dlq_url = sqs.create_queue(
-        QueueName=names.webhooks_dlq, Attributes={"FifoQueue": "true"}
-    )["QueueUrl"]
-    stack.webhooks_queue_url = sqs.create_queue(
-        QueueName=names.webhooks_queue,
-        Attributes={
-            "FifoQueue": "true",
-            "VisibilityTimeout": "2",
-            "RedrivePolicy": json.dumps(
-                {
-                    "deadLetterTargetArn": queue_arn(sqs, stack.webhooks_dlq_url),
-                    "maxReceiveCount": str(WEBHOOK_ATTEMPTS),
-                }
-            ),
-        },
-    )["QueueUrl"]
+    stack.queue_url, stack.dlq_url = _fifo_queue(sqs, names.queue, names.dlq, QUEUE_MAX_RECEIVES)
+    stack.webhooks_queue_url, stack.webhooks_dlq_url = _fifo_queue(
+        sqs, names.webhooks_queue, names.webhooks_dlq, WEBHOOK_ATTEMPTS
+    )
     stack.topic_arn = clients("sns").create_topic(
         Name=names.topic, Attributes={"FifoTopic": "true", "ContentBasedDeduplication": "false"}
     )["TopicArn"]
@@ -261,6 +235,24 @@ def create_stack(
             name=names.state_machine(variant), definition=definition, roleArn=role, type=kind
         )["stateMachineArn"]
     return stack
+
+
+def _fifo_queue(sqs: Any, name: str, dlq_name: str, max_receives: int) -> tuple[str, str]:
+    """A FIFO queue (2 s visibility, for the tests' pace) and its dead-letter queue, which
+    takes a message after ``max_receives`` receives: their URLs."""
+    dlq_url: str = sqs.create_queue(QueueName=dlq_name, Attributes={"FifoQueue": "true"})[
+        "QueueUrl"
+    ]
+    redrive = {"deadLetterTargetArn": queue_arn(sqs, dlq_url), "maxReceiveCount": str(max_receives)}
+    url: str = sqs.create_queue(
+        QueueName=name,
+        Attributes={
+            "FifoQueue": "true",
+            "VisibilityTimeout": "2",
+            "RedrivePolicy": json.dumps(redrive),
+        },
+    )["QueueUrl"]
+    return url, dlq_url
 
 
 def _route_events(events: Any, sqs: Any, stack: Stack) -> None:
