@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Protocol
@@ -80,12 +80,14 @@ class WebhookSubscription(BaseModel):
             )
         return value
 
+    def wants(self, conversation_id: str, event: str) -> bool:
+        """Whether this subscription takes ``event`` of the conversation."""
+        return conversation_id.startswith(self.conversations) and event in self.events
+
     def takes(self, payload: OutboxPayload) -> list[tuple[str, WebhookEvent, dict[str, Any]]]:
         """The deliveries ``payload`` makes for this subscription: (``webhook-id``, event,
         data) of each event it takes."""
-        if not payload.conversation_id.startswith(self.conversations):
-            return []
-        return [e for e in events_of(payload) if e[1] in self.events]
+        return [e for e in events_of(payload) if self.wants(payload.conversation_id, e[1])]
 
 
 class Receiver(Protocol):
@@ -103,7 +105,7 @@ class Receiver(Protocol):
 
     def secret(self) -> str: ...
 
-    def takes(self, payload: OutboxPayload) -> list[tuple[str, WebhookEvent, dict[str, Any]]]: ...
+    def wants(self, conversation_id: str, event: str) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -125,10 +127,25 @@ class HookReceiver:
     def secret(self) -> str:
         return self.hook.secret
 
-    def takes(self, payload: OutboxPayload) -> list[tuple[str, WebhookEvent, dict[str, Any]]]:
-        if payload.conversation_id != self.hook.conversation_id:
-            return []
-        return [e for e in events_of(payload) if e[1] in self.hook.events]
+    def wants(self, conversation_id: str, event: str) -> bool:
+        return conversation_id == self.hook.conversation_id and event in self.hook.events
+
+
+def deliveries(
+    receivers: Sequence[Receiver], payload: OutboxPayload, at: datetime
+) -> list[tuple[Receiver, str, WebhookEvent, bytes]]:
+    """What ``payload`` makes for ``receivers``: (receiver, ``webhook-id``, event, body) of
+    each event each one takes, the payload's events and each event's body made once."""
+    if not receivers:
+        return []
+    cid = payload.conversation_id
+    found: list[tuple[Receiver, str, WebhookEvent, bytes]] = []
+    for webhook_id, event, data in events_of(payload):
+        takers = [r for r in receivers if r.wants(cid, event)]
+        if takers:
+            body = body_of(event, data, at)
+            found.extend((r, webhook_id, event, body) for r in takers)
+    return found
 
 
 def public_only_transport(**options: Any) -> Any:

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from events.outbound import OutboxPayload, StreamChunk
 from workers.adapters.aws.errors import map_aws_error
-from workers.adapters.webhooks import WebhookSubscription, body_of, signed_headers
+from workers.adapters.webhooks import WebhookSubscription, deliveries, signed_headers
 from workers.errors import PermanentError, RetryableError
 
 log = logging.getLogger(__name__)
@@ -71,23 +71,22 @@ class SqsWebhookSink:
     def send(self, payload: OutboxPayload) -> None:
         at = datetime.now(UTC)
         entries: list[dict[str, str]] = []
-        for sub in self.subscriptions:
-            for webhook_id, event, data in sub.takes(payload):
-                delivery = QueuedDelivery(
-                    subscription=sub.name,
-                    webhook_id=webhook_id,
-                    conversation_id=payload.conversation_id,
-                    event=event,
-                    body=body_of(event, data, at).decode(),
-                )
-                entries.append(
-                    {
-                        "Id": str(len(entries)),
-                        "MessageBody": delivery.model_dump_json(),
-                        "MessageGroupId": _digest(sub.name, payload.conversation_id)[:64],
-                        "MessageDeduplicationId": _digest(sub.name, webhook_id),
-                    }
-                )
+        for sub, webhook_id, event, body in deliveries(self.subscriptions, payload, at):
+            delivery = QueuedDelivery(
+                subscription=sub.name,
+                webhook_id=webhook_id,
+                conversation_id=payload.conversation_id,
+                event=event,
+                body=body.decode(),
+            )
+            entries.append(
+                {
+                    "Id": str(len(entries)),
+                    "MessageBody": delivery.model_dump_json(),
+                    "MessageGroupId": _digest(sub.name, payload.conversation_id)[:64],
+                    "MessageDeduplicationId": _digest(sub.name, webhook_id),
+                }
+            )
         if not entries:
             return
         if self._client is None:

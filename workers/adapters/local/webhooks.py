@@ -33,7 +33,7 @@ from workers.adapters.webhooks import (
     HookReceiver,
     Receiver,
     WebhookSubscription,
-    body_of,
+    deliveries,
     next_delay,
     public_only_transport,
     signed_headers,
@@ -287,14 +287,12 @@ class WebhookSink:
         except sqlite3.Error as exc:
             raise RetryableError(f"webhooks: the queue was not read: {exc}") from exc
         receivers: list[Receiver] = [*self.subscriptions, *own]
-        for sub in receivers:
-            for webhook_id, event, data in sub.takes(payload):
-                body = body_of(event, data, at)
-                cid = payload.conversation_id
-                try:
-                    added |= self.queue.add(sub.name, webhook_id, cid, event, body)
-                except sqlite3.Error as exc:
-                    raise RetryableError(f"webhooks: the queue was not written: {exc}") from exc
+        cid = payload.conversation_id
+        for sub, webhook_id, event, body in deliveries(receivers, payload, at):
+            try:
+                added |= self.queue.add(sub.name, webhook_id, cid, event, body)
+            except sqlite3.Error as exc:
+                raise RetryableError(f"webhooks: the queue was not written: {exc}") from exc
         if added:
             self.wake()
 
