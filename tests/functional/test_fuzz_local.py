@@ -71,11 +71,19 @@ def test_http_message_and_conversation_bodies(client: TestClient) -> None:
             "multitask_strategy": st.sampled_from(["reject", "enqueue", "rollback", "bogus"]),
             "if_exists": st.sampled_from(["raise", "do_nothing", "bogus"]),
             "limit": json_values,
+            "at": text_field | json_values,
+            "in_seconds": json_values | st.just(3600),
+            "cron": st.sampled_from(["0 9 * * MON-FRI", "61 * * * *", "* *"]) | text_field,
+            "timezone": st.sampled_from(["Europe/Paris", "Nowhere/Else"]) | text_field,
+            "url": st.sampled_from(["https://hooks.example.com/x", "http://127.0.0.1/"])
+            | text_field,
+            "events": json_values | st.just(["reply"]),
+            "secret": text_field,
         }
     )
     media = st.sampled_from(["application/json", "application/json; charset=utf-8", "text/plain"])
-    # a message, a change of the conversation's own values (the same fields, mostly), and
-    # the Agent Server API's bodies (threads, runs, assistants)
+    # a message, a change of the conversation's own values (the same fields, mostly), the
+    # Agent Server API's bodies (threads, runs, assistants), a schedule and a webhook
     routes = st.sampled_from(
         [
             ("POST", "/v1/conversations/{cid}/messages"),
@@ -87,6 +95,8 @@ def test_http_message_and_conversation_bodies(client: TestClient) -> None:
             ("POST", "/threads"),
             ("POST", "/threads/search"),
             ("POST", "/assistants/search"),
+            ("POST", "/v1/conversations/{cid}/schedules"),
+            ("POST", "/v1/conversations/{cid}/webhooks"),
         ]
     )
     ran = [0]
