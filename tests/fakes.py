@@ -29,6 +29,7 @@ from workers.core.model import (
     CallerValues,
     ConversationState,
     ConversationSummary,
+    ConversationWebhook,
     History,
     InboxEntry,
     Lease,
@@ -656,6 +657,8 @@ def in_memory_aws(monkeypatch: Any, **env: str) -> Deps:
         RecordingSink(),
         RecordingStarter(),
         ManualClock(),
+        scheduler=InMemoryScheduler(),
+        webhooks=InMemoryWebhooks(),
     )
     bootstrap.reset_aws_deps()
     monkeypatch.setattr(bootstrap, "aws_deps", lambda **_: deps)
@@ -836,3 +839,30 @@ class InMemoryScheduler:
         found = [s for s in self.kept.values() if s.next_fire is not None and s.next_fire <= now]
         found.sort(key=lambda s: s.next_fire or 0.0)
         return [(s.conversation_id, s.schedule_id, s.next_fire or 0.0) for s in found]
+
+
+class InMemoryWebhooks:
+    """``ConversationWebhooks`` in a dict (by conversation, then id, in the order made)."""
+
+    def __init__(self) -> None:
+        self.kept: dict[str, dict[str, ConversationWebhook]] = {}
+
+    def add_webhook(self, hook: ConversationWebhook, *, limit: int) -> ConversationWebhook:
+        mine = self.kept.setdefault(hook.conversation_id, {})
+        if len(mine) >= limit:
+            raise BadInput("too_many_webhooks", "too many", field="conversation_id")
+        mine[hook.webhook_id] = hook
+        return hook
+
+    def webhooks_of(self, conversation_id: str) -> list[ConversationWebhook]:
+        found = self.kept.get(conversation_id, {}).values()
+        return sorted(found, key=lambda h: (h.created_at, h.webhook_id))
+
+    def webhook(self, conversation_id: str, webhook_id: str) -> ConversationWebhook | None:
+        return self.kept.get(conversation_id, {}).get(webhook_id)
+
+    def remove_webhook(self, conversation_id: str, webhook_id: str) -> bool:
+        return self.kept.get(conversation_id, {}).pop(webhook_id, None) is not None
+
+    def forget_webhooks(self, conversation_id: str) -> int:
+        return len(self.kept.pop(conversation_id, {}))

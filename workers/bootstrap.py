@@ -626,12 +626,16 @@ def build_aws(settings: Settings, *, with_agent: bool, session: Any = None) -> D
 
         # Posts only Slack conversations' payloads; the token is read at the first post.
         sinks["slack"] = SlackReplySink(slack_web(settings, session=session))
-    if settings.webhooks and settings.webhooks_queue_url:
+    hooks = None
+    if settings.webhooks_queue_url:
+        from workers.adapters.aws.dynamodb_webhooks import DynamoDBWebhooks
         from workers.adapters.aws.webhooks import SqsWebhookSink
 
-        # The app file's webhooks: queued for the webhooks function, never sent here.
+        # The app file's webhooks and the conversations' own: queued for the webhooks
+        # function, never sent here.
+        hooks = DynamoDBWebhooks(dynamodb=dynamodb, table_name=settings.table_name)
         sinks["webhooks"] = SqsWebhookSink(
-            lambda: session.client("sqs"), settings.webhooks_queue_url, settings.webhooks
+            lambda: session.client("sqs"), settings.webhooks_queue_url, settings.webhooks, hooks
         )
     if settings.event_bus_name:
         from workers.adapters.aws.sinks import TicketWriteBack
@@ -674,6 +678,7 @@ def build_aws(settings: Settings, *, with_agent: bool, session: Any = None) -> D
         settings=turn_settings(settings, prompt),
         memories=StoreMemories(memory),
         scheduler=scheduler,
+        webhooks=hooks,
     )
 
 
@@ -687,6 +692,7 @@ def webhook_courier() -> Any:
     if not _COURIER:
         import boto3
 
+        from workers.adapters.aws.dynamodb_webhooks import DynamoDBWebhooks
         from workers.adapters.aws.webhooks import WebhookCourier, load_secrets
 
         settings = aws_settings()
@@ -707,6 +713,10 @@ def webhook_courier() -> Any:
                 settings.webhooks,
                 timeout=settings.webhook_timeout_seconds,
                 base_delay=settings.webhook_retry_base_seconds,
+                hooks=DynamoDBWebhooks(
+                    dynamodb=session.client("dynamodb"), table_name=settings.table_name
+                ),
+                private_urls=settings.webhook_private_urls,
             )
         )
     return _COURIER[0]

@@ -164,7 +164,8 @@ def _parser() -> argparse.ArgumentParser:
         a.add_argument(
             "--webhooks",
             action="store_true",
-            help="the webhook deliveries that failed for good (local: <state-dir>/webhooks.db)",
+            help="the webhook deliveries that failed for good (local: <state-dir>/webhooks.db;"
+            " aws, sandbox: the webhooks' dead-letter queue)",
         )
     which = redrive.add_mutually_exclusive_group(required=True)
     which.add_argument(
@@ -780,7 +781,7 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
     from workers.tables import age, preview, text_table
 
     now = time.time()
-    if args.webhooks:
+    if args.webhooks and args.target == "local":
         return _dead_webhooks(args, now)
     if args.target == "local":
         from workers.adapters.local.dead_letters import opened
@@ -810,14 +811,15 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
     if not peek.letters:
         print(f"no dead letters in {dead.dlq_url}")
         return 0
-    header = ["message_id", "conversation", "receives", "age", "text", "error"]
+    what = "delivery" if args.webhooks else "text"
+    header = ["message_id", "conversation", "receives", "age", what, "error"]
     rows = [
         [
             d.message_id,
             d.conversation_id or "-",
             str(d.receive_count),
             age(now - d.sent_at.timestamp()),
-            preview(d.body if d.message is None else d.message.text or f"[{d.message.kind}]"),
+            preview(d.shown),
             preview(d.error, 60),
         ]
         for d in peek.letters
@@ -835,7 +837,7 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
 def cmd_dlq_redrive(args: argparse.Namespace) -> int:
     from workers.errors import BadInput, NotFound
 
-    if args.webhooks:
+    if args.webhooks and args.target == "local":
         return _redrive_webhooks(args)
     try:
         if args.target == "local":
@@ -850,9 +852,6 @@ def _webhook_queue(args: argparse.Namespace) -> Any:
     """The local webhook queue of the state directory (``None`` when there is none)."""
     from workers.adapters.local.webhooks import WEBHOOKS_DB, WebhookQueue
 
-    if args.target != "local":
-        print("agentworker: --webhooks: the local state directory's only", file=sys.stderr)
-        return None
     path = _settings(args, state_dir="state_dir").state_dir / WEBHOOKS_DB
     if not path.exists():
         print(f"no webhook deliveries in {path}")
@@ -866,7 +865,7 @@ def _dead_webhooks(args: argparse.Namespace, now: float) -> int:
 
     queue = _webhook_queue(args)
     if queue is None:
-        return 0 if args.target == "local" else 2
+        return 0
     try:
         dead = queue.dead(args.conversation)
     finally:
@@ -896,7 +895,7 @@ def _redrive_webhooks(args: argparse.Namespace) -> int:
     """``dlq redrive --webhooks``: dead deliveries queued again (the server sends them)."""
     queue = _webhook_queue(args)
     if queue is None:
-        return 0 if args.target == "local" else 2
+        return 0
     try:
         ids = None if args.all else [int(i) for i in args.ids if i.isdigit()]
         if ids is not None and len(ids) != len(args.ids):
@@ -947,7 +946,7 @@ def _redrive_sqs(args: argparse.Namespace) -> int:
         letter = moved.letter
         print(
             f"moved {letter.message_id} ({letter.conversation_id or 'unparseable'}) to the"
-            f" inbound queue as {moved.sent_id}"
+            f" {'webhooks' if args.webhooks else 'inbound'} queue as {moved.sent_id}"
         )
     for left in report.not_moved:
         kind = "skipped" if left.skipped else "not moved"
@@ -957,11 +956,28 @@ def _redrive_sqs(args: argparse.Namespace) -> int:
 
 
 def _sqs_dead_letters(args: argparse.Namespace) -> SqsDeadLetters:
-    """The dead letters of the inbound queue of the stack (``aws``) or the sandbox."""
+    """The dead letters of the inbound queue (``--webhooks``: the webhooks queue) of the
+    stack (``aws``) or the sandbox."""
     from workers.adapters.aws.dead_letters import SqsDeadLetters
 
-    sqs, queue_url = _inbound_queue(args.target, _settings(args, state_dir="state_dir"))
-    return SqsDeadLetters.of_queue(sqs, queue_url)
+    settings = _settings(args, state_dir="state_dir")
+    if not args.webhooks:
+        sqs, queue_url = _inbound_queue(args.target, settings)
+        return SqsDeadLetters.of_queue(sqs, queue_url)
+    from workers.adapters.aws.dead_letters import webhooks_queue_url
+
+    if args.target == "sandbox":
+        from workers.sandbox.server import client_factory, read_state
+
+        state = read_state(settings.state_dir)
+        sqs = client_factory(state.endpoint_url, state.region)("sqs")
+        queue_url = state.webhooks_queue_url
+    else:
+        import boto3
+
+        sqs = boto3.session.Session().client("sqs")
+        queue_url = webhooks_queue_url(sqs, settings)
+    return SqsDeadLetters.of_queue(sqs, queue_url, webhooks=True)
 
 
 def _inbound_queue(target: str, settings: Settings) -> tuple[Any, str]:

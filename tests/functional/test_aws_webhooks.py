@@ -2,16 +2,19 @@
 webhooks queue (SQS FIFO), and the ``webhooks`` function, fed by it as Lambda's event source
 mapping would, signs and posts them. A receiver that fails three times then takes everything
 gets each payload once, in order per conversation, with valid signatures; one that always
-fails ends in the webhooks' dead-letter queue after the queue's receives, and the turns are
-answered as without it."""
+fails ends in the webhooks' dead-letter queue after the queue's receives (``agentworker dlq
+--webhooks --target aws`` lists it and sends it back), and the turns are answered as without
+it. A conversation's own webhook (``POST /v1/conversations/{id}/webhooks`` on the ``api``
+function) gets its conversation's deliveries while it and the conversation are there."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.functional.aws_env import Aws, aws
@@ -31,7 +34,10 @@ def receivers() -> Iterator[dict[str, Receiver]]:
 
 
 def test_deliveries_are_queued_sent_once_in_order_and_dead_lettered(
-    aws: Aws, receivers: dict[str, Receiver], monkeypatch: pytest.MonkeyPatch
+    aws: Aws,
+    receivers: dict[str, Receiver],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     subscriptions = [
         {"name": name, "url": r.url, "secret_env": "HOOK_SECRET", "events": ["reply"]}
@@ -80,4 +86,124 @@ def test_deliveries_are_queued_sent_once_in_order_and_dead_lettered(
     assert dead == 4  # the broken receiver's four, after its receives
     # each conversation's first delivery was tried the queue's receives; the one behind it
     # was held back with it (its receives count too) and died with it, in order
-    assert 2 * WEBHOOK_ATTEMPTS <= receivers["broken"].requests <= 4 * WEBHOOK_ATTEMPTS
+    broken = receivers["broken"]
+    assert 2 * WEBHOOK_ATTEMPTS <= broken.requests <= 4 * WEBHOOK_ATTEMPTS
+
+    # `agentworker dlq` lists them and, once the receiver is back, sends them back: each
+    # taken once, in order per conversation
+    listed = run_cli(capsys, "dlq", "list", "--webhooks", "--target", "aws")
+    assert listed.count("reply to broken: msg_") == 4
+    assert all(cid in listed for cid in cids)
+    broken.always_fail = False
+    moved = run_cli(capsys, "dlq", "redrive", "--webhooks", "--all", "--target", "aws")
+    assert "4 moved, 0 not moved" in moved and "to the webhooks queue" in moved
+    deadline = time.monotonic() + 30
+    while len(broken.taken) < 4 and time.monotonic() < deadline:
+        courier.poll_once()
+        time.sleep(0.1)
+    ids = [t["id"] for t in broken.taken]
+    assert sorted(ids) == sorted(i for v in expected.values() for i in v)
+    for wanted in expected.values():
+        assert [i for i in ids if i in wanted] == wanted
+    assert "no dead letters" in run_cli(capsys, "dlq", "list", "--webhooks", "--target", "aws")
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    from workers import cli
+
+    capsys.readouterr()
+    code = cli.main(list(argv))
+    out = capsys.readouterr().out
+    assert code == 0, out
+    return out
+
+
+def drain(aws: Aws, until: Callable[[], bool], seconds: float = 30) -> None:
+    """Feed the webhooks queue to the function until ``until()`` (or the queue is empty)."""
+    sqs = aws.session.client("sqs")
+    url = aws.stack.webhooks_queue_url
+    courier = SqsPoller(sqs, url, queue_arn(sqs, url), aws.handlers["webhooks"])
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not until():
+        if not courier.poll_once():
+            left = sqs.get_queue_attributes(
+                QueueUrl=url,
+                AttributeNames=[
+                    "ApproximateNumberOfMessages",
+                    "ApproximateNumberOfMessagesNotVisible",
+                ],
+            )["Attributes"]
+            if not any(int(v) for v in left.values()):
+                return
+            time.sleep(0.1)
+
+
+def test_a_conversations_own_webhook_on_the_aws_runtime(
+    aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Made, listed and deleted through the ``api`` function behind the JWT authorizer by
+    who may use the conversation; its deliveries signed with its own secret; none after it
+    was deleted, and none once the conversation's id belongs to someone else."""
+    from langgraph_sdk import get_sync_client
+
+    from tests.functional.test_aws_agent_server import verified
+    from tests.functional.test_aws_schedules import ALICE, BOB
+    from workers.handlers import api
+    from workers.sandbox.http_api import HttpApiStandIn
+
+    monkeypatch.setenv("AGENTWORKER_WEBHOOK_PRIVATE_URLS", "true")  # the receiver is local
+    bootstrap.reset_aws_deps()
+    receiver = Receiver()
+    try:
+        with HttpApiStandIn(api.handler, verified) as gateway:
+            sdk = get_sync_client(url=gateway.url, api_key=None, headers=ALICE)
+            [assistant] = sdk.assistants.search()
+            tid = sdk.threads.create()["thread_id"]
+            graph = assistant["graph_id"]
+
+            def ask(text: str, client: Any = sdk) -> None:
+                said: Any = {"messages": [{"role": "user", "content": text}]}
+                client.runs.wait(tid, graph, input=said)
+                aws.wait_executions_done()
+
+            ask("hi")
+            path = f"{gateway.url}/v1/conversations/{tid}/webhooks"
+            body = {"url": receiver.url, "secret": SECRET, "events": ["reply"]}
+            made = httpx.post(path, json=body, headers=ALICE)
+            assert made.status_code == 201, made.text
+            hook = made.json()
+            assert hook["secret"] == SECRET
+            assert httpx.post(path, json=body, headers=BOB).status_code == 404
+            assert httpx.get(path, headers=BOB).status_code == 404
+            listed = httpx.get(path, headers=ALICE).json()["webhooks"]
+            assert [h["webhook_id"] for h in listed] == [hook["webhook_id"]]
+            assert listed[0]["secret"] is None
+
+            ask("how do I reset my password?")
+            drain(aws, lambda: len(receiver.taken) >= 1)
+            store = bootstrap.aws_deps().store
+            last = store.history(tid).outbox[-1].payload  # type: ignore[union-attr]
+            assert [t["id"] for t in receiver.taken] == [f"msg_{last.reply_id}"]
+            assert receiver.bad_signatures == 0 and receiver.taken[0]["type"] == "reply"
+
+            gone = httpx.delete(f"{path}/{hook['webhook_id']}", headers=ALICE)
+            assert gone.status_code == 200 and httpx.get(path, headers=ALICE).json() == {
+                "conversation_id": tid,
+                "webhooks": [],
+            }
+            ask("thanks")
+            drain(aws, lambda: False, seconds=5)
+            assert len(receiver.taken) == 1  # nothing after it was deleted
+
+            # The conversation expires (DynamoDB's TTL takes its items, not the webhook's)
+            # and Bob makes one under the same id: Alice's receiver gets none of his.
+            again = httpx.post(path, json=body, headers=ALICE)
+            assert again.status_code == 201
+            store.forget(tid)
+            bobs = get_sync_client(url=gateway.url, api_key=None, headers=BOB)
+            bobs.threads.create(thread_id=tid)
+            ask("this is Bob's", client=bobs)
+            drain(aws, lambda: False, seconds=5)
+            assert len(receiver.taken) == 1 and receiver.requests == 1
+    finally:
+        receiver.close()

@@ -27,9 +27,9 @@ from workers.adapters.aws.tables import (
     DynamoDBTableSpec,
     conversation_pk,
 )
-from workers.core.model import AcceptResult, LogEntry, TurnCommit
+from workers.core.model import AcceptResult, Access, LogEntry, TurnCommit
 from workers.core.steps import Deps, accept_message, drive_run
-from workers.errors import LeaseLost, PermanentError, RetryableError
+from workers.errors import LeaseLost, NotFound, PermanentError, RetryableError
 
 T0 = 1_700_000_000.0
 CID = "ticket:4711"
@@ -256,6 +256,27 @@ def test_an_accept_on_a_wrong_prediction_costs_one_more_call_and_is_right(
     n, late = calls("c", "c", now=T0 + 61)  # the lease expired: taken by the accept
     assert n == 2 and late.lease is not None and late.lease.token == 2
     assert [e.seq for e in store.pending_inbox(CID)] == [1, 2, 3]
+
+
+def test_a_prediction_that_refuses_is_checked_by_a_read(
+    store: DynamoDBConversationStore, aws: tuple[Any, Any]
+) -> None:
+    """A warm process predicted Alice's conversation from its last accept; another erased
+    it and Bob made one under the id: Bob's message is accepted, not refused on the guess."""
+    dynamodb, s3 = aws
+    other = DynamoDBConversationStore(dynamodb=dynamodb, table_name=TABLE, s3=s3, bucket=BUCKET)
+    alice, bob = Access("acme", frozenset({"alice"})), Access("acme", frozenset({"bob"}))
+
+    def owned(owner: str, key: str) -> InboundMessage:
+        return msg(key, key, tenant="acme", owner=owner)
+
+    store.append_inbox(owned("alice", "a"), now=T0, default_policy="enqueue", access=alice)
+    assert other.forget(CID) is not None
+    made = other.append_inbox(owned("bob", "b"), now=T0, default_policy="enqueue", access=bob)
+    again = store.append_inbox(owned("bob", "c"), now=T0, default_policy="enqueue", access=bob)
+    assert again.seq == made.seq + 1 and not again.duplicate
+    with pytest.raises(NotFound):  # and Alice, read this time, is refused
+        store.append_inbox(owned("alice", "d"), now=T0, default_policy="enqueue", access=alice)
 
 
 def test_a_whole_run_through_the_core(store: DynamoDBConversationStore) -> None:

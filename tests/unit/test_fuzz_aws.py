@@ -198,6 +198,12 @@ API_ROUTES = st.sampled_from(
         ("POST", "/runs/wait"),
         ("POST", "/assistants/search"),
         ("GET", "/assistants/{id}/schemas"),
+        ("POST", "/v1/conversations/{id}/schedules"),
+        ("GET", "/v1/conversations/{id}/schedules"),
+        ("DELETE", "/v1/conversations/{id}/schedules/{id}"),
+        ("POST", "/v1/conversations/{id}/webhooks"),
+        ("GET", "/v1/conversations/{id}/webhooks"),
+        ("DELETE", "/v1/conversations/{id}/webhooks/{id}"),
     ]
 )
 """The ``api`` function's routes, with a fuzzed id wherever one goes."""
@@ -213,6 +219,15 @@ RUN_BODY = shaped(
         "stream_mode": json_values,
         "thread_id": id_field,
         "limit": json_values,
+        # the schedules' and webhooks' bodies
+        "text": text_field,
+        "in_seconds": json_values,
+        "cron": st.sampled_from(["0 9 * * *", "* *", "61 * * * *"]) | text_field,
+        "timezone": st.sampled_from(["Europe/Paris", "Mars/Base"]) | text_field,
+        "url": st.sampled_from(["https://hooks.example.com/x", "http://127.0.0.1/"])
+        | text_field,
+        "events": json_values,
+        "secret": text_field,
     }
 )
 

@@ -144,3 +144,81 @@ def test_the_aws_sink_queues_one_message_per_delivery_and_retries_what_sqs_refus
     sqs.refuse = True
     with pytest.raises(RetryableError, match="not queued"):
         sink.send(reply)
+
+
+def test_a_conversations_webhook_is_posted_to_public_addresses_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The AWS webhooks function resolves the host itself and refuses it when any address
+    is not public (a name that resolves inside, or was rebound since the URL was checked),
+    before connecting; plain http is refused too."""
+    import socket
+
+    from workers.adapters.webhooks import post_public, public_address
+
+    assert public_address("hooks.example.com", ["93.184.215.14"]) == "93.184.215.14"
+    for inside in (["127.0.0.1"], ["93.184.215.14", "10.0.0.7"], ["169.254.169.254"], ["::1"]):
+        with pytest.raises(ConnectionRefusedError, match="not a public address"):
+            public_address("hooks.example.com", inside)
+    with pytest.raises(ConnectionRefusedError):
+        public_address("hooks.example.com", [])
+
+    asked: list[str] = []
+
+    def resolves_inside(host: str, port: int, *args: Any, **kwargs: Any) -> list[Any]:
+        asked.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+    def never(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("connected")
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolves_inside)
+    monkeypatch.setattr(socket, "create_connection", never)
+    with pytest.raises(ConnectionRefusedError, match="127.0.0.1, not a public address"):
+        post_public("https://rebound.example.com/hooks", b"{}", {}, timeout=2)
+    assert asked == ["rebound.example.com"]
+    with pytest.raises(ConnectionRefusedError, match="https only"):
+        post_public("http://hooks.example.com/hooks", b"{}", {}, timeout=2)
+
+
+def test_the_aws_courier_drops_a_gone_webhooks_deliveries_and_guards_the_rest() -> None:
+    """A conversation's own webhook: a delivery for one deleted (or whose conversation is
+    someone else's now) is dropped, not retried; one to a URL inside is refused and tried
+    again later (the name may resolve elsewhere then), the message's visibility stretched."""
+    from workers.adapters.aws.webhooks import QueuedDelivery, WebhookCourier
+    from workers.core.model import ConversationWebhook
+    from workers.errors import RetryableError
+
+    hook = ConversationWebhook(
+        "whk_1", "ws:alice:1", "https://127.0.0.1/hooks", ("reply",), SECRET, "alice", 0.0
+    )
+
+    class Hooks:
+        def current(self, conversation_id: str, webhook_id: str) -> ConversationWebhook | None:
+            return hook if webhook_id == "whk_1" else None
+
+    class Sqs:
+        def __init__(self) -> None:
+            self.visibility: list[int] = []
+
+        def change_message_visibility(self, **kw: Any) -> None:
+            self.visibility.append(kw["VisibilityTimeout"])
+
+    sqs = Sqs()
+    courier = WebhookCourier(sqs, "q", [], timeout=2, base_delay=10, hooks=Hooks())  # type: ignore[arg-type]
+
+    def queued(subscription: str) -> str:
+        return QueuedDelivery(
+            subscription=subscription,
+            webhook_id="msg_1",
+            conversation_id="ws:alice:1",
+            event="reply",
+            body="{}",
+            own=True,
+        ).model_dump_json()
+
+    courier.deliver(queued("whk_gone"), receives=1, receipt_handle="r")  # dropped: no raise
+    assert sqs.visibility == []
+    with pytest.raises(RetryableError, match="not a public address"):
+        courier.deliver(queued("whk_1"), receives=1, receipt_handle="r")
+    assert len(sqs.visibility) == 1 and 5 <= sqs.visibility[0] <= 10

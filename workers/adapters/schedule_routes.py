@@ -7,8 +7,7 @@ by the embedded server and the AWS ``api`` function:
 - ``DELETE /v1/conversations/{id}/schedules/{schedule_id}``: 200 ``{"deleted": true}``.
 
 A conversation the caller may not use is a 404, as one that does not exist. The webhooks'
-routes (:func:`mount_webhooks`) are the embedded server's (the AWS runtime has no webhooks
-yet)."""
+routes (:func:`mount_webhooks`) are served by both too."""
 
 from __future__ import annotations
 

@@ -148,6 +148,55 @@ def deliveries(
     return found
 
 
+def public_address(host: str, addresses: Sequence[str]) -> str:
+    """The address to connect to for ``host``, which resolved to ``addresses``: the first,
+    when every one is public; ``ConnectionRefusedError`` when one is a loopback, private,
+    link-local or otherwise non-global address (or there are none)."""
+    import ipaddress
+
+    inside = [a for a in addresses if not ipaddress.ip_address(a.split("%")[0]).is_global]
+    if not addresses or inside:
+        raise ConnectionRefusedError(
+            f"{host} resolves to {inside[0] if inside else 'nothing'}, not a public address:"
+            " a conversation's webhook is posted to public addresses only"
+        )
+    return addresses[0]
+
+
+def post_public(url: str, body: bytes, headers: Mapping[str, str], *, timeout: float) -> int:
+    """POST ``body`` to ``url`` (https) and the answer's status, connecting only to a public
+    address: the host is resolved here, refused (``ConnectionRefusedError``) if any address
+    it has is not public (:func:`public_address`), and the connection made to the address
+    checked, TLS verifying the host's name. No redirect is followed (a 3xx is not a 2xx).
+    The blocking twin of :func:`public_only_transport`, for the AWS ``webhooks`` function."""
+    import http.client
+    import socket
+    import ssl
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme != "https" or not host:
+        raise ConnectionRefusedError(f"{url}: a conversation's webhook is posted to https only")
+    port = parts.port or 443
+    context = ssl.create_default_context()
+
+    class Public(http.client.HTTPSConnection):
+        def connect(self) -> None:
+            found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            address = public_address(host, [str(info[4][0]) for info in found])
+            raw = socket.create_connection((address, port), timeout)
+            self.sock = context.wrap_socket(raw, server_hostname=host)
+
+    connection = Public(host, port, timeout=timeout, context=context)
+    try:
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        connection.request("POST", path, body, {**headers})
+        return int(connection.getresponse().status)
+    finally:
+        connection.close()
+
+
 def public_only_transport(**options: Any) -> Any:
     """An httpx transport that connects only to public addresses: it resolves each host
     itself and refuses (``httpx.ConnectError``) one that resolves to a loopback, private,
@@ -155,7 +204,6 @@ def public_only_transport(**options: Any) -> Any:
     (no second lookup a DNS rebinding could answer differently); TLS still verifies the
     host's name."""
     import asyncio
-    import ipaddress
     import socket
 
     import httpcore
@@ -178,15 +226,12 @@ def public_only_transport(**options: Any) -> Any:
                 found = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
             except OSError as exc:
                 raise httpcore.ConnectError(f"{host}: {exc}") from exc
-            addresses = [str(info[4][0]) for info in found]
-            inside = [a for a in addresses if not ipaddress.ip_address(a).is_global]
-            if not addresses or inside:
-                raise httpcore.ConnectError(
-                    f"{host} resolves to {inside[0] if inside else 'nothing'}, not a public"
-                    " address: a conversation's webhook is posted to public addresses only"
-                )
+            try:
+                address = public_address(host, [str(info[4][0]) for info in found])
+            except ConnectionRefusedError as exc:
+                raise httpcore.ConnectError(str(exc)) from None
             return await self._inner.connect_tcp(
-                addresses[0],
+                address,
                 port,
                 timeout=timeout,
                 local_address=local_address,

@@ -504,3 +504,20 @@ class ConversationWebhook:
     secret: str
     created_by: str
     created_at: float
+    tenant: str | None = None
+    owner: str | None = None
+    """The conversation's tenant and owner when it was made: its deliveries go only while
+    the conversation is still theirs (not one expired and made again by someone else under
+    the id, which the AWS runtime's TTL could leave it beside)."""
+
+    def to_json(self) -> str:
+        """The subscription as JSON (how the AWS runtime stores it)."""
+        fields = dict(vars(self))
+        fields["events"] = list(self.events)
+        return json.dumps(fields, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> ConversationWebhook:
+        fields = json.loads(text)
+        fields["events"] = tuple(fields.get("events") or ())
+        return cls(**fields)

@@ -298,7 +298,11 @@ class ConversationWebhooks(Protocol):
         """Keep ``hook``; ``BadInput`` (``too_many_webhooks``) when its conversation has
         ``limit`` already."""
 
-    def webhooks_of(self, conversation_id: str) -> list[ConversationWebhook]: ...
+    def webhooks_of(self, conversation_id: str) -> list[ConversationWebhook]:
+        """The conversation's subscriptions, oldest first."""
+
+    def webhook(self, conversation_id: str, webhook_id: str) -> ConversationWebhook | None:
+        """One of the conversation's subscriptions (``None``: deleted, or never made)."""
 
     def remove_webhook(self, conversation_id: str, webhook_id: str) -> bool:
         """Delete it, and its deliveries not sent yet; ``False`` if there is none."""

@@ -65,7 +65,7 @@ def create_webhook(
     """Subscribe ``request``'s receiver to the conversation's events, for a principal who
     may use it (``NotFound`` otherwise); spends a message of its quota."""
     hooks = _hooks(deps)
-    usable(deps, conversation_id, principal)
+    state = usable(deps, conversation_id, principal)
     url = str(request.url)
     check_url(url, private_ok=deps.settings.webhook_private_urls)
     spend_quotas(deps, principal, messages=1, size=len(url))
@@ -77,6 +77,8 @@ def create_webhook(
         secret=request.secret or new_secret(),
         created_by=principal.id,
         created_at=deps.clock.now(),
+        tenant=state.tenant,
+        owner=state.owner,
     )
     return hooks.add_webhook(hook, limit=WEBHOOKS_PER_CONVERSATION)
 

@@ -61,6 +61,7 @@ class SandboxState(BaseModel):
     region: str = REGION
     queue_url: str
     replies_queue_url: str
+    webhooks_queue_url: str = ""
     topic_arn: str
     event_bus: str = ""
     """The bus ``PutEvents`` with ``agentworker.message`` or ``ticket.*`` reaches ``ingest``
@@ -167,6 +168,7 @@ def _start_runtime(
         region=stack.region,
         queue_url=stack.queue_url,
         replies_queue_url=replies_url,
+        webhooks_queue_url=stack.webhooks_queue_url,
         topic_arn=stack.topic_arn,
         event_bus=stack.event_bus,
         state_machine_arn=stack.state_machine_arns["express"],

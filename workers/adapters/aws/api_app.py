@@ -1,6 +1,6 @@
 """The ``api`` function's app: LangGraph's Agent Server API (the same routes as the embedded
-server's, ``workers/adapters/local/agent_server.py``) and the conversations' schedules
-(``workers/adapters/schedule_routes.py``) on the AWS runtime. The caller is who
+server's, ``workers/adapters/local/agent_server.py``) and the conversations' schedules and
+own webhooks (``workers/adapters/schedule_routes.py``) on the AWS runtime. The caller is who
 the HTTP API's JWT authorizer admitted (its verified claims, in the event)."""
 
 from __future__ import annotations
@@ -42,4 +42,5 @@ def build_api_app(
 
     agent_server.mount(app, settings, caller, lambda _: runtime())
     schedule_routes.mount(app, caller, lambda _: runtime())
+    schedule_routes.mount_webhooks(app, caller, lambda _: runtime())
     return app

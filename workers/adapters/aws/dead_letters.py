@@ -1,4 +1,6 @@
-"""The inbound queue's dead letters (``agentworker dlq --target aws|sandbox``).
+"""The inbound queue's dead letters (``agentworker dlq --target aws|sandbox``), and the
+webhooks queue's (``--webhooks``: deliveries the ``webhooks`` function gave up on, sent back
+as they were: the receiver drops a repeat by its ``webhook-id``).
 
 A message ``ingest`` failed ``maxReceiveCount`` times (``QUEUE_MAX_RECEIVES``) lands in the
 inbound FIFO queue's dead-letter queue, the one the queue's redrive policy names.
@@ -38,6 +40,7 @@ from events.json_input import parse_json
 from events.outbound import validation_problem
 from workers.adapters.aws.calls import AwsCalls, Item
 from workers.adapters.aws.errors import error_code
+from workers.adapters.aws.webhooks import QueuedDelivery
 from workers.config import Settings
 from workers.errors import BadInput, ConfigError, NotFound, PermanentError, RetryableError
 from workers.stack import StackNames
@@ -50,6 +53,7 @@ __all__ = [
     "Redriven",
     "SqsDeadLetters",
     "inbound_queue_url",
+    "webhooks_queue_url",
 ]
 
 HOLD_SECONDS = 60
@@ -73,14 +77,21 @@ class DeadLetter:
     earlier looks count)."""
     sent_at: datetime
     message: InboundMessage | None
-    """The body as ``ingest`` reads it; ``None`` when it does not parse."""
+    """The body as ``ingest`` reads it; ``None`` when it does not parse (or is a webhook
+    delivery)."""
     parse_error: str | None = None
+    delivery: QueuedDelivery | None = None
+    """The body as the ``webhooks`` function reads it (the webhooks' dead-letter queue)."""
 
     @classmethod
-    def of(cls, received: Item) -> DeadLetter:
+    def of(cls, received: Item, *, webhooks: bool = False) -> DeadLetter:
         attributes = received.get("Attributes", {})
         message_id, body = str(received["MessageId"]), str(received["Body"])
-        message, problem = parse_body(message_id, body)
+        message, delivery, problem = None, None, None
+        if webhooks:
+            delivery, problem = parse_delivery(body)
+        else:
+            message, problem = parse_body(message_id, body)
         sent_ms = int(attributes.get("SentTimestamp", 0))
         return cls(
             message_id=message_id,
@@ -90,11 +101,25 @@ class DeadLetter:
             sent_at=datetime.fromtimestamp(sent_ms / 1000, UTC),
             message=message,
             parse_error=problem,
+            delivery=delivery,
         )
 
     @property
     def conversation_id(self) -> str | None:
+        if self.delivery is not None:
+            return self.delivery.conversation_id
         return None if self.message is None else self.message.conversation_id
+
+    @property
+    def shown(self) -> str:
+        """What a list shows of it: the message's text, or the delivery's event and
+        receiver; the raw body when it does not parse."""
+        if self.delivery is not None:
+            d = self.delivery
+            return f"{d.event} to {d.subscription}: {d.webhook_id}"
+        if self.message is not None:
+            return self.message.text or f"[{self.message.kind}]"
+        return self.body
 
     @property
     def error(self) -> str:
@@ -116,12 +141,22 @@ def parse_body(message_id: str, body: str) -> tuple[InboundMessage | None, str |
         return None, f"does not parse: {exc}"
 
 
+def parse_delivery(body: str) -> tuple[QueuedDelivery | None, str | None]:
+    """``body`` as the ``webhooks`` function reads it, or its parse error."""
+    try:
+        return QueuedDelivery.model_validate_json(body), None
+    except ValidationError as exc:
+        return None, f"does not parse: {validation_problem(exc).message}"
+
+
 def redrive_body(letter: DeadLetter) -> str:
     """The body sent back: the same, with ``ingest``'s dedupe key of last resort written in
     when it is a JSON object that names none (a resend gets a new SQS message id)."""
     try:
         data = parse_json(letter.body, what="SQS body")
     except BadInput:
+        return letter.body
+    if letter.delivery is not None:  # the receiver drops a repeat by its webhook-id
         return letter.body
     if not isinstance(data, dict) or data.get("dedupe_key") is not None:
         return letter.body
@@ -178,7 +213,8 @@ class _Look:
 
 
 class SqsDeadLetters:
-    """The dead letters of one inbound queue, through an injected boto3 SQS client."""
+    """The dead letters of one queue (the inbound one, or with ``webhooks`` the webhooks'
+    queue, whose bodies are deliveries), through an injected boto3 SQS client."""
 
     def __init__(
         self,
@@ -188,6 +224,7 @@ class SqsDeadLetters:
         dlq_url: str,
         wait_seconds: int = 1,
         calls: AwsCalls | None = None,
+        webhooks: bool = False,
     ) -> None:
         """``wait_seconds``: how long a look's last receive waits when short polls found
         fewer messages than SQS counts (they may miss some)."""
@@ -196,13 +233,20 @@ class SqsDeadLetters:
         self.dlq_url = dlq_url
         self._wait = wait_seconds
         self._calls = calls or AwsCalls()
+        self.webhooks = webhooks
 
     @classmethod
     def of_queue(
-        cls, sqs: Any, queue_url: str, *, wait_seconds: int = 1, calls: AwsCalls | None = None
+        cls,
+        sqs: Any,
+        queue_url: str,
+        *,
+        wait_seconds: int = 1,
+        calls: AwsCalls | None = None,
+        webhooks: bool = False,
     ) -> SqsDeadLetters:
-        """The dead letters of the inbound queue at ``queue_url``: its redrive policy names
-        the dead-letter queue (``ConfigError`` when it has none)."""
+        """The dead letters of the queue at ``queue_url``: its redrive policy names the
+        dead-letter queue (``ConfigError`` when it has none)."""
         calls = calls or AwsCalls()
         attributes = _call(
             calls, sqs, "get_queue_attributes", QueueUrl=queue_url, AttributeNames=["All"]
@@ -216,7 +260,12 @@ class SqsDeadLetters:
             calls, sqs, "get_queue_url", QueueName=name, QueueOwnerAWSAccountId=account
         )["QueueUrl"]
         return cls(
-            sqs, queue_url=queue_url, dlq_url=str(dlq_url), wait_seconds=wait_seconds, calls=calls
+            sqs,
+            queue_url=queue_url,
+            dlq_url=str(dlq_url),
+            wait_seconds=wait_seconds,
+            calls=calls,
+            webhooks=webhooks,
         )
 
     # a look ---------------------------------------------------------------------------
@@ -310,7 +359,10 @@ class SqsDeadLetters:
                     got = self._receive(self._wait)
                 if not got:
                     break
-                look.held.extend(_Held(DeadLetter.of(m), m["ReceiptHandle"]) for m in got)
+                look.held.extend(
+                    _Held(DeadLetter.of(m, webhooks=self.webhooks), m["ReceiptHandle"])
+                    for m in got
+                )
             look.held.sort(key=lambda h: h.letter.sent_at)
             yield look
         finally:
@@ -355,17 +407,30 @@ def _call(calls: AwsCalls, sqs: Any, operation: str, **params: Any) -> Item:
         raise PermanentError(f"sqs.{operation} refused ({error_code(exc)}): {exc}") from exc
 
 
+def webhooks_queue_url(sqs: Any, settings: Settings) -> str:
+    """``AGENTWORKER_WEBHOOKS_QUEUE_URL``, else the URL of the stack's webhooks queue, named
+    after ``AGENTWORKER_TABLE_NAME`` (the stack's prefix: ``StackNames``)."""
+    if settings.webhooks_queue_url:
+        return settings.webhooks_queue_url
+    name = StackNames(prefix=settings.table_name).webhooks_queue
+    return _named_queue(sqs, settings, name, "AGENTWORKER_WEBHOOKS_QUEUE_URL")
+
+
 def inbound_queue_url(sqs: Any, settings: Settings) -> str:
     """``AGENTWORKER_QUEUE_URL``, else the URL of the stack's inbound queue, named after
     ``AGENTWORKER_TABLE_NAME`` (the stack's prefix: ``StackNames``)."""
     if settings.queue_url:
         return settings.queue_url
     name = StackNames(prefix=settings.table_name).queue
+    return _named_queue(sqs, settings, name, "AGENTWORKER_QUEUE_URL")
+
+
+def _named_queue(sqs: Any, settings: Settings, name: str, variable: str) -> str:
     try:
         found = _call(AwsCalls(), sqs, "get_queue_url", QueueName=name)
     except PermanentError as exc:
         raise ConfigError(
-            f"AGENTWORKER_QUEUE_URL is not set and there is no queue {name!r} (named after"
+            f"{variable} is not set and there is no queue {name!r} (named after"
             f" {settings.source('table_name')}={settings.table_name!r}): {exc}"
         ) from exc
     return str(found["QueueUrl"])

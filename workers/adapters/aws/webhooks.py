@@ -2,21 +2,26 @@
 queue (SQS FIFO), and what the ``webhooks`` function does with one.
 
 - :class:`SqsWebhookSink`: for each subscription that takes a payload (the app file's
-  ``[[webhooks]]``, as the stack's ``webhooks`` parameter gives every function), one message:
+  ``[[webhooks]]``, as the stack's ``webhooks`` parameter gives every function, and the
+  conversation's own, items of the table: :mod:`~workers.adapters.aws.dynamodb_webhooks`),
+  one message:
   its group is the subscription and the conversation (FIFO keeps a conversation's deliveries
   to a receiver in order, and one held back holds back only its own), its deduplication id
   the subscription and the ``webhook-id`` (a payload queued again within five minutes is
   dropped; later, the receiver drops it by its ``webhook-id``). Never calls a receiver: a
   slow or dead one costs a turn nothing.
 - :func:`post_delivery`: the ``webhooks`` function signs a delivery as Standard Webhooks says
-  and posts it; anything but a 2xx in time raises, and the function leaves the message on
-  the queue with its visibility stretched to the next backoff (exponential, jitter), until
-  the queue's ``maxReceiveCount`` moves it to the webhooks' dead-letter queue.
+  and posts it (a conversation's own webhook: to a public address only, and only while it
+  and its conversation are still there); anything but a 2xx in time raises, and the
+  function leaves the message on the queue with its visibility stretched to the next
+  backoff (exponential, jitter), until the queue's ``maxReceiveCount`` moves it to the
+  webhooks' dead-letter queue.
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import logging
 import math
@@ -30,8 +35,16 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from events.outbound import OutboxPayload, StreamChunk
+from workers.adapters.aws.dynamodb_webhooks import DynamoDBWebhooks
 from workers.adapters.aws.errors import map_aws_error
-from workers.adapters.webhooks import WebhookSubscription, deliveries, signed_headers
+from workers.adapters.webhooks import (
+    HookReceiver,
+    Receiver,
+    WebhookSubscription,
+    deliveries,
+    post_public,
+    signed_headers,
+)
 from workers.errors import PermanentError, RetryableError
 
 log = logging.getLogger(__name__)
@@ -50,6 +63,8 @@ class QueuedDelivery(BaseModel):
     conversation_id: str = Field(min_length=1, max_length=256)
     event: str = Field(min_length=1, max_length=64)
     body: str
+    own: bool = False
+    """For the conversation's own webhook ``subscription`` (its id), not the app file's."""
 
 
 def _digest(*parts: str) -> str:
@@ -61,23 +76,33 @@ class SqsWebhookSink:
     function. ``sqs`` makes the SQS client at the first delivery."""
 
     def __init__(
-        self, sqs: Callable[[], Any], queue_url: str, subscriptions: Sequence[WebhookSubscription]
+        self,
+        sqs: Callable[[], Any],
+        queue_url: str,
+        subscriptions: Sequence[WebhookSubscription],
+        hooks: DynamoDBWebhooks | None = None,
     ) -> None:
         self._make_client = sqs
         self._client: Any = None
         self._url = queue_url
         self.subscriptions = tuple(subscriptions)
+        self.hooks = hooks
+        """The conversations' own webhooks (read once per payload), if the stack keeps any."""
 
     def send(self, payload: OutboxPayload) -> None:
         at = datetime.now(UTC)
+        cid = payload.conversation_id
+        own = [] if self.hooks is None else self.hooks.webhooks_of(cid)
+        receivers: list[Receiver] = [*self.subscriptions, *(HookReceiver(h) for h in own)]
         entries: list[dict[str, str]] = []
-        for sub, webhook_id, event, body in deliveries(self.subscriptions, payload, at):
+        for sub, webhook_id, event, body in deliveries(receivers, payload, at):
             delivery = QueuedDelivery(
                 subscription=sub.name,
                 webhook_id=webhook_id,
-                conversation_id=payload.conversation_id,
+                conversation_id=cid,
                 event=event,
                 body=body.decode(),
+                own=sub.guarded,
             )
             entries.append(
                 {
@@ -107,26 +132,29 @@ class SqsWebhookSink:
 
 
 def post_delivery(
-    delivery: QueuedDelivery, subscriptions: Sequence[WebhookSubscription], *, timeout: float
+    delivery: QueuedDelivery, receiver: Receiver, *, timeout: float, private_urls: bool
 ) -> None:
-    """Sign and post one delivery; ``RetryableError`` for anything but a 2xx in time,
-    ``PermanentError`` for a subscription the stack no longer has (it goes to the
-    dead-letter queue after its receives)."""
-    sub = next((s for s in subscriptions if s.name == delivery.subscription), None)
-    if sub is None:
-        raise PermanentError(f"webhooks: no subscription {delivery.subscription!r} any more")
+    """Sign and post one delivery to ``receiver``; ``RetryableError`` for anything but a
+    2xx in time. A conversation's own webhook is posted to a public address only (unless
+    ``private_urls``, for development): :func:`post_public`."""
     body = delivery.body.encode()
-    headers = signed_headers(sub.secret(), delivery.webhook_id, body, datetime.now(UTC))
-    request = urllib.request.Request(sub.target, data=body, headers=headers, method="POST")
+    headers = signed_headers(receiver.secret(), delivery.webhook_id, body, datetime.now(UTC))
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as answer:  # noqa: S310 - https/http of the app file
-            status = int(answer.status)
-    except urllib.error.HTTPError as exc:
-        status = exc.code
-    except (OSError, ValueError) as exc:  # refused, reset, timed out, a bad URL
-        raise RetryableError(f"webhooks: {sub.name}: {exc}") from exc
+        if receiver.guarded and not private_urls:
+            status = post_public(receiver.target, body, headers, timeout=timeout)
+        else:
+            request = urllib.request.Request(
+                receiver.target, data=body, headers=headers, method="POST"
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=timeout) as answer:  # noqa: S310 - the app file's URL
+                    status = int(answer.status)
+            except urllib.error.HTTPError as exc:
+                status = exc.code
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # refused, reset, timed out
+        raise RetryableError(f"webhooks: {receiver.name}: {exc}") from exc
     if not 200 <= status < 300:
-        raise RetryableError(f"webhooks: {sub.name} answered HTTP {status}")
+        raise RetryableError(f"webhooks: {receiver.name} answered HTTP {status}")
 
 
 def load_secrets(secret_json: str, subscriptions: Sequence[WebhookSubscription]) -> dict[str, str]:
@@ -162,12 +190,31 @@ class WebhookCourier:
         *,
         timeout: float,
         base_delay: float,
+        hooks: DynamoDBWebhooks | None = None,
+        private_urls: bool = False,
     ) -> None:
         self._sqs = sqs
         self._url = queue_url
-        self.subscriptions = tuple(subscriptions)
+        self.by_name = {s.name: s for s in subscriptions}
         self.timeout = timeout
         self.base_delay = base_delay
+        self.hooks = hooks
+        self.private_urls = private_urls
+
+    def receiver(self, delivery: QueuedDelivery) -> Receiver | None:
+        """Whom ``delivery`` goes to; ``None`` for a conversation's own webhook that is gone
+        (deleted, or erased with its conversation: its deliveries are dropped);
+        ``PermanentError`` for a subscription the stack no longer has (it goes to the
+        dead-letter queue after its receives)."""
+        if delivery.own:
+            if self.hooks is None:
+                return None
+            hook = self.hooks.current(delivery.conversation_id, delivery.subscription)
+            return None if hook is None else HookReceiver(hook)
+        sub = self.by_name.get(delivery.subscription)
+        if sub is None:
+            raise PermanentError(f"webhooks: no subscription {delivery.subscription!r} any more")
+        return sub
 
     def deliver(self, body: str, *, receives: int, receipt_handle: str) -> None:
         """Post one delivery; on failure, retry it after the next backoff and raise."""
@@ -175,7 +222,16 @@ class WebhookCourier:
 
         try:
             delivery = QueuedDelivery.model_validate_json(body)
-            post_delivery(delivery, self.subscriptions, timeout=self.timeout)
+            receiver = self.receiver(delivery)
+            if receiver is None:
+                log.info(
+                    "webhooks: %s of %s dropped: its webhook %s is gone",
+                    delivery.webhook_id,
+                    delivery.conversation_id,
+                    delivery.subscription,
+                )
+                return
+            post_delivery(delivery, receiver, timeout=self.timeout, private_urls=self.private_urls)
         except Exception:
             wait = min(MAX_VISIBILITY_SECONDS, math.ceil(next_delay(receives, self.base_delay)))
             self._visible_in(receipt_handle, wait)

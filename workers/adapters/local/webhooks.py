@@ -76,7 +76,9 @@ CREATE TABLE IF NOT EXISTS hooks (
     events TEXT NOT NULL,
     secret TEXT NOT NULL,
     created_by TEXT NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    tenant TEXT,
+    owner TEXT
 );
 CREATE INDEX IF NOT EXISTS hooks_by_conversation ON hooks (conversation_id);
 """
@@ -107,6 +109,10 @@ class WebhookQueue:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA busy_timeout=5000")
         self._conn.executescript(_SCHEMA)
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(hooks)")}
+        for added in ("tenant", "owner"):  # a state directory of an earlier version
+            if added not in columns:
+                self._conn.execute(f"ALTER TABLE hooks ADD COLUMN {added} TEXT")
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -192,7 +198,7 @@ class WebhookQueue:
                 )
             self._conn.execute(
                 "INSERT INTO hooks (webhook_id, conversation_id, url, events, secret,"
-                " created_by, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " created_by, created_at, tenant, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     hook.webhook_id,
                     hook.conversation_id,
@@ -201,6 +207,8 @@ class WebhookQueue:
                     hook.secret,
                     hook.created_by,
                     hook.created_at,
+                    hook.tenant,
+                    hook.owner,
                 ),
             )
         return hook
@@ -213,10 +221,11 @@ class WebhookQueue:
             ).fetchall()
         return [_hook(row) for row in rows]
 
-    def webhook(self, webhook_id: str) -> ConversationWebhook | None:
+    def webhook(self, conversation_id: str, webhook_id: str) -> ConversationWebhook | None:
         with self._lock:
             row = self._conn.execute(
-                f"SELECT {_HOOK} FROM hooks WHERE webhook_id = ?", (webhook_id,)
+                f"SELECT {_HOOK} FROM hooks WHERE webhook_id = ? AND conversation_id = ?",
+                (webhook_id, conversation_id),
             ).fetchone()
         return None if row is None else _hook(row)
 
@@ -254,13 +263,21 @@ class WebhookQueue:
             )
 
 
-_HOOK = "webhook_id, conversation_id, url, events, secret, created_by, created_at"
+_HOOK = "webhook_id, conversation_id, url, events, secret, created_by, created_at, tenant, owner"
 
 
 def _hook(row: Sequence[Any]) -> ConversationWebhook:
-    webhook_id, cid, url, events, secret, created_by, created_at = row
+    webhook_id, cid, url, events, secret, created_by, created_at, tenant, owner = row
     return ConversationWebhook(
-        webhook_id, cid, url, tuple(str(events).split(",")), secret, created_by, created_at
+        webhook_id,
+        cid,
+        url,
+        tuple(str(events).split(",")),
+        secret,
+        created_by,
+        created_at,
+        tenant=tenant,
+        owner=owner,
     )
 
 
@@ -360,16 +377,16 @@ class WebhookSender:
             if self._guarded is not None:
                 await self._guarded.aclose()
 
-    def _receiver(self, name: str) -> Receiver | None:
-        sub = self.by_name.get(name)
+    def _receiver(self, delivery: Delivery) -> Receiver | None:
+        sub = self.by_name.get(delivery.subscription)
         if sub is not None:
             return sub
-        hook = self.queue.webhook(name)
+        hook = self.queue.webhook(delivery.conversation_id, delivery.subscription)
         return None if hook is None else HookReceiver(hook)
 
     async def _attempt(self, client: Any, delivery: Delivery) -> None:
         try:
-            sub = await asyncio.to_thread(self._receiver, delivery.subscription)
+            sub = await asyncio.to_thread(self._receiver, delivery)
             if sub is None:
                 raise LookupError(f"no subscription {delivery.subscription!r} any more")
             at = datetime.now(UTC)
