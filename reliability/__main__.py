@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         run.outbound.append(schedules.run(every=every, progress=progress))
         run.outbound.append(schedules.run_aws(every=every, progress=progress))
         run.outbound.append(webhooks.run(every=every, progress=progress))
+        run.outbound.append(webhooks.run_aws(every=every, progress=progress))
 
     def fuzzers() -> None:
         run.fuzz = fuzz(FUZZ_CASES[args.size])

@@ -42,6 +42,8 @@ from reliability.probe import Fault, Findings, Ledger
 SECRET = "whsec_" + base64.b64encode(b"the reliability suite's receiver").decode()
 FAIL_RATE = 1 / 3
 WEBHOOK_WRITES = (WEBHOOK_ADD, WEBHOOK_SENT, WEBHOOK_DELIVERED)
+ATTEMPTS_ON_AWS = 2
+"""Few, so that deliveries die on the way: the dead-letter path is exercised too."""
 
 
 class FlakyReceiver:
@@ -112,8 +114,9 @@ def wait_received(sup: Supervisor, receiver: FlakyReceiver, cid: str, timeout: f
     raise AssertionError(f"{cid}: the receiver did not get every payload in {timeout} s")
 
 
-def audit(sup: Supervisor, receiver: FlakyReceiver, cids: list[str]) -> tuple[Findings, int, int]:
-    """The findings, the conversations out of order, the repeats under the same id."""
+def audit(receiver: FlakyReceiver, expected_ids: dict[str, list[str]]) -> tuple[Findings, int, int]:
+    """The findings, the conversations out of order, the repeats under the same id, for
+    each conversation's payloads' ``webhook-id`` in outbox order."""
     found = Findings()
     again = 0
     taken = Counter(receiver.ids())
@@ -123,8 +126,7 @@ def audit(sup: Supervisor, receiver: FlakyReceiver, cids: list[str]) -> tuple[Fi
     for _, event in receiver.taken:
         data = event.get("data") or {}
         payloads[str(data.get("reply_id"))] += 1
-    for cid in cids:
-        ids = expected(sup, cid)
+    for cid, ids in expected_ids.items():
         found.messages += len(ids)
         for webhook_id in ids:
             if not taken[webhook_id]:
@@ -184,7 +186,7 @@ def run(*, every: bool, progress: Callable[[str], None] = lambda _: None) -> Res
                 wait_received(sup, receiver, fault.conversation_id)
                 cids.append(fault.conversation_id)
                 progress(f"webhooks: {i + 1}/{len(planned)} {fault.label}")
-            found, out_of_order, again = audit(sup, receiver, cids)
+            found, out_of_order, again = audit(receiver, {c: expected(sup, c) for c in cids})
         finally:
             sup.server.stop()
             receiver.close()
@@ -200,3 +202,112 @@ def run(*, every: bool, progress: Callable[[str], None] = lambda _: None) -> Res
         result.notes["taken again, same webhook-id"] = again
     result.seconds = time.perf_counter() - started
     return result
+
+
+def run_aws(*, every: bool, progress: Callable[[str], None] = lambda _: None) -> Result:
+    """Webhooks on the AWS runtime (moto): every payload's deliveries queued twice (a
+    delivering step retried: the queue's deduplication id drops the second), the
+    ``webhooks`` function's response lost after every other batch it handled (the event
+    source mapping then hands the whole batch out again, posted ones too), and the receiver
+    failing one request in three, with two attempts per delivery: what dies meanwhile goes
+    to the webhooks' dead-letter queue with the deliveries behind it, and is sent back with
+    ``agentworker dlq redrive --webhooks``'s redrive, as an operator would, and counted."""
+    import pytest
+
+    from tests.functional.aws_env import aws_runtime
+    from workers.adapters.aws.dead_letters import SqsDeadLetters
+    from workers.adapters.aws.webhooks import SqsWebhookSink
+    from workers.sandbox.emulator import SqsPoller, queue_arn
+
+    conversations = 6 if every else 2
+    messages = ("hello", "how do I reset my password?", "thanks") if every else ("hello", "hi")
+    result = Result(runtime="webhooks: AWS (moto), queued twice, responses lost, failing 1 in 3")
+    result.settings = {
+        "receiver failing": "1 in 3 (503)",
+        "responses lost": "every other",
+        "attempts": str(ATTEMPTS_ON_AWS),
+    }
+    started = time.perf_counter()
+    receiver = FlakyReceiver(seed=3)
+    env = pytest.MonkeyPatch()
+    try:
+        env.setenv("POWERTOOLS_METRICS_DISABLED", "true")
+        env.setenv("POWERTOOLS_LOG_LEVEL", "ERROR")
+        subscription = {"name": "helpdesk", "url": receiver.url, "secret_env": "RELIABILITY_HOOK"}
+        env.setenv("AGENTWORKER_WEBHOOKS", json.dumps([subscription]))
+        env.setenv("RELIABILITY_HOOK", SECRET)
+        env.setenv("AGENTWORKER_WEBHOOK_RETRY_BASE_SECONDS", "0.05")
+        env.setenv("AGENTWORKER_WEBHOOK_ATTEMPTS", str(ATTEMPTS_ON_AWS))
+        queued = SqsWebhookSink.send
+
+        def twice(sink: SqsWebhookSink, payload: Any) -> None:
+            queued(sink, payload)
+            queued(sink, payload)
+
+        env.setattr(SqsWebhookSink, "send", twice)
+        with aws_runtime(env.setenv) as aws:
+            from workers import bootstrap
+
+            cids = [f"ws:hook-aws-{i}" for i in range(conversations)]
+            for text in messages:
+                for cid in cids:
+                    aws.send_sqs(cid, text)
+                aws.pump()
+                aws.wait_executions_done()
+            store = bootstrap.aws_deps().store
+            expected_ids = {
+                cid: [f"msg_{e.payload.reply_id}" for e in store.history(cid).outbox]  # type: ignore[union-attr]
+                for cid in cids
+            }
+            sqs = aws.session.client("sqs")
+            url = aws.stack.webhooks_queue_url
+            webhooks_function = aws.handlers["webhooks"]
+            calls = [0]
+
+            def lossy(event: dict[str, Any], context: Any) -> Any:
+                answer = webhooks_function(event, context)
+                calls[0] += 1
+                if calls[0] % 2:
+                    raise TimeoutError("the response was lost")
+                return answer
+
+            courier = SqsPoller(sqs, url, queue_arn(sqs, url), lossy)
+            dead = SqsDeadLetters.of_queue(sqs, url, wait_seconds=0, webhooks=True)
+            wanted = {i for ids in expected_ids.values() for i in ids}
+            redriven = 0
+            deadline = time.monotonic() + 240
+            # until both queues are empty: what was posted but whose response was lost
+            # comes back, and is posted again
+            while time.monotonic() < deadline:
+                if courier.poll_once():
+                    continue
+                moved = dead.redrive().moved
+                redriven += len(moved)
+                if moved:
+                    progress(f"webhooks on AWS: {len(moved)} dead-lettered, redriven")
+                elif not _waiting(sqs, url):
+                    break
+                time.sleep(0.2)
+            progress(f"webhooks on AWS: {len(set(receiver.ids()) & wanted)}/{len(wanted)} taken")
+            found, out_of_order, again = audit(receiver, expected_ids)
+            result.notes["requests"] = receiver.requests
+            result.notes["refused by the receiver"] = receiver.requests - len(receiver.taken)
+            result.notes["responses lost"] = (calls[0] + 1) // 2
+            result.notes["dead-lettered, redriven"] = redriven
+            result.notes["bad signatures"] = receiver.bad_signatures
+            result.notes["out of order"] = out_of_order
+            result.notes["taken again, same webhook-id"] = again
+    finally:
+        env.undo()
+        receiver.close()
+    result.findings = found
+    result.written = set()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _waiting(sqs: Any, url: str) -> int:
+    """Messages on the queue, visible or in flight."""
+    names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    found = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)["Attributes"]
+    return sum(int(found.get(n, 0)) for n in names)

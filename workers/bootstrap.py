@@ -693,12 +693,13 @@ def webhook_courier() -> Any:
         import boto3
 
         from workers.adapters.aws.dynamodb_webhooks import DynamoDBWebhooks
-        from workers.adapters.aws.webhooks import WebhookCourier, load_secrets
+        from workers.adapters.aws.webhooks import DeadGroups, WebhookCourier, load_secrets
 
         settings = aws_settings()
         if not settings.webhooks_queue_url:
             raise ConfigError("AGENTWORKER_WEBHOOKS_QUEUE_URL: not set; the stack sets it")
         session = boto3.session.Session()
+        dynamodb = session.client("dynamodb")
         if settings.webhook_secret_arn:
             answer = session.client("secretsmanager").get_secret_value(
                 SecretId=settings.webhook_secret_arn
@@ -713,9 +714,10 @@ def webhook_courier() -> Any:
                 settings.webhooks,
                 timeout=settings.webhook_timeout_seconds,
                 base_delay=settings.webhook_retry_base_seconds,
-                hooks=DynamoDBWebhooks(
-                    dynamodb=session.client("dynamodb"), table_name=settings.table_name
-                ),
+                attempts=settings.webhook_attempts,
+                dlq_url=settings.webhooks_dlq_url,
+                dead=DeadGroups(dynamodb=dynamodb, table_name=settings.table_name),
+                hooks=DynamoDBWebhooks(dynamodb=dynamodb, table_name=settings.table_name),
                 private_urls=settings.webhook_private_urls,
             )
         )

@@ -868,6 +868,7 @@ def _dead_webhooks(args: argparse.Namespace, now: float) -> int:
         return 0
     try:
         dead = queue.dead(args.conversation)
+        held = queue.held(args.conversation)
     finally:
         queue.close()
     if not dead:
@@ -888,6 +889,8 @@ def _dead_webhooks(args: argparse.Namespace, now: float) -> int:
     ]
     print(text_table(header, rows))
     print(f"{len(dead)} dead webhook deliveries; agentworker dlq redrive --webhooks --id ID")
+    if held:
+        print(f"{held} more held behind them (sent, in order, once those are redriven)")
     return 0
 
 

@@ -358,7 +358,11 @@ class Settings(BaseSettings):
         " loopback, private and link-local addresses and over plain http: development only.",
     )
     webhook_attempts: int = Field(
-        8, ge=1, le=50, description="Attempts of a webhook delivery before it is dead."
+        8,
+        ge=1,
+        le=50,
+        description="Attempts of a webhook delivery before it is dead (and the ones behind it"
+        " in its conversation are held with it).",
     )
     webhook_retry_base_seconds: float = Field(
         2.0,
@@ -415,6 +419,11 @@ class Settings(BaseSettings):
         None,
         description="AWS: the webhooks queue (SQS FIFO) every function queues deliveries on"
         " and the webhooks function sends from.",
+    )
+    webhooks_dlq_url: str | None = Field(
+        None,
+        description="AWS: the webhooks' dead-letter queue (SQS FIFO), where the webhooks"
+        " function moves a delivery after its attempts, and the ones behind it.",
     )
     webhook_secret_arn: str | None = Field(
         None,

@@ -103,6 +103,14 @@ def env_name(setting: str) -> str:
     return ENV_PREFIX + setting.upper()
 
 
+WEBHOOK_QUEUE_RECEIVES = 1000
+"""The webhooks queue's ``maxReceiveCount``: a net for a delivery the function cannot even
+handle (SQS's most). The ``webhooks`` function dead-letters a delivery itself after its
+``webhook_attempts``, and the ones behind it: a delivery held back behind a failing one is
+received each time too, and SQS's own count would dead-letter it ahead of the one in front
+of it (out of order)."""
+
+
 _COMMON_ENV: dict[str, Any] = {
     "table_name": {"Ref": "ConversationTable"},
     "bucket_name": {"Ref": "StateBucket"},
@@ -201,7 +209,12 @@ def environment(function: str) -> dict[str, Any]:
     if function == "slack":
         return _env(_SLACK_ENV)
     if function == "webhooks":
-        return _env({"webhook_secret_arn": "${param:webhookSecretArn}"})
+        return _env(
+            {
+                "webhook_secret_arn": "${param:webhookSecretArn}",
+                "webhooks_dlq_url": {"Ref": "WebhooksDeadLetterQueue"},
+            }
+        )
     return _env(_TRACING_ENV) if function == "feedback" else schedules
 
 
@@ -237,7 +250,7 @@ def export() -> dict[str, Any]:
             "visibilityTimeout": QUEUE_VISIBILITY_SECONDS,
         },
         "ingestTimeout": INGEST_TIMEOUT_SECONDS,
-        "webhookAttempts": Settings.model_fields["webhook_attempts"].default,
+        "webhookQueueReceives": WEBHOOK_QUEUE_RECEIVES,
         "events": EVENT_DETAIL_TYPES,
         "environment": {
             "common": {**_env(_COMMON_ENV), **_POWERTOOLS_ENV},

@@ -106,3 +106,7 @@ def test_webhooks_reach_a_failing_receiver_once_each_in_order_through_kill_nine(
     assert_held(result)
     assert result.notes["out of order"] == 0 and result.notes["bad signatures"] == 0
     assert result.notes["refused by the receiver"] > 0  # the receiver did fail
+    on_aws = webhooks.run_aws(every=False)
+    assert on_aws.findings.ok and on_aws.findings.messages == 4, on_aws.findings.details
+    assert on_aws.notes["out of order"] == 0 and on_aws.notes["bad signatures"] == 0
+    assert on_aws.notes["responses lost"] > 0 and on_aws.notes["refused by the receiver"] > 0

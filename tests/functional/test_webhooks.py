@@ -165,16 +165,49 @@ def test_each_payload_once_in_order_and_a_failing_receiver_costs_the_turns_nothi
             listed = dlq(server, "list").stdout.splitlines()
             return [line.split() for line in listed if f" {name} " in line]
 
-        wait_for(lambda: len(dead("broken")) == 6, "the broken receiver's dead letters")
+        # Each conversation's first delivery dies; the ones behind it wait (never ahead).
+        wait_for(lambda: len(dead("broken")) == 2, "the broken receiver's dead letters")
         assert all(row[4] == "4" and "503" in " ".join(row) for row in dead("broken"))
+        assert "more held behind them" in dlq(server, "list").stdout
+        assert broken.requests == 2 * 4  # the held ones were never tried
 
-        # Redriven once the receiver is fixed: each delivered, once.
+        # Redriven once the receiver is fixed: each delivered, once, in order.
         broken.always_fail = False
         moved = dlq(server, "redrive", "--all")
-        assert moved.returncode == 0 and "queued again" in moved.stdout
-        wait_for(lambda: len(broken.taken) >= 6, "the redriven deliveries")
+        assert moved.returncode == 0 and "2 webhook deliveries queued again" in moved.stdout
+        wait_for(lambda: len(broken.taken) >= 6, "the redriven and held deliveries")
         assert dead("broken") == []
         assert len({t["id"] for t in broken.taken}) == len(broken.taken) == 6
+        for cid in ("ws:me:a", "ws:me:b"):
+            view = httpx.get(f"{server.url}/v1/conversations/{cid}", headers=server.auth).json()
+            got = [t["data"] for t in broken.taken if t["data"]["conversation_id"] == cid]
+            sent = [e["payload"]["reply_id"] for e in view["replies"]]
+            assert [d["reply_id"] for d in got] == sent
+
+
+def test_a_dead_delivery_holds_the_ones_behind_it_until_it_is_redriven(tmp_path: Path) -> None:
+    """The queue hands out a receiver's conversation in order: a dead delivery holds the
+    ones behind it (other receivers and conversations go on), a redrive sends it first."""
+    from workers.adapters.local.webhooks import WebhookQueue
+
+    queue = WebhookQueue(tmp_path / "webhooks.db")
+    try:
+        for n in range(3):
+            queue.add("helpdesk", f"msg_{n}", "ws:a", "reply", b"{}")
+        queue.add("helpdesk", "msg_b", "ws:b", "reply", b"{}")
+        queue.add("crm", "msg_0", "ws:a", "reply", b"{}")
+        first = {(d.subscription, d.webhook_id): d for d in queue.due(time.time(), 10)}
+        assert set(first) == {("helpdesk", "msg_0"), ("helpdesk", "msg_b"), ("crm", "msg_0")}
+        queue.failed(first["helpdesk", "msg_0"].id, "HTTP 503", retry_at=None)  # dead
+        due = {(d.subscription, d.webhook_id) for d in queue.due(time.time(), 10)}
+        assert due == {("helpdesk", "msg_b"), ("crm", "msg_0")}  # not msg_1 of ws:a
+        assert queue.held() == 2 and queue.held("ws:b") == 0
+        queue.redrive(None)
+        assert [d.webhook_id for d in queue.due(time.time(), 10) if d.conversation_id == "ws:a"
+                and d.subscription == "helpdesk"] == ["msg_0"]  # fmt: skip
+        assert queue.held() == 0
+    finally:
+        queue.close()
 
 
 def test_the_example_receiver_takes_what_the_server_sends(tmp_path: Path) -> None:

@@ -224,8 +224,7 @@ RUN_BODY = shaped(
         "in_seconds": json_values,
         "cron": st.sampled_from(["0 9 * * *", "* *", "61 * * * *"]) | text_field,
         "timezone": st.sampled_from(["Europe/Paris", "Mars/Base"]) | text_field,
-        "url": st.sampled_from(["https://hooks.example.com/x", "http://127.0.0.1/"])
-        | text_field,
+        "url": st.sampled_from(["https://hooks.example.com/x", "http://127.0.0.1/"]) | text_field,
         "events": json_values,
         "secret": text_field,
     }

@@ -185,7 +185,7 @@ def test_the_aws_courier_drops_a_gone_webhooks_deliveries_and_guards_the_rest() 
     """A conversation's own webhook: a delivery for one deleted (or whose conversation is
     someone else's now) is dropped, not retried; one to a URL inside is refused and tried
     again later (the name may resolve elsewhere then), the message's visibility stretched."""
-    from workers.adapters.aws.webhooks import QueuedDelivery, WebhookCourier
+    from workers.adapters.aws.webhooks import QueuedDelivery, QueueRecord, WebhookCourier
     from workers.core.model import ConversationWebhook
     from workers.errors import RetryableError
 
@@ -207,8 +207,8 @@ def test_the_aws_courier_drops_a_gone_webhooks_deliveries_and_guards_the_rest() 
     sqs = Sqs()
     courier = WebhookCourier(sqs, "q", [], timeout=2, base_delay=10, hooks=Hooks())  # type: ignore[arg-type]
 
-    def queued(subscription: str) -> str:
-        return QueuedDelivery(
+    def queued(subscription: str) -> QueueRecord:
+        body = QueuedDelivery(
             subscription=subscription,
             webhook_id="msg_1",
             conversation_id="ws:alice:1",
@@ -216,9 +216,10 @@ def test_the_aws_courier_drops_a_gone_webhooks_deliveries_and_guards_the_rest() 
             body="{}",
             own=True,
         ).model_dump_json()
+        return QueueRecord("m1", body, receives=1, receipt_handle="r", group="g")
 
-    courier.deliver(queued("whk_gone"), receives=1, receipt_handle="r")  # dropped: no raise
+    courier.deliver(queued("whk_gone"))  # dropped: no raise
     assert sqs.visibility == []
     with pytest.raises(RetryableError, match="not a public address"):
-        courier.deliver(queued("whk_1"), receives=1, receipt_handle="r")
+        courier.deliver(queued("whk_1"))
     assert len(sqs.visibility) == 1 and 5 <= sqs.visibility[0] <= 10

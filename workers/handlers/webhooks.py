@@ -1,7 +1,7 @@
 """``webhooks``: the webhooks queue (SQS FIFO, partial batch failures): each delivery signed
-and posted; a failed one stays on the queue, visible again after the next backoff, until the
-queue's dead-letter queue takes it, and holds back its conversation's later ones
-(``workers/adapters/aws/webhooks.py``)."""
+and posted; a failed one stays on the queue, visible again after the next backoff, and
+holds back its conversation's later ones; after its attempts it goes to the dead-letter
+queue, and they follow it there (``workers/adapters/aws/webhooks.py``)."""
 
 from __future__ import annotations
 

@@ -25,12 +25,16 @@ from pathlib import Path
 from typing import Any
 
 from workers.adapters.aws.tables import DynamoDBTableSpec
-from workers.stack import EVENT_DETAIL_TYPES, FUNCTIONS, QUEUE_MAX_RECEIVES, StackNames
+from workers.stack import (
+    EVENT_DETAIL_TYPES,
+    FUNCTIONS,
+    QUEUE_MAX_RECEIVES,
+    WEBHOOK_QUEUE_RECEIVES,
+    StackNames,
+)
 
 log = logging.getLogger(__name__)
 
-WEBHOOK_ATTEMPTS = 4
-"""The webhooks queue's ``maxReceiveCount`` here (the deployed stack's: the setting's 8)."""
 
 MOTO_CONFIG: dict[str, Any] = {
     "stepfunctions": {"execute_state_machine": True},
@@ -161,6 +165,7 @@ class Stack:
             "AGENTWORKER_FEEDBACK_FUNCTION": self.function_arns.get("feedback", ""),
             "AGENTWORKER_EVENT_BUS_NAME": self.event_bus,
             "AGENTWORKER_WEBHOOKS_QUEUE_URL": self.webhooks_queue_url,
+            "AGENTWORKER_WEBHOOKS_DLQ_URL": self.webhooks_dlq_url,
             "AGENTWORKER_SCHEDULE_GROUP": self.schedule_group,
             "AGENTWORKER_SCHEDULE_TARGET_ARN": self.function_arns.get("ingest", ""),
             "AGENTWORKER_SCHEDULE_ROLE_ARN": self.schedule_role_arn,
@@ -202,7 +207,7 @@ def create_stack(
     sqs = clients("sqs")
     stack.queue_url, stack.dlq_url = _fifo_queue(sqs, names.queue, names.dlq, QUEUE_MAX_RECEIVES)
     stack.webhooks_queue_url, stack.webhooks_dlq_url = _fifo_queue(
-        sqs, names.webhooks_queue, names.webhooks_dlq, WEBHOOK_ATTEMPTS
+        sqs, names.webhooks_queue, names.webhooks_dlq, WEBHOOK_QUEUE_RECEIVES
     )
     stack.topic_arn = clients("sns").create_topic(
         Name=names.topic, Attributes={"FifoTopic": "true", "ContentBasedDeduplication": "false"}

@@ -82,6 +82,9 @@ class DeadLetter:
     parse_error: str | None = None
     delivery: QueuedDelivery | None = None
     """The body as the ``webhooks`` function reads it (the webhooks' dead-letter queue)."""
+    reason: str | None = None
+    """Why, when whoever moved it here said (the ``webhooks`` function's ``error``
+    attribute: the receiver's last answer, or the dead delivery it was held behind)."""
 
     @classmethod
     def of(cls, received: Item, *, webhooks: bool = False) -> DeadLetter:
@@ -102,6 +105,7 @@ class DeadLetter:
             message=message,
             parse_error=problem,
             delivery=delivery,
+            reason=(received.get("MessageAttributes") or {}).get("error", {}).get("StringValue"),
         )
 
     @property
@@ -127,6 +131,8 @@ class DeadLetter:
         receives failed (``ingest``'s error is in its logs)."""
         if self.parse_error is not None:
             return self.parse_error
+        if self.reason:
+            return self.reason
         return f"failed {self.receive_count} receives"
 
 
@@ -360,8 +366,7 @@ class SqsDeadLetters:
                 if not got:
                     break
                 look.held.extend(
-                    _Held(DeadLetter.of(m, webhooks=self.webhooks), m["ReceiptHandle"])
-                    for m in got
+                    _Held(DeadLetter.of(m, webhooks=self.webhooks), m["ReceiptHandle"]) for m in got
                 )
             look.held.sort(key=lambda h: h.letter.sent_at)
             yield look
@@ -376,6 +381,7 @@ class SqsDeadLetters:
             VisibilityTimeout=HOLD_SECONDS,
             WaitTimeSeconds=wait_seconds,
             AttributeNames=["All"],
+            MessageAttributeNames=["All"],
         ).get("Messages", [])
         return got
 

@@ -14,17 +14,19 @@ queue (SQS FIFO), and what the ``webhooks`` function does with one.
   and posts it (a conversation's own webhook: to a public address only, and only while it
   and its conversation are still there); anything but a 2xx in time raises, and the
   function leaves the message on the queue with its visibility stretched to the next
-  backoff (exponential, jitter), until the queue's ``maxReceiveCount`` moves it to the
-  webhooks' dead-letter queue.
+  backoff (exponential, jitter); after its attempts :class:`WebhookCourier` moves it to the
+  webhooks' dead-letter queue, and the ones behind it follow it there (:class:`DeadGroups`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
 import logging
 import math
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -35,8 +37,18 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from events.outbound import OutboxPayload, StreamChunk
+from workers.adapters.aws.calls import AwsCalls, ConditionFailed
+from workers.adapters.aws.dynamodb_table import (
+    DynamoDBTable,
+    expressions,
+    key,
+    number,
+    opt_str,
+    string,
+)
 from workers.adapters.aws.dynamodb_webhooks import DynamoDBWebhooks
 from workers.adapters.aws.errors import map_aws_error
+from workers.adapters.aws.tables import TTL_ATTRIBUTE
 from workers.adapters.webhooks import (
     HookReceiver,
     Receiver,
@@ -175,12 +187,52 @@ MAX_VISIBILITY_SECONDS = 12 * 3600
 """SQS's longest visibility timeout."""
 
 
+class DeadGroups:
+    """The message groups of the webhooks queue (a receiver and a conversation) whose head
+    delivery is dead: one item each in the conversation store's table
+    (``pk=webhookdead#<group>``), naming that delivery's ``webhook-id``, until it is
+    delivered (redriven) or the dead-letter queue's retention has passed."""
+
+    PREFIX = "webhookdead#"
+    KEPT_SECONDS = 14 * 86_400
+    """SQS's longest retention: the dead one is gone from the dead-letter queue by then."""
+
+    def __init__(self, *, dynamodb: Any, table_name: str) -> None:
+        self._table = DynamoDBTable(dynamodb, table_name, AwsCalls())
+
+    def head(self, group: str) -> str | None:
+        """The ``webhook-id`` of the group's dead delivery, if it has one."""
+        item = self._table.get(self.PREFIX + group, "dead")
+        return None if item is None else opt_str(item, "webhook_id")
+
+    def block(self, group: str, webhook_id: str) -> None:
+        item = {
+            **key(self.PREFIX + group, "dead"),
+            "webhook_id": string(webhook_id),
+            TTL_ATTRIBUTE: number(int(time.time() + self.KEPT_SECONDS)),
+        }
+        self._table.call("put_item", TableName=self._table.name, Item=item)
+
+    def unblock(self, group: str, webhook_id: str) -> None:
+        """The dead one was delivered: the group goes on (unless another died since)."""
+        with contextlib.suppress(ConditionFailed):
+            self._table.call(
+                "delete_item",
+                TableName=self._table.name,
+                Key=key(self.PREFIX + group, "dead"),
+                **expressions({":id": string(webhook_id)}, ConditionExpression="#webhook_id = :id"),
+            )
+
+
 class WebhookCourier:
     """What the ``webhooks`` function does with each queued delivery: post it (see
     :func:`post_delivery`); when that fails, make its message visible again after the next
     backoff (exponential with jitter, from ``base_delay``) and raise, so the function reports
-    it failed and the queue keeps it (its ``maxReceiveCount``-th failure moves it to the
-    dead-letter queue)."""
+    it failed and the queue keeps it. After ``attempts`` it is dead: moved to the dead-letter
+    queue (``dlq_url``) with why, and its group marked (:class:`DeadGroups`): the deliveries
+    behind it follow it there as they come, so none overtakes it; ``agentworker dlq redrive
+    --webhooks`` sends them back in order, and the group goes on once the dead one is
+    delivered."""
 
     def __init__(
         self,
@@ -190,6 +242,9 @@ class WebhookCourier:
         *,
         timeout: float,
         base_delay: float,
+        attempts: int = 8,
+        dlq_url: str | None = None,
+        dead: DeadGroups | None = None,
         hooks: DynamoDBWebhooks | None = None,
         private_urls: bool = False,
     ) -> None:
@@ -198,14 +253,17 @@ class WebhookCourier:
         self.by_name = {s.name: s for s in subscriptions}
         self.timeout = timeout
         self.base_delay = base_delay
+        self.attempts = attempts
+        self.dlq_url = dlq_url
+        self.dead = dead
         self.hooks = hooks
         self.private_urls = private_urls
 
     def receiver(self, delivery: QueuedDelivery) -> Receiver | None:
         """Whom ``delivery`` goes to; ``None`` for a conversation's own webhook that is gone
         (deleted, or erased with its conversation: its deliveries are dropped);
-        ``PermanentError`` for a subscription the stack no longer has (it goes to the
-        dead-letter queue after its receives)."""
+        ``PermanentError`` for a subscription the stack no longer has (it is tried, and
+        dies, as a failing receiver's)."""
         if delivery.own:
             if self.hooks is None:
                 return None
@@ -216,12 +274,21 @@ class WebhookCourier:
             raise PermanentError(f"webhooks: no subscription {delivery.subscription!r} any more")
         return sub
 
-    def deliver(self, body: str, *, receives: int, receipt_handle: str) -> None:
-        """Post one delivery; on failure, retry it after the next backoff and raise."""
+    def deliver(self, record: QueueRecord) -> None:
+        """Post one delivery; on failure, retry it after the next backoff and raise (after
+        its attempts: dead-letter it and return)."""
         from workers.adapters.webhooks import next_delay
 
         try:
-            delivery = QueuedDelivery.model_validate_json(body)
+            delivery = QueuedDelivery.model_validate_json(record.body)
+        except ValueError as exc:  # nothing to post: no attempt would change that
+            self._dead_letter(record, f"does not parse: {exc}")
+            return
+        dead_head = None if self.dead is None else self.dead.head(record.group)
+        if dead_head is not None and dead_head != delivery.webhook_id:
+            self._dead_letter(record, f"held behind {dead_head}, which is dead")
+            return
+        try:
             receiver = self.receiver(delivery)
             if receiver is None:
                 log.info(
@@ -230,12 +297,21 @@ class WebhookCourier:
                     delivery.conversation_id,
                     delivery.subscription,
                 )
+            else:
+                post_delivery(
+                    delivery, receiver, timeout=self.timeout, private_urls=self.private_urls
+                )
+        except Exception as exc:
+            if record.receives >= self.attempts and self.dlq_url is not None:
+                if self.dead is not None:  # first: a crash after it leaves the group held
+                    self.dead.block(record.group, delivery.webhook_id)
+                self._dead_letter(record, str(exc))
                 return
-            post_delivery(delivery, receiver, timeout=self.timeout, private_urls=self.private_urls)
-        except Exception:
-            wait = min(MAX_VISIBILITY_SECONDS, math.ceil(next_delay(receives, self.base_delay)))
-            self._visible_in(receipt_handle, wait)
+            wait = next_delay(record.receives, self.base_delay)
+            self._visible_in(record.receipt_handle, min(MAX_VISIBILITY_SECONDS, math.ceil(wait)))
             raise
+        if dead_head is not None and self.dead is not None:
+            self.dead.unblock(record.group, delivery.webhook_id)
 
     def deliver_batch(self, records: Sequence[QueueRecord]) -> list[str]:
         """A batch from the queue, in order: the message ids that failed. A record after a
@@ -250,9 +326,7 @@ class WebhookCourier:
                 failed.append(record.message_id)
                 continue
             try:
-                self.deliver(
-                    record.body, receives=record.receives, receipt_handle=record.receipt_handle
-                )
+                self.deliver(record)
             except Exception as exc:
                 log.warning(
                     "webhooks: %s failed (receive %d): %s", record.message_id, record.receives, exc
@@ -260,6 +334,24 @@ class WebhookCourier:
                 held.add(record.group)
                 failed.append(record.message_id)
         return failed
+
+    def _dead_letter(self, record: QueueRecord, why: str) -> None:
+        """Move ``record`` to the dead-letter queue (the function then reports it handled,
+        and the event source mapping deletes it), saying why; ``RetryableError`` when the
+        queue refused it (it stays where it is)."""
+        if self.dlq_url is None:
+            raise PermanentError(f"webhooks: {why} (and no dead-letter queue to move it to)")
+        log.warning("webhooks: %s dead (receive %d): %s", record.message_id, record.receives, why)
+        try:
+            self._sqs.send_message(
+                QueueUrl=self.dlq_url,
+                MessageBody=record.body,
+                MessageGroupId=record.group or "webhooks",
+                MessageDeduplicationId=_digest(record.message_id, str(record.receives)),
+                MessageAttributes={"error": {"DataType": "String", "StringValue": why[:1000]}},
+            )
+        except Exception as exc:
+            raise map_aws_error(exc, "sqs.send_message") from exc
 
     def _visible_in(self, receipt_handle: str, seconds: int) -> None:
         try:

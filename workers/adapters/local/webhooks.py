@@ -133,16 +133,34 @@ class WebhookQueue:
             return cur.rowcount == 1
 
     def due(self, now: float, limit: int) -> list[Delivery]:
-        """The next delivery of each subscription and conversation, when it is due."""
+        """The next delivery of each subscription and conversation, when it is due; none of
+        one whose first undelivered is dead (held behind it until it is redriven: a
+        conversation's deliveries never overtake one another)."""
         with self._lock:
             rows = self._conn.execute(
                 "SELECT * FROM deliveries d WHERE d.status = 'pending' AND d.next_at <= ?"
-                " AND d.id = (SELECT MIN(e.id) FROM deliveries e WHERE e.status = 'pending'"
-                " AND e.subscription = d.subscription AND e.conversation_id = d.conversation_id)"
+                " AND d.id = (SELECT MIN(e.id) FROM deliveries e"
+                " WHERE e.status IN ('pending', 'dead') AND e.subscription = d.subscription"
+                " AND e.conversation_id = d.conversation_id)"
                 " ORDER BY d.next_at, d.id LIMIT ?",
                 (now, limit),
             ).fetchall()
         return [Delivery(*row) for row in rows]
+
+    def held(self, conversation_id: str | None = None) -> int:
+        """Deliveries waiting behind a dead one of their subscription and conversation."""
+        where, args = "", tuple[str, ...]()
+        if conversation_id:
+            where, args = "AND d.conversation_id = ?", (conversation_id,)
+        with self._lock:
+            (count,) = self._conn.execute(
+                "SELECT count(*) FROM deliveries d WHERE d.status = 'pending' AND EXISTS"
+                " (SELECT 1 FROM deliveries e WHERE e.status = 'dead' AND e.id < d.id"
+                " AND e.subscription = d.subscription AND e.conversation_id = d.conversation_id)"
+                f" {where}",
+                args,
+            ).fetchone()
+        return int(count)
 
     def delivered(self, delivery_id: int) -> None:
         with self._lock:
