@@ -88,3 +88,23 @@ def second_order(
             cid = name(len(faults))
             faults += [replace(first, conversation_id=cid), Fault(method, 1, cid, first.kind)]
     return faults
+
+
+class LosingEveryOther:
+    """A Lambda handler whose every other response is lost after it did its work (a
+    timeout, a dropped connection): the caller sees an error and tries again."""
+
+    def __init__(self, handler: Callable[[dict[str, Any], Any], Any]) -> None:
+        self.handler = handler
+        self.calls = 0
+
+    def __call__(self, event: dict[str, Any], context: Any) -> Any:
+        answer = self.handler(event, context)
+        self.calls += 1
+        if self.calls % 2:
+            raise TimeoutError("the response was lost")
+        return answer
+
+    @property
+    def lost(self) -> int:
+        return (self.calls + 1) // 2

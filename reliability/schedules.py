@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 from reliability.crashing_server import (
     SCHEDULE_ADD,
@@ -31,7 +30,7 @@ from reliability.killnine import (
     wait_answered,
     writes_of,
 )
-from reliability.plan import Result
+from reliability.plan import LosingEveryOther, Result
 from reliability.probe import Fault, Findings, Ledger
 
 DUE_SECONDS = 0.5
@@ -153,15 +152,7 @@ def run_aws(*, every: bool, progress: Callable[[str], None] = lambda _: None) ->
             for cid in cids:
                 request = ScheduleRequest(text=f"follow up on {cid}", in_seconds=1)
                 create_schedule(deps, cid, maker, request)
-            ingest = aws.handlers["ingest"]
-            calls = [0]
-
-            def lossy(event: dict[str, Any], context: Any) -> Any:
-                answer = ingest(event, context)
-                calls[0] += 1
-                if calls[0] % 2:
-                    raise TimeoutError("the response was lost")
-                return answer
+            lossy = LosingEveryOther(aws.handlers["ingest"])
 
             arn = aws.stack.function_arns["ingest"]
             firer = SchedulerFirer(
@@ -175,8 +166,8 @@ def run_aws(*, every: bool, progress: Callable[[str], None] = lambda _: None) ->
                 firer.fire_due(time.time() + 5)
             aws.pump()
             aws.wait_executions_done()
-            result.notes["invocations"] = calls[0]
-            result.notes["responses lost"] = (calls[0] + 1) // 2
+            result.notes["invocations"] = lossy.calls
+            result.notes["responses lost"] = lossy.lost
             for cid in cids:
                 history = deps.store.history(cid)
                 posted = [

@@ -36,7 +36,7 @@ from reliability.crashing_server import (
     write_plan,
 )
 from reliability.killnine import Supervisor, converse, crashing, writes_of
-from reliability.plan import WORKLOAD, Result, fault_points
+from reliability.plan import WORKLOAD, LosingEveryOther, Result, fault_points
 from reliability.probe import Fault, Findings, Ledger
 
 SECRET = "whsec_" + base64.b64encode(b"the reliability suite's receiver").decode()
@@ -261,16 +261,7 @@ def run_aws(*, every: bool, progress: Callable[[str], None] = lambda _: None) ->
             }
             sqs = aws.session.client("sqs")
             url = aws.stack.webhooks_queue_url
-            webhooks_function = aws.handlers["webhooks"]
-            calls = [0]
-
-            def lossy(event: dict[str, Any], context: Any) -> Any:
-                answer = webhooks_function(event, context)
-                calls[0] += 1
-                if calls[0] % 2:
-                    raise TimeoutError("the response was lost")
-                return answer
-
+            lossy = LosingEveryOther(aws.handlers["webhooks"])
             courier = SqsPoller(sqs, url, queue_arn(sqs, url), lossy)
             dead = SqsDeadLetters.of_queue(sqs, url, wait_seconds=0, webhooks=True)
             wanted = {i for ids in expected_ids.values() for i in ids}
@@ -292,7 +283,7 @@ def run_aws(*, every: bool, progress: Callable[[str], None] = lambda _: None) ->
             found, out_of_order, again = audit(receiver, expected_ids)
             result.notes["requests"] = receiver.requests
             result.notes["refused by the receiver"] = receiver.requests - len(receiver.taken)
-            result.notes["responses lost"] = (calls[0] + 1) // 2
+            result.notes["responses lost"] = lossy.lost
             result.notes["dead-lettered, redriven"] = redriven
             result.notes["bad signatures"] = receiver.bad_signatures
             result.notes["out of order"] = out_of_order

@@ -19,6 +19,7 @@ from langgraph.store.memory import InMemoryStore
 from langgraph.store.sqlite.base import SqliteIndexConfig
 
 from events.identity import identity_key
+from tests.moto_env import mocked_table
 from workers.agent.sdk import TurnInfo, bound_turn
 from workers.agent.store import TurnScopedStore, customer_label, erase_customer
 from workers.errors import ConfigError, OutsideTurn, VectorSearchUnavailable
@@ -53,18 +54,9 @@ def backend(
         yield Backend("sqlite", sqlite, lambda: None if sqlite.sweep_ttl() else None)
         sqlite.conn.close()
     else:
-        import boto3
-        from moto import mock_aws
-
         from workers.adapters.aws.dynamodb_memory import DynamoDBMemoryStore
-        from workers.adapters.aws.tables import DynamoDBTableSpec
 
-        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-            monkeypatch.setenv(name, "testing")
-        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        with mock_aws():
-            dynamodb = boto3.client("dynamodb")
-            DynamoDBTableSpec(TABLE).create(dynamodb)
+        with mocked_table(monkeypatch, TABLE) as dynamodb:
             yield Backend(
                 "dynamodb", DynamoDBMemoryStore(dynamodb=dynamodb, table_name=TABLE), lambda: None
             )

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.fakes import InMemoryScheduler
+from tests.moto_env import mocked_table
 from workers.adapters.local.sqlite_database import SqliteDatabase
 from workers.adapters.local.sqlite_schedules import SqliteScheduler
 from workers.core.model import Schedule
@@ -58,17 +59,11 @@ def opened(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
         yield Backend(fake, due_ever(fake))
     else:
         import boto3
-        from moto import mock_aws
 
         from workers.adapters.aws.eventbridge_scheduler import AwsScheduler, schedule_name
-        from workers.adapters.aws.tables import DynamoDBTableSpec
 
-        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-            monkeypatch.setenv(name, "testing")
-        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        with mock_aws():
-            dynamodb, events = boto3.client("dynamodb"), boto3.client("scheduler")
-            DynamoDBTableSpec(TABLE).create(dynamodb)
+        with mocked_table(monkeypatch, TABLE) as dynamodb:
+            events = boto3.client("scheduler")
             events.create_schedule_group(Name=GROUP)
 
             def armed(schedule_id: str) -> dict[str, Any] | None:

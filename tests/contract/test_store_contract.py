@@ -15,6 +15,7 @@ import pytest
 from events.inbound import ApprovalDecision, InboundMessage
 from events.outbound import ApprovalRequest, Notice, Reply
 from tests.fakes import InMemoryConversationStore, InMemoryTicketStore
+from tests.moto_env import mocked_table
 from workers.adapters.local.sqlite_database import SqliteDatabase
 from workers.adapters.local.sqlite_store import SqliteConversationStore
 from workers.adapters.local.sqlite_tickets import SqliteTicketStore
@@ -51,18 +52,12 @@ def stores(
         conversations.close()
     elif request.param == "dynamodb":
         import boto3
-        from moto import mock_aws
 
         from workers.adapters.aws.dynamodb_store import DynamoDBConversationStore
         from workers.adapters.aws.dynamodb_tickets import DynamoDBTicketStore
-        from workers.adapters.aws.tables import DynamoDBTableSpec
 
-        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-            monkeypatch.setenv(name, "testing")
-        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        with mock_aws():
-            dynamodb, s3 = boto3.client("dynamodb"), boto3.client("s3")
-            DynamoDBTableSpec(TABLE).create(dynamodb)
+        with mocked_table(monkeypatch, TABLE) as dynamodb:
+            s3 = boto3.client("s3")
             s3.create_bucket(Bucket=BUCKET)
             store = DynamoDBConversationStore(
                 dynamodb=dynamodb, table_name=TABLE, s3=s3, bucket=BUCKET

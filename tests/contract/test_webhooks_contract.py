@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.fakes import InMemoryWebhooks
+from tests.moto_env import mocked_table
 from workers.adapters.local.webhooks import WebhookQueue
 from workers.core.model import ConversationWebhook
 from workers.errors import BadInput
@@ -34,18 +35,9 @@ def hooks(
     if request.param == "memory":
         yield InMemoryWebhooks()
         return
-    import boto3
-    from moto import mock_aws
-
     from workers.adapters.aws.dynamodb_webhooks import DynamoDBWebhooks
-    from workers.adapters.aws.tables import DynamoDBTableSpec
 
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-        monkeypatch.setenv(name, "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    with mock_aws():
-        dynamodb = boto3.client("dynamodb")
-        DynamoDBTableSpec(TABLE).create(dynamodb)
+    with mocked_table(monkeypatch, TABLE) as dynamodb:
         yield DynamoDBWebhooks(dynamodb=dynamodb, table_name=TABLE)
 
 
