@@ -12,19 +12,18 @@ from typing import Any
 import boto3
 import pytest
 from botocore.stub import Stubber
-from moto import mock_aws
 
 from events.identity import LOCAL_USER
 from events.inbound import InboundMessage
 from events.outbound import Reply
 from tests.fakes import ManualClock, RecordingSink, RecordingStarter, ScriptedAgent
+from tests.moto_env import mocked_table
 from workers.adapters.aws.dynamodb_store import DynamoDBConversationStore
 from workers.adapters.aws.dynamodb_tickets import DynamoDBTicketStore
 from workers.adapters.aws.tables import (
     CHECKPOINT_SK,
     SWEEP_INDEX_PK,
     TTL_ATTRIBUTE,
-    DynamoDBTableSpec,
     conversation_pk,
 )
 from workers.core.model import AcceptResult, Access, LogEntry, TurnCommit
@@ -40,12 +39,8 @@ BIG = 420_000  # over DynamoDB's 400 KB item limit
 
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Any]]:
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-        monkeypatch.setenv(name, "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    with mock_aws():
-        dynamodb, s3 = boto3.client("dynamodb"), boto3.client("s3")
-        DynamoDBTableSpec(TABLE).create(dynamodb)
+    with mocked_table(monkeypatch, TABLE) as dynamodb:
+        s3 = boto3.client("s3")
         s3.create_bucket(Bucket=BUCKET)
         yield dynamodb, s3
 

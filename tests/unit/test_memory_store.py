@@ -75,17 +75,9 @@ def test_vector_search_settings_come_both_or_neither(monkeypatch: pytest.MonkeyP
 
 @pytest.fixture
 def dynamodb(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    import boto3
-    from moto import mock_aws
+    from tests.moto_env import mocked_table
 
-    from workers.adapters.aws.tables import DynamoDBTableSpec
-
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-        monkeypatch.setenv(name, "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    with mock_aws():
-        client = boto3.client("dynamodb")
-        DynamoDBTableSpec(TABLE).create(client)
+    with mocked_table(monkeypatch, TABLE) as client:
         yield client
 
 
