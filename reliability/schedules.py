@@ -143,10 +143,7 @@ def run_aws(*, every: bool, progress: Callable[[str], None] = lambda _: None) ->
         env.setenv("POWERTOOLS_LOG_LEVEL", "ERROR")
         with aws_runtime(env.setenv) as aws:
             cids = [f"ws:sched-aws-{i}" for i in range(conversations)]
-            for cid in cids:
-                aws.send_sqs(cid, "hello")
-            aws.pump()
-            aws.wait_executions_done()
+            aws.converse(cids, ["hello"])
             deps = bootstrap.aws_deps()
             maker = backend("iam:reliability")
             for cid in cids:

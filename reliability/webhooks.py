@@ -246,19 +246,9 @@ def run_aws(*, every: bool, progress: Callable[[str], None] = lambda _: None) ->
 
         env.setattr(SqsWebhookSink, "send", twice)
         with aws_runtime(env.setenv) as aws:
-            from workers import bootstrap
-
             cids = [f"ws:hook-aws-{i}" for i in range(conversations)]
-            for text in messages:
-                for cid in cids:
-                    aws.send_sqs(cid, text)
-                aws.pump()
-                aws.wait_executions_done()
-            store = bootstrap.aws_deps().store
-            expected_ids = {
-                cid: [f"msg_{e.payload.reply_id}" for e in store.history(cid).outbox]  # type: ignore[union-attr]
-                for cid in cids
-            }
+            aws.converse(cids, messages)
+            expected_ids = aws.webhook_ids(cids)
             sqs = aws.session.client("sqs")
             url = aws.stack.webhooks_queue_url
             lossy = LosingEveryOther(aws.handlers["webhooks"])

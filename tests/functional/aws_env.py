@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +65,24 @@ class Aws:
             MessageGroupId=body["conversation_id"],
             MessageDeduplicationId=deduplication_id or f"{time.time_ns()}",
         )
+
+    def converse(self, cids: Sequence[str], texts: Sequence[str]) -> None:
+        """Each text to every conversation through the inbound queue, a round at a time:
+        a round's runs end before the next is sent."""
+        for text in texts:
+            for cid in cids:
+                self.send_sqs(cid, text)
+            self.pump()
+            self.wait_executions_done()
+
+    def webhook_ids(self, cids: Sequence[str]) -> dict[str, list[str]]:
+        """The ``webhook-id`` of each payload of each conversation, in outbox order."""
+        store = bootstrap.aws_deps().store
+        found: dict[str, list[str]] = {}
+        for cid in cids:
+            history = store.history(cid)
+            found[cid] = [f"msg_{e.payload.reply_id}" for e in history.outbox] if history else []
+        return found
 
     def pump(self, seconds: float = 0.0) -> None:
         """Poll the inbound queue until it is empty (and ``seconds`` have passed)."""

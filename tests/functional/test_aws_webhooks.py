@@ -52,16 +52,8 @@ def test_deliveries_are_queued_sent_once_in_order_and_dead_lettered(
     monkeypatch.setenv("AGENTWORKER_WEBHOOK_ATTEMPTS", str(ATTEMPTS))
     bootstrap.reset_aws_deps()
     cids = ["ws:alice:hook-1", "ws:bob:hook-2"]
-    for text in ("hello", "how do I reset my password?"):
-        for cid in cids:
-            aws.send_sqs(cid, text)
-        aws.pump()
-        aws.wait_executions_done()
-    store = bootstrap.aws_deps().store
-    expected = {
-        cid: [f"msg_{e.payload.reply_id}" for e in store.history(cid).outbox]  # type: ignore[union-attr]
-        for cid in cids
-    }
+    aws.converse(cids, ("hello", "how do I reset my password?"))
+    expected = aws.webhook_ids(cids)
     assert all(len(ids) == 2 for ids in expected.values()), expected
 
     sqs = aws.session.client("sqs")
